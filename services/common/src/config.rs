@@ -1,0 +1,77 @@
+//! Configuration read through a small `Env` trait, so tests hand in a map
+//! instead of mutating the process environment.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+/// A source of configuration variables.
+pub trait Env {
+    /// The value of `key`, if set and not empty.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned().filter(|v| !v.is_empty())
+    }
+}
+
+/// A configuration value that could not be used; the process exits with 64.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The variable at fault.
+    pub key: String,
+    /// What it was set to.
+    pub value: String,
+    /// What a valid value looks like.
+    pub reason: String,
+}
+
+/// Exit code for a bad configuration (EX_USAGE).
+pub const EXIT_CONFIG: i32 = 64;
+
+/// Parses `key` from `env`, or returns `default` when it is unset.
+pub fn parse_or<T: FromStr>(
+    env: &dyn Env,
+    key: &str,
+    default: T,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    match env.get(key) {
+        None => Ok(default),
+        Some(value) => value.trim().parse().map_err(|_| ConfigError {
+            key: key.to_string(),
+            value,
+            reason: format!("expected {expected}"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_uses_default_and_bad_value_names_the_key() {
+        let mut env = HashMap::new();
+        assert_eq!(parse_or(&env, "X", 7u32, "a number").ok(), Some(7));
+        env.insert("X".to_string(), "seven".to_string());
+        let err = parse_or(&env, "X", 7u32, "a number")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid configuration: X=\"seven\": expected a number")
+        );
+    }
+}

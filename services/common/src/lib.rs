@@ -1,0 +1,10 @@
+//! What every Confab service shares: configuration from the environment,
+//! token checks, the error → gRPC status table, telemetry and shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod pipeline;
+pub mod shutdown;
+pub mod telemetry;
+pub mod validate;

@@ -1,0 +1,93 @@
+//! The seams between the three services. Embedded mode implements them with
+//! in-process queues and direct calls; the distributed mode implements the
+//! same traits over Kafka and gRPC, so the service logic is written once.
+
+use crate::error::ChatError;
+use async_trait::async_trait;
+use confab_proto::internal::v1::OutcomeRecord;
+use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse, Message};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Appends records to a log topic keyed by conversation id.
+#[async_trait]
+pub trait Publisher<T>: Send + Sync + 'static {
+    /// Returns once the log has accepted the record.
+    async fn publish(&self, key: &str, record: T) -> Result<(), ChatError>;
+}
+
+/// The read side of history, used by gateways (for clients) and routers
+/// (for membership).
+#[async_trait]
+pub trait HistoryApi: Send + Sync + 'static {
+    /// A page of history, if `caller` is a member.
+    async fn get_history(
+        &self,
+        caller: &str,
+        req: GetHistoryRequest,
+    ) -> Result<GetHistoryResponse, ChatError>;
+    /// The caller's conversations.
+    async fn list_conversations(&self, caller: &str) -> Result<Vec<Conversation>, ChatError>;
+    /// A conversation with its current members (no caller check: internal).
+    async fn conversation(&self, conversation_id: &str) -> Result<Conversation, ChatError>;
+}
+
+/// Where routers hand sequenced messages and outcomes.
+#[async_trait]
+pub trait DeliverySink: Send + Sync + 'static {
+    /// Pushes `message` to every session of every user in `recipients`.
+    async fn deliver(&self, recipients: &[String], message: Arc<Message>);
+    /// Completes the request that produced `outcome` on its origin gateway.
+    async fn complete(&self, outcome: OutcomeRecord);
+}
+
+/// The partition of `key` among `partitions` (stable within a process).
+pub fn partition_of(key: &str, partitions: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    (h.finish() % partitions.max(1) as u64) as usize
+}
+
+/// The embedded mode's log: a topic of bounded in-memory partitions with one
+/// consumer each. Durability comes from the database, not from this queue:
+/// nothing is acknowledged to a client before history has committed it.
+pub struct MemTopic<T> {
+    /// One sender per partition.
+    senders: Vec<mpsc::Sender<T>>,
+}
+
+impl<T: Send + 'static> MemTopic<T> {
+    /// A topic of `partitions` queues holding `capacity` records each, and
+    /// the receivers its consumers read from, in partition order.
+    pub fn new(partitions: usize, capacity: usize) -> (Self, Vec<mpsc::Receiver<T>>) {
+        let (senders, receivers) = (0..partitions.max(1))
+            .map(|_| mpsc::channel(capacity.max(1)))
+            .unzip();
+        (Self { senders }, receivers)
+    }
+}
+
+#[async_trait]
+impl<T: Send + 'static> Publisher<T> for MemTopic<T> {
+    async fn publish(&self, key: &str, record: T) -> Result<(), ChatError> {
+        let p = partition_of(key, self.senders.len());
+        self.senders[p]
+            .send(record)
+            .await
+            .map_err(|_| ChatError::Unavailable("the server is shutting down; retry".into()))
+    }
+}
+
+/// Waits for one record, then takes whatever else is queued, up to `max`.
+pub async fn recv_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let first = rx.recv().await?;
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}

@@ -1,0 +1,251 @@
+//! Checks on what clients send, shared by the unary API and stream frames,
+//! each failing with INVALID_ARGUMENT and a message that says what to fix.
+
+use crate::auth::check_user_id;
+use crate::error::ChatError;
+use confab_proto::v1::ConversationKind;
+use std::collections::BTreeSet;
+
+/// Default largest message body, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest client_msg_id, in bytes.
+pub const MAX_CLIENT_MSG_ID_LEN: usize = 128;
+/// Longest conversation id, in bytes.
+pub const MAX_CONVERSATION_ID_LEN: usize = 128;
+/// Longest title, in bytes.
+pub const MAX_TITLE_LEN: usize = 256;
+/// Largest group, members included.
+pub const DEFAULT_MAX_GROUP_MEMBERS: usize = 1000;
+/// Default and largest history page.
+pub const DEFAULT_PAGE: u32 = 50;
+/// Largest history page; larger requests are clamped to it.
+pub const MAX_PAGE: u32 = 500;
+
+/// Limits on what a client may send.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted body, in bytes.
+    pub max_body_bytes: usize,
+    /// Largest group, in members.
+    pub max_group_members: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_group_members: DEFAULT_MAX_GROUP_MEMBERS,
+        }
+    }
+}
+
+/// Checks a conversation id.
+pub fn conversation_id(id: &str) -> Result<(), ChatError> {
+    if id.is_empty() {
+        return Err(ChatError::InvalidArgument(
+            "conversation_id is required".into(),
+        ));
+    }
+    if id.len() > MAX_CONVERSATION_ID_LEN {
+        return Err(ChatError::InvalidArgument(format!(
+            "conversation_id is {} bytes; at most {MAX_CONVERSATION_ID_LEN} are allowed",
+            id.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a message before it is accepted.
+pub fn send(limits: &Limits, conv: &str, client_msg_id: &str, body: &str) -> Result<(), ChatError> {
+    conversation_id(conv)?;
+    if client_msg_id.is_empty() {
+        return Err(ChatError::InvalidArgument(
+            "client_msg_id is required: choose a unique id per message and reuse it when retrying"
+                .into(),
+        ));
+    }
+    if client_msg_id.len() > MAX_CLIENT_MSG_ID_LEN {
+        return Err(ChatError::InvalidArgument(format!(
+            "client_msg_id is {} bytes; at most {MAX_CLIENT_MSG_ID_LEN} are allowed",
+            client_msg_id.len()
+        )));
+    }
+    if body.is_empty() {
+        return Err(ChatError::InvalidArgument("body must not be empty".into()));
+    }
+    if body.len() > limits.max_body_bytes {
+        return Err(ChatError::InvalidArgument(format!(
+            "body is {} bytes; the limit is {} bytes",
+            body.len(),
+            limits.max_body_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Checks user ids and returns them deduplicated and sorted.
+pub fn user_ids<'a>(
+    ids: impl IntoIterator<Item = &'a String>,
+) -> Result<BTreeSet<String>, ChatError> {
+    let mut set = BTreeSet::new();
+    for id in ids {
+        check_user_id(id).map_err(|s| {
+            ChatError::InvalidArgument(format!("member id {id:?}: {}", s.message()))
+        })?;
+        set.insert(id.clone());
+    }
+    Ok(set)
+}
+
+/// Checks a new conversation and returns its full member set (caller included).
+pub fn create(
+    limits: &Limits,
+    caller: &str,
+    kind: i32,
+    title: &str,
+    member_ids: &[String],
+) -> Result<(ConversationKind, Vec<String>), ChatError> {
+    let kind = ConversationKind::try_from(kind)
+        .ok()
+        .filter(|k| *k != ConversationKind::Unspecified)
+        .ok_or_else(|| ChatError::InvalidArgument("kind must be DIRECT or GROUP".into()))?;
+    if title.len() > MAX_TITLE_LEN {
+        return Err(ChatError::InvalidArgument(format!(
+            "title is {} bytes; at most {MAX_TITLE_LEN} are allowed",
+            title.len()
+        )));
+    }
+    let mut members = user_ids(member_ids)?;
+    members.insert(caller.to_string());
+    match kind {
+        ConversationKind::Direct if members.len() != 2 => {
+            return Err(ChatError::InvalidArgument(format!(
+                "a DIRECT conversation has exactly two members (you and one other user); got {}",
+                members.len()
+            )))
+        }
+        ConversationKind::Group if members.len() > limits.max_group_members => {
+            return Err(ChatError::InvalidArgument(format!(
+                "a group has at most {} members; got {}",
+                limits.max_group_members,
+                members.len()
+            )))
+        }
+        _ => {}
+    }
+    Ok((kind, members.into_iter().collect()))
+}
+
+/// Which way a history page is read, and from where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageCursor {
+    /// Newest first, seq < the bound (`u64::MAX` = from the end).
+    Before(u64),
+    /// Oldest first, seq > the bound.
+    After(u64),
+}
+
+/// Checks a history request and returns the cursor and the effective limit.
+pub fn history_page(
+    before_seq: u64,
+    after_seq: u64,
+    limit: u32,
+) -> Result<(PageCursor, u32), ChatError> {
+    let cursor = match (before_seq, after_seq) {
+        (0, 0) => PageCursor::Before(u64::MAX),
+        (b, 0) => PageCursor::Before(b),
+        (0, a) => PageCursor::After(a),
+        _ => {
+            return Err(ChatError::InvalidArgument(
+                "set before_seq or after_seq, not both".into(),
+            ))
+        }
+    };
+    let limit = match limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    Ok((cursor, limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_rejects_each_bad_field_with_a_reason() {
+        let l = Limits::default();
+        assert!(send(&l, "c", "m1", "hi").is_ok());
+        let msg = |r: Result<(), ChatError>| r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg(send(&l, "", "m1", "hi")).contains("conversation_id"));
+        assert!(msg(send(&l, "c", "", "hi")).contains("client_msg_id"));
+        assert!(msg(send(&l, "c", "m1", "")).contains("empty"));
+        let big = "x".repeat(DEFAULT_MAX_BODY_BYTES + 1);
+        assert!(msg(send(&l, "c", "m1", &big)).contains("limit is 16384"));
+        assert!(send(&l, "c", "m1", &"x".repeat(DEFAULT_MAX_BODY_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn direct_needs_exactly_two_distinct_members_including_caller() {
+        let l = Limits::default();
+        let direct = ConversationKind::Direct as i32;
+        let (_, m) = create(&l, "a", direct, "", &["b".into()]).expect("pair");
+        assert_eq!(m, vec!["a".to_string(), "b".to_string()]);
+        assert!(create(&l, "a", direct, "", &["a".into(), "b".into()]).is_ok());
+        assert!(create(&l, "a", direct, "", &[]).is_err());
+        assert!(create(&l, "a", direct, "", &["a".into()]).is_err());
+        assert!(create(&l, "a", direct, "", &["b".into(), "c".into()]).is_err());
+        assert!(create(&l, "a", 0, "", &["b".into()]).is_err());
+        assert!(create(&l, "a", 99, "", &["b".into()]).is_err());
+        let (_, g) = create(&l, "a", ConversationKind::Group as i32, "t", &[]).expect("solo group");
+        assert_eq!(g, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn page_bounds() {
+        assert_eq!(
+            history_page(0, 0, 0).ok(),
+            Some((PageCursor::Before(u64::MAX), 50))
+        );
+        assert_eq!(
+            history_page(10, 0, 5).ok(),
+            Some((PageCursor::Before(10), 5))
+        );
+        assert_eq!(
+            history_page(0, 3, 10_000).ok(),
+            Some((PageCursor::After(3), 500))
+        );
+        assert!(history_page(3, 5, 1).is_err());
+    }
+}
+
+/// The id of the DIRECT conversation between two users: the same pair
+/// always maps to the same id, which is what makes "create again" idempotent.
+pub fn direct_conversation_id(members: &[String]) -> String {
+    const NS: uuid::Uuid = uuid::Uuid::from_u128(0x6f1c_4a53_8e0d_4d7b_9a62_0c1f_3b5e_d1a7);
+    let mut sorted: Vec<&str> = members.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    format!(
+        "dm-{}",
+        uuid::Uuid::new_v5(&NS, sorted.join("\n").as_bytes())
+    )
+}
+
+/// A fresh id for a group conversation.
+pub fn group_conversation_id() -> String {
+    format!("grp-{}", uuid::Uuid::new_v4())
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    #[test]
+    fn direct_id_ignores_member_order() {
+        let a = direct_conversation_id(&["bob".into(), "alice".into()]);
+        let b = direct_conversation_id(&["alice".into(), "bob".into()]);
+        assert_eq!(a, b);
+        assert_ne!(a, direct_conversation_id(&["alice".into(), "carol".into()]));
+        assert_ne!(group_conversation_id(), group_conversation_id());
+    }
+}

@@ -1,0 +1,191 @@
+//! Embedded mode: gateway, router and history in one process, joined by
+//! in-process log topics, with history in a SQLite file. `SendMessage`
+//! returns only after SQLite has committed the message, so an acknowledged
+//! message survives `kill -9`.
+
+use confab_common::auth::{Authenticator, DEV_SECRET};
+use confab_common::config::{parse_or, ConfigError, Env};
+use confab_common::pipeline::MemTopic;
+use confab_common::shutdown::Signal;
+use confab_common::validate::Limits;
+use confab_gateway::{ChatService, GatewayConfig, Hub};
+use confab_history::{LocalHistory, SqliteStore};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Settings of `confab dev`.
+#[derive(Debug, Clone)]
+pub struct DevConfig {
+    /// Address to serve gRPC on.
+    pub listen: String,
+    /// Directory holding the SQLite database.
+    pub data_dir: PathBuf,
+    /// HS256 secret; `None` means the public development secret.
+    pub jwt_secret: Option<String>,
+    /// Gateway settings (limits, timeouts, queues).
+    pub gateway: GatewayConfig,
+    /// Partitions of each in-process topic.
+    pub partitions: usize,
+    /// How long shutdown waits for in-flight work.
+    pub grace: Duration,
+}
+
+impl DevConfig {
+    /// Reads `CONFAB_*` variables from `env`.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let defaults = GatewayConfig::default();
+        let limits = Limits {
+            max_body_bytes: parse_or(
+                env,
+                "CONFAB_MAX_BODY_BYTES",
+                Limits::default().max_body_bytes,
+                "a size in bytes",
+            )?,
+            max_group_members: parse_or(
+                env,
+                "CONFAB_MAX_GROUP_MEMBERS",
+                Limits::default().max_group_members,
+                "a member count",
+            )?,
+        };
+        let send_timeout_ms = parse_or(
+            env,
+            "CONFAB_SEND_TIMEOUT_MS",
+            defaults.send_timeout.as_millis() as u64,
+            "milliseconds",
+        )?;
+        let config = Self {
+            listen: env
+                .get("CONFAB_LISTEN")
+                .unwrap_or_else(|| "127.0.0.1:50051".into()),
+            data_dir: env
+                .get("CONFAB_DATA_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| "data".into()),
+            jwt_secret: env.get("CONFAB_JWT_SECRET"),
+            gateway: GatewayConfig {
+                limits,
+                send_timeout: Duration::from_millis(send_timeout_ms),
+                session_queue: parse_or(
+                    env,
+                    "CONFAB_SESSION_QUEUE",
+                    defaults.session_queue,
+                    "a message count",
+                )?,
+            },
+            partitions: parse_or(env, "CONFAB_PARTITIONS", 4usize, "a partition count")?,
+            grace: Duration::from_millis(parse_or(
+                env,
+                "CONFAB_SHUTDOWN_GRACE_MS",
+                10_000u64,
+                "milliseconds",
+            )?),
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, value: String, reason: &str| ConfigError {
+            key: key.into(),
+            value,
+            reason: reason.into(),
+        };
+        if self.gateway.limits.max_body_bytes == 0 {
+            return Err(bad(
+                "CONFAB_MAX_BODY_BYTES",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.gateway.limits.max_group_members < 2 {
+            return Err(bad(
+                "CONFAB_MAX_GROUP_MEMBERS",
+                self.gateway.limits.max_group_members.to_string(),
+                "must be at least 2",
+            ));
+        }
+        if self.partitions == 0 || self.partitions > 1024 {
+            return Err(bad(
+                "CONFAB_PARTITIONS",
+                self.partitions.to_string(),
+                "must be between 1 and 1024",
+            ));
+        }
+        if self.gateway.session_queue == 0 {
+            return Err(bad(
+                "CONFAB_SESSION_QUEUE",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.gateway.send_timeout.is_zero() {
+            return Err(bad(
+                "CONFAB_SEND_TIMEOUT_MS",
+                "0".into(),
+                "must be at least 1",
+            ));
+        }
+        if let Some(secret) = &self.jwt_secret {
+            if secret.len() < 16 {
+                return Err(bad(
+                    "CONFAB_JWT_SECRET",
+                    "<redacted>".into(),
+                    "must be at least 16 bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The token checker for this configuration.
+    pub fn authenticator(&self) -> Authenticator {
+        Authenticator::new(self.jwt_secret.as_deref().unwrap_or(DEV_SECRET))
+    }
+
+    /// The SQLite database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("confab.db")
+    }
+}
+
+/// Runs everything until `shutdown` fires, then drains in order: the
+/// gateway stops taking requests, the sequencers finish what was accepted,
+/// the routers deliver it.
+pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> anyhow::Result<()> {
+    if config.jwt_secret.is_none() {
+        tracing::warn!("CONFAB_JWT_SECRET is not set: using the public development secret; anyone can mint tokens");
+    }
+    let store = Arc::new(SqliteStore::open(&config.db_path(), config.gateway.limits).await?);
+    tracing::info!(path = %config.db_path().display(), "history in sqlite");
+    let (ingress, ingress_partitions) = MemTopic::new(config.partitions, 4096);
+    let (outcomes, outcome_partitions) = MemTopic::new(config.partitions, 4096);
+    let history = Arc::new(LocalHistory::new(store.clone()));
+    let hub = Hub::new("embedded");
+    let sequencers = confab_history::ingest::spawn(store, ingress_partitions, Arc::new(outcomes));
+    let routers = confab_router::spawn(outcome_partitions, history.clone(), hub.clone());
+    let service = ChatService::new(
+        config.gateway.clone(),
+        config.authenticator(),
+        hub,
+        Arc::new(ingress),
+        history,
+        shutdown.clone(),
+    );
+    confab_gateway::run(service, listener, shutdown).await?;
+    let drain = async {
+        for task in sequencers.into_iter().chain(routers) {
+            let _ = task.await;
+        }
+    };
+    if tokio::time::timeout(config.grace, drain).await.is_err() {
+        tracing::warn!(
+            grace_ms = config.grace.as_millis() as u64,
+            "shutdown grace period over; exiting with work in flight"
+        );
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

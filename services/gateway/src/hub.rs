@@ -1,0 +1,179 @@
+//! The gateway's live state: which sessions each user has open here, and
+//! which requests are waiting for history's verdict.
+
+use async_trait::async_trait;
+use confab_common::pipeline::DeliverySink;
+use confab_proto::internal::v1::OutcomeRecord;
+use confab_proto::v1::Message;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+/// A session as the hub sees it.
+struct SessionEntry {
+    /// Unique within this gateway.
+    id: u64,
+    /// Live messages for the session task (bounded: a full queue means the
+    /// client reads too slowly).
+    tx: mpsc::Sender<Arc<Message>>,
+    /// Ends the client's stream at once with a status.
+    kill: mpsc::Sender<Status>,
+}
+
+/// Sessions and pending requests of one gateway.
+pub struct Hub {
+    /// This gateway's id, stamped on every request it produces.
+    gateway_id: String,
+    /// Open sessions by user id.
+    sessions: Mutex<HashMap<String, Vec<SessionEntry>>>,
+    /// Requests waiting for their outcome, by request id.
+    pending: Mutex<HashMap<u64, oneshot::Sender<OutcomeRecord>>>,
+    /// Source of request and session ids.
+    next_id: AtomicU64,
+}
+
+/// Removes a session from the hub when dropped.
+pub struct Registration {
+    /// The hub it is registered with.
+    hub: Arc<Hub>,
+    /// Whose session it is.
+    user: String,
+    /// Which session.
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut sessions = self.hub.sessions();
+        if let Some(list) = sessions.get_mut(&self.user) {
+            list.retain(|s| s.id != self.id);
+            if list.is_empty() {
+                sessions.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// A request waiting for its outcome; dropping it forgets the request.
+pub struct Pending {
+    /// The hub it waits on.
+    hub: Arc<Hub>,
+    /// The request id carried in the ingress record's origin.
+    pub request_id: u64,
+    /// Fires when the outcome arrives.
+    pub rx: oneshot::Receiver<OutcomeRecord>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Ok(mut p) = self.hub.pending.lock() {
+            p.remove(&self.request_id);
+        }
+    }
+}
+
+impl Hub {
+    /// An empty hub for gateway `gateway_id`.
+    pub fn new(gateway_id: impl Into<String>) -> Arc<Self> {
+        Arc::new(Self {
+            gateway_id: gateway_id.into(),
+            sessions: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// This gateway's id.
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway_id
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<String, Vec<SessionEntry>>> {
+        // A panic while holding the lock leaves consistent data (plain inserts
+        // and removals), so a poisoned lock is still usable.
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a session of `user`; it receives live messages on `tx`.
+    pub fn register(
+        self: &Arc<Self>,
+        user: &str,
+        tx: mpsc::Sender<Arc<Message>>,
+        kill: mpsc::Sender<Status>,
+    ) -> Registration {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.sessions()
+            .entry(user.to_string())
+            .or_default()
+            .push(SessionEntry { id, tx, kill });
+        Registration {
+            hub: self.clone(),
+            user: user.to_string(),
+            id,
+        }
+    }
+
+    /// Number of open sessions (all users).
+    pub fn session_count(&self) -> usize {
+        self.sessions().values().map(Vec::len).sum()
+    }
+
+    /// A new pending request.
+    pub fn pending(self: &Arc<Self>) -> Pending {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request_id, tx);
+        Pending {
+            hub: self.clone(),
+            request_id,
+            rx,
+        }
+    }
+}
+
+#[async_trait]
+impl DeliverySink for Hub {
+    async fn deliver(&self, recipients: &[String], message: Arc<Message>) {
+        let mut sessions = self.sessions();
+        for user in recipients {
+            let Some(list) = sessions.get_mut(user) else {
+                continue;
+            };
+            list.retain(|s| match s.tx.try_send(message.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!(user_id = %user, session = s.id, "session reads too slowly; disconnecting it");
+                    let _ = s.kill.try_send(Status::resource_exhausted(format!(
+                        "your session fell {} messages behind; reconnect and resume from the last seq you received",
+                        s.tx.max_capacity()
+                    )));
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
+        sessions.retain(|_, list| !list.is_empty());
+    }
+
+    async fn complete(&self, outcome: OutcomeRecord) {
+        let Some(origin) = &outcome.origin else {
+            return;
+        };
+        if origin.gateway_id != self.gateway_id {
+            return;
+        }
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&origin.request_id);
+        if let Some(tx) = waiter {
+            let _ = tx.send(outcome);
+        }
+    }
+}

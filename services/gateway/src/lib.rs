@@ -1,0 +1,11 @@
+//! The gateway: Confab's public gRPC API. It authenticates and validates,
+//! turns writes into ingress records, serves reads from history, and holds
+//! the clients' live `Connect` sessions.
+
+pub mod hub;
+pub mod service;
+pub mod session;
+pub mod submit;
+
+pub use hub::Hub;
+pub use service::{run, ChatService, GatewayConfig};

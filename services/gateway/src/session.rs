@@ -1,0 +1,331 @@
+//! One `Connect` stream. A single task owns the session's state, so frames
+//! from the client and live messages are handled one at a time. Delivery
+//! keeps a cursor per conversation: it never repeats a seq, and fills any
+//! gap from history before going on, which is also how resume works.
+
+use crate::hub::Hub;
+use crate::submit::Submitter;
+use confab_common::error::ChatError;
+use confab_common::pipeline::HistoryApi;
+use confab_common::shutdown::Signal;
+use confab_common::validate::{self, Limits};
+use confab_proto::internal::v1::{ingress_record::Command, outcome_record, SendCommand};
+use confab_proto::v1::{
+    client_frame, membership_event::Change, server_frame, CaughtUp, ClientFrame, GetHistoryRequest,
+    Message, Pong, SendAck, SendFrame, ServerFrame,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+/// The seqs of one conversation sent on this stream: every seq in
+/// `first..=last` has been sent, nothing above `last`.
+#[derive(Debug, Clone, Copy)]
+struct Cursor {
+    /// Lowest seq this stream is responsible for.
+    first: u64,
+    /// Highest seq sent.
+    last: u64,
+}
+
+/// Everything a session task needs.
+pub struct Session {
+    /// The authenticated user.
+    pub user: String,
+    /// Registry of sessions.
+    pub hub: Arc<Hub>,
+    /// History reads (resume and gap fill).
+    pub history: Arc<dyn HistoryApi>,
+    /// Writes.
+    pub submitter: Submitter,
+    /// Input limits.
+    pub limits: Limits,
+    /// Frames to the client.
+    pub out: mpsc::Sender<ServerFrame>,
+    /// Ends the client's stream with a status.
+    pub kill: mpsc::Sender<Status>,
+    /// Capacity of the live queue.
+    pub queue: usize,
+    /// Gateway shutdown.
+    pub shutdown: Signal,
+}
+
+/// Why the session loop stopped sending.
+struct Gone;
+
+impl Session {
+    /// Runs the session until the client leaves, is kicked, or shutdown.
+    pub async fn run(self, mut inbound: Streaming<ClientFrame>) {
+        let mut state = State {
+            cursors: HashMap::new(),
+            s: self,
+        };
+        // Live delivery starts after the first frame, so that a first
+        // `resume` is always applied before any live message.
+        let first = tokio::select! {
+            f = inbound.message() => f,
+            _ = state.s.out.closed() => return,
+            _ = state.s.shutdown.clone().wait() => return state.shutting_down(),
+        };
+        let first = match first {
+            Ok(f) => f,
+            Err(_) => return,
+        };
+        let (tx, mut live) = mpsc::channel(state.s.queue);
+        let _registration = state
+            .s
+            .hub
+            .register(&state.s.user, tx, state.s.kill.clone());
+        let mut inbound_open = first.is_some();
+        if let Some(frame) = first {
+            if state.handle(frame).await.is_err() {
+                return;
+            }
+        }
+        let shutdown = state.s.shutdown.clone().wait();
+        tokio::pin!(shutdown);
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = &mut shutdown => return state.shutting_down(),
+                _ = state.s.out.closed() => return,
+                frame = inbound.message(), if inbound_open => match frame {
+                    Ok(Some(frame)) => state.handle(frame).await,
+                    // Half-closed: keep delivering until the client hangs up.
+                    Ok(None) => { inbound_open = false; Ok(()) }
+                    // A broken stream is a normal disconnect.
+                    Err(_) => return,
+                },
+                msg = live.recv() => match msg {
+                    Some(m) => state.deliver_live(&m).await,
+                    // The hub dropped us (too slow); the kill status is on its way.
+                    None => return,
+                },
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+struct State {
+    cursors: HashMap<String, Cursor>,
+    s: Session,
+}
+
+impl State {
+    fn shutting_down(&self) {
+        let _ = self.s.kill.try_send(Status::unavailable(
+            "the gateway is shutting down; reconnect and resume from the last seq you received",
+        ));
+    }
+
+    async fn send(&self, frame: server_frame::Frame) -> Result<(), Gone> {
+        self.s
+            .out
+            .send(ServerFrame { frame: Some(frame) })
+            .await
+            .map_err(|_| Gone)
+    }
+
+    async fn handle(&mut self, frame: ClientFrame) -> Result<(), Gone> {
+        match frame.frame {
+            Some(client_frame::Frame::Send(send)) => self.send_message(send).await,
+            Some(client_frame::Frame::Resume(resume)) => {
+                let mut positions: Vec<_> = resume.last_seq.into_iter().collect();
+                positions.sort();
+                for (conv, last) in positions {
+                    self.resume(&conv, last).await?;
+                }
+                Ok(())
+            }
+            Some(client_frame::Frame::Ping(ping)) => {
+                self.send(server_frame::Frame::Pong(Pong { nonce: ping.nonce }))
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Validates at once; the ack follows when history has decided, without
+    /// holding up this session's deliveries.
+    async fn send_message(&mut self, f: SendFrame) -> Result<(), Gone> {
+        let ack = move |f: &SendFrame, seq: u64, error: Option<ChatError>| {
+            server_frame::Frame::Ack(SendAck {
+                conversation_id: f.conversation_id.clone(),
+                client_msg_id: f.client_msg_id.clone(),
+                seq,
+                error: error.map(|e| e.to_proto()),
+            })
+        };
+        if let Err(e) = validate::send(
+            &self.s.limits,
+            &f.conversation_id,
+            &f.client_msg_id,
+            &f.body,
+        ) {
+            return self.send(ack(&f, 0, Some(e))).await;
+        }
+        let submitter = self.s.submitter.clone();
+        let out = self.s.out.clone();
+        let user = self.s.user.clone();
+        tokio::spawn(async move {
+            let command = Command::Send(SendCommand {
+                client_msg_id: f.client_msg_id.clone(),
+                body: f.body.clone(),
+            });
+            let frame = match submitter.submit(&user, &f.conversation_id, command).await {
+                Ok(outcome_record::Result::Message(m)) => ack(&f, m.seq, None),
+                Ok(_) => ack(
+                    &f,
+                    0,
+                    Some(ChatError::Internal("unexpected outcome".into())),
+                ),
+                Err(e) => ack(&f, 0, Some(e)),
+            };
+            let _ = out.send(ServerFrame { frame: Some(frame) }).await;
+        });
+        Ok(())
+    }
+
+    /// Sends what the client missed after `last`, then `caught_up`.
+    async fn resume(&mut self, conv: &str, last: u64) -> Result<(), Gone> {
+        let sent = match self.cursors.get(conv).copied() {
+            // Already streaming this conversation: send only what lies below
+            // what this stream has carried, never a seq twice.
+            Some(c) if last < c.first.saturating_sub(1) => {
+                let r = self.fill(conv, last, c.first).await;
+                if r.is_ok() {
+                    self.cursors.insert(
+                        conv.to_string(),
+                        Cursor {
+                            first: last + 1,
+                            last: c.last,
+                        },
+                    );
+                }
+                r
+            }
+            Some(c) => {
+                let c = Cursor {
+                    first: c.first,
+                    last: c.last.max(last),
+                };
+                self.cursors.insert(conv.to_string(), c);
+                self.fill(conv, c.last, u64::MAX).await
+            }
+            None => {
+                self.cursors.insert(
+                    conv.to_string(),
+                    Cursor {
+                        first: last + 1,
+                        last,
+                    },
+                );
+                self.fill(conv, last, u64::MAX).await
+            }
+        };
+        let (seq, error) = match sent {
+            Ok(()) => (self.cursors.get(conv).map(|c| c.last).unwrap_or(last), None),
+            Err(FillError::Gone) => return Err(Gone),
+            Err(FillError::Refused(e)) => {
+                self.cursors.remove(conv);
+                (0, Some(e.to_proto()))
+            }
+        };
+        self.send(server_frame::Frame::CaughtUp(CaughtUp {
+            conversation_id: conv.to_string(),
+            seq,
+            error,
+        }))
+        .await
+    }
+
+    /// Sends the messages of `conv` with `after < seq < before` from history,
+    /// oldest first, advancing the cursor past each.
+    async fn fill(&mut self, conv: &str, after: u64, before: u64) -> Result<(), FillError> {
+        let mut from = after;
+        loop {
+            let page = self
+                .s
+                .history
+                .get_history(
+                    &self.s.user,
+                    GetHistoryRequest {
+                        conversation_id: conv.to_string(),
+                        after_seq: from,
+                        before_seq: 0,
+                        limit: validate::MAX_PAGE,
+                    },
+                )
+                .await
+                .map_err(FillError::Refused)?;
+            for m in page.messages {
+                if m.seq >= before {
+                    return Ok(());
+                }
+                from = m.seq;
+                self.emit(m).await.map_err(|_| FillError::Gone)?;
+            }
+            if !page.has_more {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends `m` and moves the cursor, when it is past the cursor.
+    async fn emit(&mut self, m: Message) -> Result<(), Gone> {
+        let conv = m.conversation_id.clone();
+        let seq = m.seq;
+        let removed_self = m.membership.as_ref().is_some_and(|e| {
+            e.change == Change::Removed as i32 && e.user_ids.iter().any(|u| *u == self.s.user)
+        });
+        match self.cursors.get_mut(&conv) {
+            Some(c) if seq > c.last => c.last = seq,
+            Some(c) if seq >= c.first => return Ok(()),
+            Some(_) => {}
+            None => {
+                self.cursors.insert(
+                    conv.clone(),
+                    Cursor {
+                        first: seq,
+                        last: seq,
+                    },
+                );
+            }
+        }
+        self.send(server_frame::Frame::Message(m)).await?;
+        if removed_self {
+            // Whatever comes after is not for us; a re-add starts afresh.
+            self.cursors.remove(&conv);
+        }
+        Ok(())
+    }
+
+    /// A live message: dropped if already sent, preceded by history if
+    /// something before it was missed.
+    async fn deliver_live(&mut self, m: &Message) -> Result<(), Gone> {
+        if let Some(c) = self.cursors.get(&m.conversation_id).copied() {
+            if m.seq <= c.last {
+                return Ok(());
+            }
+            if m.seq > c.last + 1 {
+                match self.fill(&m.conversation_id, c.last, m.seq).await {
+                    Ok(()) => {}
+                    Err(FillError::Gone) => return Err(Gone),
+                    Err(FillError::Refused(e)) => {
+                        tracing::warn!(user_id = %self.s.user, conversation_id = %m.conversation_id, error = %e, "cannot fill gap")
+                    }
+                }
+            }
+        }
+        self.emit(m.clone()).await
+    }
+}
+
+enum FillError {
+    Gone,
+    Refused(ChatError),
+}

@@ -1,0 +1,72 @@
+//! Writes go through the log: the gateway produces an ingress record that
+//! names itself as origin, then waits for history's outcome to come back.
+
+use crate::hub::Hub;
+use confab_common::error::ChatError;
+use confab_common::pipeline::Publisher;
+use confab_proto::internal::v1::{ingress_record::Command, outcome_record, IngressRecord, Origin};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Turns a request into an ingress record and waits for its outcome.
+#[derive(Clone)]
+pub struct Submitter {
+    /// Where ingress records go.
+    ingress: Arc<dyn Publisher<IngressRecord>>,
+    /// Where the outcome comes back.
+    hub: Arc<Hub>,
+    /// How long a caller waits for the outcome.
+    timeout: Duration,
+}
+
+impl Submitter {
+    /// A submitter that waits at most `timeout` per request.
+    pub fn new(
+        ingress: Arc<dyn Publisher<IngressRecord>>,
+        hub: Arc<Hub>,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            ingress,
+            hub,
+            timeout,
+        }
+    }
+
+    /// Produces `command` for `conversation_id` as `actor`; returns history's
+    /// result, or UNAVAILABLE if it does not arrive in time.
+    pub async fn submit(
+        &self,
+        actor: &str,
+        conversation_id: &str,
+        command: Command,
+    ) -> Result<outcome_record::Result, ChatError> {
+        let mut pending = self.hub.pending();
+        let record = IngressRecord {
+            origin: Some(Origin {
+                gateway_id: self.hub.gateway_id().to_string(),
+                request_id: pending.request_id,
+            }),
+            actor_id: actor.to_string(),
+            conversation_id: conversation_id.to_string(),
+            command: Some(command),
+        };
+        let wait = async {
+            self.ingress.publish(conversation_id, record).await?;
+            let outcome = (&mut pending.rx)
+                .await
+                .map_err(|_| ChatError::Unavailable("the server is shutting down; retry".into()))?;
+            outcome
+                .result
+                .ok_or_else(|| ChatError::Internal("history returned an empty outcome".into()))
+        };
+        match tokio::time::timeout(self.timeout, wait).await {
+            Ok(Ok(outcome_record::Result::Error(e))) => Err(ChatError::from_proto(&e)),
+            Ok(result) => result,
+            Err(_) => Err(ChatError::Unavailable(format!(
+                "no outcome within {} ms: the request may have been applied; retrying with the same client_msg_id is safe and returns the original seq",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+}

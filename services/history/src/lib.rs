@@ -1,0 +1,10 @@
+//! The history service: the only writer of conversations and messages. It
+//! sequences ingress records (dedupe, membership checks, seq allocation) in
+//! one transaction per batch and serves history reads.
+
+pub mod ingest;
+pub mod queries;
+pub mod store;
+
+pub use queries::LocalHistory;
+pub use store::{sqlite::SqliteStore, Store, StoreError};

@@ -1,0 +1,406 @@
+//! One behaviour suite for every `Store` implementation: each backend's tests
+//! call `run_all` with a factory that returns a fresh, empty store.
+
+use super::Store;
+use confab_common::validate::PageCursor;
+use confab_proto::internal::v1::{
+    ingress_record::Command, outcome_record::Result as R, AddMembersCommand, CreateCommand,
+    IngressRecord, Origin, OutcomeRecord, RemoveMemberCommand, SendCommand,
+};
+use confab_proto::v1::{membership_event::Change, ConversationKind, MessageKind};
+use std::future::Future;
+use std::sync::Arc;
+use tonic::Code;
+
+/// Runs every conformance test, each on a fresh store from `fresh`.
+pub async fn run_all<F, Fut>(mut fresh: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    seqs_start_at_one_and_have_no_gaps(fresh().await).await;
+    retried_sends_return_the_original(fresh().await).await;
+    refusals_carry_precise_codes(fresh().await).await;
+    direct_conversations_are_created_once(fresh().await).await;
+    membership_changes_are_sequenced(fresh().await).await;
+    pages_are_bounded_and_ordered(fresh().await).await;
+    conversations_are_listed_per_member(fresh().await).await;
+    concurrent_batches_stay_gap_free(fresh().await).await;
+}
+
+fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {
+    IngressRecord {
+        origin: Some(Origin {
+            gateway_id: "gw-test".into(),
+            request_id: 7,
+        }),
+        actor_id: actor.into(),
+        conversation_id: conv.into(),
+        command: Some(command),
+    }
+}
+
+/// A record creating group `conv` with `members` (the creator included).
+pub fn create_group(conv: &str, actor: &str, members: &[&str]) -> IngressRecord {
+    create(conv, actor, ConversationKind::Group, members)
+}
+
+fn create(conv: &str, actor: &str, kind: ConversationKind, members: &[&str]) -> IngressRecord {
+    let mut member_ids: Vec<String> = members.iter().map(|m| m.to_string()).collect();
+    member_ids.sort();
+    record(
+        conv,
+        actor,
+        Command::Create(CreateCommand {
+            kind: kind as i32,
+            title: "t".into(),
+            member_ids,
+        }),
+    )
+}
+
+/// A record sending `body` as `actor`.
+pub fn send(conv: &str, actor: &str, client_msg_id: &str, body: &str) -> IngressRecord {
+    record(
+        conv,
+        actor,
+        Command::Send(SendCommand {
+            client_msg_id: client_msg_id.into(),
+            body: body.into(),
+        }),
+    )
+}
+
+fn add(conv: &str, actor: &str, users: &[&str]) -> IngressRecord {
+    record(
+        conv,
+        actor,
+        Command::AddMembers(AddMembersCommand {
+            member_ids: users.iter().map(|u| u.to_string()).collect(),
+        }),
+    )
+}
+
+fn remove(conv: &str, actor: &str, user: &str) -> IngressRecord {
+    record(
+        conv,
+        actor,
+        Command::RemoveMember(RemoveMemberCommand {
+            member_id: user.into(),
+        }),
+    )
+}
+
+async fn apply(store: &Arc<dyn Store>, batch: Vec<IngressRecord>) -> Vec<OutcomeRecord> {
+    let out = store.apply(&batch).await.expect("apply");
+    assert_eq!(out.len(), batch.len(), "one outcome per record");
+    out
+}
+
+fn seq_of(o: &OutcomeRecord) -> u64 {
+    match &o.result {
+        Some(R::Message(m)) => m.seq,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+fn code_of(o: &OutcomeRecord) -> Code {
+    match &o.result {
+        Some(R::Error(e)) => Code::from_i32(e.code),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+async fn all_seqs(store: &Arc<dyn Store>, conv: &str) -> Vec<u64> {
+    let (msgs, more) = store
+        .history(conv, PageCursor::After(0), 500)
+        .await
+        .expect("history");
+    assert!(!more);
+    msgs.iter().map(|m| m.seq).collect()
+}
+
+async fn seqs_start_at_one_and_have_no_gaps(store: Arc<dyn Store>) {
+    let out = apply(&store, vec![create_group("c", "alice", &["alice", "bob"])]).await;
+    assert_eq!(out[0].events.len(), 1);
+    assert_eq!(out[0].events[0].seq, 1, "creation is seq 1");
+    let batch = (0..10)
+        .map(|i| {
+            send(
+                "c",
+                if i % 2 == 0 { "alice" } else { "bob" },
+                &format!("m{i}"),
+                "hi",
+            )
+        })
+        .collect();
+    let out = apply(&store, batch).await;
+    assert_eq!(
+        out.iter().map(seq_of).collect::<Vec<_>>(),
+        (2..=11).collect::<Vec<_>>()
+    );
+    for o in &out {
+        assert_eq!(o.events.len(), 1, "a new message is one event");
+        assert_eq!(
+            o.origin.as_ref().map(|x| x.request_id),
+            Some(7),
+            "origin is echoed"
+        );
+    }
+    assert_eq!(all_seqs(&store, "c").await, (1..=11).collect::<Vec<_>>());
+    let conv = store.conversation("c").await.expect("get").expect("exists");
+    assert_eq!(conv.last_seq, 11);
+}
+
+async fn retried_sends_return_the_original(store: Arc<dyn Store>) {
+    apply(&store, vec![create_group("c", "alice", &["alice", "bob"])]).await;
+    let first = apply(&store, vec![send("c", "alice", "k1", "original")]).await;
+    // Same key in a later batch, and twice inside one batch.
+    let again = apply(
+        &store,
+        vec![
+            send("c", "alice", "k1", "changed body"),
+            send("c", "alice", "k2", "x"),
+            send("c", "alice", "k2", "x"),
+        ],
+    )
+    .await;
+    assert_eq!(seq_of(&again[0]), seq_of(&first[0]));
+    assert!(again[0].events.is_empty(), "a retry is not a new event");
+    match &again[0].result {
+        Some(R::Message(m)) => assert_eq!(m.body, "original"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seq_of(&again[1]), seq_of(&again[2]));
+    assert!(again[2].events.is_empty());
+    // The key is per sender: bob may use the same client_msg_id.
+    let bob = apply(&store, vec![send("c", "bob", "k1", "bob's")]).await;
+    assert_ne!(seq_of(&bob[0]), seq_of(&first[0]));
+    assert_eq!(all_seqs(&store, "c").await, vec![1, 2, 3, 4]);
+}
+
+async fn refusals_carry_precise_codes(store: Arc<dyn Store>) {
+    apply(&store, vec![create_group("c", "alice", &["alice"])]).await;
+    let out = apply(
+        &store,
+        vec![
+            send("nope", "alice", "m", "x"),
+            send("c", "mallory", "m", "x"),
+            add("c", "mallory", &["eve"]),
+        ],
+    )
+    .await;
+    assert_eq!(code_of(&out[0]), Code::NotFound);
+    assert_eq!(code_of(&out[1]), Code::PermissionDenied);
+    assert_eq!(code_of(&out[2]), Code::PermissionDenied);
+    assert!(out.iter().all(|o| o.events.is_empty()));
+    // A refusal inside a batch does not undo the others.
+    let out = apply(
+        &store,
+        vec![
+            send("c", "mallory", "m", "x"),
+            send("c", "alice", "m", "ok"),
+        ],
+    )
+    .await;
+    assert_eq!(code_of(&out[0]), Code::PermissionDenied);
+    assert_eq!(seq_of(&out[1]), 2);
+}
+
+async fn direct_conversations_are_created_once(store: Arc<dyn Store>) {
+    let first = apply(
+        &store,
+        vec![create(
+            "dm",
+            "alice",
+            ConversationKind::Direct,
+            &["alice", "bob"],
+        )],
+    )
+    .await;
+    let again = apply(
+        &store,
+        vec![create(
+            "dm",
+            "bob",
+            ConversationKind::Direct,
+            &["alice", "bob"],
+        )],
+    )
+    .await;
+    assert_eq!(first[0].events.len(), 1);
+    assert!(again[0].events.is_empty());
+    match (&first[0].result, &again[0].result) {
+        (Some(R::Conversation(a)), Some(R::Conversation(b))) => {
+            assert_eq!(a.id, b.id);
+            assert_eq!(b.member_ids, vec!["alice".to_string(), "bob".to_string()]);
+            assert_eq!(b.kind, ConversationKind::Direct as i32);
+        }
+        other => panic!("{other:?}"),
+    }
+    let out = apply(
+        &store,
+        vec![add("dm", "alice", &["carol"]), remove("dm", "alice", "bob")],
+    )
+    .await;
+    assert_eq!(code_of(&out[0]), Code::InvalidArgument);
+    assert_eq!(code_of(&out[1]), Code::InvalidArgument);
+}
+
+async fn membership_changes_are_sequenced(store: Arc<dyn Store>) {
+    apply(&store, vec![create_group("g", "alice", &["alice", "bob"])]).await;
+    let out = apply(
+        &store,
+        vec![
+            add("g", "bob", &["carol", "alice"]),
+            send("g", "carol", "c1", "hi"),
+            remove("g", "alice", "carol"),
+            send("g", "carol", "c2", "still here?"),
+            send("g", "carol", "c1", "retry"),
+            remove("g", "bob", "bob"),
+            remove("g", "alice", "zed"),
+            add("g", "alice", &["u1", "u2", "u3", "u4"]),
+        ],
+    )
+    .await;
+    let added = &out[0].events[0];
+    assert_eq!((added.seq, added.kind), (2, MessageKind::System as i32));
+    let ev = added.membership.as_ref().expect("membership");
+    assert_eq!(
+        (ev.change, ev.user_ids.clone()),
+        (Change::Added as i32, vec!["carol".to_string()])
+    );
+    assert_eq!(seq_of(&out[1]), 3);
+    assert_eq!(out[2].events[0].seq, 4);
+    assert_eq!(
+        code_of(&out[3]),
+        Code::PermissionDenied,
+        "removed members cannot send"
+    );
+    assert_eq!(
+        seq_of(&out[4]),
+        3,
+        "but their retries still return the original"
+    );
+    assert_eq!(out[5].events[0].body, "bob left");
+    assert_eq!(code_of(&out[6]), Code::NotFound);
+    // alice is alone now; the test store allows 5 members, so four fit.
+    assert_eq!(out[7].events.len(), 1);
+    let conv = store.conversation("g").await.expect("get").expect("exists");
+    assert_eq!(
+        conv.member_ids,
+        vec![
+            "alice".to_string(),
+            "u1".into(),
+            "u2".into(),
+            "u3".into(),
+            "u4".into()
+        ]
+    );
+    let out = apply(&store, vec![add("g", "alice", &["u5"])]).await;
+    assert_eq!(code_of(&out[0]), Code::ResourceExhausted);
+    assert_eq!(all_seqs(&store, "g").await, (1..=6).collect::<Vec<_>>());
+}
+
+async fn pages_are_bounded_and_ordered(store: Arc<dyn Store>) {
+    apply(&store, vec![create_group("c", "alice", &["alice"])]).await;
+    apply(
+        &store,
+        (0..24)
+            .map(|i| send("c", "alice", &format!("m{i}"), "x"))
+            .collect(),
+    )
+    .await;
+    // 25 messages: seq 1 (creation) ..= 25.
+    let (page, more) = store
+        .history("c", PageCursor::Before(u64::MAX), 10)
+        .await
+        .expect("h");
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (16..=25).rev().collect::<Vec<_>>()
+    );
+    assert!(more);
+    let (page, more) = store
+        .history("c", PageCursor::Before(6), 10)
+        .await
+        .expect("h");
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![5, 4, 3, 2, 1]
+    );
+    assert!(!more);
+    let (page, more) = store
+        .history("c", PageCursor::After(20), 5)
+        .await
+        .expect("h");
+    assert_eq!(
+        page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![21, 22, 23, 24, 25]
+    );
+    assert!(!more, "exactly the last five: nothing more");
+    let (page, more) = store
+        .history("c", PageCursor::After(25), 5)
+        .await
+        .expect("h");
+    assert!(page.is_empty() && !more);
+    let (page, _) = store
+        .history("other", PageCursor::After(0), 5)
+        .await
+        .expect("h");
+    assert!(page.is_empty());
+}
+
+async fn conversations_are_listed_per_member(store: Arc<dyn Store>) {
+    apply(
+        &store,
+        vec![
+            create_group("a", "alice", &["alice", "bob"]),
+            create_group("b", "bob", &["bob"]),
+            send("a", "bob", "m", "x"),
+        ],
+    )
+    .await;
+    let alice = store.list_conversations("alice").await.expect("list");
+    assert_eq!(alice.len(), 1);
+    assert_eq!((alice[0].id.as_str(), alice[0].last_seq), ("a", 2));
+    assert_eq!(alice[0].member_ids, vec!["alice".to_string(), "bob".into()]);
+    let bob = store.list_conversations("bob").await.expect("list");
+    assert_eq!(
+        bob.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    assert!(store
+        .list_conversations("nobody")
+        .await
+        .expect("list")
+        .is_empty());
+}
+
+async fn concurrent_batches_stay_gap_free(store: Arc<dyn Store>) {
+    apply(&store, vec![create_group("c", "alice", &["alice", "bob"])]).await;
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0..5 {
+                let batch: Vec<_> = (0..10)
+                    .map(|i| {
+                        send(
+                            "c",
+                            if t % 2 == 0 { "alice" } else { "bob" },
+                            &format!("t{t}-b{b}-{i}"),
+                            "x",
+                        )
+                    })
+                    .collect();
+                store.apply(&batch).await.expect("apply");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let seqs = all_seqs(&store, "c").await;
+    assert_eq!(seqs, (1..=401).collect::<Vec<_>>());
+}

@@ -1,0 +1,120 @@
+//! The storage trait that SQLite (embedded) and PostgreSQL (distributed)
+//! implement, and the decisions both make for each ingress record.
+
+pub mod sqlite;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
+
+use async_trait::async_trait;
+use confab_common::error::ChatError;
+use confab_common::validate::PageCursor;
+use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_proto::v1::{membership_event::Change, Conversation, Message, MessageKind};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A storage failure (not a refusal of the request: those are `ChatError`s
+/// inside the outcome).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or could not be reached.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored row could not be decoded.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for ChatError {
+    fn from(e: StoreError) -> Self {
+        tracing::warn!(error = %e, "store call failed");
+        match e {
+            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+                ChatError::Unavailable("history store is unavailable; retry".into())
+            }
+            _ => ChatError::Internal("history store failed; see server logs".into()),
+        }
+    }
+}
+
+/// Where conversations and messages are kept.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies records in order in one transaction and returns one outcome
+    /// per record. A refused record is an outcome with an error, not an Err.
+    async fn apply(&self, batch: &[IngressRecord]) -> Result<Vec<OutcomeRecord>, StoreError>;
+    /// A conversation with its members, if it exists.
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
+    /// Every conversation `user` is a member of, ordered by id.
+    async fn list_conversations(&self, user: &str) -> Result<Vec<Conversation>, StoreError>;
+    /// Up to `limit` messages from `cursor`, and whether more exist past them.
+    async fn history(
+        &self,
+        conversation_id: &str,
+        cursor: PageCursor,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool), StoreError>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A protobuf timestamp from milliseconds since the epoch.
+pub fn timestamp(ms: i64) -> confab_proto::prost_types::Timestamp {
+    confab_proto::prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// The SYSTEM message recording a membership change.
+pub fn system_message(
+    conversation_id: &str,
+    seq: u64,
+    actor: &str,
+    change: Change,
+    users: &[String],
+    at_ms: i64,
+) -> Message {
+    let who = users.join(", ");
+    let body = match change {
+        Change::Created => format!("{actor} created the conversation with {who}"),
+        Change::Added => format!("{actor} added {who}"),
+        Change::Removed if users.len() == 1 && users[0] == actor => format!("{actor} left"),
+        Change::Removed => format!("{actor} removed {who}"),
+        Change::Unspecified => String::new(),
+    };
+    Message {
+        conversation_id: conversation_id.to_string(),
+        seq,
+        sender_id: actor.to_string(),
+        client_msg_id: String::new(),
+        body,
+        created_at: Some(timestamp(at_ms)),
+        kind: MessageKind::System as i32,
+        membership: Some(confab_proto::v1::MembershipEvent {
+            change: change as i32,
+            actor_id: actor.to_string(),
+            user_ids: users.to_vec(),
+        }),
+    }
+}
+
+/// An outcome that refuses `rec` with `err`.
+pub fn refused(rec: &IngressRecord, err: ChatError) -> OutcomeRecord {
+    use confab_proto::internal::v1::outcome_record::Result as R;
+    OutcomeRecord {
+        origin: rec.origin.clone(),
+        conversation_id: rec.conversation_id.clone(),
+        events: vec![],
+        result: Some(R::Error(err.to_proto())),
+    }
+}

@@ -1,0 +1,500 @@
+//! The embedded store: one SQLite file in WAL mode with `synchronous=FULL`,
+//! so a committed batch survives `kill -9` and power loss. Writers are
+//! serialised by a mutex (SQLite has one writer anyway); readers use the pool.
+
+use super::{now_ms, refused, system_message, timestamp, Store, StoreError};
+use async_trait::async_trait;
+use confab_common::error::ChatError;
+use confab_common::validate::{Limits, PageCursor};
+use confab_proto::internal::v1::{
+    ingress_record::Command, outcome_record, IngressRecord, OutcomeRecord,
+};
+use confab_proto::prost::Message as _;
+use confab_proto::v1::{
+    membership_event::Change, Conversation, ConversationKind, MembershipEvent, Message, MessageKind,
+};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
+use std::path::Path;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+
+/// History kept in a SQLite database file.
+pub struct SqliteStore {
+    /// Connections for reads and the write transaction.
+    pool: SqlitePool,
+    /// Serialises write transactions so they never fight over the lock.
+    write: Mutex<()>,
+    /// Group size limit enforced when members are added.
+    limits: Limits,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database at `path` and migrates it.
+    pub async fn open(path: &Path, limits: Limits) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            pool,
+            write: Mutex::new(()),
+            limits,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn apply(&self, batch: &[IngressRecord]) -> Result<Vec<OutcomeRecord>, StoreError> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for rec in batch {
+            let outcome = match apply_one(&mut tx, rec, now, &self.limits).await? {
+                Ok(outcome) => outcome,
+                Err(err) => refused(rec, err),
+            };
+            outcomes.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        load_conversation(&mut conn, id).await
+    }
+
+    async fn list_conversations(&self, user: &str) -> Result<Vec<Conversation>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, m2.user_id
+             FROM members m
+             JOIN conversations c ON c.id = m.conversation_id
+             JOIN members m2 ON m2.conversation_id = m.conversation_id
+             WHERE m.user_id = ?1
+             ORDER BY c.id, m2.user_id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<Conversation> = Vec::new();
+        for row in rows {
+            let id: String = row.try_get(0)?;
+            if out.last().map(|c| c.id != id).unwrap_or(true) {
+                out.push(Conversation {
+                    id,
+                    kind: row.try_get(1)?,
+                    title: row.try_get(2)?,
+                    member_ids: vec![],
+                    last_seq: row.try_get::<i64, _>(3)? as u64,
+                    created_at: Some(timestamp(row.try_get(4)?)),
+                });
+            }
+            if let Some(c) = out.last_mut() {
+                c.member_ids.push(row.try_get(5)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn history(
+        &self,
+        conversation_id: &str,
+        cursor: PageCursor,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool), StoreError> {
+        let (sql, bound) = match cursor {
+            PageCursor::Before(b) => (
+                "SELECT * FROM messages WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
+                b.min(i64::MAX as u64) as i64,
+            ),
+            PageCursor::After(a) => (
+                "SELECT * FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3",
+                a.min(i64::MAX as u64) as i64,
+            ),
+        };
+        let rows = sqlx::query(sql)
+            .bind(conversation_id)
+            .bind(bound)
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let has_more = rows.len() > limit as usize;
+        let messages = rows
+            .iter()
+            .take(limit as usize)
+            .map(message_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((messages, has_more))
+    }
+}
+
+type Tx = sqlx::Transaction<'static, Sqlite>;
+type Decision = Result<OutcomeRecord, ChatError>;
+
+/// Decides and writes one record inside the batch's transaction.
+async fn apply_one(
+    tx: &mut Tx,
+    rec: &IngressRecord,
+    now: i64,
+    limits: &Limits,
+) -> Result<Decision, StoreError> {
+    let conv_id = rec.conversation_id.as_str();
+    let actor = rec.actor_id.as_str();
+    let Some(command) = &rec.command else {
+        return Ok(Err(ChatError::InvalidArgument(
+            "record has no command".into(),
+        )));
+    };
+    let ok = |events: Vec<Message>, result: outcome_record::Result| OutcomeRecord {
+        origin: rec.origin.clone(),
+        conversation_id: rec.conversation_id.clone(),
+        events,
+        result: Some(result),
+    };
+    match command {
+        Command::Send(send) => {
+            // A retry returns the original, even if the sender has left since.
+            if let Some(original) = find_sent(tx, conv_id, actor, &send.client_msg_id).await? {
+                return Ok(Ok(ok(vec![], outcome_record::Result::Message(original))));
+            }
+            let Some(last_seq) = last_seq(tx, conv_id).await? else {
+                return Ok(Err(ChatError::no_conversation(conv_id)));
+            };
+            if !is_member(tx, conv_id, actor).await? {
+                return Ok(Err(ChatError::not_member(conv_id)));
+            }
+            let msg = Message {
+                conversation_id: conv_id.to_string(),
+                seq: last_seq + 1,
+                sender_id: actor.to_string(),
+                client_msg_id: send.client_msg_id.clone(),
+                body: send.body.clone(),
+                created_at: Some(timestamp(now)),
+                kind: MessageKind::Text as i32,
+                membership: None,
+            };
+            insert_message(tx, &msg, now).await?;
+            set_last_seq(tx, conv_id, msg.seq).await?;
+            Ok(Ok(ok(
+                vec![msg.clone()],
+                outcome_record::Result::Message(msg),
+            )))
+        }
+        Command::Create(create) => {
+            if let Some(existing) = load_conversation(tx, conv_id).await? {
+                // DIRECT ids are derived from the pair, so this is "create again";
+                // for groups it is a replayed record.
+                if !existing.member_ids.iter().any(|m| m == actor) {
+                    return Ok(Err(ChatError::not_member(conv_id)));
+                }
+                return Ok(Ok(ok(
+                    vec![],
+                    outcome_record::Result::Conversation(existing),
+                )));
+            }
+            sqlx::query(
+                "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms) VALUES (?1, ?2, ?3, 1, ?4)",
+            )
+            .bind(conv_id)
+            .bind(create.kind)
+            .bind(&create.title)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+            for user in &create.member_ids {
+                insert_member(tx, conv_id, user).await?;
+            }
+            let event = system_message(conv_id, 1, actor, Change::Created, &create.member_ids, now);
+            insert_message(tx, &event, now).await?;
+            let conv = require_conversation(tx, conv_id).await?;
+            Ok(Ok(ok(
+                vec![event],
+                outcome_record::Result::Conversation(conv),
+            )))
+        }
+        Command::AddMembers(add) => {
+            let conv = match group_for_change(tx, conv_id, actor).await? {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            let new: Vec<String> = add
+                .member_ids
+                .iter()
+                .filter(|u| !conv.member_ids.contains(u))
+                .cloned()
+                .collect();
+            if new.is_empty() {
+                return Ok(Ok(ok(vec![], outcome_record::Result::Conversation(conv))));
+            }
+            if conv.member_ids.len() + new.len() > limits.max_group_members {
+                return Ok(Err(ChatError::ResourceExhausted(format!(
+                    "a group has at most {} members (max_group_members); it has {} and {} would be added",
+                    limits.max_group_members,
+                    conv.member_ids.len(),
+                    new.len()
+                ))));
+            }
+            for user in &new {
+                insert_member(tx, conv_id, user).await?;
+            }
+            let event = system_message(conv_id, conv.last_seq + 1, actor, Change::Added, &new, now);
+            insert_message(tx, &event, now).await?;
+            set_last_seq(tx, conv_id, event.seq).await?;
+            let conv = require_conversation(tx, conv_id).await?;
+            Ok(Ok(ok(
+                vec![event],
+                outcome_record::Result::Conversation(conv),
+            )))
+        }
+        Command::RemoveMember(remove) => {
+            let conv = match group_for_change(tx, conv_id, actor).await? {
+                Ok(c) => c,
+                Err(e) => return Ok(Err(e)),
+            };
+            let target = &remove.member_id;
+            if !conv.member_ids.contains(target) {
+                return Ok(Err(ChatError::NotFound(format!(
+                    "{target} is not a member of conversation {conv_id}"
+                ))));
+            }
+            sqlx::query("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")
+                .bind(conv_id)
+                .bind(target)
+                .execute(&mut **tx)
+                .await?;
+            let users = vec![target.clone()];
+            let event = system_message(
+                conv_id,
+                conv.last_seq + 1,
+                actor,
+                Change::Removed,
+                &users,
+                now,
+            );
+            insert_message(tx, &event, now).await?;
+            set_last_seq(tx, conv_id, event.seq).await?;
+            let conv = require_conversation(tx, conv_id).await?;
+            Ok(Ok(ok(
+                vec![event],
+                outcome_record::Result::Conversation(conv),
+            )))
+        }
+    }
+}
+
+/// The group `conv_id`, if it exists, is a group and `actor` is in it.
+async fn group_for_change(
+    tx: &mut Tx,
+    conv_id: &str,
+    actor: &str,
+) -> Result<Result<Conversation, ChatError>, StoreError> {
+    let Some(conv) = load_conversation(tx, conv_id).await? else {
+        return Ok(Err(ChatError::no_conversation(conv_id)));
+    };
+    if !conv.member_ids.iter().any(|m| m == actor) {
+        return Ok(Err(ChatError::not_member(conv_id)));
+    }
+    if conv.kind != ConversationKind::Group as i32 {
+        return Ok(Err(ChatError::InvalidArgument(
+            "members of a DIRECT conversation cannot change; create a GROUP instead".into(),
+        )));
+    }
+    Ok(Ok(conv))
+}
+
+async fn find_sent(
+    tx: &mut Tx,
+    conv: &str,
+    sender: &str,
+    client_msg_id: &str,
+) -> Result<Option<Message>, StoreError> {
+    let row = sqlx::query(
+        "SELECT * FROM messages WHERE conversation_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3 AND kind = 1",
+    )
+    .bind(conv)
+    .bind(sender)
+    .bind(client_msg_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    row.as_ref().map(message_from_row).transpose()
+}
+
+async fn last_seq(tx: &mut Tx, conv: &str) -> Result<Option<u64>, StoreError> {
+    let seq: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM conversations WHERE id = ?1")
+        .bind(conv)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(seq.map(|s| s as u64))
+}
+
+async fn set_last_seq(tx: &mut Tx, conv: &str, seq: u64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")
+        .bind(conv)
+        .bind(seq as i64)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn is_member(tx: &mut Tx, conv: &str, user: &str) -> Result<bool, StoreError> {
+    let found: Option<i64> =
+        sqlx::query_scalar("SELECT 1 FROM members WHERE conversation_id = ?1 AND user_id = ?2")
+            .bind(conv)
+            .bind(user)
+            .fetch_optional(&mut **tx)
+            .await?;
+    Ok(found.is_some())
+}
+
+async fn insert_member(tx: &mut Tx, conv: &str, user: &str) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO members (conversation_id, user_id) VALUES (?1, ?2)")
+        .bind(conv)
+        .bind(user)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+async fn insert_message(tx: &mut Tx, m: &Message, now: i64) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )
+    .bind(&m.conversation_id)
+    .bind(m.seq as i64)
+    .bind(&m.sender_id)
+    .bind(&m.client_msg_id)
+    .bind(m.kind)
+    .bind(&m.body)
+    .bind(m.membership.as_ref().map(|e| e.encode_to_vec()))
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn require_conversation(tx: &mut Tx, id: &str) -> Result<Conversation, StoreError> {
+    load_conversation(tx, id).await?.ok_or_else(|| {
+        StoreError::Corrupt(format!("conversation {id} vanished inside its transaction"))
+    })
+}
+
+async fn load_conversation(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<Option<Conversation>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT id, kind, title, last_seq, created_at_ms FROM conversations WHERE id = ?1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let member_ids: Vec<String> = sqlx::query_scalar(
+        "SELECT user_id FROM members WHERE conversation_id = ?1 ORDER BY user_id",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some(Conversation {
+        id: row.try_get(0)?,
+        kind: row.try_get(1)?,
+        title: row.try_get(2)?,
+        member_ids,
+        last_seq: row.try_get::<i64, _>(3)? as u64,
+        created_at: Some(timestamp(row.try_get(4)?)),
+    }))
+}
+
+fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Message, StoreError> {
+    let membership: Option<Vec<u8>> = row.try_get("membership")?;
+    let membership = membership
+        .map(|b| MembershipEvent::decode(b.as_slice()))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("membership event: {e}")))?;
+    Ok(Message {
+        conversation_id: row.try_get("conversation_id")?,
+        seq: row.try_get::<i64, _>("seq")? as u64,
+        sender_id: row.try_get("sender_id")?,
+        client_msg_id: row.try_get("client_msg_id")?,
+        body: row.try_get("body")?,
+        created_at: Some(timestamp(row.try_get("created_at_ms")?)),
+        kind: row.try_get("kind")?,
+        membership,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_store_passes_the_conformance_suite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut n = 0;
+        crate::store::conformance::run_all(|| {
+            n += 1;
+            let path = dir.path().join(format!("conformance-{n}.db"));
+            async move {
+                std::sync::Arc::new(
+                    SqliteStore::open(
+                        &path,
+                        Limits {
+                            max_group_members: 5,
+                            ..Limits::default()
+                        },
+                    )
+                    .await
+                    .expect("open"),
+                ) as std::sync::Arc<dyn Store>
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn committed_messages_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("durable.db");
+        {
+            let store = SqliteStore::open(&path, Limits::default())
+                .await
+                .expect("open");
+            let out = store
+                .apply(&[
+                    crate::store::conformance::create_group("g", "alice", &["alice"]),
+                    crate::store::conformance::send("g", "alice", "m1", "hello"),
+                ])
+                .await
+                .expect("apply");
+            assert_eq!(out.len(), 2);
+        }
+        let store = SqliteStore::open(&path, Limits::default())
+            .await
+            .expect("reopen");
+        let (msgs, _) = store
+            .history("g", PageCursor::After(0), 10)
+            .await
+            .expect("history");
+        assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(msgs[1].body, "hello");
+    }
+}

@@ -1,0 +1,129 @@
+//! The router: reads sequenced outcomes, works out who must see each event
+//! and hands it to the gateway side; completes each request on its origin.
+//! It keeps no durable state: membership is a cache that the ordered event
+//! stream itself keeps current, filled from history on a miss.
+
+use confab_common::pipeline::{recv_batch, DeliverySink, HistoryApi};
+use confab_proto::internal::v1::OutcomeRecord;
+use confab_proto::v1::{membership_event::Change, Message};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Most conversations whose members one router task caches.
+const MEMBER_CACHE_CAPACITY: usize = 100_000;
+
+/// Starts one routing task per partition of the outcome log. Each ends once
+/// its queue is closed and drained.
+pub fn spawn(
+    partitions: Vec<mpsc::Receiver<OutcomeRecord>>,
+    history: Arc<dyn HistoryApi>,
+    sink: Arc<dyn DeliverySink>,
+) -> Vec<JoinHandle<()>> {
+    partitions
+        .into_iter()
+        .enumerate()
+        .map(|(partition, mut rx)| {
+            let mut router = Router::new(history.clone(), sink.clone());
+            tokio::spawn(async move {
+                while let Some(batch) = recv_batch(&mut rx, 256).await {
+                    for outcome in batch {
+                        router.route(outcome).await;
+                    }
+                }
+                tracing::debug!(partition, "router drained");
+            })
+        })
+        .collect()
+}
+
+/// Routes the outcomes of one partition. Conversations map to exactly one
+/// partition, so its cache sees every membership change of its conversations
+/// in seq order.
+pub struct Router {
+    /// Members of recently seen conversations.
+    members: HashMap<String, BTreeSet<String>>,
+    /// Where members are looked up on a cache miss.
+    history: Arc<dyn HistoryApi>,
+    /// Where deliveries and completions go.
+    sink: Arc<dyn DeliverySink>,
+}
+
+impl Router {
+    /// A router with an empty cache.
+    pub fn new(history: Arc<dyn HistoryApi>, sink: Arc<dyn DeliverySink>) -> Self {
+        Self {
+            members: HashMap::new(),
+            history,
+            sink,
+        }
+    }
+
+    /// Delivers the outcome's events, then completes its request.
+    pub async fn route(&mut self, mut outcome: OutcomeRecord) {
+        for event in std::mem::take(&mut outcome.events) {
+            let recipients = self.recipients(&event).await;
+            self.sink.deliver(&recipients, Arc::new(event)).await;
+        }
+        if outcome.origin.is_some() {
+            self.sink.complete(outcome).await;
+        }
+    }
+
+    /// Who sees `event`: the members after it, plus anyone it removed (so
+    /// they learn they were removed).
+    async fn recipients(&mut self, event: &Message) -> Vec<String> {
+        let conv = event.conversation_id.as_str();
+        let change = event
+            .membership
+            .as_ref()
+            .map(|m| (Change::try_from(m.change), &m.user_ids));
+        if let Some((Ok(Change::Created), users)) = change {
+            self.remember(conv, users.iter().cloned().collect());
+            return users.clone();
+        }
+        if !self.members.contains_key(conv) {
+            match self.history.conversation(conv).await {
+                Ok(c) => {
+                    // The fetched list already reflects this event.
+                    self.remember(conv, c.member_ids.into_iter().collect());
+                    let mut out: Vec<String> = self
+                        .members
+                        .get(conv)
+                        .map(|m| m.iter().cloned().collect())
+                        .unwrap_or_default();
+                    if let Some((Ok(Change::Removed), users)) = change {
+                        out.extend(users.iter().cloned());
+                    }
+                    return out;
+                }
+                Err(e) => {
+                    tracing::warn!(conversation_id = conv, error = %e, "cannot load members; delivering to the sender only");
+                    return vec![event.sender_id.clone()];
+                }
+            }
+        }
+        let members = self.members.entry(conv.to_string()).or_default();
+        let mut extra = Vec::new();
+        match change {
+            Some((Ok(Change::Added), users)) => members.extend(users.iter().cloned()),
+            Some((Ok(Change::Removed), users)) => {
+                for u in users {
+                    members.remove(u);
+                    extra.push(u.clone());
+                }
+            }
+            _ => {}
+        }
+        members.iter().cloned().chain(extra).collect()
+    }
+
+    fn remember(&mut self, conv: &str, members: BTreeSet<String>) {
+        if self.members.len() >= MEMBER_CACHE_CAPACITY && !self.members.contains_key(conv) {
+            // Cheap bound: forget everything; misses refill from history.
+            self.members.clear();
+        }
+        self.members.insert(conv.to_string(), members);
+    }
+}
