@@ -1,1 +1,427 @@
+//! The harness the integration and end-to-end tests share: start Confab on
+//! port 0 (in-process, or the built binary as a real process), and typed
+//! clients that act as one user each.
 
+use anyhow::{anyhow, Context, Result};
+use confab::dev::DevConfig;
+use confab_common::auth::Authenticator;
+use confab_common::shutdown::{self, Trigger};
+use confab_proto::v1::chat_client::ChatClient;
+use confab_proto::v1::*;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Request, Status, Streaming};
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// The secret every test server uses.
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+/// Initialises logging once per test process (quiet unless CONFAB_LOG is set).
+pub fn init_tracing() {
+    if std::env::var("CONFAB_LOG").is_ok() {
+        confab_common::telemetry::init(false);
+    }
+}
+
+/// A configuration for a test server with its data in `data_dir`.
+pub fn test_config(data_dir: &Path, overrides: &[(&str, &str)]) -> DevConfig {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("CONFAB_JWT_SECRET".into(), SECRET.into());
+    env.insert("CONFAB_DATA_DIR".into(), data_dir.display().to_string());
+    for (k, v) in overrides {
+        env.insert(k.to_string(), v.to_string());
+    }
+    DevConfig::from_env(&env).expect("test config is valid")
+}
+
+/// Embedded mode running inside the test process on a free port.
+pub struct Embedded {
+    /// Where it serves gRPC.
+    pub addr: SocketAddr,
+    /// Stops it.
+    trigger: Option<Trigger>,
+    /// The server task.
+    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// Holds the data directory for the test's lifetime.
+    _dir: tempfile::TempDir,
+}
+
+impl Embedded {
+    /// Starts embedded mode with default settings.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts embedded mode with some `CONFAB_*` settings overridden.
+    pub async fn start_with(overrides: &[(&str, &str)]) -> Self {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = test_config(dir.path(), overrides);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (trigger, signal) = shutdown::channel();
+        let task = tokio::spawn(confab::dev::run(config, listener, signal));
+        Self {
+            addr,
+            trigger: Some(trigger),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// A client acting as `user`.
+    pub async fn user(&self, user: &str) -> User {
+        User::connect(self.addr, user).await
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(t) = self.trigger.take() {
+            t.fire();
+        }
+        if let Some(task) = self.task.take() {
+            let result = tokio::time::timeout(DEADLINE, task).await;
+            assert!(
+                matches!(result, Ok(Ok(Ok(())))),
+                "server stopped cleanly: {result:?}"
+            );
+        }
+    }
+}
+
+/// A signed token for `user` with the test secret.
+pub fn token(user: &str) -> String {
+    Authenticator::new(SECRET).mint(user, 3600).expect("mint")
+}
+
+/// One user's client.
+#[derive(Clone)]
+pub struct User {
+    /// The user id.
+    pub name: String,
+    /// `Bearer <token>`.
+    bearer: String,
+    /// The gRPC client.
+    pub client: ChatClient<Channel>,
+}
+
+impl User {
+    /// Connects to `addr` as `name`.
+    pub async fn connect(addr: SocketAddr, name: &str) -> Self {
+        Self::with_token(addr, name, &token(name)).await
+    }
+
+    /// Connects to `addr` presenting `token` (which may be invalid).
+    pub async fn with_token(addr: SocketAddr, name: &str, token: &str) -> Self {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        Self {
+            name: name.to_string(),
+            bearer: format!("Bearer {token}"),
+            client: ChatClient::new(channel),
+        }
+    }
+
+    /// Wraps `msg` with this user's authorization metadata.
+    pub fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", self.bearer.parse().expect("ascii token"));
+        r
+    }
+
+    /// Creates a GROUP with `others` (and this user).
+    pub async fn group(&self, title: &str, others: &[&str]) -> Conversation {
+        self.create(ConversationKind::Group, title, others)
+            .await
+            .expect("create group")
+    }
+
+    /// Creates a conversation.
+    pub async fn create(
+        &self,
+        kind: ConversationKind,
+        title: &str,
+        others: &[&str],
+    ) -> Result<Conversation, Status> {
+        let req = CreateConversationRequest {
+            kind: kind as i32,
+            title: title.into(),
+            member_ids: others.iter().map(|s| s.to_string()).collect(),
+        };
+        Ok(self
+            .client
+            .clone()
+            .create_conversation(self.req(req))
+            .await?
+            .into_inner())
+    }
+
+    /// Sends a message; returns it with its seq.
+    pub async fn send(
+        &self,
+        conv: &str,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<Message, Status> {
+        let req = SendMessageRequest {
+            conversation_id: conv.into(),
+            client_msg_id: client_msg_id.into(),
+            body: body.into(),
+        };
+        let resp = self
+            .client
+            .clone()
+            .send_message(self.req(req))
+            .await?
+            .into_inner();
+        resp.message
+            .ok_or_else(|| Status::internal("response without message"))
+    }
+
+    /// A page of history.
+    pub async fn history(
+        &self,
+        conv: &str,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<GetHistoryResponse, Status> {
+        let req = GetHistoryRequest {
+            conversation_id: conv.into(),
+            before_seq: before,
+            after_seq: after,
+            limit,
+        };
+        Ok(self
+            .client
+            .clone()
+            .get_history(self.req(req))
+            .await?
+            .into_inner())
+    }
+
+    /// Every seq of a conversation, read oldest first through the API.
+    pub async fn all_seqs(&self, conv: &str) -> Vec<u64> {
+        let mut seqs = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .history(conv, None, Some(after), 500)
+                .await
+                .expect("history");
+            seqs.extend(page.messages.iter().map(|m| m.seq));
+            after = seqs.last().copied().unwrap_or(0);
+            if !page.has_more {
+                return seqs;
+            }
+        }
+    }
+
+    /// Opens a `Connect` session; `first` is sent as its first frame.
+    pub async fn session(&self, first: client_frame::Frame) -> Result<Session, Status> {
+        let (tx, rx) = mpsc::channel::<ClientFrame>(64);
+        tx.send(ClientFrame { frame: Some(first) })
+            .await
+            .expect("queue first frame");
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let inbound = self
+            .client
+            .clone()
+            .connect(self.req(stream))
+            .await?
+            .into_inner();
+        Ok(Session { tx, inbound })
+    }
+
+    /// A live session that resumes nothing (first frame: ping), returned
+    /// once the server has answered, so it is registered for live delivery.
+    pub async fn live(&self) -> Session {
+        let mut s = self
+            .session(client_frame::Frame::Ping(Ping { nonce: 1 }))
+            .await
+            .expect("connect");
+        let pong = s.next_frame().await.expect("pong");
+        assert!(
+            matches!(pong, server_frame::Frame::Pong(Pong { nonce: 1 })),
+            "{pong:?}"
+        );
+        s
+    }
+}
+
+/// An open `Connect` stream.
+pub struct Session {
+    /// Frames to the server.
+    pub tx: mpsc::Sender<ClientFrame>,
+    /// Frames from the server.
+    pub inbound: Streaming<ServerFrame>,
+}
+
+impl Session {
+    /// Sends a frame.
+    pub async fn send(&self, frame: client_frame::Frame) {
+        self.tx
+            .send(ClientFrame { frame: Some(frame) })
+            .await
+            .expect("session open");
+    }
+
+    /// The next frame, failing the test after `DEADLINE`.
+    pub async fn next_frame(&mut self) -> Result<server_frame::Frame> {
+        let next = tokio::time::timeout(DEADLINE, self.inbound.message())
+            .await
+            .map_err(|_| anyhow!("no frame within {DEADLINE:?}"))?;
+        match next {
+            Ok(Some(ServerFrame { frame: Some(f) })) => Ok(f),
+            Ok(Some(ServerFrame { frame: None })) => Err(anyhow!("empty frame")),
+            Ok(None) => Err(anyhow!("stream ended")),
+            Err(status) => Err(anyhow!("stream failed: {status:?}")),
+        }
+    }
+
+    /// The next frame or the status the stream ended with.
+    pub async fn next_or_status(&mut self) -> Result<server_frame::Frame, Status> {
+        match tokio::time::timeout(DEADLINE, self.inbound.message()).await {
+            Err(_) => Err(Status::deadline_exceeded("test: no frame in time")),
+            Ok(Ok(Some(ServerFrame { frame: Some(f) }))) => Ok(f),
+            Ok(Ok(_)) => Err(Status::ok("stream ended")),
+            Ok(Err(status)) => Err(status),
+        }
+    }
+
+    /// Messages of `conv` until one with seq `until` arrives (other frames
+    /// are returned separately), in arrival order.
+    pub async fn messages_until(
+        &mut self,
+        conv: &str,
+        until: u64,
+    ) -> Result<(Vec<Message>, Vec<server_frame::Frame>)> {
+        let mut messages = Vec::new();
+        let mut others = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = tokio::time::timeout(left, self.next_frame())
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "seq {until} of {conv} did not arrive; got {:?}",
+                        seqs(&messages)
+                    )
+                })??;
+            match frame {
+                server_frame::Frame::Message(m) if m.conversation_id == conv => {
+                    let done = m.seq >= until;
+                    messages.push(m);
+                    if done {
+                        return Ok((messages, others));
+                    }
+                }
+                other => others.push(other),
+            }
+        }
+    }
+}
+
+/// The seqs of `messages`, in order.
+pub fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
+
+/// Waits until `cond` holds, polling, or fails after `DEADLINE`.
+pub async fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let deadline = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The `confab` binary built next to the test executable (or `CONFAB_BIN`).
+pub fn confab_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CONFAB_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir");
+    let bin = dir.join("confab");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p confab` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `confab dev` running as a real child process; killed when dropped.
+pub struct DevProcess {
+    /// The process.
+    child: Child,
+    /// Where it serves.
+    pub addr: SocketAddr,
+}
+
+impl DevProcess {
+    /// Starts the binary on `port` with its data in `data_dir`, and waits
+    /// until it accepts connections.
+    pub fn start(data_dir: &Path, port: u16) -> Result<Self> {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let child = Command::new(confab_bin())
+            .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .env("CONFAB_JWT_SECRET", SECRET)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("spawn confab dev")?;
+        let mut me = Self { child, addr };
+        let deadline = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = me.child.try_wait()? {
+                return Err(anyhow!("confab dev exited early: {status}"));
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!("confab dev did not listen on {addr} in time"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+
+    /// `kill -9`: no shutdown handling at all.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

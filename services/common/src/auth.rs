@@ -54,12 +54,17 @@ impl Authenticator {
 
     /// A token for `user` valid for `ttl_secs` from now.
     pub fn mint(&self, user: &str, ttl_secs: u64) -> Result<String, String> {
+        self.mint_expiring_at(user, now_secs() + ttl_secs)
+    }
+
+    /// A token for `user` that expires at `exp` (Unix seconds), which may
+    /// be in the past (tests use that).
+    pub fn mint_expiring_at(&self, user: &str, exp: u64) -> Result<String, String> {
         check_user_id(user).map_err(|s| s.message().to_string())?;
-        let now = now_secs();
         let claims = Claims {
             sub: user.to_string(),
-            exp: now + ttl_secs,
-            iat: Some(now),
+            exp,
+            iat: Some(now_secs()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| format!("cannot sign token: {e}"))

@@ -147,14 +147,14 @@ pub enum PageCursor {
 
 /// Checks a history request and returns the cursor and the effective limit.
 pub fn history_page(
-    before_seq: u64,
-    after_seq: u64,
+    before_seq: Option<u64>,
+    after_seq: Option<u64>,
     limit: u32,
 ) -> Result<(PageCursor, u32), ChatError> {
     let cursor = match (before_seq, after_seq) {
-        (0, 0) => PageCursor::Before(u64::MAX),
-        (b, 0) => PageCursor::Before(b),
-        (0, a) => PageCursor::After(a),
+        (None, None) => PageCursor::Before(u64::MAX),
+        (Some(b), None) => PageCursor::Before(b),
+        (None, Some(a)) => PageCursor::After(a),
         _ => {
             return Err(ChatError::InvalidArgument(
                 "set before_seq or after_seq, not both".into(),
@@ -204,18 +204,22 @@ mod tests {
     #[test]
     fn page_bounds() {
         assert_eq!(
-            history_page(0, 0, 0).ok(),
+            history_page(None, None, 0).ok(),
             Some((PageCursor::Before(u64::MAX), 50))
         );
         assert_eq!(
-            history_page(10, 0, 5).ok(),
+            history_page(Some(10), None, 5).ok(),
             Some((PageCursor::Before(10), 5))
         );
         assert_eq!(
-            history_page(0, 3, 10_000).ok(),
+            history_page(None, Some(3), 10_000).ok(),
             Some((PageCursor::After(3), 500))
         );
-        assert!(history_page(3, 5, 1).is_err());
+        assert!(history_page(Some(3), Some(5), 1).is_err());
+        assert_eq!(
+            history_page(None, Some(0), 1).ok(),
+            Some((PageCursor::After(0), 1))
+        );
     }
 }
 

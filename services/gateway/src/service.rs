@@ -107,7 +107,9 @@ impl Chat for ChatService {
         req: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
         let user = self.auth.authenticate(req.metadata())?;
-        let (out_tx, out_rx) = mpsc::channel(256);
+        // Small on purpose: a slow reader backs up into its live queue,
+        // which is what detects it (see `Hub::deliver`).
+        let (out_tx, out_rx) = mpsc::channel(32);
         let (kill_tx, kill_rx) = mpsc::channel(1);
         let session = Session {
             user,

@@ -255,8 +255,8 @@ impl State {
                     &self.s.user,
                     GetHistoryRequest {
                         conversation_id: conv.to_string(),
-                        after_seq: from,
-                        before_seq: 0,
+                        after_seq: Some(from),
+                        before_seq: None,
                         limit: validate::MAX_PAGE,
                     },
                 )
