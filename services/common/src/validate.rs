@@ -125,8 +125,8 @@ pub fn create(
             )))
         }
         ConversationKind::Group if members.len() > limits.max_group_members => {
-            return Err(ChatError::InvalidArgument(format!(
-                "a group has at most {} members; got {}",
+            return Err(ChatError::ResourceExhausted(format!(
+                "a group has at most {} members (max_group_members); got {}",
                 limits.max_group_members,
                 members.len()
             )))
@@ -198,6 +198,9 @@ mod tests {
         assert!(create(&l, "a", 0, "", &["b".into()]).is_err());
         assert!(create(&l, "a", 99, "", &["b".into()]).is_err());
         let (_, g) = create(&l, "a", ConversationKind::Group as i32, "t", &[]).expect("solo group");
+        let small = Limits { max_group_members: 2, ..l };
+        let err = create(&small, "a", ConversationKind::Group as i32, "t", &["b".into(), "c".into()]);
+        assert!(matches!(err, Err(ChatError::ResourceExhausted(m)) if m.contains("max_group_members")));
         assert_eq!(g, vec!["a".to_string()]);
     }
 

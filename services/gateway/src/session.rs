@@ -280,7 +280,7 @@ impl State {
         let conv = m.conversation_id.clone();
         let seq = m.seq;
         let removed_self = m.membership.as_ref().is_some_and(|e| {
-            e.change == Change::Removed as i32 && e.user_ids.iter().any(|u| *u == self.s.user)
+            e.change == Change::Removed as i32 && e.user_ids.contains(&self.s.user)
         });
         match self.cursors.get_mut(&conv) {
             Some(c) if seq > c.last => c.last = seq,
