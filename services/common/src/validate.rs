@@ -198,9 +198,20 @@ mod tests {
         assert!(create(&l, "a", 0, "", &["b".into()]).is_err());
         assert!(create(&l, "a", 99, "", &["b".into()]).is_err());
         let (_, g) = create(&l, "a", ConversationKind::Group as i32, "t", &[]).expect("solo group");
-        let small = Limits { max_group_members: 2, ..l };
-        let err = create(&small, "a", ConversationKind::Group as i32, "t", &["b".into(), "c".into()]);
-        assert!(matches!(err, Err(ChatError::ResourceExhausted(m)) if m.contains("max_group_members")));
+        let small = Limits {
+            max_group_members: 2,
+            ..l
+        };
+        let err = create(
+            &small,
+            "a",
+            ConversationKind::Group as i32,
+            "t",
+            &["b".into(), "c".into()],
+        );
+        assert!(
+            matches!(err, Err(ChatError::ResourceExhausted(m)) if m.contains("max_group_members"))
+        );
         assert_eq!(g, vec!["a".to_string()]);
     }
 
