@@ -127,3 +127,151 @@ impl Router {
         self.members.insert(conv.to_string(), members);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use confab_common::error::ChatError;
+    use confab_proto::internal::v1::{outcome_record, Origin};
+    use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse, MembershipEvent};
+    use std::sync::Mutex;
+
+    /// History that knows one conversation's current members.
+    struct Members(Vec<String>);
+
+    #[async_trait]
+    impl HistoryApi for Members {
+        async fn get_history(
+            &self,
+            _: &str,
+            _: GetHistoryRequest,
+        ) -> Result<GetHistoryResponse, ChatError> {
+            Err(ChatError::Internal("not used".into()))
+        }
+        async fn list_conversations(&self, _: &str) -> Result<Vec<Conversation>, ChatError> {
+            Ok(vec![])
+        }
+        async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
+            Ok(Conversation {
+                id: id.into(),
+                member_ids: self.0.clone(),
+                ..Default::default()
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Recorder {
+        deliveries: Mutex<Vec<(u64, Vec<String>)>>,
+        completed: Mutex<Vec<u64>>,
+    }
+
+    #[async_trait]
+    impl DeliverySink for Recorder {
+        async fn deliver(&self, recipients: &[String], message: Arc<Message>) {
+            let mut r = recipients.to_vec();
+            r.sort();
+            self.deliveries.lock().expect("lock").push((message.seq, r));
+        }
+        async fn complete(&self, outcome: OutcomeRecord) {
+            let id = outcome.origin.map(|o| o.request_id).unwrap_or_default();
+            self.completed.lock().expect("lock").push(id);
+        }
+    }
+
+    fn event(seq: u64, change: Option<(Change, &[&str])>) -> Message {
+        Message {
+            conversation_id: "c".into(),
+            seq,
+            sender_id: "alice".into(),
+            membership: change.map(|(c, users)| MembershipEvent {
+                change: c as i32,
+                actor_id: "alice".into(),
+                user_ids: users.iter().map(|u| u.to_string()).collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn outcome(request_id: Option<u64>, events: Vec<Message>) -> OutcomeRecord {
+        OutcomeRecord {
+            origin: request_id.map(|request_id| Origin {
+                gateway_id: "g".into(),
+                request_id,
+            }),
+            conversation_id: "c".into(),
+            events,
+            result: Some(outcome_record::Result::Message(Message::default())),
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn recipients_follow_membership_events_in_stream_order() {
+        let sink = Arc::new(Recorder::default());
+        // History is never asked: creation fills the cache.
+        let mut router = Router::new(Arc::new(Members(vec![])), sink.clone());
+        router
+            .route(outcome(
+                Some(1),
+                vec![event(1, Some((Change::Created, &["alice", "bob"])))],
+            ))
+            .await;
+        router.route(outcome(Some(2), vec![event(2, None)])).await;
+        router
+            .route(outcome(
+                None,
+                vec![event(3, Some((Change::Added, &["carol"])))],
+            ))
+            .await;
+        router
+            .route(outcome(
+                None,
+                vec![event(4, Some((Change::Removed, &["bob"])))],
+            ))
+            .await;
+        router.route(outcome(Some(5), vec![event(5, None)])).await;
+        let d = sink.deliveries.lock().expect("lock").clone();
+        assert_eq!(
+            d,
+            vec![
+                (1, names(&["alice", "bob"])),
+                (2, names(&["alice", "bob"])),
+                (3, names(&["alice", "bob", "carol"])),
+                (4, names(&["alice", "bob", "carol"])), // bob learns of his removal
+                (5, names(&["alice", "carol"])),        // and gets nothing after it
+            ]
+        );
+        assert_eq!(
+            *sink.completed.lock().expect("lock"),
+            vec![1, 2, 5],
+            "only requests with an origin complete"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cache_miss_asks_history_and_still_tells_the_removed_user() {
+        let sink = Arc::new(Recorder::default());
+        let mut router = Router::new(Arc::new(Members(names(&["alice", "dave"]))), sink.clone());
+        // First event seen for this conversation is a removal (e.g. after a restart).
+        router
+            .route(outcome(
+                None,
+                vec![event(9, Some((Change::Removed, &["bob"])))],
+            ))
+            .await;
+        router.route(outcome(None, vec![event(10, None)])).await;
+        let d = sink.deliveries.lock().expect("lock").clone();
+        assert_eq!(
+            d,
+            vec![
+                (9, names(&["alice", "bob", "dave"])),
+                (10, names(&["alice", "dave"]))
+            ]
+        );
+    }
+}
