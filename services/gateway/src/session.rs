@@ -16,7 +16,7 @@ use confab_proto::v1::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tonic::{Status, Streaming};
 
 /// The seqs of one conversation sent on this stream: every seq in
@@ -51,6 +51,10 @@ pub struct Session {
     pub shutdown: Signal,
 }
 
+/// Sends one stream may have waiting for their outcome; more are refused
+/// with RESOURCE_EXHAUSTED in the ack rather than queued without bound.
+pub const MAX_SENDS_IN_FLIGHT: usize = 256;
+
 /// Why the session loop stopped sending.
 struct Gone;
 
@@ -60,6 +64,7 @@ impl Session {
         let mut state = State {
             cursors: HashMap::new(),
             s: self,
+            in_flight: Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)),
         };
         // Live delivery starts after the first frame, so that a first
         // `resume` is always applied before any live message.
@@ -113,6 +118,7 @@ impl Session {
 struct State {
     cursors: HashMap<String, Cursor>,
     s: Session,
+    in_flight: Arc<Semaphore>,
 }
 
 impl State {
@@ -168,10 +174,17 @@ impl State {
         ) {
             return self.send(ack(&f, 0, Some(e))).await;
         }
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            let e = ChatError::ResourceExhausted(format!(
+                "{MAX_SENDS_IN_FLIGHT} sends are already waiting for their ack on this stream; wait for acks before sending more"
+            ));
+            return self.send(ack(&f, 0, Some(e))).await;
+        };
         let submitter = self.s.submitter.clone();
         let out = self.s.out.clone();
         let user = self.s.user.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let command = Command::Send(SendCommand {
                 client_msg_id: f.client_msg_id.clone(),
                 body: f.body.clone(),
