@@ -52,6 +52,22 @@ pub fn conversation_id(id: &str) -> Result<(), ChatError> {
             id.len()
         )));
     }
+    if id.chars().any(char::is_control) {
+        return Err(ChatError::InvalidArgument(
+            "conversation_id must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Rejects NUL, which PostgreSQL text cannot store: both stores must accept
+/// exactly the same input.
+fn no_nul(field: &str, value: &str) -> Result<(), ChatError> {
+    if value.contains('\0') {
+        return Err(ChatError::InvalidArgument(format!(
+            "{field} must not contain NUL characters"
+        )));
+    }
     Ok(())
 }
 
@@ -73,6 +89,8 @@ pub fn send(limits: &Limits, conv: &str, client_msg_id: &str, body: &str) -> Res
     if body.is_empty() {
         return Err(ChatError::InvalidArgument("body must not be empty".into()));
     }
+    no_nul("body", body)?;
+    no_nul("client_msg_id", client_msg_id)?;
     if body.len() > limits.max_body_bytes {
         return Err(ChatError::InvalidArgument(format!(
             "body is {} bytes; the limit is {} bytes",
@@ -115,6 +133,7 @@ pub fn create(
             title.len()
         )));
     }
+    no_nul("title", title)?;
     let mut members = user_ids(member_ids)?;
     members.insert(caller.to_string());
     match kind {
@@ -183,6 +202,10 @@ mod tests {
         let big = "x".repeat(DEFAULT_MAX_BODY_BYTES + 1);
         assert!(msg(send(&l, "c", "m1", &big)).contains("limit is 16384"));
         assert!(send(&l, "c", "m1", &"x".repeat(DEFAULT_MAX_BODY_BYTES)).is_ok());
+        assert!(msg(send(&l, "c", "m1", "a\0b")).contains("NUL"));
+        assert!(msg(send(&l, "c", "m\0", "ab")).contains("NUL"));
+        assert!(msg(send(&l, "c\n", "m", "ab")).contains("control"));
+        assert!(send(&l, "c", "m1", "line one\nline two\t!").is_ok());
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod queries;
 pub mod store;
 
 pub use queries::LocalHistory;
+pub use store::postgres::PostgresStore;
 pub use store::{sqlite::SqliteStore, Store, StoreError};

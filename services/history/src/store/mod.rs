@@ -1,6 +1,7 @@
 //! The storage trait that SQLite (embedded) and PostgreSQL (distributed)
 //! implement, and the decisions both make for each ingress record.
 
+pub mod postgres;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]

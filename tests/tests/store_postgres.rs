@@ -1,0 +1,351 @@
+//! The PostgreSQL history store against a real PostgreSQL server: a throwaway
+//! cluster started by each test (or the server named by `DATABASE_URL`), one
+//! fresh database per store. PostgreSQL missing is a failure, not a skip.
+
+use confab_common::validate::{Limits, PageCursor};
+use confab_history::store::conformance::{self, create_group, send};
+use confab_history::store::Store;
+use confab_history::PostgresStore;
+use confab_proto::internal::v1::outcome_record::Result as R;
+use confab_proto::internal::v1::{
+    ingress_record::Command, AddMembersCommand, IngressRecord, OutcomeRecord,
+};
+use confab_tests::postgres::PgCluster;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tonic::Code;
+
+fn cluster() -> PgCluster {
+    PgCluster::start().unwrap_or_else(|e| {
+        panic!(
+            "these tests need PostgreSQL (the postgresql package, or DATABASE_URL): \
+             could not start a throwaway cluster: {e:#}"
+        )
+    })
+}
+
+async fn store_on(url: &str, limits: Limits) -> PostgresStore {
+    PostgresStore::connect(url, limits, 4)
+        .await
+        .unwrap_or_else(|e| panic!("connect the store to {url}: {e}"))
+}
+
+async fn fresh_store(cluster: &PgCluster) -> (String, PostgresStore) {
+    let url = cluster.fresh_database().await.expect("fresh database");
+    let store = store_on(&url, Limits::default()).await;
+    (url, store)
+}
+
+fn seq_of(o: &OutcomeRecord) -> u64 {
+    match &o.result {
+        Some(R::Message(m)) => m.seq,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+fn add(conv: &str, actor: &str, users: &[&str]) -> IngressRecord {
+    IngressRecord {
+        origin: None,
+        actor_id: actor.into(),
+        conversation_id: conv.into(),
+        command: Some(Command::AddMembers(AddMembersCommand {
+            member_ids: users.iter().map(|u| u.to_string()).collect(),
+        })),
+    }
+}
+
+async fn all_messages(store: &dyn Store, conv: &str) -> Vec<confab_proto::v1::Message> {
+    let mut out = Vec::new();
+    loop {
+        let after = out
+            .last()
+            .map(|m: &confab_proto::v1::Message| m.seq)
+            .unwrap_or(0);
+        let (page, more) = store
+            .history(conv, PageCursor::After(after), 500)
+            .await
+            .expect("history");
+        out.extend(page);
+        if !more {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_passes_the_conformance_suite() {
+    let cluster = cluster();
+    let limits = Limits {
+        max_group_members: 5,
+        ..Limits::default()
+    };
+    conformance::run_all(|| {
+        let cluster = &cluster;
+        async move {
+            let url = cluster.fresh_database().await.expect("fresh database");
+            Arc::new(store_on(&url, limits).await) as Arc<dyn Store>
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_500_sends_for_10_conversations_is_sequenced_in_record_order() {
+    let cluster = cluster();
+    let (_, store) = fresh_store(&cluster).await;
+    let convs: Vec<String> = (0..10).map(|c| format!("g{c}")).collect();
+    let created = store
+        .apply(
+            &convs
+                .iter()
+                .map(|c| create_group(c, "alice", &["alice", "bob"]))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("create");
+    assert!(created.iter().all(|o| o.events.len() == 1));
+
+    // Conversations interleaved irregularly, both senders.
+    let batch: Vec<IngressRecord> = (0..500)
+        .map(|i| {
+            let conv = &convs[(i * 7 + i / 13) % 10];
+            let sender = if i % 3 == 0 { "bob" } else { "alice" };
+            send(conv, sender, &format!("m{i}"), &format!("body {i}"))
+        })
+        .collect();
+    let out = store.apply(&batch).await.expect("apply 500");
+    assert_eq!(out.len(), 500);
+
+    // Per conversation, the records' seqs are 2, 3, ... in record order.
+    let mut expected_next: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut bodies: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (rec, o) in batch.iter().zip(&out) {
+        let next = expected_next.entry(&rec.conversation_id).or_insert(2);
+        assert_eq!(
+            seq_of(o),
+            *next,
+            "record for {} out of order",
+            rec.conversation_id
+        );
+        *next += 1;
+        assert_eq!(o.events.len(), 1, "a new message is one event");
+        assert_eq!(o.conversation_id, rec.conversation_id);
+        let Some(Command::Send(s)) = &rec.command else {
+            unreachable!("the batch is sends")
+        };
+        assert_eq!(o.events[0].body, s.body);
+        assert_eq!(o.events[0].sender_id, rec.actor_id);
+        bodies
+            .entry(&rec.conversation_id)
+            .or_default()
+            .push(s.body.clone());
+    }
+    assert_eq!(expected_next.len(), 10, "every conversation got messages");
+
+    for conv in &convs {
+        let msgs = all_messages(&store, conv).await;
+        let last = expected_next[conv.as_str()] - 1;
+        assert_eq!(
+            msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=last).collect::<Vec<_>>(),
+            "{conv} is gap-free"
+        );
+        assert_eq!(
+            msgs[1..].iter().map(|m| m.body.clone()).collect::<Vec<_>>(),
+            bodies[conv.as_str()],
+            "{conv} keeps record order"
+        );
+        let c = store
+            .conversation(conv)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(c.last_seq, last);
+    }
+
+    // The same batch again is 500 retries: the originals, no new seqs.
+    let again = store.apply(&batch).await.expect("apply again");
+    assert_eq!(
+        again.iter().map(seq_of).collect::<Vec<_>>(),
+        out.iter().map(seq_of).collect::<Vec<_>>()
+    );
+    assert!(again.iter().all(|o| o.events.is_empty()));
+    for conv in &convs {
+        let c = store
+            .conversation(conv)
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(c.last_seq, expected_next[conv.as_str()] - 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_mixed_batches_across_conversations_stay_gap_free() {
+    let cluster = cluster();
+    let (_, store) = fresh_store(&cluster).await;
+    let store: Arc<dyn Store> = Arc::new(store);
+    let convs: Vec<String> = (0..10).map(|c| format!("g{c}")).collect();
+    store
+        .apply(
+            &convs
+                .iter()
+                .map(|c| create_group(c, "alice", &["alice"]))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .expect("create");
+    // Each task visits the conversations in its own order, with a membership
+    // change in the middle of every batch (so batches hold several runs and
+    // lock rows across them).
+    let mut tasks = Vec::new();
+    for t in 0..4usize {
+        let store = store.clone();
+        let convs = convs.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0..8usize {
+                let mut batch = Vec::new();
+                for i in 0..30usize {
+                    let c = if t % 2 == 0 { i % 10 } else { 9 - i % 10 };
+                    batch.push(send(&convs[c], "alice", &format!("t{t}-b{b}-{i}"), "x"));
+                    if i == 15 {
+                        batch.push(add(&convs[(t + b) % 10], "alice", &[&format!("u{t}-{b}")]));
+                    }
+                }
+                let out = store.apply(&batch).await.expect("apply");
+                // Within one batch, a conversation's new seqs are consecutive
+                // and in record order: the batch held its lock throughout.
+                let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+                for (rec, o) in batch.iter().zip(&out) {
+                    assert_eq!(o.events.len(), 1, "{o:?}");
+                    let seq = o.events[0].seq;
+                    if let Some(prev) = last.insert(&rec.conversation_id, seq) {
+                        assert_eq!(seq, prev + 1, "{} in batch t{t}-b{b}", rec.conversation_id);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let mut total = 0;
+    for conv in &convs {
+        let seqs: Vec<u64> = all_messages(store.as_ref(), conv)
+            .await
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{conv}");
+        total += seqs.len();
+    }
+    // 10 creations, 4 tasks x 8 batches x (30 sends + 1 add).
+    assert_eq!(total, 10 + 4 * 8 * 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_committed_batch_survives_an_immediate_stop() {
+    let cluster = PgCluster::start_local().unwrap_or_else(|e| {
+        panic!("this test needs a local PostgreSQL (the postgresql package): {e:#}")
+    });
+    let (url, store) = fresh_store(&cluster).await;
+    let mut batch = vec![create_group("g", "alice", &["alice", "bob"])];
+    batch.extend((0..50).map(|i| send("g", "bob", &format!("m{i}"), &format!("body {i}"))));
+    let out = store.apply(&batch).await.expect("apply");
+    assert_eq!(seq_of(&out[50]), 51);
+
+    cluster.stop_immediate();
+    cluster.start_again();
+
+    // The store that was connected before the crash reconnects by itself.
+    let msgs = all_messages(&store, "g").await;
+    assert_eq!(
+        msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=51).collect::<Vec<_>>()
+    );
+    assert_eq!(msgs[50].body, "body 49");
+    // And a new connection (migrations already applied) reads the same.
+    let reopened = store_on(&url, Limits::default()).await;
+    let conv = reopened
+        .conversation("g")
+        .await
+        .expect("get")
+        .expect("survived");
+    assert_eq!(conv.last_seq, 51);
+    assert_eq!(conv.member_ids, vec!["alice".to_string(), "bob".into()]);
+    let (page, more) = reopened
+        .history("g", PageCursor::Before(u64::MAX), 1)
+        .await
+        .expect("history");
+    assert!(more);
+    assert_eq!((page[0].seq, page[0].body.as_str()), (51, "body 49"));
+    // And it accepts writes again, continuing the sequence.
+    let out = reopened
+        .apply(&[send("g", "alice", "after", "after the crash")])
+        .await
+        .expect("apply after restart");
+    assert_eq!(seq_of(&out[0]), 52);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_postgres_cannot_store_is_refused_without_failing_the_batch() {
+    let cluster = cluster();
+    let (_, store) = fresh_store(&cluster).await;
+    let out = store
+        .apply(&[
+            create_group("g", "alice", &["alice"]),
+            send("g", "alice", "m1", "bad\0body"),
+            send("g", "alice", "m2", "fine"),
+            create_group("h\0", "alice", &["alice"]),
+        ])
+        .await
+        .expect("apply");
+    match &out[1].result {
+        Some(R::Error(e)) => {
+            assert_eq!(Code::from_i32(e.code), Code::InvalidArgument);
+            assert!(e.message.contains("NUL"), "{}", e.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(seq_of(&out[2]), 2);
+    assert!(
+        matches!(&out[3].result, Some(R::Error(e)) if Code::from_i32(e.code) == Code::InvalidArgument)
+    );
+    assert!(store.conversation("h\0").await.expect("get").is_none());
+    assert!(store
+        .history("h\0", PageCursor::After(0), 5)
+        .await
+        .expect("history")
+        .0
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_keys_history_by_conversation_and_seq() {
+    let cluster = cluster();
+    let (url, _store) = fresh_store(&cluster).await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let indexes: Vec<(String, String)> = sqlx::query_as(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'messages' ORDER BY indexname",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("indexes");
+    let def = |name: &str| {
+        indexes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("index {name} missing: {indexes:?}"))
+    };
+    assert!(
+        def("messages_pkey").ends_with("(conversation_id, seq)"),
+        "{indexes:?}"
+    );
+    let dedupe = def("messages_dedupe");
+    assert!(
+        dedupe.contains("UNIQUE")
+            && dedupe.contains("(conversation_id, sender_id, client_msg_id) WHERE (kind = 1)"),
+        "{dedupe}"
+    );
+}
