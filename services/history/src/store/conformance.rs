@@ -104,6 +104,10 @@ fn seq_of(o: &OutcomeRecord) -> u64 {
     }
 }
 
+fn seqs_of_events(o: &OutcomeRecord) -> Vec<u64> {
+    o.events.iter().map(|m| m.seq).collect()
+}
+
 fn code_of(o: &OutcomeRecord) -> Code {
     match &o.result {
         Some(R::Error(e)) => Code::from_i32(e.code),
@@ -166,13 +170,17 @@ async fn retried_sends_return_the_original(store: Arc<dyn Store>) {
     )
     .await;
     assert_eq!(seq_of(&again[0]), seq_of(&first[0]));
-    assert!(again[0].events.is_empty(), "a retry is not a new event");
+    // A retry is not a new event: the original comes back, marked as a replay.
+    assert!(again[0].replay, "a retry is marked as a replay");
+    assert_eq!(seqs_of_events(&again[0]), vec![seq_of(&first[0])]);
+    assert!(!first[0].replay && !again[1].replay);
     match &again[0].result {
         Some(R::Message(m)) => assert_eq!(m.body, "original"),
         other => panic!("{other:?}"),
     }
     assert_eq!(seq_of(&again[1]), seq_of(&again[2]));
-    assert!(again[2].events.is_empty());
+    assert!(again[2].replay);
+    assert_eq!(seqs_of_events(&again[2]), vec![seq_of(&again[1])]);
     // The key is per sender: bob may use the same client_msg_id.
     let bob = apply(&store, vec![send("c", "bob", "k1", "bob's")]).await;
     assert_ne!(seq_of(&bob[0]), seq_of(&first[0]));

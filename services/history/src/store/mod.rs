@@ -109,6 +109,19 @@ pub fn system_message(
     }
 }
 
+/// The outcome of a send whose key was already stored: the original comes
+/// back as the result and, marked as a replay, as the event.
+pub fn replayed(rec: &IngressRecord, original: Message) -> OutcomeRecord {
+    use confab_proto::internal::v1::outcome_record::Result as R;
+    OutcomeRecord {
+        origin: rec.origin.clone(),
+        conversation_id: rec.conversation_id.clone(),
+        events: vec![original.clone()],
+        result: Some(R::Message(original)),
+        replay: true,
+    }
+}
+
 /// An outcome that refuses `rec` with `err`.
 pub fn refused(rec: &IngressRecord, err: ChatError) -> OutcomeRecord {
     use confab_proto::internal::v1::outcome_record::Result as R;
@@ -117,5 +130,6 @@ pub fn refused(rec: &IngressRecord, err: ChatError) -> OutcomeRecord {
         conversation_id: rec.conversation_id.clone(),
         events: vec![],
         result: Some(R::Error(err.to_proto())),
+        replay: false,
     }
 }

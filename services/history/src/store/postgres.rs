@@ -18,7 +18,7 @@
 //! - A transaction that loses a deadlock or serialization check (SQLSTATE
 //!   40P01 / 40001) is retried here a few times before the error is returned.
 
-use super::{now_ms, refused, system_message, timestamp, Store, StoreError};
+use super::{now_ms, refused, replayed, system_message, timestamp, Store, StoreError};
 use async_trait::async_trait;
 use confab_common::error::ChatError;
 use confab_common::validate::{Limits, PageCursor};
@@ -270,6 +270,7 @@ fn accepted(
         conversation_id: rec.conversation_id.clone(),
         events,
         result: Some(result),
+        replay: false,
     }
 }
 
@@ -427,11 +428,7 @@ async fn apply_sends(
         }
         let k = owned_key(rec, send);
         if let Some(original) = originals.get(&k) {
-            plans.push(Plan::done(accepted(
-                rec,
-                vec![],
-                outcome_record::Result::Message(original.clone()),
-            )));
+            plans.push(Plan::done(replayed(rec, original.clone())));
             continue;
         }
         if let Some(&i) = first_new.get(&k) {
@@ -522,9 +519,7 @@ async fn apply_sends(
                 vec![new[i].clone()],
                 outcome_record::Result::Message(new[i].clone()),
             ),
-            Plan::Repeat(i) => {
-                accepted(rec, vec![], outcome_record::Result::Message(new[i].clone()))
-            }
+            Plan::Repeat(i) => replayed(rec, new[i].clone()),
         });
     }
     Ok(())

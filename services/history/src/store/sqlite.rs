@@ -2,7 +2,7 @@
 //! so a committed batch survives `kill -9` and power loss. Writers are
 //! serialised by a mutex (SQLite has one writer anyway); readers use the pool.
 
-use super::{now_ms, refused, system_message, timestamp, Store, StoreError};
+use super::{now_ms, refused, replayed, system_message, timestamp, Store, StoreError};
 use async_trait::async_trait;
 use confab_common::error::ChatError;
 use confab_common::validate::{Limits, PageCursor};
@@ -166,12 +166,13 @@ async fn apply_one(
         conversation_id: rec.conversation_id.clone(),
         events,
         result: Some(result),
+        replay: false,
     };
     match command {
         Command::Send(send) => {
             // A retry returns the original, even if the sender has left since.
             if let Some(original) = find_sent(tx, conv_id, actor, &send.client_msg_id).await? {
-                return Ok(Ok(ok(vec![], outcome_record::Result::Message(original))));
+                return Ok(Ok(replayed(rec, original)));
             }
             let Some(last_seq) = last_seq(tx, conv_id).await? else {
                 return Ok(Err(ChatError::no_conversation(conv_id)));
