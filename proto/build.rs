@@ -8,9 +8,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         .file_descriptor_set_path(out.join("confab_descriptor.bin"))
         .compile_protos(
-            &["confab/v1/chat.proto", "confab/internal/v1/pipeline.proto"],
+            &[
+                "confab/v1/chat.proto",
+                "confab/internal/v1/pipeline.proto",
+                "confab/internal/v1/services.proto",
+            ],
             &["."],
         )?;
+    // The gateway faces clients: its reflection lists the public API only.
+    let all = std::fs::read(out.join("confab_descriptor.bin"))?;
+    let mut set = <prost_types::FileDescriptorSet as prost::Message>::decode(all.as_slice())?;
+    set.file
+        .retain(|f| !f.name().starts_with("confab/internal/"));
+    std::fs::write(
+        out.join("confab_public_descriptor.bin"),
+        prost::Message::encode_to_vec(&set),
+    )?;
     println!("cargo:rerun-if-changed=confab");
     Ok(())
 }

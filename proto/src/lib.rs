@@ -16,5 +16,11 @@ pub mod internal {
     }
 }
 
-/// Encoded `FileDescriptorSet` of every Confab proto, for gRPC reflection.
+/// Encoded `FileDescriptorSet` of the public API (`confab.v1`), for the
+/// gateway's reflection.
+pub const PUBLIC_FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("confab_public_descriptor");
+
+/// Encoded `FileDescriptorSet` of every Confab proto, for the internal
+/// services' reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("confab_descriptor");

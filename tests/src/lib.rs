@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
+pub mod broker;
 pub mod postgres;
+pub mod topology;
 
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);

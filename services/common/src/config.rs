@@ -75,3 +75,45 @@ mod tests {
         );
     }
 }
+
+/// A comma-separated list from `key`; empty when unset.
+pub fn list(env: &dyn Env, key: &str) -> Vec<String> {
+    env.get(key)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The value of `key`, or an error saying it is required.
+pub fn required(env: &dyn Env, key: &str, what: &str) -> Result<String, ConfigError> {
+    env.get(key).ok_or_else(|| ConfigError {
+        key: key.to_string(),
+        value: String::new(),
+        reason: format!("required: {what}"),
+    })
+}
+
+#[cfg(test)]
+mod list_tests {
+    use super::*;
+
+    #[test]
+    fn lists_split_on_commas_and_required_names_the_key() {
+        let mut env = HashMap::new();
+        env.insert("L".to_string(), " a:1, b:2 ,,".to_string());
+        assert_eq!(list(&env, "L"), vec!["a:1".to_string(), "b:2".to_string()]);
+        assert!(list(&env, "MISSING").is_empty());
+        let err = required(&env, "DB", "a postgres:// URL")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid configuration: DB=\"\": required: a postgres:// URL")
+        );
+    }
+}

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod pipeline;
+pub mod remote;
 pub mod shutdown;
 pub mod telemetry;
 pub mod validate;

@@ -1,5 +1,7 @@
 //! The gateway's live state: which sessions each user has open here, and
-//! which requests are waiting for history's verdict.
+//! which requests are waiting for history's verdict. It also announces when
+//! a user gets a first session or closes a last one here (`Presence`), which
+//! is what routers use, in distributed mode, to know where to push.
 
 use async_trait::async_trait;
 use confab_common::pipeline::DeliverySink;
@@ -8,8 +10,21 @@ use confab_proto::v1::Message;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
+
+/// Presence changes a subscriber may fall behind by before it must resync
+/// from a fresh snapshot.
+const PRESENCE_BUFFER: usize = 4096;
+
+/// A change in who has sessions on this gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Presence {
+    /// The user opened their first session here.
+    Online(String),
+    /// The user's last session here ended.
+    Offline(String),
+}
 
 /// A session as the hub sees it.
 struct SessionEntry {
@@ -32,6 +47,8 @@ pub struct Hub {
     pending: Mutex<HashMap<u64, oneshot::Sender<OutcomeRecord>>>,
     /// Source of request and session ids.
     next_id: AtomicU64,
+    /// Presence changes, sent under the `sessions` lock (never blocks).
+    presence: broadcast::Sender<Presence>,
 }
 
 /// Removes a session from the hub when dropped.
@@ -51,6 +68,7 @@ impl Drop for Registration {
             list.retain(|s| s.id != self.id);
             if list.is_empty() {
                 sessions.remove(&self.user);
+                self.hub.announce(Presence::Offline(self.user.clone()));
             }
         }
     }
@@ -82,6 +100,7 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            presence: broadcast::channel(PRESENCE_BUFFER).0,
         })
     }
 
@@ -104,15 +123,36 @@ impl Hub {
         kill: mpsc::Sender<Status>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.sessions()
-            .entry(user.to_string())
-            .or_default()
-            .push(SessionEntry { id, tx, kill });
+        let mut sessions = self.sessions();
+        let list = sessions.entry(user.to_string()).or_default();
+        if list.is_empty() {
+            self.announce(Presence::Online(user.to_string()));
+        }
+        list.push(SessionEntry { id, tx, kill });
+        drop(sessions);
         Registration {
             hub: self.clone(),
             user: user.to_string(),
             id,
         }
+    }
+
+    /// Every user with a session here now, and the presence changes after
+    /// that snapshot. A receiver that lags (`RecvError::Lagged`) must take a
+    /// new snapshot with a new receiver.
+    pub fn presence(&self) -> (Vec<String>, broadcast::Receiver<Presence>) {
+        let sessions = self.sessions();
+        // Subscribing under the lock: no change is missed or counted twice.
+        let rx = self.presence.subscribe();
+        let mut users: Vec<String> = sessions.keys().cloned().collect();
+        users.sort();
+        (users, rx)
+    }
+
+    /// Sends a presence change; callers hold the sessions lock.
+    fn announce(&self, change: Presence) {
+        // No subscriber (embedded mode, or no router attached): nothing to do.
+        let _ = self.presence.send(change);
     }
 
     /// Number of open sessions (all users).
@@ -156,8 +196,11 @@ impl DeliverySink for Hub {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
+            if list.is_empty() {
+                sessions.remove(user);
+                self.announce(Presence::Offline(user.clone()));
+            }
         }
-        sessions.retain(|_, list| !list.is_empty());
     }
 
     async fn complete(&self, outcome: OutcomeRecord) {
@@ -175,5 +218,63 @@ impl DeliverySink for Hub {
         if let Some(tx) = waiter {
             let _ = tx.send(outcome);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(
+        hub: &Arc<Hub>,
+        user: &str,
+        queue: usize,
+    ) -> (Registration, mpsc::Receiver<Arc<Message>>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let (kill, _) = mpsc::channel(1);
+        (hub.register(user, tx, kill), rx)
+    }
+
+    #[tokio::test]
+    async fn presence_follows_first_and_last_sessions_after_the_snapshot() {
+        let hub = Hub::new("g");
+        let (alice, _a) = session(&hub, "alice", 4);
+        let (snapshot, mut changes) = hub.presence();
+        assert_eq!(snapshot, vec!["alice".to_string()]);
+        let (bob1, _b1) = session(&hub, "bob", 4);
+        let (bob2, _b2) = session(&hub, "bob", 4);
+        drop(bob1);
+        drop(bob2);
+        drop(alice);
+        let mut seen = Vec::new();
+        while let Ok(change) = changes.try_recv() {
+            seen.push(change);
+        }
+        assert_eq!(
+            seen,
+            vec![
+                Presence::Online("bob".into()),
+                Presence::Offline("bob".into()),
+                Presence::Offline("alice".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_user_whose_last_session_is_dropped_for_being_slow_goes_offline() {
+        let hub = Hub::new("g");
+        let (slow, _rx) = session(&hub, "carol", 1);
+        let (_, mut changes) = hub.presence();
+        let m = Arc::new(Message::default());
+        hub.deliver(&["carol".to_string()], m.clone()).await;
+        hub.deliver(&["carol".to_string()], m).await;
+        assert_eq!(
+            changes.try_recv().ok(),
+            Some(Presence::Offline("carol".into()))
+        );
+        assert_eq!(hub.session_count(), 0);
+        // Its registration going away later announces nothing more.
+        drop(slow);
+        assert!(changes.try_recv().is_err());
     }
 }

@@ -2,6 +2,8 @@
 //! turns writes into ingress records, serves reads from history, and holds
 //! the clients' live `Connect` sessions.
 
+pub mod attach;
+pub mod distributed;
 pub mod hub;
 pub mod service;
 pub mod session;

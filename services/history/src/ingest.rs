@@ -56,7 +56,7 @@ async fn run_partition(
 /// The records stay queued in memory while the database is unreachable; the
 /// clients waiting on them time out with UNAVAILABLE ("may have been
 /// accepted") and their retries are deduplicated once it is back.
-async fn apply_with_retry(
+pub async fn apply_with_retry(
     partition: usize,
     store: &dyn Store,
     batch: &[IngressRecord],

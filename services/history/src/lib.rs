@@ -2,6 +2,8 @@
 //! sequences ingress records (dedupe, membership checks, seq allocation) in
 //! one transaction per batch and serves history reads.
 
+pub mod distributed;
+pub mod grpc;
 pub mod ingest;
 pub mod queries;
 pub mod store;

@@ -3,6 +3,9 @@
 //! It keeps no durable state: membership is a cache that the ordered event
 //! stream itself keeps current, filled from history on a miss.
 
+pub mod attach;
+pub mod distributed;
+
 use confab_common::pipeline::{recv_batch, DeliverySink, HistoryApi};
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::{membership_event::Change, Message};

@@ -1,0 +1,350 @@
+//! The gateway's side of `confab.internal.v1.RouterLink` (distributed mode).
+//! The gateway keeps one `Attach` stream open to every configured router: it
+//! says `hello` with the users that have sessions here, then announces users
+//! as they get their first session or close their last one, and hands what
+//! the router pushes to the hub. A router that is down or a stream that
+//! breaks is retried with capped exponential backoff, with a fresh `hello`
+//! every time.
+
+use crate::hub::{Hub, Presence};
+use confab_common::pipeline::DeliverySink;
+use confab_common::remote::{endpoint, AddressError};
+use confab_common::shutdown::Signal;
+use confab_proto::internal::v1::router_link_client::RouterLinkClient;
+use confab_proto::internal::v1::{
+    gateway_frame, router_frame, GatewayFrame, Hello, RouterFrame, UsersOffline, UsersOnline,
+};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+/// Presence frames queued towards one router before announcing waits.
+const OUTBOUND_FRAMES: usize = 256;
+
+/// Most presence changes folded into one pass.
+const MAX_PRESENCE_BATCH: usize = 1024;
+
+/// How the gateway reaches its routers.
+#[derive(Debug, Clone)]
+pub struct AttachConfig {
+    /// Every router's address (`host:port`); the gateway attaches to each.
+    pub routers: Vec<String>,
+    /// Wait before the first reconnect; doubles after each failed attempt.
+    pub backoff_min: Duration,
+    /// Longest wait between two attempts.
+    pub backoff_max: Duration,
+    /// Longest wait to connect and be accepted by a router.
+    pub connect_timeout: Duration,
+}
+
+impl AttachConfig {
+    /// Default timings for `routers`.
+    pub fn new(routers: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            routers: routers.into_iter().map(Into::into).collect(),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Keeps `hub` attached to every router in `config` until `shutdown` fires.
+/// Fails at once only if an address is unusable.
+pub async fn run(
+    hub: Arc<Hub>,
+    config: AttachConfig,
+    shutdown: Signal,
+) -> Result<(), AddressError> {
+    let endpoints = config
+        .routers
+        .iter()
+        .map(|addr| Ok((addr.clone(), endpoint(addr)?)))
+        .collect::<Result<Vec<_>, AddressError>>()?;
+    if endpoints.is_empty() {
+        tracing::warn!("no router configured: nothing will be delivered to this gateway");
+    }
+    futures::future::join_all(endpoints.into_iter().map(|(addr, endpoint)| {
+        keep_attached(
+            hub.clone(),
+            addr,
+            endpoint.connect_timeout(config.connect_timeout),
+            config.clone(),
+            shutdown.clone(),
+        )
+    }))
+    .await;
+    Ok(())
+}
+
+/// Why one attach attempt ended.
+enum Ended {
+    /// The gateway is shutting down.
+    Shutdown,
+    /// No link was established.
+    Failed(String),
+    /// An established link broke or was ended by the router.
+    Lost(String),
+}
+
+/// Attaches to one router again and again until shutdown.
+async fn keep_attached(
+    hub: Arc<Hub>,
+    addr: String,
+    endpoint: Endpoint,
+    config: AttachConfig,
+    shutdown: Signal,
+) {
+    let mut backoff = config.backoff_min;
+    let mut failures = 0u32;
+    loop {
+        if shutdown.is_fired() {
+            return;
+        }
+        match attach_once(&hub, &addr, &endpoint, &config, shutdown.clone()).await {
+            Ended::Shutdown => {
+                tracing::info!(router = %addr, "detached from router: shutting down");
+                return;
+            }
+            Ended::Lost(reason) => {
+                tracing::warn!(router = %addr, error = %reason, "router link lost; reconnecting");
+                backoff = config.backoff_min;
+                failures = 0;
+            }
+            Ended::Failed(reason) => {
+                failures += 1;
+                // The first failure of a streak is worth a warning; the
+                // retries after it are not.
+                if failures == 1 {
+                    tracing::warn!(router = %addr, error = %reason, "cannot attach to router; retrying");
+                } else {
+                    tracing::debug!(router = %addr, error = %reason, attempts = failures, "cannot attach to router; retrying");
+                }
+            }
+        }
+        let wait = with_jitter(backoff);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.clone().wait() => return,
+        }
+        if failures > 0 {
+            backoff = (backoff * 2).min(config.backoff_max);
+        }
+    }
+}
+
+/// Up to a quarter more than `d`, so that gateways that lost the same router
+/// do not all come back at the same instant.
+fn with_jitter(d: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or_default();
+    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// One link's life: connect, hello, then presence up and deliveries down
+/// until the link breaks or the gateway shuts down.
+async fn attach_once(
+    hub: &Arc<Hub>,
+    addr: &str,
+    endpoint: &Endpoint,
+    config: &AttachConfig,
+    shutdown: Signal,
+) -> Ended {
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    let (snapshot, mut presence) = hub.presence();
+    let users = snapshot.len();
+    let (out, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
+    if out.try_send(hello(hub, snapshot)).is_err() {
+        return Ended::Failed("cannot queue hello".into());
+    }
+    let connect = async {
+        let channel = endpoint.connect().await.map_err(|e| describe(&e))?;
+        RouterLinkClient::new(channel)
+            .attach(ReceiverStream::new(out_rx))
+            .await
+            .map_err(|s| s.message().to_string())
+    };
+    let attached = tokio::select! {
+        _ = &mut stop => return Ended::Shutdown,
+        r = tokio::time::timeout(config.connect_timeout, connect) => r,
+    };
+    let mut inbound = match attached {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(e)) => return Ended::Failed(e),
+        Err(_) => {
+            return Ended::Failed(format!(
+                "not attached within {} ms",
+                config.connect_timeout.as_millis()
+            ))
+        }
+    };
+    tracing::info!(router = %addr, gateway_id = hub.gateway_id(), users, "attached to router");
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => return Ended::Shutdown,
+            frame = inbound.message() => match frame {
+                Ok(Some(frame)) => apply(hub, frame).await,
+                Ok(None) => return Ended::Lost("the router ended the link".into()),
+                Err(status) => return Ended::Lost(status.message().to_string()),
+            },
+            change = presence.recv() => {
+                let frames = match change {
+                    Ok(first) => presence_frames(first, &mut presence),
+                    Err(broadcast::error::RecvError::Lagged(_)) => None,
+                    // The hub is gone: nothing left to announce or deliver to.
+                    Err(broadcast::error::RecvError::Closed) => return Ended::Shutdown,
+                };
+                let frames = match frames {
+                    Some(frames) => frames,
+                    None => {
+                        // Fell behind the hub's changes: start over from a
+                        // snapshot, which the router takes as a replacement.
+                        tracing::debug!(router = %addr, "presence changes overflowed; resending hello");
+                        let (snapshot, rx) = hub.presence();
+                        presence = rx;
+                        vec![hello(hub, snapshot)]
+                    }
+                };
+                for frame in frames {
+                    if out.send(frame).await.is_err() {
+                        return Ended::Lost("the router stopped reading".into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An error with its causes ("transport error" alone says little).
+fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn hello(hub: &Hub, user_ids: Vec<String>) -> GatewayFrame {
+    GatewayFrame {
+        frame: Some(gateway_frame::Frame::Hello(Hello {
+            gateway_id: hub.gateway_id().to_string(),
+            user_ids,
+        })),
+    }
+}
+
+/// `first` and whatever else is already queued, as frames in the order of
+/// the changes (consecutive changes of one kind share a frame); `None` when
+/// the receiver fell behind and must resync.
+fn presence_frames(
+    first: Presence,
+    rx: &mut broadcast::Receiver<Presence>,
+) -> Option<Vec<GatewayFrame>> {
+    let mut changes = vec![first];
+    while changes.len() < MAX_PRESENCE_BATCH {
+        match rx.try_recv() {
+            Ok(change) => changes.push(change),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => return None,
+            Err(_) => break,
+        }
+    }
+    let mut frames: Vec<GatewayFrame> = Vec::new();
+    for change in changes {
+        let (online, user) = match change {
+            Presence::Online(u) => (true, u),
+            Presence::Offline(u) => (false, u),
+        };
+        let extended = match frames.last_mut().and_then(|f| f.frame.as_mut()) {
+            Some(gateway_frame::Frame::UsersOnline(f)) if online => {
+                f.user_ids.push(user.clone());
+                true
+            }
+            Some(gateway_frame::Frame::UsersOffline(f)) if !online => {
+                f.user_ids.push(user.clone());
+                true
+            }
+            _ => false,
+        };
+        if !extended {
+            let user_ids = vec![user];
+            frames.push(GatewayFrame {
+                frame: Some(if online {
+                    gateway_frame::Frame::UsersOnline(UsersOnline { user_ids })
+                } else {
+                    gateway_frame::Frame::UsersOffline(UsersOffline { user_ids })
+                }),
+            });
+        }
+    }
+    Some(frames)
+}
+
+/// Hands a router's frame to the hub.
+async fn apply(hub: &Hub, frame: RouterFrame) {
+    match frame.frame {
+        Some(router_frame::Frame::Deliver(d)) => match d.message {
+            Some(message) => hub.deliver(&d.recipient_ids, Arc::new(message)).await,
+            None => tracing::debug!("router sent a delivery without a message; ignoring it"),
+        },
+        Some(router_frame::Frame::Complete(c)) => match c.outcome {
+            Some(outcome) => hub.complete(outcome).await,
+            None => tracing::debug!("router sent a completion without an outcome; ignoring it"),
+        },
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn consecutive_changes_of_one_kind_share_a_frame_and_keep_their_order() {
+        let (tx, mut rx) = broadcast::channel(16);
+        for change in [
+            Presence::Online("bob".into()),
+            Presence::Offline("carol".into()),
+            Presence::Offline("dave".into()),
+            Presence::Online("carol".into()),
+        ] {
+            tx.send(change).expect("subscribed");
+        }
+        let frames = presence_frames(Presence::Online("alice".into()), &mut rx).expect("no lag");
+        let kinds: Vec<(bool, Vec<String>)> = frames
+            .into_iter()
+            .filter_map(|f| match f.frame {
+                Some(gateway_frame::Frame::UsersOnline(o)) => Some((true, o.user_ids)),
+                Some(gateway_frame::Frame::UsersOffline(o)) => Some((false, o.user_ids)),
+                _ => None,
+            })
+            .collect();
+        let v = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            kinds,
+            vec![
+                (true, v(&["alice", "bob"])),
+                (false, v(&["carol", "dave"])),
+                (true, v(&["carol"])),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_receiver_that_fell_behind_must_resync() {
+        let (tx, mut rx) = broadcast::channel(2);
+        for i in 0..5 {
+            tx.send(Presence::Online(format!("u{i}")))
+                .expect("subscribed");
+        }
+        assert!(presence_frames(Presence::Online("x".into()), &mut rx).is_none());
+    }
+}

@@ -1,0 +1,138 @@
+//! The gateway as its own process: produces writes to the Kafka ingress
+//! topic, reads from history over gRPC, and attaches to every router to
+//! receive deliveries and outcomes for its sessions.
+
+use crate::attach::AttachConfig;
+use crate::{ChatService, GatewayConfig, Hub};
+use confab_common::auth::Authenticator;
+use confab_common::config::{list, parse_or, required, ConfigError, Env};
+use confab_common::remote::{HistoryClientConfig, RemoteHistory};
+use confab_common::shutdown::Signal;
+use confab_common::validate::Limits;
+use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
+use confab_proto::internal::v1::IngressRecord;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Settings of a gateway process.
+#[derive(Debug, Clone)]
+pub struct DistributedConfig {
+    /// This gateway's id, unique among gateways (`CONFAB_GATEWAY_ID`).
+    pub gateway_id: String,
+    /// HS256 secret (`CONFAB_JWT_SECRET`, required: no development default here).
+    pub jwt_secret: String,
+    /// Limits, timeouts and queues.
+    pub gateway: GatewayConfig,
+    /// The broker and topics.
+    pub kafka: KafkaConfig,
+    /// History addresses (`CONFAB_HISTORY_ADDRS`).
+    pub history: HistoryClientConfig,
+    /// Router addresses (`CONFAB_ROUTER_ADDRS`).
+    pub routers: Vec<String>,
+}
+
+impl DistributedConfig {
+    /// Reads `CONFAB_*` variables.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let need_list = |key: &str| {
+            let v = list(env, key);
+            if v.is_empty() {
+                Err(ConfigError {
+                    key: key.into(),
+                    value: String::new(),
+                    reason: "required: comma-separated addresses (host:port)".into(),
+                })
+            } else {
+                Ok(v)
+            }
+        };
+        let jwt_secret = required(
+            env,
+            "CONFAB_JWT_SECRET",
+            "the HS256 secret tokens are signed with",
+        )?;
+        if jwt_secret.len() < 16 {
+            return Err(ConfigError {
+                key: "CONFAB_JWT_SECRET".into(),
+                value: "<redacted>".into(),
+                reason: "must be at least 16 bytes".into(),
+            });
+        }
+        let d = GatewayConfig::default();
+        let limits = Limits {
+            max_body_bytes: parse_or(
+                env,
+                "CONFAB_MAX_BODY_BYTES",
+                Limits::default().max_body_bytes,
+                "a size in bytes",
+            )?,
+            max_group_members: parse_or(
+                env,
+                "CONFAB_MAX_GROUP_MEMBERS",
+                Limits::default().max_group_members,
+                "a member count",
+            )?,
+        };
+        let mut history = HistoryClientConfig::new(need_list("CONFAB_HISTORY_ADDRS")?);
+        history.request_timeout = Duration::from_millis(parse_or(
+            env,
+            "CONFAB_HISTORY_TIMEOUT_MS",
+            5000u64,
+            "milliseconds",
+        )?);
+        Ok(Self {
+            gateway_id: required(env, "CONFAB_GATEWAY_ID", "a unique id for this gateway")?,
+            jwt_secret,
+            gateway: GatewayConfig {
+                limits,
+                send_timeout: Duration::from_millis(parse_or(
+                    env,
+                    "CONFAB_SEND_TIMEOUT_MS",
+                    d.send_timeout.as_millis() as u64,
+                    "milliseconds",
+                )?),
+                session_queue: parse_or(
+                    env,
+                    "CONFAB_SESSION_QUEUE",
+                    d.session_queue,
+                    "a message count",
+                )?,
+            },
+            kafka: KafkaConfig::from_env(env)?,
+            history,
+            routers: need_list("CONFAB_ROUTER_ADDRS")?,
+        })
+    }
+}
+
+/// Runs a gateway until `shutdown`.
+pub async fn run(
+    config: DistributedConfig,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> anyhow::Result<()> {
+    ensure_topics(&config.kafka).await?;
+    let ingress = KafkaPublisher::<IngressRecord>::new(&config.kafka)?;
+    let history = Arc::new(RemoteHistory::new(&config.history)?);
+    let hub = Hub::new(config.gateway_id.clone());
+    let attach = tokio::spawn(crate::attach::run(
+        hub.clone(),
+        AttachConfig::new(config.routers.clone()),
+        shutdown.clone(),
+    ));
+    let service = ChatService::new(
+        config.gateway,
+        Authenticator::new(&config.jwt_secret),
+        hub,
+        Arc::new(ingress.clone()),
+        history,
+        shutdown.clone(),
+    );
+    crate::service::run(service, listener, shutdown).await?;
+    if let Err(e) = ingress.flush(Duration::from_secs(5)).await {
+        tracing::warn!(error = %e, "ingress not flushed at shutdown");
+    }
+    let _ = attach.await;
+    Ok(())
+}

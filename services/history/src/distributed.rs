@@ -1,0 +1,152 @@
+//! History as its own process: sequences the Kafka ingress topic into
+//! PostgreSQL and serves reads over gRPC. Per batch: apply in one
+//! transaction, publish every outcome (acknowledged by the broker), then
+//! commit the ingress offsets — a crash anywhere replays the batch, which
+//! dedupe turns into the same seqs.
+
+use crate::ingest::{apply_with_retry, MAX_BATCH};
+use crate::{LocalHistory, PostgresStore, Store};
+use confab_common::config::{parse_or, required, ConfigError, Env};
+use confab_common::pipeline::Publisher;
+use confab_common::shutdown::Signal;
+use confab_common::validate::Limits;
+use confab_kafka::{ensure_topics, BatchConsumer, KafkaConfig, KafkaPublisher};
+use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Consumer group of the sequencers.
+pub const GROUP: &str = "history";
+
+/// Settings of a history process.
+#[derive(Debug, Clone)]
+pub struct HistoryConfig {
+    /// PostgreSQL URL (`CONFAB_DATABASE_URL`).
+    pub database_url: String,
+    /// Pool size (`CONFAB_DATABASE_POOL`).
+    pub pool: u32,
+    /// The broker and topics.
+    pub kafka: KafkaConfig,
+    /// Group size limit.
+    pub limits: Limits,
+    /// How long a batch waits for more records after the first.
+    pub linger: Duration,
+}
+
+impl HistoryConfig {
+    /// Reads `CONFAB_*` variables.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let defaults = Limits::default();
+        Ok(Self {
+            database_url: required(env, "CONFAB_DATABASE_URL", "a postgres:// URL")?,
+            pool: parse_or(env, "CONFAB_DATABASE_POOL", 8, "a connection count")?,
+            kafka: KafkaConfig::from_env(env)?,
+            limits: Limits {
+                max_group_members: parse_or(
+                    env,
+                    "CONFAB_MAX_GROUP_MEMBERS",
+                    defaults.max_group_members,
+                    "a member count",
+                )?,
+                ..defaults
+            },
+            linger: Duration::from_millis(parse_or(
+                env,
+                "CONFAB_BATCH_LINGER_MS",
+                2,
+                "milliseconds",
+            )?),
+        })
+    }
+}
+
+/// Runs a history process until `shutdown`: the sequencer, and the read API
+/// on `listener`.
+pub async fn run(
+    config: HistoryConfig,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> anyhow::Result<()> {
+    let store: Arc<dyn Store> =
+        Arc::new(PostgresStore::connect(&config.database_url, config.limits, config.pool).await?);
+    ensure_topics(&config.kafka).await?;
+    let outcomes = KafkaPublisher::<OutcomeRecord>::new(&config.kafka)?;
+    let consumer = BatchConsumer::<IngressRecord>::new(&config.kafka, GROUP)?;
+    let sequencer = tokio::spawn(sequence(
+        store.clone(),
+        consumer,
+        outcomes.clone(),
+        config.linger,
+        shutdown.clone(),
+    ));
+    crate::grpc::serve(Arc::new(LocalHistory::new(store)), listener, shutdown).await?;
+    let _ = sequencer.await;
+    if let Err(e) = outcomes.flush(Duration::from_secs(5)).await {
+        tracing::warn!(error = %e, "outcomes not flushed at shutdown; they are replayed from ingress");
+    }
+    Ok(())
+}
+
+/// The sequencer loop: batch → transaction → outcomes → commit.
+pub async fn sequence(
+    store: Arc<dyn Store>,
+    mut consumer: BatchConsumer<IngressRecord>,
+    outcomes: KafkaPublisher<OutcomeRecord>,
+    linger: Duration,
+    shutdown: Signal,
+) {
+    let stop = shutdown.clone().wait();
+    tokio::pin!(stop);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            b = consumer.next_batch(MAX_BATCH, linger) => b,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "ingress consumer failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if !batch.is_empty() {
+            let records: Vec<IngressRecord> = batch.payloads().cloned().collect();
+            let results = apply_with_retry(0, store.as_ref(), &records).await;
+            publish_all(&outcomes, results).await;
+        }
+        if let Err(e) = consumer.commit(batch.offsets()).await {
+            // Not fatal: the records are replayed and deduplicated.
+            tracing::warn!(error = %e, "cannot commit ingress offsets");
+        }
+    }
+    consumer.close().await;
+    tracing::info!("sequencer stopped");
+}
+
+/// Publishes every outcome, in order, retrying until the broker takes it:
+/// the batch is committed in PostgreSQL, so its outcomes must not be lost,
+/// and its offsets are not committed before they are out.
+async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: Vec<OutcomeRecord>) {
+    // Sends are enqueued in order on first poll; the idempotent producer
+    // keeps that order per partition.
+    let sends = results.into_iter().map(|outcome| async move {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match outcomes
+                .publish(&outcome.conversation_id.clone(), outcome.clone())
+                .await
+            {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot publish outcome; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    });
+    futures::future::join_all(sends).await;
+}

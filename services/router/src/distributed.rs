@@ -1,0 +1,114 @@
+//! The router as its own process: consumes the Kafka messages topic in
+//! group "router", routes each outcome to the attached gateways, then
+//! commits. Its membership cache is dropped on every rebalance, because a
+//! partition that comes back may have changed under another router.
+
+use crate::attach::{GatewayLinks, LinkConfig};
+use crate::Router;
+use confab_common::config::{list, parse_or, ConfigError, Env};
+use confab_common::remote::{HistoryClientConfig, RemoteHistory};
+use confab_common::shutdown::Signal;
+use confab_kafka::{ensure_topics, BatchConsumer, KafkaConfig};
+use confab_proto::internal::v1::OutcomeRecord;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Consumer group of the routers.
+pub const GROUP: &str = "router";
+
+/// Settings of a router process.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// The broker and topics.
+    pub kafka: KafkaConfig,
+    /// History addresses (`CONFAB_HISTORY_ADDRS`), for membership.
+    pub history: HistoryClientConfig,
+    /// Gateway link limits.
+    pub links: LinkConfig,
+}
+
+impl RouterConfig {
+    /// Reads `CONFAB_*` variables.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let history = list(env, "CONFAB_HISTORY_ADDRS");
+        if history.is_empty() {
+            return Err(ConfigError {
+                key: "CONFAB_HISTORY_ADDRS".into(),
+                value: String::new(),
+                reason: "required: comma-separated history addresses (host:port)".into(),
+            });
+        }
+        let mut history = HistoryClientConfig::new(history);
+        history.request_timeout = Duration::from_millis(parse_or(
+            env,
+            "CONFAB_HISTORY_TIMEOUT_MS",
+            5000u64,
+            "milliseconds",
+        )?);
+        Ok(Self {
+            kafka: KafkaConfig::from_env(env)?,
+            history,
+            links: LinkConfig::default(),
+        })
+    }
+}
+
+/// Runs a router until `shutdown`: the consumer, and the gateway link
+/// server on `listener`.
+pub async fn run(
+    config: RouterConfig,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> anyhow::Result<()> {
+    ensure_topics(&config.kafka).await?;
+    let history = Arc::new(RemoteHistory::new(&config.history)?);
+    let links = GatewayLinks::new(config.links.clone());
+    let consumer = BatchConsumer::<OutcomeRecord>::new(&config.kafka, GROUP)?;
+    let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown.clone()));
+    crate::attach::serve(links, listener, shutdown).await?;
+    let _ = routing.await;
+    Ok(())
+}
+
+/// The routing loop: batch → route each outcome in order → commit.
+pub async fn route(
+    mut consumer: BatchConsumer<OutcomeRecord>,
+    history: Arc<RemoteHistory>,
+    links: Arc<GatewayLinks>,
+    shutdown: Signal,
+) {
+    let state = consumer.state();
+    let mut router = Router::new(history.clone(), links.clone());
+    let mut rebalances = state.rebalances();
+    let stop = shutdown.clone().wait();
+    tokio::pin!(stop);
+    loop {
+        let batch = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            b = consumer.next_batch(256, Duration::from_millis(1)) => b,
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "messages consumer failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        if state.rebalances() != rebalances {
+            rebalances = state.rebalances();
+            router = Router::new(history.clone(), links.clone());
+            tracing::info!(partitions = ?state.assigned(), "partitions changed; membership cache cleared");
+        }
+        for consumed in batch.records.iter() {
+            router.route(consumed.record.clone()).await;
+        }
+        if let Err(e) = consumer.commit(batch.offsets()).await {
+            tracing::warn!(error = %e, "cannot commit messages offsets; they are routed again");
+        }
+    }
+    consumer.close().await;
+    tracing::info!("router stopped");
+}

@@ -1,0 +1,365 @@
+//! The distributed topology inside one test process: history, routers and
+//! gateways each serve their own gRPC port on 127.0.0.1 and talk to each other
+//! only over gRPC (`HistoryReader` through `RemoteHistory`, `RouterLink`
+//! through the gateways' attach clients). The logs stay in-process
+//! (`MemTopic`), and history is SQLite in a temporary directory, so what is
+//! under test is the gRPC links.
+
+use crate::{init_tracing, wait_until, User, DEADLINE, SECRET};
+use anyhow::Result;
+use confab_common::auth::Authenticator;
+use confab_common::pipeline::{partition_of, HistoryApi, MemTopic, Publisher};
+use confab_common::remote::{HistoryClientConfig, RemoteHistory};
+use confab_common::shutdown::{self, Signal, Trigger};
+use confab_common::validate::Limits;
+use confab_gateway::attach::AttachConfig;
+use confab_gateway::{ChatService, GatewayConfig, Hub};
+use confab_history::{LocalHistory, SqliteStore, Store};
+use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_router::attach::{GatewayLinks, LinkConfig};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// The shape of a test topology.
+#[derive(Debug, Clone)]
+pub struct TopologyConfig {
+    /// Gateways, named `g1`, `g2`, ….
+    pub gateways: usize,
+    /// Routers; the outcome log's partitions are split between them.
+    pub routers: usize,
+    /// Partitions of each in-process log.
+    pub partitions: usize,
+    /// Settings of every gateway.
+    pub gateway: GatewayConfig,
+    /// Settings of every router's gateway links.
+    pub links: LinkConfig,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            gateways: 2,
+            routers: 1,
+            partitions: 4,
+            gateway: GatewayConfig::default(),
+            links: LinkConfig::default(),
+        }
+    }
+}
+
+/// A server task and the trigger that stops it.
+struct Served {
+    /// Stops the task.
+    trigger: Trigger,
+    /// The task.
+    task: JoinHandle<Result<()>>,
+}
+
+impl Served {
+    /// Spawns `serve(signal)`.
+    fn spawn<F, E>(serve: impl FnOnce(Signal) -> F) -> Self
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<anyhow::Error>,
+    {
+        let (trigger, signal) = shutdown::channel();
+        let fut = serve(signal);
+        let task = tokio::spawn(async move { fut.await.map_err(Into::into) });
+        Self { trigger, task }
+    }
+
+    /// Stops the task and checks that it ended cleanly.
+    async fn stop(self, what: &str) {
+        self.trigger.fire();
+        let result = tokio::time::timeout(DEADLINE, self.task).await;
+        assert!(
+            matches!(result, Ok(Ok(Ok(())))),
+            "{what} stopped cleanly: {result:?}"
+        );
+    }
+}
+
+/// Binds 127.0.0.1 on `port` (0: any free port), retrying briefly while the
+/// port of a server that just stopped is still being released.
+async fn bind(port: u16) -> TcpListener {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        match TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => return l,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cannot bind port {port}: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+/// History: sequencers on the in-process ingress log, reads over gRPC.
+pub struct HistoryNode {
+    /// Where `HistoryReader` is served.
+    pub addr: SocketAddr,
+    /// The `HistoryReader` server.
+    server: Served,
+}
+
+/// One router: its share of the outcome partitions, and its `RouterLink`
+/// server, which can be restarted on the same port.
+pub struct RouterNode {
+    /// Where `RouterLink` is served.
+    pub addr: SocketAddr,
+    /// The gateways attached to this router, and their users.
+    pub links: Arc<GatewayLinks>,
+    /// The outcome partitions this router consumes.
+    pub partitions: Vec<usize>,
+    /// The `RouterLink` server, while it runs.
+    server: Option<Served>,
+}
+
+impl RouterNode {
+    /// Stops the `RouterLink` server (the routing tasks keep consuming;
+    /// with no gateway attached they deliver nothing).
+    pub async fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop("router link server").await;
+        }
+    }
+
+    /// Serves `RouterLink` again on the same port.
+    pub async fn start_server(&mut self) {
+        let listener = bind(self.addr.port()).await;
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        assert!(self.server.is_none(), "the router server is running");
+        let links = self.links.clone();
+        self.server = Some(Served::spawn(move |signal| {
+            confab_router::attach::serve(links, listener, signal)
+        }));
+    }
+}
+
+/// One gateway: the Chat API, and its attach client to every router.
+pub struct GatewayNode {
+    /// Its gateway id (`g1`, `g2`, …).
+    pub id: String,
+    /// Where the Chat API is served.
+    pub addr: SocketAddr,
+    /// Its sessions and pending requests.
+    pub hub: Arc<Hub>,
+    /// The Chat server.
+    server: Served,
+    /// The attach client.
+    attach: Served,
+}
+
+impl GatewayNode {
+    /// A client of this gateway acting as `user`.
+    pub async fn user(&self, user: &str) -> User {
+        User::connect(self.addr, user).await
+    }
+}
+
+/// History, routers and gateways of one test, joined by gRPC.
+pub struct Topology {
+    /// The shape it was started with.
+    pub config: TopologyConfig,
+    /// History.
+    pub history: HistoryNode,
+    /// The routers, in order.
+    pub routers: Vec<RouterNode>,
+    /// The gateways, in order (`g1` first).
+    pub gateways: Vec<GatewayNode>,
+    /// The ingress log the gateways produce to.
+    ingress: Option<Arc<MemTopic<IngressRecord>>>,
+    /// Sequencer and routing tasks; they end once the logs drain.
+    pipeline: Vec<JoinHandle<()>>,
+    /// Holds the SQLite database for the test's lifetime.
+    _dir: tempfile::TempDir,
+}
+
+impl Topology {
+    /// Starts a topology of this shape and waits until every gateway is
+    /// attached to every router.
+    pub async fn start(config: TopologyConfig) -> Self {
+        init_tracing();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&dir.path().join("confab.db"), Limits::default())
+                .await
+                .expect("open sqlite"),
+        );
+        let (ingress, ingress_partitions) = MemTopic::<IngressRecord>::new(config.partitions, 4096);
+        let (outcomes, outcome_partitions) =
+            MemTopic::<OutcomeRecord>::new(config.partitions, 4096);
+        let mut pipeline =
+            confab_history::ingest::spawn(store.clone(), ingress_partitions, Arc::new(outcomes));
+
+        let listener = bind(0).await;
+        let history_addr = listener.local_addr().expect("history addr");
+        let local: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
+        let history = HistoryNode {
+            addr: history_addr,
+            server: Served::spawn(move |signal| {
+                confab_history::grpc::serve(local, listener, signal)
+            }),
+        };
+
+        // Contiguous shares: with 4 partitions and 2 routers, 0-1 and 2-3.
+        let routers_n = config.routers.max(1);
+        let mut shares: Vec<Vec<(usize, mpsc::Receiver<OutcomeRecord>)>> =
+            (0..routers_n).map(|_| Vec::new()).collect();
+        for (p, rx) in outcome_partitions.into_iter().enumerate() {
+            shares[p * routers_n / config.partitions.max(1)].push((p, rx));
+        }
+        let mut routers = Vec::new();
+        for share in shares {
+            let links = GatewayLinks::new(config.links.clone());
+            let (partitions, receivers): (Vec<usize>, Vec<_>) = share.into_iter().unzip();
+            pipeline.extend(confab_router::spawn(
+                receivers,
+                Self::remote_history_at(history_addr),
+                links.clone(),
+            ));
+            let listener = bind(0).await;
+            let mut node = RouterNode {
+                addr: listener.local_addr().expect("router addr"),
+                links,
+                partitions,
+                server: None,
+            };
+            node.serve(listener);
+            routers.push(node);
+        }
+
+        let ingress = Arc::new(ingress);
+        let router_addrs: Vec<String> = routers.iter().map(|r| r.addr.to_string()).collect();
+        let mut gateways = Vec::new();
+        for i in 1..=config.gateways {
+            let id = format!("g{i}");
+            let hub = Hub::new(id.clone());
+            let listener = bind(0).await;
+            let addr = listener.local_addr().expect("gateway addr");
+            let publisher: Arc<dyn Publisher<IngressRecord>> = ingress.clone();
+            let history = Self::remote_history_at(history_addr);
+            let gateway_config = config.gateway.clone();
+            let service_hub = hub.clone();
+            let server = Served::spawn(move |signal: Signal| {
+                let service = ChatService::new(
+                    gateway_config,
+                    Authenticator::new(SECRET),
+                    service_hub,
+                    publisher,
+                    history,
+                    signal.clone(),
+                );
+                confab_gateway::run(service, listener, signal)
+            });
+            let attach_config = AttachConfig {
+                backoff_min: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(200),
+                ..AttachConfig::new(router_addrs.clone())
+            };
+            let attach_hub = hub.clone();
+            let attach = Served::spawn(move |signal| {
+                confab_gateway::attach::run(attach_hub, attach_config, signal)
+            });
+            gateways.push(GatewayNode {
+                id,
+                addr,
+                hub,
+                server,
+                attach,
+            });
+        }
+        let topology = Self {
+            config,
+            history,
+            routers,
+            gateways,
+            ingress: Some(ingress),
+            pipeline,
+            _dir: dir,
+        };
+        topology.wait_all_attached().await;
+        topology
+    }
+
+    /// A `RemoteHistory` client of history at `addr`.
+    fn remote_history_at(addr: SocketAddr) -> Arc<RemoteHistory> {
+        Arc::new(
+            RemoteHistory::new(&HistoryClientConfig::new([addr.to_string()]))
+                .expect("history address"),
+        )
+    }
+
+    /// A new gRPC client of history, as the gateways and routers use it.
+    pub fn remote_history(&self) -> Arc<RemoteHistory> {
+        Self::remote_history_at(self.history.addr)
+    }
+
+    /// The gateway `g<n>` (1-based, as named).
+    pub fn gateway(&self, n: usize) -> &GatewayNode {
+        &self.gateways[n - 1]
+    }
+
+    /// The index of the router that routes `conversation_id`.
+    pub fn router_of(&self, conversation_id: &str) -> usize {
+        let p = partition_of(conversation_id, self.config.partitions);
+        self.routers
+            .iter()
+            .position(|r| r.partitions.contains(&p))
+            .expect("every partition has a router")
+    }
+
+    /// Waits until every router has every gateway attached.
+    pub async fn wait_all_attached(&self) {
+        let mut want: Vec<String> = self.gateways.iter().map(|g| g.id.clone()).collect();
+        want.sort();
+        wait_until("every gateway attached to every router", || {
+            self.routers.iter().all(|r| r.links.gateways() == want)
+        })
+        .await;
+    }
+
+    /// Waits until every router knows that `user` has a session on exactly
+    /// the gateways `gateway_ids` (so deliveries to `user` go there).
+    pub async fn wait_user_on(&self, user: &str, gateway_ids: &[&str]) {
+        let mut want: Vec<String> = gateway_ids.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_until(&format!("routers to see {user} on {want:?}"), || {
+            self.routers
+                .iter()
+                .all(|r| r.links.gateways_of(user) == want)
+        })
+        .await;
+    }
+
+    /// Stops everything: the gateways first, then the pipeline drains, then
+    /// the routers and history.
+    pub async fn stop(mut self) {
+        for g in self.gateways.drain(..) {
+            g.attach.stop("gateway attach client").await;
+            g.server.stop("gateway").await;
+        }
+        // The last producer gone, the sequencers and then the routing tasks
+        // drain and end.
+        self.ingress = None;
+        for task in self.pipeline.drain(..) {
+            let ended = tokio::time::timeout(DEADLINE, task).await;
+            assert!(
+                matches!(ended, Ok(Ok(()))),
+                "pipeline task ended: {ended:?}"
+            );
+        }
+        for r in &mut self.routers {
+            r.stop_server().await;
+        }
+        self.history.server.stop("history").await;
+    }
+}
