@@ -168,6 +168,7 @@ impl FakeGateway {
             frame: Some(gateway_frame::Frame::Hello(Hello {
                 gateway_id: id.into(),
                 user_ids: users.iter().map(|u| u.to_string()).collect(),
+                epoch: 0,
             })),
         })
         .await
@@ -181,18 +182,22 @@ impl FakeGateway {
     }
 
     /// The next delivery: (conversation, seq, recipients).
+    /// Presence acknowledgements in between are skipped.
     async fn next_delivery(&mut self) -> (String, u64, Vec<String>) {
-        let frame = tokio::time::timeout(DEADLINE, self.inbound.message())
-            .await
-            .expect("a frame in time")
-            .expect("link open")
-            .and_then(|f| f.frame);
-        match frame {
-            Some(router_frame::Frame::Deliver(d)) => {
-                let m = d.message.expect("delivery carries a message");
-                (m.conversation_id, m.seq, d.recipient_ids)
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.inbound.message())
+                .await
+                .expect("a frame in time")
+                .expect("link open")
+                .and_then(|f| f.frame);
+            match frame {
+                Some(router_frame::Frame::Deliver(d)) => {
+                    let m = d.message.expect("delivery carries a message");
+                    return (m.conversation_id, m.seq, d.recipient_ids);
+                }
+                Some(router_frame::Frame::PresenceAck(_)) => continue,
+                other => panic!("expected a delivery, got {other:?}"),
             }
-            other => panic!("expected a delivery, got {other:?}"),
         }
     }
 }
@@ -214,6 +219,7 @@ async fn users_offline_stops_delivery_to_that_gateway() {
         .send(GatewayFrame {
             frame: Some(gateway_frame::Frame::UsersOffline(UsersOffline {
                 user_ids: vec!["bob".into()],
+                epoch: 1,
             })),
         })
         .await

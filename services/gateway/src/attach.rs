@@ -156,10 +156,10 @@ async fn attach_once(
 ) -> Ended {
     let stop = shutdown.wait();
     tokio::pin!(stop);
-    let (snapshot, mut presence) = hub.presence();
+    let (epoch, snapshot, mut presence) = hub.presence();
     let users = snapshot.len();
     let (out, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
-    if out.try_send(hello(hub, snapshot)).is_err() {
+    if out.try_send(hello(hub, epoch, snapshot)).is_err() {
         return Ended::Failed("cannot queue hello".into());
     }
     let connect = async {
@@ -184,12 +184,14 @@ async fn attach_once(
         }
     };
     tracing::info!(router = %addr, gateway_id = hub.gateway_id(), users, "attached to router");
+    hub.router_attached(addr);
+    let _detach = Detach { hub, addr };
     loop {
         tokio::select! {
             biased;
             _ = &mut stop => return Ended::Shutdown,
             frame = inbound.message() => match frame {
-                Ok(Some(frame)) => apply(hub, frame).await,
+                Ok(Some(frame)) => apply(hub, addr, frame).await,
                 Ok(None) => return Ended::Lost("the router ended the link".into()),
                 Err(status) => return Ended::Lost(status.message().to_string()),
             },
@@ -206,9 +208,9 @@ async fn attach_once(
                         // Fell behind the hub's changes: start over from a
                         // snapshot, which the router takes as a replacement.
                         tracing::debug!(router = %addr, "presence changes overflowed; resending hello");
-                        let (snapshot, rx) = hub.presence();
+                        let (epoch, snapshot, rx) = hub.presence();
                         presence = rx;
-                        vec![hello(hub, snapshot)]
+                        vec![hello(hub, epoch, snapshot)]
                     }
                 };
                 for frame in frames {
@@ -233,11 +235,26 @@ fn describe(e: &dyn std::error::Error) -> String {
     text
 }
 
-fn hello(hub: &Hub, user_ids: Vec<String>) -> GatewayFrame {
+/// Stops waiting for a router's acknowledgements when its link ends.
+struct Detach<'a> {
+    /// The hub that counts them.
+    hub: &'a Hub,
+    /// The router.
+    addr: &'a str,
+}
+
+impl Drop for Detach<'_> {
+    fn drop(&mut self) {
+        self.hub.router_detached(self.addr);
+    }
+}
+
+fn hello(hub: &Hub, epoch: u64, user_ids: Vec<String>) -> GatewayFrame {
     GatewayFrame {
         frame: Some(gateway_frame::Frame::Hello(Hello {
             gateway_id: hub.gateway_id().to_string(),
             user_ids,
+            epoch,
         })),
     }
 }
@@ -246,8 +263,8 @@ fn hello(hub: &Hub, user_ids: Vec<String>) -> GatewayFrame {
 /// the changes (consecutive changes of one kind share a frame); `None` when
 /// the receiver fell behind and must resync.
 fn presence_frames(
-    first: Presence,
-    rx: &mut broadcast::Receiver<Presence>,
+    first: (u64, Presence),
+    rx: &mut broadcast::Receiver<(u64, Presence)>,
 ) -> Option<Vec<GatewayFrame>> {
     let mut changes = vec![first];
     while changes.len() < MAX_PRESENCE_BATCH {
@@ -258,18 +275,21 @@ fn presence_frames(
         }
     }
     let mut frames: Vec<GatewayFrame> = Vec::new();
-    for change in changes {
+    for (epoch, change) in changes {
         let (online, user) = match change {
             Presence::Online(u) => (true, u),
             Presence::Offline(u) => (false, u),
         };
+        // Each frame carries the epoch of the last change it holds.
         let extended = match frames.last_mut().and_then(|f| f.frame.as_mut()) {
             Some(gateway_frame::Frame::UsersOnline(f)) if online => {
                 f.user_ids.push(user.clone());
+                f.epoch = epoch;
                 true
             }
             Some(gateway_frame::Frame::UsersOffline(f)) if !online => {
                 f.user_ids.push(user.clone());
+                f.epoch = epoch;
                 true
             }
             _ => false,
@@ -278,9 +298,9 @@ fn presence_frames(
             let user_ids = vec![user];
             frames.push(GatewayFrame {
                 frame: Some(if online {
-                    gateway_frame::Frame::UsersOnline(UsersOnline { user_ids })
+                    gateway_frame::Frame::UsersOnline(UsersOnline { user_ids, epoch })
                 } else {
-                    gateway_frame::Frame::UsersOffline(UsersOffline { user_ids })
+                    gateway_frame::Frame::UsersOffline(UsersOffline { user_ids, epoch })
                 }),
             });
         }
@@ -289,8 +309,9 @@ fn presence_frames(
 }
 
 /// Hands a router's frame to the hub.
-async fn apply(hub: &Hub, frame: RouterFrame) {
+async fn apply(hub: &Hub, router: &str, frame: RouterFrame) {
     match frame.frame {
+        Some(router_frame::Frame::PresenceAck(ack)) => hub.router_acked(router, ack.epoch),
         Some(router_frame::Frame::Deliver(d)) => match d.message {
             Some(message) => hub.deliver(&d.recipient_ids, Arc::new(message)).await,
             None => tracing::debug!("router sent a delivery without a message; ignoring it"),
@@ -310,20 +331,21 @@ mod tests {
     #[test]
     fn consecutive_changes_of_one_kind_share_a_frame_and_keep_their_order() {
         let (tx, mut rx) = broadcast::channel(16);
-        for change in [
-            Presence::Online("bob".into()),
-            Presence::Offline("carol".into()),
-            Presence::Offline("dave".into()),
-            Presence::Online("carol".into()),
+        for (epoch, change) in [
+            (2, Presence::Online("bob".into())),
+            (3, Presence::Offline("carol".into())),
+            (4, Presence::Offline("dave".into())),
+            (5, Presence::Online("carol".into())),
         ] {
-            tx.send(change).expect("subscribed");
+            tx.send((epoch, change)).expect("subscribed");
         }
-        let frames = presence_frames(Presence::Online("alice".into()), &mut rx).expect("no lag");
-        let kinds: Vec<(bool, Vec<String>)> = frames
+        let frames =
+            presence_frames((1, Presence::Online("alice".into())), &mut rx).expect("no lag");
+        let kinds: Vec<(bool, Vec<String>, u64)> = frames
             .into_iter()
             .filter_map(|f| match f.frame {
-                Some(gateway_frame::Frame::UsersOnline(o)) => Some((true, o.user_ids)),
-                Some(gateway_frame::Frame::UsersOffline(o)) => Some((false, o.user_ids)),
+                Some(gateway_frame::Frame::UsersOnline(o)) => Some((true, o.user_ids, o.epoch)),
+                Some(gateway_frame::Frame::UsersOffline(o)) => Some((false, o.user_ids, o.epoch)),
                 _ => None,
             })
             .collect();
@@ -331,10 +353,11 @@ mod tests {
         assert_eq!(
             kinds,
             vec![
-                (true, v(&["alice", "bob"])),
-                (false, v(&["carol", "dave"])),
-                (true, v(&["carol"])),
-            ]
+                (true, v(&["alice", "bob"]), 2),
+                (false, v(&["carol", "dave"]), 4),
+                (true, v(&["carol"]), 5),
+            ],
+            "each frame carries the epoch of its last change"
         );
     }
 
@@ -342,9 +365,9 @@ mod tests {
     fn a_receiver_that_fell_behind_must_resync() {
         let (tx, mut rx) = broadcast::channel(2);
         for i in 0..5 {
-            tx.send(Presence::Online(format!("u{i}")))
+            tx.send((i, Presence::Online(format!("u{i}"))))
                 .expect("subscribed");
         }
-        assert!(presence_frames(Presence::Online("x".into()), &mut rx).is_none());
+        assert!(presence_frames((9, Presence::Online("x".into())), &mut rx).is_none());
     }
 }

@@ -47,8 +47,15 @@ pub struct Hub {
     pending: Mutex<HashMap<u64, oneshot::Sender<OutcomeRecord>>>,
     /// Source of request and session ids.
     next_id: AtomicU64,
-    /// Presence changes, sent under the `sessions` lock (never blocks).
-    presence: broadcast::Sender<Presence>,
+    /// Presence changes with their epoch, sent under the `sessions` lock
+    /// (never blocks).
+    presence: broadcast::Sender<(u64, Presence)>,
+    /// Presence epoch: bumped by every change, under the `sessions` lock.
+    epoch: AtomicU64,
+    /// Attached routers and the presence epoch each has acknowledged.
+    acked: Mutex<HashMap<String, u64>>,
+    /// Wakes sessions waiting for acknowledgements.
+    acked_changed: tokio::sync::Notify,
 }
 
 /// Removes a session from the hub when dropped.
@@ -59,6 +66,8 @@ pub struct Registration {
     user: String,
     /// Which session.
     id: u64,
+    /// The presence epoch once this session was registered.
+    pub epoch: u64,
 }
 
 impl Drop for Registration {
@@ -101,6 +110,9 @@ impl Hub {
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             presence: broadcast::channel(PRESENCE_BUFFER).0,
+            epoch: AtomicU64::new(0),
+            acked: Mutex::new(HashMap::new()),
+            acked_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -129,30 +141,76 @@ impl Hub {
             self.announce(Presence::Online(user.to_string()));
         }
         list.push(SessionEntry { id, tx, kill });
+        let epoch = self.epoch.load(Ordering::SeqCst);
         drop(sessions);
         Registration {
             hub: self.clone(),
             user: user.to_string(),
             id,
+            epoch,
         }
     }
 
     /// Every user with a session here now, and the presence changes after
     /// that snapshot. A receiver that lags (`RecvError::Lagged`) must take a
     /// new snapshot with a new receiver.
-    pub fn presence(&self) -> (Vec<String>, broadcast::Receiver<Presence>) {
+    pub fn presence(&self) -> (u64, Vec<String>, broadcast::Receiver<(u64, Presence)>) {
         let sessions = self.sessions();
         // Subscribing under the lock: no change is missed or counted twice.
         let rx = self.presence.subscribe();
         let mut users: Vec<String> = sessions.keys().cloned().collect();
         users.sort();
-        (users, rx)
+        (self.epoch.load(Ordering::SeqCst), users, rx)
     }
 
     /// Sends a presence change; callers hold the sessions lock.
     fn announce(&self, change: Presence) {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         // No subscriber (embedded mode, or no router attached): nothing to do.
-        let _ = self.presence.send(change);
+        let _ = self.presence.send((epoch, change));
+    }
+
+    fn acked(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.acked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A router link to `router` is up; its acknowledgements count from now.
+    pub fn router_attached(&self, router: &str) {
+        self.acked().insert(router.to_string(), 0);
+        self.acked_changed.notify_waiters();
+    }
+
+    /// `router` has applied this gateway's presence up to `epoch`.
+    pub fn router_acked(&self, router: &str, epoch: u64) {
+        if let Some(e) = self.acked().get_mut(router) {
+            *e = (*e).max(epoch);
+        }
+        self.acked_changed.notify_waiters();
+    }
+
+    /// The link to `router` is gone: nothing to wait for from it.
+    pub fn router_detached(&self, router: &str) {
+        self.acked().remove(router);
+        self.acked_changed.notify_waiters();
+    }
+
+    /// Waits until every attached router has applied presence up to `epoch`,
+    /// at most `limit`; whether they all did. With no router attached
+    /// (embedded mode) there is nothing to wait for.
+    pub async fn presence_settled(&self, epoch: u64, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.acked_changed.notified();
+            tokio::pin!(notified);
+            // Registered before checking, so a change in between still wakes us.
+            notified.as_mut().enable();
+            if self.acked().values().all(|e| *e >= epoch) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// Number of open sessions (all users).
@@ -239,8 +297,9 @@ mod tests {
     async fn presence_follows_first_and_last_sessions_after_the_snapshot() {
         let hub = Hub::new("g");
         let (alice, _a) = session(&hub, "alice", 4);
-        let (snapshot, mut changes) = hub.presence();
+        let (epoch, snapshot, mut changes) = hub.presence();
         assert_eq!(snapshot, vec!["alice".to_string()]);
+        assert_eq!(epoch, 1, "alice coming online was the first change");
         let (bob1, _b1) = session(&hub, "bob", 4);
         let (bob2, _b2) = session(&hub, "bob", 4);
         drop(bob1);
@@ -253,10 +312,40 @@ mod tests {
         assert_eq!(
             seen,
             vec![
-                Presence::Online("bob".into()),
-                Presence::Offline("bob".into()),
-                Presence::Offline("alice".into()),
+                (2, Presence::Online("bob".into())),
+                (3, Presence::Offline("bob".into())),
+                (4, Presence::Offline("alice".into())),
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_wait_for_every_attached_router_to_apply_their_presence() {
+        let hub = Hub::new("g");
+        let limit = std::time::Duration::from_secs(5);
+        // No router attached (embedded mode): settled at once.
+        let (reg, _rx) = session(&hub, "alice", 4);
+        assert!(hub.presence_settled(reg.epoch, limit).await);
+        hub.router_attached("r1");
+        hub.router_attached("r2");
+        let (bob, _b) = session(&hub, "bob", 4);
+        let waiter = {
+            let hub = hub.clone();
+            tokio::spawn(async move { hub.presence_settled(bob.epoch, limit).await })
+        };
+        hub.router_acked("r1", bob.epoch);
+        assert!(!waiter.is_finished(), "r2 has not acknowledged yet");
+        hub.router_detached("r2");
+        assert!(
+            waiter.await.expect("task"),
+            "a detached router is not waited for"
+        );
+        // An acknowledgement that never comes: bounded.
+        hub.router_attached("r3");
+        let short = std::time::Duration::from_millis(50);
+        assert!(
+            !hub.presence_settled(hub.epoch.load(Ordering::SeqCst), short)
+                .await
         );
     }
 
@@ -264,12 +353,12 @@ mod tests {
     async fn a_user_whose_last_session_is_dropped_for_being_slow_goes_offline() {
         let hub = Hub::new("g");
         let (slow, _rx) = session(&hub, "carol", 1);
-        let (_, mut changes) = hub.presence();
+        let (_, _, mut changes) = hub.presence();
         let m = Arc::new(Message::default());
         hub.deliver(&["carol".to_string()], m.clone()).await;
         hub.deliver(&["carol".to_string()], m).await;
         assert_eq!(
-            changes.try_recv().ok(),
+            changes.try_recv().ok().map(|(_, p)| p),
             Some(Presence::Offline("carol".into()))
         );
         assert_eq!(hub.session_count(), 0);

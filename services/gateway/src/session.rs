@@ -51,6 +51,9 @@ pub struct Session {
     pub shutdown: Signal,
 }
 
+/// Longest wait for the routers to confirm a new session's presence.
+pub const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Sends one stream may have waiting for their outcome; more are refused
 /// with RESOURCE_EXHAUSTED in the ack rather than queued without bound.
 pub const MAX_SENDS_IN_FLIGHT: usize = 256;
@@ -78,10 +81,21 @@ impl Session {
             Err(_) => return,
         };
         let (tx, mut live) = mpsc::channel(state.s.queue);
-        let _registration = state
+        let registration = state
             .s
             .hub
             .register(&state.s.user, tx, state.s.kill.clone());
+        // Every router must know this user is here before the first frame is
+        // answered: then any message sequenced after that answer reaches this
+        // session. Bounded, so a stuck router delays a session, never blocks it.
+        if !state
+            .s
+            .hub
+            .presence_settled(registration.epoch, PRESENCE_WAIT)
+            .await
+        {
+            tracing::warn!(user_id = %state.s.user, "routers did not confirm presence in time; going live anyway");
+        }
         let mut inbound_open = first.is_some();
         if let Some(frame) = first {
             if state.handle(frame).await.is_err() {

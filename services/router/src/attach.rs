@@ -9,7 +9,8 @@ use confab_common::pipeline::DeliverySink;
 use confab_common::shutdown::Signal;
 use confab_proto::internal::v1::router_link_server::{RouterLink, RouterLinkServer};
 use confab_proto::internal::v1::{
-    gateway_frame, router_frame, Complete, Deliver, GatewayFrame, OutcomeRecord, RouterFrame,
+    gateway_frame, router_frame, Complete, Deliver, GatewayFrame, OutcomeRecord, PresenceAck,
+    RouterFrame,
 };
 use confab_proto::v1::Message;
 use futures::Stream;
@@ -212,6 +213,12 @@ impl GatewayLinks {
         if !dir.is_current(gateway_id, link) {
             return;
         }
+        let epoch = match &frame.frame {
+            Some(gateway_frame::Frame::Hello(h)) => h.epoch,
+            Some(gateway_frame::Frame::UsersOnline(f)) => f.epoch,
+            Some(gateway_frame::Frame::UsersOffline(f)) => f.epoch,
+            None => return,
+        };
         match frame.frame {
             Some(gateway_frame::Frame::Hello(hello)) => {
                 // A resync: the new list replaces what the gateway said before.
@@ -238,6 +245,35 @@ impl GatewayLinks {
                 }
             }
             None => {}
+        }
+        // Acknowledged after the directory changed, under its lock: a
+        // delivery routed after the gateway reads the ack sees the change.
+        Self::ack_in(&dir, gateway_id, link, epoch);
+    }
+
+    /// Tells the gateway that its presence up to `epoch` is applied. Best
+    /// effort: with its queue full the ack is skipped, and its sessions stop
+    /// waiting for it after a bound.
+    pub(crate) fn ack(&self, gateway_id: &str, link: u64, epoch: u64) {
+        let dir = self.directory();
+        Self::ack_in(&dir, gateway_id, link, epoch);
+    }
+
+    fn ack_in(dir: &Directory, gateway_id: &str, link: u64, epoch: u64) {
+        if !dir.is_current(gateway_id, link) {
+            return;
+        }
+        if let Some(l) = dir.gateways.get(gateway_id) {
+            let frame = RouterFrame {
+                frame: Some(router_frame::Frame::PresenceAck(PresenceAck { epoch })),
+            };
+            if l.tx.try_send(frame).is_err() {
+                tracing::debug!(
+                    gateway_id,
+                    epoch,
+                    "gateway queue full; presence ack skipped"
+                );
+            }
         }
     }
 
@@ -417,6 +453,7 @@ impl RouterLink for RouterLinkService {
         let gateway_id = hello.gateway_id;
         let users = hello.user_ids.len();
         let opened = self.links.open(&gateway_id, hello.user_ids);
+        self.links.ack(&gateway_id, opened.id, hello.epoch);
         tracing::info!(gateway_id = %gateway_id, peer = ?peer, users, "gateway attached");
         tokio::spawn(read_presence(
             self.links.clone(),
@@ -584,24 +621,33 @@ mod tests {
     #[tokio::test]
     async fn presence_frames_move_users_and_a_closed_link_forgets_its_users() {
         let links = GatewayLinks::new(LinkConfig::default());
-        let g1 = links.open("g1", names(&["alice"]));
-        let online = |users: &[&str]| GatewayFrame {
+        let mut g1 = links.open("g1", names(&["alice"]));
+        let online = |users: &[&str], epoch| GatewayFrame {
             frame: Some(gateway_frame::Frame::UsersOnline(UsersOnline {
                 user_ids: names(users),
+                epoch,
             })),
         };
-        let offline = |users: &[&str]| GatewayFrame {
+        let offline = |users: &[&str], epoch| GatewayFrame {
             frame: Some(gateway_frame::Frame::UsersOffline(UsersOffline {
                 user_ids: names(users),
+                epoch,
             })),
         };
-        links.apply("g1", g1.id, online(&["bob"]));
+        let mut acks = || match g1.frames.try_recv().ok().and_then(|f| f.frame) {
+            Some(router_frame::Frame::PresenceAck(a)) => Some(a.epoch),
+            _ => None,
+        };
+        links.apply("g1", g1.id, online(&["bob"], 1));
         assert_eq!(links.gateways_of("bob"), names(&["g1"]));
-        links.apply("g1", g1.id, offline(&["alice"]));
+        assert_eq!(acks(), Some(1), "each applied change is acknowledged");
+        links.apply("g1", g1.id, offline(&["alice"], 2));
         assert!(links.gateways_of("alice").is_empty());
-        // Frames of a stale link change nothing.
-        links.apply("g1", g1.id + 100, online(&["carol"]));
+        assert_eq!(acks(), Some(2));
+        // Frames of a stale link change nothing and are not acknowledged.
+        links.apply("g1", g1.id + 100, online(&["carol"], 3));
         assert!(links.gateways_of("carol").is_empty());
+        assert_eq!(acks(), None);
         links.close("g1", g1.id, None);
         assert!(links.gateways().is_empty());
         assert!(links.gateways_of("bob").is_empty());
