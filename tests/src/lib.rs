@@ -18,6 +18,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
 pub mod broker;
+pub mod cluster;
 pub mod postgres;
 pub mod topology;
 

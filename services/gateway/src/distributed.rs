@@ -112,10 +112,21 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Signal,
 ) -> anyhow::Result<()> {
+    let hub = Hub::new(config.gateway_id.clone());
+    run_with_hub(config, hub, listener, shutdown).await
+}
+
+/// Runs a gateway around `hub` (tests keep a handle on it to watch its
+/// router links).
+pub async fn run_with_hub(
+    config: DistributedConfig,
+    hub: Arc<Hub>,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> anyhow::Result<()> {
     ensure_topics(&config.kafka).await?;
     let ingress = KafkaPublisher::<IngressRecord>::new(&config.kafka)?;
     let history = Arc::new(RemoteHistory::new(&config.history)?);
-    let hub = Hub::new(config.gateway_id.clone());
     let attach = tokio::spawn(crate::attach::run(
         hub.clone(),
         AttachConfig::new(config.routers.clone()),

@@ -174,6 +174,11 @@ impl Hub {
         self.acked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many routers this gateway is attached to now.
+    pub fn attached_routers(&self) -> usize {
+        self.acked().len()
+    }
+
     /// A router link to `router` is up; its acknowledgements count from now.
     pub fn router_attached(&self, router: &str) {
         self.acked().insert(router.to_string(), 0);

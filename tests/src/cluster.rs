@@ -1,0 +1,246 @@
+//! The distributed topology inside one test process: every service runs
+//! through its real `distributed::run` on a port-0 listener, joined by a
+//! real Kafka-API broker (nisshi, PostgreSQL storage engine) and a real
+//! PostgreSQL cluster, both started here.
+
+use crate::broker::Broker;
+use crate::postgres::PgCluster;
+use crate::{init_tracing, User, DEADLINE, SECRET};
+use confab_common::remote::HistoryClientConfig;
+use confab_common::shutdown::{self, Trigger};
+use confab_common::validate::Limits;
+use confab_gateway::distributed::DistributedConfig;
+use confab_gateway::{GatewayConfig, Hub};
+use confab_history::distributed::HistoryConfig;
+use confab_kafka::KafkaConfig;
+use confab_router::attach::LinkConfig;
+use confab_router::distributed::RouterConfig;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// How many of each service, and their settings.
+#[derive(Debug, Clone)]
+pub struct Shape {
+    /// Gateway processes.
+    pub gateways: usize,
+    /// Router processes.
+    pub routers: usize,
+    /// History processes.
+    pub histories: usize,
+    /// Partitions of each topic.
+    pub partitions: i32,
+    /// Gateway settings (limits, queues, timeouts).
+    pub gateway: GatewayConfig,
+}
+
+impl Default for Shape {
+    fn default() -> Self {
+        Self {
+            gateways: 1,
+            routers: 1,
+            histories: 1,
+            partitions: 4,
+            gateway: GatewayConfig::default(),
+        }
+    }
+}
+
+/// One service running in this process.
+pub struct Node {
+    /// Where it serves gRPC.
+    pub addr: SocketAddr,
+    /// Stops it gracefully.
+    trigger: Option<Trigger>,
+    /// The service task.
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Node {
+    /// Starts `run` on a fresh port-0 listener.
+    async fn spawn<F, Fut>(run: F) -> Self
+    where
+        F: FnOnce(TcpListener, shutdown::Signal) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (trigger, signal) = shutdown::channel();
+        let task = tokio::spawn(run(listener, signal));
+        Self {
+            addr,
+            trigger: Some(trigger),
+            task: Some(task),
+        }
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Graceful stop (SIGTERM-like); waits for it to finish.
+    pub async fn stop(&mut self) {
+        if let Some(t) = self.trigger.take() {
+            t.fire();
+        }
+        if let Some(task) = self.task.take() {
+            let r = tokio::time::timeout(DEADLINE * 2, task).await;
+            assert!(
+                matches!(r, Ok(Ok(Ok(())))),
+                "service stopped cleanly: {r:?}"
+            );
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A running distributed topology.
+pub struct Cluster {
+    /// Gateways, with their hubs.
+    pub gateways: Vec<(Node, Arc<Hub>)>,
+    /// Routers.
+    pub routers: Vec<Node>,
+    /// History processes.
+    pub histories: Vec<Node>,
+    /// The broker and topics the services use.
+    pub kafka: KafkaConfig,
+    /// URL of the history database.
+    pub database_url: String,
+    /// The broker (dropped after the services).
+    pub broker: Broker,
+    /// The database cluster (dropped last).
+    pub pg: PgCluster,
+}
+
+static CLUSTERS: AtomicU64 = AtomicU64::new(0);
+
+impl Cluster {
+    /// Starts PostgreSQL, the broker, then history, routers and gateways,
+    /// and returns once every gateway is attached to every router.
+    pub async fn start(shape: Shape) -> Self {
+        init_tracing();
+        let pg = PgCluster::start().expect("postgres");
+        let database_url = pg.fresh_database().await.expect("database");
+        let broker = Broker::start_postgres(&pg).await;
+        let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
+        let kafka = KafkaConfig {
+            brokers: broker.bootstrap(),
+            prefix: format!("test{}-{n}", std::process::id()),
+            partitions: shape.partitions,
+            produce_timeout: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(6),
+            ..KafkaConfig::default()
+        };
+        let mut histories = Vec::new();
+        for _ in 0..shape.histories {
+            let config = HistoryConfig {
+                database_url: database_url.clone(),
+                pool: 4,
+                kafka: kafka.clone(),
+                limits: shape.gateway.limits,
+                linger: Duration::from_millis(2),
+            };
+            histories
+                .push(Node::spawn(|l, s| confab_history::distributed::run(config, l, s)).await);
+        }
+        let history_addrs: Vec<String> = histories.iter().map(|h| h.addr.to_string()).collect();
+        let mut routers = Vec::new();
+        for _ in 0..shape.routers {
+            let config = RouterConfig {
+                kafka: kafka.clone(),
+                history: HistoryClientConfig::new(history_addrs.clone()),
+                links: LinkConfig::default(),
+            };
+            routers.push(Node::spawn(|l, s| confab_router::distributed::run(config, l, s)).await);
+        }
+        let router_addrs: Vec<String> = routers.iter().map(|r| r.addr.to_string()).collect();
+        let mut gateways = Vec::new();
+        for i in 0..shape.gateways {
+            let config = DistributedConfig {
+                gateway_id: format!("gw-{i}"),
+                jwt_secret: SECRET.into(),
+                gateway: shape.gateway.clone(),
+                kafka: kafka.clone(),
+                history: HistoryClientConfig::new(history_addrs.clone()),
+                routers: router_addrs.clone(),
+            };
+            let hub = Hub::new(config.gateway_id.clone());
+            let h = hub.clone();
+            let node =
+                Node::spawn(|l, s| confab_gateway::distributed::run_with_hub(config, h, l, s))
+                    .await;
+            gateways.push((node, hub));
+        }
+        let cluster = Self {
+            gateways,
+            routers,
+            histories,
+            kafka,
+            database_url,
+            broker,
+            pg,
+        };
+        cluster.wait_attached(shape.routers).await;
+        cluster
+    }
+
+    /// Waits until every gateway is attached to `routers` routers.
+    pub async fn wait_attached(&self, routers: usize) {
+        let deadline = Instant::now() + DEADLINE * 2;
+        for (node, hub) in &self.gateways {
+            while hub.attached_routers() != routers {
+                assert!(node.is_running(), "gateway {} stopped", node.addr);
+                assert!(
+                    Instant::now() < deadline,
+                    "gateway {} attached to {} of {routers} routers",
+                    node.addr,
+                    hub.attached_routers()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// The address of gateway `i`.
+    pub fn gateway_addr(&self, i: usize) -> SocketAddr {
+        self.gateways[i].0.addr
+    }
+
+    /// A client of gateway `i` acting as `user`.
+    pub async fn user(&self, i: usize, user: &str) -> User {
+        User::connect(self.gateway_addr(i), user).await
+    }
+
+    /// Stops every service gracefully (gateways first), then the broker and
+    /// the database go with the value.
+    pub async fn stop(mut self) {
+        for (node, _) in &mut self.gateways {
+            node.stop().await;
+        }
+        for node in &mut self.routers {
+            node.stop().await;
+        }
+        for node in &mut self.histories {
+            node.stop().await;
+        }
+    }
+}
+
+/// Group-size limit used by cluster tests that need a small one.
+pub fn limits(max_body_bytes: usize) -> Limits {
+    Limits {
+        max_body_bytes,
+        ..Limits::default()
+    }
+}
