@@ -12,7 +12,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres build build-services stack stack-down clean-data apt grpcurl
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres build build-services stack stack-down up down clean-data apt grpcurl
 NISSHI := $(TOOLS)/bin/nisshi
 
 help: ## list the targets
@@ -41,6 +41,12 @@ stack: deps-build deps-tools deps-postgres deps-broker build-services ## the dis
 
 stack-down: ## stop exactly what `make stack` started
 	@deploy/local/stack.sh down
+
+up: ## the stack under Docker: Kafka (KRaft), PostgreSQL, the services, Prometheus, Grafana (needs a Docker engine)
+	docker compose -f deploy/docker-compose.yml up -d --build
+
+down: ## stop what `make up` started
+	docker compose -f deploy/docker-compose.yml down
 
 lint: deps-build ## rustfmt and clippy, as CI wants them
 	$(CARGO) fmt --all -- --check
