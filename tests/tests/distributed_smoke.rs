@@ -1,6 +1,7 @@
 //! The distributed topology end to end: one of each service on the real
 //! broker and PostgreSQL.
 
+use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_tests::cluster::{Cluster, Shape};
 use confab_tests::*;
 
@@ -18,5 +19,53 @@ async fn a_message_travels_through_kafka_and_postgres_to_a_live_session() {
     let again = alice.send(&conv.id, "m1", "hi bob").await.expect("retry");
     assert_eq!(again.seq, 2);
     assert_eq!(bob.all_seqs(&conv.id).await, vec![1, 2]);
+
+    // Both topics carry the idempotency key and one trace context per request:
+    // the outcome on the messages topic has the trace of its ingress record.
+    let key = format!("{}/alice/m1", conv.id);
+    let ingress = observe::<IngressRecord>(&cluster, "observer-ingress", |c| {
+        c.idempotency_key() == Some(key.as_str())
+    })
+    .await;
+    let outcome = observe::<OutcomeRecord>(&cluster, "observer-messages", |c| {
+        c.idempotency_key() == Some(key.as_str()) && !c.record.replay
+    })
+    .await;
+    let trace = ingress
+        .traceparent()
+        .expect("ingress record has a traceparent header");
+    assert!(trace.starts_with("00-") && trace.len() == 55, "{trace}");
+    assert_eq!(
+        outcome.traceparent(),
+        Some(trace),
+        "the outcome continues the request's trace"
+    );
+    assert_eq!(ingress.record.traceparent, trace);
     cluster.stop().await;
+}
+
+/// The first record of `T`'s topic matching `pred`, read by a new consumer
+/// group from the beginning.
+async fn observe<T: confab_kafka::KafkaRecord>(
+    cluster: &Cluster,
+    group: &str,
+    pred: impl Fn(&confab_kafka::Consumed<T>) -> bool,
+) -> confab_kafka::Consumed<T> {
+    let mut consumer =
+        confab_kafka::BatchConsumer::<T>::new(&cluster.kafka, group).expect("consumer");
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let batch = tokio::time::timeout(
+            left,
+            consumer.next_batch(100, std::time::Duration::from_millis(5)),
+        )
+        .await
+        .expect("the record arrives in time")
+        .expect("consume");
+        if let Some(found) = batch.records.into_iter().find(|c| pred(c)) {
+            consumer.close().await;
+            return found;
+        }
+    }
 }

@@ -58,6 +58,7 @@ fn send(conv: &str, id: u64) -> IngressRecord {
             client_msg_id: format!("m-{id}"),
             body: format!("message {id} to {conv}"),
         })),
+        traceparent: String::new(),
     }
 }
 

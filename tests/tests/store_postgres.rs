@@ -51,6 +51,7 @@ fn add(conv: &str, actor: &str, users: &[&str]) -> IngressRecord {
         command: Some(Command::AddMembers(AddMembersCommand {
             member_ids: users.iter().map(|u| u.to_string()).collect(),
         })),
+        traceparent: String::new(),
     }
 }
 

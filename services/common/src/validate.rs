@@ -272,6 +272,14 @@ pub fn direct_conversation_id(members: &[String]) -> String {
     )
 }
 
+/// A new W3C trace context (`traceparent`) for one request: version 00,
+/// random trace and span ids, sampled.
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
 /// A fresh id for a group conversation.
 pub fn group_conversation_id() -> String {
     format!("grp-{}", uuid::Uuid::new_v4())
@@ -288,5 +296,12 @@ mod id_tests {
         assert_eq!(a, b);
         assert_ne!(a, direct_conversation_id(&["alice".into(), "carol".into()]));
         assert_ne!(group_conversation_id(), group_conversation_id());
+        let tp = new_traceparent();
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            vec![2, 32, 16, 2]
+        );
+        assert!(tp.chars().all(|c| c == '-' || c.is_ascii_hexdigit()));
     }
 }

@@ -50,7 +50,14 @@ impl Submitter {
             actor_id: actor.to_string(),
             conversation_id: conversation_id.to_string(),
             command: Some(command),
+            traceparent: confab_common::validate::new_traceparent(),
         };
+        tracing::debug!(
+            conversation_id,
+            request_id = pending.request_id,
+            traceparent = %record.traceparent,
+            "write accepted"
+        );
         let wait = async {
             self.ingress.publish(conversation_id, record).await?;
             let outcome = (&mut pending.rx)

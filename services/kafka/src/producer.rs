@@ -2,7 +2,7 @@
 //! `Publisher<OutcomeRecord>`.
 
 use crate::context::LogContext;
-use crate::record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER};
+use crate::record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER, TRACEPARENT_HEADER};
 use crate::{Error, KafkaConfig};
 use async_trait::async_trait;
 use confab_common::error::ChatError;
@@ -108,6 +108,17 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
                 key: IDEMPOTENCY_KEY_HEADER,
                 value: Some(k.as_bytes()),
             });
+        }
+        if let Some(tp) = record.traceparent() {
+            if !extra_headers
+                .iter()
+                .any(|(name, _)| *name == TRACEPARENT_HEADER)
+            {
+                headers = headers.insert(Header {
+                    key: TRACEPARENT_HEADER,
+                    value: Some(tp.as_bytes()),
+                });
+            }
         }
         for (name, value) in extra_headers {
             headers = headers.insert(Header {

@@ -19,6 +19,9 @@ pub trait KafkaRecord: prost::Message + Default + Send + Sync + 'static {
 
     /// The idempotency key of this record, if it has one.
     fn idempotency_key(&self) -> Option<String>;
+
+    /// The W3C trace context to send as the `traceparent` header.
+    fn traceparent(&self) -> Option<&str>;
 }
 
 /// `<gateway_id>/<request_id>`: one request of one gateway.
@@ -39,6 +42,10 @@ impl KafkaRecord for IngressRecord {
         config.ingress_topic()
     }
 
+    fn traceparent(&self) -> Option<&str> {
+        Some(self.traceparent.as_str()).filter(|t| !t.is_empty())
+    }
+
     /// A send: `<conversation_id>/<actor_id>/<client_msg_id>` (the same for
     /// every retry, from any gateway). Anything else (or a send without a
     /// client_msg_id): `<gateway_id>/<request_id>` of its origin.
@@ -56,6 +63,10 @@ impl KafkaRecord for IngressRecord {
 impl KafkaRecord for OutcomeRecord {
     fn topic(config: &KafkaConfig) -> String {
         config.messages_topic()
+    }
+
+    fn traceparent(&self) -> Option<&str> {
+        Some(self.traceparent.as_str()).filter(|t| !t.is_empty())
     }
 
     /// The key of the ingress record it answers, as far as the outcome
@@ -99,6 +110,7 @@ mod tests {
                 client_msg_id: client_msg_id.into(),
                 body: "hi".into(),
             })),
+            traceparent: String::new(),
         }
     }
 

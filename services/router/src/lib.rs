@@ -247,6 +247,7 @@ mod tests {
             conversation_id: "c".into(),
             events,
             result: Some(outcome_record::Result::Message(Message::default())),
+            traceparent: String::new(),
         }
     }
 

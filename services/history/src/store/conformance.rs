@@ -37,6 +37,7 @@ fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {
         actor_id: actor.into(),
         conversation_id: conv.into(),
         command: Some(command),
+        traceparent: String::new(),
     }
 }
 

@@ -119,6 +119,7 @@ pub fn replayed(rec: &IngressRecord, original: Message) -> OutcomeRecord {
         events: vec![original.clone()],
         result: Some(R::Message(original)),
         replay: true,
+        traceparent: rec.traceparent.clone(),
     }
 }
 
@@ -131,5 +132,6 @@ pub fn refused(rec: &IngressRecord, err: ChatError) -> OutcomeRecord {
         events: vec![],
         result: Some(R::Error(err.to_proto())),
         replay: false,
+        traceparent: rec.traceparent.clone(),
     }
 }

@@ -271,6 +271,7 @@ fn accepted(
         events,
         result: Some(result),
         replay: false,
+        traceparent: rec.traceparent.clone(),
     }
 }
 

@@ -167,6 +167,7 @@ async fn apply_one(
         events,
         result: Some(result),
         replay: false,
+        traceparent: rec.traceparent.clone(),
     };
     match command {
         Command::Send(send) => {
