@@ -12,7 +12,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres build build-services stack stack-down up down clean-data apt grpcurl
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres build build-services stack stack-down migrate up down clean-data apt grpcurl
 NISSHI := $(TOOLS)/bin/nisshi
 
 help: ## list the targets
@@ -30,7 +30,7 @@ build: deps-build
 	$(CARGO) build -p confab
 
 test: deps-build deps-tools deps-test lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl
-	$(CARGO) build -p confab
+	$(CARGO) build -p confab -p confab-gateway -p confab-router -p confab-history
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 build-services: deps-build
@@ -41,6 +41,11 @@ stack: deps-build deps-tools deps-postgres deps-broker build-services ## the dis
 
 stack-down: ## stop exactly what `make stack` started
 	@deploy/local/stack.sh down
+
+migrate: deps-build build-services ## apply the PostgreSQL migrations to CONFAB_DATABASE_URL (default: the running make stack's database)
+	@set -a; [ -n "$$CONFAB_DATABASE_URL" ] || [ ! -f .stack/env ] || . .stack/env; set +a; \
+	 [ -n "$$CONFAB_DATABASE_URL" ] || { echo "migrate: set CONFAB_DATABASE_URL=postgres://... (or run make stack)" >&2; exit 2; }; \
+	 $(CARGO_TARGET_DIR)/debug/confab-history migrate
 
 up: ## the stack under Docker: Kafka (KRaft), PostgreSQL, the services, Prometheus, Grafana (needs a Docker engine)
 	docker compose -f deploy/docker-compose.yml up -d --build

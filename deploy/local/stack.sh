@@ -76,7 +76,10 @@ up() {
   # `confab token` (and `make token`) signs with: a local stack only.
   export CONFAB_JWT_SECRET=${CONFAB_JWT_SECRET:-confab-development-secret-do-not-use-in-production}
 
-  CONFAB_LISTEN=$history_addr CONFAB_DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/confab" \
+  local database_url="postgres://postgres@127.0.0.1:$pg_port/confab"
+  # For `make migrate` and for people poking at the stack.
+  printf 'CONFAB_DATABASE_URL=%s\nCONFAB_KAFKA_BROKERS=%s\n' "$database_url" "$CONFAB_KAFKA_BROKERS" > "$STACK/env"
+  CONFAB_LISTEN=$history_addr CONFAB_DATABASE_URL="$database_url" \
     start history "$STACK/logs/history.log" "$BIN/confab-history"
   wait_port "$history_addr" history "$STACK/logs/history.log"
 
@@ -106,7 +109,7 @@ down() {
     for _ in $(seq 1 100); do kill -0 "$what" 2>/dev/null || break; sleep 0.1; done
     kill -KILL -- "-$what" 2>/dev/null || true
   done
-  rm -f "$STACK/pids"
+  rm -f "$STACK/pids" "$STACK/env"
   echo "stack: down"
 }
 

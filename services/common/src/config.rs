@@ -117,3 +117,31 @@ mod list_tests {
         );
     }
 }
+
+/// The process environment with some variables overridden, for command-line
+/// flags that mirror `CONFAB_*` variables: flags win, validation is shared.
+#[derive(Debug, Clone, Default)]
+pub struct Overlay {
+    /// Flag values by variable name.
+    flags: HashMap<String, String>,
+}
+
+impl Overlay {
+    /// Sets `key` to `value` when the flag was given.
+    pub fn flag(mut self, key: &str, value: Option<String>) -> Self {
+        if let Some(v) = value {
+            self.flags.insert(key.to_string(), v);
+        }
+        self
+    }
+}
+
+impl Env for Overlay {
+    fn get(&self, key: &str) -> Option<String> {
+        self.flags
+            .get(key)
+            .cloned()
+            .filter(|v| !v.is_empty())
+            .or_else(|| ProcessEnv.get(key))
+    }
+}

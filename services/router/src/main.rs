@@ -2,18 +2,41 @@
 //! `CONFAB_*` environment variables (docs/operations.md); a bad value exits
 //! with 64 before any port is bound.
 
-use confab_common::config::{ProcessEnv, EXIT_CONFIG};
+use clap::Parser;
+use confab_common::config::{Overlay, EXIT_CONFIG};
 use confab_common::{shutdown, telemetry};
 
+/// The router service of Confab's distributed stack. Every flag mirrors a
+/// CONFAB_* variable (the flag wins); see docs/operations.md for all of them.
+#[derive(Parser)]
+#[command(name = "confab-router", version)]
+struct Cli {
+    /// address to serve RouterLink on [env: CONFAB_LISTEN]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Kafka bootstrap servers [env: CONFAB_KAFKA_BROKERS]
+    #[arg(long)]
+    kafka_brokers: Option<String>,
+    /// comma-separated history addresses [env: CONFAB_HISTORY_ADDRS]
+    #[arg(long)]
+    history_addrs: Option<String>,
+}
+
 fn main() {
-    let config = match confab_router::distributed::RouterConfig::from_env(&ProcessEnv) {
+    let cli = Cli::parse();
+    let env = Overlay::default()
+        .flag("CONFAB_LISTEN", cli.listen)
+        .flag("CONFAB_KAFKA_BROKERS", cli.kafka_brokers)
+        .flag("CONFAB_HISTORY_ADDRS", cli.history_addrs);
+    let config = match confab_router::distributed::RouterConfig::from_env(&env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("confab-router: {e}");
             std::process::exit(EXIT_CONFIG);
         }
     };
-    let listen = std::env::var("CONFAB_LISTEN").unwrap_or_else(|_| "127.0.0.1:50061".into());
+    let listen = confab_common::config::Env::get(&env, "CONFAB_LISTEN")
+        .unwrap_or_else(|| "127.0.0.1:50061".into());
     telemetry::init(std::env::var("CONFAB_LOG_FORMAT").is_ok_and(|f| f == "json"));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
