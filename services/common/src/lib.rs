@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod grpc;
 pub mod pipeline;
 pub mod remote;
 pub mod shutdown;

@@ -7,7 +7,6 @@ use confab_common::auth::{Authenticator, DEV_SECRET};
 use confab_common::config::{parse_or, ConfigError, Env};
 use confab_common::pipeline::MemTopic;
 use confab_common::shutdown::Signal;
-use confab_common::validate::Limits;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore};
 use std::path::PathBuf;
@@ -35,27 +34,6 @@ pub struct DevConfig {
 impl DevConfig {
     /// Reads `CONFAB_*` variables from `env`.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let defaults = GatewayConfig::default();
-        let limits = Limits {
-            max_body_bytes: parse_or(
-                env,
-                "CONFAB_MAX_BODY_BYTES",
-                Limits::default().max_body_bytes,
-                "a size in bytes",
-            )?,
-            max_group_members: parse_or(
-                env,
-                "CONFAB_MAX_GROUP_MEMBERS",
-                Limits::default().max_group_members,
-                "a member count",
-            )?,
-        };
-        let send_timeout_ms = parse_or(
-            env,
-            "CONFAB_SEND_TIMEOUT_MS",
-            defaults.send_timeout.as_millis() as u64,
-            "milliseconds",
-        )?;
         let config = Self {
             listen: env
                 .get("CONFAB_LISTEN")
@@ -65,16 +43,7 @@ impl DevConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "data".into()),
             jwt_secret: env.get("CONFAB_JWT_SECRET"),
-            gateway: GatewayConfig {
-                limits,
-                send_timeout: Duration::from_millis(send_timeout_ms),
-                session_queue: parse_or(
-                    env,
-                    "CONFAB_SESSION_QUEUE",
-                    defaults.session_queue,
-                    "a message count",
-                )?,
-            },
+            gateway: GatewayConfig::from_env(env)?,
             partitions: parse_or(env, "CONFAB_PARTITIONS", 4usize, "a partition count")?,
             grace: Duration::from_millis(parse_or(
                 env,
@@ -93,39 +62,11 @@ impl DevConfig {
             value,
             reason: reason.into(),
         };
-        if self.gateway.limits.max_body_bytes == 0 {
-            return Err(bad(
-                "CONFAB_MAX_BODY_BYTES",
-                "0".into(),
-                "must be at least 1",
-            ));
-        }
-        if self.gateway.limits.max_group_members < 2 {
-            return Err(bad(
-                "CONFAB_MAX_GROUP_MEMBERS",
-                self.gateway.limits.max_group_members.to_string(),
-                "must be at least 2",
-            ));
-        }
         if self.partitions == 0 || self.partitions > 1024 {
             return Err(bad(
                 "CONFAB_PARTITIONS",
                 self.partitions.to_string(),
                 "must be between 1 and 1024",
-            ));
-        }
-        if self.gateway.session_queue == 0 {
-            return Err(bad(
-                "CONFAB_SESSION_QUEUE",
-                "0".into(),
-                "must be at least 1",
-            ));
-        }
-        if self.gateway.send_timeout.is_zero() {
-            return Err(bad(
-                "CONFAB_SEND_TIMEOUT_MS",
-                "0".into(),
-                "must be at least 1",
             ));
         }
         if let Some(secret) = &self.jwt_secret {

@@ -8,7 +8,6 @@ use confab_common::auth::Authenticator;
 use confab_common::config::{list, parse_or, required, ConfigError, Env};
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
 use confab_common::shutdown::Signal;
-use confab_common::validate::Limits;
 use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
 use confab_proto::internal::v1::IngressRecord;
 use std::sync::Arc;
@@ -59,21 +58,6 @@ impl DistributedConfig {
                 reason: "must be at least 16 bytes".into(),
             });
         }
-        let d = GatewayConfig::default();
-        let limits = Limits {
-            max_body_bytes: parse_or(
-                env,
-                "CONFAB_MAX_BODY_BYTES",
-                Limits::default().max_body_bytes,
-                "a size in bytes",
-            )?,
-            max_group_members: parse_or(
-                env,
-                "CONFAB_MAX_GROUP_MEMBERS",
-                Limits::default().max_group_members,
-                "a member count",
-            )?,
-        };
         let mut history = HistoryClientConfig::new(need_list("CONFAB_HISTORY_ADDRS")?);
         history.request_timeout = Duration::from_millis(parse_or(
             env,
@@ -84,21 +68,7 @@ impl DistributedConfig {
         Ok(Self {
             gateway_id: required(env, "CONFAB_GATEWAY_ID", "a unique id for this gateway")?,
             jwt_secret,
-            gateway: GatewayConfig {
-                limits,
-                send_timeout: Duration::from_millis(parse_or(
-                    env,
-                    "CONFAB_SEND_TIMEOUT_MS",
-                    d.send_timeout.as_millis() as u64,
-                    "milliseconds",
-                )?),
-                session_queue: parse_or(
-                    env,
-                    "CONFAB_SESSION_QUEUE",
-                    d.session_queue,
-                    "a message count",
-                )?,
-            },
+            gateway: GatewayConfig::from_env(env)?,
             kafka: KafkaConfig::from_env(env)?,
             history,
             routers: need_list("CONFAB_ROUTER_ADDRS")?,

@@ -3,8 +3,7 @@
 //! with 64 before any port is bound.
 
 use clap::Parser;
-use confab_common::config::{Overlay, EXIT_CONFIG};
-use confab_common::{shutdown, telemetry};
+use confab_common::config::Overlay;
 
 /// The gateway service of Confab's distributed stack. Every flag mirrors a
 /// CONFAB_* variable (the flag wins); see docs/operations.md for all of them.
@@ -36,43 +35,12 @@ fn main() {
         .flag("CONFAB_KAFKA_BROKERS", cli.kafka_brokers)
         .flag("CONFAB_HISTORY_ADDRS", cli.history_addrs)
         .flag("CONFAB_ROUTER_ADDRS", cli.router_addrs);
-    let config = match confab_gateway::distributed::DistributedConfig::from_env(&env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("confab-gateway: {e}");
-            std::process::exit(EXIT_CONFIG);
-        }
-    };
-    let listen = confab_common::config::Env::get(&env, "CONFAB_LISTEN")
-        .unwrap_or_else(|| "127.0.0.1:50051".into());
-    telemetry::init(std::env::var("CONFAB_LOG_FORMAT").is_ok_and(|f| f == "json"));
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("confab-gateway: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    let code = runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("confab-gateway: cannot listen on {listen}: {e}");
-                return EXIT_CONFIG;
-            }
-        };
-        let (trigger, signal) = shutdown::channel();
-        tokio::spawn(async move {
-            shutdown::os_signal().await;
-            trigger.fire();
-        });
-        match confab_gateway::distributed::run(config, listener, signal).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "gateway failed");
-                1
-            }
-        }
-    });
-    std::process::exit(code);
+    let config = confab_gateway::distributed::DistributedConfig::from_env(&env);
+    confab_common::grpc::main(
+        "confab-gateway",
+        &env,
+        config,
+        "127.0.0.1:50051",
+        confab_gateway::distributed::run,
+    );
 }

@@ -5,6 +5,7 @@ use crate::hub::Hub;
 use crate::session::Session;
 use crate::submit::Submitter;
 use confab_common::auth::Authenticator;
+use confab_common::config::{parse_or, ConfigError, Env};
 use confab_common::error::ChatError;
 use confab_common::pipeline::{HistoryApi, Publisher};
 use confab_common::shutdown::Signal;
@@ -21,7 +22,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Gateway settings.
@@ -33,6 +33,62 @@ pub struct GatewayConfig {
     pub send_timeout: Duration,
     /// Live messages a session may have queued before it is disconnected.
     pub session_queue: usize,
+}
+
+impl GatewayConfig {
+    /// Reads `CONFAB_MAX_BODY_BYTES`, `CONFAB_MAX_GROUP_MEMBERS`,
+    /// `CONFAB_SEND_TIMEOUT_MS` and `CONFAB_SESSION_QUEUE`.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let at_least = |key: &str, value: u64, min: u64| {
+            if value < min {
+                Err(ConfigError {
+                    key: key.into(),
+                    value: value.to_string(),
+                    reason: format!("must be at least {min}"),
+                })
+            } else {
+                Ok(value)
+            }
+        };
+        let max_body_bytes = parse_or(
+            env,
+            "CONFAB_MAX_BODY_BYTES",
+            d.limits.max_body_bytes as u64,
+            "a size in bytes",
+        )?;
+        let max_group_members = parse_or(
+            env,
+            "CONFAB_MAX_GROUP_MEMBERS",
+            d.limits.max_group_members as u64,
+            "a member count",
+        )?;
+        let send_timeout_ms = parse_or(
+            env,
+            "CONFAB_SEND_TIMEOUT_MS",
+            d.send_timeout.as_millis() as u64,
+            "milliseconds",
+        )?;
+        let session_queue = parse_or(
+            env,
+            "CONFAB_SESSION_QUEUE",
+            d.session_queue as u64,
+            "a message count",
+        )?;
+        Ok(Self {
+            limits: Limits {
+                max_body_bytes: at_least("CONFAB_MAX_BODY_BYTES", max_body_bytes, 1)? as usize,
+                max_group_members: at_least("CONFAB_MAX_GROUP_MEMBERS", max_group_members, 2)?
+                    as usize,
+            },
+            send_timeout: Duration::from_millis(at_least(
+                "CONFAB_SEND_TIMEOUT_MS",
+                send_timeout_ms,
+                1,
+            )?),
+            session_queue: at_least("CONFAB_SESSION_QUEUE", session_queue, 1)? as usize,
+        })
+    }
 }
 
 impl Default for GatewayConfig {
@@ -258,35 +314,14 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ChatServer<ChatService>>().await;
-    let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.register_encoded_file_descriptor_set(confab_proto::PUBLIC_FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1();
-    // grpcurl 1.8 speaks the v1alpha reflection protocol.
-    let reflection_v1alpha =
-        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha();
-    let (reflection_v1, reflection_v1alpha) = match (reflection_v1, reflection_v1alpha) {
-        (Ok(a), Ok(b)) => (a, b),
-        _ => unreachable!("the embedded descriptor sets are valid"),
-    };
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "gateway serving gRPC");
-    let stop = {
-        let health = health.clone();
-        async move {
-            shutdown.wait().await;
-            health.set_not_serving::<ChatServer<ChatService>>().await;
-            tracing::info!("gateway shutting down");
-        }
-    };
-    tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(ChatServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
-        .await
+    use tonic::server::NamedService;
+    confab_common::grpc::serve(
+        "gateway",
+        ChatServer::<ChatService>::NAME,
+        tonic::service::Routes::new(ChatServer::new(service)),
+        confab_proto::PUBLIC_FILE_DESCRIPTOR_SET,
+        listener,
+        shutdown,
+    )
+    .await
 }

@@ -4,7 +4,6 @@
 
 use clap::Parser;
 use confab_common::config::{Overlay, EXIT_CONFIG};
-use confab_common::{shutdown, telemetry};
 
 /// The history service of Confab's distributed stack. Every flag mirrors a
 /// CONFAB_* variable (the flag wins); see docs/operations.md for all of them.
@@ -38,60 +37,39 @@ fn main() {
         .flag("CONFAB_LISTEN", cli.listen)
         .flag("CONFAB_KAFKA_BROKERS", cli.kafka_brokers)
         .flag("CONFAB_DATABASE_URL", cli.database_url);
-    let config = match confab_history::distributed::HistoryConfig::from_env(&env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("confab-history: {e}");
-            std::process::exit(EXIT_CONFIG);
-        }
-    };
-    let listen = confab_common::config::Env::get(&env, "CONFAB_LISTEN")
-        .unwrap_or_else(|| "127.0.0.1:50071".into());
-    telemetry::init(std::env::var("CONFAB_LOG_FORMAT").is_ok_and(|f| f == "json"));
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("confab-history: cannot start the runtime: {e}");
-            std::process::exit(1);
-        }
-    };
+    let config = confab_history::distributed::HistoryConfig::from_env(&env);
     if migrate_only {
-        let code = runtime.block_on(async move {
-            match confab_history::PostgresStore::connect(&config.database_url, config.limits, 1)
-                .await
-            {
-                Ok(_) => {
-                    println!("confab-history: migrations applied");
-                    0
-                }
-                Err(e) => {
-                    eprintln!("confab-history: cannot migrate: {e}");
-                    1
-                }
+        let code = match (config, tokio::runtime::Runtime::new()) {
+            (Err(e), _) => {
+                eprintln!("confab-history: {e}");
+                EXIT_CONFIG
             }
-        });
-        std::process::exit(code);
-    }
-    let code = runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(&listen).await {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("confab-history: cannot listen on {listen}: {e}");
-                return EXIT_CONFIG;
-            }
-        };
-        let (trigger, signal) = shutdown::channel();
-        tokio::spawn(async move {
-            shutdown::os_signal().await;
-            trigger.fire();
-        });
-        match confab_history::distributed::run(config, listener, signal).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "history failed");
+            (_, Err(e)) => {
+                eprintln!("confab-history: cannot start the runtime: {e}");
                 1
             }
-        }
-    });
-    std::process::exit(code);
+            (Ok(config), Ok(runtime)) => runtime.block_on(async move {
+                match confab_history::PostgresStore::connect(&config.database_url, config.limits, 1)
+                    .await
+                {
+                    Ok(_) => {
+                        println!("confab-history: migrations applied");
+                        0
+                    }
+                    Err(e) => {
+                        eprintln!("confab-history: cannot migrate: {e}");
+                        1
+                    }
+                }
+            }),
+        };
+        std::process::exit(code);
+    }
+    confab_common::grpc::main(
+        "confab-history",
+        &env,
+        config,
+        "127.0.0.1:50071",
+        confab_history::distributed::run,
+    );
 }

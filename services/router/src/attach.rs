@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status, Streaming};
 
 /// Limits of the router's gateway links.
@@ -536,42 +535,18 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
+    use tonic::server::NamedService;
     type Server = RouterLinkServer<RouterLinkService>;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<Server>().await;
-    let reflection = |b: tonic_reflection::server::Builder<'static>| {
-        b.register_encoded_file_descriptor_set(confab_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1();
-    // grpcurl 1.8 speaks the v1alpha reflection protocol.
-    let reflection_v1alpha =
-        reflection(tonic_reflection::server::Builder::configure()).build_v1alpha();
-    let (reflection_v1, reflection_v1alpha) = match (reflection_v1, reflection_v1alpha) {
-        (Ok(a), Ok(b)) => (a, b),
-        _ => unreachable!("the embedded descriptor sets are valid"),
-    };
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "router serving grpc");
     let service = RouterLinkService::new(links, shutdown.clone());
-    let stop = {
-        let health = health.clone();
-        async move {
-            shutdown.wait().await;
-            health.set_not_serving::<Server>().await;
-            tracing::info!("router link shutting down");
-        }
-    };
-    tonic::transport::Server::builder()
-        // Finds gateways that vanished without closing their connection.
-        .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(RouterLinkServer::new(service))
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
-        .await
+    confab_common::grpc::serve(
+        "router",
+        Server::NAME,
+        tonic::service::Routes::new(Server::new(service)),
+        confab_proto::FILE_DESCRIPTOR_SET,
+        listener,
+        shutdown,
+    )
+    .await
 }
 
 #[cfg(test)]
