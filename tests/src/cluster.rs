@@ -1,7 +1,9 @@
 //! The distributed topology inside one test process: every service runs
 //! through its real `distributed::run` on a port-0 listener, joined by a
 //! real Kafka-API broker (nisshi, PostgreSQL storage engine) and a real
-//! PostgreSQL cluster, both started here.
+//! PostgreSQL cluster, both started here. Routers and history expose their
+//! consumer-group state ([`Node::assigned`]) so tests can see partition
+//! ownership move.
 
 use crate::broker::Broker;
 use crate::postgres::PgCluster;
@@ -12,14 +14,16 @@ use confab_common::validate::Limits;
 use confab_gateway::distributed::DistributedConfig;
 use confab_gateway::{GatewayConfig, Hub};
 use confab_history::distributed::HistoryConfig;
-use confab_kafka::KafkaConfig;
+use confab_kafka::{GroupState, KafkaConfig};
 use confab_router::attach::LinkConfig;
 use confab_router::distributed::RouterConfig;
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// How many of each service, and their settings.
@@ -57,6 +61,9 @@ pub struct Node {
     trigger: Option<Trigger>,
     /// The service task.
     task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Its consumer-group state (routers and history), once its consumer
+    /// exists.
+    group: Option<Arc<GroupState>>,
 }
 
 impl Node {
@@ -74,7 +81,48 @@ impl Node {
             addr,
             trigger: Some(trigger),
             task: Some(task),
+            group: None,
         }
+    }
+
+    /// Starts `run` like [`Node::spawn`], handing it a channel for its
+    /// consumer-group state, and waits for that state.
+    async fn spawn_with_group<F, Fut>(run: F) -> Self
+    where
+        F: FnOnce(TcpListener, shutdown::Signal, oneshot::Sender<Arc<GroupState>>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let mut node = Self::spawn(|l, s| run(l, s, tx)).await;
+        match tokio::time::timeout(DEADLINE, rx).await {
+            Ok(Ok(state)) => node.group = Some(state),
+            Ok(Err(_)) => {
+                let ended = match node.task.take() {
+                    Some(task) => format!("{:?}", tokio::time::timeout(DEADLINE, task).await),
+                    None => "unknown".into(),
+                };
+                panic!(
+                    "service {} ended before its consumer existed: {ended}",
+                    node.addr
+                )
+            }
+            Err(_) => panic!("service {} made no consumer within {DEADLINE:?}", node.addr),
+        }
+        node
+    }
+
+    /// Which partitions its consumer owns, as its rebalance callbacks saw
+    /// (routers and history; empty for gateways).
+    pub fn assigned(&self) -> BTreeSet<i32> {
+        self.group
+            .as_ref()
+            .map(|g| g.assigned())
+            .unwrap_or_default()
+    }
+
+    /// Its consumer-group state (routers and history).
+    pub fn group(&self) -> Option<Arc<GroupState>> {
+        self.group.clone()
     }
 
     /// Whether it is still running.
@@ -151,8 +199,12 @@ impl Cluster {
                 limits: shape.gateway.limits,
                 linger: Duration::from_millis(2),
             };
-            histories
-                .push(Node::spawn(|l, s| confab_history::distributed::run(config, l, s)).await);
+            histories.push(
+                Node::spawn_with_group(|l, s, g| {
+                    confab_history::distributed::run_with_state(config, l, s, Some(g))
+                })
+                .await,
+            );
         }
         let history_addrs: Vec<String> = histories.iter().map(|h| h.addr.to_string()).collect();
         let mut routers = Vec::new();
@@ -162,7 +214,12 @@ impl Cluster {
                 history: HistoryClientConfig::new(history_addrs.clone()),
                 links: LinkConfig::default(),
             };
-            routers.push(Node::spawn(|l, s| confab_router::distributed::run(config, l, s)).await);
+            routers.push(
+                Node::spawn_with_group(|l, s, g| {
+                    confab_router::distributed::run_with_state(config, l, s, Some(g))
+                })
+                .await,
+            );
         }
         let router_addrs: Vec<String> = routers.iter().map(|r| r.addr.to_string()).collect();
         let mut gateways = Vec::new();

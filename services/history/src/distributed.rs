@@ -10,11 +10,12 @@ use confab_common::config::{parse_or, required, ConfigError, Env};
 use confab_common::pipeline::Publisher;
 use confab_common::shutdown::Signal;
 use confab_common::validate::Limits;
-use confab_kafka::{ensure_topics, BatchConsumer, KafkaConfig, KafkaPublisher};
+use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig, KafkaPublisher};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 /// Consumer group of the sequencers.
 pub const GROUP: &str = "history";
@@ -68,11 +69,27 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Signal,
 ) -> anyhow::Result<()> {
+    run_with_state(config, listener, shutdown, None).await
+}
+
+/// [`run`], and hands the sequencer's consumer-group state (which ingress
+/// partitions this process owns) to `state` once the consumer exists, so
+/// tests can watch partitions move between processes.
+pub async fn run_with_state(
+    config: HistoryConfig,
+    listener: TcpListener,
+    shutdown: Signal,
+    state: Option<oneshot::Sender<Arc<GroupState>>>,
+) -> anyhow::Result<()> {
     let store: Arc<dyn Store> =
         Arc::new(PostgresStore::connect(&config.database_url, config.limits, config.pool).await?);
     ensure_topics(&config.kafka).await?;
     let outcomes = KafkaPublisher::<OutcomeRecord>::new(&config.kafka)?;
     let consumer = BatchConsumer::<IngressRecord>::new(&config.kafka, GROUP)?;
+    if let Some(tx) = state {
+        // Nobody listening is fine.
+        let _ = tx.send(consumer.state());
+    }
     let sequencer = tokio::spawn(sequence(
         store.clone(),
         consumer,

@@ -8,11 +8,12 @@ use crate::Router;
 use confab_common::config::{list, parse_or, ConfigError, Env};
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
 use confab_common::shutdown::Signal;
-use confab_kafka::{ensure_topics, BatchConsumer, KafkaConfig};
+use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig};
 use confab_proto::internal::v1::OutcomeRecord;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 
 /// Consumer group of the routers.
 pub const GROUP: &str = "router";
@@ -61,10 +62,26 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Signal,
 ) -> anyhow::Result<()> {
+    run_with_state(config, listener, shutdown, None).await
+}
+
+/// [`run`], and hands the consumer-group state (which messages partitions
+/// this router owns) to `state` once the consumer exists, so tests can watch
+/// partitions move between routers.
+pub async fn run_with_state(
+    config: RouterConfig,
+    listener: TcpListener,
+    shutdown: Signal,
+    state: Option<oneshot::Sender<Arc<GroupState>>>,
+) -> anyhow::Result<()> {
     ensure_topics(&config.kafka).await?;
     let history = Arc::new(RemoteHistory::new(&config.history)?);
     let links = GatewayLinks::new(config.links.clone());
     let consumer = BatchConsumer::<OutcomeRecord>::new(&config.kafka, GROUP)?;
+    if let Some(tx) = state {
+        // Nobody listening is fine.
+        let _ = tx.send(consumer.state());
+    }
     let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown.clone()));
     crate::attach::serve(links, listener, shutdown).await?;
     let _ = routing.await;
