@@ -9,7 +9,10 @@ fn the_readme_shows_what_make_help_prints() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
     let marker = "`make help`:\n\n```text\n";
-    let start = readme.find(marker).expect("README shows `make help` output") + marker.len();
+    let start = readme
+        .find(marker)
+        .expect("README shows `make help` output")
+        + marker.len();
     let end = start + readme[start..].find("```").expect("closed fence");
     let out = Command::new("make")
         .args(["--no-print-directory", "help"])
