@@ -20,6 +20,7 @@ use tonic::{Request, Status, Streaming};
 pub mod broker;
 pub mod cluster;
 pub mod postgres;
+pub mod server;
 pub mod topology;
 
 /// How long any wait in a test may take before the test fails.

@@ -59,6 +59,9 @@ pub fn endpoint(address: &str) -> Result<Endpoint, AddressError> {
         .keep_alive_timeout(Duration::from_secs(10)))
 }
 
+/// Largest history response accepted from history.
+pub const MAX_PAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// How to reach history.
 #[derive(Debug, Clone)]
 pub struct HistoryClientConfig {
@@ -123,7 +126,11 @@ impl RemoteHistory {
                     .connect_lazy();
                 Ok(Target {
                     addr: addr.clone(),
-                    client: HistoryReaderClient::new(channel),
+                    // A page is up to 500 messages of up to the largest body
+                    // (64 KiB bodies make 32 MiB): tonic's 4 MiB default
+                    // would fail a resume on a busy conversation.
+                    client: HistoryReaderClient::new(channel)
+                        .max_decoding_message_size(MAX_PAGE_BYTES),
                 })
             })
             .collect::<Result<Vec<_>, AddressError>>()?;

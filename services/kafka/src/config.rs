@@ -149,6 +149,10 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
+            // A fetch waits at most this long for new records: every message
+            // crosses two consumers on its way to a session, and librdkafka's
+            // 500 ms default would add up to a second to each delivery.
+            .set("fetch.wait.max.ms", "10")
             .set(
                 "session.timeout.ms",
                 millis(self.session_timeout).to_string(),

@@ -1,0 +1,54 @@
+//! The promises of ARCHITECTURE.md against the distributed topology (one
+//! gateway, router and history, each through its distributed `run`, on the
+//! real nisshi broker and a real PostgreSQL): the same suite as
+//! `embedded.rs`. Durability across `kill -9` of the service processes is in
+//! `distributed_durability.rs`.
+
+mod suite;
+
+use confab_tests::server::Kind;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_get_one_gap_free_order_that_every_member_sees() {
+    suite::concurrent_senders_get_one_gap_free_order_that_every_member_sees(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_returns_the_original_and_stores_nothing_twice() {
+    suite::a_retried_send_returns_the_original_and_stores_nothing_twice(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_session_of_every_member_gets_the_message_sender_included() {
+    suite::every_session_of_every_member_gets_the_message_sender_included(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_sends_exactly_what_was_missed_while_others_keep_sending() {
+    suite::resume_sends_exactly_what_was_missed_while_others_keep_sending(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_changes_are_sequenced_events_and_removal_stops_delivery() {
+    suite::membership_changes_are_sequenced_events_and_removal_stops_delivery(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_conversations_are_unique_per_pair() {
+    suite::direct_conversations_are_unique_per_pair(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_by_seq_in_both_directions() {
+    suite::history_pages_by_seq_in_both_directions(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_precise_statuses_and_disturb_nobody() {
+    suite::bad_requests_get_precise_statuses_and_disturb_nobody(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_falls_behind_is_disconnected_and_can_resume() {
+    suite::a_reader_that_falls_behind_is_disconnected_and_can_resume(Kind::Cluster).await;
+}

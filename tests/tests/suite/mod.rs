@@ -1,0 +1,622 @@
+//! The promises of ARCHITECTURE.md through real tonic clients, written once
+//! and run against both topologies (`tests/embedded.rs`,
+//! `tests/distributed.rs`): order and gap-freedom, dedupe, multi-session
+//! delivery, resume, membership changes and every error case.
+
+use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, Resume, SendFrame};
+use confab_tests::server::{Kind, Server, Settings};
+use confab_tests::*;
+use std::collections::HashMap;
+use tonic::Code;
+
+pub async fn concurrent_senders_get_one_gap_free_order_that_every_member_sees(kind: Kind) {
+    let server = Server::start(kind, Settings::default()).await;
+    let names = ["alice", "bob", "carol", "dave"];
+    let alice = server.user("alice").await;
+    let conv = alice.group("busy", &names[1..]).await;
+    let mut sessions = Vec::new();
+    for n in names {
+        sessions.push(server.user(n).await.live().await);
+    }
+    const PER_USER: usize = 50;
+    let mut senders = Vec::new();
+    for n in names {
+        let user = server.user(n).await;
+        let conv = conv.id.clone();
+        senders.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..PER_USER {
+                let m = user
+                    .send(&conv, &format!("{n}-{i}"), &format!("{n} says {i}"))
+                    .await
+                    .expect("send");
+                acked.push(m.seq);
+            }
+            acked
+        }));
+    }
+    let mut all_acked = Vec::new();
+    for s in senders {
+        let acked = s.await.expect("sender");
+        // One sender's messages are sequenced in the order it sent them.
+        assert!(acked.windows(2).all(|w| w[0] < w[1]), "{acked:?}");
+        all_acked.extend(acked);
+    }
+    all_acked.sort_unstable();
+    let last = 1 + (names.len() * PER_USER) as u64;
+    assert_eq!(
+        all_acked,
+        (2..=last).collect::<Vec<_>>(),
+        "acks are the seqs 2..=last, once each"
+    );
+    assert_eq!(
+        alice.all_seqs(&conv.id).await,
+        (1..=last).collect::<Vec<_>>()
+    );
+    for (n, mut s) in names.iter().zip(sessions) {
+        let (msgs, _) = s.messages_until(&conv.id, last).await.expect("deliveries");
+        // Live delivery started after creation (seq 1).
+        assert_eq!(
+            seqs(&msgs),
+            (2..=last).collect::<Vec<_>>(),
+            "{n} sees every seq once, in order"
+        );
+    }
+    server.stop().await;
+}
+
+pub async fn a_retried_send_returns_the_original_and_stores_nothing_twice(kind: Kind) {
+    let server = Server::start(kind, Settings::default()).await;
+    let alice = server.user("alice").await;
+    let conv = alice.group("retry", &["bob"]).await;
+    let first = alice.send(&conv.id, "once", "hello").await.expect("send");
+    let again = alice
+        .send(&conv.id, "once", "hello (retried)")
+        .await
+        .expect("retry");
+    assert_eq!((again.seq, again.body.as_str()), (first.seq, "hello"));
+    // Concurrent retries of a new key: all get the same seq.
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let a = alice.clone();
+        let id = conv.id.clone();
+        tasks.push(tokio::spawn(async move {
+            a.send(&id, "racy", "x").await.expect("send").seq
+        }));
+    }
+    let mut racy = Vec::new();
+    for t in tasks {
+        racy.push(t.await.expect("task"));
+    }
+    racy.dedup();
+    assert_eq!(racy.len(), 1, "one seq for one client_msg_id: {racy:?}");
+    // The stream's send frame dedupes too.
+    let mut s = alice.live().await;
+    s.send(client_frame::Frame::Send(SendFrame {
+        conversation_id: conv.id.clone(),
+        client_msg_id: "once".into(),
+        body: "again".into(),
+    }))
+    .await;
+    let ack = loop {
+        if let server_frame::Frame::Ack(a) = s.next_frame().await.expect("frame") {
+            break a;
+        }
+    };
+    assert_eq!((ack.seq, ack.error), (first.seq, None));
+    assert_eq!(alice.all_seqs(&conv.id).await, vec![1, 2, 3]);
+    server.stop().await;
+}
+
+pub async fn every_session_of_every_member_gets_the_message_sender_included(kind: Kind) {
+    let server = Server::start(kind, Settings::default()).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let conv = alice.group("multi", &["bob"]).await;
+    let mut bob1 = bob.live().await;
+    let mut bob2 = bob.live().await;
+    let mut alice1 = alice.live().await;
+    let mut carol1 = carol.live().await;
+    // Sent over alice's own stream: she gets the ack and the message.
+    alice1
+        .send(client_frame::Frame::Send(SendFrame {
+            conversation_id: conv.id.clone(),
+            client_msg_id: "m1".into(),
+            body: "hi all".into(),
+        }))
+        .await;
+    for s in [&mut bob1, &mut bob2, &mut alice1] {
+        let (msgs, _) = s.messages_until(&conv.id, 2).await.expect("delivered");
+        assert_eq!(seqs(&msgs), vec![2]);
+        assert_eq!(
+            (msgs[0].sender_id.as_str(), msgs[0].body.as_str()),
+            ("alice", "hi all")
+        );
+    }
+    // carol is not a member: the next thing she sees is her own pong.
+    carol1
+        .send(client_frame::Frame::Ping(Ping { nonce: 9 }))
+        .await;
+    let f = carol1.next_frame().await.expect("frame");
+    assert!(matches!(f, server_frame::Frame::Pong(_)), "carol got {f:?}");
+    server.stop().await;
+}
+
+pub async fn resume_sends_exactly_what_was_missed_while_others_keep_sending(kind: Kind) {
+    let server = Server::start(kind, Settings::default()).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let conv = alice.group("resume", &["bob"]).await;
+    for i in 0..20 {
+        alice
+            .send(&conv.id, &format!("before-{i}"), "x")
+            .await
+            .expect("send");
+    }
+    // bob saw up to seq 8, then his stream broke.
+    let last_seen = 8u64;
+    const DURING: usize = 300;
+    let writer = {
+        let alice = alice.clone();
+        let id = conv.id.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..DURING {
+                last = alice
+                    .send(&id, &format!("during-{i}"), "y")
+                    .await
+                    .expect("send")
+                    .seq;
+            }
+            last
+        })
+    };
+    let mut s = bob
+        .session(client_frame::Frame::Resume(Resume {
+            last_seq: HashMap::from([(conv.id.clone(), last_seen)]),
+        }))
+        .await
+        .expect("resume");
+    let final_seq = writer.await.expect("writer");
+    assert_eq!(final_seq, 21 + DURING as u64);
+    let (msgs, others) = s
+        .messages_until(&conv.id, final_seq)
+        .await
+        .expect("catch up");
+    assert_eq!(
+        seqs(&msgs),
+        (last_seen + 1..=final_seq).collect::<Vec<_>>(),
+        "every missed seq once, in order, then live"
+    );
+    let caught_up: Vec<_> = others
+        .iter()
+        .filter_map(|f| match f {
+            server_frame::Frame::CaughtUp(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(caught_up.len(), 1, "{others:?}");
+    assert!(caught_up[0].error.is_none());
+    assert!(caught_up[0].seq > last_seen);
+    server.stop().await;
+}
+
+pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(kind: Kind) {
+    let server = Server::start(kind, Settings::default()).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let carol = server.user("carol").await;
+    let conv = alice.group("team", &["bob"]).await;
+    assert_eq!(conv.last_seq, 1);
+    let mut carol_s = carol.live().await;
+    let mut bob_s = bob.live().await;
+    let req = confab_proto::v1::AddMembersRequest {
+        conversation_id: conv.id.clone(),
+        member_ids: vec!["carol".into()],
+    };
+    let after_add = bob
+        .client
+        .clone()
+        .add_members(bob.req(req))
+        .await
+        .expect("add")
+        .into_inner();
+    assert_eq!((after_add.last_seq, after_add.member_ids.len()), (2, 3));
+    let (msgs, _) = carol_s
+        .messages_until(&conv.id, 2)
+        .await
+        .expect("carol sees her addition");
+    assert_eq!(
+        msgs[0].membership.as_ref().map(|m| m.user_ids.clone()),
+        Some(vec!["carol".to_string()])
+    );
+    alice.send(&conv.id, "m", "welcome").await.expect("send");
+    let (msgs, _) = carol_s
+        .messages_until(&conv.id, 3)
+        .await
+        .expect("carol sees messages");
+    assert_eq!(msgs[0].body, "welcome");
+    // alice removes carol: carol sees her removal and nothing after it.
+    let req = confab_proto::v1::RemoveMemberRequest {
+        conversation_id: conv.id.clone(),
+        member_id: "carol".into(),
+    };
+    alice
+        .client
+        .clone()
+        .remove_member(alice.req(req))
+        .await
+        .expect("remove");
+    alice
+        .send(&conv.id, "secret", "carol is gone")
+        .await
+        .expect("send");
+    let (msgs, _) = carol_s
+        .messages_until(&conv.id, 4)
+        .await
+        .expect("removal event");
+    assert_eq!(msgs[0].body, "alice removed carol");
+    let (msgs, _) = bob_s
+        .messages_until(&conv.id, 5)
+        .await
+        .expect("bob sees everything");
+    assert_eq!(seqs(&msgs), vec![2, 3, 4, 5]);
+    carol_s
+        .send(client_frame::Frame::Ping(Ping { nonce: 5 }))
+        .await;
+    let f = carol_s.next_frame().await.expect("frame");
+    assert!(
+        matches!(f, server_frame::Frame::Pong(_)),
+        "carol must not get seq 5: {f:?}"
+    );
+    let err = carol
+        .history(&conv.id, None, None, 10)
+        .await
+        .expect_err("no longer a member");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    // bob leaves.
+    let req = confab_proto::v1::RemoveMemberRequest {
+        conversation_id: conv.id.clone(),
+        member_id: "bob".into(),
+    };
+    let after = bob
+        .client
+        .clone()
+        .remove_member(bob.req(req))
+        .await
+        .expect("leave")
+        .into_inner();
+    assert_eq!(after.member_ids, vec!["alice".to_string()]);
+    let list = bob
+        .client
+        .clone()
+        .list_conversations(bob.req(Default::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(list.conversations.is_empty());
+    let list = alice
+        .client
+        .clone()
+        .list_conversations(alice.req(Default::default()))
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.conversations.len(), 1);
+    assert_eq!(list.conversations[0].last_seq, 6);
+    server.stop().await;
+}
+
+pub async fn direct_conversations_are_unique_per_pair(kind: Kind) {
+    let server = Server::start(kind, Settings::default()).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let a = alice
+        .create(ConversationKind::Direct, "", &["bob"])
+        .await
+        .expect("create");
+    let b = bob
+        .create(ConversationKind::Direct, "", &["alice", "bob"])
+        .await
+        .expect("create again");
+    assert_eq!(a.id, b.id);
+    assert_eq!(b.last_seq, 1, "no second creation event");
+    assert_eq!(a.member_ids, vec!["alice".to_string(), "bob".into()]);
+    let other = alice
+        .create(ConversationKind::Direct, "", &["carol"])
+        .await
+        .expect("another pair");
+    assert_ne!(other.id, a.id);
+    server.stop().await;
+}
+
+pub async fn history_pages_by_seq_in_both_directions(kind: Kind) {
+    let server = Server::start(kind, Settings::default()).await;
+    let alice = server.user("alice").await;
+    let conv = alice.group("pages", &[]).await;
+    for i in 0..59 {
+        alice
+            .send(&conv.id, &format!("p{i}"), &format!("{i}"))
+            .await
+            .expect("send");
+    }
+    // 60 seqs. From the end, newest first, default limit 50.
+    let page = alice.history(&conv.id, None, None, 0).await.expect("page");
+    assert_eq!(seqs(&page.messages), (11..=60).rev().collect::<Vec<_>>());
+    assert!(page.has_more);
+    let page = alice
+        .history(&conv.id, Some(11), None, 50)
+        .await
+        .expect("older");
+    assert_eq!(seqs(&page.messages), (1..=10).rev().collect::<Vec<_>>());
+    assert!(!page.has_more);
+    let page = alice
+        .history(&conv.id, None, Some(55), 3)
+        .await
+        .expect("newer");
+    assert_eq!(seqs(&page.messages), vec![56, 57, 58]);
+    assert!(page.has_more);
+    let page = alice
+        .history(&conv.id, None, None, 100_000)
+        .await
+        .expect("clamped");
+    assert_eq!(page.messages.len(), 60);
+    server.stop().await;
+}
+
+pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
+    let server = Server::start(
+        kind,
+        Settings {
+            max_body_bytes: Some(100),
+            ..Settings::default()
+        },
+    )
+    .await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let mallory = server.user("mallory").await;
+    let conv = alice.group("guarded", &["bob"]).await;
+    let mut bob_s = bob.live().await;
+
+    let expect = |r: Result<confab_proto::v1::Message, tonic::Status>, code: Code, says: &str| {
+        let e = r.expect_err("must fail");
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(
+            e.message().contains(says),
+            "message {:?} should mention {says:?}",
+            e.message()
+        );
+    };
+    // Authentication.
+    let anon = User::with_token(server.addr(), "x", "").await;
+    let mut req = tonic::Request::new(confab_proto::v1::SendMessageRequest::default());
+    req.metadata_mut().remove("authorization");
+    let e = anon
+        .client
+        .clone()
+        .send_message(req)
+        .await
+        .expect_err("no token");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("authorization"), "{e:?}");
+    let forged = User::with_token(
+        server.addr(),
+        "alice",
+        &confab_common::auth::Authenticator::new("another-secret-entirely")
+            .mint("alice", 60)
+            .expect("mint"),
+    )
+    .await;
+    expect(
+        forged.send(&conv.id, "f", "x").await,
+        Code::Unauthenticated,
+        "signature",
+    );
+    let expired_token = confab_common::auth::Authenticator::new(SECRET)
+        .mint_expiring_at("alice", 1_000)
+        .expect("mint");
+    let expired = User::with_token(server.addr(), "alice", &expired_token).await;
+    expect(
+        expired.send(&conv.id, "e", "x").await,
+        Code::Unauthenticated,
+        "expired",
+    );
+    let e = expired
+        .history(&conv.id, None, None, 1)
+        .await
+        .expect_err("expired read");
+    assert_eq!(e.code(), Code::Unauthenticated);
+    let e = expired
+        .session(client_frame::Frame::Ping(Ping::default()))
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(
+        e,
+        Some(Code::Unauthenticated),
+        "Connect checks the token when the stream opens"
+    );
+    let garbage = User::with_token(server.addr(), "alice", "not.a.jwt").await;
+    expect(
+        garbage.send(&conv.id, "g", "x").await,
+        Code::Unauthenticated,
+        "malformed",
+    );
+
+    // Authorization and existence.
+    expect(
+        mallory.send(&conv.id, "m", "let me in").await,
+        Code::PermissionDenied,
+        "not a member",
+    );
+    let e = mallory
+        .history(&conv.id, None, None, 10)
+        .await
+        .expect_err("read");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let req = confab_proto::v1::AddMembersRequest {
+        conversation_id: conv.id.clone(),
+        member_ids: vec!["mallory".into()],
+    };
+    let e = mallory
+        .client
+        .clone()
+        .add_members(mallory.req(req))
+        .await
+        .expect_err("add self");
+    assert_eq!(e.code(), Code::PermissionDenied);
+    expect(
+        alice.send("grp-nope", "m", "hello?").await,
+        Code::NotFound,
+        "does not exist",
+    );
+    let e = alice
+        .history("grp-nope", None, None, 10)
+        .await
+        .expect_err("read unknown");
+    assert_eq!(e.code(), Code::NotFound);
+
+    // Validation.
+    expect(
+        alice.send(&conv.id, "m", "").await,
+        Code::InvalidArgument,
+        "body must not be empty",
+    );
+    expect(
+        alice.send(&conv.id, "m", &"x".repeat(101)).await,
+        Code::InvalidArgument,
+        "limit is 100 bytes",
+    );
+    expect(
+        alice.send(&conv.id, "", "hi").await,
+        Code::InvalidArgument,
+        "client_msg_id is required",
+    );
+    expect(
+        alice.send("", "m", "hi").await,
+        Code::InvalidArgument,
+        "conversation_id is required",
+    );
+    for others in [&[][..], &["bob", "carol"][..]] {
+        let e = alice
+            .create(ConversationKind::Direct, "", others)
+            .await
+            .expect_err("direct size");
+        assert_eq!(e.code(), Code::InvalidArgument);
+        assert!(e.message().contains("exactly two members"), "{e:?}");
+    }
+    let e = alice
+        .create(ConversationKind::Unspecified, "", &["bob"])
+        .await
+        .expect_err("kind");
+    assert_eq!(e.code(), Code::InvalidArgument);
+    let e = alice
+        .history(&conv.id, Some(5), Some(5), 10)
+        .await
+        .expect_err("both cursors");
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // Stream sends report errors in the ack, and the stream goes on.
+    let mut s = mallory.live().await;
+    s.send(client_frame::Frame::Send(SendFrame {
+        conversation_id: conv.id.clone(),
+        client_msg_id: "z".into(),
+        body: "x".into(),
+    }))
+    .await;
+    s.send(client_frame::Frame::Send(SendFrame {
+        conversation_id: conv.id.clone(),
+        client_msg_id: "".into(),
+        body: "x".into(),
+    }))
+    .await;
+    let mut codes = Vec::new();
+    while codes.len() < 2 {
+        if let server_frame::Frame::Ack(a) = s.next_frame().await.expect("ack") {
+            codes.push(a.error.map(|e| e.code));
+        }
+    }
+    codes.sort();
+    assert_eq!(
+        codes,
+        vec![
+            Some(Code::InvalidArgument as i32),
+            Some(Code::PermissionDenied as i32)
+        ]
+    );
+    s.send(client_frame::Frame::Ping(Ping { nonce: 3 })).await;
+    assert!(matches!(
+        s.next_frame().await.expect("pong"),
+        server_frame::Frame::Pong(_)
+    ));
+
+    // None of that reached anyone: bob's next message is alice's real one, seq 2.
+    let ok = alice
+        .send(&conv.id, "real", "still works")
+        .await
+        .expect("send");
+    assert_eq!(ok.seq, 2);
+    let (msgs, _) = bob_s.messages_until(&conv.id, 2).await.expect("bob");
+    assert_eq!(seqs(&msgs), vec![2]);
+    assert_eq!(alice.all_seqs(&conv.id).await, vec![1, 2]);
+    server.stop().await;
+}
+
+pub async fn a_reader_that_falls_behind_is_disconnected_and_can_resume(kind: Kind) {
+    let server = Server::start(
+        kind,
+        Settings {
+            session_queue: Some(8),
+            max_body_bytes: Some(65536),
+        },
+    )
+    .await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let conv = alice.group("flood", &["bob"]).await;
+    let mut slow = bob.live().await;
+    // bob does not read while far more is sent than the HTTP/2 window
+    // (2 MiB in hyper's client) and the server's queues hold.
+    let body = "z".repeat(32 * 1024);
+    // 8 concurrent senders × 25 = 6.4 MB, 3 × what bob's buffers hold.
+    let mut senders = Vec::new();
+    for w in 0..8 {
+        let (alice, id, body) = (alice.clone(), conv.id.clone(), body.clone());
+        senders.push(tokio::spawn(async move {
+            let mut last = 0;
+            for i in 0..25 {
+                let m = alice.send(&id, &format!("f{w}-{i}"), &body).await;
+                last = last.max(m.expect("send").seq);
+            }
+            last
+        }));
+    }
+    let mut last = 0;
+    for s in senders {
+        last = last.max(s.await.expect("sender"));
+    }
+    assert_eq!(last, 201);
+    let status = loop {
+        match slow.next_or_status().await {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("resume"), "{status:?}");
+    // alice was never slowed down or refused, and bob can resume.
+    let mut again = bob
+        .session(client_frame::Frame::Resume(Resume {
+            last_seq: HashMap::from([(conv.id.clone(), 1)]),
+        }))
+        .await
+        .expect("resume");
+    let (msgs, _) = again
+        .messages_until(&conv.id, last)
+        .await
+        .expect("catch up");
+    assert_eq!(seqs(&msgs), (2..=last).collect::<Vec<_>>());
+    server.stop().await;
+}
