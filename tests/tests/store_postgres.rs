@@ -350,3 +350,52 @@ async fn schema_keys_history_by_conversation_and_seq() {
         "{dedupe}"
     );
 }
+
+/// GetHistory's queries use the primary key (conversation_id, seq) as an
+/// index range scan, in both directions, on a table large enough that the
+/// planner would not pick an index it does not need.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_are_index_range_scans() {
+    let pg = cluster();
+    let (url, _store) = fresh_store(&pg).await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    // 200 conversations × 1,000 messages, written directly.
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms)
+         SELECT 'c' || g, 2, '', 1000, 0 FROM generate_series(1, 200) g",
+    )
+    .execute(&pool)
+    .await
+    .expect("conversations");
+    sqlx::query(
+        "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
+         SELECT 'c' || c, s, 'u', 'm' || s, 1, 'hello', NULL, 0
+         FROM generate_series(1, 200) c, generate_series(1, 1000) s",
+    )
+    .execute(&pool)
+    .await
+    .expect("messages");
+    sqlx::query("ANALYZE messages")
+        .execute(&pool)
+        .await
+        .expect("analyze");
+    for (cmp, order) in [("<", "DESC"), (">", "ASC")] {
+        let sql = format!(
+            "EXPLAIN SELECT conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms
+             FROM messages WHERE conversation_id = 'c77' AND seq {cmp} 500 ORDER BY seq {order} LIMIT 51"
+        );
+        let plan: Vec<String> = sqlx::query_scalar(&sql)
+            .fetch_all(&pool)
+            .await
+            .expect("explain");
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("Index Scan") && plan.contains("messages_pkey"),
+            "{plan}"
+        );
+        assert!(
+            !plan.contains("Seq Scan") && !plan.contains("Sort"),
+            "{plan}"
+        );
+    }
+}
