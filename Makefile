@@ -14,6 +14,9 @@ APT_UPDATED := $(TOOLS)/.apt-updated
 
 .PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres build build-services stack stack-down migrate up down clean-data apt grpcurl
 NISSHI := $(TOOLS)/bin/nisshi
+# Every target builds the same set, so cargo's feature unification never
+# differs between them and nothing is rebuilt when switching targets.
+BINS := -p confab -p confab-gateway -p confab-router -p confab-history
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,18 +26,17 @@ run: deps-build deps-tools build ## run everything in one process on 127.0.0.1:5
 
 token: deps-build ## print a token: make -s token NAME=alice
 	@test -n "$(NAME)" || { echo "usage: make -s token NAME=<user id>" >&2; exit 2; }
-	@$(CARGO) build -q -p confab
+	@$(CARGO) build -q $(BINS)
 	@$(CONFAB) token "$(NAME)"
 
 build: deps-build
-	$(CARGO) build -p confab
+	$(CARGO) build $(BINS)
 
 test: deps-build deps-tools deps-test lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl
-	$(CARGO) build -p confab -p confab-gateway -p confab-router -p confab-history
+	$(CARGO) build $(BINS)
 	$(CARGO) nextest run --workspace --no-fail-fast
 
-build-services: deps-build
-	$(CARGO) build -p confab-gateway -p confab-router -p confab-history
+build-services: build
 
 stack: deps-build deps-tools deps-postgres deps-broker build-services ## the distributed stack on this machine: PostgreSQL, Kafka-API broker, history, router, gateway on 127.0.0.1:50051
 	@deploy/local/stack.sh up
