@@ -2,19 +2,30 @@
 //! `RemoteHistory` is the `HistoryApi` that gateways and routers use when
 //! history is not in their process: it spreads calls over every configured
 //! history address and moves on to the next one when an address is down.
+//! Each address has its own circuit breaker, so an address that keeps
+//! failing is skipped at once instead of being waited on.
 
+use crate::breaker::{
+    BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen, GrpcFailures,
+};
 use crate::error::ChatError;
 use crate::pipeline::HistoryApi;
 use async_trait::async_trait;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
-use confab_proto::v1::{self as pb, Conversation, GetHistoryRequest, GetHistoryResponse};
+use confab_proto::v1::{
+    self as pb, Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsResponse,
+};
 use std::error::Error as _;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
+use tower::{Service, ServiceBuilder, ServiceExt};
 
 /// What a caller sees when no history address answered.
 pub const HISTORY_UNAVAILABLE: &str = "history is unavailable; retry";
@@ -71,6 +82,9 @@ pub struct HistoryClientConfig {
     pub request_timeout: Duration,
     /// Longest wait to open a connection before moving on to the next address.
     pub connect_timeout: Duration,
+    /// When an address's circuit breaker opens (calls to it fail at once and
+    /// go to the next address) and how it recovers.
+    pub breaker: BreakerConfig,
 }
 
 impl HistoryClientConfig {
@@ -80,16 +94,109 @@ impl HistoryClientConfig {
             addrs: addrs.into_iter().map(Into::into).collect(),
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
+            breaker: BreakerConfig::default(),
         }
     }
 }
+
+/// Every call to one address: its breaker, then the RPC.
+type TargetStack = CircuitBreaker<HistoryRpcs, GrpcFailures>;
 
 /// One history address and its (lazily connected) channel.
 struct Target {
     /// The address as configured, for logs.
     addr: String,
-    /// The client over that address's channel.
+    /// The calls to that address, through its breaker.
+    stack: TargetStack,
+    /// A view of that address's breaker.
+    breaker: BreakerHandle,
+}
+
+/// The RPCs of `HistoryReader`, as one tower service over a client.
+#[derive(Clone)]
+struct HistoryRpcs {
+    /// The client over one address's channel.
     client: HistoryReaderClient<Channel>,
+    /// Longest wait for one answer.
+    timeout: Duration,
+}
+
+/// Marks the DEADLINE_EXCEEDED of a call that this client gave up on (as
+/// opposed to one history sent).
+#[derive(Debug, thiserror::Error)]
+#[error("history did not answer in time")]
+struct GaveUp;
+
+type RpcFuture<T> = Pin<Box<dyn Future<Output = Result<Response<T>, Status>> + Send>>;
+
+/// A `HistoryReader` request message: what it answers and how it is sent.
+trait HistoryRpc: Clone + Send + Sized + 'static {
+    /// The response message.
+    type Reply: Send + 'static;
+    /// For logs.
+    const NAME: &'static str;
+    /// Sends `req` with `client`.
+    fn send(client: HistoryReaderClient<Channel>, req: Request<Self>) -> RpcFuture<Self::Reply>;
+}
+
+impl HistoryRpc for ReadHistoryRequest {
+    type Reply = GetHistoryResponse;
+    const NAME: &'static str = "get_history";
+    fn send(
+        mut client: HistoryReaderClient<Channel>,
+        req: Request<Self>,
+    ) -> RpcFuture<Self::Reply> {
+        Box::pin(async move { client.get_history(req).await })
+    }
+}
+
+impl HistoryRpc for ListForUserRequest {
+    type Reply = ListConversationsResponse;
+    const NAME: &'static str = "list_conversations";
+    fn send(
+        mut client: HistoryReaderClient<Channel>,
+        req: Request<Self>,
+    ) -> RpcFuture<Self::Reply> {
+        Box::pin(async move { client.list_conversations(req).await })
+    }
+}
+
+impl HistoryRpc for GetConversationRequest {
+    type Reply = Conversation;
+    const NAME: &'static str = "get_conversation";
+    fn send(
+        mut client: HistoryReaderClient<Channel>,
+        req: Request<Self>,
+    ) -> RpcFuture<Self::Reply> {
+        Box::pin(async move { client.get_conversation(req).await })
+    }
+}
+
+impl<M: HistoryRpc> Service<Request<M>> for HistoryRpcs {
+    type Response = Response<M::Reply>;
+    type Error = Status;
+    type Future = RpcFuture<M::Reply>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        // The generated client waits for its channel itself.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<M>) -> Self::Future {
+        let timeout = self.timeout;
+        let answer = M::send(self.client.clone(), req);
+        // Timed out here, below the breaker, so a history that hangs counts
+        // as failing just like one that refuses connections.
+        Box::pin(async move {
+            tokio::time::timeout(timeout, answer)
+                .await
+                .unwrap_or_else(|_| {
+                    let mut status = Status::deadline_exceeded(GaveUp.to_string());
+                    status.set_source(Arc::new(GaveUp));
+                    Err(status)
+                })
+        })
+    }
 }
 
 /// `HistoryApi` over gRPC to one or more history processes. Every call goes
@@ -104,6 +211,14 @@ pub struct RemoteHistory {
     next: AtomicUsize,
     /// Longest wait for one answer.
     request_timeout: Duration,
+}
+
+impl std::fmt::Debug for RemoteHistory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteHistory")
+            .field("breakers", &self.breakers().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl RemoteHistory {
@@ -124,13 +239,30 @@ impl RemoteHistory {
                 let channel = endpoint(addr)?
                     .connect_timeout(config.connect_timeout)
                     .connect_lazy();
+                // A page is up to 500 messages of up to the largest body
+                // (64 KiB bodies make 32 MiB): tonic's 4 MiB default would
+                // fail a resume on a busy conversation.
+                let client =
+                    HistoryReaderClient::new(channel).max_decoding_message_size(MAX_PAGE_BYTES);
+                let breaker = CircuitBreakerLayer::new(
+                    format!("history {addr}"),
+                    config.breaker.clone(),
+                    GrpcFailures,
+                );
+                let handle = breaker.handle();
+                let stack = ServiceBuilder::new()
+                    // Outermost, one per address: an address that keeps
+                    // failing is refused here at once, and the caller moves
+                    // on to the next address without waiting on this one.
+                    .layer(breaker)
+                    .service(HistoryRpcs {
+                        client,
+                        timeout: config.request_timeout,
+                    });
                 Ok(Target {
                     addr: addr.clone(),
-                    // A page is up to 500 messages of up to the largest body
-                    // (64 KiB bodies make 32 MiB): tonic's 4 MiB default
-                    // would fail a resume on a busy conversation.
-                    client: HistoryReaderClient::new(channel)
-                        .max_decoding_message_size(MAX_PAGE_BYTES),
+                    stack,
+                    breaker: handle,
                 })
             })
             .collect::<Result<Vec<_>, AddressError>>()?;
@@ -141,6 +273,12 @@ impl RemoteHistory {
         })
     }
 
+    /// The circuit breaker of every address, in configuration order, e.g.
+    /// to export their states.
+    pub fn breakers(&self) -> impl Iterator<Item = &BreakerHandle> {
+        self.targets.iter().map(|t| &t.breaker)
+    }
+
     fn timed_out(&self) -> ChatError {
         ChatError::Unavailable(format!(
             "history did not answer within {} ms; retry",
@@ -148,14 +286,14 @@ impl RemoteHistory {
         ))
     }
 
-    /// Runs `call` against one address after another, starting at the next
-    /// in turn, until one answers with something other than UNAVAILABLE.
-    async fn call<M, T, F, Fut>(&self, rpc: &'static str, msg: M, call: F) -> Result<T, ChatError>
+    /// Sends `msg` to one address after another, starting at the next in
+    /// turn, until one answers with something other than UNAVAILABLE. An
+    /// address whose breaker is open answers UNAVAILABLE at once.
+    async fn call<M: HistoryRpc>(&self, msg: M) -> Result<M::Reply, ChatError>
     where
-        M: Clone,
-        F: Fn(HistoryReaderClient<Channel>, Request<M>) -> Fut,
-        Fut: Future<Output = Result<Response<T>, Status>>,
+        TargetStack: Service<Request<M>, Response = Response<M::Reply>, Error = Status>,
     {
+        let rpc = M::NAME;
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = ChatError::Unavailable(HISTORY_UNAVAILABLE.into());
@@ -164,16 +302,14 @@ impl RemoteHistory {
             let mut req = Request::new(msg.clone());
             // History gives up when the caller would have stopped waiting.
             req.set_timeout(self.request_timeout);
-            let answer =
-                tokio::time::timeout(self.request_timeout, call(target.client.clone(), req)).await;
-            let status = match answer {
-                Ok(Ok(response)) => return Ok(response.into_inner()),
-                Ok(Err(status)) => status,
-                Err(_) => {
-                    tracing::warn!(rpc, address = %target.addr, timeout_ms = self.request_timeout.as_millis() as u64, "history did not answer in time");
-                    return Err(self.timed_out());
-                }
+            let status = match target.stack.clone().oneshot(req).await {
+                Ok(response) => return Ok(response.into_inner()),
+                Err(status) => status,
             };
+            if status.source().is_some_and(|s| s.is::<GaveUp>()) {
+                tracing::warn!(rpc, address = %target.addr, timeout_ms = self.request_timeout.as_millis() as u64, "history did not answer in time");
+                return Err(self.timed_out());
+            }
             let err = self.error_for(&status);
             if err.code() != Code::Unavailable {
                 return Err(err);
@@ -190,9 +326,13 @@ impl RemoteHistory {
     /// stream) is UNAVAILABLE without transport details.
     fn error_for(&self, status: &Status) -> ChatError {
         // Statuses parsed from history's response carry no source; those made
-        // up by the client from an I/O or protocol error do.
-        if status.source().is_some() {
-            return ChatError::Unavailable(HISTORY_UNAVAILABLE.into());
+        // up by the client from an I/O or protocol error, or by a breaker,
+        // do. A refusal keeps its retry hint but not the internal address.
+        if let Some(source) = status.source() {
+            return match source.downcast_ref::<CircuitOpen>() {
+                Some(open) => open.renamed("history").into(),
+                None => ChatError::Unavailable(HISTORY_UNAVAILABLE.into()),
+            };
         }
         match status.code() {
             // History's own deadline (the grpc-timeout we sent) ran out.
@@ -216,21 +356,14 @@ impl HistoryApi for RemoteHistory {
             caller_id: caller.to_string(),
             request: Some(req),
         };
-        self.call("get_history", msg, |mut c, r| async move {
-            c.get_history(r).await
-        })
-        .await
+        self.call(msg).await
     }
 
     async fn list_conversations(&self, caller: &str) -> Result<Vec<Conversation>, ChatError> {
         let msg = ListForUserRequest {
             user_id: caller.to_string(),
         };
-        let resp = self
-            .call("list_conversations", msg, |mut c, r| async move {
-                c.list_conversations(r).await
-            })
-            .await?;
+        let resp = self.call(msg).await?;
         Ok(resp.conversations)
     }
 
@@ -238,10 +371,7 @@ impl HistoryApi for RemoteHistory {
         let msg = GetConversationRequest {
             conversation_id: conversation_id.to_string(),
         };
-        self.call("get_conversation", msg, |mut c, r| async move {
-            c.get_conversation(r).await
-        })
-        .await
+        self.call(msg).await
     }
 }
 
@@ -280,6 +410,15 @@ mod tests {
         );
         let late = remote.error_for(&Status::cancelled("Timeout expired"));
         assert_eq!(late.code(), Code::Unavailable);
+        // A refusal by an address's breaker keeps the retry hint, not the address.
+        let refused = remote.error_for(&Status::from(CircuitOpen {
+            name: "history 10.0.0.7:7000".into(),
+            retry_in: Duration::from_secs(5),
+        }));
+        assert_eq!(
+            refused,
+            ChatError::Unavailable("history is failing; it will be retried in 5000 ms".into())
+        );
         let odd = remote.error_for(&Status::unimplemented("no such method"));
         assert_eq!(odd, ChatError::Internal("no such method".into()));
     }

@@ -29,6 +29,9 @@ pub struct DevConfig {
     pub partitions: usize,
     /// How long shutdown waits for in-flight work.
     pub grace: Duration,
+    /// Address of the metrics and health server (`CONFAB_METRICS_LISTEN`);
+    /// `None`: none. See [`start_metrics`].
+    pub metrics_listen: Option<String>,
 }
 
 impl DevConfig {
@@ -51,6 +54,7 @@ impl DevConfig {
                 10_000u64,
                 "milliseconds",
             )?),
+            metrics_listen: confab_common::metrics::listen_from_env(env),
         };
         config.check()?;
         Ok(config)
@@ -89,6 +93,19 @@ impl DevConfig {
     /// The SQLite database file.
     pub fn db_path(&self) -> PathBuf {
         self.data_dir.join("confab.db")
+    }
+}
+
+/// Starts the metrics and health server on `config.metrics_listen`, if set
+/// (`Ok(None)` otherwise). It reports the process readiness, which the
+/// gateway's gRPC server sets while it serves; keep it running until
+/// [`run`] has returned, so `/readyz` answers 503 during the drain.
+pub async fn start_metrics(
+    config: &DevConfig,
+) -> std::io::Result<Option<confab_common::metrics::MetricsServer>> {
+    match &config.metrics_listen {
+        None => Ok(None),
+        Some(listen) => confab_common::metrics::start(listen).await.map(Some),
     }
 }
 

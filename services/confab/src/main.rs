@@ -22,6 +22,9 @@ enum Cmd {
         /// Directory for the SQLite database [env: CONFAB_DATA_DIR, default ./data].
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
+        /// Address to serve /metrics, /livez and /readyz on [env: CONFAB_METRICS_LISTEN, default: none].
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
     /// Print a token for USER signed with CONFAB_JWT_SECRET (or the development secret).
     Token {
@@ -37,7 +40,11 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Cmd::Token { user, ttl } => token(&user, ttl),
-        Cmd::Dev { listen, data_dir } => dev(listen, data_dir),
+        Cmd::Dev {
+            listen,
+            data_dir,
+            metrics_listen,
+        } => dev(listen, data_dir, metrics_listen),
     };
     std::process::exit(code);
 }
@@ -66,7 +73,11 @@ fn token(user: &str, ttl: u64) -> i32 {
     }
 }
 
-fn dev(listen: Option<String>, data_dir: Option<std::path::PathBuf>) -> i32 {
+fn dev(
+    listen: Option<String>,
+    data_dir: Option<std::path::PathBuf>,
+    metrics_listen: Option<String>,
+) -> i32 {
     let mut config = match config() {
         Ok(c) => c,
         Err(code) => return code,
@@ -76,6 +87,9 @@ fn dev(listen: Option<String>, data_dir: Option<std::path::PathBuf>) -> i32 {
     }
     if let Some(d) = data_dir {
         config.data_dir = d;
+    }
+    if let Some(m) = metrics_listen.filter(|m| !m.trim().is_empty()) {
+        config.metrics_listen = Some(m);
     }
     telemetry::init(std::env::var("CONFAB_LOG_FORMAT").is_ok_and(|f| f == "json"));
     let runtime = match tokio::runtime::Runtime::new() {
@@ -93,8 +107,19 @@ fn dev(listen: Option<String>, data_dir: Option<std::path::PathBuf>) -> i32 {
                 return EXIT_CONFIG;
             }
         };
+        let metrics = match confab::dev::start_metrics(&config).await {
+            Ok(m) => m,
+            Err(e) => {
+                let listen = config.metrics_listen.as_deref().unwrap_or_default();
+                eprintln!("confab: cannot listen on {listen} (CONFAB_METRICS_LISTEN): {e}");
+                return EXIT_CONFIG;
+            }
+        };
         let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_else(|_| config.listen.clone());
         println!("confab dev: serving gRPC on {addr} (history in {})", config.db_path().display());
+        if let Some(m) = &metrics {
+            println!("  metrics:      http://{}/metrics (health: /livez, /readyz)", m.addr);
+        }
         println!("  get a token:  TOKEN=$(make -s token NAME=alice)");
         println!("  first call:   grpcurl -plaintext -H \"authorization: Bearer $TOKEN\" {addr} confab.v1.Chat/ListConversations");
         let (trigger, signal) = shutdown::channel();
@@ -102,12 +127,16 @@ fn dev(listen: Option<String>, data_dir: Option<std::path::PathBuf>) -> i32 {
             shutdown::os_signal().await;
             trigger.fire();
         });
-        match confab::dev::run(config, listener, signal).await {
+        let code = match confab::dev::run(config, listener, signal).await {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("confab: {e:#}");
                 1
             }
+        };
+        if let Some(m) = metrics {
+            m.stop().await;
         }
+        code
     })
 }

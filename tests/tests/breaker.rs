@@ -1,0 +1,138 @@
+//! The history client's circuit breaker over real sockets: once an address
+//! has failed often enough, calls to it are refused at once with UNAVAILABLE
+//! saying when history will be retried, and the address is used again as soon
+//! as a history server answers on it.
+
+use confab_common::breaker::{BreakerConfig, BreakerState};
+use confab_common::error::ChatError;
+use confab_common::pipeline::HistoryApi;
+use confab_common::remote::{HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE};
+use confab_common::shutdown;
+use confab_common::validate::Limits;
+use confab_history::{LocalHistory, SqliteStore};
+use confab_tests::free_port;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tonic::{Code, Status};
+
+/// What a refused call says, up to the time until the retry.
+const REFUSED: &str = "history is failing; it will be retried in ";
+
+fn client(addr: &str, request_timeout: Duration, open_for: Duration) -> RemoteHistory {
+    let mut config = HistoryClientConfig::new([addr]);
+    config.connect_timeout = Duration::from_secs(5);
+    config.request_timeout = request_timeout;
+    config.breaker = BreakerConfig {
+        window: 10,
+        min_calls: 3,
+        failure_threshold: 0.5,
+        open_for,
+        half_open_probes: 1,
+    };
+    RemoteHistory::new(&config).expect("history address")
+}
+
+/// Calls `remote` once, returning the error and how long the call took.
+async fn timed_call(remote: &RemoteHistory) -> (ChatError, Duration) {
+    let started = Instant::now();
+    let err = remote
+        .conversation("grp-none")
+        .await
+        .expect_err("no conversation is there");
+    (err, started.elapsed())
+}
+
+fn state(remote: &RemoteHistory) -> BreakerState {
+    remote.breakers().next().expect("one address").state()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_comes_back() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let remote = client(&addr, Duration::from_secs(5), Duration::from_secs(1));
+    let mut states = remote.breakers().next().expect("one address").subscribe();
+
+    // Nothing listens: each refused connection is a failure; the third opens
+    // the breaker.
+    for _ in 0..3 {
+        let (err, _) = timed_call(&remote).await;
+        assert_eq!(err, ChatError::Unavailable(HISTORY_UNAVAILABLE.into()));
+    }
+    assert_eq!(state(&remote), BreakerState::Open);
+    assert_eq!(*states.borrow_and_update(), BreakerState::Open);
+
+    // Open: refused at once, far within the 5 s connect timeout, and the
+    // client of a gateway would see UNAVAILABLE saying when to come back.
+    for _ in 0..5 {
+        let (err, took) = timed_call(&remote).await;
+        assert!(err.to_string().starts_with(REFUSED), "{err}");
+        assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+        let status = Status::from(err);
+        assert_eq!(status.code(), Code::Unavailable);
+    }
+
+    // History comes up on that address.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteStore::open(&dir.path().join("history.db"), Limits::default())
+        .await
+        .expect("store");
+    let history: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(Arc::new(store)));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("bind the history port");
+    let (stop, stopped) = shutdown::channel();
+    let server = tokio::spawn(confab_history::grpc::serve(history, listener, stopped));
+
+    // After the open period a probe reaches it, and it answers for itself.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let answer = loop {
+        let (err, _) = timed_call(&remote).await;
+        if err.code() != Code::Unavailable {
+            break err;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "history still unavailable: {err}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer, ChatError::no_conversation("grp-none"));
+    assert_eq!(state(&remote), BreakerState::Closed);
+    assert_eq!(*states.borrow_and_update(), BreakerState::Closed);
+
+    // Answers about the request do not count against history.
+    for _ in 0..10 {
+        let (err, _) = timed_call(&remote).await;
+        assert_eq!(err, ChatError::no_conversation("grp-none"));
+    }
+    assert_eq!(state(&remote), BreakerState::Closed);
+
+    stop.fire();
+    server
+        .await
+        .expect("server task")
+        .expect("history served until stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_that_hangs_is_refused_at_once_instead_of_waited_on() {
+    // Accepts connections (the kernel does, into the backlog) and never
+    // answers: every call waits for the whole request timeout.
+    let hang = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = hang.local_addr().expect("address").to_string();
+    let timeout = Duration::from_millis(1500);
+    let remote = client(&addr, timeout, Duration::from_secs(30));
+
+    for _ in 0..3 {
+        let (err, took) = timed_call(&remote).await;
+        assert_eq!(err.code(), Code::Unavailable);
+        assert!(took >= timeout, "answered after {took:?}: {err}");
+    }
+    assert_eq!(state(&remote), BreakerState::Open);
+
+    let (err, took) = timed_call(&remote).await;
+    assert!(err.to_string().starts_with(REFUSED), "{err}");
+    assert!(took < Duration::from_millis(500), "refusal took {took:?}");
+    drop(hang);
+}
