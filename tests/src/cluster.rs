@@ -48,7 +48,7 @@ impl Default for Shape {
             routers: 1,
             histories: 1,
             partitions: 4,
-            gateway: GatewayConfig::default(),
+            gateway: crate::test_gateway_config(),
         }
     }
 }
@@ -226,7 +226,11 @@ impl Cluster {
         for i in 0..shape.gateways {
             let config = DistributedConfig {
                 gateway_id: format!("gw-{i}"),
-                jwt_secret: SECRET.into(),
+                auth: confab_common::auth::AuthConfig {
+                    hs256_secret: Some(SECRET.into()),
+                    leeway: Duration::ZERO,
+                    ..Default::default()
+                },
                 gateway: shape.gateway.clone(),
                 kafka: kafka.clone(),
                 history: HistoryClientConfig::new(history_addrs.clone()),

@@ -36,9 +36,31 @@ pub fn init_tracing() {
     }
 }
 
+/// Per-user limits high enough that no test hits them unless it means to:
+/// most tests send as fast as they can as one user. Tests of the limits set
+/// their own values on top.
+pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
+    ("CONFAB_RATE_MESSAGES_PER_SEC", "1000000"),
+    ("CONFAB_RATE_MESSAGES_BURST", "1000000"),
+    ("CONFAB_MAX_STREAMS_PER_USER", "10000"),
+    ("CONFAB_RATE_CONVERSATIONS_PER_MIN", "1000000"),
+];
+
+/// Gateway settings for test topologies: defaults, with `GENEROUS_LIMITS`.
+pub fn test_gateway_config() -> confab_gateway::GatewayConfig {
+    let env: HashMap<String, String> = GENEROUS_LIMITS
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    confab_gateway::GatewayConfig::from_env(&env).expect("generous limits are valid")
+}
+
 /// A configuration for a test server with its data in `data_dir`.
 pub fn test_config(data_dir: &Path, overrides: &[(&str, &str)]) -> DevConfig {
     let mut env: HashMap<String, String> = HashMap::new();
+    for (k, v) in GENEROUS_LIMITS {
+        env.insert(k.to_string(), v.to_string());
+    }
     env.insert("CONFAB_JWT_SECRET".into(), SECRET.into());
     env.insert("CONFAB_DATA_DIR".into(), data_dir.display().to_string());
     for (k, v) in overrides {
@@ -400,6 +422,7 @@ impl DevProcess {
             .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .env("CONFAB_JWT_SECRET", SECRET)
+            .envs(GENEROUS_LIMITS.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

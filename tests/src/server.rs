@@ -44,7 +44,7 @@ impl Settings {
 
     /// The same settings as a cluster shape (one of each service).
     fn shape(&self) -> Shape {
-        let defaults = GatewayConfig::default();
+        let defaults = crate::test_gateway_config();
         Shape {
             gateway: GatewayConfig {
                 limits: Limits {

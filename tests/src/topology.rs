@@ -46,7 +46,7 @@ impl Default for TopologyConfig {
             gateways: 2,
             routers: 1,
             partitions: 4,
-            gateway: GatewayConfig::default(),
+            gateway: crate::test_gateway_config(),
             links: LinkConfig::default(),
         }
     }

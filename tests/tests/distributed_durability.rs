@@ -125,6 +125,14 @@ async fn acknowledged_messages_survive_kill_9_of_every_service() {
         ("CONFAB_HISTORY_ADDRS".to_string(), history_addr.clone()),
         ("CONFAB_LOG".to_string(), "info".to_string()),
     ];
+    let common: Vec<(String, String)> = common
+        .into_iter()
+        .chain(
+            GENEROUS_LIMITS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .collect();
     let with = |extra: &[(&str, &str)]| {
         let mut env = common.clone();
         env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));

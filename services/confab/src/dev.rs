@@ -3,7 +3,7 @@
 //! returns only after SQLite has committed the message, so an acknowledged
 //! message survives `kill -9`.
 
-use confab_common::auth::{Authenticator, DEV_SECRET};
+use confab_common::auth::{AuthConfig, Authenticator, DEV_SECRET};
 use confab_common::config::{parse_or, ConfigError, Env};
 use confab_common::pipeline::MemTopic;
 use confab_common::shutdown::Signal;
@@ -21,8 +21,9 @@ pub struct DevConfig {
     pub listen: String,
     /// Directory holding the SQLite database.
     pub data_dir: PathBuf,
-    /// HS256 secret; `None` means the public development secret.
-    pub jwt_secret: Option<String>,
+    /// Token keys and claims (`CONFAB_JWT_*`); with neither a secret nor
+    /// public keys, the public development secret.
+    pub auth: AuthConfig,
     /// Gateway settings (limits, timeouts, queues).
     pub gateway: GatewayConfig,
     /// Partitions of each in-process topic.
@@ -45,7 +46,7 @@ impl DevConfig {
                 .get("CONFAB_DATA_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "data".into()),
-            jwt_secret: env.get("CONFAB_JWT_SECRET"),
+            auth: AuthConfig::from_env(env)?,
             gateway: GatewayConfig::from_env(env)?,
             partitions: parse_or(env, "CONFAB_PARTITIONS", 4usize, "a partition count")?,
             grace: Duration::from_millis(parse_or(
@@ -73,7 +74,7 @@ impl DevConfig {
                 "must be between 1 and 1024",
             ));
         }
-        if let Some(secret) = &self.jwt_secret {
+        if let Some(secret) = &self.auth.hs256_secret {
             if secret.len() < 16 {
                 return Err(bad(
                     "CONFAB_JWT_SECRET",
@@ -85,9 +86,18 @@ impl DevConfig {
         Ok(())
     }
 
+    /// Whether tokens are checked with the public development secret.
+    pub fn uses_dev_secret(&self) -> bool {
+        self.auth.hs256_secret.is_none() && self.auth.public_keys.is_none()
+    }
+
     /// The token checker for this configuration.
-    pub fn authenticator(&self) -> Authenticator {
-        Authenticator::new(self.jwt_secret.as_deref().unwrap_or(DEV_SECRET))
+    pub fn authenticator(&self) -> Result<Authenticator, String> {
+        let mut auth = self.auth.clone();
+        if self.uses_dev_secret() {
+            auth.hs256_secret = Some(DEV_SECRET.into());
+        }
+        Authenticator::from_config(auth)
     }
 
     /// The SQLite database file.
@@ -113,7 +123,7 @@ pub async fn start_metrics(
 /// gateway stops taking requests, the sequencers finish what was accepted,
 /// the routers deliver it.
 pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> anyhow::Result<()> {
-    if config.jwt_secret.is_none() {
+    if config.uses_dev_secret() {
         tracing::warn!("CONFAB_JWT_SECRET is not set: using the public development secret; anyone can mint tokens");
     }
     let store = Arc::new(SqliteStore::open(&config.db_path(), config.gateway.limits).await?);
@@ -126,7 +136,7 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
     let routers = confab_router::spawn(outcome_partitions, history.clone(), hub.clone());
     let service = ChatService::new(
         config.gateway.clone(),
-        config.authenticator(),
+        config.authenticator().map_err(anyhow::Error::msg)?,
         hub,
         Arc::new(ingress),
         history,

@@ -61,7 +61,7 @@ fn token(user: &str, ttl: u64) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    match config.authenticator().mint(user, ttl) {
+    match config.authenticator().and_then(|a| a.mint(user, ttl)) {
         Ok(token) => {
             println!("{token}");
             0

@@ -4,7 +4,7 @@
 
 use crate::attach::AttachConfig;
 use crate::{ChatService, GatewayConfig, Hub};
-use confab_common::auth::Authenticator;
+use confab_common::auth::{AuthConfig, Authenticator};
 use confab_common::config::{list, parse_or, required, ConfigError, Env};
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
 use confab_common::shutdown::Signal;
@@ -19,8 +19,9 @@ use tokio::net::TcpListener;
 pub struct DistributedConfig {
     /// This gateway's id, unique among gateways (`CONFAB_GATEWAY_ID`).
     pub gateway_id: String,
-    /// HS256 secret (`CONFAB_JWT_SECRET`, required: no development default here).
-    pub jwt_secret: String,
+    /// Token keys and claims (`CONFAB_JWT_*`; a secret or public keys are
+    /// required: no development default here).
+    pub auth: AuthConfig,
     /// Limits, timeouts and queues.
     pub gateway: GatewayConfig,
     /// The broker and topics.
@@ -46,18 +47,25 @@ impl DistributedConfig {
                 Ok(v)
             }
         };
-        let jwt_secret = required(
-            env,
-            "CONFAB_JWT_SECRET",
-            "the HS256 secret tokens are signed with",
-        )?;
-        if jwt_secret.len() < 16 {
+        let auth = AuthConfig::from_env(env)?;
+        if auth.hs256_secret.is_none() && auth.public_keys.is_none() {
+            return Err(ConfigError {
+                key: "CONFAB_JWT_SECRET".into(),
+                value: String::new(),
+                reason:
+                    "required: the HS256 secret tokens are signed with (or CONFAB_JWT_PUBLIC_KEYS)"
+                        .into(),
+            });
+        }
+        if auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(ConfigError {
                 key: "CONFAB_JWT_SECRET".into(),
                 value: "<redacted>".into(),
                 reason: "must be at least 16 bytes".into(),
             });
         }
+        // Key files are read now, so a bad one stops the gateway before it binds.
+        Authenticator::from_env(env)?;
         let mut history = HistoryClientConfig::new(need_list("CONFAB_HISTORY_ADDRS")?);
         history.request_timeout = Duration::from_millis(parse_or(
             env,
@@ -67,7 +75,7 @@ impl DistributedConfig {
         )?);
         Ok(Self {
             gateway_id: required(env, "CONFAB_GATEWAY_ID", "a unique id for this gateway")?,
-            jwt_secret,
+            auth,
             gateway: GatewayConfig::from_env(env)?,
             kafka: KafkaConfig::from_env(env)?,
             history,
@@ -104,7 +112,7 @@ pub async fn run_with_hub(
     ));
     let service = ChatService::new(
         config.gateway,
-        Authenticator::new(&config.jwt_secret),
+        Authenticator::from_config(config.auth.clone()).map_err(anyhow::Error::msg)?,
         hub,
         Arc::new(ingress.clone()),
         history,

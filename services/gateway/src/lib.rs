@@ -5,6 +5,7 @@
 pub mod attach;
 pub mod distributed;
 pub mod hub;
+pub mod limits;
 pub mod service;
 pub mod session;
 pub mod submit;

@@ -2,6 +2,7 @@
 //! reflection next to it, graceful shutdown).
 
 use crate::hub::Hub;
+use crate::limits::{Cost, Limiter, UserLimits};
 use crate::session::Session;
 use crate::submit::Submitter;
 use confab_common::auth::Authenticator;
@@ -33,11 +34,16 @@ pub struct GatewayConfig {
     pub send_timeout: Duration,
     /// Live messages a session may have queued before it is disconnected.
     pub session_queue: usize,
+    /// Per-user rates and stream cap.
+    pub user_limits: UserLimits,
 }
 
 impl GatewayConfig {
     /// Reads `CONFAB_MAX_BODY_BYTES`, `CONFAB_MAX_GROUP_MEMBERS`,
-    /// `CONFAB_SEND_TIMEOUT_MS` and `CONFAB_SESSION_QUEUE`.
+    /// `CONFAB_SEND_TIMEOUT_MS`, `CONFAB_SESSION_QUEUE`,
+    /// `CONFAB_RATE_MESSAGES_PER_SEC`, `CONFAB_RATE_MESSAGES_BURST` (default
+    /// twice the rate), `CONFAB_MAX_STREAMS_PER_USER` and
+    /// `CONFAB_RATE_CONVERSATIONS_PER_MIN`.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
         let at_least = |key: &str, value: u64, min: u64| {
@@ -75,6 +81,33 @@ impl GatewayConfig {
             d.session_queue as u64,
             "a message count",
         )?;
+        let per_user = |key: &str, default: u32, expected: &str| {
+            let value = parse_or(env, key, default, expected)?;
+            at_least(key, value.into(), 1).map(|_| value)
+        };
+        let messages_per_sec = per_user(
+            "CONFAB_RATE_MESSAGES_PER_SEC",
+            d.user_limits.messages_per_sec,
+            "messages per second",
+        )?;
+        let user_limits = UserLimits {
+            messages_per_sec,
+            messages_burst: per_user(
+                "CONFAB_RATE_MESSAGES_BURST",
+                messages_per_sec.saturating_mul(2),
+                "a message count",
+            )?,
+            max_streams_per_user: per_user(
+                "CONFAB_MAX_STREAMS_PER_USER",
+                d.user_limits.max_streams_per_user,
+                "a stream count",
+            )?,
+            conversations_per_min: per_user(
+                "CONFAB_RATE_CONVERSATIONS_PER_MIN",
+                d.user_limits.conversations_per_min,
+                "conversations per minute",
+            )?,
+        };
         Ok(Self {
             limits: Limits {
                 max_body_bytes: at_least("CONFAB_MAX_BODY_BYTES", max_body_bytes, 1)? as usize,
@@ -87,6 +120,7 @@ impl GatewayConfig {
                 1,
             )?),
             session_queue: at_least("CONFAB_SESSION_QUEUE", session_queue, 1)? as usize,
+            user_limits,
         })
     }
 }
@@ -97,6 +131,7 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             send_timeout: Duration::from_secs(10),
             session_queue: 4096,
+            user_limits: UserLimits::default(),
         }
     }
 }
@@ -116,6 +151,8 @@ pub struct ChatService {
     submitter: Submitter,
     /// Ends live sessions at shutdown.
     shutdown: Signal,
+    /// Per-user rates and stream cap, shared by every call and session.
+    limiter: Limiter,
 }
 
 impl ChatService {
@@ -129,6 +166,7 @@ impl ChatService {
         shutdown: Signal,
     ) -> Self {
         let submitter = Submitter::new(ingress, hub.clone(), config.send_timeout);
+        let limiter = Limiter::new(config.user_limits);
         Self {
             config,
             auth,
@@ -136,7 +174,27 @@ impl ChatService {
             history,
             submitter,
             shutdown,
+            limiter,
         }
+    }
+
+    /// The entry check of every RPC: who is calling, and whether their
+    /// limits admit what the call costs. The user is known only after the
+    /// token is checked, so this runs inside the service, once per call,
+    /// rather than as a layer in front of it.
+    fn caller(&self, meta: &tonic::metadata::MetadataMap, cost: Cost) -> Result<String, Status> {
+        Ok(self.caller_claims(meta, cost)?.user)
+    }
+
+    /// Like `caller`, with the token's validity (streams close at its end).
+    fn caller_claims(
+        &self,
+        meta: &tonic::metadata::MetadataMap,
+        cost: Cost,
+    ) -> Result<confab_common::auth::Authenticated, Status> {
+        let who = self.auth.authenticate_claims(meta)?;
+        self.limiter.admit(&who.user, cost)?;
+        Ok(who)
     }
 
     async fn conversation_write(
@@ -162,7 +220,10 @@ impl Chat for ChatService {
         &self,
         req: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        let user = self.auth.authenticate(req.metadata())?;
+        let who = self.caller_claims(req.metadata(), Cost::Free)?;
+        let user = who.user;
+        // Refused at open, before any session state exists.
+        let stream_slot = self.limiter.open_stream(&user)?;
         // Small on purpose: a slow reader backs up into its live queue,
         // which is what detects it (see `Hub::deliver`).
         let (out_tx, out_rx) = mpsc::channel(32);
@@ -177,8 +238,11 @@ impl Chat for ChatService {
             kill: kill_tx,
             queue: self.config.session_queue,
             shutdown: self.shutdown.clone(),
+            limiter: self.limiter.clone(),
+            stream_slot,
         };
-        tokio::spawn(session.run(req.into_inner()));
+        // The stream ends with UNAUTHENTICATED when its token does.
+        tokio::spawn(session.run_until(req.into_inner(), Some(who.valid_until)));
         Ok(Response::new(Box::pin(frames(out_rx, kill_rx))))
     }
 
@@ -186,7 +250,7 @@ impl Chat for ChatService {
         &self,
         req: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        let user = self.auth.authenticate(req.metadata())?;
+        let user = self.caller(req.metadata(), Cost::Message)?;
         let r = req.into_inner();
         validate::send(
             &self.config.limits,
@@ -214,7 +278,7 @@ impl Chat for ChatService {
         &self,
         req: Request<CreateConversationRequest>,
     ) -> Result<Response<Conversation>, Status> {
-        let user = self.auth.authenticate(req.metadata())?;
+        let user = self.caller(req.metadata(), Cost::Conversation)?;
         let r = req.into_inner();
         let (kind, member_ids) =
             validate::create(&self.config.limits, &user, r.kind, &r.title, &r.member_ids)?;
@@ -236,7 +300,7 @@ impl Chat for ChatService {
         &self,
         req: Request<AddMembersRequest>,
     ) -> Result<Response<Conversation>, Status> {
-        let user = self.auth.authenticate(req.metadata())?;
+        let user = self.caller(req.metadata(), Cost::Free)?;
         let r = req.into_inner();
         validate::conversation_id(&r.conversation_id)?;
         let members = validate::user_ids(&r.member_ids)?;
@@ -258,7 +322,7 @@ impl Chat for ChatService {
         &self,
         req: Request<RemoveMemberRequest>,
     ) -> Result<Response<Conversation>, Status> {
-        let user = self.auth.authenticate(req.metadata())?;
+        let user = self.caller(req.metadata(), Cost::Free)?;
         let r = req.into_inner();
         validate::conversation_id(&r.conversation_id)?;
         validate::user_ids([&r.member_id])?;
@@ -275,7 +339,7 @@ impl Chat for ChatService {
         &self,
         req: Request<ListConversationsRequest>,
     ) -> Result<Response<ListConversationsResponse>, Status> {
-        let user = self.auth.authenticate(req.metadata())?;
+        let user = self.caller(req.metadata(), Cost::Free)?;
         let conversations = self.history.list_conversations(&user).await?;
         Ok(Response::new(ListConversationsResponse { conversations }))
     }
@@ -284,7 +348,7 @@ impl Chat for ChatService {
         &self,
         req: Request<GetHistoryRequest>,
     ) -> Result<Response<GetHistoryResponse>, Status> {
-        let user = self.auth.authenticate(req.metadata())?;
+        let user = self.caller(req.metadata(), Cost::Free)?;
         Ok(Response::new(
             self.history.get_history(&user, req.into_inner()).await?,
         ))

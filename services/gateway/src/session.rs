@@ -4,7 +4,9 @@
 //! gap from history before going on, which is also how resume works.
 
 use crate::hub::Hub;
+use crate::limits::{Cost, Limiter, StreamGuard};
 use crate::submit::Submitter;
+use confab_common::auth::STREAM_EXPIRED;
 use confab_common::error::ChatError;
 use confab_common::pipeline::HistoryApi;
 use confab_common::shutdown::Signal;
@@ -16,6 +18,7 @@ use confab_proto::v1::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::SystemTime;
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Status, Streaming};
 
@@ -49,6 +52,12 @@ pub struct Session {
     pub queue: usize,
     /// Gateway shutdown.
     pub shutdown: Signal,
+    /// Per-user limits; a `send` frame spends the same message budget as a
+    /// unary `SendMessage`.
+    pub limiter: Limiter,
+    /// This stream's slot in the user's stream cap, freed when the session
+    /// task ends.
+    pub stream_slot: StreamGuard,
 }
 
 /// Longest wait for the routers to confirm a new session's presence.
@@ -61,9 +70,34 @@ pub const MAX_SENDS_IN_FLIGHT: usize = 256;
 /// Why the session loop stopped sending.
 struct Gone;
 
+/// Resolves at `deadline`, or never when there is none.
+async fn expiry(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Session {
     /// Runs the session until the client leaves, is kicked, or shutdown.
-    pub async fn run(self, mut inbound: Streaming<ClientFrame>) {
+    pub async fn run(self, inbound: Streaming<ClientFrame>) {
+        self.run_until(inbound, None).await
+    }
+
+    /// Like [`Session::run`], but ends the stream with UNAUTHENTICATED
+    /// ([`STREAM_EXPIRED`]) at `valid_until` (the token's
+    /// [`confab_common::auth::Authenticated::valid_until`]), whether or not
+    /// the client sends anything.
+    pub async fn run_until(
+        self,
+        mut inbound: Streaming<ClientFrame>,
+        valid_until: Option<SystemTime>,
+    ) {
+        let deadline = valid_until.map(|t| {
+            tokio::time::Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
+        });
+        let expired = expiry(deadline);
+        tokio::pin!(expired);
         let mut state = State {
             cursors: HashMap::new(),
             s: self,
@@ -75,6 +109,7 @@ impl Session {
             f = inbound.message() => f,
             _ = state.s.out.closed() => return,
             _ = state.s.shutdown.clone().wait() => return state.shutting_down(),
+            _ = &mut expired => return state.expired(),
         };
         let first = match first {
             Ok(f) => f,
@@ -108,6 +143,7 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 _ = &mut shutdown => return state.shutting_down(),
+                _ = &mut expired => return state.expired(),
                 _ = state.s.out.closed() => return,
                 frame = inbound.message(), if inbound_open => match frame {
                     Ok(Some(frame)) => state.handle(frame).await,
@@ -140,6 +176,14 @@ impl State {
         let _ = self.s.kill.try_send(Status::unavailable(
             "the gateway is shutting down; reconnect and resume from the last seq you received",
         ));
+    }
+
+    fn expired(&self) {
+        tracing::debug!(user_id = %self.s.user, "token expired; closing the stream");
+        let _ = self
+            .s
+            .kill
+            .try_send(Status::unauthenticated(STREAM_EXPIRED));
     }
 
     async fn send(&self, frame: server_frame::Frame) -> Result<(), Gone> {
@@ -180,6 +224,9 @@ impl State {
                 error: error.map(|e| e.to_proto()),
             })
         };
+        if let Err(e) = self.s.limiter.admit(&self.s.user, Cost::Message) {
+            return self.send(ack(&f, 0, Some(e))).await;
+        }
         if let Err(e) = validate::send(
             &self.s.limits,
             &f.conversation_id,
