@@ -75,6 +75,10 @@ up() {
   # Unless one is configured, the same public development secret that
   # `confab token` (and `make token`) signs with: a local stack only.
   export CONFAB_JWT_SECRET=${CONFAB_JWT_SECRET:-confab-development-secret-do-not-use-in-production}
+  # History and the router refuse callers without the service token: a fresh
+  # random one per stack (never written to $STACK/env or printed).
+  CONFAB_SERVICE_TOKEN=$(head -c 24 /dev/urandom | base64)
+  export CONFAB_SERVICE_TOKEN
 
   local database_url="postgres://postgres@127.0.0.1:$pg_port/confab"
   # For `make migrate` and for people poking at the stack.

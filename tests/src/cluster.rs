@@ -198,6 +198,7 @@ impl Cluster {
                 kafka: kafka.clone(),
                 limits: shape.gateway.limits,
                 linger: Duration::from_millis(2),
+                service_token: Some(crate::topology::service_token()),
             };
             histories.push(
                 Node::spawn_with_group(|l, s, g| {
@@ -211,8 +212,12 @@ impl Cluster {
         for _ in 0..shape.routers {
             let config = RouterConfig {
                 kafka: kafka.clone(),
-                history: HistoryClientConfig::new(history_addrs.clone()),
+                history: HistoryClientConfig {
+                    service_token: Some(crate::topology::service_token()),
+                    ..HistoryClientConfig::new(history_addrs.clone())
+                },
                 links: LinkConfig::default(),
+                service_token: crate::topology::service_token(),
             };
             routers.push(
                 Node::spawn_with_group(|l, s, g| {
@@ -233,8 +238,12 @@ impl Cluster {
                 },
                 gateway: shape.gateway.clone(),
                 kafka: kafka.clone(),
-                history: HistoryClientConfig::new(history_addrs.clone()),
+                history: HistoryClientConfig {
+                    service_token: Some(crate::topology::service_token()),
+                    ..HistoryClientConfig::new(history_addrs.clone())
+                },
                 routers: router_addrs.clone(),
+                service_token: crate::topology::service_token(),
             };
             let hub = Hub::new(config.gateway_id.clone());
             let h = hub.clone();

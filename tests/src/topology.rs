@@ -8,6 +8,7 @@
 use crate::{init_tracing, wait_until, User, DEADLINE, SECRET};
 use anyhow::Result;
 use confab_common::auth::Authenticator;
+use confab_common::grpc::ServiceToken;
 use confab_common::pipeline::{partition_of, HistoryApi, MemTopic, Publisher};
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
 use confab_common::shutdown::{self, Signal, Trigger};
@@ -38,6 +39,18 @@ pub struct TopologyConfig {
     pub gateway: GatewayConfig,
     /// Settings of every router's gateway links.
     pub links: LinkConfig,
+    /// When set, history and the routers require this token
+    /// ([`service_token`]) and the gateways and routers present it. `None` by
+    /// default: some tests dial history and routers directly.
+    pub service_token: Option<ServiceToken>,
+}
+
+/// The fixed service token of the tests (`CONFAB_SERVICE_TOKEN`).
+pub const SERVICE_TOKEN: &str = "confab-test-service-token-0123456789abcdef";
+
+/// [`SERVICE_TOKEN`], parsed.
+pub fn service_token() -> ServiceToken {
+    ServiceToken::new(SERVICE_TOKEN).expect("the test token is valid")
 }
 
 impl Default for TopologyConfig {
@@ -48,6 +61,7 @@ impl Default for TopologyConfig {
             partitions: 4,
             gateway: crate::test_gateway_config(),
             links: LinkConfig::default(),
+            service_token: None,
         }
     }
 }
@@ -118,6 +132,8 @@ pub struct RouterNode {
     pub partitions: Vec<usize>,
     /// The `RouterLink` server, while it runs.
     server: Option<Served>,
+    /// What it requires of gateways, if anything.
+    service_token: Option<ServiceToken>,
 }
 
 impl RouterNode {
@@ -138,8 +154,14 @@ impl RouterNode {
     fn serve(&mut self, listener: TcpListener) {
         assert!(self.server.is_none(), "the router server is running");
         let links = self.links.clone();
-        self.server = Some(Served::spawn(move |signal| {
-            confab_router::attach::serve(links, listener, signal)
+        let token = self.service_token.clone();
+        self.server = Some(Served::spawn(move |signal| async move {
+            match token {
+                Some(token) => {
+                    confab_router::attach::serve_with_auth(links, token, listener, signal).await
+                }
+                None => confab_router::attach::serve(links, listener, signal).await,
+            }
         }));
     }
 }
@@ -203,10 +225,16 @@ impl Topology {
         let listener = bind(0).await;
         let history_addr = listener.local_addr().expect("history addr");
         let local: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
+        let token = config.service_token.clone();
         let history = HistoryNode {
             addr: history_addr,
-            server: Served::spawn(move |signal| {
-                confab_history::grpc::serve(local, listener, signal)
+            server: Served::spawn(move |signal| async move {
+                match token {
+                    Some(token) => {
+                        confab_history::grpc::serve_with_auth(local, token, listener, signal).await
+                    }
+                    None => confab_history::grpc::serve(local, listener, signal).await,
+                }
             }),
         };
 
@@ -223,7 +251,7 @@ impl Topology {
             let (partitions, receivers): (Vec<usize>, Vec<_>) = share.into_iter().unzip();
             pipeline.extend(confab_router::spawn(
                 receivers,
-                Self::remote_history_at(history_addr),
+                Self::remote_history_at(history_addr, config.service_token.clone()),
                 links.clone(),
             ));
             let listener = bind(0).await;
@@ -232,6 +260,7 @@ impl Topology {
                 links,
                 partitions,
                 server: None,
+                service_token: config.service_token.clone(),
             };
             node.serve(listener);
             routers.push(node);
@@ -246,7 +275,7 @@ impl Topology {
             let listener = bind(0).await;
             let addr = listener.local_addr().expect("gateway addr");
             let publisher: Arc<dyn Publisher<IngressRecord>> = ingress.clone();
-            let history = Self::remote_history_at(history_addr);
+            let history = Self::remote_history_at(history_addr, config.service_token.clone());
             let gateway_config = config.gateway.clone();
             let service_hub = hub.clone();
             let server = Served::spawn(move |signal: Signal| {
@@ -263,6 +292,7 @@ impl Topology {
             let attach_config = AttachConfig {
                 backoff_min: Duration::from_millis(20),
                 backoff_max: Duration::from_millis(200),
+                service_token: config.service_token.clone(),
                 ..AttachConfig::new(router_addrs.clone())
             };
             let attach_hub = hub.clone();
@@ -290,17 +320,18 @@ impl Topology {
         topology
     }
 
-    /// A `RemoteHistory` client of history at `addr`.
-    fn remote_history_at(addr: SocketAddr) -> Arc<RemoteHistory> {
-        Arc::new(
-            RemoteHistory::new(&HistoryClientConfig::new([addr.to_string()]))
-                .expect("history address"),
-        )
+    /// A `RemoteHistory` client of history at `addr`, presenting `token`.
+    fn remote_history_at(addr: SocketAddr, token: Option<ServiceToken>) -> Arc<RemoteHistory> {
+        let config = HistoryClientConfig {
+            service_token: token,
+            ..HistoryClientConfig::new([addr.to_string()])
+        };
+        Arc::new(RemoteHistory::new(&config).expect("history address"))
     }
 
     /// A new gRPC client of history, as the gateways and routers use it.
     pub fn remote_history(&self) -> Arc<RemoteHistory> {
-        Self::remote_history_at(self.history.addr)
+        Self::remote_history_at(self.history.addr, self.config.service_token.clone())
     }
 
     /// The gateway `g<n>` (1-based, as named).

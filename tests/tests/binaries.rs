@@ -68,6 +68,37 @@ fn bad_configuration_exits_64_naming_the_variable() {
 }
 
 #[test]
+fn the_service_token_is_required_and_long_enough() {
+    // Everything else settled, each service names the missing token last.
+    let kafka = ("CONFAB_KAFKA_BROKERS", "127.0.0.1:1");
+    let history = [("CONFAB_DATABASE_URL", "postgres://127.0.0.1:1/x"), kafka];
+    let router = [("CONFAB_HISTORY_ADDRS", "127.0.0.1:1"), kafka];
+    let gateway = [
+        ("CONFAB_JWT_SECRET", "a-gateway-secret-of-enough-bytes"),
+        ("CONFAB_HISTORY_ADDRS", "127.0.0.1:1"),
+        ("CONFAB_ROUTER_ADDRS", "127.0.0.1:2"),
+        ("CONFAB_GATEWAY_ID", "gw-1"),
+        kafka,
+    ];
+    for (name, env) in [
+        ("confab-history", &history[..]),
+        ("confab-router", &router[..]),
+        ("confab-gateway", &gateway[..]),
+    ] {
+        refused(&run(name, &[], env), "CONFAB_SERVICE_TOKEN");
+        let short = "short-service-token-31-bytes-xx";
+        let mut with_short = env.to_vec();
+        with_short.push(("CONFAB_SERVICE_TOKEN", short));
+        let out = run(name, &[], &with_short);
+        refused(&out, "CONFAB_SERVICE_TOKEN");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("at least 32 bytes"), "{name}: {stderr}");
+        // The token never appears in the message.
+        assert!(!stderr.contains(short), "{name}: {stderr}");
+    }
+}
+
+#[test]
 fn a_flag_stands_in_for_its_variable() {
     // Without the variable the router refuses CONFAB_HISTORY_ADDRS; with the
     // flag, that is settled and the next bad value is the one reported.

@@ -124,6 +124,10 @@ async fn acknowledged_messages_survive_kill_9_of_every_service() {
         ("CONFAB_KAFKA_PARTITIONS".to_string(), "4".to_string()),
         ("CONFAB_HISTORY_ADDRS".to_string(), history_addr.clone()),
         ("CONFAB_LOG".to_string(), "info".to_string()),
+        (
+            "CONFAB_SERVICE_TOKEN".to_string(),
+            confab_tests::topology::SERVICE_TOKEN.to_string(),
+        ),
     ];
     let common: Vec<(String, String)> = common
         .into_iter()

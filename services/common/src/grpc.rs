@@ -2,18 +2,201 @@
 //! service and server reflection (v1, and v1alpha which grpcurl 1.8 speaks),
 //! HTTP/2 keepalive to find peers that vanished, a graceful stop that
 //! marks the service not serving before draining, and per-call metrics
-//! ([`crate::metrics`]) with the process's readiness.
+//! ([`crate::metrics`]) with the process's readiness. Internal services
+//! (router, history) are served with a [`ServiceToken`] that every caller
+//! must present ([`serve_with_auth`]).
 
+use crate::config::{ConfigError, Env};
 use crate::shutdown::Signal;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+/// The variable holding the token shared by the services of one deployment.
+pub const SERVICE_TOKEN_VAR: &str = "CONFAB_SERVICE_TOKEN";
+
+/// The metadata key callers of an internal service put the token in.
+pub const SERVICE_TOKEN_HEADER: &str = "x-confab-service-token";
+
+/// Shortest service token accepted, in bytes.
+pub const SERVICE_TOKEN_MIN_BYTES: usize = 32;
+
+/// What a caller without the right token sees (UNAUTHENTICATED).
+pub const SERVICE_TOKEN_REQUIRED: &str =
+    "this is an internal service: callers must present the service token";
+
+/// Calls to this service are answered without a token, so orchestrators can
+/// probe (`grpc.health.v1.Health/Check` and `/Watch`).
+const OPEN_PREFIX: &str = "/grpc.health.v1.Health/";
+
+/// The secret that internal services (router, history) require of their
+/// callers, and that gateways and routers present to them. Never printed:
+/// its `Debug` is redacted.
+#[derive(Clone)]
+pub struct ServiceToken {
+    /// The token as configured.
+    value: Arc<str>,
+    /// The same, ready to put into request metadata.
+    metadata: AsciiMetadataValue,
+}
+
+impl std::fmt::Debug for ServiceToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceToken(<redacted>)")
+    }
+}
+
+impl ServiceToken {
+    /// `token`, if it is at least [`SERVICE_TOKEN_MIN_BYTES`] of visible
+    /// ASCII (e.g. base64); the error names [`SERVICE_TOKEN_VAR`] and never
+    /// the token.
+    pub fn new(token: &str) -> Result<Self, ConfigError> {
+        let bad = |reason: &str| ConfigError {
+            key: SERVICE_TOKEN_VAR.into(),
+            value: "<redacted>".into(),
+            reason: reason.into(),
+        };
+        if token.len() < SERVICE_TOKEN_MIN_BYTES {
+            return Err(bad(&format!(
+                "must be at least {SERVICE_TOKEN_MIN_BYTES} bytes \
+                 (e.g. `head -c 24 /dev/urandom | base64`)"
+            )));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(bad(
+                "must be visible ASCII without spaces (e.g. base64 of random bytes)",
+            ));
+        }
+        let metadata = MetadataValue::try_from(token)
+            .map_err(|_| bad("must be visible ASCII without spaces"))?;
+        Ok(Self {
+            value: token.into(),
+            metadata,
+        })
+    }
+
+    /// [`SERVICE_TOKEN_VAR`], which is required.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        match env.get(SERVICE_TOKEN_VAR) {
+            Some(token) => Self::new(&token),
+            None => Err(ConfigError {
+                key: SERVICE_TOKEN_VAR.into(),
+                value: String::new(),
+                reason: format!(
+                    "required: the token shared by gateways, routers and history \
+                     (at least {SERVICE_TOKEN_MIN_BYTES} bytes)"
+                ),
+            }),
+        }
+    }
+
+    /// Whether `presented` is this token, in time that depends only on the
+    /// token's length, not on where `presented` differs from it.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let expected = self.value.as_bytes();
+        let mut diff = u8::from(presented.len() != expected.len());
+        for (i, e) in expected.iter().enumerate() {
+            diff |= e ^ presented.get(i).copied().unwrap_or(!e);
+        }
+        std::hint::black_box(diff) == 0
+    }
+
+    /// Puts the token into `request`'s metadata, for an internal service.
+    pub fn attach<T>(&self, request: &mut tonic::Request<T>) {
+        request
+            .metadata_mut()
+            .insert(SERVICE_TOKEN_HEADER, self.metadata.clone());
+    }
+}
+
+/// Refuses, with UNAUTHENTICATED, every call that does not carry the
+/// [`ServiceToken`] in [`SERVICE_TOKEN_HEADER`] — except health checks.
+/// Without a token it lets everything through.
+#[derive(Debug, Clone)]
+pub struct ServiceAuthLayer {
+    token: Option<ServiceToken>,
+}
+
+impl ServiceAuthLayer {
+    /// Requires `token` of callers; `None` requires nothing.
+    pub fn new(token: Option<ServiceToken>) -> Self {
+        Self { token }
+    }
+}
+
+impl<S> tower::Layer<S> for ServiceAuthLayer {
+    type Service = ServiceAuth<S>;
+
+    fn layer(&self, inner: S) -> ServiceAuth<S> {
+        ServiceAuth {
+            inner,
+            token: self.token.clone(),
+        }
+    }
+}
+
+/// The service [`ServiceAuthLayer`] wraps around a server's routes.
+#[derive(Debug, Clone)]
+pub struct ServiceAuth<S> {
+    inner: S,
+    token: Option<ServiceToken>,
+}
+
+impl<S> ServiceAuth<S> {
+    fn admits<B>(&self, req: &http::Request<B>) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        if req.uri().path().starts_with(OPEN_PREFIX) {
+            return true;
+        }
+        req.headers()
+            .get(SERVICE_TOKEN_HEADER)
+            .is_some_and(|presented| token.matches(presented.as_bytes()))
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B> tower::Service<http::Request<B>> for ServiceAuth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if self.admits(&req) {
+            Box::pin(self.inner.call(req))
+        } else {
+            tracing::debug!(
+                path = req.uri().path(),
+                "call without the service token refused"
+            );
+            let refused = tonic::Status::unauthenticated(SERVICE_TOKEN_REQUIRED).into_http();
+            Box::pin(std::future::ready(Ok(refused)))
+        }
+    }
+}
+
 /// Serves `routes` (the service named `service_name`, e.g.
 /// `<ChatServer<_> as NamedService>::NAME`) on `listener` until `shutdown`;
-/// reflection describes `descriptor_set`.
+/// reflection describes `descriptor_set`. Anyone may call: this is for the
+/// gateway (which authenticates its users itself) and in-process tests.
 pub async fn serve(
     what: &'static str,
     service_name: &'static str,
@@ -21,6 +204,29 @@ pub async fn serve(
     descriptor_set: &'static [u8],
     listener: TcpListener,
     shutdown: Signal,
+) -> Result<(), tonic::transport::Error> {
+    serve_with_auth(
+        what,
+        service_name,
+        routes,
+        descriptor_set,
+        listener,
+        shutdown,
+        None,
+    )
+    .await
+}
+
+/// [`serve`], and with `auth` every call except health checks (reflection
+/// included) must present that token ([`ServiceAuthLayer`]).
+pub async fn serve_with_auth(
+    what: &'static str,
+    service_name: &'static str,
+    routes: Routes,
+    descriptor_set: &'static [u8],
+    listener: TcpListener,
+    shutdown: Signal,
+    auth: Option<ServiceToken>,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -68,7 +274,12 @@ pub async fn serve(
     let served = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .layer(layer)
+        // Metrics outermost: refused calls are counted as UNAUTHENTICATED.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(layer)
+                .layer(ServiceAuthLayer::new(auth)),
+        )
         .add_routes(routes)
         .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
         .await;
@@ -152,4 +363,44 @@ where
         code
     });
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(token: &str) -> HashMap<String, String> {
+        HashMap::from([(SERVICE_TOKEN_VAR.to_string(), token.to_string())])
+    }
+
+    #[test]
+    fn the_token_is_required_long_enough_and_never_shown() {
+        let missing = ServiceToken::from_env(&HashMap::new()).expect_err("missing");
+        assert_eq!(missing.key, SERVICE_TOKEN_VAR);
+        assert!(missing.reason.starts_with("required"));
+        let short = ServiceToken::from_env(&env("short-secret-token")).expect_err("short");
+        assert_eq!(short.key, SERVICE_TOKEN_VAR);
+        assert!(!short.to_string().contains("short-secret-token"));
+        assert!(short.reason.contains("at least 32 bytes"));
+        let spaced = ServiceToken::new(&format!("{} x", "a".repeat(32))).expect_err("space");
+        assert!(spaced.reason.contains("visible ASCII"));
+        let token = ServiceToken::from_env(&env(&"s".repeat(32))).expect("valid");
+        assert_eq!(format!("{token:?}"), "ServiceToken(<redacted>)");
+    }
+
+    #[test]
+    fn matches_only_the_exact_token() {
+        let token = ServiceToken::new("0123456789abcdef0123456789abcdef").expect("valid");
+        assert!(token.matches(b"0123456789abcdef0123456789abcdef"));
+        for wrong in [
+            &b""[..],
+            b"0123456789abcdef0123456789abcde",
+            b"0123456789abcdef0123456789abcdeF",
+            b"0123456789abcdef0123456789abcdef0",
+            b"x123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!token.matches(wrong), "{wrong:?}");
+        }
+    }
 }

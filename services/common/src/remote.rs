@@ -9,6 +9,7 @@ use crate::breaker::{
     BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen, GrpcFailures,
 };
 use crate::error::ChatError;
+use crate::grpc::ServiceToken;
 use crate::pipeline::HistoryApi;
 use async_trait::async_trait;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
@@ -85,6 +86,9 @@ pub struct HistoryClientConfig {
     /// When an address's circuit breaker opens (calls to it fail at once and
     /// go to the next address) and how it recovers.
     pub breaker: BreakerConfig,
+    /// The token history requires (`CONFAB_SERVICE_TOKEN`), sent with every
+    /// call; `None` sends none.
+    pub service_token: Option<ServiceToken>,
 }
 
 impl HistoryClientConfig {
@@ -95,6 +99,7 @@ impl HistoryClientConfig {
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(1),
             breaker: BreakerConfig::default(),
+            service_token: None,
         }
     }
 }
@@ -211,6 +216,8 @@ pub struct RemoteHistory {
     next: AtomicUsize,
     /// Longest wait for one answer.
     request_timeout: Duration,
+    /// Sent with every call.
+    service_token: Option<ServiceToken>,
 }
 
 impl std::fmt::Debug for RemoteHistory {
@@ -270,6 +277,7 @@ impl RemoteHistory {
             targets,
             next: AtomicUsize::new(0),
             request_timeout: config.request_timeout,
+            service_token: config.service_token.clone(),
         })
     }
 
@@ -302,6 +310,9 @@ impl RemoteHistory {
             let mut req = Request::new(msg.clone());
             // History gives up when the caller would have stopped waiting.
             req.set_timeout(self.request_timeout);
+            if let Some(token) = &self.service_token {
+                token.attach(&mut req);
+            }
             let status = match target.stack.clone().oneshot(req).await {
                 Ok(response) => return Ok(response.into_inner()),
                 Err(status) => status,

@@ -7,6 +7,7 @@
 //! every time.
 
 use crate::hub::{Hub, Presence};
+use confab_common::grpc::ServiceToken;
 use confab_common::pipeline::DeliverySink;
 use confab_common::remote::{endpoint, AddressError};
 use confab_common::shutdown::Signal;
@@ -37,6 +38,9 @@ pub struct AttachConfig {
     pub backoff_max: Duration,
     /// Longest wait to connect and be accepted by a router.
     pub connect_timeout: Duration,
+    /// The token routers require (`CONFAB_SERVICE_TOKEN`), sent when
+    /// attaching; `None` sends none.
+    pub service_token: Option<ServiceToken>,
 }
 
 impl AttachConfig {
@@ -47,6 +51,7 @@ impl AttachConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            service_token: None,
         }
     }
 }
@@ -164,8 +169,12 @@ async fn attach_once(
     }
     let connect = async {
         let channel = endpoint.connect().await.map_err(|e| describe(&e))?;
+        let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
+        if let Some(token) = &config.service_token {
+            token.attach(&mut request);
+        }
         RouterLinkClient::new(channel)
-            .attach(ReceiverStream::new(out_rx))
+            .attach(request)
             .await
             .map_err(|s| s.message().to_string())
     };

@@ -6,6 +6,7 @@ use crate::attach::AttachConfig;
 use crate::{ChatService, GatewayConfig, Hub};
 use confab_common::auth::{AuthConfig, Authenticator};
 use confab_common::config::{list, parse_or, required, ConfigError, Env};
+use confab_common::grpc::ServiceToken;
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
 use confab_common::shutdown::Signal;
 use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
@@ -26,10 +27,14 @@ pub struct DistributedConfig {
     pub gateway: GatewayConfig,
     /// The broker and topics.
     pub kafka: KafkaConfig,
-    /// History addresses (`CONFAB_HISTORY_ADDRS`).
+    /// History addresses (`CONFAB_HISTORY_ADDRS`); its `service_token` is
+    /// what history requires.
     pub history: HistoryClientConfig,
     /// Router addresses (`CONFAB_ROUTER_ADDRS`).
     pub routers: Vec<String>,
+    /// What routers require to attach (`CONFAB_SERVICE_TOKEN`, required; the
+    /// same one is sent to history).
+    pub service_token: ServiceToken,
 }
 
 impl DistributedConfig {
@@ -73,13 +78,21 @@ impl DistributedConfig {
             5000u64,
             "milliseconds",
         )?);
+        let gateway_id = required(env, "CONFAB_GATEWAY_ID", "a unique id for this gateway")?;
+        let gateway = GatewayConfig::from_env(env)?;
+        let kafka = KafkaConfig::from_env(env)?;
+        let routers = need_list("CONFAB_ROUTER_ADDRS")?;
+        // Last, so the variables above are reported first.
+        let service_token = ServiceToken::from_env(env)?;
+        history.service_token = Some(service_token.clone());
         Ok(Self {
-            gateway_id: required(env, "CONFAB_GATEWAY_ID", "a unique id for this gateway")?,
+            gateway_id,
             auth,
-            gateway: GatewayConfig::from_env(env)?,
-            kafka: KafkaConfig::from_env(env)?,
+            gateway,
+            kafka,
             history,
-            routers: need_list("CONFAB_ROUTER_ADDRS")?,
+            routers,
+            service_token,
         })
     }
 }
@@ -107,7 +120,10 @@ pub async fn run_with_hub(
     let history = Arc::new(RemoteHistory::new(&config.history)?);
     let attach = tokio::spawn(crate::attach::run(
         hub.clone(),
-        AttachConfig::new(config.routers.clone()),
+        AttachConfig {
+            service_token: Some(config.service_token.clone()),
+            ..AttachConfig::new(config.routers.clone())
+        },
         shutdown.clone(),
     ));
     let service = ChatService::new(

@@ -7,6 +7,7 @@
 use crate::ingest::{apply_with_retry, MAX_BATCH};
 use crate::{LocalHistory, PostgresStore, Store};
 use confab_common::config::{parse_or, required, ConfigError, Env};
+use confab_common::grpc::ServiceToken;
 use confab_common::pipeline::Publisher;
 use confab_common::shutdown::Signal;
 use confab_common::validate::Limits;
@@ -33,11 +34,24 @@ pub struct HistoryConfig {
     pub limits: Limits,
     /// How long a batch waits for more records after the first.
     pub linger: Duration,
+    /// What every caller of the read API must present
+    /// (`CONFAB_SERVICE_TOKEN`, required: [`run`] refuses to start without
+    /// one; only `confab-history migrate`, which serves nothing, has none).
+    pub service_token: Option<ServiceToken>,
 }
 
 impl HistoryConfig {
-    /// Reads `CONFAB_*` variables.
+    /// Reads `CONFAB_*` variables; `CONFAB_SERVICE_TOKEN` is required.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut config = Self::from_env_for_migrate(env)?;
+        // Last, so the variables above are reported first.
+        config.service_token = Some(ServiceToken::from_env(env)?);
+        Ok(config)
+    }
+
+    /// [`HistoryConfig::from_env`] without the service token, for
+    /// `confab-history migrate` (which serves nothing).
+    pub fn from_env_for_migrate(env: &dyn Env) -> Result<Self, ConfigError> {
         let defaults = Limits::default();
         Ok(Self {
             database_url: required(env, "CONFAB_DATABASE_URL", "a postgres:// URL")?,
@@ -58,6 +72,7 @@ impl HistoryConfig {
                 2,
                 "milliseconds",
             )?),
+            service_token: None,
         })
     }
 }
@@ -81,6 +96,9 @@ pub async fn run_with_state(
     shutdown: Signal,
     state: Option<oneshot::Sender<Arc<GroupState>>>,
 ) -> anyhow::Result<()> {
+    let Some(service_token) = config.service_token.clone() else {
+        anyhow::bail!("CONFAB_SERVICE_TOKEN is required to serve history");
+    };
     let store: Arc<dyn Store> =
         Arc::new(PostgresStore::connect(&config.database_url, config.limits, config.pool).await?);
     ensure_topics(&config.kafka).await?;
@@ -97,7 +115,13 @@ pub async fn run_with_state(
         config.linger,
         shutdown.clone(),
     ));
-    crate::grpc::serve(Arc::new(LocalHistory::new(store)), listener, shutdown).await?;
+    crate::grpc::serve_with_auth(
+        Arc::new(LocalHistory::new(store)),
+        service_token,
+        listener,
+        shutdown,
+    )
+    .await?;
     let _ = sequencer.await;
     if let Err(e) = outcomes.flush(Duration::from_secs(5)).await {
         tracing::warn!(error = %e, "outcomes not flushed at shutdown; they are replayed from ingress");

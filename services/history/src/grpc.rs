@@ -4,6 +4,7 @@
 //! same status whether history is local or remote.
 
 use confab_common::error::ChatError;
+use confab_common::grpc::ServiceToken;
 use confab_common::pipeline::HistoryApi;
 use confab_common::shutdown::Signal;
 use confab_proto::internal::v1::history_reader_server::{HistoryReader, HistoryReaderServer};
@@ -74,20 +75,43 @@ impl HistoryReader for HistoryReaderService {
 
 /// Serves `HistoryReader`, health and reflection on `listener` until
 /// `shutdown` fires, then finishes the calls in flight.
+/// Anyone may call: for in-process tests; a history process serves with
+/// [`serve_with_auth`].
 pub async fn serve(
     reader: Arc<dyn HistoryApi>,
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
+    serve_inner(reader, None, listener, shutdown).await
+}
+
+/// [`serve`], refusing with UNAUTHENTICATED every call (but health checks)
+/// that does not present `token`.
+pub async fn serve_with_auth(
+    reader: Arc<dyn HistoryApi>,
+    token: ServiceToken,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> Result<(), tonic::transport::Error> {
+    serve_inner(reader, Some(token), listener, shutdown).await
+}
+
+async fn serve_inner(
+    reader: Arc<dyn HistoryApi>,
+    token: Option<ServiceToken>,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> Result<(), tonic::transport::Error> {
     use tonic::server::NamedService;
     type Server = HistoryReaderServer<HistoryReaderService>;
-    confab_common::grpc::serve(
+    confab_common::grpc::serve_with_auth(
         "history",
         Server::NAME,
         tonic::service::Routes::new(Server::new(HistoryReaderService::new(reader))),
         confab_proto::FILE_DESCRIPTOR_SET,
         listener,
         shutdown,
+        token,
     )
     .await
 }

@@ -37,7 +37,11 @@ fn main() {
         .flag("CONFAB_LISTEN", cli.listen)
         .flag("CONFAB_KAFKA_BROKERS", cli.kafka_brokers)
         .flag("CONFAB_DATABASE_URL", cli.database_url);
-    let config = confab_history::distributed::HistoryConfig::from_env(&env);
+    let config = if migrate_only {
+        confab_history::distributed::HistoryConfig::from_env_for_migrate(&env)
+    } else {
+        confab_history::distributed::HistoryConfig::from_env(&env)
+    };
     if migrate_only {
         let code = match (config, tokio::runtime::Runtime::new()) {
             (Err(e), _) => {

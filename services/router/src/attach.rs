@@ -530,21 +530,44 @@ fn outbound(
 /// Serves `RouterLink`, health and reflection on `listener` until `shutdown`
 /// fires; every gateway stream then ends with UNAVAILABLE (the gateways
 /// reconnect elsewhere or when the router is back).
+/// Anyone may attach: for in-process tests; a router process serves with
+/// [`serve_with_auth`].
 pub async fn serve(
     links: Arc<GatewayLinks>,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> Result<(), tonic::transport::Error> {
+    serve_inner(links, None, listener, shutdown).await
+}
+
+/// [`serve`], refusing with UNAUTHENTICATED every call (but health checks)
+/// that does not present `token`.
+pub async fn serve_with_auth(
+    links: Arc<GatewayLinks>,
+    token: confab_common::grpc::ServiceToken,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> Result<(), tonic::transport::Error> {
+    serve_inner(links, Some(token), listener, shutdown).await
+}
+
+async fn serve_inner(
+    links: Arc<GatewayLinks>,
+    token: Option<confab_common::grpc::ServiceToken>,
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
     use tonic::server::NamedService;
     type Server = RouterLinkServer<RouterLinkService>;
     let service = RouterLinkService::new(links, shutdown.clone());
-    confab_common::grpc::serve(
+    confab_common::grpc::serve_with_auth(
         "router",
         Server::NAME,
         tonic::service::Routes::new(Server::new(service)),
         confab_proto::FILE_DESCRIPTOR_SET,
         listener,
         shutdown,
+        token,
     )
     .await
 }

@@ -6,6 +6,7 @@
 use crate::attach::{GatewayLinks, LinkConfig};
 use crate::Router;
 use confab_common::config::{list, parse_or, ConfigError, Env};
+use confab_common::grpc::ServiceToken;
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
 use confab_common::shutdown::Signal;
 use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig};
@@ -23,10 +24,14 @@ pub const GROUP: &str = "router";
 pub struct RouterConfig {
     /// The broker and topics.
     pub kafka: KafkaConfig,
-    /// History addresses (`CONFAB_HISTORY_ADDRS`), for membership.
+    /// History addresses (`CONFAB_HISTORY_ADDRS`), for membership; its
+    /// `service_token` is what history requires.
     pub history: HistoryClientConfig,
     /// Gateway link limits.
     pub links: LinkConfig,
+    /// What every gateway must present to attach (`CONFAB_SERVICE_TOKEN`,
+    /// required; the same one is sent to history).
+    pub service_token: ServiceToken,
 }
 
 impl RouterConfig {
@@ -47,10 +52,15 @@ impl RouterConfig {
             5000u64,
             "milliseconds",
         )?);
+        let kafka = KafkaConfig::from_env(env)?;
+        // Last, so the variables above are reported first.
+        let service_token = ServiceToken::from_env(env)?;
+        history.service_token = Some(service_token.clone());
         Ok(Self {
-            kafka: KafkaConfig::from_env(env)?,
+            kafka,
             history,
             links: LinkConfig::default(),
+            service_token,
         })
     }
 }
@@ -83,7 +93,7 @@ pub async fn run_with_state(
         let _ = tx.send(consumer.state());
     }
     let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown.clone()));
-    crate::attach::serve(links, listener, shutdown).await?;
+    crate::attach::serve_with_auth(links, config.service_token.clone(), listener, shutdown).await?;
     let _ = routing.await;
     Ok(())
 }
