@@ -363,6 +363,10 @@ fn a_service_binary_refuses_a_bad_metrics_address() {
     }
     let out = cmd
         .env("CONFAB_DATABASE_URL", "postgres://127.0.0.1:1/confab")
+        .env(
+            "CONFAB_SERVICE_TOKEN",
+            confab_tests::topology::SERVICE_TOKEN,
+        )
         .env("CONFAB_LISTEN", "127.0.0.1:0")
         .env("CONFAB_METRICS_LISTEN", "not an address")
         .output()
