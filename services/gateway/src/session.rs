@@ -389,8 +389,14 @@ impl State {
                 match self.fill(&m.conversation_id, c.last, m.seq).await {
                     Ok(()) => {}
                     Err(FillError::Gone) => return Err(Gone),
+                    // Going on would skip the gap for good; ending the stream
+                    // lets the client resume exactly where it is.
                     Err(FillError::Refused(e)) => {
-                        tracing::warn!(user_id = %self.s.user, conversation_id = %m.conversation_id, error = %e, "cannot fill gap")
+                        tracing::warn!(user_id = %self.s.user, conversation_id = %m.conversation_id, error = %e, "cannot fill gap; ending the stream");
+                        let _ = self.s.kill.try_send(Status::unavailable(
+                            "messages you missed could not be read from history; reconnect and resume from the last seq you received",
+                        ));
+                        return Err(Gone);
                     }
                 }
             }

@@ -6,6 +6,7 @@
 pub mod attach;
 pub mod distributed;
 
+use confab_common::error::ChatError;
 use confab_common::pipeline::{recv_batch, DeliverySink, HistoryApi};
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::{membership_event::Change, Message};
@@ -13,6 +14,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+/// How long a router keeps asking history for a conversation's members.
+const MEMBERS_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Most conversations whose members one router task caches.
 const MEMBER_CACHE_CAPACITY: usize = 100_000;
@@ -113,7 +117,7 @@ impl Router {
             return users.clone();
         }
         if !self.convs.contains_key(conv) {
-            match self.history.conversation(conv).await {
+            match self.load_members(conv).await {
                 // The fetched list already reflects this event.
                 Ok(c) => self.remember(conv, c.member_ids.into_iter().collect()),
                 Err(e) => {
@@ -146,6 +150,28 @@ impl Router {
             _ => {}
         }
         c.members.iter().cloned().chain(extra).collect()
+    }
+
+    /// The conversation's members from history, retried for a while: the
+    /// event exists, so its conversation does, and a failure is history
+    /// being unreachable. Holding the partition briefly beats members
+    /// missing the message live (they would only get it with the next one).
+    async fn load_members(&self, conv: &str) -> Result<confab_proto::v1::Conversation, ChatError> {
+        let give_up = tokio::time::Instant::now() + MEMBERS_RETRY_FOR;
+        let mut backoff = std::time::Duration::from_millis(50);
+        loop {
+            match self.history.conversation(conv).await {
+                Ok(c) => return Ok(c),
+                Err(e @ (ChatError::Unavailable(_) | ChatError::Internal(_)))
+                    if tokio::time::Instant::now() + backoff < give_up =>
+                {
+                    tracing::debug!(conversation_id = conv, error = %e, "members not loaded; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn remember(&mut self, conv: &str, members: BTreeSet<String>) {
@@ -338,5 +364,79 @@ mod tests {
             vec![(5, names(&["alice", "bob"])), (6, names(&["alice", "bob"]))]
         );
         assert_eq!(*sink.completed.lock().expect("lock"), vec![1, 2, 3]);
+    }
+
+    /// History that is unreachable for its first `fails` calls.
+    struct Flaky {
+        fails: std::sync::atomic::AtomicUsize,
+        members: Vec<String>,
+    }
+
+    #[async_trait]
+    impl HistoryApi for Flaky {
+        async fn get_history(
+            &self,
+            _: &str,
+            _: GetHistoryRequest,
+        ) -> Result<GetHistoryResponse, ChatError> {
+            Err(ChatError::Internal("not used".into()))
+        }
+        async fn list_conversations(&self, _: &str) -> Result<Vec<Conversation>, ChatError> {
+            Ok(vec![])
+        }
+        async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.fails.load(SeqCst) > 0 {
+                self.fails.fetch_sub(1, SeqCst);
+                return Err(ChatError::Unavailable(
+                    "history is unavailable; retry".into(),
+                ));
+            }
+            Ok(Conversation {
+                id: id.into(),
+                member_ids: self.members.clone(),
+                ..Default::default()
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn members_are_retried_while_history_is_briefly_unreachable() {
+        let sink = Arc::new(Recorder::default());
+        let history = Flaky {
+            fails: 5.into(),
+            members: names(&["alice", "bob"]),
+        };
+        let mut router = Router::new(Arc::new(history), sink.clone());
+        router.route(outcome(None, vec![event(3, None)])).await;
+        let d = sink.deliveries.lock().expect("lock").clone();
+        assert_eq!(
+            d,
+            vec![(3, names(&["alice", "bob"]))],
+            "every member, not just the sender"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_history_down_for_long_is_given_up_on_after_a_bound() {
+        let sink = Arc::new(Recorder::default());
+        let history = Flaky {
+            fails: usize::MAX.into(),
+            members: names(&["alice", "bob"]),
+        };
+        let mut router = Router::new(Arc::new(history), sink.clone());
+        let started = tokio::time::Instant::now();
+        router.route(outcome(None, vec![event(3, None)])).await;
+        assert!(
+            started.elapsed() <= MEMBERS_RETRY_FOR,
+            "{:?}",
+            started.elapsed()
+        );
+        let d = sink.deliveries.lock().expect("lock").clone();
+        assert_eq!(
+            d,
+            vec![(3, names(&["alice"]))],
+            "the sender still gets their own message"
+        );
     }
 }
