@@ -51,3 +51,8 @@ async fn bad_requests_get_precise_statuses_and_disturb_nobody() {
 async fn a_reader_that_falls_behind_is_disconnected_and_can_resume() {
     suite::a_reader_that_falls_behind_is_disconnected_and_can_resume(Kind::Embedded).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pages_are_cut_to_fit_and_page_on() {
+    suite::large_pages_are_cut_to_fit_and_page_on(Kind::Embedded).await;
+}

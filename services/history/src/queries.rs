@@ -10,6 +10,27 @@ use confab_common::validate;
 use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse};
 use std::sync::Arc;
 
+/// Largest encoded page: below the 4 MiB that gRPC clients (grpcurl, tonic)
+/// accept by default, so a page of large messages is cut short with
+/// `has_more` instead of failing in the client.
+pub const MAX_PAGE_BYTES: usize = 3 * 1024 * 1024;
+
+/// Keeps the longest prefix of `messages` that encodes within `max` bytes
+/// (at least one message); whether anything was dropped.
+fn truncate_to_bytes(messages: &mut Vec<confab_proto::v1::Message>, max: usize) -> bool {
+    use confab_proto::prost::Message as _;
+    let mut total = 0;
+    for (i, m) in messages.iter().enumerate() {
+        // Field tag and length prefix of each repeated entry: a few bytes.
+        total += m.encoded_len() + 8;
+        if total > max && i > 0 {
+            messages.truncate(i);
+            return true;
+        }
+    }
+    false
+}
+
 /// Reads served straight from a store.
 #[derive(Clone)]
 pub struct LocalHistory {
@@ -43,10 +64,13 @@ impl HistoryApi for LocalHistory {
         let (cursor, limit) = validate::history_page(req.before_seq, req.after_seq, req.limit)?;
         self.member_conversation(caller, &req.conversation_id)
             .await?;
-        let (messages, has_more) = self
+        let (mut messages, mut has_more) = self
             .store
             .history(&req.conversation_id, cursor, limit)
             .await?;
+        if truncate_to_bytes(&mut messages, MAX_PAGE_BYTES) {
+            has_more = true;
+        }
         Ok(GetHistoryResponse { messages, has_more })
     }
 
@@ -59,5 +83,35 @@ impl HistoryApi for LocalHistory {
             .conversation(id)
             .await?
             .ok_or_else(|| ChatError::no_conversation(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_proto::v1::Message;
+
+    #[test]
+    fn pages_are_cut_to_a_byte_budget_but_never_empty() {
+        let msg = |seq| Message {
+            seq,
+            body: "x".repeat(1000),
+            ..Default::default()
+        };
+        let mut page: Vec<Message> = (1..=10).map(msg).collect();
+        assert!(truncate_to_bytes(&mut page, 3_500));
+        assert_eq!(
+            page.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        let mut page: Vec<Message> = (1..=10).map(msg).collect();
+        assert!(!truncate_to_bytes(&mut page, 1_000_000));
+        assert_eq!(page.len(), 10);
+        let mut one = vec![msg(1)];
+        assert!(
+            !truncate_to_bytes(&mut one, 10),
+            "a single message always goes out"
+        );
+        assert_eq!(one.len(), 1);
     }
 }

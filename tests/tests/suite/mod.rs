@@ -620,3 +620,41 @@ pub async fn a_reader_that_falls_behind_is_disconnected_and_can_resume(kind: Kin
     assert_eq!(seqs(&msgs), (2..=last).collect::<Vec<_>>());
     server.stop().await;
 }
+
+/// A page of large messages is cut to what a gRPC client accepts by default
+/// (4 MiB) and says `has_more`; paging on returns every message once.
+pub async fn large_pages_are_cut_to_fit_and_page_on(kind: Kind) {
+    let settings = Settings {
+        max_body_bytes: Some(64 * 1024),
+        ..Settings::default()
+    };
+    let server = Server::start(kind, settings).await;
+    let alice = server.user("alice").await;
+    let conv = alice.group("big", &[]).await;
+    let body = "b".repeat(64 * 1024);
+    let mut senders = Vec::new();
+    for w in 0..4 {
+        let (alice, id, body) = (alice.clone(), conv.id.clone(), body.clone());
+        senders.push(tokio::spawn(async move {
+            for i in 0..16 {
+                alice
+                    .send(&id, &format!("big{w}-{i}"), &body)
+                    .await
+                    .expect("send");
+            }
+        }));
+    }
+    for s in senders {
+        s.await.expect("sender");
+    }
+    // 65 seqs, about 4 MiB of bodies: one page of 500 cannot hold them.
+    let first = alice
+        .history(&conv.id, None, Some(0), 500)
+        .await
+        .expect("page");
+    assert!(first.has_more, "a cut page says there is more");
+    assert!(first.messages.len() < 65 && !first.messages.is_empty());
+    let all = alice.all_seqs(&conv.id).await;
+    assert_eq!(all, (1..=65).collect::<Vec<_>>());
+    server.stop().await;
+}
