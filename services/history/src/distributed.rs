@@ -137,31 +137,16 @@ pub async fn sequence(
     linger: Duration,
     shutdown: Signal,
 ) {
-    let stop = shutdown.clone().wait();
-    tokio::pin!(stop);
-    loop {
-        let batch = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            b = consumer.next_batch(MAX_BATCH, linger) => b,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "ingress consumer failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
+    while let Some(batch) = consumer
+        .next_batch_or_stop(MAX_BATCH, linger, &shutdown)
+        .await
+    {
         if !batch.is_empty() {
             let records: Vec<IngressRecord> = batch.payloads().cloned().collect();
             let results = apply_with_retry(0, store.as_ref(), &records).await;
             publish_all(&outcomes, results).await;
         }
-        if let Err(e) = consumer.commit(batch.offsets()).await {
-            // Not fatal: the records are replayed and deduplicated.
-            tracing::warn!(error = %e, "cannot commit ingress offsets");
-        }
+        consumer.commit_done(&batch).await;
     }
     consumer.close().await;
     tracing::info!("sequencer stopped");

@@ -424,6 +424,40 @@ impl<T: KafkaRecord> BatchConsumer<T> {
         }
     }
 
+    /// The next batch, or `None` once `shutdown` fires: the loop every
+    /// service runs around its work. A consumer error is logged and retried
+    /// after a pause (librdkafka recovers from transient ones).
+    pub async fn next_batch_or_stop(
+        &mut self,
+        max: usize,
+        linger: Duration,
+        shutdown: &confab_common::shutdown::Signal,
+    ) -> Option<Batch<T>> {
+        loop {
+            let batch = tokio::select! {
+                biased;
+                _ = shutdown.clone().wait() => return None,
+                b = self.next_batch(max, linger) => b,
+            };
+            match batch {
+                Ok(b) => return Some(b),
+                Err(e) => {
+                    tracing::error!(group = %self.group, topic = %self.topic, error = %e, "consumer failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// Commits what `batch` read once its work is durable. A failure is not
+    /// fatal: the records are read again by the partition's next owner and
+    /// deduplicated downstream, so it is only logged.
+    pub async fn commit_done(&self, batch: &Batch<T>) {
+        if let Err(e) = self.commit(batch.offsets()).await {
+            tracing::warn!(group = %self.group, topic = %self.topic, error = %e, "cannot commit offsets; the records will be processed again");
+        }
+    }
+
     /// Commits `done` (a [`Batch`], its [`Offsets`], or some of its records)
     /// synchronously, for the partitions this consumer still owns; the rest
     /// is dropped with a log line (their next owner re-processes them).

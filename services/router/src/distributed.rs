@@ -108,22 +108,10 @@ pub async fn route(
     let state = consumer.state();
     let mut router = Router::new(history.clone(), links.clone());
     let mut rebalances = state.rebalances();
-    let stop = shutdown.clone().wait();
-    tokio::pin!(stop);
-    loop {
-        let batch = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            b = consumer.next_batch(256, Duration::from_millis(1)) => b,
-        };
-        let batch = match batch {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(error = %e, "messages consumer failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
+    while let Some(batch) = consumer
+        .next_batch_or_stop(256, Duration::from_millis(1), &shutdown)
+        .await
+    {
         if state.rebalances() != rebalances {
             rebalances = state.rebalances();
             router = Router::new(history.clone(), links.clone());
@@ -132,9 +120,7 @@ pub async fn route(
         for consumed in batch.records.iter() {
             router.route(consumed.record.clone()).await;
         }
-        if let Err(e) = consumer.commit(batch.offsets()).await {
-            tracing::warn!(error = %e, "cannot commit messages offsets; they are routed again");
-        }
+        consumer.commit_done(&batch).await;
     }
     consumer.close().await;
     tracing::info!("router stopped");

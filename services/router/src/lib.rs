@@ -200,26 +200,10 @@ mod tests {
     use std::sync::Mutex;
 
     /// History that knows one conversation's current members.
-    struct Members(Vec<String>);
-
-    #[async_trait]
-    impl HistoryApi for Members {
-        async fn get_history(
-            &self,
-            _: &str,
-            _: GetHistoryRequest,
-        ) -> Result<GetHistoryResponse, ChatError> {
-            Err(ChatError::Internal("not used".into()))
-        }
-        async fn list_conversations(&self, _: &str) -> Result<Vec<Conversation>, ChatError> {
-            Ok(vec![])
-        }
-        async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
-            Ok(Conversation {
-                id: id.into(),
-                member_ids: self.0.clone(),
-                ..Default::default()
-            })
+    fn members(users: Vec<String>) -> Flaky {
+        Flaky {
+            fails: 0.into(),
+            members: users,
         }
     }
 
@@ -285,7 +269,7 @@ mod tests {
     async fn recipients_follow_membership_events_in_stream_order() {
         let sink = Arc::new(Recorder::default());
         // History is never asked: creation fills the cache.
-        let mut router = Router::new(Arc::new(Members(vec![])), sink.clone());
+        let mut router = Router::new(Arc::new(members(vec![])), sink.clone());
         router
             .route(outcome(
                 Some(1),
@@ -327,7 +311,7 @@ mod tests {
     #[tokio::test]
     async fn a_cache_miss_asks_history_and_still_tells_the_removed_user() {
         let sink = Arc::new(Recorder::default());
-        let mut router = Router::new(Arc::new(Members(names(&["alice", "dave"]))), sink.clone());
+        let mut router = Router::new(Arc::new(members(names(&["alice", "dave"]))), sink.clone());
         // First event seen for this conversation is a removal (e.g. after a restart).
         router
             .route(outcome(
@@ -349,7 +333,7 @@ mod tests {
     #[tokio::test]
     async fn duplicates_and_replays_are_routed_at_most_once() {
         let sink = Arc::new(Recorder::default());
-        let mut router = Router::new(Arc::new(Members(names(&["alice", "bob"]))), sink.clone());
+        let mut router = Router::new(Arc::new(members(names(&["alice", "bob"]))), sink.clone());
         // A replay for a conversation never routed here: dropped, but completed.
         router.route(replay(1, vec![event(4, None)])).await;
         router.route(outcome(None, vec![event(5, None)])).await;
