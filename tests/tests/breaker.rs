@@ -1,7 +1,8 @@
 //! The history client's circuit breaker over real sockets: once an address
 //! has failed often enough, calls to it are refused at once with UNAVAILABLE
 //! saying when history will be retried, and the address is used again as soon
-//! as a history server answers on it.
+//! as a history server answers on it. Its state and refusals show in the
+//! Prometheus metrics.
 
 use confab_common::breaker::{BreakerConfig, BreakerState};
 use confab_common::error::ChatError;
@@ -46,12 +47,38 @@ fn state(remote: &RemoteHistory) -> BreakerState {
     remote.breakers().next().expect("one address").state()
 }
 
+/// The value of the sample of `name` with (at least) `labels` in what
+/// `/metrics` would serve now.
+fn sample(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = confab_common::metrics::install().render();
+    let prefix = format!("{name}{{");
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(&prefix)?;
+        let (set, value) = rest.rsplit_once("} ")?;
+        labels
+            .iter()
+            .all(|(k, v)| set.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_comes_back() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
+    // The recorder first, so that the breaker's first state is recorded.
+    confab_common::metrics::install();
     let remote = client(&addr, Duration::from_secs(5), Duration::from_secs(1));
     let mut states = remote.breakers().next().expect("one address").subscribe();
+    let name = format!("history {addr}");
+    let breaker = [("breaker", name.as_str())];
+    let to = |state: &'static str| {
+        sample(
+            "confab_breaker_transitions_total",
+            &[("breaker", name.as_str()), ("to", state)],
+        )
+    };
+    assert_eq!(sample("confab_breaker_state", &breaker), Some(0.0));
 
     // Nothing listens: each refused connection is a failure; the third opens
     // the breaker.
@@ -61,6 +88,8 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
     }
     assert_eq!(state(&remote), BreakerState::Open);
     assert_eq!(*states.borrow_and_update(), BreakerState::Open);
+    assert_eq!(sample("confab_breaker_state", &breaker), Some(2.0));
+    assert_eq!(to("open"), Some(1.0));
 
     // Open: refused at once, far within the 5 s connect timeout, and the
     // client of a gateway would see UNAVAILABLE saying when to come back.
@@ -71,6 +100,7 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
         let status = Status::from(err);
         assert_eq!(status.code(), Code::Unavailable);
     }
+    assert_eq!(sample("confab_breaker_rejected_total", &breaker), Some(5.0));
 
     // History comes up on that address.
     let dir = tempfile::tempdir().expect("temp dir");
@@ -100,6 +130,12 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
     assert_eq!(answer, ChatError::no_conversation("grp-none"));
     assert_eq!(state(&remote), BreakerState::Closed);
     assert_eq!(*states.borrow_and_update(), BreakerState::Closed);
+    assert_eq!(sample("confab_breaker_state", &breaker), Some(0.0));
+    // Each half-open ended in a close or, if a probe found history not
+    // ready yet, in opening again.
+    assert_eq!(to("closed"), Some(1.0));
+    assert!(to("half_open") >= Some(1.0));
+    assert_eq!(to("open"), to("half_open"));
 
     // Answers about the request do not count against history.
     for _ in 0..10 {

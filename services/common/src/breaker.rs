@@ -2,11 +2,20 @@
 //! to one dependency; when too many of the recent ones failed it opens, and
 //! calls fail at once instead of waiting on a dependency that is down. After a
 //! pause a few probe calls go through, and their outcome closes or re-opens it.
+//!
+//! Every transition is a log line and shows in the metrics
+//! [`crate::metrics::BREAKER_STATE`] and [`crate::metrics::BREAKER_TRANSITIONS`];
+//! refused calls count in [`crate::metrics::BREAKER_REJECTED`]. The settings
+//! come from `CONFAB_BREAKER_*` variables ([`BreakerConfig::from_env`]).
 
+use crate::config::{parse_or, ConfigError, Env};
+use crate::metrics::{BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS};
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -44,7 +53,76 @@ impl Default for BreakerConfig {
     }
 }
 
+/// Failure rate (0 to 1) at which a breaker opens ([`BreakerConfig::failure_threshold`]).
+pub const FAILURE_RATE_VAR: &str = "CONFAB_BREAKER_FAILURE_RATE";
+/// Calls the failure rate is computed over ([`BreakerConfig::window`]).
+pub const WINDOW_VAR: &str = "CONFAB_BREAKER_WINDOW";
+/// Fewest calls in the window before a breaker may open ([`BreakerConfig::min_calls`]).
+pub const MIN_CALLS_VAR: &str = "CONFAB_BREAKER_MIN_CALLS";
+/// Milliseconds a breaker stays open ([`BreakerConfig::open_for`]).
+pub const OPEN_MS_VAR: &str = "CONFAB_BREAKER_OPEN_MS";
+/// Probe calls at a time while half-open ([`BreakerConfig::half_open_probes`]).
+pub const HALF_OPEN_PROBES_VAR: &str = "CONFAB_BREAKER_HALF_OPEN_PROBES";
+
+/// Largest window: its outcomes are kept in memory, for every breaker.
+const MAX_WINDOW: usize = 10_000;
+/// Longest open period, one hour: a longer one keeps a recovered dependency
+/// refused for no gain.
+const MAX_OPEN_MS: u64 = 3_600_000;
+/// Most probe calls at a time while half-open.
+const MAX_PROBES: usize = 1_000;
+
 impl BreakerConfig {
+    /// Reads the `CONFAB_BREAKER_*` variables; an unset one keeps its
+    /// [default](BreakerConfig::default) (the minimum of calls defaults to at
+    /// most the window). A value that does not parse or is out of range is a
+    /// [`ConfigError`] naming the variable.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let failure_threshold = parse_in(
+            env,
+            FAILURE_RATE_VAR,
+            defaults.failure_threshold,
+            0.0..=1.0,
+            "a failure rate from 0 to 1, e.g. 0.5",
+        )?;
+        let window = parse_in(
+            env,
+            WINDOW_VAR,
+            defaults.window,
+            1..=MAX_WINDOW,
+            &format!("a number of calls from 1 to {MAX_WINDOW}"),
+        )?;
+        let min_calls = parse_in(
+            env,
+            MIN_CALLS_VAR,
+            defaults.min_calls.min(window),
+            1..=window,
+            &format!("a number of calls from 1 to the window ({WINDOW_VAR}={window})"),
+        )?;
+        let open_ms = parse_in(
+            env,
+            OPEN_MS_VAR,
+            u64::try_from(defaults.open_for.as_millis()).unwrap_or(MAX_OPEN_MS),
+            1..=MAX_OPEN_MS,
+            &format!("milliseconds from 1 to {MAX_OPEN_MS}"),
+        )?;
+        let half_open_probes = parse_in(
+            env,
+            HALF_OPEN_PROBES_VAR,
+            defaults.half_open_probes,
+            1..=MAX_PROBES,
+            &format!("a number of calls from 1 to {MAX_PROBES}"),
+        )?;
+        Ok(Self {
+            window,
+            min_calls,
+            failure_threshold,
+            open_for: Duration::from_millis(open_ms),
+            half_open_probes,
+        })
+    }
+
     /// The same settings brought into range: a window of at least one call,
     /// at least one and at most `window` calls before opening, at least one
     /// probe.
@@ -53,6 +131,27 @@ impl BreakerConfig {
         self.min_calls = self.min_calls.clamp(1, self.window);
         self.half_open_probes = self.half_open_probes.max(1);
         self
+    }
+}
+
+/// `key` from `env` parsed and within `range`, or `default` when unset.
+fn parse_in<T: FromStr + PartialOrd>(
+    env: &dyn Env,
+    key: &str,
+    default: T,
+    range: RangeInclusive<T>,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    let value = parse_or(env, key, default, expected)?;
+    // `contains` is false for NaN, which parses as a float.
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            key: key.to_string(),
+            value: env.get(key).unwrap_or_default(),
+            reason: format!("expected {expected}"),
+        })
     }
 }
 
@@ -75,6 +174,16 @@ impl BreakerState {
             Self::Closed => "closed",
             Self::Open => "open",
             Self::HalfOpen => "half_open",
+        }
+    }
+
+    /// The value of the [`BREAKER_STATE`] gauge: 0 closed, 1 half-open,
+    /// 2 open.
+    pub fn metric_value(self) -> f64 {
+        match self {
+            Self::Closed => 0.0,
+            Self::HalfOpen => 1.0,
+            Self::Open => 2.0,
         }
     }
 }
@@ -221,8 +330,11 @@ impl<V> CircuitBreakerLayer<V> {
     pub fn new(name: impl Into<Arc<str>>, config: BreakerConfig, evaluator: V) -> Self {
         let config = config.normalised();
         let (state_tx, _) = watch::channel(BreakerState::Closed);
+        let name: Arc<str> = name.into();
+        metrics::gauge!(BREAKER_STATE, "breaker" => name.to_string())
+            .set(BreakerState::Closed.metric_value());
         let core = Core {
-            name: name.into(),
+            name,
             inner: Mutex::new(Inner {
                 phase: Phase::Closed(Window::new(config.window)),
                 generation: 0,
@@ -444,6 +556,7 @@ impl Core {
     }
 
     fn refusal(&self, retry_in: Duration) -> CircuitOpen {
+        metrics::counter!(BREAKER_REJECTED, "breaker" => self.name.to_string()).increment(1);
         CircuitOpen {
             name: self.name.clone(),
             retry_in,
@@ -543,6 +656,15 @@ impl Core {
         inner.phase = phase;
         inner.generation += 1;
         self.state_tx.send_replace(state);
+        // Under the lock, so the gauge ends at the last state.
+        metrics::gauge!(BREAKER_STATE, "breaker" => self.name.to_string())
+            .set(state.metric_value());
+        metrics::counter!(
+            BREAKER_TRANSITIONS,
+            "breaker" => self.name.to_string(),
+            "to" => state.as_str()
+        )
+        .increment(1);
     }
 }
 
@@ -860,6 +982,212 @@ mod tests {
         }
         let custom = |e: &std::io::Error| e.kind() == std::io::ErrorKind::TimedOut;
         assert!(custom.is_failure(&std::io::Error::from(std::io::ErrorKind::TimedOut)));
+    }
+
+    /// A recorder keeping every counter and gauge by name and labels, e.g.
+    /// `confab_breaker_state{breaker=fake}`, for the thread it is set on.
+    #[derive(Default)]
+    struct Captured(Mutex<std::collections::HashMap<String, Arc<metrics::atomics::AtomicU64>>>);
+
+    impl Captured {
+        fn cell(&self, key: &metrics::Key) -> Arc<metrics::atomics::AtomicU64> {
+            let mut labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            labels.sort();
+            let id = format!("{}{{{}}}", key.name(), labels.join(","));
+            self.0
+                .lock()
+                .expect("not poisoned")
+                .entry(id)
+                .or_default()
+                .clone()
+        }
+
+        fn value(&self, id: &str) -> Option<u64> {
+            let cells = self.0.lock().expect("not poisoned");
+            cells.get(id).map(|c| c.load(Ordering::SeqCst))
+        }
+
+        fn counter(&self, id: &str) -> u64 {
+            self.value(id).unwrap_or(0)
+        }
+
+        fn gauge(&self, id: &str) -> Option<f64> {
+            self.value(id).map(f64::from_bits)
+        }
+    }
+
+    impl metrics::Recorder for Captured {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            key: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::from_arc(self.cell(key))
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            metrics::Gauge::from_arc(self.cell(key))
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn its_state_transitions_and_refusals_are_metrics() {
+        let recorder = Captured::default();
+        // This test's runtime runs every call on this thread.
+        let _local = metrics::set_default_local_recorder(&recorder);
+        const STATE: &str = "confab_breaker_state{breaker=fake}";
+        const REJECTED: &str = "confab_breaker_rejected_total{breaker=fake}";
+        let to = |state: &str| {
+            recorder.counter(&format!(
+                "confab_breaker_transitions_total{{breaker=fake,to={state}}}"
+            ))
+        };
+        let (svc, _) = breaker(config());
+        assert_eq!(recorder.gauge(STATE), Some(0.0), "closed from the start");
+        assert_eq!(recorder.counter(REJECTED), 0);
+
+        open(&svc).await;
+        assert_eq!(recorder.gauge(STATE), Some(2.0));
+        assert_eq!(to("open"), 1);
+        for _ in 0..3 {
+            assert!(refusal(send(&svc, Answer::Ok).await).is_some());
+        }
+        assert_eq!(recorder.counter(REJECTED), 3);
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let mut probe_svc = svc.clone();
+        let probe = probe_svc.ready().await.expect("ready").call(Answer::Ok);
+        assert_eq!(recorder.gauge(STATE), Some(1.0));
+        assert_eq!(to("half_open"), 1);
+        // Refused while the probe is under way: failed fast too.
+        assert!(refusal(send(&svc, Answer::Ok).await).is_some());
+        assert_eq!(recorder.counter(REJECTED), 4);
+
+        probe.await.expect("probe answered");
+        assert_eq!(recorder.gauge(STATE), Some(0.0));
+        assert_eq!((to("open"), to("half_open"), to("closed")), (1, 1, 1));
+        send(&svc, Answer::Ok).await.expect("closed");
+        assert_eq!(recorder.counter(REJECTED), 4, "calls let through are not");
+    }
+
+    fn env(vars: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn from_env_defaults_when_unset() {
+        let config = BreakerConfig::from_env(&env(&[])).expect("defaults");
+        assert_eq!(config, BreakerConfig::default());
+        // Empty counts as unset.
+        let config = BreakerConfig::from_env(&env(&[(WINDOW_VAR, "")])).expect("defaults");
+        assert_eq!(config, BreakerConfig::default());
+    }
+
+    #[test]
+    fn from_env_reads_every_variable() {
+        let config = BreakerConfig::from_env(&env(&[
+            (FAILURE_RATE_VAR, "0.25"),
+            (WINDOW_VAR, "50"),
+            (MIN_CALLS_VAR, " 10 "),
+            (OPEN_MS_VAR, "1500"),
+            (HALF_OPEN_PROBES_VAR, "3"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            config,
+            BreakerConfig {
+                window: 50,
+                min_calls: 10,
+                failure_threshold: 0.25,
+                open_for: Duration::from_millis(1500),
+                half_open_probes: 3,
+            }
+        );
+        // The bounds are valid; a small window lowers the default minimum.
+        let config = BreakerConfig::from_env(&env(&[
+            (FAILURE_RATE_VAR, "1"),
+            (WINDOW_VAR, "3"),
+            (OPEN_MS_VAR, "3600000"),
+        ]))
+        .expect("valid");
+        assert_eq!(
+            (config.failure_threshold, config.window, config.min_calls),
+            (1.0, 3, 3)
+        );
+        assert_eq!(config.open_for, Duration::from_secs(3600));
+        let config = BreakerConfig::from_env(&env(&[(FAILURE_RATE_VAR, "0")])).expect("valid");
+        assert_eq!(config.failure_threshold, 0.0);
+    }
+
+    #[test]
+    fn from_env_rejects_bad_and_out_of_range_values_naming_the_variable() {
+        for (key, value) in [
+            (FAILURE_RATE_VAR, "half"),
+            (FAILURE_RATE_VAR, "1.5"),
+            (FAILURE_RATE_VAR, "-0.1"),
+            (FAILURE_RATE_VAR, "NaN"),
+            (FAILURE_RATE_VAR, "inf"),
+            (FAILURE_RATE_VAR, "50%"),
+            (WINDOW_VAR, "0"),
+            (WINDOW_VAR, "-1"),
+            (WINDOW_VAR, "10001"),
+            (WINDOW_VAR, "99999999999999999999999"),
+            (MIN_CALLS_VAR, "0"),
+            (MIN_CALLS_VAR, "21"),
+            (OPEN_MS_VAR, "0"),
+            (OPEN_MS_VAR, "3600001"),
+            (OPEN_MS_VAR, "5s"),
+            (HALF_OPEN_PROBES_VAR, "0"),
+            (HALF_OPEN_PROBES_VAR, "1001"),
+        ] {
+            let err = BreakerConfig::from_env(&env(&[(key, value)]))
+                .expect_err(&format!("{key}={value} is refused"));
+            assert_eq!((err.key.as_str(), err.value.as_str()), (key, value));
+            assert!(err.reason.starts_with("expected "), "{err}");
+        }
+        let err = BreakerConfig::from_env(&env(&[(WINDOW_VAR, "4"), (MIN_CALLS_VAR, "5")]))
+            .expect_err("more than the window");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: CONFAB_BREAKER_MIN_CALLS=\"5\": expected a number of calls from 1 to the window (CONFAB_BREAKER_WINDOW=4)"
+        );
+        let err = BreakerConfig::from_env(&env(&[(FAILURE_RATE_VAR, "2")])).expect_err("over 1");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: CONFAB_BREAKER_FAILURE_RATE=\"2\": expected a failure rate from 0 to 1, e.g. 0.5"
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //!
 //! Labels are bounded: `service` and `method` come from the descriptor sets
 //! a server serves (any other path counts as `unknown`), `code` is one of the
-//! 17 gRPC code names. No user, conversation or request ids.
+//! 17 gRPC code names, `breaker` is a circuit breaker's name (one per
+//! configured address) and `to` one of its three states. No user,
+//! conversation or request ids.
 
 use crate::shutdown::{self, Signal, Trigger};
 use axum::http::{header, StatusCode};
@@ -39,6 +41,15 @@ pub const GRPC_DURATION: &str = "confab_grpc_request_duration_seconds";
 pub const GRPC_STREAMS_OPENED: &str = "confab_grpc_streams_opened_total";
 /// Gauge: streaming RPCs open now, by `service` and `method`.
 pub const GRPC_STREAMS_OPEN: &str = "confab_grpc_streams_open";
+/// Gauge: each circuit breaker's state, by `breaker` (its name, one per
+/// configured address): 0 closed, 1 half-open, 2 open.
+pub const BREAKER_STATE: &str = "confab_breaker_state";
+/// Counter: circuit breaker transitions, by `breaker` and `to` (`closed`,
+/// `half_open`, `open`).
+pub const BREAKER_TRANSITIONS: &str = "confab_breaker_transitions_total";
+/// Counter: calls a circuit breaker refused without reaching its dependency
+/// (open, or half-open with every probe slot taken), by `breaker`.
+pub const BREAKER_REJECTED: &str = "confab_breaker_rejected_total";
 
 /// Buckets of [`GRPC_DURATION`], 1 ms to 10 s (a send waits for a commit;
 /// its timeout is 10 s).
@@ -87,6 +98,18 @@ fn describe() {
     );
     metrics::describe_counter!(GRPC_STREAMS_OPENED, "streaming gRPC calls opened");
     metrics::describe_gauge!(GRPC_STREAMS_OPEN, "streaming gRPC calls open now");
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        "circuit breaker state: 0 closed, 1 half-open, 2 open"
+    );
+    metrics::describe_counter!(
+        BREAKER_TRANSITIONS,
+        "circuit breaker state changes, by the state changed to"
+    );
+    metrics::describe_counter!(
+        BREAKER_REJECTED,
+        "calls a circuit breaker failed fast without reaching its dependency"
+    );
 }
 
 /// Whether this process should get traffic: a flag shared by whoever

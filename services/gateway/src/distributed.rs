@@ -5,6 +5,7 @@
 use crate::attach::AttachConfig;
 use crate::{ChatService, GatewayConfig, Hub};
 use confab_common::auth::{AuthConfig, Authenticator};
+use confab_common::breaker::BreakerConfig;
 use confab_common::config::{list, parse_or, required, ConfigError, Env};
 use confab_common::grpc::ServiceToken;
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
@@ -27,8 +28,8 @@ pub struct DistributedConfig {
     pub gateway: GatewayConfig,
     /// The broker and topics.
     pub kafka: KafkaConfig,
-    /// History addresses (`CONFAB_HISTORY_ADDRS`); its `service_token` is
-    /// what history requires.
+    /// History addresses (`CONFAB_HISTORY_ADDRS`), with the breaker of each
+    /// (`CONFAB_BREAKER_*`); its `service_token` is what history requires.
     pub history: HistoryClientConfig,
     /// Router addresses (`CONFAB_ROUTER_ADDRS`).
     pub routers: Vec<String>,
@@ -78,6 +79,7 @@ impl DistributedConfig {
             5000u64,
             "milliseconds",
         )?);
+        history.breaker = BreakerConfig::from_env(env)?;
         let gateway_id = required(env, "CONFAB_GATEWAY_ID", "a unique id for this gateway")?;
         let gateway = GatewayConfig::from_env(env)?;
         let kafka = KafkaConfig::from_env(env)?;
@@ -140,4 +142,41 @@ pub async fn run_with_hub(
     }
     let _ = attach.await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
+        [
+            ("CONFAB_JWT_SECRET", "a-test-secret-of-32-bytes-or-so!"),
+            ("CONFAB_GATEWAY_ID", "gateway-1"),
+            ("CONFAB_HISTORY_ADDRS", "127.0.0.1:50071"),
+            ("CONFAB_ROUTER_ADDRS", "127.0.0.1:50061"),
+            ("CONFAB_SERVICE_TOKEN", "0123456789abcdef0123456789abcdef"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn the_history_breaker_comes_from_the_environment() {
+        let config = DistributedConfig::from_env(&env(&[])).expect("valid");
+        assert_eq!(config.history.breaker, BreakerConfig::default());
+        let config = DistributedConfig::from_env(&env(&[
+            ("CONFAB_BREAKER_WINDOW", "40"),
+            ("CONFAB_BREAKER_MIN_CALLS", "8"),
+            ("CONFAB_BREAKER_HALF_OPEN_PROBES", "2"),
+        ]))
+        .expect("valid");
+        let b = &config.history.breaker;
+        assert_eq!((b.window, b.min_calls, b.half_open_probes), (40, 8, 2));
+        let err = DistributedConfig::from_env(&env(&[("CONFAB_BREAKER_FAILURE_RATE", "1.5")]))
+            .expect_err("a rate over 1");
+        assert_eq!(err.key, "CONFAB_BREAKER_FAILURE_RATE");
+    }
 }

@@ -5,6 +5,7 @@
 
 use crate::attach::{GatewayLinks, LinkConfig};
 use crate::Router;
+use confab_common::breaker::BreakerConfig;
 use confab_common::config::{list, parse_or, ConfigError, Env};
 use confab_common::grpc::ServiceToken;
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
@@ -24,8 +25,9 @@ pub const GROUP: &str = "router";
 pub struct RouterConfig {
     /// The broker and topics.
     pub kafka: KafkaConfig,
-    /// History addresses (`CONFAB_HISTORY_ADDRS`), for membership; its
-    /// `service_token` is what history requires.
+    /// History addresses (`CONFAB_HISTORY_ADDRS`), for membership, with the
+    /// breaker of each (`CONFAB_BREAKER_*`); its `service_token` is what
+    /// history requires.
     pub history: HistoryClientConfig,
     /// Gateway link limits.
     pub links: LinkConfig,
@@ -52,6 +54,7 @@ impl RouterConfig {
             5000u64,
             "milliseconds",
         )?);
+        history.breaker = BreakerConfig::from_env(env)?;
         let kafka = KafkaConfig::from_env(env)?;
         // Last, so the variables above are reported first.
         let service_token = ServiceToken::from_env(env)?;
@@ -124,4 +127,37 @@ pub async fn route(
     }
     consumer.close().await;
     tracing::info!("router stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
+        [
+            ("CONFAB_HISTORY_ADDRS", "127.0.0.1:50071"),
+            ("CONFAB_SERVICE_TOKEN", "0123456789abcdef0123456789abcdef"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    #[test]
+    fn the_history_breaker_comes_from_the_environment() {
+        let config = RouterConfig::from_env(&env(&[])).expect("valid");
+        assert_eq!(config.history.breaker, BreakerConfig::default());
+        let config = RouterConfig::from_env(&env(&[
+            ("CONFAB_BREAKER_FAILURE_RATE", "0.75"),
+            ("CONFAB_BREAKER_OPEN_MS", "250"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.history.breaker.failure_threshold, 0.75);
+        assert_eq!(config.history.breaker.open_for, Duration::from_millis(250));
+        let err = RouterConfig::from_env(&env(&[("CONFAB_BREAKER_WINDOW", "0")]))
+            .expect_err("an empty window");
+        assert_eq!(err.key, "CONFAB_BREAKER_WINDOW");
+    }
 }
