@@ -287,11 +287,16 @@ pub async fn serve_with_auth(
     served
 }
 
+/// How long a service may drain after SIGTERM before it exits anyway
+/// (milliseconds, default 10 000).
+pub const GRACE_VAR: &str = "CONFAB_SHUTDOWN_GRACE_MS";
+
 /// The body of every service binary's `main`: refuse a bad configuration
 /// with exit code 64 before binding, set up logging, bind `CONFAB_LISTEN`
 /// (or `default_listen`) and, when set, `CONFAB_METRICS_LISTEN` (metrics and
 /// health over HTTP, up until the service has drained), run until
-/// SIGINT/SIGTERM, and exit with 0 or 1.
+/// SIGINT/SIGTERM, drain for at most [`GRACE_VAR`], and exit with 0 (or 1 on
+/// failure or when the grace period ran out).
 pub fn main<C, E, F, Fut>(
     name: &'static str,
     env: &dyn crate::config::Env,
@@ -307,6 +312,13 @@ where
     use crate::config::EXIT_CONFIG;
     let config = match config {
         Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let grace = match crate::config::parse_or(env, GRACE_VAR, 10_000u64, "milliseconds") {
+        Ok(ms) => Duration::from_millis(ms),
         Err(e) => {
             eprintln!("{name}: {e}");
             std::process::exit(EXIT_CONFIG);
@@ -350,10 +362,29 @@ where
             crate::shutdown::os_signal().await;
             trigger.fire();
         });
-        let code = match run(config, listener, signal).await {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "{name} failed");
+        let grace_over = {
+            let signal = signal.clone();
+            async move {
+                signal.wait().await;
+                tracing::info!(grace_ms = grace.as_millis() as u64, "{name} draining");
+                tokio::time::sleep(grace).await;
+            }
+        };
+        let code = tokio::select! {
+            result = run(config, listener, signal) => match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "{name} failed");
+                    1
+                }
+            },
+            () = grace_over => {
+                // Nothing is lost: uncommitted input is consumed again by
+                // whoever owns it next, and clients retry or resume.
+                tracing::error!(
+                    grace_ms = grace.as_millis() as u64,
+                    "{name}: shutdown grace period over; exiting with work in flight"
+                );
                 1
             }
         };

@@ -120,13 +120,16 @@ pub async fn run_with_hub(
     ensure_topics(&config.kafka).await?;
     let ingress = KafkaPublisher::<IngressRecord>::new(&config.kafka)?;
     let history = Arc::new(RemoteHistory::new(&config.history)?);
+    // Router links outlive the server: outcomes of calls still in flight
+    // at shutdown arrive over them.
+    let (detach, attach_stop) = confab_common::shutdown::channel();
     let attach = tokio::spawn(crate::attach::run(
         hub.clone(),
         AttachConfig {
             service_token: Some(config.service_token.clone()),
             ..AttachConfig::new(config.routers.clone())
         },
-        shutdown.clone(),
+        attach_stop,
     ));
     let service = ChatService::new(
         config.gateway,
@@ -136,11 +139,17 @@ pub async fn run_with_hub(
         history,
         shutdown.clone(),
     );
-    crate::service::run(service, listener, shutdown).await?;
+    // Stops taking connections and calls (GOAWAY), ends every stream with
+    // UNAVAILABLE once its pending acks are out, and returns when the calls
+    // in flight have their answers.
+    let served = crate::service::run(service, listener, shutdown).await;
     if let Err(e) = ingress.flush(Duration::from_secs(5)).await {
         tracing::warn!(error = %e, "ingress not flushed at shutdown");
     }
+    detach.fire();
     let _ = attach.await;
+    served?;
+    tracing::info!("gateway stopped");
     Ok(())
 }
 

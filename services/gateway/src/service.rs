@@ -228,6 +228,7 @@ impl Chat for ChatService {
         // which is what detects it (see `Hub::deliver`).
         let (out_tx, out_rx) = mpsc::channel(32);
         let (kill_tx, kill_rx) = mpsc::channel(1);
+        let (end_tx, end_rx) = mpsc::channel(1);
         let session = Session {
             user,
             hub: self.hub.clone(),
@@ -236,6 +237,7 @@ impl Chat for ChatService {
             limits: self.config.limits,
             out: out_tx,
             kill: kill_tx,
+            end: end_tx,
             queue: self.config.session_queue,
             shutdown: self.shutdown.clone(),
             limiter: self.limiter.clone(),
@@ -243,7 +245,7 @@ impl Chat for ChatService {
         };
         // The stream ends with UNAUTHENTICATED when its token does.
         tokio::spawn(session.run_until(req.into_inner(), Some(who.valid_until)));
-        Ok(Response::new(Box::pin(frames(out_rx, kill_rx))))
+        Ok(Response::new(Box::pin(frames(out_rx, kill_rx, end_rx))))
     }
 
     async fn send_message(
@@ -356,17 +358,21 @@ impl Chat for ChatService {
 }
 
 /// The client's stream: frames in order, but a kill status jumps the queue
-/// (a slow reader must learn why it is cut off without reading the backlog).
+/// (a slow reader must learn why it is cut off without reading the backlog),
+/// while an end status (shutdown) comes after the frames already queued.
 fn frames(
     out: mpsc::Receiver<ServerFrame>,
     kill: mpsc::Receiver<Status>,
+    end: mpsc::Receiver<Status>,
 ) -> impl Stream<Item = Result<ServerFrame, Status>> {
-    futures::stream::unfold(Some((out, kill)), |state| async move {
-        let (mut out, mut kill) = state?;
+    futures::stream::unfold(Some((out, kill, end)), |state| async move {
+        let (mut out, mut kill, mut end) = state?;
         tokio::select! {
             biased;
             Some(status) = kill.recv() => Some((Err(status), None)),
-            frame = out.recv() => frame.map(|f| (Ok(f), Some((out, kill)))),
+            Some(frame) = out.recv() => Some((Ok(frame), Some((out, kill, end)))),
+            Some(status) = end.recv() => Some((Err(status), None)),
+            else => None,
         }
     })
 }

@@ -46,8 +46,12 @@ pub struct Session {
     pub limits: Limits,
     /// Frames to the client.
     pub out: mpsc::Sender<ServerFrame>,
-    /// Ends the client's stream with a status.
+    /// Ends the client's stream with a status at once, dropping frames
+    /// still queued (a slow reader, an expired token).
     pub kill: mpsc::Sender<Status>,
+    /// Ends the client's stream with a status after the frames already
+    /// queued (a shutdown: acks of accepted sends go out first).
+    pub end: mpsc::Sender<Status>,
     /// Capacity of the live queue.
     pub queue: usize,
     /// Gateway shutdown.
@@ -66,6 +70,10 @@ pub const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2)
 /// Sends one stream may have waiting for their outcome; more are refused
 /// with RESOURCE_EXHAUSTED in the ack rather than queued without bound.
 pub const MAX_SENDS_IN_FLIGHT: usize = 256;
+
+/// How a stream ends when its gateway shuts down (UNAVAILABLE).
+pub const SHUTTING_DOWN: &str =
+    "the gateway is shutting down; reconnect (to any gateway) and resume from the last seq you received";
 
 /// Why the session loop stopped sending.
 struct Gone;
@@ -108,7 +116,7 @@ impl Session {
         let first = tokio::select! {
             f = inbound.message() => f,
             _ = state.s.out.closed() => return,
-            _ = state.s.shutdown.clone().wait() => return state.shutting_down(),
+            _ = state.s.shutdown.clone().wait() => return state.shutting_down().await,
             _ = &mut expired => return state.expired(),
         };
         let first = match first {
@@ -142,7 +150,7 @@ impl Session {
         loop {
             let step = tokio::select! {
                 biased;
-                _ = &mut shutdown => return state.shutting_down(),
+                _ = &mut shutdown => return state.shutting_down().await,
                 _ = &mut expired => return state.expired(),
                 _ = state.s.out.closed() => return,
                 frame = inbound.message(), if inbound_open => match frame {
@@ -172,10 +180,15 @@ struct State {
 }
 
 impl State {
-    fn shutting_down(&self) {
-        let _ = self.s.kill.try_send(Status::unavailable(
-            "the gateway is shutting down; reconnect and resume from the last seq you received",
-        ));
+    /// Lets the acks of sends already accepted on this stream go out (each
+    /// is bounded by the send timeout), then ends the stream with
+    /// UNAVAILABLE telling the client to reconnect and resume.
+    async fn shutting_down(&self) {
+        let _ = self
+            .in_flight
+            .acquire_many(MAX_SENDS_IN_FLIGHT as u32)
+            .await;
+        let _ = self.s.end.try_send(Status::unavailable(SHUTTING_DOWN));
     }
 
     fn expired(&self) {

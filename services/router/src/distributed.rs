@@ -95,9 +95,20 @@ pub async fn run_with_state(
         // Nobody listening is fine.
         let _ = tx.send(consumer.state());
     }
-    let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown.clone()));
-    crate::attach::serve_with_auth(links, config.service_token.clone(), listener, shutdown).await?;
+    // At shutdown the routing loop finishes its batch, commits and leaves
+    // the group first; the gateway links close after, so nothing it
+    // routed is cut off on the way.
+    let (close_links, links_stop) = confab_common::shutdown::channel();
+    let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown));
+    let serving = tokio::spawn(crate::attach::serve_with_auth(
+        links,
+        config.service_token.clone(),
+        listener,
+        links_stop,
+    ));
     let _ = routing.await;
+    close_links.fire();
+    serving.await??;
     Ok(())
 }
 
