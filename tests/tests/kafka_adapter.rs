@@ -653,6 +653,97 @@ async fn publishing_while_the_broker_is_down_fails_with_unavailable_within_the_t
     assert!(took <= bound, "failed after {took:?}, bound {bound:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_dead_of_a_fatal_error_is_replaced_and_publishing_resumes() {
+    let broker = Broker::start_memory().await;
+    let cfg = config(&broker, 2);
+    ensure_topics(&cfg).await.expect("create topics");
+    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("publisher");
+    let clone = publisher.clone();
+    let outcomes = KafkaPublisher::<OutcomeRecord>::sharing(&publisher, &cfg);
+    let first: Vec<IngressRecord> = (0..4)
+        .map(|id| send(if id % 2 == 0 { "dm-a" } else { "dm-b" }, id))
+        .collect();
+    let mut delivered = publish_all(&publisher, &first).await;
+
+    // What librdkafka does when the broker lost the idempotent producer's
+    // sequence state (OutOfOrderSequenceNumber after a kill -9): the
+    // producer is dead for good, every produce on it fails.
+    publisher.inject_fatal_error_for_tests();
+    assert_eq!(publisher.producer_recreations(), 0);
+
+    // The publish that meets the dead producer may fail (UNAVAILABLE: a
+    // retry is safe); it replaces the producer, and a retry goes through.
+    let record = send("dm-a", 4);
+    let started = Instant::now();
+    let mut failures = 0;
+    let d = loop {
+        match publisher.publish_with("dm-a", &record, &[]).await {
+            Ok(d) => break d,
+            Err(e) => {
+                assert_unavailable(&e);
+                failures += 1;
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "no publish went through after the fatal error ({failures} failures): {e}"
+                );
+            }
+        }
+    };
+    eprintln!(
+        "published after the fatal error in {:?} ({failures} failed attempts first)",
+        started.elapsed()
+    );
+    delivered.insert(4, d);
+    assert_eq!(
+        publisher.producer_recreations(),
+        1,
+        "the dead producer was replaced exactly once"
+    );
+
+    // Every sharer of the producer uses the new one: their first attempts
+    // succeed.
+    let rest: Vec<IngressRecord> = (5..10)
+        .map(|id| send(if id % 2 == 0 { "dm-a" } else { "dm-b" }, id))
+        .collect();
+    delivered.extend(publish_all(&clone, &rest).await);
+    let outcome = OutcomeRecord {
+        conversation_id: "dm-b".into(),
+        ..Default::default()
+    };
+    Publisher::publish(&outcomes, "dm-b", outcome)
+        .await
+        .expect("an outcome through the shared, replaced producer");
+    assert_eq!(outcomes.producer_recreations(), 1);
+    publisher
+        .flush(Duration::from_secs(5))
+        .await
+        .expect("flush the new producer");
+    assert_eq!(publisher.in_flight(), 0);
+
+    // Everything acknowledged is in the log once, in per-key order.
+    let mut consumer = BatchConsumer::<IngressRecord>::new(&cfg, "history").expect("consumer");
+    let (got, _) = read_until(&mut consumer, "10 records", true, |all| all.len() >= 10).await;
+    let ids: BTreeSet<u64> = got.iter().map(id_of).collect();
+    assert_eq!(ids, (0..10).collect(), "every acknowledged record");
+    assert_eq!(got.len(), 10, "each once");
+    for c in &got {
+        let d = delivered[&id_of(c)];
+        assert_eq!((c.partition, c.offset), (d.partition, d.offset));
+    }
+    for conv in ["dm-a", "dm-b"] {
+        let order: Vec<u64> = got
+            .iter()
+            .filter(|c| c.record.conversation_id == conv)
+            .map(id_of)
+            .collect();
+        let mut sorted = order.clone();
+        sorted.sort();
+        assert_eq!(order, sorted, "records of {conv} in publish order");
+    }
+    consumer.close().await;
+}
+
 fn assert_unavailable(err: &ChatError) {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     let msg = err.to_string();

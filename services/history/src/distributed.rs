@@ -8,7 +8,6 @@ use crate::ingest::{apply_with_retry, MAX_BATCH};
 use crate::{LocalHistory, PostgresStore, Store};
 use confab_common::config::{parse_or, required, ConfigError, Env};
 use confab_common::grpc::ServiceToken;
-use confab_common::pipeline::Publisher;
 use confab_common::shutdown::Signal;
 use confab_common::validate::Limits;
 use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig, KafkaPublisher};
@@ -152,27 +151,35 @@ pub async fn sequence(
     tracing::info!("sequencer stopped");
 }
 
-/// Publishes every outcome, in order, retrying until the broker takes it:
-/// the batch is committed in PostgreSQL, so its outcomes must not be lost,
-/// and its offsets are not committed before they are out.
+/// Publishes every outcome, in order, retrying until the broker takes them
+/// all: the batch is committed in PostgreSQL, so its outcomes must not be
+/// lost, and its offsets are not committed before they are out.
+///
+/// A round sends the outcomes still owed concurrently: each send is enqueued
+/// when first polled, in order, and the idempotent producer keeps that order
+/// per partition. If any fails, the next round (after a backoff) sends again
+/// everything from the first failure onward, in the same order, so a
+/// conversation's later outcome never ends up in the log only ahead of an
+/// earlier one. Outcomes after the failure that had gone through are
+/// published twice; routers drop seqs they already routed.
 async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: Vec<OutcomeRecord>) {
-    // Sends are enqueued in order on first poll; the idempotent producer
-    // keeps that order per partition.
-    let sends = results.into_iter().map(|outcome| async move {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match outcomes
-                .publish(&outcome.conversation_id.clone(), outcome.clone())
-                .await
-            {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot publish outcome; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-            }
-        }
-    });
-    futures::future::join_all(sends).await;
+    let mut from = 0;
+    let mut backoff = Duration::from_millis(50);
+    while from < results.len() {
+        let sends = results[from..]
+            .iter()
+            .map(|outcome| outcomes.publish_with(&outcome.conversation_id, outcome, &[]));
+        let verdicts = futures::future::join_all(sends).await;
+        let Some((failed, e)) = verdicts
+            .into_iter()
+            .enumerate()
+            .find_map(|(i, v)| v.err().map(|e| (i, e)))
+        else {
+            return;
+        };
+        from += failed;
+        tracing::warn!(error = %e, left = results.len() - from, "cannot publish outcomes; retrying from the first that failed");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
 }

@@ -30,7 +30,7 @@ pub use admin::{check_broker, ensure_topics};
 pub use config::KafkaConfig;
 pub use consumer::{Batch, BatchConsumer, CommitReport, Consumed, Offsets};
 pub use context::GroupState;
-pub use producer::{Delivered, KafkaPublisher};
+pub use producer::{Delivered, KafkaPublisher, PRODUCER_RECREATED};
 pub use record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER, TRACEPARENT_HEADER};
 
 /// What can go wrong talking to the broker outside the `Publisher` trait

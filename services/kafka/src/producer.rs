@@ -11,8 +11,15 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::ClientConfig;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
+
+/// Counter: producers replaced because librdkafka declared the previous one
+/// dead (a fatal error of the idempotent producer).
+pub const PRODUCER_RECREATED: &str = "confab_kafka_producer_recreated_total";
 
 /// Extra time, past the producer's own `message.timeout.ms`, before a
 /// publish gives up waiting for librdkafka's verdict (which scans for
@@ -32,15 +39,111 @@ pub struct Delivered {
 /// with an idempotent producer (`enable.idempotence=true`, `acks=all`).
 /// Clones share one producer; publishers of different record types can share
 /// one too ([`KafkaPublisher::sharing`]).
+///
+/// **Fatal errors**: an idempotent producer can hit an error librdkafka
+/// declares fatal (e.g. the broker lost its sequence state for the producer
+/// id after a `kill -9`: OutOfOrderSequenceNumber, UnknownProducerId), after
+/// which every produce on it fails for good. The publish that notices it
+/// still fails (UNAVAILABLE: a retry is safe), but first the dead producer is
+/// replaced, once, by a new one made from the same settings, for every
+/// publisher sharing it; the caller's retry goes out on the new one. Each
+/// replacement is logged at error level and counted in
+/// [`PRODUCER_RECREATED`].
 pub struct KafkaPublisher<T> {
-    /// The librdkafka producer (cheap to clone: reference-counted).
-    producer: FutureProducer<LogContext>,
+    /// The producer, shared by clones and [`KafkaPublisher::sharing`].
+    producer: Arc<SharedProducer>,
     /// Where records go.
     topic: String,
     /// The bound on one publish.
     produce_timeout: Duration,
     /// Records of type `T` only.
     _record: PhantomData<fn(T)>,
+}
+
+/// The current producer of a family of publishers, and what it takes to
+/// make a new one.
+struct SharedProducer {
+    /// The producer's settings.
+    config: ClientConfig,
+    /// The producer in use. The lock is only held to read or swap the
+    /// `Arc`, never across an await.
+    current: RwLock<Arc<FutureProducer<LogContext>>>,
+    /// How many times `current` was replaced.
+    recreated: AtomicU64,
+}
+
+impl SharedProducer {
+    fn new(config: ClientConfig) -> Result<Self, Error> {
+        let producer = Self::create(&config)?;
+        Ok(Self {
+            config,
+            current: RwLock::new(Arc::new(producer)),
+            recreated: AtomicU64::new(0),
+        })
+    }
+
+    fn create(config: &ClientConfig) -> Result<FutureProducer<LogContext>, Error> {
+        Ok(config.create_with_context(LogContext("producer"))?)
+    }
+
+    /// The producer in use now.
+    fn current(&self) -> Arc<FutureProducer<LogContext>> {
+        // A swap cannot leave the `Arc` half-written: a poisoned lock still
+        // holds a usable producer.
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Called after a publish on `used` failed: if `used` has a fatal error
+    /// and is still the current producer, replaces it with a new one. The
+    /// identity check makes concurrent failures on the same dead producer
+    /// replace it once; a failure on a producer that is fine (broker down,
+    /// timeout) changes nothing.
+    fn recover(&self, used: Arc<FutureProducer<LogContext>>) {
+        let Some((code, reason)) = used.client().fatal_error() else {
+            return;
+        };
+        let replaced = {
+            let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+            if !Arc::ptr_eq(&current, &used) {
+                None // Someone else already replaced it.
+            } else {
+                // Creating a producer does not contact the broker: quick
+                // enough to do under the lock, and it keeps other
+                // publishers from picking up the dead one meanwhile.
+                match Self::create(&self.config) {
+                    Ok(fresh) => Some(std::mem::replace(&mut *current, Arc::new(fresh))),
+                    Err(e) => {
+                        tracing::error!(code = ?code, reason = %reason, error = %e, "the Kafka producer has a fatal error and a new one cannot be created; the next failed publish tries again");
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(dead) = replaced {
+            let n = self.recreated.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::error!(code = ?code, reason = %reason, recreated = n, "the Kafka producer hit a fatal error and was replaced by a new one; failed publishes are retried on it");
+            metrics::describe_counter!(
+                PRODUCER_RECREATED,
+                "Kafka producers replaced after a fatal error of the idempotent producer"
+            );
+            metrics::counter!(PRODUCER_RECREATED).increment(1);
+            retire(dead);
+        }
+        retire(used);
+    }
+}
+
+/// Drops a handle of a dead producer on a blocking thread when there is a
+/// runtime to run it on: dropping a producer's last handle purges it, waits
+/// up to 500 ms for its callbacks and joins its thread.
+fn retire(producer: Arc<FutureProducer<LogContext>>) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn_blocking(move || drop(producer))),
+        Err(_) => drop(producer),
+    }
 }
 
 impl<T> Clone for KafkaPublisher<T> {
@@ -62,11 +165,8 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
 
     /// A publisher to another topic (tests, tools).
     pub fn with_topic(config: &KafkaConfig, topic: impl Into<String>) -> Result<Self, Error> {
-        let producer: FutureProducer<LogContext> = config
-            .producer_config()
-            .create_with_context(LogContext("producer"))?;
         Ok(Self {
-            producer,
+            producer: Arc::new(SharedProducer::new(config.producer_config())?),
             topic: topic.into(),
             produce_timeout: config.produce_timeout,
             _record: PhantomData,
@@ -130,30 +230,37 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
             .key(key)
             .payload(payload.as_slice())
             .headers(headers);
+        let producer = self.producer.current();
         // The queue timeout only matters when librdkafka's local queue is
         // full; the record's own timeout (message.timeout.ms) bounds the rest.
-        let send = self.producer.send(rec, self.produce_timeout);
+        let send = producer.send(rec, self.produce_timeout);
         let outcome = tokio::time::timeout(self.produce_timeout + VERDICT_GRACE, send).await;
-        match outcome {
-            Ok(Ok(delivery)) => Ok(Delivered {
-                partition: delivery.partition,
-                offset: delivery.offset,
-            }),
+        let err = match outcome {
+            Ok(Ok(delivery)) => {
+                return Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
             Ok(Err((err, _message))) => {
                 tracing::warn!(topic = %self.topic, key, idempotency_key = ?idempotency_key, error = %err, "publish failed");
-                Err(publish_error(&err, self.produce_timeout))
+                publish_error(&err, self.produce_timeout)
             }
             Err(_elapsed) => {
                 tracing::warn!(topic = %self.topic, key, idempotency_key = ?idempotency_key, "publish got no verdict in time");
-                Err(unavailable(self.produce_timeout))
+                unavailable(self.produce_timeout)
             }
-        }
+        };
+        // A dead producer is replaced now; this publish still fails, and
+        // the caller's retry goes out on the new one.
+        self.producer.recover(producer);
+        Err(err)
     }
 
     /// Waits up to `timeout` for every record in flight to be acknowledged
     /// (call before dropping the publisher at shutdown).
     pub async fn flush(&self, timeout: Duration) -> Result<(), Error> {
-        let producer = self.producer.clone();
+        let producer = self.producer.current();
         tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .map_err(|e| Error::Task(e.to_string()))?
@@ -162,7 +269,37 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
 
     /// Records queued or in flight, not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
+        self.producer.current().in_flight_count()
+    }
+
+    /// How many times the producer this publisher shares was replaced after
+    /// a fatal error.
+    pub fn producer_recreations(&self) -> u64 {
+        self.producer.recreated.load(Ordering::Relaxed)
+    }
+
+    /// Tests only: makes the current producer fail fatally, as librdkafka
+    /// does when the broker loses the idempotent producer's state
+    /// (OutOfOrderSequenceNumber), so that every produce on it fails.
+    #[cfg(any(test, feature = "testing"))]
+    #[doc(hidden)]
+    #[allow(unsafe_code)] // The only way to reach librdkafka's test hook.
+    pub fn inject_fatal_error_for_tests(&self) {
+        let producer = self.producer.current();
+        let reason = c"injected by inject_fatal_error_for_tests";
+        // SAFETY: `native_ptr` is the live `rd_kafka_t` of `producer`, which
+        // this function holds (so it is not destroyed meanwhile);
+        // `rd_kafka_test_fatal_error` is thread-safe (it takes the client's
+        // own locks), and `reason` is a NUL-terminated string it only reads
+        // during the call.
+        let code = unsafe {
+            rdkafka::bindings::rd_kafka_test_fatal_error(
+                producer.client().native_ptr(),
+                rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+                reason.as_ptr(),
+            )
+        };
+        tracing::warn!(?code, "injected a fatal error into the Kafka producer");
     }
 }
 
@@ -213,5 +350,66 @@ mod tests {
             publish_error(&too_big, Duration::from_secs(1)),
             ChatError::Internal(_)
         ));
+    }
+
+    /// A publisher to a port nobody listens on (creating it contacts
+    /// nothing; a publish there would wait out its timeout).
+    fn nowhere() -> (
+        KafkaConfig,
+        KafkaPublisher<confab_proto::internal::v1::IngressRecord>,
+    ) {
+        let config = KafkaConfig {
+            produce_timeout: Duration::from_millis(300),
+            ..KafkaConfig::new("127.0.0.1:1")
+        };
+        let publisher = KafkaPublisher::new(&config).expect("publisher");
+        (config, publisher)
+    }
+
+    #[tokio::test]
+    async fn a_fatal_error_replaces_the_producer_once_for_every_sharer() {
+        use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+        let (config, publisher) = nowhere();
+        let clone = publisher.clone();
+        let outcomes = KafkaPublisher::<OutcomeRecord>::sharing(&publisher, &config);
+        let before = publisher.producer.current();
+        assert!(before.client().fatal_error().is_none());
+
+        publisher.inject_fatal_error_for_tests();
+        let (code, reason) = before.client().fatal_error().expect("fatal now");
+        assert_eq!(code, RDKafkaErrorCode::OutOfOrderSequenceNumber);
+        assert!(reason.contains("inject_fatal_error_for_tests"), "{reason}");
+        // The publish that meets the dead producer fails at once, as
+        // UNAVAILABLE, and replaces it for everyone.
+        let err = publisher
+            .publish_with("k", &IngressRecord::default(), &[])
+            .await
+            .expect_err("a dead producer cannot produce");
+        assert!(matches!(err, ChatError::Unavailable(_)), "{err:?}");
+        let after = publisher.producer.current();
+        assert!(!Arc::ptr_eq(&before, &after), "a new producer");
+        assert!(after.client().fatal_error().is_none());
+        assert!(Arc::ptr_eq(&after, &clone.producer.current()));
+        assert!(Arc::ptr_eq(&after, &outcomes.producer.current()));
+        assert_eq!(outcomes.producer_recreations(), 1);
+
+        // Late failures on the dead producer (publishes that started before
+        // the swap) change nothing; neither do failures on a healthy one.
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| publisher.producer.recover(before.clone()));
+            }
+        });
+        publisher.producer.recover(after.clone());
+        assert!(Arc::ptr_eq(&after, &publisher.producer.current()));
+        assert_eq!(publisher.producer_recreations(), 1);
+        // The new producer is a working one: no broker here, so a publish
+        // fails on its timeout, not at once.
+        let err = outcomes
+            .publish_with("k", &OutcomeRecord::default(), &[])
+            .await
+            .expect_err("no broker");
+        assert!(matches!(err, ChatError::Unavailable(_)), "{err:?}");
+        assert_eq!(publisher.producer_recreations(), 1);
     }
 }
