@@ -101,9 +101,24 @@ impl SharedProducer {
     /// identity check makes concurrent failures on the same dead producer
     /// replace it once; a failure on a producer that is fine (broker down,
     /// timeout) changes nothing.
-    fn recover(&self, used: Arc<FutureProducer<LogContext>>) {
-        let Some((code, reason)) = used.client().fatal_error() else {
-            return;
+    ///
+    /// A producer whose records the broker keeps refusing for reasons of
+    /// idempotence state (`failed_with` is one of [`out_of_step`]) is
+    /// replaced too: librdkafka does not always treat those as fatal (nisshi
+    /// answers UNKNOWN after a restart that lost the producer's sequence),
+    /// and retrying on the same producer id fails forever.
+    fn recover(
+        &self,
+        used: Arc<FutureProducer<LogContext>>,
+        failed_with: Option<RDKafkaErrorCode>,
+    ) {
+        let (code, reason) = match (used.client().fatal_error(), failed_with) {
+            (Some(fatal), _) => fatal,
+            (None, Some(code)) if out_of_step(code) => (
+                code,
+                "the broker refused the producer's records: its idempotence state is out of step with the broker's".to_string(),
+            ),
+            _ => return,
         };
         let replaced = {
             let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
@@ -124,7 +139,7 @@ impl SharedProducer {
         };
         if let Some(dead) = replaced {
             let n = self.recreated.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::error!(code = ?code, reason = %reason, recreated = n, "the Kafka producer hit a fatal error and was replaced by a new one; failed publishes are retried on it");
+            tracing::error!(code = ?code, reason = %reason, recreated = n, "the Kafka producer cannot go on (a fatal error, or its idempotence state is out of step with the broker's) and was replaced by a new one; failed publishes are retried on it");
             metrics::describe_counter!(
                 PRODUCER_RECREATED,
                 "Kafka producers replaced after a fatal error of the idempotent producer"
@@ -134,6 +149,20 @@ impl SharedProducer {
         }
         retire(used);
     }
+}
+
+/// Produce errors after which the producer's id and sequence numbers are of
+/// no use any more (a fresh producer gets a new id).
+fn out_of_step(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Unknown
+            | RDKafkaErrorCode::OutOfOrderSequenceNumber
+            | RDKafkaErrorCode::UnknownProducerId
+            | RDKafkaErrorCode::InvalidProducerEpoch
+            | RDKafkaErrorCode::InvalidProducerIdMapping
+            | RDKafkaErrorCode::ProducerFenced
+    )
 }
 
 /// Drops a handle of a dead producer on a blocking thread when there is a
@@ -235,6 +264,7 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
         // full; the record's own timeout (message.timeout.ms) bounds the rest.
         let send = producer.send(rec, self.produce_timeout);
         let outcome = tokio::time::timeout(self.produce_timeout + VERDICT_GRACE, send).await;
+        let mut failed_with = None;
         let err = match outcome {
             Ok(Ok(delivery)) => {
                 return Ok(Delivered {
@@ -244,6 +274,7 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
             }
             Ok(Err((err, _message))) => {
                 tracing::warn!(topic = %self.topic, key, idempotency_key = ?idempotency_key, error = %err, "publish failed");
+                failed_with = err.rdkafka_error_code();
                 publish_error(&err, self.produce_timeout)
             }
             Err(_elapsed) => {
@@ -253,7 +284,7 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
         };
         // A dead producer is replaced now; this publish still fails, and
         // the caller's retry goes out on the new one.
-        self.producer.recover(producer);
+        self.producer.recover(producer, failed_with);
         Err(err)
     }
 
@@ -367,6 +398,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_producer_the_broker_keeps_refusing_for_its_sequence_state_is_replaced() {
+        let (_config, publisher) = nowhere();
+        let first = publisher.producer.current();
+        // A broker that is merely down or slow: keep the producer.
+        publisher
+            .producer
+            .recover(first.clone(), Some(RDKafkaErrorCode::MessageTimedOut));
+        publisher.producer.recover(first.clone(), None);
+        assert!(Arc::ptr_eq(&first, &publisher.producer.current()));
+        // Refused for its idempotence state: a new producer (a new id).
+        publisher
+            .producer
+            .recover(first.clone(), Some(RDKafkaErrorCode::Unknown));
+        let second = publisher.producer.current();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(publisher.producer_recreations(), 1);
+        // A late failure on the replaced one changes nothing.
+        publisher
+            .producer
+            .recover(first, Some(RDKafkaErrorCode::OutOfOrderSequenceNumber));
+        assert!(Arc::ptr_eq(&second, &publisher.producer.current()));
+        assert_eq!(publisher.producer_recreations(), 1);
+    }
+
+    #[tokio::test]
     async fn a_fatal_error_replaces_the_producer_once_for_every_sharer() {
         use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
         let (config, publisher) = nowhere();
@@ -397,10 +453,10 @@ mod tests {
         // the swap) change nothing; neither do failures on a healthy one.
         std::thread::scope(|s| {
             for _ in 0..4 {
-                s.spawn(|| publisher.producer.recover(before.clone()));
+                s.spawn(|| publisher.producer.recover(before.clone(), None));
             }
         });
-        publisher.producer.recover(after.clone());
+        publisher.producer.recover(after.clone(), None);
         assert!(Arc::ptr_eq(&after, &publisher.producer.current()));
         assert_eq!(publisher.producer_recreations(), 1);
         // The new producer is a working one: no broker here, so a publish
