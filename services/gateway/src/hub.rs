@@ -56,6 +56,13 @@ pub struct Hub {
     acked: Mutex<HashMap<String, u64>>,
     /// Wakes sessions waiting for acknowledgements.
     acked_changed: tokio::sync::Notify,
+    /// Routers whose first acknowledgement (of the hello) arrived on the
+    /// current link.
+    greeted: Mutex<std::collections::HashSet<String>>,
+    /// Counts changes in the set of routers that know this gateway's users
+    /// (a link lost, or a link up and its hello acknowledged): after one,
+    /// a router may have routed messages that never reached this gateway.
+    routing: tokio::sync::watch::Sender<u64>,
 }
 
 /// Removes a session from the hub when dropped.
@@ -113,6 +120,8 @@ impl Hub {
             epoch: AtomicU64::new(0),
             acked: Mutex::new(HashMap::new()),
             acked_changed: tokio::sync::Notify::new(),
+            greeted: Mutex::new(std::collections::HashSet::new()),
+            routing: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -182,21 +191,45 @@ impl Hub {
     /// A router link to `router` is up; its acknowledgements count from now.
     pub fn router_attached(&self, router: &str) {
         self.acked().insert(router.to_string(), 0);
+        self.greeted().remove(router);
         self.acked_changed.notify_waiters();
     }
 
     /// `router` has applied this gateway's presence up to `epoch`.
     pub fn router_acked(&self, router: &str, epoch: u64) {
-        if let Some(e) = self.acked().get_mut(router) {
-            *e = (*e).max(epoch);
-        }
+        let known = match self.acked().get_mut(router) {
+            Some(e) => {
+                *e = (*e).max(epoch);
+                true
+            }
+            None => false,
+        };
         self.acked_changed.notify_waiters();
+        // The first acknowledgement on a link: from now on this router
+        // pushes to our users; what it routed before did not reach us.
+        if known && self.greeted().insert(router.to_string()) {
+            self.routing.send_modify(|n| *n += 1);
+        }
     }
 
-    /// The link to `router` is gone: nothing to wait for from it.
+    /// The link to `router` is gone: nothing to wait for from it, and what
+    /// it had routed to us but not yet sent is lost with the link.
     pub fn router_detached(&self, router: &str) {
         self.acked().remove(router);
+        self.greeted().remove(router);
         self.acked_changed.notify_waiters();
+        self.routing.send_modify(|n| *n += 1);
+    }
+
+    /// Changes when routing may have skipped this gateway (see
+    /// [`Hub::router_detached`], [`Hub::router_acked`]); sessions then check
+    /// history for messages they did not get live.
+    pub fn routing_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.routing.subscribe()
+    }
+
+    fn greeted(&self) -> MutexGuard<'_, std::collections::HashSet<String>> {
+        self.greeted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until every attached router has applied presence up to `epoch`,

@@ -18,7 +18,7 @@ use confab_proto::v1::{
 };
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Status, Streaming};
 
@@ -124,6 +124,10 @@ impl Session {
             Err(_) => return,
         };
         let (tx, mut live) = mpsc::channel(state.s.queue);
+        // Routing changes from now on may have skipped this session.
+        let mut routing = state.s.hub.routing_changes();
+        routing.borrow_and_update();
+        let mut recheck_at: Option<tokio::time::Instant> = None;
         let registration = state
             .s
             .hub
@@ -165,11 +169,51 @@ impl Session {
                     // The hub dropped us (too slow); the kill status is on its way.
                     None => return,
                 },
+                changed = routing.changed() => {
+                    if changed.is_ok() {
+                        // Spread over a moment, so a router change does not
+                        // send every session to history at once.
+                        recheck_at.get_or_insert_with(|| tokio::time::Instant::now() + recheck_jitter());
+                    }
+                    Ok(())
+                }
+                () = sleep_until_some(recheck_at) => {
+                    recheck_at = None;
+                    match state.recheck().await {
+                        Ok(true) => Ok(()),
+                        // History did not answer: try again in a while.
+                        Ok(false) => {
+                            recheck_at = Some(tokio::time::Instant::now() + RECHECK_RETRY);
+                            Ok(())
+                        }
+                        Err(Gone) => Err(Gone),
+                    }
+                }
             };
             if step.is_err() {
                 return;
             }
         }
+    }
+}
+
+/// How long after a failed recheck (history unavailable) it is tried again.
+const RECHECK_RETRY: Duration = Duration::from_secs(1);
+
+/// Up to half a second, different for every session.
+fn recheck_jitter() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.subsec_nanos())
+        .unwrap_or_default();
+    Duration::from_millis(u64::from(nanos % 500))
+}
+
+/// Completes at `at`, or never when there is nothing scheduled.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -389,6 +433,38 @@ impl State {
             self.cursors.remove(&conv);
         }
         Ok(())
+    }
+
+    /// After a routing change (a router link lost, or a router that did not
+    /// know this gateway's users took partitions), messages may have been
+    /// routed past this session: compare every conversation it streams with
+    /// history's newest seq and send what it is missing. `Ok(false)` when
+    /// history could not be asked (the caller retries).
+    async fn recheck(&mut self) -> Result<bool, Gone> {
+        if self.cursors.is_empty() {
+            return Ok(true);
+        }
+        let conversations = match self.s.history.list_conversations(&self.s.user).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(user_id = %self.s.user, error = %e, "cannot recheck after a routing change; retrying");
+                return Ok(false);
+            }
+        };
+        for conv in conversations {
+            let Some(c) = self.cursors.get(&conv.id).copied() else {
+                continue;
+            };
+            if conv.last_seq > c.last {
+                tracing::debug!(user_id = %self.s.user, conversation_id = %conv.id, from = c.last, to = conv.last_seq, "sending what routing skipped");
+                match self.fill(&conv.id, c.last, u64::MAX).await {
+                    Ok(()) => {}
+                    Err(FillError::Gone) => return Err(Gone),
+                    Err(FillError::Refused(_)) => return Ok(false),
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// A live message: dropped if already sent, preceded by history if

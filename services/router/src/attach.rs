@@ -134,7 +134,13 @@ pub struct GatewayLinks {
     directory: Mutex<Directory>,
     /// Source of link ids.
     next_link: AtomicU64,
+    /// Outcomes dropped because their origin gateway was not attached.
+    orphaned: AtomicU64,
 }
+
+/// Counter of outcomes whose origin gateway was not attached to the router
+/// that routed them (the sender's call ends with the retry-safe UNAVAILABLE).
+pub const OUTCOMES_ORPHANED: &str = "confab_router_outcomes_orphaned_total";
 
 impl GatewayLinks {
     /// No gateway attached yet.
@@ -143,6 +149,7 @@ impl GatewayLinks {
             config,
             directory: Mutex::new(Directory::default()),
             next_link: AtomicU64::new(1),
+            orphaned: AtomicU64::new(0),
         })
     }
 
@@ -157,6 +164,12 @@ impl GatewayLinks {
         let mut ids: Vec<String> = self.directory().gateways.keys().cloned().collect();
         ids.sort();
         ids
+    }
+
+    /// How many outcomes were dropped because their origin gateway was not
+    /// attached here.
+    pub fn orphaned_outcomes(&self) -> u64 {
+        self.orphaned.load(Ordering::Relaxed)
     }
 
     /// The gateways that announced a session of `user`, sorted.
@@ -384,6 +397,8 @@ impl DeliverySink for GatewayLinks {
             .map(|l| (l.id, l.tx.clone()));
         let Some((link, tx)) = target else {
             // Its client times out with the retry-safe UNAVAILABLE.
+            self.orphaned.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(OUTCOMES_ORPHANED).increment(1);
             tracing::debug!(
                 gateway_id,
                 request_id = origin.request_id,
