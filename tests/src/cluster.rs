@@ -195,6 +195,7 @@ impl Cluster {
             let config = HistoryConfig {
                 database_url: database_url.clone(),
                 pool: 4,
+                acquire_timeout: Duration::from_secs(2),
                 kafka: kafka.clone(),
                 limits: shape.gateway.limits,
                 linger: Duration::from_millis(2),

@@ -27,6 +27,9 @@ pub struct HistoryConfig {
     pub database_url: String,
     /// Pool size (`CONFAB_DATABASE_POOL`).
     pub pool: u32,
+    /// How long a call waits for a database connection before it fails
+    /// with UNAVAILABLE (`CONFAB_DATABASE_ACQUIRE_TIMEOUT_MS`, default 2000).
+    pub acquire_timeout: Duration,
     /// The broker and topics.
     pub kafka: KafkaConfig,
     /// Group size limit.
@@ -55,6 +58,12 @@ impl HistoryConfig {
         Ok(Self {
             database_url: required(env, "CONFAB_DATABASE_URL", "a postgres:// URL")?,
             pool: parse_or(env, "CONFAB_DATABASE_POOL", 8, "a connection count")?,
+            acquire_timeout: Duration::from_millis(parse_or(
+                env,
+                "CONFAB_DATABASE_ACQUIRE_TIMEOUT_MS",
+                2000,
+                "milliseconds",
+            )?),
             kafka: KafkaConfig::from_env(env)?,
             limits: Limits {
                 max_group_members: parse_or(
@@ -98,8 +107,15 @@ pub async fn run_with_state(
     let Some(service_token) = config.service_token.clone() else {
         anyhow::bail!("CONFAB_SERVICE_TOKEN is required to serve history");
     };
-    let store: Arc<dyn Store> =
-        Arc::new(PostgresStore::connect(&config.database_url, config.limits, config.pool).await?);
+    let store: Arc<dyn Store> = Arc::new(
+        PostgresStore::connect_with_timeout(
+            &config.database_url,
+            config.limits,
+            config.pool,
+            config.acquire_timeout,
+        )
+        .await?,
+    );
     ensure_topics(&config.kafka).await?;
     let outcomes = KafkaPublisher::<OutcomeRecord>::new(&config.kafka)?;
     let consumer = BatchConsumer::<IngressRecord>::new(&config.kafka, GROUP)?;

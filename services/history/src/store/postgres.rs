@@ -52,6 +52,9 @@ pub struct PostgresStore {
     limits: Limits,
 }
 
+/// How long a call waits for a connection by default.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+
 impl PostgresStore {
     /// Connects to the database at `url` with a pool of at most
     /// `max_connections` and applies the migrations.
@@ -60,9 +63,21 @@ impl PostgresStore {
         limits: Limits,
         max_connections: u32,
     ) -> Result<Self, StoreError> {
+        Self::connect_with_timeout(url, limits, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`PostgresStore::connect`] where a call that cannot get a connection
+    /// (the server is down) fails after `acquire_timeout` instead of the
+    /// default, so reads fail fast with UNAVAILABLE during an outage.
+    pub async fn connect_with_timeout(
+        url: &str,
+        limits: Limits,
+        max_connections: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(acquire_timeout)
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
