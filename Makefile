@@ -12,7 +12,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres build build-services stack stack-down migrate up down clean-data apt grpcurl
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres build build-services chaos stack stack-down migrate up down clean-data apt grpcurl
 NISSHI := $(TOOLS)/bin/nisshi
 # Every target builds the same set, so cargo's feature unification never
 # differs between them and nothing is rebuilt when switching targets.
@@ -37,6 +37,11 @@ test: deps-build deps-tools deps-test lint ## every test (after fmt and clippy):
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 build-services: build
+
+CHAOS_ARGS ?=
+chaos: deps-build deps-tools deps-test build ## the long chaos run (about 6 min): kill and restart every service, the broker and PostgreSQL under load, then check no loss, no duplicates, no gaps (CHAOS_ARGS="--seconds 600 --logs DIR")
+	$(CARGO) build -p confab-tests --bin confab-chaos
+	$(CARGO_TARGET_DIR)/debug/confab-chaos $(CHAOS_ARGS)
 
 stack: deps-build deps-tools deps-postgres deps-broker build-services ## the distributed stack on this machine: PostgreSQL, Kafka-API broker, history, router, gateway on 127.0.0.1:50051
 	@deploy/local/stack.sh up

@@ -18,8 +18,10 @@ use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
 pub mod broker;
+pub mod chaos;
 pub mod cluster;
 pub mod postgres;
+pub mod procs;
 pub mod server;
 pub mod topology;
 
@@ -384,11 +386,16 @@ pub fn confab_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir");
-    let bin = dir.join("confab");
+    // Tests run from `<profile>/deps/`, tools (confab-chaos) from `<profile>/`.
+    let beside = exe.with_file_name("confab");
+    let bin = if beside.exists() {
+        beside
+    } else {
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target profile dir")
+            .join("confab")
+    };
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p confab` first (make test does)",

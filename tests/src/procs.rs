@@ -1,0 +1,156 @@
+//! Confab's service binaries (`confab-gateway`, `confab-router`,
+//! `confab-history`) as real child processes: started with an environment,
+//! killed with SIGKILL (a crash) or stopped with SIGTERM (a graceful
+//! shutdown, timed), and started again with the same settings. Output goes
+//! to a log file that survives restarts and whose tail is in every failure.
+
+use crate::{confab_bin, DEADLINE};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// One service binary running as a child process.
+pub struct ServiceProc {
+    /// Binary name (next to `confab`).
+    pub name: &'static str,
+    /// A short name for reports (`gateway-1`).
+    pub label: String,
+    /// Its environment (besides `CONFAB_LISTEN`); inherited `CONFAB_*`
+    /// variables are removed.
+    pub env: Vec<(String, String)>,
+    /// Where it listens (`127.0.0.1:port`).
+    pub addr: String,
+    /// Its log file (appended to across restarts).
+    pub log: PathBuf,
+    /// The process, while running.
+    child: Option<Child>,
+}
+
+/// How a graceful stop went.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopped {
+    /// The exit status, if the process exited in time.
+    pub status: Option<ExitStatus>,
+    /// From SIGTERM to exit (or to giving up).
+    pub took: Duration,
+}
+
+impl ServiceProc {
+    /// A service that is not started yet.
+    pub fn new(
+        name: &'static str,
+        label: impl Into<String>,
+        env: Vec<(String, String)>,
+        log: PathBuf,
+    ) -> Self {
+        Self {
+            name,
+            label: label.into(),
+            env,
+            addr: format!("127.0.0.1:{}", crate::free_port()),
+            log,
+            child: None,
+        }
+    }
+
+    /// Starts the binary and waits until it listens; panics with its log
+    /// tail if it exits or does not listen in time.
+    pub fn start(&mut self) {
+        let bin = confab_bin().with_file_name(self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let mut cmd = Command::new(&bin);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("CONFAB_LISTEN", &self.addr)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + DEADLINE * 2;
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "{} exited early ({status}); log:\n{}",
+                    self.label,
+                    self.tail(30)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on {}; log:\n{}",
+                self.label,
+                self.addr,
+                self.tail(30)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// `kill -9`: no shutdown handling at all. Idempotent.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `limit` for the process to exit; one that
+    /// is still running then is killed (and reported with no status).
+    pub async fn terminate(&mut self, limit: Duration) -> Stopped {
+        let started = Instant::now();
+        let Some(mut child) = self.child.take() else {
+            return Stopped {
+                status: None,
+                took: Duration::ZERO,
+            };
+        };
+        let sent = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {}", self.label);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Stopped {
+                    status: Some(status),
+                    took: started.elapsed(),
+                };
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Stopped {
+                    status: None,
+                    took: started.elapsed(),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The last `lines` lines of its log.
+    pub fn tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for ServiceProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
