@@ -105,6 +105,9 @@ pub struct Config {
     pub settle_for: Duration,
     /// A client unable to send for longer than this is a violation.
     pub max_outage: Duration,
+    /// Every call must be answered (OK or an error) within this: failing
+    /// fast, not hanging, while a dependency is down.
+    pub max_call: Duration,
     /// `CONFAB_SHUTDOWN_GRACE_MS` of every service; a SIGTERM must end the
     /// process within it (plus a second).
     pub shutdown_grace: Duration,
@@ -141,6 +144,7 @@ impl Config {
             down_for: Duration::from_secs(2),
             settle_for: Duration::from_secs(60),
             max_outage: Duration::from_secs(30),
+            max_call: Duration::from_secs(6),
             shutdown_grace: Duration::from_secs(10),
             log_dir: None,
         }
@@ -204,6 +208,12 @@ pub struct Report {
     pub longest_outage: Duration,
     /// The bound on that.
     pub max_outage: Duration,
+    /// The slowest answer to any call (send or read), OK or not.
+    pub slowest_call: Duration,
+    /// The bound on that.
+    pub max_call: Duration,
+    /// History reads answered OK, and answered UNAVAILABLE.
+    pub reads: (u64, u64),
     /// Faults applied, in order, with the time each target was down.
     pub faults: Vec<(String, Duration)>,
     /// `Connect` streams opened again after breaking.
@@ -226,6 +236,7 @@ impl Report {
             + self.unexpected_errors
             + self.bad_stops
             + u64::from(self.longest_outage > self.max_outage)
+            + u64::from(self.slowest_call > self.max_call)
     }
 }
 
@@ -256,6 +267,11 @@ impl fmt::Display for Report {
             self.delivered,
             self.due,
             self.reconnects
+        )?;
+        writeln!(
+            f,
+            "reads: {} answered, {} UNAVAILABLE (failing fast while a dependency was down)",
+            self.reads.0, self.reads.1
         )?;
         let line = |f: &mut fmt::Formatter<'_>, name: &str, n: u64, detail: String| {
             let verdict = if n == 0 { "ok  " } else { "FAIL" };
@@ -327,6 +343,16 @@ impl fmt::Display for Report {
                 " violation ({} ms; limit {} ms)",
                 self.longest_outage.as_millis(),
                 self.max_outage.as_millis()
+            ),
+        )?;
+        line(
+            f,
+            "slowest answer to a call",
+            u64::from(self.slowest_call > self.max_call),
+            format!(
+                " violation ({} ms; limit {} ms)",
+                self.slowest_call.as_millis(),
+                self.max_call.as_millis()
             ),
         )?;
         write!(f, "violations: {}", self.violations())
@@ -588,6 +614,8 @@ struct Log {
     unacknowledged: u64,
     unexpected: Vec<String>,
     longest_outage: Duration,
+    slowest_call: Duration,
+    reads: (u64, u64),
     /// (user, conversation) → seqs received, in arrival order.
     received: HashMap<(String, String), Vec<Received>>,
     /// (user, conversation) → the highest seq received.
@@ -631,7 +659,13 @@ async fn sender(
                 client_msg_id: key.clone(),
                 body: format!("chaos {key}"),
             });
-            match client.gateways[gw].clone().send_message(req).await {
+            let asked = Instant::now();
+            let answer = client.gateways[gw].clone().send_message(req).await;
+            {
+                let mut l = lock(&log);
+                l.slowest_call = l.slowest_call.max(asked.elapsed());
+            }
+            match answer {
                 Ok(resp) => {
                     let seq = resp.into_inner().message.map_or(0, |m| m.seq);
                     let mut l = lock(&log);
@@ -669,6 +703,37 @@ async fn sender(
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Reads the newest page of `conv` every interval until `stop_at`: OK, or
+/// UNAVAILABLE while history or its database is down, and always in time.
+async fn reader(client: Client, conv: String, interval: Duration, stop_at: Instant, log: Shared) {
+    use confab_proto::v1::GetHistoryRequest;
+    let mut gw = 0;
+    while Instant::now() < stop_at {
+        tokio::time::sleep(interval).await;
+        let req = client.req(GetHistoryRequest {
+            conversation_id: conv.clone(),
+            before_seq: None,
+            after_seq: None,
+            limit: 20,
+        });
+        let asked = Instant::now();
+        let answer = client.gateways[gw].clone().get_history(req).await;
+        let mut l = lock(&log);
+        l.slowest_call = l.slowest_call.max(asked.elapsed());
+        match answer {
+            Ok(_) => l.reads.0 += 1,
+            Err(s) if s.code() == Code::Unavailable => {
+                l.reads.1 += 1;
+                gw = (gw + 1) % client.gateways.len();
+            }
+            Err(s) if retryable(&s) => gw = (gw + 1) % client.gateways.len(),
+            Err(s) => l
+                .unexpected
+                .push(format!("read {conv}: {:?} {}", s.code(), s.message())),
         }
     }
 }
@@ -934,8 +999,21 @@ pub async fn run(config: Config) -> Report {
         })
         .collect();
 
+    let readers: Vec<_> = convs
+        .iter()
+        .map(|c| {
+            tokio::spawn(reader(
+                Client::new(&c.members[0], &addrs),
+                c.id.clone(),
+                config.send_interval * 2,
+                stop_at,
+                log.clone(),
+            ))
+        })
+        .collect();
     let mut report = Report {
         max_outage: config.max_outage,
+        max_call: config.max_call,
         ..Report::default()
     };
     let schedule: Vec<Fault> = (0..config.rounds)
@@ -960,7 +1038,7 @@ pub async fn run(config: Config) -> Report {
             report.stops.push((fault.to_string(), s));
         }
     }
-    for s in senders {
+    for s in senders.into_iter().chain(readers) {
         let _ = s.await;
     }
     report.load_time = started.elapsed().min(config.load_for);
@@ -1016,6 +1094,8 @@ fn check(
     report.reconnects = l.reconnects;
     report.unacknowledged = l.unacknowledged;
     report.longest_outage = l.longest_outage;
+    report.slowest_call = l.slowest_call;
+    report.reads = l.reads;
     report.unexpected_errors = l.unexpected.len() as u64;
     report.error_examples = l.unexpected.iter().take(3).cloned().collect();
     report.stored = stored.values().map(|m| m.len() as u64).sum();
@@ -1122,6 +1202,7 @@ mod tests {
     ) -> Report {
         let mut report = Report {
             max_outage: Duration::from_secs(30),
+            max_call: Duration::from_secs(6),
             ..Report::default()
         };
         check(convs, stored, last, twice, log, &mut report);
@@ -1191,15 +1272,17 @@ mod tests {
         let (convs, stored, last, mut log) = healthy();
         log.unexpected.push("send: PermissionDenied".into());
         log.longest_outage = Duration::from_secs(31);
+        log.slowest_call = Duration::from_secs(7);
         let mut r = checked(&convs, &stored, &last, 0, &log);
         r.bad_stops = 1;
-        assert_eq!(r.violations(), 3, "{r}");
+        assert_eq!(r.violations(), 4, "{r}");
         let text = r.to_string();
         assert!(text.contains("FAIL unexpected errors: 1"), "{text}");
         assert!(
             text.contains("FAIL longest time a client could not send"),
             "{text}"
         );
-        assert!(text.ends_with("violations: 3"), "{text}");
+        assert!(text.contains("FAIL slowest answer to a call"), "{text}");
+        assert!(text.ends_with("violations: 4"), "{text}");
     }
 }
