@@ -9,23 +9,31 @@
 //! Labels are bounded: `service` and `method` come from the descriptor sets
 //! a server serves (any other path counts as `unknown`), `code` is one of the
 //! 17 gRPC code names, `breaker` is a circuit breaker's name (one per
-//! configured address) and `to` one of its three states. No user,
+//! configured address) and `to` one of its three states; the product
+//! metrics below name their (small, fixed) label values. No user,
 //! conversation or request ids.
+//!
+//! Readiness ([`Readiness`]) is the serving flag that [`crate::grpc::serve`]
+//! keeps, and named checks of the process's dependencies ("database",
+//! "kafka"), each kept current by a task ([`spawn_check`]): `/readyz` is 200
+//! only while the process serves and every check passes, and names what
+//! fails otherwise. [`Readiness::subscribe`] follows the same verdict.
 
 use crate::shutdown::{self, Signal, Trigger};
 use axum::http::{header, StatusCode};
 use axum::routing::get;
 use http_body::{Frame, SizeHint};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tonic::codegen::Bytes;
 
 /// The variable naming the address of the metrics and health server
@@ -51,10 +59,98 @@ pub const BREAKER_TRANSITIONS: &str = "confab_breaker_transitions_total";
 /// (open, or half-open with every probe slot taken), by `breaker`.
 pub const BREAKER_REJECTED: &str = "confab_breaker_rejected_total";
 
-/// Buckets of [`GRPC_DURATION`], 1 ms to 10 s (a send waits for a commit;
-/// its timeout is 10 s).
+/// Counter (gateway): ingress records produced, i.e. writes (sends and
+/// membership changes) the broker acknowledged and history will decide.
+pub const MESSAGES_ACCEPTED: &str = "confab_messages_accepted_total";
+/// Counter (history): messages assigned a seq (sends and the system
+/// messages of membership changes; replays of stored ones are not counted).
+pub const MESSAGES_SEQUENCED: &str = "confab_messages_sequenced_total";
+/// Counter (history): ingress records history refused, by `reason`
+/// ([`REJECT_REASONS`], from the refusal's error code).
+pub const MESSAGES_REJECTED: &str = "confab_messages_rejected_total";
+/// Counter (gateway): messages written to a client's `Connect` stream, live
+/// or from history (resume, gap fill).
+pub const MESSAGES_DELIVERED: &str = "confab_messages_delivered_total";
+/// Histogram (seconds, gateway): from a message's `created_at` (stamped by
+/// history when it assigned the seq, on history's clock) to the moment a
+/// gateway first writes it to a stream live (on the gateway's clock).
+pub const MESSAGE_E2E: &str = "confab_message_e2e_seconds";
+/// The values of `reason` on [`MESSAGES_REJECTED`].
+pub const REJECT_REASONS: [&str; 5] = ["not_member", "not_found", "invalid", "limit", "other"];
+
+/// Histogram (seconds): from handing a record to the Kafka producer to the
+/// broker's acknowledgement, by `topic_kind` (`ingress`, `messages`).
+pub const KAFKA_PRODUCE: &str = "confab_kafka_produce_seconds";
+/// Counter: publishes that failed (timeout, broker down, refused), by
+/// `topic_kind`.
+pub const KAFKA_PRODUCE_ERRORS: &str = "confab_kafka_produce_errors_total";
+/// Gauge: records in a partition past its group's committed offset (high
+/// watermark − committed), by `group` and `partition`, for the partitions
+/// the process's consumer owns (0 for partitions it owned before).
+pub const KAFKA_CONSUMER_LAG: &str = "confab_kafka_consumer_lag_records";
+/// Counter: partition assignments a consumer received (each rebalance ends
+/// with one), by `group`.
+pub const KAFKA_REBALANCES: &str = "confab_kafka_rebalances_total";
+
+/// Histogram (records): the size of each batch history applied in one
+/// transaction.
+pub const DB_BATCH_RECORDS: &str = "confab_db_batch_records";
+/// Histogram (seconds): one batch's transaction (with its deadlock
+/// retries), by `result` (`ok`, `error`).
+pub const DB_TRANSACTION: &str = "confab_db_transaction_seconds";
+/// Gauge: connections of history's PostgreSQL pool, by `state` (`idle`,
+/// `in_use`).
+pub const DB_POOL_CONNECTIONS: &str = "confab_db_pool_connections";
+/// Gauge: the most connections history's PostgreSQL pool opens.
+pub const DB_POOL_MAX: &str = "confab_db_pool_connections_max";
+
+/// Gauge (gateway): `Connect` sessions registered now (live delivery on).
+pub const SESSIONS_OPEN: &str = "confab_sessions_open";
+/// Gauge (gateway): users with at least one session on this gateway.
+pub const USERS_ONLINE: &str = "confab_users_online";
+
+/// Histogram (users): recipients of each message a router routes.
+pub const ROUTER_FANOUT: &str = "confab_router_fanout_recipients";
+
+/// Counter (gateway): calls and stream sends refused by a per-user limit,
+/// by `limit` (`messages`, `conversations`, `streams`).
+pub const RATE_LIMITED: &str = "confab_rate_limited_total";
+
+/// The `reason` of [`MESSAGES_REJECTED`] for a refusal with this gRPC code.
+pub fn reject_reason(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::PermissionDenied => "not_member",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::InvalidArgument => "invalid",
+        tonic::Code::ResourceExhausted => "limit",
+        _ => "other",
+    }
+}
+
+/// Buckets of [`GRPC_DURATION`] and the other latency histograms, 1 ms to
+/// 10 s (a send waits for a commit; its timeout is 10 s).
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets of [`DB_BATCH_RECORDS`]: powers of two up to the largest batch
+/// (256).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Buckets of [`ROUTER_FANOUT`], up to the largest group (1000 by default).
+const FANOUT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+];
+
+/// Every histogram and its buckets (without buckets the exporter would
+/// render a summary).
+const HISTOGRAMS: &[(&str, &[f64])] = &[
+    (GRPC_DURATION, DURATION_BUCKETS),
+    (MESSAGE_E2E, DURATION_BUCKETS),
+    (KAFKA_PRODUCE, DURATION_BUCKETS),
+    (DB_TRANSACTION, DURATION_BUCKETS),
+    (DB_BATCH_RECORDS, BATCH_BUCKETS),
+    (ROUTER_FANOUT, FANOUT_BUCKETS),
 ];
 
 /// How often histogram samples are folded in when nobody scrapes.
@@ -67,12 +163,13 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let builder = match PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(GRPC_DURATION.into()), DURATION_BUCKETS)
-            {
-                Ok(b) => b,
-                Err(_) => unreachable!("the bucket list is not empty"),
-            };
+            let mut builder = PrometheusBuilder::new();
+            for (name, buckets) in HISTOGRAMS {
+                builder = match builder.set_buckets_for_metric(Matcher::Full((*name).into()), buckets) {
+                    Ok(b) => b,
+                    Err(_) => unreachable!("no bucket list is empty"),
+                };
+            }
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
             if let Err(e) = metrics::set_global_recorder(recorder) {
@@ -110,42 +207,307 @@ fn describe() {
         BREAKER_REJECTED,
         "calls a circuit breaker failed fast without reaching its dependency"
     );
+    metrics::describe_counter!(
+        MESSAGES_ACCEPTED,
+        "writes (sends, membership changes) a gateway produced to the ingress topic"
+    );
+    metrics::describe_counter!(MESSAGES_SEQUENCED, "messages history assigned a seq");
+    metrics::describe_counter!(
+        MESSAGES_REJECTED,
+        "writes history refused, by reason (not_member, not_found, invalid, limit, other)"
+    );
+    metrics::describe_counter!(
+        MESSAGES_DELIVERED,
+        "messages a gateway wrote to client streams (live and from history)"
+    );
+    metrics::describe_histogram!(
+        MESSAGE_E2E,
+        metrics::Unit::Seconds,
+        "from a message's created_at (history's clock) to its first live delivery on a stream (the gateway's clock)"
+    );
+    metrics::describe_histogram!(
+        KAFKA_PRODUCE,
+        metrics::Unit::Seconds,
+        "from producing a record to the broker's acknowledgement, by topic kind"
+    );
+    metrics::describe_counter!(
+        KAFKA_PRODUCE_ERRORS,
+        "publishes to the broker that failed, by topic kind"
+    );
+    metrics::describe_gauge!(
+        KAFKA_CONSUMER_LAG,
+        metrics::Unit::Count,
+        "records past the group's committed offset in each partition this consumer owns"
+    );
+    metrics::describe_counter!(
+        KAFKA_REBALANCES,
+        "partition assignments a consumer received, by group"
+    );
+    metrics::describe_histogram!(
+        DB_BATCH_RECORDS,
+        metrics::Unit::Count,
+        "records in each batch history applied in one transaction"
+    );
+    metrics::describe_histogram!(
+        DB_TRANSACTION,
+        metrics::Unit::Seconds,
+        "time of one batch transaction (with deadlock retries), by result"
+    );
+    metrics::describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "connections of history's database pool, by state (idle, in_use)"
+    );
+    metrics::describe_gauge!(
+        DB_POOL_MAX,
+        "the most connections history's database pool opens"
+    );
+    metrics::describe_gauge!(SESSIONS_OPEN, "Connect sessions open on this gateway");
+    metrics::describe_gauge!(
+        USERS_ONLINE,
+        "users with at least one session on this gateway"
+    );
+    metrics::describe_histogram!(
+        ROUTER_FANOUT,
+        metrics::Unit::Count,
+        "recipients of each message a router routes"
+    );
+    metrics::describe_counter!(
+        RATE_LIMITED,
+        "calls and stream sends refused by a per-user limit, by limit"
+    );
 }
 
-/// Whether this process should get traffic: a flag shared by whoever
-/// serves and the `/readyz` endpoint. Starts not ready.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+/// Whether this process should get traffic: the serving flag that whoever
+/// serves gRPC keeps ([`Readiness::set`]), and named checks of the
+/// process's dependencies ([`Readiness::check`]). Ready means serving and
+/// every check passing. Clones share the state. Starts not ready.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Debug)]
+struct ReadinessState {
+    /// Whether the process serves (set by [`crate::grpc::serve`]).
+    serving: AtomicBool,
+    /// The registered checks by id: their name and whether they pass.
+    checks: Mutex<BTreeMap<u64, (String, bool)>>,
+    /// Source of check ids.
+    next_id: AtomicU64,
+    /// The verdict, for subscribers; changed only under the `checks` lock.
+    verdict: watch::Sender<bool>,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(Arc::new(ReadinessState {
+            serving: AtomicBool::new(false),
+            checks: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+            verdict: watch::channel(false).0,
+        }))
+    }
+}
+
+/// Why a process is not ready: what [`Readiness::why_not`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotReady {
+    /// The process does not serve (not started yet, or shutting down).
+    pub not_serving: bool,
+    /// The names of the checks that fail, sorted, each once.
+    pub failing: Vec<String>,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if self.not_serving {
+            parts.push("not serving".to_string());
+        }
+        if !self.failing.is_empty() {
+            parts.push(format!("failing checks: {}", self.failing.join(", ")));
+        }
+        write!(f, "not ready: {}", parts.join("; "))
+    }
+}
 
 impl Readiness {
-    /// A new flag, not ready.
+    /// New state: not serving, no checks.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Sets the flag.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::SeqCst);
+    fn checks(&self) -> MutexGuard<'_, BTreeMap<u64, (String, bool)>> {
+        // Every update is a single insert, remove or flag write: a poisoned
+        // lock still holds consistent data.
+        self.0
+            .checks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Reads the flag.
+    /// Sets the serving flag.
+    pub fn set(&self, serving: bool) {
+        let checks = self.checks();
+        self.0.serving.store(serving, Ordering::SeqCst);
+        self.publish(&checks);
+    }
+
+    /// Whether the process serves (whatever the checks say).
+    pub fn is_serving(&self) -> bool {
+        self.0.serving.load(Ordering::SeqCst)
+    }
+
+    /// Whether the process serves and every check passes.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.why_not().is_none()
+    }
+
+    /// `None` when ready; otherwise what is wrong.
+    pub fn why_not(&self) -> Option<NotReady> {
+        let checks = self.checks();
+        Self::verdict(self.is_serving(), &checks)
+    }
+
+    fn verdict(serving: bool, checks: &BTreeMap<u64, (String, bool)>) -> Option<NotReady> {
+        let failing: BTreeSet<&String> = checks
+            .values()
+            .filter(|(_, ok)| !ok)
+            .map(|(name, _)| name)
+            .collect();
+        (!serving || !failing.is_empty()).then(|| NotReady {
+            not_serving: !serving,
+            failing: failing.into_iter().cloned().collect(),
+        })
+    }
+
+    /// Tells subscribers about the verdict; callers hold the `checks` lock.
+    fn publish(&self, checks: &BTreeMap<u64, (String, bool)>) {
+        let ready = Self::verdict(self.is_serving(), checks).is_none();
+        self.0.verdict.send_if_modified(|v| {
+            let changed = *v != ready;
+            *v = ready;
+            changed
+        });
+    }
+
+    /// Registers a check called `name` (e.g. "database", "kafka"), failing
+    /// until it is first [`ReadinessCheck::set`]; it is removed when the
+    /// returned handle is dropped. Several checks may share a name (e.g.
+    /// two services in one test process): the name fails while any of them
+    /// does.
+    pub fn check(&self, name: &str) -> ReadinessCheck {
+        let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut checks = self.checks();
+        checks.insert(id, (name.to_string(), false));
+        self.publish(&checks);
+        drop(checks);
+        ReadinessCheck {
+            readiness: self.clone(),
+            id,
+        }
+    }
+
+    /// The verdict (ready or not) now and at every change, for whoever
+    /// mirrors it elsewhere (e.g. the `grpc.health.v1` status).
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.0.verdict.subscribe()
+    }
+}
+
+/// One named readiness check (see [`Readiness::check`]); dropping it
+/// removes the check.
+#[derive(Debug)]
+pub struct ReadinessCheck {
+    readiness: Readiness,
+    id: u64,
+}
+
+impl ReadinessCheck {
+    /// Records whether the check passes now.
+    pub fn set(&self, ok: bool) {
+        let mut checks = self.readiness.checks();
+        if let Some(entry) = checks.get_mut(&self.id) {
+            entry.1 = ok;
+        }
+        self.readiness.publish(&checks);
+    }
+}
+
+impl Drop for ReadinessCheck {
+    fn drop(&mut self) {
+        let mut checks = self.readiness.checks();
+        checks.remove(&self.id);
+        self.readiness.publish(&checks);
     }
 }
 
 /// The process's readiness: [`crate::grpc::serve`] sets it when it starts
-/// serving and clears it as soon as its shutdown starts. (A process running
-/// several gRPC servers, as some tests do, shares it: the last change wins.)
+/// serving and clears it as soon as its shutdown starts; the checks of
+/// [`spawn_check`] are registered with it. (A process running several gRPC
+/// servers, as some tests do, shares it: the last serving change wins.)
 pub fn process_readiness() -> Readiness {
     static READY: OnceLock<Readiness> = OnceLock::new();
     READY.get_or_init(Readiness::new).clone()
 }
 
+/// Runs `probe` every `every` until `shutdown`, keeping the readiness check
+/// `name` of the [`process_readiness`] current: it fails from the start
+/// until the first probe passes, and whenever a probe fails or takes longer
+/// than `every` plus a second. Changes are logged (warn when failing, with
+/// the probe's error; info when passing again). The check is removed when
+/// the task ends.
+pub fn spawn_check<F, Fut>(
+    name: &'static str,
+    every: Duration,
+    shutdown: Signal,
+    mut probe: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let check = process_readiness().check(name);
+    let limit = every + Duration::from_secs(1);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last: Option<bool> = None;
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                _ = ticks.tick() => {}
+            }
+            let result = tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                r = tokio::time::timeout(limit, probe()) => r,
+            };
+            let result = result
+                .unwrap_or_else(|_| Err(format!("no answer within {} ms", limit.as_millis())));
+            let ok = result.is_ok();
+            match (&result, last) {
+                (Err(e), Some(true) | None) => {
+                    tracing::warn!(check = name, error = %e, "readiness check failing")
+                }
+                (Ok(()), Some(false)) => {
+                    tracing::info!(check = name, "readiness check passing again")
+                }
+                _ => {}
+            }
+            last = Some(ok);
+            check.set(ok);
+        }
+        drop(check);
+    })
+}
+
 /// Serves `GET /metrics` (Prometheus text format), `GET /livez` (200 while
-/// the process runs) and `GET /readyz` (200 while `readiness` is set, 503
-/// otherwise) on `listener` until `shutdown`. The recorder is installed when
-/// this is called, before the returned future first runs.
+/// the process runs) and `GET /readyz` (200 while `readiness` is ready, 503
+/// naming what is wrong otherwise) on `listener` until `shutdown`. The
+/// recorder is installed when this is called, before the returned future
+/// first runs.
 pub fn serve_http(
     listener: TcpListener,
     readiness: Readiness,
@@ -173,14 +535,11 @@ pub fn serve_http(
         .route(
             "/readyz",
             get(move || {
-                let ready = readiness.is_ready();
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                    }
-                }
+                let answer = match readiness.why_not() {
+                    None => (StatusCode::OK, "ready\n".to_string()),
+                    Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+                };
+                async move { answer }
             }),
         );
     async move {
@@ -528,6 +887,81 @@ mod tests {
         assert!(b.is_ready());
         a.set(false);
         assert!(!b.is_ready());
+    }
+
+    #[test]
+    fn readiness_needs_serving_and_every_check() {
+        let r = Readiness::new();
+        let verdicts = r.subscribe();
+        r.set(true);
+        assert!(r.is_ready() && *verdicts.borrow());
+        let db = r.check("database");
+        let kafka = r.check("kafka");
+        let kafka2 = r.check("kafka");
+        // A new check fails until it first passes.
+        assert_eq!(
+            r.why_not(),
+            Some(NotReady {
+                not_serving: false,
+                failing: vec!["database".into(), "kafka".into()],
+            })
+        );
+        assert!(!*verdicts.borrow());
+        db.set(true);
+        kafka.set(true);
+        assert_eq!(r.why_not().map(|w| w.failing), Some(vec!["kafka".into()]));
+        kafka2.set(true);
+        assert!(r.is_ready() && *verdicts.borrow());
+        db.set(false);
+        r.set(false);
+        let why = r.why_not().expect("not ready");
+        assert_eq!(
+            why.to_string(),
+            "not ready: not serving; failing checks: database"
+        );
+        // A dropped check no longer counts.
+        drop(db);
+        r.set(true);
+        assert!(r.is_ready());
+        drop(kafka);
+        drop(kafka2);
+        assert!(r.is_ready());
+    }
+
+    #[tokio::test]
+    async fn readiness_changes_reach_subscribers() {
+        let r = Readiness::new();
+        let mut rx = r.subscribe();
+        assert!(!*rx.borrow_and_update());
+        r.set(true);
+        rx.changed().await.expect("a change");
+        assert!(*rx.borrow_and_update());
+        let c = r.check("kafka");
+        rx.changed().await.expect("a change");
+        assert!(!*rx.borrow_and_update());
+        c.set(true);
+        rx.changed().await.expect("a change");
+        assert!(*rx.borrow_and_update());
+        // Setting the same value again is not a change.
+        c.set(true);
+        r.set(true);
+        assert!(!rx.has_changed().expect("open"));
+    }
+
+    #[test]
+    fn reject_reasons_come_from_the_code() {
+        use tonic::Code;
+        let reasons: Vec<&str> = [
+            Code::PermissionDenied,
+            Code::NotFound,
+            Code::InvalidArgument,
+            Code::ResourceExhausted,
+            Code::Internal,
+        ]
+        .into_iter()
+        .map(reject_reason)
+        .collect();
+        assert_eq!(reasons, REJECT_REASONS);
     }
 
     #[test]
