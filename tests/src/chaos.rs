@@ -131,6 +131,19 @@ impl Config {
         ]
     }
 
+    /// A rolling restart: every service stopped with SIGTERM and started
+    /// again, one after the other.
+    pub fn rolling_restart() -> Vec<Fault> {
+        vec![
+            Fault::Term(Target::History(0)),
+            Fault::Term(Target::History(1)),
+            Fault::Term(Target::Router(0)),
+            Fault::Term(Target::Router(1)),
+            Fault::Term(Target::Gateway(0)),
+            Fault::Term(Target::Gateway(1)),
+        ]
+    }
+
     /// The short run in `make test`: every fault once in about a minute.
     pub fn short() -> Self {
         Self {
@@ -150,7 +163,8 @@ impl Config {
         }
     }
 
-    /// `make chaos`: more clients, longer outages, the schedule three times.
+    /// `make chaos`: more clients, longer outages, every fault and a rolling
+    /// restart of every service, twice.
     pub fn long() -> Self {
         Self {
             users: 24,
@@ -158,7 +172,8 @@ impl Config {
             group_size: 8,
             send_interval: Duration::from_millis(200),
             load_for: Duration::from_secs(240),
-            rounds: 3,
+            faults: [Self::every_fault(), Self::rolling_restart()].concat(),
+            rounds: 2,
             down_for: Duration::from_secs(5),
             settle_for: Duration::from_secs(90),
             ..Self::short()
@@ -597,13 +612,17 @@ impl Client {
     }
 }
 
-/// Whether a failed call is worth retrying (the documented UNAVAILABLE, or
-/// the connection or the deadline failing under us).
+/// Whether a failed call is worth retrying: the documented UNAVAILABLE, the
+/// deadline, or the connection failing under the call. tonic reports a call
+/// that a server's GOAWAY refused before processing it (it was sent as the
+/// server began a graceful shutdown) as INTERNAL "h2 protocol error" (the
+/// GOAWAY's NO_ERROR code): the server never answered it, so it is retried
+/// like UNAVAILABLE, as docs/operations.md tells clients to.
 fn retryable(status: &Status) -> bool {
     matches!(
         status.code(),
         Code::Unavailable | Code::Cancelled | Code::DeadlineExceeded | Code::Unknown
-    )
+    ) || (status.code() == Code::Internal && status.message().starts_with("h2 protocol error"))
 }
 
 /// What every task records.
