@@ -423,6 +423,74 @@ async fn uncommitted_records_are_redelivered_and_committed_ones_are_not() {
     d.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_measures_lag_per_owned_partition_and_probes_see_a_dead_broker() {
+    let mut broker = Broker::start_memory().await;
+    let cfg = config(&broker, 2);
+    ensure_topics(&cfg).await.expect("create topics");
+    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("publisher");
+    let records: Vec<IngressRecord> = (0..10)
+        .map(|id| send(if id % 2 == 0 { "dm-a" } else { "dm-b" }, id))
+        .collect();
+    let end = end_offsets(publish_all(&publisher, &records).await.into_values());
+
+    // Read everything, commit nothing: every record is lag.
+    let mut consumer = BatchConsumer::<IngressRecord>::new(&cfg, "lag").expect("consumer");
+    let monitor = consumer.monitor();
+    let (_, positions) =
+        read_until(&mut consumer, "every record", false, |all| all.len() >= 10).await;
+    let owned = consumer.state().assigned();
+    assert_eq!(owned, [0, 1].into(), "one consumer owns both partitions");
+    let lags = monitor.check(Duration::from_secs(5)).await.expect("check");
+    let expected: BTreeMap<i32, i64> = owned
+        .iter()
+        .map(|&p| (p, end.get(p).unwrap_or(0)))
+        .collect();
+    assert_eq!(lags, expected, "nothing committed: lag is every record");
+
+    // Committed: no lag.
+    consumer.commit(&positions).await.expect("commit");
+    let lags = monitor.check(Duration::from_secs(5)).await.expect("check");
+    assert_eq!(lags, owned.iter().map(|&p| (p, 0)).collect());
+
+    // Two more on one partition, uncommitted: lag 2 there.
+    let more = publish_all(&publisher, &[send("dm-a", 10), send("dm-a", 11)]).await;
+    let busy = more.values().next().expect("delivered").partition;
+    let (_, _) = read_until(&mut consumer, "the two new records", false, |all| {
+        all.len() >= 2
+    })
+    .await;
+    let lags = monitor.check(Duration::from_secs(5)).await.expect("check");
+    assert_eq!(lags.get(&busy), Some(&2), "{lags:?}");
+    assert_eq!(lags.values().sum::<i64>(), 2, "{lags:?}");
+
+    // A closed consumer cannot be checked.
+    consumer.close().await;
+    let err = monitor
+        .check(Duration::from_secs(1))
+        .await
+        .expect_err("the consumer is closed");
+    assert!(err.to_string().contains("closed"), "{err}");
+
+    // The producer's probe answers while the broker does, and fails within
+    // about its timeout once it is gone.
+    publisher
+        .probe(Duration::from_secs(1))
+        .await
+        .expect("the broker answers");
+    broker.kill9();
+    let started = Instant::now();
+    publisher
+        .probe(Duration::from_secs(1))
+        .await
+        .expect_err("the broker is gone");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "noticed after {:?}",
+        started.elapsed()
+    );
+}
+
 /// What one worker of the group saw and committed.
 #[derive(Default)]
 struct Ledger {

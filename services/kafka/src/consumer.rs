@@ -9,6 +9,7 @@
 //! (deduplicated downstream), never a lost record.
 
 use crate::context::{GroupContext, GroupState};
+use confab_common::metrics::KAFKA_CONSUMER_LAG;
 use crate::record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER, TRACEPARENT_HEADER};
 use crate::{Error, KafkaConfig};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -16,9 +17,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -367,6 +368,17 @@ impl<T: KafkaRecord> BatchConsumer<T> {
         &self.topic
     }
 
+    /// A handle that measures this consumer's lag and whether the broker
+    /// answers, from another task (see [`ConsumerMonitor::check`]). It does
+    /// not keep the consumer alive.
+    pub fn monitor(&self) -> ConsumerMonitor {
+        ConsumerMonitor {
+            consumer: Arc::downgrade(&self.consumer),
+            state: self.state.clone(),
+            reported: Arc::new(Mutex::new(BTreeSet::new())),
+        }
+    }
+
     /// Waits for the next record, then reads on for up to `linger` or until
     /// `max` records are decoded. Records that do not decode are logged,
     /// counted and skipped; their positions are in the batch's offsets all
@@ -540,8 +552,114 @@ impl<T: KafkaRecord> BatchConsumer<T> {
     /// blocking the current thread while it leaves.
     pub async fn close(self) {
         let consumer = self.consumer;
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            // A monitor's check may hold the consumer for a moment (each of
+            // its requests is bounded): let it finish, so that the group is
+            // left here and now rather than whenever that check ends.
+            let deadline = std::time::Instant::now() + CLOSE_WAIT;
+            while Arc::strong_count(&consumer) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            drop(consumer)
+        })
+        .await;
     }
+}
+
+/// How long [`BatchConsumer::close`] waits for a monitor's check that holds
+/// the consumer.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Watches a [`BatchConsumer`] from another task: whether the broker
+/// answers, and the lag of every partition the consumer owns, published as
+/// [`KAFKA_CONSUMER_LAG`]. Made by [`BatchConsumer::monitor`]; clones share
+/// what they reported.
+#[derive(Clone)]
+pub struct ConsumerMonitor {
+    /// The consumer, while it exists.
+    consumer: Weak<StreamConsumer<GroupContext>>,
+    /// Which partitions it owns.
+    state: Arc<GroupState>,
+    /// Partitions whose lag gauge this monitor has set.
+    reported: Arc<Mutex<BTreeSet<i32>>>,
+}
+
+impl ConsumerMonitor {
+    /// Asks the broker for the topic's metadata (an error means the broker
+    /// did not answer within `timeout`, or the consumer is closed). Then,
+    /// for every partition the consumer owns, measures the lag: the high
+    /// watermark minus the group's committed offset (minus the low
+    /// watermark when nothing was committed yet), sets
+    /// [`KAFKA_CONSUMER_LAG`]`{group, partition}` and returns it. Partitions
+    /// it reported before but no longer owns are set to 0 (their new owner
+    /// reports them). A failure to measure the lag is logged and leaves the
+    /// gauges as they were; only the metadata request decides the result.
+    pub async fn check(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, Error> {
+        let monitor = self.clone();
+        tokio::task::spawn_blocking(move || monitor.check_blocking(timeout))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+    }
+
+    fn check_blocking(&self, timeout: Duration) -> Result<BTreeMap<i32, i64>, Error> {
+        let consumer = self
+            .consumer
+            .upgrade()
+            .ok_or_else(|| Error::Task("the consumer is closed".into()))?;
+        let (group, topic) = (&self.state.group, &self.state.topic);
+        consumer.fetch_metadata(Some(topic), timeout)?;
+        let owned = self.state.assigned();
+        let lags = match measure_lag(&consumer, topic, &owned, timeout) {
+            Ok(lags) => lags,
+            Err(e) => {
+                tracing::debug!(%group, %topic, error = %e, "cannot measure consumer lag now");
+                return Ok(BTreeMap::new());
+            }
+        };
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for p in reported.iter().filter(|p| !lags.contains_key(p)) {
+            metrics::gauge!(KAFKA_CONSUMER_LAG, "group" => group.clone(), "partition" => p.to_string())
+                .set(0.0);
+        }
+        reported.clear();
+        for (&p, &lag) in &lags {
+            metrics::gauge!(KAFKA_CONSUMER_LAG, "group" => group.clone(), "partition" => p.to_string())
+                .set(lag as f64);
+            reported.insert(p);
+        }
+        Ok(lags)
+    }
+}
+
+/// Per partition of `owned`: high watermark − committed offset (or − low
+/// watermark without a commit), at least 0.
+fn measure_lag(
+    consumer: &StreamConsumer<GroupContext>,
+    topic: &str,
+    owned: &BTreeSet<i32>,
+    timeout: Duration,
+) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    if owned.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let mut tpl = TopicPartitionList::with_capacity(owned.len());
+    for &p in owned {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut lags = BTreeMap::new();
+    for &p in owned {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        let from = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(next)) => next,
+            _ => low,
+        };
+        lags.insert(p, (high - from).max(0));
+    }
+    Ok(lags)
 }
 
 #[cfg(test)]

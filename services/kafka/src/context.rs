@@ -1,6 +1,7 @@
 //! librdkafka callbacks: its log lines and errors go to `tracing`, and the
 //! consumer's context tracks which partitions it owns.
 
+use confab_common::metrics::KAFKA_REBALANCES;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
@@ -50,9 +51,9 @@ impl ClientContext for LogContext {
 #[derive(Debug, Default)]
 pub struct GroupState {
     /// The group.
-    group: String,
+    pub(crate) group: String,
     /// The topic the consumer reads.
-    topic: String,
+    pub(crate) topic: String,
     /// Partitions of `topic` currently assigned to this consumer.
     assigned: Mutex<BTreeSet<i32>>,
     /// Completed assignments (every rebalance ends with one, maybe empty).
@@ -137,6 +138,7 @@ impl GroupState {
             set.clone()
         };
         self.rebalances.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(KAFKA_REBALANCES, "group" => self.group.clone()).increment(1);
         tracing::info!(group = %self.group, topic = %self.topic, added = ?partitions, assigned = ?now, "partitions assigned");
     }
 

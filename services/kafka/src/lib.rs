@@ -23,12 +23,13 @@ mod admin;
 mod config;
 mod consumer;
 mod context;
+pub mod health;
 mod producer;
 mod record;
 
 pub use admin::{check_broker, ensure_topics};
 pub use config::KafkaConfig;
-pub use consumer::{Batch, BatchConsumer, CommitReport, Consumed, Offsets};
+pub use consumer::{Batch, BatchConsumer, CommitReport, Consumed, ConsumerMonitor, Offsets};
 pub use context::GroupState;
 pub use producer::{Delivered, KafkaPublisher, PRODUCER_RECREATED};
 pub use record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER, TRACEPARENT_HEADER};

@@ -6,6 +6,7 @@ use crate::record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER, TRACEPARENT_HEADER};
 use crate::{Error, KafkaConfig};
 use async_trait::async_trait;
 use confab_common::error::ChatError;
+use confab_common::metrics::{KAFKA_PRODUCE, KAFKA_PRODUCE_ERRORS};
 use confab_common::pipeline::Publisher;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -260,6 +261,7 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
             .payload(payload.as_slice())
             .headers(headers);
         let producer = self.producer.current();
+        let started = std::time::Instant::now();
         // The queue timeout only matters when librdkafka's local queue is
         // full; the record's own timeout (message.timeout.ms) bounds the rest.
         let send = producer.send(rec, self.produce_timeout);
@@ -267,10 +269,12 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
         let mut failed_with = None;
         let err = match outcome {
             Ok(Ok(delivery)) => {
+                metrics::histogram!(KAFKA_PRODUCE, "topic_kind" => T::topic_kind())
+                    .record(started.elapsed().as_secs_f64());
                 return Ok(Delivered {
                     partition: delivery.partition,
                     offset: delivery.offset,
-                })
+                });
             }
             Ok(Err((err, _message))) => {
                 tracing::warn!(topic = %self.topic, key, idempotency_key = ?idempotency_key, error = %err, "publish failed");
@@ -282,10 +286,28 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
                 unavailable(self.produce_timeout)
             }
         };
+        metrics::counter!(KAFKA_PRODUCE_ERRORS, "topic_kind" => T::topic_kind()).increment(1);
         // A dead producer is replaced now; this publish still fails, and
         // the caller's retry goes out on the new one.
         self.producer.recover(producer, failed_with);
         Err(err)
+    }
+
+    /// Whether the broker answers: a metadata request for this publisher's
+    /// topic on its producer's connections, bounded by `timeout` (for
+    /// readiness checks; nothing is produced).
+    pub async fn probe(&self, timeout: Duration) -> Result<(), Error> {
+        let producer = self.producer.current();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .map(|_| ())
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(Error::from)
     }
 
     /// Waits up to `timeout` for every record in flight to be acknowledged

@@ -17,6 +17,10 @@ pub trait KafkaRecord: prost::Message + Default + Send + Sync + 'static {
     /// The topic this kind of record is published to.
     fn topic(config: &KafkaConfig) -> String;
 
+    /// Which of Confab's topics that is (`ingress`, `messages`): the
+    /// `topic_kind` label of the produce metrics, whatever the prefix.
+    fn topic_kind() -> &'static str;
+
     /// The idempotency key of this record, if it has one.
     fn idempotency_key(&self) -> Option<String>;
 
@@ -42,6 +46,10 @@ impl KafkaRecord for IngressRecord {
         config.ingress_topic()
     }
 
+    fn topic_kind() -> &'static str {
+        "ingress"
+    }
+
     fn traceparent(&self) -> Option<&str> {
         Some(self.traceparent.as_str()).filter(|t| !t.is_empty())
     }
@@ -63,6 +71,10 @@ impl KafkaRecord for IngressRecord {
 impl KafkaRecord for OutcomeRecord {
     fn topic(config: &KafkaConfig) -> String {
         config.messages_topic()
+    }
+
+    fn topic_kind() -> &'static str {
+        "messages"
     }
 
     fn traceparent(&self) -> Option<&str> {
