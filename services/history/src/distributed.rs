@@ -107,7 +107,7 @@ pub async fn run_with_state(
     let Some(service_token) = config.service_token.clone() else {
         anyhow::bail!("CONFAB_SERVICE_TOKEN is required to serve history");
     };
-    let store: Arc<dyn Store> = Arc::new(
+    let postgres = Arc::new(
         PostgresStore::connect_with_timeout(
             &config.database_url,
             config.limits,
@@ -116,6 +116,7 @@ pub async fn run_with_state(
         )
         .await?,
     );
+    let store: Arc<dyn Store> = postgres.clone();
     ensure_topics(&config.kafka).await?;
     let outcomes = KafkaPublisher::<OutcomeRecord>::new(&config.kafka)?;
     let consumer = BatchConsumer::<IngressRecord>::new(&config.kafka, GROUP)?;
@@ -123,6 +124,10 @@ pub async fn run_with_state(
         // Nobody listening is fine.
         let _ = tx.send(consumer.state());
     }
+    // Readiness follows the database and the broker (and the checks keep
+    // the pool and lag gauges current); both end at shutdown.
+    crate::health::spawn_database_check(postgres, config.database_url.clone(), shutdown.clone());
+    confab_kafka::health::spawn_consumer_check(consumer.monitor(), shutdown.clone());
     let sequencer = tokio::spawn(sequence(
         store.clone(),
         consumer,

@@ -3,8 +3,11 @@
 //! conversation so every conversation's events stay in seq order downstream.
 
 use crate::store::Store;
+use confab_common::metrics::{
+    reject_reason, DB_BATCH_RECORDS, DB_TRANSACTION, MESSAGES_REJECTED, MESSAGES_SEQUENCED,
+};
 use confab_common::pipeline::{recv_batch, Publisher};
-use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_proto::internal::v1::{outcome_record, IngressRecord, OutcomeRecord};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -63,9 +66,18 @@ pub async fn apply_with_retry(
 ) -> Vec<OutcomeRecord> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match store.apply(batch).await {
+        let started = std::time::Instant::now();
+        let applied = store.apply(batch).await;
+        metrics::histogram!(
+            DB_TRANSACTION,
+            "result" => if applied.is_ok() { "ok" } else { "error" }
+        )
+        .record(started.elapsed().as_secs_f64());
+        match applied {
             Ok(out) => {
                 tracing::trace!(partition, records = batch.len(), "batch sequenced");
+                metrics::histogram!(DB_BATCH_RECORDS).record(batch.len() as f64);
+                count_outcomes(&out);
                 return out;
             }
             Err(e) => {
@@ -74,5 +86,25 @@ pub async fn apply_with_retry(
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// Counts what history decided: every new message (the events of outcomes
+/// that are not replays) in [`MESSAGES_SEQUENCED`], every refusal in
+/// [`MESSAGES_REJECTED`] by its reason.
+fn count_outcomes(outcomes: &[OutcomeRecord]) {
+    let mut sequenced = 0u64;
+    for outcome in outcomes {
+        match &outcome.result {
+            Some(outcome_record::Result::Error(e)) => {
+                let reason = reject_reason(tonic::Code::from_i32(e.code));
+                metrics::counter!(MESSAGES_REJECTED, "reason" => reason).increment(1);
+            }
+            _ if !outcome.replay => sequenced += outcome.events.len() as u64,
+            _ => {}
+        }
+    }
+    if sequenced > 0 {
+        metrics::counter!(MESSAGES_SEQUENCED).increment(sequenced);
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod distributed;
 pub mod grpc;
+pub mod health;
 pub mod ingest;
 pub mod queries;
 pub mod store;

@@ -52,6 +52,18 @@ pub struct PostgresStore {
     limits: Limits,
 }
 
+/// Connections of a [`PostgresStore`]'s pool (see
+/// [`PostgresStore::pool_usage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Open and waiting for work.
+    pub idle: u32,
+    /// Open and lent out (a transaction or a read).
+    pub in_use: u32,
+    /// The most the pool opens.
+    pub max: u32,
+}
+
 /// How long a call waits for a connection by default.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -82,6 +94,17 @@ impl PostgresStore {
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool, limits })
+    }
+
+    /// The connection pool now.
+    pub fn pool_usage(&self) -> PoolUsage {
+        let open = self.pool.size();
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        PoolUsage {
+            idle,
+            in_use: open.saturating_sub(idle),
+            max: self.pool.options().get_max_connections(),
+        }
     }
 
     /// One attempt at applying `batch` in one transaction.
