@@ -9,9 +9,9 @@
 //! (deduplicated downstream), never a lost record.
 
 use crate::context::{GroupContext, GroupState};
-use confab_common::metrics::KAFKA_CONSUMER_LAG;
 use crate::record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER, TRACEPARENT_HEADER};
 use crate::{Error, KafkaConfig};
+use confab_common::metrics::KAFKA_CONSUMER_LAG;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
