@@ -95,6 +95,9 @@ pub async fn run_with_state(
         // Nobody listening is fine.
         let _ = tx.send(consumer.state());
     }
+    // Readiness follows the broker (and the check keeps the lag gauges
+    // current); it ends at shutdown.
+    confab_kafka::health::spawn_consumer_check(consumer.monitor(), shutdown.clone());
     // At shutdown the routing loop finishes its batch, commits and leaves
     // the group first; the gateway links close after, so nothing it
     // routed is cut off on the way.

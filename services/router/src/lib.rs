@@ -7,6 +7,7 @@ pub mod attach;
 pub mod distributed;
 
 use confab_common::error::ChatError;
+use confab_common::metrics::ROUTER_FANOUT;
 use confab_common::pipeline::{recv_batch, DeliverySink, HistoryApi};
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::{membership_event::Change, Message};
@@ -94,6 +95,7 @@ impl Router {
                 _ => {}
             }
             let recipients = self.recipients(&event).await;
+            metrics::histogram!(ROUTER_FANOUT).record(recipients.len() as f64);
             if let Some(c) = self.convs.get_mut(&event.conversation_id) {
                 c.last_routed = event.seq;
             }
