@@ -119,6 +119,8 @@ pub async fn run_with_hub(
 ) -> anyhow::Result<()> {
     ensure_topics(&config.kafka).await?;
     let ingress = KafkaPublisher::<IngressRecord>::new(&config.kafka)?;
+    // Readiness follows the broker; the check ends at shutdown.
+    confab_kafka::health::spawn_publisher_check(ingress.clone(), shutdown.clone());
     let history = Arc::new(RemoteHistory::new(&config.history)?);
     // Router links outlive the server: outcomes of calls still in flight
     // at shutdown arrive over them.

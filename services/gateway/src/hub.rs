@@ -4,6 +4,7 @@
 //! is what routers use, in distributed mode, to know where to push.
 
 use async_trait::async_trait;
+use confab_common::metrics::{SESSIONS_OPEN, USERS_ONLINE};
 use confab_common::pipeline::DeliverySink;
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::Message;
@@ -81,12 +82,23 @@ impl Drop for Registration {
     fn drop(&mut self) {
         let mut sessions = self.hub.sessions();
         if let Some(list) = sessions.get_mut(&self.user) {
+            let before = list.len();
             list.retain(|s| s.id != self.id);
+            sessions_closed(before - list.len());
             if list.is_empty() {
                 sessions.remove(&self.user);
                 self.hub.announce(Presence::Offline(self.user.clone()));
             }
         }
+    }
+}
+
+/// Counts `n` sessions gone from the hub in [`SESSIONS_OPEN`]. (Gauges go
+/// up and down rather than being set, so several hubs in one process add
+/// up.)
+fn sessions_closed(n: usize) {
+    if n > 0 {
+        metrics::gauge!(SESSIONS_OPEN).decrement(n as f64);
     }
 }
 
@@ -150,6 +162,7 @@ impl Hub {
             self.announce(Presence::Online(user.to_string()));
         }
         list.push(SessionEntry { id, tx, kill });
+        metrics::gauge!(SESSIONS_OPEN).increment(1.0);
         let epoch = self.epoch.load(Ordering::SeqCst);
         drop(sessions);
         Registration {
@@ -174,6 +187,10 @@ impl Hub {
 
     /// Sends a presence change; callers hold the sessions lock.
     fn announce(&self, change: Presence) {
+        match &change {
+            Presence::Online(_) => metrics::gauge!(USERS_ONLINE).increment(1.0),
+            Presence::Offline(_) => metrics::gauge!(USERS_ONLINE).decrement(1.0),
+        }
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         // No subscriber (embedded mode, or no router attached): nothing to do.
         let _ = self.presence.send((epoch, change));
@@ -280,6 +297,7 @@ impl DeliverySink for Hub {
             let Some(list) = sessions.get_mut(user) else {
                 continue;
             };
+            let before = list.len();
             list.retain(|s| match s.tx.try_send(message.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -292,6 +310,7 @@ impl DeliverySink for Hub {
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
+            sessions_closed(before - list.len());
             if list.is_empty() {
                 sessions.remove(user);
                 self.announce(Presence::Offline(user.clone()));

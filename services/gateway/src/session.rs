@@ -8,6 +8,7 @@ use crate::limits::{Cost, Limiter, StreamGuard};
 use crate::submit::Submitter;
 use confab_common::auth::STREAM_EXPIRED;
 use confab_common::error::ChatError;
+use confab_common::metrics::{MESSAGES_DELIVERED, MESSAGE_E2E};
 use confab_common::pipeline::HistoryApi;
 use confab_common::shutdown::Signal;
 use confab_common::validate::{self, Limits};
@@ -428,6 +429,7 @@ impl State {
             }
         }
         self.send(server_frame::Frame::Message(m)).await?;
+        metrics::counter!(MESSAGES_DELIVERED).increment(1);
         if removed_self {
             // Whatever comes after is not for us; a re-add starts afresh.
             self.cursors.remove(&conv);
@@ -490,8 +492,31 @@ impl State {
                 }
             }
         }
-        self.emit(m.clone()).await
+        self.emit(m.clone()).await?;
+        // Past the cursor checks above, and after the gap fill (all below
+        // `m.seq`), `emit` has just written `m`: its first delivery here.
+        record_e2e(m);
+        Ok(())
     }
+}
+
+/// Records [`MESSAGE_E2E`] for a message delivered live now: the time since
+/// history stamped it (`created_at`, history's clock; a clock behind the
+/// gateway's counts as 0).
+fn record_e2e(m: &Message) {
+    let Some(created) = &m.created_at else {
+        return;
+    };
+    let created_ms = created
+        .seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(created.nanos) / 1_000_000);
+    let now_ms = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let seconds = now_ms.saturating_sub(created_ms).max(0) as f64 / 1000.0;
+    metrics::histogram!(MESSAGE_E2E).record(seconds);
 }
 
 enum FillError {

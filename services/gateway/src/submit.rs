@@ -3,6 +3,7 @@
 
 use crate::hub::Hub;
 use confab_common::error::ChatError;
+use confab_common::metrics::MESSAGES_ACCEPTED;
 use confab_common::pipeline::Publisher;
 use confab_proto::internal::v1::{ingress_record::Command, outcome_record, IngressRecord, Origin};
 use std::sync::Arc;
@@ -60,6 +61,7 @@ impl Submitter {
         );
         let wait = async {
             self.ingress.publish(conversation_id, record).await?;
+            metrics::counter!(MESSAGES_ACCEPTED).increment(1);
             let outcome = (&mut pending.rx)
                 .await
                 .map_err(|_| ChatError::Unavailable("the server is shutting down; retry".into()))?;
