@@ -3,11 +3,21 @@
 //! the process runs, `/readyz` while it serves gRPC and no longer once
 //! shutdown has started. In-process (embedded mode with the metrics server
 //! beside it) and as the `confab` binary with `CONFAB_METRICS_LISTEN`.
+//!
+//! The distributed services as real binaries on a real broker and
+//! PostgreSQL: the product metrics (messages accepted, sequenced, refused,
+//! delivered, end-to-end latency, Kafka produce latency, consumer lag and
+//! rebalances, database batches, transactions and pool, sessions, router
+//! fan-out) after a little traffic, and `/readyz` following the database
+//! and the broker through a crash and a restart of each.
 
 use confab_common::metrics;
 use confab_common::shutdown;
 use confab_proto::v1::{client_frame, ListConversationsRequest, Ping};
-use confab_tests::{confab_bin, free_port, test_config, User, DEADLINE, SECRET};
+use confab_tests::broker::Broker;
+use confab_tests::postgres::PgCluster;
+use confab_tests::procs::ServiceProc;
+use confab_tests::{confab_bin, free_port, test_config, User, DEADLINE, GENEROUS_LIMITS, SECRET};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -374,4 +384,423 @@ fn a_service_binary_refuses_a_bad_metrics_address() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(64), "stderr: {stderr}");
     assert!(stderr.contains("CONFAB_METRICS_LISTEN"), "stderr: {stderr}");
+}
+
+/// History, a router and a gateway as real binaries, each serving metrics
+/// on its own port, on a broker and PostgreSQL started here.
+struct Stack {
+    history: ServiceProc,
+    router: ServiceProc,
+    gateway: ServiceProc,
+    /// Metrics addresses of history, the router and the gateway.
+    metrics: [SocketAddr; 3],
+    _logs: tempfile::TempDir,
+}
+
+const HISTORY: usize = 0;
+const ROUTER: usize = 1;
+const GATEWAY: usize = 2;
+const NAMES: [&str; 3] = ["history", "router", "gateway"];
+
+/// Partitions of each topic in these stacks.
+const PARTITIONS: i32 = 2;
+
+impl Stack {
+    /// Starts the three services on `broker` and the database at
+    /// `database_url`, and waits until each says it is ready.
+    async fn start(broker: &Broker, database_url: String) -> Stack {
+        let logs = tempfile::tempdir().expect("logs");
+        let metrics: [SocketAddr; 3] = std::array::from_fn(|_| {
+            format!("127.0.0.1:{}", free_port())
+                .parse()
+                .expect("address")
+        });
+        let common: Vec<(String, String)> = [
+            ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
+            ("CONFAB_KAFKA_PREFIX", format!("metrics{}", free_port())),
+            ("CONFAB_KAFKA_PARTITIONS", PARTITIONS.to_string()),
+            ("CONFAB_LOG", "info".into()),
+            (
+                "CONFAB_SERVICE_TOKEN",
+                confab_tests::topology::SERVICE_TOKEN.into(),
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(
+            GENEROUS_LIMITS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .collect();
+        let with = |i: usize, extra: &[(&str, &str)]| {
+            let mut env = common.clone();
+            env.push((metrics::LISTEN_VAR.into(), metrics[i].to_string()));
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            env
+        };
+        let log = |i: usize| logs.path().join(format!("{}.log", NAMES[i]));
+        let mut history = ServiceProc::new(
+            "confab-history",
+            NAMES[HISTORY],
+            with(HISTORY, &[("CONFAB_DATABASE_URL", &database_url)]),
+            log(HISTORY),
+        );
+        let history_addrs = [("CONFAB_HISTORY_ADDRS", history.addr.as_str())];
+        let mut router = ServiceProc::new(
+            "confab-router",
+            NAMES[ROUTER],
+            with(ROUTER, &history_addrs),
+            log(ROUTER),
+        );
+        let mut gateway = ServiceProc::new(
+            "confab-gateway",
+            NAMES[GATEWAY],
+            with(
+                GATEWAY,
+                &[
+                    history_addrs[0],
+                    ("CONFAB_ROUTER_ADDRS", router.addr.as_str()),
+                    ("CONFAB_GATEWAY_ID", "gw-metrics"),
+                    ("CONFAB_JWT_SECRET", SECRET),
+                ],
+            ),
+            log(GATEWAY),
+        );
+        history.start();
+        router.start();
+        gateway.start();
+        let stack = Stack {
+            history,
+            router,
+            gateway,
+            metrics,
+            _logs: logs,
+        };
+        for i in [HISTORY, ROUTER, GATEWAY] {
+            stack.wait_ready(i, true, "").await;
+        }
+        stack
+    }
+
+    fn gateway_addr(&self) -> SocketAddr {
+        self.gateway.addr.parse().expect("gateway address")
+    }
+
+    /// The log tail of service `i`, for failure messages.
+    fn tail(&self, i: usize) -> String {
+        [&self.history, &self.router, &self.gateway][i].tail(30)
+    }
+
+    /// Polls `/readyz` of service `i` until it is 200 (`ready`) or 503 with
+    /// a body naming `failing`; how long that took. Fails after
+    /// [`DEADLINE`].
+    async fn wait_ready(&self, i: usize, ready: bool, failing: &str) -> Duration {
+        let started = Instant::now();
+        let addr = self.metrics[i];
+        loop {
+            let got = get(addr, "/readyz").await;
+            let done = match &got {
+                Ok((200, _)) => ready,
+                Ok((503, body)) => !ready && body.contains(failing),
+                _ => false,
+            };
+            if done {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "{}'s /readyz did not become {} in time: last {got:?}; log:\n{}",
+                NAMES[i],
+                if ready {
+                    "ready".to_string()
+                } else {
+                    format!("not ready naming {failing:?}")
+                },
+                self.tail(i)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Scrapes service `i` until `done(page)` holds; the page.
+    async fn wait_page(&self, i: usize, what: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let page = scrape(self.metrics[i]).await;
+            if done(&page) {
+                return page;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {what} did not happen in time; page:\n{page}",
+                NAMES[i]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `sample`, or 0 when the series is absent.
+fn value(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sample(page, name, labels).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn distributed_services_count_messages_kafka_database_sessions_and_fanout() {
+    let pg = PgCluster::start().expect("postgres");
+    let database_url = pg.fresh_database().await.expect("database");
+    let broker = Broker::start_memory().await;
+    let stack = Stack::start(&broker, database_url).await;
+
+    // bob listens; alice creates a group with bob and sends N messages;
+    // carol, not a member, tries once.
+    const N: usize = 6;
+    let addr = stack.gateway_addr();
+    let (alice, bob, carol) = (
+        User::connect(addr, "alice").await,
+        User::connect(addr, "bob").await,
+        User::connect(addr, "carol").await,
+    );
+    let mut live = bob.live().await;
+    let conv = alice.group("metrics", &["bob"]).await;
+    let mut last = 0;
+    for i in 0..N {
+        last = alice
+            .send(&conv.id, &format!("m{i}"), "hello")
+            .await
+            .expect("send")
+            .seq;
+    }
+    let refused = carol
+        .send(&conv.id, "c1", "let me in")
+        .await
+        .expect_err("carol is not a member");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    let (got, _) = live.messages_until(&conv.id, last).await.expect("live");
+    assert!(got.len() > N, "bob got the creation and every message live");
+
+    // Gateway: accepted writes (the create and N sends, and carol's, which
+    // history refused), deliveries, end-to-end latency, produce latency,
+    // sessions.
+    let n = N as f64;
+    let page = stack
+        .wait_page(GATEWAY, "deliveries counted", |p| {
+            value(p, "confab_messages_delivered_total", &[]) >= n + 1.0
+        })
+        .await;
+    assert!(
+        value(&page, "confab_messages_accepted_total", &[]) >= n + 2.0,
+        "{page}"
+    );
+    assert!(
+        value(&page, "confab_message_e2e_seconds_count", &[]) >= n + 1.0,
+        "{page}"
+    );
+    let e2e_sum = value(&page, "confab_message_e2e_seconds_sum", &[]);
+    assert!(
+        (0.0..DEADLINE.as_secs_f64() * (n + 1.0)).contains(&e2e_sum),
+        "plausible end-to-end latencies: {page}"
+    );
+    assert!(
+        page.contains("# TYPE confab_message_e2e_seconds histogram"),
+        "{page}"
+    );
+    let ingress = [("topic_kind", "ingress")];
+    assert!(
+        value(&page, "confab_kafka_produce_seconds_count", &ingress) >= n + 2.0,
+        "{page}"
+    );
+    assert!(
+        value(
+            &page,
+            "confab_kafka_produce_seconds_bucket",
+            &[("topic_kind", "ingress"), ("le", "+Inf")]
+        ) >= n + 2.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, "confab_sessions_open", &[]),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, "confab_users_online", &[]),
+        Some(1.0),
+        "{page}"
+    );
+
+    // History: sequenced (the creation's system message and N sends),
+    // refused by reason, batches and transactions, the pool, produce
+    // latency of outcomes, lag of every ingress partition, rebalances.
+    let page = stack
+        .wait_page(HISTORY, "lag of every partition back to 0", |p| {
+            (0..PARTITIONS).all(|part| {
+                sample(
+                    p,
+                    "confab_kafka_consumer_lag_records",
+                    &[("group", "history"), ("partition", &part.to_string())],
+                ) == Some(0.0)
+            })
+        })
+        .await;
+    assert!(
+        value(&page, "confab_messages_sequenced_total", &[]) >= n + 1.0,
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "confab_messages_rejected_total",
+            &[("reason", "not_member")]
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    let batches = value(&page, "confab_db_batch_records_count", &[]);
+    assert!(batches >= 1.0, "{page}");
+    let records = value(&page, "confab_db_batch_records_sum", &[]);
+    assert!(records >= n + 2.0 && records >= batches, "{page}");
+    assert!(
+        value(
+            &page,
+            "confab_db_transaction_seconds_count",
+            &[("result", "ok")]
+        ) >= batches,
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, "confab_db_pool_connections_max", &[]),
+        Some(8.0),
+        "the default pool: {page}"
+    );
+    let idle = sample(&page, "confab_db_pool_connections", &[("state", "idle")]);
+    let in_use = sample(&page, "confab_db_pool_connections", &[("state", "in_use")]);
+    assert!(
+        idle.zip(in_use)
+            .is_some_and(|(i, u)| i + u >= 1.0 && i + u <= 8.0),
+        "{page}"
+    );
+    assert!(
+        value(
+            &page,
+            "confab_kafka_produce_seconds_count",
+            &[("topic_kind", "messages")]
+        ) >= n + 2.0,
+        "{page}"
+    );
+    assert!(
+        value(
+            &page,
+            "confab_kafka_rebalances_total",
+            &[("group", "history")]
+        ) >= 1.0,
+        "{page}"
+    );
+
+    // Router: fan-out (the creation and N messages to both members), lag,
+    // rebalances.
+    let page = stack
+        .wait_page(ROUTER, "lag of every partition back to 0", |p| {
+            (0..PARTITIONS).all(|part| {
+                sample(
+                    p,
+                    "confab_kafka_consumer_lag_records",
+                    &[("group", "router"), ("partition", &part.to_string())],
+                ) == Some(0.0)
+            })
+        })
+        .await;
+    let routed = value(&page, "confab_router_fanout_recipients_count", &[]);
+    assert!(routed >= n + 1.0, "{page}");
+    assert_eq!(
+        value(&page, "confab_router_fanout_recipients_sum", &[]),
+        2.0 * routed,
+        "every message went to alice and bob: {page}"
+    );
+    assert!(
+        value(
+            &page,
+            "confab_kafka_rebalances_total",
+            &[("group", "router")]
+        ) >= 1.0,
+        "{page}"
+    );
+
+    // Nobody's id is a label anywhere.
+    for i in [HISTORY, ROUTER, GATEWAY] {
+        let page = scrape(stack.metrics[i]).await;
+        for id in ["alice", "bob", "carol", conv.id.as_str()] {
+            assert!(!page.contains(id), "{} labels {id}: {page}", NAMES[i]);
+        }
+    }
+
+    // bob leaves: no session, nobody online.
+    drop(live);
+    stack
+        .wait_page(GATEWAY, "the session closed", |p| {
+            sample(p, "confab_sessions_open", &[]) == Some(0.0)
+                && sample(p, "confab_users_online", &[]) == Some(0.0)
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn readiness_follows_the_database_and_the_broker() {
+    // History's PostgreSQL is stopped and started here; the broker keeps
+    // its records in another cluster, so that it survives its restart.
+    let pg = PgCluster::start_local().expect("postgres");
+    let database_url = pg.fresh_database().await.expect("database");
+    let broker_pg = PgCluster::start().expect("postgres for the broker");
+    let mut broker = Broker::start_postgres(&broker_pg).await;
+    let stack = Stack::start(&broker, database_url).await;
+
+    // PostgreSQL crashes: history says so within a few seconds; the others
+    // do not depend on it directly.
+    pg.stop_immediate();
+    let took = stack.wait_ready(HISTORY, false, "database").await;
+    assert!(took < Duration::from_secs(10), "noticed after {took:?}");
+    let (status, body) = get(stack.metrics[HISTORY], "/readyz")
+        .await
+        .expect("readyz");
+    assert_eq!(status, 503);
+    assert!(!body.contains("kafka"), "the broker is fine: {body}");
+    for i in [ROUTER, GATEWAY] {
+        assert_eq!(
+            get(stack.metrics[i], "/readyz").await.expect("readyz").0,
+            200
+        );
+    }
+    pg.start_again();
+    let took = stack.wait_ready(HISTORY, true, "").await;
+    assert!(took < Duration::from_secs(10), "recovered after {took:?}");
+
+    // The broker dies: every service says so; back when it is.
+    broker.kill9();
+    for i in [HISTORY, ROUTER, GATEWAY] {
+        let took = stack.wait_ready(i, false, "kafka").await;
+        assert!(
+            took < Duration::from_secs(10),
+            "{} noticed after {took:?}",
+            NAMES[i]
+        );
+    }
+    broker.restart().await;
+    for i in [HISTORY, ROUTER, GATEWAY] {
+        let took = stack.wait_ready(i, true, "").await;
+        assert!(
+            took < Duration::from_secs(15),
+            "{} recovered after {took:?}",
+            NAMES[i]
+        );
+    }
+
+    // And it still works end to end.
+    let addr = stack.gateway_addr();
+    let alice = User::connect(addr, "alice").await;
+    let conv = alice.group("after", &["bob"]).await;
+    alice
+        .send(&conv.id, "a1", "still here")
+        .await
+        .expect("send");
 }
