@@ -1,5 +1,7 @@
 //! Checks on what clients send, shared by the unary API and stream frames,
-//! each failing with INVALID_ARGUMENT and a message that says what to fix.
+//! each failing with a message that says what to fix: INVALID_ARGUMENT for
+//! a malformed request, RESOURCE_EXHAUSTED for one over a configured limit
+//! (body bytes, group members), naming the variable and its value.
 
 use crate::auth::check_user_id;
 use crate::error::ChatError;
@@ -92,9 +94,11 @@ pub fn send(limits: &Limits, conv: &str, client_msg_id: &str, body: &str) -> Res
     no_nul("body", body)?;
     no_nul("client_msg_id", client_msg_id)?;
     if body.len() > limits.max_body_bytes {
-        return Err(ChatError::InvalidArgument(format!(
-            "body is {} bytes; the limit is {} bytes",
+        return Err(ChatError::ResourceExhausted(format!(
+            "body limit: the body is {} bytes, at most {} are allowed \
+             (CONFAB_MAX_BODY_BYTES={}); send a shorter body or split it into several messages",
             body.len(),
+            limits.max_body_bytes,
             limits.max_body_bytes
         )));
     }
@@ -144,15 +148,23 @@ pub fn create(
             )))
         }
         ConversationKind::Group if members.len() > limits.max_group_members => {
-            return Err(ChatError::ResourceExhausted(format!(
-                "a group has at most {} members (max_group_members); got {}",
+            return Err(ChatError::ResourceExhausted(group_limit(
                 limits.max_group_members,
-                members.len()
+                &format!("{} were asked for, you included", members.len()),
             )))
         }
         _ => {}
     }
     Ok((kind, members.into_iter().collect()))
+}
+
+/// The refusal of a group that would exceed `max` members (`why` says by
+/// how many); history uses it too.
+pub fn group_limit(max: usize, why: &str) -> String {
+    format!(
+        "group size limit: a group has at most {max} members \
+         (CONFAB_MAX_GROUP_MEMBERS={max}); {why}"
+    )
 }
 
 /// Which way a history page is read, and from where.
@@ -200,7 +212,15 @@ mod tests {
         assert!(msg(send(&l, "c", "", "hi")).contains("client_msg_id"));
         assert!(msg(send(&l, "c", "m1", "")).contains("empty"));
         let big = "x".repeat(DEFAULT_MAX_BODY_BYTES + 1);
-        assert!(msg(send(&l, "c", "m1", &big)).contains("limit is 16384"));
+        let too_big = send(&l, "c", "m1", &big).expect_err("too big");
+        assert_eq!(too_big.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            too_big.to_string(),
+            "body limit: the body is 16385 bytes, at most 16384 are allowed \
+             (CONFAB_MAX_BODY_BYTES=16384); send a shorter body or split it into several messages"
+        );
+        let empty = send(&l, "c", "m1", "").expect_err("empty");
+        assert_eq!(empty.code(), tonic::Code::InvalidArgument);
         assert!(send(&l, "c", "m1", &"x".repeat(DEFAULT_MAX_BODY_BYTES)).is_ok());
         assert!(msg(send(&l, "c", "m1", "a\0b")).contains("NUL"));
         assert!(msg(send(&l, "c", "m\0", "ab")).contains("NUL"));
@@ -233,7 +253,7 @@ mod tests {
             &["b".into(), "c".into()],
         );
         assert!(
-            matches!(err, Err(ChatError::ResourceExhausted(m)) if m.contains("max_group_members"))
+            matches!(err, Err(ChatError::ResourceExhausted(m)) if m == "group size limit: a group has at most 2 members (CONFAB_MAX_GROUP_MEMBERS=2); 3 were asked for, you included")
         );
         assert_eq!(g, vec!["a".to_string()]);
     }

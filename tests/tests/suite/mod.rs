@@ -486,8 +486,8 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
     );
     expect(
         alice.send(&conv.id, "m", &"x".repeat(101)).await,
-        Code::InvalidArgument,
-        "limit is 100 bytes",
+        Code::ResourceExhausted,
+        "at most 100 are allowed (CONFAB_MAX_BODY_BYTES=100)",
     );
     expect(
         alice.send(&conv.id, "", "hi").await,

@@ -306,8 +306,38 @@ async fn membership_changes_are_sequenced(store: Arc<dyn Store>) {
             "u4".into()
         ]
     );
-    let out = apply(&store, vec![add("g", "alice", &["u5"])]).await;
-    assert_eq!(code_of(&out[0]), Code::ResourceExhausted);
+    let out = apply(
+        &store,
+        vec![
+            add("g", "alice", &["u5"]),
+            create_group("g6", "alice", &["alice", "u1", "u2", "u3", "u4", "u5"]),
+        ],
+    )
+    .await;
+    let refusal = |o: &OutcomeRecord| match &o.result {
+        Some(R::Error(e)) => (Code::from_i32(e.code), e.message.clone()),
+        other => panic!("expected an error, got {other:?}"),
+    };
+    assert_eq!(
+        refusal(&out[0]),
+        (
+            Code::ResourceExhausted,
+            "group size limit: a group has at most 5 members (CONFAB_MAX_GROUP_MEMBERS=5); \
+             it has 5 and 1 would be added"
+                .to_string()
+        )
+    );
+    assert_eq!(
+        refusal(&out[1]),
+        (
+            Code::ResourceExhausted,
+            "group size limit: a group has at most 5 members (CONFAB_MAX_GROUP_MEMBERS=5); \
+             6 were asked for"
+                .to_string()
+        ),
+        "history decides even when a gateway lets a create through"
+    );
+    assert!(store.conversation("g6").await.expect("get").is_none());
     assert_eq!(all_seqs(&store, "g").await, (1..=6).collect::<Vec<_>>());
 }
 

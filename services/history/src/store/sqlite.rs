@@ -5,7 +5,7 @@
 use super::{now_ms, refused, replayed, system_message, timestamp, Store, StoreError};
 use async_trait::async_trait;
 use confab_common::error::ChatError;
-use confab_common::validate::{Limits, PageCursor};
+use confab_common::validate::{group_limit, Limits, PageCursor};
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, IngressRecord, OutcomeRecord,
 };
@@ -210,6 +210,15 @@ async fn apply_one(
                     outcome_record::Result::Conversation(existing),
                 )));
             }
+            // The gateway checks this too; history, the only writer, decides.
+            if create.kind == ConversationKind::Group as i32
+                && create.member_ids.len() > limits.max_group_members
+            {
+                return Ok(Err(ChatError::ResourceExhausted(group_limit(
+                    limits.max_group_members,
+                    &format!("{} were asked for", create.member_ids.len()),
+                ))));
+            }
             sqlx::query(
                 "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms) VALUES (?1, ?2, ?3, 1, ?4)",
             )
@@ -245,11 +254,13 @@ async fn apply_one(
                 return Ok(Ok(ok(vec![], outcome_record::Result::Conversation(conv))));
             }
             if conv.member_ids.len() + new.len() > limits.max_group_members {
-                return Ok(Err(ChatError::ResourceExhausted(format!(
-                    "a group has at most {} members (max_group_members); it has {} and {} would be added",
+                return Ok(Err(ChatError::ResourceExhausted(group_limit(
                     limits.max_group_members,
-                    conv.member_ids.len(),
-                    new.len()
+                    &format!(
+                        "it has {} and {} would be added",
+                        conv.member_ids.len(),
+                        new.len()
+                    ),
                 ))));
             }
             for user in &new {
