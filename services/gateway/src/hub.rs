@@ -303,7 +303,9 @@ impl DeliverySink for Hub {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::info!(user_id = %user, session = s.id, "session reads too slowly; disconnecting it");
                     let _ = s.kill.try_send(Status::resource_exhausted(format!(
-                        "your session fell {} messages behind; reconnect and resume from the last seq you received",
+                        "session queue limit: your session fell {} messages behind (CONFAB_SESSION_QUEUE={}); \
+                         reconnect and resume from the last seq you received",
+                        s.tx.max_capacity(),
                         s.tx.max_capacity()
                     )));
                     false

@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod distributed;
+pub mod guard;
 pub mod hub;
 pub mod limits;
 pub mod service;

@@ -1,8 +1,10 @@
 //! Per-user limits: messages per second (a token bucket with burst, shared
 //! by unary `SendMessage` and stream `send` frames), concurrent `Connect`
 //! streams, and conversations created per minute. Every refusal is a
-//! RESOURCE_EXHAUSTED naming the limit and its value; one user's state never
-//! touches another's.
+//! RESOURCE_EXHAUSTED naming the limit, the variable that sets it and its
+//! value, and saying what to do; one user's state never touches another's.
+//! Calls are charged by [`crate::guard`], stream `send` frames by the
+//! session that reads them.
 
 use confab_common::error::ChatError;
 use std::collections::hash_map::RandomState;
@@ -200,13 +202,19 @@ impl Limiter {
         }
         Err(ChatError::ResourceExhausted(match cost {
             Cost::Message => format!(
-                "rate limit: at most {} per second per user (burst {}); slow down",
+                "rate limit: at most {} per second per user, {} at once \
+                 (CONFAB_RATE_MESSAGES_PER_SEC={}, CONFAB_RATE_MESSAGES_BURST={}); \
+                 slow down and retry later",
                 plural(l.messages_per_sec, "message"),
+                l.messages_burst,
+                l.messages_per_sec,
                 l.messages_burst
             ),
             _ => format!(
-                "conversation limit: at most {} created per minute per user; wait before creating more",
+                "conversation limit: at most {} created per minute per user \
+                 (CONFAB_RATE_CONVERSATIONS_PER_MIN={}); wait before creating more",
                 plural(l.conversations_per_min, "conversation"),
+                l.conversations_per_min
             ),
         }))
     }
@@ -226,7 +234,8 @@ impl Limiter {
         self.inner.maybe_sweep(now);
         if !opened {
             return Err(ChatError::ResourceExhausted(format!(
-                "stream limit: at most {} per user; close one before opening another",
+                "stream limit: at most {} per user (CONFAB_MAX_STREAMS_PER_USER={max}); \
+                 close one before opening another",
                 plural(max, "concurrent Connect stream")
             )));
         }
@@ -344,7 +353,8 @@ mod tests {
         assert_eq!(err.code(), Code::ResourceExhausted);
         assert_eq!(
             err.to_string(),
-            "rate limit: at most 10 messages per second per user (burst 30); slow down"
+            "rate limit: at most 10 messages per second per user, 30 at once \
+             (CONFAB_RATE_MESSAGES_PER_SEC=10, CONFAB_RATE_MESSAGES_BURST=30); slow down and retry later"
         );
         tokio::time::advance(Duration::from_millis(500)).await;
         assert_eq!(takes(&l, "alice", Cost::Message, 100), 5, "half a second");
@@ -373,7 +383,8 @@ mod tests {
         assert_eq!(err.code(), Code::ResourceExhausted);
         assert_eq!(
             err.to_string(),
-            "conversation limit: at most 3 conversations created per minute per user; wait before creating more"
+            "conversation limit: at most 3 conversations created per minute per user \
+             (CONFAB_RATE_CONVERSATIONS_PER_MIN=3); wait before creating more"
         );
         tokio::time::advance(Duration::from_secs(19)).await;
         assert!(l.admit("alice", Cost::Conversation).is_err());
@@ -392,7 +403,8 @@ mod tests {
         assert_eq!(err.code(), Code::ResourceExhausted);
         assert_eq!(
             err.to_string(),
-            "stream limit: at most 2 concurrent Connect streams per user; close one before opening another"
+            "stream limit: at most 2 concurrent Connect streams per user \
+             (CONFAB_MAX_STREAMS_PER_USER=2); close one before opening another"
         );
         let _b = l.open_stream("bob").expect("bob is not alice");
         drop(a1);

@@ -1,8 +1,9 @@
 //! The `confab.v1.Chat` service and the server around it (health and
 //! reflection next to it, graceful shutdown).
 
+use crate::guard::{Caller, GuardLayer};
 use crate::hub::Hub;
-use crate::limits::{Cost, Limiter, UserLimits};
+use crate::limits::{Limiter, UserLimits};
 use crate::session::Session;
 use crate::submit::Submitter;
 use confab_common::auth::Authenticator;
@@ -141,7 +142,7 @@ impl Default for GatewayConfig {
 pub struct ChatService {
     /// Settings.
     config: GatewayConfig,
-    /// Token checks.
+    /// Token checks (done by the guard, [`ChatService::guard`]).
     auth: Authenticator,
     /// Sessions and pending requests.
     hub: Arc<Hub>,
@@ -178,23 +179,10 @@ impl ChatService {
         }
     }
 
-    /// The entry check of every RPC: who is calling, and whether their
-    /// limits admit what the call costs. The user is known only after the
-    /// token is checked, so this runs inside the service, once per call,
-    /// rather than as a layer in front of it.
-    fn caller(&self, meta: &tonic::metadata::MetadataMap, cost: Cost) -> Result<String, Status> {
-        Ok(self.caller_claims(meta, cost)?.user)
-    }
-
-    /// Like `caller`, with the token's validity (streams close at its end).
-    fn caller_claims(
-        &self,
-        meta: &tonic::metadata::MetadataMap,
-        cost: Cost,
-    ) -> Result<confab_common::auth::Authenticated, Status> {
-        let who = self.auth.authenticate_claims(meta)?;
-        self.limiter.admit(&who.user, cost)?;
-        Ok(who)
+    /// The guard every call to this service passes first: authentication
+    /// and per-user limits ([`crate::guard`]).
+    pub fn guard(&self) -> GuardLayer {
+        GuardLayer::new(self.auth.clone(), self.limiter.clone())
     }
 
     async fn conversation_write(
@@ -218,12 +206,19 @@ impl Chat for ChatService {
 
     async fn connect(
         &self,
-        req: Request<Streaming<ClientFrame>>,
+        mut req: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
-        let who = self.caller_claims(req.metadata(), Cost::Free)?;
-        let user = who.user;
-        // Refused at open, before any session state exists.
-        let stream_slot = self.limiter.open_stream(&user)?;
+        let caller = Caller::take(&mut req)?;
+        // The guard took the slot (or refused the stream) before any
+        // session state exists.
+        let stream_slot = caller.take_stream_slot().ok_or_else(|| {
+            Status::internal(
+                "the gateway is misconfigured: Connect was admitted without a stream slot",
+            )
+        })?;
+        let Caller {
+            user, valid_until, ..
+        } = caller;
         // Small on purpose: a slow reader backs up into its live queue,
         // which is what detects it (see `Hub::deliver`).
         let (out_tx, out_rx) = mpsc::channel(32);
@@ -244,15 +239,15 @@ impl Chat for ChatService {
             stream_slot,
         };
         // The stream ends with UNAUTHENTICATED when its token does.
-        tokio::spawn(session.run_until(req.into_inner(), Some(who.valid_until)));
+        tokio::spawn(session.run_until(req.into_inner(), Some(valid_until)));
         Ok(Response::new(Box::pin(frames(out_rx, kill_rx, end_rx))))
     }
 
     async fn send_message(
         &self,
-        req: Request<SendMessageRequest>,
+        mut req: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        let user = self.caller(req.metadata(), Cost::Message)?;
+        let user = Caller::take(&mut req)?.user;
         let r = req.into_inner();
         validate::send(
             &self.config.limits,
@@ -278,9 +273,9 @@ impl Chat for ChatService {
 
     async fn create_conversation(
         &self,
-        req: Request<CreateConversationRequest>,
+        mut req: Request<CreateConversationRequest>,
     ) -> Result<Response<Conversation>, Status> {
-        let user = self.caller(req.metadata(), Cost::Conversation)?;
+        let user = Caller::take(&mut req)?.user;
         let r = req.into_inner();
         let (kind, member_ids) =
             validate::create(&self.config.limits, &user, r.kind, &r.title, &r.member_ids)?;
@@ -300,9 +295,9 @@ impl Chat for ChatService {
 
     async fn add_members(
         &self,
-        req: Request<AddMembersRequest>,
+        mut req: Request<AddMembersRequest>,
     ) -> Result<Response<Conversation>, Status> {
-        let user = self.caller(req.metadata(), Cost::Free)?;
+        let user = Caller::take(&mut req)?.user;
         let r = req.into_inner();
         validate::conversation_id(&r.conversation_id)?;
         let members = validate::user_ids(&r.member_ids)?;
@@ -322,9 +317,9 @@ impl Chat for ChatService {
 
     async fn remove_member(
         &self,
-        req: Request<RemoveMemberRequest>,
+        mut req: Request<RemoveMemberRequest>,
     ) -> Result<Response<Conversation>, Status> {
-        let user = self.caller(req.metadata(), Cost::Free)?;
+        let user = Caller::take(&mut req)?.user;
         let r = req.into_inner();
         validate::conversation_id(&r.conversation_id)?;
         validate::user_ids([&r.member_id])?;
@@ -339,18 +334,18 @@ impl Chat for ChatService {
 
     async fn list_conversations(
         &self,
-        req: Request<ListConversationsRequest>,
+        mut req: Request<ListConversationsRequest>,
     ) -> Result<Response<ListConversationsResponse>, Status> {
-        let user = self.caller(req.metadata(), Cost::Free)?;
+        let user = Caller::take(&mut req)?.user;
         let conversations = self.history.list_conversations(&user).await?;
         Ok(Response::new(ListConversationsResponse { conversations }))
     }
 
     async fn get_history(
         &self,
-        req: Request<GetHistoryRequest>,
+        mut req: Request<GetHistoryRequest>,
     ) -> Result<Response<GetHistoryResponse>, Status> {
-        let user = self.caller(req.metadata(), Cost::Free)?;
+        let user = Caller::take(&mut req)?.user;
         Ok(Response::new(
             self.history.get_history(&user, req.into_inner()).await?,
         ))
@@ -377,18 +372,26 @@ fn frames(
     })
 }
 
-/// Serves the Chat API, health and reflection on `listener` until
-/// `shutdown` fires, then drains.
+/// Serves the Chat API behind its guard ([`ChatService::guard`]: every call
+/// authenticated and charged to its caller's limits before its handler
+/// runs), health and reflection on `listener` until `shutdown` fires, then
+/// drains. Every mode (`confab dev`, `confab-gateway`, the test topologies)
+/// serves the gateway through here.
 pub async fn run(
     service: ChatService,
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
     use tonic::server::NamedService;
+    // The guard wraps the Chat routes only: health and reflection, routed
+    // beside them by `serve`, stay open.
+    let chat = tower::ServiceBuilder::new()
+        .layer(service.guard())
+        .service(ChatServer::new(service));
     confab_common::grpc::serve(
         "gateway",
         ChatServer::<ChatService>::NAME,
-        tonic::service::Routes::new(ChatServer::new(service)),
+        tonic::service::Routes::new(chat),
         confab_proto::PUBLIC_FILE_DESCRIPTOR_SET,
         listener,
         shutdown,

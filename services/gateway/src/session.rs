@@ -273,6 +273,13 @@ impl State {
 
     /// Validates at once; the ack follows when history has decided, without
     /// holding up this session's deliveries.
+    ///
+    /// The per-frame limits live here, not in [`crate::guard`]: a frame
+    /// travels inside the stream's body, where no layer in front of the
+    /// service can see it. So each `send` frame is charged to the same
+    /// message budget as a unary `SendMessage` right here, and a refusal
+    /// (like a too-large body or too many sends in flight) comes back in
+    /// that frame's ack while the stream stays open.
     async fn send_message(&mut self, f: SendFrame) -> Result<(), Gone> {
         let ack = move |f: &SendFrame, seq: u64, error: Option<ChatError>| {
             server_frame::Frame::Ack(SendAck {
