@@ -1,0 +1,419 @@
+//! Secrets never appear in logs or error messages: the real binaries, logging
+//! at debug level, are called with valid tokens, forged and expired ones,
+//! garbage, the secrets themselves pasted as tokens, and wrong service
+//! tokens; then neither any log line nor any error a client saw contains the
+//! JWT secret, the service token, or any token that was presented.
+
+use confab_common::auth::Authenticator;
+use confab_common::grpc::SERVICE_TOKEN_HEADER;
+use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
+use confab_proto::internal::v1::router_link_client::RouterLinkClient;
+use confab_proto::internal::v1::{gateway_frame, GatewayFrame, GetConversationRequest, Hello};
+use confab_proto::v1::{client_frame, server_frame, Ping, SendFrame};
+use confab_tests::broker::Broker;
+use confab_tests::postgres::PgCluster;
+use confab_tests::procs::ServiceProc;
+use confab_tests::*;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+/// The deployment's JWT secret (HS256).
+const JWT_SECRET: &str = "leak-test-jwt-secret-Qm4rT8zW1xK9pL2v";
+/// The deployment's service token.
+const SERVICE_TOKEN: &str = "leak-test-service-token-Hc7nB3yV6fJ0sD5gA8eR";
+/// A service token that is not the deployment's.
+const WRONG_SERVICE_TOKEN: &str = "leak-test-wrong-service-token-Yt2uN9bM4kE7wQ1z";
+
+/// Everything a client saw and every token it presented.
+#[derive(Default)]
+struct Seen {
+    /// Every token presented, valid or not.
+    presented: Vec<String>,
+    /// Every refusal and error, with its metadata.
+    errors: Vec<String>,
+}
+
+impl Seen {
+    fn error(&mut self, what: &str, status: &Status) {
+        self.errors.push(format!("{what}: {status:?}"));
+    }
+
+    /// `result` is a refusal with `code`; it is recorded.
+    fn refused<T: std::fmt::Debug>(&mut self, what: &str, result: Result<T, Status>, code: Code) {
+        match result {
+            Ok(v) => panic!("{what}: accepted: {v:?}"),
+            Err(s) => {
+                assert_eq!(s.code(), code, "{what}: {s:?}");
+                self.error(what, &s);
+            }
+        }
+    }
+}
+
+/// Unix seconds now.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Tokens a client might present that must be refused, by what is wrong.
+fn bad_tokens() -> Vec<(&'static str, String)> {
+    let forged = Authenticator::new("another-secret-that-is-not-the-real-one")
+        .mint("alice", 3600)
+        .expect("mint");
+    let expired = Authenticator::new(JWT_SECRET)
+        .mint_expiring_at("alice", now() - 3600)
+        .expect("mint");
+    // A valid token with its last signature character changed.
+    let valid = Authenticator::new(JWT_SECRET)
+        .mint("alice", 3600)
+        .expect("mint");
+    let mut tampered = valid.clone();
+    let last = tampered.pop().expect("non-empty");
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    vec![
+        ("forged signature", forged),
+        ("expired", expired),
+        ("tampered signature", tampered),
+        ("garbage", "garbage-token-Jx8Kq2Lm5Np7Rs9Tv".to_string()),
+        ("the JWT secret pasted as a token", JWT_SECRET.to_string()),
+        (
+            "the service token pasted as a token",
+            SERVICE_TOKEN.to_string(),
+        ),
+    ]
+}
+
+/// Calls the Chat API at `addr` as alice, bob and with every bad token,
+/// unary and streaming, and records what it saw.
+async fn exercise_gateway(addr: SocketAddr, seen: &mut Seen) {
+    let auth = Authenticator::new(JWT_SECRET);
+    let user = |name: &'static str| {
+        let auth = auth.clone();
+        async move {
+            let token = auth.mint(name, 3600).expect("mint");
+            (User::with_token(addr, name, &token).await, token)
+        }
+    };
+    let (alice, alice_token) = user("alice").await;
+    let (bob, bob_token) = user("bob").await;
+    seen.presented.extend([alice_token, bob_token]);
+
+    // Valid traffic: a group, messages unary and on a stream, reads.
+    let deadline = Instant::now() + DEADLINE * 2;
+    let conv = loop {
+        match alice
+            .create(confab_proto::v1::ConversationKind::Group, "leak", &["bob"])
+            .await
+        {
+            Ok(c) => break c.id,
+            // The consumer groups may still be forming.
+            Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
+                seen.error("create while starting", &e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("create: {e:?}"),
+        }
+    };
+    let mut bobs = bob.live().await;
+    let m = alice.send(&conv, "m1", "hello").await.expect("send");
+    bobs.messages_until(&conv, m.seq)
+        .await
+        .expect("bob receives");
+    bobs.send(client_frame::Frame::Send(SendFrame {
+        conversation_id: conv.clone(),
+        client_msg_id: "b1".into(),
+        body: "hi".into(),
+    }))
+    .await;
+    loop {
+        if let server_frame::Frame::Ack(a) = bobs.next_frame().await.expect("ack") {
+            assert_eq!(a.error, None);
+            break;
+        }
+    }
+    alice.history(&conv, None, None, 10).await.expect("history");
+    // Errors with a valid token: not a member, bad input.
+    let (mallory, mallory_token) = user("mallory").await;
+    seen.presented.push(mallory_token);
+    seen.refused(
+        "not a member",
+        mallory.send(&conv, "x", "let me in").await,
+        Code::PermissionDenied,
+    );
+    seen.refused(
+        "empty body",
+        alice.send(&conv, "m2", "").await,
+        Code::InvalidArgument,
+    );
+
+    // Every bad token, on a unary call, on a stream, and as a bare header
+    // without "Bearer ".
+    for (what, token) in bad_tokens() {
+        seen.presented.push(token.clone());
+        let client = User::with_token(addr, "alice", &token).await;
+        seen.refused(
+            &format!("send with {what}"),
+            client.send(&conv, "x", "x").await,
+            Code::Unauthenticated,
+        );
+        seen.refused(
+            &format!("list with {what}"),
+            client
+                .client
+                .clone()
+                .list_conversations(client.req(Default::default()))
+                .await,
+            Code::Unauthenticated,
+        );
+        seen.refused(
+            &format!("connect with {what}"),
+            client
+                .session(client_frame::Frame::Ping(Ping { nonce: 1 }))
+                .await
+                .map(|_| ()),
+            Code::Unauthenticated,
+        );
+        let mut req = Request::new(confab_proto::v1::ListConversationsRequest::default());
+        req.metadata_mut()
+            .insert("authorization", token.parse().expect("ascii"));
+        seen.refused(
+            &format!("{what} without Bearer"),
+            client.client.clone().list_conversations(req).await,
+            Code::Unauthenticated,
+        );
+    }
+}
+
+/// Calls history's read API and a router's link at `history` and `router`
+/// with the wrong service token, none, and the right one.
+async fn exercise_internal(history: &str, router: &str, seen: &mut Seen) {
+    let channel = |addr: &str| {
+        let uri = format!("http://{addr}");
+        async move {
+            Channel::from_shared(uri)
+                .expect("uri")
+                .connect()
+                .await
+                .expect("connect")
+        }
+    };
+    let with = |token: Option<&str>| {
+        let mut req = Request::new(GetConversationRequest {
+            conversation_id: "grp-nope".into(),
+        });
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert(SERVICE_TOKEN_HEADER, t.parse().expect("ascii"));
+        }
+        req
+    };
+    let mut reader = HistoryReaderClient::new(channel(history).await);
+    for (what, token) in [
+        ("history, wrong service token", Some(WRONG_SERVICE_TOKEN)),
+        ("history, JWT secret as service token", Some(JWT_SECRET)),
+        ("history, no service token", None),
+    ] {
+        seen.refused(
+            what,
+            reader.get_conversation(with(token)).await,
+            Code::Unauthenticated,
+        );
+    }
+    // The right token gets an answer about the request (no such conversation).
+    match reader.get_conversation(with(Some(SERVICE_TOKEN))).await {
+        Ok(c) => panic!("a conversation that does not exist: {c:?}"),
+        Err(s) => {
+            assert_ne!(s.code(), Code::Unauthenticated, "{s:?}");
+            seen.error("history, right service token", &s);
+        }
+    }
+    let mut link = RouterLinkClient::new(channel(router).await);
+    for token in [WRONG_SERVICE_TOKEN, JWT_SECRET] {
+        let hello = GatewayFrame {
+            frame: Some(gateway_frame::Frame::Hello(Hello {
+                gateway_id: "gw-intruder".into(),
+                ..Default::default()
+            })),
+        };
+        let mut req = Request::new(tokio_stream::iter([hello]));
+        req.metadata_mut()
+            .insert(SERVICE_TOKEN_HEADER, token.parse().expect("ascii"));
+        seen.refused(
+            "router attach with a wrong service token",
+            link.attach(req).await.map(|_| ()),
+            Code::Unauthenticated,
+        );
+    }
+}
+
+/// Where `needle` occurs in `haystack`, for the failure message.
+fn find(haystack: &str, needle: &str) -> Option<String> {
+    let at = haystack.find(needle)?;
+    let line_start = haystack[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = haystack[at..].find('\n').map_or(haystack.len(), |i| at + i);
+    Some(haystack[line_start..line_end].to_string())
+}
+
+/// Neither `text` (named `what`) contains a secret or a presented token.
+fn assert_no_secrets(what: &str, text: &str, seen: &Seen) {
+    let mut secrets: Vec<(&str, &str)> = vec![
+        ("the JWT secret", JWT_SECRET),
+        ("the service token", SERVICE_TOKEN),
+        ("the wrong service token", WRONG_SERVICE_TOKEN),
+    ];
+    secrets.extend(
+        seen.presented
+            .iter()
+            .map(|t| ("a presented token", t.as_str())),
+    );
+    for (name, secret) in secrets {
+        if let Some(line) = find(text, secret) {
+            panic!("{name} appears in {what}: {line}");
+        }
+    }
+}
+
+/// The distributed binaries (gateway, router, history) on a real broker and
+/// PostgreSQL, every one logging at debug level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_logs_or_errors_of_the_distributed_services() {
+    let pg = PgCluster::start().expect("postgres");
+    let database_url = pg.fresh_database().await.expect("database");
+    let broker = Broker::start_memory().await;
+    let logs = tempfile::tempdir().expect("logs");
+    let mut common: Vec<(String, String)> = [
+        ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
+        ("CONFAB_KAFKA_PREFIX", format!("secrets{}", free_port())),
+        ("CONFAB_KAFKA_PARTITIONS", "2".into()),
+        ("CONFAB_LOG", "debug".into()),
+        ("CONFAB_SERVICE_TOKEN", SERVICE_TOKEN.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut history_env = common.clone();
+    history_env.push(("CONFAB_DATABASE_URL".into(), database_url));
+    let mut history = ServiceProc::new(
+        "confab-history",
+        "history",
+        history_env,
+        logs.path().join("history.log"),
+    );
+    common.push(("CONFAB_HISTORY_ADDRS".into(), history.addr.clone()));
+    let mut router = ServiceProc::new(
+        "confab-router",
+        "router",
+        common.clone(),
+        logs.path().join("router.log"),
+    );
+    let mut gateway_env = common.clone();
+    gateway_env.extend(
+        [
+            ("CONFAB_ROUTER_ADDRS", router.addr.as_str()),
+            ("CONFAB_GATEWAY_ID", "gw-secrets"),
+            ("CONFAB_JWT_SECRET", JWT_SECRET),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let mut gateway = ServiceProc::new(
+        "confab-gateway",
+        "gateway",
+        gateway_env,
+        logs.path().join("gateway.log"),
+    );
+    history.start();
+    router.start();
+    gateway.start();
+
+    let mut seen = Seen::default();
+    exercise_gateway(gateway.addr.parse().expect("addr"), &mut seen).await;
+    exercise_internal(&history.addr, &router.addr, &mut seen).await;
+
+    for p in [&mut gateway, &mut router, &mut history] {
+        let stopped = p.terminate(DEADLINE).await;
+        assert!(
+            stopped.status.is_some_and(|s| s.success()),
+            "{} stopped cleanly: {stopped:?}\n{}",
+            p.label,
+            p.tail(20)
+        );
+    }
+    for p in [&gateway, &router, &history] {
+        let log = std::fs::read_to_string(&p.log).expect("log");
+        assert!(
+            log.lines().count() > 20,
+            "{} logged at debug level:\n{log}",
+            p.label
+        );
+        assert_no_secrets(&format!("the {} log", p.label), &log, &seen);
+    }
+    assert_no_secrets("an error a client saw", &seen.errors.join("\n"), &seen);
+    // The gateway did log the refusals (without the tokens).
+    let gateway_log = std::fs::read_to_string(&gateway.log).expect("log");
+    assert!(
+        gateway_log.contains("call refused at the gateway"),
+        "{}",
+        gateway.tail(40)
+    );
+}
+
+/// A child process killed if the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `confab dev`, logging at debug level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_the_log_or_errors_of_confab_dev() {
+    let dir = tempfile::tempdir().expect("data dir");
+    let log_path = dir.path().join("dev.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let mut cmd = Command::new(confab_bin());
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
+        cmd.env_remove(k);
+    }
+    let mut child = KillOnDrop(
+        cmd.args(["dev", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("CONFAB_JWT_SECRET", JWT_SECRET)
+            .env("CONFAB_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn confab dev"),
+    );
+    wait_until("confab dev listens", || {
+        std::net::TcpStream::connect(addr).is_ok()
+    })
+    .await;
+    let mut seen = Seen::default();
+    exercise_gateway(addr, &mut seen).await;
+    let term = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status();
+    assert!(term.is_ok_and(|s| s.success()));
+    let mut status = None;
+    wait_until("confab dev exits", || {
+        status = child.0.try_wait().ok().flatten();
+        status.is_some()
+    })
+    .await;
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(status.is_some_and(|s| s.success()), "{log}");
+    assert!(log.lines().count() > 20, "logged at debug level:\n{log}");
+    assert_no_secrets("the confab dev log", &log, &seen);
+    assert_no_secrets("an error a client saw", &seen.errors.join("\n"), &seen);
+}
