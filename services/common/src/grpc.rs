@@ -1,6 +1,7 @@
 //! One way to serve a Confab gRPC service: next to it the standard health
 //! service and server reflection (v1, and v1alpha which grpcurl 1.8 speaks),
-//! HTTP/2 keepalive to find peers that vanished, a graceful stop that
+//! HTTP/2 keepalive to find peers that vanished, optional TLS and the
+//! connection limits of [`Transport`], a graceful stop that
 //! marks the service not serving before draining, and per-call metrics
 //! ([`crate::metrics`]) with the process's readiness. Internal services
 //! (router, history) are served with a [`ServiceToken`] that every caller
@@ -8,6 +9,7 @@
 
 use crate::config::{ConfigError, Env};
 use crate::shutdown::Signal;
+use crate::transport::{IdleIncoming, MessageLimitLayer, Transport};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -218,7 +220,8 @@ pub async fn serve(
 }
 
 /// [`serve`], and with `auth` every call except health checks (reflection
-/// included) must present that token ([`ServiceAuthLayer`]).
+/// included) must present that token ([`ServiceAuthLayer`]). Plaintext, with
+/// the connection limits of [`Transport::internal`].
 pub async fn serve_with_auth(
     what: &'static str,
     service_name: &'static str,
@@ -227,6 +230,35 @@ pub async fn serve_with_auth(
     listener: TcpListener,
     shutdown: Signal,
     auth: Option<ServiceToken>,
+) -> Result<(), tonic::transport::Error> {
+    serve_with_transport(
+        what,
+        service_name,
+        routes,
+        descriptor_set,
+        listener,
+        shutdown,
+        auth,
+        &Transport::internal(),
+    )
+    .await
+}
+
+/// [`serve_with_auth`] over `transport`: TLS (and client certificates) when
+/// configured, at most `max_concurrent_streams` calls per connection, and
+/// connections without a call closed after `idle_timeout`
+/// ([`crate::transport`]). `max_message_bytes` is the caller's to apply to
+/// its service (tonic sets it per service).
+#[allow(clippy::too_many_arguments)]
+pub async fn serve_with_transport(
+    what: &'static str,
+    service_name: &'static str,
+    routes: Routes,
+    descriptor_set: &'static [u8],
+    listener: TcpListener,
+    shutdown: Signal,
+    auth: Option<ServiceToken>,
+    transport: &Transport,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -251,7 +283,13 @@ pub async fn serve_with_auth(
     ]);
     let readiness = crate::metrics::process_readiness();
     let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, service = service_name, "{what} serving grpc");
+    tracing::info!(
+        addr = ?addr,
+        service = service_name,
+        tls = transport.tls.is_some(),
+        client_certs = transport.tls.as_ref().is_some_and(|t| t.requires_client_cert()),
+        "{what} serving grpc"
+    );
     let stop = {
         let health = health.clone();
         let readiness = readiness.clone();
@@ -269,19 +307,34 @@ pub async fn serve_with_auth(
         .add_service(health_service)
         .add_service(v1)
         .add_service(v1alpha);
-    // The listener is bound: connections from now on are served.
-    readiness.set(true);
-    let served = tonic::transport::Server::builder()
+    let builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        // Metrics outermost: refused calls are counted as UNAUTHENTICATED.
+        .max_concurrent_streams(transport.max_concurrent_streams);
+    let builder = match &transport.tls {
+        Some(tls) => builder.tls_config(tls.config())?,
+        None => builder,
+    };
+    let incoming = IdleIncoming::new(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        transport.idle_timeout,
+    );
+    // The listener is bound: connections from now on are served.
+    readiness.set(true);
+    let served = builder
+        // Calls are counted on their connection for its idle timeout from
+        // the outermost layer; metrics next, so refused calls are counted
+        // as UNAUTHENTICATED and requests over the message limit as
+        // RESOURCE_EXHAUSTED (tonic says OUT_OF_RANGE).
         .layer(
             tower::ServiceBuilder::new()
+                .layer(incoming.layer())
                 .layer(layer)
+                .layer(MessageLimitLayer::new(transport.max_message_bytes))
                 .layer(ServiceAuthLayer::new(auth)),
         )
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), stop)
+        .serve_with_incoming_shutdown(incoming, stop)
         .await;
     readiness.set(false);
     served

@@ -11,4 +11,5 @@ pub mod pipeline;
 pub mod remote;
 pub mod shutdown;
 pub mod telemetry;
+pub mod transport;
 pub mod validate;

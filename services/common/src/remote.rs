@@ -11,6 +11,7 @@ use crate::breaker::{
 use crate::error::ChatError;
 use crate::grpc::ServiceToken;
 use crate::pipeline::HistoryApi;
+use crate::transport::ClientTls;
 use async_trait::async_trait;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
@@ -42,8 +43,14 @@ pub struct AddressError {
 }
 
 /// An endpoint for `address`: `host:port` or `http://host:port` (plaintext
-/// HTTP/2; the internal links do not speak TLS).
+/// HTTP/2).
 pub fn endpoint(address: &str) -> Result<Endpoint, AddressError> {
+    endpoint_with(address, None)
+}
+
+/// An endpoint for `address` over `tls` (`host:port` or `https://host:port`)
+/// or, without it, plaintext (`host:port` or `http://host:port`).
+pub fn endpoint_with(address: &str, tls: Option<&ClientTls>) -> Result<Endpoint, AddressError> {
     let bad = |reason: &str| AddressError {
         address: address.to_string(),
         reason: reason.to_string(),
@@ -52,18 +59,32 @@ pub fn endpoint(address: &str) -> Result<Endpoint, AddressError> {
     if trimmed.is_empty() {
         return Err(bad("expected host:port"));
     }
-    let uri = if trimmed.contains("://") {
-        if !trimmed.starts_with("http://") {
-            return Err(bad("only http:// is supported between services"));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = match trimmed.split_once("://") {
+        Some((given, _)) if given == scheme => trimmed.to_string(),
+        Some(_) if tls.is_some() => {
+            return Err(bad(
+                "CONFAB_TLS_CA is set: links to other services use TLS (https://host:port or host:port)",
+            ))
         }
-        trimmed.to_string()
-    } else {
-        format!("http://{trimmed}")
+        Some(("https", _)) => {
+            return Err(bad(
+                "https:// needs CONFAB_TLS_CA (the CA that signed the services' certificates)",
+            ))
+        }
+        Some(_) => return Err(bad("only http:// is supported between services")),
+        None => format!("{scheme}://{trimmed}"),
     };
     let endpoint = Endpoint::from_shared(uri).map_err(|_| bad("expected host:port"))?;
     if endpoint.uri().port_u16().is_none() {
         return Err(bad("the port is missing; expected host:port"));
     }
+    let endpoint = match tls {
+        Some(tls) => endpoint
+            .tls_config(tls.config())
+            .map_err(|e| bad(&format!("TLS: {e}")))?,
+        None => endpoint,
+    };
     Ok(endpoint
         .tcp_nodelay(true)
         // Notices a peer that vanished without closing the connection.
@@ -89,6 +110,9 @@ pub struct HistoryClientConfig {
     /// The token history requires (`CONFAB_SERVICE_TOKEN`), sent with every
     /// call; `None` sends none.
     pub service_token: Option<ServiceToken>,
+    /// TLS to history (`CONFAB_TLS_CA`, presenting `CONFAB_TLS_CERT` when
+    /// set); `None`: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl HistoryClientConfig {
@@ -100,6 +124,7 @@ impl HistoryClientConfig {
             connect_timeout: Duration::from_secs(1),
             breaker: BreakerConfig::default(),
             service_token: None,
+            tls: None,
         }
     }
 }
@@ -243,7 +268,7 @@ impl RemoteHistory {
             .addrs
             .iter()
             .map(|addr| {
-                let channel = endpoint(addr)?
+                let channel = endpoint_with(addr, config.tls.as_ref())?
                     .connect_timeout(config.connect_timeout)
                     .connect_lazy();
                 // A page is up to 500 messages of up to the largest body
