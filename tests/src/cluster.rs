@@ -200,6 +200,7 @@ impl Cluster {
                 limits: shape.gateway.limits,
                 linger: Duration::from_millis(2),
                 service_token: Some(crate::topology::service_token()),
+                transport: confab_common::transport::Transport::internal(),
             };
             histories.push(
                 Node::spawn_with_group(|l, s, g| {
@@ -219,6 +220,7 @@ impl Cluster {
                 },
                 links: LinkConfig::default(),
                 service_token: crate::topology::service_token(),
+                transport: confab_common::transport::Transport::internal(),
             };
             routers.push(
                 Node::spawn_with_group(|l, s, g| {
@@ -245,6 +247,8 @@ impl Cluster {
                 },
                 routers: router_addrs.clone(),
                 service_token: crate::topology::service_token(),
+                transport: confab_common::transport::Transport::public(),
+                internal_tls: None,
             };
             let hub = Hub::new(config.gateway_id.clone());
             let h = hub.clone();

@@ -7,6 +7,7 @@ use confab_common::auth::{AuthConfig, Authenticator, DEV_SECRET};
 use confab_common::config::{parse_or, ConfigError, Env};
 use confab_common::pipeline::MemTopic;
 use confab_common::shutdown::Signal;
+use confab_common::transport::Transport;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore};
 use std::path::PathBuf;
@@ -33,11 +34,19 @@ pub struct DevConfig {
     /// Address of the metrics and health server (`CONFAB_METRICS_LISTEN`);
     /// `None`: none. See [`start_metrics`].
     pub metrics_listen: Option<String>,
+    /// TLS and connection limits of the gRPC server (`CONFAB_TLS_CERT`,
+    /// `CONFAB_TLS_KEY`, `CONFAB_TLS_CLIENT_CA`, `CONFAB_HTTP2_*`,
+    /// `CONFAB_MAX_MESSAGE_BYTES`).
+    pub transport: Transport,
 }
 
 impl DevConfig {
     /// Reads `CONFAB_*` variables from `env`.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let gateway = GatewayConfig::from_env(env)?;
+        // Certificate files are read now, so a bad one stops before binding.
+        let transport = Transport::from_env(env, Transport::public())?
+            .fit_body(env, gateway.limits.max_body_bytes)?;
         let config = Self {
             listen: env
                 .get("CONFAB_LISTEN")
@@ -47,7 +56,7 @@ impl DevConfig {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "data".into()),
             auth: AuthConfig::from_env(env)?,
-            gateway: GatewayConfig::from_env(env)?,
+            gateway,
             partitions: parse_or(env, "CONFAB_PARTITIONS", 4usize, "a partition count")?,
             grace: Duration::from_millis(parse_or(
                 env,
@@ -56,6 +65,7 @@ impl DevConfig {
                 "milliseconds",
             )?),
             metrics_listen: confab_common::metrics::listen_from_env(env),
+            transport,
         };
         config.check()?;
         Ok(config)
@@ -142,7 +152,8 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
         history,
         shutdown.clone(),
     );
-    confab_gateway::run(service, listener, shutdown).await?;
+    confab_gateway::service::run_with_transport(service, &config.transport, listener, shutdown)
+        .await?;
     let drain = async {
         for task in sequencers.into_iter().chain(routers) {
             let _ = task.await;

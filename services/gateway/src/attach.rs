@@ -9,8 +9,9 @@
 use crate::hub::{Hub, Presence};
 use confab_common::grpc::ServiceToken;
 use confab_common::pipeline::DeliverySink;
-use confab_common::remote::{endpoint, AddressError};
+use confab_common::remote::{endpoint_with, AddressError};
 use confab_common::shutdown::Signal;
+use confab_common::transport::ClientTls;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{
     gateway_frame, router_frame, GatewayFrame, Hello, RouterFrame, UsersOffline, UsersOnline,
@@ -41,6 +42,9 @@ pub struct AttachConfig {
     /// The token routers require (`CONFAB_SERVICE_TOKEN`), sent when
     /// attaching; `None` sends none.
     pub service_token: Option<ServiceToken>,
+    /// TLS to routers (`CONFAB_TLS_CA`, presenting `CONFAB_TLS_CERT` when
+    /// set); `None`: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl AttachConfig {
@@ -52,6 +56,7 @@ impl AttachConfig {
             backoff_max: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
             service_token: None,
+            tls: None,
         }
     }
 }
@@ -66,7 +71,7 @@ pub async fn run(
     let endpoints = config
         .routers
         .iter()
-        .map(|addr| Ok((addr.clone(), endpoint(addr)?)))
+        .map(|addr| Ok((addr.clone(), endpoint_with(addr, config.tls.as_ref())?)))
         .collect::<Result<Vec<_>, AddressError>>()?;
     if endpoints.is_empty() {
         tracing::warn!("no router configured: nothing will be delivered to this gateway");

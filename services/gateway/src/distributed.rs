@@ -10,6 +10,7 @@ use confab_common::config::{list, parse_or, required, ConfigError, Env};
 use confab_common::grpc::ServiceToken;
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
 use confab_common::shutdown::Signal;
+use confab_common::transport::{ClientTls, Transport};
 use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
 use confab_proto::internal::v1::IngressRecord;
 use std::sync::Arc;
@@ -36,6 +37,12 @@ pub struct DistributedConfig {
     /// What routers require to attach (`CONFAB_SERVICE_TOKEN`, required; the
     /// same one is sent to history).
     pub service_token: ServiceToken,
+    /// The public server's TLS and connection limits (`CONFAB_TLS_*`,
+    /// `CONFAB_HTTP2_*`, `CONFAB_MAX_MESSAGE_BYTES`).
+    pub transport: Transport,
+    /// TLS to history and routers (`CONFAB_TLS_CA`; the gateway presents
+    /// `CONFAB_TLS_CERT`); `None`: plaintext.
+    pub internal_tls: Option<ClientTls>,
 }
 
 impl DistributedConfig {
@@ -84,6 +91,11 @@ impl DistributedConfig {
         let gateway = GatewayConfig::from_env(env)?;
         let kafka = KafkaConfig::from_env(env)?;
         let routers = need_list("CONFAB_ROUTER_ADDRS")?;
+        // Certificate files are read now too.
+        let transport = Transport::from_env(env, Transport::public())?
+            .fit_body(env, gateway.limits.max_body_bytes)?;
+        let internal_tls = ClientTls::from_env(env)?;
+        history.tls = internal_tls.clone();
         // Last, so the variables above are reported first.
         let service_token = ServiceToken::from_env(env)?;
         history.service_token = Some(service_token.clone());
@@ -95,6 +107,8 @@ impl DistributedConfig {
             history,
             routers,
             service_token,
+            transport,
+            internal_tls,
         })
     }
 }
@@ -129,6 +143,7 @@ pub async fn run_with_hub(
         hub.clone(),
         AttachConfig {
             service_token: Some(config.service_token.clone()),
+            tls: config.internal_tls.clone(),
             ..AttachConfig::new(config.routers.clone())
         },
         attach_stop,
@@ -144,7 +159,8 @@ pub async fn run_with_hub(
     // Stops taking connections and calls (GOAWAY), ends every stream with
     // UNAVAILABLE once its pending acks are out, and returns when the calls
     // in flight have their answers.
-    let served = crate::service::run(service, listener, shutdown).await;
+    let served =
+        crate::service::run_with_transport(service, &config.transport, listener, shutdown).await;
     if let Err(e) = ingress.flush(Duration::from_secs(5)).await {
         tracing::warn!(error = %e, "ingress not flushed at shutdown");
     }

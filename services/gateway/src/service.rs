@@ -11,6 +11,7 @@ use confab_common::config::{parse_or, ConfigError, Env};
 use confab_common::error::ChatError;
 use confab_common::pipeline::{HistoryApi, Publisher};
 use confab_common::shutdown::Signal;
+use confab_common::transport::Transport;
 use confab_common::validate::{self, Limits};
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, AddMembersCommand, CreateCommand, IngressRecord,
@@ -382,19 +383,33 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
+    run_with_transport(service, &Transport::public(), listener, shutdown).await
+}
+
+/// [`run`] over `transport`: TLS when configured, its HTTP/2 limits, and
+/// requests larger than its `max_message_bytes` refused with
+/// RESOURCE_EXHAUSTED.
+pub async fn run_with_transport(
+    service: ChatService,
+    transport: &Transport,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> Result<(), tonic::transport::Error> {
     use tonic::server::NamedService;
     // The guard wraps the Chat routes only: health and reflection, routed
     // beside them by `serve`, stay open.
     let chat = tower::ServiceBuilder::new()
         .layer(service.guard())
-        .service(ChatServer::new(service));
-    confab_common::grpc::serve(
+        .service(ChatServer::new(service).max_decoding_message_size(transport.max_message_bytes));
+    confab_common::grpc::serve_with_transport(
         "gateway",
         ChatServer::<ChatService>::NAME,
         tonic::service::Routes::new(chat),
         confab_proto::PUBLIC_FILE_DESCRIPTOR_SET,
         listener,
         shutdown,
+        None,
+        transport,
     )
     .await
 }

@@ -9,6 +9,7 @@ use crate::{LocalHistory, PostgresStore, Store};
 use confab_common::config::{parse_or, required, ConfigError, Env};
 use confab_common::grpc::ServiceToken;
 use confab_common::shutdown::Signal;
+use confab_common::transport::Transport;
 use confab_common::validate::Limits;
 use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig, KafkaPublisher};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
@@ -40,12 +41,18 @@ pub struct HistoryConfig {
     /// (`CONFAB_SERVICE_TOKEN`, required: [`run`] refuses to start without
     /// one; only `confab-history migrate`, which serves nothing, has none).
     pub service_token: Option<ServiceToken>,
+    /// The read API's TLS, client certificates and connection limits
+    /// (`CONFAB_TLS_*`, `CONFAB_HTTP2_*`).
+    pub transport: Transport,
 }
 
 impl HistoryConfig {
     /// Reads `CONFAB_*` variables; `CONFAB_SERVICE_TOKEN` is required.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let mut config = Self::from_env_for_migrate(env)?;
+        // Certificate files are read now, so a bad one stops history before
+        // it binds.
+        config.transport = Transport::from_env(env, Transport::internal())?;
         // Last, so the variables above are reported first.
         config.service_token = Some(ServiceToken::from_env(env)?);
         Ok(config)
@@ -81,6 +88,7 @@ impl HistoryConfig {
                 "milliseconds",
             )?),
             service_token: None,
+            transport: Transport::internal(),
         })
     }
 }
@@ -135,9 +143,10 @@ pub async fn run_with_state(
         config.linger,
         shutdown.clone(),
     ));
-    crate::grpc::serve_with_auth(
+    crate::grpc::serve_with_transport(
         Arc::new(LocalHistory::new(store)),
-        service_token,
+        Some(service_token),
+        &config.transport,
         listener,
         shutdown,
     )

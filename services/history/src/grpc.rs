@@ -7,6 +7,7 @@ use confab_common::error::ChatError;
 use confab_common::grpc::ServiceToken;
 use confab_common::pipeline::HistoryApi;
 use confab_common::shutdown::Signal;
+use confab_common::transport::Transport;
 use confab_proto::internal::v1::history_reader_server::{HistoryReader, HistoryReaderServer};
 use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
 use confab_proto::v1::{Conversation, GetHistoryResponse, ListConversationsResponse};
@@ -102,9 +103,21 @@ async fn serve_inner(
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
+    serve_with_transport(reader, token, &Transport::internal(), listener, shutdown).await
+}
+
+/// [`serve`] over `transport` (TLS, client certificates, connection limits),
+/// requiring `token` of every caller when given.
+pub async fn serve_with_transport(
+    reader: Arc<dyn HistoryApi>,
+    token: Option<ServiceToken>,
+    transport: &Transport,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> Result<(), tonic::transport::Error> {
     use tonic::server::NamedService;
     type Server = HistoryReaderServer<HistoryReaderService>;
-    confab_common::grpc::serve_with_auth(
+    confab_common::grpc::serve_with_transport(
         "history",
         Server::NAME,
         tonic::service::Routes::new(Server::new(HistoryReaderService::new(reader))),
@@ -112,6 +125,7 @@ async fn serve_inner(
         listener,
         shutdown,
         token,
+        transport,
     )
     .await
 }

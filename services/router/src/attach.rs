@@ -572,10 +572,23 @@ async fn serve_inner(
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
+    let transport = confab_common::transport::Transport::internal();
+    serve_with_transport(links, token, &transport, listener, shutdown).await
+}
+
+/// [`serve`] over `transport` (TLS, client certificates, connection limits),
+/// requiring `token` of every gateway when given.
+pub async fn serve_with_transport(
+    links: Arc<GatewayLinks>,
+    token: Option<confab_common::grpc::ServiceToken>,
+    transport: &confab_common::transport::Transport,
+    listener: TcpListener,
+    shutdown: Signal,
+) -> Result<(), tonic::transport::Error> {
     use tonic::server::NamedService;
     type Server = RouterLinkServer<RouterLinkService>;
     let service = RouterLinkService::new(links, shutdown.clone());
-    confab_common::grpc::serve_with_auth(
+    confab_common::grpc::serve_with_transport(
         "router",
         Server::NAME,
         tonic::service::Routes::new(Server::new(service)),
@@ -583,6 +596,7 @@ async fn serve_inner(
         listener,
         shutdown,
         token,
+        transport,
     )
     .await
 }

@@ -10,6 +10,7 @@ use confab_common::config::{list, parse_or, ConfigError, Env};
 use confab_common::grpc::ServiceToken;
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
 use confab_common::shutdown::Signal;
+use confab_common::transport::{ClientTls, Transport};
 use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig};
 use confab_proto::internal::v1::OutcomeRecord;
 use std::sync::Arc;
@@ -34,6 +35,9 @@ pub struct RouterConfig {
     /// What every gateway must present to attach (`CONFAB_SERVICE_TOKEN`,
     /// required; the same one is sent to history).
     pub service_token: ServiceToken,
+    /// The gateway link server's TLS, client certificates and connection
+    /// limits (`CONFAB_TLS_*`, `CONFAB_HTTP2_*`).
+    pub transport: Transport,
 }
 
 impl RouterConfig {
@@ -56,6 +60,10 @@ impl RouterConfig {
         )?);
         history.breaker = BreakerConfig::from_env(env)?;
         let kafka = KafkaConfig::from_env(env)?;
+        // Certificate files are read now, so a bad one stops the router
+        // before it binds. History is called over TLS with CONFAB_TLS_CA.
+        let transport = Transport::from_env(env, Transport::internal())?;
+        history.tls = ClientTls::from_env(env)?;
         // Last, so the variables above are reported first.
         let service_token = ServiceToken::from_env(env)?;
         history.service_token = Some(service_token.clone());
@@ -64,6 +72,7 @@ impl RouterConfig {
             history,
             links: LinkConfig::default(),
             service_token,
+            transport,
         })
     }
 }
@@ -103,12 +112,16 @@ pub async fn run_with_state(
     // routed is cut off on the way.
     let (close_links, links_stop) = confab_common::shutdown::channel();
     let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown));
-    let serving = tokio::spawn(crate::attach::serve_with_auth(
-        links,
-        config.service_token.clone(),
-        listener,
-        links_stop,
-    ));
+    let serving = tokio::spawn(async move {
+        crate::attach::serve_with_transport(
+            links,
+            Some(config.service_token.clone()),
+            &config.transport,
+            listener,
+            links_stop,
+        )
+        .await
+    });
     let _ = routing.await;
     close_links.fire();
     serving.await??;
