@@ -164,6 +164,15 @@ impl User {
         }
     }
 
+    /// A client acting as `name` over `channel` (e.g. one speaking TLS).
+    pub fn over(channel: Channel, name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            bearer: format!("Bearer {}", token(name)),
+            client: ChatClient::new(channel),
+        }
+    }
+
     /// Wraps `msg` with this user's authorization metadata.
     pub fn req<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
