@@ -20,7 +20,7 @@ use confab_history::{LocalHistory, SqliteStore, Store};
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, Hello, ListForUserRequest};
-use confab_proto::v1::{ListConversationsRequest, SendMessageRequest};
+use confab_proto::v1::{client_frame, ListConversationsRequest, SendFrame, SendMessageRequest};
 use confab_router::attach::{GatewayLinks, LinkConfig};
 use confab_tests::topology::{service_token, SERVICE_TOKEN};
 use confab_tests::{confab_bin, wait_until, Embedded, User, DEADLINE};
@@ -667,6 +667,52 @@ async fn a_request_over_the_message_limit_is_resource_exhausted_and_others_go_on
         .await
         .expect("alice sends a small one");
     assert!(ok.seq > last);
+    live.messages_until(&group.id, ok.seq)
+        .await
+        .expect("bob's stream still delivers");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_frame_over_the_message_limit_ends_that_stream_only() {
+    let limit = 1024 + Transport::REQUEST_HEADROOM;
+    let limit_text = limit.to_string();
+    let server = Embedded::start_with(&[
+        ("CONFAB_MAX_BODY_BYTES", "1024"),
+        ("CONFAB_MAX_MESSAGE_BYTES", &limit_text),
+    ])
+    .await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let group = alice.group("frames", &["bob"]).await;
+    let mut live = bob.live().await;
+    let mut stream = alice.live().await;
+    stream
+        .send(client_frame::Frame::Send(SendFrame {
+            conversation_id: group.id.clone(),
+            client_msg_id: "huge".into(),
+            body: "x".repeat(limit + 1),
+        }))
+        .await;
+    let status = loop {
+        match stream.next_or_status().await {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("CONFAB_MAX_MESSAGE_BYTES={limit}")),
+        "names the limit: {}",
+        status.message()
+    );
+    // Bob's stream and alice's unary calls go on.
+    let ok = alice
+        .send(&group.id, "small", "fits")
+        .await
+        .expect("alice sends a small one");
     live.messages_until(&group.id, ok.seq)
         .await
         .expect("bob's stream still delivers");

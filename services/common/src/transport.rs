@@ -856,7 +856,7 @@ impl http_body::Body for CountedBody {
 /// How tonic words a request over `max_decoding_message_size` (with
 /// OUT_OF_RANGE): "Error, decoded message length too large: found N bytes,
 /// the limit is: M bytes".
-const TONIC_TOO_LARGE: &str = "decoded message length too large";
+pub const TONIC_TOO_LARGE: &str = "decoded message length too large";
 
 /// The number after `label` in `text`.
 fn number_after(text: &str, label: &str) -> Option<usize> {

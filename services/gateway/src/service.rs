@@ -155,6 +155,9 @@ pub struct ChatService {
     shutdown: Signal,
     /// Per-user rates and stream cap, shared by every call and session.
     limiter: Limiter,
+    /// The largest decoded message (`CONFAB_MAX_MESSAGE_BYTES`), named when a
+    /// stream frame is over it.
+    max_message_bytes: usize,
 }
 
 impl ChatService {
@@ -177,6 +180,7 @@ impl ChatService {
             submitter,
             shutdown,
             limiter,
+            max_message_bytes: confab_common::transport::Transport::MAX_MESSAGE_BYTES,
         }
     }
 
@@ -238,6 +242,7 @@ impl Chat for ChatService {
             shutdown: self.shutdown.clone(),
             limiter: self.limiter.clone(),
             stream_slot,
+            max_message_bytes: self.max_message_bytes,
         };
         // The stream ends with UNAUTHENTICATED when its token does.
         tokio::spawn(session.run_until(req.into_inner(), Some(valid_until)));
@@ -396,6 +401,8 @@ pub async fn run_with_transport(
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
     use tonic::server::NamedService;
+    let mut service = service;
+    service.max_message_bytes = transport.max_message_bytes;
     // The guard wraps the Chat routes only: health and reflection, routed
     // beside them by `serve`, stay open.
     let chat = tower::ServiceBuilder::new()

@@ -63,6 +63,8 @@ pub struct Session {
     /// This stream's slot in the user's stream cap, freed when the session
     /// task ends.
     pub stream_slot: StreamGuard,
+    /// The largest decoded message (`CONFAB_MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
 }
 
 /// Longest wait for the routers to confirm a new session's presence.
@@ -122,7 +124,7 @@ impl Session {
         };
         let first = match first {
             Ok(f) => f,
-            Err(_) => return,
+            Err(status) => return state.inbound_failed(&status),
         };
         let (tx, mut live) = mpsc::channel(state.s.queue);
         // Routing changes from now on may have skipped this session.
@@ -162,8 +164,7 @@ impl Session {
                     Ok(Some(frame)) => state.handle(frame).await,
                     // Half-closed: keep delivering until the client hangs up.
                     Ok(None) => { inbound_open = false; Ok(()) }
-                    // A broken stream is a normal disconnect.
-                    Err(_) => return,
+                    Err(status) => return state.inbound_failed(&status),
                 },
                 msg = live.recv() => match msg {
                     Some(m) => state.deliver_live(&m).await,
@@ -234,6 +235,25 @@ impl State {
             .acquire_many(MAX_SENDS_IN_FLIGHT as u32)
             .await;
         let _ = self.s.end.try_send(Status::unavailable(SHUTTING_DOWN));
+    }
+
+    /// The client's side of the stream failed: a frame over the message
+    /// size limit ends the stream with RESOURCE_EXHAUSTED naming the limit;
+    /// anything else is a broken stream, a normal disconnect.
+    fn inbound_failed(&self, status: &Status) {
+        if status.code() == tonic::Code::OutOfRange
+            && status
+                .message()
+                .contains(confab_common::transport::TONIC_TOO_LARGE)
+        {
+            let _ = self
+                .s
+                .kill
+                .try_send(confab_common::transport::message_too_large(
+                    status.message(),
+                    self.s.max_message_bytes,
+                ));
+        }
     }
 
     fn expired(&self) {
