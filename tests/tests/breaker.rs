@@ -172,3 +172,73 @@ async fn a_history_that_hangs_is_refused_at_once_instead_of_waited_on() {
     assert!(took < Duration::from_millis(500), "refusal took {took:?}");
     drop(hang);
 }
+
+/// The gateway's links to routers go through a breaker too: a router that
+/// keeps refusing opens it (a metric and a log line), and the gateway
+/// attaches once the router is back and a probe gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
+    use confab_gateway::attach::AttachConfig;
+    use confab_router::attach::{GatewayLinks, LinkConfig};
+    confab_common::metrics::install();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let name = format!("router {addr}");
+    let hub = confab_gateway::Hub::new("gw-breaker");
+    let (stop, stopped) = shutdown::channel();
+    let attach = tokio::spawn(confab_gateway::attach::run(
+        hub.clone(),
+        AttachConfig {
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(50),
+            breaker: BreakerConfig {
+                window: 3,
+                min_calls: 3,
+                failure_threshold: 0.5,
+                open_for: Duration::from_millis(300),
+                half_open_probes: 1,
+            },
+            ..AttachConfig::new([addr.clone()])
+        },
+        stopped.clone(),
+    ));
+    // Nobody listens: after three refused connections the breaker opens.
+    let deadline = Instant::now() + confab_tests::DEADLINE;
+    while sample("confab_breaker_state", &[("breaker", &name)]) != Some(2.0) {
+        assert!(Instant::now() < deadline, "the router breaker never opened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        sample(
+            "confab_breaker_transitions_total",
+            &[("breaker", &name), ("to", "open")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "the opening is counted"
+    );
+    // The router comes up on that address: a probe attaches, the breaker closes.
+    let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+    let links = GatewayLinks::new(LinkConfig::default());
+    let (router_stop, router_stopped) = shutdown::channel();
+    let router = tokio::spawn(confab_router::attach::serve(
+        links.clone(),
+        listener,
+        router_stopped,
+    ));
+    while hub.attached_routers() != 1 || links.gateways() != vec!["gw-breaker".to_string()] {
+        assert!(
+            Instant::now() < deadline,
+            "never attached after the router came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        sample("confab_breaker_state", &[("breaker", &name)]),
+        Some(0.0),
+        "closed again"
+    );
+    stop.fire();
+    router_stop.fire();
+    let _ = attach.await;
+    let _ = router.await;
+}

@@ -7,6 +7,7 @@
 //! every time.
 
 use crate::hub::{Hub, Presence};
+use confab_common::breaker::{BreakerConfig, CircuitBreakerLayer, GrpcFailures};
 use confab_common::grpc::ServiceToken;
 use confab_common::pipeline::DeliverySink;
 use confab_common::remote::{endpoint_with, AddressError};
@@ -21,6 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
+use tonic::Status;
+use tower::{Service, ServiceExt};
 
 /// Presence frames queued towards one router before announcing waits.
 const OUTBOUND_FRAMES: usize = 256;
@@ -45,6 +48,11 @@ pub struct AttachConfig {
     /// TLS to routers (`CONFAB_TLS_CA`, presenting `CONFAB_TLS_CERT` when
     /// set); `None`: plaintext.
     pub tls: Option<ClientTls>,
+    /// The circuit breaker on attach calls to each router (`CONFAB_BREAKER_*`):
+    /// a router that keeps refusing is not dialled again until its breaker
+    /// lets a probe through, and its state is a metric
+    /// (`confab_breaker_state{breaker="router <addr>"}`) and a log line.
+    pub breaker: BreakerConfig,
 }
 
 impl AttachConfig {
@@ -57,6 +65,7 @@ impl AttachConfig {
             connect_timeout: Duration::from_secs(2),
             service_token: None,
             tls: None,
+            breaker: BreakerConfig::default(),
         }
     }
 }
@@ -89,6 +98,32 @@ pub async fn run(
     Ok(())
 }
 
+/// An `Attach` call: connect, then open the stream.
+type AttachRequest = (Endpoint, tonic::Request<ReceiverStream<GatewayFrame>>);
+
+/// Attach calls to one router, through its circuit breaker.
+type AttachCalls =
+    tower::util::BoxService<AttachRequest, tonic::Response<tonic::Streaming<RouterFrame>>, Status>;
+
+/// The breaker-guarded attach calls to the router at `addr`.
+fn attach_calls(addr: &str, config: &BreakerConfig) -> AttachCalls {
+    let breaker = CircuitBreakerLayer::new(format!("router {addr}"), config.clone(), GrpcFailures);
+    tower::ServiceBuilder::new()
+        .layer(breaker)
+        .service(tower::service_fn(
+            |(endpoint, request): AttachRequest| async move {
+                // A connection failure is UNAVAILABLE with its cause (a
+                // failure for the breaker); the router's refusal keeps its code.
+                let channel = endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| Status::unavailable(describe(&e)))?;
+                RouterLinkClient::new(channel).attach(request).await
+            },
+        ))
+        .boxed()
+}
+
 /// Why one attach attempt ended.
 enum Ended {
     /// The gateway is shutting down.
@@ -109,11 +144,21 @@ async fn keep_attached(
 ) {
     let mut backoff = config.backoff_min;
     let mut failures = 0u32;
+    let mut calls = attach_calls(&addr, &config.breaker);
     loop {
         if shutdown.is_fired() {
             return;
         }
-        match attach_once(&hub, &addr, &endpoint, &config, shutdown.clone()).await {
+        match attach_once(
+            &hub,
+            &addr,
+            &endpoint,
+            &config,
+            &mut calls,
+            shutdown.clone(),
+        )
+        .await
+        {
             Ended::Shutdown => {
                 tracing::info!(router = %addr, "detached from router: shutting down");
                 return;
@@ -162,6 +207,7 @@ async fn attach_once(
     addr: &str,
     endpoint: &Endpoint,
     config: &AttachConfig,
+    calls: &mut AttachCalls,
     shutdown: Signal,
 ) -> Ended {
     let stop = shutdown.wait();
@@ -173,13 +219,15 @@ async fn attach_once(
         return Ended::Failed("cannot queue hello".into());
     }
     let connect = async {
-        let channel = endpoint.connect().await.map_err(|e| describe(&e))?;
         let mut request = tonic::Request::new(ReceiverStream::new(out_rx));
         if let Some(token) = &config.service_token {
             token.attach(&mut request);
         }
-        RouterLinkClient::new(channel)
-            .attach(request)
+        calls
+            .ready()
+            .await
+            .map_err(|s| s.message().to_string())?
+            .call((endpoint.clone(), request))
             .await
             .map_err(|s| s.message().to_string())
     };

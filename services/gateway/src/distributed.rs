@@ -144,6 +144,7 @@ pub async fn run_with_hub(
         AttachConfig {
             service_token: Some(config.service_token.clone()),
             tls: config.internal_tls.clone(),
+            breaker: config.history.breaker.clone(),
             ..AttachConfig::new(config.routers.clone())
         },
         attach_stop,
