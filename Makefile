@@ -12,7 +12,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres build build-services chaos stack stack-down migrate up down clean-data apt grpcurl
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos stack stack-down migrate up down clean-data apt grpcurl
 NISSHI := $(TOOLS)/bin/nisshi
 # Every target builds the same set, so cargo's feature unification never
 # differs between them and nothing is rebuilt when switching targets.
@@ -43,8 +43,10 @@ chaos: deps-build deps-tools deps-test build ## kill and restart every service, 
 	$(CARGO) build -p confab-tests --bin confab-chaos
 	$(CARGO_TARGET_DIR)/debug/confab-chaos $(CHAOS_ARGS)
 
-stack: deps-build deps-tools deps-postgres deps-broker build-services ## the distributed stack on this machine: PostgreSQL, Kafka-API broker, history, router, gateway on 127.0.0.1:50051
-	@deploy/local/stack.sh up
+# `make stack PROMETHEUS=1` also starts Prometheus (see docs/operations.md).
+PROMETHEUS ?=
+stack: deps-build deps-tools deps-postgres deps-broker $(if $(filter-out 0,$(PROMETHEUS)),deps-prometheus) build-services ## the distributed stack on this machine: PostgreSQL, Kafka-API broker, history, router, gateway on 127.0.0.1:50051 (PROMETHEUS=1: and Prometheus)
+	@CONFAB_STACK_PROMETHEUS=$(PROMETHEUS) deploy/local/stack.sh up
 
 stack-down: ## stop exactly what `make stack` started
 	@deploy/local/stack.sh down
@@ -81,11 +83,17 @@ deps-tools:
 	@command -v jq >/dev/null || $(MAKE) --no-print-directory apt PKGS="jq"
 	@command -v grpcurl >/dev/null || $(MAKE) --no-print-directory grpcurl
 
-deps-test: deps-postgres deps-broker
+deps-test: deps-postgres deps-broker deps-prometheus
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
 
 deps-postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKGS="postgresql"
+
+# Debian's Prometheus (with promtool), for `make stack PROMETHEUS=1` and the
+# observability test. Without its recommended node exporter; the package's
+# own service is not what runs here (make stack starts its own).
+deps-prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || $(MAKE) --no-print-directory apt PKGS="--no-install-recommends prometheus"
 
 # nisshi (a Kafka-API broker in Rust) needs a newer rustc than stable here and
 # takes ~20 minutes to build on 2 cores: built once, cached per user.
