@@ -1,0 +1,1334 @@
+//! The monitoring files against a real Prometheus scraping real services.
+//!
+//! - `promtool_accepts_the_rules_and_configs`: `promtool check rules` on
+//!   `deploy/prometheus/alerts.yml`, `promtool test rules` on its unit tests
+//!   (`alerts_test.yml`: each alert fires on the series it is meant for and
+//!   stays quiet otherwise), and `promtool check config` on the compose
+//!   stack's `deploy/prometheus/prometheus.yml`.
+//! - `every_dashboard_and_alert_expression_returns_series`: PostgreSQL, a
+//!   nisshi broker (memory storage), `confab-history`, `confab-router` and
+//!   `confab-gateway` as processes, each serving metrics, and a
+//!   `prometheus` scraping them every second under the job names of
+//!   `make stack` and the compose file, with alerts.yml loaded. A little
+//!   traffic goes through the gateway (a group, messages delivered live,
+//!   reads, an unauthenticated call, a refused write, a stream over the
+//!   per-user limit); then every PromQL expression of the Grafana dashboard
+//!   and of the alert rules is evaluated with Prometheus's `/api/v1/query`.
+//!   It fails if one is invalid, or still returns no series once Prometheus
+//!   has had time to scrape (polled, up to [`SERIES_WAIT`]): no series
+//!   means a metric name (or label) that the services do not export.
+//! - `make_stack_prometheus_scrapes_every_service`: `make stack
+//!   PROMETHEUS=1` in a temporary `CONFAB_STACK_DIR`; the configuration it
+//!   wrote passes `promtool check config`, its Prometheus scrapes all three
+//!   services and evaluates every rule, and `make stack-down` leaves no
+//!   process behind, Prometheus included. (Not the stack of the expression
+//!   test: with its broker on PostgreSQL 15, nisshi 0.7.0 fails the
+//!   ListOffsets requests the consumers' lag measurement makes, so there is
+//!   no lag series there.)
+//!
+//! Grafana's interval variables (`$__rate_interval`, `$__interval`,
+//! `$__range`) are replaced by [`RATE_INTERVAL`]; any other `$` variable in
+//! an expression fails the test. Alert expressions are evaluated as they
+//! are (they must be valid; most return nothing while all is well), and
+//! each alert's `# test:` lines in alerts.yml (the quantities it compares,
+//! without thresholds) must return series; every metric an alert's
+//! expression names must be named by one of its `# test:` lines. Prometheus
+//! must also report every rule healthy after evaluating it.
+//!
+//! Needs `prometheus` and `promtool` on PATH (`make deps-test` installs
+//! Debian's `prometheus` package), PostgreSQL and the nisshi broker (also
+//! installed by the Makefile), and the service binaries (`cargo build -p
+//! confab -p confab-gateway -p confab-router -p confab-history`, as `make
+//! test` does). Nothing is installed here: a missing tool fails the test,
+//! naming `make deps-test`.
+
+use confab_common::metrics::LISTEN_VAR;
+use confab_proto::v1::{client_frame, ConversationKind, ListConversationsRequest, Ping};
+use confab_tests::broker::Broker;
+use confab_tests::postgres::PgCluster;
+use confab_tests::procs::ServiceProc;
+use confab_tests::{free_port, User, GENEROUS_LIMITS, SECRET};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const DASHBOARD: &str = "deploy/grafana/dashboards/confab.json";
+const ALERTS: &str = "deploy/prometheus/alerts.yml";
+const ALERTS_TEST: &str = "deploy/prometheus/alerts_test.yml";
+const COMPOSE_CONFIG: &str = "deploy/prometheus/prometheus.yml";
+/// The scrape jobs the rules and the dashboard expect, one per service.
+const JOBS: [&str; 3] = ["confab-history", "confab-router", "confab-gateway"];
+/// What Grafana's `$__rate_interval` (and `$__interval`, `$__range`)
+/// become: at least four scrapes of [`SCRAPE_INTERVAL`].
+const RATE_INTERVAL: &str = "1m";
+/// How often the tests' Prometheus scrapes and evaluates the rules.
+const SCRAPE_INTERVAL: &str = "1s";
+/// The per-user stream limit the gateway gets, so that one user's third
+/// stream is refused (a rate-limit refusal to count).
+const MAX_STREAMS: usize = 2;
+/// How long expressions may return no series after the traffic: a few
+/// scrapes, and rate windows with two samples after the traffic.
+const SERIES_WAIT: Duration = Duration::from_secs(90);
+/// How long Prometheus may take to start, scrape every target and evaluate
+/// every rule once.
+const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
+/// How long a service may take to become ready.
+const READY_WAIT: Duration = Duration::from_secs(60);
+/// How long `make stack` may run: it builds the services (or waits for
+/// another cargo's lock).
+const STACK_UP: Duration = Duration::from_secs(1800);
+/// How long `make stack-down` may run (each process gets 10 s to stop).
+const STACK_DOWN: Duration = Duration::from_secs(180);
+/// How long the processes may take to vanish once `make stack-down` is done.
+const STACK_GONE: Duration = Duration::from_secs(30);
+/// How often a wait checks again.
+const POLL: Duration = Duration::from_millis(200);
+/// Lines of each log shown when something fails.
+const LOG_TAIL: usize = 30;
+
+#[test]
+fn promtool_accepts_the_rules_and_configs() {
+    let root = repo_root();
+    let promtool = tool("promtool");
+    run_ok(&root, &promtool, &["check", "rules", ALERTS]);
+    run_ok(&root, &promtool, &["test", "rules", ALERTS_TEST]);
+    run_ok(&root, &promtool, &["check", "config", COMPOSE_CONFIG]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_dashboard_and_alert_expression_returns_series() {
+    let root = repo_root();
+    let promtool = tool("promtool");
+    let prometheus_bin = tool("prometheus");
+    // Files that cannot be used fail here, before anything starts.
+    let panels = dashboard_expressions(&root);
+    let alerts = alert_tests(&root);
+
+    let pg = PgCluster::start().expect("postgres");
+    let database_url = pg.fresh_database().await.expect("database");
+    let broker = Broker::start_memory().await;
+    let services = Services::start(&broker, &database_url).await;
+    let prometheus = PrometheusProc::start(&root, &prometheus_bin, &services);
+    run_ok(
+        &root,
+        &promtool,
+        &["check", "config", &prometheus.config.to_string_lossy()],
+    );
+    let diagnostics = || format!("{}{}", services.diagnostics(), prometheus.diagnostics());
+    let prom = Prometheus {
+        addr: prometheus.addr,
+    };
+    prom.wait_for_targets(&diagnostics).await;
+    // Kept open while the expressions are evaluated: sessions online.
+    let _sessions = traffic(services.gateway_addr()).await;
+    check_rules(&prom, &alerts, &diagnostics).await;
+    check_expressions(&prom, &panels, &alerts, &diagnostics).await;
+}
+
+#[test]
+fn make_stack_prometheus_scrapes_every_service() {
+    let root = repo_root();
+    let promtool = tool("promtool");
+    tool("prometheus");
+    let alerts = alert_tests(&root);
+    let stack = Stack::up(&root);
+    run_ok(
+        &root,
+        &promtool,
+        &[
+            "check",
+            "config",
+            &stack
+                .path
+                .join("prometheus/prometheus.yml")
+                .to_string_lossy(),
+        ],
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        let prom = Prometheus {
+            addr: stack.prometheus,
+        };
+        let diagnostics = || stack.diagnostics();
+        prom.wait_for_targets(&diagnostics).await;
+        check_rules(&prom, &alerts, &diagnostics).await;
+    });
+    drop(runtime);
+    stack.down();
+}
+
+// --- the files ------------------------------------------------------------
+
+/// The repository root (the test crate's parent directory).
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// One expression to evaluate, and where it comes from.
+#[derive(Debug, Clone)]
+struct Expr {
+    /// E.g. `panel "Consumer lag per partition", target B`.
+    source: String,
+    /// As written in the file.
+    written: String,
+    /// With Grafana's variables replaced.
+    query: String,
+}
+
+/// Every target expression of the dashboard's panels (rows included), with
+/// Grafana's interval variables replaced.
+fn dashboard_expressions(root: &Path) -> Vec<Expr> {
+    let path = root.join(DASHBOARD);
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let dashboard: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let mut out = Vec::new();
+    collect_targets(&dashboard["panels"], &mut out);
+    assert!(
+        !out.is_empty(),
+        "{DASHBOARD} has no panel target with an expr"
+    );
+    out
+}
+
+fn collect_targets(panels: &Value, out: &mut Vec<Expr>) {
+    for panel in panels.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let title = panel["title"].as_str().unwrap_or("(untitled)");
+        for target in panel["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let ref_id = target["refId"].as_str().unwrap_or("?");
+            let source = format!("dashboard panel {title:?}, target {ref_id}");
+            let written = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{source}: no expr"))
+                .to_string();
+            let query = grafana_variables(&written);
+            assert!(
+                !query.contains('$'),
+                "{source}: {written:?} uses a variable other than $__rate_interval, $__interval \
+                 or $__range, which this test cannot evaluate"
+            );
+            out.push(Expr {
+                source,
+                written,
+                query,
+            });
+        }
+        collect_targets(&panel["panels"], out);
+    }
+}
+
+fn grafana_variables(expr: &str) -> String {
+    let mut out = expr.to_string();
+    for var in ["__rate_interval", "__interval", "__range"] {
+        out = out
+            .replace(&format!("${{{var}}}"), RATE_INTERVAL)
+            .replace(&format!("${var}"), RATE_INTERVAL);
+    }
+    out
+}
+
+/// The `# test:` lines of each alert of alerts.yml, by alert name.
+fn alert_tests(root: &Path) -> BTreeMap<String, Vec<String>> {
+    let path = root.join(ALERTS);
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let mut alerts: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if let Some(name) = line
+            .strip_prefix("- alert:")
+            .or_else(|| line.strip_prefix("- record:"))
+        {
+            let name = name.trim().trim_matches('"').to_string();
+            assert!(
+                alerts.insert(name.clone(), Vec::new()).is_none(),
+                "{ALERTS}:{}: rule {name} is there twice",
+                n + 1
+            );
+            current = Some(name);
+        } else if let Some(expr) = line.strip_prefix("# test:") {
+            let name = current
+                .as_ref()
+                .unwrap_or_else(|| panic!("{ALERTS}:{}: a `# test:` line before any rule", n + 1));
+            alerts
+                .get_mut(name)
+                .expect("registered")
+                .push(expr.trim().to_string());
+        }
+    }
+    assert!(!alerts.is_empty(), "{ALERTS} has no rule");
+    for (name, tests) in &alerts {
+        assert!(
+            !tests.is_empty(),
+            "{ALERTS}: alert {name} has no `# test:` line (see the comment at the top of the file)"
+        );
+    }
+    alerts
+}
+
+/// The metric names an expression selects: identifiers outside strings,
+/// label matchers, ranges and label lists that are neither functions,
+/// aggregations nor keywords.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    // Aggregations may have `by (...)` between their name and `(`.
+    const KEYWORDS: &[&str] = &[
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "atan2",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "group",
+        "stddev",
+        "stdvar",
+        "count",
+        "count_values",
+        "bottomk",
+        "topk",
+        "quantile",
+    ];
+    const LABEL_LISTS: &[&str] = &[
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+    ];
+    let c: Vec<char> = expr.chars().collect();
+    let mut names = BTreeSet::new();
+    let mut i = 0;
+    // Index after the string starting at `i`.
+    let skip_string = |mut i: usize| {
+        let quote = c[i];
+        i += 1;
+        while i < c.len() && c[i] != quote {
+            if c[i] == '\\' && quote != '`' {
+                i += 1;
+            }
+            i += 1;
+        }
+        i + 1
+    };
+    // Index after the bracket closing the one at `i` (strings skipped).
+    let skip_group = |mut i: usize, close: char| {
+        let open = c[i];
+        let mut depth = 0;
+        while i < c.len() {
+            if c[i] == '"' || c[i] == '\'' || c[i] == '`' {
+                i = skip_string(i);
+                continue;
+            }
+            if c[i] == open {
+                depth += 1;
+            } else if c[i] == close {
+                depth -= 1;
+                if depth == 0 {
+                    return i + 1;
+                }
+            }
+            i += 1;
+        }
+        i
+    };
+    while i < c.len() {
+        let ch = c[i];
+        if ch == '"' || ch == '\'' || ch == '`' {
+            i = skip_string(i);
+        } else if ch == '{' {
+            i = skip_group(i, '}');
+        } else if ch == '[' {
+            i = skip_group(i, ']');
+        } else if ch == '#' {
+            while i < c.len() && c[i] != '\n' {
+                i += 1;
+            }
+        } else if ch.is_ascii_digit() || ch == '.' {
+            // Numbers and durations (`0.99`, `1e3`, `10m`).
+            while i < c.len() && (c[i].is_ascii_alphanumeric() || c[i] == '.') {
+                i += 1;
+            }
+        } else if ch.is_ascii_alphabetic() || ch == '_' || ch == ':' {
+            let start = i;
+            while i < c.len() && (c[i].is_ascii_alphanumeric() || c[i] == '_' || c[i] == ':') {
+                i += 1;
+            }
+            let word: String = c[start..i].iter().collect();
+            let mut j = i;
+            while j < c.len() && c[j].is_whitespace() {
+                j += 1;
+            }
+            let call = j < c.len() && c[j] == '(';
+            let lower = word.to_ascii_lowercase();
+            if call && LABEL_LISTS.contains(&lower.as_str()) {
+                i = skip_group(j, ')');
+            } else if !call && !KEYWORDS.contains(&lower.as_str()) {
+                names.insert(word);
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+// --- traffic ----------------------------------------------------------------
+
+/// Sends messages through the gateway at `gateway` and makes a few calls
+/// fail; returns the sessions it opened (live until dropped).
+async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
+    let alice = User::connect(gateway, "alice").await;
+    let bob = User::connect(gateway, "bob").await;
+    let carol = User::connect(gateway, "carol").await;
+    let mut bob_live = bob.live().await;
+    // The first write waits for the consumers to be assigned their
+    // partitions: retried while it answers UNAVAILABLE.
+    let conv = retry_unavailable("create a group", || {
+        alice.create(ConversationKind::Group, "observability", &["bob"])
+    })
+    .await;
+    let mut last = 0;
+    for i in 0..5 {
+        let id = format!("obs-{i}");
+        let m = retry_unavailable("send", || alice.send(&conv.id, &id, "is chat healthy?")).await;
+        last = m.seq;
+    }
+    // Delivered live to bob: end-to-end latency, deliveries, fan-out.
+    bob_live
+        .messages_until(&conv.id, last)
+        .await
+        .expect("bob receives the messages live");
+    // Reads: through the gateway to history.
+    alice
+        .client
+        .clone()
+        .list_conversations(alice.req(ListConversationsRequest {}))
+        .await
+        .expect("list conversations");
+    alice
+        .history(&conv.id, None, None, 50)
+        .await
+        .expect("read history");
+    // A bad token: UNAUTHENTICATED.
+    let mallory = User::with_token(gateway, "mallory", "not-a-token").await;
+    let refused = mallory
+        .client
+        .clone()
+        .list_conversations(mallory.req(ListConversationsRequest {}))
+        .await
+        .expect_err("a bad token is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // A write history refuses: carol is not a member.
+    let refused = carol
+        .send(&conv.id, "obs-intruder", "let me in")
+        .await
+        .expect_err("a non-member's send is refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    // One stream more than the per-user limit: refused at open.
+    let mut sessions = vec![bob_live];
+    for _ in 0..MAX_STREAMS {
+        sessions.push(carol.live().await);
+    }
+    let over = match carol
+        .session(client_frame::Frame::Ping(Ping { nonce: 7 }))
+        .await
+    {
+        Err(status) => status,
+        Ok(mut s) => s
+            .next_or_status()
+            .await
+            .expect_err("a stream over the limit is refused"),
+    };
+    assert_eq!(
+        over.code(),
+        tonic::Code::ResourceExhausted,
+        "stream {} of carol (CONFAB_MAX_STREAMS_PER_USER={MAX_STREAMS}): {over:?}",
+        MAX_STREAMS + 1
+    );
+    sessions
+}
+
+/// `call()` until it answers anything but UNAVAILABLE (a write's "no outcome
+/// in time", safe to retry), at most [`READY_WAIT`]; its success.
+async fn retry_unavailable<T, F, Fut>(what: &str, mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(POLL).await;
+            }
+            Err(status) => panic!("{what}: {status:?}"),
+        }
+    }
+}
+
+// --- Prometheus -------------------------------------------------------------
+
+/// `GET path` (HTTP/1.0, so the answer is neither chunked nor kept alive):
+/// the status and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
+    Ok((status, body.to_string()))
+}
+
+/// Prometheus's HTTP API.
+struct Prometheus {
+    addr: SocketAddr,
+}
+
+/// What a query returned.
+#[derive(Debug)]
+enum Answer {
+    /// This many series (or 1 for a scalar or string).
+    Series(usize),
+    /// Prometheus refused the query.
+    Invalid(String),
+}
+
+impl Prometheus {
+    async fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        http_get(self.addr, path).await
+    }
+
+    /// `GET path`, its body as JSON (API errors included).
+    async fn api(&self, path: &str) -> Value {
+        let (status, body) = self
+            .get(path)
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} on Prometheus at {}: {e}", self.addr));
+        serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("GET {path}: HTTP {status}, not JSON ({e}): {body}"))
+    }
+
+    /// Evaluates `query` now.
+    async fn query(&self, query: &str) -> Answer {
+        let answer = self
+            .api(&format!("/api/v1/query?query={}", percent_encode(query)))
+            .await;
+        if answer["status"] != "success" {
+            return Answer::Invalid(format!(
+                "{}: {}",
+                answer["errorType"].as_str().unwrap_or("error"),
+                answer["error"].as_str().unwrap_or("(no message)")
+            ));
+        }
+        let data = &answer["data"];
+        match data["resultType"].as_str() {
+            Some("vector" | "matrix") => {
+                Answer::Series(data["result"].as_array().map_or(0, Vec::len))
+            }
+            Some("scalar" | "string") => Answer::Series(1),
+            other => Answer::Invalid(format!("unexpected result type {other:?}: {data}")),
+        }
+    }
+
+    /// The jobs of the scrape targets that are up.
+    async fn jobs_up(&self) -> BTreeSet<String> {
+        let answer = self.api("/api/v1/query?query=up%20%3D%3D%201").await;
+        answer["data"]["result"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| r["metric"]["job"].as_str().map(String::from))
+            .collect()
+    }
+
+    /// Waits until Prometheus scrapes all three services successfully.
+    async fn wait_for_targets(&self, diagnostics: &dyn Fn() -> String) {
+        let want: BTreeSet<String> = JOBS.into_iter().map(String::from).collect();
+        let deadline = Instant::now() + PROMETHEUS_WAIT;
+        loop {
+            let up = match self.get("/-/ready").await {
+                Ok((200, _)) => self.jobs_up().await,
+                _ => BTreeSet::new(),
+            };
+            if want.is_subset(&up) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus at {} does not scrape every service within {PROMETHEUS_WAIT:?}: jobs up {up:?}, \
+                 want {want:?}; its targets: {}\n{}",
+                self.addr,
+                self.api("/api/v1/targets").await["data"]["activeTargets"],
+                diagnostics()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Every metric name Prometheus has series of.
+    async fn names(&self) -> BTreeSet<String> {
+        self.api("/api/v1/label/__name__/values").await["data"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The rules Prometheus loaded are exactly the ones of alerts.yml, and each
+/// is healthy once evaluated.
+async fn check_rules(
+    prom: &Prometheus,
+    alerts: &BTreeMap<String, Vec<String>>,
+    diagnostics: &dyn Fn() -> String,
+) {
+    let deadline = Instant::now() + PROMETHEUS_WAIT;
+    loop {
+        let answer = prom.api("/api/v1/rules").await;
+        let mut loaded = BTreeMap::new();
+        for group in answer["data"]["groups"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            for rule in group["rules"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                let name = rule["name"].as_str().unwrap_or("?").to_string();
+                let health = rule["health"].as_str().unwrap_or("?").to_string();
+                let error = rule["lastError"].as_str().unwrap_or("").to_string();
+                loaded.insert(name, (health, error));
+            }
+        }
+        let names: BTreeSet<&String> = loaded.keys().collect();
+        let want: BTreeSet<&String> = alerts.keys().collect();
+        assert_eq!(
+            names,
+            want,
+            "the rules Prometheus loaded are not those of {ALERTS}\n{}",
+            diagnostics()
+        );
+        let bad: Vec<String> = loaded
+            .iter()
+            .filter(|(_, (health, _))| health == "err")
+            .map(|(name, (_, error))| format!("{name}: {error}"))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "Prometheus fails to evaluate these rules of {ALERTS}:\n{}",
+            bad.join("\n")
+        );
+        if loaded.values().all(|(health, _)| health == "ok") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus did not evaluate every rule within {PROMETHEUS_WAIT:?}: {loaded:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Every dashboard expression and every alert's `# test:` expression
+/// returns series (polled until [`SERIES_WAIT`]); every alert expression is
+/// valid; every metric an alert names is named by one of its `# test:`
+/// lines.
+async fn check_expressions(
+    prom: &Prometheus,
+    panels: &[Expr],
+    alerts: &BTreeMap<String, Vec<String>>,
+    diagnostics: &dyn Fn() -> String,
+) {
+    // The alerts' own expressions, as Prometheus parsed them.
+    let rules = prom.api("/api/v1/rules").await;
+    let mut alert_exprs = BTreeMap::new();
+    for group in rules["data"]["groups"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        for rule in group["rules"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let name = rule["name"].as_str().unwrap_or("?").to_string();
+            let query = rule["query"].as_str().unwrap_or("").to_string();
+            alert_exprs.insert(name, query);
+        }
+    }
+    let mut must_have_series: Vec<Expr> = panels.to_vec();
+    let mut invalid = Vec::new();
+    for (name, tests) in alerts {
+        let query = alert_exprs.get(name).cloned().unwrap_or_default();
+        // Recording rules must return series themselves.
+        let recording = rules["data"]["groups"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .any(|r| r["name"] == name.as_str() && r["type"] == "recording");
+        if recording {
+            must_have_series.push(Expr {
+                source: format!("recording rule {name}"),
+                written: query.clone(),
+                query: query.clone(),
+            });
+        } else if let Answer::Invalid(e) = prom.query(&query).await {
+            invalid.push(format!("alert {name}: {query}\n    {e}"));
+        }
+        let tested: BTreeSet<String> = tests.iter().flat_map(|t| metric_names(t)).collect();
+        let untested: Vec<String> = metric_names(&query)
+            .into_iter()
+            .filter(|m| !tested.contains(m))
+            .collect();
+        assert!(
+            untested.is_empty(),
+            "{ALERTS}: alert {name} uses {untested:?}, which none of its `# test:` lines names"
+        );
+        for (i, t) in tests.iter().enumerate() {
+            must_have_series.push(Expr {
+                source: format!("alert {name}, `# test:` line {}", i + 1),
+                written: t.clone(),
+                query: t.clone(),
+            });
+        }
+    }
+
+    let deadline = Instant::now() + SERIES_WAIT;
+    loop {
+        let mut empty = Vec::new();
+        for e in &must_have_series {
+            match prom.query(&e.query).await {
+                Answer::Series(0) => empty.push(e),
+                Answer::Series(_) => {}
+                Answer::Invalid(err) => {
+                    invalid.push(format!("{}: {}\n    {err}", e.source, e.written))
+                }
+            }
+        }
+        assert!(
+            invalid.is_empty(),
+            "Prometheus refuses these expressions:\n{}",
+            invalid.join("\n")
+        );
+        if empty.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            let known = prom.names().await;
+            let report: Vec<String> = empty
+                .iter()
+                .map(|e| {
+                    let missing: Vec<String> = metric_names(&e.query)
+                        .into_iter()
+                        .filter(|m| !known.contains(m))
+                        .collect();
+                    let why = if missing.is_empty() {
+                        "every metric it names has series: check its labels and matchers"
+                            .to_string()
+                    } else {
+                        format!("no series at all of {missing:?}")
+                    };
+                    format!("{}: {}\n    {why}", e.source, e.written)
+                })
+                .collect();
+            panic!(
+                "{} of {} expressions still return no series {SERIES_WAIT:?} after the traffic \
+                 (a metric the services do not export, or a wrong label):\n{}\n\
+                 metric names Prometheus has: {known:?}\n{}",
+                empty.len(),
+                must_have_series.len(),
+                report.join("\n"),
+                diagnostics()
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+// --- services and Prometheus as processes ---------------------------------
+
+/// History, router and gateway as processes on one broker and database,
+/// each serving metrics.
+struct Services {
+    /// History, router, gateway (the order of [`JOBS`]).
+    procs: [ServiceProc; 3],
+    /// Their metrics addresses, in the same order.
+    metrics: [SocketAddr; 3],
+    _logs: tempfile::TempDir,
+}
+
+impl Services {
+    /// Starts the three services and waits until each is ready.
+    async fn start(broker: &Broker, database_url: &str) -> Services {
+        let logs = tempfile::tempdir().expect("log directory");
+        let metrics: [SocketAddr; 3] =
+            std::array::from_fn(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        // Topics of their own on the shared broker.
+        let prefix = format!("obs{}", free_port());
+        let env = |i: usize, extra: &[(&str, &str)]| -> Vec<(String, String)> {
+            let common = [
+                ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
+                ("CONFAB_KAFKA_PREFIX", prefix.clone()),
+                ("CONFAB_KAFKA_PARTITIONS", "2".to_string()),
+                (
+                    "CONFAB_SERVICE_TOKEN",
+                    confab_tests::topology::SERVICE_TOKEN.to_string(),
+                ),
+                (LISTEN_VAR, metrics[i].to_string()),
+            ];
+            common
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+                .collect()
+        };
+        let log = |i: usize| logs.path().join(format!("{}.log", JOBS[i]));
+        let mut history = ServiceProc::new(
+            "confab-history",
+            "history",
+            env(0, &[("CONFAB_DATABASE_URL", database_url)]),
+            log(0),
+        );
+        let mut router = ServiceProc::new(
+            "confab-router",
+            "router",
+            env(1, &[("CONFAB_HISTORY_ADDRS", &history.addr)]),
+            log(1),
+        );
+        let max_streams = MAX_STREAMS.to_string();
+        let mut gateway_env: Vec<(&str, &str)> = GENEROUS_LIMITS
+            .iter()
+            .filter(|(k, _)| *k != "CONFAB_MAX_STREAMS_PER_USER")
+            .copied()
+            .collect();
+        gateway_env.extend([
+            ("CONFAB_MAX_STREAMS_PER_USER", max_streams.as_str()),
+            ("CONFAB_HISTORY_ADDRS", &history.addr),
+            ("CONFAB_ROUTER_ADDRS", &router.addr),
+            ("CONFAB_GATEWAY_ID", "gw-observability"),
+            ("CONFAB_JWT_SECRET", SECRET),
+        ]);
+        let mut gateway =
+            ServiceProc::new("confab-gateway", "gateway", env(2, &gateway_env), log(2));
+        history.start();
+        router.start();
+        gateway.start();
+        let services = Services {
+            procs: [history, router, gateway],
+            metrics,
+            _logs: logs,
+        };
+        for (i, addr) in services.metrics.iter().enumerate() {
+            let deadline = Instant::now() + READY_WAIT;
+            loop {
+                let got = http_get(*addr, "/readyz").await;
+                if matches!(got, Ok((200, _))) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} is not ready within {READY_WAIT:?}: /readyz {got:?}\n{}",
+                    JOBS[i],
+                    services.diagnostics()
+                );
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        services
+    }
+
+    fn gateway_addr(&self) -> SocketAddr {
+        self.procs[2].addr.parse().expect("gateway address")
+    }
+
+    /// The tails of the services' logs.
+    fn diagnostics(&self) -> String {
+        self.procs
+            .iter()
+            .map(|p| {
+                format!(
+                    "--- last lines of {}'s log ---\n{}\n",
+                    p.label,
+                    p.tail(LOG_TAIL)
+                )
+            })
+            .collect()
+    }
+}
+
+/// A `prometheus` process scraping [`Services`] every [`SCRAPE_INTERVAL`]
+/// with the alert rules loaded, its configuration and data in a temporary
+/// directory; killed on drop.
+struct PrometheusProc {
+    addr: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    _process: Guard,
+    _dir: tempfile::TempDir,
+}
+
+impl PrometheusProc {
+    fn start(root: &Path, bin: &Path, services: &Services) -> PrometheusProc {
+        let dir = tempfile::Builder::new()
+            .prefix("confab-prometheus-")
+            .tempdir()
+            .expect("prometheus directory");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let mut config = format!(
+            "global:\n  scrape_interval: {SCRAPE_INTERVAL}\n  evaluation_interval: {SCRAPE_INTERVAL}\n\
+             rule_files:\n  - \"{}\"\nscrape_configs:\n",
+            root.join(ALERTS).display()
+        );
+        for (job, target) in JOBS.iter().zip(&services.metrics) {
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ));
+        }
+        let config_path = dir.path().join("prometheus.yml");
+        fs::write(&config_path, config).expect("write prometheus.yml");
+        let log = dir.path().join("prometheus.log");
+        let out = File::create(&log).expect("prometheus log");
+        let err = out.try_clone().expect("prometheus log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config_path.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        PrometheusProc {
+            addr,
+            config: config_path,
+            log,
+            _process: Guard { child },
+            _dir: dir,
+        }
+    }
+
+    fn diagnostics(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "--- last lines of prometheus's log ---\n{}\n",
+            lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+        )
+    }
+}
+
+// --- tools and processes ----------------------------------------------------
+
+/// `name` on PATH; fails the test, naming `make deps-test`, when missing.
+fn tool(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "`{name}` is not on PATH: run `make deps-test` (it installs Debian's prometheus \
+                 package, with prometheus and promtool), or `make test`, which does"
+            )
+        })
+}
+
+/// Runs `program args` in `dir`; fails the test with its output unless it
+/// succeeds.
+fn run_ok(dir: &Path, program: &Path, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "`{} {}` failed ({}):\n{}{}",
+        program.display(),
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A child process killed with its process group and reaped on drop.
+struct Guard {
+    child: Child,
+}
+
+impl Guard {
+    fn kill(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// How a `make` run ended: its status (`None`: killed after its timeout)
+/// and its output.
+struct MakeRun {
+    status: Option<ExitStatus>,
+    output: String,
+}
+
+impl MakeRun {
+    fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    fn describe(&self, target: &str) -> String {
+        let how = match self.status {
+            Some(status) => format!("exited with {status}"),
+            None => "ran out of time; killed".to_string(),
+        };
+        format!("`make {target}` {how}\n--- its output ---\n{}", self.output)
+    }
+}
+
+/// `make stack PROMETHEUS=1` in a temporary `CONFAB_STACK_DIR`. Dropped
+/// without [`Stack::down`] (a failed test), it runs `make stack-down`,
+/// kills what that left of the recorded processes, and keeps the directory.
+struct Stack {
+    root: PathBuf,
+    /// `CONFAB_STACK_DIR`; `None` once kept.
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    /// `CONFAB_STACK_GATEWAY`.
+    gateway: SocketAddr,
+    /// `CONFAB_STACK_PROMETHEUS_PORT` on 127.0.0.1.
+    prometheus: SocketAddr,
+    /// `CARGO_TARGET_DIR` for make, so that it starts the binaries built
+    /// with this test.
+    target_dir: Option<PathBuf>,
+    /// False once `make stack-down` succeeded and everything was gone.
+    running: bool,
+}
+
+impl Stack {
+    fn up(root: &Path) -> Stack {
+        let dir = tempfile::Builder::new()
+            .prefix("confab-observability-")
+            .tempdir()
+            .expect("temporary stack directory");
+        // Run as root, the script runs PostgreSQL as the postgres user, which
+        // must be able to reach the cluster below this directory.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+            .expect("chmod the stack directory");
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let stack = Stack {
+            root: root.to_path_buf(),
+            path: dir.path().to_path_buf(),
+            dir: Some(dir),
+            gateway: addr(free_port()),
+            prometheus: addr(free_port()),
+            target_dir: target_dir(),
+            running: true,
+        };
+        let run = stack.make(&["stack", "PROMETHEUS=1"], STACK_UP);
+        assert!(
+            run.succeeded(),
+            "{}\n{}",
+            run.describe("stack PROMETHEUS=1"),
+            stack.diagnostics()
+        );
+        let started = stack.started();
+        assert!(
+            started.iter().any(|(name, _)| name == "prometheus"),
+            "`make stack PROMETHEUS=1` recorded no prometheus process in {}: {started:?}",
+            stack.path.join("pids").display()
+        );
+        stack
+    }
+
+    /// Runs `make args...` in the repository root with this stack's
+    /// settings, in its own process group, killed after `timeout`.
+    fn make(&self, args: &[&str], timeout: Duration) -> MakeRun {
+        let log = self.path.join(format!("make-{}.out", args[0]));
+        let out = File::create(&log).expect("make output file");
+        let err = out.try_clone().expect("make output file");
+        let mut command = Command::new("make");
+        command
+            .args(args)
+            .current_dir(&self.root)
+            .env("CONFAB_STACK_DIR", &self.path)
+            .env("CONFAB_STACK_GATEWAY", self.gateway.to_string())
+            .env(
+                "CONFAB_STACK_PROMETHEUS_PORT",
+                self.prometheus.port().to_string(),
+            )
+            .env("CONFAB_STACK_SCRAPE_INTERVAL", SCRAPE_INTERVAL)
+            // Free ports of the script's choosing, and a make of its own,
+            // whatever the environment this test runs in says.
+            .env_remove("CONFAB_STACK_PG_PORT")
+            .env_remove("CONFAB_STACK_KAFKA_PORT")
+            .env_remove("CONFAB_STACK_PROMETHEUS")
+            .env_remove("PROMETHEUS")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        if let Some(dir) = &self.target_dir {
+            command.env("CARGO_TARGET_DIR", dir);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run make {}: {e}", args.join(" ")));
+        let mut process = Guard { child };
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = process.child.try_wait().expect("make status") {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                process.kill();
+                break None;
+            }
+            std::thread::sleep(POLL);
+        };
+        MakeRun {
+            status,
+            output: fs::read_to_string(&log).unwrap_or_default(),
+        }
+    }
+
+    /// The `name pid` lines of `<stack dir>/pids` (not the PostgreSQL
+    /// cluster's line).
+    fn started(&self) -> Vec<(String, u32)> {
+        fs::read_to_string(self.path.join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (name, pid) = l.trim().split_once(' ')?;
+                Some((name.to_string(), pid.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The tails of the services', Prometheus's and PostgreSQL's logs.
+    fn diagnostics(&self) -> String {
+        let mut logs: Vec<PathBuf> = fs::read_dir(self.path.join("logs"))
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.sort();
+        logs.push(self.path.join("pg").join("postgres.log"));
+        let mut out = String::new();
+        for log in logs {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
+            out.push_str(&format!(
+                "--- last lines of {} ---\n{tail}\n",
+                log.display()
+            ));
+        }
+        out
+    }
+
+    /// `make stack-down`, which must stop every process `make stack`
+    /// recorded, Prometheus included, with their process groups.
+    fn down(mut self) {
+        let started = self.started();
+        let run = self.make(&["stack-down"], STACK_DOWN);
+        assert!(
+            run.succeeded(),
+            "{}\n{}",
+            run.describe("stack-down"),
+            self.diagnostics()
+        );
+        let deadline = Instant::now() + STACK_GONE;
+        loop {
+            let left: Vec<String> = started
+                .iter()
+                .filter(|(_, pid)| !group_members(*pid).is_empty())
+                .map(|(name, pid)| format!("{name} (process group {pid})"))
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{STACK_GONE:?} after `make stack-down`, still running: {}\n{}",
+                left.join(", "),
+                run.output
+            );
+            std::thread::sleep(POLL);
+        }
+        self.running = false;
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if self.running {
+            let started = self.started();
+            let run = self.make(&["stack-down"], STACK_DOWN);
+            if !run.succeeded() {
+                eprintln!(
+                    "cleaning up after a failure: {}",
+                    run.describe("stack-down")
+                );
+            }
+            for (name, pid) in started {
+                if !group_members(pid).is_empty() {
+                    eprintln!("cleaning up after a failure: killing {name} (process group {pid})");
+                    let _ = Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{pid}")])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("stack directory kept: {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// The `CARGO_TARGET_DIR` the test executable was built in, if it lies at
+/// `<target>/debug/deps/<test>` (the only profile `make stack` runs).
+fn target_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile = exe.parent()?.parent()?;
+    if profile.file_name()? != "debug" {
+        return None;
+    }
+    profile.parent().map(Path::to_path_buf)
+}
+
+/// The live (not zombie) processes of process group `pgrp`, from `/proc`.
+fn group_members(pgrp: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // `pid (comm) state ppid pgrp ...`; comm may hold spaces.
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next().unwrap_or("Z");
+            let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
+            state != "Z" && group == Some(pgrp)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn metric_names_skips_functions_labels_and_keywords() {
+        let names = |e: &str| metric_names(e).into_iter().collect::<Vec<_>>();
+        assert_eq!(
+            names(
+                r#"histogram_quantile(0.99, sum by (job, le) (rate(a_bucket{code=~"X|Y"}[5m])))"#
+            ),
+            ["a_bucket"]
+        );
+        assert_eq!(
+            names("sum(x == bool 2) and on (group) y offset 10m unless up"),
+            ["up", "x", "y"]
+        );
+        assert_eq!(
+            names("max by (job, instance) (state) == 2 or sum without (a) (b)"),
+            ["b", "state"]
+        );
+        assert_eq!(
+            names("min_over_time((max by (group, partition) (lag))[10m:30s]) > 0"),
+            ["lag"]
+        );
+        assert_eq!(names(r#"vector(0) or z{a="}{"}"#), ["z"]);
+    }
+
+    #[test]
+    fn grafana_intervals_are_replaced() {
+        assert_eq!(
+            grafana_variables("rate(x[$__rate_interval]) + rate(y[${__interval}])"),
+            format!("rate(x[{RATE_INTERVAL}]) + rate(y[{RATE_INTERVAL}])")
+        );
+    }
+}
