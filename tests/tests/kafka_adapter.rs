@@ -425,7 +425,10 @@ async fn uncommitted_records_are_redelivered_and_committed_ones_are_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_measures_lag_per_owned_partition_and_probes_see_a_dead_broker() {
-    let mut broker = Broker::start_memory().await;
+    // The durable engine: it does not answer ListOffsets, so the monitor
+    // must not need it.
+    let pg = PgCluster::start().expect("postgres for the broker");
+    let mut broker = Broker::start_postgres(&pg).await;
     let cfg = config(&broker, 2);
     ensure_topics(&cfg).await.expect("create topics");
     let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("publisher");
