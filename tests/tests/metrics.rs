@@ -9,7 +9,8 @@
 //! delivered, end-to-end latency, Kafka produce latency, consumer lag and
 //! rebalances, database batches, transactions and pool, sessions, router
 //! fan-out) after a little traffic, and `/readyz` following the database
-//! and the broker through a crash and a restart of each.
+//! and the broker through a crash and a restart of each (with the lag of a
+//! message waiting for the database).
 
 use confab_common::metrics;
 use confab_common::shutdown;
@@ -754,6 +755,8 @@ async fn readiness_follows_the_database_and_the_broker() {
     let broker_pg = PgCluster::start().expect("postgres for the broker");
     let mut broker = Broker::start_postgres(&broker_pg).await;
     let stack = Stack::start(&broker, database_url).await;
+    let alice = User::connect(stack.gateway_addr(), "alice").await;
+    let conv = alice.group("outage", &["bob"]).await;
 
     // PostgreSQL crashes: history says so within a few seconds; the others
     // do not depend on it directly.
@@ -771,9 +774,44 @@ async fn readiness_follows_the_database_and_the_broker() {
             200
         );
     }
+    // A message sent meanwhile waits in the ingress topic: history's lag
+    // shows it although its sequencer is stuck.
+    let sender = User::connect(stack.gateway_addr(), "alice").await;
+    let conv_id = conv.id.clone();
+    let waiting = tokio::spawn(async move { sender.send(&conv_id, "during", "stuck").await });
+    stack
+        .wait_page(HISTORY, "lag while the database is down", |p| {
+            (0..PARTITIONS).any(|part| {
+                value(
+                    p,
+                    "confab_kafka_consumer_lag_records",
+                    &[("group", "history"), ("partition", &part.to_string())],
+                ) >= 1.0
+            })
+        })
+        .await;
     pg.start_again();
     let took = stack.wait_ready(HISTORY, true, "").await;
     assert!(took < Duration::from_secs(10), "recovered after {took:?}");
+    // The send (or its retry, same client_msg_id) is applied, and the lag
+    // is gone.
+    if !matches!(waiting.await, Ok(Ok(_))) {
+        alice
+            .send(&conv.id, "during", "stuck")
+            .await
+            .expect("the retry after the outage");
+    }
+    stack
+        .wait_page(HISTORY, "no lag after the outage", |p| {
+            (0..PARTITIONS).all(|part| {
+                sample(
+                    p,
+                    "confab_kafka_consumer_lag_records",
+                    &[("group", "history"), ("partition", &part.to_string())],
+                ) == Some(0.0)
+            })
+        })
+        .await;
 
     // The broker dies: every service says so; back when it is.
     broker.kill9();
@@ -796,8 +834,7 @@ async fn readiness_follows_the_database_and_the_broker() {
     }
 
     // And it still works end to end.
-    let addr = stack.gateway_addr();
-    let alice = User::connect(addr, "alice").await;
+    let alice = User::connect(stack.gateway_addr(), "alice").await;
     let conv = alice.group("after", &["bob"]).await;
     alice
         .send(&conv.id, "a1", "still here")
