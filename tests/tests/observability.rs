@@ -21,10 +21,7 @@
 //!   PROMETHEUS=1` in a temporary `CONFAB_STACK_DIR`; the configuration it
 //!   wrote passes `promtool check config`, its Prometheus scrapes all three
 //!   services and evaluates every rule, and `make stack-down` leaves no
-//!   process behind, Prometheus included. (Not the stack of the expression
-//!   test: with its broker on PostgreSQL 15, nisshi 0.7.0 fails the
-//!   ListOffsets requests the consumers' lag measurement makes, so there is
-//!   no lag series there.)
+//!   process behind, Prometheus included.
 //!
 //! Grafana's interval variables (`$__rate_interval`, `$__interval`,
 //! `$__range`) are replaced by [`RATE_INTERVAL`]; any other `$` variable in
