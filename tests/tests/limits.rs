@@ -142,6 +142,15 @@ fn all_refused(refused: &[Status], code: Code, message: &str) {
     }
 }
 
+/// `confab_rate_limited_total{limit}` as `/metrics` would serve it now.
+fn rate_limited(limit: &str) -> f64 {
+    let text = confab_common::metrics::install().render();
+    let prefix = format!("confab_rate_limited_total{{limit=\"{limit}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Sends as `user` until one is accepted, or fails after `DEADLINE`;
 /// returns how long that took.
 async fn send_until_accepted(user: &User, conv: &str, id: &str) -> Duration {
@@ -163,6 +172,7 @@ const RATE_1_BURST_5: &str = "rate limit: at most 1 message per second per user,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_per_second_allow_the_burst_then_refill_at_the_rate() {
+    confab_common::metrics::install();
     let server = start(
         Kind::Embedded,
         &[
@@ -187,6 +197,10 @@ async fn messages_per_second_allow_the_burst_then_refill_at_the_rate() {
     let most = 5 + started.elapsed().as_secs() as usize;
     assert!((5..=most).contains(&accepted), "{accepted} accepted");
     all_refused(&[refused], Code::ResourceExhausted, RATE_1_BURST_5);
+    assert!(
+        rate_limited("messages") >= 1.0,
+        "refusals are counted in confab_rate_limited_total"
+    );
 
     // While alice keeps trying, carol and dave talk as usual.
     let (a, c) = (alice.clone(), conv.clone());

@@ -746,6 +746,31 @@ async fn distributed_services_count_messages_kafka_database_sessions_and_fanout(
         .await;
 }
 
+/// `grpc.health.v1.Health/Check` of the whole server at `addr` (health
+/// needs no service token).
+async fn grpc_health(addr: &str) -> i32 {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect for a health check");
+    let mut client = HealthClient::new(channel);
+    client
+        .check(HealthCheckRequest {
+            service: "confab.internal.v1.HistoryReader".into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+}
+
+/// `ServingStatus::Serving` and `NotServing` as numbers.
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
 #[tokio::test]
 async fn readiness_follows_the_database_and_the_broker() {
     // History's PostgreSQL is stopped and started here; the broker keeps
@@ -768,6 +793,8 @@ async fn readiness_follows_the_database_and_the_broker() {
         .expect("readyz");
     assert_eq!(status, 503);
     assert!(!body.contains("kafka"), "the broker is fine: {body}");
+    // grpc.health.v1 says the same.
+    assert_eq!(grpc_health(&stack.history.addr).await, NOT_SERVING);
     for i in [ROUTER, GATEWAY] {
         assert_eq!(
             get(stack.metrics[i], "/readyz").await.expect("readyz").0,
@@ -793,6 +820,7 @@ async fn readiness_follows_the_database_and_the_broker() {
     pg.start_again();
     let took = stack.wait_ready(HISTORY, true, "").await;
     assert!(took < Duration::from_secs(10), "recovered after {took:?}");
+    assert_eq!(grpc_health(&stack.history.addr).await, SERVING);
     // The send (or its retry, same client_msg_id) is applied, and the lag
     // is gone.
     if !matches!(waiting.await, Ok(Ok(_))) {

@@ -321,6 +321,25 @@ pub async fn serve_with_transport(
     );
     // The listener is bound: connections from now on are served.
     readiness.set(true);
+    // grpc.health.v1 follows readiness: NOT_SERVING while a dependency
+    // check fails (Kafka, the database) and from the start of shutdown.
+    let follow = {
+        let health = health.clone();
+        let mut verdict = readiness.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let status = if *verdict.borrow_and_update() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                health.set_service_status(service_name, status).await;
+                if verdict.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
     let served = builder
         // Calls are counted on their connection for its idle timeout from
         // the outermost layer; metrics next, so refused calls are counted
@@ -336,6 +355,7 @@ pub async fn serve_with_transport(
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, stop)
         .await;
+    follow.abort();
     readiness.set(false);
     served
 }

@@ -200,6 +200,12 @@ impl Limiter {
         if admitted {
             return Ok(());
         }
+        let limit = if cost == Cost::Message {
+            "messages"
+        } else {
+            "conversations"
+        };
+        metrics::counter!(confab_common::metrics::RATE_LIMITED, "limit" => limit).increment(1);
         Err(ChatError::ResourceExhausted(match cost {
             Cost::Message => format!(
                 "rate limit: at most {} per second per user, {} at once \
@@ -233,6 +239,8 @@ impl Limiter {
         });
         self.inner.maybe_sweep(now);
         if !opened {
+            metrics::counter!(confab_common::metrics::RATE_LIMITED, "limit" => "streams")
+                .increment(1);
             return Err(ChatError::ResourceExhausted(format!(
                 "stream limit: at most {} per user (CONFAB_MAX_STREAMS_PER_USER={max}); \
                  close one before opening another",
