@@ -119,6 +119,29 @@ pub fn user_ids<'a>(
     Ok(set)
 }
 
+/// Checks an AddMembers request: the conversation id and the users to add
+/// (at least one), returned deduplicated and sorted.
+pub fn add_members(
+    conversation: &str,
+    member_ids: &[String],
+) -> Result<BTreeSet<String>, ChatError> {
+    conversation_id(conversation)?;
+    let members = user_ids(member_ids)?;
+    if members.is_empty() {
+        return Err(ChatError::InvalidArgument(
+            "member_ids must list at least one user to add".into(),
+        ));
+    }
+    Ok(members)
+}
+
+/// Checks a RemoveMember request: the conversation id and the member's id.
+pub fn remove_member(conversation: &str, member_id: &str) -> Result<(), ChatError> {
+    conversation_id(conversation)?;
+    user_ids([&member_id.to_owned()])?;
+    Ok(())
+}
+
 /// Checks a new conversation and returns its full member set (caller included).
 pub fn create(
     limits: &Limits,
@@ -256,6 +279,23 @@ mod tests {
             matches!(err, Err(ChatError::ResourceExhausted(m)) if m == "group size limit: a group has at most 2 members (CONFAB_MAX_GROUP_MEMBERS=2); 3 were asked for, you included")
         );
         assert_eq!(g, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn add_and_remove_members_check_every_id() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let added = add_members("c", &ids(&["b", "a", "b"])).expect("valid");
+        assert_eq!(added.into_iter().collect::<Vec<_>>(), ids(&["a", "b"]));
+        let none = add_members("c", &[]).expect_err("nobody to add");
+        assert_eq!(
+            none,
+            ChatError::InvalidArgument("member_ids must list at least one user to add".into())
+        );
+        assert!(add_members("", &ids(&["a"])).is_err());
+        assert!(add_members("c", &ids(&["a b"])).is_err());
+        assert!(remove_member("c", "a").is_ok());
+        assert!(remove_member("c", "").is_err());
+        assert!(remove_member("c\u{7}", "a").is_err());
     }
 
     #[test]

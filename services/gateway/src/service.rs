@@ -305,13 +305,7 @@ impl Chat for ChatService {
     ) -> Result<Response<Conversation>, Status> {
         let user = Caller::take(&mut req)?.user;
         let r = req.into_inner();
-        validate::conversation_id(&r.conversation_id)?;
-        let members = validate::user_ids(&r.member_ids)?;
-        if members.is_empty() {
-            return Err(Status::invalid_argument(
-                "member_ids must list at least one user to add",
-            ));
-        }
+        let members = validate::add_members(&r.conversation_id, &r.member_ids)?;
         let command = Command::AddMembers(AddMembersCommand {
             member_ids: members.into_iter().collect(),
         });
@@ -327,8 +321,7 @@ impl Chat for ChatService {
     ) -> Result<Response<Conversation>, Status> {
         let user = Caller::take(&mut req)?.user;
         let r = req.into_inner();
-        validate::conversation_id(&r.conversation_id)?;
-        validate::user_ids([&r.member_id])?;
+        validate::remove_member(&r.conversation_id, &r.member_id)?;
         let command = Command::RemoveMember(RemoveMemberCommand {
             member_id: r.member_id,
         });
