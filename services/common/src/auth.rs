@@ -45,6 +45,10 @@ pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 /// How often the public key file is checked for changes by default.
 pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The latest [`Authenticated::valid_until`], Unix seconds
+/// (9999-12-31T23:59:59Z): a later `exp` counts as this.
+pub const MAX_VALID_UNTIL: u64 = 253_402_300_799;
+
 /// The message a `Connect` stream ends with when its token expires.
 pub const STREAM_EXPIRED: &str = "token expired: reconnect with a new token";
 
@@ -137,7 +141,7 @@ pub struct Authenticated {
     /// The token's `exp`, Unix seconds.
     pub exp: u64,
     /// `exp` plus the leeway: the last instant the token is accepted, and
-    /// when a stream opened with it is closed.
+    /// when a stream opened with it is closed (at most [`MAX_VALID_UNTIL`]).
     pub valid_until: SystemTime,
 }
 
@@ -583,7 +587,10 @@ impl Authenticator {
         Ok(Authenticated {
             user: sub,
             exp,
-            valid_until: UNIX_EPOCH + Duration::from_secs(exp.saturating_add(self.inner.leeway)),
+            // Capped: `exp` may be any u64, more than SystemTime holds
+            // (adding it panicked; found by fuzzing).
+            valid_until: UNIX_EPOCH
+                + Duration::from_secs(exp.saturating_add(self.inner.leeway).min(MAX_VALID_UNTIL)),
         })
     }
 
@@ -627,6 +634,7 @@ impl Authenticator {
         let expected = |what: &Option<String>| shown(what.as_deref().unwrap_or_default());
         jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map(|d| d.claims)
+            .map_err(|e| first_missing_claim(e, token, key, &validation, &required))
             .map_err(|e| {
                 let why = match e.kind() {
                     ErrorKind::ExpiredSignature => "token expired: get a new one".to_string(),
@@ -690,6 +698,34 @@ impl Authenticator {
             })?;
         self.verify_claims(token.trim())
     }
+}
+
+/// jsonwebtoken checks the required claims in the order of a `HashSet`,
+/// which differs from one check to the next: when `e` is a missing claim,
+/// the one reported is the first of `required` that is missing, so the
+/// same token always gets the same answer (found by fuzzing).
+fn first_missing_claim(
+    e: jsonwebtoken::errors::Error,
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+    required: &[&str],
+) -> jsonwebtoken::errors::Error {
+    use jsonwebtoken::errors::ErrorKind;
+    if !matches!(e.kind(), ErrorKind::MissingRequiredClaim(_)) {
+        return e;
+    }
+    for claim in required {
+        let mut one = validation.clone();
+        one.set_required_spec_claims(&[*claim]);
+        match jsonwebtoken::decode::<Claims>(token, key, &one) {
+            Err(missing) if matches!(missing.kind(), ErrorKind::MissingRequiredClaim(_)) => {
+                return missing
+            }
+            _ => {}
+        }
+    }
+    e
 }
 
 /// Signs arbitrary claims: HS256 with a secret, RS256 or EdDSA with a PKCS#8
@@ -980,6 +1016,46 @@ mod tests {
         assert_eq!(config(|_| {}).verify(&wrong).ok().as_deref(), Some("a"));
         let minted = auth.mint("b", 60).expect("mint");
         assert_eq!(auth.verify(&minted).ok().as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn an_exp_beyond_what_system_time_holds_is_capped_not_a_panic() {
+        // Found by fuzzing: valid_until = UNIX_EPOCH + exp panicked for an
+        // exp past i64::MAX seconds, in a correctly signed token.
+        let lenient = config(|c| c.leeway = Duration::from_secs(30));
+        for exp in [u64::MAX, i64::MAX as u64, MAX_VALID_UNTIL] {
+            let token = claims_token(SECRET, json!({"sub": "a", "exp": exp}));
+            for auth in [&Authenticator::new(SECRET), &lenient] {
+                let a = auth.verify_claims(&token).expect("valid");
+                assert_eq!(a.exp, exp);
+                assert_eq!(
+                    a.valid_until,
+                    UNIX_EPOCH + Duration::from_secs(MAX_VALID_UNTIL)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn several_missing_claims_always_get_the_same_answer() {
+        // jsonwebtoken reports whichever its HashSet yields first; ours is
+        // the first in a fixed order (exp, sub, iss, aud). Found by fuzzing.
+        let auth = config(|c| {
+            c.issuer = Some("https://idp.example".into());
+            c.audience = Some("confab".into());
+        });
+        let neither = claims_token(SECRET, json!({"sub": "a", "exp": now_secs() + 60}));
+        let nothing = claims_token(SECRET, json!({"nbf": 1}));
+        for _ in 0..32 {
+            assert_eq!(
+                refusal(&auth, &neither),
+                "token has no iss claim: expected iss \"https://idp.example\""
+            );
+            assert_eq!(
+                refusal(&auth, &nothing),
+                "token has no exp claim: tokens must expire"
+            );
+        }
     }
 
     #[test]
