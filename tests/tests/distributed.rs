@@ -29,6 +29,11 @@ async fn resume_sends_exactly_what_was_missed_while_others_keep_sending() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_from_the_largest_seq_is_caught_up_and_the_stream_goes_on() {
+    suite::resuming_from_the_largest_seq_is_caught_up_and_the_stream_goes_on(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_are_sequenced_events_and_removal_stops_delivery() {
     suite::membership_changes_are_sequenced_events_and_removal_stops_delivery(Kind::Cluster).await;
 }

@@ -379,7 +379,8 @@ impl State {
                 self.cursors.insert(
                     conv.to_string(),
                     Cursor {
-                        first: last + 1,
+                        // A client may claim to have seen up to u64::MAX.
+                        first: last.saturating_add(1),
                         last,
                     },
                 );

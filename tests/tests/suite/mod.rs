@@ -202,6 +202,38 @@ pub async fn resume_sends_exactly_what_was_missed_while_others_keep_sending(kind
     server.stop().await;
 }
 
+/// A resume from the largest seq there is is caught up at once and the
+/// stream goes on (the session computed `seq + 1`, overflowing: its task
+/// panicked and the stream just ended; found writing the fuzz targets).
+pub async fn resuming_from_the_largest_seq_is_caught_up_and_the_stream_goes_on(kind: Kind) {
+    let server = Server::start(kind, Settings::default()).await;
+    let alice = server.user("alice").await;
+    let bob = server.user("bob").await;
+    let conv = alice.group("max-seq", &["bob"]).await;
+    alice.send(&conv.id, "m1", "x").await.expect("send");
+    let mut s = bob
+        .session(client_frame::Frame::Resume(Resume {
+            last_seq: HashMap::from([(conv.id.clone(), u64::MAX)]),
+        }))
+        .await
+        .expect("resume");
+    match s.next_frame().await.expect("caught up") {
+        server_frame::Frame::CaughtUp(c) => {
+            assert_eq!(c.conversation_id, conv.id);
+            assert!(c.error.is_none(), "{c:?}");
+            assert_eq!(c.seq, u64::MAX);
+        }
+        other => panic!("expected caught_up, got {other:?}"),
+    }
+    s.send(client_frame::Frame::Ping(Ping { nonce: 9 })).await;
+    let f = s.next_frame().await.expect("pong");
+    assert!(
+        matches!(f, server_frame::Frame::Pong(ref p) if p.nonce == 9),
+        "{f:?}"
+    );
+    server.stop().await;
+}
+
 pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(kind: Kind) {
     let server = Server::start(kind, Settings::default()).await;
     let alice = server.user("alice").await;
