@@ -1,0 +1,264 @@
+//! The checks behind Confab's fuzz targets (`fuzz_targets/`), in a library
+//! that the seed generator (`examples/seed_corpus.rs`) shares.
+//!
+//! Each target decodes what a client can send, runs the validation the
+//! gateway (or history, for what the gateway passes on) runs on it, and
+//! asserts, beyond "never panics":
+//! - whatever decodes re-encodes and decodes to the same message;
+//! - each check accepts exactly what the rules written out here accept
+//!   (an independent statement of docs/security.md and the proto comments),
+//!   and what it returns is what was asked for;
+//! - a refusal has the documented code (INVALID_ARGUMENT, or
+//!   RESOURCE_EXHAUSTED naming the limit) and a message.
+
+use confab_common::auth::{check_user_id, MAX_USER_ID_LEN};
+use confab_common::error::ChatError;
+use confab_common::validate::{
+    self, Limits, PageCursor, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_PAGE,
+    MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN,
+};
+use confab_proto::v1::*;
+use prost::Message;
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+pub mod seeds;
+pub mod token;
+
+/// The limits every check runs under: the defaults, and small ones so that
+/// the limit refusals are reached too.
+pub const LIMITS: [Limits; 2] = [
+    Limits {
+        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        max_group_members: DEFAULT_MAX_GROUP_MEMBERS,
+    },
+    Limits {
+        max_body_bytes: 8,
+        max_group_members: 3,
+    },
+];
+
+/// The caller of every request (the guard has already checked its token).
+pub const CALLER: &str = "alice";
+
+/// Target `client_frame`: `data` as a frame of a `Connect` stream.
+pub fn client_frame(data: &[u8]) {
+    let Ok(frame) = ClientFrame::decode(data) else {
+        return;
+    };
+    round_trip(&frame);
+    match &frame.frame {
+        // The session runs `validate::send`, as `SendMessage` does.
+        Some(client_frame::Frame::Send(f)) => {
+            for limits in &LIMITS {
+                check_send(limits, &f.conversation_id, &f.client_msg_id, &f.body);
+            }
+        }
+        // The session reads what the client missed from history, page by
+        // page from the client's seq: history checks each read.
+        Some(client_frame::Frame::Resume(r)) => {
+            for (conversation_id, last) in &r.last_seq {
+                let read = GetHistoryRequest {
+                    conversation_id: conversation_id.clone(),
+                    after_seq: Some(*last),
+                    before_seq: None,
+                    limit: MAX_PAGE,
+                };
+                // Any seq is a valid place to resume from.
+                assert_eq!(
+                    check_history(&read),
+                    Some((PageCursor::After(*last), MAX_PAGE))
+                );
+            }
+        }
+        Some(client_frame::Frame::Ping(_)) | None => {}
+    }
+}
+
+/// Target `requests`: `data` as each unary request of the Chat service.
+pub fn requests(data: &[u8]) {
+    if let Ok(r) = SendMessageRequest::decode(data) {
+        round_trip(&r);
+        for limits in &LIMITS {
+            check_send(limits, &r.conversation_id, &r.client_msg_id, &r.body);
+        }
+    }
+    if let Ok(r) = CreateConversationRequest::decode(data) {
+        round_trip(&r);
+        for limits in &LIMITS {
+            check_create(limits, r.kind, &r.title, &r.member_ids);
+        }
+    }
+    if let Ok(r) = AddMembersRequest::decode(data) {
+        round_trip(&r);
+        check_add_members(&r);
+    }
+    if let Ok(r) = RemoveMemberRequest::decode(data) {
+        round_trip(&r);
+        check_remove_member(&r);
+    }
+    if let Ok(r) = GetHistoryRequest::decode(data) {
+        round_trip(&r);
+        check_history(&r);
+    }
+    if let Ok(r) = ListConversationsRequest::decode(data) {
+        round_trip(&r);
+    }
+}
+
+/// Encoding `m` and decoding the bytes gives `m` back.
+pub fn round_trip<M: Message + Default + PartialEq + Debug>(m: &M) {
+    let bytes = m.encode_to_vec();
+    assert_eq!(bytes.len(), m.encoded_len());
+    let again = M::decode(bytes.as_slice()).expect("a re-encoded message decodes");
+    assert_eq!(&again, m, "the re-encoded message decodes differently");
+}
+
+/// The rule for conversation ids.
+fn conversation_id_ok(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_CONVERSATION_ID_LEN && !id.chars().any(char::is_control)
+}
+
+/// The rule for user ids.
+fn user_id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_USER_ID_LEN
+        && !id.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// A refusal of malformed input.
+fn invalid(e: &ChatError) {
+    assert!(
+        matches!(e, ChatError::InvalidArgument(m) if !m.is_empty()),
+        "{e:?}"
+    );
+}
+
+fn check_conversation_id(id: &str) {
+    match validate::conversation_id(id) {
+        Ok(()) => assert!(conversation_id_ok(id), "accepted conversation id {id:?}"),
+        Err(e) => {
+            assert!(!conversation_id_ok(id), "refused conversation id {id:?}");
+            invalid(&e);
+        }
+    }
+}
+
+fn check_send(limits: &Limits, conversation_id: &str, client_msg_id: &str, body: &str) {
+    check_conversation_id(conversation_id);
+    let well_formed = conversation_id_ok(conversation_id)
+        && !client_msg_id.is_empty()
+        && client_msg_id.len() <= MAX_CLIENT_MSG_ID_LEN
+        && !client_msg_id.contains('\0')
+        && !body.is_empty()
+        && !body.contains('\0');
+    let fits = body.len() <= limits.max_body_bytes;
+    match validate::send(limits, conversation_id, client_msg_id, body) {
+        Ok(()) => assert!(well_formed && fits, "accepted a bad send"),
+        Err(ChatError::ResourceExhausted(m)) => {
+            assert!(well_formed && !fits, "{m}");
+            assert!(m.contains("CONFAB_MAX_BODY_BYTES"), "{m}");
+        }
+        Err(e) => {
+            assert!(!well_formed, "refused a good send: {e:?}");
+            invalid(&e);
+        }
+    }
+}
+
+fn check_create(limits: &Limits, kind: i32, title: &str, member_ids: &[String]) {
+    let direct = kind == ConversationKind::Direct as i32;
+    let group = kind == ConversationKind::Group as i32;
+    let well_formed = (direct || group)
+        && title.len() <= MAX_TITLE_LEN
+        && !title.contains('\0')
+        && member_ids.iter().all(|m| user_id_ok(m));
+    let mut members: BTreeSet<String> = member_ids.iter().cloned().collect();
+    members.insert(CALLER.to_string());
+    let size_ok = if direct {
+        members.len() == 2
+    } else {
+        members.len() <= limits.max_group_members
+    };
+    match validate::create(limits, CALLER, kind, title, member_ids) {
+        Ok((k, got)) => {
+            assert!(well_formed && size_ok, "accepted a bad create");
+            assert_eq!(k as i32, kind);
+            assert_eq!(got, members.into_iter().collect::<Vec<_>>());
+            if direct {
+                // The id the gateway derives for the pair is a valid one.
+                let id = validate::direct_conversation_id(&got);
+                assert!(validate::conversation_id(&id).is_ok(), "{id}");
+            }
+        }
+        Err(ChatError::ResourceExhausted(m)) => {
+            assert!(well_formed && group && !size_ok, "{m}");
+            assert!(m.contains("CONFAB_MAX_GROUP_MEMBERS"), "{m}");
+        }
+        Err(e) => {
+            assert!(!well_formed || (direct && !size_ok), "refused: {e:?}");
+            invalid(&e);
+        }
+    }
+}
+
+fn check_add_members(r: &AddMembersRequest) {
+    let ok = conversation_id_ok(&r.conversation_id)
+        && !r.member_ids.is_empty()
+        && r.member_ids.iter().all(|m| user_id_ok(m));
+    match validate::add_members(&r.conversation_id, &r.member_ids) {
+        Ok(members) => {
+            assert!(ok, "accepted a bad AddMembers");
+            assert_eq!(members, r.member_ids.iter().cloned().collect());
+        }
+        Err(e) => {
+            assert!(!ok, "refused a good AddMembers: {e:?}");
+            invalid(&e);
+        }
+    }
+}
+
+fn check_remove_member(r: &RemoveMemberRequest) {
+    let ok = conversation_id_ok(&r.conversation_id) && user_id_ok(&r.member_id);
+    match validate::remove_member(&r.conversation_id, &r.member_id) {
+        Ok(()) => {
+            assert!(ok, "accepted a bad RemoveMember");
+            assert!(check_user_id(&r.member_id).is_ok());
+        }
+        Err(e) => {
+            assert!(!ok, "refused a good RemoveMember: {e:?}");
+            invalid(&e);
+        }
+    }
+}
+
+/// What history checks on a `GetHistory` before reading (the gateway
+/// passes the request on as it is); the page when accepted.
+fn check_history(r: &GetHistoryRequest) -> Option<(PageCursor, u32)> {
+    let page = validate::history_page(r.before_seq, r.after_seq, r.limit);
+    let expected_limit = match r.limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let page = match (r.before_seq, r.after_seq, page) {
+        (Some(_), Some(_), Err(e)) => {
+            invalid(&e);
+            None
+        }
+        (Some(_), Some(_), Ok(p)) => panic!("accepted both cursors: {p:?}"),
+        (_, _, Err(e)) => panic!("refused a page with at most one cursor: {e:?}"),
+        (before, after, Ok((cursor, limit))) => {
+            let expected = match (before, after) {
+                (Some(b), _) => PageCursor::Before(b),
+                (None, Some(a)) => PageCursor::After(a),
+                (None, None) => PageCursor::Before(u64::MAX),
+            };
+            assert_eq!(cursor, expected);
+            assert_eq!(limit, expected_limit);
+            assert!((1..=MAX_PAGE).contains(&limit));
+            Some((cursor, limit))
+        }
+    };
+    check_conversation_id(&r.conversation_id);
+    page
+}
