@@ -12,7 +12,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos stack stack-down migrate up down clean-data apt grpcurl
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos stack stack-down migrate up down clean-data apt grpcurl fuzz deps-fuzz
 NISSHI := $(TOOLS)/bin/nisshi
 # Every target builds the same set, so cargo's feature unification never
 # differs between them and nothing is rebuilt when switching targets.
@@ -32,9 +32,18 @@ token: deps-build ## print a token: make -s token NAME=alice
 build: deps-build
 	$(CARGO) build $(BINS)
 
-test: deps-build deps-tools deps-test lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl
+test: deps-build deps-tools deps-test deps-fuzz lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl, then each fuzz target for 10 s
 	$(CARGO) build $(BINS)
 	$(CARGO) nextest run --workspace --no-fail-fast
+	@fuzz/run.sh $(FUZZ_TEST_SECONDS)
+
+# Fuzz targets (fuzz/, cargo-fuzz on nightly): client frames, unary requests,
+# tokens. Built in ~/.cache/confab-fuzz-target, findings kept in
+# ~/.cache/confab-fuzz-corpus; a crash leaves its input in fuzz/artifacts/.
+FUZZ_SECONDS ?= 300
+FUZZ_TEST_SECONDS ?= 10
+fuzz: deps-build deps-fuzz ## run every fuzz target for FUZZ_SECONDS each (default 300); a crash fails, leaving its input in fuzz/artifacts/
+	@fuzz/run.sh $(FUZZ_SECONDS)
 
 build-services: build
 
@@ -85,6 +94,10 @@ deps-tools:
 
 deps-test: deps-postgres deps-broker deps-prometheus
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
+
+deps-fuzz:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 
 deps-postgres:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || $(MAKE) --no-print-directory apt PKGS="postgresql"
