@@ -153,6 +153,20 @@ async fn embedded_mode_serves_metrics_and_health() {
 
     assert_eq!(get(http, "/livez").await.expect("livez").0, 200);
     wait_status(http, "/readyz", 200).await;
+    // The process's own resources, as Prometheus clients name them (CPU
+    // time may still round to 0 s this early).
+    let page = scrape(http).await;
+    for (name, least) in [
+        ("process_cpu_seconds_total", 0.0),
+        ("process_resident_memory_bytes", 1.0),
+        ("process_open_fds", 1.0),
+        ("process_threads", 1.0),
+    ] {
+        let value = page
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok());
+        assert!(value.is_some_and(|v| v >= least), "{name} in:\n{page}");
+    }
 
     // Two successful calls, one refused, one stream.
     let alice = User::connect(grpc, "alice").await;

@@ -71,9 +71,12 @@ pub const MESSAGES_REJECTED: &str = "confab_messages_rejected_total";
 /// Counter (gateway): messages written to a client's `Connect` stream, live
 /// or from history (resume, gap fill).
 pub const MESSAGES_DELIVERED: &str = "confab_messages_delivered_total";
-/// Histogram (seconds, gateway): from a message's `created_at` (stamped by
-/// history when it assigned the seq, on history's clock) to the moment a
-/// gateway first writes it to a stream live (on the gateway's clock).
+/// Histogram (seconds, gateway): from the moment a gateway accepted the
+/// write (`accepted_at_ms`, carried in the ingress record, the outcome and
+/// the router's delivery; that gateway's clock) to the moment a gateway
+/// first writes the message to a stream live (the delivering gateway's
+/// clock). A message without an acceptance time (from an older gateway)
+/// counts from its `created_at` (history's clock).
 pub const MESSAGE_E2E: &str = "confab_message_e2e_seconds";
 /// The values of `reason` on [`MESSAGES_REJECTED`].
 pub const REJECT_REASONS: [&str; 5] = ["not_member", "not_found", "invalid", "limit", "other"];
@@ -178,9 +181,18 @@ pub fn install() -> PrometheusHandle {
                 tracing::warn!(error = %e, "another metrics recorder is installed; /metrics will be empty");
             }
             describe();
+            process_collector().describe();
             handle
         })
         .clone()
+}
+
+/// The process's CPU time, resident memory, open files and threads
+/// (`process_cpu_seconds_total`, `process_resident_memory_bytes`, … as the
+/// Prometheus client libraries name them), read when `/metrics` is scraped.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
 fn describe() {
@@ -223,7 +235,7 @@ fn describe() {
     metrics::describe_histogram!(
         MESSAGE_E2E,
         metrics::Unit::Seconds,
-        "from a message's created_at (history's clock) to its first live delivery on a stream (the gateway's clock)"
+        "from a gateway accepting a write to its message's first live delivery on a stream (gateways' clocks)"
     );
     metrics::describe_histogram!(
         KAFKA_PRODUCE,
@@ -519,6 +531,7 @@ pub fn serve_http(
         .route(
             "/metrics",
             get(move || {
+                process_collector().collect();
                 let body = render.render();
                 async move {
                     (
