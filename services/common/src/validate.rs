@@ -112,11 +112,25 @@ pub fn user_ids<'a>(
     let mut set = BTreeSet::new();
     for id in ids {
         check_user_id(id).map_err(|s| {
-            ChatError::InvalidArgument(format!("member id {id:?}: {}", s.message()))
+            ChatError::InvalidArgument(format!("member id {}: {}", shown(id), s.message()))
         })?;
         set.insert(id.clone());
     }
     Ok(set)
+}
+
+/// Characters of a refused value quoted back in an error message.
+const MAX_SHOWN: usize = 64;
+
+/// `value` escaped and cut to [`MAX_SHOWN`] characters ("…" when cut): an
+/// error message stays small whatever was sent.
+fn shown(value: &str) -> String {
+    let cut: String = value.chars().take(MAX_SHOWN).collect();
+    if cut.len() < value.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
 }
 
 /// Checks an AddMembers request: the conversation id and the users to add
@@ -224,6 +238,17 @@ pub fn history_page(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_refused_member_id_is_quoted_short() {
+        let huge = "x".repeat(1 << 20);
+        let e = user_ids([&huge]).expect_err("too long");
+        let text = e.to_string();
+        assert!(text.len() < 400, "{} bytes", text.len());
+        assert!(text.contains("\"xxxx") && text.contains('…'), "{text}");
+        let e = user_ids([&"bad\u{7}id".to_string()]).expect_err("control");
+        assert!(e.to_string().contains("\"bad\\u{7}id\""), "{e}");
+    }
+
     use super::*;
 
     #[test]
