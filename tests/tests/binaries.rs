@@ -146,3 +146,37 @@ async fn migrate_prepares_an_empty_database() {
         assert!(tables.iter().any(|x| x == t), "{t} in {tables:?}");
     }
 }
+
+#[test]
+fn a_bad_span_export_setting_exits_64_naming_it() {
+    let router = [
+        ("CONFAB_HISTORY_ADDRS", "127.0.0.1:1"),
+        ("CONFAB_KAFKA_BROKERS", "127.0.0.1:1"),
+        (
+            "CONFAB_SERVICE_TOKEN",
+            "confab-test-service-token-0123456789abcdef",
+        ),
+    ];
+    let with = |extra: (&'static str, &'static str)| {
+        let mut env = router.to_vec();
+        env.push(extra);
+        env
+    };
+    for endpoint in [
+        "https://collector:4317",
+        "collector:4317",
+        "http://collector",
+    ] {
+        refused(
+            &run(
+                "confab-router",
+                &[],
+                &with(("CONFAB_OTLP_ENDPOINT", endpoint)),
+            ),
+            "CONFAB_OTLP_ENDPOINT",
+        );
+    }
+    let mut env = with(("CONFAB_OTLP_ENDPOINT", "http://127.0.0.1:4317"));
+    env.push(("CONFAB_OTLP_FILTER", "confab=loudest"));
+    refused(&run("confab-router", &[], &env), "CONFAB_OTLP_FILTER");
+}

@@ -401,12 +401,19 @@ where
         .get("CONFAB_LISTEN")
         .unwrap_or_else(|| default_listen.to_string());
     let metrics_listen = crate::metrics::listen_from_env(env);
-    crate::telemetry::init(env.get("CONFAB_LOG_FORMAT").is_some_and(|f| f == "json"));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("{name}: cannot start the runtime: {e}");
             std::process::exit(1);
+        }
+    };
+    // Within the runtime: span export (CONFAB_OTLP_ENDPOINT) runs on it.
+    let telemetry = match runtime.block_on(async { crate::telemetry::init_from_env(name, env) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::exit(EXIT_CONFIG);
         }
     };
     let code = runtime.block_on(async move {
@@ -466,6 +473,7 @@ where
         }
         code
     });
+    telemetry.shutdown();
     std::process::exit(code);
 }
 

@@ -11,5 +11,6 @@ pub mod pipeline;
 pub mod remote;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;
 pub mod transport;
 pub mod validate;

@@ -91,7 +91,6 @@ fn dev(
     if let Some(m) = metrics_listen.filter(|m| !m.trim().is_empty()) {
         config.metrics_listen = Some(m);
     }
-    telemetry::init(std::env::var("CONFAB_LOG_FORMAT").is_ok_and(|f| f == "json"));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -99,7 +98,16 @@ fn dev(
             return 1;
         }
     };
-    runtime.block_on(async move {
+    // Within the runtime: span export (CONFAB_OTLP_ENDPOINT) runs on it.
+    let telemetry =
+        match runtime.block_on(async { telemetry::init_from_env("confab", &ProcessEnv) }) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("confab: {e}");
+                return EXIT_CONFIG;
+            }
+        };
+    let code = runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(&config.listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -138,5 +146,7 @@ fn dev(
             m.stop().await;
         }
         code
-    })
+    });
+    telemetry.shutdown();
+    code
 }
