@@ -20,8 +20,9 @@ async fn a_message_travels_through_kafka_and_postgres_to_a_live_session() {
     assert_eq!(again.seq, 2);
     assert_eq!(bob.all_seqs(&conv.id).await, vec![1, 2]);
 
-    // Both topics carry the idempotency key and one trace context per request:
-    // the outcome on the messages topic has the trace of its ingress record.
+    // Both topics carry the idempotency key and one trace per request: the
+    // outcome on the messages topic continues the trace of its ingress
+    // record, from history's span (same trace id, another span id).
     let key = format!("{}/alice/m1", conv.id);
     let ingress = observe::<IngressRecord>(&cluster, "observer-ingress", |c| {
         c.idempotency_key() == Some(key.as_str())
@@ -35,12 +36,18 @@ async fn a_message_travels_through_kafka_and_postgres_to_a_live_session() {
         .traceparent()
         .expect("ingress record has a traceparent header");
     assert!(trace.starts_with("00-") && trace.len() == 55, "{trace}");
+    let ids = |tp: &str| tp.split('-').map(str::to_string).collect::<Vec<_>>();
+    let continued = outcome
+        .traceparent()
+        .expect("outcome record has a traceparent header");
     assert_eq!(
-        outcome.traceparent(),
-        Some(trace),
+        ids(continued)[1],
+        ids(trace)[1],
         "the outcome continues the request's trace"
     );
+    assert_ne!(ids(continued)[2], ids(trace)[2], "from a span of history's");
     assert_eq!(ingress.record.traceparent, trace);
+    assert_eq!(outcome.record.traceparent, continued);
     cluster.stop().await;
 }
 

@@ -59,6 +59,7 @@ fn send(conv: &str, id: u64) -> IngressRecord {
             body: format!("message {id} to {conv}"),
         })),
         traceparent: String::new(),
+        accepted_at_ms: 0,
     }
 }
 

@@ -52,6 +52,7 @@ fn add(conv: &str, actor: &str, users: &[&str]) -> IngressRecord {
             member_ids: users.iter().map(|u| u.to_string()).collect(),
         })),
         traceparent: String::new(),
+        accepted_at_ms: 0,
     }
 }
 

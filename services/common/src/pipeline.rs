@@ -33,11 +33,35 @@ pub trait HistoryApi: Send + Sync + 'static {
     async fn conversation(&self, conversation_id: &str) -> Result<Conversation, ChatError>;
 }
 
+/// A sequenced message on its way to sessions, with what travels along it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// The W3C trace context of the router's span that routed it (empty:
+    /// none); the gateway's delivery span continues it.
+    pub traceparent: String,
+    /// When its write was accepted by a gateway (Unix milliseconds on that
+    /// gateway's clock; 0: unknown): where `confab_message_e2e_seconds`
+    /// starts.
+    pub accepted_at_ms: i64,
+}
+
+impl Delivery {
+    /// `message` without trace context or acceptance time.
+    pub fn bare(message: Message) -> Self {
+        Self {
+            message,
+            ..Self::default()
+        }
+    }
+}
+
 /// Where routers hand sequenced messages and outcomes.
 #[async_trait]
 pub trait DeliverySink: Send + Sync + 'static {
-    /// Pushes `message` to every session of every user in `recipients`.
-    async fn deliver(&self, recipients: &[String], message: Arc<Message>);
+    /// Pushes `delivery` to every session of every user in `recipients`.
+    async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>);
     /// Completes the request that produced `outcome` on its origin gateway.
     async fn complete(&self, outcome: OutcomeRecord);
 }

@@ -330,6 +330,9 @@ impl RemoteHistory {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let mut last = ChatError::Unavailable(HISTORY_UNAVAILABLE.into());
+        // The hop span this read is made for (a request, a delivery, a
+        // routing): history's span continues its trace.
+        let trace = crate::trace::current();
         for i in 0..n {
             let target = &self.targets[(start + i) % n];
             let mut req = Request::new(msg.clone());
@@ -337,6 +340,9 @@ impl RemoteHistory {
             req.set_timeout(self.request_timeout);
             if let Some(token) = &self.service_token {
                 token.attach(&mut req);
+            }
+            if let Some(trace) = &trace {
+                trace.inject(&mut req);
             }
             let status = match target.stack.clone().oneshot(req).await {
                 Ok(response) => return Ok(response.into_inner()),

@@ -9,7 +9,7 @@
 use crate::hub::{Hub, Presence};
 use confab_common::breaker::{BreakerConfig, CircuitBreakerLayer, GrpcFailures};
 use confab_common::grpc::ServiceToken;
-use confab_common::pipeline::DeliverySink;
+use confab_common::pipeline::{Delivery, DeliverySink};
 use confab_common::remote::{endpoint_with, AddressError};
 use confab_common::shutdown::Signal;
 use confab_common::transport::ClientTls;
@@ -375,7 +375,14 @@ async fn apply(hub: &Hub, router: &str, frame: RouterFrame) {
     match frame.frame {
         Some(router_frame::Frame::PresenceAck(ack)) => hub.router_acked(router, ack.epoch),
         Some(router_frame::Frame::Deliver(d)) => match d.message {
-            Some(message) => hub.deliver(&d.recipient_ids, Arc::new(message)).await,
+            Some(message) => {
+                let delivery = Delivery {
+                    message,
+                    traceparent: d.traceparent,
+                    accepted_at_ms: d.accepted_at_ms,
+                };
+                hub.deliver(&d.recipient_ids, Arc::new(delivery)).await
+            }
             None => tracing::debug!("router sent a delivery without a message; ignoring it"),
         },
         Some(router_frame::Frame::Complete(c)) => match c.outcome {

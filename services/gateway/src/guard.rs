@@ -28,6 +28,7 @@
 
 use crate::limits::{Cost, Limiter, StreamGuard};
 use confab_common::auth::Authenticator;
+use confab_common::trace::{self, TraceParent};
 use futures::future::Either;
 use std::future::{ready, Ready};
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,7 @@ use std::time::SystemTime;
 use tonic::metadata::MetadataMap;
 use tonic::server::NamedService;
 use tonic::Status;
+use tracing::instrument::{Instrument, Instrumented};
 
 /// What admitting a call takes from its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,13 +196,30 @@ impl<S> Guard<S> {
     }
 }
 
+/// The hop span of an admitted call (`gateway.call`), continuing the
+/// client's `traceparent` metadata or starting a trace: what the handler
+/// does runs in it (a `Connect` stream's session for as long as it lasts),
+/// so writes, reads from history and log lines carry its trace.
+fn call_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let method = path.rsplit('/').next().unwrap_or(path);
+    let span = tracing::info_span!(
+        "gateway.call",
+        method,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+    );
+    trace::start(&span, TraceParent::from_headers(headers));
+    span
+}
+
 impl<S, B> tower::Service<http::Request<B>> for Guard<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<Self::Response, S::Error>>>;
+    type Future = Either<Instrumented<S::Future>, Ready<Result<Self::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -209,10 +228,14 @@ where
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.admit(req.uri().path(), req.headers()) {
             Ok(caller) => {
-                if let Some(caller) = caller {
-                    req.extensions_mut().insert(caller);
-                }
-                Either::Left(self.inner.call(req))
+                let span = match caller {
+                    Some(caller) => {
+                        req.extensions_mut().insert(caller);
+                        call_span(req.uri().path(), req.headers())
+                    }
+                    None => tracing::Span::none(),
+                };
+                Either::Left(self.inner.call(req).instrument(span))
             }
             Err(status) => {
                 tracing::debug!(

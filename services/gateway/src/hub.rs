@@ -5,9 +5,8 @@
 
 use async_trait::async_trait;
 use confab_common::metrics::{SESSIONS_OPEN, USERS_ONLINE};
-use confab_common::pipeline::DeliverySink;
+use confab_common::pipeline::{Delivery, DeliverySink};
 use confab_proto::internal::v1::OutcomeRecord;
-use confab_proto::v1::Message;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -33,7 +32,7 @@ struct SessionEntry {
     id: u64,
     /// Live messages for the session task (bounded: a full queue means the
     /// client reads too slowly).
-    tx: mpsc::Sender<Arc<Message>>,
+    tx: mpsc::Sender<Arc<Delivery>>,
     /// Ends the client's stream at once with a status.
     kill: mpsc::Sender<Status>,
 }
@@ -152,7 +151,7 @@ impl Hub {
     pub fn register(
         self: &Arc<Self>,
         user: &str,
-        tx: mpsc::Sender<Arc<Message>>,
+        tx: mpsc::Sender<Arc<Delivery>>,
         kill: mpsc::Sender<Status>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -291,7 +290,7 @@ impl Hub {
 
 #[async_trait]
 impl DeliverySink for Hub {
-    async fn deliver(&self, recipients: &[String], message: Arc<Message>) {
+    async fn deliver(&self, recipients: &[String], message: Arc<Delivery>) {
         let mut sessions = self.sessions();
         for user in recipients {
             let Some(list) = sessions.get_mut(user) else {
@@ -346,7 +345,7 @@ mod tests {
         hub: &Arc<Hub>,
         user: &str,
         queue: usize,
-    ) -> (Registration, mpsc::Receiver<Arc<Message>>) {
+    ) -> (Registration, mpsc::Receiver<Arc<Delivery>>) {
         let (tx, rx) = mpsc::channel(queue);
         let (kill, _) = mpsc::channel(1);
         (hub.register(user, tx, kill), rx)
@@ -413,7 +412,7 @@ mod tests {
         let hub = Hub::new("g");
         let (slow, _rx) = session(&hub, "carol", 1);
         let (_, _, mut changes) = hub.presence();
-        let m = Arc::new(Message::default());
+        let m = Arc::new(Delivery::default());
         hub.deliver(&["carol".to_string()], m.clone()).await;
         hub.deliver(&["carol".to_string()], m).await;
         assert_eq!(

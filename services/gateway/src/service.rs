@@ -244,8 +244,10 @@ impl Chat for ChatService {
             stream_slot,
             max_message_bytes: self.max_message_bytes,
         };
-        // The stream ends with UNAUTHENTICATED when its token does.
-        tokio::spawn(session.run_until(req.into_inner(), Some(valid_until)));
+        // The stream ends with UNAUTHENTICATED when its token does. The
+        // session runs in the stream's `gateway.call` span (its trace).
+        let session = session.run_until(req.into_inner(), Some(valid_until));
+        tokio::spawn(tracing::Instrument::in_current_span(session));
         Ok(Response::new(Box::pin(frames(out_rx, kill_rx, end_rx))))
     }
 

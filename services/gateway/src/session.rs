@@ -9,8 +9,9 @@ use crate::submit::Submitter;
 use confab_common::auth::STREAM_EXPIRED;
 use confab_common::error::ChatError;
 use confab_common::metrics::{MESSAGES_DELIVERED, MESSAGE_E2E};
-use confab_common::pipeline::HistoryApi;
+use confab_common::pipeline::{Delivery, HistoryApi};
 use confab_common::shutdown::Signal;
+use confab_common::trace::{self, HOP};
 use confab_common::validate::{self, Limits};
 use confab_proto::internal::v1::{ingress_record::Command, outcome_record, SendCommand};
 use confab_proto::v1::{
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, Semaphore};
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 /// The seqs of one conversation sent on this stream: every seq in
 /// `first..=last` has been sent, nothing above `last`.
@@ -329,13 +331,19 @@ impl State {
         let submitter = self.s.submitter.clone();
         let out = self.s.out.clone();
         let user = self.s.user.clone();
+        // The stream's `gateway.call` span: the write is a child of it.
+        let stream_span = tracing::Span::current();
         tokio::spawn(async move {
             let _permit = permit;
             let command = Command::Send(SendCommand {
                 client_msg_id: f.client_msg_id.clone(),
                 body: f.body.clone(),
             });
-            let frame = match submitter.submit(&user, &f.conversation_id, command).await {
+            let frame = match submitter
+                .submit(&user, &f.conversation_id, command)
+                .instrument(stream_span)
+                .await
+            {
                 Ok(outcome_record::Result::Message(m)) => ack(&f, m.seq, None),
                 Ok(_) => ack(
                     &f,
@@ -497,9 +505,30 @@ impl State {
         Ok(true)
     }
 
+    /// A live message, in its `gateway.deliver` hop span (continuing the
+    /// router's trace context): see [`State::deliver_message`].
+    async fn deliver_live(&mut self, d: &Delivery) -> Result<(), Gone> {
+        let m = &d.message;
+        // Not inside the stream's own span: this is the message's trace.
+        let span = tracing::info_span!(
+            parent: None,
+            "gateway.deliver",
+            user_id = %self.s.user,
+            conversation_id = %m.conversation_id,
+            seq = m.seq,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        trace::start_from(&span, &d.traceparent);
+        self.deliver_message(m, d.accepted_at_ms)
+            .instrument(span)
+            .await
+    }
+
     /// A live message: dropped if already sent, preceded by history if
     /// something before it was missed.
-    async fn deliver_live(&mut self, m: &Message) -> Result<(), Gone> {
+    async fn deliver_message(&mut self, m: &Message, accepted_at_ms: i64) -> Result<(), Gone> {
         if let Some(c) = self.cursors.get(&m.conversation_id).copied() {
             if m.seq <= c.last {
                 return Ok(());
@@ -523,27 +552,34 @@ impl State {
         self.emit(m.clone()).await?;
         // Past the cursor checks above, and after the gap fill (all below
         // `m.seq`), `emit` has just written `m`: its first delivery here.
-        record_e2e(m);
+        record_e2e(m, accepted_at_ms);
+        tracing::debug!(target: HOP, "delivered");
         Ok(())
     }
 }
 
 /// Records [`MESSAGE_E2E`] for a message delivered live now: the time since
-/// history stamped it (`created_at`, history's clock; a clock behind the
-/// gateway's counts as 0).
-fn record_e2e(m: &Message) {
-    let Some(created) = &m.created_at else {
-        return;
+/// a gateway accepted its write (`accepted_at_ms`, that gateway's clock) or,
+/// when that is unknown (0: from an older gateway), since history stamped
+/// it (`created_at`, history's clock). A clock behind this gateway's counts
+/// as 0.
+fn record_e2e(m: &Message, accepted_at_ms: i64) {
+    let since_ms = if accepted_at_ms > 0 {
+        accepted_at_ms
+    } else {
+        let Some(created) = &m.created_at else {
+            return;
+        };
+        created
+            .seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(created.nanos) / 1_000_000)
     };
-    let created_ms = created
-        .seconds
-        .saturating_mul(1000)
-        .saturating_add(i64::from(created.nanos) / 1_000_000);
     let now_ms = SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let seconds = now_ms.saturating_sub(created_ms).max(0) as f64 / 1000.0;
+    let seconds = now_ms.saturating_sub(since_ms).max(0) as f64 / 1000.0;
     metrics::histogram!(MESSAGE_E2E).record(seconds);
 }
 

@@ -5,9 +5,11 @@ use crate::hub::Hub;
 use confab_common::error::ChatError;
 use confab_common::metrics::MESSAGES_ACCEPTED;
 use confab_common::pipeline::Publisher;
+use confab_common::trace::{self, TraceParent, HOP};
 use confab_proto::internal::v1::{ingress_record::Command, outcome_record, IngressRecord, Origin};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument;
 
 /// Turns a request into an ingress record and waits for its outcome.
 #[derive(Clone)]
@@ -36,13 +38,40 @@ impl Submitter {
 
     /// Produces `command` for `conversation_id` as `actor`; returns history's
     /// result, or UNAVAILABLE if it does not arrive in time.
+    ///
+    /// Runs in a `gateway.write` hop span, a child of the caller's
+    /// (`gateway.call`, see [`crate::guard`]); its context goes into the
+    /// record (and so the Kafka header), and the record is stamped with the
+    /// acceptance time that `confab_message_e2e_seconds` counts from.
     pub async fn submit(
         &self,
         actor: &str,
         conversation_id: &str,
         command: Command,
     ) -> Result<outcome_record::Result, ChatError> {
+        let span = tracing::info_span!(
+            "gateway.write",
+            conversation_id,
+            request_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        let trace = trace::start(&span, trace::current());
+        self.submit_traced(actor, conversation_id, command, trace)
+            .instrument(span)
+            .await
+    }
+
+    async fn submit_traced(
+        &self,
+        actor: &str,
+        conversation_id: &str,
+        command: Command,
+        trace: TraceParent,
+    ) -> Result<outcome_record::Result, ChatError> {
         let mut pending = self.hub.pending();
+        tracing::Span::current().record("request_id", pending.request_id);
         let record = IngressRecord {
             origin: Some(Origin {
                 gateway_id: self.hub.gateway_id().to_string(),
@@ -51,17 +80,13 @@ impl Submitter {
             actor_id: actor.to_string(),
             conversation_id: conversation_id.to_string(),
             command: Some(command),
-            traceparent: confab_common::validate::new_traceparent(),
+            traceparent: trace.to_string(),
+            accepted_at_ms: now_ms(),
         };
-        tracing::debug!(
-            conversation_id,
-            request_id = pending.request_id,
-            traceparent = %record.traceparent,
-            "write accepted"
-        );
         let wait = async {
             self.ingress.publish(conversation_id, record).await?;
             metrics::counter!(MESSAGES_ACCEPTED).increment(1);
+            tracing::debug!(target: HOP, "write accepted");
             let outcome = (&mut pending.rx)
                 .await
                 .map_err(|_| ChatError::Unavailable("the server is shutting down; retry".into()))?;
@@ -69,13 +94,29 @@ impl Submitter {
                 .result
                 .ok_or_else(|| ChatError::Internal("history returned an empty outcome".into()))
         };
-        match tokio::time::timeout(self.timeout, wait).await {
+        let result = match tokio::time::timeout(self.timeout, wait).await {
             Ok(Ok(outcome_record::Result::Error(e))) => Err(ChatError::from_proto(&e)),
             Ok(result) => result,
             Err(_) => Err(ChatError::Unavailable(format!(
                 "no outcome within {} ms: the request may have been applied; retrying with the same client_msg_id is safe and returns the original seq",
                 self.timeout.as_millis()
             ))),
+        };
+        match &result {
+            Ok(outcome_record::Result::Message(m)) => {
+                tracing::debug!(target: HOP, seq = m.seq, "completed")
+            }
+            Ok(_) => tracing::debug!(target: HOP, "completed"),
+            Err(e) => tracing::debug!(target: HOP, code = ?e.code(), error = %e, "completed"),
         }
+        result
     }
+}
+
+/// Milliseconds since the Unix epoch, on this gateway's clock.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

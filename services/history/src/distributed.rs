@@ -4,7 +4,7 @@
 //! commit the ingress offsets — a crash anywhere replays the batch, which
 //! dedupe turns into the same seqs.
 
-use crate::ingest::{apply_with_retry, MAX_BATCH};
+use crate::ingest::{apply_with_retry, published, trace_outcomes, trace_records, MAX_BATCH};
 use crate::{LocalHistory, PostgresStore, Store};
 use confab_common::config::{parse_or, required, ConfigError, Env};
 use confab_common::grpc::ServiceToken;
@@ -172,8 +172,12 @@ pub async fn sequence(
     {
         if !batch.is_empty() {
             let records: Vec<IngressRecord> = batch.payloads().cloned().collect();
-            let results = apply_with_retry(0, store.as_ref(), &records).await;
+            let traces = trace_records(&records);
+            let mut results = apply_with_retry(0, store.as_ref(), &records).await;
+            // Held until the outcomes are out: each span covers its publish.
+            let publishing = trace_outcomes(&traces, &mut results);
             publish_all(&outcomes, results).await;
+            published(&publishing);
         }
         consumer.commit_done(&batch).await;
     }

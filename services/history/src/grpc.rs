@@ -7,6 +7,7 @@ use confab_common::error::ChatError;
 use confab_common::grpc::ServiceToken;
 use confab_common::pipeline::HistoryApi;
 use confab_common::shutdown::Signal;
+use confab_common::trace::{self, TraceParent};
 use confab_common::transport::Transport;
 use confab_proto::internal::v1::history_reader_server::{HistoryReader, HistoryReaderServer};
 use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
@@ -14,6 +15,7 @@ use confab_proto::v1::{Conversation, GetHistoryResponse, ListConversationsRespon
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Serves `HistoryReader` from any `HistoryApi` (in practice `LocalHistory`).
 #[derive(Clone)]
@@ -38,19 +40,38 @@ fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
     Ok(value)
 }
 
+/// The `history.read` hop span of a read, continuing the caller's
+/// `traceparent` metadata (a gateway's request or delivery, a router's
+/// routing) or starting a trace.
+fn read_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
+    let span = tracing::info_span!(
+        "history.read",
+        method,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
+        parent_span_id = tracing::field::Empty,
+    );
+    trace::start(&span, TraceParent::from_metadata(metadata));
+    span
+}
+
 #[tonic::async_trait]
 impl HistoryReader for HistoryReaderService {
     async fn get_history(
         &self,
         req: Request<ReadHistoryRequest>,
     ) -> Result<Response<GetHistoryResponse>, Status> {
+        let span = read_span("GetHistory", req.metadata());
         let r = req.into_inner();
         let caller = required("caller_id", &r.caller_id)?;
         let request = r
             .request
             .ok_or_else(|| ChatError::InvalidArgument("request is required".into()))?;
         Ok(Response::new(
-            self.reader.get_history(caller, request).await?,
+            self.reader
+                .get_history(caller, request)
+                .instrument(span)
+                .await?,
         ))
     }
 
@@ -58,9 +79,14 @@ impl HistoryReader for HistoryReaderService {
         &self,
         req: Request<ListForUserRequest>,
     ) -> Result<Response<ListConversationsResponse>, Status> {
+        let span = read_span("ListConversations", req.metadata());
         let r = req.into_inner();
         let user = required("user_id", &r.user_id)?;
-        let conversations = self.reader.list_conversations(user).await?;
+        let conversations = self
+            .reader
+            .list_conversations(user)
+            .instrument(span)
+            .await?;
         Ok(Response::new(ListConversationsResponse { conversations }))
     }
 
@@ -68,9 +94,12 @@ impl HistoryReader for HistoryReaderService {
         &self,
         req: Request<GetConversationRequest>,
     ) -> Result<Response<Conversation>, Status> {
+        let span = read_span("GetConversation", req.metadata());
         let r = req.into_inner();
         let id = required("conversation_id", &r.conversation_id)?;
-        Ok(Response::new(self.reader.conversation(id).await?))
+        Ok(Response::new(
+            self.reader.conversation(id).instrument(span).await?,
+        ))
     }
 }
 

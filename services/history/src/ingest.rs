@@ -7,11 +7,13 @@ use confab_common::metrics::{
     reject_reason, DB_BATCH_RECORDS, DB_TRANSACTION, MESSAGES_REJECTED, MESSAGES_SEQUENCED,
 };
 use confab_common::pipeline::{recv_batch, Publisher};
+use confab_common::trace::{self, TraceParent, HOP};
 use confab_proto::internal::v1::{outcome_record, IngressRecord, OutcomeRecord};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::{Instrument, Span};
 
 /// Largest batch applied in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -44,16 +46,96 @@ async fn run_partition(
     outcomes: Arc<dyn Publisher<OutcomeRecord>>,
 ) {
     while let Some(batch) = recv_batch(&mut rx, MAX_BATCH).await {
-        let results = apply_with_retry(partition, store.as_ref(), &batch).await;
-        for outcome in results {
+        let traces = trace_records(&batch);
+        let mut results = apply_with_retry(partition, store.as_ref(), &batch).await;
+        let publishing = trace_outcomes(&traces, &mut results);
+        for (i, outcome) in results.into_iter().enumerate() {
             let key = outcome.conversation_id.clone();
-            if outcomes.publish(&key, outcome).await.is_err() {
+            let span = publishing.get(i).cloned().unwrap_or_else(Span::none);
+            if outcomes
+                .publish(&key, outcome)
+                .instrument(span.clone())
+                .await
+                .is_err()
+            {
                 tracing::warn!(partition, "outcome log closed; stopping sequencer");
                 return;
             }
+            published(std::slice::from_ref(&span));
         }
     }
     tracing::debug!(partition, "sequencer drained");
+}
+
+/// Logs "published" in each outcome's `history.publish` span, once the
+/// log has taken the outcomes.
+pub fn published(spans: &[Span]) {
+    for span in spans {
+        span.in_scope(|| tracing::debug!(target: HOP, "published"));
+    }
+}
+
+/// One `history.sequence` hop span per record, continuing the record's
+/// trace context (a new trace for a record without one), with that span's
+/// context. Made before the batch's transaction, so each covers it.
+pub fn trace_records(records: &[IngressRecord]) -> Vec<(Span, TraceParent)> {
+    records
+        .iter()
+        .map(|record| {
+            let span = tracing::info_span!(
+                parent: None,
+                "history.sequence",
+                conversation_id = %record.conversation_id,
+                request_id = record.origin.as_ref().map(|o| o.request_id).unwrap_or_default(),
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                parent_span_id = tracing::field::Empty,
+            );
+            let ctx = trace::start_from(&span, &record.traceparent);
+            (span, ctx)
+        })
+        .collect()
+}
+
+/// Logs what history decided for each record in its `history.sequence`
+/// span (`traces`, from [`trace_records`], in record order) and starts the
+/// outcome's `history.publish` span, whose context the outcome carries on
+/// (its `traceparent` and Kafka header). The returned spans, one per
+/// outcome, are to be held while the outcomes are published.
+pub fn trace_outcomes(traces: &[(Span, TraceParent)], outcomes: &mut [OutcomeRecord]) -> Vec<Span> {
+    outcomes
+        .iter_mut()
+        .enumerate()
+        .map(|(i, outcome)| {
+            let (sequence, parent) = match traces.get(i) {
+                Some((span, ctx)) => (span.clone(), Some(*ctx)),
+                None => (Span::none(), TraceParent::parse(&outcome.traceparent)),
+            };
+            sequence.in_scope(|| {
+                let seq = outcome.events.first().map(|m| m.seq).unwrap_or_default();
+                let events = outcome.events.len();
+                match &outcome.result {
+                    Some(outcome_record::Result::Error(e)) => {
+                        let code = tonic::Code::from_i32(e.code);
+                        tracing::debug!(target: HOP, ?code, reason = %e.message, "refused");
+                    }
+                    _ if outcome.replay => {
+                        tracing::debug!(target: HOP, seq, "already stored; replayed")
+                    }
+                    _ => tracing::debug!(target: HOP, seq, events, "sequenced"),
+                }
+            });
+            let publish = tracing::info_span!(
+                parent: &sequence,
+                "history.publish",
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                parent_span_id = tracing::field::Empty,
+            );
+            outcome.traceparent = trace::start(&publish, parent).to_string();
+            publish
+        })
+        .collect()
 }
 
 /// The records stay queued in memory while the database is unreachable; the

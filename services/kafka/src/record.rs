@@ -123,6 +123,7 @@ mod tests {
                 body: "hi".into(),
             })),
             traceparent: String::new(),
+            accepted_at_ms: 0,
         }
     }
 

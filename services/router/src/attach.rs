@@ -5,14 +5,13 @@
 //! `DeliverySink` in distributed mode.
 
 use async_trait::async_trait;
-use confab_common::pipeline::DeliverySink;
+use confab_common::pipeline::{Delivery, DeliverySink};
 use confab_common::shutdown::Signal;
 use confab_proto::internal::v1::router_link_server::{RouterLink, RouterLinkServer};
 use confab_proto::internal::v1::{
     gateway_frame, router_frame, Complete, Deliver, GatewayFrame, OutcomeRecord, PresenceAck,
     RouterFrame,
 };
-use confab_proto::v1::Message;
 use futures::Stream;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -350,7 +349,7 @@ impl GatewayLinks {
 
 #[async_trait]
 impl DeliverySink for GatewayLinks {
-    async fn deliver(&self, recipients: &[String], message: Arc<Message>) {
+    async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>) {
         let targets: Vec<_> = {
             let dir = self.directory();
             let mut per_gateway: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -376,7 +375,9 @@ impl DeliverySink for GatewayLinks {
                 let frame = RouterFrame {
                     frame: Some(router_frame::Frame::Deliver(Deliver {
                         recipient_ids,
-                        message: Some(Message::clone(&message)),
+                        message: Some(delivery.message.clone()),
+                        traceparent: delivery.traceparent.clone(),
+                        accepted_at_ms: delivery.accepted_at_ms,
                     })),
                 };
                 async move { self.send(&gateway_id, link, tx, frame).await }
@@ -605,17 +606,18 @@ pub async fn serve_with_transport(
 mod tests {
     use super::*;
     use confab_proto::internal::v1::{Origin, UsersOffline, UsersOnline};
+    use confab_proto::v1::Message;
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    fn message(seq: u64) -> Arc<Message> {
-        Arc::new(Message {
+    fn message(seq: u64) -> Arc<Delivery> {
+        Arc::new(Delivery::bare(Message {
             conversation_id: "c".into(),
             seq,
             ..Default::default()
-        })
+        }))
     }
 
     /// The recipients and seq of the next frame, which must be a delivery.

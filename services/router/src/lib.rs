@@ -8,13 +8,15 @@ pub mod distributed;
 
 use confab_common::error::ChatError;
 use confab_common::metrics::ROUTER_FANOUT;
-use confab_common::pipeline::{recv_batch, DeliverySink, HistoryApi};
+use confab_common::pipeline::{recv_batch, Delivery, DeliverySink, HistoryApi};
+use confab_common::trace::{self, TraceParent, HOP};
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::{membership_event::Change, Message};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// How long a router keeps asking history for a conversation's members.
 const MEMBERS_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
@@ -83,15 +85,41 @@ impl Router {
     /// router has not seen is dropped too: its sessions may be far ahead, and
     /// sessions that missed it fill the gap from history on the next message
     /// or on resume.
-    pub async fn route(&mut self, mut outcome: OutcomeRecord) {
+    ///
+    /// Runs in a `router.route` hop span continuing the outcome's trace
+    /// context; the deliveries carry the span's context on to the gateways.
+    pub async fn route(&mut self, outcome: OutcomeRecord) {
+        let span = tracing::info_span!(
+            "router.route",
+            conversation_id = %outcome.conversation_id,
+            trace_id = tracing::field::Empty,
+            span_id = tracing::field::Empty,
+            parent_span_id = tracing::field::Empty,
+        );
+        let trace = trace::start_from(&span, &outcome.traceparent);
+        self.route_traced(outcome, trace).instrument(span).await
+    }
+
+    async fn route_traced(&mut self, mut outcome: OutcomeRecord, trace: TraceParent) {
+        outcome.traceparent = trace.to_string();
         for event in std::mem::take(&mut outcome.events) {
             let seen = self
                 .convs
                 .get(&event.conversation_id)
                 .map(|c| c.last_routed);
             match seen {
-                Some(last) if event.seq <= last => continue,
-                None if outcome.replay => continue,
+                Some(last) if event.seq <= last => {
+                    tracing::debug!(target: HOP, seq = event.seq, "already routed; dropped");
+                    continue;
+                }
+                None if outcome.replay => {
+                    tracing::debug!(
+                        target: HOP,
+                        seq = event.seq,
+                        "replay for a conversation not routed here; dropped"
+                    );
+                    continue;
+                }
                 _ => {}
             }
             let recipients = self.recipients(&event).await;
@@ -99,7 +127,13 @@ impl Router {
             if let Some(c) = self.convs.get_mut(&event.conversation_id) {
                 c.last_routed = event.seq;
             }
-            self.sink.deliver(&recipients, Arc::new(event)).await;
+            tracing::debug!(target: HOP, seq = event.seq, recipients = recipients.len(), "routed");
+            let delivery = Delivery {
+                message: event,
+                traceparent: outcome.traceparent.clone(),
+                accepted_at_ms: outcome.accepted_at_ms,
+            };
+            self.sink.deliver(&recipients, Arc::new(delivery)).await;
         }
         if outcome.origin.is_some() {
             self.sink.complete(outcome).await;
@@ -212,15 +246,24 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         deliveries: Mutex<Vec<(u64, Vec<String>)>>,
+        /// Each delivery's trace context and acceptance time.
+        carried: Mutex<Vec<(String, i64)>>,
         completed: Mutex<Vec<u64>>,
     }
 
     #[async_trait]
     impl DeliverySink for Recorder {
-        async fn deliver(&self, recipients: &[String], message: Arc<Message>) {
+        async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>) {
             let mut r = recipients.to_vec();
             r.sort();
-            self.deliveries.lock().expect("lock").push((message.seq, r));
+            self.deliveries
+                .lock()
+                .expect("lock")
+                .push((delivery.message.seq, r));
+            self.carried
+                .lock()
+                .expect("lock")
+                .push((delivery.traceparent.clone(), delivery.accepted_at_ms));
         }
         async fn complete(&self, outcome: OutcomeRecord) {
             let id = outcome.origin.map(|o| o.request_id).unwrap_or_default();
@@ -260,6 +303,7 @@ mod tests {
             events,
             result: Some(outcome_record::Result::Message(Message::default())),
             traceparent: String::new(),
+            accepted_at_ms: 0,
         }
     }
 
@@ -308,6 +352,30 @@ mod tests {
             vec![1, 2, 5],
             "only requests with an origin complete"
         );
+    }
+
+    #[tokio::test]
+    async fn deliveries_continue_the_outcomes_trace_and_keep_its_acceptance_time() {
+        let sink = Arc::new(Recorder::default());
+        let mut router = Router::new(Arc::new(members(vec![])), sink.clone());
+        let history = TraceParent::root();
+        let mut created = outcome(
+            Some(1),
+            vec![event(1, Some((Change::Created, &["alice", "bob"])))],
+        );
+        created.traceparent = history.to_string();
+        created.accepted_at_ms = 1_700_000_000_123;
+        router.route(created).await;
+        // An outcome without context (an older history) starts a trace.
+        router.route(outcome(Some(2), vec![event(2, None)])).await;
+        let carried = sink.carried.lock().expect("lock").clone();
+        let routed = TraceParent::parse(&carried[0].0).expect("a traceparent");
+        assert_eq!(routed.trace_id, history.trace_id, "the same trace");
+        assert_ne!(routed.span_id, history.span_id, "the router's own span");
+        assert_eq!(carried[0].1, 1_700_000_000_123);
+        let fresh = TraceParent::parse(&carried[1].0).expect("a traceparent");
+        assert_ne!(fresh.trace_id, history.trace_id);
+        assert_eq!(carried[1].1, 0, "unknown acceptance time stays unknown");
     }
 
     #[tokio::test]

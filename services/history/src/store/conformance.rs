@@ -26,6 +26,7 @@ where
     pages_are_bounded_and_ordered(fresh().await).await;
     conversations_are_listed_per_member(fresh().await).await;
     concurrent_batches_stay_gap_free(fresh().await).await;
+    outcomes_carry_the_trace_and_acceptance_time(fresh().await).await;
 }
 
 fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {
@@ -38,6 +39,7 @@ fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {
         conversation_id: conv.into(),
         command: Some(command),
         traceparent: String::new(),
+        accepted_at_ms: 0,
     }
 }
 
@@ -90,6 +92,30 @@ fn remove(conv: &str, actor: &str, user: &str) -> IngressRecord {
             member_id: user.into(),
         }),
     )
+}
+
+/// Every outcome (accepted, replayed, refused) keeps its record's trace
+/// context and acceptance time, which go on to the router and the
+/// delivering gateway.
+async fn outcomes_carry_the_trace_and_acceptance_time(store: Arc<dyn Store>) {
+    let stamped = |mut r: IngressRecord, n: i64| {
+        r.traceparent = format!("00-{:032x}-{:016x}-01", n + 1, n + 2);
+        r.accepted_at_ms = 1_700_000_000_000 + n;
+        r
+    };
+    let batch = vec![
+        stamped(create_group("g", "alice", &["alice", "bob"]), 1),
+        stamped(send("g", "alice", "m1", "hi"), 2),
+        stamped(send("g", "alice", "m1", "hi"), 3),
+        stamped(send("g", "carol", "m2", "let me in"), 4),
+    ];
+    let out = apply(&store, batch.clone()).await;
+    assert!(out[2].replay, "{:?}", out[2]);
+    assert_eq!(code_of(&out[3]), Code::PermissionDenied);
+    for (record, outcome) in batch.iter().zip(&out) {
+        assert_eq!(outcome.traceparent, record.traceparent, "{outcome:?}");
+        assert_eq!(outcome.accepted_at_ms, record.accepted_at_ms, "{outcome:?}");
+    }
 }
 
 async fn apply(store: &Arc<dyn Store>, batch: Vec<IngressRecord>) -> Vec<OutcomeRecord> {

@@ -120,6 +120,7 @@ pub fn replayed(rec: &IngressRecord, original: Message) -> OutcomeRecord {
         result: Some(R::Message(original)),
         replay: true,
         traceparent: rec.traceparent.clone(),
+        accepted_at_ms: rec.accepted_at_ms,
     }
 }
 
@@ -133,5 +134,6 @@ pub fn refused(rec: &IngressRecord, err: ChatError) -> OutcomeRecord {
         result: Some(R::Error(err.to_proto())),
         replay: false,
         traceparent: rec.traceparent.clone(),
+        accepted_at_ms: rec.accepted_at_ms,
     }
 }

@@ -310,6 +310,7 @@ fn accepted(
         result: Some(result),
         replay: false,
         traceparent: rec.traceparent.clone(),
+        accepted_at_ms: rec.accepted_at_ms,
     }
 }
 

@@ -168,6 +168,7 @@ async fn apply_one(
         result: Some(result),
         replay: false,
         traceparent: rec.traceparent.clone(),
+        accepted_at_ms: rec.accepted_at_ms,
     };
     match command {
         Command::Send(send) => {
