@@ -1,0 +1,644 @@
+//! One message, one trace, across the real binaries on a real broker and
+//! PostgreSQL: a client's W3C `traceparent` (gRPC metadata) is continued by
+//! the gateway, carried through the ingress record and its Kafka header to
+//! history, through the outcome to the router, and in the delivery frame to
+//! the gateway that writes the message to the recipient's stream. Every hop
+//! logs its per-message event (`CONFAB_LOG=info,confab::hop=debug`) inside
+//! its hop span, whose fields carry the trace id, its span id and its
+//! parent's: history logs JSON, the router and the gateway text, and both
+//! formats are followed here. A message sent without a `traceparent` gets a
+//! new trace that is followed the same way, and so is a `send` frame of a
+//! `Connect` stream opened with one. The same spans, with the same ids,
+//! reach an OTLP/gRPC collector run in this test (`CONFAB_OTLP_ENDPOINT`),
+//! each under its service's `service.name`.
+
+use confab_common::trace::TraceParent;
+use confab_proto::v1::SendMessageRequest;
+use confab_proto::v1::{client_frame, server_frame, ClientFrame, Ping, SendFrame};
+use confab_tests::broker::Broker;
+use confab_tests::postgres::PgCluster;
+use confab_tests::procs::ServiceProc;
+use confab_tests::{free_port, Session, User, DEADLINE, GENEROUS_LIMITS};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// A hop span as a log line shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hop {
+    name: String,
+    trace_id: String,
+    span_id: String,
+    /// `None` for the first span of a trace.
+    parent: Option<String>,
+    /// Its other fields.
+    fields: HashMap<String, String>,
+}
+
+/// A per-message hop event (target `confab::hop`) of a log.
+#[derive(Debug, Clone)]
+struct Event {
+    message: String,
+    fields: HashMap<String, String>,
+    /// The spans around it, outermost first.
+    spans: Vec<Hop>,
+}
+
+impl Event {
+    fn innermost(&self) -> Option<&Hop> {
+        self.spans.last()
+    }
+
+    fn trace_id(&self) -> Option<&str> {
+        self.innermost().map(|h| h.trace_id.as_str())
+    }
+
+    fn field(&self, key: &str) -> Option<&str> {
+        self.fields.get(key).map(String::as_str)
+    }
+}
+
+fn hop(name: &str, mut fields: HashMap<String, String>) -> Option<Hop> {
+    let trace_id = fields.remove("trace_id")?;
+    let span_id = fields.remove("span_id")?;
+    let parent = fields.remove("parent_span_id");
+    Some(Hop {
+        name: name.to_string(),
+        trace_id,
+        span_id,
+        parent,
+        fields,
+    })
+}
+
+/// `key=value` pairs separated by spaces (values without spaces), quotes
+/// around a value removed.
+fn pairs(text: &str) -> HashMap<String, String> {
+    text.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+        .collect()
+}
+
+/// A text line: `<time> DEBUG a{k=v ...}:b{k=v ...}: confab::hop: <message> k=v ...`.
+fn parse_text(line: &str) -> Option<Event> {
+    let (head, tail) = line.split_once(" confab::hop: ")?;
+    let mut spans = Vec::new();
+    let mut rest = head;
+    while let Some(open) = rest.find('{') {
+        let name_start = rest[..open].rfind([' ', ':']).map_or(0, |i| i + 1);
+        let name = &rest[name_start..open];
+        let close = open + rest[open..].find('}')?;
+        if let Some(h) = hop(name, pairs(&rest[open + 1..close])) {
+            spans.push(h);
+        }
+        rest = &rest[close + 1..];
+    }
+    let message: Vec<&str> = tail
+        .split_whitespace()
+        .take_while(|w| !w.contains('='))
+        .collect();
+    Some(Event {
+        message: message.join(" "),
+        fields: pairs(tail),
+        spans,
+    })
+}
+
+/// A JSON line: `{"target":"confab::hop","fields":{"message":..},"spans":[..]}`.
+fn parse_json(line: &str) -> Option<Event> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    if v.get("target")?.as_str()? != "confab::hop" {
+        return None;
+    }
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let object = |v: &serde_json::Value| -> HashMap<String, String> {
+        v.as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), text(v))).collect())
+            .unwrap_or_default()
+    };
+    let mut fields = object(v.get("fields")?);
+    let message = fields.remove("message")?;
+    let spans = v
+        .get("spans")
+        .and_then(|s| s.as_array())
+        .map(|spans| {
+            spans
+                .iter()
+                .filter_map(|s| {
+                    let mut f = object(s);
+                    let name = f.remove("name")?;
+                    hop(&name, f)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Event {
+        message,
+        fields,
+        spans,
+    })
+}
+
+/// Every hop event in the log at `path`.
+fn events(path: &Path, json: bool) -> Vec<Event> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| if json { parse_json(l) } else { parse_text(l) })
+        .collect()
+}
+
+/// A span as the collector received it.
+#[derive(Debug, Clone)]
+struct Exported {
+    service: String,
+    name: String,
+    trace_id: String,
+    span_id: String,
+    parent: String,
+}
+
+/// An OTLP/gRPC trace collector keeping every span it is sent.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Exported>>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        req: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let mut got = Vec::new();
+        for rs in req.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
+                got.push(Exported {
+                    service: service.clone(),
+                    name: span.name,
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent: hex(&span.parent_span_id),
+                });
+            }
+        }
+        self.spans.lock().expect("lock").extend(got);
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Collector {
+    /// Serves on a free port of 127.0.0.1; its address.
+    async fn serve(&self) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind collector");
+        let addr = listener.local_addr().expect("collector address");
+        let server = tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(self.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tokio::spawn(server);
+        addr
+    }
+
+    fn spans_of(&self, trace_id: &str) -> Vec<Exported> {
+        self.spans
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|s| s.trace_id == trace_id)
+            .cloned()
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Svc {
+    History = 0,
+    Router = 1,
+    Gateway = 2,
+}
+
+const NAMES: [&str; 3] = ["history", "router", "gateway"];
+/// History logs JSON, the router and the gateway text.
+const JSON: [bool; 3] = [true, false, false];
+
+struct Stack {
+    _pg: PgCluster,
+    _broker: Broker,
+    procs: [ServiceProc; 3],
+    collector: Collector,
+    _logs: tempfile::TempDir,
+}
+
+impl Stack {
+    async fn start() -> Stack {
+        let pg = PgCluster::start().expect("postgres");
+        let database_url = pg.fresh_database().await.expect("database");
+        let broker = Broker::start_memory().await;
+        let collector = Collector::default();
+        let otlp = collector.serve().await;
+        let logs = tempfile::tempdir().expect("logs");
+        let common: Vec<(String, String)> = [
+            ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
+            ("CONFAB_KAFKA_PREFIX", format!("tracing{}", free_port())),
+            ("CONFAB_KAFKA_PARTITIONS", "2".into()),
+            ("CONFAB_LOG", "info,confab::hop=debug".into()),
+            (
+                "CONFAB_SERVICE_TOKEN",
+                confab_tests::topology::SERVICE_TOKEN.into(),
+            ),
+            ("CONFAB_OTLP_ENDPOINT", format!("http://{otlp}")),
+            // Export finished spans every 100 ms (default 5 s).
+            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .chain(
+            GENEROUS_LIMITS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .collect();
+        let with = |svc: Svc, extra: &[(&str, &str)]| {
+            let mut env = common.clone();
+            let format = if JSON[svc as usize] { "json" } else { "text" };
+            env.push(("CONFAB_LOG_FORMAT".into(), format.into()));
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            env
+        };
+        let log = |svc: Svc| logs.path().join(format!("{}.log", NAMES[svc as usize]));
+        let mut history = ServiceProc::new(
+            "confab-history",
+            "history",
+            with(Svc::History, &[("CONFAB_DATABASE_URL", &database_url)]),
+            log(Svc::History),
+        );
+        let history_addrs = ("CONFAB_HISTORY_ADDRS", history.addr.clone());
+        let mut router = ServiceProc::new(
+            "confab-router",
+            "router",
+            with(Svc::Router, &[(history_addrs.0, &history_addrs.1)]),
+            log(Svc::Router),
+        );
+        let mut gateway = ServiceProc::new(
+            "confab-gateway",
+            "gateway",
+            with(
+                Svc::Gateway,
+                &[
+                    (history_addrs.0, &history_addrs.1),
+                    ("CONFAB_ROUTER_ADDRS", &router.addr),
+                    ("CONFAB_GATEWAY_ID", "gw-tracing"),
+                    ("CONFAB_JWT_SECRET", confab_tests::SECRET),
+                ],
+            ),
+            log(Svc::Gateway),
+        );
+        history.start();
+        router.start();
+        gateway.start();
+        Stack {
+            _pg: pg,
+            _broker: broker,
+            procs: [history, router, gateway],
+            collector,
+            _logs: logs,
+        }
+    }
+
+    fn gateway_addr(&self) -> SocketAddr {
+        self.procs[Svc::Gateway as usize]
+            .addr
+            .parse()
+            .expect("gateway address")
+    }
+
+    /// The end of every service's log, for failure messages.
+    fn tails(&self) -> String {
+        self.procs
+            .iter()
+            .map(|p| format!("--- {}:\n{}", p.label, p.tail(60)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn events(&self, svc: Svc) -> Vec<Event> {
+        events(&self.procs[svc as usize].log, JSON[svc as usize])
+    }
+
+    /// Polls `svc`'s log until an event matches; fails with the log's tail
+    /// after [`DEADLINE`].
+    async fn wait_event(&self, svc: Svc, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(e) = self.events(svc).into_iter().find(|e| matches(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {what} in time; logs:\n{}",
+                NAMES[svc as usize],
+                self.tails()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until message `seq` of trace `trace_id` has left its mark at
+    /// every hop (gateway: written and completed; history: sequenced and
+    /// published; router: routed; gateway: delivered to `recipient`), and
+    /// returns its hop spans by name.
+    async fn follow(&self, trace_id: &str, seq: u64, recipient: &str) -> HashMap<String, Hop> {
+        let seq = seq.to_string();
+        let in_trace =
+            |e: &Event, message: &str| e.message == message && e.trace_id() == Some(trace_id);
+        let mut found = Vec::new();
+        found.push(
+            self.wait_event(Svc::Gateway, "write accepted", |e| {
+                in_trace(e, "write accepted")
+            })
+            .await,
+        );
+        found.push(
+            self.wait_event(Svc::Gateway, "completed", |e| {
+                in_trace(e, "completed") && e.field("seq") == Some(&seq)
+            })
+            .await,
+        );
+        let sequenced = self
+            .wait_event(Svc::History, "sequenced", |e| {
+                in_trace(e, "sequenced") && e.field("seq") == Some(&seq)
+            })
+            .await;
+        found.push(
+            self.wait_event(Svc::History, "published", |e| in_trace(e, "published"))
+                .await,
+        );
+        found.push(sequenced);
+        found.push(
+            self.wait_event(Svc::Router, "routed", |e| {
+                in_trace(e, "routed") && e.field("seq") == Some(&seq)
+            })
+            .await,
+        );
+        found.push(
+            self.wait_event(Svc::Gateway, "delivered", |e| {
+                in_trace(e, "delivered")
+                    && e.innermost().is_some_and(|h| {
+                        h.name == "gateway.deliver"
+                            && h.fields.get("user_id").map(String::as_str) == Some(recipient)
+                            && h.fields.get("seq") == Some(&seq)
+                    })
+            })
+            .await,
+        );
+        let mut hops = HashMap::new();
+        for span in found.into_iter().flat_map(|e| e.spans) {
+            hops.insert(span.name.clone(), span);
+        }
+        hops
+    }
+}
+
+/// The hop spans in the order a message passes them.
+const PATH: [&str; 6] = [
+    "gateway.call",
+    "gateway.write",
+    "history.sequence",
+    "history.publish",
+    "router.route",
+    "gateway.deliver",
+];
+
+/// Every hop of `PATH` is in `trace_id`, is the child of the one before,
+/// and has a span id of its own; the first continues `first_parent`.
+fn assert_chain(hops: &HashMap<String, Hop>, trace_id: &str, first_parent: Option<&str>) {
+    let mut parent = first_parent.map(str::to_string);
+    let mut ids = HashSet::new();
+    for name in PATH {
+        let hop = hops
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} span in the logs: {hops:#?}"));
+        assert_eq!(hop.trace_id, trace_id, "{name}: {hop:?}");
+        assert_eq!(
+            hop.parent, parent,
+            "{name} is the child of the hop before it: {hops:#?}"
+        );
+        assert_eq!(hop.span_id.len(), 16, "{hop:?}");
+        assert!(
+            ids.insert(hop.span_id.clone()),
+            "{name} has a span id of its own: {hops:#?}"
+        );
+        parent = Some(hop.span_id.clone());
+    }
+}
+
+/// The collector received every hop span of `hops` from its service, with
+/// the same ids (so trace ids in logs, `traceparent`s and exported spans
+/// agree).
+async fn assert_exported(collector: &Collector, trace_id: &str, hops: &HashMap<String, Hop>) {
+    let service = |name: &str| match name.split('.').next() {
+        Some("gateway") => "confab-gateway",
+        Some("history") => "confab-history",
+        _ => "confab-router",
+    };
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let spans = collector.spans_of(trace_id);
+        let missing: Vec<&str> = PATH
+            .into_iter()
+            .filter(|name| {
+                let hop = &hops[*name];
+                !spans.iter().any(|s| {
+                    s.name == *name
+                        && s.service == service(name)
+                        && s.span_id == hop.span_id
+                        && Some(s.parent.as_str()).filter(|p| !p.is_empty())
+                            == hop.parent.as_deref()
+                })
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans {missing:?} of trace {trace_id} were not exported; got {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
+    let stack = Stack::start().await;
+    let addr = stack.gateway_addr();
+    let alice = User::connect(addr, "alice").await;
+    let bob = User::connect(addr, "bob").await;
+    let mut live = bob.live().await;
+    let conv = alice.group("traced", &["bob"]).await;
+
+    // A membership change is traced like a message: the creation's trace
+    // goes from the gateway's CreateConversation call to history.
+    let created = stack
+        .wait_event(Svc::Gateway, "the creation's write", |e| {
+            e.message == "write accepted"
+                && e.spans.first().is_some_and(|c| {
+                    c.fields.get("method").map(String::as_str) == Some("CreateConversation")
+                })
+        })
+        .await;
+    let created_trace = created.trace_id().expect("trace id").to_string();
+    stack
+        .wait_event(Svc::History, "the creation sequenced", |e| {
+            e.message == "sequenced" && e.trace_id() == Some(&created_trace)
+        })
+        .await;
+
+    // 1. The client chose the trace: every hop continues it.
+    let client = TraceParent::root();
+    let trace_id = client.trace_id_hex();
+    let mut req = alice.req(SendMessageRequest {
+        conversation_id: conv.id.clone(),
+        client_msg_id: "traced-1".into(),
+        body: "follow me".into(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        client.to_string().parse().expect("ascii traceparent"),
+    );
+    let sent = alice
+        .client
+        .clone()
+        .send_message(req)
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    live.messages_until(&conv.id, sent.seq)
+        .await
+        .expect("bob gets it live");
+    let hops = stack.follow(&trace_id, sent.seq, "bob").await;
+    assert_chain(&hops, &trace_id, Some(&client.span_id_hex()));
+    assert_eq!(
+        hops["gateway.call"]
+            .fields
+            .get("method")
+            .map(String::as_str),
+        Some("SendMessage")
+    );
+    // grep <trace id> over the three logs finds it, in JSON and in text.
+    for p in &stack.procs {
+        let log = std::fs::read_to_string(&p.log).expect("log");
+        assert!(
+            log.contains(&trace_id),
+            "{} does not mention {trace_id}",
+            p.label
+        );
+    }
+    assert_exported(&stack.collector, &trace_id, &hops).await;
+
+    // 2. No traceparent: the gateway starts a trace, followed the same way.
+    let plain = alice
+        .send(&conv.id, "traced-2", "no context")
+        .await
+        .expect("send");
+    live.messages_until(&conv.id, plain.seq)
+        .await
+        .expect("bob gets it live");
+    let seq = plain.seq.to_string();
+    let completed = stack
+        .wait_event(Svc::Gateway, "the plain send completed", |e| {
+            e.message == "completed" && e.field("seq") == Some(&seq)
+        })
+        .await;
+    let fresh = completed.trace_id().expect("trace id").to_string();
+    assert_ne!(fresh, trace_id, "a new trace");
+    let fresh_hops = stack.follow(&fresh, plain.seq, "bob").await;
+    assert_chain(&fresh_hops, &fresh, None);
+    assert_exported(&stack.collector, &fresh, &fresh_hops).await;
+
+    // 3. A `send` frame continues the trace of its stream's metadata.
+    let stream_trace = TraceParent::root();
+    let (tx, rx) = tokio::sync::mpsc::channel::<ClientFrame>(8);
+    tx.send(ClientFrame {
+        frame: Some(client_frame::Frame::Ping(Ping { nonce: 7 })),
+    })
+    .await
+    .expect("queue ping");
+    let mut req = bob.req(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut().insert(
+        "traceparent",
+        stream_trace.to_string().parse().expect("ascii traceparent"),
+    );
+    let inbound = bob
+        .client
+        .clone()
+        .connect(req)
+        .await
+        .expect("connect")
+        .into_inner();
+    let mut stream = Session { tx, inbound };
+    stream
+        .send(client_frame::Frame::Send(SendFrame {
+            conversation_id: conv.id.clone(),
+            client_msg_id: "traced-3".into(),
+            body: "from a stream".into(),
+        }))
+        .await;
+    let acked = loop {
+        match stream.next_frame().await.expect("frame") {
+            server_frame::Frame::Ack(ack) => break ack,
+            _ => continue,
+        }
+    };
+    assert!(acked.error.is_none(), "{acked:?}");
+    let stream_hops = stack
+        .follow(&stream_trace.trace_id_hex(), acked.seq, "bob")
+        .await;
+    assert_chain(
+        &stream_hops,
+        &stream_trace.trace_id_hex(),
+        Some(&stream_trace.span_id_hex()),
+    );
+    assert_eq!(
+        stream_hops["gateway.call"]
+            .fields
+            .get("method")
+            .map(String::as_str),
+        Some("Connect")
+    );
+}
