@@ -8,7 +8,8 @@
 //! parent's: history logs JSON, the router and the gateway text, and both
 //! formats are followed here. A message sent without a `traceparent` gets a
 //! new trace that is followed the same way, and so is a `send` frame of a
-//! `Connect` stream opened with one. The same spans, with the same ids,
+//! `Connect` stream opened with one (in the stream's trace) or without one
+//! (in a trace of its own). The same spans, with the same ids,
 //! reach an OTLP/gRPC collector run in this test (`CONFAB_OTLP_ENDPOINT`),
 //! each under its service's `service.name`.
 
@@ -442,12 +443,17 @@ const PATH: [&str; 6] = [
     "gateway.deliver",
 ];
 
-/// Every hop of `PATH` is in `trace_id`, is the child of the one before,
+/// Every hop of `path` is in `trace_id`, is the child of the one before,
 /// and has a span id of its own; the first continues `first_parent`.
-fn assert_chain(hops: &HashMap<String, Hop>, trace_id: &str, first_parent: Option<&str>) {
+fn assert_chain(
+    hops: &HashMap<String, Hop>,
+    path: &[&str],
+    trace_id: &str,
+    first_parent: Option<&str>,
+) {
     let mut parent = first_parent.map(str::to_string);
     let mut ids = HashSet::new();
-    for name in PATH {
+    for &name in path {
         let hop = hops
             .get(name)
             .unwrap_or_else(|| panic!("no {name} span in the logs: {hops:#?}"));
@@ -552,7 +558,7 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
         .await
         .expect("bob gets it live");
     let hops = stack.follow(&trace_id, sent.seq, "bob").await;
-    assert_chain(&hops, &trace_id, Some(&client.span_id_hex()));
+    assert_chain(&hops, &PATH, &trace_id, Some(&client.span_id_hex()));
     assert_eq!(
         hops["gateway.call"]
             .fields
@@ -588,7 +594,7 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
     let fresh = completed.trace_id().expect("trace id").to_string();
     assert_ne!(fresh, trace_id, "a new trace");
     let fresh_hops = stack.follow(&fresh, plain.seq, "bob").await;
-    assert_chain(&fresh_hops, &fresh, None);
+    assert_chain(&fresh_hops, &PATH, &fresh, None);
     assert_exported(&stack.collector, &fresh, &fresh_hops).await;
 
     // 3. A `send` frame continues the trace of its stream's metadata.
@@ -631,6 +637,7 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
         .await;
     assert_chain(
         &stream_hops,
+        &PATH,
         &stream_trace.trace_id_hex(),
         Some(&stream_trace.span_id_hex()),
     );
@@ -641,4 +648,34 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
             .map(String::as_str),
         Some("Connect")
     );
+
+    // 4. On a stream opened without a traceparent, each `send` frame starts
+    // a trace of its own.
+    live.send(client_frame::Frame::Send(SendFrame {
+        conversation_id: conv.id.clone(),
+        client_msg_id: "traced-4".into(),
+        body: "from a plain stream".into(),
+    }))
+    .await;
+    let acked = loop {
+        match live.next_frame().await.expect("frame") {
+            server_frame::Frame::Ack(ack) => break ack,
+            _ => continue,
+        }
+    };
+    assert!(acked.error.is_none(), "{acked:?}");
+    let seq = acked.seq.to_string();
+    let completed = stack
+        .wait_event(Svc::Gateway, "the plain stream's send completed", |e| {
+            e.message == "completed" && e.field("seq") == Some(&seq)
+        })
+        .await;
+    let own = completed.trace_id().expect("trace id").to_string();
+    assert_eq!(
+        completed.spans.len(),
+        1,
+        "a gateway.write of its own, outside the stream's span: {completed:?}"
+    );
+    let own_hops = stack.follow(&own, acked.seq, "bob").await;
+    assert_chain(&own_hops, &PATH[1..], &own, None);
 }

@@ -211,10 +211,24 @@ pub fn start(span: &Span, parent: Option<TraceParent>) -> TraceParent {
             .downcast_ref::<tracing_subscriber::Registry>()
             .and_then(|registry| registry.span(id))
         {
-            data.extensions_mut().replace(ctx);
+            let mut extensions = data.extensions_mut();
+            extensions.replace(Hop {
+                ctx,
+                continues: parent.is_some(),
+            });
         }
     });
     ctx
+}
+
+/// What [`start`] leaves in a hop span's extensions.
+#[derive(Debug, Clone, Copy)]
+struct Hop {
+    /// The span's own context.
+    ctx: TraceParent,
+    /// Whether it continued a context it was given (rather than starting a
+    /// trace).
+    continues: bool,
 }
 
 /// [`start`] continuing the `traceparent` value `parent` (from a record or a
@@ -226,12 +240,23 @@ pub fn start_from(span: &Span, parent: &str) -> TraceParent {
 /// The context of the innermost hop span around the caller (the one to send
 /// with an outgoing call), if any.
 pub fn current() -> Option<TraceParent> {
+    current_hop().map(|hop| hop.ctx)
+}
+
+/// Whether the innermost hop span around the caller continues a context it
+/// was given (a client's `traceparent`, a record's), rather than having
+/// started its trace.
+pub fn current_continues() -> bool {
+    current_hop().is_some_and(|hop| hop.continues)
+}
+
+fn current_hop() -> Option<Hop> {
     Span::current()
         .with_subscriber(|(id, dispatch)| {
             let registry = dispatch.downcast_ref::<tracing_subscriber::Registry>()?;
             let span = registry.span(id)?;
             span.scope()
-                .find_map(|s| s.extensions().get::<TraceParent>().copied())
+                .find_map(|s| s.extensions().get::<Hop>().copied())
         })
         .flatten()
 }
@@ -322,6 +347,11 @@ mod tests {
             assert_ne!(ctx.span_id, parent.span_id);
             let inner = span.in_scope(|| tracing::info_span!("inner").in_scope(current));
             assert_eq!(inner, Some(ctx));
+            assert!(span.in_scope(current_continues));
+            let root = tracing::info_span!("root", trace_id = tracing::field::Empty);
+            let started = start(&root, None);
+            assert_eq!(root.in_scope(current), Some(started));
+            assert!(!root.in_scope(current_continues), "it started its trace");
         });
         // Without a subscriber the span is disabled, but the context still
         // goes on.

@@ -331,8 +331,14 @@ impl State {
         let submitter = self.s.submitter.clone();
         let out = self.s.out.clone();
         let user = self.s.user.clone();
-        // The stream's `gateway.call` span: the write is a child of it.
-        let stream_span = tracing::Span::current();
+        // A stream opened with a client `traceparent`: the write is a child
+        // of its `gateway.call` span. Otherwise each send starts a trace of
+        // its own (one trace per message, not one per stream).
+        let stream_span = if trace::current_continues() {
+            tracing::Span::current()
+        } else {
+            tracing::Span::none()
+        };
         tokio::spawn(async move {
             let _permit = permit;
             let command = Command::Send(SendCommand {
