@@ -117,8 +117,41 @@ async fn bind(port: u16) -> TcpListener {
 pub struct HistoryNode {
     /// Where `HistoryReader` is served.
     pub addr: SocketAddr,
-    /// The `HistoryReader` server.
-    server: Served,
+    /// The `HistoryReader` server, while it runs.
+    server: Option<Served>,
+    /// What it serves.
+    local: Arc<dyn HistoryApi>,
+    /// What it requires of callers, if anything.
+    service_token: Option<ServiceToken>,
+}
+
+impl HistoryNode {
+    /// Stops the read API (the sequencers go on: writes are still applied,
+    /// only reads fail with UNAVAILABLE).
+    pub async fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop("history server").await;
+        }
+    }
+
+    /// Serves the read API again on the same port.
+    pub async fn start_server(&mut self) {
+        let listener = bind(self.addr.port()).await;
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        assert!(self.server.is_none(), "the history server is running");
+        let (local, token) = (self.local.clone(), self.service_token.clone());
+        self.server = Some(Served::spawn(move |signal| async move {
+            match token {
+                Some(token) => {
+                    confab_history::grpc::serve_with_auth(local, token, listener, signal).await
+                }
+                None => confab_history::grpc::serve(local, listener, signal).await,
+            }
+        }));
+    }
 }
 
 /// One router: its share of the outcome partitions, and its `RouterLink`
@@ -225,18 +258,13 @@ impl Topology {
         let listener = bind(0).await;
         let history_addr = listener.local_addr().expect("history addr");
         let local: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
-        let token = config.service_token.clone();
-        let history = HistoryNode {
+        let mut history = HistoryNode {
             addr: history_addr,
-            server: Served::spawn(move |signal| async move {
-                match token {
-                    Some(token) => {
-                        confab_history::grpc::serve_with_auth(local, token, listener, signal).await
-                    }
-                    None => confab_history::grpc::serve(local, listener, signal).await,
-                }
-            }),
+            server: None,
+            local,
+            service_token: config.service_token.clone(),
         };
+        history.serve(listener);
 
         // Contiguous shares: with 4 partitions and 2 routers, 0-1 and 2-3.
         let routers_n = config.routers.max(1);
@@ -391,6 +419,6 @@ impl Topology {
         for r in &mut self.routers {
             r.stop_server().await;
         }
-        self.history.server.stop("history").await;
+        self.history.stop_server().await;
     }
 }

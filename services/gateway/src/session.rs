@@ -405,7 +405,19 @@ impl State {
             Ok(()) => (self.cursors.get(conv).map(|c| c.last).unwrap_or(last), None),
             Err(FillError::Gone) => return Err(Gone),
             Err(FillError::Refused(e)) => {
-                self.cursors.remove(conv);
+                // Not readable by this user: nothing of it is streamed. Any
+                // other failure (history unavailable) keeps the cursor at
+                // what this stream carried, so the stream never skips: the
+                // next live message first fills the gap from history, or
+                // ends the stream with UNAVAILABLE if it still cannot.
+                if matches!(
+                    e,
+                    ChatError::PermissionDenied(_)
+                        | ChatError::NotFound(_)
+                        | ChatError::InvalidArgument(_)
+                ) {
+                    self.cursors.remove(conv);
+                }
                 (0, Some(e.to_proto()))
             }
         };
