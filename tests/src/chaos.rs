@@ -30,7 +30,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -759,10 +758,15 @@ async fn reader(client: Client, conv: String, interval: Duration, stop_at: Insta
 
 /// Keeps a `Connect` stream open (re-opening it with a resume after a
 /// break) until `done`, recording every message it carries.
-async fn receiver(client: Client, convs: Vec<String>, done: Arc<AtomicBool>, log: Shared) {
+async fn receiver(
+    client: Client,
+    convs: Vec<String>,
+    done: tokio::sync::watch::Receiver<bool>,
+    log: Shared,
+) {
     let mut gw = client.name.len() % client.gateways.len();
     let mut first = true;
-    while !done.load(Ordering::Relaxed) {
+    while !*done.borrow() {
         if !first {
             lock(&log).reconnects += 1;
             gw = (gw + 1) % client.gateways.len();
@@ -844,10 +848,11 @@ async fn receiver(client: Client, convs: Vec<String>, done: Arc<AtomicBool>, log
     }
 }
 
-async fn wait_flag(flag: &AtomicBool) {
-    while !flag.load(Ordering::Relaxed) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Completes once `flag` is set: the receivers stop once the checker has
+/// what it needs (or its bound is over).
+async fn wait_flag(flag: &tokio::sync::watch::Receiver<bool>) {
+    let mut flag = flag.clone();
+    let _ = flag.wait_for(|done| *done).await;
 }
 
 /// Creates the conversations through gateway 0, retrying while the stack
@@ -965,7 +970,7 @@ pub async fn run(config: Config) -> Report {
         }
     }
     let log: Shared = Arc::default();
-    let done = Arc::new(AtomicBool::new(false));
+    let (finish, done) = tokio::sync::watch::channel(false);
     let receivers: Vec<_> = by_user
         .iter()
         .map(|(user, cs)| {
@@ -1085,7 +1090,7 @@ pub async fn run(config: Config) -> Report {
         tokio::time::sleep(Duration::from_millis(100)).await;
         (stored, last, twice) = read_store(&stack.database_url).await;
     }
-    done.store(true, Ordering::Relaxed);
+    let _ = finish.send(true);
     for r in receivers {
         let _ = r.await;
     }
