@@ -12,7 +12,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos stack stack-down migrate up down clean-data apt grpcurl fuzz deps-fuzz
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos bench stack stack-down migrate up down clean-data apt grpcurl fuzz deps-fuzz
 NISSHI := $(TOOLS)/bin/nisshi
 # Every target builds the same set, so cargo's feature unification never
 # differs between them and nothing is rebuilt when switching targets.
@@ -51,6 +51,15 @@ CHAOS_ARGS ?=
 chaos: deps-build deps-tools deps-test build ## kill and restart every service, the broker and PostgreSQL under load (about 6 min), then check: no loss, no duplicates, no gaps
 	$(CARGO) build -p confab-tests --bin confab-chaos
 	$(CARGO_TARGET_DIR)/debug/confab-chaos $(CHAOS_ARGS)
+
+# Benchmarks on a release build: the echo, Kafka and database ceilings, then
+# embedded mode and the distributed stack measured against them (see
+# docs/benchmarks.md). BENCH_ARGS: e.g. `--seconds 30`, `--history-rows N`,
+# `--idle-streams N`, `--smoke`. Run it on an otherwise quiet machine.
+BENCH_ARGS ?=
+bench: deps-build deps-postgres deps-broker ## benchmarks with their baselines in one run (release build, ~15 min): table on stdout, JSON in bench-results.json
+	$(CARGO) build --release $(BINS) -p confab-tests --bin confab-bench
+	$(CARGO_TARGET_DIR)/release/confab-bench suite $(BENCH_ARGS)
 
 # `make stack PROMETHEUS=1` also starts Prometheus (see docs/operations.md).
 PROMETHEUS ?=

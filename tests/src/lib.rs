@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
+pub mod bench;
 pub mod broker;
 pub mod chaos;
 pub mod cluster;
@@ -456,6 +457,11 @@ impl DevProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(me)
+    }
+
+    /// The process id (for its CPU time and memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `kill -9`: no shutdown handling at all.

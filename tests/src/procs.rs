@@ -100,6 +100,11 @@ impl ServiceProc {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
+    /// The process id, while started (for CPU and memory readings).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// `kill -9`: no shutdown handling at all. Idempotent.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

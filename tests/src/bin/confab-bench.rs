@@ -1,0 +1,213 @@
+//! `confab-bench`: Confab's load generator and benchmark suite.
+//!
+//! - `confab-bench suite` (what `make bench` runs): every measurement of
+//!   `docs/benchmarks.md` in one run, with the ceilings of the parts, as a
+//!   table and as JSON.
+//! - `confab-bench load`: the load generator alone, against a running
+//!   gateway (`--target`, e.g. `make stack`'s 127.0.0.1:50051) or against
+//!   a `confab dev` it starts (`--embedded`).
+//! - `confab-bench echo-server`: the bare tonic echo server (the gRPC
+//!   ceiling), run as its own process by `suite`.
+
+use clap::{Args, Parser, Subcommand};
+use confab_tests::bench::load::{self, LoadOpts, Via};
+use confab_tests::bench::suite::{self, SuiteOpts};
+use confab_tests::bench::{echo, Machine};
+use confab_tests::{free_port, DevProcess, SECRET};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "confab-bench",
+    about = "Confab's load generator and benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Every benchmark with its baselines (make bench).
+    Suite {
+        /// A run of every part in about a minute, to check the harness.
+        #[arg(long)]
+        smoke: bool,
+        /// Measured seconds per load run.
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Rows of the history-read table.
+        #[arg(long)]
+        history_rows: Option<u64>,
+        /// Idle Connect streams.
+        #[arg(long)]
+        idle_streams: Option<usize>,
+        /// Write the report as JSON here.
+        #[arg(long, default_value = "bench-results.json")]
+        json: PathBuf,
+        /// Keep the services' logs here.
+        #[arg(long, default_value = "bench-logs")]
+        logs: PathBuf,
+    },
+    /// The load generator alone.
+    Load(LoadArgs),
+    /// The bare tonic echo server.
+    EchoServer {
+        #[arg(long, default_value = "127.0.0.1:50099")]
+        listen: String,
+    },
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    /// A running gateway (e.g. make stack's 127.0.0.1:50051).
+    #[arg(long, conflicts_with = "embedded")]
+    target: Option<SocketAddr>,
+    /// Start `confab dev` (next to this binary) and load it.
+    #[arg(long)]
+    embedded: bool,
+    /// The HS256 secret the gateway checks tokens with [default: the
+    /// secret of --embedded, or CONFAB_JWT_SECRET].
+    #[arg(long, env = "CONFAB_JWT_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    clients: usize,
+    #[arg(long, default_value_t = 50)]
+    conversations: usize,
+    /// Share of GROUP conversations (0..1); the rest are DIRECT.
+    #[arg(long, default_value_t = 0.2)]
+    group_share: f64,
+    #[arg(long, default_value_t = 5)]
+    group_size: usize,
+    #[arg(long, value_enum, default_value_t = Via::Connect)]
+    via: Via,
+    /// Total messages per second; 0: as fast as --in-flight allows.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Unacknowledged sends per client (at most 256 over Connect).
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// The target is the echo server: unary sends only, no conversations,
+    /// no streams.
+    #[arg(long)]
+    echo: bool,
+    /// Report CPU and memory of these processes too (pid, repeatable).
+    #[arg(long)]
+    pid: Vec<u32>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Cmd::EchoServer { listen } => {
+                let listener = tokio::net::TcpListener::bind(&listen).await?;
+                echo::serve(listener).await
+            }
+            Cmd::Load(args) => load_cmd(args).await,
+            Cmd::Suite {
+                smoke,
+                seconds,
+                history_rows,
+                idle_streams,
+                json,
+                logs,
+            } => {
+                let mut opts = if smoke {
+                    SuiteOpts::smoke(logs)
+                } else {
+                    SuiteOpts::full(logs)
+                };
+                if let Some(s) = seconds {
+                    opts.seconds = s;
+                }
+                if let Some(r) = history_rows {
+                    opts.history_rows = r;
+                }
+                if let Some(n) = idle_streams {
+                    opts.idle_streams = n;
+                }
+                if !Machine::detect().release_build {
+                    eprintln!("confab-bench: this is a debug build; numbers mean little (make bench builds --release)");
+                }
+                let report = suite::run(&opts).await?;
+                println!("{}", suite::table(&report));
+                std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
+                println!("JSON: {}", json.display());
+                Ok(())
+            }
+        }
+    });
+    if let Err(e) = result {
+        fail(&format!("{e:#}"));
+    }
+}
+
+async fn load_cmd(a: LoadArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (dev, target, secret) = match (a.target, a.embedded) {
+        (Some(t), false) => (
+            None,
+            t,
+            a.secret
+                .clone()
+                .unwrap_or_else(|| confab_common::auth::DEV_SECRET.to_string()),
+        ),
+        (None, true) => {
+            let dev = DevProcess::start(dir.path(), free_port())?;
+            let addr = dev.addr;
+            (Some(dev), addr, SECRET.to_string())
+        }
+        _ => anyhow::bail!("give --target ADDR (a running gateway) or --embedded"),
+    };
+    let mut opts = LoadOpts::new(
+        if dev.is_some() { "embedded" } else { "target" },
+        target,
+        &secret,
+    );
+    opts.clients = a.clients;
+    opts.conversations = a.conversations;
+    opts.group_share = a.group_share;
+    opts.group_size = a.group_size;
+    opts.via = a.via;
+    opts.rate = (a.rate > 0.0).then_some(a.rate);
+    opts.in_flight = a.in_flight;
+    opts.duration = Duration::from_secs(a.seconds);
+    opts.warmup = Duration::from_secs(a.warmup);
+    opts.body_bytes = a.body_bytes;
+    if a.echo {
+        opts.confab = false;
+        opts.via = Via::Unary;
+    }
+    opts.watch = a.pid.iter().map(|p| (format!("pid {p}"), *p)).collect();
+    if let Some(d) = &dev {
+        opts.watch.push(("confab dev".into(), d.pid()));
+    }
+    let report = load::run(&opts).await?;
+    print!("{}", load::describe(&report));
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("JSON: {}", path.display());
+    }
+    Ok(())
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("confab-bench: {msg}");
+    std::process::exit(1);
+}

@@ -1,0 +1,165 @@
+//! `make bench`'s suite at smoke size: every part runs against the real
+//! processes (echo server, `confab dev`, PostgreSQL, the nisshi broker and
+//! the three service binaries) and its report must add up: every send
+//! answered, every due delivery made, the counts asked for, percentiles in
+//! order. No speed is asserted here; `docs/benchmarks.md` has the numbers.
+
+use confab_tests::bench::load::LoadReport;
+use confab_tests::bench::suite::{self, SuiteOpts, SuiteReport};
+use confab_tests::bench::Latency;
+
+fn ordered(what: &str, l: &Latency) {
+    assert!(l.count > 0, "{what}: no samples");
+    assert!(
+        l.p50_us <= l.p90_us
+            && l.p90_us <= l.p99_us
+            && l.p99_us <= l.p999_us
+            && l.p999_us <= l.max_us,
+        "{what}: percentiles out of order: {l:?}"
+    );
+}
+
+fn complete(r: &LoadReport, deliveries: bool) {
+    let what = &r.label;
+    assert!(r.errors.is_empty(), "{what}: errors {:?}", r.errors);
+    assert!(r.total_sent > 0 && r.sent > 0, "{what}: nothing sent");
+    assert_eq!(
+        r.total_acked, r.total_sent,
+        "{what}: every send acknowledged"
+    );
+    assert_eq!(
+        r.acked, r.sent,
+        "{what}: every send in the window acknowledged"
+    );
+    assert_eq!(r.ack.count, r.acked, "{what}: one ack latency per ack");
+    ordered(&format!("{what} ack"), &r.ack);
+    if deliveries {
+        assert_eq!(
+            r.total_delivered, r.total_expected_deliveries,
+            "{what}: every member's stream got every message, once"
+        );
+        assert_eq!(
+            r.delivered, r.expected_deliveries,
+            "{what}: window deliveries"
+        );
+        assert_eq!(
+            r.delivery.count, r.delivered,
+            "{what}: one latency per delivery"
+        );
+        ordered(&format!("{what} delivery"), &r.delivery);
+        // DIRECT conversations deliver to 2 streams, GROUPs to group_size.
+        assert!(
+            r.fanout >= 2.0 && r.fanout <= r.group_size as f64,
+            "{what}: fanout {}",
+            r.fanout
+        );
+    } else {
+        assert_eq!(
+            r.total_delivered, 0,
+            "{what}: the echo server delivers nothing"
+        );
+    }
+    assert!(
+        r.processes.iter().all(|p| p.rss_kib > 0),
+        "{what}: every watched process measured: {:?}",
+        r.processes
+    );
+    assert!(r.processes.len() >= 2, "{what}: server and client measured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_part_of_the_benchmark_runs_and_adds_up() {
+    confab_tests::init_tracing();
+    let logs = tempfile::tempdir().expect("log dir");
+    let opts = SuiteOpts::smoke(logs.path().to_path_buf());
+    let report = suite::run(&opts).await.expect("the suite runs");
+
+    let echo = report.echo.as_ref().expect("echo measured");
+    complete(echo, false);
+    assert_eq!(report.embedded.len(), 3);
+    assert_eq!(report.distributed.len(), 3);
+    for r in report.embedded.iter().chain(&report.distributed) {
+        complete(r, true);
+        assert_eq!(r.clients, opts.clients);
+    }
+    for idle in [&report.embedded_idle, &report.gateway_idle] {
+        let idle = idle.as_ref().expect("idle streams measured");
+        assert_eq!(idle.streams, opts.idle_streams);
+        assert!(idle.errors.is_empty(), "{:?}", idle.errors);
+        assert!(
+            idle.rss_before_kib > 0 && idle.rss_after_kib > 0,
+            "{idle:?}"
+        );
+    }
+    let kafka = report.kafka.as_ref().expect("kafka ceiling");
+    assert_eq!(kafka.messages, opts.kafka_messages);
+    assert_eq!(kafka.produce_to_consume.count, opts.kafka_messages);
+    let inserts = report.inserts.as_ref().expect("insert ceiling");
+    assert_eq!(inserts.rows, opts.insert_rows);
+    let ingest = report.ingest.as_ref().expect("ingest");
+    assert_eq!(ingest.messages, opts.ingest_messages);
+    assert!(ingest.sequenced_per_sec > 0.0);
+    let table = report.history_table.as_ref().expect("history table");
+    assert_eq!(table.rows, opts.history_rows);
+    let reads = report.history_reads.as_ref().expect("history reads");
+    assert_eq!(reads.requests, opts.history_requests);
+    assert!(reads.errors.is_empty(), "{:?}", reads.errors);
+    assert_eq!(reads.latency.count, opts.history_requests);
+    ordered("GetHistory", &reads.latency);
+
+    // Every target is reported, met or not.
+    let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
+    for want in [
+        "embedded sends vs the gRPC ceiling",
+        "distributed throughput",
+        "distributed latency",
+        "idle Connect streams (embedded)",
+        "idle Connect streams (gateway)",
+        "GetHistory",
+        "history ingest",
+    ] {
+        assert!(
+            names.contains(&want),
+            "target {want:?} missing from {names:?}"
+        );
+    }
+    // A 20,000-row table is not the 10M-row table the target is about.
+    let get_history = report.targets.iter().find(|t| t.name == "GetHistory");
+    assert!(get_history.is_some_and(|t| !t.met));
+
+    // The table names every run; the JSON reads back as the same report.
+    let text = suite::table(&report);
+    for r in report
+        .echo
+        .iter()
+        .chain(&report.embedded)
+        .chain(&report.distributed)
+    {
+        assert!(text.contains(&r.label), "table lacks {}", r.label);
+    }
+    let json = serde_json::to_string(&report).expect("json");
+    let back: SuiteReport = serde_json::from_str(&json).expect("json reads back");
+    // (Floats may differ in their last digit through JSON; the rest may not.)
+    assert_eq!(back.targets, report.targets);
+    assert_eq!(back.machine, report.machine);
+    assert_eq!(
+        back.history_reads.as_ref().map(|r| &r.latency),
+        Some(&reads.latency)
+    );
+    let counts = |r: &SuiteReport| -> Vec<(String, u64, u64, u64)> {
+        r.echo
+            .iter()
+            .chain(&r.embedded)
+            .chain(&r.distributed)
+            .map(|l| {
+                (
+                    l.label.clone(),
+                    l.total_sent,
+                    l.total_acked,
+                    l.total_delivered,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(counts(&back), counts(&report));
+}

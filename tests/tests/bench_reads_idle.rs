@@ -1,0 +1,115 @@
+//! `confab-bench`'s idle-stream and history-read measurements, small: idle
+//! streams against `confab dev` as a real process, and `GetHistory` through
+//! a gateway and history (in this process, over gRPC) on a generated
+//! PostgreSQL table. Nothing here asserts a speed.
+
+use confab_common::auth::Authenticator;
+use confab_common::pipeline::{HistoryApi, MemTopic};
+use confab_common::remote::{HistoryClientConfig, RemoteHistory};
+use confab_common::shutdown;
+use confab_common::validate::Limits;
+use confab_gateway::{ChatService, Hub};
+use confab_history::{LocalHistory, PostgresStore, Store};
+use confab_proto::internal::v1::IngressRecord;
+use confab_tests::bench::idle::{self, IdleOpts};
+use confab_tests::bench::reads::{self, GenerateOpts, ReadOpts};
+use confab_tests::postgres::PgCluster;
+use confab_tests::{free_port, test_gateway_config, DevProcess, DEADLINE, SECRET};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_idle_streams_over_ten_connections_are_measured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = DevProcess::start(dir.path(), free_port()).expect("start confab dev");
+    let report = idle::run(&IdleOpts {
+        addr: server.addr,
+        server_pid: server.pid(),
+        secret: SECRET.into(),
+        user_prefix: "idle-".into(),
+        streams: 300,
+        connections: 10,
+    })
+    .await
+    .expect("idle run");
+    assert_eq!(report.streams, 300, "{report:?}");
+    assert_eq!(report.connections, 10, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(report.rss_before_kib > 0, "{report:?}");
+    assert!(report.rss_after_kib >= report.rss_before_kib, "{report:?}");
+    eprintln!("idle: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
+    let pg = PgCluster::start_local().expect("start PostgreSQL");
+    let url = pg.fresh_database().await.expect("fresh database");
+    let generated = reads::generate(&GenerateOpts {
+        database_url: url.clone(),
+        rows: 20_000,
+        conversations: 10,
+        reader: "bench-reader".into(),
+        body_bytes: 100,
+    })
+    .await
+    .expect("generate");
+    assert_eq!((generated.rows, generated.conversations), (20_000, 10));
+    assert!(generated.table_bytes > 0, "{generated:?}");
+
+    // History on the generated database (its migrations are already
+    // applied), served over gRPC, and one gateway reading it.
+    let store: Arc<dyn Store> = Arc::new(
+        PostgresStore::connect(&url, Limits::default(), 4)
+            .await
+            .expect("history store"),
+    );
+    let local: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
+    let history_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let history_addr = history_listener.local_addr().expect("addr");
+    let (history_stop, signal) = shutdown::channel();
+    let history_task = tokio::spawn(confab_history::grpc::serve(local, history_listener, signal));
+
+    let remote = RemoteHistory::new(&HistoryClientConfig::new([history_addr.to_string()]))
+        .expect("history address");
+    // Reads only: nothing consumes the ingress log.
+    let (ingress, _partitions) = MemTopic::<IngressRecord>::new(1, 16);
+    let gateway_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let gateway = gateway_listener.local_addr().expect("addr");
+    let (gateway_stop, signal) = shutdown::channel();
+    let service = ChatService::new(
+        test_gateway_config(),
+        Authenticator::new(SECRET),
+        Hub::new("g1"),
+        Arc::new(ingress),
+        Arc::new(remote),
+        signal.clone(),
+    );
+    let gateway_task = tokio::spawn(confab_gateway::run(service, gateway_listener, signal));
+
+    let report = reads::measure(&ReadOpts {
+        gateway,
+        secret: SECRET.into(),
+        reader: "bench-reader".into(),
+        conversations: 10,
+        rows_per_conversation: 2_000,
+        page: 50,
+        requests: 500,
+        concurrency: 4,
+    })
+    .await
+    .expect("measure");
+    eprintln!("reads: {generated:?}\n{report:?}");
+    assert_eq!(report.requests, 500, "{report:?}");
+    assert_eq!(report.page, 50);
+    assert!(report.errors.is_empty(), "{report:?}");
+    let l = &report.latency;
+    assert_eq!(l.count, 500, "{report:?}");
+    assert!(l.p50_us <= l.p99_us && l.p99_us <= l.max_us, "{report:?}");
+
+    gateway_stop.fire();
+    let stopped = tokio::time::timeout(DEADLINE, gateway_task).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "gateway: {stopped:?}");
+    history_stop.fire();
+    let stopped = tokio::time::timeout(DEADLINE, history_task).await;
+    assert!(matches!(stopped, Ok(Ok(Ok(())))), "history: {stopped:?}");
+}
