@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The public RPC `Connect` would collide with the generated `connect`
         // constructor; clients are built with `ChatClient::new(channel)`.
         .build_transport(false)
+        // Small first buffers per call (see `codec::LeanCodec`).
+        .codec_path("crate::codec::LeanCodec")
         .file_descriptor_set_path(out.join("confab_descriptor.bin"))
         .compile_protos(
             &[

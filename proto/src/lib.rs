@@ -6,6 +6,57 @@ pub use prost;
 pub use prost_types;
 pub use tonic;
 
+/// Prost's codec with small first buffers. tonic's default gives every
+/// call an 8 KiB encode buffer and an 8 KiB decode buffer up front, which is
+/// most of what an idle `Connect` stream costs; these start at 512 bytes
+/// and grow to whatever a message needs (measured in docs/benchmarks.md).
+pub mod codec {
+    use tonic::codec::{BufferSettings, Codec};
+    use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+    /// First size of a call's encode and decode buffers.
+    pub const FIRST_BUFFER_BYTES: usize = 512;
+
+    /// tonic's default: encoded messages are flushed once this much is
+    /// buffered.
+    const YIELD_THRESHOLD: usize = 32 * 1024;
+
+    /// [`ProstCodec`] with [`FIRST_BUFFER_BYTES`] buffers.
+    #[derive(Debug, Clone)]
+    pub struct LeanCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+    impl<T, U> Default for LeanCodec<T, U> {
+        fn default() -> Self {
+            Self(std::marker::PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for LeanCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::raw_encoder(BufferSettings::new(
+                FIRST_BUFFER_BYTES,
+                YIELD_THRESHOLD,
+            ))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstCodec::<T, U>::raw_decoder(BufferSettings::new(
+                FIRST_BUFFER_BYTES,
+                YIELD_THRESHOLD,
+            ))
+        }
+    }
+}
+
 pub mod v1 {
     tonic::include_proto!("confab.v1");
 }
