@@ -53,6 +53,21 @@ enum Cmd {
     },
     /// The load generator alone.
     Load(LoadArgs),
+    /// Idle `Connect` streams on a `confab dev` it starts: memory per stream.
+    Idle {
+        #[arg(long, default_value_t = 20_000)]
+        streams: usize,
+        #[arg(long, default_value_t = 200)]
+        connections: usize,
+    },
+    /// History's ingest from a pre-filled ingress topic (PostgreSQL and the
+    /// broker's memory engine, started here), next to raw batched inserts.
+    Ingest {
+        #[arg(long, default_value_t = 200_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 200)]
+        conversations: u64,
+    },
     /// The bare tonic echo server.
     EchoServer {
         #[arg(long, default_value = "127.0.0.1:50099")]
@@ -120,6 +135,55 @@ fn main() {
                 echo::serve(listener).await
             }
             Cmd::Load(args) => load_cmd(args).await,
+            Cmd::Ingest {
+                messages,
+                conversations,
+            } => {
+                use confab_tests::bench::{baselines, ingest};
+                let pg = confab_tests::postgres::PgCluster::start_local()?;
+                let broker = confab_tests::broker::Broker::start_memory().await;
+                let logs = tempfile::tempdir()?;
+                let r = ingest::run(&ingest::IngestOpts {
+                    bootstrap: broker.bootstrap(),
+                    database_url: pg.fresh_database().await?,
+                    prefix: format!("ingest{}", std::process::id()),
+                    partitions: 8,
+                    messages,
+                    conversations,
+                    body_bytes: 100,
+                    log: logs.path().join("history.log"),
+                })
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                let r = baselines::postgres_inserts(&baselines::InsertOpts {
+                    database_url: pg.fresh_database().await?,
+                    rows: messages,
+                    batch: confab_history::ingest::MAX_BATCH,
+                    writers: 8,
+                    body_bytes: 100,
+                })
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            }
+            Cmd::Idle {
+                streams,
+                connections,
+            } => {
+                let dir = tempfile::tempdir()?;
+                let dev = DevProcess::start(dir.path(), free_port())?;
+                let r = confab_tests::bench::idle::run(&confab_tests::bench::idle::IdleOpts {
+                    addr: dev.addr,
+                    server_pid: dev.pid(),
+                    secret: SECRET.into(),
+                    user_prefix: "idle-".into(),
+                    streams,
+                    connections,
+                })
+                .await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            }
             Cmd::Suite {
                 smoke,
                 seconds,
