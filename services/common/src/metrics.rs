@@ -745,7 +745,7 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
 }
 
 /// The canonical name of a gRPC code, as in the gRPC spec.
-fn code_name(code: tonic::Code) -> &'static str {
+pub fn code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {
         Ok => "OK",

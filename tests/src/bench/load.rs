@@ -225,7 +225,7 @@ fn due_of(client_msg_id: &str) -> Option<u64> {
 }
 
 fn code_name(code: Code) -> String {
-    format!("{code:?}")
+    confab_common::metrics::code_name(code).to_string()
 }
 
 /// One client's connection and identity.
