@@ -316,6 +316,15 @@ fn accepted(
 
 /// Locks the existing conversations among those of `recs`, in id order, and
 /// returns their ids.
+// Per-run plans: the statements that look a batch's arrays up in
+// `conversations`, `members` or `messages` are planned on every run
+// (unnamed statements), not prepared once, and the lookups in `messages`
+// and `members` probe the index key by key (LATERAL ... LIMIT 1). On a
+// fresh database PostgreSQL cached a hash join over every `kind = 1`
+// message for the dedupe lookup (and chose one again for 256 keys while
+// the table had never been analyzed), which read the whole table for every
+// batch, slower with each message stored (docs/benchmarks.md). Planning
+// once per batch costs a fraction of a millisecond.
 async fn lock_conversations<'a>(
     tx: &mut Tx,
     recs: impl Iterator<Item = &'a IngressRecord>,
@@ -332,6 +341,7 @@ async fn lock_conversations<'a>(
     let locked: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
+    .persistent(false) // planned per run: see above
     .bind(&ids)
     .fetch_all(&mut **tx)
     .await?;
@@ -404,13 +414,21 @@ async fn apply_sends(
     keys.dedup();
     let mut originals: HashMap<(String, String, String), Message> = HashMap::new();
     if !keys.is_empty() {
+        // One index probe per key (a LATERAL subquery with a LIMIT is
+        // never turned into a hash join over the table).
         let sql = format!(
             "SELECT {} FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (conversation_id, sender_id, client_msg_id)
-             JOIN messages m ON m.conversation_id = k.conversation_id AND m.sender_id = k.sender_id
-                            AND m.client_msg_id = k.client_msg_id AND m.kind = 1",
-            prefixed("m", MESSAGE_COLUMNS)
+             CROSS JOIN LATERAL (
+                 SELECT {} FROM messages x
+                 WHERE x.conversation_id = k.conversation_id AND x.sender_id = k.sender_id
+                   AND x.client_msg_id = k.client_msg_id AND x.kind = 1
+                 LIMIT 1
+             ) m",
+            prefixed("m", MESSAGE_COLUMNS),
+            prefixed("x", MESSAGE_COLUMNS)
         );
         let rows = sqlx::query(&sql)
+            .persistent(false) // planned per run: see lock_conversations
             .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
             .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
             .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
@@ -442,10 +460,15 @@ async fn apply_sends(
     let mut members: HashSet<(String, String)> = HashSet::new();
     if !pairs.is_empty() {
         let rows = sqlx::query(
-            "SELECT m.conversation_id, m.user_id
+            "SELECT k.conversation_id, k.user_id
              FROM UNNEST($1::text[], $2::text[]) AS k (conversation_id, user_id)
-             JOIN members m ON m.conversation_id = k.conversation_id AND m.user_id = k.user_id",
+             CROSS JOIN LATERAL (
+                 SELECT 1 FROM members x
+                 WHERE x.conversation_id = k.conversation_id AND x.user_id = k.user_id
+                 LIMIT 1
+             ) m",
         )
+        .persistent(false) // planned per run: see lock_conversations
         .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
         .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
@@ -511,6 +534,7 @@ async fn apply_sends(
              WHERE c.id = u.id
              RETURNING c.id, c.last_seq",
         )
+        .persistent(false) // planned per run: see lock_conversations
         .bind(counts.keys().copied().collect::<Vec<_>>())
         .bind(counts.values().copied().collect::<Vec<_>>())
         .fetch_all(&mut **tx)
