@@ -1,8 +1,8 @@
 //! History as its own process: sequences the Kafka ingress topic into
-//! PostgreSQL and serves reads over gRPC. Per batch: apply in one
-//! transaction, publish every outcome (acknowledged by the broker), then
-//! commit the ingress offsets — a crash anywhere replays the batch, which
-//! dedupe turns into the same seqs.
+//! PostgreSQL and serves reads over gRPC. Per ingress partition, in a lane
+//! of its own: apply a batch in one transaction, publish every outcome
+//! (acknowledged by the broker), then commit the partition's offset — a
+//! crash anywhere replays the batch, which dedupe turns into the same seqs.
 
 use crate::ingest::{apply_with_retry, published, trace_outcomes, trace_records, MAX_BATCH};
 use crate::{LocalHistory, PostgresStore, Store};
@@ -11,12 +11,17 @@ use confab_common::grpc::ServiceToken;
 use confab_common::shutdown::Signal;
 use confab_common::transport::Transport;
 use confab_common::validate::Limits;
-use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig, KafkaPublisher};
+use confab_kafka::{
+    ensure_topics, Batch, BatchConsumer, Committer, GroupState, KafkaConfig, KafkaPublisher,
+    Offsets,
+};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::Span;
 
 /// Consumer group of the sequencers.
 pub const GROUP: &str = "history";
@@ -158,7 +163,29 @@ pub async fn run_with_state(
     Ok(())
 }
 
-/// The sequencer loop: batch → transaction → outcomes → commit.
+/// Records read but not yet committed, over all lanes, before the reader
+/// waits. The broker hands out records a partition at a time, so a bound per
+/// lane would hold the reader on one busy lane while the others have
+/// nothing to do.
+const IN_FLIGHT: usize = 16 * MAX_BATCH;
+
+/// A lane's queued work: records of its partition, and their share of
+/// [`IN_FLIGHT`] (given back once they are committed).
+type LaneWork = (Batch<IngressRecord>, OwnedSemaphorePermit);
+
+/// The sequencer: the consumer reads batches, and every ingress partition's
+/// records go, in offset order, to that partition's lane. A lane applies
+/// what is queued for it in one transaction, publishes the outcomes
+/// (acknowledged by the broker), then commits the partition's position: a
+/// crash anywhere replays the uncommitted records, which dedupe turns into
+/// the same seqs.
+///
+/// Lanes run concurrently. Records are keyed by conversation, so a
+/// conversation's records are all in one partition and its outcomes stay in
+/// seq order; two lanes never wait on each other's rows (and if the topic
+/// is ever repartitioned, the transactions' ordered row locks keep them
+/// correct). At shutdown the reader stops, every lane finishes what it was
+/// given, and the consumer leaves the group.
 pub async fn sequence(
     store: Arc<dyn Store>,
     mut consumer: BatchConsumer<IngressRecord>,
@@ -166,23 +193,166 @@ pub async fn sequence(
     linger: Duration,
     shutdown: Signal,
 ) {
-    while let Some(batch) = consumer
+    // One task commits for every lane, merging what they finished while
+    // its previous commit was on the way: a commit per lane and batch would
+    // be most of the broker's work at a few thousand messages a second.
+    let (finished, positions) = mpsc::unbounded_channel();
+    let commits = tokio::spawn(commit_positions(consumer.committer(), positions));
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut lanes: HashMap<i32, mpsc::UnboundedSender<LaneWork>> = HashMap::new();
+    let mut tasks = Vec::new();
+    'read: while let Some(batch) = consumer
         .next_batch_or_stop(MAX_BATCH, linger, &shutdown)
         .await
     {
-        if !batch.is_empty() {
-            let records: Vec<IngressRecord> = batch.payloads().cloned().collect();
-            let traces = trace_records(&records);
-            let mut results = apply_with_retry(0, store.as_ref(), &records).await;
-            // Held until the outcomes are out: each span covers its publish.
-            let publishing = trace_outcomes(&traces, &mut results);
-            publish_all(&outcomes, results).await;
-            published(&publishing);
+        for (partition, part) in batch.split_by_partition() {
+            // A part has at most MAX_BATCH records (an empty one, only
+            // skipped records, still takes a permit until it is through).
+            let wanted = u32::try_from(part.len().clamp(1, MAX_BATCH)).unwrap_or(1);
+            let Ok(permit) = in_flight.clone().acquire_many_owned(wanted).await else {
+                break 'read; // never closed
+            };
+            let lane = lanes.entry(partition).or_insert_with(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tasks.push(tokio::spawn(run_lane(
+                    partition,
+                    store.clone(),
+                    rx,
+                    outcomes.clone(),
+                    finished.clone(),
+                )));
+                tx
+            });
+            if lane.send((part, permit)).is_err() {
+                // Only a lane that panicked drops its queue.
+                tracing::error!(partition, "sequencer lane ended; stopping the sequencer");
+                break 'read;
+            }
         }
-        consumer.commit_done(&batch).await;
     }
+    drop(lanes);
+    drop(finished);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = commits.await;
     consumer.close().await;
     tracing::info!("sequencer stopped");
+}
+
+/// One partition's lane: takes everything queued (up to [`MAX_BATCH`]
+/// records) and applies it in one transaction; a second stage publishes the
+/// outcomes in order and then reports the position as finished (to be
+/// committed), while the next batch is being applied. Ends once the queue is
+/// closed and drained.
+///
+/// A batch's outcomes are published only after the previous batch's, so
+/// each conversation's outcomes reach the log in seq order. A crash after a
+/// transaction and before its outcomes are out replays those records, as it
+/// did with one stage: their positions are not committed until the outcomes
+/// are acknowledged.
+async fn run_lane(
+    partition: i32,
+    store: Arc<dyn Store>,
+    mut queue: mpsc::UnboundedReceiver<LaneWork>,
+    outcomes: KafkaPublisher<OutcomeRecord>,
+    finished: mpsc::UnboundedSender<Offsets>,
+) {
+    let log_partition = usize::try_from(partition).unwrap_or_default();
+    let (applied, to_publish) = mpsc::channel::<Applied>(1);
+    let publisher = tokio::spawn(publish_lane(to_publish, outcomes, finished));
+    let mut carry: Option<LaneWork> = None;
+    loop {
+        let (mut batch, mut permits) = match carry.take() {
+            Some(work) => work,
+            None => match queue.recv().await {
+                Some(work) => work,
+                None => break,
+            },
+        };
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok((next, permit)) if batch.len() + next.len() <= MAX_BATCH => {
+                    batch.append(next);
+                    permits.merge(permit);
+                }
+                Ok(next) => {
+                    carry = Some(next);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let done = batch.offsets().clone();
+        let records: Vec<IngressRecord> = batch.records.into_iter().map(|c| c.record).collect();
+        let (results, spans) = if records.is_empty() {
+            // Only undecodable records: just their positions to commit,
+            // after the batches before them.
+            (Vec::new(), Vec::new())
+        } else {
+            let traces = trace_records(&records);
+            let mut results = apply_with_retry(log_partition, store.as_ref(), &records).await;
+            // Held until the outcomes are out: each span covers its publish.
+            let spans = trace_outcomes(&traces, &mut results);
+            (results, spans)
+        };
+        let next = Applied {
+            results,
+            spans,
+            done,
+            permits,
+        };
+        if applied.send(next).await.is_err() {
+            tracing::error!(partition, "outcome stage ended; stopping the lane");
+            break;
+        }
+    }
+    drop(applied);
+    let _ = publisher.await;
+    tracing::debug!(partition, "sequencer lane drained");
+}
+
+/// A batch applied by a lane, for its second stage.
+struct Applied {
+    /// Its outcomes, in record order.
+    results: Vec<OutcomeRecord>,
+    /// One `history.publish` span per outcome.
+    spans: Vec<Span>,
+    /// The positions to commit once the outcomes are out.
+    done: Offsets,
+    /// Its share of [`IN_FLIGHT`], given back once the outcomes are out.
+    permits: OwnedSemaphorePermit,
+}
+
+/// A lane's second stage: publishes each applied batch's outcomes (in
+/// order, acknowledged), then hands its positions to [`commit_positions`].
+async fn publish_lane(
+    mut applied: mpsc::Receiver<Applied>,
+    outcomes: KafkaPublisher<OutcomeRecord>,
+    finished: mpsc::UnboundedSender<Offsets>,
+) {
+    while let Some(batch) = applied.recv().await {
+        if !batch.results.is_empty() {
+            publish_all(&outcomes, batch.results).await;
+            published(&batch.spans);
+        }
+        drop(batch.permits);
+        // The commit task outlives every lane.
+        let _ = finished.send(batch.done);
+    }
+}
+
+/// Commits the positions lanes report as finished (their outcomes are out),
+/// all that arrived since the last commit in one, until every lane is done.
+/// A position is committed only after the outcomes of every record before
+/// it in its partition are out, because a lane reports its batches in order.
+async fn commit_positions(committer: Committer, mut finished: mpsc::UnboundedReceiver<Offsets>) {
+    while let Some(mut done) = finished.recv().await {
+        while let Ok(more) = finished.try_recv() {
+            done.merge(&more);
+        }
+        committer.commit_done(done).await;
+    }
 }
 
 /// Publishes every outcome, in order, retrying until the broker takes them

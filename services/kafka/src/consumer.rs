@@ -209,6 +209,47 @@ impl<T> Batch<T> {
         self.records.iter().map(|c| &c.record)
     }
 
+    /// Splits the batch into one batch per partition (in partition order),
+    /// each with its records (in offset order) and its position, so that
+    /// partitions can be worked on, and committed, independently. A
+    /// partition whose records were all skipped gets an empty batch that
+    /// still has its position. Skipped counts go with the first part.
+    pub fn split_by_partition(self) -> Vec<(i32, Batch<T>)> {
+        let mut parts: BTreeMap<i32, Batch<T>> = self
+            .offsets
+            .iter()
+            .map(|(p, next)| {
+                let mut part = Batch::default();
+                part.offsets.advance(p, next - 1);
+                (p, part)
+            })
+            .collect();
+        for record in self.records {
+            parts
+                .entry(record.partition)
+                .or_insert_with(|| {
+                    let mut part = Batch::default();
+                    part.offsets.advance(record.partition, record.offset);
+                    part
+                })
+                .records
+                .push(record);
+        }
+        let mut parts: Vec<(i32, Batch<T>)> = parts.into_iter().collect();
+        if let Some((_, first)) = parts.first_mut() {
+            first.skipped = self.skipped;
+        }
+        parts
+    }
+
+    /// Appends `later`, read after this batch: its records follow these,
+    /// positions move forward, skipped counts add up.
+    pub fn append(&mut self, later: Batch<T>) {
+        self.records.extend(later.records);
+        self.offsets.merge(&later.offsets);
+        self.skipped += later.skipped;
+    }
+
     /// Notes one record read from the log: decoded, or skipped.
     fn absorb(&mut self, partition: i32, offset: i64, record: Option<Consumed<T>>) {
         self.offsets.advance(partition, offset);
@@ -465,9 +506,7 @@ impl<T: KafkaRecord> BatchConsumer<T> {
     /// fatal: the records are read again by the partition's next owner and
     /// deduplicated downstream, so it is only logged.
     pub async fn commit_done(&self, batch: &Batch<T>) {
-        if let Err(e) = self.commit(batch.offsets()).await {
-            tracing::warn!(group = %self.group, topic = %self.topic, error = %e, "cannot commit offsets; the records will be processed again");
-        }
+        self.committer().commit_done(batch.offsets()).await
     }
 
     /// Commits `done` (a [`Batch`], its [`Offsets`], or some of its records)
@@ -476,46 +515,19 @@ impl<T: KafkaRecord> BatchConsumer<T> {
     /// Call it only once the work on those records is durable. A failed
     /// commit loses nothing either: the records are read again.
     pub async fn commit(&self, done: impl Into<Offsets>) -> Result<CommitReport, Error> {
-        let mut owned = done.into();
-        let state = &self.state;
-        let mut dropped = owned.split_off_unless(|p| state.owns(p));
-        if !dropped.is_empty() {
-            self.state.count_dropped_commits(dropped.len());
-            tracing::info!(group = %self.group, topic = %self.topic, dropped = ?dropped, "not committing positions of revoked partitions; their new owner re-processes them");
-        }
-        if owned.is_empty() {
-            return Ok(CommitReport {
-                committed: owned,
-                dropped,
-            });
-        }
-        let tpl = owned.to_tpl(&self.topic)?;
-        let consumer = self.consumer.clone();
-        let commit = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
-        let result = tokio::time::timeout(self.request_timeout, commit)
-            .await
-            .map_err(|_| {
-                Error::Task(format!(
-                    "commit did not finish within {:?}",
-                    self.request_timeout
-                ))
-            })?
-            .map_err(|e| Error::Task(e.to_string()))?;
-        match result {
-            Ok(()) => Ok(CommitReport {
-                committed: owned,
-                dropped,
-            }),
-            Err(e) if group_moved_on(&e) => {
-                self.state.count_dropped_commits(owned.len());
-                tracing::info!(group = %self.group, topic = %self.topic, error = %e, positions = ?owned, "commit refused: the group rebalanced; the partitions' owner re-processes these records");
-                dropped.merge(&owned);
-                Ok(CommitReport {
-                    committed: Offsets::new(),
-                    dropped,
-                })
-            }
-            Err(e) => Err(e.into()),
+        self.committer().commit(done).await
+    }
+
+    /// A handle that commits for this consumer from other tasks while it
+    /// goes on reading (see [`Committer`]). Drop every committer before
+    /// [`BatchConsumer::close`], which waits for them.
+    pub fn committer(&self) -> Committer {
+        Committer {
+            consumer: self.consumer.clone(),
+            state: self.state.clone(),
+            group: self.group.clone(),
+            topic: self.topic.clone(),
+            request_timeout: self.request_timeout,
         }
     }
 
@@ -566,8 +578,80 @@ impl<T: KafkaRecord> BatchConsumer<T> {
     }
 }
 
-/// How long [`BatchConsumer::close`] waits for a monitor's check that holds
-/// the consumer.
+/// Commits positions for a [`BatchConsumer`] from any task, so that work on
+/// a batch can finish (and be committed) while the consumer reads the next
+/// ones. The same rules as [`BatchConsumer::commit`]: only partitions the
+/// consumer still owns, and only once the work is durable.
+#[derive(Clone)]
+pub struct Committer {
+    /// The consumer's librdkafka handle.
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    /// Which partitions it owns.
+    state: Arc<GroupState>,
+    /// The group.
+    group: String,
+    /// The topic.
+    topic: String,
+    /// Bound on the blocking commit call.
+    request_timeout: Duration,
+}
+
+impl Committer {
+    /// [`BatchConsumer::commit_done`]: commits `done`, logging a failure.
+    pub async fn commit_done(&self, done: impl Into<Offsets>) {
+        if let Err(e) = self.commit(done).await {
+            tracing::warn!(group = %self.group, topic = %self.topic, error = %e, "cannot commit offsets; the records will be processed again");
+        }
+    }
+
+    /// [`BatchConsumer::commit`].
+    pub async fn commit(&self, done: impl Into<Offsets>) -> Result<CommitReport, Error> {
+        let mut owned = done.into();
+        let state = &self.state;
+        let mut dropped = owned.split_off_unless(|p| state.owns(p));
+        if !dropped.is_empty() {
+            self.state.count_dropped_commits(dropped.len());
+            tracing::info!(group = %self.group, topic = %self.topic, dropped = ?dropped, "not committing positions of revoked partitions; their new owner re-processes them");
+        }
+        if owned.is_empty() {
+            return Ok(CommitReport {
+                committed: owned,
+                dropped,
+            });
+        }
+        let tpl = owned.to_tpl(&self.topic)?;
+        let consumer = self.consumer.clone();
+        let commit = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
+        let result = tokio::time::timeout(self.request_timeout, commit)
+            .await
+            .map_err(|_| {
+                Error::Task(format!(
+                    "commit did not finish within {:?}",
+                    self.request_timeout
+                ))
+            })?
+            .map_err(|e| Error::Task(e.to_string()))?;
+        match result {
+            Ok(()) => Ok(CommitReport {
+                committed: owned,
+                dropped,
+            }),
+            Err(e) if group_moved_on(&e) => {
+                self.state.count_dropped_commits(owned.len());
+                tracing::info!(group = %self.group, topic = %self.topic, error = %e, positions = ?owned, "commit refused: the group rebalanced; the partitions' owner re-processes these records");
+                dropped.merge(&owned);
+                Ok(CommitReport {
+                    committed: Offsets::new(),
+                    dropped,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// How long [`BatchConsumer::close`] waits for a monitor's check, or a
+/// committer, that holds the consumer.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Watches a [`BatchConsumer`] from another task: whether the broker
@@ -764,6 +848,66 @@ mod tests {
         b.absorb(3, 41, None);
         assert!(b.is_empty());
         assert_eq!(Offsets::from(&b).get(3), Some(42));
+    }
+
+    #[test]
+    fn a_batch_splits_into_partitions_that_add_back_up() {
+        let mut b: Batch<u32> = Batch::default();
+        for (p, o) in [(0, 1), (1, 1), (0, 2), (2, 8), (1, 2)] {
+            b.absorb(p, o, Some(rec(p, o)));
+        }
+        b.absorb(0, 3, None); // poison after partition 0's records
+        b.absorb(4, 7, None); // a partition with only poison
+        let whole = b.clone();
+        let parts = b.split_by_partition();
+        type Shape = (i32, Vec<i64>, Vec<(i32, i64)>);
+        let shape: Vec<Shape> = parts
+            .iter()
+            .map(|(p, part)| {
+                (
+                    *p,
+                    part.records.iter().map(|r| r.offset).collect(),
+                    part.offsets().iter().collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (0, vec![1, 2], vec![(0, 4)]),
+                (1, vec![1, 2], vec![(1, 3)]),
+                (2, vec![8], vec![(2, 9)]),
+                (4, vec![], vec![(4, 8)]),
+            ],
+            "each part has its own records in offset order and its own position, poison included"
+        );
+        assert!(parts
+            .iter()
+            .all(|(p, part)| part.records.iter().all(|r| r.partition == *p)));
+
+        let mut joined: Batch<u32> = Batch::default();
+        for (_, part) in parts {
+            joined.append(part);
+        }
+        assert_eq!(joined.offsets(), whole.offsets());
+        assert_eq!(joined.skipped(), whole.skipped());
+        assert_eq!(joined.len(), whole.len());
+    }
+
+    #[test]
+    fn appending_a_later_batch_moves_positions_forward_only() {
+        let mut first: Batch<u32> = Batch::default();
+        first.absorb(0, 5, Some(rec(0, 5)));
+        let mut later: Batch<u32> = Batch::default();
+        later.absorb(0, 6, Some(rec(0, 6)));
+        later.absorb(0, 7, None);
+        first.append(later);
+        assert_eq!(
+            first.records.iter().map(|r| r.offset).collect::<Vec<_>>(),
+            vec![5, 6]
+        );
+        assert_eq!(first.offsets().get(0), Some(8));
+        assert_eq!(first.skipped(), 1);
     }
 
     #[test]

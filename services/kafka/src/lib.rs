@@ -29,7 +29,9 @@ mod record;
 
 pub use admin::{check_broker, ensure_topics};
 pub use config::KafkaConfig;
-pub use consumer::{Batch, BatchConsumer, CommitReport, Consumed, ConsumerMonitor, Offsets};
+pub use consumer::{
+    Batch, BatchConsumer, CommitReport, Committer, Consumed, ConsumerMonitor, Offsets,
+};
 pub use context::GroupState;
 pub use producer::{Delivered, KafkaPublisher, PRODUCER_RECREATED};
 pub use record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER, TRACEPARENT_HEADER};
