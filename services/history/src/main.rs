@@ -2,6 +2,13 @@
 //! `CONFAB_*` environment variables (docs/operations.md); a bad value exits
 //! with 64 before any port is bound.
 
+/// mimalloc: glibc's malloc and free were a third of history's CPU while
+/// sequencing (docs/benchmarks.md). The gateway and `confab dev` keep the
+/// system allocator: there mimalloc gained nothing measurable and cost about
+/// 4 KiB more per idle stream.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use confab_common::config::{Overlay, EXIT_CONFIG};
 
