@@ -163,3 +163,29 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
     };
     assert_eq!(counts(&back), counts(&report));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_the_parts_asked_for_run() {
+    confab_tests::init_tracing();
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut opts = SuiteOpts::smoke(logs.path().to_path_buf());
+    opts.only = vec![suite::Section::Distributed, suite::Section::Inserts];
+    let report = suite::run(&opts).await.expect("the suite runs");
+
+    assert_eq!(report.distributed.len(), 3);
+    for r in &report.distributed {
+        complete(r, true);
+    }
+    let inserts = report.inserts.as_ref().expect("insert ceiling");
+    assert_eq!(inserts.rows, opts.insert_rows);
+    assert!(report.echo.is_none() && report.embedded.is_empty());
+    assert!(report.embedded_idle.is_none() && report.gateway_idle.is_none());
+    assert!(report.kafka.is_none() && report.ingest.is_none());
+    assert!(report.history_table.is_none() && report.history_reads.is_none());
+    let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        names,
+        vec!["distributed throughput", "distributed latency"],
+        "targets only for what ran"
+    );
+}

@@ -32,9 +32,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A part of the suite, to run alone (`confab-bench suite --only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Section {
+    /// The bare tonic echo server (the gRPC ceiling).
+    Echo,
+    /// `confab dev`: unary and Connect, as fast as possible and at the fixed rate.
+    Embedded,
+    /// Idle `Connect` streams, on `confab dev` and on the gateway.
+    Idle,
+    /// Raw rdkafka through the broker (the Kafka ceiling).
+    Kafka,
+    /// Raw batched inserts into PostgreSQL (the database ceiling).
+    Inserts,
+    /// History's ingest from a pre-filled ingress topic.
+    Ingest,
+    /// The generated table, and `GetHistory` through the gateway.
+    Reads,
+    /// Sends through history, router and gateway.
+    Distributed,
+}
+
 /// How big a run is.
 #[derive(Debug, Clone)]
 pub struct SuiteOpts {
+    /// The parts to run; empty: all of them.
+    pub only: Vec<Section>,
     /// Measured seconds per load run.
     pub seconds: u64,
     /// Warm-up seconds per load run.
@@ -88,6 +111,7 @@ impl SuiteOpts {
             ingest_messages: 200_000,
             body_bytes: 100,
             log_dir,
+            only: Vec::new(),
         }
     }
 
@@ -111,7 +135,13 @@ impl SuiteOpts {
             ingest_messages: 2_000,
             body_bytes: 100,
             log_dir,
+            only: Vec::new(),
         }
+    }
+
+    /// Whether `section` is part of this run.
+    pub fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
     }
 
     fn load(&self, label: &str, target: SocketAddr, via: Via, rate: Option<f64>) -> LoadOpts {
@@ -175,8 +205,8 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     };
 
     // 1. The gRPC ceiling.
-    step("echo server (the gRPC ceiling)");
-    {
+    if opts.runs(Section::Echo) {
+        step("echo server (the gRPC ceiling)");
         let echo = EchoProcess::start(&opts.log_dir.join("echo.log"))?;
         let mut o = opts.load("echo unary max", echo.addr, Via::Unary, None);
         o.confab = false;
@@ -185,8 +215,8 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
 
     // 2. Embedded mode.
-    step("embedded mode (confab dev)");
-    {
+    if opts.runs(Section::Embedded) {
+        step("embedded mode (confab dev)");
         let dir = tempfile::tempdir().context("data directory")?;
         let dev = DevProcess::start(dir.path(), free_port())?;
         for (label, via, rate) in [
@@ -203,8 +233,8 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             report.embedded.push(show(load::run(&o).await?));
         }
     }
-    step("idle Connect streams on a fresh confab dev");
-    {
+    if opts.runs(Section::Idle) {
+        step("idle Connect streams on a fresh confab dev");
         let dir = tempfile::tempdir().context("data directory")?;
         let dev = DevProcess::start(dir.path(), free_port())?;
         let r = idle::run(&IdleOpts {
@@ -221,6 +251,14 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
 
     // 3. The distributed stack and its parts.
+    let stacked = [Section::Idle, Section::Reads, Section::Distributed];
+    let needs_stack = stacked.into_iter().any(|s| opts.runs(s));
+    let parts = [Section::Kafka, Section::Inserts, Section::Ingest];
+    if !needs_stack && !parts.into_iter().any(|s| opts.runs(s)) {
+        report.seconds = started.elapsed().as_secs_f64();
+        report.targets = targets(&report, opts);
+        return Ok(report);
+    }
     step("PostgreSQL and the nisshi broker");
     let pg = PgCluster::start_local()?;
     // The broker keeps its log in memory: on nisshi's PostgreSQL engine a
@@ -229,109 +267,130 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     // that saturates anything measures that instead (docs/benchmarks.md).
     let broker = Broker::start_memory().await;
 
-    step("the Kafka ceiling (raw rdkafka through the same broker)");
-    let r = baselines::kafka(&KafkaOpts {
-        bootstrap: broker.bootstrap(),
-        topic_prefix: format!("bench{}", std::process::id()),
-        partitions: 8,
-        messages: opts.kafka_messages,
-        payload_bytes: ingress_record_bytes(opts.body_bytes),
-        in_flight: 1000,
-    })
-    .await?;
-    eprintln!("{r:?}");
-    report.kafka = Some(r);
+    if opts.runs(Section::Kafka) {
+        step("the Kafka ceiling (raw rdkafka through the same broker)");
+        let r = baselines::kafka(&KafkaOpts {
+            bootstrap: broker.bootstrap(),
+            topic_prefix: format!("bench{}", std::process::id()),
+            partitions: 8,
+            messages: opts.kafka_messages,
+            payload_bytes: ingress_record_bytes(opts.body_bytes),
+            in_flight: 1000,
+        })
+        .await?;
+        eprintln!("{r:?}");
+        report.kafka = Some(r);
+    }
 
-    step("the database ceiling (raw batched inserts)");
-    let r = baselines::postgres_inserts(&InsertOpts {
-        database_url: pg.fresh_database().await?,
-        rows: opts.insert_rows,
-        batch: confab_history::ingest::MAX_BATCH,
-        writers: 8,
-        body_bytes: opts.body_bytes,
-    })
-    .await?;
-    eprintln!("{r:?}");
-    report.inserts = Some(r);
+    if opts.runs(Section::Inserts) {
+        step("the database ceiling (raw batched inserts)");
+        let r = baselines::postgres_inserts(&InsertOpts {
+            database_url: pg.fresh_database().await?,
+            rows: opts.insert_rows,
+            batch: confab_history::ingest::MAX_BATCH,
+            writers: 8,
+            body_bytes: opts.body_bytes,
+        })
+        .await?;
+        eprintln!("{r:?}");
+        report.inserts = Some(r);
+    }
 
-    step("history's ingest (a pre-filled ingress topic)");
-    let r = ingest::run(&IngestOpts {
-        bootstrap: broker.bootstrap(),
-        database_url: pg.fresh_database().await?,
-        prefix: format!("ingest{}", std::process::id()),
-        partitions: 8,
-        messages: opts.ingest_messages,
-        conversations: 200.min(opts.ingest_messages.max(1)),
-        body_bytes: opts.body_bytes,
-        log: opts.log_dir.join("history-ingest.log"),
-    })
-    .await?;
-    eprintln!("{r:?}");
-    report.ingest = Some(r);
+    if opts.runs(Section::Ingest) {
+        step("history's ingest (a pre-filled ingress topic)");
+        let r = ingest::run(&IngestOpts {
+            bootstrap: broker.bootstrap(),
+            database_url: pg.fresh_database().await?,
+            prefix: format!("ingest{}", std::process::id()),
+            partitions: 8,
+            messages: opts.ingest_messages,
+            conversations: 200.min(opts.ingest_messages.max(1)),
+            body_bytes: opts.body_bytes,
+            log: opts.log_dir.join("history-ingest.log"),
+        })
+        .await?;
+        eprintln!("{r:?}");
+        report.ingest = Some(r);
+    }
 
-    step(&format!(
-        "filling history's table with {} rows",
-        opts.history_rows
-    ));
-    let database_url = pg.fresh_database().await?;
+    if !needs_stack {
+        drop(broker);
+        drop(pg);
+        report.targets = targets(&report, opts);
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
     let reader = "bench-reader".to_string();
-    let r = reads::generate(&GenerateOpts {
-        database_url: database_url.clone(),
-        rows: opts.history_rows,
-        conversations: opts.history_conversations,
-        reader: reader.clone(),
-        body_bytes: opts.body_bytes,
-    })
-    .await?;
-    eprintln!("{r:?}");
-    report.history_table = Some(r);
+    let database_url = pg.fresh_database().await?;
+    if opts.runs(Section::Reads) {
+        step(&format!(
+            "filling history's table with {} rows",
+            opts.history_rows
+        ));
+        let r = reads::generate(&GenerateOpts {
+            database_url: database_url.clone(),
+            rows: opts.history_rows,
+            conversations: opts.history_conversations,
+            reader: reader.clone(),
+            body_bytes: opts.body_bytes,
+        })
+        .await?;
+        eprintln!("{r:?}");
+        report.history_table = Some(r);
+    }
 
     step("the distributed stack: history, router, gateway");
     let mut stack = Stack::start(&broker, &database_url, &opts.log_dir)?;
     let gateway: SocketAddr = stack.gateway.addr.parse().context("gateway address")?;
     ready(gateway).await?;
 
-    step("idle Connect streams on the gateway");
-    let r = idle::run(&IdleOpts {
-        addr: gateway,
-        server_pid: stack.gateway.pid().context("gateway pid")?,
-        secret: SECRET.into(),
-        user_prefix: "idle-gateway-".into(),
-        streams: opts.idle_streams,
-        connections: opts.idle_connections,
-    })
-    .await?;
-    eprintln!("{r:?}");
-    report.gateway_idle = Some(r);
+    if opts.runs(Section::Idle) {
+        step("idle Connect streams on the gateway");
+        let r = idle::run(&IdleOpts {
+            addr: gateway,
+            server_pid: stack.gateway.pid().context("gateway pid")?,
+            secret: SECRET.into(),
+            user_prefix: "idle-gateway-".into(),
+            streams: opts.idle_streams,
+            connections: opts.idle_connections,
+        })
+        .await?;
+        eprintln!("{r:?}");
+        report.gateway_idle = Some(r);
+    }
 
-    step("GetHistory through the gateway");
-    let r = reads::measure(&ReadOpts {
-        gateway,
-        secret: SECRET.into(),
-        reader,
-        conversations: opts.history_conversations,
-        rows_per_conversation: opts.history_rows / opts.history_conversations.max(1),
-        page: 50,
-        requests: opts.history_requests,
-        concurrency: 4,
-    })
-    .await?;
-    eprintln!("{r:?}");
-    report.history_reads = Some(r);
+    if opts.runs(Section::Reads) {
+        step("GetHistory through the gateway");
+        let r = reads::measure(&ReadOpts {
+            gateway,
+            secret: SECRET.into(),
+            reader,
+            conversations: opts.history_conversations,
+            rows_per_conversation: opts.history_rows / opts.history_conversations.max(1),
+            page: 50,
+            requests: opts.history_requests,
+            concurrency: 4,
+        })
+        .await?;
+        eprintln!("{r:?}");
+        report.history_reads = Some(r);
+    }
 
-    step("sends through the distributed stack");
-    for (label, via, rate) in [
-        ("distributed connect max", Via::Connect, None),
-        ("distributed unary max", Via::Unary, None),
-        (
-            "distributed connect fixed rate",
-            Via::Connect,
-            Some(opts.latency_rate),
-        ),
-    ] {
-        let mut o = opts.load(label, gateway, via, rate);
-        o.watch = stack.watch();
-        report.distributed.push(show(load::run(&o).await?));
+    if opts.runs(Section::Distributed) {
+        step("sends through the distributed stack");
+        for (label, via, rate) in [
+            ("distributed connect max", Via::Connect, None),
+            ("distributed unary max", Via::Unary, None),
+            (
+                "distributed connect fixed rate",
+                Via::Connect,
+                Some(opts.latency_rate),
+            ),
+        ] {
+            let mut o = opts.load(label, gateway, via, rate);
+            o.watch = stack.watch();
+            report.distributed.push(show(load::run(&o).await?));
+        }
     }
     stack.stop().await;
     drop(broker);

@@ -50,6 +50,10 @@ enum Cmd {
         /// Keep the services' logs here.
         #[arg(long, default_value = "bench-logs")]
         logs: PathBuf,
+        /// Run only these parts (repeatable, or comma-separated); targets
+        /// are reported for what ran.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<suite::Section>,
     },
     /// The load generator alone.
     Load(LoadArgs),
@@ -191,6 +195,7 @@ fn main() {
                 idle_streams,
                 json,
                 logs,
+                only,
             } => {
                 let mut opts = if smoke {
                     SuiteOpts::smoke(logs)
@@ -206,6 +211,7 @@ fn main() {
                 if let Some(n) = idle_streams {
                     opts.idle_streams = n;
                 }
+                opts.only = only;
                 if !Machine::detect().release_build {
                     eprintln!("confab-bench: this is a debug build; numbers mean little (make bench builds --release)");
                 }
