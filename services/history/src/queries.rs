@@ -62,12 +62,23 @@ impl HistoryApi for LocalHistory {
         req: GetHistoryRequest,
     ) -> Result<GetHistoryResponse, ChatError> {
         let (cursor, limit) = validate::history_page(req.before_seq, req.after_seq, req.limit)?;
-        self.member_conversation(caller, &req.conversation_id)
-            .await?;
-        let (mut messages, mut has_more) = self
+        validate::conversation_id(&req.conversation_id)?;
+        let page = self
             .store
-            .history(&req.conversation_id, cursor, limit)
+            .member_history(caller, &req.conversation_id, cursor, limit)
             .await?;
+        let (mut messages, mut has_more) = match page {
+            Some(page) => page,
+            None => {
+                // Not a member, or no such conversation: say which. (If the
+                // caller was added in between, read the page now.)
+                self.member_conversation(caller, &req.conversation_id)
+                    .await?;
+                self.store
+                    .history(&req.conversation_id, cursor, limit)
+                    .await?
+            }
+        };
         if truncate_to_bytes(&mut messages, MAX_PAGE_BYTES) {
             has_more = true;
         }

@@ -24,6 +24,7 @@ where
     direct_conversations_are_created_once(fresh().await).await;
     membership_changes_are_sequenced(fresh().await).await;
     pages_are_bounded_and_ordered(fresh().await).await;
+    member_pages_are_the_same_pages_for_members_only(fresh().await).await;
     conversations_are_listed_per_member(fresh().await).await;
     concurrent_batches_stay_gap_free(fresh().await).await;
     outcomes_carry_the_trace_and_acceptance_time(fresh().await).await;
@@ -365,6 +366,59 @@ async fn membership_changes_are_sequenced(store: Arc<dyn Store>) {
     );
     assert!(store.conversation("g6").await.expect("get").is_none());
     assert_eq!(all_seqs(&store, "g").await, (1..=6).collect::<Vec<_>>());
+}
+
+async fn member_pages_are_the_same_pages_for_members_only(store: Arc<dyn Store>) {
+    apply(&store, vec![create_group("c", "alice", &["alice", "bob"])]).await;
+    apply(
+        &store,
+        (0..12)
+            .map(|i| send("c", "alice", &format!("m{i}"), "x"))
+            .collect(),
+    )
+    .await;
+    // 13 messages: seq 1 (creation) ..= 13.
+    for (cursor, limit) in [
+        (PageCursor::Before(u64::MAX), 5),
+        (PageCursor::Before(4), 10),
+        (PageCursor::After(8), 5),
+        (PageCursor::After(0), 13),
+        (PageCursor::After(13), 5),
+        (PageCursor::Before(1), 5),
+    ] {
+        let plain = store.history("c", cursor, limit).await.expect("history");
+        for member in ["alice", "bob"] {
+            let page = store
+                .member_history(member, "c", cursor, limit)
+                .await
+                .expect("member history");
+            assert_eq!(
+                page.as_ref(),
+                Some(&plain),
+                "{member} at {cursor:?} limit {limit}"
+            );
+        }
+        let outsider = store
+            .member_history("mallory", "c", cursor, limit)
+            .await
+            .expect("member history");
+        assert_eq!(outsider, None, "a non-member reads nothing");
+    }
+    let empty = store
+        .member_history("alice", "c", PageCursor::After(13), 5)
+        .await
+        .expect("member history");
+    assert_eq!(empty, Some((Vec::new(), false)), "an empty page is a page");
+    let missing = store
+        .member_history("alice", "nope", PageCursor::After(0), 5)
+        .await
+        .expect("member history");
+    assert_eq!(missing, None, "no such conversation");
+    let nul = store
+        .member_history("alice\0", "c", PageCursor::After(0), 5)
+        .await
+        .expect("a NUL in the caller is no member, not an error");
+    assert_eq!(nul, None);
 }
 
 async fn pages_are_bounded_and_ordered(store: Arc<dyn Store>) {

@@ -58,6 +58,24 @@ pub trait Store: Send + Sync + 'static {
         cursor: PageCursor,
         limit: u32,
     ) -> Result<(Vec<Message>, bool), StoreError>;
+    /// [`Store::history`] for `caller`: `None` if the conversation does not
+    /// exist or `caller` is not a member of it (ask
+    /// [`Store::conversation`] which). The default reads the conversation,
+    /// then the page; a store may do both in one read.
+    async fn member_history(
+        &self,
+        caller: &str,
+        conversation_id: &str,
+        cursor: PageCursor,
+        limit: u32,
+    ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
+        match self.conversation(conversation_id).await? {
+            Some(c) if c.member_ids.iter().any(|m| m == caller) => {
+                Ok(Some(self.history(conversation_id, cursor, limit).await?))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -251,6 +251,58 @@ impl Store for PostgresStore {
             .collect::<Result<Vec<_>, _>>()?;
         Ok((messages, has_more))
     }
+
+    async fn member_history(
+        &self,
+        caller: &str,
+        conversation_id: &str,
+        cursor: PageCursor,
+        limit: u32,
+    ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
+        if conversation_id.contains('\0') || caller.contains('\0') {
+            // PostgreSQL text cannot hold NUL: no such member.
+            return Ok(None);
+        }
+        // One statement, one snapshot, one round trip: no row at all when
+        // the caller is not a member; otherwise the page, or a single row of
+        // NULLs when the page is empty.
+        let (page, bound) = match cursor {
+            PageCursor::Before(b) => (
+                "WHERE x.conversation_id = $1 AND x.seq < $2 ORDER BY x.seq DESC LIMIT $3",
+                b.min(i64::MAX as u64) as i64,
+            ),
+            PageCursor::After(a) => (
+                "WHERE x.conversation_id = $1 AND x.seq > $2 ORDER BY x.seq ASC LIMIT $3",
+                a.min(i64::MAX as u64) as i64,
+            ),
+        };
+        let sql = format!(
+            "SELECT {} FROM (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $4) AS caller
+             LEFT JOIN LATERAL (SELECT {} FROM messages x {page}) AS m ON true",
+            prefixed("m", MESSAGE_COLUMNS),
+            prefixed("x", MESSAGE_COLUMNS),
+        );
+        let rows = sqlx::query(&sql)
+            .bind(conversation_id)
+            .bind(bound)
+            .bind(i64::from(limit) + 1)
+            .bind(caller)
+            .fetch_all(&self.pool)
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut messages = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq: Option<i64> = row.try_get("seq")?;
+            if seq.is_some() {
+                messages.push(message_from_row(row)?);
+            }
+        }
+        let has_more = messages.len() > limit as usize;
+        messages.truncate(limit as usize);
+        Ok(Some((messages, has_more)))
+    }
 }
 
 type Tx = sqlx::Transaction<'static, Postgres>;
