@@ -102,10 +102,17 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
     let table = report.history_table.as_ref().expect("history table");
     assert_eq!(table.rows, opts.history_rows);
     let reads = report.history_reads.as_ref().expect("history reads");
-    assert_eq!(reads.requests, opts.history_requests);
-    assert!(reads.errors.is_empty(), "{:?}", reads.errors);
-    assert_eq!(reads.latency.count, opts.history_requests);
-    ordered("GetHistory", &reads.latency);
+    let loaded = report
+        .history_reads_loaded
+        .as_ref()
+        .expect("history reads under load");
+    for (r, concurrency) in [(reads, 1), (loaded, 4)] {
+        assert_eq!(r.concurrency, concurrency);
+        assert_eq!(r.requests, opts.history_requests);
+        assert!(r.errors.is_empty(), "{:?}", r.errors);
+        assert_eq!(r.latency.count, opts.history_requests);
+        ordered("GetHistory", &r.latency);
+    }
 
     // Every target is reported, met or not.
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
@@ -182,6 +189,7 @@ async fn only_the_parts_asked_for_run() {
     assert!(report.embedded_idle.is_none() && report.gateway_idle.is_none());
     assert!(report.kafka.is_none() && report.ingest.is_none());
     assert!(report.history_table.is_none() && report.history_reads.is_none());
+    assert!(report.history_reads_loaded.is_none());
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         names,

@@ -101,6 +101,8 @@ pub struct ReadReport {
     pub requests: u64,
     /// Messages per page.
     pub page: u32,
+    /// Clients reading at once.
+    pub concurrency: usize,
     /// Wall time of the recorded requests.
     pub seconds: f64,
     /// Requests per second.
@@ -421,6 +423,7 @@ pub async fn measure(opts: &ReadOpts) -> Result<ReadReport> {
     Ok(ReadReport {
         requests: opts.requests,
         page: opts.page,
+        concurrency: opts.concurrency,
         seconds: window.as_secs_f64(),
         per_sec: per_sec(opts.requests, window),
         latency: tally.latency.summary(),
