@@ -383,10 +383,36 @@ pub fn seqs(messages: &[Message]) -> Vec<u64> {
 
 /// Waits until `cond` holds, polling, or fails after `DEADLINE`.
 pub async fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
-    let deadline = Instant::now() + DEADLINE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    poll(what, DEADLINE, Duration::from_millis(20), || {
+        std::future::ready(Ok(cond().then_some(())))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The one polling loop of the tests and the bench: asks `probe` every
+/// `every` until it yields a value, and fails ("timed out waiting for
+/// `what`") once `within` has passed. An error from `probe` ends the wait
+/// at once.
+pub async fn poll<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    every: Duration,
+    mut probe: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await? {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(anyhow!("timed out waiting for {what} ({within:?})"));
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -159,20 +159,27 @@ pub async fn kafka(opts: &KafkaOpts) -> Result<KafkaReport> {
             .map_err(|_| anyhow!("record {i} could not be sent before the deadline"))?
             .context("the in-flight limit was closed")?;
         let key = format!("k{}", i % KEYS);
-        let (sent, delivery) = loop {
-            let sent_ns = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            payload[..8].copy_from_slice(&sent_ns.to_le_bytes());
-            payload[8..STAMP_BYTES].copy_from_slice(&i.to_le_bytes());
-            let sent = Instant::now();
-            match producer.send_result(FutureRecord::to(&topic).key(&key).payload(&payload)) {
-                Ok(delivery) => break (sent, delivery),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    ensure!(Instant::now() < deadline, "the producer queue stayed full");
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, _)) => return Err(e).context("enqueue a record"),
-            }
-        };
+        let within = deadline.saturating_duration_since(Instant::now());
+        let (sent, delivery) = crate::poll(
+            "room in the producer queue",
+            within,
+            Duration::from_millis(1),
+            || {
+                let sent_ns = u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                payload[..8].copy_from_slice(&sent_ns.to_le_bytes());
+                payload[8..STAMP_BYTES].copy_from_slice(&i.to_le_bytes());
+                let sent = Instant::now();
+                let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+                std::future::ready(match producer.send_result(record) {
+                    Ok(delivery) => Ok(Some((sent, delivery))),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                        Ok(None)
+                    }
+                    Err((e, _)) => Err(anyhow::Error::new(e).context("enqueue a record")),
+                })
+            },
+        )
+        .await?;
         if tx.send((sent, delivery, permit)).is_err() {
             break; // The acker failed: its error is returned below.
         }
@@ -278,50 +285,42 @@ async fn create_topic(
     {
         result.map_err(|(t, code)| anyhow!("cannot create topic {t}: {code}"))?;
     }
-    let deadline = Instant::now() + ADMIN_TIMEOUT;
-    loop {
+    let listed_all = || {
         let (a, t) = (admin.clone(), topic.to_string());
-        let listed = tokio::task::spawn_blocking(move || -> Result<usize, KafkaError> {
-            let md = a.inner().fetch_metadata(Some(&t), Duration::from_secs(5))?;
-            Ok(md
-                .topics()
-                .iter()
-                .filter(|m| m.name() == t && m.error().is_none())
-                .map(|m| m.partitions().len())
-                .sum())
-        })
-        .await
-        .context("metadata task")?
-        .context("fetch metadata")?;
-        if listed == partitions as usize {
-            return Ok(admin);
+        async move {
+            let listed = tokio::task::spawn_blocking(move || -> Result<usize, KafkaError> {
+                let md = a.inner().fetch_metadata(Some(&t), Duration::from_secs(5))?;
+                Ok(md
+                    .topics()
+                    .iter()
+                    .filter(|m| m.name() == t && m.error().is_none())
+                    .map(|m| m.partitions().len())
+                    .sum())
+            })
+            .await
+            .context("metadata task")?
+            .context("fetch metadata")?;
+            Ok((listed == partitions as usize).then_some(()))
         }
-        ensure!(
-            Instant::now() < deadline,
-            "topic {topic} lists {listed} of {partitions} partitions after {ADMIN_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    let what = format!("topic {topic} to list its {partitions} partitions");
+    crate::poll(&what, ADMIN_TIMEOUT, Duration::from_millis(100), listed_all).await?;
+    Ok(admin)
 }
 
 /// Waits until the group gave `consumer` every partition (its task polls
 /// meanwhile), so no record waits for a rebalance.
 async fn wait_for_assignment(consumer: &StreamConsumer, partitions: i32) -> Result<()> {
-    let deadline = Instant::now() + ADMIN_TIMEOUT;
-    loop {
-        let assigned = consumer
-            .assignment()
-            .context("read the assignment")?
-            .count();
-        if assigned == partitions as usize {
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the consumer has {assigned} of {partitions} partitions after {ADMIN_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("the consumer to be assigned all {partitions} partitions");
+    crate::poll(&what, ADMIN_TIMEOUT, Duration::from_millis(20), || {
+        std::future::ready(
+            consumer
+                .assignment()
+                .context("read the assignment")
+                .map(|a| (a.count() == partitions as usize).then_some(())),
+        )
+    })
+    .await
 }
 
 /// Sends in flight: when sent, the broker's verdict, the in-flight slot.

@@ -179,16 +179,21 @@ async fn open(channel: Channel, token: &str) -> Result<Idle, String> {
 /// `pid`'s RSS once two readings 500 ms apart are within 1% (at most ~10 s
 /// of polling; the last reading then).
 async fn settled_rss(pid: u32) -> u64 {
-    let mut last = rss_kib(pid);
-    for _ in 0..20 {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = rss_kib(pid);
-        if now.abs_diff(last) * 100 <= last {
-            return now;
-        }
-        last = now;
-    }
-    last
+    let mut last: Option<u64> = None;
+    let settled = crate::poll(
+        "a settled RSS",
+        Duration::from_secs(10),
+        Duration::from_millis(500),
+        || {
+            let now = rss_kib(pid);
+            let previous = last.replace(now);
+            std::future::ready(Ok(previous
+                .filter(|before| now.abs_diff(*before) * 100 <= *before)
+                .map(|_| now)))
+        },
+    )
+    .await;
+    settled.unwrap_or_else(|_| rss_kib(pid))
 }
 
 /// This process's soft `RLIMIT_NOFILE` (`None`: unlimited).

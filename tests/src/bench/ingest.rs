@@ -220,49 +220,71 @@ async fn measure(
     launched: Instant,
 ) -> Result<IngestReport> {
     let pid = history.pid().context("history has no process id")?;
-    let deadline = Instant::now() + Duration::from_secs(60 + opts.messages / 500);
-    let mut before = (launched, CpuMark::now(pid));
-    let mut started = false;
-    let mut last_error = None;
-    loop {
+    let within = Duration::from_secs(60 + opts.messages / 500);
+    let seen = std::cell::RefCell::new(Seen {
+        before: (launched, CpuMark::now(pid)),
+        started: false,
+        stored: (0, 0),
+        last_error: None,
+    });
+    let history = std::cell::RefCell::new(history);
+    let (seen, running) = (&seen, &history);
+    let finished = crate::poll("every send stored", within, POLL, || async move {
         let at = (Instant::now(), CpuMark::now(pid));
-        let (convs, sends) = match stored(pool).await {
+        let read = stored(pool).await;
+        let mut s = seen.borrow_mut();
+        s.stored = match read {
             Ok(n) => n,
             Err(e) => {
-                last_error = Some(e.to_string());
+                s.last_error = Some(e.to_string());
                 (0, 0)
             }
         };
+        let (convs, sends) = s.stored;
         if convs == 0 && sends == 0 {
-            before = at;
+            s.before = at;
         } else {
-            started = true;
+            s.started = true;
         }
-        if started && convs >= opts.conversations && sends >= opts.messages {
-            let window = before.0.elapsed();
-            return Ok(IngestReport {
+        if s.started && convs >= opts.conversations && sends >= opts.messages {
+            let window = s.before.0.elapsed();
+            return Ok(Some(IngestReport {
                 messages: opts.messages,
                 conversations: opts.conversations,
                 seconds: window.as_secs_f64(),
                 sequenced_per_sec: per_sec(opts.messages, window),
-                history: before.1.stats("confab-history"),
-            });
+                history: s.before.1.stats("confab-history"),
+            }));
         }
-        let problem = if !history.is_running() {
-            "history exited"
-        } else if Instant::now() > deadline {
-            "deadline passed"
-        } else {
-            tokio::time::sleep(POLL).await;
-            continue;
-        };
-        return Err(anyhow!(
-            "{problem} with {convs} of {} conversations and {sends} of {} sends stored (last database error: {last_error:?}); history's log:\n{}",
+        if !running.borrow_mut().is_running() {
+            return Err(anyhow!("history exited"));
+        }
+        Ok(None)
+    })
+    .await;
+    finished.map_err(|problem| {
+        let s = seen.borrow();
+        let (convs, sends) = s.stored;
+        anyhow!(
+            "{problem} with {convs} of {} conversations and {sends} of {} sends stored (last database error: {:?}); history's log:\n{}",
             opts.conversations,
             opts.messages,
-            history.tail(30)
-        ));
-    }
+            s.last_error,
+            history.borrow().tail(30)
+        )
+    })
+}
+
+/// What [`measure`] has seen of the database so far.
+struct Seen {
+    /// The last reading with nothing stored (when, and history's CPU then).
+    before: (Instant, CpuMark),
+    /// Whether anything has been stored yet.
+    started: bool,
+    /// Conversations and sends stored at the last reading.
+    stored: (u64, u64),
+    /// The last error reading the database.
+    last_error: Option<String>,
 }
 
 /// What a panicked task said.

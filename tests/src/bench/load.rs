@@ -477,28 +477,33 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
     }
 
     // Drain: every send answered and every due delivery made, or time out.
-    let drain_until = Instant::now() + opts.drain;
-    loop {
-        let sent = counters.total_sent.load(Ordering::Relaxed);
-        let answered = counters.total_acked.load(Ordering::Relaxed)
-            + counters.total_failed.load(Ordering::Relaxed);
-        let due = counters.total_expected.load(Ordering::Relaxed);
-        let done = counters.total_delivered.load(Ordering::Relaxed);
-        if answered >= sent && done >= due {
-            break;
-        }
-        if Instant::now() >= drain_until {
-            if answered < sent {
-                *counters
-                    .errors
-                    .lock()
-                    .map_err(|_| anyhow!("errors lock"))?
-                    .entry("unanswered send".into())
-                    .or_default() += sent - answered;
-            }
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let answered = || {
+        counters.total_acked.load(Ordering::Relaxed) + counters.total_failed.load(Ordering::Relaxed)
+    };
+    let drained = crate::poll(
+        "every send answered and every due delivery made",
+        opts.drain,
+        Duration::from_millis(20),
+        || {
+            let sent = counters.total_sent.load(Ordering::Relaxed);
+            let due = counters.total_expected.load(Ordering::Relaxed);
+            let done = counters.total_delivered.load(Ordering::Relaxed);
+            std::future::ready(Ok((answered() >= sent && done >= due).then_some(())))
+        },
+    )
+    .await;
+    // Deliveries still missing are counted below; unanswered sends here.
+    let unanswered = counters
+        .total_sent
+        .load(Ordering::Relaxed)
+        .saturating_sub(answered());
+    if drained.is_err() && unanswered > 0 {
+        *counters
+            .errors
+            .lock()
+            .map_err(|_| anyhow!("errors lock"))?
+            .entry("unanswered send".into())
+            .or_default() += unanswered;
     }
     drop(streams);
     for r in &readers {

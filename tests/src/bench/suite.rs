@@ -210,7 +210,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     // 1. The gRPC ceiling.
     if opts.runs(Section::Echo) {
         step("echo server (the gRPC ceiling)");
-        let echo = EchoProcess::start(&opts.log_dir.join("echo.log"))?;
+        let echo = EchoProcess::start(&opts.log_dir.join("echo.log")).await?;
         let mut o = opts.load("echo unary max", echo.addr, Via::Unary, None);
         o.confab = false;
         o.watch = vec![("echo server".into(), echo.pid())];
@@ -416,40 +416,59 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
 /// consumers have joined their groups and the router has attached.
 async fn ready(gateway: SocketAddr) -> Result<()> {
     use confab_proto::v1::{server_frame, ConversationKind};
-    let deadline = Instant::now() + Duration::from_secs(90);
     let alice = crate::User::connect(gateway, "bench-probe-a").await;
+    let alice = &alice;
+    let last_error = std::sync::Mutex::new(None::<anyhow::Error>);
+    let last_error = &last_error;
     let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let tried: Result<()> = async {
-            let conv = alice
-                .create(ConversationKind::Direct, "probe", &["bench-probe-b"])
-                .await?;
-            let mut live = alice
-                .session(server_ping())
-                .await
-                .map_err(|s| anyhow!("open a stream: {s:?}"))?;
-            live.next_frame().await?;
-            let sent = alice
-                .send(&conv.id, &format!("probe-{attempt}"), "ready?")
-                .await?;
-            loop {
-                if let server_frame::Frame::Message(m) = live.next_frame().await? {
-                    if m.seq == sent.seq {
-                        return Ok(());
+    let delivered = crate::poll(
+        "a probe message delivered through the stack",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || {
+            attempt += 1;
+            let attempt = attempt;
+            async move {
+                let tried: Result<()> = async {
+                    let conv = alice
+                        .create(ConversationKind::Direct, "probe", &["bench-probe-b"])
+                        .await?;
+                    let mut live = alice
+                        .session(server_ping())
+                        .await
+                        .map_err(|s| anyhow!("open a stream: {s:?}"))?;
+                    live.next_frame().await?;
+                    let sent = alice
+                        .send(&conv.id, &format!("probe-{attempt}"), "ready?")
+                        .await?;
+                    loop {
+                        if let server_frame::Frame::Message(m) = live.next_frame().await? {
+                            if m.seq == sent.seq {
+                                return Ok(());
+                            }
+                        }
                     }
                 }
+                .await;
+                Ok(match tried {
+                    Ok(()) => Some(()),
+                    Err(e) => {
+                        if let Ok(mut last) = last_error.lock() {
+                            *last = Some(e);
+                        }
+                        None
+                    }
+                })
             }
-        }
-        .await;
-        match tried {
-            Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => {
-                return Err(e.context("the stack did not deliver a probe message in 90 s"))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+        },
+    )
+    .await;
+    delivered.map_err(
+        |timeout| match last_error.lock().ok().and_then(|mut l| l.take()) {
+            Some(e) => e.context(timeout),
+            None => timeout,
+        },
+    )
 }
 
 fn server_ping() -> confab_proto::v1::client_frame::Frame {
@@ -714,7 +733,7 @@ struct EchoProcess {
 }
 
 impl EchoProcess {
-    fn start(log: &Path) -> Result<Self> {
+    async fn start(log: &Path) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let log = std::fs::File::create(log).context("echo log")?;
         let child = Command::new(sibling_bin("confab-bench"))
@@ -725,16 +744,15 @@ impl EchoProcess {
             .spawn()
             .context("start confab-bench echo-server")?;
         let mut me = Self { child, addr };
-        let deadline = Instant::now() + crate::DEADLINE;
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Some(status) = me.child.try_wait()? {
-                return Err(anyhow!("the echo server exited: {status}"));
-            }
-            if Instant::now() > deadline {
-                return Err(anyhow!("the echo server did not listen on {addr}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("the echo server to listen on {addr}");
+        crate::poll(&what, crate::DEADLINE, Duration::from_millis(20), || {
+            std::future::ready(match me.child.try_wait() {
+                Ok(Some(status)) => Err(anyhow!("the echo server exited: {status}")),
+                Err(e) => Err(e.into()),
+                Ok(None) => Ok(std::net::TcpStream::connect(addr).ok().map(|_| ())),
+            })
+        })
+        .await?;
         Ok(me)
     }
 
