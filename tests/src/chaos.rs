@@ -20,7 +20,7 @@
 use crate::broker::Broker;
 use crate::postgres::PgCluster;
 use crate::procs::{ServiceProc, Stopped};
-use crate::{token, GENEROUS_LIMITS, SECRET};
+use crate::{token, SECRET};
 use confab_proto::v1::chat_client::ChatClient;
 use confab_proto::v1::{
     client_frame, server_frame, ClientFrame, ConversationKind, CreateConversationRequest, Resume,
@@ -410,7 +410,7 @@ impl Stack {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let mut common: Vec<(String, String)> = [
+        let mut common = crate::topology::service_env([
             ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
             (
                 "CONFAB_KAFKA_PREFIX",
@@ -421,22 +421,10 @@ impl Stack {
             ("CONFAB_KAFKA_PRODUCE_TIMEOUT_MS", "2000".into()),
             ("CONFAB_LOG", "info".into()),
             (
-                "CONFAB_SERVICE_TOKEN",
-                crate::topology::SERVICE_TOKEN.into(),
-            ),
-            (
                 "CONFAB_SHUTDOWN_GRACE_MS",
                 config.shutdown_grace.as_millis().to_string(),
             ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .chain(
-            GENEROUS_LIMITS
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-        .collect();
+        ]);
         let log = |name: &str| logs.join(format!("{name}.log"));
         let mut histories: Vec<ServiceProc> = (0..2)
             .map(|i| {

@@ -45,6 +45,23 @@ pub struct TopologyConfig {
     pub service_token: Option<ServiceToken>,
 }
 
+/// The environment every service process of a test or bench stack shares:
+/// the service token, [`crate::GENEROUS_LIMITS`], then `settings` (which
+/// come last, so they win over the limits).
+pub fn service_env<'a>(
+    settings: impl IntoIterator<Item = (&'a str, String)>,
+) -> Vec<(String, String)> {
+    std::iter::once(("CONFAB_SERVICE_TOKEN", SERVICE_TOKEN.to_string()))
+        .chain(
+            crate::GENEROUS_LIMITS
+                .iter()
+                .map(|(k, v)| (*k, v.to_string())),
+        )
+        .chain(settings)
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+}
+
 /// The fixed service token of the tests (`CONFAB_SERVICE_TOKEN`).
 pub const SERVICE_TOKEN: &str = "confab-test-service-token-0123456789abcdef";
 

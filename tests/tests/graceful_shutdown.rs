@@ -31,24 +31,12 @@ async fn stack(gateway_env: &[(&str, &str)]) -> Stack {
     let broker = Broker::start_memory().await;
     let logs = tempfile::tempdir().expect("logs");
     let prefix = format!("graceful{}", free_port());
-    let mut common: Vec<(String, String)> = [
+    let mut common = confab_tests::topology::service_env([
         ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
         ("CONFAB_KAFKA_PREFIX", prefix.clone()),
         ("CONFAB_KAFKA_PARTITIONS", "2".into()),
         ("CONFAB_LOG", "info".into()),
-        (
-            "CONFAB_SERVICE_TOKEN",
-            confab_tests::topology::SERVICE_TOKEN.into(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .chain(
-        GENEROUS_LIMITS
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string())),
-    )
-    .collect();
+    ]);
     let mut history_env = common.clone();
     history_env.push(("CONFAB_DATABASE_URL".into(), database_url));
     let mut history = ServiceProc::new(

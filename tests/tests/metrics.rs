@@ -18,7 +18,7 @@ use confab_proto::v1::{client_frame, ListConversationsRequest, Ping};
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
 use confab_tests::procs::ServiceProc;
-use confab_tests::{confab_bin, free_port, test_config, User, DEADLINE, GENEROUS_LIMITS, SECRET};
+use confab_tests::{confab_bin, free_port, test_config, User, DEADLINE, SECRET};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -430,24 +430,12 @@ impl Stack {
                 .parse()
                 .expect("address")
         });
-        let common: Vec<(String, String)> = [
+        let common = confab_tests::topology::service_env([
             ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
             ("CONFAB_KAFKA_PREFIX", format!("metrics{}", free_port())),
             ("CONFAB_KAFKA_PARTITIONS", PARTITIONS.to_string()),
             ("CONFAB_LOG", "info".into()),
-            (
-                "CONFAB_SERVICE_TOKEN",
-                confab_tests::topology::SERVICE_TOKEN.into(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .chain(
-            GENEROUS_LIMITS
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-        .collect();
+        ]);
         let with = |i: usize, extra: &[(&str, &str)]| {
             let mut env = common.clone();
             env.push((metrics::LISTEN_VAR.into(), metrics[i].to_string()));

@@ -19,7 +19,7 @@ use confab_proto::v1::{client_frame, server_frame, ClientFrame, Ping, SendFrame}
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
 use confab_tests::procs::ServiceProc;
-use confab_tests::{free_port, Session, User, DEADLINE, GENEROUS_LIMITS};
+use confab_tests::{free_port, Session, User, DEADLINE};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -271,27 +271,15 @@ impl Stack {
         let collector = Collector::default();
         let otlp = collector.serve().await;
         let logs = tempfile::tempdir().expect("logs");
-        let common: Vec<(String, String)> = [
+        let common = confab_tests::topology::service_env([
             ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
             ("CONFAB_KAFKA_PREFIX", format!("tracing{}", free_port())),
             ("CONFAB_KAFKA_PARTITIONS", "2".into()),
             ("CONFAB_LOG", "info,confab::hop=debug".into()),
-            (
-                "CONFAB_SERVICE_TOKEN",
-                confab_tests::topology::SERVICE_TOKEN.into(),
-            ),
             ("CONFAB_OTLP_ENDPOINT", format!("http://{otlp}")),
             // Export finished spans every 100 ms (default 5 s).
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .chain(
-            GENEROUS_LIMITS
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-        .collect();
+        ]);
         let with = |svc: Svc, extra: &[(&str, &str)]| {
             let mut env = common.clone();
             let format = if JSON[svc as usize] { "json" } else { "text" };

@@ -24,7 +24,7 @@ use super::{sibling_bin, Machine};
 use crate::broker::Broker;
 use crate::postgres::PgCluster;
 use crate::procs::ServiceProc;
-use crate::{free_port, DevProcess, GENEROUS_LIMITS, SECRET};
+use crate::{free_port, DevProcess, SECRET};
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -777,26 +777,14 @@ struct Stack {
 
 impl Stack {
     fn start(broker: &Broker, database_url: &str, logs: &Path) -> Result<Self> {
-        let mut common: Vec<(String, String)> = [
+        let mut common = crate::topology::service_env([
             ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
             (
                 "CONFAB_KAFKA_PREFIX",
                 format!("bench{}", std::process::id()),
             ),
             ("CONFAB_LOG", "warn".into()),
-            (
-                "CONFAB_SERVICE_TOKEN",
-                crate::topology::SERVICE_TOKEN.into(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .chain(
-            GENEROUS_LIMITS
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        )
-        .collect();
+        ]);
         let mut history_env = common.clone();
         history_env.push(("CONFAB_DATABASE_URL".into(), database_url.into()));
         let mut history = ServiceProc::new(
