@@ -222,34 +222,18 @@ impl Store for PostgresStore {
         if conversation_id.contains('\0') {
             return Ok((Vec::new(), false));
         }
-        // Keyset pages on the primary key (conversation_id, seq): an index
-        // range scan whatever the table size. One row past the page says
-        // whether there is more.
-        let (sql, bound) = match cursor {
-            PageCursor::Before(b) => (
-                "SELECT conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms
-                 FROM messages WHERE conversation_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3",
-                b.min(i64::MAX as u64) as i64,
-            ),
-            PageCursor::After(a) => (
-                "SELECT conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms
-                 FROM messages WHERE conversation_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3",
-                a.min(i64::MAX as u64) as i64,
-            ),
-        };
-        let rows = sqlx::query(sql)
+        let (page, bound) = page_clause(cursor);
+        let sql = format!(
+            "SELECT {} FROM messages x {page}",
+            prefixed("x", MESSAGE_COLUMNS)
+        );
+        let rows = sqlx::query(&sql)
             .bind(conversation_id)
             .bind(bound)
             .bind(i64::from(limit) + 1)
             .fetch_all(&self.pool)
             .await?;
-        let has_more = rows.len() > limit as usize;
-        let messages = rows
-            .iter()
-            .take(limit as usize)
-            .map(message_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((messages, has_more))
+        page_from_rows(&rows, limit)
     }
 
     async fn member_history(
@@ -266,16 +250,7 @@ impl Store for PostgresStore {
         // One statement, one snapshot, one round trip: no row at all when
         // the caller is not a member; otherwise the page, or a single row of
         // NULLs when the page is empty.
-        let (page, bound) = match cursor {
-            PageCursor::Before(b) => (
-                "WHERE x.conversation_id = $1 AND x.seq < $2 ORDER BY x.seq DESC LIMIT $3",
-                b.min(i64::MAX as u64) as i64,
-            ),
-            PageCursor::After(a) => (
-                "WHERE x.conversation_id = $1 AND x.seq > $2 ORDER BY x.seq ASC LIMIT $3",
-                a.min(i64::MAX as u64) as i64,
-            ),
-        };
+        let (page, bound) = page_clause(cursor);
         let sql = format!(
             "SELECT {} FROM (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $4) AS caller
              LEFT JOIN LATERAL (SELECT {} FROM messages x {page}) AS m ON true",
@@ -292,17 +267,41 @@ impl Store for PostgresStore {
         if rows.is_empty() {
             return Ok(None);
         }
-        let mut messages = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq: Option<i64> = row.try_get("seq")?;
-            if seq.is_some() {
-                messages.push(message_from_row(row)?);
-            }
-        }
-        let has_more = messages.len() > limit as usize;
-        messages.truncate(limit as usize);
-        Ok(Some((messages, has_more)))
+        page_from_rows(&rows, limit).map(Some)
     }
+}
+
+/// The end of a page query on `messages x` after `cursor`, and its bound:
+/// `$1` is the conversation, `$2` the bound, `$3` the limit plus one (the row
+/// past the page says whether there is more). A keyset page on the primary
+/// key (conversation_id, seq): an index range scan whatever the table size.
+fn page_clause(cursor: PageCursor) -> (&'static str, i64) {
+    match cursor {
+        PageCursor::Before(b) => (
+            "WHERE x.conversation_id = $1 AND x.seq < $2 ORDER BY x.seq DESC LIMIT $3",
+            b.min(i64::MAX as u64) as i64,
+        ),
+        PageCursor::After(a) => (
+            "WHERE x.conversation_id = $1 AND x.seq > $2 ORDER BY x.seq ASC LIMIT $3",
+            a.min(i64::MAX as u64) as i64,
+        ),
+    }
+}
+
+/// A page of at most `limit` messages from the rows of a [`page_clause`]
+/// query, and whether there is more. Rows without a message (the NULLs of
+/// an empty `LEFT JOIN`) are skipped.
+fn page_from_rows(rows: &[PgRow], limit: u32) -> Result<(Vec<Message>, bool), StoreError> {
+    let mut messages = Vec::with_capacity(rows.len());
+    for row in rows {
+        let seq: Option<i64> = row.try_get("seq")?;
+        if seq.is_some() {
+            messages.push(message_from_row(row)?);
+        }
+    }
+    let has_more = messages.len() > limit as usize;
+    messages.truncate(limit as usize);
+    Ok((messages, has_more))
 }
 
 type Tx = sqlx::Transaction<'static, Postgres>;
