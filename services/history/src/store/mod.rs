@@ -78,6 +78,17 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The keyset of a page after `cursor`, for a store's SQL: how a seq
+/// compares with the bound (`<` or `>`), the seq order (`DESC` or `ASC`),
+/// and the bound as a BIGINT (a bound past `i64::MAX` is past every seq).
+pub fn keyset(cursor: PageCursor) -> (&'static str, &'static str, i64) {
+    let bigint = |bound: u64| bound.min(i64::MAX as u64) as i64;
+    match cursor {
+        PageCursor::Before(b) => ("<", "DESC", bigint(b)),
+        PageCursor::After(a) => (">", "ASC", bigint(a)),
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now()

@@ -18,7 +18,7 @@
 //! - A transaction that loses a deadlock or serialization check (SQLSTATE
 //!   40P01 / 40001) is retried here a few times before the error is returned.
 
-use super::{now_ms, refused, replayed, system_message, timestamp, Store, StoreError};
+use super::{keyset, now_ms, refused, replayed, system_message, timestamp, Store, StoreError};
 use async_trait::async_trait;
 use confab_common::error::ChatError;
 use confab_common::validate::{group_limit, Limits, PageCursor};
@@ -275,17 +275,12 @@ impl Store for PostgresStore {
 /// `$1` is the conversation, `$2` the bound, `$3` the limit plus one (the row
 /// past the page says whether there is more). A keyset page on the primary
 /// key (conversation_id, seq): an index range scan whatever the table size.
-fn page_clause(cursor: PageCursor) -> (&'static str, i64) {
-    match cursor {
-        PageCursor::Before(b) => (
-            "WHERE x.conversation_id = $1 AND x.seq < $2 ORDER BY x.seq DESC LIMIT $3",
-            b.min(i64::MAX as u64) as i64,
-        ),
-        PageCursor::After(a) => (
-            "WHERE x.conversation_id = $1 AND x.seq > $2 ORDER BY x.seq ASC LIMIT $3",
-            a.min(i64::MAX as u64) as i64,
-        ),
-    }
+fn page_clause(cursor: PageCursor) -> (String, i64) {
+    let (cmp, order, bound) = keyset(cursor);
+    (
+        format!("WHERE x.conversation_id = $1 AND x.seq {cmp} $2 ORDER BY x.seq {order} LIMIT $3"),
+        bound,
+    )
 }
 
 /// A page of at most `limit` messages from the rows of a [`page_clause`]

@@ -4,7 +4,7 @@
 //! The WAL is checkpointed into the database file every
 //! [`WAL_AUTOCHECKPOINT_PAGES`] pages rather than SQLite's default 1,000.
 
-use super::{now_ms, refused, replayed, system_message, timestamp, Store, StoreError};
+use super::{keyset, now_ms, refused, replayed, system_message, timestamp, Store, StoreError};
 use async_trait::async_trait;
 use confab_common::error::ChatError;
 use confab_common::validate::{group_limit, Limits, PageCursor};
@@ -155,17 +155,11 @@ impl Store for SqliteStore {
         cursor: PageCursor,
         limit: u32,
     ) -> Result<(Vec<Message>, bool), StoreError> {
-        let (sql, bound) = match cursor {
-            PageCursor::Before(b) => (
-                "SELECT * FROM messages WHERE conversation_id = ?1 AND seq < ?2 ORDER BY seq DESC LIMIT ?3",
-                b.min(i64::MAX as u64) as i64,
-            ),
-            PageCursor::After(a) => (
-                "SELECT * FROM messages WHERE conversation_id = ?1 AND seq > ?2 ORDER BY seq ASC LIMIT ?3",
-                a.min(i64::MAX as u64) as i64,
-            ),
-        };
-        let rows = sqlx::query(sql)
+        let (cmp, order, bound) = keyset(cursor);
+        let sql = format!(
+            "SELECT * FROM messages WHERE conversation_id = ?1 AND seq {cmp} ?2 ORDER BY seq {order} LIMIT ?3"
+        );
+        let rows = sqlx::query(&sql)
             .bind(conversation_id)
             .bind(bound)
             .bind(i64::from(limit) + 1)
