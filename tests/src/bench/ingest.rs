@@ -223,7 +223,6 @@ async fn measure(
     let within = Duration::from_secs(60 + opts.messages / 500);
     let seen = std::cell::RefCell::new(Seen {
         before: (launched, CpuMark::now(pid)),
-        started: false,
         stored: (0, 0),
         last_error: None,
     });
@@ -243,10 +242,10 @@ async fn measure(
         let (convs, sends) = s.stored;
         if convs == 0 && sends == 0 {
             s.before = at;
-        } else {
-            s.started = true;
         }
-        if s.started && convs >= opts.conversations && sends >= opts.messages {
+        // Done takes at least one conversation, so it comes after the last
+        // reading with nothing stored.
+        if convs >= opts.conversations.max(1) && sends >= opts.messages {
             let window = s.before.0.elapsed();
             return Ok(Some(IngestReport {
                 messages: opts.messages,
@@ -279,8 +278,6 @@ async fn measure(
 struct Seen {
     /// The last reading with nothing stored (when, and history's CPU then).
     before: (Instant, CpuMark),
-    /// Whether anything has been stored yet.
-    started: bool,
     /// Conversations and sends stored at the last reading.
     stored: (u64, u64),
     /// The last error reading the database.

@@ -360,8 +360,6 @@ fn accepted(
     }
 }
 
-/// Locks the existing conversations among those of `recs`, in id order, and
-/// returns their ids.
 // Per-run plans: the statements that look a batch's arrays up in
 // `conversations`, `members` or `messages` are planned on every run
 // (unnamed statements), not prepared once, and the lookups in `messages`
@@ -371,6 +369,9 @@ fn accepted(
 // the table had never been analyzed), which read the whole table for every
 // batch, slower with each message stored (docs/benchmarks.md). Planning
 // once per batch costs a fraction of a millisecond.
+
+/// Locks the existing conversations among those of `recs`, in id order, and
+/// returns their ids.
 async fn lock_conversations<'a>(
     tx: &mut Tx,
     recs: impl Iterator<Item = &'a IngressRecord>,
