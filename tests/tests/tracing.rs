@@ -11,7 +11,9 @@
 //! `Connect` stream opened with one (in the stream's trace) or without one
 //! (in a trace of its own). The same spans, with the same ids,
 //! reach an OTLP/gRPC collector run in this test (`CONFAB_OTLP_ENDPOINT`),
-//! each under its service's `service.name`.
+//! each under its service's `service.name`. With the log at INFO (no hop
+//! events logged) every hop is still exported: the hops that skip their
+//! span when nothing would see it make it when spans are exported.
 
 use confab_common::trace::TraceParent;
 use confab_proto::v1::SendMessageRequest;
@@ -265,6 +267,11 @@ struct Stack {
 
 impl Stack {
     async fn start() -> Stack {
+        Self::start_logging("info,confab::hop=debug").await
+    }
+
+    /// The stack with `CONFAB_LOG=log`, exporting spans to its collector.
+    async fn start_logging(log: &str) -> Stack {
         let pg = PgCluster::start().expect("postgres");
         let database_url = pg.fresh_database().await.expect("database");
         let broker = Broker::start_memory().await;
@@ -275,7 +282,7 @@ impl Stack {
             ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
             ("CONFAB_KAFKA_PREFIX", format!("tracing{}", free_port())),
             ("CONFAB_KAFKA_PARTITIONS", "2".into()),
-            ("CONFAB_LOG", "info,confab::hop=debug".into()),
+            ("CONFAB_LOG", log.into()),
             ("CONFAB_OTLP_ENDPOINT", format!("http://{otlp}")),
             // Export finished spans every 100 ms (default 5 s).
             ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
@@ -456,6 +463,41 @@ fn assert_chain(
             "{name} has a span id of its own: {hops:#?}"
         );
         parent = Some(hop.span_id.clone());
+    }
+}
+
+/// Waits until the collector has one span of each hop of [`PATH`] in
+/// `trace_id`, from the service of that hop, and returns them by name.
+async fn exported_hops(collector: &Collector, trace_id: &str) -> HashMap<String, Hop> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let spans = collector.spans_of(trace_id);
+        let hops: HashMap<String, Hop> = spans
+            .iter()
+            .filter(|s| PATH.contains(&s.name.as_str()))
+            .map(|s| {
+                let hop = Hop {
+                    name: s.name.clone(),
+                    trace_id: s.trace_id.clone(),
+                    span_id: s.span_id.clone(),
+                    parent: Some(s.parent.clone()).filter(|p| !p.is_empty()),
+                    fields: HashMap::new(),
+                };
+                (s.name.clone(), hop)
+            })
+            .collect();
+        if hops.len() == PATH.len() {
+            for s in &spans {
+                let service = format!("confab-{}", s.name.split('.').next().unwrap_or(""));
+                assert_eq!(s.service, service, "{s:?}");
+            }
+            return hops;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every hop of trace {trace_id} was exported; got {spans:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -666,4 +708,51 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
     );
     let own_hops = stack.follow(&own, acked.seq, "bob").await;
     assert_chain(&own_hops, &PATH[1..], &own, None);
+}
+
+/// With the log at INFO the hop events are not logged, and the hops with
+/// nothing to log above DEBUG skip their spans unless they are exported
+/// (`trace::hops_observed`): with export on, every hop of a message is
+/// still exported, chained from the client's span.
+#[tokio::test]
+async fn with_the_log_at_info_every_hop_is_still_exported() {
+    let stack = Stack::start_logging("info").await;
+    let addr = stack.gateway_addr();
+    let alice = User::connect(addr, "alice").await;
+    let bob = User::connect(addr, "bob").await;
+    let mut live = bob.live().await;
+    let conv = alice.group("traced at info", &["bob"]).await;
+    let client = TraceParent::root();
+    let trace_id = client.trace_id_hex();
+    let mut req = alice.req(SendMessageRequest {
+        conversation_id: conv.id.clone(),
+        client_msg_id: "info-1".into(),
+        body: "exported, not logged".into(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        client.to_string().parse().expect("ascii traceparent"),
+    );
+    let sent = alice
+        .client
+        .clone()
+        .send_message(req)
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message");
+    live.messages_until(&conv.id, sent.seq)
+        .await
+        .expect("bob gets it live");
+    let hops = exported_hops(&stack.collector, &trace_id).await;
+    assert_chain(&hops, &PATH, &trace_id, Some(&client.span_id_hex()));
+    for p in &stack.procs {
+        let log = std::fs::read_to_string(&p.log).expect("log");
+        assert!(
+            !log.contains(&trace_id),
+            "{} logged a hop event at INFO:\n{log}",
+            p.label
+        );
+    }
 }

@@ -150,6 +150,7 @@ fn install(json: bool, otlp: Option<Otlp>) -> Result<Telemetry, ConfigError> {
         }
     };
     let exporting = provider.is_some();
+    let hops_logged = logs_hop_events(&log_filter);
     let installed = if exporting {
         tracing_subscriber::registry()
             .with(fmt.with_filter(Reevaluated(log_filter)))
@@ -161,12 +162,47 @@ fn install(json: bool, otlp: Option<Otlp>) -> Result<Telemetry, ConfigError> {
             .try_init()
     }
     .is_ok();
-    if installed && exporting {
-        crate::trace::use_opentelemetry();
+    if installed {
+        crate::trace::set_hops_observed(exporting || hops_logged);
+        if exporting {
+            crate::trace::use_opentelemetry();
+        }
     }
     Ok(Telemetry {
         provider: provider.filter(|_| installed),
     })
+}
+
+/// Whether `filter` lets the per-message hop events through (target
+/// [`crate::trace::HOP`] at DEBUG), asked of its directives alone, outside
+/// any filtering pass. A filter on span fields counts as yes.
+fn logs_hop_events(filter: &EnvFilter) -> bool {
+    use tracing::callsite::{Callsite, Identifier};
+    use tracing::field::FieldSet;
+    use tracing::metadata::Kind;
+    use tracing::subscriber::Interest;
+    use tracing::{Level, Metadata};
+
+    /// A hop event's callsite, only ever asked about.
+    struct HopEvent;
+    impl Callsite for HopEvent {
+        fn set_interest(&self, _: Interest) {}
+        fn metadata(&self) -> &Metadata<'_> {
+            &HOP_EVENT
+        }
+    }
+    static HOP_EVENT_CALLSITE: HopEvent = HopEvent;
+    static HOP_EVENT: Metadata<'static> = Metadata::new(
+        "hop event",
+        crate::trace::HOP,
+        Level::DEBUG,
+        None,
+        None,
+        None,
+        FieldSet::new(&[], Identifier(&HOP_EVENT_CALLSITE)),
+        Kind::EVENT,
+    );
+    !tracing_subscriber::layer::Filter::<Registry>::callsite_enabled(filter, &HOP_EVENT).is_never()
 }
 
 /// A per-layer filter that asks its inner filter about every span and
@@ -322,6 +358,27 @@ mod tests {
         ] {
             let e = check_endpoint(bad).expect_err(bad);
             assert_eq!(e.key, OTLP_ENDPOINT_VAR, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hop_spans_are_observed_when_the_filter_logs_hop_events() {
+        for (filter, logged) in [
+            (LOG_FILTER_DEFAULT, false),
+            ("info", false),
+            ("warn", false),
+            ("confab=info", false),
+            ("info,confab::hop=debug", true),
+            ("debug", true),
+            ("trace", true),
+            ("confab=debug", true),
+            ("info,confab::hop=trace", true),
+            ("debug,confab::hop=info", false),
+            ("info,[gateway.write]=debug", true),
+        ] {
+            let filter_text = filter;
+            let filter = EnvFilter::try_new(filter_text).expect(filter_text);
+            assert_eq!(logs_hop_events(&filter), logged, "{filter_text}");
         }
     }
 

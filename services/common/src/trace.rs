@@ -49,6 +49,39 @@ pub(crate) fn use_opentelemetry() {
     OTEL.store(true, Ordering::Relaxed);
 }
 
+/// See [`hops_observed`]. True until [`crate::telemetry`] says otherwise,
+/// so a subscriber installed some other way (a test's) sees every span.
+static HOPS_OBSERVED: AtomicBool = AtomicBool::new(true);
+
+/// Set by [`crate::telemetry`] when it installs the subscriber.
+pub(crate) fn set_hops_observed(observed: bool) {
+    HOPS_OBSERVED.store(observed, Ordering::Relaxed);
+}
+
+/// Whether anything looks at the hop spans inside which nothing is logged
+/// above DEBUG: spans are exported, or the per-message hop events
+/// ([`HOP`], DEBUG) are logged.
+///
+/// When not, the hops where that holds on the busy path (`history.sequence`
+/// and `history.publish` for every record, `gateway.deliver` for an
+/// in-order delivery) skip making their span, and [`start`] still hands
+/// on the trace context: the spans alone, formatted for the log on every
+/// message and never printed, were about a fifth of `confab dev`'s CPU
+/// (docs/benchmarks.md, change 8). Hops that may log a warning (a gap fill,
+/// a membership lookup, a write) always make theirs.
+pub fn hops_observed() -> bool {
+    HOPS_OBSERVED.load(Ordering::Relaxed)
+}
+
+/// `make()`'s span when [`hops_observed`], a disabled one otherwise.
+pub fn observed_span(make: impl FnOnce() -> Span) -> Span {
+    if hops_observed() {
+        make()
+    } else {
+        Span::none()
+    }
+}
+
 /// A W3C trace context: which trace, which span in it, sampled or not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceParent {

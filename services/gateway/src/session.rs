@@ -524,9 +524,15 @@ impl State {
     }
 
     /// A live message, in its `gateway.deliver` hop span (continuing the
-    /// router's trace context): see [`State::deliver_message`].
+    /// router's trace context): see [`State::deliver_message`]. The span is
+    /// skipped for a delivery in order (no gap to fill, so nothing inside
+    /// logs above DEBUG) when [`trace::hops_observed`] says nothing would
+    /// see it: one per session per message, it cost more than the write.
     async fn deliver_live(&mut self, d: &Delivery) -> Result<(), Gone> {
         let m = &d.message;
+        if !trace::hops_observed() && !self.has_gap_before(m) {
+            return self.deliver_message(m, d.accepted_at_ms).await;
+        }
         // Not inside the stream's own span: this is the message's trace.
         let span = tracing::info_span!(
             parent: None,
@@ -544,6 +550,14 @@ impl State {
             .await
     }
 
+    /// Whether delivering `m` first fills a gap from history (see
+    /// [`State::deliver_message`]).
+    fn has_gap_before(&self, m: &Message) -> bool {
+        self.cursors
+            .get(&m.conversation_id)
+            .is_some_and(|c| m.seq > c.last + 1)
+    }
+
     /// A live message: dropped if already sent, preceded by history if
     /// something before it was missed.
     async fn deliver_message(&mut self, m: &Message, accepted_at_ms: i64) -> Result<(), Gone> {
@@ -551,7 +565,7 @@ impl State {
             if m.seq <= c.last {
                 return Ok(());
             }
-            if m.seq > c.last + 1 {
+            if self.has_gap_before(m) {
                 match self.fill(&m.conversation_id, c.last, m.seq).await {
                     Ok(()) => {}
                     Err(FillError::Gone) => return Err(Gone),

@@ -77,20 +77,25 @@ pub fn published(spans: &[Span]) {
 
 /// One `history.sequence` hop span per record, continuing the record's
 /// trace context (a new trace for a record without one), with that span's
-/// context. Made before the batch's transaction, so each covers it.
+/// context. Made before the batch's transaction, so each covers it. Only
+/// debug events are logged in these spans and their `history.publish`
+/// children, so they are disabled unless [`trace::hops_observed`]; the
+/// contexts are drawn and handed on either way.
 pub fn trace_records(records: &[IngressRecord]) -> Vec<(Span, TraceParent)> {
     records
         .iter()
         .map(|record| {
-            let span = tracing::info_span!(
-                parent: None,
-                "history.sequence",
-                conversation_id = %record.conversation_id,
-                request_id = record.origin.as_ref().map(|o| o.request_id).unwrap_or_default(),
-                trace_id = tracing::field::Empty,
-                span_id = tracing::field::Empty,
-                parent_span_id = tracing::field::Empty,
-            );
+            let span = trace::observed_span(|| {
+                tracing::info_span!(
+                    parent: None,
+                    "history.sequence",
+                    conversation_id = %record.conversation_id,
+                    request_id = record.origin.as_ref().map(|o| o.request_id).unwrap_or_default(),
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                    parent_span_id = tracing::field::Empty,
+                )
+            });
             let ctx = trace::start_from(&span, &record.traceparent);
             (span, ctx)
         })
@@ -125,13 +130,15 @@ pub fn trace_outcomes(traces: &[(Span, TraceParent)], outcomes: &mut [OutcomeRec
                     _ => tracing::debug!(target: HOP, seq, events, "sequenced"),
                 }
             });
-            let publish = tracing::info_span!(
-                parent: &sequence,
-                "history.publish",
-                trace_id = tracing::field::Empty,
-                span_id = tracing::field::Empty,
-                parent_span_id = tracing::field::Empty,
-            );
+            let publish = trace::observed_span(|| {
+                tracing::info_span!(
+                    parent: &sequence,
+                    "history.publish",
+                    trace_id = tracing::field::Empty,
+                    span_id = tracing::field::Empty,
+                    parent_span_id = tracing::field::Empty,
+                )
+            });
             outcome.traceparent = trace::start(&publish, parent).to_string();
             publish
         })
