@@ -39,8 +39,9 @@ impl Submitter {
     /// Produces `command` for `conversation_id` as `actor`; returns history's
     /// result, or UNAVAILABLE if it does not arrive in time.
     ///
-    /// Runs in a `gateway.write` hop span, a child of the caller's
-    /// (`gateway.call`, see [`crate::guard`]); its context goes into the
+    /// Runs in a `gateway.write` hop span (when [`trace::hops_observed`]),
+    /// a child of the caller's (`gateway.call`, see [`crate::guard`]); its
+    /// context (drawn whether or not the span is made) goes into the
     /// record (and so the Kafka header), and the record is stamped with the
     /// acceptance time that `confab_message_e2e_seconds` counts from.
     pub async fn submit(
@@ -49,17 +50,20 @@ impl Submitter {
         conversation_id: &str,
         command: Command,
     ) -> Result<outcome_record::Result, ChatError> {
-        let span = tracing::info_span!(
-            "gateway.write",
-            conversation_id,
-            request_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
-        );
+        // Nothing inside logs above DEBUG (errors go back to the caller).
+        let span = trace::observed_span(|| {
+            tracing::info_span!(
+                "gateway.write",
+                conversation_id,
+                request_id = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                parent_span_id = tracing::field::Empty,
+            )
+        });
         let trace = trace::start(&span, trace::current());
-        self.submit_traced(actor, conversation_id, command, trace)
-            .instrument(span)
+        self.submit_traced(actor, conversation_id, command, trace, &span)
+            .instrument(span.clone())
             .await
     }
 
@@ -69,9 +73,10 @@ impl Submitter {
         conversation_id: &str,
         command: Command,
         trace: TraceParent,
+        span: &tracing::Span,
     ) -> Result<outcome_record::Result, ChatError> {
         let mut pending = self.hub.pending();
-        tracing::Span::current().record("request_id", pending.request_id);
+        span.record("request_id", pending.request_id);
         let record = IngressRecord {
             origin: Some(Origin {
                 gateway_id: self.hub.gateway_id().to_string(),

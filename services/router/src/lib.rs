@@ -88,14 +88,30 @@ impl Router {
     ///
     /// Runs in a `router.route` hop span continuing the outcome's trace
     /// context; the deliveries carry the span's context on to the gateways.
+    /// With every conversation's members cached, nothing inside logs above
+    /// DEBUG, and the span is made only when [`trace::hops_observed`]; the
+    /// context is drawn and carried on either way.
     pub async fn route(&mut self, outcome: OutcomeRecord) {
-        let span = tracing::info_span!(
-            "router.route",
-            conversation_id = %outcome.conversation_id,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
-        );
+        // Only a membership lookup (a conversation not cached) logs above
+        // DEBUG in here, and calls history in this trace.
+        let looks_up = outcome
+            .events
+            .iter()
+            .any(|e| !self.convs.contains_key(&e.conversation_id));
+        let make = || {
+            tracing::info_span!(
+                "router.route",
+                conversation_id = %outcome.conversation_id,
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty,
+                parent_span_id = tracing::field::Empty,
+            )
+        };
+        let span = if looks_up {
+            make()
+        } else {
+            trace::observed_span(make)
+        };
         let trace = trace::start_from(&span, &outcome.traceparent);
         self.route_traced(outcome, trace).instrument(span).await
     }
