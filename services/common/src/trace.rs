@@ -62,13 +62,14 @@ pub(crate) fn set_hops_observed(observed: bool) {
 /// above DEBUG: spans are exported, or the per-message hop events
 /// ([`HOP`], DEBUG) are logged.
 ///
-/// When not, the hops where that holds on the busy path (`history.sequence`
-/// and `history.publish` for every record, `gateway.deliver` for an
+/// When not, the hops where that holds on the busy path (`gateway.write`,
+/// `history.sequence` and `history.publish` for every record,
+/// `router.route` with the members cached, `gateway.deliver` for an
 /// in-order delivery) skip making their span, and [`start`] still hands
 /// on the trace context: the spans alone, formatted for the log on every
 /// message and never printed, were about a fifth of `confab dev`'s CPU
-/// (docs/benchmarks.md, change 8). Hops that may log a warning (a gap fill,
-/// a membership lookup, a write) always make theirs.
+/// (docs/benchmarks.md, change 8). Hops that may log a warning (a call, a
+/// read, a membership lookup, a gap fill) always make theirs.
 pub fn hops_observed() -> bool {
     HOPS_OBSERVED.load(Ordering::Relaxed)
 }

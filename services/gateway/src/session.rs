@@ -527,7 +527,7 @@ impl State {
     /// router's trace context): see [`State::deliver_message`]. The span is
     /// skipped for a delivery in order (no gap to fill, so nothing inside
     /// logs above DEBUG) when [`trace::hops_observed`] says nothing would
-    /// see it: one per session per message, it cost more than the write.
+    /// see it (there is one per session per message).
     async fn deliver_live(&mut self, d: &Delivery) -> Result<(), Gone> {
         let m = &d.message;
         if !trace::hops_observed() && !self.has_gap_before(m) {
