@@ -53,8 +53,9 @@ pub(crate) fn use_opentelemetry() {
 /// so a subscriber installed some other way (a test's) sees every span.
 static HOPS_OBSERVED: AtomicBool = AtomicBool::new(true);
 
-/// Set by [`crate::telemetry`] when it installs the subscriber.
-pub(crate) fn set_hops_observed(observed: bool) {
+/// Set by [`crate::telemetry`] when it installs the subscriber (and by
+/// tests of the hops that skip their span).
+pub fn set_hops_observed(observed: bool) {
     HOPS_OBSERVED.store(observed, Ordering::Relaxed);
 }
 

@@ -264,12 +264,15 @@ mod tests {
         deliveries: Mutex<Vec<(u64, Vec<String>)>>,
         /// Each delivery's trace context and acceptance time.
         carried: Mutex<Vec<(String, i64)>>,
+        /// The hop span around each delivery, if one was made.
+        around: Mutex<Vec<Option<TraceParent>>>,
         completed: Mutex<Vec<u64>>,
     }
 
     #[async_trait]
     impl DeliverySink for Recorder {
         async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>) {
+            self.around.lock().expect("lock").push(trace::current());
             let mut r = recipients.to_vec();
             r.sort();
             self.deliveries
@@ -468,6 +471,82 @@ mod tests {
                 ..Default::default()
             })
         }
+    }
+
+    /// History that answers every conversation with the same members and
+    /// notes the hop span each lookup was made in.
+    struct Traced {
+        members: Vec<String>,
+        asked_in: Mutex<Vec<Option<TraceParent>>>,
+    }
+
+    #[async_trait]
+    impl HistoryApi for Traced {
+        async fn get_history(
+            &self,
+            _: &str,
+            _: GetHistoryRequest,
+        ) -> Result<GetHistoryResponse, ChatError> {
+            Err(ChatError::Internal("not used".into()))
+        }
+        async fn list_conversations(&self, _: &str) -> Result<Vec<Conversation>, ChatError> {
+            Ok(vec![])
+        }
+        async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
+            self.asked_in.lock().expect("lock").push(trace::current());
+            Ok(Conversation {
+                id: id.into(),
+                member_ids: self.members.clone(),
+                ..Default::default()
+            })
+        }
+    }
+
+    /// With nothing looking at hop spans, `router.route` is still made
+    /// when it looks members up (a failed lookup logs a warning in it, and
+    /// the lookup carries its context to history), and skipped when they
+    /// are cached; the deliveries carry a context either way.
+    #[tokio::test]
+    async fn the_route_span_is_made_for_a_member_lookup_when_hops_are_not_observed() {
+        use tracing::instrument::WithSubscriber;
+        let sink = Arc::new(Recorder::default());
+        let history = Arc::new(Traced {
+            members: names(&["alice", "bob"]),
+            asked_in: Mutex::new(vec![]),
+        });
+        let mut router = Router::new(history.clone(), sink.clone());
+        trace::set_hops_observed(false);
+        async {
+            router.route(outcome(Some(1), vec![event(1, None)])).await;
+            router.route(outcome(Some(2), vec![event(2, None)])).await;
+        }
+        .with_subscriber(tracing_subscriber::registry())
+        .await;
+        trace::set_hops_observed(true);
+        async {
+            router.route(outcome(Some(3), vec![event(3, None)])).await;
+        }
+        .with_subscriber(tracing_subscriber::registry())
+        .await;
+
+        let carried: Vec<TraceParent> = sink
+            .carried
+            .lock()
+            .expect("lock")
+            .iter()
+            .map(|(tp, _)| TraceParent::parse(tp).expect("a traceparent"))
+            .collect();
+        assert_eq!(carried.len(), 3, "every event delivered");
+        let asked_in = history.asked_in.lock().expect("lock").clone();
+        assert_eq!(
+            asked_in,
+            vec![Some(carried[0])],
+            "one lookup (the first event), inside the router.route span whose context the delivery carries"
+        );
+        let around = sink.around.lock().expect("lock").clone();
+        assert_eq!(around[0], Some(carried[0]), "the lookup's route: a span");
+        assert_eq!(around[1], None, "members cached, not observed: no span");
+        assert_eq!(around[2], Some(carried[2]), "observed: a span");
     }
 
     #[tokio::test(start_paused = true)]
