@@ -537,6 +537,34 @@ async fn assert_exported(collector: &Collector, trace_id: &str, hops: &HashMap<S
     }
 }
 
+/// `user` sends `body` to `conv` with `client` as its `traceparent`
+/// metadata; the stored message.
+async fn send_traced(
+    user: &User,
+    conv: &str,
+    client_msg_id: &str,
+    body: &str,
+    client: TraceParent,
+) -> confab_proto::v1::Message {
+    let mut req = user.req(SendMessageRequest {
+        conversation_id: conv.into(),
+        client_msg_id: client_msg_id.into(),
+        body: body.into(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        client.to_string().parse().expect("ascii traceparent"),
+    );
+    user.client
+        .clone()
+        .send_message(req)
+        .await
+        .expect("send")
+        .into_inner()
+        .message
+        .expect("message")
+}
+
 #[tokio::test]
 async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
     let stack = Stack::start().await;
@@ -566,24 +594,7 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
     // 1. The client chose the trace: every hop continues it.
     let client = TraceParent::root();
     let trace_id = client.trace_id_hex();
-    let mut req = alice.req(SendMessageRequest {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "traced-1".into(),
-        body: "follow me".into(),
-    });
-    req.metadata_mut().insert(
-        "traceparent",
-        client.to_string().parse().expect("ascii traceparent"),
-    );
-    let sent = alice
-        .client
-        .clone()
-        .send_message(req)
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let sent = send_traced(&alice, &conv.id, "traced-1", "follow me", client).await;
     live.messages_until(&conv.id, sent.seq)
         .await
         .expect("bob gets it live");
@@ -724,24 +735,7 @@ async fn with_the_log_at_info_every_hop_is_still_exported() {
     let conv = alice.group("traced at info", &["bob"]).await;
     let client = TraceParent::root();
     let trace_id = client.trace_id_hex();
-    let mut req = alice.req(SendMessageRequest {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "info-1".into(),
-        body: "exported, not logged".into(),
-    });
-    req.metadata_mut().insert(
-        "traceparent",
-        client.to_string().parse().expect("ascii traceparent"),
-    );
-    let sent = alice
-        .client
-        .clone()
-        .send_message(req)
-        .await
-        .expect("send")
-        .into_inner()
-        .message
-        .expect("message");
+    let sent = send_traced(&alice, &conv.id, "info-1", "exported, not logged", client).await;
     live.messages_until(&conv.id, sent.seq)
         .await
         .expect("bob gets it live");

@@ -256,6 +256,7 @@ mod tests {
         Flaky {
             fails: 0.into(),
             members: users,
+            asked_in: Mutex::new(vec![]),
         }
     }
 
@@ -443,6 +444,8 @@ mod tests {
     struct Flaky {
         fails: std::sync::atomic::AtomicUsize,
         members: Vec<String>,
+        /// The hop span each member lookup was made in.
+        asked_in: Mutex<Vec<Option<TraceParent>>>,
     }
 
     #[async_trait]
@@ -459,41 +462,13 @@ mod tests {
         }
         async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
             use std::sync::atomic::Ordering::SeqCst;
+            self.asked_in.lock().expect("lock").push(trace::current());
             if self.fails.load(SeqCst) > 0 {
                 self.fails.fetch_sub(1, SeqCst);
                 return Err(ChatError::Unavailable(
                     "history is unavailable; retry".into(),
                 ));
             }
-            Ok(Conversation {
-                id: id.into(),
-                member_ids: self.members.clone(),
-                ..Default::default()
-            })
-        }
-    }
-
-    /// History that answers every conversation with the same members and
-    /// notes the hop span each lookup was made in.
-    struct Traced {
-        members: Vec<String>,
-        asked_in: Mutex<Vec<Option<TraceParent>>>,
-    }
-
-    #[async_trait]
-    impl HistoryApi for Traced {
-        async fn get_history(
-            &self,
-            _: &str,
-            _: GetHistoryRequest,
-        ) -> Result<GetHistoryResponse, ChatError> {
-            Err(ChatError::Internal("not used".into()))
-        }
-        async fn list_conversations(&self, _: &str) -> Result<Vec<Conversation>, ChatError> {
-            Ok(vec![])
-        }
-        async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
-            self.asked_in.lock().expect("lock").push(trace::current());
             Ok(Conversation {
                 id: id.into(),
                 member_ids: self.members.clone(),
@@ -510,10 +485,7 @@ mod tests {
     async fn the_route_span_is_made_for_a_member_lookup_when_hops_are_not_observed() {
         use tracing::instrument::WithSubscriber;
         let sink = Arc::new(Recorder::default());
-        let history = Arc::new(Traced {
-            members: names(&["alice", "bob"]),
-            asked_in: Mutex::new(vec![]),
-        });
+        let history = Arc::new(members(names(&["alice", "bob"])));
         let mut router = Router::new(history.clone(), sink.clone());
         trace::set_hops_observed(false);
         async {
@@ -554,7 +526,7 @@ mod tests {
         let sink = Arc::new(Recorder::default());
         let history = Flaky {
             fails: 5.into(),
-            members: names(&["alice", "bob"]),
+            ..members(names(&["alice", "bob"]))
         };
         let mut router = Router::new(Arc::new(history), sink.clone());
         router.route(outcome(None, vec![event(3, None)])).await;
@@ -571,7 +543,7 @@ mod tests {
         let sink = Arc::new(Recorder::default());
         let history = Flaky {
             fails: usize::MAX.into(),
-            members: names(&["alice", "bob"]),
+            ..members(names(&["alice", "bob"]))
         };
         let mut router = Router::new(Arc::new(history), sink.clone());
         let started = tokio::time::Instant::now();
