@@ -34,7 +34,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 /// A hop span as a log line shows it.
@@ -357,19 +356,12 @@ impl Stack {
     /// Polls `svc`'s log until an event matches; fails with the log's tail
     /// after [`DEADLINE`].
     async fn wait_event(&self, svc: Svc, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(e) = self.events(svc).into_iter().find(|e| matches(e)) {
-                return e;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: no {what} in time; logs:\n{}",
-                NAMES[svc as usize],
-                self.tails()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let found = confab_tests::poll(what, DEADLINE, POLL, || {
+            let found = self.events(svc).into_iter().find(|e| matches(e));
+            async move { Ok(found) }
+        })
+        .await;
+        found.unwrap_or_else(|e| panic!("{}: {e}; logs:\n{}", NAMES[svc as usize], self.tails()))
     }
 
     /// Waits until message `seq` of trace `trace_id` has left its mark at
@@ -466,74 +458,82 @@ fn assert_chain(
     }
 }
 
+/// How often the logs and the collector are looked at.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The `service.name` a hop span is exported under.
+fn service_of(hop: &str) -> &'static str {
+    match hop.split('.').next() {
+        Some("gateway") => "confab-gateway",
+        Some("history") => "confab-history",
+        _ => "confab-router",
+    }
+}
+
 /// Waits until the collector has one span of each hop of [`PATH`] in
 /// `trace_id`, from the service of that hop, and returns them by name.
 async fn exported_hops(collector: &Collector, trace_id: &str) -> HashMap<String, Hop> {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let spans = collector.spans_of(trace_id);
-        let hops: HashMap<String, Hop> = spans
-            .iter()
+    let found = confab_tests::poll("every hop exported", DEADLINE, POLL, || {
+        let hops: HashMap<String, Hop> = collector
+            .spans_of(trace_id)
+            .into_iter()
             .filter(|s| PATH.contains(&s.name.as_str()))
             .map(|s| {
                 let hop = Hop {
                     name: s.name.clone(),
-                    trace_id: s.trace_id.clone(),
-                    span_id: s.span_id.clone(),
-                    parent: Some(s.parent.clone()).filter(|p| !p.is_empty()),
+                    trace_id: s.trace_id,
+                    span_id: s.span_id,
+                    parent: Some(s.parent).filter(|p| !p.is_empty()),
                     fields: HashMap::new(),
                 };
-                (s.name.clone(), hop)
+                (s.name, hop)
             })
             .collect();
-        if hops.len() == PATH.len() {
-            for s in &spans {
-                let service = format!("confab-{}", s.name.split('.').next().unwrap_or(""));
-                assert_eq!(s.service, service, "{s:?}");
-            }
-            return hops;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not every hop of trace {trace_id} was exported; got {spans:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        async move { Ok(Some(hops).filter(|h| h.len() == PATH.len())) }
+    })
+    .await;
+    let hops = found.unwrap_or_else(|e| {
+        panic!(
+            "trace {trace_id}: {e}; got {:#?}",
+            collector.spans_of(trace_id)
+        )
+    });
+    for s in collector.spans_of(trace_id) {
+        assert_eq!(s.service, service_of(&s.name), "{s:?}");
     }
+    hops
 }
 
 /// The collector received every hop span of `hops` from its service, with
 /// the same ids (so trace ids in logs, `traceparent`s and exported spans
 /// agree).
 async fn assert_exported(collector: &Collector, trace_id: &str, hops: &HashMap<String, Hop>) {
-    let service = |name: &str| match name.split('.').next() {
-        Some("gateway") => "confab-gateway",
-        Some("history") => "confab-history",
-        _ => "confab-router",
-    };
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    let missing = || -> Vec<&str> {
         let spans = collector.spans_of(trace_id);
-        let missing: Vec<&str> = PATH
-            .into_iter()
+        PATH.into_iter()
             .filter(|name| {
                 let hop = &hops[*name];
                 !spans.iter().any(|s| {
                     s.name == *name
-                        && s.service == service(name)
+                        && s.service == service_of(name)
                         && s.span_id == hop.span_id
                         && Some(s.parent.as_str()).filter(|p| !p.is_empty())
                             == hop.parent.as_deref()
                 })
             })
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "spans {missing:?} of trace {trace_id} were not exported; got {spans:#?}"
+            .collect()
+    };
+    let exported = confab_tests::poll("every hop span exported", DEADLINE, POLL, || {
+        let done = missing().is_empty();
+        async move { Ok(Some(()).filter(|_| done)) }
+    })
+    .await;
+    if let Err(e) = exported {
+        panic!(
+            "trace {trace_id}: {e}: spans {:?} missing; got {:#?}",
+            missing(),
+            collector.spans_of(trace_id)
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -16,7 +16,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
 /// How long a router keeps asking history for a conversation's members.
 const MEMBERS_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(10);
@@ -94,11 +94,12 @@ impl Router {
     pub async fn route(&mut self, outcome: OutcomeRecord) {
         // Only a membership lookup (a conversation not cached) logs above
         // DEBUG in here, and calls history in this trace.
-        let looks_up = outcome
-            .events
-            .iter()
-            .any(|e| !self.convs.contains_key(&e.conversation_id));
-        let make = || {
+        let span = if trace::hops_observed()
+            || outcome
+                .events
+                .iter()
+                .any(|e| !self.convs.contains_key(&e.conversation_id))
+        {
             tracing::info_span!(
                 "router.route",
                 conversation_id = %outcome.conversation_id,
@@ -106,11 +107,8 @@ impl Router {
                 span_id = tracing::field::Empty,
                 parent_span_id = tracing::field::Empty,
             )
-        };
-        let span = if looks_up {
-            make()
         } else {
-            trace::observed_span(make)
+            Span::none()
         };
         let trace = trace::start_from(&span, &outcome.traceparent);
         self.route_traced(outcome, trace).instrument(span).await
