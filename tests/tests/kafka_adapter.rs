@@ -914,3 +914,182 @@ async fn the_postgres_engine_keeps_records_and_committed_offsets_across_kill9() 
     assert!(got.iter().all(|c| id_of(c) == 20), "only the new record");
     consumer.close().await;
 }
+
+/// A store that holds the first batch it is given until a second batch is
+/// being applied at the same time (for [`OVERLAP_WAIT`] at most), then
+/// applies both through PostgreSQL: whether two of history's lanes ever
+/// work at once.
+struct Overlap {
+    inner: confab_history::PostgresStore,
+    /// Batches being applied now.
+    applying: AtomicU32,
+    /// Set once two were applied at the same time.
+    overlapped: watch::Sender<bool>,
+    /// Set once the first batch stopped waiting.
+    waited: AtomicBool,
+    /// Whether a second batch came while the first waited.
+    joined_in_time: AtomicBool,
+}
+
+/// How long the first batch waits for a second lane.
+const OVERLAP_WAIT: Duration = Duration::from_secs(20);
+
+#[async_trait::async_trait]
+impl confab_history::Store for Overlap {
+    async fn apply(
+        &self,
+        batch: &[IngressRecord],
+    ) -> Result<Vec<OutcomeRecord>, confab_history::StoreError> {
+        if self.applying.fetch_add(1, Ordering::SeqCst) >= 1 {
+            self.overlapped.send_replace(true);
+        }
+        if !self.waited.swap(true, Ordering::SeqCst) {
+            let mut overlapped = self.overlapped.subscribe();
+            let joined = tokio::time::timeout(OVERLAP_WAIT, overlapped.wait_for(|o| *o)).await;
+            self.joined_in_time.store(joined.is_ok(), Ordering::SeqCst);
+        }
+        let applied = self.inner.apply(batch).await;
+        self.applying.fetch_sub(1, Ordering::SeqCst);
+        applied
+    }
+
+    async fn conversation(
+        &self,
+        id: &str,
+    ) -> Result<Option<confab_proto::v1::Conversation>, confab_history::StoreError> {
+        self.inner.conversation(id).await
+    }
+
+    async fn list_conversations(
+        &self,
+        user: &str,
+    ) -> Result<Vec<confab_proto::v1::Conversation>, confab_history::StoreError> {
+        self.inner.list_conversations(user).await
+    }
+
+    async fn history(
+        &self,
+        conversation_id: &str,
+        cursor: confab_common::validate::PageCursor,
+        limit: u32,
+    ) -> Result<(Vec<Message>, bool), confab_history::StoreError> {
+        self.inner.history(conversation_id, cursor, limit).await
+    }
+}
+
+/// A backlog on two partitions, more than one partition's run of records
+/// in a fetch, is sequenced by both partitions' lanes at once: history's
+/// reader reads past the first partition's records (up to its
+/// `READ_AHEAD`) instead of waiting for that lane to finish. Then every
+/// send is stored once, gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
+    use confab_history::distributed::{sequence, READ_AHEAD};
+    use futures::{StreamExt, TryStreamExt};
+
+    let broker = Broker::start_memory().await;
+    let cfg = config(&broker, 2);
+    ensure_topics(&cfg).await.expect("create topics");
+    let pg = PgCluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e:#}"));
+    let url = pg.fresh_database().await.expect("fresh database");
+    let inner =
+        confab_history::PostgresStore::connect(&url, confab_common::validate::Limits::default(), 4)
+            .await
+            .expect("connect to PostgreSQL");
+    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("producer");
+
+    // A GROUP conversation on each partition: create until both have one.
+    let mut convs: BTreeMap<i32, String> = BTreeMap::new();
+    let mut request = 1_000_000u64;
+    while convs.len() < 2 {
+        assert!(request < 1_000_064, "64 conversations all on one partition");
+        let id = confab_common::validate::group_conversation_id();
+        let create = IngressRecord {
+            origin: Some(Origin {
+                gateway_id: "gw-test".into(),
+                request_id: request,
+            }),
+            actor_id: "user-0".into(),
+            conversation_id: id.clone(),
+            command: Some(Command::Create(CreateCommand {
+                kind: confab_proto::v1::ConversationKind::Group as i32,
+                title: "lanes".into(),
+                member_ids: vec!["user-0".into(), "user-1".into(), "user-2".into()],
+            })),
+            traceparent: String::new(),
+            accepted_at_ms: 0,
+        };
+        request += 1;
+        let at = publisher
+            .publish_with(&id, &create, &[])
+            .await
+            .expect("publish a create");
+        convs.entry(at.partition).or_insert(id);
+    }
+    // Each partition holds a quarter of the read-ahead: more than one
+    // partition's run, all of it readable before a lane is done.
+    let per_partition = (READ_AHEAD / 4) as u64;
+    let convs: Vec<String> = convs.into_values().collect();
+    let sends: Vec<IngressRecord> = (0..per_partition * 2)
+        .map(|i| send(&convs[(i % 2) as usize], i))
+        .collect();
+    futures::stream::iter(&sends)
+        .map(|r| publisher.publish_with(&r.conversation_id, r, &[]))
+        .buffer_unordered(512)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("publish the backlog");
+
+    let (overlapped, _) = watch::channel(false);
+    let store = Arc::new(Overlap {
+        inner,
+        applying: AtomicU32::new(0),
+        overlapped,
+        waited: AtomicBool::new(false),
+        joined_in_time: AtomicBool::new(false),
+    });
+    let consumer = BatchConsumer::<IngressRecord>::new(&cfg, &format!("{}-history", cfg.prefix))
+        .expect("consumer");
+    let outcomes = KafkaPublisher::<OutcomeRecord>::new(&cfg).expect("outcome producer");
+    let (stop, signal) = confab_common::shutdown::channel();
+    let sequencer = tokio::spawn(sequence(
+        store.clone(),
+        consumer,
+        outcomes,
+        Duration::from_millis(2),
+        signal,
+    ));
+
+    let db = sqlx::PgPool::connect(&url).await.expect("connect");
+    let stored: Vec<(String, i64, i64)> = confab_tests::poll(
+        "every send stored",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT conversation_id, count(*) FILTER (WHERE kind = 1), max(seq)
+                 FROM messages WHERE conversation_id = ANY($1) GROUP BY 1 ORDER BY 1",
+            )
+            .bind(&convs)
+            .fetch_all(&db)
+            .await?;
+            let done = rows.len() == 2 && rows.iter().all(|r| r.1 as u64 == per_partition);
+            Ok(done.then_some(rows))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    stop.fire();
+    sequencer.await.expect("the sequencer ends at shutdown");
+
+    assert!(
+        store.joined_in_time.load(Ordering::SeqCst),
+        "no second lane applied a batch while the first lane's batch was held for \
+         {OVERLAP_WAIT:?}: the reader waited on the first lane instead of reading on"
+    );
+    for (conv, sends, last) in stored {
+        // Seq 1 is the creation event; then every send once, gap-free.
+        assert_eq!(last as u64, per_partition + 1, "seqs of {conv}");
+        assert_eq!(sends as u64, per_partition, "sends stored in {conv}");
+    }
+}

@@ -164,13 +164,18 @@ pub async fn run_with_state(
 }
 
 /// Records read but not yet committed, over all lanes, before the reader
-/// waits. The broker hands out records a partition at a time, so a bound per
-/// lane would hold the reader on one busy lane while the others have
-/// nothing to do.
-const IN_FLIGHT: usize = 16 * MAX_BATCH;
+/// waits. The broker hands out a backlog a partition at a time, in runs of
+/// up to about 11,000 records, so a bound per lane would hold the reader on
+/// one busy lane while the others have nothing to do, and a bound smaller
+/// than a few runs does the same: at 16 batches (4,096 records) one lane
+/// worked at a time and ingest measured 20,800/s; at 128 batches several
+/// lanes fill their transactions at once, 28,100/s (docs/benchmarks.md,
+/// change 9). At about 1 KiB per record read, the bound is also what a
+/// backlog can cost in memory: about 35 MiB.
+pub const READ_AHEAD: usize = 128 * MAX_BATCH;
 
 /// A lane's queued work: records of its partition, and their share of
-/// [`IN_FLIGHT`] (given back once they are committed).
+/// [`READ_AHEAD`] (given back once they are committed).
 type LaneWork = (Batch<IngressRecord>, OwnedSemaphorePermit);
 
 /// The sequencer: the consumer reads batches, and every ingress partition's
@@ -198,7 +203,7 @@ pub async fn sequence(
     // be most of the broker's work at a few thousand messages a second.
     let (finished, positions) = mpsc::unbounded_channel();
     let commits = tokio::spawn(commit_positions(consumer.committer(), positions));
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let in_flight = Arc::new(Semaphore::new(READ_AHEAD));
     let mut lanes: HashMap<i32, mpsc::UnboundedSender<LaneWork>> = HashMap::new();
     let mut tasks = Vec::new();
     'read: while let Some(batch) = consumer
@@ -320,7 +325,7 @@ struct Applied {
     spans: Vec<Span>,
     /// The positions to commit once the outcomes are out.
     done: Offsets,
-    /// Its share of [`IN_FLIGHT`], given back once the outcomes are out.
+    /// Its share of [`READ_AHEAD`], given back once the outcomes are out.
     permits: OwnedSemaphorePermit,
 }
 
