@@ -27,7 +27,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -54,6 +54,10 @@ pub const STREAM_EXPIRED: &str = "token expired: reconnect with a new token";
 
 /// The longest value from a token or the config (`kid`, `iss`, `aud`) echoed back in an error, in characters.
 const MAX_SHOWN: usize = 64;
+
+/// Tokens whose verification an [`Authenticator`] remembers; past this
+/// many it forgets them all and starts again (about 1.5 MiB at most).
+pub const VERIFIED_TOKENS: usize = 4096;
 
 /// Token settings.
 #[derive(Clone)]
@@ -202,6 +206,9 @@ struct KeyFile {
 
 struct KeyFileState {
     keys: PublicKeys,
+    /// Counts the loads of `keys`: a token verified under another
+    /// generation is verified again.
+    generation: u64,
     /// (mtime, length) of the file last read, successfully or not.
     seen: Option<(SystemTime, u64)>,
     /// When the file was last looked at.
@@ -222,6 +229,7 @@ impl KeyFile {
             reload_interval,
             state: RwLock::new(KeyFileState {
                 keys,
+                generation: 0,
                 seen,
                 checked: Instant::now(),
             }),
@@ -265,6 +273,7 @@ impl KeyFile {
 
     fn reload_into(&self, state: &mut KeyFileState) -> Result<(), String> {
         state.keys = load_keys(&self.path)?;
+        state.generation += 1;
         tracing::info!(path = %self.path.display(), algorithms = ?state.keys.algorithms(), "token keys loaded");
         Ok(())
     }
@@ -394,6 +403,9 @@ struct Inner {
     audience: Option<String>,
     /// Whole seconds.
     leeway: u64,
+    /// Tokens that passed [`Authenticator::verify_claims`], with what they
+    /// came to and the key generation they were verified under.
+    verified: Mutex<HashMap<String, (Authenticated, u64)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -482,7 +494,24 @@ impl Authenticator {
                 issuer,
                 audience,
                 leeway,
+                verified: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+
+    /// Which public keys are in use: bumped by every load of the key file
+    /// (which [`KeyFile::refresh`] does here when it is due). 0 without a
+    /// key file; the HS256 secret never changes.
+    fn key_generation(&self) -> u64 {
+        match &self.inner.public {
+            Some(file) => {
+                file.refresh();
+                file.state
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .generation
+            }
+            None => 0,
         }
     }
 
@@ -526,7 +555,53 @@ impl Authenticator {
 
     /// The user and expiry of a raw token, or UNAUTHENTICATED saying what
     /// is wrong.
+    ///
+    /// A token that passed is remembered (up to [`VERIFIED_TOKENS`]), so a
+    /// client that sends the same token with every unary call has its
+    /// signature and claims checked once: the same token again is accepted
+    /// while it is not expired and the keys are those it was verified with.
+    /// Anything else, an expired token or one from before a key rotation,
+    /// is verified in full, as is every token that was refused.
     pub fn verify_claims(&self, token: &str) -> Result<Authenticated, Status> {
+        let generation = self.key_generation();
+        let now = now_secs();
+        let mut verified = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((who, at)) = verified.get(token) {
+            if *at == generation && now < who.exp.saturating_add(self.inner.leeway) {
+                return Ok(who.clone());
+            }
+            verified.remove(token);
+        }
+        drop(verified);
+        let who = self.verify_in_full(token)?;
+        let mut verified = self
+            .inner
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.to_string(), (who.clone(), generation));
+        Ok(who)
+    }
+
+    /// How many verified tokens are remembered.
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.inner
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// [`Authenticator::verify_claims`] without the memory of tokens.
+    fn verify_in_full(&self, token: &str) -> Result<Authenticated, Status> {
         let unauthenticated = |m: String| Status::unauthenticated(m);
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| unauthenticated("token is malformed: expected a JWT".into()))?;
@@ -1217,5 +1292,53 @@ mod tests {
         assert!(check_user_id("").is_err());
         assert!(check_user_id("a b").is_err());
         assert!(check_user_id(&"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn a_verified_token_is_remembered_until_it_expires() {
+        let auth = config(|_| {});
+        let token = claims_token(SECRET, json!({"sub": "alice", "exp": now_secs() + 2}));
+        let first = auth.verify_claims(&token).expect("valid");
+        assert_eq!(auth.remembered(), 1);
+        assert_eq!(auth.verify_claims(&token).expect("remembered"), first);
+        assert_eq!(auth.remembered(), 1, "the same token is remembered once");
+        // Once it expires it is refused as any expired token is, and
+        // forgotten.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let err = loop {
+            match auth.verify_claims(&token) {
+                Ok(_) => assert!(Instant::now() < deadline, "still accepted after exp"),
+                Err(e) => break e,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert_eq!(err.code(), Code::Unauthenticated);
+        assert_eq!(err.message(), "token expired: get a new one");
+        assert_eq!(auth.remembered(), 0);
+    }
+
+    #[test]
+    fn refused_tokens_are_not_remembered_and_the_memory_is_bounded() {
+        let auth = config(|_| {});
+        let forged = claims_token(
+            "another-secret",
+            json!({"sub": "alice", "exp": now_secs() + 600}),
+        );
+        assert_eq!(refusal(&auth, &forged), "token signature is invalid");
+        assert_eq!(refusal(&auth, &forged), "token signature is invalid");
+        assert_eq!(auth.remembered(), 0);
+        for i in 0..VERIFIED_TOKENS + 10 {
+            let token = claims_token(
+                SECRET,
+                json!({"sub": format!("user-{i}"), "exp": now_secs() + 600}),
+            );
+            assert_eq!(auth.verify(&token).expect("valid"), format!("user-{i}"));
+            assert!(auth.remembered() <= VERIFIED_TOKENS);
+        }
+        assert_eq!(
+            auth.remembered(),
+            10,
+            "cleared once full, then filled again"
+        );
     }
 }
