@@ -400,3 +400,46 @@ async fn history_pages_are_index_range_scans() {
         );
     }
 }
+
+/// The pool lends a connection used in the last `PING_IF_IDLE_FOR` without
+/// pinging it first. When the server drops every connection between two
+/// reads, the read that gets a dropped connection runs again on another
+/// one: no read fails, and the store keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_on_when_the_server_drops_every_connection() {
+    let cluster = cluster();
+    let (url, store) = fresh_store(&cluster).await;
+    store
+        .apply(&[create_group("g", "alice", &["alice"])])
+        .await
+        .expect("create");
+    let read = || store.history("g", PageCursor::Before(u64::MAX), 10);
+    // Several reads at once, so the pool holds more than one connection.
+    let warm = futures::future::join_all((0..4).map(|_| read())).await;
+    assert!(warm.iter().all(Result::is_ok), "{warm:?}");
+
+    let admin = sqlx::PgPool::connect(&url).await.expect("admin connection");
+    let terminate = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    let dropped: Vec<bool> = sqlx::query_scalar(terminate)
+        .fetch_all(&admin)
+        .await
+        .expect("terminate the store's connections");
+    assert!(
+        dropped.len() >= 2 && dropped.iter().all(|d| *d),
+        "{dropped:?}"
+    );
+    for i in 0..20 {
+        let (page, _) = read()
+            .await
+            .unwrap_or_else(|e| panic!("read {i} after the drop: {e}"));
+        assert_eq!(page.len(), 1, "the creation event");
+    }
+    // Writes go on as well (a transaction that gets a dropped connection
+    // is retried by the sequencer; here every connection is fresh).
+    let out = store
+        .apply(&[send("g", "alice", "m1", "after the drop")])
+        .await
+        .expect("apply");
+    assert_eq!(seq_of(&out[0]), 2);
+}

@@ -33,11 +33,28 @@ impl From<StoreError> for ChatError {
     fn from(e: StoreError) -> Self {
         tracing::warn!(error = %e, "store call failed");
         match e {
-            StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) => {
+            StoreError::Database(sqlx::Error::PoolTimedOut) => {
+                ChatError::Unavailable("history store is unavailable; retry".into())
+            }
+            StoreError::Database(e) if connection_lost(&e) => {
                 ChatError::Unavailable("history store is unavailable; retry".into())
             }
             _ => ChatError::Internal("history store failed; see server logs".into()),
         }
+    }
+}
+
+/// Whether `e` says the connection is gone rather than the statement
+/// wrong: an I/O error, or a server that ended the session (SQLSTATE class
+/// 08, connection exception; 57P01–57P03, the server shutting down, crashed
+/// or starting).
+pub fn connection_lost(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(d) => d.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }
 
@@ -164,5 +181,29 @@ pub fn refused(rec: &IngressRecord, err: ChatError) -> OutcomeRecord {
         replay: false,
         traceparent: rec.traceparent.clone(),
         accepted_at_ms: rec.accepted_at_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_unavailable_and_other_failures_are_internal() {
+        let io = || sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(connection_lost(&io()));
+        assert!(!connection_lost(&sqlx::Error::RowNotFound));
+        assert!(!connection_lost(&sqlx::Error::PoolTimedOut));
+        let code = |e: StoreError| tonic::Status::from(ChatError::from(e)).code();
+        assert_eq!(code(StoreError::Database(io())), tonic::Code::Unavailable);
+        assert_eq!(
+            code(StoreError::Database(sqlx::Error::PoolTimedOut)),
+            tonic::Code::Unavailable
+        );
+        assert_eq!(
+            code(StoreError::Database(sqlx::Error::RowNotFound)),
+            tonic::Code::Internal
+        );
+        assert_eq!(code(StoreError::Corrupt("x".into())), tonic::Code::Internal);
     }
 }

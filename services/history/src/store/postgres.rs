@@ -67,6 +67,18 @@ pub struct PoolUsage {
 /// How long a call waits for a connection by default.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A pooled connection idle for this long is pinged before it is lent out
+/// (and replaced if the server is gone). One used more recently is lent as
+/// it is: sqlx's default pings every connection on every acquire, a round
+/// trip to PostgreSQL in front of every read and transaction, and under
+/// load every connection is reused within milliseconds. A server restart
+/// takes longer than this, so connections from before it are pinged and
+/// replaced. A connection that breaks less than this after its last use
+/// fails the one call that gets it (a read answers UNAVAILABLE; a
+/// transaction is retried) and is closed when that call gives it back,
+/// which sqlx pings.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(100);
+
 impl PostgresStore {
     /// Connects to the database at `url` with a pool of at most
     /// `max_connections` and applies the migrations.
@@ -90,10 +102,41 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(acquire_timeout)
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        sqlx::Connection::ping(conn).await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
         Ok(Self { pool, limits })
+    }
+
+    /// Runs the read `attempt` again when the connection it was lent had
+    /// been dropped by the server since its last use (see
+    /// [`PING_IF_IDLE_FOR`]), as many times as the pool has connections:
+    /// each dropped connection is closed when the failed attempt gives it
+    /// back. Reads have no effect, so running one again is safe.
+    async fn read<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut left = self.pool.options().get_max_connections();
+        loop {
+            match attempt().await {
+                Err(StoreError::Database(e)) if left > 0 && super::connection_lost(&e) => {
+                    tracing::debug!(error = %e, "the server had dropped the connection; reading again");
+                    left -= 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The connection pool now.
@@ -174,25 +217,33 @@ impl Store for PostgresStore {
             // PostgreSQL text cannot hold NUL, so no such conversation exists.
             return Ok(None);
         }
-        let mut conn = self.pool.acquire().await?;
-        load_conversation(&mut conn, id, false).await
+        self.read(|| async {
+            let mut conn = self.pool.acquire().await?;
+            load_conversation(&mut conn, id, false).await
+        })
+        .await
     }
 
     async fn list_conversations(&self, user: &str) -> Result<Vec<Conversation>, StoreError> {
         if user.contains('\0') {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(
-            "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, m2.user_id
-             FROM members m
-             JOIN conversations c ON c.id = m.conversation_id
-             JOIN members m2 ON m2.conversation_id = m.conversation_id
-             WHERE m.user_id = $1
-             ORDER BY c.id, m2.user_id",
-        )
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = self
+            .read(|| async {
+                let rows = sqlx::query(
+                    "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, m2.user_id
+                     FROM members m
+                     JOIN conversations c ON c.id = m.conversation_id
+                     JOIN members m2 ON m2.conversation_id = m.conversation_id
+                     WHERE m.user_id = $1
+                     ORDER BY c.id, m2.user_id",
+                )
+                .bind(user)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            })
+            .await?;
         let mut out: Vec<Conversation> = Vec::new();
         for row in rows {
             let id: String = row.try_get(0)?;
@@ -227,11 +278,16 @@ impl Store for PostgresStore {
             "SELECT {} FROM messages x {page}",
             prefixed("x", MESSAGE_COLUMNS)
         );
-        let rows = sqlx::query(&sql)
-            .bind(conversation_id)
-            .bind(bound)
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&self.pool)
+        let rows = self
+            .read(|| async {
+                let rows = sqlx::query(&sql)
+                    .bind(conversation_id)
+                    .bind(bound)
+                    .bind(i64::from(limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows)
+            })
             .await?;
         page_from_rows(&rows, limit)
     }
@@ -257,12 +313,17 @@ impl Store for PostgresStore {
             prefixed("m", MESSAGE_COLUMNS),
             prefixed("x", MESSAGE_COLUMNS),
         );
-        let rows = sqlx::query(&sql)
-            .bind(conversation_id)
-            .bind(bound)
-            .bind(i64::from(limit) + 1)
-            .bind(caller)
-            .fetch_all(&self.pool)
+        let rows = self
+            .read(|| async {
+                let rows = sqlx::query(&sql)
+                    .bind(conversation_id)
+                    .bind(bound)
+                    .bind(i64::from(limit) + 1)
+                    .bind(caller)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows)
+            })
             .await?;
         if rows.is_empty() {
             return Ok(None);
