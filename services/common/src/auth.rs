@@ -27,7 +27,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -405,7 +405,7 @@ struct Inner {
     leeway: u64,
     /// Tokens that passed [`Authenticator::verify_claims`], with what they
     /// came to and the key generation they were verified under.
-    verified: Mutex<HashMap<String, (Authenticated, u64)>>,
+    verified: RwLock<HashMap<String, (Authenticated, u64)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -494,7 +494,7 @@ impl Authenticator {
                 issuer,
                 audience,
                 leeway,
-                verified: Mutex::new(HashMap::new()),
+                verified: RwLock::new(HashMap::new()),
             }),
         }
     }
@@ -564,30 +564,46 @@ impl Authenticator {
     /// is verified in full, as is every token that was refused.
     pub fn verify_claims(&self, token: &str) -> Result<Authenticated, Status> {
         let generation = self.key_generation();
-        let now = now_secs();
-        let mut verified = self
+        let stale = match self
             .inner
             .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some((who, at)) = verified.get(token) {
-            if *at == generation && now < who.exp.saturating_add(self.inner.leeway) {
-                return Ok(who.clone());
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+        {
+            Some((who, at)) if *at == generation && !self.expired(who.exp) => {
+                return Ok(who.clone())
             }
-            verified.remove(token);
+            remembered => remembered.is_some(),
+        };
+        let checked = self.verify_in_full(token);
+        // Only a pass, or a remembered token that no longer passes, changes
+        // the memory: refusals take no write lock.
+        if checked.is_ok() || stale {
+            let mut verified = self
+                .inner
+                .verified
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            match &checked {
+                Ok(who) => {
+                    if verified.len() >= VERIFIED_TOKENS {
+                        verified.clear();
+                    }
+                    verified.insert(token.to_string(), (who.clone(), generation));
+                }
+                Err(_) => {
+                    verified.remove(token);
+                }
+            }
         }
-        drop(verified);
-        let who = self.verify_in_full(token)?;
-        let mut verified = self
-            .inner
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= VERIFIED_TOKENS {
-            verified.clear();
-        }
-        verified.insert(token.to_string(), (who.clone(), generation));
-        Ok(who)
+        checked
+    }
+
+    /// Whether a token that expires at `exp` is no longer accepted: RFC
+    /// 7519 holds it valid only *before* `exp`, plus the leeway.
+    fn expired(&self, exp: u64) -> bool {
+        now_secs() >= exp.saturating_add(self.inner.leeway)
     }
 
     /// How many verified tokens are remembered.
@@ -595,7 +611,7 @@ impl Authenticator {
     fn remembered(&self) -> usize {
         self.inner
             .verified
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .len()
     }
@@ -654,7 +670,7 @@ impl Authenticator {
         // RFC 7519: the token is valid only *before* exp (plus leeway); the
         // library also accepts the second of exp itself. Being strict keeps
         // unary calls consistent with `valid_until`, when streams close.
-        if now_secs() >= exp.saturating_add(self.inner.leeway) {
+        if self.expired(exp) {
             return Err(unauthenticated("token expired: get a new one".into()));
         }
         check_user_id(&sub)

@@ -565,7 +565,7 @@ impl State {
             if m.seq <= c.last {
                 return Ok(());
             }
-            if self.has_gap_before(m) {
+            if m.seq > c.last + 1 {
                 match self.fill(&m.conversation_id, c.last, m.seq).await {
                     Ok(()) => {}
                     Err(FillError::Gone) => return Err(Gone),

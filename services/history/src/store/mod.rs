@@ -33,10 +33,9 @@ impl From<StoreError> for ChatError {
     fn from(e: StoreError) -> Self {
         tracing::warn!(error = %e, "store call failed");
         match e {
-            StoreError::Database(sqlx::Error::PoolTimedOut) => {
-                ChatError::Unavailable("history store is unavailable; retry".into())
-            }
-            StoreError::Database(e) if connection_lost(&e) => {
+            StoreError::Database(e)
+                if matches!(e, sqlx::Error::PoolTimedOut) || connection_lost(&e) =>
+            {
                 ChatError::Unavailable("history store is unavailable; retry".into())
             }
             _ => ChatError::Internal("history store failed; see server logs".into()),

@@ -37,7 +37,8 @@ use std::time::Duration;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// How often a batch is attempted when PostgreSQL aborts it for a deadlock or
-/// a serialization failure (both mean "run it again").
+/// a serialization failure (both mean "run it again"); see
+/// [`PostgresStore::again`].
 const MAX_ATTEMPTS: u32 = 5;
 
 /// The columns of `messages`, in the order `message_from_row` reads them.
@@ -74,9 +75,9 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// load every connection is reused within milliseconds. A server restart
 /// takes longer than this, so connections from before it are pinged and
 /// replaced. A connection that breaks less than this after its last use
-/// fails the one call that gets it (a read answers UNAVAILABLE; a
-/// transaction is retried) and is closed when that call gives it back,
-/// which sqlx pings.
+/// fails the one attempt that gets it, which is run again (see
+/// [`PostgresStore::again`]), and is closed when that attempt gives it
+/// back, which sqlx pings.
 pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(100);
 
 impl PostgresStore {
@@ -117,26 +118,51 @@ impl PostgresStore {
         Ok(Self { pool, limits })
     }
 
-    /// Runs the read `attempt` again when the connection it was lent had
-    /// been dropped by the server since its last use (see
-    /// [`PING_IF_IDLE_FOR`]), as many times as the pool has connections:
-    /// each dropped connection is closed when the failed attempt gives it
-    /// back. Reads have no effect, so running one again is safe.
-    async fn read<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
+    /// Runs `attempt` (a read, or a batch's transaction) again when running
+    /// it again is the fix:
+    /// - PostgreSQL aborted it for a deadlock or a serialization failure,
+    ///   up to [`MAX_ATTEMPTS`] in all;
+    /// - the connection it was lent had been dropped by the server since
+    ///   its last use (see [`PING_IF_IDLE_FOR`]), once per connection of
+    ///   the pool. Each dropped connection is closed when the failed
+    ///   attempt gives it back.
+    ///
+    /// A read has no effect. A transaction whose connection was lost may
+    /// have committed before the answer was lost; the next attempt then
+    /// finds its sends stored and returns them as replays with the same
+    /// seqs, as after a crash.
+    async fn again<T, F, Fut>(&self, mut attempt: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, StoreError>>,
     {
-        let mut left = self.pool.options().get_max_connections();
+        let mut aborted = 1;
+        let mut dropped = 0;
         loop {
             match attempt().await {
-                Err(StoreError::Database(e)) if left > 0 && super::connection_lost(&e) => {
-                    tracing::debug!(error = %e, "the server had dropped the connection; reading again");
-                    left -= 1;
+                Err(StoreError::Database(e)) if aborted < MAX_ATTEMPTS && is_retryable(&e) => {
+                    tracing::debug!(error = %e, "aborted by the database; running it again");
+                    aborted += 1;
+                }
+                Err(StoreError::Database(e))
+                    if dropped < self.pool.options().get_max_connections()
+                        && super::connection_lost(&e) =>
+                {
+                    tracing::debug!(error = %e, "the server had dropped the connection; running it again");
+                    dropped += 1;
                 }
                 other => return other,
             }
         }
+    }
+
+    /// The rows of `query()` (a read), through [`PostgresStore::again`].
+    async fn fetch_all<'q>(
+        &self,
+        query: impl Fn() -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<PgRow>, StoreError> {
+        self.again(|| async { Ok(query().fetch_all(&self.pool).await?) })
+            .await
     }
 
     /// The connection pool now.
@@ -200,16 +226,7 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let mut attempt = 1;
-        loop {
-            match self.apply_once(batch, now).await {
-                Err(StoreError::Database(e)) if attempt < MAX_ATTEMPTS && is_retryable(&e) => {
-                    tracing::debug!(attempt, error = %e, records = batch.len(), "batch aborted by the database; running it again");
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        self.again(|| self.apply_once(batch, now)).await
     }
 
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
@@ -217,7 +234,7 @@ impl Store for PostgresStore {
             // PostgreSQL text cannot hold NUL, so no such conversation exists.
             return Ok(None);
         }
-        self.read(|| async {
+        self.again(|| async {
             let mut conn = self.pool.acquire().await?;
             load_conversation(&mut conn, id, false).await
         })
@@ -229,8 +246,8 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let rows = self
-            .read(|| async {
-                let rows = sqlx::query(
+            .fetch_all(|| {
+                sqlx::query(
                     "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, m2.user_id
                      FROM members m
                      JOIN conversations c ON c.id = m.conversation_id
@@ -239,9 +256,6 @@ impl Store for PostgresStore {
                      ORDER BY c.id, m2.user_id",
                 )
                 .bind(user)
-                .fetch_all(&self.pool)
-                .await?;
-                Ok(rows)
             })
             .await?;
         let mut out: Vec<Conversation> = Vec::new();
@@ -279,14 +293,11 @@ impl Store for PostgresStore {
             prefixed("x", MESSAGE_COLUMNS)
         );
         let rows = self
-            .read(|| async {
-                let rows = sqlx::query(&sql)
+            .fetch_all(|| {
+                sqlx::query(&sql)
                     .bind(conversation_id)
                     .bind(bound)
                     .bind(i64::from(limit) + 1)
-                    .fetch_all(&self.pool)
-                    .await?;
-                Ok(rows)
             })
             .await?;
         page_from_rows(&rows, limit)
@@ -314,15 +325,12 @@ impl Store for PostgresStore {
             prefixed("x", MESSAGE_COLUMNS),
         );
         let rows = self
-            .read(|| async {
-                let rows = sqlx::query(&sql)
+            .fetch_all(|| {
+                sqlx::query(&sql)
                     .bind(conversation_id)
                     .bind(bound)
                     .bind(i64::from(limit) + 1)
                     .bind(caller)
-                    .fetch_all(&self.pool)
-                    .await?;
-                Ok(rows)
             })
             .await?;
         if rows.is_empty() {
