@@ -293,12 +293,7 @@ impl Store for PostgresStore {
             prefixed("x", MESSAGE_COLUMNS)
         );
         let rows = self
-            .fetch_all(|| {
-                sqlx::query(&sql)
-                    .bind(conversation_id)
-                    .bind(bound)
-                    .bind(i64::from(limit) + 1)
-            })
+            .fetch_all(|| page_query(&sql, conversation_id, bound, limit))
             .await?;
         page_from_rows(&rows, limit)
     }
@@ -325,13 +320,7 @@ impl Store for PostgresStore {
             prefixed("x", MESSAGE_COLUMNS),
         );
         let rows = self
-            .fetch_all(|| {
-                sqlx::query(&sql)
-                    .bind(conversation_id)
-                    .bind(bound)
-                    .bind(i64::from(limit) + 1)
-                    .bind(caller)
-            })
+            .fetch_all(|| page_query(&sql, conversation_id, bound, limit).bind(caller))
             .await?;
         if rows.is_empty() {
             return Ok(None);
@@ -350,6 +339,21 @@ fn page_clause(cursor: PageCursor) -> (String, i64) {
         format!("WHERE x.conversation_id = $1 AND x.seq {cmp} $2 ORDER BY x.seq {order} LIMIT $3"),
         bound,
     )
+}
+
+/// `sql`, a statement ending in a [`page_clause`], with the clause's
+/// parameters bound: `$1` the conversation, `$2` the bound, `$3` the limit
+/// plus one.
+fn page_query<'q>(
+    sql: &'q str,
+    conversation_id: &'q str,
+    bound: i64,
+    limit: u32,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(conversation_id)
+        .bind(bound)
+        .bind(i64::from(limit) + 1)
 }
 
 /// A page of at most `limit` messages from the rows of a [`page_clause`]
