@@ -9,7 +9,7 @@ pub use tonic;
 /// Prost's codec with small first buffers. tonic's default gives every
 /// call an 8 KiB encode buffer and an 8 KiB decode buffer up front, which is
 /// most of what an idle `Connect` stream costs; these start at 512 bytes
-/// and grow to whatever a message needs (measured in docs/benchmarks.md).
+/// and grow to whatever a message needs (measurements in docs/benchmarks-log.md).
 pub mod codec {
     use tonic::codec::{BufferSettings, Codec};
     use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};

@@ -69,7 +69,7 @@ pub fn set_hops_observed(observed: bool) {
 /// in-order delivery) skip making their span, and [`start`] still hands
 /// on the trace context: the spans alone, formatted for the log on every
 /// message and never printed, were about a fifth of `confab dev`'s CPU
-/// (docs/benchmarks.md, change 8). Hops that may log a warning (a call, a
+/// (docs/benchmarks-log.md). Hops that may log a warning (a call, a
 /// read, a membership lookup, a gap fill) always make theirs.
 pub fn hops_observed() -> bool {
     HOPS_OBSERVED.load(Ordering::Relaxed)

@@ -169,8 +169,8 @@ pub async fn run_with_state(
 /// one busy lane while the others have nothing to do, and a bound smaller
 /// than a few runs does the same: at 16 batches (4,096 records) one lane
 /// worked at a time and ingest measured 20,800/s; at 128 batches several
-/// lanes fill their transactions at once, 28,100/s (docs/benchmarks.md,
-/// change 9). At about 1 KiB per record read, the bound is also what a
+/// lanes fill their transactions at once, 28,100/s (measured over five interleaved
+/// pairs; docs/benchmarks-log.md). At about 1 KiB per record read, the bound is also what a
 /// backlog can cost in memory: about 35 MiB.
 pub const READ_AHEAD: usize = 128 * MAX_BATCH;
 

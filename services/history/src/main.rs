@@ -3,7 +3,7 @@
 //! with 64 before any port is bound.
 
 /// mimalloc: glibc's malloc and free were a third of history's CPU while
-/// sequencing (docs/benchmarks.md). The gateway and `confab dev` keep the
+/// sequencing (docs/benchmarks-log.md). The gateway and `confab dev` keep the
 /// system allocator: there mimalloc gained nothing measurable and cost about
 /// 4 KiB more per idle stream.
 #[global_allocator]

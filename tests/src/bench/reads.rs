@@ -6,7 +6,7 @@ use super::{per_sec, Latency, Recorder};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use confab_common::auth::Authenticator;
 use confab_common::validate::Limits;
-use confab_history::store::system_message;
+use confab_history::store::decide::system_message;
 use confab_history::PostgresStore;
 use confab_proto::prost::Message as _;
 use confab_proto::v1::chat_client::ChatClient;

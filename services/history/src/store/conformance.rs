@@ -21,6 +21,7 @@ where
     seqs_start_at_one_and_have_no_gaps(fresh().await).await;
     retried_sends_return_the_original(fresh().await).await;
     refusals_carry_precise_codes(fresh().await).await;
+    text_no_store_can_keep_is_refused_alone(fresh().await).await;
     direct_conversations_are_created_once(fresh().await).await;
     membership_changes_are_sequenced(fresh().await).await;
     pages_are_bounded_and_ordered(fresh().await).await;
@@ -241,6 +242,33 @@ async fn refusals_carry_precise_codes(store: Arc<dyn Store>) {
     .await;
     assert_eq!(code_of(&out[0]), Code::PermissionDenied);
     assert_eq!(seq_of(&out[1]), 2);
+}
+
+/// NUL, which PostgreSQL text cannot hold, is refused by every store with
+/// the field named, and the rest of the batch goes on.
+async fn text_no_store_can_keep_is_refused_alone(store: Arc<dyn Store>) {
+    let out = apply(
+        &store,
+        vec![
+            create_group("g", "alice", &["alice"]),
+            send("g", "alice", "m1", "bad\0body"),
+            send("g", "alice", "m2", "fine"),
+            create_group("h\0", "alice", &["alice"]),
+            add("g", "alice", &["b\0b"]),
+        ],
+    )
+    .await;
+    assert_eq!(code_of(&out[1]), Code::InvalidArgument);
+    assert!(
+        matches!(&out[1].result, Some(R::Error(e)) if e.message.starts_with("body ")),
+        "{:?}",
+        out[1].result
+    );
+    assert_eq!(seq_of(&out[2]), 2);
+    assert_eq!(code_of(&out[3]), Code::InvalidArgument);
+    assert_eq!(code_of(&out[4]), Code::InvalidArgument);
+    assert!(store.conversation("h\0").await.expect("get").is_none());
+    assert_eq!(all_seqs(&store, "g").await, vec![1, 2]);
 }
 
 async fn direct_conversations_are_created_once(store: Arc<dyn Store>) {

@@ -1,6 +1,8 @@
 //! The storage trait that SQLite (embedded) and PostgreSQL (distributed)
-//! implement, and the decisions both make for each ingress record.
+//! implement; the decisions both make for each ingress record are in
+//! [`decide`], so a store only loads and writes.
 
+pub mod decide;
 pub mod postgres;
 pub mod sqlite;
 
@@ -11,7 +13,7 @@ use async_trait::async_trait;
 use confab_common::error::ChatError;
 use confab_common::validate::PageCursor;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
-use confab_proto::v1::{membership_event::Change, Conversation, Message, MessageKind};
+use confab_proto::v1::{Conversation, Message};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A storage failure (not a refusal of the request: those are `ChatError`s
@@ -118,68 +120,6 @@ pub fn timestamp(ms: i64) -> confab_proto::prost_types::Timestamp {
     confab_proto::prost_types::Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
-
-/// The SYSTEM message recording a membership change.
-pub fn system_message(
-    conversation_id: &str,
-    seq: u64,
-    actor: &str,
-    change: Change,
-    users: &[String],
-    at_ms: i64,
-) -> Message {
-    let who = users.join(", ");
-    let body = match change {
-        Change::Created => format!("{actor} created the conversation with {who}"),
-        Change::Added => format!("{actor} added {who}"),
-        Change::Removed if users.len() == 1 && users[0] == actor => format!("{actor} left"),
-        Change::Removed => format!("{actor} removed {who}"),
-        Change::Unspecified => String::new(),
-    };
-    Message {
-        conversation_id: conversation_id.to_string(),
-        seq,
-        sender_id: actor.to_string(),
-        client_msg_id: String::new(),
-        body,
-        created_at: Some(timestamp(at_ms)),
-        kind: MessageKind::System as i32,
-        membership: Some(confab_proto::v1::MembershipEvent {
-            change: change as i32,
-            actor_id: actor.to_string(),
-            user_ids: users.to_vec(),
-        }),
-    }
-}
-
-/// The outcome of a send whose key was already stored: the original comes
-/// back as the result and, marked as a replay, as the event.
-pub fn replayed(rec: &IngressRecord, original: Message) -> OutcomeRecord {
-    use confab_proto::internal::v1::outcome_record::Result as R;
-    OutcomeRecord {
-        origin: rec.origin.clone(),
-        conversation_id: rec.conversation_id.clone(),
-        events: vec![original.clone()],
-        result: Some(R::Message(original)),
-        replay: true,
-        traceparent: rec.traceparent.clone(),
-        accepted_at_ms: rec.accepted_at_ms,
-    }
-}
-
-/// An outcome that refuses `rec` with `err`.
-pub fn refused(rec: &IngressRecord, err: ChatError) -> OutcomeRecord {
-    use confab_proto::internal::v1::outcome_record::Result as R;
-    OutcomeRecord {
-        origin: rec.origin.clone(),
-        conversation_id: rec.conversation_id.clone(),
-        events: vec![],
-        result: Some(R::Error(err.to_proto())),
-        replay: false,
-        traceparent: rec.traceparent.clone(),
-        accepted_at_ms: rec.accepted_at_ms,
     }
 }
 

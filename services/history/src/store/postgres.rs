@@ -1,37 +1,34 @@
-//! The distributed store: PostgreSQL through sqlx. Every record gets exactly
-//! the decision the SQLite store makes for it (that store is the spec); what
-//! differs is how the work is done, so that a batch costs a handful of
-//! statements instead of several per record:
+//! The distributed store: PostgreSQL through sqlx. Every record is decided
+//! by [`decide`], as in the SQLite store; what is particular here is how
+//! the work is done, so that a batch costs a handful of statements instead
+//! of several per record:
 //!
 //! - A batch is one transaction, processed in order as runs. A maximal run of
-//!   consecutive sends is handled in bulk: lock its conversations, one dedupe
-//!   lookup, one membership lookup, one `UPDATE ... RETURNING` that allocates
-//!   every conversation's seqs, one `INSERT ... SELECT FROM UNNEST`.
+//!   consecutive sends is handled in bulk: lock its conversations (reading
+//!   their last seqs), one dedupe lookup, one membership lookup, one
+//!   `INSERT ... SELECT FROM UNNEST`, one `UPDATE` of the last seqs.
 //!   Membership records (create, add, remove) are rare and handled one at a
 //!   time, in order, between runs.
 //! - Concurrent batches on the same conversations are serialised by row locks
 //!   on `conversations` (`SELECT ... FOR UPDATE`, always in id order; a batch
 //!   with membership records locks all its conversations up front), so seqs
 //!   stay gap-free and in record order. Everything a decision reads (dedupe,
-//!   membership, last_seq) is read by a statement that starts after the lock
-//!   is held, so under READ COMMITTED it sees the previous holder's commit.
+//!   membership, last_seq) is read by the locking statement or one that
+//!   starts after the lock is held, so under READ COMMITTED it sees the
+//!   previous holder's commit.
 //! - A transaction that loses a deadlock or serialization check (SQLSTATE
 //!   40P01 / 40001) is retried here a few times before the error is returned.
 
-use super::{keyset, now_ms, refused, replayed, system_message, timestamp, Store, StoreError};
+use super::decide::{self, Change, Run, Send, SendFacts, Step};
+use super::{keyset, now_ms, timestamp, Store, StoreError};
 use async_trait::async_trait;
-use confab_common::error::ChatError;
-use confab_common::validate::{group_limit, Limits, PageCursor};
-use confab_proto::internal::v1::{
-    ingress_record::Command, outcome_record, IngressRecord, OutcomeRecord, SendCommand,
-};
+use confab_common::validate::{Limits, PageCursor};
+use confab_proto::internal::v1::{ingress_record::Command, IngressRecord, OutcomeRecord};
 use confab_proto::prost::Message as _;
-use confab_proto::v1::{
-    membership_event::Change, Conversation, ConversationKind, MembershipEvent, Message, MessageKind,
-};
+use confab_proto::v1::{Conversation, MembershipEvent, Message};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Row};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -189,29 +186,22 @@ impl PostgresStore {
         // of the batch now, in id order (later locks are then re-entrant, or on
         // rows created since).
         if batch.len() > 1 && batch.iter().any(|r| !is_send(r)) {
-            lock_conversations(&mut tx, batch.iter()).await?;
+            let mut ids: Vec<&str> = batch
+                .iter()
+                .filter(|r| decide::unstorable(r).is_none())
+                .map(|r| r.conversation_id.as_str())
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            lock_conversations(&mut tx, &ids).await?;
         }
         let mut outcomes = Vec::with_capacity(batch.len());
-        let mut i = 0;
-        while i < batch.len() {
-            let run: Vec<(&IngressRecord, &SendCommand)> = batch[i..]
-                .iter()
-                .map_while(|r| match &r.command {
-                    Some(Command::Send(send)) => Some((r, send)),
-                    _ => None,
-                })
-                .collect();
-            if run.is_empty() {
-                let rec = &batch[i];
-                let outcome = match apply_membership(&mut tx, rec, now, &self.limits).await? {
-                    Ok(outcome) => outcome,
-                    Err(err) => refused(rec, err),
-                };
-                outcomes.push(outcome);
-                i += 1;
-            } else {
-                i += run.len();
-                apply_sends(&mut tx, &run, now, &mut outcomes).await?;
+        for run in decide::runs(batch, usize::MAX) {
+            match run {
+                Run::Sends(run) => apply_sends(&mut tx, &run, now, &mut outcomes).await?,
+                Run::One(rec) => {
+                    outcomes.push(apply_change(&mut tx, rec, now, &self.limits).await?)
+                }
             }
         }
         tx.commit().await?;
@@ -373,7 +363,6 @@ fn page_from_rows(rows: &[PgRow], limit: u32) -> Result<(Vec<Message>, bool), St
 }
 
 type Tx = sqlx::Transaction<'static, Postgres>;
-type Decision = Result<OutcomeRecord, ChatError>;
 
 fn is_send(rec: &IngressRecord) -> bool {
     matches!(rec.command, Some(Command::Send(_)))
@@ -387,52 +376,6 @@ fn is_retryable(e: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "40001" || code == "40P01")
 }
 
-/// The first text field of `rec` that PostgreSQL could not store (text
-/// cannot hold NUL), if any.
-fn nul_field(rec: &IngressRecord) -> Option<&'static str> {
-    let has_nul = |s: &str| s.contains('\0');
-    if has_nul(&rec.conversation_id) {
-        return Some("conversation_id");
-    }
-    if has_nul(&rec.actor_id) {
-        return Some("actor_id");
-    }
-    match &rec.command {
-        Some(Command::Send(s)) if has_nul(&s.client_msg_id) => Some("client_msg_id"),
-        Some(Command::Send(s)) if has_nul(&s.body) => Some("body"),
-        Some(Command::Create(c)) if has_nul(&c.title) => Some("title"),
-        Some(Command::Create(c)) if c.member_ids.iter().any(|m| has_nul(m)) => Some("member_ids"),
-        Some(Command::AddMembers(a)) if a.member_ids.iter().any(|m| has_nul(m)) => {
-            Some("member_ids")
-        }
-        Some(Command::RemoveMember(r)) if has_nul(&r.member_id) => Some("member_id"),
-        _ => None,
-    }
-}
-
-/// The refusal of a record with a NUL character in `field`. Without it such a
-/// record would fail its whole batch on every retry.
-fn nul_refusal(field: &str) -> ChatError {
-    ChatError::InvalidArgument(format!("{field} must not contain NUL characters"))
-}
-
-/// An accepted record's outcome.
-fn accepted(
-    rec: &IngressRecord,
-    events: Vec<Message>,
-    result: outcome_record::Result,
-) -> OutcomeRecord {
-    OutcomeRecord {
-        origin: rec.origin.clone(),
-        conversation_id: rec.conversation_id.clone(),
-        events,
-        result: Some(result),
-        replay: false,
-        traceparent: rec.traceparent.clone(),
-        accepted_at_ms: rec.accepted_at_ms,
-    }
-}
-
 // Per-run plans: the statements that look a batch's arrays up in
 // `conversations`, `members` or `messages` are planned on every run
 // (unnamed statements), not prepared once, and the lookups in `messages`
@@ -440,99 +383,49 @@ fn accepted(
 // fresh database PostgreSQL cached a hash join over every `kind = 1`
 // message for the dedupe lookup (and chose one again for 256 keys while
 // the table had never been analyzed), which read the whole table for every
-// batch, slower with each message stored (docs/benchmarks.md). Planning
+// batch, slower with each message stored (docs/benchmarks-log.md). Planning
 // once per batch costs a fraction of a millisecond.
 
-/// Locks the existing conversations among those of `recs`, in id order, and
-/// returns their ids.
-async fn lock_conversations<'a>(
-    tx: &mut Tx,
-    recs: impl Iterator<Item = &'a IngressRecord>,
-) -> Result<HashSet<String>, StoreError> {
-    let mut ids: Vec<&str> = recs
-        .map(|r| r.conversation_id.as_str())
-        .filter(|id| !id.contains('\0'))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
+/// Locks the existing conversations among `ids` (sorted, so every batch
+/// locks in the same order) and returns their last seqs. Under READ
+/// COMMITTED a row locked after waiting is returned as the previous
+/// holder committed it, so the last seqs are current.
+async fn lock_conversations(tx: &mut Tx, ids: &[&str]) -> Result<HashMap<String, u64>, StoreError> {
     if ids.is_empty() {
-        return Ok(HashSet::new());
+        return Ok(HashMap::new());
     }
-    let locked: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    let rows = sqlx::query(
+        "SELECT id, last_seq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
     .persistent(false) // planned per run: see above
-    .bind(&ids)
+    .bind(ids)
     .fetch_all(&mut **tx)
     .await?;
-    Ok(locked.into_iter().collect())
-}
-
-/// The retry key of a send: (conversation, sender, client_msg_id).
-type Key<'a> = (&'a str, &'a str, &'a str);
-
-/// The retry key of a send, owned.
-fn owned_key(rec: &IngressRecord, send: &SendCommand) -> (String, String, String) {
-    (
-        rec.conversation_id.clone(),
-        rec.actor_id.clone(),
-        send.client_msg_id.clone(),
-    )
-}
-
-/// What a send in a run comes to, before seqs are known.
-enum Plan {
-    /// Decided without a new message (a refusal or a stored original).
-    Done(Box<OutcomeRecord>),
-    /// The new message `new[i]`.
-    New(usize),
-    /// Repeats the key of `new[i]`, which an earlier record of the run sent.
-    Repeat(usize),
-}
-
-impl Plan {
-    fn done(outcome: OutcomeRecord) -> Self {
-        Self::Done(Box::new(outcome))
+    let mut locked = HashMap::with_capacity(rows.len());
+    for row in rows {
+        locked.insert(row.try_get(0)?, seq_from(row.try_get(1)?)?);
     }
+    Ok(locked)
 }
 
-/// Applies a run of consecutive sends in bulk, appending one outcome per
-/// record to `outcomes`. Decides exactly as the SQLite store does record by
-/// record: a stored message with the same key is returned as it is (even if
-/// the sender has left), then the conversation must exist, then the sender
-/// must be a member; a key repeated inside the run gets the first message.
+/// Locks the run's conversations, loads what [`decide::sends`] reads,
+/// decides the run and writes its new messages: four statements for the
+/// run (lock and last seqs, the dedupe lookup, the membership lookup, one
+/// insert) and one update of the last seqs.
 async fn apply_sends(
     tx: &mut Tx,
-    run: &[(&IngressRecord, &SendCommand)],
+    run: &[Send<'_>],
     now: i64,
     outcomes: &mut Vec<OutcomeRecord>,
 ) -> Result<(), StoreError> {
-    let storable: Vec<(&IngressRecord, &SendCommand)> = run
-        .iter()
-        .filter(|(rec, _)| nul_field(rec).is_none())
-        .copied()
-        .collect();
-
     // Lock first: every read below starts after the previous writer of these
     // conversations has committed.
-    let live = lock_conversations(tx, storable.iter().map(|(rec, _)| *rec)).await?;
+    let mut facts = SendFacts {
+        last_seqs: lock_conversations(tx, &decide::conversations(run)).await?,
+        ..SendFacts::default()
+    };
 
-    // One dedupe lookup for the run's distinct keys (messages exist only in
-    // conversations that exist).
-    let mut keys: Vec<Key<'_>> = storable
-        .iter()
-        .filter(|(rec, _)| live.contains(&rec.conversation_id))
-        .map(|(rec, send)| {
-            (
-                rec.conversation_id.as_str(),
-                rec.actor_id.as_str(),
-                send.client_msg_id.as_str(),
-            )
-        })
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let mut originals: HashMap<(String, String, String), Message> = HashMap::new();
+    let keys = decide::keys(run, &facts.last_seqs);
     if !keys.is_empty() {
         // One index probe per key (a LATERAL subquery with a LIMIT is
         // never turned into a hash join over the table).
@@ -556,28 +449,11 @@ async fn apply_sends(
             .await?;
         for row in &rows {
             let m = message_from_row(row)?;
-            originals.insert(
-                (
-                    m.conversation_id.clone(),
-                    m.sender_id.clone(),
-                    m.client_msg_id.clone(),
-                ),
-                m,
-            );
+            facts.originals.insert(decide::key_of(&m), m);
         }
     }
 
-    // One membership lookup for the senders that still need the check.
-    let mut pairs: Vec<(&str, &str)> = storable
-        .iter()
-        .filter(|(rec, send)| {
-            live.contains(&rec.conversation_id) && !originals.contains_key(&owned_key(rec, send))
-        })
-        .map(|(rec, _)| (rec.conversation_id.as_str(), rec.actor_id.as_str()))
-        .collect();
-    pairs.sort_unstable();
-    pairs.dedup();
-    let mut members: HashSet<(String, String)> = HashSet::new();
+    let pairs = decide::member_pairs(run, &facts.last_seqs, &facts.originals);
     if !pairs.is_empty() {
         let rows = sqlx::query(
             "SELECT k.conversation_id, k.user_id
@@ -594,118 +470,46 @@ async fn apply_sends(
         .fetch_all(&mut **tx)
         .await?;
         for row in rows {
-            members.insert((row.try_get(0)?, row.try_get(1)?));
+            facts.members.insert((row.try_get(0)?, row.try_get(1)?));
         }
     }
 
-    // Decide every record, in order.
-    let mut plans: Vec<Plan> = Vec::with_capacity(run.len());
-    let mut new: Vec<Message> = Vec::new();
-    let mut first_new: HashMap<(String, String, String), usize> = HashMap::new();
-    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
-    for &(rec, send) in run {
-        let conv_id = rec.conversation_id.as_str();
-        if let Some(field) = nul_field(rec) {
-            plans.push(Plan::done(refused(rec, nul_refusal(field))));
-            continue;
-        }
-        let k = owned_key(rec, send);
-        if let Some(original) = originals.get(&k) {
-            plans.push(Plan::done(replayed(rec, original.clone())));
-            continue;
-        }
-        if let Some(&i) = first_new.get(&k) {
-            plans.push(Plan::Repeat(i));
-            continue;
-        }
-        if !live.contains(conv_id) {
-            plans.push(Plan::done(refused(
-                rec,
-                ChatError::no_conversation(conv_id),
-            )));
-            continue;
-        }
-        if !members.contains(&(rec.conversation_id.clone(), rec.actor_id.clone())) {
-            plans.push(Plan::done(refused(rec, ChatError::not_member(conv_id))));
-            continue;
-        }
-        *counts.entry(conv_id).or_insert(0) += 1;
-        first_new.insert(k, new.len());
-        plans.push(Plan::New(new.len()));
-        new.push(Message {
-            conversation_id: rec.conversation_id.clone(),
-            seq: 0, // allocated below
-            sender_id: rec.actor_id.clone(),
-            client_msg_id: send.client_msg_id.clone(),
-            body: send.body.clone(),
-            created_at: Some(timestamp(now)),
-            kind: MessageKind::Text as i32,
-            membership: None,
-        });
-    }
-
-    if !new.is_empty() {
-        // One statement allocates every conversation's seqs: each moves
-        // last_seq by its count, and the run's messages take the seqs after
-        // the old value, in record order.
-        let rows = sqlx::query(
-            "UPDATE conversations AS c SET last_seq = c.last_seq + u.n
-             FROM UNNEST($1::text[], $2::bigint[]) AS u (id, n)
-             WHERE c.id = u.id
-             RETURNING c.id, c.last_seq",
-        )
-        .persistent(false) // planned per run: see lock_conversations
-        .bind(counts.keys().copied().collect::<Vec<_>>())
-        .bind(counts.values().copied().collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
-        .await?;
-        let mut next: HashMap<String, u64> = HashMap::with_capacity(rows.len());
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            let last: i64 = row.try_get(1)?;
-            let n = counts.get(id.as_str()).copied().ok_or_else(|| {
-                StoreError::Corrupt(format!("seqs allocated for unexpected conversation {id}"))
-            })?;
-            next.insert(id, seq_from(last - n + 1)?);
-        }
-        for m in &mut new {
-            let seq = next.get_mut(&m.conversation_id).ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "conversation {} vanished while locked",
-                    m.conversation_id
-                ))
-            })?;
-            m.seq = *seq;
-            *seq += 1;
-        }
+    let decided = decide::sends(run, &facts, now);
+    if !decided.new.is_empty() {
+        let new = &decided.new;
         sqlx::query(
             "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
-             SELECT u.conversation_id, u.seq, u.sender_id, u.client_msg_id, $6, u.body, NULL, $7
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])
-                  AS u (conversation_id, seq, sender_id, client_msg_id, body)",
+             SELECT u.conversation_id, u.seq, u.sender_id, u.client_msg_id, u.kind, u.body, NULL, $7
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[])
+                  AS u (conversation_id, seq, sender_id, client_msg_id, body, kind)",
         )
         .bind(new.iter().map(|m| m.conversation_id.as_str()).collect::<Vec<_>>())
         .bind(new.iter().map(|m| m.seq as i64).collect::<Vec<_>>())
         .bind(new.iter().map(|m| m.sender_id.as_str()).collect::<Vec<_>>())
         .bind(new.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>())
         .bind(new.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
-        .bind(MessageKind::Text as i32)
+        .bind(new.iter().map(|m| m.kind).collect::<Vec<_>>())
         .bind(now)
         .execute(&mut **tx)
         .await?;
+        sqlx::query(
+            "UPDATE conversations AS c SET last_seq = u.last_seq
+             FROM UNNEST($1::text[], $2::bigint[]) AS u (id, last_seq)
+             WHERE c.id = u.id",
+        )
+        .persistent(false) // planned per run: see lock_conversations
+        .bind(decided.heads.keys().map(String::as_str).collect::<Vec<_>>())
+        .bind(
+            decided
+                .heads
+                .values()
+                .map(|s| *s as i64)
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await?;
     }
-
-    for (plan, (rec, _)) in plans.into_iter().zip(run) {
-        outcomes.push(match plan {
-            Plan::Done(outcome) => *outcome,
-            Plan::New(i) => accepted(
-                rec,
-                vec![new[i].clone()],
-                outcome_record::Result::Message(new[i].clone()),
-            ),
-            Plan::Repeat(i) => replayed(rec, new[i].clone()),
-        });
-    }
+    decided.outcomes(run, outcomes);
     Ok(())
 }
 
@@ -717,163 +521,86 @@ fn prefixed(p: &str, cols: &str) -> String {
         .join(", ")
 }
 
-/// Decides and writes one record that is not a send (create, add, remove, or
-/// a record without a command), as the SQLite store does.
-async fn apply_membership(
+/// Decides one record that is not a send with [`decide::change`], on its
+/// conversation locked, and writes what it comes to.
+async fn apply_change(
     tx: &mut Tx,
     rec: &IngressRecord,
     now: i64,
     limits: &Limits,
-) -> Result<Decision, StoreError> {
+) -> Result<OutcomeRecord, StoreError> {
     let conv_id = rec.conversation_id.as_str();
-    let actor = rec.actor_id.as_str();
-    let Some(command) = &rec.command else {
-        return Ok(Err(ChatError::InvalidArgument(
-            "record has no command".into(),
-        )));
+    let mut conv = if decide::reads_conversation(rec) {
+        load_conversation(tx, conv_id, true).await?
+    } else {
+        None
     };
-    if let Some(field) = nul_field(rec) {
-        return Ok(Err(nul_refusal(field)));
-    }
-    let ok = |events: Vec<Message>, result: outcome_record::Result| accepted(rec, events, result);
-    match command {
-        Command::Send(_) => Err(StoreError::Corrupt(
-            "a send reached the membership path".into(),
-        )),
-        Command::Create(create) => {
-            // DIRECT ids are derived from the pair, so an existing row is
-            // "create again"; for groups it is a replayed record.
-            let existing = |conv: Conversation| -> Decision {
-                if !conv.member_ids.iter().any(|m| m == actor) {
-                    return Err(ChatError::not_member(conv_id));
-                }
-                Ok(ok(vec![], outcome_record::Result::Conversation(conv)))
-            };
-            if let Some(conv) = load_conversation(tx, conv_id, true).await? {
-                return Ok(existing(conv));
-            }
-            // The gateway checks this too; history, the only writer, decides.
-            if create.kind == ConversationKind::Group as i32
-                && create.member_ids.len() > limits.max_group_members
-            {
-                return Ok(Err(ChatError::ResourceExhausted(group_limit(
-                    limits.max_group_members,
-                    &format!("{} were asked for", create.member_ids.len()),
-                ))));
-            }
-            let inserted = sqlx::query(
-                "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms)
-                 VALUES ($1, $2, $3, 1, $4) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(conv_id)
-            .bind(create.kind)
-            .bind(&create.title)
-            .bind(now)
-            .execute(&mut **tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                // A concurrent batch created it and has committed since.
-                let conv = require_conversation(tx, conv_id).await?;
-                return Ok(existing(conv));
-            }
-            insert_members(tx, conv_id, &create.member_ids).await?;
-            let event = system_message(conv_id, 1, actor, Change::Created, &create.member_ids, now);
-            insert_message(tx, &event, now).await?;
+    loop {
+        let steps = match decide::change(rec, conv, limits, now) {
+            Err(err) => return Ok(decide::refused(rec, err)),
+            Ok(Change::Unchanged(conv)) => return Ok(decide::changed(rec, vec![], conv)),
+            Ok(Change::Write(steps)) => steps,
+        };
+        if write_steps(tx, conv_id, &steps, now).await? {
             let conv = require_conversation(tx, conv_id).await?;
-            Ok(Ok(ok(
-                vec![event],
-                outcome_record::Result::Conversation(conv),
-            )))
+            return Ok(decide::changed(rec, decide::appended(steps), conv));
         }
-        Command::AddMembers(add) => {
-            let conv = match group_for_change(tx, conv_id, actor).await? {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(e)),
-            };
-            let new: Vec<String> = add
-                .member_ids
-                .iter()
-                .filter(|u| !conv.member_ids.contains(u))
-                .cloned()
-                .collect();
-            if new.is_empty() {
-                return Ok(Ok(ok(vec![], outcome_record::Result::Conversation(conv))));
-            }
-            if conv.member_ids.len() + new.len() > limits.max_group_members {
-                return Ok(Err(ChatError::ResourceExhausted(group_limit(
-                    limits.max_group_members,
-                    &format!(
-                        "it has {} and {} would be added",
-                        conv.member_ids.len(),
-                        new.len()
-                    ),
-                ))));
-            }
-            insert_members(tx, conv_id, &new).await?;
-            let event = system_message(conv_id, conv.last_seq + 1, actor, Change::Added, &new, now);
-            insert_message(tx, &event, now).await?;
-            set_last_seq(tx, conv_id, event.seq).await?;
-            let conv = require_conversation(tx, conv_id).await?;
-            Ok(Ok(ok(
-                vec![event],
-                outcome_record::Result::Conversation(conv),
-            )))
-        }
-        Command::RemoveMember(remove) => {
-            let conv = match group_for_change(tx, conv_id, actor).await? {
-                Ok(c) => c,
-                Err(e) => return Ok(Err(e)),
-            };
-            let target = &remove.member_id;
-            if !conv.member_ids.contains(target) {
-                return Ok(Err(ChatError::NotFound(format!(
-                    "{target} is not a member of conversation {conv_id}"
-                ))));
-            }
-            sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
-                .bind(conv_id)
-                .bind(target)
-                .execute(&mut **tx)
-                .await?;
-            let users = vec![target.clone()];
-            let event = system_message(
-                conv_id,
-                conv.last_seq + 1,
-                actor,
-                Change::Removed,
-                &users,
-                now,
-            );
-            insert_message(tx, &event, now).await?;
-            set_last_seq(tx, conv_id, event.seq).await?;
-            let conv = require_conversation(tx, conv_id).await?;
-            Ok(Ok(ok(
-                vec![event],
-                outcome_record::Result::Conversation(conv),
-            )))
-        }
+        // A concurrent batch created the conversation and has committed
+        // since it was loaded: decide again on it (it now exists, so the
+        // decision writes nothing).
+        conv = Some(require_conversation(tx, conv_id).await?);
     }
 }
 
-/// The group `conv_id` (locked), if it exists, is a group and `actor` is in it.
-async fn group_for_change(
+/// Writes `steps` for conversation `conv_id`; false, with nothing written,
+/// if the conversation to create already exists.
+async fn write_steps(
     tx: &mut Tx,
     conv_id: &str,
-    actor: &str,
-) -> Result<Result<Conversation, ChatError>, StoreError> {
-    let Some(conv) = load_conversation(tx, conv_id, true).await? else {
-        return Ok(Err(ChatError::no_conversation(conv_id)));
-    };
-    if !conv.member_ids.iter().any(|m| m == actor) {
-        return Ok(Err(ChatError::not_member(conv_id)));
+    steps: &[Step],
+    now: i64,
+) -> Result<bool, StoreError> {
+    for step in steps {
+        match step {
+            Step::CreateConversation { kind, title } => {
+                let inserted = sqlx::query(
+                    "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms)
+                     VALUES ($1, $2, $3, 0, $4) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(conv_id)
+                .bind(kind)
+                .bind(title)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if inserted == 0 {
+                    return Ok(false);
+                }
+            }
+            Step::AddMembers(users) => {
+                sqlx::query(
+                    "INSERT INTO members (conversation_id, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS u",
+                )
+                .bind(conv_id)
+                .bind(users)
+                .execute(&mut **tx)
+                .await?;
+            }
+            Step::RemoveMember(user) => {
+                sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
+                    .bind(conv_id)
+                    .bind(user)
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Step::Append(m) => {
+                insert_message(tx, m, now).await?;
+                set_last_seq(tx, conv_id, m.seq).await?;
+            }
+        }
     }
-    if conv.kind != ConversationKind::Group as i32 {
-        return Ok(Err(ChatError::InvalidArgument(
-            "members of a DIRECT conversation cannot change; create a GROUP instead".into(),
-        )));
-    }
-    Ok(Ok(conv))
+    Ok(true)
 }
 
 async fn set_last_seq(tx: &mut Tx, conv: &str, seq: u64) -> Result<(), StoreError> {
@@ -882,17 +609,6 @@ async fn set_last_seq(tx: &mut Tx, conv: &str, seq: u64) -> Result<(), StoreErro
         .bind(seq as i64)
         .execute(&mut **tx)
         .await?;
-    Ok(())
-}
-
-async fn insert_members(tx: &mut Tx, conv: &str, users: &[String]) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO members (conversation_id, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS u",
-    )
-    .bind(conv)
-    .bind(users)
-    .execute(&mut **tx)
-    .await?;
     Ok(())
 }
 

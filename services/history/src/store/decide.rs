@@ -1,0 +1,643 @@
+//! What history decides for each ingress record, written once for every
+//! store: dedupe, membership and limits, seq allocation, and the outcome.
+//! A store loads what a decision reads, calls a function here, and writes
+//! what it returns in the batch's transaction; nothing here touches a
+//! database, so each new rule of the chat model is added here, once.
+//!
+//! - A run of consecutive sends is decided in bulk: the store loads
+//!   [`SendFacts`] for the keys and pairs this module names, and [`sends`]
+//!   returns the new messages (seqs allocated) and each record's outcome.
+//! - Any other record (create, add, remove) is decided alone by [`change`]
+//!   from its conversation as loaded, into [`Step`]s for the store to write.
+
+use super::timestamp;
+use confab_common::error::ChatError;
+use confab_common::validate::{group_limit, Limits};
+use confab_proto::internal::v1::{
+    ingress_record::Command, outcome_record, IngressRecord, OutcomeRecord, SendCommand,
+};
+use confab_proto::v1::{
+    membership_event::Change as Membership, Conversation, ConversationKind, MembershipEvent,
+    Message, MessageKind,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The retry key of a send: (conversation, sender, client_msg_id).
+pub type Key = (String, String, String);
+
+/// The retry key of a stored send.
+pub fn key_of(m: &Message) -> Key {
+    (
+        m.conversation_id.clone(),
+        m.sender_id.clone(),
+        m.client_msg_id.clone(),
+    )
+}
+
+/// A send of a run: its record and its command.
+pub type Send<'a> = (&'a IngressRecord, &'a SendCommand);
+
+/// A part of a batch that is decided in one go.
+pub enum Run<'a> {
+    /// Consecutive sends, decided together by [`sends`].
+    Sends(Vec<Send<'a>>),
+    /// Any other record, decided alone by [`change`].
+    One(&'a IngressRecord),
+}
+
+/// `batch` in order as [`Run`]s: each maximal run of consecutive sends (at
+/// most `max_run` long), and every other record on its own.
+pub fn runs(batch: &[IngressRecord], max_run: usize) -> Vec<Run<'_>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        let run: Vec<Send<'_>> = batch[i..]
+            .iter()
+            .take(max_run.max(1))
+            .map_while(|r| match &r.command {
+                Some(Command::Send(send)) => Some((r, send)),
+                _ => None,
+            })
+            .collect();
+        if run.is_empty() {
+            out.push(Run::One(&batch[i]));
+            i += 1;
+        } else {
+            i += run.len();
+            out.push(Run::Sends(run));
+        }
+    }
+    out
+}
+
+/// What deciding a run of sends reads from the store.
+#[derive(Debug, Default)]
+pub struct SendFacts {
+    /// The last seq of each conversation of the run that exists (see
+    /// [`conversations`]).
+    pub last_seqs: HashMap<String, u64>,
+    /// The stored sends whose keys the run repeats (see [`keys`]).
+    pub originals: HashMap<Key, Message>,
+    /// The (conversation, user) pairs of [`member_pairs`] that are members.
+    pub members: HashSet<(String, String)>,
+}
+
+/// The distinct conversations of a run's storable sends, sorted (the order
+/// in which a store that locks them must lock them).
+pub fn conversations<'a>(run: &[Send<'a>]) -> Vec<&'a str> {
+    let mut ids: Vec<&str> = run
+        .iter()
+        .filter(|(rec, _)| unstorable(rec).is_none())
+        .map(|(rec, _)| rec.conversation_id.as_str())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The distinct retry keys to look up for a run, given the last seqs of
+/// its conversations (messages exist only in conversations that exist).
+pub fn keys<'a>(
+    run: &[Send<'a>],
+    last_seqs: &HashMap<String, u64>,
+) -> Vec<(&'a str, &'a str, &'a str)> {
+    let mut keys: Vec<(&str, &str, &str)> = run
+        .iter()
+        .filter(|(rec, _)| {
+            unstorable(rec).is_none() && last_seqs.contains_key(&rec.conversation_id)
+        })
+        .map(|(rec, send)| {
+            (
+                rec.conversation_id.as_str(),
+                rec.actor_id.as_str(),
+                send.client_msg_id.as_str(),
+            )
+        })
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The distinct (conversation, sender) pairs whose membership a run's
+/// decision needs: sends to existing conversations that repeat no stored
+/// send.
+pub fn member_pairs<'a>(
+    run: &[Send<'a>],
+    last_seqs: &HashMap<String, u64>,
+    originals: &HashMap<Key, Message>,
+) -> Vec<(&'a str, &'a str)> {
+    let mut pairs: Vec<(&str, &str)> = run
+        .iter()
+        .filter(|(rec, send)| {
+            unstorable(rec).is_none()
+                && last_seqs.contains_key(&rec.conversation_id)
+                && !originals.contains_key(&key(rec, send))
+        })
+        .map(|(rec, _)| (rec.conversation_id.as_str(), rec.actor_id.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs
+}
+
+fn key(rec: &IngressRecord, send: &SendCommand) -> Key {
+    (
+        rec.conversation_id.clone(),
+        rec.actor_id.clone(),
+        send.client_msg_id.clone(),
+    )
+}
+
+/// How one send of a run is answered.
+enum Plan {
+    /// Without a new message: a refusal or a stored original.
+    Done(Box<OutcomeRecord>),
+    /// The new message `new[i]`.
+    New(usize),
+    /// A repeat, inside the run, of the new message `new[i]`.
+    Repeat(usize),
+}
+
+/// A run of sends, decided.
+pub struct DecidedSends {
+    /// Each send's answer, in record order.
+    plans: Vec<Plan>,
+    /// The messages to insert, with their seqs.
+    pub new: Vec<Message>,
+    /// The new last seq of each conversation that got a message.
+    pub heads: BTreeMap<String, u64>,
+}
+
+/// Decides a run of sends, in order, as if one by one: a stored message
+/// with the same key is returned as it is (even if the sender has left
+/// since), then the conversation must exist, then the sender must be a
+/// member; a key repeated inside the run gets the first message. New
+/// messages take the seqs after their conversation's last, in record order.
+pub fn sends(run: &[Send<'_>], facts: &SendFacts, now: i64) -> DecidedSends {
+    let mut plans = Vec::with_capacity(run.len());
+    let mut new: Vec<Message> = Vec::new();
+    let mut first_new: HashMap<Key, usize> = HashMap::new();
+    let mut heads: BTreeMap<String, u64> = BTreeMap::new();
+    for &(rec, send) in run {
+        let conv_id = rec.conversation_id.as_str();
+        if let Some(err) = unstorable(rec) {
+            plans.push(Plan::Done(Box::new(refused(rec, err))));
+            continue;
+        }
+        let k = key(rec, send);
+        if let Some(original) = facts.originals.get(&k) {
+            plans.push(Plan::Done(Box::new(replayed(rec, original.clone()))));
+            continue;
+        }
+        if let Some(&i) = first_new.get(&k) {
+            plans.push(Plan::Repeat(i));
+            continue;
+        }
+        let Some(&stored_last) = facts.last_seqs.get(conv_id) else {
+            plans.push(Plan::Done(Box::new(refused(
+                rec,
+                ChatError::no_conversation(conv_id),
+            ))));
+            continue;
+        };
+        if !facts
+            .members
+            .contains(&(rec.conversation_id.clone(), rec.actor_id.clone()))
+        {
+            plans.push(Plan::Done(Box::new(refused(
+                rec,
+                ChatError::not_member(conv_id),
+            ))));
+            continue;
+        }
+        let head = heads
+            .entry(rec.conversation_id.clone())
+            .or_insert(stored_last);
+        *head += 1;
+        first_new.insert(k, new.len());
+        plans.push(Plan::New(new.len()));
+        new.push(Message {
+            conversation_id: rec.conversation_id.clone(),
+            seq: *head,
+            sender_id: rec.actor_id.clone(),
+            client_msg_id: send.client_msg_id.clone(),
+            body: send.body.clone(),
+            created_at: Some(timestamp(now)),
+            kind: MessageKind::Text as i32,
+            membership: None,
+        });
+    }
+    DecidedSends { plans, new, heads }
+}
+
+impl DecidedSends {
+    /// One outcome per send of `run` (the run this was decided from), in
+    /// order, appended to `outcomes`.
+    pub fn outcomes(self, run: &[Send<'_>], outcomes: &mut Vec<OutcomeRecord>) {
+        for (plan, (rec, _)) in self.plans.into_iter().zip(run) {
+            outcomes.push(match plan {
+                Plan::Done(outcome) => *outcome,
+                Plan::New(i) => outcome(
+                    rec,
+                    vec![self.new[i].clone()],
+                    outcome_record::Result::Message(self.new[i].clone()),
+                ),
+                Plan::Repeat(i) => replayed(rec, self.new[i].clone()),
+            });
+        }
+    }
+}
+
+/// A write that a decision asks of its store, made in order in the batch's
+/// transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Insert the record's conversation, with no messages yet (last seq 0).
+    CreateConversation {
+        /// `ConversationKind` as stored.
+        kind: i32,
+        /// The conversation's title.
+        title: String,
+    },
+    /// Make these users members.
+    AddMembers(Vec<String>),
+    /// Remove this member.
+    RemoveMember(String),
+    /// Insert this message and make its seq the conversation's last.
+    Append(Message),
+}
+
+/// What a record that is not a send comes to, unless it is refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Nothing to write: the answer is the conversation as it is.
+    Unchanged(Conversation),
+    /// Write these steps; the answer is the conversation as they leave it,
+    /// with the messages they append as the outcome's events.
+    Write(Vec<Step>),
+}
+
+/// Decides a record that is not a send (create, add, remove, or a record
+/// without a command) from its conversation as the transaction sees it
+/// (`None` if it does not exist).
+pub fn change(
+    rec: &IngressRecord,
+    conv: Option<Conversation>,
+    limits: &Limits,
+    now: i64,
+) -> Result<Change, ChatError> {
+    let conv_id = rec.conversation_id.as_str();
+    let actor = rec.actor_id.as_str();
+    let Some(command) = &rec.command else {
+        return Err(ChatError::InvalidArgument("record has no command".into()));
+    };
+    if let Some(err) = unstorable(rec) {
+        return Err(err);
+    }
+    let event = |seq: u64, change: Membership, users: &[String]| {
+        Step::Append(system_message(conv_id, seq, actor, change, users, now))
+    };
+    match command {
+        Command::Send(_) => Err(ChatError::Internal(
+            "a send reached the membership path".into(),
+        )),
+        Command::Create(create) => {
+            if let Some(existing) = conv {
+                // DIRECT ids are derived from the pair, so this is "create
+                // again"; for groups it is a replayed record.
+                if !existing.member_ids.iter().any(|m| m == actor) {
+                    return Err(ChatError::not_member(conv_id));
+                }
+                return Ok(Change::Unchanged(existing));
+            }
+            // The gateway checks this too; history, the only writer, decides.
+            if create.kind == ConversationKind::Group as i32
+                && create.member_ids.len() > limits.max_group_members
+            {
+                return Err(ChatError::ResourceExhausted(group_limit(
+                    limits.max_group_members,
+                    &format!("{} were asked for", create.member_ids.len()),
+                )));
+            }
+            Ok(Change::Write(vec![
+                Step::CreateConversation {
+                    kind: create.kind,
+                    title: create.title.clone(),
+                },
+                Step::AddMembers(create.member_ids.clone()),
+                event(1, Membership::Created, &create.member_ids),
+            ]))
+        }
+        Command::AddMembers(add) => {
+            let conv = group_for_change(conv, conv_id, actor)?;
+            let new: Vec<String> = add
+                .member_ids
+                .iter()
+                .filter(|u| !conv.member_ids.contains(u))
+                .cloned()
+                .collect();
+            if new.is_empty() {
+                return Ok(Change::Unchanged(conv));
+            }
+            if conv.member_ids.len() + new.len() > limits.max_group_members {
+                return Err(ChatError::ResourceExhausted(group_limit(
+                    limits.max_group_members,
+                    &format!(
+                        "it has {} and {} would be added",
+                        conv.member_ids.len(),
+                        new.len()
+                    ),
+                )));
+            }
+            let added = event(conv.last_seq + 1, Membership::Added, &new);
+            Ok(Change::Write(vec![Step::AddMembers(new), added]))
+        }
+        Command::RemoveMember(remove) => {
+            let conv = group_for_change(conv, conv_id, actor)?;
+            let target = &remove.member_id;
+            if !conv.member_ids.contains(target) {
+                return Err(ChatError::NotFound(format!(
+                    "{target} is not a member of conversation {conv_id}"
+                )));
+            }
+            let removed = event(
+                conv.last_seq + 1,
+                Membership::Removed,
+                std::slice::from_ref(target),
+            );
+            Ok(Change::Write(vec![
+                Step::RemoveMember(target.clone()),
+                removed,
+            ]))
+        }
+    }
+}
+
+/// Whether [`change`] reads `rec`'s conversation: not when `rec` is
+/// refused whatever the conversation is (no command, or text no store can
+/// keep, which a store could not even look up).
+pub fn reads_conversation(rec: &IngressRecord) -> bool {
+    rec.command.is_some() && unstorable(rec).is_none()
+}
+
+/// The group a membership change applies to, if it exists, is a group and
+/// `actor` is in it.
+fn group_for_change(
+    conv: Option<Conversation>,
+    conv_id: &str,
+    actor: &str,
+) -> Result<Conversation, ChatError> {
+    let Some(conv) = conv else {
+        return Err(ChatError::no_conversation(conv_id));
+    };
+    if !conv.member_ids.iter().any(|m| m == actor) {
+        return Err(ChatError::not_member(conv_id));
+    }
+    if conv.kind != ConversationKind::Group as i32 {
+        return Err(ChatError::InvalidArgument(
+            "members of a DIRECT conversation cannot change; create a GROUP instead".into(),
+        ));
+    }
+    Ok(conv)
+}
+
+/// The messages a [`Change::Write`] appends: its outcome's events.
+pub fn appended(steps: Vec<Step>) -> Vec<Message> {
+    steps
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Append(m) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The refusal of a record with text no store can keep: NUL, which
+/// PostgreSQL text cannot hold. The gateway refuses it too; checking here
+/// keeps one such record from failing its whole batch on every retry, and
+/// both stores accept exactly the same records.
+pub fn unstorable(rec: &IngressRecord) -> Option<ChatError> {
+    let has_nul = |s: &str| s.contains('\0');
+    let field = if has_nul(&rec.conversation_id) {
+        "conversation_id"
+    } else if has_nul(&rec.actor_id) {
+        "actor_id"
+    } else {
+        match &rec.command {
+            Some(Command::Send(s)) if has_nul(&s.client_msg_id) => "client_msg_id",
+            Some(Command::Send(s)) if has_nul(&s.body) => "body",
+            Some(Command::Create(c)) if has_nul(&c.title) => "title",
+            Some(Command::Create(c)) if c.member_ids.iter().any(|m| has_nul(m)) => "member_ids",
+            Some(Command::AddMembers(a)) if a.member_ids.iter().any(|m| has_nul(m)) => "member_ids",
+            Some(Command::RemoveMember(r)) if has_nul(&r.member_id) => "member_id",
+            _ => return None,
+        }
+    };
+    Some(ChatError::InvalidArgument(format!(
+        "{field} must not contain NUL characters"
+    )))
+}
+
+/// The SYSTEM message recording a membership change.
+pub fn system_message(
+    conversation_id: &str,
+    seq: u64,
+    actor: &str,
+    change: Membership,
+    users: &[String],
+    at_ms: i64,
+) -> Message {
+    let who = users.join(", ");
+    let body = match change {
+        Membership::Created => format!("{actor} created the conversation with {who}"),
+        Membership::Added => format!("{actor} added {who}"),
+        Membership::Removed if users.len() == 1 && users[0] == actor => format!("{actor} left"),
+        Membership::Removed => format!("{actor} removed {who}"),
+        Membership::Unspecified => String::new(),
+    };
+    Message {
+        conversation_id: conversation_id.to_string(),
+        seq,
+        sender_id: actor.to_string(),
+        client_msg_id: String::new(),
+        body,
+        created_at: Some(timestamp(at_ms)),
+        kind: MessageKind::System as i32,
+        membership: Some(MembershipEvent {
+            change: change as i32,
+            actor_id: actor.to_string(),
+            user_ids: users.to_vec(),
+        }),
+    }
+}
+
+/// The outcome of `rec`: `result` with `events` to deliver (a refusal has
+/// none), carrying the record's origin, trace and acceptance time.
+pub fn outcome(
+    rec: &IngressRecord,
+    events: Vec<Message>,
+    result: outcome_record::Result,
+) -> OutcomeRecord {
+    OutcomeRecord {
+        origin: rec.origin.clone(),
+        conversation_id: rec.conversation_id.clone(),
+        events,
+        result: Some(result),
+        replay: false,
+        traceparent: rec.traceparent.clone(),
+        accepted_at_ms: rec.accepted_at_ms,
+    }
+}
+
+/// The outcome of a send whose key was already stored: the original comes
+/// back as the result and, marked as a replay, as the event.
+pub fn replayed(rec: &IngressRecord, original: Message) -> OutcomeRecord {
+    OutcomeRecord {
+        replay: true,
+        ..outcome(
+            rec,
+            vec![original.clone()],
+            outcome_record::Result::Message(original),
+        )
+    }
+}
+
+/// An outcome that refuses `rec` with `err`.
+pub fn refused(rec: &IngressRecord, err: ChatError) -> OutcomeRecord {
+    outcome(rec, vec![], outcome_record::Result::Error(err.to_proto()))
+}
+
+/// The outcome of a decided [`change`], given the conversation as it is
+/// after its steps were written.
+pub fn changed(rec: &IngressRecord, events: Vec<Message>, conv: Conversation) -> OutcomeRecord {
+    outcome(rec, events, outcome_record::Result::Conversation(conv))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::{create_group, send};
+
+    fn facts(last: &[(&str, u64)], members: &[(&str, &str)]) -> SendFacts {
+        SendFacts {
+            last_seqs: last.iter().map(|(c, s)| (c.to_string(), *s)).collect(),
+            originals: HashMap::new(),
+            members: members
+                .iter()
+                .map(|(c, u)| (c.to_string(), u.to_string()))
+                .collect(),
+        }
+    }
+
+    fn sends_of(batch: &[IngressRecord]) -> Vec<Send<'_>> {
+        match runs(batch, usize::MAX).into_iter().next() {
+            Some(Run::Sends(run)) => run,
+            _ => panic!("not a run of sends"),
+        }
+    }
+
+    #[test]
+    fn a_run_takes_the_seqs_after_each_conversations_last_and_repeats_share_one() {
+        let batch = [
+            send("a", "alice", "1", "x"),
+            send("b", "alice", "1", "y"),
+            send("a", "alice", "1", "x again"),
+            send("a", "alice", "2", "z"),
+            send("a", "mallory", "3", "no"),
+            send("c", "alice", "4", "nowhere"),
+        ];
+        let run = sends_of(&batch);
+        let decided = sends(
+            &run,
+            &facts(&[("a", 4), ("b", 0)], &[("a", "alice"), ("b", "alice")]),
+            0,
+        );
+        assert_eq!(
+            decided
+                .new
+                .iter()
+                .map(|m| (m.conversation_id.as_str(), m.seq))
+                .collect::<Vec<_>>(),
+            vec![("a", 5), ("b", 1), ("a", 6)]
+        );
+        assert_eq!(decided.heads.get("a"), Some(&6));
+        assert_eq!(decided.heads.get("b"), Some(&1));
+        let mut out = Vec::new();
+        decided.outcomes(&run, &mut out);
+        use outcome_record::Result as R;
+        let seq = |o: &OutcomeRecord| match &o.result {
+            Some(R::Message(m)) => Ok((m.seq, o.replay)),
+            Some(R::Error(e)) => Err(tonic::Code::from_i32(e.code)),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            out.iter().map(seq).collect::<Vec<_>>(),
+            vec![
+                Ok((5, false)),
+                Ok((1, false)),
+                Ok((5, true)),
+                Ok((6, false)),
+                Err(tonic::Code::PermissionDenied),
+                Err(tonic::Code::NotFound),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_stored_original_is_returned_even_after_the_sender_left() {
+        let batch = [send("a", "alice", "1", "x")];
+        let run = sends_of(&batch);
+        let original = Message {
+            conversation_id: "a".into(),
+            seq: 3,
+            sender_id: "alice".into(),
+            client_msg_id: "1".into(),
+            body: "x".into(),
+            ..Message::default()
+        };
+        let mut f = facts(&[("a", 9)], &[]);
+        f.originals.insert(key_of(&original), original);
+        let decided = sends(&run, &f, 0);
+        assert!(decided.new.is_empty() && decided.heads.is_empty());
+        let mut out = Vec::new();
+        decided.outcomes(&run, &mut out);
+        assert!(out[0].replay);
+    }
+
+    #[test]
+    fn creating_writes_the_conversation_its_members_and_seq_one() {
+        let rec = create_group("g", "alice", &["alice", "bob"]);
+        let Ok(Change::Write(steps)) = change(&rec, None, &Limits::default(), 0) else {
+            panic!("not a write");
+        };
+        assert!(matches!(steps[0], Step::CreateConversation { .. }));
+        assert_eq!(
+            steps[1],
+            Step::AddMembers(vec!["alice".into(), "bob".into()])
+        );
+        let events = appended(steps);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].seq, 1);
+        assert_eq!(events[0].kind, MessageKind::System as i32);
+    }
+
+    #[test]
+    fn a_group_over_the_limit_is_refused_before_anything_is_written() {
+        let rec = create_group("g", "alice", &["alice", "bob", "carol"]);
+        let limits = Limits {
+            max_group_members: 2,
+            ..Limits::default()
+        };
+        let err = change(&rec, None, &limits, 0).expect_err("refused");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn nul_is_refused_by_every_store_with_the_field_named() {
+        let rec = send("g", "alice", "1", "bad\0body");
+        let err = unstorable(&rec).expect("refused");
+        assert!(err.to_string().starts_with("body "), "{err}");
+        assert!(unstorable(&send("g", "alice", "1", "fine")).is_none());
+    }
+}
