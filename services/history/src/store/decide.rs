@@ -35,12 +35,12 @@ pub fn key_of(m: &Message) -> Key {
 }
 
 /// A send of a run: its record and its command.
-pub type Send<'a> = (&'a IngressRecord, &'a SendCommand);
+pub type SendRecord<'a> = (&'a IngressRecord, &'a SendCommand);
 
 /// A part of a batch that is decided in one go.
 pub enum Run<'a> {
     /// Consecutive sends, decided together by [`sends`].
-    Sends(Vec<Send<'a>>),
+    Sends(Vec<SendRecord<'a>>),
     /// Any other record, decided alone by [`change`].
     One(&'a IngressRecord),
 }
@@ -51,7 +51,7 @@ pub fn runs(batch: &[IngressRecord], max_run: usize) -> Vec<Run<'_>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < batch.len() {
-        let run: Vec<Send<'_>> = batch[i..]
+        let run: Vec<SendRecord<'_>> = batch[i..]
             .iter()
             .take(max_run.max(1))
             .map_while(|r| match &r.command {
@@ -84,7 +84,7 @@ pub struct SendFacts {
 
 /// The distinct conversations of a run's storable sends, sorted (the order
 /// in which a store that locks them must lock them).
-pub fn conversations<'a>(run: &[Send<'a>]) -> Vec<&'a str> {
+pub fn conversations<'a>(run: &[SendRecord<'a>]) -> Vec<&'a str> {
     let mut ids: Vec<&str> = run
         .iter()
         .filter(|(rec, _)| unstorable(rec).is_none())
@@ -98,7 +98,7 @@ pub fn conversations<'a>(run: &[Send<'a>]) -> Vec<&'a str> {
 /// The distinct retry keys to look up for a run, given the last seqs of
 /// its conversations (messages exist only in conversations that exist).
 pub fn keys<'a>(
-    run: &[Send<'a>],
+    run: &[SendRecord<'a>],
     last_seqs: &HashMap<String, u64>,
 ) -> Vec<(&'a str, &'a str, &'a str)> {
     let mut keys: Vec<(&str, &str, &str)> = run
@@ -123,7 +123,7 @@ pub fn keys<'a>(
 /// decision needs: sends to existing conversations that repeat no stored
 /// send.
 pub fn member_pairs<'a>(
-    run: &[Send<'a>],
+    run: &[SendRecord<'a>],
     last_seqs: &HashMap<String, u64>,
     originals: &HashMap<Key, Message>,
 ) -> Vec<(&'a str, &'a str)> {
@@ -174,7 +174,7 @@ pub struct DecidedSends {
 /// since), then the conversation must exist, then the sender must be a
 /// member; a key repeated inside the run gets the first message. New
 /// messages take the seqs after their conversation's last, in record order.
-pub fn sends(run: &[Send<'_>], facts: &SendFacts, now: i64) -> DecidedSends {
+pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSends {
     let mut plans = Vec::with_capacity(run.len());
     let mut new: Vec<Message> = Vec::new();
     let mut first_new: HashMap<Key, usize> = HashMap::new();
@@ -234,7 +234,7 @@ pub fn sends(run: &[Send<'_>], facts: &SendFacts, now: i64) -> DecidedSends {
 impl DecidedSends {
     /// One outcome per send of `run` (the run this was decided from), in
     /// order, appended to `outcomes`.
-    pub fn outcomes(self, run: &[Send<'_>], outcomes: &mut Vec<OutcomeRecord>) {
+    pub fn outcomes(self, run: &[SendRecord<'_>], outcomes: &mut Vec<OutcomeRecord>) {
         for (plan, (rec, _)) in self.plans.into_iter().zip(run) {
             outcomes.push(match plan {
                 Plan::Done(outcome) => *outcome,
@@ -530,7 +530,7 @@ mod tests {
         }
     }
 
-    fn sends_of(batch: &[IngressRecord]) -> Vec<Send<'_>> {
+    fn sends_of(batch: &[IngressRecord]) -> Vec<SendRecord<'_>> {
         match runs(batch, usize::MAX).into_iter().next() {
             Some(Run::Sends(run)) => run,
             _ => panic!("not a run of sends"),

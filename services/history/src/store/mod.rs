@@ -2,8 +2,10 @@
 //! implement; the decisions both make for each ingress record are in
 //! [`decide`], so a store only loads and writes.
 
+pub mod apply;
 pub mod decide;
 pub mod postgres;
+pub mod rows;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]

@@ -19,16 +19,17 @@
 //! - A transaction that loses a deadlock or serialization check (SQLSTATE
 //!   40P01 / 40001) is retried here a few times before the error is returned.
 
-use super::decide::{self, Change, Run, Send, SendFacts, Step};
-use super::{keyset, now_ms, timestamp, Store, StoreError};
+use super::apply::{self, BatchTx};
+use super::decide;
+use super::rows::{self, ConversationRow, ListedRow, MessageRow, LISTED_COLUMNS};
+use super::{keyset, now_ms, Store, StoreError};
 use async_trait::async_trait;
 use confab_common::validate::{Limits, PageCursor};
 use confab_proto::internal::v1::{ingress_record::Command, IngressRecord, OutcomeRecord};
-use confab_proto::prost::Message as _;
-use confab_proto::v1::{Conversation, MembershipEvent, Message};
+use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row};
-use std::collections::HashMap;
+use sqlx::{FromRow as _, Postgres, Row};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -193,17 +194,9 @@ impl PostgresStore {
                 .collect();
             ids.sort_unstable();
             ids.dedup();
-            lock_conversations(&mut tx, &ids).await?;
+            tx.last_seqs(&ids).await?;
         }
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for run in decide::runs(batch, usize::MAX) {
-            match run {
-                Run::Sends(run) => apply_sends(&mut tx, &run, now, &mut outcomes).await?,
-                Run::One(rec) => {
-                    outcomes.push(apply_change(&mut tx, rec, now, &self.limits).await?)
-                }
-            }
-        }
+        let outcomes = apply::batch(&mut tx, batch, usize::MAX, &self.limits, now).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -235,37 +228,20 @@ impl Store for PostgresStore {
         if user.contains('\0') {
             return Ok(Vec::new());
         }
-        let rows = self
-            .fetch_all(|| {
-                sqlx::query(
-                    "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, m2.user_id
-                     FROM members m
-                     JOIN conversations c ON c.id = m.conversation_id
-                     JOIN members m2 ON m2.conversation_id = m.conversation_id
-                     WHERE m.user_id = $1
-                     ORDER BY c.id, m2.user_id",
-                )
-                .bind(user)
-            })
-            .await?;
-        let mut out: Vec<Conversation> = Vec::new();
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            if out.last().map(|c| c.id != id).unwrap_or(true) {
-                out.push(Conversation {
-                    id,
-                    kind: row.try_get(1)?,
-                    title: row.try_get(2)?,
-                    member_ids: vec![],
-                    last_seq: seq_from(row.try_get(3)?)?,
-                    created_at: Some(timestamp(row.try_get(4)?)),
-                });
-            }
-            if let Some(c) = out.last_mut() {
-                c.member_ids.push(row.try_get(5)?);
-            }
-        }
-        Ok(out)
+        let sql = format!(
+            "SELECT {LISTED_COLUMNS}
+             FROM members m
+             JOIN conversations c ON c.id = m.conversation_id
+             JOIN members m2 ON m2.conversation_id = m.conversation_id
+             WHERE m.user_id = $1
+             ORDER BY c.id, m2.user_id"
+        );
+        let rows = self.fetch_all(|| sqlx::query(&sql).bind(user)).await?;
+        rows::conversations_from_rows(
+            rows.iter()
+                .map(ListedRow::from_row)
+                .collect::<Result<_, _>>()?,
+        )
     }
 
     async fn history(
@@ -354,7 +330,7 @@ fn page_from_rows(rows: &[PgRow], limit: u32) -> Result<(Vec<Message>, bool), St
     for row in rows {
         let seq: Option<i64> = row.try_get("seq")?;
         if seq.is_some() {
-            messages.push(message_from_row(row)?);
+            messages.push(MessageRow::from_row(row)?.try_into()?);
         }
     }
     let has_more = messages.len() > limit as usize;
@@ -376,6 +352,14 @@ fn is_retryable(e: &sqlx::Error) -> bool {
         .is_some_and(|code| code == "40001" || code == "40P01")
 }
 
+/// `cols` ("a, b") as "p.a, p.b".
+fn prefixed(p: &str, cols: &str) -> String {
+    cols.split(',')
+        .map(|c| format!("{p}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 // Per-run plans: the statements that look a batch's arrays up in
 // `conversations`, `members` or `messages` are planned on every run
 // (unnamed statements), not prepared once, and the lookups in `messages`
@@ -386,49 +370,33 @@ fn is_retryable(e: &sqlx::Error) -> bool {
 // batch, slower with each message stored (docs/benchmarks-log.md). Planning
 // once per batch costs a fraction of a millisecond.
 
-/// Locks the existing conversations among `ids` (sorted, so every batch
-/// locks in the same order) and returns their last seqs. Under READ
-/// COMMITTED a row locked after waiting is returned as the previous
-/// holder committed it, so the last seqs are current.
-async fn lock_conversations(tx: &mut Tx, ids: &[&str]) -> Result<HashMap<String, u64>, StoreError> {
-    if ids.is_empty() {
-        return Ok(HashMap::new());
+/// Concurrent batches are serialised by row locks on `conversations`, taken
+/// in id order before anything a decision reads is read.
+#[async_trait]
+impl BatchTx for Tx {
+    /// Locks the existing conversations among `ids` (sorted, so every batch
+    /// locks in the same order). Under READ COMMITTED a row locked after
+    /// waiting is returned as the previous holder committed it, so the last
+    /// seqs are current.
+    async fn last_seqs(&mut self, ids: &[&str]) -> Result<HashMap<String, u64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT id, last_seq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        )
+        .persistent(false) // planned per run: see above
+        .bind(ids)
+        .fetch_all(&mut **self)
+        .await?;
+        rows.into_iter()
+            .map(|(id, last)| Ok((id, rows::seq_from(last)?)))
+            .collect()
     }
-    let rows = sqlx::query(
-        "SELECT id, last_seq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-    )
-    .persistent(false) // planned per run: see above
-    .bind(ids)
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut locked = HashMap::with_capacity(rows.len());
-    for row in rows {
-        locked.insert(row.try_get(0)?, seq_from(row.try_get(1)?)?);
-    }
-    Ok(locked)
-}
 
-/// Locks the run's conversations, loads what [`decide::sends`] reads,
-/// decides the run and writes its new messages: four statements for the
-/// run (lock and last seqs, the dedupe lookup, the membership lookup, one
-/// insert) and one update of the last seqs.
-async fn apply_sends(
-    tx: &mut Tx,
-    run: &[Send<'_>],
-    now: i64,
-    outcomes: &mut Vec<OutcomeRecord>,
-) -> Result<(), StoreError> {
-    // Lock first: every read below starts after the previous writer of these
-    // conversations has committed.
-    let mut facts = SendFacts {
-        last_seqs: lock_conversations(tx, &decide::conversations(run)).await?,
-        ..SendFacts::default()
-    };
-
-    let keys = decide::keys(run, &facts.last_seqs);
-    if !keys.is_empty() {
-        // One index probe per key (a LATERAL subquery with a LIMIT is
-        // never turned into a hash join over the table).
+    /// One index probe per key (a LATERAL subquery with a LIMIT is never
+    /// turned into a hash join over the table).
+    async fn sent(&mut self, keys: &[(&str, &str, &str)]) -> Result<Vec<Message>, StoreError> {
         let sql = format!(
             "SELECT {} FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (conversation_id, sender_id, client_msg_id)
              CROSS JOIN LATERAL (
@@ -440,22 +408,21 @@ async fn apply_sends(
             prefixed("m", MESSAGE_COLUMNS),
             prefixed("x", MESSAGE_COLUMNS)
         );
-        let rows = sqlx::query(&sql)
-            .persistent(false) // planned per run: see lock_conversations
+        let rows: Vec<MessageRow> = sqlx::query_as(&sql)
+            .persistent(false) // planned per run: see above
             .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
             .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
             .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
-            .fetch_all(&mut **tx)
+            .fetch_all(&mut **self)
             .await?;
-        for row in &rows {
-            let m = message_from_row(row)?;
-            facts.originals.insert(decide::key_of(&m), m);
-        }
+        rows.into_iter().map(Message::try_from).collect()
     }
 
-    let pairs = decide::member_pairs(run, &facts.last_seqs, &facts.originals);
-    if !pairs.is_empty() {
-        let rows = sqlx::query(
+    async fn members(
+        &mut self,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(sqlx::query_as(
             "SELECT k.conversation_id, k.user_id
              FROM UNNEST($1::text[], $2::text[]) AS k (conversation_id, user_id)
              CROSS JOIN LATERAL (
@@ -464,19 +431,14 @@ async fn apply_sends(
                  LIMIT 1
              ) m",
         )
-        .persistent(false) // planned per run: see lock_conversations
+        .persistent(false) // planned per run: see above
         .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
         .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
-        .await?;
-        for row in rows {
-            facts.members.insert((row.try_get(0)?, row.try_get(1)?));
-        }
+        .fetch_all(&mut **self)
+        .await?)
     }
 
-    let decided = decide::sends(run, &facts, now);
-    if !decided.new.is_empty() {
-        let new = &decided.new;
+    async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
              SELECT u.conversation_id, u.seq, u.sender_id, u.client_msg_id, u.kind, u.body, NULL, $7
@@ -490,151 +452,68 @@ async fn apply_sends(
         .bind(new.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
         .bind(new.iter().map(|m| m.kind).collect::<Vec<_>>())
         .bind(now)
-        .execute(&mut **tx)
+        .execute(&mut **self)
         .await?;
+        Ok(())
+    }
+
+    async fn set_last_seqs(&mut self, heads: &BTreeMap<String, u64>) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE conversations AS c SET last_seq = u.last_seq
              FROM UNNEST($1::text[], $2::bigint[]) AS u (id, last_seq)
              WHERE c.id = u.id",
         )
-        .persistent(false) // planned per run: see lock_conversations
-        .bind(decided.heads.keys().map(String::as_str).collect::<Vec<_>>())
-        .bind(
-            decided
-                .heads
-                .values()
-                .map(|s| *s as i64)
-                .collect::<Vec<_>>(),
+        .persistent(false) // planned per run: see above
+        .bind(heads.keys().map(String::as_str).collect::<Vec<_>>())
+        .bind(heads.values().map(|s| *s as i64).collect::<Vec<_>>())
+        .execute(&mut **self)
+        .await?;
+        Ok(())
+    }
+
+    async fn conversation(&mut self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        load_conversation(self, id, true).await
+    }
+
+    /// A conversation created by a concurrent batch since it was read is
+    /// a conflict: nothing is inserted, and false says to decide again.
+    async fn create_conversation(
+        &mut self,
+        id: &str,
+        kind: i32,
+        title: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let inserted = rows::create_conversation(id, kind, title, now)
+            .execute(&mut **self)
+            .await?
+            .rows_affected();
+        Ok(inserted > 0)
+    }
+
+    async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO members (conversation_id, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS u",
         )
-        .execute(&mut **tx)
+        .bind(id)
+        .bind(users)
+        .execute(&mut **self)
         .await?;
+        Ok(())
     }
-    decided.outcomes(run, outcomes);
-    Ok(())
-}
 
-/// `cols` ("a, b") as "p.a, p.b".
-fn prefixed(p: &str, cols: &str) -> String {
-    cols.split(',')
-        .map(|c| format!("{p}.{}", c.trim()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Decides one record that is not a send with [`decide::change`], on its
-/// conversation locked, and writes what it comes to.
-async fn apply_change(
-    tx: &mut Tx,
-    rec: &IngressRecord,
-    now: i64,
-    limits: &Limits,
-) -> Result<OutcomeRecord, StoreError> {
-    let conv_id = rec.conversation_id.as_str();
-    let mut conv = if decide::reads_conversation(rec) {
-        load_conversation(tx, conv_id, true).await?
-    } else {
-        None
-    };
-    loop {
-        let steps = match decide::change(rec, conv, limits, now) {
-            Err(err) => return Ok(decide::refused(rec, err)),
-            Ok(Change::Unchanged(conv)) => return Ok(decide::changed(rec, vec![], conv)),
-            Ok(Change::Write(steps)) => steps,
-        };
-        if write_steps(tx, conv_id, &steps, now).await? {
-            let conv = require_conversation(tx, conv_id).await?;
-            return Ok(decide::changed(rec, decide::appended(steps), conv));
-        }
-        // A concurrent batch created the conversation and has committed
-        // since it was loaded: decide again on it (it now exists, so the
-        // decision writes nothing).
-        conv = Some(require_conversation(tx, conv_id).await?);
+    async fn remove_member(&mut self, id: &str, user: &str) -> Result<(), StoreError> {
+        rows::remove_member(id, user).execute(&mut **self).await?;
+        Ok(())
     }
-}
 
-/// Writes `steps` for conversation `conv_id`; false, with nothing written,
-/// if the conversation to create already exists.
-async fn write_steps(
-    tx: &mut Tx,
-    conv_id: &str,
-    steps: &[Step],
-    now: i64,
-) -> Result<bool, StoreError> {
-    for step in steps {
-        match step {
-            Step::CreateConversation { kind, title } => {
-                let inserted = sqlx::query(
-                    "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms)
-                     VALUES ($1, $2, $3, 0, $4) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(conv_id)
-                .bind(kind)
-                .bind(title)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected();
-                if inserted == 0 {
-                    return Ok(false);
-                }
-            }
-            Step::AddMembers(users) => {
-                sqlx::query(
-                    "INSERT INTO members (conversation_id, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS u",
-                )
-                .bind(conv_id)
-                .bind(users)
-                .execute(&mut **tx)
-                .await?;
-            }
-            Step::RemoveMember(user) => {
-                sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
-                    .bind(conv_id)
-                    .bind(user)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Step::Append(m) => {
-                insert_message(tx, m, now).await?;
-                set_last_seq(tx, conv_id, m.seq).await?;
-            }
-        }
+    async fn append(&mut self, m: &Message, now: i64) -> Result<(), StoreError> {
+        rows::insert_message(m, now).execute(&mut **self).await?;
+        rows::set_last_seq(&m.conversation_id, m.seq)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
     }
-    Ok(true)
-}
-
-async fn set_last_seq(tx: &mut Tx, conv: &str, seq: u64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE conversations SET last_seq = $2 WHERE id = $1")
-        .bind(conv)
-        .bind(seq as i64)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn insert_message(tx: &mut Tx, m: &Message, now: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&m.conversation_id)
-    .bind(m.seq as i64)
-    .bind(&m.sender_id)
-    .bind(&m.client_msg_id)
-    .bind(m.kind)
-    .bind(&m.body)
-    .bind(m.membership.as_ref().map(|e| e.encode_to_vec()))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-/// The conversation, locked, which this transaction knows exists.
-async fn require_conversation(tx: &mut Tx, id: &str) -> Result<Conversation, StoreError> {
-    load_conversation(tx, id, true).await?.ok_or_else(|| {
-        StoreError::Corrupt(format!("conversation {id} vanished inside its transaction"))
-    })
 }
 
 /// A conversation with its members. With `lock`, its row is locked first
@@ -658,7 +537,7 @@ async fn load_conversation(
     // One statement, so the row and its members come from one snapshot.
     let Some(row) = sqlx::query(
         "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms,
-                ARRAY(SELECT m.user_id FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id)
+                ARRAY(SELECT m.user_id FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id) AS member_ids
          FROM conversations c WHERE c.id = $1",
     )
     .bind(id)
@@ -667,35 +546,7 @@ async fn load_conversation(
     else {
         return Ok(None);
     };
-    Ok(Some(Conversation {
-        id: row.try_get(0)?,
-        kind: row.try_get(1)?,
-        title: row.try_get(2)?,
-        member_ids: row.try_get(5)?,
-        last_seq: seq_from(row.try_get(3)?)?,
-        created_at: Some(timestamp(row.try_get(4)?)),
-    }))
-}
-
-/// A stored seq as the API's unsigned one.
-fn seq_from(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative seq {v}")))
-}
-
-fn message_from_row(row: &PgRow) -> Result<Message, StoreError> {
-    let membership: Option<Vec<u8>> = row.try_get("membership")?;
-    let membership = membership
-        .map(|b| MembershipEvent::decode(b.as_slice()))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("membership event: {e}")))?;
-    Ok(Message {
-        conversation_id: row.try_get("conversation_id")?,
-        seq: seq_from(row.try_get("seq")?)?,
-        sender_id: row.try_get("sender_id")?,
-        client_msg_id: row.try_get("client_msg_id")?,
-        body: row.try_get("body")?,
-        created_at: Some(timestamp(row.try_get("created_at_ms")?)),
-        kind: row.try_get("kind")?,
-        membership,
-    })
+    ConversationRow::from_row(&row)?
+        .with_members(row.try_get("member_ids")?)
+        .map(Some)
 }

@@ -4,15 +4,16 @@
 //! The WAL is checkpointed into the database file every
 //! [`WAL_AUTOCHECKPOINT_PAGES`] pages rather than SQLite's default 1,000.
 
-use super::decide::{self, Change, Run, Send, SendFacts, Step};
-use super::{keyset, now_ms, timestamp, Store, StoreError};
+use super::apply::{self, BatchTx};
+use super::rows::{self, ConversationRow, ListedRow, MessageRow, LISTED_COLUMNS};
+use super::{keyset, now_ms, Store, StoreError};
 use async_trait::async_trait;
 use confab_common::validate::{Limits, PageCursor};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
-use confab_proto::prost::Message as _;
-use confab_proto::v1::{Conversation, MembershipEvent, Message};
+use confab_proto::v1::{Conversation, Message};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -75,19 +76,7 @@ impl Store for SqliteStore {
     async fn apply(&self, batch: &[IngressRecord]) -> Result<Vec<OutcomeRecord>, StoreError> {
         let _writer = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
-        let now = now_ms();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        // Consecutive sends are decided and written a run at a time: a
-        // handful of statements for the run instead of five per send (each
-        // statement is a round trip to SQLite's worker thread).
-        for run in decide::runs(batch, MAX_RUN) {
-            match run {
-                Run::Sends(run) => apply_sends(&mut tx, &run, now, &mut outcomes).await?,
-                Run::One(rec) => {
-                    outcomes.push(apply_change(&mut tx, rec, now, &self.limits).await?)
-                }
-            }
-        }
+        let outcomes = apply::batch(&mut tx, batch, MAX_RUN, &self.limits, now_ms()).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -98,35 +87,18 @@ impl Store for SqliteStore {
     }
 
     async fn list_conversations(&self, user: &str) -> Result<Vec<Conversation>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, m2.user_id
+        let rows: Vec<ListedRow> = sqlx::query_as(&format!(
+            "SELECT {LISTED_COLUMNS}
              FROM members m
              JOIN conversations c ON c.id = m.conversation_id
              JOIN members m2 ON m2.conversation_id = m.conversation_id
              WHERE m.user_id = ?1
-             ORDER BY c.id, m2.user_id",
-        )
+             ORDER BY c.id, m2.user_id"
+        ))
         .bind(user)
         .fetch_all(&self.pool)
         .await?;
-        let mut out: Vec<Conversation> = Vec::new();
-        for row in rows {
-            let id: String = row.try_get(0)?;
-            if out.last().map(|c| c.id != id).unwrap_or(true) {
-                out.push(Conversation {
-                    id,
-                    kind: row.try_get(1)?,
-                    title: row.try_get(2)?,
-                    member_ids: vec![],
-                    last_seq: row.try_get::<i64, _>(3)? as u64,
-                    created_at: Some(timestamp(row.try_get(4)?)),
-                });
-            }
-            if let Some(c) = out.last_mut() {
-                c.member_ids.push(row.try_get(5)?);
-            }
-        }
-        Ok(out)
+        rows::conversations_from_rows(rows)
     }
 
     async fn history(
@@ -139,7 +111,7 @@ impl Store for SqliteStore {
         let sql = format!(
             "SELECT * FROM messages WHERE conversation_id = ?1 AND seq {cmp} ?2 ORDER BY seq {order} LIMIT ?3"
         );
-        let rows = sqlx::query(&sql)
+        let rows: Vec<MessageRow> = sqlx::query_as(&sql)
             .bind(conversation_id)
             .bind(bound)
             .bind(i64::from(limit) + 1)
@@ -147,9 +119,9 @@ impl Store for SqliteStore {
             .await?;
         let has_more = rows.len() > limit as usize;
         let messages = rows
-            .iter()
+            .into_iter()
             .take(limit as usize)
-            .map(message_from_row)
+            .map(Message::try_from)
             .collect::<Result<Vec<_>, _>>()?;
         Ok((messages, has_more))
     }
@@ -157,8 +129,10 @@ impl Store for SqliteStore {
 
 type Tx = sqlx::Transaction<'static, Sqlite>;
 
-/// Most sends decided by one [`apply_sends`] (at 7 parameters a row, far
-/// below SQLite's 32,766 parameters a statement).
+/// Most sends in one run (at 7 parameters a row, far below SQLite's 32,766
+/// parameters a statement). A run is a handful of statements instead of
+/// five per send, and each statement is a round trip to SQLite's worker
+/// thread.
 const MAX_RUN: usize = 512;
 
 /// `(?, ?), (?, ?), ...`: `rows` rows of `cols` parameters.
@@ -167,77 +141,71 @@ fn placeholders(rows: usize, cols: usize) -> String {
     vec![row; rows].join(", ")
 }
 
-/// Loads what [`decide::sends`] reads for `run`, decides it, and writes the
-/// new messages: four statements for the whole run (the conversations'
-/// last seqs, the dedupe lookup, the membership lookup, one insert) and one
-/// update of the last seqs.
-async fn apply_sends(
-    tx: &mut Tx,
-    run: &[Send<'_>],
-    now: i64,
-    outcomes: &mut Vec<OutcomeRecord>,
-) -> Result<(), StoreError> {
-    let mut facts = SendFacts::default();
-    let convs = decide::conversations(run);
-    if !convs.is_empty() {
+/// One writer at a time (the store's mutex), so nothing is locked: what a
+/// statement reads is what the previous batch committed.
+#[async_trait]
+impl BatchTx for Tx {
+    async fn last_seqs(&mut self, ids: &[&str]) -> Result<HashMap<String, u64>, StoreError> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
         let sql = format!(
             "SELECT c.id, c.last_seq FROM (VALUES {}) AS k JOIN conversations c ON c.id = k.column1",
-            placeholders(convs.len(), 1)
+            placeholders(ids.len(), 1)
         );
-        let mut q = sqlx::query(&sql);
-        for c in &convs {
-            q = q.bind(*c);
+        let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
+        for id in ids {
+            q = q.bind(*id);
         }
-        for row in q.fetch_all(&mut **tx).await? {
-            facts
-                .last_seqs
-                .insert(row.try_get(0)?, row.try_get::<i64, _>(1)? as u64);
-        }
+        q.fetch_all(&mut **self)
+            .await?
+            .into_iter()
+            .map(|(id, last)| Ok((id, rows::seq_from(last)?)))
+            .collect()
     }
 
-    let keys = decide::keys(run, &facts.last_seqs);
-    if !keys.is_empty() {
+    async fn sent(&mut self, keys: &[(&str, &str, &str)]) -> Result<Vec<Message>, StoreError> {
         let sql = format!(
             "SELECT m.* FROM (VALUES {}) AS k
              JOIN messages m ON m.conversation_id = k.column1 AND m.sender_id = k.column2
                             AND m.client_msg_id = k.column3 AND m.kind = 1",
             placeholders(keys.len(), 3)
         );
-        let mut q = sqlx::query(&sql);
-        for (c, s, i) in &keys {
+        let mut q = sqlx::query_as::<_, MessageRow>(&sql);
+        for (c, s, i) in keys {
             q = q.bind(*c).bind(*s).bind(*i);
         }
-        for row in q.fetch_all(&mut **tx).await? {
-            let m = message_from_row(&row)?;
-            facts.originals.insert(decide::key_of(&m), m);
-        }
+        q.fetch_all(&mut **self)
+            .await?
+            .into_iter()
+            .map(Message::try_from)
+            .collect()
     }
 
-    let pairs = decide::member_pairs(run, &facts.last_seqs, &facts.originals);
-    if !pairs.is_empty() {
+    async fn members(
+        &mut self,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let sql = format!(
             "SELECT m.conversation_id, m.user_id FROM (VALUES {}) AS k
              JOIN members m ON m.conversation_id = k.column1 AND m.user_id = k.column2",
             placeholders(pairs.len(), 2)
         );
-        let mut q = sqlx::query(&sql);
-        for (c, u) in &pairs {
+        let mut q = sqlx::query_as(&sql);
+        for (c, u) in pairs {
             q = q.bind(*c).bind(*u);
         }
-        for row in q.fetch_all(&mut **tx).await? {
-            facts.members.insert((row.try_get(0)?, row.try_get(1)?));
-        }
+        Ok(q.fetch_all(&mut **self).await?)
     }
 
-    let decided = decide::sends(run, &facts, now);
-    if !decided.new.is_empty() {
+    async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
              SELECT column1, column2, column3, column4, column5, column6, NULL, column7 FROM (VALUES {})",
-            placeholders(decided.new.len(), 7)
+            placeholders(new.len(), 7)
         );
         let mut q = sqlx::query(&sql);
-        for m in &decided.new {
+        for m in new {
             q = q
                 .bind(&m.conversation_id)
                 .bind(m.seq as i64)
@@ -247,123 +215,72 @@ async fn apply_sends(
                 .bind(&m.body)
                 .bind(now);
         }
-        q.execute(&mut **tx).await?;
+        q.execute(&mut **self).await?;
+        Ok(())
+    }
+
+    async fn set_last_seqs(&mut self, heads: &BTreeMap<String, u64>) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE conversations SET last_seq = u.column2
              FROM (VALUES {}) AS u WHERE conversations.id = u.column1",
-            placeholders(decided.heads.len(), 2)
+            placeholders(heads.len(), 2)
         );
         let mut q = sqlx::query(&sql);
-        for (c, seq) in &decided.heads {
+        for (c, seq) in heads {
             q = q.bind(c).bind(*seq as i64);
         }
-        q.execute(&mut **tx).await?;
+        q.execute(&mut **self).await?;
+        Ok(())
     }
-    decided.outcomes(run, outcomes);
-    Ok(())
-}
 
-/// Decides one record that is not a send with [`decide::change`] and
-/// writes what it comes to.
-async fn apply_change(
-    tx: &mut Tx,
-    rec: &IngressRecord,
-    now: i64,
-    limits: &Limits,
-) -> Result<OutcomeRecord, StoreError> {
-    let conv_id = rec.conversation_id.as_str();
-    let conv = if decide::reads_conversation(rec) {
-        load_conversation(tx, conv_id).await?
-    } else {
-        None
-    };
-    let steps = match decide::change(rec, conv, limits, now) {
-        Err(err) => return Ok(decide::refused(rec, err)),
-        Ok(Change::Unchanged(conv)) => return Ok(decide::changed(rec, vec![], conv)),
-        Ok(Change::Write(steps)) => steps,
-    };
-    for step in &steps {
-        match step {
-            Step::CreateConversation { kind, title } => {
-                sqlx::query(
-                    "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms) VALUES (?1, ?2, ?3, 0, ?4)",
-                )
-                .bind(conv_id)
-                .bind(kind)
-                .bind(title)
-                .bind(now)
-                .execute(&mut **tx)
+    async fn conversation(&mut self, id: &str) -> Result<Option<Conversation>, StoreError> {
+        load_conversation(self, id).await
+    }
+
+    async fn create_conversation(
+        &mut self,
+        id: &str,
+        kind: i32,
+        title: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let inserted = rows::create_conversation(id, kind, title, now)
+            .execute(&mut **self)
+            .await?
+            .rows_affected();
+        Ok(inserted > 0)
+    }
+
+    async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError> {
+        for user in users {
+            sqlx::query("INSERT INTO members (conversation_id, user_id) VALUES (?1, ?2)")
+                .bind(id)
+                .bind(user)
+                .execute(&mut **self)
                 .await?;
-            }
-            Step::AddMembers(users) => {
-                for user in users {
-                    insert_member(tx, conv_id, user).await?;
-                }
-            }
-            Step::RemoveMember(user) => {
-                sqlx::query("DELETE FROM members WHERE conversation_id = ?1 AND user_id = ?2")
-                    .bind(conv_id)
-                    .bind(user)
-                    .execute(&mut **tx)
-                    .await?;
-            }
-            Step::Append(m) => {
-                insert_message(tx, m, now).await?;
-                set_last_seq(tx, conv_id, m.seq).await?;
-            }
         }
+        Ok(())
     }
-    let conv = require_conversation(tx, conv_id).await?;
-    Ok(decide::changed(rec, decide::appended(steps), conv))
-}
 
-async fn set_last_seq(tx: &mut Tx, conv: &str, seq: u64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE conversations SET last_seq = ?2 WHERE id = ?1")
-        .bind(conv)
-        .bind(seq as i64)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
+    async fn remove_member(&mut self, id: &str, user: &str) -> Result<(), StoreError> {
+        rows::remove_member(id, user).execute(&mut **self).await?;
+        Ok(())
+    }
 
-async fn insert_member(tx: &mut Tx, conv: &str, user: &str) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO members (conversation_id, user_id) VALUES (?1, ?2)")
-        .bind(conv)
-        .bind(user)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-async fn insert_message(tx: &mut Tx, m: &Message, now: i64) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )
-    .bind(&m.conversation_id)
-    .bind(m.seq as i64)
-    .bind(&m.sender_id)
-    .bind(&m.client_msg_id)
-    .bind(m.kind)
-    .bind(&m.body)
-    .bind(m.membership.as_ref().map(|e| e.encode_to_vec()))
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-async fn require_conversation(tx: &mut Tx, id: &str) -> Result<Conversation, StoreError> {
-    load_conversation(tx, id).await?.ok_or_else(|| {
-        StoreError::Corrupt(format!("conversation {id} vanished inside its transaction"))
-    })
+    async fn append(&mut self, m: &Message, now: i64) -> Result<(), StoreError> {
+        rows::insert_message(m, now).execute(&mut **self).await?;
+        rows::set_last_seq(&m.conversation_id, m.seq)
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
 }
 
 async fn load_conversation(
     conn: &mut SqliteConnection,
     id: &str,
 ) -> Result<Option<Conversation>, StoreError> {
-    let Some(row) = sqlx::query(
+    let Some(row) = sqlx::query_as::<_, ConversationRow>(
         "SELECT id, kind, title, last_seq, created_at_ms FROM conversations WHERE id = ?1",
     )
     .bind(id)
@@ -378,32 +295,7 @@ async fn load_conversation(
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(Some(Conversation {
-        id: row.try_get(0)?,
-        kind: row.try_get(1)?,
-        title: row.try_get(2)?,
-        member_ids,
-        last_seq: row.try_get::<i64, _>(3)? as u64,
-        created_at: Some(timestamp(row.try_get(4)?)),
-    }))
-}
-
-fn message_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Message, StoreError> {
-    let membership: Option<Vec<u8>> = row.try_get("membership")?;
-    let membership = membership
-        .map(|b| MembershipEvent::decode(b.as_slice()))
-        .transpose()
-        .map_err(|e| StoreError::Corrupt(format!("membership event: {e}")))?;
-    Ok(Message {
-        conversation_id: row.try_get("conversation_id")?,
-        seq: row.try_get::<i64, _>("seq")? as u64,
-        sender_id: row.try_get("sender_id")?,
-        client_msg_id: row.try_get("client_msg_id")?,
-        body: row.try_get("body")?,
-        created_at: Some(timestamp(row.try_get("created_at_ms")?)),
-        kind: row.try_get("kind")?,
-        membership,
-    })
+    row.with_members(member_ids).map(Some)
 }
 
 #[cfg(test)]

@@ -1,0 +1,166 @@
+//! How a batch is applied, written once for every store: each run is
+//! loaded, decided by [`decide`] and written, in order, in one transaction.
+//! A store implements [`BatchTx`] with its own SQL (how it locks, how it
+//! binds a run's arrays); the order of loads, decisions and writes is here.
+
+use super::decide::{self, Change, Run, SendFacts, SendRecord, Step};
+use super::StoreError;
+use async_trait::async_trait;
+use confab_common::validate::Limits;
+use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_proto::v1::{Conversation, Message};
+use std::collections::{BTreeMap, HashMap};
+
+/// What applying a batch reads and writes, in the batch's transaction. A
+/// store with concurrent writers locks what a decision reads before
+/// reading it (see each method).
+#[async_trait]
+pub trait BatchTx: Send {
+    /// The last seqs of those of `ids` (sorted) that exist; a store with
+    /// concurrent writers locks them, in that order, and reads after the
+    /// previous holder committed.
+    async fn last_seqs(&mut self, ids: &[&str]) -> Result<HashMap<String, u64>, StoreError>;
+    /// The stored sends with these (conversation, sender, client_msg_id)
+    /// keys.
+    async fn sent(&mut self, keys: &[(&str, &str, &str)]) -> Result<Vec<Message>, StoreError>;
+    /// Those of these (conversation, user) pairs that are members.
+    async fn members(
+        &mut self,
+        pairs: &[(&str, &str)],
+    ) -> Result<Vec<(String, String)>, StoreError>;
+    /// Inserts a run's new messages (TEXT, without membership events).
+    async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError>;
+    /// Sets each conversation's last seq.
+    async fn set_last_seqs(&mut self, heads: &BTreeMap<String, u64>) -> Result<(), StoreError>;
+    /// The conversation with its members (locked, where writers are
+    /// concurrent), if it exists.
+    async fn conversation(&mut self, id: &str) -> Result<Option<Conversation>, StoreError>;
+    /// Inserts a conversation with no messages yet (last seq 0); false, with
+    /// nothing written, if it exists already (a concurrent writer created
+    /// it since it was read).
+    async fn create_conversation(
+        &mut self,
+        id: &str,
+        kind: i32,
+        title: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Makes `users` members of `id`.
+    async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError>;
+    /// Removes `user` from `id`.
+    async fn remove_member(&mut self, id: &str, user: &str) -> Result<(), StoreError>;
+    /// Inserts `m` and makes its seq its conversation's last.
+    async fn append(&mut self, m: &Message, now: i64) -> Result<(), StoreError>;
+}
+
+/// Applies `batch` in order in `tx`, runs of sends at most `max_run` long,
+/// and returns one outcome per record. Committing is the caller's.
+pub async fn batch(
+    tx: &mut impl BatchTx,
+    batch: &[IngressRecord],
+    max_run: usize,
+    limits: &Limits,
+    now: i64,
+) -> Result<Vec<OutcomeRecord>, StoreError> {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for run in decide::runs(batch, max_run) {
+        match run {
+            Run::Sends(run) => sends(tx, &run, now, &mut outcomes).await?,
+            Run::One(rec) => outcomes.push(change(tx, rec, limits, now).await?),
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Loads what [`decide::sends`] reads for `run` (last seqs first, so a
+/// store that locks reads the rest after the lock), decides the run,
+/// writes its new messages and appends one outcome per send.
+async fn sends(
+    tx: &mut impl BatchTx,
+    run: &[SendRecord<'_>],
+    now: i64,
+    outcomes: &mut Vec<OutcomeRecord>,
+) -> Result<(), StoreError> {
+    let mut facts = SendFacts {
+        last_seqs: tx.last_seqs(&decide::conversations(run)).await?,
+        ..SendFacts::default()
+    };
+    let keys = decide::keys(run, &facts.last_seqs);
+    if !keys.is_empty() {
+        for m in tx.sent(&keys).await? {
+            facts.originals.insert(decide::key_of(&m), m);
+        }
+    }
+    let pairs = decide::member_pairs(run, &facts.last_seqs, &facts.originals);
+    if !pairs.is_empty() {
+        facts.members.extend(tx.members(&pairs).await?);
+    }
+    let decided = decide::sends(run, &facts, now);
+    if !decided.new.is_empty() {
+        tx.insert_sent(&decided.new, now).await?;
+        tx.set_last_seqs(&decided.heads).await?;
+    }
+    decided.outcomes(run, outcomes);
+    Ok(())
+}
+
+/// Decides one record that is not a send with [`decide::change`] on its
+/// conversation as `tx` reads it, and writes what it comes to.
+async fn change(
+    tx: &mut impl BatchTx,
+    rec: &IngressRecord,
+    limits: &Limits,
+    now: i64,
+) -> Result<OutcomeRecord, StoreError> {
+    let id = rec.conversation_id.as_str();
+    let mut conv = if decide::reads_conversation(rec) {
+        tx.conversation(id).await?
+    } else {
+        None
+    };
+    loop {
+        let steps = match decide::change(rec, conv, limits, now) {
+            Err(err) => return Ok(decide::refused(rec, err)),
+            Ok(Change::Unchanged(conv)) => return Ok(decide::changed(rec, vec![], conv)),
+            Ok(Change::Write(steps)) => steps,
+        };
+        if write(tx, id, &steps, now).await? {
+            let conv = require(tx, id).await?;
+            return Ok(decide::changed(rec, decide::appended(steps), conv));
+        }
+        // A concurrent batch created the conversation and committed since
+        // it was read: decide again on it (it exists now, so nothing more
+        // is written).
+        conv = Some(require(tx, id).await?);
+    }
+}
+
+/// Writes `steps` for conversation `id`; false, with nothing written, if
+/// the conversation to create exists already.
+async fn write(
+    tx: &mut impl BatchTx,
+    id: &str,
+    steps: &[Step],
+    now: i64,
+) -> Result<bool, StoreError> {
+    for step in steps {
+        match step {
+            Step::CreateConversation { kind, title } => {
+                if !tx.create_conversation(id, *kind, title, now).await? {
+                    return Ok(false);
+                }
+            }
+            Step::AddMembers(users) => tx.add_members(id, users).await?,
+            Step::RemoveMember(user) => tx.remove_member(id, user).await?,
+            Step::Append(m) => tx.append(m, now).await?,
+        }
+    }
+    Ok(true)
+}
+
+/// The conversation, which this transaction knows exists.
+async fn require(tx: &mut impl BatchTx, id: &str) -> Result<Conversation, StoreError> {
+    tx.conversation(id).await?.ok_or_else(|| {
+        StoreError::Corrupt(format!("conversation {id} vanished inside its transaction"))
+    })
+}
