@@ -99,15 +99,13 @@ impl ServiceToken {
         }
     }
 
-    /// Whether `presented` is this token, in time that depends only on the
-    /// token's length, not on where `presented` differs from it.
+    /// Whether `presented` is this token, in time that does not depend on
+    /// where `presented` differs from it (`subtle`'s constant-time
+    /// comparison; only a length mismatch returns early, and the length of
+    /// a token is no secret worth the bytes it would take to hide).
     pub fn matches(&self, presented: &[u8]) -> bool {
-        let expected = self.value.as_bytes();
-        let mut diff = u8::from(presented.len() != expected.len());
-        for (i, e) in expected.iter().enumerate() {
-            diff |= e ^ presented.get(i).copied().unwrap_or(!e);
-        }
-        std::hint::black_box(diff) == 0
+        use subtle::ConstantTimeEq as _;
+        self.value.as_bytes().ct_eq(presented).into()
     }
 
     /// Puts the token into `request`'s metadata, for an internal service.
