@@ -11,12 +11,9 @@
 //! - a refusal has the documented code (INVALID_ARGUMENT, or
 //!   RESOURCE_EXHAUSTED naming the limit) and a message.
 
-use confab_common::auth::{check_user_id, MAX_USER_ID_LEN};
-use confab_common::error::ChatError;
-use confab_common::validate::{
-    self, Limits, PageCursor, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_PAGE,
-    MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN,
-};
+use confab_core::validate::{check_user_id, MAX_USER_ID_LEN};
+use confab_core::error::ChatError;
+use confab_core::validate::{self, Limits, PageCursor, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_PAGE, MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN};
 use confab_proto::v1::*;
 use prost::Message;
 use std::collections::BTreeSet;

@@ -19,9 +19,8 @@
 use arbitrary::{Arbitrary, Unstructured};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use confab_common::auth::{
-    check_user_id, now_secs, AuthConfig, Authenticated, Authenticator, Signer,
-};
+use confab_core::validate::check_user_id;
+use confab_auth::{now_secs, AuthConfig, Authenticated, Authenticator, Signer};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -324,7 +323,7 @@ impl Known {
             Known::Audience => AUDIENCE.into(),
             Known::Empty => String::new(),
             Known::Spaced => "a b".into(),
-            Known::TooLong => "x".repeat(confab_common::auth::MAX_USER_ID_LEN + 1),
+            Known::TooLong => "x".repeat(confab_core::validate::MAX_USER_ID_LEN + 1),
         }
     }
 }

@@ -8,15 +8,15 @@
 use crate::broker::Broker;
 use crate::postgres::PgCluster;
 use crate::{init_tracing, User, DEADLINE, SECRET};
-use confab_common::remote::HistoryClientConfig;
-use confab_common::shutdown::{self, Trigger};
-use confab_common::validate::Limits;
+use confab_core::validate::Limits;
 use confab_gateway::distributed::DistributedConfig;
 use confab_gateway::{GatewayConfig, Hub};
 use confab_history::distributed::HistoryConfig;
+use confab_history_client::HistoryClientConfig;
 use confab_kafka::{GroupState, KafkaConfig};
 use confab_router::attach::LinkConfig;
 use confab_router::distributed::RouterConfig;
+use confab_runtime::shutdown::{self, Trigger};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -200,7 +200,7 @@ impl Cluster {
                 limits: shape.gateway.limits,
                 linger: Duration::from_millis(2),
                 service_token: Some(crate::topology::service_token()),
-                transport: confab_common::transport::Transport::internal(),
+                transport: confab_runtime::transport::Transport::internal(),
             };
             histories.push(
                 Node::spawn_with_group(|l, s, g| {
@@ -220,7 +220,7 @@ impl Cluster {
                 },
                 links: LinkConfig::default(),
                 service_token: crate::topology::service_token(),
-                transport: confab_common::transport::Transport::internal(),
+                transport: confab_runtime::transport::Transport::internal(),
             };
             routers.push(
                 Node::spawn_with_group(|l, s, g| {
@@ -234,7 +234,7 @@ impl Cluster {
         for i in 0..shape.gateways {
             let config = DistributedConfig {
                 gateway_id: format!("gw-{i}"),
-                auth: confab_common::auth::AuthConfig {
+                auth: confab_auth::AuthConfig {
                     hs256_secret: Some(SECRET.into()),
                     leeway: Duration::ZERO,
                     ..Default::default()
@@ -247,7 +247,7 @@ impl Cluster {
                 },
                 routers: router_addrs.clone(),
                 service_token: crate::topology::service_token(),
-                transport: confab_common::transport::Transport::public(),
+                transport: confab_runtime::transport::Transport::public(),
                 internal_tls: None,
             };
             let hub = Hub::new(config.gateway_id.clone());

@@ -4,10 +4,10 @@
 
 use anyhow::{anyhow, Context, Result};
 use confab::dev::DevConfig;
-use confab_common::auth::Authenticator;
-use confab_common::shutdown::{self, Trigger};
+use confab_auth::Authenticator;
 use confab_proto::v1::chat_client::ChatClient;
 use confab_proto::v1::*;
+use confab_runtime::shutdown::{self, Trigger};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ pub const SECRET: &str = "integration-test-secret-0123456789";
 /// Initialises logging once per test process (quiet unless CONFAB_LOG is set).
 pub fn init_tracing() {
     if std::env::var("CONFAB_LOG").is_ok() {
-        confab_common::telemetry::init(false);
+        confab_runtime::telemetry::init(false);
     }
 }
 

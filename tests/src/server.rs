@@ -6,7 +6,7 @@
 
 use crate::cluster::{Cluster, Shape};
 use crate::{Embedded, User};
-use confab_common::validate::Limits;
+use confab_core::validate::Limits;
 use confab_gateway::GatewayConfig;
 use std::net::SocketAddr;
 

@@ -7,17 +7,17 @@
 
 use crate::{init_tracing, wait_until, User, DEADLINE, SECRET};
 use anyhow::Result;
-use confab_common::auth::Authenticator;
-use confab_common::grpc::ServiceToken;
-use confab_common::pipeline::{partition_of, HistoryApi, MemTopic, Publisher};
-use confab_common::remote::{HistoryClientConfig, RemoteHistory};
-use confab_common::shutdown::{self, Signal, Trigger};
-use confab_common::validate::Limits;
+use confab_auth::Authenticator;
+use confab_core::seams::{partition_of, HistoryApi, MemTopic, Publisher};
+use confab_core::validate::Limits;
 use confab_gateway::attach::AttachConfig;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore, Store};
+use confab_history_client::{HistoryClientConfig, RemoteHistory};
+use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_router::attach::{GatewayLinks, LinkConfig};
+use confab_runtime::shutdown::{self, Signal, Trigger};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,14 +3,14 @@
 //! a gateway and history (in this process, over gRPC) on a generated
 //! PostgreSQL table. Nothing here asserts a speed.
 
-use confab_common::auth::Authenticator;
-use confab_common::pipeline::{HistoryApi, MemTopic};
-use confab_common::remote::{HistoryClientConfig, RemoteHistory};
-use confab_common::shutdown;
-use confab_common::validate::Limits;
+use confab_auth::Authenticator;
+use confab_core::seams::{HistoryApi, MemTopic};
+use confab_core::validate::Limits;
 use confab_gateway::{ChatService, Hub};
 use confab_history::{LocalHistory, PostgresStore, Store};
+use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_proto::internal::v1::IngressRecord;
+use confab_runtime::shutdown;
 use confab_tests::bench::idle::{self, IdleOpts};
 use confab_tests::bench::reads::{self, GenerateOpts, ReadOpts};
 use confab_tests::postgres::PgCluster;

@@ -4,13 +4,13 @@
 //! as a history server answers on it. Its state and refusals show in the
 //! Prometheus metrics.
 
-use confab_common::breaker::{BreakerConfig, BreakerState};
-use confab_common::error::ChatError;
-use confab_common::pipeline::HistoryApi;
-use confab_common::remote::{HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE};
-use confab_common::shutdown;
-use confab_common::validate::Limits;
+use confab_core::error::ChatError;
+use confab_core::seams::HistoryApi;
+use confab_core::validate::Limits;
 use confab_history::{LocalHistory, SqliteStore};
+use confab_history_client::{HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE};
+use confab_layers::breaker::{BreakerConfig, BreakerState};
+use confab_runtime::shutdown;
 use confab_tests::free_port;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ fn state(remote: &RemoteHistory) -> BreakerState {
 /// The value of the sample of `name` with (at least) `labels` in what
 /// `/metrics` would serve now.
 fn sample(name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let text = confab_common::metrics::install().render();
+    let text = confab_runtime::recorder::install().render();
     let prefix = format!("{name}{{");
     text.lines().find_map(|line| {
         let rest = line.strip_prefix(&prefix)?;
@@ -67,7 +67,7 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     // The recorder first, so that the breaker's first state is recorded.
-    confab_common::metrics::install();
+    confab_runtime::recorder::install();
     let remote = client(&addr, Duration::from_secs(5), Duration::from_secs(1));
     let mut states = remote.breakers().next().expect("one address").subscribe();
     let name = format!("history {addr}");
@@ -180,7 +180,7 @@ async fn a_history_that_hangs_is_refused_at_once_instead_of_waited_on() {
 async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     use confab_gateway::attach::AttachConfig;
     use confab_router::attach::{GatewayLinks, LinkConfig};
-    confab_common::metrics::install();
+    confab_runtime::recorder::install();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let name = format!("router {addr}");

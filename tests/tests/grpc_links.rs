@@ -5,9 +5,9 @@
 //! where messages go, history errors keep their codes across the link, and a
 //! gateway re-attaches to a restarted router.
 
-use confab_common::error::ChatError;
-use confab_common::pipeline::HistoryApi;
-use confab_common::remote::{HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE};
+use confab_core::error::ChatError;
+use confab_core::seams::HistoryApi;
+use confab_history_client::{HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE};
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{
     gateway_frame, router_frame, GatewayFrame, Hello, RouterFrame, UsersOffline,

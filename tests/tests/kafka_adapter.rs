@@ -3,8 +3,8 @@
 //! throwaway cluster). A missing broker is a failure that says how to
 //! install it, never a skip.
 
-use confab_common::error::ChatError;
-use confab_common::pipeline::Publisher;
+use confab_core::error::ChatError;
+use confab_core::seams::Publisher;
 use confab_kafka::{
     ensure_topics, BatchConsumer, CommitReport, Consumed, Delivered, KafkaConfig, KafkaPublisher,
     KafkaRecord, Offsets, TRACEPARENT_HEADER,
@@ -970,7 +970,7 @@ impl confab_history::Store for Overlap {
     async fn history(
         &self,
         conversation_id: &str,
-        cursor: confab_common::validate::PageCursor,
+        cursor: confab_core::validate::PageCursor,
         limit: u32,
     ) -> Result<(Vec<Message>, bool), confab_history::StoreError> {
         self.inner.history(conversation_id, cursor, limit).await
@@ -993,7 +993,7 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
     let pg = PgCluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e:#}"));
     let url = pg.fresh_database().await.expect("fresh database");
     let inner =
-        confab_history::PostgresStore::connect(&url, confab_common::validate::Limits::default(), 4)
+        confab_history::PostgresStore::connect(&url, confab_core::validate::Limits::default(), 4)
             .await
             .expect("connect to PostgreSQL");
     let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("producer");
@@ -1003,7 +1003,7 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
     let mut request = 1_000_000u64;
     while convs.len() < 2 {
         assert!(request < 1_000_064, "64 conversations all on one partition");
-        let id = confab_common::validate::group_conversation_id();
+        let id = confab_core::validate::group_conversation_id();
         let create = IngressRecord {
             origin: Some(Origin {
                 gateway_id: "gw-test".into(),
@@ -1051,7 +1051,7 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
     let consumer = BatchConsumer::<IngressRecord>::new(&cfg, &format!("{}-history", cfg.prefix))
         .expect("consumer");
     let outcomes = KafkaPublisher::<OutcomeRecord>::new(&cfg).expect("outcome producer");
-    let (stop, signal) = confab_common::shutdown::channel();
+    let (stop, signal) = confab_runtime::shutdown::channel();
     let sequencer = tokio::spawn(sequence(
         store.clone(),
         consumer,

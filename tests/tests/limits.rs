@@ -144,7 +144,7 @@ fn all_refused(refused: &[Status], code: Code, message: &str) {
 
 /// `confab_rate_limited_total{limit}` as `/metrics` would serve it now.
 fn rate_limited(limit: &str) -> f64 {
-    let text = confab_common::metrics::install().render();
+    let text = confab_runtime::recorder::install().render();
     let prefix = format!("confab_rate_limited_total{{limit=\"{limit}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
@@ -172,7 +172,7 @@ const RATE_1_BURST_5: &str = "rate limit: at most 1 message per second per user,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_per_second_allow_the_burst_then_refill_at_the_rate() {
-    confab_common::metrics::install();
+    confab_runtime::recorder::install();
     let server = start(
         Kind::Embedded,
         &[

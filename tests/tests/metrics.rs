@@ -12,9 +12,9 @@
 //! and the broker through a crash and a restart of each (with the lag of a
 //! message waiting for the database).
 
-use confab_common::metrics;
-use confab_common::shutdown;
+use confab_core::metrics;
 use confab_proto::v1::{client_frame, ListConversationsRequest, Ping};
+use confab_runtime::shutdown;
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
 use confab_tests::procs::ServiceProc;
@@ -138,9 +138,9 @@ async fn embedded_mode_serves_metrics_and_health() {
         .expect("bind metrics");
     let http = http_listener.local_addr().expect("addr");
     let (http_trigger, http_signal) = shutdown::channel();
-    let http_task = tokio::spawn(metrics::serve_http(
+    let http_task = tokio::spawn(confab_runtime::endpoints::serve_http(
         http_listener,
-        metrics::process_readiness(),
+        confab_runtime::readiness::process_readiness(),
         http_signal,
     ));
 

@@ -39,7 +39,7 @@
 //! test` does). Nothing is installed here: a missing tool fails the test,
 //! naming `make deps-test`.
 
-use confab_common::metrics::LISTEN_VAR;
+use confab_core::metrics::LISTEN_VAR;
 use confab_proto::v1::{client_frame, ConversationKind, ListConversationsRequest, Ping};
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;

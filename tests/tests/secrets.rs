@@ -4,8 +4,8 @@
 //! tokens; then neither any log line nor any error a client saw contains the
 //! JWT secret, the service token, or any token that was presented.
 
-use confab_common::auth::Authenticator;
-use confab_common::grpc::SERVICE_TOKEN_HEADER;
+use confab_auth::Authenticator;
+use confab_layers::service_token::SERVICE_TOKEN_HEADER;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, GetConversationRequest, Hello};

@@ -3,17 +3,17 @@
 //! `x-confab-service-token`), except health checks, which orchestrators make
 //! without it. Reflection needs the token too.
 
-use confab_common::grpc::{ServiceToken, SERVICE_TOKEN_HEADER, SERVICE_TOKEN_REQUIRED};
-use confab_common::pipeline::HistoryApi;
-use confab_common::remote::{HistoryClientConfig, RemoteHistory};
-use confab_common::shutdown::{self, Trigger};
-use confab_common::validate::Limits;
+use confab_core::seams::HistoryApi;
+use confab_core::validate::Limits;
 use confab_history::{LocalHistory, SqliteStore, Store};
+use confab_history_client::{HistoryClientConfig, RemoteHistory};
+use confab_layers::service_token::{ServiceToken, SERVICE_TOKEN_HEADER, SERVICE_TOKEN_REQUIRED};
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, GetConversationRequest, Hello};
 use confab_proto::prost::bytes::{Buf, BufMut};
 use confab_router::attach::{GatewayLinks, LinkConfig};
+use confab_runtime::shutdown::{self, Trigger};
 use confab_tests::topology::{service_token, Topology, TopologyConfig, SERVICE_TOKEN};
 use confab_tests::{wait_until, DEADLINE};
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! file, rotation by rewriting the file, and a `Connect` stream closed with
 //! UNAUTHENTICATED when its token expires.
 
-use confab_common::auth::{now_secs, AuthConfig, Authenticator, Signer, STREAM_EXPIRED};
+use confab_auth::{now_secs, AuthConfig, Authenticator, Signer, STREAM_EXPIRED};
 use confab_proto::v1::server_frame;
 use confab_tests::{Embedded, User, DEADLINE, SECRET};
 use std::path::{Path, PathBuf};

@@ -15,9 +15,9 @@
 //! events logged) every hop is still exported: the hops that skip their
 //! span when nothing would see it make it when spans are exported.
 
-use confab_common::trace::TraceParent;
 use confab_proto::v1::SendMessageRequest;
 use confab_proto::v1::{client_frame, server_frame, ClientFrame, Ping, SendFrame};
+use confab_runtime::trace::TraceParent;
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
 use confab_tests::procs::ServiceProc;

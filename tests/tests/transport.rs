@@ -6,22 +6,22 @@
 //! (`CONFAB_HTTP2_IDLE_TIMEOUT_MS`) and the largest decoded request
 //! (`CONFAB_MAX_MESSAGE_BYTES`). Certificates are made afresh by each test.
 
-use confab_common::grpc::ServiceToken;
-use confab_common::pipeline::HistoryApi;
-use confab_common::remote::{
-    endpoint_with, HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE,
-};
-use confab_common::shutdown::{self, Trigger};
-use confab_common::transport::{ClientTls, ServerTls, Transport};
-use confab_common::validate::Limits;
+use confab_core::seams::HistoryApi;
+use confab_core::validate::Limits;
 use confab_gateway::attach::AttachConfig;
 use confab_gateway::Hub;
 use confab_history::{LocalHistory, SqliteStore, Store};
+use confab_history_client::{
+    endpoint_with, HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE,
+};
+use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, Hello, ListForUserRequest};
 use confab_proto::v1::{client_frame, ListConversationsRequest, SendFrame, SendMessageRequest};
 use confab_router::attach::{GatewayLinks, LinkConfig};
+use confab_runtime::shutdown::{self, Trigger};
+use confab_runtime::transport::{ClientTls, ServerTls, Transport};
 use confab_tests::topology::{service_token, SERVICE_TOKEN};
 use confab_tests::{confab_bin, wait_until, Embedded, User, DEADLINE};
 use rcgen::{

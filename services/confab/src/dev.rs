@@ -3,13 +3,13 @@
 //! returns only after SQLite has committed the message, so an acknowledged
 //! message survives `kill -9`.
 
-use confab_common::auth::{AuthConfig, Authenticator, DEV_SECRET};
-use confab_common::config::{parse_or, ConfigError, Env};
-use confab_common::pipeline::MemTopic;
-use confab_common::shutdown::Signal;
-use confab_common::transport::Transport;
+use confab_auth::{AuthConfig, Authenticator, DEV_SECRET};
+use confab_core::config::{parse_or, ConfigError, Env};
+use confab_core::seams::MemTopic;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore};
+use confab_runtime::shutdown::Signal;
+use confab_runtime::transport::Transport;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,7 +64,7 @@ impl DevConfig {
                 10_000u64,
                 "milliseconds",
             )?),
-            metrics_listen: confab_common::metrics::listen_from_env(env),
+            metrics_listen: confab_runtime::endpoints::listen_from_env(env),
             transport,
         };
         config.check()?;
@@ -122,10 +122,10 @@ impl DevConfig {
 /// [`run`] has returned, so `/readyz` answers 503 during the drain.
 pub async fn start_metrics(
     config: &DevConfig,
-) -> std::io::Result<Option<confab_common::metrics::MetricsServer>> {
+) -> std::io::Result<Option<confab_runtime::endpoints::MetricsServer>> {
     match &config.metrics_listen {
         None => Ok(None),
-        Some(listen) => confab_common::metrics::start(listen).await.map(Some),
+        Some(listen) => confab_runtime::endpoints::start(listen).await.map(Some),
     }
 }
 

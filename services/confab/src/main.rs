@@ -2,8 +2,9 @@
 
 use clap::{Parser, Subcommand};
 use confab::dev::DevConfig;
-use confab_common::config::{ProcessEnv, EXIT_CONFIG};
-use confab_common::{shutdown, telemetry};
+use confab_core::config::{ProcessEnv, EXIT_CONFIG};
+use confab_runtime::shutdown;
+use confab_runtime::telemetry;
 
 #[derive(Parser)]
 #[command(name = "confab", version, about = "Confab chat backend")]

@@ -7,16 +7,16 @@
 //! every time.
 
 use crate::hub::{Hub, Presence};
-use confab_common::breaker::{BreakerConfig, CircuitBreakerLayer, GrpcFailures};
-use confab_common::grpc::ServiceToken;
-use confab_common::pipeline::{Delivery, DeliverySink};
-use confab_common::remote::{endpoint_with, AddressError};
-use confab_common::shutdown::Signal;
-use confab_common::transport::ClientTls;
+use confab_core::seams::{Delivery, DeliverySink};
+use confab_history_client::{endpoint_with, AddressError};
+use confab_layers::breaker::{BreakerConfig, CircuitBreakerLayer, GrpcFailures};
+use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{
     gateway_frame, router_frame, GatewayFrame, Hello, RouterFrame, UsersOffline, UsersOnline,
 };
+use confab_runtime::shutdown::Signal;
+use confab_runtime::transport::ClientTls;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc};

@@ -4,15 +4,15 @@
 
 use crate::attach::AttachConfig;
 use crate::{ChatService, GatewayConfig, Hub};
-use confab_common::auth::{AuthConfig, Authenticator};
-use confab_common::breaker::BreakerConfig;
-use confab_common::config::{list, parse_or, required, ConfigError, Env};
-use confab_common::grpc::ServiceToken;
-use confab_common::remote::{HistoryClientConfig, RemoteHistory};
-use confab_common::shutdown::Signal;
-use confab_common::transport::{ClientTls, Transport};
+use confab_auth::{AuthConfig, Authenticator};
+use confab_core::config::{list, parse_or, required, ConfigError, Env};
+use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
+use confab_layers::breaker::BreakerConfig;
+use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::IngressRecord;
+use confab_runtime::shutdown::Signal;
+use confab_runtime::transport::{ClientTls, Transport};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -138,7 +138,7 @@ pub async fn run_with_hub(
     let history = Arc::new(RemoteHistory::new(&config.history)?);
     // Router links outlive the server: outcomes of calls still in flight
     // at shutdown arrive over them.
-    let (detach, attach_stop) = confab_common::shutdown::channel();
+    let (detach, attach_stop) = confab_runtime::shutdown::channel();
     let attach = tokio::spawn(crate::attach::run(
         hub.clone(),
         AttachConfig {

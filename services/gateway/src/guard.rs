@@ -27,8 +27,8 @@
 //! stream is enforced by the session ([`Caller::valid_until`]).
 
 use crate::limits::{Cost, Limiter, StreamGuard};
-use confab_common::auth::Authenticator;
-use confab_common::trace::{self, TraceParent};
+use confab_auth::Authenticator;
+use confab_runtime::trace::{self, TraceParent};
 use futures::future::Either;
 use std::future::{ready, Ready};
 use std::sync::{Arc, Mutex};

@@ -4,8 +4,8 @@
 //! is what routers use, in distributed mode, to know where to push.
 
 use async_trait::async_trait;
-use confab_common::metrics::{SESSIONS_OPEN, USERS_ONLINE};
-use confab_common::pipeline::{Delivery, DeliverySink};
+use confab_core::metrics::{SESSIONS_OPEN, USERS_ONLINE};
+use confab_core::seams::{Delivery, DeliverySink};
 use confab_proto::internal::v1::OutcomeRecord;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -6,7 +6,7 @@
 //! Calls are charged by [`crate::guard`], stream `send` frames by the
 //! session that reads them.
 
-use confab_common::error::ChatError;
+use confab_core::error::ChatError;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -205,7 +205,7 @@ impl Limiter {
         } else {
             "conversations"
         };
-        metrics::counter!(confab_common::metrics::RATE_LIMITED, "limit" => limit).increment(1);
+        metrics::counter!(confab_core::metrics::RATE_LIMITED, "limit" => limit).increment(1);
         Err(ChatError::ResourceExhausted(match cost {
             Cost::Message => format!(
                 "rate limit: at most {} per second per user, {} at once \
@@ -239,7 +239,7 @@ impl Limiter {
         });
         self.inner.maybe_sweep(now);
         if !opened {
-            metrics::counter!(confab_common::metrics::RATE_LIMITED, "limit" => "streams")
+            metrics::counter!(confab_core::metrics::RATE_LIMITED, "limit" => "streams")
                 .increment(1);
             return Err(ChatError::ResourceExhausted(format!(
                 "stream limit: at most {} per user (CONFAB_MAX_STREAMS_PER_USER={max}); \

@@ -3,7 +3,7 @@
 //! with 64 before any port is bound.
 
 use clap::Parser;
-use confab_common::config::Overlay;
+use confab_core::config::Overlay;
 
 /// The gateway service of Confab's distributed stack. Every flag mirrors a
 /// CONFAB_* variable (the flag wins); see docs/operations.md for all of them.
@@ -36,7 +36,7 @@ fn main() {
         .flag("CONFAB_HISTORY_ADDRS", cli.history_addrs)
         .flag("CONFAB_ROUTER_ADDRS", cli.router_addrs);
     let config = confab_gateway::distributed::DistributedConfig::from_env(&env);
-    confab_common::grpc::main(
+    confab_runtime::process::main(
         "confab-gateway",
         &env,
         config,

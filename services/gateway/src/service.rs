@@ -6,19 +6,19 @@ use crate::hub::Hub;
 use crate::limits::{Limiter, UserLimits};
 use crate::session::Session;
 use crate::submit::Submitter;
-use confab_common::auth::Authenticator;
-use confab_common::config::{parse_or, ConfigError, Env};
-use confab_common::error::ChatError;
-use confab_common::pipeline::{HistoryApi, Publisher};
-use confab_common::shutdown::Signal;
-use confab_common::transport::Transport;
-use confab_common::validate::{self, Limits};
+use confab_auth::Authenticator;
+use confab_core::config::{parse_or, ConfigError, Env};
+use confab_core::error::ChatError;
+use confab_core::seams::{HistoryApi, Publisher};
+use confab_core::validate::{self, Limits};
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, AddMembersCommand, CreateCommand, IngressRecord,
     RemoveMemberCommand, SendCommand,
 };
 use confab_proto::v1::chat_server::{Chat, ChatServer};
 use confab_proto::v1::*;
+use confab_runtime::shutdown::Signal;
+use confab_runtime::transport::Transport;
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -180,7 +180,7 @@ impl ChatService {
             submitter,
             shutdown,
             limiter,
-            max_message_bytes: confab_common::transport::Transport::MAX_MESSAGE_BYTES,
+            max_message_bytes: confab_runtime::transport::Transport::MAX_MESSAGE_BYTES,
         }
     }
 
@@ -403,7 +403,7 @@ pub async fn run_with_transport(
     let chat = tower::ServiceBuilder::new()
         .layer(service.guard())
         .service(ChatServer::new(service).max_decoding_message_size(transport.max_message_bytes));
-    confab_common::grpc::serve_with_transport(
+    confab_runtime::server::serve_with_transport(
         "gateway",
         ChatServer::<ChatService>::NAME,
         tonic::service::Routes::new(chat),

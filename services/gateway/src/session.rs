@@ -6,18 +6,18 @@
 use crate::hub::Hub;
 use crate::limits::{Cost, Limiter, StreamGuard};
 use crate::submit::Submitter;
-use confab_common::auth::STREAM_EXPIRED;
-use confab_common::error::ChatError;
-use confab_common::metrics::{MESSAGES_DELIVERED, MESSAGE_E2E};
-use confab_common::pipeline::{Delivery, HistoryApi};
-use confab_common::shutdown::Signal;
-use confab_common::trace::{self, HOP};
-use confab_common::validate::{self, Limits};
+use confab_auth::STREAM_EXPIRED;
+use confab_core::error::ChatError;
+use confab_core::metrics::{MESSAGES_DELIVERED, MESSAGE_E2E};
+use confab_core::seams::{Delivery, HistoryApi};
+use confab_core::validate::{self, Limits};
 use confab_proto::internal::v1::{ingress_record::Command, outcome_record, SendCommand};
 use confab_proto::v1::{
     client_frame, membership_event::Change, server_frame, CaughtUp, ClientFrame, GetHistoryRequest,
     Message, Pong, SendAck, SendFrame, ServerFrame,
 };
+use confab_runtime::shutdown::Signal;
+use confab_runtime::trace::{self, HOP};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -99,7 +99,7 @@ impl Session {
 
     /// Like [`Session::run`], but ends the stream with UNAUTHENTICATED
     /// ([`STREAM_EXPIRED`]) at `valid_until` (the token's
-    /// [`confab_common::auth::Authenticated::valid_until`]), whether or not
+    /// [`confab_auth::Authenticated::valid_until`]), whether or not
     /// the client sends anything.
     pub async fn run_until(
         self,
@@ -246,12 +246,12 @@ impl State {
         if status.code() == tonic::Code::OutOfRange
             && status
                 .message()
-                .contains(confab_common::transport::TONIC_TOO_LARGE)
+                .contains(confab_layers::message_limit::TONIC_TOO_LARGE)
         {
             let _ = self
                 .s
                 .kill
-                .try_send(confab_common::transport::message_too_large(
+                .try_send(confab_layers::message_limit::message_too_large(
                     status.message(),
                     self.s.max_message_bytes,
                 ));

@@ -2,11 +2,11 @@
 //! names itself as origin, then waits for history's outcome to come back.
 
 use crate::hub::Hub;
-use confab_common::error::ChatError;
-use confab_common::metrics::MESSAGES_ACCEPTED;
-use confab_common::pipeline::Publisher;
-use confab_common::trace::{self, TraceParent, HOP};
+use confab_core::error::ChatError;
+use confab_core::metrics::MESSAGES_ACCEPTED;
+use confab_core::seams::Publisher;
 use confab_proto::internal::v1::{ingress_record::Command, outcome_record, IngressRecord, Origin};
+use confab_runtime::trace::{self, TraceParent, HOP};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;

@@ -6,16 +6,16 @@
 
 use crate::ingest::{apply_with_retry, published, trace_outcomes, trace_records, MAX_BATCH};
 use crate::{LocalHistory, PostgresStore, Store};
-use confab_common::config::{parse_or, required, ConfigError, Env};
-use confab_common::grpc::ServiceToken;
-use confab_common::shutdown::Signal;
-use confab_common::transport::Transport;
-use confab_common::validate::Limits;
+use confab_core::config::{parse_or, required, ConfigError, Env};
+use confab_core::validate::Limits;
 use confab_kafka::{
     ensure_topics, Batch, BatchConsumer, Committer, GroupState, KafkaConfig, KafkaPublisher,
     Offsets,
 };
+use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_runtime::shutdown::Signal;
+use confab_runtime::transport::Transport;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,15 +3,15 @@
 //! message of the `ChatError` behind them, so a client of the gateway sees the
 //! same status whether history is local or remote.
 
-use confab_common::error::ChatError;
-use confab_common::grpc::ServiceToken;
-use confab_common::pipeline::HistoryApi;
-use confab_common::shutdown::Signal;
-use confab_common::trace::{self, TraceParent};
-use confab_common::transport::Transport;
+use confab_core::error::ChatError;
+use confab_core::seams::HistoryApi;
+use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::history_reader_server::{HistoryReader, HistoryReaderServer};
 use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
 use confab_proto::v1::{Conversation, GetHistoryResponse, ListConversationsResponse};
+use confab_runtime::shutdown::Signal;
+use confab_runtime::trace::{self, TraceParent};
+use confab_runtime::transport::Transport;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
@@ -146,7 +146,7 @@ pub async fn serve_with_transport(
 ) -> Result<(), tonic::transport::Error> {
     use tonic::server::NamedService;
     type Server = HistoryReaderServer<HistoryReaderService>;
-    confab_common::grpc::serve_with_transport(
+    confab_runtime::server::serve_with_transport(
         "history",
         Server::NAME,
         tonic::service::Routes::new(Server::new(HistoryReaderService::new(reader))),

@@ -4,8 +4,9 @@
 //! ([`DB_POOL_CONNECTIONS`], [`DB_POOL_MAX`]).
 
 use crate::PostgresStore;
-use confab_common::metrics::{spawn_check, DB_POOL_CONNECTIONS, DB_POOL_MAX};
-use confab_common::shutdown::Signal;
+use confab_core::metrics::{DB_POOL_CONNECTIONS, DB_POOL_MAX};
+use confab_runtime::readiness::spawn_check;
+use confab_runtime::shutdown::Signal;
 use sqlx::{Connection, PgConnection};
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,12 +3,12 @@
 //! conversation so every conversation's events stay in seq order downstream.
 
 use crate::store::Store;
-use confab_common::metrics::{
+use confab_core::metrics::{
     reject_reason, DB_BATCH_RECORDS, DB_TRANSACTION, MESSAGES_REJECTED, MESSAGES_SEQUENCED,
 };
-use confab_common::pipeline::{recv_batch, Publisher};
-use confab_common::trace::{self, TraceParent, HOP};
+use confab_core::seams::{recv_batch, Publisher};
 use confab_proto::internal::v1::{outcome_record, IngressRecord, OutcomeRecord};
+use confab_runtime::trace::{self, TraceParent, HOP};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;

@@ -10,7 +10,7 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use confab_common::config::{Overlay, EXIT_CONFIG};
+use confab_core::config::{Overlay, EXIT_CONFIG};
 
 /// The history service of Confab's distributed stack. Every flag mirrors a
 /// CONFAB_* variable (the flag wins); see docs/operations.md for all of them.
@@ -76,7 +76,7 @@ fn main() {
         };
         std::process::exit(code);
     }
-    confab_common::grpc::main(
+    confab_runtime::process::main(
         "confab-history",
         &env,
         config,

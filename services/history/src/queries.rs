@@ -4,9 +4,9 @@
 
 use crate::store::Store;
 use async_trait::async_trait;
-use confab_common::error::ChatError;
-use confab_common::pipeline::HistoryApi;
-use confab_common::validate;
+use confab_core::error::ChatError;
+use confab_core::seams::HistoryApi;
+use confab_core::validate;
 use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse};
 use std::sync::Arc;
 

@@ -1,6 +1,6 @@
 //! Where the broker is, what the topics are called and how long to wait.
 
-use confab_common::config::{parse_or, ConfigError, Env};
+use confab_core::config::{parse_or, ConfigError, Env};
 use rdkafka::ClientConfig;
 use std::time::Duration;
 

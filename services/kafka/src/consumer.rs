@@ -11,7 +11,7 @@
 use crate::context::{GroupContext, GroupState};
 use crate::record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER, TRACEPARENT_HEADER};
 use crate::{Error, KafkaConfig};
-use confab_common::metrics::KAFKA_CONSUMER_LAG;
+use confab_core::metrics::KAFKA_CONSUMER_LAG;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
@@ -484,7 +484,7 @@ impl<T: KafkaRecord> BatchConsumer<T> {
         &mut self,
         max: usize,
         linger: Duration,
-        shutdown: &confab_common::shutdown::Signal,
+        shutdown: &confab_runtime::shutdown::Signal,
     ) -> Option<Batch<T>> {
         loop {
             let batch = tokio::select! {

@@ -1,7 +1,7 @@
 //! librdkafka callbacks: its log lines and errors go to `tracing`, and the
 //! consumer's context tracks which partitions it owns.
 
-use confab_common::metrics::KAFKA_REBALANCES;
+use confab_core::metrics::KAFKA_REBALANCES;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};

@@ -1,11 +1,11 @@
 //! Readiness checks on the broker: the check "kafka" of the process
-//! ([`confab_common::metrics::process_readiness`]), kept current by a task
+//! ([`confab_runtime::readiness::process_readiness`]), kept current by a task
 //! that asks the broker for metadata every [`CHECK_EVERY`]. A consumer's
 //! check also refreshes its lag gauges.
 
 use crate::{ConsumerMonitor, KafkaPublisher, KafkaRecord};
-use confab_common::metrics::spawn_check;
-use confab_common::shutdown::Signal;
+use confab_runtime::readiness::spawn_check;
+use confab_runtime::shutdown::Signal;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -21,7 +21,7 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Keeps the check "kafka" current from a consumer (history, routers):
 /// passing while the broker answers the consumer's metadata requests; each
-/// check also sets [`confab_common::metrics::KAFKA_CONSUMER_LAG`] for the
+/// check also sets [`confab_core::metrics::KAFKA_CONSUMER_LAG`] for the
 /// partitions the consumer owns. Ends at `shutdown` (the consumer closing
 /// makes the check fail, which does not matter by then).
 pub fn spawn_consumer_check(monitor: ConsumerMonitor, shutdown: Signal) -> JoinHandle<()> {

@@ -1,5 +1,5 @@
 //! Confab's distributed-mode log: the rdkafka implementation of
-//! [`confab_common::pipeline::Publisher`] for the two topics
+//! [`confab_core::seams::Publisher`] for the two topics
 //! (`<prefix>.ingress`, `<prefix>.messages`), the consumer-group consumer the
 //! history sequencers and the routers read them with, and topic creation.
 //!
@@ -37,7 +37,7 @@ pub use producer::{Delivered, KafkaPublisher, PRODUCER_RECREATED};
 pub use record::{KafkaRecord, IDEMPOTENCY_KEY_HEADER, TRACEPARENT_HEADER};
 
 /// What can go wrong talking to the broker outside the `Publisher` trait
-/// (which speaks [`confab_common::error::ChatError`]).
+/// (which speaks [`confab_core::error::ChatError`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// librdkafka reported an error.

@@ -5,13 +5,13 @@
 //! `DeliverySink` in distributed mode.
 
 use async_trait::async_trait;
-use confab_common::pipeline::{Delivery, DeliverySink};
-use confab_common::shutdown::Signal;
+use confab_core::seams::{Delivery, DeliverySink};
 use confab_proto::internal::v1::router_link_server::{RouterLink, RouterLinkServer};
 use confab_proto::internal::v1::{
     gateway_frame, router_frame, Complete, Deliver, GatewayFrame, OutcomeRecord, PresenceAck,
     RouterFrame,
 };
+use confab_runtime::shutdown::Signal;
 use futures::Stream;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -560,7 +560,7 @@ pub async fn serve(
 /// that does not present `token`.
 pub async fn serve_with_auth(
     links: Arc<GatewayLinks>,
-    token: confab_common::grpc::ServiceToken,
+    token: confab_layers::service_token::ServiceToken,
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
@@ -569,11 +569,11 @@ pub async fn serve_with_auth(
 
 async fn serve_inner(
     links: Arc<GatewayLinks>,
-    token: Option<confab_common::grpc::ServiceToken>,
+    token: Option<confab_layers::service_token::ServiceToken>,
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
-    let transport = confab_common::transport::Transport::internal();
+    let transport = confab_runtime::transport::Transport::internal();
     serve_with_transport(links, token, &transport, listener, shutdown).await
 }
 
@@ -581,15 +581,15 @@ async fn serve_inner(
 /// requiring `token` of every gateway when given.
 pub async fn serve_with_transport(
     links: Arc<GatewayLinks>,
-    token: Option<confab_common::grpc::ServiceToken>,
-    transport: &confab_common::transport::Transport,
+    token: Option<confab_layers::service_token::ServiceToken>,
+    transport: &confab_runtime::transport::Transport,
     listener: TcpListener,
     shutdown: Signal,
 ) -> Result<(), tonic::transport::Error> {
     use tonic::server::NamedService;
     type Server = RouterLinkServer<RouterLinkService>;
     let service = RouterLinkService::new(links, shutdown.clone());
-    confab_common::grpc::serve_with_transport(
+    confab_runtime::server::serve_with_transport(
         "router",
         Server::NAME,
         tonic::service::Routes::new(Server::new(service)),

@@ -5,14 +5,14 @@
 
 use crate::attach::{GatewayLinks, LinkConfig};
 use crate::Router;
-use confab_common::breaker::BreakerConfig;
-use confab_common::config::{list, parse_or, ConfigError, Env};
-use confab_common::grpc::ServiceToken;
-use confab_common::remote::{HistoryClientConfig, RemoteHistory};
-use confab_common::shutdown::Signal;
-use confab_common::transport::{ClientTls, Transport};
+use confab_core::config::{list, parse_or, ConfigError, Env};
+use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig};
+use confab_layers::breaker::BreakerConfig;
+use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::OutcomeRecord;
+use confab_runtime::shutdown::Signal;
+use confab_runtime::transport::{ClientTls, Transport};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -110,7 +110,7 @@ pub async fn run_with_state(
     // At shutdown the routing loop finishes its batch, commits and leaves
     // the group first; the gateway links close after, so nothing it
     // routed is cut off on the way.
-    let (close_links, links_stop) = confab_common::shutdown::channel();
+    let (close_links, links_stop) = confab_runtime::shutdown::channel();
     let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown));
     let serving = tokio::spawn(async move {
         crate::attach::serve_with_transport(

@@ -6,12 +6,12 @@
 pub mod attach;
 pub mod distributed;
 
-use confab_common::error::ChatError;
-use confab_common::metrics::ROUTER_FANOUT;
-use confab_common::pipeline::{recv_batch, Delivery, DeliverySink, HistoryApi};
-use confab_common::trace::{self, TraceParent, HOP};
+use confab_core::error::ChatError;
+use confab_core::metrics::ROUTER_FANOUT;
+use confab_core::seams::{recv_batch, Delivery, DeliverySink, HistoryApi};
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::{membership_event::Change, Message};
+use confab_runtime::trace::{self, TraceParent, HOP};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -244,7 +244,7 @@ impl Router {
 mod tests {
     use super::*;
     use async_trait::async_trait;
-    use confab_common::error::ChatError;
+    use confab_core::error::ChatError;
     use confab_proto::internal::v1::{outcome_record, Origin};
     use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse, MembershipEvent};
     use std::sync::Mutex;

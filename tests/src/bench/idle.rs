@@ -5,7 +5,7 @@
 use super::reads::code_name;
 use super::rss_kib;
 use anyhow::{anyhow, bail, Context, Result};
-use confab_common::auth::Authenticator;
+use confab_auth::Authenticator;
 use confab_proto::v1::chat_client::ChatClient;
 use confab_proto::v1::{client_frame, server_frame, ClientFrame, Ping, Pong, ServerFrame};
 use futures::StreamExt as _;

@@ -5,7 +5,7 @@
 use super::{per_sec, CpuMark, ProcStats};
 use crate::procs::ServiceProc;
 use anyhow::{anyhow, ensure, Context, Result};
-use confab_common::validate::{group_conversation_id, new_traceparent};
+use confab_core::validate::{group_conversation_id, new_traceparent};
 use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
 use confab_proto::internal::v1::{
     ingress_record::Command, CreateCommand, IngressRecord, Origin, SendCommand,

@@ -11,7 +11,7 @@
 
 use super::{per_sec, CpuMark, Latency, ProcStats, Recorder};
 use anyhow::{anyhow, bail, Context, Result};
-use confab_common::auth::Authenticator;
+use confab_auth::Authenticator;
 use confab_proto::v1::chat_client::ChatClient;
 use confab_proto::v1::*;
 use futures::StreamExt;
@@ -225,7 +225,7 @@ fn due_of(client_msg_id: &str) -> Option<u64> {
 }
 
 fn code_name(code: Code) -> String {
-    confab_common::metrics::code_name(code).to_string()
+    confab_core::metrics::code_name(code).to_string()
 }
 
 /// One client's connection and identity.

@@ -4,8 +4,8 @@
 
 use super::{per_sec, Latency, Recorder};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use confab_common::auth::Authenticator;
-use confab_common::validate::Limits;
+use confab_auth::Authenticator;
+use confab_core::validate::Limits;
 use confab_history::store::decide::system_message;
 use confab_history::PostgresStore;
 use confab_proto::prost::Message as _;
@@ -118,7 +118,7 @@ pub fn conversation_id(i: u64) -> String {
     format!("bench-read-{i}")
 }
 
-pub use confab_common::metrics::code_name;
+pub use confab_core::metrics::code_name;
 
 /// Fills `opts.database_url` (migrating it first, as `confab-history` would)
 /// with `rows` messages in `conversations` GROUP conversations of `reader`

@@ -236,7 +236,7 @@ async fn load_cmd(a: LoadArgs) -> anyhow::Result<()> {
             t,
             a.secret
                 .clone()
-                .unwrap_or_else(|| confab_common::auth::DEV_SECRET.to_string()),
+                .unwrap_or_else(|| confab_auth::DEV_SECRET.to_string()),
         ),
         (None, true) => {
             let dev = DevProcess::start(dir.path(), free_port())?;

@@ -436,7 +436,7 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
     let forged = User::with_token(
         server.addr(),
         "alice",
-        &confab_common::auth::Authenticator::new("another-secret-entirely")
+        &confab_auth::Authenticator::new("another-secret-entirely")
             .mint("alice", 60)
             .expect("mint"),
     )
@@ -446,7 +446,7 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
         Code::Unauthenticated,
         "signature",
     );
-    let expired_token = confab_common::auth::Authenticator::new(SECRET)
+    let expired_token = confab_auth::Authenticator::new(SECRET)
         .mint_expiring_at("alice", 1_000)
         .expect("mint");
     let expired = User::with_token(server.addr(), "alice", &expired_token).await;

@@ -6,7 +6,7 @@
 use super::decide::{self, Change, Run, SendFacts, SendRecord, Step};
 use super::StoreError;
 use async_trait::async_trait;
-use confab_common::validate::Limits;
+use confab_core::validate::Limits;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use std::collections::{BTreeMap, HashMap};

@@ -2,7 +2,7 @@
 //! call `run_all` with a factory that returns a fresh, empty store.
 
 use super::Store;
-use confab_common::validate::PageCursor;
+use confab_core::validate::PageCursor;
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record::Result as R, AddMembersCommand, CreateCommand,
     IngressRecord, Origin, OutcomeRecord, RemoveMemberCommand, SendCommand,

@@ -11,8 +11,8 @@
 //!   from its conversation as loaded, into [`Step`]s for the store to write.
 
 use super::timestamp;
-use confab_common::error::ChatError;
-use confab_common::validate::{group_limit, Limits};
+use confab_core::error::ChatError;
+use confab_core::validate::{group_limit, Limits};
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, IngressRecord, OutcomeRecord, SendCommand,
 };

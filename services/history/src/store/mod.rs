@@ -12,8 +12,8 @@ pub mod sqlite;
 pub mod conformance;
 
 use async_trait::async_trait;
-use confab_common::error::ChatError;
-use confab_common::validate::PageCursor;
+use confab_core::error::ChatError;
+use confab_core::validate::PageCursor;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -24,7 +24,7 @@ use super::decide;
 use super::rows::{self, ConversationRow, ListedRow, MessageRow, LISTED_COLUMNS};
 use super::{keyset, now_ms, Store, StoreError};
 use async_trait::async_trait;
-use confab_common::validate::{Limits, PageCursor};
+use confab_core::validate::{Limits, PageCursor};
 use confab_proto::internal::v1::{ingress_record::Command, IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};

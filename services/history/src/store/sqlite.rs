@@ -8,7 +8,7 @@ use super::apply::{self, BatchTx};
 use super::rows::{self, ConversationRow, ListedRow, MessageRow, LISTED_COLUMNS};
 use super::{keyset, now_ms, Store, StoreError};
 use async_trait::async_trait;
-use confab_common::validate::{Limits, PageCursor};
+use confab_core::validate::{Limits, PageCursor};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};

@@ -5,19 +5,19 @@
 //! Each address has its own circuit breaker, so an address that keeps
 //! failing is skipped at once instead of being waited on.
 
-use crate::breaker::{
+use async_trait::async_trait;
+use confab_core::error::ChatError;
+use confab_core::seams::HistoryApi;
+use confab_layers::breaker::{
     BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen, GrpcFailures,
 };
-use crate::error::ChatError;
-use crate::grpc::ServiceToken;
-use crate::pipeline::HistoryApi;
-use crate::transport::ClientTls;
-use async_trait::async_trait;
+use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
 use confab_proto::v1::{
     self as pb, Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsResponse,
 };
+use confab_runtime::transport::ClientTls;
 use std::error::Error as _;
 use std::future::Future;
 use std::pin::Pin;
@@ -332,7 +332,7 @@ impl RemoteHistory {
         let mut last = ChatError::Unavailable(HISTORY_UNAVAILABLE.into());
         // The hop span this read is made for (a request, a delivery, a
         // routing): history's span continues its trace.
-        let trace = crate::trace::current();
+        let trace = confab_runtime::trace::current();
         for i in 0..n {
             let target = &self.targets[(start + i) % n];
             let mut req = Request::new(msg.clone());

@@ -4,12 +4,12 @@
 //! pause a few probe calls go through, and their outcome closes or re-opens it.
 //!
 //! Every transition is a log line and shows in the metrics
-//! [`crate::metrics::BREAKER_STATE`] and [`crate::metrics::BREAKER_TRANSITIONS`];
-//! refused calls count in [`crate::metrics::BREAKER_REJECTED`]. The settings
+//! [`confab_core::metrics::BREAKER_STATE`] and [`confab_core::metrics::BREAKER_TRANSITIONS`];
+//! refused calls count in [`confab_core::metrics::BREAKER_REJECTED`]. The settings
 //! come from `CONFAB_BREAKER_*` variables ([`BreakerConfig::from_env`]).
 
-use crate::config::{parse_or, ConfigError, Env};
-use crate::metrics::{BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS};
+use confab_core::config::{parse_or, ConfigError, Env};
+use confab_core::metrics::{BREAKER_REJECTED, BREAKER_STATE, BREAKER_TRANSITIONS};
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -231,7 +231,7 @@ impl From<CircuitOpen> for Status {
     }
 }
 
-impl From<CircuitOpen> for crate::error::ChatError {
+impl From<CircuitOpen> for confab_core::error::ChatError {
     fn from(open: CircuitOpen) -> Self {
         Self::Unavailable(open.to_string())
     }
@@ -837,7 +837,7 @@ mod tests {
             "fake is failing; it will be retried in 3500 ms"
         );
         assert_eq!(
-            crate::error::ChatError::from(open).code(),
+            confab_core::error::ChatError::from(open).code(),
             Code::Unavailable
         );
         for _ in 0..10 {

@@ -21,7 +21,7 @@
 //! Every refusal is UNAUTHENTICATED with a message saying what is wrong; the
 //! secret and key material never appear in an error or a log line.
 
-use crate::config::{parse_or, ConfigError, Env};
+use confab_core::config::{parse_or, ConfigError, Env};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -36,8 +36,7 @@ use tonic::Status;
 /// anybody can mint tokens: fine on a laptop, never in production.
 pub const DEV_SECRET: &str = "confab-development-secret-do-not-use-in-production";
 
-/// The longest user id accepted, in bytes.
-pub const MAX_USER_ID_LEN: usize = 128;
+pub use confab_core::validate::{check_user_id, MAX_USER_ID_LEN};
 
 /// Clock skew allowed on `exp` and `nbf` unless configured otherwise.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
@@ -893,25 +892,6 @@ fn shown(s: &str) -> String {
     } else {
         format!("{cut:?}")
     }
-}
-
-/// Checks that a user id is non-empty, short and printable.
-pub fn check_user_id(id: &str) -> Result<(), Status> {
-    if id.is_empty() {
-        return Err(Status::invalid_argument("user id must not be empty"));
-    }
-    if id.len() > MAX_USER_ID_LEN {
-        return Err(Status::invalid_argument(format!(
-            "user id is {} bytes; at most {MAX_USER_ID_LEN} are allowed",
-            id.len()
-        )));
-    }
-    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(Status::invalid_argument(
-            "user id must not contain whitespace or control characters",
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

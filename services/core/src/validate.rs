@@ -3,13 +3,15 @@
 //! a malformed request, RESOURCE_EXHAUSTED for one over a configured limit
 //! (body bytes, group members), naming the variable and its value.
 
-use crate::auth::check_user_id;
 use crate::error::ChatError;
 use confab_proto::v1::ConversationKind;
 use std::collections::BTreeSet;
+use tonic::Status;
 
 /// Default largest message body, in bytes.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024;
+/// The longest user id accepted, in bytes.
+pub const MAX_USER_ID_LEN: usize = 128;
 /// Longest client_msg_id, in bytes.
 pub const MAX_CLIENT_MSG_ID_LEN: usize = 128;
 /// Longest conversation id, in bytes.
@@ -234,6 +236,25 @@ pub fn history_page(
         n => n.min(MAX_PAGE),
     };
     Ok((cursor, limit))
+}
+
+/// Checks that a user id is non-empty, short and printable.
+pub fn check_user_id(id: &str) -> Result<(), Status> {
+    if id.is_empty() {
+        return Err(Status::invalid_argument("user id must not be empty"));
+    }
+    if id.len() > MAX_USER_ID_LEN {
+        return Err(Status::invalid_argument(format!(
+            "user id is {} bytes; at most {MAX_USER_ID_LEN} are allowed",
+            id.len()
+        )));
+    }
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(Status::invalid_argument(
+            "user id must not contain whitespace or control characters",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! spans over OTLP/gRPC (`CONFAB_OTLP_ENDPOINT`, filtered by
 //! `CONFAB_OTLP_FILTER`). See [`crate::trace`] for the hop spans.
 
-use crate::config::{ConfigError, Env};
+use confab_core::config::{ConfigError, Env};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};

@@ -1,0 +1,122 @@
+//! The body of every service binary's `main`.
+
+use crate::shutdown::Signal;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long a service may drain after SIGTERM before it exits anyway
+/// (milliseconds, default 10 000).
+pub const GRACE_VAR: &str = "CONFAB_SHUTDOWN_GRACE_MS";
+
+/// The body of every service binary's `main`: refuse a bad configuration
+/// with exit code 64 before binding, set up logging, bind `CONFAB_LISTEN`
+/// (or `default_listen`) and, when set, `CONFAB_METRICS_LISTEN` (metrics and
+/// health over HTTP, up until the service has drained), run until
+/// SIGINT/SIGTERM, drain for at most [`GRACE_VAR`], and exit with 0 (or 1 on
+/// failure or when the grace period ran out).
+pub fn main<C, E, F, Fut>(
+    name: &'static str,
+    env: &dyn confab_core::config::Env,
+    config: Result<C, confab_core::config::ConfigError>,
+    default_listen: &str,
+    run: F,
+) -> !
+where
+    F: FnOnce(C, TcpListener, Signal) -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    use confab_core::config::EXIT_CONFIG;
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let grace = match confab_core::config::parse_or(env, GRACE_VAR, 10_000u64, "milliseconds") {
+        Ok(ms) => Duration::from_millis(ms),
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let listen = env
+        .get("CONFAB_LISTEN")
+        .unwrap_or_else(|| default_listen.to_string());
+    let metrics_listen = crate::endpoints::listen_from_env(env);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{name}: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    // Within the runtime: span export (CONFAB_OTLP_ENDPOINT) runs on it.
+    let telemetry = match runtime.block_on(async { crate::telemetry::init_from_env(name, env) }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            std::process::exit(EXIT_CONFIG);
+        }
+    };
+    let code = runtime.block_on(async move {
+        let listener = match TcpListener::bind(&listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{name}: cannot listen on {listen}: {e}");
+                return EXIT_CONFIG;
+            }
+        };
+        let metrics = match &metrics_listen {
+            None => None,
+            Some(addr) => match crate::endpoints::start(addr).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    eprintln!(
+                        "{name}: cannot listen on {addr} ({}): {e}",
+                        confab_core::metrics::LISTEN_VAR
+                    );
+                    return EXIT_CONFIG;
+                }
+            },
+        };
+        let (trigger, signal) = crate::shutdown::channel();
+        tokio::spawn(async move {
+            crate::shutdown::os_signal().await;
+            trigger.fire();
+        });
+        let grace_over = {
+            let signal = signal.clone();
+            async move {
+                signal.wait().await;
+                tracing::info!(grace_ms = grace.as_millis() as u64, "{name} draining");
+                tokio::time::sleep(grace).await;
+            }
+        };
+        let code = tokio::select! {
+            result = run(config, listener, signal) => match result {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "{name} failed");
+                    1
+                }
+            },
+            () = grace_over => {
+                // Nothing is lost: uncommitted input is consumed again by
+                // whoever owns it next, and clients retry or resume.
+                tracing::error!(
+                    grace_ms = grace.as_millis() as u64,
+                    "{name}: shutdown grace period over; exiting with work in flight"
+                );
+                1
+            }
+        };
+        if let Some(m) = metrics {
+            m.stop().await;
+        }
+        code
+    });
+    telemetry.shutdown();
+    std::process::exit(code);
+}

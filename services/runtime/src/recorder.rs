@@ -1,0 +1,176 @@
+//! The process-wide Prometheus recorder: histogram buckets, descriptions,
+//! and the process collector (CPU, memory, files, threads).
+
+use confab_core::metrics::*;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Buckets of [`GRPC_DURATION`] and the other latency histograms, 1 ms to
+/// 10 s (a send waits for a commit; its timeout is 10 s).
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets of [`DB_BATCH_RECORDS`]: powers of two up to the largest batch
+/// (256).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Buckets of [`ROUTER_FANOUT`], up to the largest group (1000 by default).
+const FANOUT_BUCKETS: &[f64] = &[
+    1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0,
+];
+
+/// Every histogram and its buckets (without buckets the exporter would
+/// render a summary).
+const HISTOGRAMS: &[(&str, &[f64])] = &[
+    (GRPC_DURATION, DURATION_BUCKETS),
+    (MESSAGE_E2E, DURATION_BUCKETS),
+    (KAFKA_PRODUCE, DURATION_BUCKETS),
+    (DB_TRANSACTION, DURATION_BUCKETS),
+    (DB_BATCH_RECORDS, BATCH_BUCKETS),
+    (ROUTER_FANOUT, FANOUT_BUCKETS),
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder for this process (once: later calls,
+/// e.g. from several servers in one test process, return the same handle).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let mut builder = PrometheusBuilder::new();
+            for (name, buckets) in HISTOGRAMS {
+                builder = match builder.set_buckets_for_metric(Matcher::Full((*name).into()), buckets) {
+                    Ok(b) => b,
+                    Err(_) => unreachable!("no bucket list is empty"),
+                };
+            }
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            if let Err(e) = metrics::set_global_recorder(recorder) {
+                // Someone else's recorder came first: serve an empty page
+                // rather than fail.
+                tracing::warn!(error = %e, "another metrics recorder is installed; /metrics will be empty");
+            }
+            describe();
+            process_collector().describe();
+            handle
+        })
+        .clone()
+}
+
+/// The process's CPU time, resident memory, open files and threads
+/// (`process_cpu_seconds_total`, `process_resident_memory_bytes`, … as the
+/// Prometheus client libraries name them), read when `/metrics` is scraped.
+pub(crate) fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: OnceLock<metrics_process::Collector> = OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        GRPC_REQUESTS,
+        "gRPC calls finished, by method and status code"
+    );
+    metrics::describe_histogram!(
+        GRPC_DURATION,
+        metrics::Unit::Seconds,
+        "time from a unary gRPC call's arrival to its status"
+    );
+    metrics::describe_counter!(GRPC_STREAMS_OPENED, "streaming gRPC calls opened");
+    metrics::describe_gauge!(GRPC_STREAMS_OPEN, "streaming gRPC calls open now");
+    metrics::describe_gauge!(
+        BREAKER_STATE,
+        "circuit breaker state: 0 closed, 1 half-open, 2 open"
+    );
+    metrics::describe_counter!(
+        BREAKER_TRANSITIONS,
+        "circuit breaker state changes, by the state changed to"
+    );
+    metrics::describe_counter!(
+        BREAKER_REJECTED,
+        "calls a circuit breaker failed fast without reaching its dependency"
+    );
+    metrics::describe_counter!(
+        MESSAGES_ACCEPTED,
+        "writes (sends, membership changes) a gateway produced to the ingress topic"
+    );
+    metrics::describe_counter!(MESSAGES_SEQUENCED, "messages history assigned a seq");
+    metrics::describe_counter!(
+        MESSAGES_REJECTED,
+        "writes history refused, by reason (not_member, not_found, invalid, limit, other)"
+    );
+    metrics::describe_counter!(
+        MESSAGES_DELIVERED,
+        "messages a gateway wrote to client streams (live and from history)"
+    );
+    metrics::describe_histogram!(
+        MESSAGE_E2E,
+        metrics::Unit::Seconds,
+        "from a gateway accepting a write to its message's first live delivery on a stream (gateways' clocks)"
+    );
+    metrics::describe_histogram!(
+        KAFKA_PRODUCE,
+        metrics::Unit::Seconds,
+        "from producing a record to the broker's acknowledgement, by topic kind"
+    );
+    metrics::describe_counter!(
+        KAFKA_PRODUCE_ERRORS,
+        "publishes to the broker that failed, by topic kind"
+    );
+    metrics::describe_gauge!(
+        KAFKA_CONSUMER_LAG,
+        metrics::Unit::Count,
+        "records past the group's committed offset in each partition this consumer owns"
+    );
+    metrics::describe_counter!(
+        KAFKA_REBALANCES,
+        "partition assignments a consumer received, by group"
+    );
+    metrics::describe_histogram!(
+        DB_BATCH_RECORDS,
+        metrics::Unit::Count,
+        "records in each batch history applied in one transaction"
+    );
+    metrics::describe_histogram!(
+        DB_TRANSACTION,
+        metrics::Unit::Seconds,
+        "time of one batch transaction (with deadlock retries), by result"
+    );
+    metrics::describe_gauge!(
+        DB_POOL_CONNECTIONS,
+        "connections of history's database pool, by state (idle, in_use)"
+    );
+    metrics::describe_gauge!(
+        DB_POOL_MAX,
+        "the most connections history's database pool opens"
+    );
+    metrics::describe_gauge!(SESSIONS_OPEN, "Connect sessions open on this gateway");
+    metrics::describe_gauge!(
+        USERS_ONLINE,
+        "users with at least one session on this gateway"
+    );
+    metrics::describe_histogram!(
+        ROUTER_FANOUT,
+        metrics::Unit::Count,
+        "recipients of each message a router routes"
+    );
+    metrics::describe_counter!(
+        RATE_LIMITED,
+        "calls and stream sends refused by a per-user limit, by limit"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_twice_shares_the_handle() {
+        let a = install();
+        let b = install();
+        metrics::counter!("confab_test_install_twice_total").increment(1);
+        assert!(a.render().contains("confab_test_install_twice_total 1"));
+        assert!(b.render().contains("confab_test_install_twice_total 1"));
+    }
+}
