@@ -18,6 +18,7 @@ use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_router::attach::{GatewayLinks, LinkConfig};
 use confab_runtime::shutdown::{self, Signal, Trigger};
+use confab_runtime::transport::Transport;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -160,13 +161,10 @@ impl HistoryNode {
     fn serve(&mut self, listener: TcpListener) {
         assert!(self.server.is_none(), "the history server is running");
         let (local, token) = (self.local.clone(), self.service_token.clone());
-        self.server = Some(Served::spawn(move |signal| async move {
-            match token {
-                Some(token) => {
-                    confab_history::grpc::serve_with_auth(local, token, listener, signal).await
-                }
-                None => confab_history::grpc::serve(local, listener, signal).await,
-            }
+        self.server = Some(Served::spawn(move |signal| {
+            confab_history::grpc::server(local)
+                .service_token(token)
+                .serve(listener, signal)
         }));
     }
 }
@@ -205,13 +203,10 @@ impl RouterNode {
         assert!(self.server.is_none(), "the router server is running");
         let links = self.links.clone();
         let token = self.service_token.clone();
-        self.server = Some(Served::spawn(move |signal| async move {
-            match token {
-                Some(token) => {
-                    confab_router::attach::serve_with_auth(links, token, listener, signal).await
-                }
-                None => confab_router::attach::serve(links, listener, signal).await,
-            }
+        self.server = Some(Served::spawn(move |signal| {
+            confab_router::attach::server(links, signal.clone())
+                .service_token(token)
+                .serve(listener, signal)
         }));
     }
 }
@@ -332,7 +327,7 @@ impl Topology {
                     history,
                     signal.clone(),
                 );
-                confab_gateway::run(service, listener, signal)
+                confab_gateway::server(service, Transport::public()).serve(listener, signal)
             });
             let attach_config = AttachConfig {
                 backoff_min: Duration::from_millis(20),

@@ -11,6 +11,7 @@ use confab_history::{LocalHistory, PostgresStore, Store};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_proto::internal::v1::IngressRecord;
 use confab_runtime::shutdown;
+use confab_runtime::transport::Transport;
 use confab_tests::bench::idle::{self, IdleOpts};
 use confab_tests::bench::reads::{self, GenerateOpts, ReadOpts};
 use confab_tests::postgres::PgCluster;
@@ -67,7 +68,8 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
     let history_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let history_addr = history_listener.local_addr().expect("addr");
     let (history_stop, signal) = shutdown::channel();
-    let history_task = tokio::spawn(confab_history::grpc::serve(local, history_listener, signal));
+    let history_task =
+        tokio::spawn(confab_history::grpc::server(local).serve(history_listener, signal));
 
     let remote = RemoteHistory::new(&HistoryClientConfig::new([history_addr.to_string()]))
         .expect("history address");
@@ -84,7 +86,9 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
         Arc::new(remote),
         signal.clone(),
     );
-    let gateway_task = tokio::spawn(confab_gateway::run(service, gateway_listener, signal));
+    let gateway_task = tokio::spawn(
+        confab_gateway::server(service, Transport::public()).serve(gateway_listener, signal),
+    );
 
     let report = reads::measure(&ReadOpts {
         gateway,

@@ -112,7 +112,7 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
         .await
         .expect("bind the history port");
     let (stop, stopped) = shutdown::channel();
-    let server = tokio::spawn(confab_history::grpc::serve(history, listener, stopped));
+    let server = tokio::spawn(confab_history::grpc::server(history).serve(listener, stopped));
 
     // After the open period a probe reaches it, and it answers for itself.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -219,11 +219,10 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
     let links = GatewayLinks::new(LinkConfig::default());
     let (router_stop, router_stopped) = shutdown::channel();
-    let router = tokio::spawn(confab_router::attach::serve(
-        links.clone(),
-        listener,
-        router_stopped,
-    ));
+    let router = tokio::spawn(
+        confab_router::attach::server(links.clone(), router_stopped.clone())
+            .serve(listener, router_stopped),
+    );
     confab_tests::wait_until("the gateway to attach to the router that came back", || {
         hub.attached_routers() == 1 && links.gateways() == vec!["gw-breaker".to_string()]
     })

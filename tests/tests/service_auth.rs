@@ -91,12 +91,11 @@ async fn history_server(dir: &tempfile::TempDir) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (trigger, signal) = shutdown::channel();
-    let task = tokio::spawn(confab_history::grpc::serve_with_auth(
-        reader,
-        service_token(),
-        listener,
-        signal,
-    ));
+    let task = tokio::spawn(
+        confab_history::grpc::server(reader)
+            .service_token(Some(service_token()))
+            .serve(listener, signal),
+    );
     Server {
         addr,
         trigger,
@@ -109,12 +108,11 @@ async fn router_server(links: Arc<GatewayLinks>) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (trigger, signal) = shutdown::channel();
-    let task = tokio::spawn(confab_router::attach::serve_with_auth(
-        links,
-        service_token(),
-        listener,
-        signal,
-    ));
+    let task = tokio::spawn(
+        confab_router::attach::server(links, signal.clone())
+            .service_token(Some(service_token()))
+            .serve(listener, signal),
+    );
     Server {
         addr,
         trigger,

@@ -419,16 +419,12 @@ async fn history_server(dir: &tempfile::TempDir, transport: Transport) -> Served
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (trigger, signal) = shutdown::channel();
-    let task = tokio::spawn(async move {
-        confab_history::grpc::serve_with_transport(
-            reader,
-            Some(service_token()),
-            &transport,
-            listener,
-            signal,
-        )
-        .await
-    });
+    let task = tokio::spawn(
+        confab_history::grpc::server(reader)
+            .service_token(Some(service_token()))
+            .transport(transport)
+            .serve(listener, signal),
+    );
     Served {
         addr,
         trigger,
@@ -542,16 +538,12 @@ async fn routers_with_a_client_ca_take_only_gateways_with_a_certificate() {
         ..Transport::internal()
     };
     let router_links = links.clone();
-    let task = tokio::spawn(async move {
-        confab_router::attach::serve_with_transport(
-            router_links,
-            Some(service_token()),
-            &transport,
-            listener,
-            signal,
-        )
-        .await
-    });
+    let task = tokio::spawn(
+        confab_router::attach::server(router_links, signal.clone())
+            .service_token(Some(service_token()))
+            .transport(transport)
+            .serve(listener, signal),
+    );
     let router = Served {
         addr,
         trigger,

@@ -152,7 +152,8 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
         history,
         shutdown.clone(),
     );
-    confab_gateway::service::run_with_transport(service, &config.transport, listener, shutdown)
+    confab_gateway::service::server(service, config.transport.clone())
+        .serve(listener, shutdown)
         .await?;
     let drain = async {
         for task in sequencers.into_iter().chain(routers) {

@@ -160,8 +160,9 @@ pub async fn run_with_hub(
     // Stops taking connections and calls (GOAWAY), ends every stream with
     // UNAVAILABLE once its pending acks are out, and returns when the calls
     // in flight have their answers.
-    let served =
-        crate::service::run_with_transport(service, &config.transport, listener, shutdown).await;
+    let served = crate::service::server(service, config.transport.clone())
+        .serve(listener, shutdown)
+        .await;
     if let Err(e) = ingress.flush(Duration::from_secs(5)).await {
         tracing::warn!(error = %e, "ingress not flushed at shutdown");
     }

@@ -3,7 +3,7 @@
 //! handler (or even the request's decoding) runs.
 //!
 //! [`GuardLayer`] wraps the Chat service's routes only (see
-//! [`crate::service::run`]), so health checks and reflection, which are
+//! [`crate::service::server`]), so health checks and reflection, which are
 //! separate routes of the same server, stay open. For each call it
 //!
 //! 1. looks the gRPC path up in [`METHODS`], the one table of what each

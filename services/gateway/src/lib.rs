@@ -12,4 +12,4 @@ pub mod session;
 pub mod submit;
 
 pub use hub::Hub;
-pub use service::{run, ChatService, GatewayConfig};
+pub use service::{server, ChatService, GatewayConfig};

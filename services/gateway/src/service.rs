@@ -17,13 +17,13 @@ use confab_proto::internal::v1::{
 };
 use confab_proto::v1::chat_server::{Chat, ChatServer};
 use confab_proto::v1::*;
+use confab_runtime::server::Server;
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::Transport;
 use futures::Stream;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -373,45 +373,17 @@ fn frames(
     })
 }
 
-/// Serves the Chat API behind its guard ([`ChatService::guard`]: every call
+/// The Chat API behind its guard ([`ChatService::guard`]: every call
 /// authenticated and charged to its caller's limits before its handler
-/// runs), health and reflection on `listener` until `shutdown` fires, then
-/// drains. Every mode (`confab dev`, `confab-gateway`, the test topologies)
-/// serves the gateway through here.
-pub async fn run(
-    service: ChatService,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    run_with_transport(service, &Transport::public(), listener, shutdown).await
-}
-
-/// [`run`] over `transport`: TLS when configured, its HTTP/2 limits, and
-/// requests larger than its `max_message_bytes` refused with
-/// RESOURCE_EXHAUSTED.
-pub async fn run_with_transport(
-    service: ChatService,
-    transport: &Transport,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    use tonic::server::NamedService;
-    let mut service = service;
+/// runs) over `transport`, whose `max_message_bytes` the service also
+/// applies, for [`Server::serve`]. Every mode (`confab dev`,
+/// `confab-gateway`, the test topologies) serves the gateway through here.
+pub fn server(mut service: ChatService, transport: Transport) -> Server {
     service.max_message_bytes = transport.max_message_bytes;
     // The guard wraps the Chat routes only: health and reflection, routed
-    // beside them by `serve`, stay open.
+    // beside them by the server, stay open.
     let chat = tower::ServiceBuilder::new()
         .layer(service.guard())
         .service(ChatServer::new(service).max_decoding_message_size(transport.max_message_bytes));
-    confab_runtime::server::serve_with_transport(
-        "gateway",
-        ChatServer::<ChatService>::NAME,
-        tonic::service::Routes::new(chat),
-        confab_proto::PUBLIC_FILE_DESCRIPTOR_SET,
-        listener,
-        shutdown,
-        None,
-        transport,
-    )
-    .await
+    Server::new("gateway", chat, confab_proto::PUBLIC_FILE_DESCRIPTOR_SET).transport(transport)
 }

@@ -148,14 +148,11 @@ pub async fn run_with_state(
         config.linger,
         shutdown.clone(),
     ));
-    crate::grpc::serve_with_transport(
-        Arc::new(LocalHistory::new(store)),
-        Some(service_token),
-        &config.transport,
-        listener,
-        shutdown,
-    )
-    .await?;
+    crate::grpc::server(Arc::new(LocalHistory::new(store)))
+        .service_token(Some(service_token))
+        .transport(config.transport.clone())
+        .serve(listener, shutdown)
+        .await?;
     let _ = sequencer.await;
     if let Err(e) = outcomes.flush(Duration::from_secs(5)).await {
         tracing::warn!(error = %e, "outcomes not flushed at shutdown; they are replayed from ingress");

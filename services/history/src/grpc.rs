@@ -5,15 +5,12 @@
 
 use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
-use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::history_reader_server::{HistoryReader, HistoryReaderServer};
 use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
 use confab_proto::v1::{Conversation, GetHistoryResponse, ListConversationsResponse};
-use confab_runtime::shutdown::Signal;
+use confab_runtime::server::Server;
 use confab_runtime::trace::{self, TraceParent};
-use confab_runtime::transport::Transport;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -103,58 +100,13 @@ impl HistoryReader for HistoryReaderService {
     }
 }
 
-/// Serves `HistoryReader`, health and reflection on `listener` until
-/// `shutdown` fires, then finishes the calls in flight.
-/// Anyone may call: for in-process tests; a history process serves with
-/// [`serve_with_auth`].
-pub async fn serve(
-    reader: Arc<dyn HistoryApi>,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    serve_inner(reader, None, listener, shutdown).await
-}
-
-/// [`serve`], refusing with UNAUTHENTICATED every call (but health checks)
-/// that does not present `token`.
-pub async fn serve_with_auth(
-    reader: Arc<dyn HistoryApi>,
-    token: ServiceToken,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    serve_inner(reader, Some(token), listener, shutdown).await
-}
-
-async fn serve_inner(
-    reader: Arc<dyn HistoryApi>,
-    token: Option<ServiceToken>,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    serve_with_transport(reader, token, &Transport::internal(), listener, shutdown).await
-}
-
-/// [`serve`] over `transport` (TLS, client certificates, connection limits),
-/// requiring `token` of every caller when given.
-pub async fn serve_with_transport(
-    reader: Arc<dyn HistoryApi>,
-    token: Option<ServiceToken>,
-    transport: &Transport,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    use tonic::server::NamedService;
-    type Server = HistoryReaderServer<HistoryReaderService>;
-    confab_runtime::server::serve_with_transport(
+/// The `HistoryReader` server over `reader`, for [`Server::serve`]: a
+/// history process requires the service token of every caller
+/// ([`Server::service_token`]); in-process tests may leave it open.
+pub fn server(reader: Arc<dyn HistoryApi>) -> Server {
+    Server::new(
         "history",
-        Server::NAME,
-        tonic::service::Routes::new(Server::new(HistoryReaderService::new(reader))),
+        HistoryReaderServer::new(HistoryReaderService::new(reader)),
         confab_proto::FILE_DESCRIPTOR_SET,
-        listener,
-        shutdown,
-        token,
-        transport,
     )
-    .await
 }

@@ -11,6 +11,7 @@ use confab_proto::internal::v1::{
     gateway_frame, router_frame, Complete, Deliver, GatewayFrame, OutcomeRecord, PresenceAck,
     RouterFrame,
 };
+use confab_runtime::server::Server;
 use confab_runtime::shutdown::Signal;
 use futures::Stream;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -19,7 +20,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -543,63 +543,17 @@ fn outbound(
     ))
 }
 
-/// Serves `RouterLink`, health and reflection on `listener` until `shutdown`
-/// fires; every gateway stream then ends with UNAVAILABLE (the gateways
-/// reconnect elsewhere or when the router is back).
-/// Anyone may attach: for in-process tests; a router process serves with
-/// [`serve_with_auth`].
-pub async fn serve(
-    links: Arc<GatewayLinks>,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    serve_inner(links, None, listener, shutdown).await
-}
-
-/// [`serve`], refusing with UNAUTHENTICATED every call (but health checks)
-/// that does not present `token`.
-pub async fn serve_with_auth(
-    links: Arc<GatewayLinks>,
-    token: confab_layers::service_token::ServiceToken,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    serve_inner(links, Some(token), listener, shutdown).await
-}
-
-async fn serve_inner(
-    links: Arc<GatewayLinks>,
-    token: Option<confab_layers::service_token::ServiceToken>,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    let transport = confab_runtime::transport::Transport::internal();
-    serve_with_transport(links, token, &transport, listener, shutdown).await
-}
-
-/// [`serve`] over `transport` (TLS, client certificates, connection limits),
-/// requiring `token` of every gateway when given.
-pub async fn serve_with_transport(
-    links: Arc<GatewayLinks>,
-    token: Option<confab_layers::service_token::ServiceToken>,
-    transport: &confab_runtime::transport::Transport,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> Result<(), tonic::transport::Error> {
-    use tonic::server::NamedService;
-    type Server = RouterLinkServer<RouterLinkService>;
-    let service = RouterLinkService::new(links, shutdown.clone());
-    confab_runtime::server::serve_with_transport(
+/// The `RouterLink` server over `links`, for [`Server::serve`]: when
+/// `shutdown` fires, every gateway stream ends with UNAVAILABLE (the
+/// gateways reconnect elsewhere or when the router is back). A router
+/// process requires the service token of every gateway
+/// ([`Server::service_token`]); in-process tests may leave it open.
+pub fn server(links: Arc<GatewayLinks>, shutdown: Signal) -> Server {
+    Server::new(
         "router",
-        Server::NAME,
-        tonic::service::Routes::new(Server::new(service)),
+        RouterLinkServer::new(RouterLinkService::new(links, shutdown)),
         confab_proto::FILE_DESCRIPTOR_SET,
-        listener,
-        shutdown,
-        token,
-        transport,
     )
-    .await
 }
 
 #[cfg(test)]

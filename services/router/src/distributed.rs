@@ -113,14 +113,11 @@ pub async fn run_with_state(
     let (close_links, links_stop) = confab_runtime::shutdown::channel();
     let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown));
     let serving = tokio::spawn(async move {
-        crate::attach::serve_with_transport(
-            links,
-            Some(config.service_token.clone()),
-            &config.transport,
-            listener,
-            links_stop,
-        )
-        .await
+        crate::attach::server(links, links_stop.clone())
+            .service_token(Some(config.service_token.clone()))
+            .transport(config.transport.clone())
+            .serve(listener, links_stop)
+            .await
     });
     let _ = routing.await;
     close_links.fire();

@@ -20,7 +20,7 @@ pub struct Readiness(Arc<ReadinessState>);
 
 #[derive(Debug)]
 struct ReadinessState {
-    /// Whether the process serves (set by [`crate::grpc::serve`]).
+    /// Whether the process serves (set by [`crate::server::Server`]).
     serving: AtomicBool,
     /// The registered checks by id: their name and whether they pass.
     checks: Mutex<BTreeMap<u64, (String, bool)>>,
@@ -174,7 +174,7 @@ impl Drop for ReadinessCheck {
     }
 }
 
-/// The process's readiness: [`crate::grpc::serve`] sets it when it starts
+/// The process's readiness: [`crate::server::Server`] sets it when it starts
 /// serving and clears it as soon as its shutdown starts; the checks of
 /// [`spawn_check`] are registered with it. (A process running several gRPC
 /// servers, as some tests do, shares it: the last serving change wins.)

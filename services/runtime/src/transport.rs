@@ -4,7 +4,7 @@
 //! timeout) and the largest decoded message the gateway accepts.
 //!
 //! [`Transport`] is what a server is started with
-//! ([`crate::grpc::serve_with_transport`]); [`ClientTls`] is what an internal
+//! ([`crate::server::Server::transport`]); [`ClientTls`] is what an internal
 //! client (history reads, router links) connects with.
 //!
 //! The idle timeout is enforced by `confab_layers::idle`. tonic 0.14 has no idle timeout for server connections (grpc-go's
