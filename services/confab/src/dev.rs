@@ -49,18 +49,23 @@ impl DevConfig {
             .fit_body(env, gateway.limits.max_body_bytes)?;
         let config = Self {
             listen: env
-                .get("CONFAB_LISTEN")
+                .get(confab_core::vars::LISTEN)
                 .unwrap_or_else(|| "127.0.0.1:50051".into()),
             data_dir: env
-                .get("CONFAB_DATA_DIR")
+                .get(confab_core::vars::DATA_DIR)
                 .map(PathBuf::from)
                 .unwrap_or_else(|| "data".into()),
             auth: AuthConfig::from_env(env)?,
             gateway,
-            partitions: parse_or(env, "CONFAB_PARTITIONS", 4usize, "a partition count")?,
+            partitions: parse_or(
+                env,
+                confab_core::vars::PARTITIONS,
+                4usize,
+                "a partition count",
+            )?,
             grace: Duration::from_millis(parse_or(
                 env,
-                "CONFAB_SHUTDOWN_GRACE_MS",
+                confab_core::vars::SHUTDOWN_GRACE_MS,
                 10_000u64,
                 "milliseconds",
             )?),
@@ -79,7 +84,7 @@ impl DevConfig {
         };
         if self.partitions == 0 || self.partitions > 1024 {
             return Err(bad(
-                "CONFAB_PARTITIONS",
+                confab_core::vars::PARTITIONS,
                 self.partitions.to_string(),
                 "must be between 1 and 1024",
             ));
@@ -87,7 +92,7 @@ impl DevConfig {
         if let Some(secret) = &self.auth.hs256_secret {
             if secret.len() < 16 {
                 return Err(bad(
-                    "CONFAB_JWT_SECRET",
+                    confab_core::vars::JWT_SECRET,
                     "<redacted>".into(),
                     "must be at least 16 bytes",
                 ));

@@ -1,7 +1,7 @@
 //! What every part of Confab agrees on: the error kinds and their gRPC
 //! codes ([`error`]), the checks on what clients send ([`validate`]),
 //! configuration from the environment ([`config`]), the names of the
-//! metrics ([`metrics`]), and the traits at the seams between gateway,
+//! metrics ([`metrics`]), every `CONFAB_*` variable ([`vars`]), and the traits at the seams between gateway,
 //! router and history ([`seams`]), which embedded and distributed mode each
 //! implement.
 
@@ -10,3 +10,4 @@ pub mod error;
 pub mod metrics;
 pub mod seams;
 pub mod validate;
+pub mod vars;

@@ -4,7 +4,7 @@
 
 /// The variable naming the address of the metrics and health server
 /// (`host:port`). Unset or empty: no server (and no recorder).
-pub const LISTEN_VAR: &str = "CONFAB_METRICS_LISTEN";
+pub const LISTEN_VAR: &str = crate::vars::METRICS_LISTEN;
 
 /// Counter: finished RPCs by `service`, `method` and `code`.
 pub const GRPC_REQUESTS: &str = "confab_grpc_requests_total";

@@ -63,7 +63,7 @@ impl DistributedConfig {
         let auth = AuthConfig::from_env(env)?;
         if auth.hs256_secret.is_none() && auth.public_keys.is_none() {
             return Err(ConfigError {
-                key: "CONFAB_JWT_SECRET".into(),
+                key: confab_core::vars::JWT_SECRET.into(),
                 value: String::new(),
                 reason:
                     "required: the HS256 secret tokens are signed with (or CONFAB_JWT_PUBLIC_KEYS)"
@@ -72,25 +72,29 @@ impl DistributedConfig {
         }
         if auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
             return Err(ConfigError {
-                key: "CONFAB_JWT_SECRET".into(),
+                key: confab_core::vars::JWT_SECRET.into(),
                 value: "<redacted>".into(),
                 reason: "must be at least 16 bytes".into(),
             });
         }
         // Key files are read now, so a bad one stops the gateway before it binds.
         Authenticator::from_env(env)?;
-        let mut history = HistoryClientConfig::new(need_list("CONFAB_HISTORY_ADDRS")?);
+        let mut history = HistoryClientConfig::new(need_list(confab_core::vars::HISTORY_ADDRS)?);
         history.request_timeout = Duration::from_millis(parse_or(
             env,
-            "CONFAB_HISTORY_TIMEOUT_MS",
+            confab_core::vars::HISTORY_TIMEOUT_MS,
             5000u64,
             "milliseconds",
         )?);
         history.breaker = BreakerConfig::from_env(env)?;
-        let gateway_id = required(env, "CONFAB_GATEWAY_ID", "a unique id for this gateway")?;
+        let gateway_id = required(
+            env,
+            confab_core::vars::GATEWAY_ID,
+            "a unique id for this gateway",
+        )?;
         let gateway = GatewayConfig::from_env(env)?;
         let kafka = KafkaConfig::from_env(env)?;
-        let routers = need_list("CONFAB_ROUTER_ADDRS")?;
+        let routers = need_list(confab_core::vars::ROUTER_ADDRS)?;
         // Certificate files are read now too.
         let transport = Transport::from_env(env, Transport::public())?
             .fit_body(env, gateway.limits.max_body_bytes)?;

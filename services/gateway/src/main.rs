@@ -30,11 +30,11 @@ struct Cli {
 fn main() {
     let cli = Cli::parse();
     let env = Overlay::default()
-        .flag("CONFAB_LISTEN", cli.listen)
-        .flag("CONFAB_GATEWAY_ID", cli.gateway_id)
-        .flag("CONFAB_KAFKA_BROKERS", cli.kafka_brokers)
-        .flag("CONFAB_HISTORY_ADDRS", cli.history_addrs)
-        .flag("CONFAB_ROUTER_ADDRS", cli.router_addrs);
+        .flag(confab_core::vars::LISTEN, cli.listen)
+        .flag(confab_core::vars::GATEWAY_ID, cli.gateway_id)
+        .flag(confab_core::vars::KAFKA_BROKERS, cli.kafka_brokers)
+        .flag(confab_core::vars::HISTORY_ADDRS, cli.history_addrs)
+        .flag(confab_core::vars::ROUTER_ADDRS, cli.router_addrs);
     let config = confab_gateway::distributed::DistributedConfig::from_env(&env);
     confab_runtime::process::main(
         "confab-gateway",

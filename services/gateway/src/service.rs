@@ -61,25 +61,25 @@ impl GatewayConfig {
         };
         let max_body_bytes = parse_or(
             env,
-            "CONFAB_MAX_BODY_BYTES",
+            confab_core::vars::MAX_BODY_BYTES,
             d.limits.max_body_bytes as u64,
             "a size in bytes",
         )?;
         let max_group_members = parse_or(
             env,
-            "CONFAB_MAX_GROUP_MEMBERS",
+            confab_core::vars::MAX_GROUP_MEMBERS,
             d.limits.max_group_members as u64,
             "a member count",
         )?;
         let send_timeout_ms = parse_or(
             env,
-            "CONFAB_SEND_TIMEOUT_MS",
+            confab_core::vars::SEND_TIMEOUT_MS,
             d.send_timeout.as_millis() as u64,
             "milliseconds",
         )?;
         let session_queue = parse_or(
             env,
-            "CONFAB_SESSION_QUEUE",
+            confab_core::vars::SESSION_QUEUE,
             d.session_queue as u64,
             "a message count",
         )?;
@@ -88,40 +88,44 @@ impl GatewayConfig {
             at_least(key, value.into(), 1).map(|_| value)
         };
         let messages_per_sec = per_user(
-            "CONFAB_RATE_MESSAGES_PER_SEC",
+            confab_core::vars::RATE_MESSAGES_PER_SEC,
             d.user_limits.messages_per_sec,
             "messages per second",
         )?;
         let user_limits = UserLimits {
             messages_per_sec,
             messages_burst: per_user(
-                "CONFAB_RATE_MESSAGES_BURST",
+                confab_core::vars::RATE_MESSAGES_BURST,
                 messages_per_sec.saturating_mul(2),
                 "a message count",
             )?,
             max_streams_per_user: per_user(
-                "CONFAB_MAX_STREAMS_PER_USER",
+                confab_core::vars::MAX_STREAMS_PER_USER,
                 d.user_limits.max_streams_per_user,
                 "a stream count",
             )?,
             conversations_per_min: per_user(
-                "CONFAB_RATE_CONVERSATIONS_PER_MIN",
+                confab_core::vars::RATE_CONVERSATIONS_PER_MIN,
                 d.user_limits.conversations_per_min,
                 "conversations per minute",
             )?,
         };
         Ok(Self {
             limits: Limits {
-                max_body_bytes: at_least("CONFAB_MAX_BODY_BYTES", max_body_bytes, 1)? as usize,
-                max_group_members: at_least("CONFAB_MAX_GROUP_MEMBERS", max_group_members, 2)?
+                max_body_bytes: at_least(confab_core::vars::MAX_BODY_BYTES, max_body_bytes, 1)?
                     as usize,
+                max_group_members: at_least(
+                    confab_core::vars::MAX_GROUP_MEMBERS,
+                    max_group_members,
+                    2,
+                )? as usize,
             },
             send_timeout: Duration::from_millis(at_least(
-                "CONFAB_SEND_TIMEOUT_MS",
+                confab_core::vars::SEND_TIMEOUT_MS,
                 send_timeout_ms,
                 1,
             )?),
-            session_queue: at_least("CONFAB_SESSION_QUEUE", session_queue, 1)? as usize,
+            session_queue: at_least(confab_core::vars::SESSION_QUEUE, session_queue, 1)? as usize,
             user_limits,
         })
     }

@@ -68,11 +68,16 @@ impl HistoryConfig {
     pub fn from_env_for_migrate(env: &dyn Env) -> Result<Self, ConfigError> {
         let defaults = Limits::default();
         Ok(Self {
-            database_url: required(env, "CONFAB_DATABASE_URL", "a postgres:// URL")?,
-            pool: parse_or(env, "CONFAB_DATABASE_POOL", 8, "a connection count")?,
+            database_url: required(env, confab_core::vars::DATABASE_URL, "a postgres:// URL")?,
+            pool: parse_or(
+                env,
+                confab_core::vars::DATABASE_POOL,
+                8,
+                "a connection count",
+            )?,
             acquire_timeout: Duration::from_millis(parse_or(
                 env,
-                "CONFAB_DATABASE_ACQUIRE_TIMEOUT_MS",
+                confab_core::vars::DATABASE_ACQUIRE_TIMEOUT_MS,
                 2000,
                 "milliseconds",
             )?),
@@ -80,7 +85,7 @@ impl HistoryConfig {
             limits: Limits {
                 max_group_members: parse_or(
                     env,
-                    "CONFAB_MAX_GROUP_MEMBERS",
+                    confab_core::vars::MAX_GROUP_MEMBERS,
                     defaults.max_group_members,
                     "a member count",
                 )?,
@@ -88,7 +93,7 @@ impl HistoryConfig {
             },
             linger: Duration::from_millis(parse_or(
                 env,
-                "CONFAB_BATCH_LINGER_MS",
+                confab_core::vars::BATCH_LINGER_MS,
                 2,
                 "milliseconds",
             )?),

@@ -41,9 +41,9 @@ fn main() {
     let cli = Cli::parse();
     let migrate_only = matches!(cli.command, Some(Cmd::Migrate));
     let env = Overlay::default()
-        .flag("CONFAB_LISTEN", cli.listen)
-        .flag("CONFAB_KAFKA_BROKERS", cli.kafka_brokers)
-        .flag("CONFAB_DATABASE_URL", cli.database_url);
+        .flag(confab_core::vars::LISTEN, cli.listen)
+        .flag(confab_core::vars::KAFKA_BROKERS, cli.kafka_brokers)
+        .flag(confab_core::vars::DATABASE_URL, cli.database_url);
     let config = if migrate_only {
         confab_history::distributed::HistoryConfig::from_env_for_migrate(&env)
     } else {

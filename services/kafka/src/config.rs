@@ -94,12 +94,20 @@ impl KafkaConfig {
             Ok(v)
         };
         Ok(Self {
-            brokers: env.get("CONFAB_KAFKA_BROKERS").unwrap_or(d.brokers),
-            prefix: env.get("CONFAB_KAFKA_PREFIX").unwrap_or(d.prefix),
-            partitions: positive("CONFAB_KAFKA_PARTITIONS", d.partitions)?,
-            replication: positive("CONFAB_KAFKA_REPLICATION", d.replication)?,
-            produce_timeout: ms("CONFAB_KAFKA_PRODUCE_TIMEOUT_MS", d.produce_timeout)?,
-            session_timeout: ms("CONFAB_KAFKA_SESSION_TIMEOUT_MS", d.session_timeout)?,
+            brokers: env
+                .get(confab_core::vars::KAFKA_BROKERS)
+                .unwrap_or(d.brokers),
+            prefix: env.get(confab_core::vars::KAFKA_PREFIX).unwrap_or(d.prefix),
+            partitions: positive(confab_core::vars::KAFKA_PARTITIONS, d.partitions)?,
+            replication: positive(confab_core::vars::KAFKA_REPLICATION, d.replication)?,
+            produce_timeout: ms(
+                confab_core::vars::KAFKA_PRODUCE_TIMEOUT_MS,
+                d.produce_timeout,
+            )?,
+            session_timeout: ms(
+                confab_core::vars::KAFKA_SESSION_TIMEOUT_MS,
+                d.session_timeout,
+            )?,
             ..d
         })
     }

@@ -5,7 +5,7 @@ use crate::BoxFuture;
 use std::task::{Context, Poll};
 
 /// The variable setting the largest decoded message a server accepts.
-pub const MAX_MESSAGE_BYTES_VAR: &str = "CONFAB_MAX_MESSAGE_BYTES";
+pub const MAX_MESSAGE_BYTES_VAR: &str = confab_core::vars::MAX_MESSAGE_BYTES;
 
 /// How tonic words a request over `max_decoding_message_size` (with
 /// OUT_OF_RANGE): "Error, decoded message length too large: found N bytes,

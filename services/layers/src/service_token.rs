@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 /// The variable holding the token shared by the services of one deployment.
-pub const SERVICE_TOKEN_VAR: &str = "CONFAB_SERVICE_TOKEN";
+pub const SERVICE_TOKEN_VAR: &str = confab_core::vars::SERVICE_TOKEN;
 
 /// The metadata key callers of an internal service put the token in.
 pub const SERVICE_TOKEN_HEADER: &str = "x-confab-service-token";

@@ -43,10 +43,10 @@ pub struct RouterConfig {
 impl RouterConfig {
     /// Reads `CONFAB_*` variables.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let history = list(env, "CONFAB_HISTORY_ADDRS");
+        let history = list(env, confab_core::vars::HISTORY_ADDRS);
         if history.is_empty() {
             return Err(ConfigError {
-                key: "CONFAB_HISTORY_ADDRS".into(),
+                key: confab_core::vars::HISTORY_ADDRS.into(),
                 value: String::new(),
                 reason: "required: comma-separated history addresses (host:port)".into(),
             });
@@ -54,7 +54,7 @@ impl RouterConfig {
         let mut history = HistoryClientConfig::new(history);
         history.request_timeout = Duration::from_millis(parse_or(
             env,
-            "CONFAB_HISTORY_TIMEOUT_MS",
+            confab_core::vars::HISTORY_TIMEOUT_MS,
             5000u64,
             "milliseconds",
         )?);

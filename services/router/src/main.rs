@@ -24,9 +24,9 @@ struct Cli {
 fn main() {
     let cli = Cli::parse();
     let env = Overlay::default()
-        .flag("CONFAB_LISTEN", cli.listen)
-        .flag("CONFAB_KAFKA_BROKERS", cli.kafka_brokers)
-        .flag("CONFAB_HISTORY_ADDRS", cli.history_addrs);
+        .flag(confab_core::vars::LISTEN, cli.listen)
+        .flag(confab_core::vars::KAFKA_BROKERS, cli.kafka_brokers)
+        .flag(confab_core::vars::HISTORY_ADDRS, cli.history_addrs);
     let config = confab_router::distributed::RouterConfig::from_env(&env);
     confab_runtime::process::main(
         "confab-router",

@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 
 /// How long a service may drain after SIGTERM before it exits anyway
 /// (milliseconds, default 10 000).
-pub const GRACE_VAR: &str = "CONFAB_SHUTDOWN_GRACE_MS";
+pub const GRACE_VAR: &str = confab_core::vars::SHUTDOWN_GRACE_MS;
 
 /// The body of every service binary's `main`: refuse a bad configuration
 /// with exit code 64 before binding, set up logging, bind `CONFAB_LISTEN`
@@ -42,7 +42,7 @@ where
         }
     };
     let listen = env
-        .get("CONFAB_LISTEN")
+        .get(confab_core::vars::LISTEN)
         .unwrap_or_else(|| default_listen.to_string());
     let metrics_listen = crate::endpoints::listen_from_env(env);
     let runtime = match tokio::runtime::Runtime::new() {

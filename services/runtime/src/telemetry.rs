@@ -18,9 +18,9 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// Where spans are exported (OTLP over gRPC, e.g. `http://127.0.0.1:4317`);
 /// unset: no export.
-pub const OTLP_ENDPOINT_VAR: &str = "CONFAB_OTLP_ENDPOINT";
+pub const OTLP_ENDPOINT_VAR: &str = confab_core::vars::OTLP_ENDPOINT;
 /// Which spans are exported, as a `CONFAB_LOG`-style filter.
-pub const OTLP_FILTER_VAR: &str = "CONFAB_OTLP_FILTER";
+pub const OTLP_FILTER_VAR: &str = confab_core::vars::OTLP_FILTER;
 /// The default of [`OTLP_FILTER_VAR`]: the spans (and events) of Confab's
 /// own crates at INFO and above, which includes every hop span.
 pub const OTLP_FILTER_DEFAULT: &str = "confab=info";
@@ -70,7 +70,9 @@ struct Otlp {
 /// runtime (the exporter's connection lives on it). A bad
 /// `CONFAB_OTLP_ENDPOINT` or `CONFAB_OTLP_FILTER` is a [`ConfigError`].
 pub fn init_from_env(service: &'static str, env: &dyn Env) -> Result<Telemetry, ConfigError> {
-    let json = env.get("CONFAB_LOG_FORMAT").is_some_and(|f| f == "json");
+    let json = env
+        .get(confab_core::vars::LOG_FORMAT)
+        .is_some_and(|f| f == "json");
     let otlp = match env.get(OTLP_ENDPOINT_VAR) {
         None => None,
         Some(endpoint) => {
@@ -127,7 +129,7 @@ fn check_endpoint(endpoint: &str) -> Result<(), ConfigError> {
 }
 
 fn install(json: bool, otlp: Option<Otlp>) -> Result<Telemetry, ConfigError> {
-    let log_filter = EnvFilter::try_from_env("CONFAB_LOG")
+    let log_filter = EnvFilter::try_from_env(confab_core::vars::LOG)
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(LOG_FILTER_DEFAULT));
     let fmt = tracing_subscriber::fmt::layer()

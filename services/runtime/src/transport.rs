@@ -26,23 +26,23 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 /// The server's certificate chain (PEM); with [`TLS_KEY_VAR`], the server
 /// speaks TLS, and internal clients present it as their client certificate.
-pub const TLS_CERT_VAR: &str = "CONFAB_TLS_CERT";
+pub const TLS_CERT_VAR: &str = confab_core::vars::TLS_CERT;
 /// The private key (PEM, PKCS#8, PKCS#1 or SEC1) of [`TLS_CERT_VAR`].
-pub const TLS_KEY_VAR: &str = "CONFAB_TLS_KEY";
+pub const TLS_KEY_VAR: &str = confab_core::vars::TLS_KEY;
 /// CA certificates (PEM) that client certificates must be signed by; when
 /// set, the server refuses TLS handshakes without such a certificate (mTLS).
-pub const TLS_CLIENT_CA_VAR: &str = "CONFAB_TLS_CLIENT_CA";
+pub const TLS_CLIENT_CA_VAR: &str = confab_core::vars::TLS_CLIENT_CA;
 /// CA certificates (PEM) that internal clients verify history and routers
 /// with; when set, internal links use TLS (`https`).
-pub const TLS_CA_VAR: &str = "CONFAB_TLS_CA";
+pub const TLS_CA_VAR: &str = confab_core::vars::TLS_CA;
 /// The name internal clients expect in the peer's certificate, instead of the
 /// host of each address.
-pub const TLS_SERVER_NAME_VAR: &str = "CONFAB_TLS_SERVER_NAME";
+pub const TLS_SERVER_NAME_VAR: &str = confab_core::vars::TLS_SERVER_NAME;
 /// Concurrent HTTP/2 streams (calls) per connection.
-pub const HTTP2_MAX_STREAMS_VAR: &str = "CONFAB_HTTP2_MAX_STREAMS";
+pub const HTTP2_MAX_STREAMS_VAR: &str = confab_core::vars::HTTP2_MAX_STREAMS;
 /// Milliseconds a connection may stay without any call before it is closed;
 /// `0` never closes idle connections.
-pub const HTTP2_IDLE_TIMEOUT_VAR: &str = "CONFAB_HTTP2_IDLE_TIMEOUT_MS";
+pub const HTTP2_IDLE_TIMEOUT_VAR: &str = confab_core::vars::HTTP2_IDLE_TIMEOUT_MS;
 pub use confab_layers::message_limit::MAX_MESSAGE_BYTES_VAR;
 
 /// Longest TLS handshake a server waits for.
