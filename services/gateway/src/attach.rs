@@ -18,7 +18,7 @@ use confab_proto::internal::v1::{
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::ClientTls;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
@@ -38,7 +38,8 @@ pub struct AttachConfig {
     pub routers: Vec<String>,
     /// Wait before the first reconnect; doubles after each failed attempt.
     pub backoff_min: Duration,
-    /// Longest wait between two attempts.
+    /// Longest wait between two attempts before jitter, which may double it
+    /// ([`confab_runtime::retry::backoff`]).
     pub backoff_max: Duration,
     /// Longest wait to connect and be accepted by a router.
     pub connect_timeout: Duration,
@@ -61,7 +62,8 @@ impl AttachConfig {
         Self {
             routers: routers.into_iter().map(Into::into).collect(),
             backoff_min: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(5),
+            // With jitter, at most 5 s between attempts.
+            backoff_max: Duration::from_millis(2500),
             connect_timeout: Duration::from_secs(2),
             service_token: None,
             tls: None,
@@ -142,7 +144,8 @@ async fn keep_attached(
     config: AttachConfig,
     shutdown: Signal,
 ) {
-    let mut backoff = config.backoff_min;
+    let fresh = || confab_runtime::retry::backoff(config.backoff_min, config.backoff_max);
+    let mut delays = fresh();
     let mut failures = 0u32;
     let mut calls = attach_calls(&addr, &config.breaker);
     loop {
@@ -165,7 +168,7 @@ async fn keep_attached(
             }
             Ended::Lost(reason) => {
                 tracing::warn!(router = %addr, error = %reason, "router link lost; reconnecting");
-                backoff = config.backoff_min;
+                delays = fresh();
                 failures = 0;
             }
             Ended::Failed(reason) => {
@@ -179,25 +182,12 @@ async fn keep_attached(
                 }
             }
         }
-        let wait = with_jitter(backoff);
+        let wait = delays.next().unwrap_or(config.backoff_max);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.clone().wait() => return,
         }
-        if failures > 0 {
-            backoff = (backoff * 2).min(config.backoff_max);
-        }
     }
-}
-
-/// Up to a quarter more than `d`, so that gateways that lost the same router
-/// do not all come back at the same instant.
-fn with_jitter(d: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|t| t.subsec_nanos())
-        .unwrap_or_default();
-    d + d.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
 /// One link's life: connect, hello, then presence up and deliveries down

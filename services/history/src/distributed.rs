@@ -375,7 +375,9 @@ async fn commit_positions(committer: Committer, mut finished: mpsc::UnboundedRec
 /// published twice; routers drop seqs they already routed.
 async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: Vec<OutcomeRecord>) {
     let mut from = 0;
-    let mut backoff = Duration::from_millis(50);
+    // At most 2 s between rounds (1 s doubled by jitter).
+    let mut delays =
+        confab_runtime::retry::backoff(Duration::from_millis(50), Duration::from_secs(1));
     while from < results.len() {
         let sends = results[from..]
             .iter()
@@ -390,7 +392,6 @@ async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: Vec<Outc
         };
         from += failed;
         tracing::warn!(error = %e, left = results.len() - from, "cannot publish outcomes; retrying from the first that failed");
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(delays.next().unwrap_or_default()).await;
     }
 }

@@ -153,7 +153,9 @@ pub async fn apply_with_retry(
     store: &dyn Store,
     batch: &[IngressRecord],
 ) -> Vec<OutcomeRecord> {
-    let mut backoff = Duration::from_millis(50);
+    // At most 2 s between attempts (1 s doubled by jitter).
+    let mut delays =
+        confab_runtime::retry::backoff(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let started = std::time::Instant::now();
         let applied = store.apply(batch).await;
@@ -171,8 +173,7 @@ pub async fn apply_with_retry(
             }
             Err(e) => {
                 tracing::error!(partition, error = %e, records = batch.len(), "batch failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(delays.next().unwrap_or_default()).await;
             }
         }
     }

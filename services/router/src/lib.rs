@@ -208,16 +208,20 @@ impl Router {
     /// missing the message live (they would only get it with the next one).
     async fn load_members(&self, conv: &str) -> Result<confab_proto::v1::Conversation, ChatError> {
         let give_up = tokio::time::Instant::now() + MEMBERS_RETRY_FOR;
-        let mut backoff = std::time::Duration::from_millis(50);
+        // At most 1 s between attempts (500 ms doubled by jitter).
+        let mut delays = confab_runtime::retry::backoff(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_millis(500),
+        );
         loop {
+            let delay = delays.next().unwrap_or_default();
             match self.history.conversation(conv).await {
                 Ok(c) => return Ok(c),
                 Err(e @ (ChatError::Unavailable(_) | ChatError::Internal(_)))
-                    if tokio::time::Instant::now() + backoff < give_up =>
+                    if tokio::time::Instant::now() + delay < give_up =>
                 {
                     tracing::debug!(conversation_id = conv, error = %e, "members not loaded; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                    tokio::time::sleep(delay).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -7,6 +7,7 @@ pub mod endpoints;
 pub mod process;
 pub mod readiness;
 pub mod recorder;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
