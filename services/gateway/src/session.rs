@@ -243,11 +243,7 @@ impl State {
     /// size limit ends the stream with RESOURCE_EXHAUSTED naming the limit;
     /// anything else is a broken stream, a normal disconnect.
     fn inbound_failed(&self, status: &Status) {
-        if status.code() == tonic::Code::OutOfRange
-            && status
-                .message()
-                .contains(confab_layers::message_limit::TONIC_TOO_LARGE)
-        {
+        if confab_layers::message_limit::is_too_large(status) {
             let _ = self
                 .s
                 .kill
