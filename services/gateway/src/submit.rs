@@ -6,7 +6,7 @@ use confab_core::error::ChatError;
 use confab_core::metrics::MESSAGES_ACCEPTED;
 use confab_core::seams::Publisher;
 use confab_proto::internal::v1::{ingress_record::Command, outcome_record, IngressRecord, Origin};
-use confab_runtime::trace::{self, TraceParent, HOP};
+use confab_runtime::trace::{self, HOP};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument;
@@ -62,59 +62,50 @@ impl Submitter {
             )
         });
         let trace = trace::start(&span, trace::current());
-        self.submit_traced(actor, conversation_id, command, trace, &span)
-            .instrument(span.clone())
-            .await
-    }
-
-    async fn submit_traced(
-        &self,
-        actor: &str,
-        conversation_id: &str,
-        command: Command,
-        trace: TraceParent,
-        span: &tracing::Span,
-    ) -> Result<outcome_record::Result, ChatError> {
-        let mut pending = self.hub.pending();
-        span.record("request_id", pending.request_id);
-        let record = IngressRecord {
-            origin: Some(Origin {
-                gateway_id: self.hub.gateway_id().to_string(),
-                request_id: pending.request_id,
-            }),
-            actor_id: actor.to_string(),
-            conversation_id: conversation_id.to_string(),
-            command: Some(command),
-            traceparent: trace.to_string(),
-            accepted_at_ms: now_ms(),
-        };
-        let wait = async {
-            self.ingress.publish(conversation_id, record).await?;
-            metrics::counter!(MESSAGES_ACCEPTED).increment(1);
-            tracing::debug!(target: HOP, "write accepted");
-            let outcome = (&mut pending.rx)
-                .await
-                .map_err(|_| ChatError::Unavailable("the server is shutting down; retry".into()))?;
-            outcome
-                .result
-                .ok_or_else(|| ChatError::Internal("history returned an empty outcome".into()))
-        };
-        let result = match tokio::time::timeout(self.timeout, wait).await {
-            Ok(Ok(outcome_record::Result::Error(e))) => Err(ChatError::from_proto(&e)),
-            Ok(result) => result,
-            Err(_) => Err(ChatError::Unavailable(format!(
-                "no outcome within {} ms: the request may have been applied; retrying with the same client_msg_id is safe and returns the original seq",
-                self.timeout.as_millis()
-            ))),
-        };
-        match &result {
-            Ok(outcome_record::Result::Message(m)) => {
-                tracing::debug!(target: HOP, seq = m.seq, "completed")
+        async {
+            let mut pending = self.hub.pending();
+            span.record("request_id", pending.request_id);
+            let record = IngressRecord {
+                origin: Some(Origin {
+                    gateway_id: self.hub.gateway_id().to_string(),
+                    request_id: pending.request_id,
+                }),
+                actor_id: actor.to_string(),
+                conversation_id: conversation_id.to_string(),
+                command: Some(command),
+                traceparent: trace.to_string(),
+                accepted_at_ms: now_ms(),
+            };
+            let wait = async {
+                self.ingress.publish(conversation_id, record).await?;
+                metrics::counter!(MESSAGES_ACCEPTED).increment(1);
+                tracing::debug!(target: HOP, "write accepted");
+                let outcome = (&mut pending.rx)
+                    .await
+                    .map_err(|_| ChatError::Unavailable("the server is shutting down; retry".into()))?;
+                outcome
+                    .result
+                    .ok_or_else(|| ChatError::Internal("history returned an empty outcome".into()))
+            };
+            let result = match tokio::time::timeout(self.timeout, wait).await {
+                Ok(Ok(outcome_record::Result::Error(e))) => Err(ChatError::from_proto(&e)),
+                Ok(result) => result,
+                Err(_) => Err(ChatError::Unavailable(format!(
+                    "no outcome within {} ms: the request may have been applied; retrying with the same client_msg_id is safe and returns the original seq",
+                    self.timeout.as_millis()
+                ))),
+            };
+            match &result {
+                Ok(outcome_record::Result::Message(m)) => {
+                    tracing::debug!(target: HOP, seq = m.seq, "completed")
+                }
+                Ok(_) => tracing::debug!(target: HOP, "completed"),
+                Err(e) => tracing::debug!(target: HOP, code = ?e.code(), error = %e, "completed"),
             }
-            Ok(_) => tracing::debug!(target: HOP, "completed"),
-            Err(e) => tracing::debug!(target: HOP, code = ?e.code(), error = %e, "completed"),
+            result
         }
-        result
+        .instrument(span.clone())
+        .await
     }
 }
 

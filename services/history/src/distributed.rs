@@ -4,7 +4,9 @@
 //! (acknowledged by the broker), then commit the partition's offset — a
 //! crash anywhere replays the batch, which dedupe turns into the same seqs.
 
-use crate::ingest::{apply_with_retry, published, trace_outcomes, trace_records, MAX_BATCH};
+use crate::ingest::{
+    apply_with_retry, published, trace_outcomes, trace_records, Traced, MAX_BATCH,
+};
 use crate::{LocalHistory, PostgresStore, Store};
 use confab_core::config::{parse_or, required, ConfigError, Env};
 use confab_core::validate::Limits;
@@ -21,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
-use tracing::Span;
 
 /// Consumer group of the sequencers.
 pub const GROUP: &str = "history";
@@ -292,20 +293,18 @@ async fn run_lane(
         }
         let done = batch.offsets().clone();
         let records: Vec<IngressRecord> = batch.records.into_iter().map(|c| c.record).collect();
-        let (results, spans) = if records.is_empty() {
+        let results = if records.is_empty() {
             // Only undecodable records: just their positions to commit,
             // after the batches before them.
-            (Vec::new(), Vec::new())
+            Vec::new()
         } else {
             let traces = trace_records(&records);
-            let mut results = apply_with_retry(log_partition, store.as_ref(), &records).await;
-            // Held until the outcomes are out: each span covers its publish.
-            let spans = trace_outcomes(&traces, &mut results);
-            (results, spans)
+            let results = apply_with_retry(log_partition, store.as_ref(), &records).await;
+            // Each span is held until its outcome is out.
+            trace_outcomes(traces, results)
         };
         let next = Applied {
             results,
-            spans,
             done,
             permits,
         };
@@ -321,10 +320,8 @@ async fn run_lane(
 
 /// A batch applied by a lane, for its second stage.
 struct Applied {
-    /// Its outcomes, in record order.
-    results: Vec<OutcomeRecord>,
-    /// One `history.publish` span per outcome.
-    spans: Vec<Span>,
+    /// Its outcomes, in record order, each with its `history.publish` span.
+    results: Vec<Traced>,
     /// The positions to commit once the outcomes are out.
     done: Offsets,
     /// Its share of [`READ_AHEAD`], given back once the outcomes are out.
@@ -340,8 +337,10 @@ async fn publish_lane(
 ) {
     while let Some(batch) = applied.recv().await {
         if !batch.results.is_empty() {
-            publish_all(&outcomes, batch.results).await;
-            published(&batch.spans);
+            publish_all(&outcomes, &batch.results).await;
+            for traced in &batch.results {
+                published(&traced.span);
+            }
         }
         drop(batch.permits);
         // The commit task outlives every lane.
@@ -373,7 +372,7 @@ async fn commit_positions(committer: Committer, mut finished: mpsc::UnboundedRec
 /// conversation's later outcome never ends up in the log only ahead of an
 /// earlier one. Outcomes after the failure that had gone through are
 /// published twice; routers drop seqs they already routed.
-async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: Vec<OutcomeRecord>) {
+async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: &[Traced]) {
     let mut from = 0;
     // At most 2 s between rounds (1 s doubled by jitter).
     let mut delays =
@@ -381,7 +380,7 @@ async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: Vec<Outc
     while from < results.len() {
         let sends = results[from..]
             .iter()
-            .map(|outcome| outcomes.publish_with(&outcome.conversation_id, outcome, &[]));
+            .map(|t| outcomes.publish_with(&t.outcome.conversation_id, &t.outcome, &[]));
         let verdicts = futures::future::join_all(sends).await;
         let Some((failed, e)) = verdicts
             .into_iter()

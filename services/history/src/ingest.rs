@@ -47,32 +47,45 @@ async fn run_partition(
 ) {
     while let Some(batch) = recv_batch(&mut rx, MAX_BATCH).await {
         let traces = trace_records(&batch);
-        let mut results = apply_with_retry(partition, store.as_ref(), &batch).await;
-        let publishing = trace_outcomes(&traces, &mut results);
-        for (i, outcome) in results.into_iter().enumerate() {
-            let key = outcome.conversation_id.clone();
-            let span = publishing.get(i).cloned().unwrap_or_else(Span::none);
+        let results = apply_with_retry(partition, store.as_ref(), &batch).await;
+        for traced in trace_outcomes(traces, results) {
+            let key = traced.outcome.conversation_id.clone();
             if outcomes
-                .publish(&key, outcome)
-                .instrument(span.clone())
+                .publish(&key, traced.outcome)
+                .instrument(traced.span.clone())
                 .await
                 .is_err()
             {
                 tracing::warn!(partition, "outcome log closed; stopping sequencer");
                 return;
             }
-            published(std::slice::from_ref(&span));
+            published(&traced.span);
         }
     }
     tracing::debug!(partition, "sequencer drained");
 }
 
-/// Logs "published" in each outcome's `history.publish` span, once the
-/// log has taken the outcomes.
-pub fn published(spans: &[Span]) {
-    for span in spans {
-        span.in_scope(|| tracing::debug!(target: HOP, "published"));
-    }
+/// Logs "published" in an outcome's `history.publish` span, once the log
+/// has taken the outcome.
+pub fn published(span: &Span) {
+    span.in_scope(|| tracing::debug!(target: HOP, "published"));
+}
+
+/// A record's `history.sequence` hop span, and the trace context it starts.
+pub struct Sequencing {
+    /// The hop span (disabled unless [`trace::hops_observed`]).
+    span: Span,
+    /// The context the span starts, handed on to the outcome.
+    context: TraceParent,
+}
+
+/// An outcome, and the `history.publish` span to hold while it is
+/// published.
+pub struct Traced {
+    /// The outcome, carrying the publish span's trace context.
+    pub outcome: OutcomeRecord,
+    /// Its `history.publish` hop span.
+    pub span: Span,
 }
 
 /// One `history.sequence` hop span per record, continuing the record's
@@ -81,7 +94,7 @@ pub fn published(spans: &[Span]) {
 /// debug events are logged in these spans and their `history.publish`
 /// children, so they are disabled unless [`trace::hops_observed`]; the
 /// contexts are drawn and handed on either way.
-pub fn trace_records(records: &[IngressRecord]) -> Vec<(Span, TraceParent)> {
+pub fn trace_records(records: &[IngressRecord]) -> Vec<Sequencing> {
     records
         .iter()
         .map(|record| {
@@ -96,24 +109,23 @@ pub fn trace_records(records: &[IngressRecord]) -> Vec<(Span, TraceParent)> {
                     parent_span_id = tracing::field::Empty,
                 )
             });
-            let ctx = trace::start_from(&span, &record.traceparent);
-            (span, ctx)
+            let context = trace::start_from(&span, &record.traceparent);
+            Sequencing { span, context }
         })
         .collect()
 }
 
 /// Logs what history decided for each record in its `history.sequence`
-/// span (`traces`, from [`trace_records`], in record order) and starts the
-/// outcome's `history.publish` span, whose context the outcome carries on
-/// (its `traceparent` and Kafka header). The returned spans, one per
-/// outcome, are to be held while the outcomes are published.
-pub fn trace_outcomes(traces: &[(Span, TraceParent)], outcomes: &mut [OutcomeRecord]) -> Vec<Span> {
+/// span (`traces`, from [`trace_records`], one per record, in the order of
+/// the outcomes) and starts the outcome's `history.publish` span, whose
+/// context the outcome carries on (its `traceparent` and Kafka header).
+pub fn trace_outcomes(traces: Vec<Sequencing>, outcomes: Vec<OutcomeRecord>) -> Vec<Traced> {
+    let mut traces = traces.into_iter();
     outcomes
-        .iter_mut()
-        .enumerate()
-        .map(|(i, outcome)| {
-            let (sequence, parent) = match traces.get(i) {
-                Some((span, ctx)) => (span.clone(), Some(*ctx)),
+        .into_iter()
+        .map(|mut outcome| {
+            let (sequence, parent) = match traces.next() {
+                Some(Sequencing { span, context }) => (span, Some(context)),
                 None => (Span::none(), TraceParent::parse(&outcome.traceparent)),
             };
             sequence.in_scope(|| {
@@ -140,7 +152,10 @@ pub fn trace_outcomes(traces: &[(Span, TraceParent)], outcomes: &mut [OutcomeRec
                 )
             });
             outcome.traceparent = trace::start(&publish, parent).to_string();
-            publish
+            Traced {
+                outcome,
+                span: publish,
+            }
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use confab_core::metrics::ROUTER_FANOUT;
 use confab_core::seams::{recv_batch, Delivery, DeliverySink, HistoryApi};
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::{membership_event::Change, Message};
-use confab_runtime::trace::{self, TraceParent, HOP};
+use confab_runtime::trace::{self, HOP};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -111,47 +111,48 @@ impl Router {
             Span::none()
         };
         let trace = trace::start_from(&span, &outcome.traceparent);
-        self.route_traced(outcome, trace).instrument(span).await
-    }
-
-    async fn route_traced(&mut self, mut outcome: OutcomeRecord, trace: TraceParent) {
-        outcome.traceparent = trace.to_string();
-        for event in std::mem::take(&mut outcome.events) {
-            let seen = self
-                .convs
-                .get(&event.conversation_id)
-                .map(|c| c.last_routed);
-            match seen {
-                Some(last) if event.seq <= last => {
-                    tracing::debug!(target: HOP, seq = event.seq, "already routed; dropped");
-                    continue;
+        let mut outcome = outcome;
+        async {
+            outcome.traceparent = trace.to_string();
+            for event in std::mem::take(&mut outcome.events) {
+                let seen = self
+                    .convs
+                    .get(&event.conversation_id)
+                    .map(|c| c.last_routed);
+                match seen {
+                    Some(last) if event.seq <= last => {
+                        tracing::debug!(target: HOP, seq = event.seq, "already routed; dropped");
+                        continue;
+                    }
+                    None if outcome.replay => {
+                        tracing::debug!(
+                            target: HOP,
+                            seq = event.seq,
+                            "replay for a conversation not routed here; dropped"
+                        );
+                        continue;
+                    }
+                    _ => {}
                 }
-                None if outcome.replay => {
-                    tracing::debug!(
-                        target: HOP,
-                        seq = event.seq,
-                        "replay for a conversation not routed here; dropped"
-                    );
-                    continue;
+                let recipients = self.recipients(&event).await;
+                metrics::histogram!(ROUTER_FANOUT).record(recipients.len() as f64);
+                if let Some(c) = self.convs.get_mut(&event.conversation_id) {
+                    c.last_routed = event.seq;
                 }
-                _ => {}
+                tracing::debug!(target: HOP, seq = event.seq, recipients = recipients.len(), "routed");
+                let delivery = Delivery {
+                    message: event,
+                    traceparent: outcome.traceparent.clone(),
+                    accepted_at_ms: outcome.accepted_at_ms,
+                };
+                self.sink.deliver(&recipients, Arc::new(delivery)).await;
             }
-            let recipients = self.recipients(&event).await;
-            metrics::histogram!(ROUTER_FANOUT).record(recipients.len() as f64);
-            if let Some(c) = self.convs.get_mut(&event.conversation_id) {
-                c.last_routed = event.seq;
+            if outcome.origin.is_some() {
+                self.sink.complete(outcome).await;
             }
-            tracing::debug!(target: HOP, seq = event.seq, recipients = recipients.len(), "routed");
-            let delivery = Delivery {
-                message: event,
-                traceparent: outcome.traceparent.clone(),
-                accepted_at_ms: outcome.accepted_at_ms,
-            };
-            self.sink.deliver(&recipients, Arc::new(delivery)).await;
         }
-        if outcome.origin.is_some() {
-            self.sink.complete(outcome).await;
-        }
+        .instrument(span)
+        .await
     }
 
     /// Who sees `event`: the members after it, plus anyone it removed (so
@@ -251,6 +252,7 @@ mod tests {
     use confab_core::error::ChatError;
     use confab_proto::internal::v1::{outcome_record, Origin};
     use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse, MembershipEvent};
+    use confab_runtime::trace::TraceParent;
     use std::sync::Mutex;
 
     /// History that knows one conversation's current members.
