@@ -3,7 +3,7 @@
 //! `method` come from the descriptor sets a server serves (any other path
 //! counts as `unknown`), `code` is one of the 17 gRPC code names.
 
-use crate::BoxFuture;
+use crate::{Around, BoxFuture};
 use confab_core::metrics::{
     code_name, GRPC_DURATION, GRPC_REQUESTS, GRPC_STREAMS_OPEN, GRPC_STREAMS_OPENED,
 };
@@ -26,12 +26,12 @@ struct MethodInfo {
 /// Records [`GRPC_REQUESTS`], [`GRPC_DURATION`], [`GRPC_STREAMS_OPENED`]
 /// and [`GRPC_STREAMS_OPEN`] for every call through a tonic server.
 #[derive(Debug, Clone)]
-pub struct GrpcMetricsLayer {
+pub struct GrpcMetrics {
     methods: Arc<HashMap<String, Arc<MethodInfo>>>,
     unknown: Arc<MethodInfo>,
 }
 
-impl GrpcMetricsLayer {
+impl GrpcMetrics {
     /// A layer that knows the methods in these encoded
     /// `FileDescriptorSet`s; calls to any other path are labelled `unknown`.
     pub fn new(descriptor_sets: &[&[u8]]) -> Self {
@@ -74,46 +74,24 @@ impl GrpcMetricsLayer {
     }
 }
 
-impl<S> tower::Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> GrpcMetrics<S> {
-        GrpcMetrics {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-/// The service [`GrpcMetricsLayer`] wraps around a server's routes.
-#[derive(Debug, Clone)]
-pub struct GrpcMetrics<S> {
-    inner: S,
-    layer: GrpcMetricsLayer,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for GrpcMetrics<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+impl Around for GrpcMetrics {
+    fn around<S, B>(
+        &self,
+        inner: &mut S,
+        req: http::Request<B>,
+    ) -> BoxFuture<Result<http::Response<tonic::body::Body>, S::Error>>
+    where
+        S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let info = self
-            .layer
             .methods
             .get(req.uri().path())
-            .unwrap_or(&self.layer.unknown)
+            .unwrap_or(&self.unknown)
             .clone();
         let mut call = Call::start(info);
-        let response = self.inner.call(req);
+        let response = inner.call(req);
         Box::pin(async move {
             let response = match response.await {
                 Ok(r) => r,
@@ -253,7 +231,7 @@ mod tests {
 
     #[test]
     fn layer_knows_methods_and_streaming_from_descriptors() {
-        let layer = GrpcMetricsLayer::new(&[
+        let layer = GrpcMetrics::new(&[
             confab_proto::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
         ]);

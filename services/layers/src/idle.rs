@@ -1,12 +1,12 @@
 //! Closing idle server connections. tonic 0.14 has no idle timeout for
 //! server connections (grpc-go's `MaxConnectionIdle`): [`IdleIncoming`]
-//! adds one. Each accepted connection counts its open calls ([`IdleLayer`]
+//! adds one. Each accepted connection counts its open calls ([`CallCounter`]
 //! sees each call start and its response body end), and once a connection
 //! has had none for the idle timeout — and has received nothing for a short
 //! quiet period, so a call that is just arriving is never cut — its reads
 //! end, and the server closes it.
 
-use crate::BoxFuture;
+use crate::{Around, AroundLayer, BoxFuture};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -248,7 +248,7 @@ impl<IO: Connected> Connected for IdleIo<IO> {
 }
 
 /// The accepted TCP connections of a server, each an [`IdleIo`] watched for
-/// idleness, and the layer ([`IdleLayer`]) that counts their calls.
+/// idleness, and the layer ([`CallCounter`]) that counts their calls.
 pub struct IdleIncoming {
     inner: TcpIncoming,
     registry: Arc<Registry>,
@@ -268,10 +268,11 @@ impl IdleIncoming {
     }
 
     /// The layer that tells this incoming's connections about their calls.
-    pub fn layer(&self) -> IdleLayer {
-        IdleLayer {
+    pub fn layer(&self) -> AroundLayer<CallCounter> {
+        CallCounter {
             registry: self.timeout.map(|_| self.registry.clone()),
         }
+        .layer()
     }
 
     fn wrap(&self, stream: TcpStream) -> IdleIo<TcpStream> {
@@ -321,49 +322,27 @@ impl Stream for IdleIncoming {
 /// (for a stream: the whole stream) has ended. Without an idle timeout it
 /// does nothing.
 #[derive(Debug, Clone)]
-pub struct IdleLayer {
+pub struct CallCounter {
     registry: Option<Arc<Registry>>,
 }
 
-impl<S> tower::Layer<S> for IdleLayer {
-    type Service = IdleService<S>;
-
-    fn layer(&self, inner: S) -> IdleService<S> {
-        IdleService {
-            inner,
-            registry: self.registry.clone(),
-        }
-    }
-}
-
-/// The service [`IdleLayer`] wraps around a server's routes.
-#[derive(Debug, Clone)]
-pub struct IdleService<S> {
-    inner: S,
-    registry: Option<Arc<Registry>>,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for IdleService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+impl Around for CallCounter {
+    fn around<S, B>(
+        &self,
+        inner: &mut S,
+        req: http::Request<B>,
+    ) -> BoxFuture<Result<http::Response<tonic::body::Body>, S::Error>>
+    where
+        S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let guard = self
             .registry
             .as_ref()
             .and_then(|r| r.conn_of(&req))
             .map(|conn| conn.enter());
-        let call = self.inner.call(req);
+        let call = inner.call(req);
         match guard {
             None => Box::pin(call),
             Some(guard) => Box::pin(async move {

@@ -1,6 +1,8 @@
 //! Confab's tower layers, one per module, each with the one job its name
-//! says; [`confab_runtime`'s server] composes them in front of every gRPC
-//! service, and clients put [`breaker`] in front of their calls.
+//! says. `confab_runtime`'s server composes [`idle`], [`grpc_metrics`] and
+//! [`message_limit`] in front of every gRPC service and puts
+//! [`service_token`]'s check on internal services; clients put [`breaker`]
+//! in front of their calls.
 
 pub mod breaker;
 pub mod grpc_metrics;
@@ -8,5 +10,71 @@ pub mod idle;
 pub mod message_limit;
 pub mod service_token;
 
+use std::task::{Context, Poll};
+use tonic::body::Body;
+
 /// The future of a layer's service that answers some calls itself.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+/// What one of this crate's server layers does with each call, around the
+/// service it wraps; [`AroundLayer`] makes it a tower layer.
+pub trait Around: Clone {
+    /// Answers `req`: calls `inner` (which is ready) and may change or
+    /// replace its answer.
+    fn around<S, B>(
+        &self,
+        inner: &mut S,
+        req: http::Request<B>,
+    ) -> BoxFuture<Result<http::Response<Body>, S::Error>>
+    where
+        S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static;
+
+    /// This as a tower layer.
+    fn layer(self) -> AroundLayer<Self> {
+        AroundLayer(self)
+    }
+}
+
+/// The tower layer of an [`Around`].
+#[derive(Debug, Clone)]
+pub struct AroundLayer<A>(A);
+
+impl<A: Clone, S> tower::Layer<S> for AroundLayer<A> {
+    type Service = Wrapped<A, S>;
+
+    fn layer(&self, inner: S) -> Wrapped<A, S> {
+        Wrapped {
+            around: self.0.clone(),
+            inner,
+        }
+    }
+}
+
+/// A service wrapped by an [`Around`].
+#[derive(Debug, Clone)]
+pub struct Wrapped<A, S> {
+    around: A,
+    inner: S,
+}
+
+impl<A, S, B> tower::Service<http::Request<B>> for Wrapped<A, S>
+where
+    A: Around,
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        self.around.around(&mut self.inner, req)
+    }
+}

@@ -1,8 +1,7 @@
 //! The largest decoded message a server accepts, refused as
 //! RESOURCE_EXHAUSTED naming the limit and its variable.
 
-use crate::BoxFuture;
-use std::task::{Context, Poll};
+use crate::{Around, BoxFuture};
 
 /// The variable setting the largest decoded message a server accepts.
 pub const MAX_MESSAGE_BYTES_VAR: &str = confab_core::vars::MAX_MESSAGE_BYTES;
@@ -52,11 +51,11 @@ pub fn message_too_large(tonic_message: &str, configured: usize) -> tonic::Statu
 /// RESOURCE_EXHAUSTED naming the limit, where tonic 0.14 answers
 /// OUT_OF_RANGE ("decoded message length too large").
 #[derive(Debug, Clone)]
-pub struct MessageLimitLayer {
+pub struct MessageLimit {
     configured: usize,
 }
 
-impl MessageLimitLayer {
+impl MessageLimit {
     /// `configured` is `CONFAB_MAX_MESSAGE_BYTES` (named in the answer when
     /// it is the limit that was hit).
     pub fn new(configured: usize) -> Self {
@@ -64,40 +63,18 @@ impl MessageLimitLayer {
     }
 }
 
-impl<S> tower::Layer<S> for MessageLimitLayer {
-    type Service = MessageLimit<S>;
-
-    fn layer(&self, inner: S) -> MessageLimit<S> {
-        MessageLimit {
-            inner,
-            configured: self.configured,
-        }
-    }
-}
-
-/// The service [`MessageLimitLayer`] wraps around a server's routes.
-#[derive(Debug, Clone)]
-pub struct MessageLimit<S> {
-    inner: S,
-    configured: usize,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for MessageLimit<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let call = self.inner.call(req);
+impl Around for MessageLimit {
+    fn around<S, B>(
+        &self,
+        inner: &mut S,
+        req: http::Request<B>,
+    ) -> BoxFuture<Result<http::Response<tonic::body::Body>, S::Error>>
+    where
+        S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
+        let call = inner.call(req);
         let configured = self.configured;
         Box::pin(async move {
             let response = call.await?;

@@ -1,10 +1,8 @@
 //! The secret that internal services (router, history) require of their
-//! callers, and the layer that refuses calls without it.
+//! callers, and the interceptor that refuses calls without it.
 
-use crate::BoxFuture;
 use confab_core::config::{ConfigError, Env};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 
 /// The variable holding the token shared by the services of one deployment.
@@ -19,10 +17,6 @@ pub const SERVICE_TOKEN_MIN_BYTES: usize = 32;
 /// What a caller without the right token sees (UNAUTHENTICATED).
 pub const SERVICE_TOKEN_REQUIRED: &str =
     "this is an internal service: callers must present the service token";
-
-/// Calls to this service are answered without a token, so orchestrators can
-/// probe (`grpc.health.v1.Health/Check` and `/Watch`).
-const OPEN_PREFIX: &str = "/grpc.health.v1.Health/";
 
 /// The secret that internal services (router, history) require of their
 /// callers, and that gateways and routers present to them. Never printed:
@@ -102,77 +96,34 @@ impl ServiceToken {
     }
 }
 
-/// Refuses, with UNAUTHENTICATED, every call that does not carry the
-/// [`ServiceToken`] in [`SERVICE_TOKEN_HEADER`] — except health checks.
-/// Without a token it lets everything through.
+/// A tonic interceptor that refuses, with UNAUTHENTICATED, every call that
+/// does not carry the [`ServiceToken`] in [`SERVICE_TOKEN_HEADER`]; without
+/// a token it admits every call. A server puts it on its service and on
+/// reflection, not on health checks, which orchestrators call without it.
 #[derive(Debug, Clone)]
-pub struct ServiceAuthLayer {
-    token: Option<ServiceToken>,
-}
+pub struct RequireToken(Option<ServiceToken>);
 
-impl ServiceAuthLayer {
+impl RequireToken {
     /// Requires `token` of callers; `None` requires nothing.
     pub fn new(token: Option<ServiceToken>) -> Self {
-        Self { token }
+        Self(token)
     }
 }
 
-impl<S> tower::Layer<S> for ServiceAuthLayer {
-    type Service = ServiceAuth<S>;
-
-    fn layer(&self, inner: S) -> ServiceAuth<S> {
-        ServiceAuth {
-            inner,
-            token: self.token.clone(),
-        }
-    }
-}
-
-/// The service [`ServiceAuthLayer`] wraps around a server's routes.
-#[derive(Debug, Clone)]
-pub struct ServiceAuth<S> {
-    inner: S,
-    token: Option<ServiceToken>,
-}
-
-impl<S> ServiceAuth<S> {
-    fn admits<B>(&self, req: &http::Request<B>) -> bool {
-        let Some(token) = &self.token else {
-            return true;
+impl tonic::service::Interceptor for RequireToken {
+    fn call(&mut self, req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let Some(token) = &self.0 else {
+            return Ok(req);
         };
-        if req.uri().path().starts_with(OPEN_PREFIX) {
-            return true;
-        }
-        req.headers()
+        let admitted = req
+            .metadata()
             .get(SERVICE_TOKEN_HEADER)
-            .is_some_and(|presented| token.matches(presented.as_bytes()))
-    }
-}
-
-impl<S, B> tower::Service<http::Request<B>> for ServiceAuth<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if self.admits(&req) {
-            Box::pin(self.inner.call(req))
+            .is_some_and(|presented| token.matches(presented.as_bytes()));
+        if admitted {
+            Ok(req)
         } else {
-            tracing::debug!(
-                path = req.uri().path(),
-                "call without the service token refused"
-            );
-            let refused = tonic::Status::unauthenticated(SERVICE_TOKEN_REQUIRED).into_http();
-            Box::pin(std::future::ready(Ok(refused)))
+            tracing::debug!("call without the service token refused");
+            Err(tonic::Status::unauthenticated(SERVICE_TOKEN_REQUIRED))
         }
     }
 }

@@ -10,15 +10,17 @@
 use crate::readiness::Readiness;
 use crate::shutdown::Signal;
 use crate::transport::Transport;
-use confab_layers::grpc_metrics::GrpcMetricsLayer;
+use confab_layers::grpc_metrics::GrpcMetrics;
 use confab_layers::idle::IdleIncoming;
-use confab_layers::message_limit::MessageLimitLayer;
-use confab_layers::service_token::{ServiceAuthLayer, ServiceToken};
+use confab_layers::message_limit::MessageLimit;
+use confab_layers::service_token::{RequireToken, ServiceToken};
+use confab_layers::Around as _;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::server::NamedService;
+use tonic::service::interceptor::InterceptedService;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -30,8 +32,8 @@ pub struct Server {
     name: &'static str,
     /// The served service's full name, reported by the health service.
     service_name: &'static str,
-    /// The served service.
-    routes: Routes,
+    /// The served service's routes, behind the token check it is given.
+    routes: Box<dyn FnOnce(RequireToken) -> Routes + Send>,
     /// Describes the service for reflection and metrics.
     descriptor_set: &'static [u8],
     /// Required of every caller but health checks, when set.
@@ -49,19 +51,18 @@ impl Server {
     /// readiness.
     pub fn new<S>(name: &'static str, service: S, descriptor_set: &'static [u8]) -> Self
     where
-        S: tower::Service<http::Request<Body>, Error = Infallible>
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
             + NamedService
             + Clone
             + Send
             + Sync
             + 'static,
-        S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {
         Self {
             name,
             service_name: S::NAME,
-            routes: Routes::new(service),
+            routes: Box::new(move |check| Routes::new(InterceptedService::new(service, check))),
             descriptor_set,
             token: None,
             transport: Transport::internal(),
@@ -70,7 +71,7 @@ impl Server {
     }
 
     /// Every call except health checks (reflection included) must present
-    /// `token` ([`ServiceAuthLayer`]); `None` requires nothing.
+    /// `token` ([`RequireToken`]); `None` requires nothing.
     pub fn service_token(mut self, token: Option<ServiceToken>) -> Self {
         self.token = token;
         self
@@ -122,7 +123,7 @@ impl Server {
             (Ok(a), Ok(b)) => (a, b),
             _ => unreachable!("the embedded descriptor sets are valid"),
         };
-        let layer = GrpcMetricsLayer::new(&[
+        let layer = GrpcMetrics::new(&[
             descriptor_set,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
@@ -149,10 +150,13 @@ impl Server {
                 tracing::info!("{what} shutting down");
             }
         };
-        let routes = routes
+        // Health stays open to orchestrators; the service and reflection (which
+        // lists the internal API) require the token when there is one.
+        let check = RequireToken::new(auth);
+        let routes = routes(check.clone())
             .add_service(health_service)
-            .add_service(v1)
-            .add_service(v1alpha);
+            .add_service(InterceptedService::new(v1, check.clone()))
+            .add_service(InterceptedService::new(v1alpha, check));
         let builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -194,9 +198,8 @@ impl Server {
             .layer(
                 tower::ServiceBuilder::new()
                     .layer(incoming.layer())
-                    .layer(layer)
-                    .layer(MessageLimitLayer::new(transport.max_message_bytes))
-                    .layer(ServiceAuthLayer::new(auth)),
+                    .layer(layer.layer())
+                    .layer(MessageLimit::new(transport.max_message_bytes).layer()),
             )
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)
