@@ -10,7 +10,7 @@ use anyhow::Result;
 use confab_auth::Authenticator;
 use confab_core::seams::{partition_of, HistoryApi, MemTopic, Publisher};
 use confab_core::validate::Limits;
-use confab_gateway::attach::AttachConfig;
+use confab_gateway::router_links::AttachConfig;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore, Store};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
@@ -337,7 +337,7 @@ impl Topology {
             };
             let attach_hub = hub.clone();
             let attach = Served::spawn(move |signal| {
-                confab_gateway::attach::run(attach_hub, attach_config, signal)
+                confab_gateway::router_links::run(attach_hub, attach_config, signal)
             });
             gateways.push(GatewayNode {
                 id,

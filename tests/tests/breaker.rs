@@ -178,7 +178,7 @@ async fn a_history_that_hangs_is_refused_at_once_instead_of_waited_on() {
 /// attaches once the router is back and a probe gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
-    use confab_gateway::attach::AttachConfig;
+    use confab_gateway::router_links::AttachConfig;
     use confab_router::attach::{GatewayLinks, LinkConfig};
     confab_runtime::recorder::install();
     let port = free_port();
@@ -186,7 +186,7 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     let name = format!("router {addr}");
     let hub = confab_gateway::Hub::new("gw-breaker");
     let (stop, stopped) = shutdown::channel();
-    let attach = tokio::spawn(confab_gateway::attach::run(
+    let attach = tokio::spawn(confab_gateway::router_links::run(
         hub.clone(),
         AttachConfig {
             backoff_min: Duration::from_millis(20),

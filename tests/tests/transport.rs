@@ -8,7 +8,7 @@
 
 use confab_core::seams::HistoryApi;
 use confab_core::validate::Limits;
-use confab_gateway::attach::AttachConfig;
+use confab_gateway::router_links::AttachConfig;
 use confab_gateway::Hub;
 use confab_history::{LocalHistory, SqliteStore, Store};
 use confab_history_client::{
@@ -574,7 +574,7 @@ async fn routers_with_a_client_ca_take_only_gateways_with_a_certificate() {
     // A gateway presenting its certificate (and the token) attaches.
     let hub = Hub::new("gw-mtls");
     let (detach, attach_stop) = shutdown::channel();
-    let attach = tokio::spawn(confab_gateway::attach::run(
+    let attach = tokio::spawn(confab_gateway::router_links::run(
         hub.clone(),
         AttachConfig {
             backoff_min: Duration::from_millis(20),

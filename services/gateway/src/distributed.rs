@@ -2,7 +2,7 @@
 //! topic, reads from history over gRPC, and attaches to every router to
 //! receive deliveries and outcomes for its sessions.
 
-use crate::attach::AttachConfig;
+use crate::router_links::AttachConfig;
 use crate::{ChatService, GatewayConfig, Hub};
 use confab_auth::{AuthConfig, Authenticator};
 use confab_core::config::{list, parse_or, required, ConfigError, Env};
@@ -143,7 +143,7 @@ pub async fn run_with_hub(
     // Router links outlive the server: outcomes of calls still in flight
     // at shutdown arrive over them.
     let (detach, attach_stop) = confab_runtime::shutdown::channel();
-    let attach = tokio::spawn(crate::attach::run(
+    let attach = tokio::spawn(crate::router_links::run(
         hub.clone(),
         AttachConfig {
             service_token: Some(config.service_token.clone()),

@@ -26,7 +26,7 @@
 //! while the stream stays open. Likewise the token's expiry on an open
 //! stream is enforced by the session ([`Caller::valid_until`]).
 
-use crate::limits::{Cost, Limiter, StreamGuard};
+use crate::user_limits::{Cost, Limiter, StreamGuard};
 use confab_auth::Authenticator;
 use confab_runtime::trace::{self, TraceParent};
 use futures::future::Either;
@@ -253,7 +253,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::UserLimits;
+    use crate::user_limits::UserLimits;
     use prost::Message;
     use std::convert::Infallible;
     use tonic::Code;

@@ -199,7 +199,8 @@ impl Hub {
         self.acked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// How many routers this gateway is attached to now.
+    /// How many routers this gateway is attached to now (for tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn attached_routers(&self) -> usize {
         self.acked().len()
     }
@@ -267,7 +268,8 @@ impl Hub {
         }
     }
 
-    /// Number of open sessions (all users).
+    /// Number of open sessions (all users; for tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn session_count(&self) -> usize {
         self.sessions().values().map(Vec::len).sum()
     }

@@ -2,14 +2,14 @@
 //! turns writes into ingress records, serves reads from history, and holds
 //! the clients' live `Connect` sessions.
 
-pub mod attach;
 pub mod distributed;
 pub mod guard;
 pub mod hub;
-pub mod limits;
+pub mod router_links;
 pub mod service;
 pub mod session;
 pub mod submit;
+pub mod user_limits;
 
 pub use hub::Hub;
 pub use service::{server, ChatService, GatewayConfig};

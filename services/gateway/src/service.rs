@@ -3,9 +3,9 @@
 
 use crate::guard::{Caller, GuardLayer};
 use crate::hub::Hub;
-use crate::limits::{Limiter, UserLimits};
 use crate::session::Session;
 use crate::submit::Submitter;
+use crate::user_limits::{Limiter, UserLimits};
 use confab_auth::Authenticator;
 use confab_core::config::{parse_or, ConfigError, Env};
 use confab_core::error::ChatError;

@@ -4,8 +4,8 @@
 //! gap from history before going on, which is also how resume works.
 
 use crate::hub::Hub;
-use crate::limits::{Cost, Limiter, StreamGuard};
 use crate::submit::Submitter;
+use crate::user_limits::{Cost, Limiter, StreamGuard};
 use confab_auth::STREAM_EXPIRED;
 use confab_core::error::ChatError;
 use confab_core::metrics::{MESSAGES_DELIVERED, MESSAGE_E2E};

@@ -326,7 +326,8 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
     }
 
     /// How many times the producer this publisher shares was replaced after
-    /// a fatal error.
+    /// a fatal error (for tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn producer_recreations(&self) -> u64 {
         self.producer.recreated.load(Ordering::Relaxed)
     }

@@ -253,7 +253,8 @@ impl Limiter {
         })
     }
 
-    /// Users currently remembered (bounded by recent activity).
+    /// Users currently remembered (bounded by recent activity; for tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn tracked_users(&self) -> usize {
         self.inner.shards.iter().map(|s| lock(s).len()).sum()
     }
