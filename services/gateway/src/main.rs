@@ -3,22 +3,18 @@
 //! with 64 before any port is bound.
 
 use clap::Parser;
-use confab_core::config::Overlay;
+use confab_runtime::process::ServiceFlags;
 
 /// The gateway service of Confab's distributed stack. Every flag mirrors a
 /// CONFAB_* variable (the flag wins); see docs/operations.md for all of them.
 #[derive(Parser)]
 #[command(name = "confab-gateway", version)]
 struct Cli {
-    /// address to serve the public gRPC API on [env: CONFAB_LISTEN]
-    #[arg(long)]
-    listen: Option<String>,
+    #[command(flatten)]
+    service: ServiceFlags,
     /// unique id of this gateway [env: CONFAB_GATEWAY_ID]
     #[arg(long)]
     gateway_id: Option<String>,
-    /// Kafka bootstrap servers [env: CONFAB_KAFKA_BROKERS]
-    #[arg(long)]
-    kafka_brokers: Option<String>,
     /// comma-separated history addresses [env: CONFAB_HISTORY_ADDRS]
     #[arg(long)]
     history_addrs: Option<String>,
@@ -29,10 +25,10 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let env = Overlay::default()
-        .flag(confab_core::vars::LISTEN, cli.listen)
+    let env = cli
+        .service
+        .overlay()
         .flag(confab_core::vars::GATEWAY_ID, cli.gateway_id)
-        .flag(confab_core::vars::KAFKA_BROKERS, cli.kafka_brokers)
         .flag(confab_core::vars::HISTORY_ADDRS, cli.history_addrs)
         .flag(confab_core::vars::ROUTER_ADDRS, cli.router_addrs);
     let config = confab_gateway::distributed::DistributedConfig::from_env(&env);

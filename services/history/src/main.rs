@@ -10,19 +10,16 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use clap::Parser;
-use confab_core::config::{Overlay, EXIT_CONFIG};
+use confab_core::config::EXIT_CONFIG;
+use confab_runtime::process::ServiceFlags;
 
 /// The history service of Confab's distributed stack. Every flag mirrors a
 /// CONFAB_* variable (the flag wins); see docs/operations.md for all of them.
 #[derive(Parser)]
 #[command(name = "confab-history", version)]
 struct Cli {
-    /// address to serve HistoryReader on [env: CONFAB_LISTEN]
-    #[arg(long)]
-    listen: Option<String>,
-    /// Kafka bootstrap servers [env: CONFAB_KAFKA_BROKERS]
-    #[arg(long)]
-    kafka_brokers: Option<String>,
+    #[command(flatten)]
+    service: ServiceFlags,
     /// PostgreSQL URL (prefer the variable: flags show in ps) [env: CONFAB_DATABASE_URL]
     #[arg(long)]
     database_url: Option<String>,
@@ -40,9 +37,9 @@ enum Cmd {
 fn main() {
     let cli = Cli::parse();
     let migrate_only = matches!(cli.command, Some(Cmd::Migrate));
-    let env = Overlay::default()
-        .flag(confab_core::vars::LISTEN, cli.listen)
-        .flag(confab_core::vars::KAFKA_BROKERS, cli.kafka_brokers)
+    let env = cli
+        .service
+        .overlay()
         .flag(confab_core::vars::DATABASE_URL, cli.database_url);
     let config = if migrate_only {
         confab_history::distributed::HistoryConfig::from_env_for_migrate(&env)

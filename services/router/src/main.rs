@@ -3,19 +3,15 @@
 //! with 64 before any port is bound.
 
 use clap::Parser;
-use confab_core::config::Overlay;
+use confab_runtime::process::ServiceFlags;
 
 /// The router service of Confab's distributed stack. Every flag mirrors a
 /// CONFAB_* variable (the flag wins); see docs/operations.md for all of them.
 #[derive(Parser)]
 #[command(name = "confab-router", version)]
 struct Cli {
-    /// address to serve RouterLink on [env: CONFAB_LISTEN]
-    #[arg(long)]
-    listen: Option<String>,
-    /// Kafka bootstrap servers [env: CONFAB_KAFKA_BROKERS]
-    #[arg(long)]
-    kafka_brokers: Option<String>,
+    #[command(flatten)]
+    service: ServiceFlags,
     /// comma-separated history addresses [env: CONFAB_HISTORY_ADDRS]
     #[arg(long)]
     history_addrs: Option<String>,
@@ -23,9 +19,9 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    let env = Overlay::default()
-        .flag(confab_core::vars::LISTEN, cli.listen)
-        .flag(confab_core::vars::KAFKA_BROKERS, cli.kafka_brokers)
+    let env = cli
+        .service
+        .overlay()
         .flag(confab_core::vars::HISTORY_ADDRS, cli.history_addrs);
     let config = confab_router::distributed::RouterConfig::from_env(&env);
     confab_runtime::process::main(

@@ -1,8 +1,32 @@
-//! The body of every service binary's `main`.
+//! The body of every service binary's `main`, and the flags they share.
 
 use crate::shutdown::Signal;
+use confab_core::config::Overlay;
+use confab_core::vars;
 use std::time::Duration;
 use tokio::net::TcpListener;
+
+/// The flags every service binary of the distributed stack takes. Each
+/// mirrors a `CONFAB_*` variable, and the flag wins (see
+/// docs/operations.md for all of them).
+#[derive(clap::Args)]
+pub struct ServiceFlags {
+    /// address to serve gRPC on [env: CONFAB_LISTEN]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Kafka bootstrap servers [env: CONFAB_KAFKA_BROKERS]
+    #[arg(long)]
+    pub kafka_brokers: Option<String>,
+}
+
+impl ServiceFlags {
+    /// The process environment with these flags over it.
+    pub fn overlay(self) -> Overlay {
+        Overlay::default()
+            .flag(vars::LISTEN, self.listen)
+            .flag(vars::KAFKA_BROKERS, self.kafka_brokers)
+    }
+}
 
 /// How long a service may drain after SIGTERM before it exits anyway
 /// (milliseconds, default 10 000).
