@@ -24,13 +24,13 @@
 //! Modules: `config` (the settings), `keys` (the public key file and its
 //! reloads), `authenticator` (the [`Authenticator`], its memory of verified
 //! tokens and the bearer metadata), `verify` (the full check of one token),
-//! `mint` (HS256 tokens for development), and `signer` (any claims, any
-//! key, for tests).
+//! `mint` (HS256 tokens for development), and, for tests only, `signer`.
 
 mod authenticator;
 mod config;
 mod keys;
 mod mint;
+#[cfg(any(test, feature = "testing"))]
 mod signer;
 #[cfg(test)]
 mod tests;
@@ -41,6 +41,7 @@ pub use authenticator::{
 };
 pub use confab_core::validate::{check_user_id, MAX_USER_ID_LEN};
 pub use config::{AuthConfig, DEFAULT_LEEWAY, DEFAULT_RELOAD_INTERVAL, DEV_SECRET};
+#[cfg(any(test, feature = "testing"))]
 pub use signer::Signer;
 
 use std::time::{SystemTime, UNIX_EPOCH};

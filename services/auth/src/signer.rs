@@ -1,5 +1,6 @@
 //! [`Signer`]: signs arbitrary claims with any key, standing in for an
-//! identity provider in tests and fuzzing.
+//! identity provider in tests and fuzzing. Test-only (the `testing`
+//! feature): a production build cannot sign what it is handed.
 
 use crate::now_secs;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
