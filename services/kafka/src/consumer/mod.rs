@@ -7,7 +7,6 @@
 //! only partitions this consumer still owns: after a rebalance the new owner
 //! re-reads from the last commit, so a dropped commit means re-processing
 //! (deduplicated downstream), never a lost record.
-
 //!
 //! Modules: `batch_consumer` (joining the group and reading batches),
 //! `consumed` (one decoded record), `batch` and `offsets` (what a read

@@ -7,7 +7,6 @@
 //! [`confab_core::metrics::BREAKER_STATE`] and [`confab_core::metrics::BREAKER_TRANSITIONS`];
 //! refused calls count in [`confab_core::metrics::BREAKER_REJECTED`]. The settings
 //! come from `CONFAB_BREAKER_*` variables ([`BreakerConfig::from_env`]).
-
 //!
 //! Modules: `config` (the settings and their variables), `core` (the state
 //! machine over a window of recent outcomes), `layer` (the tower layer, the

@@ -3,7 +3,6 @@
 //! sessions on it, and receives the deliveries for those users and the
 //! outcomes of the requests it accepted. `GatewayLinks` is the router's
 //! `DeliverySink` in distributed mode.
-
 //!
 //! Modules: `links` (`GatewayLinks`: the attached gateways, presence, and
 //! sending deliveries and completions to them), `directory` (which users are
