@@ -1,0 +1,96 @@
+//! Token settings: [`AuthConfig`], its defaults and its environment
+//! variables (`CONFAB_JWT_*`), and the development secret embedded mode
+//! falls back to.
+
+use confab_core::config::{parse_or, ConfigError, Env};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The secret used in embedded mode when none is configured. Public, so
+/// anybody can mint tokens: fine on a laptop, never in production.
+pub const DEV_SECRET: &str = "confab-development-secret-do-not-use-in-production";
+
+/// Clock skew allowed on `exp` and `nbf` unless configured otherwise.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+
+/// How often the public key file is checked for changes by default.
+pub const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Token settings.
+#[derive(Clone)]
+pub struct AuthConfig {
+    /// HS256 shared secret; also what
+    /// [`Authenticator::mint`](crate::Authenticator::mint) signs with.
+    pub hs256_secret: Option<String>,
+    /// A PEM public key (RSA → RS256, Ed25519 → EdDSA) or a JWKS file.
+    pub public_keys: Option<PathBuf>,
+    /// When set, `iss` is required and must equal it.
+    pub issuer: Option<String>,
+    /// When set, `aud` is required and must contain it.
+    pub audience: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf` (whole seconds count).
+    pub leeway: Duration,
+    /// How often [`AuthConfig::public_keys`] is checked for changes.
+    pub reload_interval: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            hs256_secret: None,
+            public_keys: None,
+            issuer: None,
+            audience: None,
+            leeway: DEFAULT_LEEWAY,
+            reload_interval: DEFAULT_RELOAD_INTERVAL,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field(
+                "hs256_secret",
+                &self.hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("public_keys", &self.public_keys)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway", &self.leeway)
+            .field("reload_interval", &self.reload_interval)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// Reads `CONFAB_JWT_SECRET`, `CONFAB_JWT_PUBLIC_KEYS` (path of a PEM or
+    /// JWKS file), `CONFAB_JWT_ISSUER`, `CONFAB_JWT_AUDIENCE`,
+    /// `CONFAB_JWT_LEEWAY_SECS` (default 30) and
+    /// `CONFAB_JWT_RELOAD_SECS` (default 10). Having no key at all is not
+    /// an error here: the caller decides (embedded mode falls back to
+    /// [`DEV_SECRET`]).
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let leeway = parse_or(
+            env,
+            "CONFAB_JWT_LEEWAY_SECS",
+            d.leeway.as_secs(),
+            "whole seconds",
+        )?;
+        let reload = parse_or(
+            env,
+            "CONFAB_JWT_RELOAD_SECS",
+            d.reload_interval.as_secs(),
+            "whole seconds",
+        )?;
+        Ok(Self {
+            hs256_secret: env.get("CONFAB_JWT_SECRET"),
+            public_keys: env.get("CONFAB_JWT_PUBLIC_KEYS").map(PathBuf::from),
+            issuer: env.get("CONFAB_JWT_ISSUER"),
+            audience: env.get("CONFAB_JWT_AUDIENCE"),
+            leeway: Duration::from_secs(leeway),
+            reload_interval: Duration::from_secs(reload),
+        })
+    }
+}

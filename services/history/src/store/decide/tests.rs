@@ -1,0 +1,128 @@
+//! The decisions' unit tests, on facts built by hand: runs of sends (seqs,
+//! repeats, stored originals), creating a conversation, the group limit,
+//! and NUL refused with the field named.
+
+use super::*;
+use crate::store::conformance::{create_group, send};
+
+fn facts(last: &[(&str, u64)], members: &[(&str, &str)]) -> SendFacts {
+    SendFacts {
+        last_seqs: last.iter().map(|(c, s)| (c.to_string(), *s)).collect(),
+        originals: HashMap::new(),
+        members: members
+            .iter()
+            .map(|(c, u)| (c.to_string(), u.to_string()))
+            .collect(),
+    }
+}
+
+fn sends_of(batch: &[IngressRecord]) -> Vec<SendRecord<'_>> {
+    match runs(batch, usize::MAX).into_iter().next() {
+        Some(Run::Sends(run)) => run,
+        _ => panic!("not a run of sends"),
+    }
+}
+
+#[test]
+fn a_run_takes_the_seqs_after_each_conversations_last_and_repeats_share_one() {
+    let batch = [
+        send("a", "alice", "1", "x"),
+        send("b", "alice", "1", "y"),
+        send("a", "alice", "1", "x again"),
+        send("a", "alice", "2", "z"),
+        send("a", "mallory", "3", "no"),
+        send("c", "alice", "4", "nowhere"),
+    ];
+    let run = sends_of(&batch);
+    let decided = sends(
+        &run,
+        &facts(&[("a", 4), ("b", 0)], &[("a", "alice"), ("b", "alice")]),
+        0,
+    );
+    assert_eq!(
+        decided
+            .new
+            .iter()
+            .map(|m| (m.conversation_id.as_str(), m.seq))
+            .collect::<Vec<_>>(),
+        vec![("a", 5), ("b", 1), ("a", 6)]
+    );
+    assert_eq!(decided.heads.get("a"), Some(&6));
+    assert_eq!(decided.heads.get("b"), Some(&1));
+    let mut out = Vec::new();
+    decided.outcomes(&run, &mut out);
+    use outcome_record::Result as R;
+    let seq = |o: &OutcomeRecord| match &o.result {
+        Some(R::Message(m)) => Ok((m.seq, o.replay)),
+        Some(R::Error(e)) => Err(tonic::Code::from_i32(e.code)),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        out.iter().map(seq).collect::<Vec<_>>(),
+        vec![
+            Ok((5, false)),
+            Ok((1, false)),
+            Ok((5, true)),
+            Ok((6, false)),
+            Err(tonic::Code::PermissionDenied),
+            Err(tonic::Code::NotFound),
+        ]
+    );
+}
+
+#[test]
+fn a_stored_original_is_returned_even_after_the_sender_left() {
+    let batch = [send("a", "alice", "1", "x")];
+    let run = sends_of(&batch);
+    let original = Message {
+        conversation_id: "a".into(),
+        seq: 3,
+        sender_id: "alice".into(),
+        client_msg_id: "1".into(),
+        body: "x".into(),
+        ..Message::default()
+    };
+    let mut f = facts(&[("a", 9)], &[]);
+    f.originals.insert(key_of(&original), original);
+    let decided = sends(&run, &f, 0);
+    assert!(decided.new.is_empty() && decided.heads.is_empty());
+    let mut out = Vec::new();
+    decided.outcomes(&run, &mut out);
+    assert!(out[0].replay);
+}
+
+#[test]
+fn creating_writes_the_conversation_its_members_and_seq_one() {
+    let rec = create_group("g", "alice", &["alice", "bob"]);
+    let Ok(Change::Write(steps)) = change(&rec, None, &Limits::default(), 0) else {
+        panic!("not a write");
+    };
+    assert!(matches!(steps[0], Step::CreateConversation { .. }));
+    assert_eq!(
+        steps[1],
+        Step::AddMembers(vec!["alice".into(), "bob".into()])
+    );
+    let events = appended(steps);
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].seq, 1);
+    assert_eq!(events[0].kind, MessageKind::System as i32);
+}
+
+#[test]
+fn a_group_over_the_limit_is_refused_before_anything_is_written() {
+    let rec = create_group("g", "alice", &["alice", "bob", "carol"]);
+    let limits = Limits {
+        max_group_members: 2,
+        ..Limits::default()
+    };
+    let err = change(&rec, None, &limits, 0).expect_err("refused");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+}
+
+#[test]
+fn nul_is_refused_by_every_store_with_the_field_named() {
+    let rec = send("g", "alice", "1", "bad\0body");
+    let err = unstorable(&rec).expect("refused");
+    assert!(err.to_string().starts_with("body "), "{err}");
+    assert!(unstorable(&send("g", "alice", "1", "fine")).is_none());
+}
