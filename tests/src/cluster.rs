@@ -234,11 +234,7 @@ impl Cluster {
         for i in 0..shape.gateways {
             let config = DistributedConfig {
                 gateway_id: format!("gw-{i}"),
-                auth: confab_auth::AuthConfig {
-                    hs256_secret: Some(SECRET.into()),
-                    leeway: Duration::ZERO,
-                    ..Default::default()
-                },
+                auth: confab_auth::Authenticator::new(SECRET),
                 gateway: shape.gateway.clone(),
                 kafka: kafka.clone(),
                 history: HistoryClientConfig {

@@ -105,14 +105,18 @@ impl Authenticator {
         ))
     }
 
-    /// [`AuthConfig::from_env`] then [`Authenticator::from_config`]; a key
-    /// file that cannot be loaded is reported against
-    /// `CONFAB_JWT_PUBLIC_KEYS`, no key at all against `CONFAB_JWT_SECRET`.
+    /// [`AuthConfig::from_env`] then [`Authenticator::configured`].
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let config = AuthConfig::from_env(env)?;
+        Self::configured(AuthConfig::from_env(env)?)
+    }
+
+    /// [`Authenticator::from_config`] for a configuration read from the
+    /// environment: a key file that cannot be loaded is reported against
+    /// `CONFAB_JWT_PUBLIC_KEYS`, no key at all against `CONFAB_JWT_SECRET`.
+    pub fn configured(config: AuthConfig) -> Result<Self, ConfigError> {
         let (key, value) = match &config.public_keys {
-            Some(p) => ("CONFAB_JWT_PUBLIC_KEYS", p.display().to_string()),
-            None => ("CONFAB_JWT_SECRET", String::new()),
+            Some(p) => (confab_core::vars::JWT_PUBLIC_KEYS, p.display().to_string()),
+            None => (confab_core::vars::JWT_SECRET, String::new()),
         };
         Self::from_config(config).map_err(|reason| ConfigError {
             key: key.into(),

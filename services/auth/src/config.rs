@@ -63,32 +63,49 @@ impl std::fmt::Debug for AuthConfig {
     }
 }
 
+/// Shortest HS256 secret accepted, in bytes.
+pub const MIN_SECRET_BYTES: usize = 16;
+
 impl AuthConfig {
     /// Reads `CONFAB_JWT_SECRET`, `CONFAB_JWT_PUBLIC_KEYS` (path of a PEM or
     /// JWKS file), `CONFAB_JWT_ISSUER`, `CONFAB_JWT_AUDIENCE`,
     /// `CONFAB_JWT_LEEWAY_SECS` (default 30) and
-    /// `CONFAB_JWT_RELOAD_SECS` (default 10). Having no key at all is not
-    /// an error here: the caller decides (embedded mode falls back to
-    /// [`DEV_SECRET`]).
+    /// `CONFAB_JWT_RELOAD_SECS` (default 10). An HS256 secret shorter than
+    /// [`MIN_SECRET_BYTES`] is refused here, for every mode. Having no key
+    /// at all is not an error here: the caller decides (embedded mode falls
+    /// back to [`DEV_SECRET`]).
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
         let leeway = parse_or(
             env,
-            "CONFAB_JWT_LEEWAY_SECS",
+            confab_core::vars::JWT_LEEWAY_SECS,
             d.leeway.as_secs(),
             "whole seconds",
         )?;
         let reload = parse_or(
             env,
-            "CONFAB_JWT_RELOAD_SECS",
+            confab_core::vars::JWT_RELOAD_SECS,
             d.reload_interval.as_secs(),
             "whole seconds",
         )?;
+        let hs256_secret = env.get(confab_core::vars::JWT_SECRET);
+        if hs256_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < MIN_SECRET_BYTES)
+        {
+            return Err(ConfigError {
+                key: confab_core::vars::JWT_SECRET.into(),
+                value: "<redacted>".into(),
+                reason: format!("must be at least {MIN_SECRET_BYTES} bytes"),
+            });
+        }
         Ok(Self {
-            hs256_secret: env.get("CONFAB_JWT_SECRET"),
-            public_keys: env.get("CONFAB_JWT_PUBLIC_KEYS").map(PathBuf::from),
-            issuer: env.get("CONFAB_JWT_ISSUER"),
-            audience: env.get("CONFAB_JWT_AUDIENCE"),
+            hs256_secret,
+            public_keys: env
+                .get(confab_core::vars::JWT_PUBLIC_KEYS)
+                .map(PathBuf::from),
+            issuer: env.get(confab_core::vars::JWT_ISSUER),
+            audience: env.get(confab_core::vars::JWT_AUDIENCE),
             leeway: Duration::from_secs(leeway),
             reload_interval: Duration::from_secs(reload),
         })

@@ -22,9 +22,9 @@ use tokio::net::TcpListener;
 pub struct DistributedConfig {
     /// This gateway's id, unique among gateways (`CONFAB_GATEWAY_ID`).
     pub gateway_id: String,
-    /// Token keys and claims (`CONFAB_JWT_*`; a secret or public keys are
-    /// required: no development default here).
-    pub auth: AuthConfig,
+    /// The token checker (`CONFAB_JWT_*`), built once from the
+    /// configuration: its key files are read when the configuration is.
+    pub auth: Authenticator,
     /// Limits, timeouts and queues.
     pub gateway: GatewayConfig,
     /// The broker and topics.
@@ -70,15 +70,9 @@ impl DistributedConfig {
                         .into(),
             });
         }
-        if auth.hs256_secret.as_ref().is_some_and(|s| s.len() < 16) {
-            return Err(ConfigError {
-                key: confab_core::vars::JWT_SECRET.into(),
-                value: "<redacted>".into(),
-                reason: "must be at least 16 bytes".into(),
-            });
-        }
-        // Key files are read now, so a bad one stops the gateway before it binds.
-        Authenticator::from_env(env)?;
+        // Key files are read now, once, so a bad one stops the gateway
+        // before it binds.
+        let auth = Authenticator::configured(auth)?;
         let mut history = HistoryClientConfig::new(need_list(confab_core::vars::HISTORY_ADDRS)?);
         history.request_timeout = Duration::from_millis(parse_or(
             env,
@@ -155,7 +149,7 @@ pub async fn run_with_hub(
     ));
     let service = ChatService::new(
         config.gateway,
-        Authenticator::from_config(config.auth.clone()).map_err(anyhow::Error::msg)?,
+        config.auth.clone(),
         hub,
         Arc::new(ingress.clone()),
         history,

@@ -37,15 +37,15 @@ impl Default for BreakerConfig {
 }
 
 /// Failure rate (0 to 1) at which a breaker opens ([`BreakerConfig::failure_threshold`]).
-pub const FAILURE_RATE_VAR: &str = "CONFAB_BREAKER_FAILURE_RATE";
+pub const FAILURE_RATE_VAR: &str = confab_core::vars::BREAKER_FAILURE_RATE;
 /// Calls the failure rate is computed over ([`BreakerConfig::window`]).
-pub const WINDOW_VAR: &str = "CONFAB_BREAKER_WINDOW";
+pub const WINDOW_VAR: &str = confab_core::vars::BREAKER_WINDOW;
 /// Fewest calls in the window before a breaker may open ([`BreakerConfig::min_calls`]).
-pub const MIN_CALLS_VAR: &str = "CONFAB_BREAKER_MIN_CALLS";
+pub const MIN_CALLS_VAR: &str = confab_core::vars::BREAKER_MIN_CALLS;
 /// Milliseconds a breaker stays open ([`BreakerConfig::open_for`]).
-pub const OPEN_MS_VAR: &str = "CONFAB_BREAKER_OPEN_MS";
+pub const OPEN_MS_VAR: &str = confab_core::vars::BREAKER_OPEN_MS;
 /// Probe calls at a time while half-open ([`BreakerConfig::half_open_probes`]).
-pub const HALF_OPEN_PROBES_VAR: &str = "CONFAB_BREAKER_HALF_OPEN_PROBES";
+pub const HALF_OPEN_PROBES_VAR: &str = confab_core::vars::BREAKER_HALF_OPEN_PROBES;
 
 /// Largest window: its outcomes are kept in memory, for every breaker.
 const MAX_WINDOW: usize = 10_000;
