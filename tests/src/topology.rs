@@ -16,7 +16,7 @@ use confab_history::{LocalHistory, SqliteStore, Store};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
-use confab_router::attach::{GatewayLinks, LinkConfig};
+use confab_router::gateway_links::{GatewayLinks, LinkConfig};
 use confab_runtime::shutdown::{self, Signal, Trigger};
 use confab_runtime::transport::Transport;
 use std::future::Future;
@@ -204,7 +204,7 @@ impl RouterNode {
         let links = self.links.clone();
         let token = self.service_token.clone();
         self.server = Some(Served::spawn(move |signal| {
-            confab_router::attach::server(links, signal.clone())
+            confab_router::gateway_links::server(links, signal.clone())
                 .service_token(token)
                 .serve(listener, signal)
         }));

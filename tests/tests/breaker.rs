@@ -179,7 +179,7 @@ async fn a_history_that_hangs_is_refused_at_once_instead_of_waited_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     use confab_gateway::router_links::AttachConfig;
-    use confab_router::attach::{GatewayLinks, LinkConfig};
+    use confab_router::gateway_links::{GatewayLinks, LinkConfig};
     confab_runtime::recorder::install();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
@@ -220,7 +220,7 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     let links = GatewayLinks::new(LinkConfig::default());
     let (router_stop, router_stopped) = shutdown::channel();
     let router = tokio::spawn(
-        confab_router::attach::server(links.clone(), router_stopped.clone())
+        confab_router::gateway_links::server(links.clone(), router_stopped.clone())
             .serve(listener, router_stopped),
     );
     confab_tests::wait_until("the gateway to attach to the router that came back", || {

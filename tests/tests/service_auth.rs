@@ -12,7 +12,7 @@ use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, GetConversationRequest, Hello};
 use confab_proto::prost::bytes::{Buf, BufMut};
-use confab_router::attach::{GatewayLinks, LinkConfig};
+use confab_router::gateway_links::{GatewayLinks, LinkConfig};
 use confab_runtime::shutdown::{self, Trigger};
 use confab_tests::topology::{service_token, Topology, TopologyConfig, SERVICE_TOKEN};
 use confab_tests::{wait_until, DEADLINE};
@@ -109,7 +109,7 @@ async fn router_server(links: Arc<GatewayLinks>) -> Server {
     let addr = listener.local_addr().expect("addr");
     let (trigger, signal) = shutdown::channel();
     let task = tokio::spawn(
-        confab_router::attach::server(links, signal.clone())
+        confab_router::gateway_links::server(links, signal.clone())
             .service_token(Some(service_token()))
             .serve(listener, signal),
     );

@@ -19,7 +19,7 @@ use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, Hello, ListForUserRequest};
 use confab_proto::v1::{client_frame, ListConversationsRequest, SendFrame, SendMessageRequest};
-use confab_router::attach::{GatewayLinks, LinkConfig};
+use confab_router::gateway_links::{GatewayLinks, LinkConfig};
 use confab_runtime::shutdown::{self, Trigger};
 use confab_runtime::transport::{ClientTls, ServerTls, Transport};
 use confab_tests::topology::{service_token, SERVICE_TOKEN};
@@ -539,7 +539,7 @@ async fn routers_with_a_client_ca_take_only_gateways_with_a_certificate() {
     };
     let router_links = links.clone();
     let task = tokio::spawn(
-        confab_router::attach::server(router_links, signal.clone())
+        confab_router::gateway_links::server(router_links, signal.clone())
             .service_token(Some(service_token()))
             .transport(transport)
             .serve(listener, signal),

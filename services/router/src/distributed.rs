@@ -3,7 +3,7 @@
 //! commits. Its membership cache is dropped on every rebalance, because a
 //! partition that comes back may have changed under another router.
 
-use crate::attach::{GatewayLinks, LinkConfig};
+use crate::gateway_links::{GatewayLinks, LinkConfig};
 use crate::Router;
 use confab_core::config::{list, parse_or, ConfigError, Env};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
@@ -113,7 +113,7 @@ pub async fn run_with_state(
     let (close_links, links_stop) = confab_runtime::shutdown::channel();
     let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown));
     let serving = tokio::spawn(async move {
-        crate::attach::server(links, links_stop.clone())
+        crate::gateway_links::server(links, links_stop.clone())
             .service_token(Some(config.service_token.clone()))
             .transport(config.transport.clone())
             .serve(listener, links_stop)

@@ -3,8 +3,8 @@
 //! It keeps no durable state: membership is a cache that the ordered event
 //! stream itself keeps current, filled from history on a miss.
 
-pub mod attach;
 pub mod distributed;
+pub mod gateway_links;
 
 use confab_core::error::ChatError;
 use confab_core::metrics::ROUTER_FANOUT;
