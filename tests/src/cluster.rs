@@ -193,6 +193,7 @@ impl Cluster {
         let mut histories = Vec::new();
         for _ in 0..shape.histories {
             let config = HistoryConfig {
+                readiness: confab_runtime::readiness::Readiness::new(),
                 database_url: database_url.clone(),
                 pool: 4,
                 acquire_timeout: Duration::from_secs(2),
@@ -213,6 +214,7 @@ impl Cluster {
         let mut routers = Vec::new();
         for _ in 0..shape.routers {
             let config = RouterConfig {
+                readiness: confab_runtime::readiness::Readiness::new(),
                 kafka: kafka.clone(),
                 history: HistoryClientConfig {
                     service_token: Some(crate::topology::service_token()),
@@ -233,6 +235,7 @@ impl Cluster {
         let mut gateways = Vec::new();
         for i in 0..shape.gateways {
             let config = DistributedConfig {
+                readiness: confab_runtime::readiness::Readiness::new(),
                 gateway_id: format!("gw-{i}"),
                 auth: confab_auth::Authenticator::new(SECRET),
                 gateway: shape.gateway.clone(),

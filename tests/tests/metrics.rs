@@ -140,7 +140,7 @@ async fn embedded_mode_serves_metrics_and_health() {
     let (http_trigger, http_signal) = shutdown::channel();
     let http_task = tokio::spawn(confab_runtime::endpoints::serve_http(
         http_listener,
-        confab_runtime::readiness::process_readiness(),
+        config.readiness.clone(),
         http_signal,
     ));
 

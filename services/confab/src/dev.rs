@@ -8,6 +8,7 @@ use confab_core::config::{parse_or, ConfigError, Env};
 use confab_core::seams::MemTopic;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore};
+use confab_runtime::readiness::Readiness;
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::Transport;
 use std::path::PathBuf;
@@ -38,6 +39,10 @@ pub struct DevConfig {
     /// `CONFAB_TLS_KEY`, `CONFAB_TLS_CLIENT_CA`, `CONFAB_HTTP2_*`,
     /// `CONFAB_MAX_MESSAGE_BYTES`).
     pub transport: Transport,
+    /// Whether this process should get traffic: kept by its server and its
+    /// dependency checks, served at `/readyz`. Each configuration read has
+    /// its own, so processes sharing a test process do not share it.
+    pub readiness: Readiness,
 }
 
 impl DevConfig {
@@ -48,6 +53,7 @@ impl DevConfig {
         let transport = Transport::from_env(env, Transport::public())?
             .fit_body(env, gateway.limits.max_body_bytes)?;
         let config = Self {
+            readiness: Readiness::new(),
             listen: env
                 .get(confab_core::vars::LISTEN)
                 .unwrap_or_else(|| "127.0.0.1:50051".into()),
@@ -121,7 +127,9 @@ pub async fn start_metrics(
 ) -> std::io::Result<Option<confab_runtime::endpoints::MetricsServer>> {
     match &config.metrics_listen {
         None => Ok(None),
-        Some(listen) => confab_runtime::endpoints::start(listen).await.map(Some),
+        Some(listen) => confab_runtime::endpoints::start(listen, config.readiness.clone())
+            .await
+            .map(Some),
     }
 }
 
@@ -149,6 +157,7 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
         shutdown.clone(),
     );
     confab_gateway::service::server(service, config.transport.clone())
+        .readiness(config.readiness.clone())
         .serve(listener, shutdown)
         .await?;
     let drain = async {

@@ -11,6 +11,7 @@ use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
 use confab_layers::breaker::BreakerConfig;
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::IngressRecord;
+use confab_runtime::readiness::Readiness;
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::{ClientTls, Transport};
 use std::sync::Arc;
@@ -43,6 +44,16 @@ pub struct DistributedConfig {
     /// TLS to history and routers (`CONFAB_TLS_CA`; the gateway presents
     /// `CONFAB_TLS_CERT`); `None`: plaintext.
     pub internal_tls: Option<ClientTls>,
+    /// Whether this process should get traffic: kept by its server and its
+    /// dependency checks, served at `/readyz`. Each configuration read has
+    /// its own, so processes sharing a test process do not share it.
+    pub readiness: Readiness,
+}
+
+impl confab_runtime::process::ServiceConfig for DistributedConfig {
+    fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
 }
 
 impl DistributedConfig {
@@ -98,6 +109,7 @@ impl DistributedConfig {
         let service_token = ServiceToken::from_env(env)?;
         history.service_token = Some(service_token.clone());
         Ok(Self {
+            readiness: Readiness::new(),
             gateway_id,
             auth,
             gateway,
@@ -132,7 +144,11 @@ pub async fn run_with_hub(
     ensure_topics(&config.kafka).await?;
     let ingress = KafkaPublisher::<IngressRecord>::new(&config.kafka)?;
     // Readiness follows the broker; the check ends at shutdown.
-    confab_kafka::health::spawn_publisher_check(ingress.clone(), shutdown.clone());
+    confab_kafka::health::spawn_publisher_check(
+        &config.readiness,
+        ingress.clone(),
+        shutdown.clone(),
+    );
     let history = Arc::new(RemoteHistory::new(&config.history)?);
     // Router links outlive the server: outcomes of calls still in flight
     // at shutdown arrive over them.
@@ -159,6 +175,7 @@ pub async fn run_with_hub(
     // UNAVAILABLE once its pending acks are out, and returns when the calls
     // in flight have their answers.
     let served = crate::service::server(service, config.transport.clone())
+        .readiness(config.readiness.clone())
         .serve(listener, shutdown)
         .await;
     if let Err(e) = ingress.flush(Duration::from_secs(5)).await {

@@ -16,6 +16,7 @@ use confab_kafka::{
 };
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_runtime::readiness::Readiness;
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::Transport;
 use std::collections::HashMap;
@@ -50,6 +51,16 @@ pub struct HistoryConfig {
     /// The read API's TLS, client certificates and connection limits
     /// (`CONFAB_TLS_*`, `CONFAB_HTTP2_*`).
     pub transport: Transport,
+    /// Whether this process should get traffic: kept by its server and its
+    /// dependency checks, served at `/readyz`. Each configuration read has
+    /// its own, so processes sharing a test process do not share it.
+    pub readiness: Readiness,
+}
+
+impl confab_runtime::process::ServiceConfig for HistoryConfig {
+    fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
 }
 
 impl HistoryConfig {
@@ -69,6 +80,7 @@ impl HistoryConfig {
     pub fn from_env_for_migrate(env: &dyn Env) -> Result<Self, ConfigError> {
         let defaults = Limits::default();
         Ok(Self {
+            readiness: Readiness::new(),
             database_url: required(env, confab_core::vars::DATABASE_URL, "a postgres:// URL")?,
             pool: parse_or(
                 env,
@@ -145,8 +157,14 @@ pub async fn run_with_state(
     }
     // Readiness follows the database and the broker (and the checks keep
     // the pool and lag gauges current); both end at shutdown.
-    crate::health::spawn_database_check(postgres, config.database_url.clone(), shutdown.clone());
-    confab_kafka::health::spawn_consumer_check(consumer.monitor(), shutdown.clone());
+    let readiness = &config.readiness;
+    crate::health::spawn_database_check(
+        readiness,
+        postgres,
+        config.database_url.clone(),
+        shutdown.clone(),
+    );
+    confab_kafka::health::spawn_consumer_check(readiness, consumer.monitor(), shutdown.clone());
     let sequencer = tokio::spawn(sequence(
         store.clone(),
         consumer,
@@ -157,6 +175,7 @@ pub async fn run_with_state(
     crate::grpc::server(Arc::new(LocalHistory::new(store)))
         .service_token(Some(service_token))
         .transport(config.transport.clone())
+        .readiness(config.readiness.clone())
         .serve(listener, shutdown)
         .await?;
     let _ = sequencer.await;

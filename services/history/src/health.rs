@@ -5,7 +5,7 @@
 
 use crate::PostgresStore;
 use confab_core::metrics::{DB_POOL_CONNECTIONS, DB_POOL_MAX};
-use confab_runtime::readiness::spawn_check;
+use confab_runtime::readiness::{spawn_check, Readiness};
 use confab_runtime::shutdown::Signal;
 use sqlx::{Connection, PgConnection};
 use std::sync::Arc;
@@ -28,12 +28,13 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_millis(900);
 /// probe's connection is opened again after any failure (e.g. PostgreSQL
 /// restarted). Also sets the pool gauges of `store` every time.
 pub fn spawn_database_check(
+    readiness: &Readiness,
     store: Arc<PostgresStore>,
     url: String,
     shutdown: Signal,
 ) -> JoinHandle<()> {
     let conn: Arc<Mutex<Option<PgConnection>>> = Arc::new(Mutex::new(None));
-    spawn_check(CHECK, CHECK_EVERY, shutdown, move || {
+    spawn_check(readiness, CHECK, CHECK_EVERY, shutdown, move || {
         let (store, url, conn) = (store.clone(), url.clone(), conn.clone());
         async move {
             report_pool(&store);

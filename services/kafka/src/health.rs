@@ -4,7 +4,7 @@
 //! check also refreshes its lag gauges.
 
 use crate::{ConsumerMonitor, KafkaPublisher, KafkaRecord};
-use confab_runtime::readiness::spawn_check;
+use confab_runtime::readiness::{spawn_check, Readiness};
 use confab_runtime::shutdown::Signal;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -24,8 +24,12 @@ pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// check also sets [`confab_core::metrics::KAFKA_CONSUMER_LAG`] for the
 /// partitions the consumer owns. Ends at `shutdown` (the consumer closing
 /// makes the check fail, which does not matter by then).
-pub fn spawn_consumer_check(monitor: ConsumerMonitor, shutdown: Signal) -> JoinHandle<()> {
-    spawn_check(CHECK, CHECK_EVERY, shutdown, move || {
+pub fn spawn_consumer_check(
+    readiness: &Readiness,
+    monitor: ConsumerMonitor,
+    shutdown: Signal,
+) -> JoinHandle<()> {
+    spawn_check(readiness, CHECK, CHECK_EVERY, shutdown, move || {
         let monitor = monitor.clone();
         async move {
             monitor
@@ -41,10 +45,11 @@ pub fn spawn_consumer_check(monitor: ConsumerMonitor, shutdown: Signal) -> JoinH
 /// while the broker answers metadata requests on the producer's
 /// connections.
 pub fn spawn_publisher_check<T: KafkaRecord>(
+    readiness: &Readiness,
     publisher: KafkaPublisher<T>,
     shutdown: Signal,
 ) -> JoinHandle<()> {
-    spawn_check(CHECK, CHECK_EVERY, shutdown, move || {
+    spawn_check(readiness, CHECK, CHECK_EVERY, shutdown, move || {
         let publisher = publisher.clone();
         async move {
             publisher

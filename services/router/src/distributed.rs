@@ -11,6 +11,7 @@ use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig};
 use confab_layers::breaker::BreakerConfig;
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::OutcomeRecord;
+use confab_runtime::readiness::Readiness;
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::{ClientTls, Transport};
 use std::sync::Arc;
@@ -38,6 +39,16 @@ pub struct RouterConfig {
     /// The gateway link server's TLS, client certificates and connection
     /// limits (`CONFAB_TLS_*`, `CONFAB_HTTP2_*`).
     pub transport: Transport,
+    /// Whether this process should get traffic: kept by its server and its
+    /// dependency checks, served at `/readyz`. Each configuration read has
+    /// its own, so processes sharing a test process do not share it.
+    pub readiness: Readiness,
+}
+
+impl confab_runtime::process::ServiceConfig for RouterConfig {
+    fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
 }
 
 impl RouterConfig {
@@ -68,6 +79,7 @@ impl RouterConfig {
         let service_token = ServiceToken::from_env(env)?;
         history.service_token = Some(service_token.clone());
         Ok(Self {
+            readiness: Readiness::new(),
             kafka,
             history,
             links: LinkConfig::default(),
@@ -106,7 +118,11 @@ pub async fn run_with_state(
     }
     // Readiness follows the broker (and the check keeps the lag gauges
     // current); it ends at shutdown.
-    confab_kafka::health::spawn_consumer_check(consumer.monitor(), shutdown.clone());
+    confab_kafka::health::spawn_consumer_check(
+        &config.readiness,
+        consumer.monitor(),
+        shutdown.clone(),
+    );
     // At shutdown the routing loop finishes its batch, commits and leaves
     // the group first; the gateway links close after, so nothing it
     // routed is cut off on the way.
@@ -116,6 +132,7 @@ pub async fn run_with_state(
         crate::gateway_links::server(links, links_stop.clone())
             .service_token(Some(config.service_token.clone()))
             .transport(config.transport.clone())
+            .readiness(config.readiness.clone())
             .serve(listener, links_stop)
             .await
     });

@@ -2,7 +2,7 @@
 //! only when asked for (`CONFAB_METRICS_LISTEN`); without it no recorder is
 //! installed and recording a metric costs next to nothing.
 
-use crate::readiness::{process_readiness, Readiness};
+use crate::readiness::Readiness;
 use crate::recorder::{install, process_collector};
 use crate::shutdown::{self, Signal, Trigger};
 use axum::http::{header, StatusCode};
@@ -81,14 +81,14 @@ pub struct MetricsServer {
     task: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-/// Binds `listen` and serves the metrics endpoints there, with the
-/// [`process_readiness`], until [`MetricsServer::stop`]. An error means the
+/// Binds `listen` and serves the metrics endpoints there, `/readyz`
+/// following `readiness`, until [`MetricsServer::stop`]. An error means the
 /// address could not be bound.
-pub async fn start(listen: &str) -> std::io::Result<MetricsServer> {
+pub async fn start(listen: &str, readiness: Readiness) -> std::io::Result<MetricsServer> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let (trigger, signal) = shutdown::channel();
-    let task = tokio::spawn(serve_http(listener, process_readiness(), signal));
+    let task = tokio::spawn(serve_http(listener, readiness, signal));
     tracing::info!(%addr, "serving metrics and health over http");
     Ok(MetricsServer {
         addr,

@@ -1,5 +1,6 @@
 //! The body of every service binary's `main`, and the flags they share.
 
+use crate::readiness::Readiness;
 use crate::shutdown::Signal;
 use confab_core::config::Overlay;
 use confab_core::vars;
@@ -32,6 +33,13 @@ impl ServiceFlags {
 /// (milliseconds, default 10 000).
 pub const GRACE_VAR: &str = confab_core::vars::SHUTDOWN_GRACE_MS;
 
+/// A service's configuration, as [`main`] needs it.
+pub trait ServiceConfig {
+    /// The readiness the service's server and checks keep, which the
+    /// metrics endpoint serves at `/readyz`.
+    fn readiness(&self) -> Readiness;
+}
+
 /// The body of every service binary's `main`: refuse a bad configuration
 /// with exit code 64 before binding, set up logging, bind `CONFAB_LISTEN`
 /// (or `default_listen`) and, when set, `CONFAB_METRICS_LISTEN` (metrics and
@@ -46,6 +54,7 @@ pub fn main<C, E, F, Fut>(
     run: F,
 ) -> !
 where
+    C: ServiceConfig,
     F: FnOnce(C, TcpListener, Signal) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -94,7 +103,7 @@ where
         };
         let metrics = match &metrics_listen {
             None => None,
-            Some(addr) => match crate::endpoints::start(addr).await {
+            Some(addr) => match crate::endpoints::start(addr, config.readiness()).await {
                 Ok(m) => Some(m),
                 Err(e) => {
                     eprintln!(

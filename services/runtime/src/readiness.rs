@@ -7,7 +7,7 @@ use crate::shutdown::Signal;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -174,22 +174,14 @@ impl Drop for ReadinessCheck {
     }
 }
 
-/// The process's readiness: [`crate::server::Server`] sets it when it starts
-/// serving and clears it as soon as its shutdown starts; the checks of
-/// [`spawn_check`] are registered with it. (A process running several gRPC
-/// servers, as some tests do, shares it: the last serving change wins.)
-pub fn process_readiness() -> Readiness {
-    static READY: OnceLock<Readiness> = OnceLock::new();
-    READY.get_or_init(Readiness::new).clone()
-}
-
-/// Runs `probe` every `every` until `shutdown`, keeping the readiness check
-/// `name` of the [`process_readiness`] current: it fails from the start
+/// Runs `probe` every `every` until `shutdown`, keeping the check `name` of
+/// `readiness` current: it fails from the start
 /// until the first probe passes, and whenever a probe fails or takes longer
 /// than `every` plus a second. Changes are logged (warn when failing, with
 /// the probe's error; info when passing again). The check is removed when
 /// the task ends.
 pub fn spawn_check<F, Fut>(
+    readiness: &Readiness,
     name: &'static str,
     every: Duration,
     shutdown: Signal,
@@ -199,7 +191,7 @@ where
     F: FnMut() -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
-    let check = process_readiness().check(name);
+    let check = readiness.check(name);
     let limit = every + Duration::from_secs(1);
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);

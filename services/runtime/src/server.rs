@@ -47,8 +47,8 @@ pub struct Server {
 impl Server {
     /// `service` (a generated tonic server, possibly wrapped in layers),
     /// described by `descriptor_set`, served by the process called `name`:
-    /// anyone may call, over [`Transport::internal`], keeping the process's
-    /// readiness.
+    /// anyone may call, over [`Transport::internal`], keeping a readiness
+    /// of its own (see [`Server::readiness`]).
     pub fn new<S>(name: &'static str, service: S, descriptor_set: &'static [u8]) -> Self
     where
         S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -66,7 +66,7 @@ impl Server {
             descriptor_set,
             token: None,
             transport: Transport::internal(),
-            readiness: crate::readiness::process_readiness(),
+            readiness: Readiness::new(),
         }
     }
 
@@ -86,7 +86,8 @@ impl Server {
         self
     }
 
-    /// Keeps `readiness` (set while serving) instead of the process's.
+    /// Keeps `readiness` (set while serving, cleared from the start of
+    /// shutdown): the one the service's checks and its `/readyz` share.
     pub fn readiness(mut self, readiness: Readiness) -> Self {
         self.readiness = readiness;
         self
