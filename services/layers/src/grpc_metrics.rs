@@ -3,7 +3,7 @@
 //! `method` come from the descriptor sets a server serves (any other path
 //! counts as `unknown`), `code` is one of the 17 gRPC code names.
 
-use crate::{Around, BoxFuture};
+use crate::{Answer, Around, Inner};
 use confab_core::metrics::{
     code_name, GRPC_DURATION, GRPC_REQUESTS, GRPC_STREAMS_OPEN, GRPC_STREAMS_OPENED,
 };
@@ -75,16 +75,7 @@ impl GrpcMetrics {
 }
 
 impl Around for GrpcMetrics {
-    fn around<S, B>(
-        &self,
-        inner: &mut S,
-        req: http::Request<B>,
-    ) -> BoxFuture<Result<http::Response<tonic::body::Body>, S::Error>>
-    where
-        S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn around<S: Inner<B>, B>(&self, inner: &mut S, req: http::Request<B>) -> Answer<S::Error> {
         let info = self
             .methods
             .get(req.uri().path())

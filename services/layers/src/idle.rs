@@ -6,7 +6,7 @@
 //! quiet period, so a call that is just arriving is never cut — its reads
 //! end, and the server closes it.
 
-use crate::{Around, AroundLayer, BoxFuture};
+use crate::{Answer, Around, AroundLayer, Inner};
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -327,16 +327,7 @@ pub struct CallCounter {
 }
 
 impl Around for CallCounter {
-    fn around<S, B>(
-        &self,
-        inner: &mut S,
-        req: http::Request<B>,
-    ) -> BoxFuture<Result<http::Response<tonic::body::Body>, S::Error>>
-    where
-        S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn around<S: Inner<B>, B>(&self, inner: &mut S, req: http::Request<B>) -> Answer<S::Error> {
         let guard = self
             .registry
             .as_ref()

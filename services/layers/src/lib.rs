@@ -16,20 +16,34 @@ use tonic::body::Body;
 /// The future of a layer's service that answers some calls itself.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
+/// The service an [`Around`] wraps: a server's routes.
+pub trait Inner<B>:
+    tower::Service<
+    http::Request<B>,
+    Response = http::Response<Body>,
+    Future: Send + 'static,
+    Error: Send + 'static,
+>
+{
+}
+
+impl<B, S> Inner<B> for S
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+}
+
+/// What an [`Around`] answers a call with.
+pub type Answer<E> = BoxFuture<Result<http::Response<Body>, E>>;
+
 /// What one of this crate's server layers does with each call, around the
 /// service it wraps; [`AroundLayer`] makes it a tower layer.
 pub trait Around: Clone {
     /// Answers `req`: calls `inner` (which is ready) and may change or
     /// replace its answer.
-    fn around<S, B>(
-        &self,
-        inner: &mut S,
-        req: http::Request<B>,
-    ) -> BoxFuture<Result<http::Response<Body>, S::Error>>
-    where
-        S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static;
+    fn around<S: Inner<B>, B>(&self, inner: &mut S, req: http::Request<B>) -> Answer<S::Error>;
 
     /// This as a tower layer.
     fn layer(self) -> AroundLayer<Self> {
@@ -59,16 +73,10 @@ pub struct Wrapped<A, S> {
     inner: S,
 }
 
-impl<A, S, B> tower::Service<http::Request<B>> for Wrapped<A, S>
-where
-    A: Around,
-    S: tower::Service<http::Request<B>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
+impl<A: Around, S: Inner<B>, B> tower::Service<http::Request<B>> for Wrapped<A, S> {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+    type Future = Answer<S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)

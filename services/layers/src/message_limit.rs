@@ -1,7 +1,7 @@
 //! The largest decoded message a server accepts, refused as
 //! RESOURCE_EXHAUSTED naming the limit and its variable.
 
-use crate::{Around, BoxFuture};
+use crate::{Answer, Around, Inner};
 
 /// The variable setting the largest decoded message a server accepts.
 pub const MAX_MESSAGE_BYTES_VAR: &str = confab_core::vars::MAX_MESSAGE_BYTES;
@@ -64,16 +64,7 @@ impl MessageLimit {
 }
 
 impl Around for MessageLimit {
-    fn around<S, B>(
-        &self,
-        inner: &mut S,
-        req: http::Request<B>,
-    ) -> BoxFuture<Result<http::Response<tonic::body::Body>, S::Error>>
-    where
-        S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn around<S: Inner<B>, B>(&self, inner: &mut S, req: http::Request<B>) -> Answer<S::Error> {
         let call = inner.call(req);
         let configured = self.configured;
         Box::pin(async move {
