@@ -3,9 +3,9 @@
 //! and reports each call's outcome, and [`BreakerHandle`], a view of it.
 
 use super::config::BreakerConfig;
-use super::core::{BreakerState, Core, Permit};
 use super::evaluator::FailureEvaluator;
 use super::refusal::CircuitOpen;
+use super::state::{BreakerState, Core, Permit};
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

@@ -8,23 +8,23 @@
 //! refused calls count in [`confab_core::metrics::BREAKER_REJECTED`]. The settings
 //! come from `CONFAB_BREAKER_*` variables ([`BreakerConfig::from_env`]).
 //!
-//! Modules: `config` (the settings and their variables), `core` (the state
+//! Modules: `config` (the settings and their variables), `state` (the state
 //! machine over a window of recent outcomes), `layer` (the tower layer, the
 //! service and the handle), `evaluator` (which errors count as failures),
 //! `refusal` (the error of a refused call).
 
 mod config;
-mod core;
 mod evaluator;
 mod layer;
 mod refusal;
+mod state;
 #[cfg(test)]
 mod tests;
 
 pub use self::config::{
     BreakerConfig, FAILURE_RATE_VAR, HALF_OPEN_PROBES_VAR, MIN_CALLS_VAR, OPEN_MS_VAR, WINDOW_VAR,
 };
-pub use self::core::BreakerState;
 pub use self::evaluator::{FailureEvaluator, GrpcFailures};
 pub use self::layer::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
 pub use self::refusal::CircuitOpen;
+pub use self::state::BreakerState;
