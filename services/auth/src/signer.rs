@@ -7,8 +7,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 /// Signs arbitrary claims: HS256 with a secret, RS256 or EdDSA with a PKCS#8
 /// private key PEM, optionally naming the key with a `kid` header. For
-/// tools and tests that stand in for an identity provider; the gateway
-/// itself only verifies.
+/// tests and fuzzing that stand in for an identity provider (only with the
+/// `testing` feature); the gateway itself only verifies.
 #[derive(Clone)]
 pub struct Signer {
     alg: Algorithm,
