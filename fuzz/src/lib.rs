@@ -13,7 +13,7 @@
 
 use confab_core::validate::{check_user_id, MAX_USER_ID_LEN};
 use confab_core::error::ChatError;
-use confab_core::validate::{self, Limits, PageCursor, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_PAGE, MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN};
+use confab_core::validate::{self, SizeLimits, PageCursor, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_PAGE, MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN};
 use confab_proto::v1::*;
 use prost::Message;
 use std::collections::BTreeSet;
@@ -24,12 +24,12 @@ pub mod token;
 
 /// The limits every check runs under: the defaults, and small ones so that
 /// the limit refusals are reached too.
-pub const LIMITS: [Limits; 2] = [
-    Limits {
+pub const LIMITS: [SizeLimits; 2] = [
+    SizeLimits {
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         max_group_members: DEFAULT_MAX_GROUP_MEMBERS,
     },
-    Limits {
+    SizeLimits {
         max_body_bytes: 8,
         max_group_members: 3,
     },
@@ -141,7 +141,7 @@ fn check_conversation_id(id: &str) {
     }
 }
 
-fn check_send(limits: &Limits, conversation_id: &str, client_msg_id: &str, body: &str) {
+fn check_send(limits: &SizeLimits, conversation_id: &str, client_msg_id: &str, body: &str) {
     check_conversation_id(conversation_id);
     let well_formed = conversation_id_ok(conversation_id)
         && !client_msg_id.is_empty()
@@ -163,7 +163,7 @@ fn check_send(limits: &Limits, conversation_id: &str, client_msg_id: &str, body:
     }
 }
 
-fn check_create(limits: &Limits, kind: i32, title: &str, member_ids: &[String]) {
+fn check_create(limits: &SizeLimits, kind: i32, title: &str, member_ids: &[String]) {
     let direct = kind == ConversationKind::Direct as i32;
     let group = kind == ConversationKind::Group as i32;
     let well_formed = (direct || group)

@@ -8,7 +8,7 @@
 use crate::broker::Broker;
 use crate::postgres::PgCluster;
 use crate::{init_tracing, User, DEADLINE, SECRET};
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_gateway::distributed::DistributedConfig;
 use confab_gateway::{GatewayConfig, Hub};
 use confab_history::distributed::HistoryConfig;
@@ -312,9 +312,9 @@ impl Cluster {
 }
 
 /// Group-size limit used by cluster tests that need a small one.
-pub fn limits(max_body_bytes: usize) -> Limits {
-    Limits {
+pub fn limits(max_body_bytes: usize) -> SizeLimits {
+    SizeLimits {
         max_body_bytes,
-        ..Limits::default()
+        ..SizeLimits::default()
     }
 }

@@ -6,7 +6,7 @@
 
 use crate::cluster::{Cluster, Shape};
 use crate::{Embedded, User};
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_gateway::GatewayConfig;
 use std::net::SocketAddr;
 
@@ -47,7 +47,7 @@ impl Settings {
         let defaults = crate::test_gateway_config();
         Shape {
             gateway: GatewayConfig {
-                limits: Limits {
+                limits: SizeLimits {
                     max_body_bytes: self
                         .max_body_bytes
                         .unwrap_or(defaults.limits.max_body_bytes),

@@ -9,7 +9,7 @@ use crate::{init_tracing, wait_until, User, DEADLINE, SECRET};
 use anyhow::Result;
 use confab_auth::Authenticator;
 use confab_core::seams::{partition_of, HistoryApi, MemTopic, Publisher};
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_gateway::router_links::AttachConfig;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore, Store};
@@ -257,7 +257,7 @@ impl Topology {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&dir.path().join("confab.db"), Limits::default())
+            SqliteStore::open(&dir.path().join("confab.db"), SizeLimits::default())
                 .await
                 .expect("open sqlite"),
         );

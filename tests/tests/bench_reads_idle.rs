@@ -5,7 +5,7 @@
 
 use confab_auth::Authenticator;
 use confab_core::seams::{HistoryApi, MemTopic};
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_gateway::{ChatService, Hub};
 use confab_history::{LocalHistory, PostgresStore, Store};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
@@ -60,7 +60,7 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
     // History on the generated database (its migrations are already
     // applied), served over gRPC, and one gateway reading it.
     let store: Arc<dyn Store> = Arc::new(
-        PostgresStore::connect(&url, Limits::default(), 4)
+        PostgresStore::connect(&url, SizeLimits::default(), 4)
             .await
             .expect("history store"),
     );

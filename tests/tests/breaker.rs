@@ -6,7 +6,7 @@
 
 use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_history::{LocalHistory, SqliteStore};
 use confab_history_client::{HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE};
 use confab_layers::breaker::{BreakerConfig, BreakerState};
@@ -104,7 +104,7 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
 
     // History comes up on that address.
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("history.db"), Limits::default())
+    let store = SqliteStore::open(&dir.path().join("history.db"), SizeLimits::default())
         .await
         .expect("store");
     let history: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(Arc::new(store)));

@@ -993,7 +993,7 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
     let pg = PgCluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e:#}"));
     let url = pg.fresh_database().await.expect("fresh database");
     let inner =
-        confab_history::PostgresStore::connect(&url, confab_core::validate::Limits::default(), 4)
+        confab_history::PostgresStore::connect(&url, confab_core::validate::SizeLimits::default(), 4)
             .await
             .expect("connect to PostgreSQL");
     let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("producer");

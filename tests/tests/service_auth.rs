@@ -4,7 +4,7 @@
 //! without it. Reflection needs the token too.
 
 use confab_core::seams::HistoryApi;
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_history::{LocalHistory, SqliteStore, Store};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_layers::service_token::{ServiceToken, SERVICE_TOKEN_HEADER, SERVICE_TOKEN_REQUIRED};
@@ -83,7 +83,7 @@ impl Server {
 /// History's read API over a fresh SQLite store, requiring the test token.
 async fn history_server(dir: &tempfile::TempDir) -> Server {
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("confab.db"), Limits::default())
+        SqliteStore::open(&dir.path().join("confab.db"), SizeLimits::default())
             .await
             .expect("open sqlite"),
     );

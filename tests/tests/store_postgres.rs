@@ -2,7 +2,7 @@
 //! cluster started by each test (or the server named by `DATABASE_URL`), one
 //! fresh database per store. PostgreSQL missing is a failure, not a skip.
 
-use confab_core::validate::{Limits, PageCursor};
+use confab_core::validate::{SizeLimits, PageCursor};
 use confab_history::store::conformance::{self, create_group, send};
 use confab_history::store::Store;
 use confab_history::PostgresStore;
@@ -24,7 +24,7 @@ fn cluster() -> PgCluster {
     })
 }
 
-async fn store_on(url: &str, limits: Limits) -> PostgresStore {
+async fn store_on(url: &str, limits: SizeLimits) -> PostgresStore {
     PostgresStore::connect(url, limits, 4)
         .await
         .unwrap_or_else(|e| panic!("connect the store to {url}: {e}"))
@@ -32,7 +32,7 @@ async fn store_on(url: &str, limits: Limits) -> PostgresStore {
 
 async fn fresh_store(cluster: &PgCluster) -> (String, PostgresStore) {
     let url = cluster.fresh_database().await.expect("fresh database");
-    let store = store_on(&url, Limits::default()).await;
+    let store = store_on(&url, SizeLimits::default()).await;
     (url, store)
 }
 
@@ -77,9 +77,9 @@ async fn all_messages(store: &dyn Store, conv: &str) -> Vec<confab_proto::v1::Me
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_passes_the_conformance_suite() {
     let cluster = cluster();
-    let limits = Limits {
+    let limits = SizeLimits {
         max_group_members: 5,
-        ..Limits::default()
+        ..SizeLimits::default()
     };
     conformance::run_all(|| {
         let cluster = &cluster;
@@ -267,7 +267,7 @@ async fn a_committed_batch_survives_an_immediate_stop() {
     );
     assert_eq!(msgs[50].body, "body 49");
     // And a new connection (migrations already applied) reads the same.
-    let reopened = store_on(&url, Limits::default()).await;
+    let reopened = store_on(&url, SizeLimits::default()).await;
     let conv = reopened
         .conversation("g")
         .await

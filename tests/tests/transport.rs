@@ -7,7 +7,7 @@
 //! (`CONFAB_MAX_MESSAGE_BYTES`). Certificates are made afresh by each test.
 
 use confab_core::seams::HistoryApi;
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_gateway::router_links::AttachConfig;
 use confab_gateway::Hub;
 use confab_history::{LocalHistory, SqliteStore, Store};
@@ -411,7 +411,7 @@ impl Served {
 /// requiring the test service token.
 async fn history_server(dir: &tempfile::TempDir, transport: Transport) -> Served {
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("confab.db"), Limits::default())
+        SqliteStore::open(&dir.path().join("confab.db"), SizeLimits::default())
             .await
             .expect("open sqlite"),
     );

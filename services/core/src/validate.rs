@@ -25,16 +25,17 @@ pub const DEFAULT_PAGE: u32 = 50;
 /// Largest history page; larger requests are clamped to it.
 pub const MAX_PAGE: u32 = 500;
 
-/// Limits on what a client may send.
+/// Size limits on what a client may send (message bodies, groups); the
+/// gateway's per-user rates are `confab_gateway::user_limits::UserLimits`.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct SizeLimits {
     /// Largest accepted body, in bytes.
     pub max_body_bytes: usize,
     /// Largest group, in members.
     pub max_group_members: usize,
 }
 
-impl Default for Limits {
+impl Default for SizeLimits {
     fn default() -> Self {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -76,7 +77,12 @@ fn no_nul(field: &str, value: &str) -> Result<(), ChatError> {
 }
 
 /// Checks a message before it is accepted.
-pub fn send(limits: &Limits, conv: &str, client_msg_id: &str, body: &str) -> Result<(), ChatError> {
+pub fn send(
+    limits: &SizeLimits,
+    conv: &str,
+    client_msg_id: &str,
+    body: &str,
+) -> Result<(), ChatError> {
     conversation_id(conv)?;
     if client_msg_id.is_empty() {
         return Err(ChatError::InvalidArgument(
@@ -160,7 +166,7 @@ pub fn remove_member(conversation: &str, member_id: &str) -> Result<(), ChatErro
 
 /// Checks a new conversation and returns its full member set (caller included).
 pub fn create(
-    limits: &Limits,
+    limits: &SizeLimits,
     caller: &str,
     kind: i32,
     title: &str,
@@ -274,7 +280,7 @@ mod tests {
 
     #[test]
     fn send_rejects_each_bad_field_with_a_reason() {
-        let l = Limits::default();
+        let l = SizeLimits::default();
         assert!(send(&l, "c", "m1", "hi").is_ok());
         let msg = |r: Result<(), ChatError>| r.err().map(|e| e.to_string()).unwrap_or_default();
         assert!(msg(send(&l, "", "m1", "hi")).contains("conversation_id"));
@@ -299,7 +305,7 @@ mod tests {
 
     #[test]
     fn direct_needs_exactly_two_distinct_members_including_caller() {
-        let l = Limits::default();
+        let l = SizeLimits::default();
         let direct = ConversationKind::Direct as i32;
         let (_, m) = create(&l, "a", direct, "", &["b".into()]).expect("pair");
         assert_eq!(m, vec!["a".to_string(), "b".to_string()]);
@@ -310,7 +316,7 @@ mod tests {
         assert!(create(&l, "a", 0, "", &["b".into()]).is_err());
         assert!(create(&l, "a", 99, "", &["b".into()]).is_err());
         let (_, g) = create(&l, "a", ConversationKind::Group as i32, "t", &[]).expect("solo group");
-        let small = Limits {
+        let small = SizeLimits {
             max_group_members: 2,
             ..l
         };

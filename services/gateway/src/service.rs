@@ -10,7 +10,7 @@ use confab_auth::Authenticator;
 use confab_core::config::{parse_or, ConfigError, Env};
 use confab_core::error::ChatError;
 use confab_core::seams::{HistoryApi, Publisher};
-use confab_core::validate::{self, Limits};
+use confab_core::validate::{self, SizeLimits};
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, AddMembersCommand, CreateCommand, IngressRecord,
     RemoveMemberCommand, SendCommand,
@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Limits on client input.
-    pub limits: Limits,
+    pub limits: SizeLimits,
     /// How long a write waits for history's outcome.
     pub send_timeout: Duration,
     /// Live messages a session may have queued before it is disconnected.
@@ -111,7 +111,7 @@ impl GatewayConfig {
             )?,
         };
         Ok(Self {
-            limits: Limits {
+            limits: SizeLimits {
                 max_body_bytes: at_least(confab_core::vars::MAX_BODY_BYTES, max_body_bytes, 1)?
                     as usize,
                 max_group_members: at_least(
@@ -134,7 +134,7 @@ impl GatewayConfig {
 impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
-            limits: Limits::default(),
+            limits: SizeLimits::default(),
             send_timeout: Duration::from_secs(10),
             session_queue: 4096,
             user_limits: UserLimits::default(),

@@ -9,7 +9,7 @@ use crate::ingest::{
 };
 use crate::{LocalHistory, PostgresStore, Store};
 use confab_core::config::{parse_or, required, ConfigError, Env};
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_kafka::{
     ensure_topics, Batch, BatchConsumer, Committer, GroupState, KafkaConfig, KafkaPublisher,
     Offsets,
@@ -41,7 +41,7 @@ pub struct HistoryConfig {
     /// The broker and topics.
     pub kafka: KafkaConfig,
     /// Group size limit.
-    pub limits: Limits,
+    pub limits: SizeLimits,
     /// How long a batch waits for more records after the first.
     pub linger: Duration,
     /// What every caller of the read API must present
@@ -78,7 +78,7 @@ impl HistoryConfig {
     /// [`HistoryConfig::from_env`] without the service token, for
     /// `confab-history migrate` (which serves nothing).
     pub fn from_env_for_migrate(env: &dyn Env) -> Result<Self, ConfigError> {
-        let defaults = Limits::default();
+        let defaults = SizeLimits::default();
         Ok(Self {
             readiness: Readiness::new(),
             database_url: required(env, confab_core::vars::DATABASE_URL, "a postgres:// URL")?,
@@ -95,7 +95,7 @@ impl HistoryConfig {
                 "milliseconds",
             )?),
             kafka: KafkaConfig::from_env(env)?,
-            limits: Limits {
+            limits: SizeLimits {
                 max_group_members: parse_or(
                     env,
                     confab_core::vars::MAX_GROUP_MEMBERS,

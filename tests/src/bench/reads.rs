@@ -5,7 +5,7 @@
 use super::{per_sec, Latency, Recorder};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use confab_auth::Authenticator;
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_history::store::decide::system_message;
 use confab_history::PostgresStore;
 use confab_proto::prost::Message as _;
@@ -139,7 +139,7 @@ pub async fn generate(opts: &GenerateOpts) -> Result<GenerateReport> {
     let started = Instant::now();
     // The real store's migrator, so `_sqlx_migrations` is what
     // `confab-history` expects when it starts on this database.
-    PostgresStore::connect(&opts.database_url, Limits::default(), 1)
+    PostgresStore::connect(&opts.database_url, SizeLimits::default(), 1)
         .await
         .map_err(|e| anyhow!("migrate {}: {e}", opts.database_url))?;
     let mut conn = PgConnection::connect(&opts.database_url)

@@ -16,7 +16,7 @@ use crate::submit::Submitter;
 use crate::user_limits::{Limiter, StreamGuard};
 use confab_auth::STREAM_EXPIRED;
 use confab_core::seams::HistoryApi;
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_proto::v1::{server_frame, ClientFrame, ServerFrame};
 use confab_runtime::shutdown::Signal;
 use std::collections::HashMap;
@@ -46,7 +46,7 @@ pub struct Session {
     /// Writes.
     pub submitter: Submitter,
     /// Input limits.
-    pub limits: Limits,
+    pub limits: SizeLimits,
     /// Frames to the client.
     pub out: mpsc::Sender<ServerFrame>,
     /// Ends the client's stream with a status at once, dropping frames

@@ -6,7 +6,7 @@
 use super::decide::{self, Change, Run, SendFacts, SendRecord, Step};
 use super::StoreError;
 use async_trait::async_trait;
-use confab_core::validate::Limits;
+use confab_core::validate::SizeLimits;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use std::collections::{BTreeMap, HashMap};
@@ -59,7 +59,7 @@ pub async fn batch(
     tx: &mut impl BatchTx,
     batch: &[IngressRecord],
     max_run: usize,
-    limits: &Limits,
+    limits: &SizeLimits,
     now: i64,
 ) -> Result<Vec<OutcomeRecord>, StoreError> {
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -109,7 +109,7 @@ async fn sends(
 async fn change(
     tx: &mut impl BatchTx,
     rec: &IngressRecord,
-    limits: &Limits,
+    limits: &SizeLimits,
     now: i64,
 ) -> Result<OutcomeRecord, StoreError> {
     let id = rec.conversation_id.as_str();

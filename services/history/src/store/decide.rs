@@ -12,7 +12,7 @@
 
 use super::timestamp;
 use confab_core::error::ChatError;
-use confab_core::validate::{group_limit, Limits};
+use confab_core::validate::{group_limit, SizeLimits};
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, IngressRecord, OutcomeRecord, SendCommand,
 };
@@ -284,7 +284,7 @@ pub enum Change {
 pub fn change(
     rec: &IngressRecord,
     conv: Option<Conversation>,
-    limits: &Limits,
+    limits: &SizeLimits,
     now: i64,
 ) -> Result<Change, ChatError> {
     let conv_id = rec.conversation_id.as_str();

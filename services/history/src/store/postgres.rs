@@ -24,7 +24,7 @@ use super::decide;
 use super::rows::{self, ConversationRow, ListedRow, MessageRow, LISTED_COLUMNS};
 use super::{keyset, now_ms, Store, StoreError};
 use async_trait::async_trait;
-use confab_core::validate::{Limits, PageCursor};
+use confab_core::validate::{PageCursor, SizeLimits};
 use confab_proto::internal::v1::{ingress_record::Command, IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -48,7 +48,7 @@ pub struct PostgresStore {
     /// Connections for reads and write transactions.
     pool: PgPool,
     /// Group size limit enforced when members are added.
-    limits: Limits,
+    limits: SizeLimits,
 }
 
 /// Connections of a [`PostgresStore`]'s pool (see
@@ -83,7 +83,7 @@ impl PostgresStore {
     /// `max_connections` and applies the migrations.
     pub async fn connect(
         url: &str,
-        limits: Limits,
+        limits: SizeLimits,
         max_connections: u32,
     ) -> Result<Self, StoreError> {
         Self::connect_with_timeout(url, limits, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
@@ -94,7 +94,7 @@ impl PostgresStore {
     /// default, so reads fail fast with UNAVAILABLE during an outage.
     pub async fn connect_with_timeout(
         url: &str,
-        limits: Limits,
+        limits: SizeLimits,
         max_connections: u32,
         acquire_timeout: Duration,
     ) -> Result<Self, StoreError> {

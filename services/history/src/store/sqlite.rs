@@ -8,7 +8,7 @@ use super::apply::{self, BatchTx};
 use super::rows::{self, ConversationRow, ListedRow, MessageRow, LISTED_COLUMNS};
 use super::{keyset, now_ms, Store, StoreError};
 use async_trait::async_trait;
-use confab_core::validate::{Limits, PageCursor};
+use confab_core::validate::{PageCursor, SizeLimits};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -41,12 +41,12 @@ pub struct SqliteStore {
     /// Serialises write transactions so they never fight over the lock.
     write: Mutex<()>,
     /// Group size limit enforced when members are added.
-    limits: Limits,
+    limits: SizeLimits,
 }
 
 impl SqliteStore {
     /// Opens (creating if missing) the database at `path` and migrates it.
-    pub async fn open(path: &Path, limits: Limits) -> Result<Self, StoreError> {
+    pub async fn open(path: &Path, limits: SizeLimits) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(sqlx::Error::Io(e)))?;
         }
@@ -313,9 +313,9 @@ mod tests {
                 std::sync::Arc::new(
                     SqliteStore::open(
                         &path,
-                        Limits {
+                        SizeLimits {
                             max_group_members: 5,
-                            ..Limits::default()
+                            ..SizeLimits::default()
                         },
                     )
                     .await
@@ -329,7 +329,7 @@ mod tests {
     #[tokio::test]
     async fn every_connection_syncs_each_commit_and_checkpoints_late() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(&dir.path().join("pragmas.db"), Limits::default())
+        let store = SqliteStore::open(&dir.path().join("pragmas.db"), SizeLimits::default())
             .await
             .expect("open");
         // Hold every connection of the pool at once, so each is checked.
@@ -361,7 +361,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("durable.db");
         {
-            let store = SqliteStore::open(&path, Limits::default())
+            let store = SqliteStore::open(&path, SizeLimits::default())
                 .await
                 .expect("open");
             let out = store
@@ -373,7 +373,7 @@ mod tests {
                 .expect("apply");
             assert_eq!(out.len(), 2);
         }
-        let store = SqliteStore::open(&path, Limits::default())
+        let store = SqliteStore::open(&path, SizeLimits::default())
             .await
             .expect("reopen");
         let (msgs, _) = store

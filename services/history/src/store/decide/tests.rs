@@ -94,7 +94,7 @@ fn a_stored_original_is_returned_even_after_the_sender_left() {
 #[test]
 fn creating_writes_the_conversation_its_members_and_seq_one() {
     let rec = create_group("g", "alice", &["alice", "bob"]);
-    let Ok(Change::Write(steps)) = change(&rec, None, &Limits::default(), 0) else {
+    let Ok(Change::Write(steps)) = change(&rec, None, &SizeLimits::default(), 0) else {
         panic!("not a write");
     };
     assert!(matches!(steps[0], Step::CreateConversation { .. }));
@@ -111,9 +111,9 @@ fn creating_writes_the_conversation_its_members_and_seq_one() {
 #[test]
 fn a_group_over_the_limit_is_refused_before_anything_is_written() {
     let rec = create_group("g", "alice", &["alice", "bob", "carol"]);
-    let limits = Limits {
+    let limits = SizeLimits {
         max_group_members: 2,
-        ..Limits::default()
+        ..SizeLimits::default()
     };
     let err = change(&rec, None, &limits, 0).expect_err("refused");
     assert_eq!(err.code(), tonic::Code::ResourceExhausted);
