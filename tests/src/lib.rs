@@ -17,9 +17,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
-pub mod bench;
 pub mod broker;
-pub mod chaos;
 pub mod cluster;
 pub mod postgres;
 pub mod procs;
@@ -390,7 +388,7 @@ pub async fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
     .unwrap_or_else(|e| panic!("{e}"));
 }
 
-/// The one polling loop of the tests and the bench: asks `probe` every
+/// The one polling loop of the tests and the tools (bench, chaos): asks `probe` every
 /// `every` until it yields a value, and fails ("timed out waiting for
 /// `what`") once `within` has passed. An error from `probe` ends the wait
 /// at once.
@@ -422,7 +420,8 @@ pub fn confab_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // Tests run from `<profile>/deps/`, tools (confab-chaos) from `<profile>/`.
+    // Tests run from `<profile>/deps/`, tools (confab-bench, confab-chaos)
+    // from `<profile>/`.
     let beside = exe.with_file_name("confab");
     let bin = if beside.exists() {
         beside

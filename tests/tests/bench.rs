@@ -4,9 +4,9 @@
 //! answered, every due delivery made, the counts asked for, percentiles in
 //! order. No speed is asserted here; `docs/benchmarks.md` has the numbers.
 
-use confab_tests::bench::load::LoadReport;
-use confab_tests::bench::suite::{self, SuiteOpts, SuiteReport};
-use confab_tests::bench::Latency;
+use confab_tools::bench::load::LoadReport;
+use confab_tools::bench::suite::{self, SuiteOpts, SuiteReport};
+use confab_tools::bench::Latency;
 
 fn ordered(what: &str, l: &Latency) {
     assert!(l.count > 0, "{what}: no samples");

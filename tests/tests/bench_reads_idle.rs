@@ -11,10 +11,10 @@ use confab_common::validate::Limits;
 use confab_gateway::{ChatService, Hub};
 use confab_history::{LocalHistory, PostgresStore, Store};
 use confab_proto::internal::v1::IngressRecord;
-use confab_tests::bench::idle::{self, IdleOpts};
-use confab_tests::bench::reads::{self, GenerateOpts, ReadOpts};
 use confab_tests::postgres::PgCluster;
 use confab_tests::{free_port, test_gateway_config, DevProcess, DEADLINE, SECRET};
+use confab_tools::bench::idle::{self, IdleOpts};
+use confab_tools::bench::reads::{self, GenerateOpts, ReadOpts};
 use std::sync::Arc;
 use tokio::net::TcpListener;
 

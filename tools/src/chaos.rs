@@ -14,18 +14,18 @@
 //! conversation. Nothing else: no client-side dedupe or reordering, so the
 //! receivers see exactly what the servers sent.
 //!
-//! Used by `make chaos` (`confab-chaos`, long) and by `tests/chaos.rs`
+//! Used by `make chaos` (`confab-chaos`, long) and by `tests/tests/chaos.rs`
 //! (short, in `make test`).
 
-use crate::broker::Broker;
-use crate::postgres::PgCluster;
-use crate::procs::{ServiceProc, Stopped};
-use crate::{token, SECRET};
 use confab_proto::v1::chat_client::ChatClient;
 use confab_proto::v1::{
     client_frame, server_frame, ClientFrame, ConversationKind, CreateConversationRequest, Resume,
     SendMessageRequest,
 };
+use confab_tests::broker::Broker;
+use confab_tests::postgres::PgCluster;
+use confab_tests::procs::{ServiceProc, Stopped};
+use confab_tests::{token, SECRET};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -410,7 +410,7 @@ impl Stack {
                 (t.path().to_path_buf(), Some(t))
             }
         };
-        let mut common = crate::topology::service_env([
+        let mut common = confab_tests::topology::service_env([
             ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
             (
                 "CONFAB_KAFKA_PREFIX",

@@ -10,10 +10,10 @@
 //!   ceiling), run as its own process by `suite`.
 
 use clap::{Args, Parser, Subcommand};
-use confab_tests::bench::load::{self, LoadOpts, Via};
-use confab_tests::bench::suite::{self, SuiteOpts};
-use confab_tests::bench::{echo, Machine};
 use confab_tests::{free_port, DevProcess, SECRET};
+use confab_tools::bench::load::{self, LoadOpts, Via};
+use confab_tools::bench::suite::{self, SuiteOpts};
+use confab_tools::bench::{echo, Machine};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -143,7 +143,7 @@ fn main() {
                 messages,
                 conversations,
             } => {
-                use confab_tests::bench::{baselines, ingest};
+                use confab_tools::bench::{baselines, ingest};
                 let pg = confab_tests::postgres::PgCluster::start_local()?;
                 let broker = confab_tests::broker::Broker::start_memory().await;
                 let logs = tempfile::tempdir()?;
@@ -176,7 +176,7 @@ fn main() {
             } => {
                 let dir = tempfile::tempdir()?;
                 let dev = DevProcess::start(dir.path(), free_port())?;
-                let r = confab_tests::bench::idle::run(&confab_tests::bench::idle::IdleOpts {
+                let r = confab_tools::bench::idle::run(&confab_tools::bench::idle::IdleOpts {
                     addr: dev.addr,
                     server_pid: dev.pid(),
                     secret: SECRET.into(),

@@ -480,7 +480,7 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
     let answered = || {
         counters.total_acked.load(Ordering::Relaxed) + counters.total_failed.load(Ordering::Relaxed)
     };
-    let drained = crate::poll(
+    let drained = confab_tests::poll(
         "every send answered and every due delivery made",
         opts.drain,
         Duration::from_millis(20),

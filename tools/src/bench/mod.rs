@@ -255,7 +255,7 @@ impl Machine {
 /// A binary next to the running executable (`confab-bench`, `confab`,
 /// `confab-gateway`, ...): the same build profile as the caller.
 pub fn sibling_bin(name: &str) -> PathBuf {
-    crate::confab_bin().with_file_name(name)
+    confab_tests::confab_bin().with_file_name(name)
 }
 
 /// Messages per second over `window`.

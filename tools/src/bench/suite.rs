@@ -21,11 +21,11 @@ use super::ingest::{self, IngestOpts, IngestReport};
 use super::load::{self, LoadOpts, LoadReport, Via};
 use super::reads::{self, GenerateOpts, GenerateReport, ReadOpts, ReadReport};
 use super::{sibling_bin, Machine};
-use crate::broker::Broker;
-use crate::postgres::PgCluster;
-use crate::procs::ServiceProc;
-use crate::{free_port, DevProcess, SECRET};
 use anyhow::{anyhow, Context, Result};
+use confab_tests::broker::Broker;
+use confab_tests::postgres::PgCluster;
+use confab_tests::procs::ServiceProc;
+use confab_tests::{free_port, DevProcess, DEADLINE, SECRET};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -416,12 +416,12 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
 /// consumers have joined their groups and the router has attached.
 async fn ready(gateway: SocketAddr) -> Result<()> {
     use confab_proto::v1::{server_frame, ConversationKind};
-    let alice = crate::User::connect(gateway, "bench-probe-a").await;
+    let alice = confab_tests::User::connect(gateway, "bench-probe-a").await;
     let alice = &alice;
     let last_error = std::sync::Mutex::new(None::<anyhow::Error>);
     let last_error = &last_error;
     let mut attempt = 0;
-    let delivered = crate::poll(
+    let delivered = confab_tests::poll(
         "a probe message delivered through the stack",
         Duration::from_secs(90),
         Duration::from_millis(500),
@@ -745,7 +745,7 @@ impl EchoProcess {
             .context("start confab-bench echo-server")?;
         let mut me = Self { child, addr };
         let what = format!("the echo server to listen on {addr}");
-        crate::poll(&what, crate::DEADLINE, Duration::from_millis(20), || {
+        confab_tests::poll(&what, DEADLINE, Duration::from_millis(20), || {
             std::future::ready(match me.child.try_wait() {
                 Ok(Some(status)) => Err(anyhow!("the echo server exited: {status}")),
                 Err(e) => Err(e.into()),
@@ -777,7 +777,7 @@ struct Stack {
 
 impl Stack {
     fn start(broker: &Broker, database_url: &str, logs: &Path) -> Result<Self> {
-        let mut common = crate::topology::service_env([
+        let mut common = confab_tests::topology::service_env([
             ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
             (
                 "CONFAB_KAFKA_PREFIX",
