@@ -19,9 +19,11 @@ use tonic::{Request, Status, Streaming};
 
 pub mod broker;
 pub mod cluster;
+pub mod http;
 pub mod postgres;
 pub mod procs;
 pub mod server;
+pub mod stack;
 pub mod topology;
 
 /// How long any wait in a test may take before the test fails.
@@ -207,6 +209,26 @@ impl User {
             .into_inner())
     }
 
+    /// Creates a GROUP with `others` once the server can: retried while it
+    /// answers UNAVAILABLE (a distributed stack whose consumer groups are
+    /// still forming), for up to three [`DEADLINE`]s.
+    pub async fn group_when_ready(&self, title: &str, others: &[&str]) -> Conversation {
+        retry_unavailable("create a group", DEADLINE * 3, || {
+            self.create(ConversationKind::Group, title, others)
+        })
+        .await
+    }
+
+    /// Sends until the outcome comes back: UNAVAILABLE means "not known
+    /// yet", and retrying with the same key is the documented, safe thing
+    /// to do (for up to three [`DEADLINE`]s).
+    pub async fn send_until_acked(&self, conv: &str, client_msg_id: &str, body: &str) -> Message {
+        retry_unavailable(&format!("send {client_msg_id}"), DEADLINE * 3, || {
+            self.send(conv, client_msg_id, body)
+        })
+        .await
+    }
+
     /// Sends a message; returns it with its seq.
     pub async fn send(
         &self,
@@ -379,13 +401,64 @@ pub fn seqs(messages: &[Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
 }
 
-/// Waits until `cond` holds, polling, or fails after `DEADLINE`.
-pub async fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
-    poll(what, DEADLINE, Duration::from_millis(20), || {
+/// Waits until `cond` holds, polling, or fails after [`DEADLINE`]; how long
+/// it took.
+pub async fn wait_until<F: FnMut() -> bool>(what: &str, cond: F) -> Duration {
+    wait_until_within(what, DEADLINE, cond).await
+}
+
+/// Waits until `cond` holds, polling every 20 ms, or fails ("timed out
+/// waiting for `what`") once `within` has passed; how long it took.
+pub async fn wait_until_within<F: FnMut() -> bool>(
+    what: &str,
+    within: Duration,
+    mut cond: F,
+) -> Duration {
+    let started = Instant::now();
+    poll(what, within, Duration::from_millis(20), || {
         std::future::ready(Ok(cond().then_some(())))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    started.elapsed()
+}
+
+/// `call()` again while it fails with UNAVAILABLE (consumer groups still
+/// forming, or a write whose outcome did not come in time: retried with the
+/// same `client_msg_id`, as clients are told to), for at most `within`; its
+/// success. Any other error, or UNAVAILABLE after `within`, fails the test.
+pub async fn retry_unavailable<T, F, Fut>(what: &str, within: Duration, call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    retry_unavailable_seeing(what, within, call, |_| {}).await
+}
+
+/// [`retry_unavailable`], showing each UNAVAILABLE it retried to `seen`.
+pub async fn retry_unavailable_seeing<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    mut call: F,
+    mut seen: impl FnMut(&Status),
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                seen(&status);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("{what}: {status:?}"),
+        }
+    }
 }
 
 /// The one polling loop of the tests and the tools (bench, chaos): asks `probe` every

@@ -5,6 +5,7 @@
 //! to a log file that survives restarts and whose tail is in every failure.
 
 use crate::{confab_bin, DEADLINE};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +23,9 @@ pub struct ServiceProc {
     pub addr: String,
     /// Its log file (appended to across restarts).
     pub log: PathBuf,
+    /// Where it serves `/metrics`, `/livez` and `/readyz`, if it was given
+    /// an address ([`ServiceProc::serve_metrics`]).
+    pub metrics: Option<SocketAddr>,
     /// The process, while running.
     child: Option<Child>,
 }
@@ -49,8 +53,31 @@ impl ServiceProc {
             env,
             addr: format!("127.0.0.1:{}", crate::free_port()),
             log,
+            metrics: None,
             child: None,
         }
+    }
+
+    /// Gives it `CONFAB_METRICS_LISTEN` on a free port of 127.0.0.1.
+    pub fn serve_metrics(mut self) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        self.env.push((
+            confab_common::metrics::LISTEN_VAR.to_string(),
+            addr.to_string(),
+        ));
+        self.metrics = Some(addr);
+        self
+    }
+
+    /// Its gRPC address, parsed.
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.addr.parse().expect("a service listens on ip:port")
+    }
+
+    /// Its metrics address; panics if it serves none.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+            .unwrap_or_else(|| panic!("{} serves no metrics", self.label))
     }
 
     /// Starts the binary and waits until it listens; panics with its log

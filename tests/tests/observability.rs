@@ -39,12 +39,10 @@
 //! test` does). Nothing is installed here: a missing tool fails the test,
 //! naming `make deps-test`.
 
-use confab_common::metrics::LISTEN_VAR;
-use confab_proto::v1::{client_frame, ConversationKind, ListConversationsRequest, Ping};
-use confab_tests::broker::Broker;
-use confab_tests::postgres::PgCluster;
-use confab_tests::procs::ServiceProc;
-use confab_tests::{free_port, User, GENEROUS_LIMITS, SECRET};
+use confab_proto::v1::{client_frame, ListConversationsRequest, Ping};
+use confab_tests::http;
+use confab_tests::stack::{Backing, ProcStack, Role};
+use confab_tests::{free_port, User};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -54,8 +52,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const DASHBOARD: &str = "deploy/grafana/dashboards/confab.json";
 const ALERTS: &str = "deploy/prometheus/alerts.yml";
@@ -109,23 +105,21 @@ async fn every_dashboard_and_alert_expression_returns_series() {
     let panels = dashboard_expressions(&root);
     let alerts = alert_tests(&root);
 
-    let pg = PgCluster::start().expect("postgres");
-    let database_url = pg.fresh_database().await.expect("database");
-    let broker = Broker::start_memory().await;
-    let services = Services::start(&broker, &database_url).await;
+    let backing = Backing::start().await;
+    let services = start_services(&backing).await;
     let prometheus = PrometheusProc::start(&root, &prometheus_bin, &services);
     run_ok(
         &root,
         &promtool,
         &["check", "config", &prometheus.config.to_string_lossy()],
     );
-    let diagnostics = || format!("{}{}", services.diagnostics(), prometheus.diagnostics());
+    let diagnostics = || format!("{}{}", services.tails(LOG_TAIL), prometheus.diagnostics());
     let prom = Prometheus {
         addr: prometheus.addr,
     };
     prom.wait_for_targets(&diagnostics).await;
     // Kept open while the expressions are evaluated: sessions online.
-    let _sessions = traffic(services.gateway_addr()).await;
+    let _sessions = traffic(services.gateway_addr(0)).await;
     check_rules(&prom, &alerts, &diagnostics).await;
     check_expressions(&prom, &panels, &alerts, &diagnostics).await;
 }
@@ -403,15 +397,14 @@ async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
     let mut bob_live = bob.live().await;
     // The first write waits for the consumers to be assigned their
     // partitions: retried while it answers UNAVAILABLE.
-    let conv = retry_unavailable("create a group", || {
-        alice.create(ConversationKind::Group, "observability", &["bob"])
-    })
-    .await;
+    let conv = alice.group_when_ready("observability", &["bob"]).await;
     let mut last = 0;
     for i in 0..5 {
         let id = format!("obs-{i}");
-        let m = retry_unavailable("send", || alice.send(&conv.id, &id, "is chat healthy?")).await;
-        last = m.seq;
+        last = alice
+            .send_until_acked(&conv.id, &id, "is chat healthy?")
+            .await
+            .seq;
     }
     // Delivered live to bob: end-to-end latency, deliveries, fan-out.
     bob_live
@@ -468,46 +461,7 @@ async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
     sessions
 }
 
-/// `call()` until it answers anything but UNAVAILABLE (a write's "no outcome
-/// in time", safe to retry), at most [`READY_WAIT`]; its success.
-async fn retry_unavailable<T, F, Fut>(what: &str, mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = Instant::now() + READY_WAIT;
-    loop {
-        match call().await {
-            Ok(v) => return v,
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(POLL).await;
-            }
-            Err(status) => panic!("{what}: {status:?}"),
-        }
-    }
-}
-
 // --- Prometheus -------------------------------------------------------------
-
-/// `GET path` (HTTP/1.0, so the answer is neither chunked nor kept alive):
-/// the status and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
-    Ok((status, body.to_string()))
-}
 
 /// Prometheus's HTTP API.
 struct Prometheus {
@@ -525,7 +479,7 @@ enum Answer {
 
 impl Prometheus {
     async fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        http_get(self.addr, path).await
+        http::get(self.addr, path).await
     }
 
     /// `GET path`, its body as JSON (API errors included).
@@ -799,115 +753,23 @@ async fn check_expressions(
 // --- services and Prometheus as processes ---------------------------------
 
 /// History, router and gateway as processes on one broker and database,
-/// each serving metrics.
-struct Services {
-    /// History, router, gateway (the order of [`JOBS`]).
-    procs: [ServiceProc; 3],
-    /// Their metrics addresses, in the same order.
-    metrics: [SocketAddr; 3],
-    _logs: tempfile::TempDir,
+/// each serving metrics (in the order of [`JOBS`]), the gateway with
+/// [`MAX_STREAMS`]; returned once each is ready.
+async fn start_services(backing: &Backing) -> ProcStack {
+    let services = ProcStack::builder("observability")
+        .partitions(2)
+        .metrics()
+        .env_for(
+            Role::Gateway,
+            "CONFAB_MAX_STREAMS_PER_USER",
+            MAX_STREAMS.to_string(),
+        )
+        .start(&backing.broker, &backing.database_url);
+    services.wait_ready(READY_WAIT).await;
+    services
 }
 
-impl Services {
-    /// Starts the three services and waits until each is ready.
-    async fn start(broker: &Broker, database_url: &str) -> Services {
-        let logs = tempfile::tempdir().expect("log directory");
-        let metrics: [SocketAddr; 3] =
-            std::array::from_fn(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
-        // Topics of their own on the shared broker.
-        let prefix = format!("obs{}", free_port());
-        let env = |i: usize, extra: &[(&str, &str)]| -> Vec<(String, String)> {
-            let common = [
-                ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
-                ("CONFAB_KAFKA_PREFIX", prefix.clone()),
-                ("CONFAB_KAFKA_PARTITIONS", "2".to_string()),
-                (
-                    "CONFAB_SERVICE_TOKEN",
-                    confab_tests::topology::SERVICE_TOKEN.to_string(),
-                ),
-                (LISTEN_VAR, metrics[i].to_string()),
-            ];
-            common
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-                .collect()
-        };
-        let log = |i: usize| logs.path().join(format!("{}.log", JOBS[i]));
-        let mut history = ServiceProc::new(
-            "confab-history",
-            "history",
-            env(0, &[("CONFAB_DATABASE_URL", database_url)]),
-            log(0),
-        );
-        let mut router = ServiceProc::new(
-            "confab-router",
-            "router",
-            env(1, &[("CONFAB_HISTORY_ADDRS", &history.addr)]),
-            log(1),
-        );
-        let max_streams = MAX_STREAMS.to_string();
-        let mut gateway_env: Vec<(&str, &str)> = GENEROUS_LIMITS
-            .iter()
-            .filter(|(k, _)| *k != "CONFAB_MAX_STREAMS_PER_USER")
-            .copied()
-            .collect();
-        gateway_env.extend([
-            ("CONFAB_MAX_STREAMS_PER_USER", max_streams.as_str()),
-            ("CONFAB_HISTORY_ADDRS", &history.addr),
-            ("CONFAB_ROUTER_ADDRS", &router.addr),
-            ("CONFAB_GATEWAY_ID", "gw-observability"),
-            ("CONFAB_JWT_SECRET", SECRET),
-        ]);
-        let mut gateway =
-            ServiceProc::new("confab-gateway", "gateway", env(2, &gateway_env), log(2));
-        history.start();
-        router.start();
-        gateway.start();
-        let services = Services {
-            procs: [history, router, gateway],
-            metrics,
-            _logs: logs,
-        };
-        for (i, addr) in services.metrics.iter().enumerate() {
-            let deadline = Instant::now() + READY_WAIT;
-            loop {
-                let got = http_get(*addr, "/readyz").await;
-                if matches!(got, Ok((200, _))) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} is not ready within {READY_WAIT:?}: /readyz {got:?}\n{}",
-                    JOBS[i],
-                    services.diagnostics()
-                );
-                tokio::time::sleep(POLL).await;
-            }
-        }
-        services
-    }
-
-    fn gateway_addr(&self) -> SocketAddr {
-        self.procs[2].addr.parse().expect("gateway address")
-    }
-
-    /// The tails of the services' logs.
-    fn diagnostics(&self) -> String {
-        self.procs
-            .iter()
-            .map(|p| {
-                format!(
-                    "--- last lines of {}'s log ---\n{}\n",
-                    p.label,
-                    p.tail(LOG_TAIL)
-                )
-            })
-            .collect()
-    }
-}
-
-/// A `prometheus` process scraping [`Services`] every [`SCRAPE_INTERVAL`]
+/// A `prometheus` process scraping the services every [`SCRAPE_INTERVAL`]
 /// with the alert rules loaded, its configuration and data in a temporary
 /// directory; killed on drop.
 struct PrometheusProc {
@@ -919,7 +781,7 @@ struct PrometheusProc {
 }
 
 impl PrometheusProc {
-    fn start(root: &Path, bin: &Path, services: &Services) -> PrometheusProc {
+    fn start(root: &Path, bin: &Path, services: &ProcStack) -> PrometheusProc {
         let dir = tempfile::Builder::new()
             .prefix("confab-prometheus-")
             .tempdir()
@@ -930,7 +792,8 @@ impl PrometheusProc {
              rule_files:\n  - \"{}\"\nscrape_configs:\n",
             root.join(ALERTS).display()
         );
-        for (job, target) in JOBS.iter().zip(&services.metrics) {
+        for (job, p) in JOBS.iter().zip(services.all()) {
+            let target = p.metrics_addr();
             config.push_str(&format!(
                 "  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]\n"
             ));

@@ -25,7 +25,8 @@ use confab_proto::v1::{
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
 use confab_tests::procs::{ServiceProc, Stopped};
-use confab_tests::{token, SECRET};
+use confab_tests::stack::{ProcStack, Role};
+use confab_tests::token;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -375,20 +376,14 @@ impl fmt::Display for Report {
 
 /// The processes of the run.
 struct Stack {
+    /// Gateways, routers and history instances (two of each).
+    procs: ProcStack,
     /// History's database server.
     pg: PgCluster,
     /// The broker's own storage (never faulted: Kafka's disks are not ours).
     _broker_pg: PgCluster,
     /// The broker.
     broker: Broker,
-    /// History's database.
-    database_url: String,
-    /// Gateways, routers and history instances.
-    gateways: Vec<ServiceProc>,
-    routers: Vec<ServiceProc>,
-    histories: Vec<ServiceProc>,
-    /// Keeps a temporary log directory alive.
-    _logs: Option<tempfile::TempDir>,
 }
 
 impl Stack {
@@ -397,103 +392,51 @@ impl Stack {
         let database_url = pg.fresh_database().await.expect("history database");
         let broker_pg = PgCluster::start_local().expect("postgres for the broker");
         let broker = Broker::start_postgres(&broker_pg).await;
-        let (logs, temp) = match &config.log_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).expect("log directory");
-                (dir.clone(), None)
-            }
-            None => {
-                let t = tempfile::Builder::new()
-                    .prefix("confab-chaos-")
-                    .tempdir()
-                    .expect("log directory");
-                (t.path().to_path_buf(), Some(t))
-            }
-        };
-        let mut common = confab_tests::topology::service_env([
-            ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
-            (
-                "CONFAB_KAFKA_PREFIX",
-                format!("chaos{}", std::process::id()),
-            ),
-            ("CONFAB_KAFKA_PARTITIONS", "4".into()),
-            ("CONFAB_KAFKA_SESSION_TIMEOUT_MS", "6000".into()),
-            ("CONFAB_KAFKA_PRODUCE_TIMEOUT_MS", "2000".into()),
-            ("CONFAB_LOG", "info".into()),
-            (
+        let history_timeout = ("CONFAB_HISTORY_TIMEOUT_MS", "2000");
+        let mut builder = ProcStack::builder("chaos")
+            .histories(2)
+            .routers(2)
+            .gateways(2)
+            .kafka_prefix(format!("chaos{}", std::process::id()))
+            .partitions(4)
+            .env("CONFAB_KAFKA_SESSION_TIMEOUT_MS", "6000")
+            .env("CONFAB_KAFKA_PRODUCE_TIMEOUT_MS", "2000")
+            .log("info")
+            .env(
                 "CONFAB_SHUTDOWN_GRACE_MS",
                 config.shutdown_grace.as_millis().to_string(),
-            ),
-        ]);
-        let log = |name: &str| logs.join(format!("{name}.log"));
-        let mut histories: Vec<ServiceProc> = (0..2)
-            .map(|i| {
-                let mut env = common.clone();
-                env.push(("CONFAB_DATABASE_URL".into(), database_url.clone()));
-                env.push(("CONFAB_DATABASE_ACQUIRE_TIMEOUT_MS".into(), "1000".into()));
-                let label = format!("history-{i}");
-                ServiceProc::new("confab-history", label.clone(), env, log(&label))
-            })
-            .collect();
-        let history_addrs: Vec<String> = histories.iter().map(|h| h.addr.clone()).collect();
-        common.push(("CONFAB_HISTORY_ADDRS".into(), history_addrs.join(",")));
-        common.push(("CONFAB_HISTORY_TIMEOUT_MS".into(), "2000".into()));
-        let mut routers: Vec<ServiceProc> = (0..2)
-            .map(|i| {
-                let label = format!("router-{i}");
-                ServiceProc::new("confab-router", label.clone(), common.clone(), log(&label))
-            })
-            .collect();
-        let router_addrs: Vec<String> = routers.iter().map(|r| r.addr.clone()).collect();
-        let mut gateways: Vec<ServiceProc> = (0..2)
-            .map(|i| {
-                let mut env = common.clone();
-                env.extend(
-                    [
-                        ("CONFAB_ROUTER_ADDRS", router_addrs.join(",")),
-                        ("CONFAB_GATEWAY_ID", format!("gw-chaos-{i}")),
-                        ("CONFAB_JWT_SECRET", SECRET.to_string()),
-                        ("CONFAB_SEND_TIMEOUT_MS", "4000".to_string()),
-                    ]
-                    .map(|(k, v)| (k.to_string(), v)),
-                );
-                let label = format!("gateway-{i}");
-                ServiceProc::new("confab-gateway", label.clone(), env, log(&label))
-            })
-            .collect();
-        for s in histories
-            .iter_mut()
-            .chain(routers.iter_mut())
-            .chain(gateways.iter_mut())
-        {
-            s.start();
+            )
+            .env_for(Role::History, "CONFAB_DATABASE_ACQUIRE_TIMEOUT_MS", "1000")
+            .env_for(Role::Router, history_timeout.0, history_timeout.1)
+            .env_for(Role::Gateway, history_timeout.0, history_timeout.1)
+            .env_for(Role::Gateway, "CONFAB_SEND_TIMEOUT_MS", "4000");
+        if let Some(dir) = &config.log_dir {
+            builder = builder.log_dir(dir);
         }
         Stack {
+            procs: builder.start(&broker, &database_url),
             pg,
             _broker_pg: broker_pg,
             broker,
-            database_url,
-            gateways,
-            routers,
-            histories,
-            _logs: temp,
         }
     }
 
     fn gateway_addrs(&self) -> Vec<SocketAddr> {
-        self.gateways
+        self.procs
+            .gateways
             .iter()
-            .map(|g| g.addr.parse().expect("gateway address"))
+            .map(ServiceProc::socket_addr)
             .collect()
     }
 
     fn service(&mut self, target: Target) -> Option<&mut ServiceProc> {
-        match target {
-            Target::Gateway(i) => self.gateways.get_mut(i),
-            Target::Router(i) => self.routers.get_mut(i),
-            Target::History(i) => self.histories.get_mut(i),
-            Target::Broker | Target::Postgres => None,
-        }
+        let (role, i) = match target {
+            Target::Gateway(i) => (Role::Gateway, i),
+            Target::Router(i) => (Role::Router, i),
+            Target::History(i) => (Role::History, i),
+            Target::Broker | Target::Postgres => return None,
+        };
+        self.procs.of_mut(role).get_mut(i)
     }
 
     /// Applies `fault`, waits `down_for`, and brings the target back;
@@ -534,21 +477,7 @@ impl Stack {
 
     /// The last lines of every service's log (for a failed run).
     fn tails(&self) -> String {
-        let mut out = String::new();
-        for s in self
-            .histories
-            .iter()
-            .chain(self.routers.iter())
-            .chain(self.gateways.iter())
-        {
-            out.push_str(&format!(
-                "--- {} ({})\n{}\n",
-                s.label,
-                s.log.display(),
-                s.tail(15)
-            ));
-        }
-        out
+        self.procs.tails(15)
     }
 }
 
@@ -1056,7 +985,7 @@ pub async fn run(config: Config) -> Report {
     report.load_time = started.elapsed().min(config.load_for);
 
     // Everything is back: every member's stream must reach what is stored.
-    let (mut stored, mut last, mut twice) = read_store(&stack.database_url).await;
+    let (mut stored, mut last, mut twice) = read_store(&stack.procs.database_url).await;
     let deadline = Instant::now() + config.settle_for;
     loop {
         let behind = {
@@ -1076,7 +1005,7 @@ pub async fn run(config: Config) -> Report {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        (stored, last, twice) = read_store(&stack.database_url).await;
+        (stored, last, twice) = read_store(&stack.procs.database_url).await;
     }
     let _ = finish.send(true);
     for r in receivers {

@@ -24,7 +24,7 @@ use super::{sibling_bin, Machine};
 use anyhow::{anyhow, Context, Result};
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
-use confab_tests::procs::ServiceProc;
+use confab_tests::stack::{ProcStack, Role};
 use confab_tests::{free_port, DevProcess, DEADLINE, SECRET};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -343,15 +343,15 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
 
     step("the distributed stack: history, router, gateway");
-    let mut stack = Stack::start(&broker, &database_url, &opts.log_dir)?;
-    let gateway: SocketAddr = stack.gateway.addr.parse().context("gateway address")?;
+    let mut stack = start_stack(&broker, &database_url, &opts.log_dir);
+    let gateway = stack.gateway_addr(0);
     ready(gateway).await?;
 
     if opts.runs(Section::Idle) {
         step("idle Connect streams on the gateway");
         let r = idle::run(&IdleOpts {
             addr: gateway,
-            server_pid: stack.gateway.pid().context("gateway pid")?,
+            server_pid: stack.gateways[0].pid().context("gateway pid")?,
             secret: SECRET.into(),
             user_prefix: "idle-gateway-".into(),
             streams: opts.idle_streams,
@@ -399,11 +399,11 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             ),
         ] {
             let mut o = opts.load(label, gateway, via, rate);
-            o.watch = stack.watch();
+            o.watch = watch(&stack);
             report.distributed.push(show(load::run(&o).await?));
         }
     }
-    stack.stop().await;
+    stack.terminate(Duration::from_secs(10)).await;
     drop(broker);
     drop(pg);
 
@@ -768,68 +768,21 @@ impl Drop for EchoProcess {
     }
 }
 
-/// One history, one router, one gateway, as real processes.
-struct Stack {
-    history: ServiceProc,
-    router: ServiceProc,
-    gateway: ServiceProc,
+/// One history, one router and one gateway as real processes, logging
+/// warnings to `logs`.
+fn start_stack(broker: &Broker, database_url: &str, logs: &Path) -> ProcStack {
+    ProcStack::builder("bench")
+        .kafka_prefix(format!("bench{}", std::process::id()))
+        .log("warn")
+        .log_dir(logs)
+        .start(broker, database_url)
 }
 
-impl Stack {
-    fn start(broker: &Broker, database_url: &str, logs: &Path) -> Result<Self> {
-        let mut common = confab_tests::topology::service_env([
-            ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
-            (
-                "CONFAB_KAFKA_PREFIX",
-                format!("bench{}", std::process::id()),
-            ),
-            ("CONFAB_LOG", "warn".into()),
-        ]);
-        let mut history_env = common.clone();
-        history_env.push(("CONFAB_DATABASE_URL".into(), database_url.into()));
-        let mut history = ServiceProc::new(
-            "confab-history",
-            "history",
-            history_env,
-            logs.join("history.log"),
-        );
-        common.push(("CONFAB_HISTORY_ADDRS".into(), history.addr.clone()));
-        let mut router = ServiceProc::new(
-            "confab-router",
-            "router",
-            common.clone(),
-            logs.join("router.log"),
-        );
-        let mut gateway_env = common;
-        gateway_env.push(("CONFAB_ROUTER_ADDRS".into(), router.addr.clone()));
-        gateway_env.push(("CONFAB_GATEWAY_ID".into(), "gw-bench".into()));
-        gateway_env.push(("CONFAB_JWT_SECRET".into(), SECRET.into()));
-        let mut gateway = ServiceProc::new(
-            "confab-gateway",
-            "gateway",
-            gateway_env,
-            logs.join("gateway.log"),
-        );
-        history.start();
-        router.start();
-        gateway.start();
-        Ok(Self {
-            history,
-            router,
-            gateway,
-        })
-    }
-
-    fn watch(&self) -> Vec<(String, u32)> {
-        [&self.gateway, &self.router, &self.history]
-            .iter()
-            .filter_map(|s| s.pid().map(|p| (s.label.clone(), p)))
-            .collect()
-    }
-
-    async fn stop(&mut self) {
-        for s in [&mut self.gateway, &mut self.router, &mut self.history] {
-            s.terminate(Duration::from_secs(10)).await;
-        }
-    }
+/// The services' processes to report on, gateway first.
+fn watch(stack: &ProcStack) -> Vec<(String, u32)> {
+    [Role::Gateway, Role::Router, Role::History]
+        .iter()
+        .map(|role| stack.first(*role))
+        .filter_map(|s| s.pid().map(|p| (s.label.clone(), p)))
+        .collect()
 }
