@@ -16,6 +16,7 @@ use confab_proto::internal::v1::{
 use confab_proto::v1::Message;
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
+use confab_tests::wait_until_within;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -141,16 +142,6 @@ async fn read_until(
         all.extend(batch.records);
     }
     (all, positions)
-}
-
-/// Waits until `cond` holds, polling, or fails after `DEADLINE`.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,13 +553,17 @@ async fn two_consumers_split_the_partitions_and_the_survivor_takes_over_without_
         stop_b_rx,
     );
 
-    let split = wait_for("the two consumers to split the 4 partitions", || {
-        let (pa, pb) = (state_a.assigned(), state_b.assigned());
-        !pa.is_empty()
-            && !pb.is_empty()
-            && pa.is_disjoint(&pb)
-            && pa.union(&pb).copied().collect::<BTreeSet<i32>>() == (0..4).collect()
-    })
+    let split = wait_until_within(
+        "the two consumers to split the 4 partitions",
+        DEADLINE,
+        || {
+            let (pa, pb) = (state_a.assigned(), state_b.assigned());
+            !pa.is_empty()
+                && !pb.is_empty()
+                && pa.is_disjoint(&pb)
+                && pa.union(&pb).copied().collect::<BTreeSet<i32>>() == (0..4).collect()
+        },
+    )
     .await;
     eprintln!(
         "split after {split:?}: a={:?} b={:?}",
@@ -582,7 +577,7 @@ async fn two_consumers_split_the_partitions_and_the_survivor_takes_over_without_
         .map(|id| send(&convs[id as usize % 24], id))
         .collect();
     let mut delivered = publish_all(&publisher, &phase1).await;
-    wait_for("phase 1 consumed and committed", || {
+    wait_until_within("phase 1 consumed and committed", DEADLINE, || {
         let l = ledger.lock().expect("lock");
         let committed: BTreeSet<u64> = l.committed.iter().copied().collect();
         (0..240).all(|id| committed.contains(&id))
@@ -606,7 +601,7 @@ async fn two_consumers_split_the_partitions_and_the_survivor_takes_over_without_
         .map(|id| send(&convs[id as usize % 24], id))
         .collect();
     delivered.extend(publish_all(&publisher, &phase2).await);
-    wait_for("phase 2 read by a and b", || {
+    wait_until_within("phase 2 read by a and b", DEADLINE, || {
         let l = ledger.lock().expect("lock");
         let seen: BTreeSet<u64> = l.seen.iter().map(|(_, id)| *id).collect();
         (0..480).all(|id| seen.contains(&id))
@@ -630,13 +625,13 @@ async fn two_consumers_split_the_partitions_and_the_survivor_takes_over_without_
     let a = task_a.await.expect("worker a");
     a.close().await;
 
-    let takeover = wait_for("b to own all 4 partitions", || {
+    let takeover = wait_until_within("b to own all 4 partitions", DEADLINE, || {
         state_b.assigned() == (0..4).collect()
     })
     .await;
     eprintln!("b took over all partitions {takeover:?} after a left");
     assert!(state_b.rebalances() > rebalances_before);
-    wait_for("everything committed", || {
+    wait_until_within("everything committed", DEADLINE, || {
         let l = ledger.lock().expect("lock");
         let committed: BTreeSet<u64> = l.committed.iter().copied().collect();
         (0..480).all(|id| committed.contains(&id))
