@@ -20,6 +20,7 @@ use tonic::{Request, Status, Streaming};
 pub mod broker;
 pub mod cluster;
 pub mod http;
+pub mod make_stack;
 pub mod postgres;
 pub mod procs;
 pub mod server;
@@ -484,6 +485,22 @@ where
             return Err(anyhow!("timed out waiting for {what} ({within:?})"));
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// The blocking form of [`poll`], for tests that run no async runtime:
+/// checks `cond` every 50 ms until it holds (true) or `within` has passed
+/// (false, for the caller to say what did not happen).
+pub fn poll_blocking(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

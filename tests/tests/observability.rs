@@ -41,6 +41,8 @@
 
 use confab_proto::v1::{client_frame, ListConversationsRequest, Ping};
 use confab_tests::http;
+use confab_tests::make_stack::{repo_root, MakeStack};
+use confab_tests::procs::{tail, ChildGuard};
 use confab_tests::stack::{Backing, ProcStack, Role};
 use confab_tests::{free_port, User};
 use serde_json::Value;
@@ -50,7 +52,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const DASHBOARD: &str = "deploy/grafana/dashboards/confab.json";
@@ -75,13 +77,6 @@ const SERIES_WAIT: Duration = Duration::from_secs(90);
 const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
 /// How long a service may take to become ready.
 const READY_WAIT: Duration = Duration::from_secs(60);
-/// How long `make stack` may run: it builds the services (or waits for
-/// another cargo's lock).
-const STACK_UP: Duration = Duration::from_secs(1800);
-/// How long `make stack-down` may run (each process gets 10 s to stop).
-const STACK_DOWN: Duration = Duration::from_secs(180);
-/// How long the processes may take to vanish once `make stack-down` is done.
-const STACK_GONE: Duration = Duration::from_secs(30);
 /// How often a wait checks again.
 const POLL: Duration = Duration::from_millis(200);
 /// Lines of each log shown when something fails.
@@ -130,7 +125,27 @@ fn make_stack_prometheus_scrapes_every_service() {
     let promtool = tool("promtool");
     tool("prometheus");
     let alerts = alert_tests(&root);
-    let stack = Stack::up(&root);
+    let prometheus = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let stack = MakeStack::up(
+        &root,
+        &["PROMETHEUS=1"],
+        &[
+            (
+                "CONFAB_STACK_PROMETHEUS_PORT",
+                prometheus.port().to_string(),
+            ),
+            ("CONFAB_STACK_SCRAPE_INTERVAL", SCRAPE_INTERVAL.to_string()),
+        ],
+    );
+    let started = stack.started().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        started
+            .processes
+            .iter()
+            .any(|(name, _)| name == "prometheus"),
+        "`make stack PROMETHEUS=1` recorded no prometheus process in {}: {started:?}",
+        stack.path.join("pids").display()
+    );
     run_ok(
         &root,
         &promtool,
@@ -145,9 +160,7 @@ fn make_stack_prometheus_scrapes_every_service() {
     );
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
-        let prom = Prometheus {
-            addr: stack.prometheus,
-        };
+        let prom = Prometheus { addr: prometheus };
         let diagnostics = || stack.diagnostics();
         prom.wait_for_targets(&diagnostics).await;
         check_rules(&prom, &alerts, &diagnostics).await;
@@ -157,14 +170,6 @@ fn make_stack_prometheus_scrapes_every_service() {
 }
 
 // --- the files ------------------------------------------------------------
-
-/// The repository root (the test crate's parent directory).
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
-}
 
 /// One expression to evaluate, and where it comes from.
 #[derive(Debug, Clone)]
@@ -776,7 +781,7 @@ struct PrometheusProc {
     addr: SocketAddr,
     config: PathBuf,
     log: PathBuf,
-    _process: Guard,
+    _process: ChildGuard,
     _dir: tempfile::TempDir,
 }
 
@@ -820,17 +825,15 @@ impl PrometheusProc {
             addr,
             config: config_path,
             log,
-            _process: Guard { child },
+            _process: ChildGuard::group_leader(child),
             _dir: dir,
         }
     }
 
     fn diagnostics(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
         format!(
             "--- last lines of prometheus's log ---\n{}\n",
-            lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+            tail(&self.log, LOG_TAIL)
         )
     }
 }
@@ -873,287 +876,6 @@ fn run_ok(dir: &Path, program: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A child process killed with its process group and reaped on drop.
-struct Guard {
-    child: Child,
-}
-
-impl Guard {
-    fn kill(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// How a `make` run ended: its status (`None`: killed after its timeout)
-/// and its output.
-struct MakeRun {
-    status: Option<ExitStatus>,
-    output: String,
-}
-
-impl MakeRun {
-    fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-
-    fn describe(&self, target: &str) -> String {
-        let how = match self.status {
-            Some(status) => format!("exited with {status}"),
-            None => "ran out of time; killed".to_string(),
-        };
-        format!("`make {target}` {how}\n--- its output ---\n{}", self.output)
-    }
-}
-
-/// `make stack PROMETHEUS=1` in a temporary `CONFAB_STACK_DIR`. Dropped
-/// without [`Stack::down`] (a failed test), it runs `make stack-down`,
-/// kills what that left of the recorded processes, and keeps the directory.
-struct Stack {
-    root: PathBuf,
-    /// `CONFAB_STACK_DIR`; `None` once kept.
-    dir: Option<tempfile::TempDir>,
-    path: PathBuf,
-    /// `CONFAB_STACK_GATEWAY`.
-    gateway: SocketAddr,
-    /// `CONFAB_STACK_PROMETHEUS_PORT` on 127.0.0.1.
-    prometheus: SocketAddr,
-    /// `CARGO_TARGET_DIR` for make, so that it starts the binaries built
-    /// with this test.
-    target_dir: Option<PathBuf>,
-    /// False once `make stack-down` succeeded and everything was gone.
-    running: bool,
-}
-
-impl Stack {
-    fn up(root: &Path) -> Stack {
-        let dir = tempfile::Builder::new()
-            .prefix("confab-observability-")
-            .tempdir()
-            .expect("temporary stack directory");
-        // Run as root, the script runs PostgreSQL as the postgres user, which
-        // must be able to reach the cluster below this directory.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
-            .expect("chmod the stack directory");
-        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let stack = Stack {
-            root: root.to_path_buf(),
-            path: dir.path().to_path_buf(),
-            dir: Some(dir),
-            gateway: addr(free_port()),
-            prometheus: addr(free_port()),
-            target_dir: target_dir(),
-            running: true,
-        };
-        let run = stack.make(&["stack", "PROMETHEUS=1"], STACK_UP);
-        assert!(
-            run.succeeded(),
-            "{}\n{}",
-            run.describe("stack PROMETHEUS=1"),
-            stack.diagnostics()
-        );
-        let started = stack.started();
-        assert!(
-            started.iter().any(|(name, _)| name == "prometheus"),
-            "`make stack PROMETHEUS=1` recorded no prometheus process in {}: {started:?}",
-            stack.path.join("pids").display()
-        );
-        stack
-    }
-
-    /// Runs `make args...` in the repository root with this stack's
-    /// settings, in its own process group, killed after `timeout`.
-    fn make(&self, args: &[&str], timeout: Duration) -> MakeRun {
-        let log = self.path.join(format!("make-{}.out", args[0]));
-        let out = File::create(&log).expect("make output file");
-        let err = out.try_clone().expect("make output file");
-        let mut command = Command::new("make");
-        command
-            .args(args)
-            .current_dir(&self.root)
-            .env("CONFAB_STACK_DIR", &self.path)
-            .env("CONFAB_STACK_GATEWAY", self.gateway.to_string())
-            .env(
-                "CONFAB_STACK_PROMETHEUS_PORT",
-                self.prometheus.port().to_string(),
-            )
-            .env("CONFAB_STACK_SCRAPE_INTERVAL", SCRAPE_INTERVAL)
-            // Free ports of the script's choosing, and a make of its own,
-            // whatever the environment this test runs in says.
-            .env_remove("CONFAB_STACK_PG_PORT")
-            .env_remove("CONFAB_STACK_KAFKA_PORT")
-            .env_remove("CONFAB_STACK_PROMETHEUS")
-            .env_remove("PROMETHEUS")
-            .env_remove("MAKEFLAGS")
-            .env_remove("MFLAGS")
-            .env_remove("MAKELEVEL")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        if let Some(dir) = &self.target_dir {
-            command.env("CARGO_TARGET_DIR", dir);
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run make {}: {e}", args.join(" ")));
-        let mut process = Guard { child };
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = process.child.try_wait().expect("make status") {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                process.kill();
-                break None;
-            }
-            std::thread::sleep(POLL);
-        };
-        MakeRun {
-            status,
-            output: fs::read_to_string(&log).unwrap_or_default(),
-        }
-    }
-
-    /// The `name pid` lines of `<stack dir>/pids` (not the PostgreSQL
-    /// cluster's line).
-    fn started(&self) -> Vec<(String, u32)> {
-        fs::read_to_string(self.path.join("pids"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (name, pid) = l.trim().split_once(' ')?;
-                Some((name.to_string(), pid.trim().parse().ok()?))
-            })
-            .collect()
-    }
-
-    /// The tails of the services', Prometheus's and PostgreSQL's logs.
-    fn diagnostics(&self) -> String {
-        let mut logs: Vec<PathBuf> = fs::read_dir(self.path.join("logs"))
-            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        logs.sort();
-        logs.push(self.path.join("pg").join("postgres.log"));
-        let mut out = String::new();
-        for log in logs {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
-            out.push_str(&format!(
-                "--- last lines of {} ---\n{tail}\n",
-                log.display()
-            ));
-        }
-        out
-    }
-
-    /// `make stack-down`, which must stop every process `make stack`
-    /// recorded, Prometheus included, with their process groups.
-    fn down(mut self) {
-        let started = self.started();
-        let run = self.make(&["stack-down"], STACK_DOWN);
-        assert!(
-            run.succeeded(),
-            "{}\n{}",
-            run.describe("stack-down"),
-            self.diagnostics()
-        );
-        let deadline = Instant::now() + STACK_GONE;
-        loop {
-            let left: Vec<String> = started
-                .iter()
-                .filter(|(_, pid)| !group_members(*pid).is_empty())
-                .map(|(name, pid)| format!("{name} (process group {pid})"))
-                .collect();
-            if left.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{STACK_GONE:?} after `make stack-down`, still running: {}\n{}",
-                left.join(", "),
-                run.output
-            );
-            std::thread::sleep(POLL);
-        }
-        self.running = false;
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if self.running {
-            let started = self.started();
-            let run = self.make(&["stack-down"], STACK_DOWN);
-            if !run.succeeded() {
-                eprintln!(
-                    "cleaning up after a failure: {}",
-                    run.describe("stack-down")
-                );
-            }
-            for (name, pid) in started {
-                if !group_members(pid).is_empty() {
-                    eprintln!("cleaning up after a failure: killing {name} (process group {pid})");
-                    let _ = Command::new("kill")
-                        .args(["-KILL", "--", &format!("-{pid}")])
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-        }
-        if std::thread::panicking() {
-            if let Some(dir) = self.dir.take() {
-                eprintln!("stack directory kept: {}", dir.keep().display());
-            }
-        }
-    }
-}
-
-/// The `CARGO_TARGET_DIR` the test executable was built in, if it lies at
-/// `<target>/debug/deps/<test>` (the only profile `make stack` runs).
-fn target_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let profile = exe.parent()?.parent()?;
-    if profile.file_name()? != "debug" {
-        return None;
-    }
-    profile.parent().map(Path::to_path_buf)
-}
-
-/// The live (not zombie) processes of process group `pgrp`, from `/proc`.
-fn group_members(pgrp: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // `pid (comm) state ppid pgrp ...`; comm may hold spaces.
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next().unwrap_or("Z");
-            let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
-            state != "Z" && group == Some(pgrp)
-        })
-        .collect()
 }
 
 #[cfg(test)]
