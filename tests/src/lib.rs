@@ -5,10 +5,10 @@
 use anyhow::{anyhow, Context, Result};
 use confab::dev::DevConfig;
 use confab_common::auth::Authenticator;
-use confab_common::shutdown::{self, Trigger};
 use confab_proto::v1::chat_client::ChatClient;
 use confab_proto::v1::*;
-use std::collections::HashMap;
+use served::Served;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +23,7 @@ pub mod http;
 pub mod make_stack;
 pub mod postgres;
 pub mod procs;
+pub mod served;
 pub mod server;
 pub mod stack;
 pub mod topology;
@@ -77,10 +78,8 @@ pub fn test_config(data_dir: &Path, overrides: &[(&str, &str)]) -> DevConfig {
 pub struct Embedded {
     /// Where it serves gRPC.
     pub addr: SocketAddr,
-    /// Stops it.
-    trigger: Option<Trigger>,
-    /// The server task.
-    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// The server.
+    served: Served,
     /// Holds the data directory for the test's lifetime.
     _dir: tempfile::TempDir,
 }
@@ -96,16 +95,11 @@ impl Embedded {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = test_config(dir.path(), overrides);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (trigger, signal) = shutdown::channel();
-        let task = tokio::spawn(confab::dev::run(config, listener, signal));
+        let served =
+            Served::listen(|listener, signal| confab::dev::run(config, listener, signal)).await;
         Self {
-            addr,
-            trigger: Some(trigger),
-            task: Some(task),
+            addr: served.addr(),
+            served,
             _dir: dir,
         }
     }
@@ -116,17 +110,8 @@ impl Embedded {
     }
 
     /// Stops the server and waits for it to drain.
-    pub async fn stop(mut self) {
-        if let Some(t) = self.trigger.take() {
-            t.fire();
-        }
-        if let Some(task) = self.task.take() {
-            let result = tokio::time::timeout(DEADLINE, task).await;
-            assert!(
-                matches!(result, Ok(Ok(Ok(())))),
-                "server stopped cleanly: {result:?}"
-            );
-        }
+    pub async fn stop(self) {
+        self.served.stop("server").await;
     }
 }
 
@@ -252,6 +237,17 @@ impl User {
             .ok_or_else(|| Status::internal("response without message"))
     }
 
+    /// The user's conversations.
+    pub async fn list(&self) -> Result<ListConversationsResponse, Status> {
+        let req = self.req(ListConversationsRequest {});
+        Ok(self
+            .client
+            .clone()
+            .list_conversations(req)
+            .await?
+            .into_inner())
+    }
+
     /// A page of history.
     pub async fn history(
         &self,
@@ -276,19 +272,33 @@ impl User {
 
     /// Every seq of a conversation, read oldest first through the API.
     pub async fn all_seqs(&self, conv: &str) -> Vec<u64> {
+        self.try_all_seqs(conv).await.expect("history")
+    }
+
+    /// Every seq of a conversation, or the first error of a page.
+    pub async fn try_all_seqs(&self, conv: &str) -> Result<Vec<u64>, Status> {
         let mut seqs = Vec::new();
         let mut after = 0;
         loop {
-            let page = self
-                .history(conv, None, Some(after), 500)
-                .await
-                .expect("history");
+            let page = self.history(conv, None, Some(after), 500).await?;
             seqs.extend(page.messages.iter().map(|m| m.seq));
             after = seqs.last().copied().unwrap_or(0);
             if !page.has_more {
-                return seqs;
+                return Ok(seqs);
             }
         }
+    }
+
+    /// Waits until the newest message of `conv` has a seq above `seq` (a
+    /// failed read is "not yet"), for at most `within`.
+    pub async fn wait_newest_above(&self, conv: &str, seq: u64, within: Duration) -> Result<()> {
+        let what = format!("a message above seq {seq} in {conv}");
+        poll(&what, within, Duration::from_millis(20), || async move {
+            let page = self.history(conv, None, None, 1).await.ok();
+            let newest = page.and_then(|p| p.messages.first().map(|m| m.seq));
+            Ok((newest.unwrap_or(0) > seq).then_some(()))
+        })
+        .await
     }
 
     /// Opens a `Connect` session; `first` is sent as its first frame.
@@ -338,6 +348,34 @@ impl Session {
             .send(ClientFrame { frame: Some(frame) })
             .await
             .expect("session open");
+    }
+
+    /// Sends a `send` frame: `body` to `conv` under `client_msg_id`.
+    pub async fn send_text(&self, conv: &str, client_msg_id: &str, body: &str) {
+        self.send(client_frame::Frame::Send(SendFrame {
+            conversation_id: conv.into(),
+            client_msg_id: client_msg_id.into(),
+            body: body.into(),
+        }))
+        .await;
+    }
+
+    /// The next `ack` frame (other frames are skipped).
+    pub async fn next_ack(&mut self) -> SendAck {
+        loop {
+            if let server_frame::Frame::Ack(a) = self.next_frame().await.expect("an ack") {
+                return a;
+            }
+        }
+    }
+
+    /// The status the stream ends with (frames before it are skipped).
+    pub async fn end_status(&mut self) -> Status {
+        loop {
+            if let Err(status) = self.next_or_status().await {
+                return status;
+            }
+        }
     }
 
     /// The next frame, failing the test after `DEADLINE`.
@@ -395,6 +433,63 @@ impl Session {
             }
         }
     }
+}
+
+/// Senders to one conversation that go on until a send fails (the server
+/// died under them).
+pub struct Writers(Vec<tokio::task::JoinHandle<Vec<(String, u64)>>>);
+
+impl Writers {
+    /// `n` writers sending `keep me` to `conv` as `user`, with keys
+    /// `w<writer>-<i>`.
+    pub fn start(user: &User, conv: &str, n: usize) -> Writers {
+        Writers(
+            (0..n)
+                .map(|w| {
+                    let (user, conv) = (user.clone(), conv.to_string());
+                    tokio::spawn(async move {
+                        let mut acked = Vec::new();
+                        for i in 0.. {
+                            let key = format!("w{w}-{i}");
+                            match user.send(&conv, &key, "keep me").await {
+                                Ok(m) => acked.push((key, m.seq)),
+                                Err(_) => break,
+                            }
+                        }
+                        acked
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Every `(client_msg_id, seq)` acknowledged, once every writer has
+    /// stopped.
+    pub async fn acked(self) -> Vec<(String, u64)> {
+        let mut all = Vec::new();
+        for w in self.0 {
+            all.extend(w.await.expect("writer"));
+        }
+        all
+    }
+}
+
+/// After a crash and a restart: every acknowledged `(client_msg_id, seq)`
+/// is among the `stored` seqs (all of a conversation, oldest first), and
+/// those are 1, 2, 3, … without a gap.
+pub fn assert_acked_stored(acked: &[(String, u64)], stored: &[u64]) {
+    let set: HashSet<u64> = stored.iter().copied().collect();
+    for (key, seq) in acked {
+        assert!(
+            set.contains(seq),
+            "acknowledged message {key} (seq {seq}) was lost"
+        );
+    }
+    assert_eq!(
+        stored,
+        (1..=stored.len() as u64).collect::<Vec<_>>(),
+        "no gaps after the crash"
+    );
 }
 
 /// The seqs of `messages`, in order.
@@ -549,15 +644,39 @@ impl DevProcess {
     /// Starts the binary on `port` with its data in `data_dir`, and waits
     /// until it accepts connections.
     pub fn start(data_dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with(data_dir, port, &[], None)
+    }
+
+    /// [`DevProcess::start`] with `env` on top of the test secret and
+    /// [`GENEROUS_LIMITS`] (inherited `CONFAB_*` variables are removed), its
+    /// output to the file `log` (else stderr).
+    pub fn start_with(
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let child = Command::new(confab_bin())
+        let mut cmd = Command::new(confab_bin());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
+            cmd.env_remove(k);
+        }
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).context("log file")?;
+                (Stdio::from(file.try_clone()?), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
+        };
+        let child = cmd
             .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .env("CONFAB_JWT_SECRET", SECRET)
             .envs(GENEROUS_LIMITS.iter().copied())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .context("spawn confab dev")?;
         let mut me = Self { child, addr };
@@ -577,6 +696,19 @@ impl DevProcess {
     /// The process id (for its CPU time and memory).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGTERM: a graceful stop, which [`DevProcess::exited`] then sees.
+    pub fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM confab dev");
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("the state of confab dev")
     }
 
     /// `kill -9`: no shutdown handling at all.

@@ -5,21 +5,21 @@
 //! (`MemTopic`), and history is SQLite in a temporary directory, so what is
 //! under test is the gRPC links.
 
+use crate::served::{sqlite_store, Served};
 use crate::{init_tracing, wait_until, User, DEADLINE, SECRET};
-use anyhow::Result;
 use confab_common::auth::Authenticator;
 use confab_common::grpc::ServiceToken;
 use confab_common::pipeline::{partition_of, HistoryApi, MemTopic, Publisher};
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
-use confab_common::shutdown::{self, Signal, Trigger};
-use confab_common::validate::Limits;
+use confab_common::shutdown::Signal;
 use confab_gateway::attach::AttachConfig;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
-use confab_history::{LocalHistory, SqliteStore, Store};
+use confab_history::LocalHistory;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_router::attach::{GatewayLinks, LinkConfig};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -83,38 +83,6 @@ impl Default for TopologyConfig {
     }
 }
 
-/// A server task and the trigger that stops it.
-struct Served {
-    /// Stops the task.
-    trigger: Trigger,
-    /// The task.
-    task: JoinHandle<Result<()>>,
-}
-
-impl Served {
-    /// Spawns `serve(signal)`.
-    fn spawn<F, E>(serve: impl FnOnce(Signal) -> F) -> Self
-    where
-        F: Future<Output = Result<(), E>> + Send + 'static,
-        E: Into<anyhow::Error>,
-    {
-        let (trigger, signal) = shutdown::channel();
-        let fut = serve(signal);
-        let task = tokio::spawn(async move { fut.await.map_err(Into::into) });
-        Self { trigger, task }
-    }
-
-    /// Stops the task and checks that it ended cleanly.
-    async fn stop(self, what: &str) {
-        self.trigger.fire();
-        let result = tokio::time::timeout(DEADLINE, self.task).await;
-        assert!(
-            matches!(result, Ok(Ok(Ok(())))),
-            "{what} stopped cleanly: {result:?}"
-        );
-    }
-}
-
 /// Binds 127.0.0.1 on `port` (0: any free port), retrying briefly while the
 /// port of a server that just stopped is still being released.
 async fn bind(port: u16) -> TcpListener {
@@ -130,44 +98,97 @@ async fn bind(port: u16) -> TcpListener {
     }
 }
 
+/// How a restartable server serves on a listener.
+type Serve = Arc<
+    dyn Fn(TcpListener, Signal) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A gRPC server of the topology that a test can stop and serve again on
+/// the same port.
+struct Restartable {
+    /// Where it serves.
+    addr: SocketAddr,
+    /// What it is, for failures.
+    what: &'static str,
+    /// Serves on a listener.
+    serve: Serve,
+    /// The server, while it runs.
+    server: Option<Served>,
+}
+
+impl Restartable {
+    /// Serves on a free port.
+    async fn start(what: &'static str, serve: Serve) -> Self {
+        let listener = bind(0).await;
+        let addr = listener.local_addr().expect("server address");
+        let mut me = Self {
+            addr,
+            what,
+            serve,
+            server: None,
+        };
+        me.serve_on(listener);
+        me
+    }
+
+    fn serve_on(&mut self, listener: TcpListener) {
+        assert!(self.server.is_none(), "the {} is running", self.what);
+        let serve = self.serve.clone();
+        self.server = Some(Served::spawn_on(listener, move |l, s| serve(l, s)));
+    }
+
+    async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop(self.what).await;
+        }
+    }
+
+    async fn restart(&mut self) {
+        let listener = bind(self.addr.port()).await;
+        self.serve_on(listener);
+    }
+}
+
 /// History: sequencers on the in-process ingress log, reads over gRPC.
 pub struct HistoryNode {
     /// Where `HistoryReader` is served.
     pub addr: SocketAddr,
-    /// The `HistoryReader` server, while it runs.
-    server: Option<Served>,
-    /// What it serves.
-    local: Arc<dyn HistoryApi>,
-    /// What it requires of callers, if anything.
-    service_token: Option<ServiceToken>,
+    /// The `HistoryReader` server.
+    server: Restartable,
 }
 
 impl HistoryNode {
+    /// Serves `local`'s read API, requiring `token` of callers if set.
+    async fn start(local: Arc<dyn HistoryApi>, token: Option<ServiceToken>) -> Self {
+        let serve: Serve = Arc::new(move |listener, signal| {
+            let (local, token) = (local.clone(), token.clone());
+            Box::pin(async move {
+                Ok(match token {
+                    Some(t) => {
+                        confab_history::grpc::serve_with_auth(local, t, listener, signal).await
+                    }
+                    None => confab_history::grpc::serve(local, listener, signal).await,
+                }?)
+            })
+        });
+        let server = Restartable::start("history server", serve).await;
+        Self {
+            addr: server.addr,
+            server,
+        }
+    }
+
     /// Stops the read API (the sequencers go on: writes are still applied,
     /// only reads fail with UNAVAILABLE).
     pub async fn stop_server(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop("history server").await;
-        }
+        self.server.stop().await;
     }
 
     /// Serves the read API again on the same port.
     pub async fn start_server(&mut self) {
-        let listener = bind(self.addr.port()).await;
-        self.serve(listener);
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        assert!(self.server.is_none(), "the history server is running");
-        let (local, token) = (self.local.clone(), self.service_token.clone());
-        self.server = Some(Served::spawn(move |signal| async move {
-            match token {
-                Some(token) => {
-                    confab_history::grpc::serve_with_auth(local, token, listener, signal).await
-                }
-                None => confab_history::grpc::serve(local, listener, signal).await,
-            }
-        }));
+        self.server.restart().await;
     }
 }
 
@@ -180,39 +201,48 @@ pub struct RouterNode {
     pub links: Arc<GatewayLinks>,
     /// The outcome partitions this router consumes.
     pub partitions: Vec<usize>,
-    /// The `RouterLink` server, while it runs.
-    server: Option<Served>,
-    /// What it requires of gateways, if anything.
-    service_token: Option<ServiceToken>,
+    /// The `RouterLink` server.
+    server: Restartable,
 }
 
 impl RouterNode {
+    /// Serves `links` over `RouterLink`, requiring `token` of gateways if
+    /// set.
+    async fn start(
+        links: Arc<GatewayLinks>,
+        partitions: Vec<usize>,
+        token: Option<ServiceToken>,
+    ) -> Self {
+        let served = links.clone();
+        let serve: Serve = Arc::new(move |listener, signal| {
+            let (links, token) = (served.clone(), token.clone());
+            Box::pin(async move {
+                Ok(match token {
+                    Some(t) => {
+                        confab_router::attach::serve_with_auth(links, t, listener, signal).await
+                    }
+                    None => confab_router::attach::serve(links, listener, signal).await,
+                }?)
+            })
+        });
+        let server = Restartable::start("router link server", serve).await;
+        Self {
+            addr: server.addr,
+            links,
+            partitions,
+            server,
+        }
+    }
+
     /// Stops the `RouterLink` server (the routing tasks keep consuming;
     /// with no gateway attached they deliver nothing).
     pub async fn stop_server(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop("router link server").await;
-        }
+        self.server.stop().await;
     }
 
     /// Serves `RouterLink` again on the same port.
     pub async fn start_server(&mut self) {
-        let listener = bind(self.addr.port()).await;
-        self.serve(listener);
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        assert!(self.server.is_none(), "the router server is running");
-        let links = self.links.clone();
-        let token = self.service_token.clone();
-        self.server = Some(Served::spawn(move |signal| async move {
-            match token {
-                Some(token) => {
-                    confab_router::attach::serve_with_auth(links, token, listener, signal).await
-                }
-                None => confab_router::attach::serve(links, listener, signal).await,
-            }
-        }));
+        self.server.restart().await;
     }
 }
 
@@ -261,27 +291,16 @@ impl Topology {
     pub async fn start(config: TopologyConfig) -> Self {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&dir.path().join("confab.db"), Limits::default())
-                .await
-                .expect("open sqlite"),
-        );
+        let store = sqlite_store(dir.path()).await;
         let (ingress, ingress_partitions) = MemTopic::<IngressRecord>::new(config.partitions, 4096);
         let (outcomes, outcome_partitions) =
             MemTopic::<OutcomeRecord>::new(config.partitions, 4096);
         let mut pipeline =
             confab_history::ingest::spawn(store.clone(), ingress_partitions, Arc::new(outcomes));
 
-        let listener = bind(0).await;
-        let history_addr = listener.local_addr().expect("history addr");
         let local: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
-        let mut history = HistoryNode {
-            addr: history_addr,
-            server: None,
-            local,
-            service_token: config.service_token.clone(),
-        };
-        history.serve(listener);
+        let history = HistoryNode::start(local, config.service_token.clone()).await;
+        let history_addr = history.addr;
 
         // Contiguous shares: with 4 partitions and 2 routers, 0-1 and 2-3.
         let routers_n = config.routers.max(1);
@@ -299,15 +318,7 @@ impl Topology {
                 Self::remote_history_at(history_addr, config.service_token.clone()),
                 links.clone(),
             ));
-            let listener = bind(0).await;
-            let mut node = RouterNode {
-                addr: listener.local_addr().expect("router addr"),
-                links,
-                partitions,
-                server: None,
-                service_token: config.service_token.clone(),
-            };
-            node.serve(listener);
+            let node = RouterNode::start(links, partitions, config.service_token.clone()).await;
             routers.push(node);
         }
 

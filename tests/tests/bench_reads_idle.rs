@@ -6,17 +6,16 @@
 use confab_common::auth::Authenticator;
 use confab_common::pipeline::{HistoryApi, MemTopic};
 use confab_common::remote::{HistoryClientConfig, RemoteHistory};
-use confab_common::shutdown;
 use confab_common::validate::Limits;
 use confab_gateway::{ChatService, Hub};
 use confab_history::{LocalHistory, PostgresStore, Store};
 use confab_proto::internal::v1::IngressRecord;
 use confab_tests::postgres::PgCluster;
-use confab_tests::{free_port, test_gateway_config, DevProcess, DEADLINE, SECRET};
+use confab_tests::served::Served;
+use confab_tests::{free_port, test_gateway_config, DevProcess, SECRET};
 use confab_tools::bench::idle::{self, IdleOpts};
 use confab_tools::bench::reads::{self, GenerateOpts, ReadOpts};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_idle_streams_over_ten_connections_are_measured() {
@@ -64,30 +63,29 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
             .expect("history store"),
     );
     let local: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
-    let history_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let history_addr = history_listener.local_addr().expect("addr");
-    let (history_stop, signal) = shutdown::channel();
-    let history_task = tokio::spawn(confab_history::grpc::serve(local, history_listener, signal));
+    let history =
+        Served::listen(|listener, signal| confab_history::grpc::serve(local, listener, signal))
+            .await;
 
-    let remote = RemoteHistory::new(&HistoryClientConfig::new([history_addr.to_string()]))
+    let remote = RemoteHistory::new(&HistoryClientConfig::new([history.addr().to_string()]))
         .expect("history address");
     // Reads only: nothing consumes the ingress log.
     let (ingress, _partitions) = MemTopic::<IngressRecord>::new(1, 16);
-    let gateway_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let gateway = gateway_listener.local_addr().expect("addr");
-    let (gateway_stop, signal) = shutdown::channel();
-    let service = ChatService::new(
-        test_gateway_config(),
-        Authenticator::new(SECRET),
-        Hub::new("g1"),
-        Arc::new(ingress),
-        Arc::new(remote),
-        signal.clone(),
-    );
-    let gateway_task = tokio::spawn(confab_gateway::run(service, gateway_listener, signal));
+    let gateway = Served::listen(|listener, signal| {
+        let service = ChatService::new(
+            test_gateway_config(),
+            Authenticator::new(SECRET),
+            Hub::new("g1"),
+            Arc::new(ingress),
+            Arc::new(remote),
+            signal.clone(),
+        );
+        confab_gateway::run(service, listener, signal)
+    })
+    .await;
 
     let report = reads::measure(&ReadOpts {
-        gateway,
+        gateway: gateway.addr(),
         secret: SECRET.into(),
         reader: "bench-reader".into(),
         conversations: 10,
@@ -106,10 +104,6 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
     assert_eq!(l.count, 500, "{report:?}");
     assert!(l.p50_us <= l.p99_us && l.p99_us <= l.max_us, "{report:?}");
 
-    gateway_stop.fire();
-    let stopped = tokio::time::timeout(DEADLINE, gateway_task).await;
-    assert!(matches!(stopped, Ok(Ok(Ok(())))), "gateway: {stopped:?}");
-    history_stop.fire();
-    let stopped = tokio::time::timeout(DEADLINE, history_task).await;
-    assert!(matches!(stopped, Ok(Ok(Ok(())))), "history: {stopped:?}");
+    gateway.stop("gateway").await;
+    history.stop("history").await;
 }

@@ -8,10 +8,9 @@ use confab_common::breaker::{BreakerConfig, BreakerState};
 use confab_common::error::ChatError;
 use confab_common::pipeline::HistoryApi;
 use confab_common::remote::{HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE};
-use confab_common::shutdown;
-use confab_common::validate::Limits;
-use confab_history::{LocalHistory, SqliteStore};
+use confab_history::LocalHistory;
 use confab_tests::free_port;
+use confab_tests::served::{sqlite_store, Served};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
@@ -104,15 +103,13 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
 
     // History comes up on that address.
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("history.db"), Limits::default())
-        .await
-        .expect("store");
-    let history: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(Arc::new(store)));
+    let history: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(sqlite_store(dir.path()).await));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind the history port");
-    let (stop, stopped) = shutdown::channel();
-    let server = tokio::spawn(confab_history::grpc::serve(history, listener, stopped));
+    let server = Served::spawn_on(listener, |listener, signal| {
+        confab_history::grpc::serve(history, listener, signal)
+    });
 
     // After the open period a probe reaches it, and it answers for itself.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -144,11 +141,7 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
     }
     assert_eq!(state(&remote), BreakerState::Closed);
 
-    stop.fire();
-    server
-        .await
-        .expect("server task")
-        .expect("history served until stopped");
+    server.stop("history").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,23 +178,24 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     let addr = format!("127.0.0.1:{port}");
     let name = format!("router {addr}");
     let hub = confab_gateway::Hub::new("gw-breaker");
-    let (stop, stopped) = shutdown::channel();
-    let attach = tokio::spawn(confab_gateway::attach::run(
-        hub.clone(),
-        AttachConfig {
-            backoff_min: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(50),
-            breaker: BreakerConfig {
-                window: 3,
-                min_calls: 3,
-                failure_threshold: 0.5,
-                open_for: Duration::from_millis(300),
-                half_open_probes: 1,
+    let attach = Served::spawn(|signal| {
+        confab_gateway::attach::run(
+            hub.clone(),
+            AttachConfig {
+                backoff_min: Duration::from_millis(20),
+                backoff_max: Duration::from_millis(50),
+                breaker: BreakerConfig {
+                    window: 3,
+                    min_calls: 3,
+                    failure_threshold: 0.5,
+                    open_for: Duration::from_millis(300),
+                    half_open_probes: 1,
+                },
+                ..AttachConfig::new([addr.clone()])
             },
-            ..AttachConfig::new([addr.clone()])
-        },
-        stopped.clone(),
-    ));
+            signal,
+        )
+    });
     // Nobody listens: after three refused connections the breaker opens.
     confab_tests::wait_until("the router breaker to open", || {
         sample("confab_breaker_state", &[("breaker", &name)]) == Some(2.0)
@@ -218,12 +212,9 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     // The router comes up on that address: a probe attaches, the breaker closes.
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
     let links = GatewayLinks::new(LinkConfig::default());
-    let (router_stop, router_stopped) = shutdown::channel();
-    let router = tokio::spawn(confab_router::attach::serve(
-        links.clone(),
-        listener,
-        router_stopped,
-    ));
+    let router = Served::spawn_on(listener, |listener, signal| {
+        confab_router::attach::serve(links.clone(), listener, signal)
+    });
     confab_tests::wait_until("the gateway to attach to the router that came back", || {
         hub.attached_routers() == 1 && links.gateways() == vec!["gw-breaker".to_string()]
     })
@@ -233,8 +224,6 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
         Some(0.0),
         "closed again"
     );
-    stop.fire();
-    router_stop.fire();
-    let _ = attach.await;
-    let _ = router.await;
+    attach.stop("the attach client").await;
+    router.stop("the router").await;
 }

@@ -9,7 +9,7 @@ use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
 use confab_tests::stack::{ProcStack, Role};
 use confab_tests::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_kill_9_of_every_service() {
@@ -27,43 +27,16 @@ async fn acknowledged_messages_survive_kill_9_of_every_service() {
     let conv = alice.group_when_ready("durable", &["bob"]).await;
     // Writers send until the processes die under them; whatever was
     // acknowledged counts.
-    let mut writers = Vec::new();
-    for w in 0..4 {
-        let (alice, id) = (alice.clone(), conv.id.clone());
-        writers.push(tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0.. {
-                let key = format!("w{w}-{i}");
-                match alice.send(&id, &key, "keep me").await {
-                    Ok(m) => acked.push((key, m.seq)),
-                    Err(_) => return acked,
-                }
-            }
-            acked
-        }));
-    }
-    let deadline = Instant::now() + DEADLINE * 3;
-    loop {
-        let newest = alice
-            .history(&conv.id, None, None, 1)
-            .await
-            .ok()
-            .and_then(|p| p.messages.first().map(|m| m.seq));
-        if newest.unwrap_or(0) > 60 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "messages were not committed in time; gateway log:\n{}",
+    let writers = Writers::start(&alice, &conv.id, 4);
+    let committed = alice.wait_newest_above(&conv.id, 60, DEADLINE * 3).await;
+    if let Err(e) = committed {
+        panic!(
+            "messages were not committed in time ({e}); gateway log:\n{}",
             stack.gateways[0].tail(30)
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stack.kill9_all();
-    let mut acked = Vec::new();
-    for w in writers {
-        acked.extend(w.await.expect("writer"));
-    }
+    let acked = writers.acked().await;
     assert!(
         acked.len() >= 40,
         "only {} sends were acknowledged",
@@ -73,46 +46,15 @@ async fn acknowledged_messages_survive_kill_9_of_every_service() {
     stack.start_all();
     let alice = User::connect(gateway, "alice").await;
     // Reads come back first; the acknowledged messages are all there.
-    let stored = {
-        let deadline = Instant::now() + DEADLINE * 2;
-        loop {
-            let mut seqs = Vec::new();
-            let mut after = 0;
-            let complete = loop {
-                match alice.history(&conv.id, None, Some(after), 500).await {
-                    Ok(page) => {
-                        seqs.extend(page.messages.iter().map(|m| m.seq));
-                        after = seqs.last().copied().unwrap_or(after);
-                        if !page.has_more {
-                            break true;
-                        }
-                    }
-                    Err(_) => break false,
-                }
-            };
-            if complete {
-                break seqs;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "history did not come back; log:\n{}",
-                stack.histories[0].tail(30)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    let set: std::collections::HashSet<u64> = stored.iter().copied().collect();
-    for (key, seq) in &acked {
-        assert!(
-            set.contains(seq),
-            "acknowledged message {key} (seq {seq}) was lost"
-        );
-    }
-    assert_eq!(
-        stored,
-        (1..=stored.len() as u64).collect::<Vec<_>>(),
-        "no gaps after the crash"
-    );
+    let stored = poll(
+        "history to come back",
+        DEADLINE * 2,
+        Duration::from_millis(50),
+        || async { Ok(alice.try_all_seqs(&conv.id).await.ok()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}; log:\n{}", stack.histories[0].tail(30)));
+    assert_acked_stored(&acked, &stored);
     // Retrying acknowledged sends returns their original seqs, and nothing new is stored.
     for (key, seq) in acked.iter().step_by(acked.len() / 3 + 1) {
         let again = alice.send_until_acked(&conv.id, key, "keep me").await;

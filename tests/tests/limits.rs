@@ -10,7 +10,7 @@
 //! in their ack.
 
 use confab_gateway::GatewayConfig;
-use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, SendAck, SendFrame};
+use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, SendAck};
 use confab_tests::cluster::{Cluster, Shape};
 use confab_tests::server::{Kind, Server};
 use confab_tests::topology::{Topology, TopologyConfig};
@@ -254,11 +254,7 @@ async fn stream_sends_share_the_budget_and_are_refused_in_the_ack() {
     const FRAMES: usize = 12;
     for i in 0..FRAMES {
         session
-            .send(client_frame::Frame::Send(SendFrame {
-                conversation_id: conv.id.clone(),
-                client_msg_id: format!("s{i}"),
-                body: "via stream".into(),
-            }))
+            .send_text(&conv.id, &format!("s{i}"), "via stream")
             .await;
     }
     let unary = futures::future::join_all((0..FRAMES).map(|i| {
@@ -268,9 +264,7 @@ async fn stream_sends_share_the_budget_and_are_refused_in_the_ack() {
     .await;
     let mut acks: Vec<SendAck> = Vec::new();
     while acks.len() < FRAMES {
-        if let server_frame::Frame::Ack(a) = session.next_frame().await.expect("ack") {
-            acks.push(a);
-        }
+        acks.push(session.next_ack().await);
     }
     let elapsed = started.elapsed();
     let refused: Vec<_> = acks.iter().filter_map(|a| a.error.as_ref()).collect();
@@ -474,18 +468,8 @@ async fn bodies_over_the_limit_are_resource_exhausted_unary_and_on_streams() {
     all_refused(&refused, Code::ResourceExhausted, BODY_100);
     // On a stream, the refusal is in the ack and the stream goes on.
     let mut session = alice.live().await;
-    session
-        .send(client_frame::Frame::Send(SendFrame {
-            conversation_id: conv.clone(),
-            client_msg_id: "s-big".into(),
-            body: "y".repeat(101),
-        }))
-        .await;
-    let ack = loop {
-        if let server_frame::Frame::Ack(a) = session.next_frame().await.expect("ack") {
-            break a;
-        }
-    };
+    session.send_text(&conv, "s-big", &"y".repeat(101)).await;
+    let ack = session.next_ack().await;
     let e = ack.error.expect("refused");
     assert_eq!(
         (e.code, e.message.as_str()),

@@ -13,15 +13,15 @@
 //! message waiting for the database).
 
 use confab_common::metrics;
-use confab_common::shutdown;
-use confab_proto::v1::{client_frame, ListConversationsRequest, Ping};
+use confab_proto::v1::{client_frame, Ping};
 use confab_tests::broker::Broker;
 use confab_tests::http::{self, get, wait_status};
 use confab_tests::postgres::PgCluster;
+use confab_tests::served::Served;
 use confab_tests::stack::{Backing, ProcStack, Role};
-use confab_tests::{confab_bin, free_port, test_config, User, DEADLINE, SECRET};
+use confab_tests::{confab_bin, free_port, test_config, DevProcess, User, DEADLINE};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -80,23 +80,14 @@ async fn embedded_mode_serves_metrics_and_health() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = test_config(dir.path(), &[]);
 
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind metrics");
-    let http = http_listener.local_addr().expect("addr");
-    let (http_trigger, http_signal) = shutdown::channel();
-    let http_task = tokio::spawn(metrics::serve_http(
-        http_listener,
-        metrics::process_readiness(),
-        http_signal,
-    ));
-
-    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind grpc");
-    let grpc = grpc_listener.local_addr().expect("addr");
-    let (trigger, signal) = shutdown::channel();
-    let server = tokio::spawn(confab::dev::run(config, grpc_listener, signal));
+    let http_server = Served::listen(|listener, signal| {
+        metrics::serve_http(listener, metrics::process_readiness(), signal)
+    })
+    .await;
+    let http = http_server.addr();
+    let mut server =
+        Served::listen(|listener, signal| confab::dev::run(config, listener, signal)).await;
+    let grpc = server.addr();
 
     assert_eq!(get(http, "/livez").await.expect("livez").0, 200);
     wait_status(http, "/readyz", 200).await;
@@ -118,20 +109,10 @@ async fn embedded_mode_serves_metrics_and_health() {
     // Two successful calls, one refused, one stream.
     let alice = User::connect(grpc, "alice").await;
     for _ in 0..2 {
-        alice
-            .client
-            .clone()
-            .list_conversations(alice.req(ListConversationsRequest {}))
-            .await
-            .expect("list as alice");
+        alice.list().await.expect("list as alice");
     }
     let mallory = User::with_token(grpc, "mallory", "not-a-token").await;
-    let refused = mallory
-        .client
-        .clone()
-        .list_conversations(mallory.req(ListConversationsRequest {}))
-        .await
-        .expect_err("a bad token is refused");
+    let refused = mallory.list().await.expect_err("a bad token is refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let session = alice
         .session(client_frame::Frame::Ping(Ping { nonce: 1 }))
@@ -208,66 +189,37 @@ async fn embedded_mode_serves_metrics_and_health() {
     );
 
     // Not ready from the moment shutdown starts; still live.
-    trigger.fire();
+    server.fire();
     wait_status(http, "/readyz", 503).await;
-    let result = tokio::time::timeout(DEADLINE, server).await;
-    assert!(
-        matches!(result, Ok(Ok(Ok(())))),
-        "server stopped cleanly: {result:?}"
-    );
+    server.stop("server").await;
     assert_eq!(get(http, "/readyz").await.expect("readyz").0, 503);
     assert_eq!(get(http, "/livez").await.expect("livez").0, 200);
     assert_eq!(get(http, "/nope").await.expect("404").0, 404);
 
-    http_trigger.fire();
-    let stopped = tokio::time::timeout(DEADLINE, http_task).await;
-    assert!(
-        matches!(stopped, Ok(Ok(Ok(())))),
-        "metrics server stopped: {stopped:?}"
-    );
+    http_server.stop("metrics server").await;
 }
 
 #[tokio::test]
 async fn confab_binary_serves_metrics_with_confab_metrics_listen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let grpc = free_port();
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let child = Command::new(confab_bin())
-        .args(["dev", "--listen", &grpc.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .env("CONFAB_JWT_SECRET", SECRET)
-        .env("CONFAB_METRICS_LISTEN", http.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn confab dev");
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let pid = child.id();
-    let mut child = Reap(child);
+    let http_text = http.to_string();
+    let mut dev = DevProcess::start_with(
+        dir.path(),
+        grpc,
+        &[("CONFAB_METRICS_LISTEN", &http_text)],
+        None,
+    )
+    .expect("start confab dev");
 
     wait_status(http, "/readyz", 200).await;
     assert_eq!(get(http, "/livez").await.expect("livez").0, 200);
 
-    let bob = User::connect(grpc, "bob").await;
-    bob.client
-        .clone()
-        .list_conversations(bob.req(ListConversationsRequest {}))
-        .await
-        .expect("list as bob");
-    let eve = User::with_token(grpc, "eve", "forged").await;
-    let refused = eve
-        .client
-        .clone()
-        .list_conversations(eve.req(ListConversationsRequest {}))
-        .await
-        .expect_err("refused");
+    let bob = User::connect(dev.addr, "bob").await;
+    bob.list().await.expect("list as bob");
+    let eve = User::with_token(dev.addr, "eve", "forged").await;
+    let refused = eve.list().await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let unauth = [
         CHAT,
@@ -289,15 +241,11 @@ async fn confab_binary_serves_metrics_with_confab_metrics_listen() {
     );
 
     // SIGTERM: not ready (while the drain lasts), then the process exits 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    dev.terminate();
     let deadline = Instant::now() + DEADLINE;
     let mut went_unready = false;
     let exit = loop {
-        if let Some(exit) = child.0.try_wait().expect("try_wait") {
+        if let Some(exit) = dev.exited() {
             break exit;
         }
         // The signal takes a moment to be handled; once the process says it

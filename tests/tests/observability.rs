@@ -39,7 +39,7 @@
 //! test` does). Nothing is installed here: a missing tool fails the test,
 //! naming `make deps-test`.
 
-use confab_proto::v1::{client_frame, ListConversationsRequest, Ping};
+use confab_proto::v1::{client_frame, Ping};
 use confab_tests::http;
 use confab_tests::make_stack::{repo_root, MakeStack};
 use confab_tests::procs::{tail, ChildGuard};
@@ -417,24 +417,14 @@ async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
         .await
         .expect("bob receives the messages live");
     // Reads: through the gateway to history.
-    alice
-        .client
-        .clone()
-        .list_conversations(alice.req(ListConversationsRequest {}))
-        .await
-        .expect("list conversations");
+    alice.list().await.expect("list conversations");
     alice
         .history(&conv.id, None, None, 50)
         .await
         .expect("read history");
     // A bad token: UNAUTHENTICATED.
     let mallory = User::with_token(gateway, "mallory", "not-a-token").await;
-    let refused = mallory
-        .client
-        .clone()
-        .list_conversations(mallory.req(ListConversationsRequest {}))
-        .await
-        .expect_err("a bad token is refused");
+    let refused = mallory.list().await.expect_err("a bad token is refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     // A write history refuses: carol is not a member.
     let refused = carol

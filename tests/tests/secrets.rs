@@ -9,11 +9,10 @@ use confab_common::grpc::SERVICE_TOKEN_HEADER;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, GetConversationRequest, Hello};
-use confab_proto::v1::{client_frame, server_frame, Ping, SendFrame};
+use confab_proto::v1::{client_frame, Ping};
 use confab_tests::stack::{ProcStack, Role};
 use confab_tests::*;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -117,18 +116,8 @@ async fn exercise_gateway(addr: SocketAddr, seen: &mut Seen) {
     bobs.messages_until(&conv, m.seq)
         .await
         .expect("bob receives");
-    bobs.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.clone(),
-        client_msg_id: "b1".into(),
-        body: "hi".into(),
-    }))
-    .await;
-    loop {
-        if let server_frame::Frame::Ack(a) = bobs.next_frame().await.expect("ack") {
-            assert_eq!(a.error, None);
-            break;
-        }
-    }
+    bobs.send_text(&conv, "b1", "hi").await;
+    assert_eq!(bobs.next_ack().await.error, None);
     alice.history(&conv, None, None, 10).await.expect("history");
     // Errors with a valid token: not a member, bad input.
     let (mallory, mallory_token) = user("mallory").await;
@@ -319,51 +308,25 @@ async fn no_secret_reaches_the_logs_or_errors_of_the_distributed_services() {
     );
 }
 
-/// A child process killed if the test ends early.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `confab dev`, logging at debug level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_log_or_errors_of_confab_dev() {
     let dir = tempfile::tempdir().expect("data dir");
     let log_path = dir.path().join("dev.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut cmd = Command::new(confab_bin());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
-        cmd.env_remove(k);
-    }
-    let mut child = KillOnDrop(
-        cmd.args(["dev", "--listen", &addr.to_string(), "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("CONFAB_JWT_SECRET", JWT_SECRET)
-            .env("CONFAB_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn confab dev"),
-    );
-    wait_until("confab dev listens", || {
-        std::net::TcpStream::connect(addr).is_ok()
-    })
-    .await;
+    let mut dev = DevProcess::start_with(
+        &dir.path().join("data"),
+        free_port(),
+        &[("CONFAB_JWT_SECRET", JWT_SECRET), ("CONFAB_LOG", "debug")],
+        Some(&log_path),
+    )
+    .expect("start confab dev");
+    let addr = dev.addr;
     let mut seen = Seen::default();
     exercise_gateway(addr, &mut seen).await;
-    let term = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    assert!(term.is_ok_and(|s| s.success()));
+    dev.terminate();
     let mut status = None;
     wait_until("confab dev exits", || {
-        status = child.0.try_wait().ok().flatten();
+        status = dev.exited();
         status.is_some()
     })
     .await;

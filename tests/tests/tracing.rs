@@ -17,7 +17,7 @@
 
 use confab_common::trace::TraceParent;
 use confab_proto::v1::SendMessageRequest;
-use confab_proto::v1::{client_frame, server_frame, ClientFrame, Ping, SendFrame};
+use confab_proto::v1::{client_frame, ClientFrame, Ping};
 use confab_tests::stack::{ProcStack, Role};
 use confab_tests::{Session, User, DEADLINE};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
@@ -598,18 +598,9 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
         .into_inner();
     let mut stream = Session { tx, inbound };
     stream
-        .send(client_frame::Frame::Send(SendFrame {
-            conversation_id: conv.id.clone(),
-            client_msg_id: "traced-3".into(),
-            body: "from a stream".into(),
-        }))
+        .send_text(&conv.id, "traced-3", "from a stream")
         .await;
-    let acked = loop {
-        match stream.next_frame().await.expect("frame") {
-            server_frame::Frame::Ack(ack) => break ack,
-            _ => continue,
-        }
-    };
+    let acked = stream.next_ack().await;
     assert!(acked.error.is_none(), "{acked:?}");
     let stream_hops = stack
         .follow(&stream_trace.trace_id_hex(), acked.seq, "bob")
@@ -630,18 +621,9 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
 
     // 4. On a stream opened without a traceparent, each `send` frame starts
     // a trace of its own.
-    live.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "traced-4".into(),
-        body: "from a plain stream".into(),
-    }))
-    .await;
-    let acked = loop {
-        match live.next_frame().await.expect("frame") {
-            server_frame::Frame::Ack(ack) => break ack,
-            _ => continue,
-        }
-    };
+    live.send_text(&conv.id, "traced-4", "from a plain stream")
+        .await;
+    let acked = live.next_ack().await;
     assert!(acked.error.is_none(), "{acked:?}");
     let seq = acked.seq.to_string();
     let completed = stack

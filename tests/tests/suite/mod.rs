@@ -3,7 +3,7 @@
 //! `tests/distributed.rs`): order and gap-freedom, dedupe, multi-session
 //! delivery, resume, membership changes and every error case.
 
-use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, Resume, SendFrame};
+use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, Resume};
 use confab_tests::server::{Kind, Server, Settings};
 use confab_tests::*;
 use std::collections::HashMap;
@@ -92,17 +92,8 @@ pub async fn a_retried_send_returns_the_original_and_stores_nothing_twice(kind: 
     assert_eq!(racy.len(), 1, "one seq for one client_msg_id: {racy:?}");
     // The stream's send frame dedupes too.
     let mut s = alice.live().await;
-    s.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "once".into(),
-        body: "again".into(),
-    }))
-    .await;
-    let ack = loop {
-        if let server_frame::Frame::Ack(a) = s.next_frame().await.expect("frame") {
-            break a;
-        }
-    };
+    s.send_text(&conv.id, "once", "again").await;
+    let ack = s.next_ack().await;
     assert_eq!((ack.seq, ack.error), (first.seq, None));
     assert_eq!(alice.all_seqs(&conv.id).await, vec![1, 2, 3]);
     server.stop().await;
@@ -119,13 +110,7 @@ pub async fn every_session_of_every_member_gets_the_message_sender_included(kind
     let mut alice1 = alice.live().await;
     let mut carol1 = carol.live().await;
     // Sent over alice's own stream: she gets the ack and the message.
-    alice1
-        .send(client_frame::Frame::Send(SendFrame {
-            conversation_id: conv.id.clone(),
-            client_msg_id: "m1".into(),
-            body: "hi all".into(),
-        }))
-        .await;
+    alice1.send_text(&conv.id, "m1", "hi all").await;
     for s in [&mut bob1, &mut bob2, &mut alice1] {
         let (msgs, _) = s.messages_until(&conv.id, 2).await.expect("delivered");
         assert_eq!(seqs(&msgs), vec![2]);
@@ -552,23 +537,11 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
 
     // Stream sends report errors in the ack, and the stream goes on.
     let mut s = mallory.live().await;
-    s.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "z".into(),
-        body: "x".into(),
-    }))
-    .await;
-    s.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "".into(),
-        body: "x".into(),
-    }))
-    .await;
+    s.send_text(&conv.id, "z", "x").await;
+    s.send_text(&conv.id, "", "x").await;
     let mut codes = Vec::new();
     while codes.len() < 2 {
-        if let server_frame::Frame::Ack(a) = s.next_frame().await.expect("ack") {
-            codes.push(a.error.map(|e| e.code));
-        }
+        codes.push(s.next_ack().await.error.map(|e| e.code));
     }
     codes.sort();
     assert_eq!(
@@ -630,12 +603,7 @@ pub async fn a_reader_that_falls_behind_is_disconnected_and_can_resume(kind: Kin
         last = last.max(s.await.expect("sender"));
     }
     assert_eq!(last, 201);
-    let status = loop {
-        match slow.next_or_status().await {
-            Ok(_) => continue,
-            Err(status) => break status,
-        }
-    };
+    let status = slow.end_status().await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("resume"), "{status:?}");
     // alice was never slowed down or refused, and bob can resume.
