@@ -168,6 +168,16 @@ impl User {
         r
     }
 
+    /// One unary call: `call` on a clone of the client with `msg` and this
+    /// user's authorization; the answer's message.
+    async fn unary<Req, Resp, F, Fut>(&self, msg: Req, call: F) -> Result<Resp, Status>
+    where
+        F: FnOnce(ChatClient<Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        Ok(call(self.client.clone(), self.req(msg)).await?.into_inner())
+    }
+
     /// Creates a GROUP with `others` (and this user).
     pub async fn group(&self, title: &str, others: &[&str]) -> Conversation {
         self.create(ConversationKind::Group, title, others)
@@ -187,12 +197,11 @@ impl User {
             title: title.into(),
             member_ids: others.iter().map(|s| s.to_string()).collect(),
         };
-        Ok(self
-            .client
-            .clone()
-            .create_conversation(self.req(req))
-            .await?
-            .into_inner())
+        self.unary(
+            req,
+            |mut c, r| async move { c.create_conversation(r).await },
+        )
+        .await
     }
 
     /// Creates a GROUP with `others` once the server can: retried while it
@@ -228,24 +237,38 @@ impl User {
             body: body.into(),
         };
         let resp = self
-            .client
-            .clone()
-            .send_message(self.req(req))
-            .await?
-            .into_inner();
+            .unary(req, |mut c, r| async move { c.send_message(r).await })
+            .await?;
         resp.message
             .ok_or_else(|| Status::internal("response without message"))
     }
 
+    /// Adds `members` to `conv`.
+    pub async fn add_members(&self, conv: &str, members: &[&str]) -> Result<Conversation, Status> {
+        let req = AddMembersRequest {
+            conversation_id: conv.into(),
+            member_ids: members.iter().map(|m| m.to_string()).collect(),
+        };
+        self.unary(req, |mut c, r| async move { c.add_members(r).await })
+            .await
+    }
+
+    /// Removes `member` from `conv` (the user themself: leaves it).
+    pub async fn remove_member(&self, conv: &str, member: &str) -> Result<Conversation, Status> {
+        let req = RemoveMemberRequest {
+            conversation_id: conv.into(),
+            member_id: member.into(),
+        };
+        self.unary(req, |mut c, r| async move { c.remove_member(r).await })
+            .await
+    }
+
     /// The user's conversations.
     pub async fn list(&self) -> Result<ListConversationsResponse, Status> {
-        let req = self.req(ListConversationsRequest {});
-        Ok(self
-            .client
-            .clone()
-            .list_conversations(req)
-            .await?
-            .into_inner())
+        self.unary(ListConversationsRequest {}, |mut c, r| async move {
+            c.list_conversations(r).await
+        })
+        .await
     }
 
     /// A page of history.
@@ -262,12 +285,8 @@ impl User {
             after_seq: after,
             limit,
         };
-        Ok(self
-            .client
-            .clone()
-            .get_history(self.req(req))
-            .await?
-            .into_inner())
+        self.unary(req, |mut c, r| async move { c.get_history(r).await })
+            .await
     }
 
     /// Every seq of a conversation, read oldest first through the API.
@@ -435,6 +454,15 @@ impl Session {
     }
 }
 
+/// A conversation of a test's (or a tool's) plan, and its members.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    /// Its id.
+    pub id: String,
+    /// Its members' user ids.
+    pub members: Vec<String>,
+}
+
 /// Senders to one conversation that go on until a send fails (the server
 /// died under them).
 pub struct Writers(Vec<tokio::task::JoinHandle<Vec<(String, u64)>>>);
@@ -464,12 +492,17 @@ impl Writers {
     }
 
     /// Every `(client_msg_id, seq)` acknowledged, once every writer has
-    /// stopped.
-    pub async fn acked(self) -> Vec<(String, u64)> {
+    /// stopped: at least `least` of them.
+    pub async fn acked_at_least(self, least: usize) -> Vec<(String, u64)> {
         let mut all = Vec::new();
         for w in self.0 {
             all.extend(w.await.expect("writer"));
         }
+        assert!(
+            all.len() >= least,
+            "only {} sends were acknowledged, not {least}",
+            all.len()
+        );
         all
     }
 }

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -87,10 +88,15 @@ impl Served {
 
     /// Stops it and checks that it ended cleanly within [`DEADLINE`]
     /// (`what` names it in the failure).
-    pub async fn stop(mut self, what: &str) {
+    pub async fn stop(self, what: &str) {
+        self.stop_within(what, DEADLINE).await;
+    }
+
+    /// [`Served::stop`], giving it `within` to end.
+    pub async fn stop_within(mut self, what: &str, within: Duration) {
         self.fire();
         if let Some(task) = self.task.take() {
-            let ended = tokio::time::timeout(DEADLINE, task).await;
+            let ended = tokio::time::timeout(within, task).await;
             assert!(
                 matches!(ended, Ok(Ok(Ok(())))),
                 "{what} stopped cleanly: {ended:?}"

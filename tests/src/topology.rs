@@ -83,6 +83,22 @@ impl Default for TopologyConfig {
     }
 }
 
+/// Settings of a gateway's attach client to `routers` that tries again
+/// soon: after 20 ms, backing off to 200 ms.
+pub fn fast_attach(routers: impl IntoIterator<Item = impl Into<String>>) -> AttachConfig {
+    AttachConfig {
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..AttachConfig::new(routers)
+    }
+}
+
+/// `hub`'s attach client with `config`, running until stopped.
+pub fn attach_client(hub: &Arc<Hub>, config: AttachConfig) -> Served {
+    let hub = hub.clone();
+    Served::spawn(move |signal| confab_gateway::attach::run(hub, config, signal))
+}
+
 /// Binds 127.0.0.1 on `port` (0: any free port), retrying briefly while the
 /// port of a server that just stopped is still being released.
 async fn bind(port: u16) -> TcpListener {
@@ -106,10 +122,10 @@ type Serve = Arc<
 >;
 
 /// A gRPC server of the topology that a test can stop and serve again on
-/// the same port.
-struct Restartable {
+/// the same port: history's `HistoryReader`, a router's `RouterLink`.
+pub struct Restartable {
     /// Where it serves.
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     /// What it is, for failures.
     what: &'static str,
     /// Serves on a listener.
@@ -119,8 +135,33 @@ struct Restartable {
 }
 
 impl Restartable {
-    /// Serves on a free port.
-    async fn start(what: &'static str, serve: Serve) -> Self {
+    /// Serves `state` on a free port with `plain`, or with `with_auth`
+    /// requiring `token` of callers if one is given (the service's `serve`
+    /// and `serve_with_auth`).
+    async fn start<S, A, FA, P, FP>(
+        what: &'static str,
+        state: S,
+        token: Option<ServiceToken>,
+        with_auth: A,
+        plain: P,
+    ) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+        A: Fn(S, ServiceToken, TcpListener, Signal) -> FA + Send + Sync + 'static,
+        FA: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+        P: Fn(S, TcpListener, Signal) -> FP + Send + Sync + 'static,
+        FP: Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    {
+        let serve: Serve = Arc::new(move |listener, signal| match token.clone() {
+            Some(t) => {
+                let served = with_auth(state.clone(), t, listener, signal);
+                Box::pin(async move { Ok(served.await?) })
+            }
+            None => {
+                let served = plain(state.clone(), listener, signal);
+                Box::pin(async move { Ok(served.await?) })
+            }
+        });
         let listener = bind(0).await;
         let addr = listener.local_addr().expect("server address");
         let mut me = Self {
@@ -139,111 +180,35 @@ impl Restartable {
         self.server = Some(Served::spawn_on(listener, move |l, s| serve(l, s)));
     }
 
-    async fn stop(&mut self) {
+    /// Stops the server (history's sequencers go on: writes are still
+    /// applied, only reads fail with UNAVAILABLE; a router's routing tasks
+    /// keep consuming, and with no gateway attached deliver nothing).
+    pub async fn stop_server(&mut self) {
         if let Some(server) = self.server.take() {
             server.stop(self.what).await;
         }
     }
 
-    async fn restart(&mut self) {
+    /// Serves again on the same port.
+    pub async fn start_server(&mut self) {
         let listener = bind(self.addr.port()).await;
         self.serve_on(listener);
     }
 }
 
-/// History: sequencers on the in-process ingress log, reads over gRPC.
-pub struct HistoryNode {
-    /// Where `HistoryReader` is served.
-    pub addr: SocketAddr,
-    /// The `HistoryReader` server.
-    server: Restartable,
-}
-
-impl HistoryNode {
-    /// Serves `local`'s read API, requiring `token` of callers if set.
-    async fn start(local: Arc<dyn HistoryApi>, token: Option<ServiceToken>) -> Self {
-        let serve: Serve = Arc::new(move |listener, signal| {
-            let (local, token) = (local.clone(), token.clone());
-            Box::pin(async move {
-                Ok(match token {
-                    Some(t) => {
-                        confab_history::grpc::serve_with_auth(local, t, listener, signal).await
-                    }
-                    None => confab_history::grpc::serve(local, listener, signal).await,
-                }?)
-            })
-        });
-        let server = Restartable::start("history server", serve).await;
-        Self {
-            addr: server.addr,
-            server,
-        }
-    }
-
-    /// Stops the read API (the sequencers go on: writes are still applied,
-    /// only reads fail with UNAVAILABLE).
-    pub async fn stop_server(&mut self) {
-        self.server.stop().await;
-    }
-
-    /// Serves the read API again on the same port.
-    pub async fn start_server(&mut self) {
-        self.server.restart().await;
-    }
-}
+/// History: sequencers on the in-process ingress log, its read API over
+/// gRPC.
+pub type HistoryNode = Restartable;
 
 /// One router: its share of the outcome partitions, and its `RouterLink`
 /// server, which can be restarted on the same port.
 pub struct RouterNode {
-    /// Where `RouterLink` is served.
-    pub addr: SocketAddr,
+    /// `RouterLink`, and where it is served.
+    pub server: Restartable,
     /// The gateways attached to this router, and their users.
     pub links: Arc<GatewayLinks>,
     /// The outcome partitions this router consumes.
     pub partitions: Vec<usize>,
-    /// The `RouterLink` server.
-    server: Restartable,
-}
-
-impl RouterNode {
-    /// Serves `links` over `RouterLink`, requiring `token` of gateways if
-    /// set.
-    async fn start(
-        links: Arc<GatewayLinks>,
-        partitions: Vec<usize>,
-        token: Option<ServiceToken>,
-    ) -> Self {
-        let served = links.clone();
-        let serve: Serve = Arc::new(move |listener, signal| {
-            let (links, token) = (served.clone(), token.clone());
-            Box::pin(async move {
-                Ok(match token {
-                    Some(t) => {
-                        confab_router::attach::serve_with_auth(links, t, listener, signal).await
-                    }
-                    None => confab_router::attach::serve(links, listener, signal).await,
-                }?)
-            })
-        });
-        let server = Restartable::start("router link server", serve).await;
-        Self {
-            addr: server.addr,
-            links,
-            partitions,
-            server,
-        }
-    }
-
-    /// Stops the `RouterLink` server (the routing tasks keep consuming;
-    /// with no gateway attached they deliver nothing).
-    pub async fn stop_server(&mut self) {
-        self.server.stop().await;
-    }
-
-    /// Serves `RouterLink` again on the same port.
-    pub async fn start_server(&mut self) {
-        self.server.restart().await;
-    }
 }
 
 /// One gateway: the Chat API, and its attach client to every router.
@@ -299,7 +264,14 @@ impl Topology {
             confab_history::ingest::spawn(store.clone(), ingress_partitions, Arc::new(outcomes));
 
         let local: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
-        let history = HistoryNode::start(local, config.service_token.clone()).await;
+        let history = Restartable::start(
+            "history server",
+            local,
+            config.service_token.clone(),
+            confab_history::grpc::serve_with_auth,
+            confab_history::grpc::serve,
+        )
+        .await;
         let history_addr = history.addr;
 
         // Contiguous shares: with 4 partitions and 2 routers, 0-1 and 2-3.
@@ -318,12 +290,23 @@ impl Topology {
                 Self::remote_history_at(history_addr, config.service_token.clone()),
                 links.clone(),
             ));
-            let node = RouterNode::start(links, partitions, config.service_token.clone()).await;
+            let node = RouterNode {
+                server: Restartable::start(
+                    "router link server",
+                    links.clone(),
+                    config.service_token.clone(),
+                    confab_router::attach::serve_with_auth,
+                    confab_router::attach::serve,
+                )
+                .await,
+                links,
+                partitions,
+            };
             routers.push(node);
         }
 
         let ingress = Arc::new(ingress);
-        let router_addrs: Vec<String> = routers.iter().map(|r| r.addr.to_string()).collect();
+        let router_addrs: Vec<String> = routers.iter().map(|r| r.server.addr.to_string()).collect();
         let mut gateways = Vec::new();
         for i in 1..=config.gateways {
             let id = format!("g{i}");
@@ -345,16 +328,13 @@ impl Topology {
                 );
                 confab_gateway::run(service, listener, signal)
             });
-            let attach_config = AttachConfig {
-                backoff_min: Duration::from_millis(20),
-                backoff_max: Duration::from_millis(200),
-                service_token: config.service_token.clone(),
-                ..AttachConfig::new(router_addrs.clone())
-            };
-            let attach_hub = hub.clone();
-            let attach = Served::spawn(move |signal| {
-                confab_gateway::attach::run(attach_hub, attach_config, signal)
-            });
+            let attach = attach_client(
+                &hub,
+                AttachConfig {
+                    service_token: config.service_token.clone(),
+                    ..fast_attach(router_addrs.clone())
+                },
+            );
             gateways.push(GatewayNode {
                 id,
                 addr,
@@ -445,7 +425,7 @@ impl Topology {
             );
         }
         for r in &mut self.routers {
-            r.stop_server().await;
+            r.server.stop_server().await;
         }
         self.history.stop_server().await;
     }

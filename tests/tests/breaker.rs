@@ -11,6 +11,7 @@ use confab_common::remote::{HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILA
 use confab_history::LocalHistory;
 use confab_tests::free_port;
 use confab_tests::served::{sqlite_store, Served};
+use confab_tests::topology::{attach_client, fast_attach};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
@@ -178,24 +179,20 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     let addr = format!("127.0.0.1:{port}");
     let name = format!("router {addr}");
     let hub = confab_gateway::Hub::new("gw-breaker");
-    let attach = Served::spawn(|signal| {
-        confab_gateway::attach::run(
-            hub.clone(),
-            AttachConfig {
-                backoff_min: Duration::from_millis(20),
-                backoff_max: Duration::from_millis(50),
-                breaker: BreakerConfig {
-                    window: 3,
-                    min_calls: 3,
-                    failure_threshold: 0.5,
-                    open_for: Duration::from_millis(300),
-                    half_open_probes: 1,
-                },
-                ..AttachConfig::new([addr.clone()])
+    let attach = attach_client(
+        &hub,
+        AttachConfig {
+            backoff_max: Duration::from_millis(50),
+            breaker: BreakerConfig {
+                window: 3,
+                min_calls: 3,
+                failure_threshold: 0.5,
+                open_for: Duration::from_millis(300),
+                half_open_probes: 1,
             },
-            signal,
-        )
-    });
+            ..fast_attach([addr.clone()])
+        },
+    );
     // Nobody listens: after three refused connections the breaker opens.
     confab_tests::wait_until("the router breaker to open", || {
         sample("confab_breaker_state", &[("breaker", &name)]) == Some(2.0)

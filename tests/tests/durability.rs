@@ -18,14 +18,9 @@ async fn acknowledged_messages_survive_kill_9_and_restart() {
         .await
         .expect("messages committed in time");
     server.kill9();
-    let acked_before_kill = writers.acked().await;
     // Committed messages whose ack was still on its way when the process
     // died are not counted: a few fewer than the 200 committed.
-    assert!(
-        acked_before_kill.len() >= 150,
-        "{} acked",
-        acked_before_kill.len()
-    );
+    let acked_before_kill = writers.acked_at_least(150).await;
     drop(server);
     let server = DevProcess::start(dir.path(), port).expect("restart");
     let alice = User::connect(server.addr, "alice").await;

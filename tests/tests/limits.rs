@@ -142,6 +142,16 @@ fn all_refused(refused: &[Status], code: Code, message: &str) {
     }
 }
 
+/// Embedded mode allowing `per_sec` messages a second per user, with
+/// bursts of `burst`.
+async fn embedded_at_rate(per_sec: &str, burst: &str) -> Server {
+    let rate = [
+        ("CONFAB_RATE_MESSAGES_PER_SEC", per_sec),
+        ("CONFAB_RATE_MESSAGES_BURST", burst),
+    ];
+    start(Kind::Embedded, &rate).await
+}
+
 /// `confab_rate_limited_total{limit}` as `/metrics` would serve it now.
 fn rate_limited(limit: &str) -> f64 {
     let text = confab_common::metrics::install().render();
@@ -173,14 +183,7 @@ const RATE_1_BURST_5: &str = "rate limit: at most 1 message per second per user,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_per_second_allow_the_burst_then_refill_at_the_rate() {
     confab_common::metrics::install();
-    let server = start(
-        Kind::Embedded,
-        &[
-            ("CONFAB_RATE_MESSAGES_PER_SEC", "1"),
-            ("CONFAB_RATE_MESSAGES_BURST", "5"),
-        ],
-    )
-    .await;
+    let server = embedded_at_rate("1", "5").await;
     let alice = server.user("alice").await;
     let conv = alice.group("burst", &["bob"]).await.id;
     let mut bystanders = Bystanders::join(&server).await;
@@ -236,14 +239,7 @@ fn most_admitted(elapsed: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_sends_share_the_budget_and_are_refused_in_the_ack() {
-    let server = start(
-        Kind::Embedded,
-        &[
-            ("CONFAB_RATE_MESSAGES_PER_SEC", "2"),
-            ("CONFAB_RATE_MESSAGES_BURST", "4"),
-        ],
-    )
-    .await;
+    let server = embedded_at_rate("2", "4").await;
     let alice = server.user("alice").await;
     let conv = alice.group("stream", &["bob"]).await;
     let mut bystanders = Bystanders::join(&server).await;
@@ -403,12 +399,8 @@ async fn members_per_group(kind: Kind) {
     let conv = alice.group("full", &["bob", "erin"]).await;
     let (a, id) = (alice.clone(), conv.id.clone());
     let (added, refused) = while_abusing(&mut bystanders, 3, 1, move |_| {
-        let req = confab_proto::v1::AddMembersRequest {
-            conversation_id: id.clone(),
-            member_ids: vec!["frank".into()],
-        };
-        let a = a.clone();
-        async move { a.client.clone().add_members(a.req(req)).await.map(|_| ()) }
+        let (a, id) = (a.clone(), id.clone());
+        async move { a.add_members(&id, &["frank"]).await.map(|_| ()) }
     })
     .await;
     assert_eq!(added, 0);

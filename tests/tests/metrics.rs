@@ -347,6 +347,15 @@ async fn wait_ready(stack: &ProcStack, role: Role, ready: bool, failing: &str) -
     })
 }
 
+/// Every service becomes ready (`ready`) or not ready naming `failing`,
+/// each in less than `within` (`how`: what that means, for the failure).
+async fn all_become(stack: &ProcStack, ready: bool, failing: &str, within: Duration, how: &str) {
+    for role in Role::ALL {
+        let took = wait_ready(stack, role, ready, failing).await;
+        assert!(took < within, "{} {how} after {took:?}", role.name());
+    }
+}
+
 /// Scrapes the service of `role` until `done(page)` holds; the page.
 async fn wait_role_page(
     stack: &ProcStack,
@@ -359,6 +368,26 @@ async fn wait_role_page(
         &format!("{}: {what}", role.name()),
         done,
     )
+    .await
+}
+
+/// The consumer lag of `group` on each partition, as `page` shows it
+/// (`None`: no such series).
+fn lags(page: &str, group: &str) -> Vec<Option<f64>> {
+    (0..PARTITIONS)
+        .map(|part| {
+            let labels = [("group", group), ("partition", &part.to_string())];
+            sample(page, "confab_kafka_consumer_lag_records", &labels)
+        })
+        .collect()
+}
+
+/// Scrapes the service of `role` until its consumer group (named like the
+/// role) has a lag of 0 on every partition; the page.
+async fn wait_no_lag(stack: &ProcStack, role: Role, what: &str) -> String {
+    wait_role_page(stack, role, what, |p| {
+        lags(p, role.name()).iter().all(|lag| *lag == Some(0.0))
+    })
     .await
 }
 
@@ -451,21 +480,7 @@ async fn distributed_services_count_messages_kafka_database_sessions_and_fanout(
     // History: sequenced (the creation's system message and N sends),
     // refused by reason, batches and transactions, the pool, produce
     // latency of outcomes, lag of every ingress partition, rebalances.
-    let page = wait_role_page(
-        &stack,
-        Role::History,
-        "lag of every partition back to 0",
-        |p| {
-            (0..PARTITIONS).all(|part| {
-                sample(
-                    p,
-                    "confab_kafka_consumer_lag_records",
-                    &[("group", "history"), ("partition", &part.to_string())],
-                ) == Some(0.0)
-            })
-        },
-    )
-    .await;
+    let page = wait_no_lag(&stack, Role::History, "lag of every partition back to 0").await;
     assert!(
         value(&page, "confab_messages_sequenced_total", &[]) >= n + 1.0,
         "{page}"
@@ -522,21 +537,7 @@ async fn distributed_services_count_messages_kafka_database_sessions_and_fanout(
 
     // Router: fan-out (the creation and N messages to both members), lag,
     // rebalances.
-    let page = wait_role_page(
-        &stack,
-        Role::Router,
-        "lag of every partition back to 0",
-        |p| {
-            (0..PARTITIONS).all(|part| {
-                sample(
-                    p,
-                    "confab_kafka_consumer_lag_records",
-                    &[("group", "router"), ("partition", &part.to_string())],
-                ) == Some(0.0)
-            })
-        },
-    )
-    .await;
+    let page = wait_no_lag(&stack, Role::Router, "lag of every partition back to 0").await;
     let routed = value(&page, "confab_router_fanout_recipients_count", &[]);
     assert!(routed >= n + 1.0, "{page}");
     assert_eq!(
@@ -641,13 +642,9 @@ async fn readiness_follows_the_database_and_the_broker() {
         Role::History,
         "lag while the database is down",
         |p| {
-            (0..PARTITIONS).any(|part| {
-                value(
-                    p,
-                    "confab_kafka_consumer_lag_records",
-                    &[("group", "history"), ("partition", &part.to_string())],
-                ) >= 1.0
-            })
+            lags(p, "history")
+                .iter()
+                .any(|lag| lag.unwrap_or(0.0) >= 1.0)
         },
     )
     .await;
@@ -663,36 +660,13 @@ async fn readiness_follows_the_database_and_the_broker() {
             .await
             .expect("the retry after the outage");
     }
-    wait_role_page(&stack, Role::History, "no lag after the outage", |p| {
-        (0..PARTITIONS).all(|part| {
-            sample(
-                p,
-                "confab_kafka_consumer_lag_records",
-                &[("group", "history"), ("partition", &part.to_string())],
-            ) == Some(0.0)
-        })
-    })
-    .await;
+    wait_no_lag(&stack, Role::History, "no lag after the outage").await;
 
     // The broker dies: every service says so; back when it is.
     broker.kill9();
-    for role in Role::ALL {
-        let took = wait_ready(&stack, role, false, "kafka").await;
-        assert!(
-            took < Duration::from_secs(10),
-            "{} noticed after {took:?}",
-            role.name()
-        );
-    }
+    all_become(&stack, false, "kafka", Duration::from_secs(10), "noticed").await;
     broker.restart().await;
-    for role in Role::ALL {
-        let took = wait_ready(&stack, role, true, "").await;
-        assert!(
-            took < Duration::from_secs(15),
-            "{} recovered after {took:?}",
-            role.name()
-        );
-    }
+    all_become(&stack, true, "", Duration::from_secs(15), "recovered").await;
 
     // And it still works end to end.
     let alice = User::connect(stack.gateway_addr(0), "alice").await;

@@ -570,6 +570,18 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// Every rule of every group of an `/api/v1/rules` answer.
+fn rules_of(answer: &Value) -> impl Iterator<Item = &Value> {
+    list(&answer["data"]["groups"])
+        .iter()
+        .flat_map(|group| list(&group["rules"]))
+}
+
+/// The elements of a JSON array (none for anything else).
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// The rules Prometheus loaded are exactly the ones of alerts.yml, and each
 /// is healthy once evaluated.
 async fn check_rules(
@@ -581,21 +593,11 @@ async fn check_rules(
     loop {
         let answer = prom.api("/api/v1/rules").await;
         let mut loaded = BTreeMap::new();
-        for group in answer["data"]["groups"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            for rule in group["rules"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                let name = rule["name"].as_str().unwrap_or("?").to_string();
-                let health = rule["health"].as_str().unwrap_or("?").to_string();
-                let error = rule["lastError"].as_str().unwrap_or("").to_string();
-                loaded.insert(name, (health, error));
-            }
+        for rule in rules_of(&answer) {
+            let name = rule["name"].as_str().unwrap_or("?").to_string();
+            let health = rule["health"].as_str().unwrap_or("?").to_string();
+            let error = rule["lastError"].as_str().unwrap_or("").to_string();
+            loaded.insert(name, (health, error));
         }
         let names: BTreeSet<&String> = loaded.keys().collect();
         let want: BTreeSet<&String> = alerts.keys().collect();
@@ -639,33 +641,18 @@ async fn check_expressions(
     // The alerts' own expressions, as Prometheus parsed them.
     let rules = prom.api("/api/v1/rules").await;
     let mut alert_exprs = BTreeMap::new();
-    for group in rules["data"]["groups"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        for rule in group["rules"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let name = rule["name"].as_str().unwrap_or("?").to_string();
-            let query = rule["query"].as_str().unwrap_or("").to_string();
-            alert_exprs.insert(name, query);
-        }
+    for rule in rules_of(&rules) {
+        let name = rule["name"].as_str().unwrap_or("?").to_string();
+        let query = rule["query"].as_str().unwrap_or("").to_string();
+        alert_exprs.insert(name, query);
     }
     let mut must_have_series: Vec<Expr> = panels.to_vec();
     let mut invalid = Vec::new();
     for (name, tests) in alerts {
         let query = alert_exprs.get(name).cloned().unwrap_or_default();
         // Recording rules must return series themselves.
-        let recording = rules["data"]["groups"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-            .any(|r| r["name"] == name.as_str() && r["type"] == "recording");
+        let recording =
+            rules_of(&rules).any(|r| r["name"] == name.as_str() && r["type"] == "recording");
         if recording {
             must_have_series.push(Expr {
                 source: format!("recording rule {name}"),

@@ -93,13 +93,6 @@ async fn wait_owns_all(what: &str, node: &Node) {
     }
 }
 
-/// A conversation of the test.
-#[derive(Debug, Clone)]
-struct Conv {
-    id: String,
-    members: Vec<String>,
-}
-
 /// A user's client on one gateway.
 #[derive(Clone)]
 struct Client {
@@ -286,6 +279,17 @@ struct Chat {
 }
 
 impl Chat {
+    /// Closes the sessions and stops the cluster, saying how long the test
+    /// (from `started`) took.
+    async fn stop(self, started: Instant) {
+        eprintln!("done in {:?}", started.elapsed());
+        let Chat {
+            cluster, watches, ..
+        } = self;
+        drop(watches);
+        cluster.stop().await;
+    }
+
     /// Starts 2 gateways, 2 routers and 2 history processes, waits until
     /// both groups share the partitions, creates the conversations and opens
     /// a session per (user, gateway), caught up.
@@ -599,12 +603,7 @@ async fn two_of_each_service_share_partitions_and_keep_every_promise() {
     let routers: Vec<&Node> = chat.cluster.routers.iter().collect();
     wait_shared("history group", &histories).await;
     wait_shared("router group", &routers).await;
-    eprintln!("done in {:?}", started.elapsed());
-    let Chat {
-        cluster, watches, ..
-    } = chat;
-    drop(watches);
-    cluster.stop().await;
+    chat.stop(started).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,10 +684,5 @@ async fn survivors_take_over_the_partitions_of_a_stopped_router_and_history() {
 
     let stored = chat.check(&acked).await;
     eprintln!("stored user messages per conversation: {stored:?}");
-    eprintln!("done in {:?}", started.elapsed());
-    let Chat {
-        cluster, watches, ..
-    } = chat;
-    drop(watches);
-    cluster.stop().await;
+    chat.stop(started).await;
 }

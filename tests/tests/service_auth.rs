@@ -333,7 +333,7 @@ async fn a_topology_with_the_service_token_works_end_to_end() {
         .expect("client");
     let err = bare.conversation(&conv.id).await.expect_err("refused");
     assert!(err.to_string().contains(SERVICE_TOKEN_REQUIRED), "{err}");
-    let channel = Channel::from_shared(format!("http://{}", topo.routers[0].addr))
+    let channel = Channel::from_shared(format!("http://{}", topo.routers[0].server.addr))
         .expect("uri")
         .connect()
         .await

@@ -302,6 +302,15 @@ impl Stack {
         found.unwrap_or_else(|e| panic!("{}: {e}; logs:\n{}", role.name(), self.tails()))
     }
 
+    /// The gateway's `completed` event of the send (`what`) that got `seq`.
+    async fn completed(&self, seq: u64, what: &str) -> Event {
+        let seq = seq.to_string();
+        self.wait_event(Role::Gateway, &format!("{what} completed"), |e| {
+            e.message == "completed" && e.field("seq") == Some(&seq)
+        })
+        .await
+    }
+
     /// Waits until message `seq` of trace `trace_id` has left its mark at
     /// every hop (gateway: written and completed; history: sequenced and
     /// published; router: routed; gateway: delivered to `recipient`), and
@@ -503,6 +512,24 @@ async fn send_traced(
         .expect("message")
 }
 
+/// `user` sends `body` to `conv` in a trace of the client's own (a new
+/// root `traceparent`), and `live` receives it: that traceparent, its trace
+/// id, and the stored message.
+async fn send_in_a_new_trace(
+    user: &User,
+    live: &mut Session,
+    conv: &str,
+    client_msg_id: &str,
+    body: &str,
+) -> (TraceParent, String, confab_proto::v1::Message) {
+    let client = TraceParent::root();
+    let sent = send_traced(user, conv, client_msg_id, body, client).await;
+    live.messages_until(conv, sent.seq)
+        .await
+        .expect("the recipient gets it live");
+    (client, client.trace_id_hex(), sent)
+}
+
 #[tokio::test]
 async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
     let stack = Stack::start().await;
@@ -530,12 +557,8 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
         .await;
 
     // 1. The client chose the trace: every hop continues it.
-    let client = TraceParent::root();
-    let trace_id = client.trace_id_hex();
-    let sent = send_traced(&alice, &conv.id, "traced-1", "follow me", client).await;
-    live.messages_until(&conv.id, sent.seq)
-        .await
-        .expect("bob gets it live");
+    let (client, trace_id, sent) =
+        send_in_a_new_trace(&alice, &mut live, &conv.id, "traced-1", "follow me").await;
     let hops = stack.follow(&trace_id, sent.seq, "bob").await;
     assert_chain(&hops, &PATH, &trace_id, Some(&client.span_id_hex()));
     assert_eq!(
@@ -564,12 +587,7 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
     live.messages_until(&conv.id, plain.seq)
         .await
         .expect("bob gets it live");
-    let seq = plain.seq.to_string();
-    let completed = stack
-        .wait_event(Role::Gateway, "the plain send completed", |e| {
-            e.message == "completed" && e.field("seq") == Some(&seq)
-        })
-        .await;
+    let completed = stack.completed(plain.seq, "the plain send").await;
     let fresh = completed.trace_id().expect("trace id").to_string();
     assert_ne!(fresh, trace_id, "a new trace");
     let fresh_hops = stack.follow(&fresh, plain.seq, "bob").await;
@@ -625,12 +643,7 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
         .await;
     let acked = live.next_ack().await;
     assert!(acked.error.is_none(), "{acked:?}");
-    let seq = acked.seq.to_string();
-    let completed = stack
-        .wait_event(Role::Gateway, "the plain stream's send completed", |e| {
-            e.message == "completed" && e.field("seq") == Some(&seq)
-        })
-        .await;
+    let completed = stack.completed(acked.seq, "the plain stream's send").await;
     let own = completed.trace_id().expect("trace id").to_string();
     assert_eq!(
         completed.spans.len(),
@@ -653,12 +666,14 @@ async fn with_the_log_at_info_every_hop_is_still_exported() {
     let bob = User::connect(addr, "bob").await;
     let mut live = bob.live().await;
     let conv = alice.group("traced at info", &["bob"]).await;
-    let client = TraceParent::root();
-    let trace_id = client.trace_id_hex();
-    let sent = send_traced(&alice, &conv.id, "info-1", "exported, not logged", client).await;
-    live.messages_until(&conv.id, sent.seq)
-        .await
-        .expect("bob gets it live");
+    let (client, trace_id, _) = send_in_a_new_trace(
+        &alice,
+        &mut live,
+        &conv.id,
+        "info-1",
+        "exported, not logged",
+    )
+    .await;
     let hops = exported_hops(&stack.collector, &trace_id).await;
     assert_chain(&hops, &PATH, &trace_id, Some(&client.span_id_hex()));
     for p in stack.procs.all() {

@@ -21,7 +21,7 @@ use confab_proto::internal::v1::{gateway_frame, GatewayFrame, Hello, ListForUser
 use confab_proto::v1::{ListConversationsRequest, SendMessageRequest};
 use confab_router::attach::{GatewayLinks, LinkConfig};
 use confab_tests::served::{sqlite_store, Served};
-use confab_tests::topology::{service_token, SERVICE_TOKEN};
+use confab_tests::topology::{attach_client, fast_attach, service_token, SERVICE_TOKEN};
 use confab_tests::{confab_bin, wait_until, Embedded, Session, User, DEADLINE};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -546,19 +546,14 @@ async fn routers_with_a_client_ca_take_only_gateways_with_a_certificate() {
 
     // A gateway presenting its certificate (and the token) attaches.
     let hub = Hub::new("gw-mtls");
-    let attach = Served::spawn(|signal| {
-        confab_gateway::attach::run(
-            hub.clone(),
-            AttachConfig {
-                backoff_min: Duration::from_millis(20),
-                backoff_max: Duration::from_millis(200),
-                service_token: Some(service_token()),
-                tls: Some(pki.client_tls(Some(&pki.client))),
-                ..AttachConfig::new([addr.to_string()])
-            },
-            signal,
-        )
-    });
+    let attach = attach_client(
+        &hub,
+        AttachConfig {
+            service_token: Some(service_token()),
+            tls: Some(pki.client_tls(Some(&pki.client))),
+            ..fast_attach([addr.to_string()])
+        },
+    );
     wait_until("the gateway attached over mTLS", || {
         links.gateways() == vec!["gw-mtls".to_string()]
     })

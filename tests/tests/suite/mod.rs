@@ -9,6 +9,19 @@ use confab_tests::*;
 use std::collections::HashMap;
 use tonic::Code;
 
+/// A server of `kind` with default settings, and a client for each of
+/// `names`.
+async fn with_users<const N: usize>(kind: Kind, names: [&str; N]) -> (Server, [User; N]) {
+    let server = Server::start(kind, Settings::default()).await;
+    let mut users = Vec::with_capacity(N);
+    for name in names {
+        users.push(server.user(name).await);
+    }
+    let mut users = users.into_iter();
+    let users = std::array::from_fn(|_| users.next().expect("a user per name"));
+    (server, users)
+}
+
 pub async fn concurrent_senders_get_one_gap_free_order_that_every_member_sees(kind: Kind) {
     let server = Server::start(kind, Settings::default()).await;
     let names = ["alice", "bob", "carol", "dave"];
@@ -100,10 +113,7 @@ pub async fn a_retried_send_returns_the_original_and_stores_nothing_twice(kind: 
 }
 
 pub async fn every_session_of_every_member_gets_the_message_sender_included(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let (server, [alice, bob, carol]) = with_users(kind, ["alice", "bob", "carol"]).await;
     let conv = alice.group("multi", &["bob"]).await;
     let mut bob1 = bob.live().await;
     let mut bob2 = bob.live().await;
@@ -129,9 +139,7 @@ pub async fn every_session_of_every_member_gets_the_message_sender_included(kind
 }
 
 pub async fn resume_sends_exactly_what_was_missed_while_others_keep_sending(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
+    let (server, [alice, bob]) = with_users(kind, ["alice", "bob"]).await;
     let conv = alice.group("resume", &["bob"]).await;
     for i in 0..20 {
         alice
@@ -191,9 +199,7 @@ pub async fn resume_sends_exactly_what_was_missed_while_others_keep_sending(kind
 /// stream goes on (the session computed `seq + 1`, overflowing: its task
 /// panicked and the stream just ended; found writing the fuzz targets).
 pub async fn resuming_from_the_largest_seq_is_caught_up_and_the_stream_goes_on(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
+    let (server, [alice, bob]) = with_users(kind, ["alice", "bob"]).await;
     let conv = alice.group("max-seq", &["bob"]).await;
     alice.send(&conv.id, "m1", "x").await.expect("send");
     let mut s = bob
@@ -220,25 +226,12 @@ pub async fn resuming_from_the_largest_seq_is_caught_up_and_the_stream_goes_on(k
 }
 
 pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let (server, [alice, bob, carol]) = with_users(kind, ["alice", "bob", "carol"]).await;
     let conv = alice.group("team", &["bob"]).await;
     assert_eq!(conv.last_seq, 1);
     let mut carol_s = carol.live().await;
     let mut bob_s = bob.live().await;
-    let req = confab_proto::v1::AddMembersRequest {
-        conversation_id: conv.id.clone(),
-        member_ids: vec!["carol".into()],
-    };
-    let after_add = bob
-        .client
-        .clone()
-        .add_members(bob.req(req))
-        .await
-        .expect("add")
-        .into_inner();
+    let after_add = bob.add_members(&conv.id, &["carol"]).await.expect("add");
     assert_eq!((after_add.last_seq, after_add.member_ids.len()), (2, 3));
     let (msgs, _) = carol_s
         .messages_until(&conv.id, 2)
@@ -255,14 +248,8 @@ pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(
         .expect("carol sees messages");
     assert_eq!(msgs[0].body, "welcome");
     // alice removes carol: carol sees her removal and nothing after it.
-    let req = confab_proto::v1::RemoveMemberRequest {
-        conversation_id: conv.id.clone(),
-        member_id: "carol".into(),
-    };
     alice
-        .client
-        .clone()
-        .remove_member(alice.req(req))
+        .remove_member(&conv.id, "carol")
         .await
         .expect("remove");
     alice
@@ -293,42 +280,18 @@ pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(
         .expect_err("no longer a member");
     assert_eq!(err.code(), Code::PermissionDenied);
     // bob leaves.
-    let req = confab_proto::v1::RemoveMemberRequest {
-        conversation_id: conv.id.clone(),
-        member_id: "bob".into(),
-    };
-    let after = bob
-        .client
-        .clone()
-        .remove_member(bob.req(req))
-        .await
-        .expect("leave")
-        .into_inner();
+    let after = bob.remove_member(&conv.id, "bob").await.expect("leave");
     assert_eq!(after.member_ids, vec!["alice".to_string()]);
-    let list = bob
-        .client
-        .clone()
-        .list_conversations(bob.req(Default::default()))
-        .await
-        .expect("list")
-        .into_inner();
+    let list = bob.list().await.expect("list");
     assert!(list.conversations.is_empty());
-    let list = alice
-        .client
-        .clone()
-        .list_conversations(alice.req(Default::default()))
-        .await
-        .expect("list")
-        .into_inner();
+    let list = alice.list().await.expect("list");
     assert_eq!(list.conversations.len(), 1);
     assert_eq!(list.conversations[0].last_seq, 6);
     server.stop().await;
 }
 
 pub async fn direct_conversations_are_unique_per_pair(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
+    let (server, [alice, bob]) = with_users(kind, ["alice", "bob"]).await;
     let a = alice
         .create(ConversationKind::Direct, "", &["bob"])
         .await
@@ -382,6 +345,28 @@ pub async fn history_pages_by_seq_in_both_directions(kind: Kind) {
     server.stop().await;
 }
 
+/// `r` failed with `code`, its message mentioning `says`.
+fn expect_refused(r: Result<confab_proto::v1::Message, tonic::Status>, code: Code, says: &str) {
+    let e = r.expect_err("must fail");
+    assert_eq!(e.code(), code, "{e:?}");
+    assert!(
+        e.message().contains(says),
+        "message {:?} should mention {says:?}",
+        e.message()
+    );
+}
+
+/// `user` may neither send to nor read `conv`: both fail with `code`, the
+/// send saying `says`.
+async fn refused_send_and_read(user: &User, conv: &str, code: Code, says: &str) {
+    expect_refused(user.send(conv, "m", "let me in").await, code, says);
+    let e = user
+        .history(conv, None, None, 10)
+        .await
+        .expect_err("a refused read");
+    assert_eq!(e.code(), code);
+}
+
 pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
     let server = Server::start(
         kind,
@@ -397,15 +382,7 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
     let conv = alice.group("guarded", &["bob"]).await;
     let mut bob_s = bob.live().await;
 
-    let expect = |r: Result<confab_proto::v1::Message, tonic::Status>, code: Code, says: &str| {
-        let e = r.expect_err("must fail");
-        assert_eq!(e.code(), code, "{e:?}");
-        assert!(
-            e.message().contains(says),
-            "message {:?} should mention {says:?}",
-            e.message()
-        );
-    };
+    let expect = expect_refused;
     // Authentication.
     let anon = User::with_token(server.addr(), "x", "").await;
     let mut req = tonic::Request::new(confab_proto::v1::SendMessageRequest::default());
@@ -435,16 +412,7 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
         .mint_expiring_at("alice", 1_000)
         .expect("mint");
     let expired = User::with_token(server.addr(), "alice", &expired_token).await;
-    expect(
-        expired.send(&conv.id, "e", "x").await,
-        Code::Unauthenticated,
-        "expired",
-    );
-    let e = expired
-        .history(&conv.id, None, None, 1)
-        .await
-        .expect_err("expired read");
-    assert_eq!(e.code(), Code::Unauthenticated);
+    refused_send_and_read(&expired, &conv.id, Code::Unauthenticated, "expired").await;
     let e = expired
         .session(client_frame::Frame::Ping(Ping::default()))
         .await
@@ -463,37 +431,13 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
     );
 
     // Authorization and existence.
-    expect(
-        mallory.send(&conv.id, "m", "let me in").await,
-        Code::PermissionDenied,
-        "not a member",
-    );
+    refused_send_and_read(&mallory, &conv.id, Code::PermissionDenied, "not a member").await;
     let e = mallory
-        .history(&conv.id, None, None, 10)
-        .await
-        .expect_err("read");
-    assert_eq!(e.code(), Code::PermissionDenied);
-    let req = confab_proto::v1::AddMembersRequest {
-        conversation_id: conv.id.clone(),
-        member_ids: vec!["mallory".into()],
-    };
-    let e = mallory
-        .client
-        .clone()
-        .add_members(mallory.req(req))
+        .add_members(&conv.id, &["mallory"])
         .await
         .expect_err("add self");
     assert_eq!(e.code(), Code::PermissionDenied);
-    expect(
-        alice.send("grp-nope", "m", "hello?").await,
-        Code::NotFound,
-        "does not exist",
-    );
-    let e = alice
-        .history("grp-nope", None, None, 10)
-        .await
-        .expect_err("read unknown");
-    assert_eq!(e.code(), Code::NotFound);
+    refused_send_and_read(&alice, "grp-nope", Code::NotFound, "does not exist").await;
 
     // Validation.
     expect(
