@@ -13,23 +13,33 @@
 //!    idle streams on the gateway.
 //!
 //! Each target of the performance issue is then checked and reported as
-//! met or missed; nothing fails the run but an error.
+//! met or missed (`targets`); nothing fails the run but an error. The
+//! report prints as a table (`table`); the echo server and the stack are
+//! started by `procs`.
+
+mod procs;
+mod table;
+mod targets;
+
+pub use table::table;
+pub use targets::Target;
+
+use procs::{ready, start_stack, watch, EchoProcess};
+use targets::targets;
 
 use super::baselines::{self, InsertOpts, InsertReport, KafkaOpts, KafkaReport};
 use super::idle::{self, IdleOpts, IdleReport};
 use super::ingest::{self, IngestOpts, IngestReport};
 use super::load::{self, LoadOpts, LoadReport, Via};
 use super::reads::{self, GenerateOpts, GenerateReport, ReadOpts, ReadReport};
-use super::{sibling_bin, Machine};
-use anyhow::{anyhow, Context, Result};
+use super::Machine;
+use anyhow::{Context, Result};
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
-use confab_tests::stack::{ProcStack, Role};
-use confab_tests::{free_port, DevProcess, DEADLINE, SECRET};
+use confab_tests::{free_port, DevProcess, SECRET};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// A part of the suite, to run alone (`confab-bench suite --only`).
@@ -158,17 +168,6 @@ impl SuiteOpts {
     }
 }
 
-/// One target of the issue, as measured.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Target {
-    pub name: String,
-    /// The goal, in words.
-    pub goal: String,
-    /// What was measured, in words.
-    pub measured: String,
-    pub met: bool,
-}
-
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SuiteReport {
@@ -249,8 +248,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             connections: opts.idle_connections,
         })
         .await?;
-        eprintln!("{r:?}");
-        report.embedded_idle = Some(r);
+        report.embedded_idle = Some(noted(r));
     }
 
     // 3. The distributed stack and its parts.
@@ -281,8 +279,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             in_flight: 1000,
         })
         .await?;
-        eprintln!("{r:?}");
-        report.kafka = Some(r);
+        report.kafka = Some(noted(r));
     }
 
     if opts.runs(Section::Inserts) {
@@ -295,8 +292,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             body_bytes: opts.body_bytes,
         })
         .await?;
-        eprintln!("{r:?}");
-        report.inserts = Some(r);
+        report.inserts = Some(noted(r));
     }
 
     if opts.runs(Section::Ingest) {
@@ -312,8 +308,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             log: opts.log_dir.join("history-ingest.log"),
         })
         .await?;
-        eprintln!("{r:?}");
-        report.ingest = Some(r);
+        report.ingest = Some(noted(r));
     }
 
     if !needs_stack {
@@ -338,8 +333,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             body_bytes: opts.body_bytes,
         })
         .await?;
-        eprintln!("{r:?}");
-        report.history_table = Some(r);
+        report.history_table = Some(noted(r));
     }
 
     step("the distributed stack: history, router, gateway");
@@ -358,8 +352,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             connections: opts.idle_connections,
         })
         .await?;
-        eprintln!("{r:?}");
-        report.gateway_idle = Some(r);
+        report.gateway_idle = Some(noted(r));
     }
 
     if opts.runs(Section::Reads) {
@@ -412,67 +405,10 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     Ok(report)
 }
 
-/// Waits until a message sent through `gateway` is delivered: the
-/// consumers have joined their groups and the router has attached.
-async fn ready(gateway: SocketAddr) -> Result<()> {
-    use confab_proto::v1::{server_frame, ConversationKind};
-    let alice = confab_tests::User::connect(gateway, "bench-probe-a").await;
-    let alice = &alice;
-    let last_error = std::sync::Mutex::new(None::<anyhow::Error>);
-    let last_error = &last_error;
-    let mut attempt = 0;
-    let delivered = confab_tests::poll(
-        "a probe message delivered through the stack",
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || {
-            attempt += 1;
-            let attempt = attempt;
-            async move {
-                let tried: Result<()> = async {
-                    let conv = alice
-                        .create(ConversationKind::Direct, "probe", &["bench-probe-b"])
-                        .await?;
-                    let mut live = alice
-                        .session(server_ping())
-                        .await
-                        .map_err(|s| anyhow!("open a stream: {s:?}"))?;
-                    live.next_frame().await?;
-                    let sent = alice
-                        .send(&conv.id, &format!("probe-{attempt}"), "ready?")
-                        .await?;
-                    loop {
-                        if let server_frame::Frame::Message(m) = live.next_frame().await? {
-                            if m.seq == sent.seq {
-                                return Ok(());
-                            }
-                        }
-                    }
-                }
-                .await;
-                Ok(match tried {
-                    Ok(()) => Some(()),
-                    Err(e) => {
-                        if let Ok(mut last) = last_error.lock() {
-                            *last = Some(e);
-                        }
-                        None
-                    }
-                })
-            }
-        },
-    )
-    .await;
-    delivered.map_err(
-        |timeout| match last_error.lock().ok().and_then(|mut l| l.take()) {
-            Some(e) => e.context(timeout),
-            None => timeout,
-        },
-    )
-}
-
-fn server_ping() -> confab_proto::v1::client_frame::Frame {
-    confab_proto::v1::client_frame::Frame::Ping(confab_proto::v1::Ping { nonce: 1 })
+/// `r`, printed to stderr as it is.
+fn noted<T: std::fmt::Debug>(r: T) -> T {
+    eprintln!("{r:?}");
+    r
 }
 
 fn step(what: &str) {
@@ -504,285 +440,4 @@ fn ingress_record_bytes(body: usize) -> usize {
         accepted_at_ms: 1_800_000_000_000,
     }
     .encoded_len()
-}
-
-/// The issue's targets against what was measured.
-fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
-    let mut t = Vec::new();
-    let find = |list: &[LoadReport], label: &str| list.iter().find(|x| x.label == label).cloned();
-    if let (Some(echo), Some(emb)) = (&r.echo, find(&r.embedded, "embedded unary max")) {
-        let ratio = emb.acked_per_sec / echo.acked_per_sec.max(1e-9);
-        let connect = find(&r.embedded, "embedded connect max")
-            .map(|c| c.acked_per_sec / echo.acked_per_sec.max(1e-9))
-            .unwrap_or(0.0);
-        t.push(Target {
-            name: "embedded sends vs the gRPC ceiling".into(),
-            goal: ">= 50% of the bare tonic echo server's calls/s".into(),
-            measured: format!(
-                "unary {:.0}/s = {:.0}% of echo {:.0}/s (Connect: {:.0}%)",
-                emb.acked_per_sec,
-                ratio * 100.0,
-                echo.acked_per_sec,
-                connect * 100.0
-            ),
-            met: ratio >= 0.5,
-        });
-    }
-    let best = r
-        .distributed
-        .iter()
-        .filter(|x| x.target_rate.is_none())
-        .max_by(|a, b| a.acked_per_sec.total_cmp(&b.acked_per_sec));
-    if let Some(d) = best {
-        let delivered_msgs = d.delivered_per_sec / d.fanout.max(1.0);
-        t.push(Target {
-            name: "distributed throughput".into(),
-            goal: ">= 20000 messages/s sequenced and delivered".into(),
-            measured: format!(
-                "{}: {:.0} sequenced/s, {:.0} delivered/s ({:.0} deliveries/s at fanout {:.2})",
-                d.label, d.acked_per_sec, delivered_msgs, d.delivered_per_sec, d.fanout
-            ),
-            met: d.acked_per_sec >= 20_000.0 && delivered_msgs >= 20_000.0,
-        });
-    }
-    if let Some(d) = find(&r.distributed, "distributed connect fixed rate") {
-        t.push(Target {
-            name: "distributed latency".into(),
-            goal: format!(
-                "p99 send->delivery <= 25 ms at {:.0} messages/s",
-                opts.latency_rate
-            ),
-            measured: format!(
-                "p99 {:.2} ms at {:.0} acked/s (p50 {:.2} ms, max {:.2} ms)",
-                d.delivery.p99_us as f64 / 1000.0,
-                d.acked_per_sec,
-                d.delivery.p50_us as f64 / 1000.0,
-                d.delivery.max_us as f64 / 1000.0
-            ),
-            met: d.delivery.p99_us <= 25_000 && d.acked_per_sec >= opts.latency_rate * 0.95,
-        });
-    }
-    for (name, idle) in [("embedded", &r.embedded_idle), ("gateway", &r.gateway_idle)] {
-        if let Some(i) = idle {
-            t.push(Target {
-                name: format!("idle Connect streams ({name})"),
-                goal: "<= 16 KiB RSS per idle stream".into(),
-                measured: format!(
-                    "{:.1} KiB per stream ({} streams over {} connections)",
-                    i.bytes_per_stream / 1024.0,
-                    i.streams,
-                    i.connections
-                ),
-                met: i.bytes_per_stream <= 16.0 * 1024.0 && i.errors.is_empty(),
-            });
-        }
-    }
-    if let (Some(reads), Some(table)) = (&r.history_reads, &r.history_table) {
-        t.push(Target {
-            name: "GetHistory".into(),
-            goal: "p99 <= 2 ms for a 50-message page on a 10M-row table".into(),
-            measured: format!(
-                "p99 {:.2} ms (p50 {:.2} ms) on {} rows, one client{}",
-                reads.latency.p99_us as f64 / 1000.0,
-                reads.latency.p50_us as f64 / 1000.0,
-                table.rows,
-                r.history_reads_loaded
-                    .as_ref()
-                    .map(|l| format!(
-                        "; p99 {:.2} ms with {} clients at once",
-                        l.latency.p99_us as f64 / 1000.0,
-                        l.concurrency
-                    ))
-                    .unwrap_or_default()
-            ),
-            met: reads.latency.p99_us <= 2_000 && table.rows >= 10_000_000,
-        });
-    }
-    if let (Some(ingest), Some(inserts)) = (&r.ingest, &r.inserts) {
-        let ratio = ingest.sequenced_per_sec / inserts.rows_per_sec.max(1e-9);
-        t.push(Target {
-            name: "history ingest".into(),
-            goal: ">= 70% of raw batched inserts".into(),
-            measured: format!(
-                "{:.0} sequenced/s = {:.0}% of {:.0} rows/s",
-                ingest.sequenced_per_sec,
-                ratio * 100.0,
-                inserts.rows_per_sec
-            ),
-            met: ratio >= 0.7,
-        });
-    }
-    t
-}
-
-/// The report as a table.
-pub fn table(r: &SuiteReport) -> String {
-    let m = &r.machine;
-    let mut s = format!(
-        "Confab benchmark: {} ({} cores, {} GiB), Linux {}, {} build, {:.0} s\n\n",
-        m.cpu_model,
-        m.cores,
-        m.memory_gib,
-        m.kernel,
-        if m.release_build { "release" } else { "DEBUG" },
-        r.seconds
-    );
-    s.push_str(&format!(
-        "{:<32} {:>10} {:>10} {:>12} {:>30} {:>30}\n",
-        "run",
-        "sent/s",
-        "acked/s",
-        "delivered/s",
-        "ack p50/p90/p99/p99.9/max",
-        "delivery p50/p90/p99/p99.9/max"
-    ));
-    for l in r.echo.iter().chain(&r.embedded).chain(&r.distributed) {
-        s.push_str(&format!(
-            "{:<32} {:>10.0} {:>10.0} {:>12.0} {:>30} {:>30}\n",
-            l.label,
-            l.sent_per_sec,
-            l.acked_per_sec,
-            l.delivered_per_sec,
-            l.ack.brief(),
-            l.delivery.brief()
-        ));
-        let errors: u64 = l.errors.values().sum();
-        if errors > 0 {
-            s.push_str(&format!("{:<32} errors: {:?}\n", "", l.errors));
-        }
-        for p in &l.processes {
-            s.push_str(&format!(
-                "{:<32}   {}: {:.2} cores, RSS {} MiB\n",
-                "",
-                p.label,
-                p.cores,
-                p.rss_kib / 1024
-            ));
-        }
-    }
-    if let Some(k) = &r.kafka {
-        s.push_str(&format!(
-            "\nKafka ceiling: {} x {} B: produced {:.0}/s, consumed {:.0}/s; produce->ack {}; produce->consume {}\n",
-            k.messages, k.payload_bytes, k.produced_per_sec, k.consumed_per_sec, k.produce_ack.brief(), k.produce_to_consume.brief()
-        ));
-    }
-    if let Some(i) = &r.inserts {
-        s.push_str(&format!(
-            "Database ceiling: {} rows in batches of {} by {} writers: {:.0} rows/s; batch {}\n",
-            i.rows,
-            i.batch,
-            i.writers,
-            i.rows_per_sec,
-            i.batch_latency.brief()
-        ));
-    }
-    if let Some(i) = &r.ingest {
-        s.push_str(&format!(
-            "History ingest: {} messages over {} conversations: {:.0}/s (history {:.2} cores)\n",
-            i.messages, i.conversations, i.sequenced_per_sec, i.history.cores
-        ));
-    }
-    if let Some(g) = &r.history_table {
-        s.push_str(&format!(
-            "GetHistory: {} rows ({} MiB) over {} conversations, generated in {:.0} s\n",
-            g.rows,
-            g.table_bytes >> 20,
-            g.conversations,
-            g.seconds,
-        ));
-    }
-    for h in r.history_reads.iter().chain(&r.history_reads_loaded) {
-        s.push_str(&format!(
-            "GetHistory, {} client(s): {} pages of {}: {:.0}/s, {}\n",
-            h.concurrency,
-            h.requests,
-            h.page,
-            h.per_sec,
-            h.latency.brief()
-        ));
-    }
-    for (name, idle) in [("embedded", &r.embedded_idle), ("gateway", &r.gateway_idle)] {
-        if let Some(i) = idle {
-            s.push_str(&format!(
-                "Idle streams ({name}): {} streams over {} connections: RSS {} -> {} MiB, {:.1} KiB per stream\n",
-                i.streams,
-                i.connections,
-                i.rss_before_kib / 1024,
-                i.rss_after_kib / 1024,
-                i.bytes_per_stream / 1024.0
-            ));
-        }
-    }
-    s.push_str("\nTargets:\n");
-    for t in &r.targets {
-        s.push_str(&format!(
-            "  [{}] {}: {} — {}\n",
-            if t.met { "met " } else { "MISS" },
-            t.name,
-            t.goal,
-            t.measured
-        ));
-    }
-    s
-}
-
-/// The echo server (`confab-bench echo-server`) as a child process.
-struct EchoProcess {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl EchoProcess {
-    async fn start(log: &Path) -> Result<Self> {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let log = std::fs::File::create(log).context("echo log")?;
-        let child = Command::new(sibling_bin("confab-bench"))
-            .args(["echo-server", "--listen", &addr.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start confab-bench echo-server")?;
-        let mut me = Self { child, addr };
-        let what = format!("the echo server to listen on {addr}");
-        confab_tests::poll(&what, DEADLINE, Duration::from_millis(20), || {
-            std::future::ready(match me.child.try_wait() {
-                Ok(Some(status)) => Err(anyhow!("the echo server exited: {status}")),
-                Err(e) => Err(e.into()),
-                Ok(None) => Ok(std::net::TcpStream::connect(addr).ok().map(|_| ())),
-            })
-        })
-        .await?;
-        Ok(me)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for EchoProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One history, one router and one gateway as real processes, logging
-/// warnings to `logs`.
-fn start_stack(broker: &Broker, database_url: &str, logs: &Path) -> ProcStack {
-    ProcStack::builder("bench")
-        .kafka_prefix(format!("bench{}", std::process::id()))
-        .log("warn")
-        .log_dir(logs)
-        .start(broker, database_url)
-}
-
-/// The services' processes to report on, gateway first.
-fn watch(stack: &ProcStack) -> Vec<(String, u32)> {
-    [Role::Gateway, Role::Router, Role::History]
-        .iter()
-        .map(|role| stack.first(*role))
-        .filter_map(|s| s.pid().map(|p| (s.label.clone(), p)))
-        .collect()
 }
