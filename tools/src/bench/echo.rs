@@ -16,74 +16,51 @@ pub struct Echo;
 
 type Frames = Pin<Box<dyn Stream<Item = Result<ServerFrame, Status>> + Send>>;
 
-fn unimplemented<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented(
-        "the echo server only answers SendMessage",
-    ))
+/// The `Chat` implementation of [`Echo`]: `send_message` as given, and each
+/// of the other methods (named with their request and response types)
+/// refused as unimplemented, so the echo server answers nothing but the
+/// calls it is measured with.
+macro_rules! echo_chat {
+    ($(fn $method:ident($request:ty) -> $response:ty;)*) => {
+        #[tonic::async_trait]
+        impl Chat for Echo {
+            type ConnectStream = Frames;
+
+            async fn send_message(
+                &self,
+                request: Request<SendMessageRequest>,
+            ) -> Result<Response<SendMessageResponse>, Status> {
+                let r = request.into_inner();
+                Ok(Response::new(SendMessageResponse {
+                    message: Some(Message {
+                        conversation_id: r.conversation_id,
+                        seq: 1,
+                        client_msg_id: r.client_msg_id,
+                        body: r.body,
+                        kind: MessageKind::Text as i32,
+                        ..Default::default()
+                    }),
+                }))
+            }
+
+            $(
+                async fn $method(&self, _: Request<$request>) -> Result<Response<$response>, Status> {
+                    Err(Status::unimplemented(
+                        "the echo server only answers SendMessage",
+                    ))
+                }
+            )*
+        }
+    };
 }
 
-#[tonic::async_trait]
-impl Chat for Echo {
-    type ConnectStream = Frames;
-
-    async fn connect(
-        &self,
-        _: Request<Streaming<ClientFrame>>,
-    ) -> Result<Response<Frames>, Status> {
-        unimplemented()
-    }
-
-    async fn send_message(
-        &self,
-        request: Request<SendMessageRequest>,
-    ) -> Result<Response<SendMessageResponse>, Status> {
-        let r = request.into_inner();
-        Ok(Response::new(SendMessageResponse {
-            message: Some(Message {
-                conversation_id: r.conversation_id,
-                seq: 1,
-                client_msg_id: r.client_msg_id,
-                body: r.body,
-                kind: MessageKind::Text as i32,
-                ..Default::default()
-            }),
-        }))
-    }
-
-    async fn create_conversation(
-        &self,
-        _: Request<CreateConversationRequest>,
-    ) -> Result<Response<Conversation>, Status> {
-        unimplemented()
-    }
-
-    async fn add_members(
-        &self,
-        _: Request<AddMembersRequest>,
-    ) -> Result<Response<Conversation>, Status> {
-        unimplemented()
-    }
-
-    async fn remove_member(
-        &self,
-        _: Request<RemoveMemberRequest>,
-    ) -> Result<Response<Conversation>, Status> {
-        unimplemented()
-    }
-
-    async fn list_conversations(
-        &self,
-        _: Request<ListConversationsRequest>,
-    ) -> Result<Response<ListConversationsResponse>, Status> {
-        unimplemented()
-    }
-
-    async fn get_history(
-        &self,
-        _: Request<GetHistoryRequest>,
-    ) -> Result<Response<GetHistoryResponse>, Status> {
-        unimplemented()
-    }
+echo_chat! {
+    fn connect(Streaming<ClientFrame>) -> Frames;
+    fn create_conversation(CreateConversationRequest) -> Conversation;
+    fn add_members(AddMembersRequest) -> Conversation;
+    fn remove_member(RemoveMemberRequest) -> Conversation;
+    fn list_conversations(ListConversationsRequest) -> ListConversationsResponse;
+    fn get_history(GetHistoryRequest) -> GetHistoryResponse;
 }
 
 /// Serves the echo service on `listener` until the process ends.

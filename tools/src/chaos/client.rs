@@ -93,6 +93,14 @@ pub(super) type Received = (u64, String, String);
 
 pub(super) type Shared = Arc<Mutex<Log>>;
 
+impl Log {
+    /// A call (`what`) failed with `status`, which a retry cannot fix.
+    fn note_unexpected(&mut self, what: &str, status: &Status) {
+        self.unexpected
+            .push(format!("{what}: {:?} {}", status.code(), status.message()));
+    }
+}
+
 pub(super) fn lock(log: &Shared) -> std::sync::MutexGuard<'_, Log> {
     log.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -159,12 +167,7 @@ pub(super) async fn sender(
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Err(status) => {
-                    let mut l = lock(&log);
-                    l.unexpected.push(format!(
-                        "send {key}: {:?} {}",
-                        status.code(),
-                        status.message()
-                    ));
+                    lock(&log).note_unexpected(&format!("send {key}"), &status);
                     break;
                 }
             }
@@ -202,9 +205,7 @@ pub(super) async fn reader(
                 gw = (gw + 1) % client.gateways.len();
             }
             Err(s) if retryable(&s) => gw = (gw + 1) % client.gateways.len(),
-            Err(s) => l
-                .unexpected
-                .push(format!("read {conv}: {:?} {}", s.code(), s.message())),
+            Err(s) => l.note_unexpected(&format!("read {conv}"), &s),
         }
     }
 }
@@ -254,12 +255,7 @@ pub(super) async fn receiver(
             Ok(s) => s.into_inner(),
             Err(status) => {
                 if !retryable(&status) {
-                    lock(&log).unexpected.push(format!(
-                        "connect {}: {:?} {}",
-                        client.name,
-                        status.code(),
-                        status.message()
-                    ));
+                    lock(&log).note_unexpected(&format!("connect {}", client.name), &status);
                 }
                 continue;
             }
@@ -286,12 +282,7 @@ pub(super) async fn receiver(
                 Ok(None) => break,
                 Err(status) => {
                     if !retryable(&status) && status.code() != Code::ResourceExhausted {
-                        lock(&log).unexpected.push(format!(
-                            "stream {}: {:?} {}",
-                            client.name,
-                            status.code(),
-                            status.message()
-                        ));
+                        lock(&log).note_unexpected(&format!("stream {}", client.name), &status);
                     }
                     break;
                 }

@@ -31,9 +31,12 @@ use client::{create_conversations, lock, reader, receiver, sender, Client, Share
 use stack::Stack;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 
 /// What a fault hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +182,24 @@ impl Config {
     }
 }
 
+/// A task per user of `by_user` (user → conversations), each made by
+/// `task` from a client of the user's own on every gateway at `addrs` and
+/// the user's conversations.
+fn per_user<F, Fut>(
+    by_user: &BTreeMap<String, Vec<String>>,
+    addrs: &[SocketAddr],
+    task: F,
+) -> Vec<JoinHandle<()>>
+where
+    F: Fn(Client, Vec<String>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    by_user
+        .iter()
+        .map(|(user, convs)| tokio::spawn(task(Client::new(user, addrs), convs.clone())))
+        .collect()
+}
+
 /// Runs the scenario and returns what the checker found; panics only when
 /// the stack cannot be set up at all. On violations, the services' log
 /// tails are printed to stderr.
@@ -194,17 +215,9 @@ pub async fn run(config: Config) -> Report {
     }
     let log: Shared = Arc::default();
     let (finish, done) = tokio::sync::watch::channel(false);
-    let receivers: Vec<_> = by_user
-        .iter()
-        .map(|(user, cs)| {
-            tokio::spawn(receiver(
-                Client::new(user, &addrs),
-                cs.clone(),
-                done.clone(),
-                log.clone(),
-            ))
-        })
-        .collect();
+    let receivers = per_user(&by_user, &addrs, |client, convs| {
+        receiver(client, convs, done.clone(), log.clone())
+    });
     // Every stream has caught up on the creation events before load starts.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -232,19 +245,16 @@ pub async fn run(config: Config) -> Report {
     let started = Instant::now();
     let stop_at = started + config.load_for;
     let give_up_at = stop_at + config.settle_for;
-    let senders: Vec<_> = by_user
-        .iter()
-        .map(|(user, cs)| {
-            tokio::spawn(sender(
-                Client::new(user, &addrs),
-                cs.clone(),
-                config.send_interval,
-                stop_at,
-                give_up_at,
-                log.clone(),
-            ))
-        })
-        .collect();
+    let senders = per_user(&by_user, &addrs, |client, convs| {
+        sender(
+            client,
+            convs,
+            config.send_interval,
+            stop_at,
+            give_up_at,
+            log.clone(),
+        )
+    });
 
     let readers: Vec<_> = convs
         .iter()
