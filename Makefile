@@ -34,6 +34,7 @@ build: deps-build
 
 test: deps-build deps-tools deps-test deps-fuzz lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl, then each fuzz target for 10 s
 	$(CARGO) build $(BINS)
+	$(CARGO) build -p confab-tools
 	$(CARGO) nextest run --workspace --no-fail-fast
 	@fuzz/run.sh $(FUZZ_TEST_SECONDS)
 
