@@ -34,6 +34,7 @@ build: deps-build
 
 test: deps-build deps-tools deps-test deps-fuzz lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl, then each fuzz target for 10 s
 	$(CARGO) build $(BINS)
+	$(CARGO) build -p confab-tools
 	$(CARGO) nextest run --workspace --no-fail-fast
 	@fuzz/run.sh $(FUZZ_TEST_SECONDS)
 
@@ -49,16 +50,19 @@ build-services: build
 
 CHAOS_ARGS ?=
 chaos: deps-build deps-tools deps-test build ## kill and restart every service, the broker and PostgreSQL under load (about 6 min), then check: no loss, no duplicates, no gaps
-	$(CARGO) build -p confab-tests --bin confab-chaos
+	$(CARGO) build -p confab-tools --bin confab-chaos
 	$(CARGO_TARGET_DIR)/debug/confab-chaos $(CHAOS_ARGS)
 
 # Benchmarks on a release build: the echo, Kafka and database ceilings, then
 # embedded mode and the distributed stack measured against them (see
 # docs/benchmarks.md). BENCH_ARGS: e.g. `--seconds 30`, `--history-rows N`,
-# `--idle-streams N`, `--smoke`. Run it on an otherwise quiet machine.
+# `--idle-streams N`, `--smoke`. Run it on an otherwise quiet machine. Two
+# builds: `--bin` filters every package selected, so `$(BINS) --bin
+# confab-bench` in one command would build confab-bench and no service.
 BENCH_ARGS ?=
 bench: deps-build deps-postgres deps-broker ## benchmarks with their baselines in one run (release build, ~15 min): table on stdout, JSON in bench-results.json
-	$(CARGO) build --release $(BINS) -p confab-tests --bin confab-bench
+	$(CARGO) build --release $(BINS)
+	$(CARGO) build --release -p confab-tools --bin confab-bench
 	$(CARGO_TARGET_DIR)/release/confab-bench suite $(BENCH_ARGS)
 
 # `make stack PROMETHEUS=1` also starts Prometheus (see docs/operations.md).

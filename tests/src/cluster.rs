@@ -7,6 +7,7 @@
 
 use crate::broker::Broker;
 use crate::postgres::PgCluster;
+use crate::served::Served;
 use crate::{init_tracing, User, DEADLINE, SECRET};
 use confab_core::validate::SizeLimits;
 use confab_gateway::distributed::DistributedConfig;
@@ -16,7 +17,8 @@ use confab_history_client::HistoryClientConfig;
 use confab_kafka::{GroupState, KafkaConfig};
 use confab_router::distributed::RouterConfig;
 use confab_router::gateway_links::LinkConfig;
-use confab_runtime::shutdown::{self, Trigger};
+use confab_runtime::shutdown;
+use confab_runtime::transport::Transport;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 /// How many of each service, and their settings.
 #[derive(Debug, Clone)]
@@ -57,10 +58,8 @@ impl Default for Shape {
 pub struct Node {
     /// Where it serves gRPC.
     pub addr: SocketAddr,
-    /// Stops it gracefully.
-    trigger: Option<Trigger>,
-    /// The service task.
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// The service task, until stopped.
+    served: Option<Served>,
     /// Its consumer-group state (routers and history), once its consumer
     /// exists.
     group: Option<Arc<GroupState>>,
@@ -73,14 +72,10 @@ impl Node {
         F: FnOnce(TcpListener, shutdown::Signal) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (trigger, signal) = shutdown::channel();
-        let task = tokio::spawn(run(listener, signal));
+        let served = Served::listen(run).await;
         Self {
-            addr,
-            trigger: Some(trigger),
-            task: Some(task),
+            addr: served.addr(),
+            served: Some(served),
             group: None,
         }
     }
@@ -97,18 +92,29 @@ impl Node {
         match tokio::time::timeout(DEADLINE, rx).await {
             Ok(Ok(state)) => node.group = Some(state),
             Ok(Err(_)) => {
-                let ended = match node.task.take() {
-                    Some(task) => format!("{:?}", tokio::time::timeout(DEADLINE, task).await),
-                    None => "unknown".into(),
-                };
-                panic!(
-                    "service {} ended before its consumer existed: {ended}",
-                    node.addr
-                )
+                if let Some(served) = node.served.take() {
+                    served.stop(&format!("service {}", node.addr)).await;
+                }
+                panic!("service {} ended before its consumer existed", node.addr)
             }
             Err(_) => panic!("service {} made no consumer within {DEADLINE:?}", node.addr),
         }
         node
+    }
+
+    /// `n` services started one after the other like
+    /// [`Node::spawn_with_group`], each with a `run` made by `make`.
+    async fn spawn_n_with_group<M, F, Fut>(n: usize, make: M) -> Vec<Node>
+    where
+        M: Fn() -> F,
+        F: FnOnce(TcpListener, shutdown::Signal, oneshot::Sender<Arc<GroupState>>) -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            nodes.push(Self::spawn_with_group(make()).await);
+        }
+        nodes
     }
 
     /// Which partitions its consumer owns, as its rebalance callbacks saw
@@ -127,28 +133,13 @@ impl Node {
 
     /// Whether it is still running.
     pub fn is_running(&self) -> bool {
-        self.task.as_ref().is_some_and(|t| !t.is_finished())
+        self.served.as_ref().is_some_and(|s| !s.is_finished())
     }
 
     /// Graceful stop (SIGTERM-like); waits for it to finish.
     pub async fn stop(&mut self) {
-        if let Some(t) = self.trigger.take() {
-            t.fire();
-        }
-        if let Some(task) = self.task.take() {
-            let r = tokio::time::timeout(DEADLINE * 2, task).await;
-            assert!(
-                matches!(r, Ok(Ok(Ok(())))),
-                "service stopped cleanly: {r:?}"
-            );
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
+        if let Some(served) = self.served.take() {
+            served.stop_within("service", DEADLINE * 2).await;
         }
     }
 }
@@ -190,8 +181,7 @@ impl Cluster {
             session_timeout: Duration::from_secs(6),
             ..KafkaConfig::default()
         };
-        let mut histories = Vec::new();
-        for _ in 0..shape.histories {
+        let histories = Node::spawn_n_with_group(shape.histories, || {
             let config = HistoryConfig {
                 readiness: confab_runtime::readiness::Readiness::new(),
                 database_url: database_url.clone(),
@@ -201,36 +191,27 @@ impl Cluster {
                 limits: shape.gateway.limits,
                 linger: Duration::from_millis(2),
                 service_token: Some(crate::topology::service_token()),
-                transport: confab_runtime::transport::Transport::internal(),
+                transport: Transport::internal(),
             };
-            histories.push(
-                Node::spawn_with_group(|l, s, g| {
-                    confab_history::distributed::run_with_state(config, l, s, Some(g))
-                })
-                .await,
-            );
-        }
-        let history_addrs: Vec<String> = histories.iter().map(|h| h.addr.to_string()).collect();
-        let mut routers = Vec::new();
-        for _ in 0..shape.routers {
+            |l, s, g| confab_history::distributed::run_with_state(config, l, s, Some(g))
+        })
+        .await;
+        let history = HistoryClientConfig {
+            service_token: Some(crate::topology::service_token()),
+            ..HistoryClientConfig::new(histories.iter().map(|h| h.addr.to_string()))
+        };
+        let routers = Node::spawn_n_with_group(shape.routers, || {
             let config = RouterConfig {
                 readiness: confab_runtime::readiness::Readiness::new(),
                 kafka: kafka.clone(),
-                history: HistoryClientConfig {
-                    service_token: Some(crate::topology::service_token()),
-                    ..HistoryClientConfig::new(history_addrs.clone())
-                },
+                history: history.clone(),
                 links: LinkConfig::default(),
                 service_token: crate::topology::service_token(),
-                transport: confab_runtime::transport::Transport::internal(),
+                transport: Transport::internal(),
             };
-            routers.push(
-                Node::spawn_with_group(|l, s, g| {
-                    confab_router::distributed::run_with_state(config, l, s, Some(g))
-                })
-                .await,
-            );
-        }
+            |l, s, g| confab_router::distributed::run_with_state(config, l, s, Some(g))
+        })
+        .await;
         let router_addrs: Vec<String> = routers.iter().map(|r| r.addr.to_string()).collect();
         let mut gateways = Vec::new();
         for i in 0..shape.gateways {
@@ -240,13 +221,10 @@ impl Cluster {
                 auth: confab_auth::Authenticator::new(SECRET),
                 gateway: shape.gateway.clone(),
                 kafka: kafka.clone(),
-                history: HistoryClientConfig {
-                    service_token: Some(crate::topology::service_token()),
-                    ..HistoryClientConfig::new(history_addrs.clone())
-                },
+                history: history.clone(),
                 routers: router_addrs.clone(),
                 service_token: crate::topology::service_token(),
-                transport: confab_runtime::transport::Transport::public(),
+                transport: Transport::public(),
                 internal_tls: None,
             };
             let hub = Hub::new(config.gateway_id.clone());

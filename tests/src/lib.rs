@@ -7,8 +7,8 @@ use confab::dev::DevConfig;
 use confab_auth::Authenticator;
 use confab_proto::v1::chat_client::ChatClient;
 use confab_proto::v1::*;
-use confab_runtime::shutdown::{self, Trigger};
-use std::collections::HashMap;
+use served::Served;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,13 +17,15 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Status, Streaming};
 
-pub mod bench;
 pub mod broker;
-pub mod chaos;
 pub mod cluster;
+pub mod http;
+pub mod make_stack;
 pub mod postgres;
 pub mod procs;
+pub mod served;
 pub mod server;
+pub mod stack;
 pub mod topology;
 
 /// How long any wait in a test may take before the test fails.
@@ -76,10 +78,8 @@ pub fn test_config(data_dir: &Path, overrides: &[(&str, &str)]) -> DevConfig {
 pub struct Embedded {
     /// Where it serves gRPC.
     pub addr: SocketAddr,
-    /// Stops it.
-    trigger: Option<Trigger>,
-    /// The server task.
-    task: Option<tokio::task::JoinHandle<Result<()>>>,
+    /// The server.
+    served: Served,
     /// Holds the data directory for the test's lifetime.
     _dir: tempfile::TempDir,
 }
@@ -95,16 +95,11 @@ impl Embedded {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = test_config(dir.path(), overrides);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (trigger, signal) = shutdown::channel();
-        let task = tokio::spawn(confab::dev::run(config, listener, signal));
+        let served =
+            Served::listen(|listener, signal| confab::dev::run(config, listener, signal)).await;
         Self {
-            addr,
-            trigger: Some(trigger),
-            task: Some(task),
+            addr: served.addr(),
+            served,
             _dir: dir,
         }
     }
@@ -115,17 +110,8 @@ impl Embedded {
     }
 
     /// Stops the server and waits for it to drain.
-    pub async fn stop(mut self) {
-        if let Some(t) = self.trigger.take() {
-            t.fire();
-        }
-        if let Some(task) = self.task.take() {
-            let result = tokio::time::timeout(DEADLINE, task).await;
-            assert!(
-                matches!(result, Ok(Ok(Ok(())))),
-                "server stopped cleanly: {result:?}"
-            );
-        }
+    pub async fn stop(self) {
+        self.served.stop("server").await;
     }
 }
 
@@ -182,6 +168,16 @@ impl User {
         r
     }
 
+    /// One unary call: `call` on a clone of the client with `msg` and this
+    /// user's authorization; the answer's message.
+    async fn unary<Req, Resp, F, Fut>(&self, msg: Req, call: F) -> Result<Resp, Status>
+    where
+        F: FnOnce(ChatClient<Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        Ok(call(self.client.clone(), self.req(msg)).await?.into_inner())
+    }
+
     /// Creates a GROUP with `others` (and this user).
     pub async fn group(&self, title: &str, others: &[&str]) -> Conversation {
         self.create(ConversationKind::Group, title, others)
@@ -201,12 +197,31 @@ impl User {
             title: title.into(),
             member_ids: others.iter().map(|s| s.to_string()).collect(),
         };
-        Ok(self
-            .client
-            .clone()
-            .create_conversation(self.req(req))
-            .await?
-            .into_inner())
+        self.unary(
+            req,
+            |mut c, r| async move { c.create_conversation(r).await },
+        )
+        .await
+    }
+
+    /// Creates a GROUP with `others` once the server can: retried while it
+    /// answers UNAVAILABLE (a distributed stack whose consumer groups are
+    /// still forming), for up to three [`DEADLINE`]s.
+    pub async fn group_when_ready(&self, title: &str, others: &[&str]) -> Conversation {
+        retry_unavailable("create a group", DEADLINE * 3, || {
+            self.create(ConversationKind::Group, title, others)
+        })
+        .await
+    }
+
+    /// Sends until the outcome comes back: UNAVAILABLE means "not known
+    /// yet", and retrying with the same key is the documented, safe thing
+    /// to do (for up to three [`DEADLINE`]s).
+    pub async fn send_until_acked(&self, conv: &str, client_msg_id: &str, body: &str) -> Message {
+        retry_unavailable(&format!("send {client_msg_id}"), DEADLINE * 3, || {
+            self.send(conv, client_msg_id, body)
+        })
+        .await
     }
 
     /// Sends a message; returns it with its seq.
@@ -222,13 +237,38 @@ impl User {
             body: body.into(),
         };
         let resp = self
-            .client
-            .clone()
-            .send_message(self.req(req))
-            .await?
-            .into_inner();
+            .unary(req, |mut c, r| async move { c.send_message(r).await })
+            .await?;
         resp.message
             .ok_or_else(|| Status::internal("response without message"))
+    }
+
+    /// Adds `members` to `conv`.
+    pub async fn add_members(&self, conv: &str, members: &[&str]) -> Result<Conversation, Status> {
+        let req = AddMembersRequest {
+            conversation_id: conv.into(),
+            member_ids: members.iter().map(|m| m.to_string()).collect(),
+        };
+        self.unary(req, |mut c, r| async move { c.add_members(r).await })
+            .await
+    }
+
+    /// Removes `member` from `conv` (the user themself: leaves it).
+    pub async fn remove_member(&self, conv: &str, member: &str) -> Result<Conversation, Status> {
+        let req = RemoveMemberRequest {
+            conversation_id: conv.into(),
+            member_id: member.into(),
+        };
+        self.unary(req, |mut c, r| async move { c.remove_member(r).await })
+            .await
+    }
+
+    /// The user's conversations.
+    pub async fn list(&self) -> Result<ListConversationsResponse, Status> {
+        self.unary(ListConversationsRequest {}, |mut c, r| async move {
+            c.list_conversations(r).await
+        })
+        .await
     }
 
     /// A page of history.
@@ -245,29 +285,39 @@ impl User {
             after_seq: after,
             limit,
         };
-        Ok(self
-            .client
-            .clone()
-            .get_history(self.req(req))
-            .await?
-            .into_inner())
+        self.unary(req, |mut c, r| async move { c.get_history(r).await })
+            .await
     }
 
     /// Every seq of a conversation, read oldest first through the API.
     pub async fn all_seqs(&self, conv: &str) -> Vec<u64> {
+        self.try_all_seqs(conv).await.expect("history")
+    }
+
+    /// Every seq of a conversation, or the first error of a page.
+    pub async fn try_all_seqs(&self, conv: &str) -> Result<Vec<u64>, Status> {
         let mut seqs = Vec::new();
         let mut after = 0;
         loop {
-            let page = self
-                .history(conv, None, Some(after), 500)
-                .await
-                .expect("history");
+            let page = self.history(conv, None, Some(after), 500).await?;
             seqs.extend(page.messages.iter().map(|m| m.seq));
             after = seqs.last().copied().unwrap_or(0);
             if !page.has_more {
-                return seqs;
+                return Ok(seqs);
             }
         }
+    }
+
+    /// Waits until the newest message of `conv` has a seq above `seq` (a
+    /// failed read is "not yet"), for at most `within`.
+    pub async fn wait_newest_above(&self, conv: &str, seq: u64, within: Duration) -> Result<()> {
+        let what = format!("a message above seq {seq} in {conv}");
+        poll(&what, within, Duration::from_millis(20), || async move {
+            let page = self.history(conv, None, None, 1).await.ok();
+            let newest = page.and_then(|p| p.messages.first().map(|m| m.seq));
+            Ok((newest.unwrap_or(0) > seq).then_some(()))
+        })
+        .await
     }
 
     /// Opens a `Connect` session; `first` is sent as its first frame.
@@ -317,6 +367,34 @@ impl Session {
             .send(ClientFrame { frame: Some(frame) })
             .await
             .expect("session open");
+    }
+
+    /// Sends a `send` frame: `body` to `conv` under `client_msg_id`.
+    pub async fn send_text(&self, conv: &str, client_msg_id: &str, body: &str) {
+        self.send(client_frame::Frame::Send(SendFrame {
+            conversation_id: conv.into(),
+            client_msg_id: client_msg_id.into(),
+            body: body.into(),
+        }))
+        .await;
+    }
+
+    /// The next `ack` frame (other frames are skipped).
+    pub async fn next_ack(&mut self) -> SendAck {
+        loop {
+            if let server_frame::Frame::Ack(a) = self.next_frame().await.expect("an ack") {
+                return a;
+            }
+        }
+    }
+
+    /// The status the stream ends with (frames before it are skipped).
+    pub async fn end_status(&mut self) -> Status {
+        loop {
+            if let Err(status) = self.next_or_status().await {
+                return status;
+            }
+        }
     }
 
     /// The next frame, failing the test after `DEADLINE`.
@@ -376,21 +454,143 @@ impl Session {
     }
 }
 
+/// A conversation of a test's (or a tool's) plan, and its members.
+#[derive(Debug, Clone)]
+pub struct Conv {
+    /// Its id.
+    pub id: String,
+    /// Its members' user ids.
+    pub members: Vec<String>,
+}
+
+/// Senders to one conversation that go on until a send fails (the server
+/// died under them).
+pub struct Writers(Vec<tokio::task::JoinHandle<Vec<(String, u64)>>>);
+
+impl Writers {
+    /// `n` writers sending `keep me` to `conv` as `user`, with keys
+    /// `w<writer>-<i>`.
+    pub fn start(user: &User, conv: &str, n: usize) -> Writers {
+        Writers(
+            (0..n)
+                .map(|w| {
+                    let (user, conv) = (user.clone(), conv.to_string());
+                    tokio::spawn(async move {
+                        let mut acked = Vec::new();
+                        for i in 0.. {
+                            let key = format!("w{w}-{i}");
+                            match user.send(&conv, &key, "keep me").await {
+                                Ok(m) => acked.push((key, m.seq)),
+                                Err(_) => break,
+                            }
+                        }
+                        acked
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Every `(client_msg_id, seq)` acknowledged, once every writer has
+    /// stopped: at least `least` of them.
+    pub async fn acked_at_least(self, least: usize) -> Vec<(String, u64)> {
+        let mut all = Vec::new();
+        for w in self.0 {
+            all.extend(w.await.expect("writer"));
+        }
+        assert!(
+            all.len() >= least,
+            "only {} sends were acknowledged, not {least}",
+            all.len()
+        );
+        all
+    }
+}
+
+/// After a crash and a restart: every acknowledged `(client_msg_id, seq)`
+/// is among the `stored` seqs (all of a conversation, oldest first), and
+/// those are 1, 2, 3, … without a gap.
+pub fn assert_acked_stored(acked: &[(String, u64)], stored: &[u64]) {
+    let set: HashSet<u64> = stored.iter().copied().collect();
+    for (key, seq) in acked {
+        assert!(
+            set.contains(seq),
+            "acknowledged message {key} (seq {seq}) was lost"
+        );
+    }
+    assert_eq!(
+        stored,
+        (1..=stored.len() as u64).collect::<Vec<_>>(),
+        "no gaps after the crash"
+    );
+}
+
 /// The seqs of `messages`, in order.
 pub fn seqs(messages: &[Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
 }
 
-/// Waits until `cond` holds, polling, or fails after `DEADLINE`.
-pub async fn wait_until<F: FnMut() -> bool>(what: &str, mut cond: F) {
-    poll(what, DEADLINE, Duration::from_millis(20), || {
+/// Waits until `cond` holds, polling, or fails after [`DEADLINE`]; how long
+/// it took.
+pub async fn wait_until<F: FnMut() -> bool>(what: &str, cond: F) -> Duration {
+    wait_until_within(what, DEADLINE, cond).await
+}
+
+/// Waits until `cond` holds, polling every 20 ms, or fails ("timed out
+/// waiting for `what`") once `within` has passed; how long it took.
+pub async fn wait_until_within<F: FnMut() -> bool>(
+    what: &str,
+    within: Duration,
+    mut cond: F,
+) -> Duration {
+    let started = Instant::now();
+    poll(what, within, Duration::from_millis(20), || {
         std::future::ready(Ok(cond().then_some(())))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    started.elapsed()
 }
 
-/// The one polling loop of the tests and the bench: asks `probe` every
+/// `call()` again while it fails with UNAVAILABLE (consumer groups still
+/// forming, or a write whose outcome did not come in time: retried with the
+/// same `client_msg_id`, as clients are told to), for at most `within`; its
+/// success. Any other error, or UNAVAILABLE after `within`, fails the test.
+pub async fn retry_unavailable<T, F, Fut>(what: &str, within: Duration, call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    retry_unavailable_seeing(what, within, call, |_| {}).await
+}
+
+/// [`retry_unavailable`], showing each UNAVAILABLE it retried to `seen`.
+pub async fn retry_unavailable_seeing<T, F, Fut>(
+    what: &str,
+    within: Duration,
+    mut call: F,
+    mut seen: impl FnMut(&Status),
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Status>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match call().await {
+            Ok(v) => return v,
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                seen(&status);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("{what}: {status:?}"),
+        }
+    }
+}
+
+/// The one polling loop of the tests and the tools (bench, chaos): asks `probe` every
 /// `every` until it yields a value, and fails ("timed out waiting for
 /// `what`") once `within` has passed. An error from `probe` ends the wait
 /// at once.
@@ -416,13 +616,30 @@ where
     }
 }
 
+/// The blocking form of [`poll`], for tests that run no async runtime:
+/// checks `cond` every 50 ms until it holds (true) or `within` has passed
+/// (false, for the caller to say what did not happen).
+pub fn poll_blocking(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The `confab` binary built next to the test executable (or `CONFAB_BIN`).
 pub fn confab_bin() -> PathBuf {
     if let Ok(p) = std::env::var("CONFAB_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current exe");
-    // Tests run from `<profile>/deps/`, tools (confab-chaos) from `<profile>/`.
+    // Tests run from `<profile>/deps/`, tools (confab-bench, confab-chaos)
+    // from `<profile>/`.
     let beside = exe.with_file_name("confab");
     let bin = if beside.exists() {
         beside
@@ -460,15 +677,39 @@ impl DevProcess {
     /// Starts the binary on `port` with its data in `data_dir`, and waits
     /// until it accepts connections.
     pub fn start(data_dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with(data_dir, port, &[], None)
+    }
+
+    /// [`DevProcess::start`] with `env` on top of the test secret and
+    /// [`GENEROUS_LIMITS`] (inherited `CONFAB_*` variables are removed), its
+    /// output to the file `log` (else stderr).
+    pub fn start_with(
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let child = Command::new(confab_bin())
+        let mut cmd = Command::new(confab_bin());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
+            cmd.env_remove(k);
+        }
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).context("log file")?;
+                (Stdio::from(file.try_clone()?), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
+        };
+        let child = cmd
             .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .env("CONFAB_JWT_SECRET", SECRET)
             .envs(GENEROUS_LIMITS.iter().copied())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .context("spawn confab dev")?;
         let mut me = Self { child, addr };
@@ -488,6 +729,19 @@ impl DevProcess {
     /// The process id (for its CPU time and memory).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGTERM: a graceful stop, which [`DevProcess::exited`] then sees.
+    pub fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM confab dev");
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("the state of confab dev")
     }
 
     /// `kill -9`: no shutdown handling at all.

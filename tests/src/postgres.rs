@@ -229,9 +229,7 @@ impl Local {
 
     /// The end of the server log, for error messages.
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        crate::procs::tail(&self.dir.path().join("log"), 20)
     }
 }
 

@@ -5,7 +5,8 @@
 //! to a log file that survives restarts and whose tail is in every failure.
 
 use crate::{confab_bin, DEADLINE};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,9 @@ pub struct ServiceProc {
     pub addr: String,
     /// Its log file (appended to across restarts).
     pub log: PathBuf,
+    /// Where it serves `/metrics`, `/livez` and `/readyz`, if it was given
+    /// an address ([`ServiceProc::serve_metrics`]).
+    pub metrics: Option<SocketAddr>,
     /// The process, while running.
     child: Option<Child>,
 }
@@ -49,8 +53,31 @@ impl ServiceProc {
             env,
             addr: format!("127.0.0.1:{}", crate::free_port()),
             log,
+            metrics: None,
             child: None,
         }
+    }
+
+    /// Gives it `CONFAB_METRICS_LISTEN` on a free port of 127.0.0.1.
+    pub fn serve_metrics(mut self) -> Self {
+        let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        self.env.push((
+            confab_core::metrics::LISTEN_VAR.to_string(),
+            addr.to_string(),
+        ));
+        self.metrics = Some(addr);
+        self
+    }
+
+    /// Its gRPC address, parsed.
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.addr.parse().expect("a service listens on ip:port")
+    }
+
+    /// Its metrics address; panics if it serves none.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+            .unwrap_or_else(|| panic!("{} serves no metrics", self.label))
     }
 
     /// Starts the binary and waits until it listens; panics with its log
@@ -148,9 +175,7 @@ impl ServiceProc {
 
     /// The last `lines` lines of its log.
     pub fn tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.log, lines)
     }
 }
 
@@ -158,4 +183,102 @@ impl Drop for ServiceProc {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The last `lines` lines of the file at `path` (empty if unreadable).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A child process killed (with its process group, when it leads one) and
+/// reaped when dropped, so nothing outlives a failed test.
+pub struct ChildGuard {
+    /// The process.
+    pub child: Child,
+    /// Whether it leads a process group of its own (spawned with
+    /// `process_group(0)`) that goes with it.
+    group: bool,
+}
+
+impl ChildGuard {
+    /// Guards `child` alone.
+    pub fn new(child: Child) -> Self {
+        Self {
+            child,
+            group: false,
+        }
+    }
+
+    /// Guards `child` and the process group it leads.
+    pub fn group_leader(child: Child) -> Self {
+        Self { child, group: true }
+    }
+
+    /// Its process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `kill -9` (of the group too, if it leads one), and reaps it.
+    pub fn kill(&mut self) {
+        if self.group {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.child.id())])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for it to exit, checking every 50 ms; after `limit` kills it.
+    /// Its exit status, or `None` when it was killed.
+    pub fn wait_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        let child = &mut self.child;
+        if crate::poll_blocking(limit, || {
+            status = child.try_wait().expect("wait for a child");
+            status.is_some()
+        }) {
+            return status;
+        }
+        self.kill();
+        None
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// State and process group of a process, from `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let _ppid = fields.next()?;
+    let pgrp = fields.next()?.parse().ok()?;
+    Some((state, pgrp))
+}
+
+/// Whether `pid` is a live process (a zombie has exited: it only waits for
+/// its parent to reap it).
+pub fn running(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// The live processes in process group `pgrp`.
+pub fn group_members(pgrp: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| proc_stat(pid).is_some_and(|(state, g)| g == pgrp && state != 'Z'))
+        .collect()
 }

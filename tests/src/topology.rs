@@ -5,22 +5,23 @@
 //! (`MemTopic`), and history is SQLite in a temporary directory, so what is
 //! under test is the gRPC links.
 
+use crate::served::{sqlite_store, Served};
 use crate::{init_tracing, wait_until, User, DEADLINE, SECRET};
-use anyhow::Result;
 use confab_auth::Authenticator;
 use confab_core::seams::{partition_of, HistoryApi, MemTopic, Publisher};
-use confab_core::validate::SizeLimits;
 use confab_gateway::router_links::AttachConfig;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
-use confab_history::{LocalHistory, SqliteStore, Store};
+use confab_history::LocalHistory;
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_router::gateway_links::{GatewayLinks, LinkConfig};
-use confab_runtime::shutdown::{self, Signal, Trigger};
+use confab_runtime::server::Server;
+use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::Transport;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -84,36 +85,20 @@ impl Default for TopologyConfig {
     }
 }
 
-/// A server task and the trigger that stops it.
-struct Served {
-    /// Stops the task.
-    trigger: Trigger,
-    /// The task.
-    task: JoinHandle<Result<()>>,
+/// Settings of a gateway's attach client to `routers` that tries again
+/// soon: after 20 ms, backing off to 200 ms.
+pub fn fast_attach(routers: impl IntoIterator<Item = impl Into<String>>) -> AttachConfig {
+    AttachConfig {
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..AttachConfig::new(routers)
+    }
 }
 
-impl Served {
-    /// Spawns `serve(signal)`.
-    fn spawn<F, E>(serve: impl FnOnce(Signal) -> F) -> Self
-    where
-        F: Future<Output = Result<(), E>> + Send + 'static,
-        E: Into<anyhow::Error>,
-    {
-        let (trigger, signal) = shutdown::channel();
-        let fut = serve(signal);
-        let task = tokio::spawn(async move { fut.await.map_err(Into::into) });
-        Self { trigger, task }
-    }
-
-    /// Stops the task and checks that it ended cleanly.
-    async fn stop(self, what: &str) {
-        self.trigger.fire();
-        let result = tokio::time::timeout(DEADLINE, self.task).await;
-        assert!(
-            matches!(result, Ok(Ok(Ok(())))),
-            "{what} stopped cleanly: {result:?}"
-        );
-    }
+/// `hub`'s attach client with `config`, running until stopped.
+pub fn attach_client(hub: &Arc<Hub>, config: AttachConfig) -> Served {
+    let hub = hub.clone();
+    Served::spawn(move |signal| confab_gateway::router_links::run(hub, config, signal))
 }
 
 /// Binds 127.0.0.1 on `port` (0: any free port), retrying briefly while the
@@ -131,84 +116,92 @@ async fn bind(port: u16) -> TcpListener {
     }
 }
 
-/// History: sequencers on the in-process ingress log, reads over gRPC.
-pub struct HistoryNode {
-    /// Where `HistoryReader` is served.
+/// How a restartable server serves on a listener.
+type Serve = Arc<
+    dyn Fn(TcpListener, Signal) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A gRPC server of the topology that a test can stop and serve again on
+/// the same port: history's `HistoryReader`, a router's `RouterLink`.
+pub struct Restartable {
+    /// Where it serves.
     pub addr: SocketAddr,
-    /// The `HistoryReader` server, while it runs.
+    /// What it is, for failures.
+    what: &'static str,
+    /// Serves on a listener.
+    serve: Serve,
+    /// The server, while it runs.
     server: Option<Served>,
-    /// What it serves.
-    local: Arc<dyn HistoryApi>,
-    /// What it requires of callers, if anything.
-    service_token: Option<ServiceToken>,
 }
 
-impl HistoryNode {
-    /// Stops the read API (the sequencers go on: writes are still applied,
-    /// only reads fail with UNAVAILABLE).
+impl Restartable {
+    /// Serves `state` on a free port with the server `server` makes of it,
+    /// requiring `token` of callers if one is given.
+    async fn start<S, M>(
+        what: &'static str,
+        state: S,
+        token: Option<ServiceToken>,
+        server: M,
+    ) -> Self
+    where
+        S: Clone + Send + Sync + 'static,
+        M: Fn(S, Signal) -> Server + Send + Sync + 'static,
+    {
+        let serve: Serve = Arc::new(move |listener, signal: Signal| {
+            let served = server(state.clone(), signal.clone())
+                .service_token(token.clone())
+                .serve(listener, signal);
+            Box::pin(async move { Ok(served.await?) })
+        });
+        let listener = bind(0).await;
+        let addr = listener.local_addr().expect("server address");
+        let mut me = Self {
+            addr,
+            what,
+            serve,
+            server: None,
+        };
+        me.serve_on(listener);
+        me
+    }
+
+    fn serve_on(&mut self, listener: TcpListener) {
+        assert!(self.server.is_none(), "the {} is running", self.what);
+        let serve = self.serve.clone();
+        self.server = Some(Served::spawn_on(listener, move |l, s| serve(l, s)));
+    }
+
+    /// Stops the server (history's sequencers go on: writes are still
+    /// applied, only reads fail with UNAVAILABLE; a router's routing tasks
+    /// keep consuming, and with no gateway attached deliver nothing).
     pub async fn stop_server(&mut self) {
         if let Some(server) = self.server.take() {
-            server.stop("history server").await;
+            server.stop(self.what).await;
         }
     }
 
-    /// Serves the read API again on the same port.
+    /// Serves again on the same port.
     pub async fn start_server(&mut self) {
         let listener = bind(self.addr.port()).await;
-        self.serve(listener);
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        assert!(self.server.is_none(), "the history server is running");
-        let (local, token) = (self.local.clone(), self.service_token.clone());
-        self.server = Some(Served::spawn(move |signal| {
-            confab_history::grpc::server(local)
-                .service_token(token)
-                .serve(listener, signal)
-        }));
+        self.serve_on(listener);
     }
 }
+
+/// History: sequencers on the in-process ingress log, its read API over
+/// gRPC.
+pub type HistoryNode = Restartable;
 
 /// One router: its share of the outcome partitions, and its `RouterLink`
 /// server, which can be restarted on the same port.
 pub struct RouterNode {
-    /// Where `RouterLink` is served.
-    pub addr: SocketAddr,
+    /// `RouterLink`, and where it is served.
+    pub server: Restartable,
     /// The gateways attached to this router, and their users.
     pub links: Arc<GatewayLinks>,
     /// The outcome partitions this router consumes.
     pub partitions: Vec<usize>,
-    /// The `RouterLink` server, while it runs.
-    server: Option<Served>,
-    /// What it requires of gateways, if anything.
-    service_token: Option<ServiceToken>,
-}
-
-impl RouterNode {
-    /// Stops the `RouterLink` server (the routing tasks keep consuming;
-    /// with no gateway attached they deliver nothing).
-    pub async fn stop_server(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop("router link server").await;
-        }
-    }
-
-    /// Serves `RouterLink` again on the same port.
-    pub async fn start_server(&mut self) {
-        let listener = bind(self.addr.port()).await;
-        self.serve(listener);
-    }
-
-    fn serve(&mut self, listener: TcpListener) {
-        assert!(self.server.is_none(), "the router server is running");
-        let links = self.links.clone();
-        let token = self.service_token.clone();
-        self.server = Some(Served::spawn(move |signal| {
-            confab_router::gateway_links::server(links, signal.clone())
-                .service_token(token)
-                .serve(listener, signal)
-        }));
-    }
 }
 
 /// One gateway: the Chat API, and its attach client to every router.
@@ -256,27 +249,22 @@ impl Topology {
     pub async fn start(config: TopologyConfig) -> Self {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&dir.path().join("confab.db"), SizeLimits::default())
-                .await
-                .expect("open sqlite"),
-        );
+        let store = sqlite_store(dir.path()).await;
         let (ingress, ingress_partitions) = MemTopic::<IngressRecord>::new(config.partitions, 4096);
         let (outcomes, outcome_partitions) =
             MemTopic::<OutcomeRecord>::new(config.partitions, 4096);
         let mut pipeline =
             confab_history::ingest::spawn(store.clone(), ingress_partitions, Arc::new(outcomes));
 
-        let listener = bind(0).await;
-        let history_addr = listener.local_addr().expect("history addr");
         let local: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
-        let mut history = HistoryNode {
-            addr: history_addr,
-            server: None,
+        let history = Restartable::start(
+            "history server",
             local,
-            service_token: config.service_token.clone(),
-        };
-        history.serve(listener);
+            config.service_token.clone(),
+            |local, _| confab_history::grpc::server(local),
+        )
+        .await;
+        let history_addr = history.addr;
 
         // Contiguous shares: with 4 partitions and 2 routers, 0-1 and 2-3.
         let routers_n = config.routers.max(1);
@@ -294,20 +282,22 @@ impl Topology {
                 Self::remote_history_at(history_addr, config.service_token.clone()),
                 links.clone(),
             ));
-            let listener = bind(0).await;
-            let mut node = RouterNode {
-                addr: listener.local_addr().expect("router addr"),
+            let node = RouterNode {
+                server: Restartable::start(
+                    "router link server",
+                    links.clone(),
+                    config.service_token.clone(),
+                    confab_router::gateway_links::server,
+                )
+                .await,
                 links,
                 partitions,
-                server: None,
-                service_token: config.service_token.clone(),
             };
-            node.serve(listener);
             routers.push(node);
         }
 
         let ingress = Arc::new(ingress);
-        let router_addrs: Vec<String> = routers.iter().map(|r| r.addr.to_string()).collect();
+        let router_addrs: Vec<String> = routers.iter().map(|r| r.server.addr.to_string()).collect();
         let mut gateways = Vec::new();
         for i in 1..=config.gateways {
             let id = format!("g{i}");
@@ -329,16 +319,13 @@ impl Topology {
                 );
                 confab_gateway::server(service, Transport::public()).serve(listener, signal)
             });
-            let attach_config = AttachConfig {
-                backoff_min: Duration::from_millis(20),
-                backoff_max: Duration::from_millis(200),
-                service_token: config.service_token.clone(),
-                ..AttachConfig::new(router_addrs.clone())
-            };
-            let attach_hub = hub.clone();
-            let attach = Served::spawn(move |signal| {
-                confab_gateway::router_links::run(attach_hub, attach_config, signal)
-            });
+            let attach = attach_client(
+                &hub,
+                AttachConfig {
+                    service_token: config.service_token.clone(),
+                    ..fast_attach(router_addrs.clone())
+                },
+            );
             gateways.push(GatewayNode {
                 id,
                 addr,
@@ -429,7 +416,7 @@ impl Topology {
             );
         }
         for r in &mut self.routers {
-            r.stop_server().await;
+            r.server.stop_server().await;
         }
         self.history.stop_server().await;
     }

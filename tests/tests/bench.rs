@@ -4,9 +4,9 @@
 //! answered, every due delivery made, the counts asked for, percentiles in
 //! order. No speed is asserted here; `docs/benchmarks.md` has the numbers.
 
-use confab_tests::bench::load::LoadReport;
-use confab_tests::bench::suite::{self, SuiteOpts, SuiteReport};
-use confab_tests::bench::Latency;
+use confab_tools::bench::load::LoadReport;
+use confab_tools::bench::suite::{self, SuiteOpts, SuiteReport};
+use confab_tools::bench::Latency;
 
 fn ordered(what: &str, l: &Latency) {
     assert!(l.count > 0, "{what}: no samples");
@@ -19,32 +19,38 @@ fn ordered(what: &str, l: &Latency) {
     );
 }
 
+/// Each `(got, want, why)` holds for the run `what`.
+fn all_equal(what: &str, checks: &[(u64, u64, &str)]) {
+    for (got, want, why) in checks {
+        assert_eq!(got, want, "{what}: {why}");
+    }
+}
+
 fn complete(r: &LoadReport, deliveries: bool) {
     let what = &r.label;
     assert!(r.errors.is_empty(), "{what}: errors {:?}", r.errors);
     assert!(r.total_sent > 0 && r.sent > 0, "{what}: nothing sent");
-    assert_eq!(
-        r.total_acked, r.total_sent,
-        "{what}: every send acknowledged"
+    all_equal(
+        what,
+        &[
+            (r.total_acked, r.total_sent, "every send acknowledged"),
+            (r.acked, r.sent, "every send in the window acknowledged"),
+            (r.ack.count, r.acked, "one ack latency per ack"),
+        ],
     );
-    assert_eq!(
-        r.acked, r.sent,
-        "{what}: every send in the window acknowledged"
-    );
-    assert_eq!(r.ack.count, r.acked, "{what}: one ack latency per ack");
     ordered(&format!("{what} ack"), &r.ack);
     if deliveries {
-        assert_eq!(
-            r.total_delivered, r.total_expected_deliveries,
-            "{what}: every member's stream got every message, once"
-        );
-        assert_eq!(
-            r.delivered, r.expected_deliveries,
-            "{what}: window deliveries"
-        );
-        assert_eq!(
-            r.delivery.count, r.delivered,
-            "{what}: one latency per delivery"
+        all_equal(
+            what,
+            &[
+                (
+                    r.total_delivered,
+                    r.total_expected_deliveries,
+                    "every member's stream got every message, once",
+                ),
+                (r.delivered, r.expected_deliveries, "window deliveries"),
+                (r.delivery.count, r.delivered, "one latency per delivery"),
+            ],
         );
         ordered(&format!("{what} delivery"), &r.delivery);
         // DIRECT conversations deliver to 2 streams, GROUPs to group_size.

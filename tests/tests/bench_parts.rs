@@ -3,11 +3,11 @@
 //! report exactly what they were asked to do, consistently. No speed is
 //! asserted.
 
-use confab_tests::bench::baselines::{self, InsertOpts, KafkaOpts};
-use confab_tests::bench::ingest::{self, IngestOpts};
-use confab_tests::bench::Latency;
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
+use confab_tools::bench::baselines::{self, InsertOpts, KafkaOpts};
+use confab_tools::bench::ingest::{self, IngestOpts};
+use confab_tools::bench::Latency;
 use std::collections::BTreeMap;
 
 /// Percentiles that are ordered, over `count` samples.

@@ -10,14 +10,12 @@ use confab_gateway::{ChatService, Hub};
 use confab_history::{LocalHistory, PostgresStore, Store};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_proto::internal::v1::IngressRecord;
-use confab_runtime::shutdown;
-use confab_runtime::transport::Transport;
-use confab_tests::bench::idle::{self, IdleOpts};
-use confab_tests::bench::reads::{self, GenerateOpts, ReadOpts};
 use confab_tests::postgres::PgCluster;
-use confab_tests::{free_port, test_gateway_config, DevProcess, DEADLINE, SECRET};
+use confab_tests::served::Served;
+use confab_tests::{free_port, test_gateway_config, DevProcess, SECRET};
+use confab_tools::bench::idle::{self, IdleOpts};
+use confab_tools::bench::reads::{self, GenerateOpts, ReadOpts};
 use std::sync::Arc;
-use tokio::net::TcpListener;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_hundred_idle_streams_over_ten_connections_are_measured() {
@@ -65,33 +63,31 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
             .expect("history store"),
     );
     let local: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
-    let history_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let history_addr = history_listener.local_addr().expect("addr");
-    let (history_stop, signal) = shutdown::channel();
-    let history_task =
-        tokio::spawn(confab_history::grpc::server(local).serve(history_listener, signal));
+    let history = Served::listen(|listener, signal| {
+        confab_history::grpc::server(local).serve(listener, signal)
+    })
+    .await;
 
-    let remote = RemoteHistory::new(&HistoryClientConfig::new([history_addr.to_string()]))
+    let remote = RemoteHistory::new(&HistoryClientConfig::new([history.addr().to_string()]))
         .expect("history address");
     // Reads only: nothing consumes the ingress log.
     let (ingress, _partitions) = MemTopic::<IngressRecord>::new(1, 16);
-    let gateway_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let gateway = gateway_listener.local_addr().expect("addr");
-    let (gateway_stop, signal) = shutdown::channel();
-    let service = ChatService::new(
-        test_gateway_config(),
-        Authenticator::new(SECRET),
-        Hub::new("g1"),
-        Arc::new(ingress),
-        Arc::new(remote),
-        signal.clone(),
-    );
-    let gateway_task = tokio::spawn(
-        confab_gateway::server(service, Transport::public()).serve(gateway_listener, signal),
-    );
+    let gateway = Served::listen(|listener, signal| {
+        let service = ChatService::new(
+            test_gateway_config(),
+            Authenticator::new(SECRET),
+            Hub::new("g1"),
+            Arc::new(ingress),
+            Arc::new(remote),
+            signal.clone(),
+        );
+        confab_gateway::server(service, confab_runtime::transport::Transport::public())
+            .serve(listener, signal)
+    })
+    .await;
 
     let report = reads::measure(&ReadOpts {
-        gateway,
+        gateway: gateway.addr(),
         secret: SECRET.into(),
         reader: "bench-reader".into(),
         conversations: 10,
@@ -110,10 +106,6 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
     assert_eq!(l.count, 500, "{report:?}");
     assert!(l.p50_us <= l.p99_us && l.p99_us <= l.max_us, "{report:?}");
 
-    gateway_stop.fire();
-    let stopped = tokio::time::timeout(DEADLINE, gateway_task).await;
-    assert!(matches!(stopped, Ok(Ok(Ok(())))), "gateway: {stopped:?}");
-    history_stop.fire();
-    let stopped = tokio::time::timeout(DEADLINE, history_task).await;
-    assert!(matches!(stopped, Ok(Ok(Ok(())))), "history: {stopped:?}");
+    gateway.stop("gateway").await;
+    history.stop("history").await;
 }

@@ -6,12 +6,12 @@
 
 use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
-use confab_core::validate::SizeLimits;
-use confab_history::{LocalHistory, SqliteStore};
+use confab_history::LocalHistory;
 use confab_history_client::{HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE};
 use confab_layers::breaker::{BreakerConfig, BreakerState};
-use confab_runtime::shutdown;
 use confab_tests::free_port;
+use confab_tests::served::{sqlite_store, Served};
+use confab_tests::topology::{attach_client, fast_attach};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tonic::{Code, Status};
@@ -104,15 +104,13 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
 
     // History comes up on that address.
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("history.db"), SizeLimits::default())
-        .await
-        .expect("store");
-    let history: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(Arc::new(store)));
+    let history: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(sqlite_store(dir.path()).await));
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("bind the history port");
-    let (stop, stopped) = shutdown::channel();
-    let server = tokio::spawn(confab_history::grpc::server(history).serve(listener, stopped));
+    let server = Served::spawn_on(listener, |listener, signal| {
+        confab_history::grpc::server(history).serve(listener, signal)
+    });
 
     // After the open period a probe reaches it, and it answers for itself.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -144,11 +142,7 @@ async fn a_dead_history_fails_fast_once_its_breaker_opens_and_recovers_when_it_c
     }
     assert_eq!(state(&remote), BreakerState::Closed);
 
-    stop.fire();
-    server
-        .await
-        .expect("server task")
-        .expect("history served until stopped");
+    server.stop("history").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,11 +179,9 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     let addr = format!("127.0.0.1:{port}");
     let name = format!("router {addr}");
     let hub = confab_gateway::Hub::new("gw-breaker");
-    let (stop, stopped) = shutdown::channel();
-    let attach = tokio::spawn(confab_gateway::router_links::run(
-        hub.clone(),
+    let attach = attach_client(
+        &hub,
         AttachConfig {
-            backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(50),
             breaker: BreakerConfig {
                 window: 3,
@@ -198,10 +190,9 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
                 open_for: Duration::from_millis(300),
                 half_open_probes: 1,
             },
-            ..AttachConfig::new([addr.clone()])
+            ..fast_attach([addr.clone()])
         },
-        stopped.clone(),
-    ));
+    );
     // Nobody listens: after three refused connections the breaker opens.
     confab_tests::wait_until("the router breaker to open", || {
         sample("confab_breaker_state", &[("breaker", &name)]) == Some(2.0)
@@ -218,11 +209,9 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
     // The router comes up on that address: a probe attaches, the breaker closes.
     let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
     let links = GatewayLinks::new(LinkConfig::default());
-    let (router_stop, router_stopped) = shutdown::channel();
-    let router = tokio::spawn(
-        confab_router::gateway_links::server(links.clone(), router_stopped.clone())
-            .serve(listener, router_stopped),
-    );
+    let router = Served::spawn_on(listener, |listener, signal| {
+        confab_router::gateway_links::server(links.clone(), signal.clone()).serve(listener, signal)
+    });
     confab_tests::wait_until("the gateway to attach to the router that came back", || {
         hub.attached_routers() == 1 && links.gateways() == vec!["gw-breaker".to_string()]
     })
@@ -232,8 +221,6 @@ async fn a_router_that_refuses_attaches_opens_its_breaker_until_it_is_back() {
         Some(0.0),
         "closed again"
     );
-    stop.fire();
-    router_stop.fire();
-    let _ = attach.await;
-    let _ = router.await;
+    attach.stop("the attach client").await;
+    router.stop("the router").await;
 }

@@ -2,9 +2,9 @@
 //! killed with SIGKILL and stopped with SIGTERM, the broker is killed and
 //! PostgreSQL crashed, one at a time, while clients send in DIRECT and GROUP
 //! conversations; the checker's invariants must all hold (see
-//! `confab_tests::chaos`).
+//! `confab_tools::chaos`).
 
-use confab_tests::chaos::{self, Config};
+use confab_tools::chaos::{self, Config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_loss_no_duplicates_no_gaps_under_every_fault() {

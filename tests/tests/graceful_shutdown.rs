@@ -4,98 +4,25 @@
 //! when the client resumes on another gateway. A gateway that cannot drain
 //! exits when its grace period (`CONFAB_SHUTDOWN_GRACE_MS`) is over.
 
-use confab_proto::v1::{client_frame, server_frame, ConversationKind, Resume};
-use confab_tests::broker::Broker;
-use confab_tests::postgres::PgCluster;
+use confab_proto::v1::{client_frame, server_frame, Resume};
 use confab_tests::procs::ServiceProc;
+use confab_tests::stack::{ProcStack, Role};
 use confab_tests::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-/// History, a router and two gateways on a real broker and PostgreSQL.
-struct Stack {
-    bootstrap: String,
-    prefix: String,
-    _pg: PgCluster,
-    _broker: Broker,
-    history: ServiceProc,
-    _router: ServiceProc,
-    gateways: Vec<ServiceProc>,
-    _logs: tempfile::TempDir,
-}
-
-async fn stack(gateway_env: &[(&str, &str)]) -> Stack {
-    let pg = PgCluster::start().expect("postgres");
-    let database_url = pg.fresh_database().await.expect("database");
-    let broker = Broker::start_memory().await;
-    let logs = tempfile::tempdir().expect("logs");
-    let prefix = format!("graceful{}", free_port());
-    let mut common = confab_tests::topology::service_env([
-        ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
-        ("CONFAB_KAFKA_PREFIX", prefix.clone()),
-        ("CONFAB_KAFKA_PARTITIONS", "2".into()),
-        ("CONFAB_LOG", "info".into()),
-    ]);
-    let mut history_env = common.clone();
-    history_env.push(("CONFAB_DATABASE_URL".into(), database_url));
-    let mut history = ServiceProc::new(
-        "confab-history",
-        "history",
-        history_env,
-        logs.path().join("history.log"),
-    );
-    common.push(("CONFAB_HISTORY_ADDRS".into(), history.addr.clone()));
-    let mut router = ServiceProc::new(
-        "confab-router",
-        "router",
-        common.clone(),
-        logs.path().join("router.log"),
-    );
-    let gateways = (0..2)
-        .map(|i| {
-            let mut env = common.clone();
-            env.extend(
-                [
-                    ("CONFAB_ROUTER_ADDRS", router.addr.as_str()),
-                    ("CONFAB_GATEWAY_ID", &format!("gw-graceful-{i}")),
-                    ("CONFAB_JWT_SECRET", SECRET),
-                ]
-                .iter()
-                .chain(gateway_env)
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-            );
-            let label = format!("gateway-{i}");
-            ServiceProc::new(
-                "confab-gateway",
-                label.clone(),
-                env,
-                logs.path().join(label),
-            )
-        })
-        .collect::<Vec<_>>();
-    history.start();
-    router.start();
-    let mut s = Stack {
-        bootstrap: broker.bootstrap(),
-        prefix,
-        _pg: pg,
-        _broker: broker,
-        history,
-        _router: router,
-        gateways,
-        _logs: logs,
-    };
-    for g in s.gateways.iter_mut() {
-        g.start();
+/// History, a router and two gateways on a real broker and PostgreSQL,
+/// the gateways with `gateway_env` too.
+async fn stack(gateway_env: &[(&str, &str)]) -> ProcStack {
+    let mut builder = ProcStack::builder("graceful")
+        .gateways(2)
+        .partitions(2)
+        .log("info");
+    for (k, v) in gateway_env {
+        builder = builder.env_for(Role::Gateway, k, *v);
     }
-    s
-}
-
-impl Stack {
-    async fn user(&self, gateway: usize, name: &str) -> User {
-        User::connect(self.gateways[gateway].addr.parse().expect("addr"), name).await
-    }
+    builder.start_fresh().await
 }
 
 /// Waits until a record whose payload contains `needle` is in the ingress
@@ -144,28 +71,11 @@ fn retryable(status: &tonic::Status) -> bool {
     ) || (status.code() == Code::Internal && status.message().starts_with("h2 protocol error"))
 }
 
-/// Creates a group, retrying while the consumer groups form.
-async fn group(alice: &User, others: &[&str]) -> String {
-    let deadline = Instant::now() + DEADLINE * 2;
-    loop {
-        match alice
-            .create(ConversationKind::Group, "graceful", others)
-            .await
-        {
-            Ok(c) => return c.id,
-            Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("create: {e:?}"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_streams_with_reconnect_and_loses_nothing() {
     let mut stack = stack(&[]).await;
     let alice = stack.user(0, "alice").await;
-    let conv = group(&alice, &["bob"]).await;
+    let conv = alice.group_when_ready("graceful", &["bob"]).await.id;
     // A stream on the gateway that will stop, resumed from the start.
     let mut stream = alice
         .session(client_frame::Frame::Resume(Resume {
@@ -272,13 +182,13 @@ async fn a_gateway_that_cannot_drain_exits_when_its_grace_period_is_over() {
     ])
     .await;
     let alice = stack.user(0, "alice").await;
-    let conv = group(&alice, &["bob"]).await;
+    let conv = alice.group_when_ready("graceful", &["bob"]).await.id;
     alice.send(&conv, "first", "hello").await.expect("send");
     // Without history no outcome comes back: this call stays in flight.
-    stack.history.kill9();
+    stack.histories[0].kill9();
     let pending = tokio::spawn(async move { alice.send(&conv, "stuck", "hello").await });
     // Once it is in the ingress topic, the gateway waits for its outcome.
-    wait_for_ingress(&stack.bootstrap, &stack.prefix, b"stuck").await;
+    wait_for_ingress(&stack.bootstrap, &stack.kafka_prefix, b"stuck").await;
     let stopped = stack.gateways[0].terminate(Duration::from_secs(20)).await;
     let status = stopped.status.expect("it exited by itself");
     assert_eq!(

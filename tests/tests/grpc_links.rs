@@ -12,7 +12,7 @@ use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{
     gateway_frame, router_frame, GatewayFrame, Hello, RouterFrame, UsersOffline,
 };
-use confab_proto::v1::{GetHistoryRequest, Message};
+use confab_proto::v1::{Conversation, GetHistoryRequest, Message};
 use confab_tests::topology::{Topology, TopologyConfig};
 use confab_tests::*;
 use std::collections::BTreeSet;
@@ -28,6 +28,18 @@ fn shape(gateways: usize, routers: usize) -> TopologyConfig {
         routers,
         ..TopologyConfig::default()
     }
+}
+
+/// A topology of this shape, alice on g1, and a group she made with bob.
+async fn with_group(
+    gateways: usize,
+    routers: usize,
+    title: &str,
+) -> (Topology, User, Conversation) {
+    let topo = Topology::start(shape(gateways, routers)).await;
+    let alice = topo.gateway(1).user("alice").await;
+    let conv = alice.group(title, &["bob"]).await;
+    (topo, alice, conv)
 }
 
 /// Every message of `conv` received by `session` up to seq `until`.
@@ -131,9 +143,7 @@ async fn two_routers_split_the_partitions_and_each_reaches_both_gateways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_with_sessions_on_both_gateways_gets_each_message_on_both() {
-    let topo = Topology::start(shape(2, 1)).await;
-    let alice = topo.gateway(1).user("alice").await;
-    let conv = alice.group("both", &["bob"]).await;
+    let (topo, alice, conv) = with_group(2, 1, "both").await;
     let mut bob_on_g1 = topo.gateway(1).user("bob").await.live().await;
     let mut bob_on_g2 = topo.gateway(2).user("bob").await.live().await;
     topo.wait_user_on("bob", &["g1", "g2"]).await;
@@ -214,7 +224,7 @@ async fn users_offline_stops_delivery_to_that_gateway() {
 
     // And the router stops pushing to a gateway for a user it took offline.
     let router = &topo.routers[0];
-    let mut gx = FakeGateway::attach(router.addr, "gx", &["bob", "carol"]).await;
+    let mut gx = FakeGateway::attach(router.server.addr, "gx", &["bob", "carol"]).await;
     topo.wait_user_on("carol", &["gx"]).await;
     gx.tx
         .send(GatewayFrame {
@@ -251,9 +261,7 @@ async fn users_offline_stops_delivery_to_that_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_errors_keep_their_code_across_the_link() {
-    let topo = Topology::start(shape(1, 1)).await;
-    let alice = topo.gateway(1).user("alice").await;
-    let conv = alice.group("private", &["bob"]).await;
+    let (topo, alice, conv) = with_group(1, 1, "private").await;
     let remote = topo.remote_history();
     let page = |conversation_id: &str| GetHistoryRequest {
         conversation_id: conversation_id.into(),
@@ -318,9 +326,7 @@ async fn history_errors_keep_their_code_across_the_link() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_reattaches_after_its_router_restarts() {
-    let mut topo = Topology::start(shape(2, 1)).await;
-    let alice = topo.gateway(1).user("alice").await;
-    let conv = alice.group("restart", &["bob"]).await;
+    let (mut topo, alice, conv) = with_group(2, 1, "restart").await;
     let mut bob_live = topo.gateway(2).user("bob").await.live().await;
     topo.wait_user_on("bob", &["g2"]).await;
     assert_eq!(
@@ -329,12 +335,12 @@ async fn a_gateway_reattaches_after_its_router_restarts() {
     );
     assert_eq!(seqs(&received(&mut bob_live, &conv.id, 2).await), vec![2]);
 
-    topo.routers[0].stop_server().await;
+    topo.routers[0].server.stop_server().await;
     wait_until("the router to lose its gateways", || {
         topo.routers[0].links.gateways().is_empty()
     })
     .await;
-    topo.routers[0].start_server().await;
+    topo.routers[0].server.start_server().await;
     // The gateways come back on their own, and say hello with their users.
     topo.wait_all_attached().await;
     topo.wait_user_on("bob", &["g2"]).await;
@@ -357,7 +363,7 @@ async fn messages_routed_while_gateways_were_detached_reach_open_sessions_after_
     alice.send(&conv.id, "a", "before").await.expect("send");
     assert_eq!(seqs(&received(&mut bob_live, &conv.id, 2).await), vec![2]);
 
-    topo.routers[0].stop_server().await;
+    topo.routers[0].server.stop_server().await;
     wait_until("the router to lose its gateways", || {
         topo.routers[0].links.gateways().is_empty()
     })
@@ -373,7 +379,7 @@ async fn messages_routed_while_gateways_were_detached_reach_open_sessions_after_
         topo.routers[0].links.orphaned_outcomes() >= 1
     })
     .await;
-    topo.routers[0].start_server().await;
+    topo.routers[0].server.start_server().await;
     topo.wait_all_attached().await;
     // Nothing else is sent: bob's open stream gets seq 3 because the gateway
     // checks history for what routing skipped once the router knows it again.
@@ -390,9 +396,7 @@ async fn messages_routed_while_gateways_were_detached_reach_open_sessions_after_
 async fn a_resume_history_could_not_answer_never_lets_the_stream_skip() {
     use confab_proto::v1::{client_frame, server_frame, Resume};
     use std::collections::HashMap;
-    let mut topo = Topology::start(shape(1, 1)).await;
-    let alice = topo.gateway(1).user("alice").await;
-    let conv = alice.group("outage", &["bob"]).await;
+    let (mut topo, alice, conv) = with_group(1, 1, "outage").await;
     for k in ["a", "b"] {
         alice.send(&conv.id, k, "before").await.expect("send");
     }

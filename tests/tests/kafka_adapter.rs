@@ -16,6 +16,7 @@ use confab_proto::internal::v1::{
 use confab_proto::v1::Message;
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
+use confab_tests::wait_until_within;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -143,14 +144,45 @@ async fn read_until(
     (all, positions)
 }
 
-/// Waits until `cond` holds, polling, or fails after `DEADLINE`.
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    start.elapsed()
+/// A broker on the memory engine, topics of `partitions` partitions on it,
+/// and an ingress publisher.
+async fn topics(partitions: i32) -> (Broker, KafkaConfig, KafkaPublisher<IngressRecord>) {
+    let broker = Broker::start_memory().await;
+    let cfg = config(&broker, partitions);
+    ensure_topics(&cfg).await.expect("create topics");
+    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("publisher");
+    (broker, cfg, publisher)
+}
+
+/// `got` holds the records `ids`, each once (`what` they are).
+fn each_once(got: &[Consumed<IngressRecord>], ids: std::ops::Range<u64>, what: &str) {
+    let got: Vec<u64> = got.iter().map(id_of).collect();
+    assert_eq!(
+        got.iter().copied().collect::<BTreeSet<_>>(),
+        ids.clone().collect(),
+        "{what}: {got:?}"
+    );
+    assert_eq!(got.len() as u64, ids.end - ids.start, "{what}: {got:?}");
+}
+
+/// A new consumer of group `g`, and what it reads without committing until
+/// it has `n` records and has skipped the poison record.
+async fn read_past_poison(
+    cfg: &KafkaConfig,
+    what: &str,
+    n: usize,
+) -> (
+    BatchConsumer<IngressRecord>,
+    Vec<Consumed<IngressRecord>>,
+    Offsets,
+) {
+    let mut consumer = BatchConsumer::<IngressRecord>::new(cfg, "g").expect("consumer");
+    let state = consumer.state();
+    let (got, positions) = read_until(&mut consumer, what, false, |all| {
+        all.len() >= n && state.skipped() >= 1
+    })
+    .await;
+    (consumer, got, positions)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -326,10 +358,7 @@ async fn records_come_back_in_per_key_order_with_contents_and_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uncommitted_records_are_redelivered_and_committed_ones_are_not() {
-    let broker = Broker::start_memory().await;
-    let cfg = config(&broker, 2);
-    ensure_topics(&cfg).await.expect("create topics");
-    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("publisher");
+    let (broker, cfg, publisher) = topics(2).await;
     let records: Vec<IngressRecord> = (0..10)
         .map(|id| send(if id % 2 == 0 { "dm-a" } else { "dm-b" }, id))
         .collect();
@@ -358,27 +387,17 @@ async fn uncommitted_records_are_redelivered_and_committed_ones_are_not() {
     let end = end_offsets(delivered.values().copied());
 
     // A reads everything and commits nothing.
-    let mut a = BatchConsumer::<IngressRecord>::new(&cfg, "g").expect("consumer a");
-    let state_a = a.state();
-    let (got, _) = read_until(&mut a, "10 records and the poison one", false, |all| {
-        all.len() >= 10 && state_a.skipped() >= 1
-    })
-    .await;
+    let (a, got, _) = read_past_poison(&cfg, "10 records and the poison one", 10).await;
     assert_eq!(got.len(), 10);
     assert_eq!(
-        state_a.skipped(),
+        a.state().skipped(),
         1,
         "the poison record is skipped and counted"
     );
     a.close().await;
 
     // B gets all of it again, and commits the first six only.
-    let mut b = BatchConsumer::<IngressRecord>::new(&cfg, "g").expect("consumer b");
-    let state_b = b.state();
-    let (got, _) = read_until(&mut b, "the uncommitted records again", false, |all| {
-        all.len() >= 10 && state_b.skipped() >= 1
-    })
-    .await;
+    let (b, got, _) = read_past_poison(&cfg, "the uncommitted records again", 10).await;
     let ids: BTreeSet<u64> = got.iter().map(id_of).collect();
     assert_eq!(ids, (0..10).collect(), "nothing committed: all redelivered");
     let first_six: Vec<Consumed<IngressRecord>> =
@@ -389,19 +408,8 @@ async fn uncommitted_records_are_redelivered_and_committed_ones_are_not() {
     b.close().await;
 
     // C starts after the six: only 6..9 (and the poison record, skipped).
-    let mut c = BatchConsumer::<IngressRecord>::new(&cfg, "g").expect("consumer c");
-    let state_c = c.state();
-    let (got, positions) = read_until(&mut c, "records 6..9", false, |all| {
-        all.len() >= 4 && state_c.skipped() >= 1
-    })
-    .await;
-    let ids: Vec<u64> = got.iter().map(id_of).collect();
-    assert_eq!(
-        ids.iter().copied().collect::<BTreeSet<_>>(),
-        (6..10).collect(),
-        "committed records are not redelivered: {ids:?}"
-    );
-    assert_eq!(ids.len(), 4);
+    let (c, got, positions) = read_past_poison(&cfg, "records 6..9", 4).await;
+    each_once(&got, 6..10, "committed records are not redelivered");
     // Committing what was read, the poison record included, moves every
     // partition to its end: the poison record cannot block it.
     let report = c.commit(&positions).await.expect("commit");
@@ -541,10 +549,7 @@ fn worker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_consumers_split_the_partitions_and_the_survivor_takes_over_without_loss() {
-    let broker = Broker::start_memory().await;
-    let cfg = config(&broker, 4);
-    ensure_topics(&cfg).await.expect("create topics");
-    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("publisher");
+    let (_broker, cfg, publisher) = topics(4).await;
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let a = BatchConsumer::<IngressRecord>::new(&cfg, "router").expect("consumer a");
@@ -562,13 +567,17 @@ async fn two_consumers_split_the_partitions_and_the_survivor_takes_over_without_
         stop_b_rx,
     );
 
-    let split = wait_for("the two consumers to split the 4 partitions", || {
-        let (pa, pb) = (state_a.assigned(), state_b.assigned());
-        !pa.is_empty()
-            && !pb.is_empty()
-            && pa.is_disjoint(&pb)
-            && pa.union(&pb).copied().collect::<BTreeSet<i32>>() == (0..4).collect()
-    })
+    let split = wait_until_within(
+        "the two consumers to split the 4 partitions",
+        DEADLINE,
+        || {
+            let (pa, pb) = (state_a.assigned(), state_b.assigned());
+            !pa.is_empty()
+                && !pb.is_empty()
+                && pa.is_disjoint(&pb)
+                && pa.union(&pb).copied().collect::<BTreeSet<i32>>() == (0..4).collect()
+        },
+    )
     .await;
     eprintln!(
         "split after {split:?}: a={:?} b={:?}",
@@ -582,7 +591,7 @@ async fn two_consumers_split_the_partitions_and_the_survivor_takes_over_without_
         .map(|id| send(&convs[id as usize % 24], id))
         .collect();
     let mut delivered = publish_all(&publisher, &phase1).await;
-    wait_for("phase 1 consumed and committed", || {
+    wait_until_within("phase 1 consumed and committed", DEADLINE, || {
         let l = ledger.lock().expect("lock");
         let committed: BTreeSet<u64> = l.committed.iter().copied().collect();
         (0..240).all(|id| committed.contains(&id))
@@ -606,7 +615,7 @@ async fn two_consumers_split_the_partitions_and_the_survivor_takes_over_without_
         .map(|id| send(&convs[id as usize % 24], id))
         .collect();
     delivered.extend(publish_all(&publisher, &phase2).await);
-    wait_for("phase 2 read by a and b", || {
+    wait_until_within("phase 2 read by a and b", DEADLINE, || {
         let l = ledger.lock().expect("lock");
         let seen: BTreeSet<u64> = l.seen.iter().map(|(_, id)| *id).collect();
         (0..480).all(|id| seen.contains(&id))
@@ -630,13 +639,13 @@ async fn two_consumers_split_the_partitions_and_the_survivor_takes_over_without_
     let a = task_a.await.expect("worker a");
     a.close().await;
 
-    let takeover = wait_for("b to own all 4 partitions", || {
+    let takeover = wait_until_within("b to own all 4 partitions", DEADLINE, || {
         state_b.assigned() == (0..4).collect()
     })
     .await;
     eprintln!("b took over all partitions {takeover:?} after a left");
     assert!(state_b.rebalances() > rebalances_before);
-    wait_for("everything committed", || {
+    wait_until_within("everything committed", DEADLINE, || {
         let l = ledger.lock().expect("lock");
         let committed: BTreeSet<u64> = l.committed.iter().copied().collect();
         (0..480).all(|id| committed.contains(&id))
@@ -727,10 +736,7 @@ async fn publishing_while_the_broker_is_down_fails_with_unavailable_within_the_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_dead_of_a_fatal_error_is_replaced_and_publishing_resumes() {
-    let broker = Broker::start_memory().await;
-    let cfg = config(&broker, 2);
-    ensure_topics(&cfg).await.expect("create topics");
-    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("publisher");
+    let (_broker, cfg, publisher) = topics(2).await;
     let clone = publisher.clone();
     let outcomes = KafkaPublisher::<OutcomeRecord>::sharing(&publisher, &cfg);
     let first: Vec<IngressRecord> = (0..4)
@@ -868,13 +874,7 @@ async fn the_postgres_engine_keeps_records_and_committed_offsets_across_kill9() 
         "committed offsets survive kill -9"
     );
     let (got, _) = read_until(&mut consumer, "records 10..19", true, |all| all.len() >= 10).await;
-    let ids: Vec<u64> = got.iter().map(id_of).collect();
-    assert_eq!(
-        ids.iter().copied().collect::<BTreeSet<_>>(),
-        (10..20).collect(),
-        "{ids:?}"
-    );
-    assert_eq!(ids.len(), 10);
+    each_once(&got, 10..20, "the records after the committed ones");
 
     // Every record is still there, unchanged, at the offset it was given.
     let mut audit = BatchConsumer::<IngressRecord>::new(&cfg, "audit").expect("consumer");
@@ -992,10 +992,13 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
     ensure_topics(&cfg).await.expect("create topics");
     let pg = PgCluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e:#}"));
     let url = pg.fresh_database().await.expect("fresh database");
-    let inner =
-        confab_history::PostgresStore::connect(&url, confab_core::validate::SizeLimits::default(), 4)
-            .await
-            .expect("connect to PostgreSQL");
+    let inner = confab_history::PostgresStore::connect(
+        &url,
+        confab_core::validate::SizeLimits::default(),
+        4,
+    )
+    .await
+    .expect("connect to PostgreSQL");
     let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("producer");
 
     // A GROUP conversation on each partition: create until both have one.

@@ -10,7 +10,7 @@
 //! in their ack.
 
 use confab_gateway::GatewayConfig;
-use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, SendAck, SendFrame};
+use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, SendAck};
 use confab_tests::cluster::{Cluster, Shape};
 use confab_tests::server::{Kind, Server};
 use confab_tests::topology::{Topology, TopologyConfig};
@@ -142,6 +142,16 @@ fn all_refused(refused: &[Status], code: Code, message: &str) {
     }
 }
 
+/// Embedded mode allowing `per_sec` messages a second per user, with
+/// bursts of `burst`.
+async fn embedded_at_rate(per_sec: &str, burst: &str) -> Server {
+    let rate = [
+        ("CONFAB_RATE_MESSAGES_PER_SEC", per_sec),
+        ("CONFAB_RATE_MESSAGES_BURST", burst),
+    ];
+    start(Kind::Embedded, &rate).await
+}
+
 /// `confab_rate_limited_total{limit}` as `/metrics` would serve it now.
 fn rate_limited(limit: &str) -> f64 {
     let text = confab_runtime::recorder::install().render();
@@ -173,14 +183,7 @@ const RATE_1_BURST_5: &str = "rate limit: at most 1 message per second per user,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_per_second_allow_the_burst_then_refill_at_the_rate() {
     confab_runtime::recorder::install();
-    let server = start(
-        Kind::Embedded,
-        &[
-            ("CONFAB_RATE_MESSAGES_PER_SEC", "1"),
-            ("CONFAB_RATE_MESSAGES_BURST", "5"),
-        ],
-    )
-    .await;
+    let server = embedded_at_rate("1", "5").await;
     let alice = server.user("alice").await;
     let conv = alice.group("burst", &["bob"]).await.id;
     let mut bystanders = Bystanders::join(&server).await;
@@ -236,14 +239,7 @@ fn most_admitted(elapsed: Duration) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_sends_share_the_budget_and_are_refused_in_the_ack() {
-    let server = start(
-        Kind::Embedded,
-        &[
-            ("CONFAB_RATE_MESSAGES_PER_SEC", "2"),
-            ("CONFAB_RATE_MESSAGES_BURST", "4"),
-        ],
-    )
-    .await;
+    let server = embedded_at_rate("2", "4").await;
     let alice = server.user("alice").await;
     let conv = alice.group("stream", &["bob"]).await;
     let mut bystanders = Bystanders::join(&server).await;
@@ -254,11 +250,7 @@ async fn stream_sends_share_the_budget_and_are_refused_in_the_ack() {
     const FRAMES: usize = 12;
     for i in 0..FRAMES {
         session
-            .send(client_frame::Frame::Send(SendFrame {
-                conversation_id: conv.id.clone(),
-                client_msg_id: format!("s{i}"),
-                body: "via stream".into(),
-            }))
+            .send_text(&conv.id, &format!("s{i}"), "via stream")
             .await;
     }
     let unary = futures::future::join_all((0..FRAMES).map(|i| {
@@ -268,9 +260,7 @@ async fn stream_sends_share_the_budget_and_are_refused_in_the_ack() {
     .await;
     let mut acks: Vec<SendAck> = Vec::new();
     while acks.len() < FRAMES {
-        if let server_frame::Frame::Ack(a) = session.next_frame().await.expect("ack") {
-            acks.push(a);
-        }
+        acks.push(session.next_ack().await);
     }
     let elapsed = started.elapsed();
     let refused: Vec<_> = acks.iter().filter_map(|a| a.error.as_ref()).collect();
@@ -409,12 +399,8 @@ async fn members_per_group(kind: Kind) {
     let conv = alice.group("full", &["bob", "erin"]).await;
     let (a, id) = (alice.clone(), conv.id.clone());
     let (added, refused) = while_abusing(&mut bystanders, 3, 1, move |_| {
-        let req = confab_proto::v1::AddMembersRequest {
-            conversation_id: id.clone(),
-            member_ids: vec!["frank".into()],
-        };
-        let a = a.clone();
-        async move { a.client.clone().add_members(a.req(req)).await.map(|_| ()) }
+        let (a, id) = (a.clone(), id.clone());
+        async move { a.add_members(&id, &["frank"]).await.map(|_| ()) }
     })
     .await;
     assert_eq!(added, 0);
@@ -474,18 +460,8 @@ async fn bodies_over_the_limit_are_resource_exhausted_unary_and_on_streams() {
     all_refused(&refused, Code::ResourceExhausted, BODY_100);
     // On a stream, the refusal is in the ack and the stream goes on.
     let mut session = alice.live().await;
-    session
-        .send(client_frame::Frame::Send(SendFrame {
-            conversation_id: conv.clone(),
-            client_msg_id: "s-big".into(),
-            body: "y".repeat(101),
-        }))
-        .await;
-    let ack = loop {
-        if let server_frame::Frame::Ack(a) = session.next_frame().await.expect("ack") {
-            break a;
-        }
-    };
+    session.send_text(&conv, "s-big", &"y".repeat(101)).await;
+    let ack = session.next_ack().await;
     let e = ack.error.expect("refused");
     assert_eq!(
         (e.code, e.message.as_str()),

@@ -12,76 +12,17 @@
 //! and the broker through a crash and a restart of each (with the lag of a
 //! message waiting for the database).
 
-use confab_core::metrics;
-use confab_proto::v1::{client_frame, ListConversationsRequest, Ping};
-use confab_runtime::shutdown;
+use confab_proto::v1::{client_frame, Ping};
 use confab_tests::broker::Broker;
+use confab_tests::http::{self, get, wait_status};
 use confab_tests::postgres::PgCluster;
-use confab_tests::procs::ServiceProc;
-use confab_tests::{confab_bin, free_port, test_config, User, DEADLINE, SECRET};
+use confab_tests::served::Served;
+use confab_tests::stack::{Backing, ProcStack, Role};
+use confab_tests::{confab_bin, free_port, test_config, DevProcess, User, DEADLINE};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-
-/// One `GET` over plain HTTP/1.1: the status code and the body.
-async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_string()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// Polls `path` until its status is `want` (connection errors count as "not
-/// yet"); fails after [`DEADLINE`].
-async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let got = get(addr, path).await;
-        if matches!(got, Ok((status, _)) if status == want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "GET {path} on {addr} did not answer {want} in time: last {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The value of the sample `name{labels...}` in a Prometheus text page
 /// (labels in any order; the sample may have more labels than given).
@@ -109,20 +50,25 @@ async fn scrape(addr: SocketAddr) -> String {
     page
 }
 
+/// Scrapes `addr` until `done(page)` holds; the page. Fails after
+/// [`DEADLINE`], naming `what`.
+async fn wait_page(addr: SocketAddr, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let every = Duration::from_millis(20);
+    let waited = http::wait_for(addr, "/metrics", DEADLINE, every, |status, page| {
+        status == 200 && done(page)
+    })
+    .await;
+    waited
+        .map(|(_, page)| page)
+        .unwrap_or_else(|e| panic!("{what} did not happen in time: {e}"))
+}
+
 /// Scrapes until `name{labels}` has the value `want`.
 async fn wait_sample(addr: SocketAddr, name: &str, labels: &[(&str, &str)], want: f64) -> String {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let page = scrape(addr).await;
-        if sample(&page, name, labels) == Some(want) {
-            return page;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} did not reach {want} in time; page:\n{page}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_page(addr, &format!("{name}{labels:?} reaching {want}"), |page| {
+        sample(page, name, labels) == Some(want)
+    })
+    .await
 }
 
 const CHAT: (&str, &str) = ("service", "confab.v1.Chat");
@@ -133,23 +79,14 @@ async fn embedded_mode_serves_metrics_and_health() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = test_config(dir.path(), &[]);
 
-    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind metrics");
-    let http = http_listener.local_addr().expect("addr");
-    let (http_trigger, http_signal) = shutdown::channel();
-    let http_task = tokio::spawn(confab_runtime::endpoints::serve_http(
-        http_listener,
-        config.readiness.clone(),
-        http_signal,
-    ));
-
-    let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind grpc");
-    let grpc = grpc_listener.local_addr().expect("addr");
-    let (trigger, signal) = shutdown::channel();
-    let server = tokio::spawn(confab::dev::run(config, grpc_listener, signal));
+    let http_server = Served::listen(|listener, signal| {
+        confab_runtime::endpoints::serve_http(listener, config.readiness.clone(), signal)
+    })
+    .await;
+    let http = http_server.addr();
+    let mut server =
+        Served::listen(|listener, signal| confab::dev::run(config, listener, signal)).await;
+    let grpc = server.addr();
 
     assert_eq!(get(http, "/livez").await.expect("livez").0, 200);
     wait_status(http, "/readyz", 200).await;
@@ -171,20 +108,10 @@ async fn embedded_mode_serves_metrics_and_health() {
     // Two successful calls, one refused, one stream.
     let alice = User::connect(grpc, "alice").await;
     for _ in 0..2 {
-        alice
-            .client
-            .clone()
-            .list_conversations(alice.req(ListConversationsRequest {}))
-            .await
-            .expect("list as alice");
+        alice.list().await.expect("list as alice");
     }
     let mallory = User::with_token(grpc, "mallory", "not-a-token").await;
-    let refused = mallory
-        .client
-        .clone()
-        .list_conversations(mallory.req(ListConversationsRequest {}))
-        .await
-        .expect_err("a bad token is refused");
+    let refused = mallory.list().await.expect_err("a bad token is refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let session = alice
         .session(client_frame::Frame::Ping(Ping { nonce: 1 }))
@@ -261,66 +188,37 @@ async fn embedded_mode_serves_metrics_and_health() {
     );
 
     // Not ready from the moment shutdown starts; still live.
-    trigger.fire();
+    server.fire();
     wait_status(http, "/readyz", 503).await;
-    let result = tokio::time::timeout(DEADLINE, server).await;
-    assert!(
-        matches!(result, Ok(Ok(Ok(())))),
-        "server stopped cleanly: {result:?}"
-    );
+    server.stop("server").await;
     assert_eq!(get(http, "/readyz").await.expect("readyz").0, 503);
     assert_eq!(get(http, "/livez").await.expect("livez").0, 200);
     assert_eq!(get(http, "/nope").await.expect("404").0, 404);
 
-    http_trigger.fire();
-    let stopped = tokio::time::timeout(DEADLINE, http_task).await;
-    assert!(
-        matches!(stopped, Ok(Ok(Ok(())))),
-        "metrics server stopped: {stopped:?}"
-    );
+    http_server.stop("metrics server").await;
 }
 
 #[tokio::test]
 async fn confab_binary_serves_metrics_with_confab_metrics_listen() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
+    let grpc = free_port();
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let child = Command::new(confab_bin())
-        .args(["dev", "--listen", &grpc.to_string(), "--data-dir"])
-        .arg(dir.path())
-        .env("CONFAB_JWT_SECRET", SECRET)
-        .env("CONFAB_METRICS_LISTEN", http.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn confab dev");
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let pid = child.id();
-    let mut child = Reap(child);
+    let http_text = http.to_string();
+    let mut dev = DevProcess::start_with(
+        dir.path(),
+        grpc,
+        &[("CONFAB_METRICS_LISTEN", &http_text)],
+        None,
+    )
+    .expect("start confab dev");
 
     wait_status(http, "/readyz", 200).await;
     assert_eq!(get(http, "/livez").await.expect("livez").0, 200);
 
-    let bob = User::connect(grpc, "bob").await;
-    bob.client
-        .clone()
-        .list_conversations(bob.req(ListConversationsRequest {}))
-        .await
-        .expect("list as bob");
-    let eve = User::with_token(grpc, "eve", "forged").await;
-    let refused = eve
-        .client
-        .clone()
-        .list_conversations(eve.req(ListConversationsRequest {}))
-        .await
-        .expect_err("refused");
+    let bob = User::connect(dev.addr, "bob").await;
+    bob.list().await.expect("list as bob");
+    let eve = User::with_token(dev.addr, "eve", "forged").await;
+    let refused = eve.list().await.expect_err("refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
     let unauth = [
         CHAT,
@@ -342,15 +240,11 @@ async fn confab_binary_serves_metrics_with_confab_metrics_listen() {
     );
 
     // SIGTERM: not ready (while the drain lasts), then the process exits 0.
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .expect("kill -TERM");
-    assert!(status.success());
+    dev.terminate();
     let deadline = Instant::now() + DEADLINE;
     let mut went_unready = false;
     let exit = loop {
-        if let Some(exit) = child.0.try_wait().expect("try_wait") {
+        if let Some(exit) = dev.exited() {
             break exit;
         }
         // The signal takes a moment to be handled; once the process says it
@@ -401,147 +295,99 @@ fn a_service_binary_refuses_a_bad_metrics_address() {
     assert!(stderr.contains("CONFAB_METRICS_LISTEN"), "stderr: {stderr}");
 }
 
-/// History, a router and a gateway as real binaries, each serving metrics
-/// on its own port, on a broker and PostgreSQL started here.
-struct Stack {
-    history: ServiceProc,
-    router: ServiceProc,
-    gateway: ServiceProc,
-    /// Metrics addresses of history, the router and the gateway.
-    metrics: [SocketAddr; 3],
-    _logs: tempfile::TempDir,
-}
-
-const HISTORY: usize = 0;
-const ROUTER: usize = 1;
-const GATEWAY: usize = 2;
-const NAMES: [&str; 3] = ["history", "router", "gateway"];
-
 /// Partitions of each topic in these stacks.
 const PARTITIONS: i32 = 2;
 
-impl Stack {
-    /// Starts the three services on `broker` and the database at
-    /// `database_url`, and waits until each says it is ready.
-    async fn start(broker: &Broker, database_url: String) -> Stack {
-        let logs = tempfile::tempdir().expect("logs");
-        let metrics: [SocketAddr; 3] = std::array::from_fn(|_| {
-            format!("127.0.0.1:{}", free_port())
-                .parse()
-                .expect("address")
-        });
-        let common = confab_tests::topology::service_env([
-            ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
-            ("CONFAB_KAFKA_PREFIX", format!("metrics{}", free_port())),
-            ("CONFAB_KAFKA_PARTITIONS", PARTITIONS.to_string()),
-            ("CONFAB_LOG", "info".into()),
-        ]);
-        let with = |i: usize, extra: &[(&str, &str)]| {
-            let mut env = common.clone();
-            env.push((metrics::LISTEN_VAR.into(), metrics[i].to_string()));
-            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            env
-        };
-        let log = |i: usize| logs.path().join(format!("{}.log", NAMES[i]));
-        let mut history = ServiceProc::new(
-            "confab-history",
-            NAMES[HISTORY],
-            with(HISTORY, &[("CONFAB_DATABASE_URL", &database_url)]),
-            log(HISTORY),
-        );
-        let history_addrs = [("CONFAB_HISTORY_ADDRS", history.addr.as_str())];
-        let mut router = ServiceProc::new(
-            "confab-router",
-            NAMES[ROUTER],
-            with(ROUTER, &history_addrs),
-            log(ROUTER),
-        );
-        let mut gateway = ServiceProc::new(
-            "confab-gateway",
-            NAMES[GATEWAY],
-            with(
-                GATEWAY,
-                &[
-                    history_addrs[0],
-                    ("CONFAB_ROUTER_ADDRS", router.addr.as_str()),
-                    ("CONFAB_GATEWAY_ID", "gw-metrics"),
-                    ("CONFAB_JWT_SECRET", SECRET),
-                ],
-            ),
-            log(GATEWAY),
-        );
-        history.start();
-        router.start();
-        gateway.start();
-        let stack = Stack {
-            history,
-            router,
-            gateway,
-            metrics,
-            _logs: logs,
-        };
-        for i in [HISTORY, ROUTER, GATEWAY] {
-            stack.wait_ready(i, true, "").await;
-        }
-        stack
-    }
+/// History, a router and a gateway as real binaries on `broker` and the
+/// database at `database_url`, each serving metrics on its own port;
+/// returned once each says it is ready.
+async fn start_stack(broker: &Broker, database_url: &str) -> ProcStack {
+    let stack = ProcStack::builder("metrics")
+        .partitions(PARTITIONS as u32)
+        .log("info")
+        .metrics()
+        .start(broker, database_url);
+    stack.wait_ready(DEADLINE).await;
+    stack
+}
 
-    fn gateway_addr(&self) -> SocketAddr {
-        self.gateway.addr.parse().expect("gateway address")
-    }
+/// The metrics address of the service of `role`.
+fn metrics(stack: &ProcStack, role: Role) -> SocketAddr {
+    stack.first(role).metrics_addr()
+}
 
-    /// The log tail of service `i`, for failure messages.
-    fn tail(&self, i: usize) -> String {
-        [&self.history, &self.router, &self.gateway][i].tail(30)
-    }
+/// Polls `/readyz` of the service of `role` until it is 200 (`ready`) or
+/// 503 with a body naming `failing`; how long that took. Fails after
+/// [`DEADLINE`].
+async fn wait_ready(stack: &ProcStack, role: Role, ready: bool, failing: &str) -> Duration {
+    let waited = http::wait_for(
+        metrics(stack, role),
+        "/readyz",
+        DEADLINE,
+        Duration::from_millis(50),
+        |status, body| match status {
+            200 => ready,
+            503 => !ready && body.contains(failing),
+            _ => false,
+        },
+    )
+    .await;
+    waited.map(|(took, _)| took).unwrap_or_else(|e| {
+        panic!(
+            "{}'s /readyz did not become {} in time: {e}; log:\n{}",
+            role.name(),
+            if ready {
+                "ready".to_string()
+            } else {
+                format!("not ready naming {failing:?}")
+            },
+            stack.first(role).tail(30)
+        )
+    })
+}
 
-    /// Polls `/readyz` of service `i` until it is 200 (`ready`) or 503 with
-    /// a body naming `failing`; how long that took. Fails after
-    /// [`DEADLINE`].
-    async fn wait_ready(&self, i: usize, ready: bool, failing: &str) -> Duration {
-        let started = Instant::now();
-        let addr = self.metrics[i];
-        loop {
-            let got = get(addr, "/readyz").await;
-            let done = match &got {
-                Ok((200, _)) => ready,
-                Ok((503, body)) => !ready && body.contains(failing),
-                _ => false,
-            };
-            if done {
-                return started.elapsed();
-            }
-            assert!(
-                started.elapsed() < DEADLINE,
-                "{}'s /readyz did not become {} in time: last {got:?}; log:\n{}",
-                NAMES[i],
-                if ready {
-                    "ready".to_string()
-                } else {
-                    format!("not ready naming {failing:?}")
-                },
-                self.tail(i)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+/// Every service becomes ready (`ready`) or not ready naming `failing`,
+/// each in less than `within` (`how`: what that means, for the failure).
+async fn all_become(stack: &ProcStack, ready: bool, failing: &str, within: Duration, how: &str) {
+    for role in Role::ALL {
+        let took = wait_ready(stack, role, ready, failing).await;
+        assert!(took < within, "{} {how} after {took:?}", role.name());
     }
+}
 
-    /// Scrapes service `i` until `done(page)` holds; the page.
-    async fn wait_page(&self, i: usize, what: &str, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let page = scrape(self.metrics[i]).await;
-            if done(&page) {
-                return page;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: {what} did not happen in time; page:\n{page}",
-                NAMES[i]
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// Scrapes the service of `role` until `done(page)` holds; the page.
+async fn wait_role_page(
+    stack: &ProcStack,
+    role: Role,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    wait_page(
+        metrics(stack, role),
+        &format!("{}: {what}", role.name()),
+        done,
+    )
+    .await
+}
+
+/// The consumer lag of `group` on each partition, as `page` shows it
+/// (`None`: no such series).
+fn lags(page: &str, group: &str) -> Vec<Option<f64>> {
+    (0..PARTITIONS)
+        .map(|part| {
+            let labels = [("group", group), ("partition", &part.to_string())];
+            sample(page, "confab_kafka_consumer_lag_records", &labels)
+        })
+        .collect()
+}
+
+/// Scrapes the service of `role` until its consumer group (named like the
+/// role) has a lag of 0 on every partition; the page.
+async fn wait_no_lag(stack: &ProcStack, role: Role, what: &str) -> String {
+    wait_role_page(stack, role, what, |p| {
+        lags(p, role.name()).iter().all(|lag| *lag == Some(0.0))
+    })
+    .await
 }
 
 /// `sample`, or 0 when the series is absent.
@@ -551,15 +397,13 @@ fn value(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test]
 async fn distributed_services_count_messages_kafka_database_sessions_and_fanout() {
-    let pg = PgCluster::start().expect("postgres");
-    let database_url = pg.fresh_database().await.expect("database");
-    let broker = Broker::start_memory().await;
-    let stack = Stack::start(&broker, database_url).await;
+    let backing = Backing::start().await;
+    let stack = start_stack(&backing.broker, &backing.database_url).await;
 
     // bob listens; alice creates a group with bob and sends N messages;
     // carol, not a member, tries once.
     const N: usize = 6;
-    let addr = stack.gateway_addr();
+    let addr = stack.gateway_addr(0);
     let (alice, bob, carol) = (
         User::connect(addr, "alice").await,
         User::connect(addr, "bob").await,
@@ -587,11 +431,10 @@ async fn distributed_services_count_messages_kafka_database_sessions_and_fanout(
     // history refused), deliveries, end-to-end latency, produce latency,
     // sessions.
     let n = N as f64;
-    let page = stack
-        .wait_page(GATEWAY, "deliveries counted", |p| {
-            value(p, "confab_messages_delivered_total", &[]) >= n + 1.0
-        })
-        .await;
+    let page = wait_role_page(&stack, Role::Gateway, "deliveries counted", |p| {
+        value(p, "confab_messages_delivered_total", &[]) >= n + 1.0
+    })
+    .await;
     assert!(
         value(&page, "confab_messages_accepted_total", &[]) >= n + 2.0,
         "{page}"
@@ -636,17 +479,7 @@ async fn distributed_services_count_messages_kafka_database_sessions_and_fanout(
     // History: sequenced (the creation's system message and N sends),
     // refused by reason, batches and transactions, the pool, produce
     // latency of outcomes, lag of every ingress partition, rebalances.
-    let page = stack
-        .wait_page(HISTORY, "lag of every partition back to 0", |p| {
-            (0..PARTITIONS).all(|part| {
-                sample(
-                    p,
-                    "confab_kafka_consumer_lag_records",
-                    &[("group", "history"), ("partition", &part.to_string())],
-                ) == Some(0.0)
-            })
-        })
-        .await;
+    let page = wait_no_lag(&stack, Role::History, "lag of every partition back to 0").await;
     assert!(
         value(&page, "confab_messages_sequenced_total", &[]) >= n + 1.0,
         "{page}"
@@ -703,17 +536,7 @@ async fn distributed_services_count_messages_kafka_database_sessions_and_fanout(
 
     // Router: fan-out (the creation and N messages to both members), lag,
     // rebalances.
-    let page = stack
-        .wait_page(ROUTER, "lag of every partition back to 0", |p| {
-            (0..PARTITIONS).all(|part| {
-                sample(
-                    p,
-                    "confab_kafka_consumer_lag_records",
-                    &[("group", "router"), ("partition", &part.to_string())],
-                ) == Some(0.0)
-            })
-        })
-        .await;
+    let page = wait_no_lag(&stack, Role::Router, "lag of every partition back to 0").await;
     let routed = value(&page, "confab_router_fanout_recipients_count", &[]);
     assert!(routed >= n + 1.0, "{page}");
     assert_eq!(
@@ -731,21 +554,20 @@ async fn distributed_services_count_messages_kafka_database_sessions_and_fanout(
     );
 
     // Nobody's id is a label anywhere.
-    for i in [HISTORY, ROUTER, GATEWAY] {
-        let page = scrape(stack.metrics[i]).await;
+    for role in Role::ALL {
+        let page = scrape(metrics(&stack, role)).await;
         for id in ["alice", "bob", "carol", conv.id.as_str()] {
-            assert!(!page.contains(id), "{} labels {id}: {page}", NAMES[i]);
+            assert!(!page.contains(id), "{} labels {id}: {page}", role.name());
         }
     }
 
     // bob leaves: no session, nobody online.
     drop(live);
-    stack
-        .wait_page(GATEWAY, "the session closed", |p| {
-            sample(p, "confab_sessions_open", &[]) == Some(0.0)
-                && sample(p, "confab_users_online", &[]) == Some(0.0)
-        })
-        .await;
+    wait_role_page(&stack, Role::Gateway, "the session closed", |p| {
+        sample(p, "confab_sessions_open", &[]) == Some(0.0)
+            && sample(p, "confab_users_online", &[]) == Some(0.0)
+    })
+    .await;
 }
 
 /// `grpc.health.v1.Health/Check` of the whole server at `addr` (health
@@ -781,48 +603,54 @@ async fn readiness_follows_the_database_and_the_broker() {
     let database_url = pg.fresh_database().await.expect("database");
     let broker_pg = PgCluster::start().expect("postgres for the broker");
     let mut broker = Broker::start_postgres(&broker_pg).await;
-    let stack = Stack::start(&broker, database_url).await;
-    let alice = User::connect(stack.gateway_addr(), "alice").await;
+    let stack = start_stack(&broker, &database_url).await;
+    let alice = User::connect(stack.gateway_addr(0), "alice").await;
     let conv = alice.group("outage", &["bob"]).await;
 
     // PostgreSQL crashes: history says so within a few seconds; the others
     // do not depend on it directly.
     pg.stop_immediate();
-    let took = stack.wait_ready(HISTORY, false, "database").await;
+    let took = wait_ready(&stack, Role::History, false, "database").await;
     assert!(took < Duration::from_secs(10), "noticed after {took:?}");
-    let (status, body) = get(stack.metrics[HISTORY], "/readyz")
+    let (status, body) = get(metrics(&stack, Role::History), "/readyz")
         .await
         .expect("readyz");
     assert_eq!(status, 503);
     assert!(!body.contains("kafka"), "the broker is fine: {body}");
     // grpc.health.v1 says the same.
-    assert_eq!(grpc_health(&stack.history.addr).await, NOT_SERVING);
-    for i in [ROUTER, GATEWAY] {
+    assert_eq!(
+        grpc_health(&stack.first(Role::History).addr).await,
+        NOT_SERVING
+    );
+    for role in [Role::Router, Role::Gateway] {
         assert_eq!(
-            get(stack.metrics[i], "/readyz").await.expect("readyz").0,
+            get(metrics(&stack, role), "/readyz")
+                .await
+                .expect("readyz")
+                .0,
             200
         );
     }
     // A message sent meanwhile waits in the ingress topic: history's lag
     // shows it although its sequencer is stuck.
-    let sender = User::connect(stack.gateway_addr(), "alice").await;
+    let sender = User::connect(stack.gateway_addr(0), "alice").await;
     let conv_id = conv.id.clone();
     let waiting = tokio::spawn(async move { sender.send(&conv_id, "during", "stuck").await });
-    stack
-        .wait_page(HISTORY, "lag while the database is down", |p| {
-            (0..PARTITIONS).any(|part| {
-                value(
-                    p,
-                    "confab_kafka_consumer_lag_records",
-                    &[("group", "history"), ("partition", &part.to_string())],
-                ) >= 1.0
-            })
-        })
-        .await;
+    wait_role_page(
+        &stack,
+        Role::History,
+        "lag while the database is down",
+        |p| {
+            lags(p, "history")
+                .iter()
+                .any(|lag| lag.unwrap_or(0.0) >= 1.0)
+        },
+    )
+    .await;
     pg.start_again();
-    let took = stack.wait_ready(HISTORY, true, "").await;
+    let took = wait_ready(&stack, Role::History, true, "").await;
     assert!(took < Duration::from_secs(10), "recovered after {took:?}");
-    assert_eq!(grpc_health(&stack.history.addr).await, SERVING);
+    assert_eq!(grpc_health(&stack.first(Role::History).addr).await, SERVING);
     // The send (or its retry, same client_msg_id) is applied, and the lag
     // is gone.
     if !matches!(waiting.await, Ok(Ok(_))) {
@@ -831,40 +659,16 @@ async fn readiness_follows_the_database_and_the_broker() {
             .await
             .expect("the retry after the outage");
     }
-    stack
-        .wait_page(HISTORY, "no lag after the outage", |p| {
-            (0..PARTITIONS).all(|part| {
-                sample(
-                    p,
-                    "confab_kafka_consumer_lag_records",
-                    &[("group", "history"), ("partition", &part.to_string())],
-                ) == Some(0.0)
-            })
-        })
-        .await;
+    wait_no_lag(&stack, Role::History, "no lag after the outage").await;
 
     // The broker dies: every service says so; back when it is.
     broker.kill9();
-    for i in [HISTORY, ROUTER, GATEWAY] {
-        let took = stack.wait_ready(i, false, "kafka").await;
-        assert!(
-            took < Duration::from_secs(10),
-            "{} noticed after {took:?}",
-            NAMES[i]
-        );
-    }
+    all_become(&stack, false, "kafka", Duration::from_secs(10), "noticed").await;
     broker.restart().await;
-    for i in [HISTORY, ROUTER, GATEWAY] {
-        let took = stack.wait_ready(i, true, "").await;
-        assert!(
-            took < Duration::from_secs(15),
-            "{} recovered after {took:?}",
-            NAMES[i]
-        );
-    }
+    all_become(&stack, true, "", Duration::from_secs(15), "recovered").await;
 
     // And it still works end to end.
-    let alice = User::connect(stack.gateway_addr(), "alice").await;
+    let alice = User::connect(stack.gateway_addr(0), "alice").await;
     let conv = alice.group("after", &["bob"]).await;
     alice
         .send(&conv.id, "a1", "still here")

@@ -39,12 +39,12 @@
 //! test` does). Nothing is installed here: a missing tool fails the test,
 //! naming `make deps-test`.
 
-use confab_core::metrics::LISTEN_VAR;
-use confab_proto::v1::{client_frame, ConversationKind, ListConversationsRequest, Ping};
-use confab_tests::broker::Broker;
-use confab_tests::postgres::PgCluster;
-use confab_tests::procs::ServiceProc;
-use confab_tests::{free_port, User, GENEROUS_LIMITS, SECRET};
+use confab_proto::v1::{client_frame, Ping};
+use confab_tests::http;
+use confab_tests::make_stack::{repo_root, MakeStack};
+use confab_tests::procs::{tail, ChildGuard};
+use confab_tests::stack::{Backing, ProcStack, Role};
+use confab_tests::{free_port, User};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
@@ -52,10 +52,8 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const DASHBOARD: &str = "deploy/grafana/dashboards/confab.json";
 const ALERTS: &str = "deploy/prometheus/alerts.yml";
@@ -79,13 +77,6 @@ const SERIES_WAIT: Duration = Duration::from_secs(90);
 const PROMETHEUS_WAIT: Duration = Duration::from_secs(60);
 /// How long a service may take to become ready.
 const READY_WAIT: Duration = Duration::from_secs(60);
-/// How long `make stack` may run: it builds the services (or waits for
-/// another cargo's lock).
-const STACK_UP: Duration = Duration::from_secs(1800);
-/// How long `make stack-down` may run (each process gets 10 s to stop).
-const STACK_DOWN: Duration = Duration::from_secs(180);
-/// How long the processes may take to vanish once `make stack-down` is done.
-const STACK_GONE: Duration = Duration::from_secs(30);
 /// How often a wait checks again.
 const POLL: Duration = Duration::from_millis(200);
 /// Lines of each log shown when something fails.
@@ -109,23 +100,21 @@ async fn every_dashboard_and_alert_expression_returns_series() {
     let panels = dashboard_expressions(&root);
     let alerts = alert_tests(&root);
 
-    let pg = PgCluster::start().expect("postgres");
-    let database_url = pg.fresh_database().await.expect("database");
-    let broker = Broker::start_memory().await;
-    let services = Services::start(&broker, &database_url).await;
+    let backing = Backing::start().await;
+    let services = start_services(&backing).await;
     let prometheus = PrometheusProc::start(&root, &prometheus_bin, &services);
     run_ok(
         &root,
         &promtool,
         &["check", "config", &prometheus.config.to_string_lossy()],
     );
-    let diagnostics = || format!("{}{}", services.diagnostics(), prometheus.diagnostics());
+    let diagnostics = || format!("{}{}", services.tails(LOG_TAIL), prometheus.diagnostics());
     let prom = Prometheus {
         addr: prometheus.addr,
     };
     prom.wait_for_targets(&diagnostics).await;
     // Kept open while the expressions are evaluated: sessions online.
-    let _sessions = traffic(services.gateway_addr()).await;
+    let _sessions = traffic(services.gateway_addr(0)).await;
     check_rules(&prom, &alerts, &diagnostics).await;
     check_expressions(&prom, &panels, &alerts, &diagnostics).await;
 }
@@ -136,7 +125,27 @@ fn make_stack_prometheus_scrapes_every_service() {
     let promtool = tool("promtool");
     tool("prometheus");
     let alerts = alert_tests(&root);
-    let stack = Stack::up(&root);
+    let prometheus = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let stack = MakeStack::up(
+        &root,
+        &["PROMETHEUS=1"],
+        &[
+            (
+                "CONFAB_STACK_PROMETHEUS_PORT",
+                prometheus.port().to_string(),
+            ),
+            ("CONFAB_STACK_SCRAPE_INTERVAL", SCRAPE_INTERVAL.to_string()),
+        ],
+    );
+    let started = stack.started().unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        started
+            .processes
+            .iter()
+            .any(|(name, _)| name == "prometheus"),
+        "`make stack PROMETHEUS=1` recorded no prometheus process in {}: {started:?}",
+        stack.path.join("pids").display()
+    );
     run_ok(
         &root,
         &promtool,
@@ -151,9 +160,7 @@ fn make_stack_prometheus_scrapes_every_service() {
     );
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
-        let prom = Prometheus {
-            addr: stack.prometheus,
-        };
+        let prom = Prometheus { addr: prometheus };
         let diagnostics = || stack.diagnostics();
         prom.wait_for_targets(&diagnostics).await;
         check_rules(&prom, &alerts, &diagnostics).await;
@@ -163,14 +170,6 @@ fn make_stack_prometheus_scrapes_every_service() {
 }
 
 // --- the files ------------------------------------------------------------
-
-/// The repository root (the test crate's parent directory).
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
-}
 
 /// One expression to evaluate, and where it comes from.
 #[derive(Debug, Clone)]
@@ -403,15 +402,14 @@ async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
     let mut bob_live = bob.live().await;
     // The first write waits for the consumers to be assigned their
     // partitions: retried while it answers UNAVAILABLE.
-    let conv = retry_unavailable("create a group", || {
-        alice.create(ConversationKind::Group, "observability", &["bob"])
-    })
-    .await;
+    let conv = alice.group_when_ready("observability", &["bob"]).await;
     let mut last = 0;
     for i in 0..5 {
         let id = format!("obs-{i}");
-        let m = retry_unavailable("send", || alice.send(&conv.id, &id, "is chat healthy?")).await;
-        last = m.seq;
+        last = alice
+            .send_until_acked(&conv.id, &id, "is chat healthy?")
+            .await
+            .seq;
     }
     // Delivered live to bob: end-to-end latency, deliveries, fan-out.
     bob_live
@@ -419,24 +417,14 @@ async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
         .await
         .expect("bob receives the messages live");
     // Reads: through the gateway to history.
-    alice
-        .client
-        .clone()
-        .list_conversations(alice.req(ListConversationsRequest {}))
-        .await
-        .expect("list conversations");
+    alice.list().await.expect("list conversations");
     alice
         .history(&conv.id, None, None, 50)
         .await
         .expect("read history");
     // A bad token: UNAUTHENTICATED.
     let mallory = User::with_token(gateway, "mallory", "not-a-token").await;
-    let refused = mallory
-        .client
-        .clone()
-        .list_conversations(mallory.req(ListConversationsRequest {}))
-        .await
-        .expect_err("a bad token is refused");
+    let refused = mallory.list().await.expect_err("a bad token is refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     // A write history refuses: carol is not a member.
     let refused = carol
@@ -468,46 +456,7 @@ async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
     sessions
 }
 
-/// `call()` until it answers anything but UNAVAILABLE (a write's "no outcome
-/// in time", safe to retry), at most [`READY_WAIT`]; its success.
-async fn retry_unavailable<T, F, Fut>(what: &str, mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = Instant::now() + READY_WAIT;
-    loop {
-        match call().await {
-            Ok(v) => return v,
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(POLL).await;
-            }
-            Err(status) => panic!("{what}: {status:?}"),
-        }
-    }
-}
-
 // --- Prometheus -------------------------------------------------------------
-
-/// `GET path` (HTTP/1.0, so the answer is neither chunked nor kept alive):
-/// the status and the body.
-async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {head:?}")))?;
-    Ok((status, body.to_string()))
-}
 
 /// Prometheus's HTTP API.
 struct Prometheus {
@@ -525,7 +474,7 @@ enum Answer {
 
 impl Prometheus {
     async fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        http_get(self.addr, path).await
+        http::get(self.addr, path).await
     }
 
     /// `GET path`, its body as JSON (API errors included).
@@ -621,6 +570,18 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
+/// Every rule of every group of an `/api/v1/rules` answer.
+fn rules_of(answer: &Value) -> impl Iterator<Item = &Value> {
+    list(&answer["data"]["groups"])
+        .iter()
+        .flat_map(|group| list(&group["rules"]))
+}
+
+/// The elements of a JSON array (none for anything else).
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
 /// The rules Prometheus loaded are exactly the ones of alerts.yml, and each
 /// is healthy once evaluated.
 async fn check_rules(
@@ -632,21 +593,11 @@ async fn check_rules(
     loop {
         let answer = prom.api("/api/v1/rules").await;
         let mut loaded = BTreeMap::new();
-        for group in answer["data"]["groups"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            for rule in group["rules"]
-                .as_array()
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-            {
-                let name = rule["name"].as_str().unwrap_or("?").to_string();
-                let health = rule["health"].as_str().unwrap_or("?").to_string();
-                let error = rule["lastError"].as_str().unwrap_or("").to_string();
-                loaded.insert(name, (health, error));
-            }
+        for rule in rules_of(&answer) {
+            let name = rule["name"].as_str().unwrap_or("?").to_string();
+            let health = rule["health"].as_str().unwrap_or("?").to_string();
+            let error = rule["lastError"].as_str().unwrap_or("").to_string();
+            loaded.insert(name, (health, error));
         }
         let names: BTreeSet<&String> = loaded.keys().collect();
         let want: BTreeSet<&String> = alerts.keys().collect();
@@ -690,33 +641,18 @@ async fn check_expressions(
     // The alerts' own expressions, as Prometheus parsed them.
     let rules = prom.api("/api/v1/rules").await;
     let mut alert_exprs = BTreeMap::new();
-    for group in rules["data"]["groups"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        for rule in group["rules"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let name = rule["name"].as_str().unwrap_or("?").to_string();
-            let query = rule["query"].as_str().unwrap_or("").to_string();
-            alert_exprs.insert(name, query);
-        }
+    for rule in rules_of(&rules) {
+        let name = rule["name"].as_str().unwrap_or("?").to_string();
+        let query = rule["query"].as_str().unwrap_or("").to_string();
+        alert_exprs.insert(name, query);
     }
     let mut must_have_series: Vec<Expr> = panels.to_vec();
     let mut invalid = Vec::new();
     for (name, tests) in alerts {
         let query = alert_exprs.get(name).cloned().unwrap_or_default();
         // Recording rules must return series themselves.
-        let recording = rules["data"]["groups"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
-            .any(|r| r["name"] == name.as_str() && r["type"] == "recording");
+        let recording =
+            rules_of(&rules).any(|r| r["name"] == name.as_str() && r["type"] == "recording");
         if recording {
             must_have_series.push(Expr {
                 source: format!("recording rule {name}"),
@@ -799,127 +735,35 @@ async fn check_expressions(
 // --- services and Prometheus as processes ---------------------------------
 
 /// History, router and gateway as processes on one broker and database,
-/// each serving metrics.
-struct Services {
-    /// History, router, gateway (the order of [`JOBS`]).
-    procs: [ServiceProc; 3],
-    /// Their metrics addresses, in the same order.
-    metrics: [SocketAddr; 3],
-    _logs: tempfile::TempDir,
+/// each serving metrics (in the order of [`JOBS`]), the gateway with
+/// [`MAX_STREAMS`]; returned once each is ready.
+async fn start_services(backing: &Backing) -> ProcStack {
+    let services = ProcStack::builder("observability")
+        .partitions(2)
+        .metrics()
+        .env_for(
+            Role::Gateway,
+            "CONFAB_MAX_STREAMS_PER_USER",
+            MAX_STREAMS.to_string(),
+        )
+        .start(&backing.broker, &backing.database_url);
+    services.wait_ready(READY_WAIT).await;
+    services
 }
 
-impl Services {
-    /// Starts the three services and waits until each is ready.
-    async fn start(broker: &Broker, database_url: &str) -> Services {
-        let logs = tempfile::tempdir().expect("log directory");
-        let metrics: [SocketAddr; 3] =
-            std::array::from_fn(|_| SocketAddr::from(([127, 0, 0, 1], free_port())));
-        // Topics of their own on the shared broker.
-        let prefix = format!("obs{}", free_port());
-        let env = |i: usize, extra: &[(&str, &str)]| -> Vec<(String, String)> {
-            let common = [
-                ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
-                ("CONFAB_KAFKA_PREFIX", prefix.clone()),
-                ("CONFAB_KAFKA_PARTITIONS", "2".to_string()),
-                (
-                    "CONFAB_SERVICE_TOKEN",
-                    confab_tests::topology::SERVICE_TOKEN.to_string(),
-                ),
-                (LISTEN_VAR, metrics[i].to_string()),
-            ];
-            common
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .chain(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
-                .collect()
-        };
-        let log = |i: usize| logs.path().join(format!("{}.log", JOBS[i]));
-        let mut history = ServiceProc::new(
-            "confab-history",
-            "history",
-            env(0, &[("CONFAB_DATABASE_URL", database_url)]),
-            log(0),
-        );
-        let mut router = ServiceProc::new(
-            "confab-router",
-            "router",
-            env(1, &[("CONFAB_HISTORY_ADDRS", &history.addr)]),
-            log(1),
-        );
-        let max_streams = MAX_STREAMS.to_string();
-        let mut gateway_env: Vec<(&str, &str)> = GENEROUS_LIMITS
-            .iter()
-            .filter(|(k, _)| *k != "CONFAB_MAX_STREAMS_PER_USER")
-            .copied()
-            .collect();
-        gateway_env.extend([
-            ("CONFAB_MAX_STREAMS_PER_USER", max_streams.as_str()),
-            ("CONFAB_HISTORY_ADDRS", &history.addr),
-            ("CONFAB_ROUTER_ADDRS", &router.addr),
-            ("CONFAB_GATEWAY_ID", "gw-observability"),
-            ("CONFAB_JWT_SECRET", SECRET),
-        ]);
-        let mut gateway =
-            ServiceProc::new("confab-gateway", "gateway", env(2, &gateway_env), log(2));
-        history.start();
-        router.start();
-        gateway.start();
-        let services = Services {
-            procs: [history, router, gateway],
-            metrics,
-            _logs: logs,
-        };
-        for (i, addr) in services.metrics.iter().enumerate() {
-            let deadline = Instant::now() + READY_WAIT;
-            loop {
-                let got = http_get(*addr, "/readyz").await;
-                if matches!(got, Ok((200, _))) {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} is not ready within {READY_WAIT:?}: /readyz {got:?}\n{}",
-                    JOBS[i],
-                    services.diagnostics()
-                );
-                tokio::time::sleep(POLL).await;
-            }
-        }
-        services
-    }
-
-    fn gateway_addr(&self) -> SocketAddr {
-        self.procs[2].addr.parse().expect("gateway address")
-    }
-
-    /// The tails of the services' logs.
-    fn diagnostics(&self) -> String {
-        self.procs
-            .iter()
-            .map(|p| {
-                format!(
-                    "--- last lines of {}'s log ---\n{}\n",
-                    p.label,
-                    p.tail(LOG_TAIL)
-                )
-            })
-            .collect()
-    }
-}
-
-/// A `prometheus` process scraping [`Services`] every [`SCRAPE_INTERVAL`]
+/// A `prometheus` process scraping the services every [`SCRAPE_INTERVAL`]
 /// with the alert rules loaded, its configuration and data in a temporary
 /// directory; killed on drop.
 struct PrometheusProc {
     addr: SocketAddr,
     config: PathBuf,
     log: PathBuf,
-    _process: Guard,
+    _process: ChildGuard,
     _dir: tempfile::TempDir,
 }
 
 impl PrometheusProc {
-    fn start(root: &Path, bin: &Path, services: &Services) -> PrometheusProc {
+    fn start(root: &Path, bin: &Path, services: &ProcStack) -> PrometheusProc {
         let dir = tempfile::Builder::new()
             .prefix("confab-prometheus-")
             .tempdir()
@@ -930,7 +774,8 @@ impl PrometheusProc {
              rule_files:\n  - \"{}\"\nscrape_configs:\n",
             root.join(ALERTS).display()
         );
-        for (job, target) in JOBS.iter().zip(&services.metrics) {
+        for (job, p) in JOBS.iter().zip(services.all()) {
+            let target = p.metrics_addr();
             config.push_str(&format!(
                 "  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]\n"
             ));
@@ -957,17 +802,15 @@ impl PrometheusProc {
             addr,
             config: config_path,
             log,
-            _process: Guard { child },
+            _process: ChildGuard::group_leader(child),
             _dir: dir,
         }
     }
 
     fn diagnostics(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
         format!(
             "--- last lines of prometheus's log ---\n{}\n",
-            lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+            tail(&self.log, LOG_TAIL)
         )
     }
 }
@@ -1010,287 +853,6 @@ fn run_ok(dir: &Path, program: &Path, args: &[&str]) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A child process killed with its process group and reaped on drop.
-struct Guard {
-    child: Child,
-}
-
-impl Guard {
-    fn kill(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// How a `make` run ended: its status (`None`: killed after its timeout)
-/// and its output.
-struct MakeRun {
-    status: Option<ExitStatus>,
-    output: String,
-}
-
-impl MakeRun {
-    fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-
-    fn describe(&self, target: &str) -> String {
-        let how = match self.status {
-            Some(status) => format!("exited with {status}"),
-            None => "ran out of time; killed".to_string(),
-        };
-        format!("`make {target}` {how}\n--- its output ---\n{}", self.output)
-    }
-}
-
-/// `make stack PROMETHEUS=1` in a temporary `CONFAB_STACK_DIR`. Dropped
-/// without [`Stack::down`] (a failed test), it runs `make stack-down`,
-/// kills what that left of the recorded processes, and keeps the directory.
-struct Stack {
-    root: PathBuf,
-    /// `CONFAB_STACK_DIR`; `None` once kept.
-    dir: Option<tempfile::TempDir>,
-    path: PathBuf,
-    /// `CONFAB_STACK_GATEWAY`.
-    gateway: SocketAddr,
-    /// `CONFAB_STACK_PROMETHEUS_PORT` on 127.0.0.1.
-    prometheus: SocketAddr,
-    /// `CARGO_TARGET_DIR` for make, so that it starts the binaries built
-    /// with this test.
-    target_dir: Option<PathBuf>,
-    /// False once `make stack-down` succeeded and everything was gone.
-    running: bool,
-}
-
-impl Stack {
-    fn up(root: &Path) -> Stack {
-        let dir = tempfile::Builder::new()
-            .prefix("confab-observability-")
-            .tempdir()
-            .expect("temporary stack directory");
-        // Run as root, the script runs PostgreSQL as the postgres user, which
-        // must be able to reach the cluster below this directory.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
-            .expect("chmod the stack directory");
-        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let stack = Stack {
-            root: root.to_path_buf(),
-            path: dir.path().to_path_buf(),
-            dir: Some(dir),
-            gateway: addr(free_port()),
-            prometheus: addr(free_port()),
-            target_dir: target_dir(),
-            running: true,
-        };
-        let run = stack.make(&["stack", "PROMETHEUS=1"], STACK_UP);
-        assert!(
-            run.succeeded(),
-            "{}\n{}",
-            run.describe("stack PROMETHEUS=1"),
-            stack.diagnostics()
-        );
-        let started = stack.started();
-        assert!(
-            started.iter().any(|(name, _)| name == "prometheus"),
-            "`make stack PROMETHEUS=1` recorded no prometheus process in {}: {started:?}",
-            stack.path.join("pids").display()
-        );
-        stack
-    }
-
-    /// Runs `make args...` in the repository root with this stack's
-    /// settings, in its own process group, killed after `timeout`.
-    fn make(&self, args: &[&str], timeout: Duration) -> MakeRun {
-        let log = self.path.join(format!("make-{}.out", args[0]));
-        let out = File::create(&log).expect("make output file");
-        let err = out.try_clone().expect("make output file");
-        let mut command = Command::new("make");
-        command
-            .args(args)
-            .current_dir(&self.root)
-            .env("CONFAB_STACK_DIR", &self.path)
-            .env("CONFAB_STACK_GATEWAY", self.gateway.to_string())
-            .env(
-                "CONFAB_STACK_PROMETHEUS_PORT",
-                self.prometheus.port().to_string(),
-            )
-            .env("CONFAB_STACK_SCRAPE_INTERVAL", SCRAPE_INTERVAL)
-            // Free ports of the script's choosing, and a make of its own,
-            // whatever the environment this test runs in says.
-            .env_remove("CONFAB_STACK_PG_PORT")
-            .env_remove("CONFAB_STACK_KAFKA_PORT")
-            .env_remove("CONFAB_STACK_PROMETHEUS")
-            .env_remove("PROMETHEUS")
-            .env_remove("MAKEFLAGS")
-            .env_remove("MFLAGS")
-            .env_remove("MAKELEVEL")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        if let Some(dir) = &self.target_dir {
-            command.env("CARGO_TARGET_DIR", dir);
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run make {}: {e}", args.join(" ")));
-        let mut process = Guard { child };
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = process.child.try_wait().expect("make status") {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                process.kill();
-                break None;
-            }
-            std::thread::sleep(POLL);
-        };
-        MakeRun {
-            status,
-            output: fs::read_to_string(&log).unwrap_or_default(),
-        }
-    }
-
-    /// The `name pid` lines of `<stack dir>/pids` (not the PostgreSQL
-    /// cluster's line).
-    fn started(&self) -> Vec<(String, u32)> {
-        fs::read_to_string(self.path.join("pids"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (name, pid) = l.trim().split_once(' ')?;
-                Some((name.to_string(), pid.trim().parse().ok()?))
-            })
-            .collect()
-    }
-
-    /// The tails of the services', Prometheus's and PostgreSQL's logs.
-    fn diagnostics(&self) -> String {
-        let mut logs: Vec<PathBuf> = fs::read_dir(self.path.join("logs"))
-            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        logs.sort();
-        logs.push(self.path.join("pg").join("postgres.log"));
-        let mut out = String::new();
-        for log in logs {
-            let text = fs::read_to_string(&log).unwrap_or_default();
-            let lines: Vec<&str> = text.lines().collect();
-            let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
-            out.push_str(&format!(
-                "--- last lines of {} ---\n{tail}\n",
-                log.display()
-            ));
-        }
-        out
-    }
-
-    /// `make stack-down`, which must stop every process `make stack`
-    /// recorded, Prometheus included, with their process groups.
-    fn down(mut self) {
-        let started = self.started();
-        let run = self.make(&["stack-down"], STACK_DOWN);
-        assert!(
-            run.succeeded(),
-            "{}\n{}",
-            run.describe("stack-down"),
-            self.diagnostics()
-        );
-        let deadline = Instant::now() + STACK_GONE;
-        loop {
-            let left: Vec<String> = started
-                .iter()
-                .filter(|(_, pid)| !group_members(*pid).is_empty())
-                .map(|(name, pid)| format!("{name} (process group {pid})"))
-                .collect();
-            if left.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{STACK_GONE:?} after `make stack-down`, still running: {}\n{}",
-                left.join(", "),
-                run.output
-            );
-            std::thread::sleep(POLL);
-        }
-        self.running = false;
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if self.running {
-            let started = self.started();
-            let run = self.make(&["stack-down"], STACK_DOWN);
-            if !run.succeeded() {
-                eprintln!(
-                    "cleaning up after a failure: {}",
-                    run.describe("stack-down")
-                );
-            }
-            for (name, pid) in started {
-                if !group_members(pid).is_empty() {
-                    eprintln!("cleaning up after a failure: killing {name} (process group {pid})");
-                    let _ = Command::new("kill")
-                        .args(["-KILL", "--", &format!("-{pid}")])
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-        }
-        if std::thread::panicking() {
-            if let Some(dir) = self.dir.take() {
-                eprintln!("stack directory kept: {}", dir.keep().display());
-            }
-        }
-    }
-}
-
-/// The `CARGO_TARGET_DIR` the test executable was built in, if it lies at
-/// `<target>/debug/deps/<test>` (the only profile `make stack` runs).
-fn target_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let profile = exe.parent()?.parent()?;
-    if profile.file_name()? != "debug" {
-        return None;
-    }
-    profile.parent().map(Path::to_path_buf)
-}
-
-/// The live (not zombie) processes of process group `pgrp`, from `/proc`.
-fn group_members(pgrp: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| {
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // `pid (comm) state ppid pgrp ...`; comm may hold spaces.
-            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-                return false;
-            };
-            let mut fields = rest.split_whitespace();
-            let state = fields.next().unwrap_or("Z");
-            let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
-            state != "Z" && group == Some(pgrp)
-        })
-        .collect()
 }
 
 #[cfg(test)]

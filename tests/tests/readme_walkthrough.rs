@@ -20,13 +20,15 @@
 //! `make stack` needs (PostgreSQL's binaries, the nisshi broker, which the
 //! Makefile installs when missing).
 
+use confab_tests::make_stack::{log_tails, read, repo_root, MakeStack};
+use confab_tests::procs::ChildGuard;
+use confab_tests::{confab_bin, free_port};
 use serde_json::Value;
 use std::fs::{self, File};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 const START: &str = "<!-- walkthrough:start -->";
@@ -44,13 +46,6 @@ const STREAM_WAIT: Duration = Duration::from_secs(15);
 /// How long one block may run (`make -s token` may have to build, or wait
 /// for another cargo's lock).
 const BLOCK_TIMEOUT: Duration = Duration::from_secs(600);
-/// How long `make stack` may run: it builds the services (or waits for
-/// another cargo's lock) and, once per machine, installs the broker.
-const STACK_UP: Duration = Duration::from_secs(1800);
-/// How long `make stack-down` may run (each process gets 10 s to stop).
-const STACK_DOWN: Duration = Duration::from_secs(180);
-/// How long the processes may take to vanish once `make stack-down` is done.
-const STACK_GONE: Duration = Duration::from_secs(30);
 /// Lines of each log shown when something fails.
 const LOG_TAIL: usize = 40;
 
@@ -87,32 +82,6 @@ impl Step {
     }
 }
 
-/// A child process killed (with its process group, when it leads one) and
-/// reaped on drop, so nothing outlives a failed test.
-struct Guard {
-    child: Child,
-    group: bool,
-}
-
-impl Guard {
-    fn kill(&mut self) {
-        if self.group {
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", self.child.id())])
-                .stderr(Stdio::null())
-                .status();
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// What a finished block did.
 struct Outcome {
     status: ExitStatus,
@@ -126,7 +95,7 @@ struct Stream {
     expected: Vec<Value>,
     stdout: PathBuf,
     stderr: PathBuf,
-    process: Guard,
+    process: ChildGuard,
 }
 
 #[test]
@@ -151,17 +120,15 @@ fn readme_walkthrough_runs_against_make_stack() {
     // A README the runner cannot use fails here, before anything starts.
     let steps = readme_steps(&root);
     let work = tempfile::tempdir().expect("temporary directory");
-    let stack = Stack::up(&root);
-    run_walkthrough(&root, steps, work.path(), &stack.addr, stack.logs());
+    let stack = MakeStack::up(&root, &[], &[]);
+    run_walkthrough(
+        &root,
+        steps,
+        work.path(),
+        &stack.gateway.to_string(),
+        stack.logs(),
+    );
     stack.down();
-}
-
-/// The repository root (the test crate's parent directory).
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
 }
 
 /// The walkthrough of the README in `root`, checked to set the address with
@@ -269,38 +236,11 @@ fn walkthrough(readme: &str) -> Vec<Step> {
     steps
 }
 
-/// The `confab` binary under test.
-fn confab_bin() -> PathBuf {
-    let bin = match std::env::var_os("CONFAB_BIN") {
-        Some(b) => PathBuf::from(b),
-        None => {
-            let exe = std::env::current_exe().expect("path of the test executable");
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("the test executable lives in <profile>/deps")
-                .join("confab")
-        }
-    };
-    assert!(
-        bin.is_file(),
-        "{} does not exist: run `cargo build -p confab` first (`make test` does), or set CONFAB_BIN",
-        bin.display()
-    );
-    bin
-}
-
 /// A running `confab dev`.
 struct Server {
     addr: String,
     log: PathBuf,
-    _process: Guard,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
+    _process: ChildGuard,
 }
 
 /// Starts `confab dev` on a free port and waits until it accepts
@@ -323,10 +263,7 @@ fn start_server(bin: &Path, work: &Path) -> Server {
             .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        let mut process = Guard {
-            child,
-            group: false,
-        };
+        let mut process = ChildGuard::new(child);
         let deadline = Instant::now() + SERVER_START;
         loop {
             if let Some(status) = process.child.try_wait().expect("server status") {
@@ -355,348 +292,6 @@ fn start_server(bin: &Path, work: &Path) -> Server {
         }
     }
     panic!("confab dev did not start:\n{failures}");
-}
-
-/// What `make stack` recorded in `<stack dir>/pids`: `name pid` lines, each
-/// process leading its own process group (the script starts them with
-/// `setsid`), and a `postgres-cluster <datadir>` line.
-#[derive(Debug, Clone, Default)]
-struct Started {
-    processes: Vec<(String, u32)>,
-    pg_data: Option<PathBuf>,
-}
-
-impl Started {
-    fn parse(text: &str) -> Result<Self, String> {
-        let mut started = Self::default();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let (name, what) = line
-                .trim()
-                .split_once(' ')
-                .ok_or_else(|| format!("not `name pid`: {line:?}"))?;
-            if name == "postgres-cluster" {
-                started.pg_data = Some(PathBuf::from(what.trim()));
-            } else {
-                let pid = what
-                    .trim()
-                    .parse()
-                    .map_err(|_| format!("not `name pid`: {line:?}"))?;
-                started.processes.push((name.to_string(), pid));
-            }
-        }
-        Ok(started)
-    }
-}
-
-/// The distributed stack started by `make stack` in a temporary
-/// `CONFAB_STACK_DIR`. Dropped without [`Stack::down`] (a failed test), it
-/// runs `make stack-down`, kills whatever that left of what was recorded, and
-/// keeps the stack directory for inspection.
-struct Stack {
-    root: PathBuf,
-    /// `CONFAB_STACK_DIR`; `None` once kept.
-    dir: Option<tempfile::TempDir>,
-    path: PathBuf,
-    /// `CONFAB_STACK_GATEWAY`.
-    addr: String,
-    /// `CARGO_TARGET_DIR` for make, so that it starts the binaries built
-    /// with this test; the Makefile's default when unknown.
-    target_dir: Option<PathBuf>,
-    /// False once `make stack-down` succeeded and everything was gone.
-    running: bool,
-}
-
-/// How a `make` run ended: its status (`None`: killed after its timeout)
-/// and its stdout and stderr, interleaved.
-struct MakeRun {
-    status: Option<ExitStatus>,
-    output: String,
-}
-
-impl MakeRun {
-    fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| s.success())
-    }
-
-    fn describe(&self, target: &str, timeout: Duration) -> String {
-        let how = match self.status {
-            Some(status) => format!("exited with {status}"),
-            None => format!("still running after {timeout:?}; killed"),
-        };
-        format!("`make {target}` {how}\n--- its output ---\n{}", self.output)
-    }
-}
-
-impl Stack {
-    /// Runs `make stack` with the gateway on a free port and its state in a
-    /// new temporary directory; fails the test if it does not succeed.
-    fn up(root: &Path) -> Stack {
-        let dir = tempfile::Builder::new()
-            .prefix("confab-stack-")
-            .tempdir()
-            .expect("temporary stack directory");
-        // Run as root, the script runs PostgreSQL as the postgres user, which
-        // must be able to reach the cluster below this directory.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
-            .expect("chmod the stack directory");
-        // The guard exists before make runs: a stack that fails halfway has
-        // already started processes.
-        let stack = Stack {
-            root: root.to_path_buf(),
-            path: dir.path().to_path_buf(),
-            dir: Some(dir),
-            addr: format!("127.0.0.1:{}", free_port()),
-            target_dir: target_dir(),
-            running: true,
-        };
-        let run = stack.make("stack", STACK_UP);
-        assert!(
-            run.succeeded(),
-            "{}\n{}",
-            run.describe("stack", STACK_UP),
-            stack.diagnostics()
-        );
-        let started = stack.started().unwrap_or_else(|e| panic!("{e}"));
-        assert!(
-            started.pg_data.is_some() && !started.processes.is_empty(),
-            "{} records no postgres-cluster line or no process: {started:?}",
-            stack.path.join("pids").display()
-        );
-        let dead: Vec<_> = started
-            .processes
-            .iter()
-            .filter(|(_, pid)| !running(*pid))
-            .collect();
-        assert!(
-            dead.is_empty(),
-            "`make stack` succeeded, but these processes it recorded are not running: {dead:?}\n{}",
-            stack.diagnostics()
-        );
-        stack
-    }
-
-    /// The logs the services write (`<stack dir>/logs`), and PostgreSQL's.
-    fn logs(&self) -> Vec<PathBuf> {
-        let mut logs: Vec<PathBuf> = fs::read_dir(self.path.join("logs"))
-            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
-            .unwrap_or_default();
-        logs.sort();
-        let pg = self.path.join("pg").join("postgres.log");
-        if pg.exists() {
-            logs.push(pg);
-        }
-        logs
-    }
-
-    /// The tails of every log, for a failure message.
-    fn diagnostics(&self) -> String {
-        let logs = self.logs();
-        if logs.is_empty() {
-            return format!("(no logs under {})", self.path.display());
-        }
-        log_tails(&logs)
-    }
-
-    /// What `<stack dir>/pids` records.
-    fn started(&self) -> Result<Started, String> {
-        let pids = self.path.join("pids");
-        let text = fs::read_to_string(&pids)
-            .map_err(|e| format!("cannot read {}: {e}", pids.display()))?;
-        Started::parse(&text).map_err(|e| format!("{}: {e}", pids.display()))
-    }
-
-    /// Runs `make <target>` in the repository root with this stack's
-    /// settings, in its own process group, killed after `timeout`.
-    fn make(&self, target: &str, timeout: Duration) -> MakeRun {
-        let log = self.path.join(format!("make-{target}.out"));
-        let out = File::create(&log).expect("make output file");
-        let err = out.try_clone().expect("make output file");
-        let mut command = Command::new("make");
-        command
-            .arg(target)
-            .current_dir(&self.root)
-            .env("CONFAB_STACK_DIR", &self.path)
-            .env("CONFAB_STACK_GATEWAY", &self.addr)
-            // Free ports of the script's choosing, and a make of its own,
-            // whatever the environment this test runs in says.
-            .env_remove("CONFAB_STACK_PG_PORT")
-            .env_remove("CONFAB_STACK_KAFKA_PORT")
-            .env_remove("MAKEFLAGS")
-            .env_remove("MFLAGS")
-            .env_remove("MAKELEVEL")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        if let Some(dir) = &self.target_dir {
-            command.env("CARGO_TARGET_DIR", dir);
-        }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run make {target}: {e}"));
-        let mut process = Guard { child, group: true };
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = process.child.try_wait().expect("make status") {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                process.kill();
-                break None;
-            }
-            std::thread::sleep(POLL);
-        };
-        MakeRun {
-            status,
-            output: read(&log),
-        }
-    }
-
-    /// Runs `make stack-down` and checks that it succeeds and that nothing
-    /// `make stack` recorded is left: no process in the group of any
-    /// recorded pid, and no postmaster (pid gone, `postmaster.pid` removed).
-    fn down(mut self) {
-        // Read before stack-down, which deletes the record.
-        let started = self.started().unwrap_or_else(|e| panic!("{e}"));
-        let pg_data = started.pg_data.clone().expect("a postgres-cluster line");
-        let postmaster = postmaster_pid(&pg_data);
-        let run = self.make("stack-down", STACK_DOWN);
-        assert!(
-            run.succeeded(),
-            "{}\n{}",
-            run.describe("stack-down", STACK_DOWN),
-            self.diagnostics()
-        );
-        let deadline = Instant::now() + STACK_GONE;
-        loop {
-            let left = leftovers(&started, postmaster);
-            if left.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{STACK_GONE:?} after `make stack-down` succeeded, still running: {}\n--- its output ---\n{}\n{}",
-                left.join("; "),
-                run.output,
-                self.diagnostics()
-            );
-            std::thread::sleep(POLL);
-        }
-        let pid_file = pg_data.join("postmaster.pid");
-        assert!(
-            !pid_file.exists(),
-            "{} still exists after `make stack-down`: the cluster was not shut down cleanly\n{}",
-            pid_file.display(),
-            self.diagnostics()
-        );
-        self.running = false;
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        if self.running {
-            // What was recorded, read before stack-down deletes it.
-            let started = self.started().unwrap_or_default();
-            let postmaster = started.pg_data.as_deref().and_then(postmaster_pid);
-            let run = self.make("stack-down", STACK_DOWN);
-            if !run.succeeded() {
-                eprintln!(
-                    "cleaning up after a failure: {}",
-                    run.describe("stack-down", STACK_DOWN)
-                );
-            }
-            // Last resort, for what stack-down left behind.
-            for (name, pid) in &started.processes {
-                if running(*pid) || !group_members(*pid).is_empty() {
-                    eprintln!("cleaning up after a failure: killing {name} (process group {pid})");
-                    let _ = Command::new("kill")
-                        .args(["-KILL", "--", &format!("-{pid}")])
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-            if let Some(pid) = postmaster.filter(|p| running(*p)) {
-                eprintln!("cleaning up after a failure: stopping postmaster {pid} (SIGQUIT)");
-                let _ = Command::new("kill")
-                    .args(["-QUIT", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-        if std::thread::panicking() {
-            if let Some(dir) = self.dir.take() {
-                eprintln!("stack directory kept: {}", dir.keep().display());
-            }
-        }
-    }
-}
-
-/// The `CARGO_TARGET_DIR` the test executable was built in, if it lies at
-/// `<target>/debug/deps/<test>` (the only profile `make stack` runs).
-fn target_dir() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let profile = exe.parent()?.parent()?;
-    if profile.file_name()? != "debug" {
-        return None;
-    }
-    profile.parent().map(Path::to_path_buf)
-}
-
-/// The postmaster's pid: the first line of `<datadir>/postmaster.pid`.
-fn postmaster_pid(pg_data: &Path) -> Option<u32> {
-    fs::read_to_string(pg_data.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// What of `started` (and the postmaster) is still running, described.
-fn leftovers(started: &Started, postmaster: Option<u32>) -> Vec<String> {
-    let mut left = Vec::new();
-    for (name, pid) in &started.processes {
-        let members = group_members(*pid);
-        if running(*pid) || !members.is_empty() {
-            left.push(format!(
-                "{name} (pid {pid}, its process group: {members:?})"
-            ));
-        }
-    }
-    if let Some(pid) = postmaster.filter(|p| running(*p)) {
-        left.push(format!("postgres (postmaster pid {pid})"));
-    }
-    left
-}
-
-/// State and process group of a process, from `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(char, u32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
-}
-
-/// Whether `pid` is a live process (a zombie has exited: it only waits for
-/// its parent to reap it).
-fn running(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(state, _)| state != 'Z')
-}
-
-/// The live processes in process group `pgrp`.
-fn group_members(pgrp: u32) -> Vec<u32> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| proc_stat(pid).is_some_and(|(state, g)| g == pgrp && state != 'Z'))
-        .collect()
 }
 
 /// Runs blocks with a shared state file, so that variables carry over.
@@ -734,7 +329,7 @@ impl Runner {
 
     /// Starts bash on `script` in the repository root, in its own process
     /// group, with stdout and stderr going to the given files.
-    fn spawn(&self, script: &str, stdout: &Path, stderr: &Path) -> Guard {
+    fn spawn(&self, script: &str, stdout: &Path, stderr: &Path) -> ChildGuard {
         let child = Command::new("bash")
             .arg("-c")
             .arg(script)
@@ -745,31 +340,23 @@ impl Runner {
             .process_group(0)
             .spawn()
             .expect("cannot start bash");
-        Guard { child, group: true }
+        ChildGuard::group_leader(child)
     }
 
     fn run(&self, i: usize, step: &Step) -> Outcome {
         let stdout = self.work.join(format!("block-{i}.stdout"));
         let stderr = self.work.join(format!("block-{i}.stderr"));
         let mut process = self.spawn(&self.script(&step.sh.body, true), &stdout, &stderr);
-        let deadline = Instant::now() + BLOCK_TIMEOUT;
-        let status = loop {
-            if let Some(status) = process.child.try_wait().expect("block status") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                process.kill();
-                panic!(
-                    "{}",
-                    self.failure(
-                        &step.sh,
-                        &format!("still running after {BLOCK_TIMEOUT:?}; killed"),
-                        &read(&stdout),
-                        &read(&stderr),
-                    )
-                );
-            }
-            std::thread::sleep(POLL);
+        let Some(status) = process.wait_within(BLOCK_TIMEOUT) else {
+            panic!(
+                "{}",
+                self.failure(
+                    &step.sh,
+                    &format!("still running after {BLOCK_TIMEOUT:?}; killed"),
+                    &read(&stdout),
+                    &read(&stderr),
+                )
+            );
         };
         Outcome {
             status,
@@ -967,7 +554,7 @@ impl Runner {
             addr = self.addr,
             line = block.line,
             body = block.body,
-            logs = log_tails(&self.logs),
+            logs = log_tails(&self.logs, LOG_TAIL),
         )
     }
 }
@@ -1050,30 +637,6 @@ fn mismatch(expected: &Value, actual: &Value, path: &str) -> Option<String> {
         }
         _ => (expected != actual).then(|| format!("{path}: expected {expected}, got {actual}")),
     }
-}
-
-/// A file's text, or a note saying why there is none.
-fn read(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
-}
-
-/// The last lines of each of `logs`, headed by its path.
-fn log_tails(logs: &[PathBuf]) -> String {
-    logs.iter()
-        .map(|log| {
-            format!(
-                "--- last {LOG_TAIL} lines of {} ---\n{}\n",
-                log.display(),
-                tail(&read(log), LOG_TAIL)
-            )
-        })
-        .collect()
-}
-
-/// The last `n` lines of `s`.
-fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// `path` in single quotes for bash.

@@ -60,59 +60,37 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().expect("a test task panicked holding a lock")
 }
 
-/// Waits until `cond` holds, polling, or fails after `limit`.
-async fn wait_for<F: FnMut() -> bool>(what: &str, limit: Duration, mut cond: F) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Waits until `nodes` (one consumer group) split all partitions between
 /// them, each owning at least one and none owned twice.
 async fn wait_shared(what: &str, nodes: &[&Node]) {
     let all: BTreeSet<i32> = (0..PARTITIONS).collect();
-    let describe =
-        |nodes: &[&Node]| -> Vec<BTreeSet<i32>> { nodes.iter().map(|n| n.assigned()).collect() };
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let owned = describe(nodes);
+    let mut owned = Vec::new();
+    let shared = poll(what, SETTLE, Duration::from_millis(50), || {
+        owned = nodes.iter().map(|n| n.assigned()).collect::<Vec<_>>();
         let union: BTreeSet<i32> = owned.iter().flatten().copied().collect();
         let total: usize = owned.iter().map(BTreeSet::len).sum();
-        if union == all && total == all.len() && owned.iter().all(|o| !o.is_empty()) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: partitions not shared after {SETTLE:?}: {owned:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let done = union == all && total == all.len() && owned.iter().all(|o| !o.is_empty());
+        std::future::ready(Ok(done.then_some(())))
+    })
+    .await;
+    if let Err(e) = shared {
+        panic!("{what}: partitions not shared ({e}): {owned:?}");
     }
 }
 
 /// Waits until `node` owns every partition.
 async fn wait_owns_all(what: &str, node: &Node) {
     let all: BTreeSet<i32> = (0..PARTITIONS).collect();
-    let deadline = Instant::now() + SETTLE;
-    while node.assigned() != all {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: the survivor owns {:?}, not every partition, after {SETTLE:?}",
+    let owned = poll(what, SETTLE, Duration::from_millis(50), || {
+        std::future::ready(Ok((node.assigned() == all).then_some(())))
+    })
+    .await;
+    if let Err(e) = owned {
+        panic!(
+            "{what}: the survivor owns {:?}, not every partition ({e})",
             node.assigned()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A conversation of the test.
-#[derive(Debug, Clone)]
-struct Conv {
-    id: String,
-    members: Vec<String>,
 }
 
 /// A user's client on one gateway.
@@ -301,6 +279,17 @@ struct Chat {
 }
 
 impl Chat {
+    /// Closes the sessions and stops the cluster, saying how long the test
+    /// (from `started`) took.
+    async fn stop(self, started: Instant) {
+        eprintln!("done in {:?}", started.elapsed());
+        let Chat {
+            cluster, watches, ..
+        } = self;
+        drop(watches);
+        cluster.stop().await;
+    }
+
     /// Starts 2 gateways, 2 routers and 2 history processes, waits until
     /// both groups share the partitions, creates the conversations and opens
     /// a session per (user, gateway), caught up.
@@ -358,7 +347,7 @@ impl Chat {
                 .collect();
             watches.push(Watch::open(client, mine).await);
         }
-        wait_for("every session caught up", DEADLINE, || {
+        wait_until("every session caught up", || {
             for w in &watches {
                 if let Some(e) = w.ended() {
                     panic!("session {} ended: {e}", w.who);
@@ -504,7 +493,7 @@ impl Chat {
         );
 
         // Every member session carries every message, once, in order.
-        wait_for("every session to receive every message", DEADLINE, || {
+        wait_until("every session to receive every message", || {
             for w in &self.watches {
                 if let Some(e) = w.ended() {
                     panic!("session {} ended: {e}", w.who);
@@ -614,12 +603,7 @@ async fn two_of_each_service_share_partitions_and_keep_every_promise() {
     let routers: Vec<&Node> = chat.cluster.routers.iter().collect();
     wait_shared("history group", &histories).await;
     wait_shared("router group", &routers).await;
-    eprintln!("done in {:?}", started.elapsed());
-    let Chat {
-        cluster, watches, ..
-    } = chat;
-    drop(watches);
-    cluster.stop().await;
+    chat.stop(started).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,7 +620,7 @@ async fn survivors_take_over_the_partitions_of_a_stopped_router_and_history() {
     let stop = Arc::new(AtomicBool::new(false));
     let senders = chat.senders(usize::MAX, stop.clone(), progress.clone(), failures.clone());
 
-    wait_for("traffic before the stop", DEADLINE, || {
+    wait_until("traffic before the stop", || {
         progress.load(Ordering::Relaxed) >= 80
     })
     .await;
@@ -659,7 +643,7 @@ async fn survivors_take_over_the_partitions_of_a_stopped_router_and_history() {
         started.elapsed()
     );
 
-    wait_for("traffic after the takeover", SETTLE, || {
+    wait_until_within("traffic after the takeover", SETTLE, || {
         progress.load(Ordering::Relaxed) >= at_takeover + 80
     })
     .await;
@@ -700,10 +684,5 @@ async fn survivors_take_over_the_partitions_of_a_stopped_router_and_history() {
 
     let stored = chat.check(&acked).await;
     eprintln!("stored user messages per conversation: {stored:?}");
-    eprintln!("done in {:?}", started.elapsed());
-    let Chat {
-        cluster, watches, ..
-    } = chat;
-    drop(watches);
-    cluster.stop().await;
+    chat.stop(started).await;
 }

@@ -9,14 +9,11 @@ use confab_layers::service_token::SERVICE_TOKEN_HEADER;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, GetConversationRequest, Hello};
-use confab_proto::v1::{client_frame, server_frame, Ping, SendFrame};
-use confab_tests::broker::Broker;
-use confab_tests::postgres::PgCluster;
-use confab_tests::procs::ServiceProc;
+use confab_proto::v1::{client_frame, Ping};
+use confab_tests::stack::{ProcStack, Role};
 use confab_tests::*;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
@@ -105,38 +102,22 @@ async fn exercise_gateway(addr: SocketAddr, seen: &mut Seen) {
     seen.presented.extend([alice_token, bob_token]);
 
     // Valid traffic: a group, messages unary and on a stream, reads.
-    let deadline = Instant::now() + DEADLINE * 2;
-    let conv = loop {
-        match alice
-            .create(confab_proto::v1::ConversationKind::Group, "leak", &["bob"])
-            .await
-        {
-            Ok(c) => break c.id,
-            // The consumer groups may still be forming.
-            Err(e) if e.code() == Code::Unavailable && Instant::now() < deadline => {
-                seen.error("create while starting", &e);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("create: {e:?}"),
-        }
-    };
+    // The consumer groups may still be forming.
+    let conv = retry_unavailable_seeing(
+        "create",
+        DEADLINE * 2,
+        || alice.create(confab_proto::v1::ConversationKind::Group, "leak", &["bob"]),
+        |e| seen.error("create while starting", e),
+    )
+    .await
+    .id;
     let mut bobs = bob.live().await;
     let m = alice.send(&conv, "m1", "hello").await.expect("send");
     bobs.messages_until(&conv, m.seq)
         .await
         .expect("bob receives");
-    bobs.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.clone(),
-        client_msg_id: "b1".into(),
-        body: "hi".into(),
-    }))
-    .await;
-    loop {
-        if let server_frame::Frame::Ack(a) = bobs.next_frame().await.expect("ack") {
-            assert_eq!(a.error, None);
-            break;
-        }
-    }
+    bobs.send_text(&conv, "b1", "hi").await;
+    assert_eq!(bobs.next_ack().await.error, None);
     alice.history(&conv, None, None, 10).await.expect("history");
     // Errors with a valid token: not a member, bad input.
     let (mallory, mallory_token) = user("mallory").await;
@@ -283,68 +264,31 @@ fn assert_no_secrets(what: &str, text: &str, seen: &Seen) {
 /// PostgreSQL, every one logging at debug level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_logs_or_errors_of_the_distributed_services() {
-    let pg = PgCluster::start().expect("postgres");
-    let database_url = pg.fresh_database().await.expect("database");
-    let broker = Broker::start_memory().await;
-    let logs = tempfile::tempdir().expect("logs");
-    let mut common: Vec<(String, String)> = [
-        ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
-        ("CONFAB_KAFKA_PREFIX", format!("secrets{}", free_port())),
-        ("CONFAB_KAFKA_PARTITIONS", "2".into()),
-        ("CONFAB_LOG", "debug".into()),
-        ("CONFAB_SERVICE_TOKEN", SERVICE_TOKEN.into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let mut history_env = common.clone();
-    history_env.push(("CONFAB_DATABASE_URL".into(), database_url));
-    let mut history = ServiceProc::new(
-        "confab-history",
-        "history",
-        history_env,
-        logs.path().join("history.log"),
-    );
-    common.push(("CONFAB_HISTORY_ADDRS".into(), history.addr.clone()));
-    let mut router = ServiceProc::new(
-        "confab-router",
-        "router",
-        common.clone(),
-        logs.path().join("router.log"),
-    );
-    let mut gateway_env = common.clone();
-    gateway_env.extend(
-        [
-            ("CONFAB_ROUTER_ADDRS", router.addr.as_str()),
-            ("CONFAB_GATEWAY_ID", "gw-secrets"),
-            ("CONFAB_JWT_SECRET", JWT_SECRET),
-        ]
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
-    let mut gateway = ServiceProc::new(
-        "confab-gateway",
-        "gateway",
-        gateway_env,
-        logs.path().join("gateway.log"),
-    );
-    history.start();
-    router.start();
-    gateway.start();
-
+    let mut stack = ProcStack::builder("secrets")
+        .partitions(2)
+        .log("debug")
+        .service_token(SERVICE_TOKEN)
+        .jwt_secret(JWT_SECRET)
+        .default_limits()
+        .start_fresh()
+        .await;
     let mut seen = Seen::default();
-    exercise_gateway(gateway.addr.parse().expect("addr"), &mut seen).await;
-    exercise_internal(&history.addr, &router.addr, &mut seen).await;
+    exercise_gateway(stack.gateway_addr(0), &mut seen).await;
+    exercise_internal(
+        &stack.first(Role::History).addr,
+        &stack.first(Role::Router).addr,
+        &mut seen,
+    )
+    .await;
 
-    for p in [&mut gateway, &mut router, &mut history] {
-        let stopped = p.terminate(DEADLINE).await;
+    for (label, stopped) in stack.terminate(DEADLINE).await {
         assert!(
             stopped.status.is_some_and(|s| s.success()),
-            "{} stopped cleanly: {stopped:?}\n{}",
-            p.label,
-            p.tail(20)
+            "{label} stopped cleanly: {stopped:?}\n{}",
+            stack.tails(20)
         );
     }
-    for p in [&gateway, &router, &history] {
+    for p in stack.all() {
         let log = std::fs::read_to_string(&p.log).expect("log");
         assert!(
             log.lines().count() > 20,
@@ -355,6 +299,7 @@ async fn no_secret_reaches_the_logs_or_errors_of_the_distributed_services() {
     }
     assert_no_secrets("an error a client saw", &seen.errors.join("\n"), &seen);
     // The gateway did log the refusals (without the tokens).
+    let gateway = stack.first(Role::Gateway);
     let gateway_log = std::fs::read_to_string(&gateway.log).expect("log");
     assert!(
         gateway_log.contains("call refused at the gateway"),
@@ -363,51 +308,25 @@ async fn no_secret_reaches_the_logs_or_errors_of_the_distributed_services() {
     );
 }
 
-/// A child process killed if the test ends early.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `confab dev`, logging at debug level.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_log_or_errors_of_confab_dev() {
     let dir = tempfile::tempdir().expect("data dir");
     let log_path = dir.path().join("dev.log");
-    let log = std::fs::File::create(&log_path).expect("log");
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-    let mut cmd = Command::new(confab_bin());
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
-        cmd.env_remove(k);
-    }
-    let mut child = KillOnDrop(
-        cmd.args(["dev", "--listen", &addr.to_string(), "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("CONFAB_JWT_SECRET", JWT_SECRET)
-            .env("CONFAB_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn confab dev"),
-    );
-    wait_until("confab dev listens", || {
-        std::net::TcpStream::connect(addr).is_ok()
-    })
-    .await;
+    let mut dev = DevProcess::start_with(
+        &dir.path().join("data"),
+        free_port(),
+        &[("CONFAB_JWT_SECRET", JWT_SECRET), ("CONFAB_LOG", "debug")],
+        Some(&log_path),
+    )
+    .expect("start confab dev");
+    let addr = dev.addr;
     let mut seen = Seen::default();
     exercise_gateway(addr, &mut seen).await;
-    let term = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    assert!(term.is_ok_and(|s| s.success()));
+    dev.terminate();
     let mut status = None;
     wait_until("confab dev exits", || {
-        status = child.0.try_wait().ok().flatten();
+        status = dev.exited();
         status.is_some()
     })
     .await;

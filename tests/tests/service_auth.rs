@@ -4,8 +4,7 @@
 //! without it. Reflection needs the token too.
 
 use confab_core::seams::HistoryApi;
-use confab_core::validate::SizeLimits;
-use confab_history::{LocalHistory, SqliteStore, Store};
+use confab_history::LocalHistory;
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_layers::service_token::{ServiceToken, SERVICE_TOKEN_HEADER, SERVICE_TOKEN_REQUIRED};
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
@@ -13,14 +12,11 @@ use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, GetConversationRequest, Hello};
 use confab_proto::prost::bytes::{Buf, BufMut};
 use confab_router::gateway_links::{GatewayLinks, LinkConfig};
-use confab_runtime::shutdown::{self, Trigger};
+use confab_tests::served::{sqlite_store, Served};
 use confab_tests::topology::{service_token, Topology, TopologyConfig, SERVICE_TOKEN};
-use confab_tests::{wait_until, DEADLINE};
-use std::net::SocketAddr;
+use confab_tests::wait_until;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
@@ -57,67 +53,34 @@ fn assert_refused(status: &Status, token: &Option<String>) {
     assert!(!status.message().contains(SERVICE_TOKEN));
 }
 
-/// A server task and what stops it.
-struct Server {
-    addr: SocketAddr,
-    trigger: Trigger,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl Server {
-    async fn stop(self) {
-        self.trigger.fire();
-        let ended = tokio::time::timeout(DEADLINE, self.task).await;
-        assert!(matches!(ended, Ok(Ok(Ok(())))), "stopped cleanly");
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect")
-    }
+/// A gRPC channel to `server`.
+async fn channel(server: &Served) -> Channel {
+    Channel::from_shared(format!("http://{}", server.addr()))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
 }
 
 /// History's read API over a fresh SQLite store, requiring the test token.
-async fn history_server(dir: &tempfile::TempDir) -> Server {
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("confab.db"), SizeLimits::default())
-            .await
-            .expect("open sqlite"),
-    );
-    let reader: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (trigger, signal) = shutdown::channel();
-    let task = tokio::spawn(
+async fn history_server(dir: &tempfile::TempDir) -> Served {
+    let reader: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(sqlite_store(dir.path()).await));
+    Served::listen(|listener, signal| {
         confab_history::grpc::server(reader)
             .service_token(Some(service_token()))
-            .serve(listener, signal),
-    );
-    Server {
-        addr,
-        trigger,
-        task,
-    }
+            .serve(listener, signal)
+    })
+    .await
 }
 
 /// A router's `RouterLink` server, requiring the test token.
-async fn router_server(links: Arc<GatewayLinks>) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (trigger, signal) = shutdown::channel();
-    let task = tokio::spawn(
+async fn router_server(links: Arc<GatewayLinks>) -> Served {
+    Served::listen(|listener, signal| {
         confab_router::gateway_links::server(links, signal.clone())
             .service_token(Some(service_token()))
-            .serve(listener, signal),
-    );
-    Server {
-        addr,
-        trigger,
-        task,
-    }
+            .serve(listener, signal)
+    })
+    .await
 }
 
 /// Messages as bytes, for the standard services the tests crate has no
@@ -203,7 +166,7 @@ async fn history_serves_only_callers_with_the_service_token() {
     confab_tests::init_tracing();
     let dir = tempfile::tempdir().expect("tempdir");
     let server = history_server(&dir).await;
-    let channel = server.channel().await;
+    let channel = channel(&server).await;
     let mut client = HistoryReaderClient::new(channel.clone());
     let ask = || GetConversationRequest {
         conversation_id: "grp-nowhere".into(),
@@ -224,7 +187,7 @@ async fn history_serves_only_callers_with_the_service_token() {
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
 
     // RemoteHistory (gateways, routers) sends the configured token...
-    let addr = server.addr.to_string();
+    let addr = server.addr().to_string();
     let remote = RemoteHistory::new(&HistoryClientConfig {
         service_token: Some(service_token()),
         ..HistoryClientConfig::new([addr.clone()])
@@ -245,7 +208,7 @@ async fn history_serves_only_callers_with_the_service_token() {
     assert!(err.to_string().contains(SERVICE_TOKEN_REQUIRED), "{err}");
     let wrong = RemoteHistory::new(&HistoryClientConfig {
         service_token: Some(ServiceToken::new(WRONG_TOKEN).expect("valid")),
-        ..HistoryClientConfig::new([server.addr.to_string()])
+        ..HistoryClientConfig::new([server.addr().to_string()])
     })
     .expect("client");
     let err = wrong
@@ -274,7 +237,7 @@ async fn history_serves_only_callers_with_the_service_token() {
         "{listed}"
     );
 
-    server.stop().await;
+    server.stop("server").await;
 }
 
 /// The `Attach` stream of a gateway named `id` with `token`: the router's
@@ -309,7 +272,7 @@ async fn a_router_attaches_only_gateways_with_the_service_token() {
     confab_tests::init_tracing();
     let links = GatewayLinks::new(LinkConfig::default());
     let server = router_server(links.clone()).await;
-    let channel = server.channel().await;
+    let channel = channel(&server).await;
 
     for token in bad_tokens() {
         let (answer, _tx) = attach(channel.clone(), "gx", token.as_deref()).await;
@@ -338,7 +301,7 @@ async fn a_router_attaches_only_gateways_with_the_service_token() {
     assert_refused(&status, &None);
 
     drop(answer);
-    server.stop().await;
+    server.stop("server").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,7 +337,7 @@ async fn a_topology_with_the_service_token_works_end_to_end() {
         .expect("client");
     let err = bare.conversation(&conv.id).await.expect_err("refused");
     assert!(err.to_string().contains(SERVICE_TOKEN_REQUIRED), "{err}");
-    let channel = Channel::from_shared(format!("http://{}", topo.routers[0].addr))
+    let channel = Channel::from_shared(format!("http://{}", topo.routers[0].server.addr))
         .expect("uri")
         .connect()
         .await

@@ -2,7 +2,7 @@
 //! cluster started by each test (or the server named by `DATABASE_URL`), one
 //! fresh database per store. PostgreSQL missing is a failure, not a skip.
 
-use confab_core::validate::{SizeLimits, PageCursor};
+use confab_core::validate::{PageCursor, SizeLimits};
 use confab_history::store::conformance::{self, create_group, send};
 use confab_history::store::Store;
 use confab_history::PostgresStore;

@@ -46,24 +46,35 @@ fn refused(auth: &Authenticator, token: &str, message: &str) {
     assert!(!err.message().contains("BEGIN"), "no key material");
 }
 
+/// `auth` accepts a token for `user` signed with the key `key` under the
+/// key id `kid`.
+fn accepted(auth: &Authenticator, key: &str, kid: &str, user: &str) {
+    let verified = auth.verify(&token(&signer(key, kid), user));
+    assert_eq!(verified.ok().as_deref(), Some(user), "{key} as {kid}");
+}
+
+/// `auth` refuses each of alice's tokens signed with the key `key` under
+/// the key id `kid`, saying `message`: `(key, kid, message)`.
+fn refused_all(auth: &Authenticator, signed: &[(&str, &str, &str)]) {
+    for (key, kid, message) in signed {
+        refused(auth, &token(&signer(key, kid), "alice"), message);
+    }
+}
+
 #[test]
 fn rs256_and_eddsa_from_pem() {
     let rsa = keys_at(&fixture("rsa-1.pub.pem"));
-    assert_eq!(
-        rsa.verify(&token(&signer("rsa-1", "any"), "alice"))
-            .ok()
-            .as_deref(),
-        Some("alice")
-    );
-    refused(
+    accepted(&rsa, "rsa-1", "any", "alice");
+    refused_all(
         &rsa,
-        &token(&signer("rsa-2", "any"), "alice"),
-        "token signature is invalid",
-    );
-    refused(
-        &rsa,
-        &token(&signer("ed-1", "any"), "alice"),
-        "token algorithm EdDSA is not allowed with this key, which is for RS256",
+        &[
+            ("rsa-2", "any", "token signature is invalid"),
+            (
+                "ed-1",
+                "any",
+                "token algorithm EdDSA is not allowed with this key, which is for RS256",
+            ),
+        ],
     );
     refused(
         &rsa,
@@ -74,12 +85,7 @@ fn rs256_and_eddsa_from_pem() {
     );
 
     let ed = keys_at(&fixture("ed-1.pub.pem"));
-    assert_eq!(
-        ed.verify(&token(&signer("ed-1", "x"), "bob"))
-            .ok()
-            .as_deref(),
-        Some("bob")
-    );
+    accepted(&ed, "ed-1", "x", "bob");
     refused(
         &ed,
         &token(&signer("ed-2", "x"), "bob"),
@@ -97,34 +103,25 @@ fn rs256_and_eddsa_from_pem() {
 #[test]
 fn jwks_picks_the_key_by_kid() {
     let auth = keys_at(&fixture("jwks-1.json"));
-    assert_eq!(
-        auth.verify(&token(&signer("rsa-1", "rsa-1"), "alice"))
-            .ok()
-            .as_deref(),
-        Some("alice")
-    );
-    assert_eq!(
-        auth.verify(&token(&signer("ed-1", "ed-1"), "bob"))
-            .ok()
-            .as_deref(),
-        Some("bob")
-    );
-    refused(
+    accepted(&auth, "rsa-1", "rsa-1", "alice");
+    accepted(&auth, "ed-1", "ed-1", "bob");
+    refused_all(
         &auth,
-        &token(&signer("rsa-2", "rsa-2"), "alice"),
-        "token kid \"rsa-2\" is unknown: no such key in the key set",
-    );
-    // Right kid, wrong key: the signature does not verify.
-    refused(
-        &auth,
-        &token(&signer("rsa-2", "rsa-1"), "alice"),
-        "token signature is invalid",
-    );
-    // An RSA signature presented under the Ed25519 key's kid.
-    refused(
-        &auth,
-        &token(&signer("rsa-1", "ed-1"), "alice"),
-        "token algorithm RS256 is not allowed with this key, which is for EdDSA",
+        &[
+            (
+                "rsa-2",
+                "rsa-2",
+                "token kid \"rsa-2\" is unknown: no such key in the key set",
+            ),
+            // Right kid, wrong key: the signature does not verify.
+            ("rsa-2", "rsa-1", "token signature is invalid"),
+            // An RSA signature presented under the Ed25519 key's kid.
+            (
+                "rsa-1",
+                "ed-1",
+                "token algorithm RS256 is not allowed with this key, which is for EdDSA",
+            ),
+        ],
     );
     let no_kid = Signer::from_pem(&std::fs::read(fixture("ed-1.key.pem")).expect("key"))
         .expect("key")
@@ -222,16 +219,24 @@ fn write_at(path: &Path, contents: &[u8], at: SystemTime) {
         .expect("set mtime");
 }
 
+/// Writes the fixture `name` to `path` with mtime `at`.
+fn write_fixture_at(path: &Path, name: &str, at: SystemTime) {
+    write_at(path, &std::fs::read(fixture(name)).expect("fixture"), at);
+}
+
+/// A key file `file` in a new temporary directory, holding the fixture
+/// `name`, last modified 100 s ago (`t0`): the directory, the path, `t0`.
+fn key_file(file: &str, name: &str) -> (tempfile::TempDir, PathBuf, SystemTime) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(file);
+    let t0 = SystemTime::now() - Duration::from_secs(100);
+    write_fixture_at(&path, name, t0);
+    (dir, path, t0)
+}
+
 #[test]
 fn rewriting_the_jwks_file_rotates_keys() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("jwks.json");
-    let t0 = SystemTime::now() - Duration::from_secs(100);
-    write_at(
-        &path,
-        &std::fs::read(fixture("jwks-1.json")).expect("fixture"),
-        t0,
-    );
+    let (_dir, path, t0) = key_file("jwks.json", "jwks-1.json");
     let auth = keys_at(&path);
     let old = token(&signer("rsa-1", "rsa-1"), "alice");
     let new = token(&signer("rsa-2", "rsa-2"), "alice");
@@ -244,11 +249,7 @@ fn rewriting_the_jwks_file_rotates_keys() {
 
     // Rotate: rsa-1 and ed-1 are gone, rsa-2 and ed-2 are in. Noticed by
     // its mtime on the next token (the check interval is zero here).
-    write_at(
-        &path,
-        &std::fs::read(fixture("jwks-2.json")).expect("fixture"),
-        t0 + Duration::from_secs(10),
-    );
+    write_fixture_at(&path, "jwks-2.json", t0 + Duration::from_secs(10));
     assert_eq!(auth.verify(&new).ok().as_deref(), Some("alice"));
     assert!(auth.verify(&token(&signer("ed-2", "ed-2"), "bob")).is_ok());
     refused(
@@ -266,11 +267,7 @@ fn rewriting_the_jwks_file_rotates_keys() {
     assert!(auth.verify(&new).is_ok());
 
     // Back to the first set via an explicit reload, whatever the mtime.
-    write_at(
-        &path,
-        &std::fs::read(fixture("jwks-1.json")).expect("fixture"),
-        t0 + Duration::from_secs(20),
-    );
+    write_fixture_at(&path, "jwks-1.json", t0 + Duration::from_secs(20));
     auth.reload().expect("reload");
     assert!(auth.verify(&old).is_ok());
     refused(
@@ -282,14 +279,7 @@ fn rewriting_the_jwks_file_rotates_keys() {
 
 #[test]
 fn the_check_interval_bounds_how_often_the_file_is_read() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("keys.pem");
-    let t0 = SystemTime::now() - Duration::from_secs(100);
-    write_at(
-        &path,
-        &std::fs::read(fixture("ed-1.pub.pem")).expect("fixture"),
-        t0,
-    );
+    let (_dir, path, t0) = key_file("keys.pem", "ed-1.pub.pem");
     let auth = Authenticator::from_config(AuthConfig {
         public_keys: Some(path.clone()),
         reload_interval: Duration::from_secs(3600),
@@ -298,11 +288,7 @@ fn the_check_interval_bounds_how_often_the_file_is_read() {
     .expect("config");
     let one = token(&signer("ed-1", "k"), "alice");
     let two = token(&signer("ed-2", "k"), "alice");
-    write_at(
-        &path,
-        &std::fs::read(fixture("ed-2.pub.pem")).expect("fixture"),
-        t0 + Duration::from_secs(10),
-    );
+    write_fixture_at(&path, "ed-2.pub.pem", t0 + Duration::from_secs(10));
     // Within the interval the old key is still in use...
     assert!(auth.verify(&one).is_ok());
     refused(&auth, &two, "token signature is invalid");

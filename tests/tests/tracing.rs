@@ -16,12 +16,10 @@
 //! span when nothing would see it make it when spans are exported.
 
 use confab_proto::v1::SendMessageRequest;
-use confab_proto::v1::{client_frame, server_frame, ClientFrame, Ping, SendFrame};
+use confab_proto::v1::{client_frame, ClientFrame, Ping};
 use confab_runtime::trace::TraceParent;
-use confab_tests::broker::Broker;
-use confab_tests::postgres::PgCluster;
-use confab_tests::procs::ServiceProc;
-use confab_tests::{free_port, Session, User, DEADLINE};
+use confab_tests::stack::{ProcStack, Role};
+use confab_tests::{Session, User, DEADLINE};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -245,23 +243,14 @@ impl Collector {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Svc {
-    History = 0,
-    Router = 1,
-    Gateway = 2,
+/// History logs JSON, the router and the gateway text.
+fn logs_json(role: Role) -> bool {
+    role == Role::History
 }
 
-const NAMES: [&str; 3] = ["history", "router", "gateway"];
-/// History logs JSON, the router and the gateway text.
-const JSON: [bool; 3] = [true, false, false];
-
 struct Stack {
-    _pg: PgCluster,
-    _broker: Broker,
-    procs: [ServiceProc; 3],
+    procs: ProcStack,
     collector: Collector,
-    _logs: tempfile::TempDir,
 }
 
 impl Stack {
@@ -271,97 +260,55 @@ impl Stack {
 
     /// The stack with `CONFAB_LOG=log`, exporting spans to its collector.
     async fn start_logging(log: &str) -> Stack {
-        let pg = PgCluster::start().expect("postgres");
-        let database_url = pg.fresh_database().await.expect("database");
-        let broker = Broker::start_memory().await;
         let collector = Collector::default();
         let otlp = collector.serve().await;
-        let logs = tempfile::tempdir().expect("logs");
-        let common = confab_tests::topology::service_env([
-            ("CONFAB_KAFKA_BROKERS", broker.bootstrap()),
-            ("CONFAB_KAFKA_PREFIX", format!("tracing{}", free_port())),
-            ("CONFAB_KAFKA_PARTITIONS", "2".into()),
-            ("CONFAB_LOG", log.into()),
-            ("CONFAB_OTLP_ENDPOINT", format!("http://{otlp}")),
+        let mut builder = ProcStack::builder("tracing")
+            .partitions(2)
+            .log(log)
+            .env("CONFAB_OTLP_ENDPOINT", format!("http://{otlp}"))
             // Export finished spans every 100 ms (default 5 s).
-            ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
-        ]);
-        let with = |svc: Svc, extra: &[(&str, &str)]| {
-            let mut env = common.clone();
-            let format = if JSON[svc as usize] { "json" } else { "text" };
-            env.push(("CONFAB_LOG_FORMAT".into(), format.into()));
-            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-            env
-        };
-        let log = |svc: Svc| logs.path().join(format!("{}.log", NAMES[svc as usize]));
-        let mut history = ServiceProc::new(
-            "confab-history",
-            "history",
-            with(Svc::History, &[("CONFAB_DATABASE_URL", &database_url)]),
-            log(Svc::History),
-        );
-        let history_addrs = ("CONFAB_HISTORY_ADDRS", history.addr.clone());
-        let mut router = ServiceProc::new(
-            "confab-router",
-            "router",
-            with(Svc::Router, &[(history_addrs.0, &history_addrs.1)]),
-            log(Svc::Router),
-        );
-        let mut gateway = ServiceProc::new(
-            "confab-gateway",
-            "gateway",
-            with(
-                Svc::Gateway,
-                &[
-                    (history_addrs.0, &history_addrs.1),
-                    ("CONFAB_ROUTER_ADDRS", &router.addr),
-                    ("CONFAB_GATEWAY_ID", "gw-tracing"),
-                    ("CONFAB_JWT_SECRET", confab_tests::SECRET),
-                ],
-            ),
-            log(Svc::Gateway),
-        );
-        history.start();
-        router.start();
-        gateway.start();
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+        for role in Role::ALL {
+            let format = if logs_json(role) { "json" } else { "text" };
+            builder = builder.env_for(role, "CONFAB_LOG_FORMAT", format);
+        }
         Stack {
-            _pg: pg,
-            _broker: broker,
-            procs: [history, router, gateway],
+            procs: builder.start_fresh().await,
             collector,
-            _logs: logs,
         }
     }
 
     fn gateway_addr(&self) -> SocketAddr {
-        self.procs[Svc::Gateway as usize]
-            .addr
-            .parse()
-            .expect("gateway address")
+        self.procs.gateway_addr(0)
     }
 
     /// The end of every service's log, for failure messages.
     fn tails(&self) -> String {
-        self.procs
-            .iter()
-            .map(|p| format!("--- {}:\n{}", p.label, p.tail(60)))
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.procs.tails(60)
     }
 
-    fn events(&self, svc: Svc) -> Vec<Event> {
-        events(&self.procs[svc as usize].log, JSON[svc as usize])
+    fn events(&self, role: Role) -> Vec<Event> {
+        events(&self.procs.first(role).log, logs_json(role))
     }
 
-    /// Polls `svc`'s log until an event matches; fails with the log's tail
+    /// Polls `role`'s log until an event matches; fails with the log's tail
     /// after [`DEADLINE`].
-    async fn wait_event(&self, svc: Svc, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
+    async fn wait_event(&self, role: Role, what: &str, matches: impl Fn(&Event) -> bool) -> Event {
         let found = confab_tests::poll(what, DEADLINE, POLL, || {
-            let found = self.events(svc).into_iter().find(|e| matches(e));
+            let found = self.events(role).into_iter().find(|e| matches(e));
             async move { Ok(found) }
         })
         .await;
-        found.unwrap_or_else(|e| panic!("{}: {e}; logs:\n{}", NAMES[svc as usize], self.tails()))
+        found.unwrap_or_else(|e| panic!("{}: {e}; logs:\n{}", role.name(), self.tails()))
+    }
+
+    /// The gateway's `completed` event of the send (`what`) that got `seq`.
+    async fn completed(&self, seq: u64, what: &str) -> Event {
+        let seq = seq.to_string();
+        self.wait_event(Role::Gateway, &format!("{what} completed"), |e| {
+            e.message == "completed" && e.field("seq") == Some(&seq)
+        })
+        .await
     }
 
     /// Waits until message `seq` of trace `trace_id` has left its mark at
@@ -374,35 +321,35 @@ impl Stack {
             |e: &Event, message: &str| e.message == message && e.trace_id() == Some(trace_id);
         let mut found = Vec::new();
         found.push(
-            self.wait_event(Svc::Gateway, "write accepted", |e| {
+            self.wait_event(Role::Gateway, "write accepted", |e| {
                 in_trace(e, "write accepted")
             })
             .await,
         );
         found.push(
-            self.wait_event(Svc::Gateway, "completed", |e| {
+            self.wait_event(Role::Gateway, "completed", |e| {
                 in_trace(e, "completed") && e.field("seq") == Some(&seq)
             })
             .await,
         );
         let sequenced = self
-            .wait_event(Svc::History, "sequenced", |e| {
+            .wait_event(Role::History, "sequenced", |e| {
                 in_trace(e, "sequenced") && e.field("seq") == Some(&seq)
             })
             .await;
         found.push(
-            self.wait_event(Svc::History, "published", |e| in_trace(e, "published"))
+            self.wait_event(Role::History, "published", |e| in_trace(e, "published"))
                 .await,
         );
         found.push(sequenced);
         found.push(
-            self.wait_event(Svc::Router, "routed", |e| {
+            self.wait_event(Role::Router, "routed", |e| {
                 in_trace(e, "routed") && e.field("seq") == Some(&seq)
             })
             .await,
         );
         found.push(
-            self.wait_event(Svc::Gateway, "delivered", |e| {
+            self.wait_event(Role::Gateway, "delivered", |e| {
                 in_trace(e, "delivered")
                     && e.innermost().is_some_and(|h| {
                         h.name == "gateway.deliver"
@@ -565,6 +512,24 @@ async fn send_traced(
         .expect("message")
 }
 
+/// `user` sends `body` to `conv` in a trace of the client's own (a new
+/// root `traceparent`), and `live` receives it: that traceparent, its trace
+/// id, and the stored message.
+async fn send_in_a_new_trace(
+    user: &User,
+    live: &mut Session,
+    conv: &str,
+    client_msg_id: &str,
+    body: &str,
+) -> (TraceParent, String, confab_proto::v1::Message) {
+    let client = TraceParent::root();
+    let sent = send_traced(user, conv, client_msg_id, body, client).await;
+    live.messages_until(conv, sent.seq)
+        .await
+        .expect("the recipient gets it live");
+    (client, client.trace_id_hex(), sent)
+}
+
 #[tokio::test]
 async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
     let stack = Stack::start().await;
@@ -577,7 +542,7 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
     // A membership change is traced like a message: the creation's trace
     // goes from the gateway's CreateConversation call to history.
     let created = stack
-        .wait_event(Svc::Gateway, "the creation's write", |e| {
+        .wait_event(Role::Gateway, "the creation's write", |e| {
             e.message == "write accepted"
                 && e.spans.first().is_some_and(|c| {
                     c.fields.get("method").map(String::as_str) == Some("CreateConversation")
@@ -586,18 +551,14 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
         .await;
     let created_trace = created.trace_id().expect("trace id").to_string();
     stack
-        .wait_event(Svc::History, "the creation sequenced", |e| {
+        .wait_event(Role::History, "the creation sequenced", |e| {
             e.message == "sequenced" && e.trace_id() == Some(&created_trace)
         })
         .await;
 
     // 1. The client chose the trace: every hop continues it.
-    let client = TraceParent::root();
-    let trace_id = client.trace_id_hex();
-    let sent = send_traced(&alice, &conv.id, "traced-1", "follow me", client).await;
-    live.messages_until(&conv.id, sent.seq)
-        .await
-        .expect("bob gets it live");
+    let (client, trace_id, sent) =
+        send_in_a_new_trace(&alice, &mut live, &conv.id, "traced-1", "follow me").await;
     let hops = stack.follow(&trace_id, sent.seq, "bob").await;
     assert_chain(&hops, &PATH, &trace_id, Some(&client.span_id_hex()));
     assert_eq!(
@@ -608,7 +569,7 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
         Some("SendMessage")
     );
     // grep <trace id> over the three logs finds it, in JSON and in text.
-    for p in &stack.procs {
+    for p in stack.procs.all() {
         let log = std::fs::read_to_string(&p.log).expect("log");
         assert!(
             log.contains(&trace_id),
@@ -626,12 +587,7 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
     live.messages_until(&conv.id, plain.seq)
         .await
         .expect("bob gets it live");
-    let seq = plain.seq.to_string();
-    let completed = stack
-        .wait_event(Svc::Gateway, "the plain send completed", |e| {
-            e.message == "completed" && e.field("seq") == Some(&seq)
-        })
-        .await;
+    let completed = stack.completed(plain.seq, "the plain send").await;
     let fresh = completed.trace_id().expect("trace id").to_string();
     assert_ne!(fresh, trace_id, "a new trace");
     let fresh_hops = stack.follow(&fresh, plain.seq, "bob").await;
@@ -660,18 +616,9 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
         .into_inner();
     let mut stream = Session { tx, inbound };
     stream
-        .send(client_frame::Frame::Send(SendFrame {
-            conversation_id: conv.id.clone(),
-            client_msg_id: "traced-3".into(),
-            body: "from a stream".into(),
-        }))
+        .send_text(&conv.id, "traced-3", "from a stream")
         .await;
-    let acked = loop {
-        match stream.next_frame().await.expect("frame") {
-            server_frame::Frame::Ack(ack) => break ack,
-            _ => continue,
-        }
-    };
+    let acked = stream.next_ack().await;
     assert!(acked.error.is_none(), "{acked:?}");
     let stream_hops = stack
         .follow(&stream_trace.trace_id_hex(), acked.seq, "bob")
@@ -692,25 +639,11 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
 
     // 4. On a stream opened without a traceparent, each `send` frame starts
     // a trace of its own.
-    live.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "traced-4".into(),
-        body: "from a plain stream".into(),
-    }))
-    .await;
-    let acked = loop {
-        match live.next_frame().await.expect("frame") {
-            server_frame::Frame::Ack(ack) => break ack,
-            _ => continue,
-        }
-    };
-    assert!(acked.error.is_none(), "{acked:?}");
-    let seq = acked.seq.to_string();
-    let completed = stack
-        .wait_event(Svc::Gateway, "the plain stream's send completed", |e| {
-            e.message == "completed" && e.field("seq") == Some(&seq)
-        })
+    live.send_text(&conv.id, "traced-4", "from a plain stream")
         .await;
+    let acked = live.next_ack().await;
+    assert!(acked.error.is_none(), "{acked:?}");
+    let completed = stack.completed(acked.seq, "the plain stream's send").await;
     let own = completed.trace_id().expect("trace id").to_string();
     assert_eq!(
         completed.spans.len(),
@@ -733,15 +666,17 @@ async fn with_the_log_at_info_every_hop_is_still_exported() {
     let bob = User::connect(addr, "bob").await;
     let mut live = bob.live().await;
     let conv = alice.group("traced at info", &["bob"]).await;
-    let client = TraceParent::root();
-    let trace_id = client.trace_id_hex();
-    let sent = send_traced(&alice, &conv.id, "info-1", "exported, not logged", client).await;
-    live.messages_until(&conv.id, sent.seq)
-        .await
-        .expect("bob gets it live");
+    let (client, trace_id, _) = send_in_a_new_trace(
+        &alice,
+        &mut live,
+        &conv.id,
+        "info-1",
+        "exported, not logged",
+    )
+    .await;
     let hops = exported_hops(&stack.collector, &trace_id).await;
     assert_chain(&hops, &PATH, &trace_id, Some(&client.span_id_hex()));
-    for p in &stack.procs {
+    for p in stack.procs.all() {
         let log = std::fs::read_to_string(&p.log).expect("log");
         assert!(
             !log.contains(&trace_id),

@@ -7,10 +7,9 @@
 //! (`CONFAB_MAX_MESSAGE_BYTES`). Certificates are made afresh by each test.
 
 use confab_core::seams::HistoryApi;
-use confab_core::validate::SizeLimits;
 use confab_gateway::router_links::AttachConfig;
 use confab_gateway::Hub;
-use confab_history::{LocalHistory, SqliteStore, Store};
+use confab_history::LocalHistory;
 use confab_history_client::{
     endpoint_with, HistoryClientConfig, RemoteHistory, HISTORY_UNAVAILABLE,
 };
@@ -18,12 +17,12 @@ use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{gateway_frame, GatewayFrame, Hello, ListForUserRequest};
-use confab_proto::v1::{client_frame, ListConversationsRequest, SendFrame, SendMessageRequest};
+use confab_proto::v1::{ListConversationsRequest, SendMessageRequest};
 use confab_router::gateway_links::{GatewayLinks, LinkConfig};
-use confab_runtime::shutdown::{self, Trigger};
 use confab_runtime::transport::{ClientTls, ServerTls, Transport};
-use confab_tests::topology::{service_token, SERVICE_TOKEN};
-use confab_tests::{confab_bin, wait_until, Embedded, User, DEADLINE};
+use confab_tests::served::{sqlite_store, Served};
+use confab_tests::topology::{attach_client, fast_attach, service_token, SERVICE_TOKEN};
+use confab_tests::{confab_bin, wait_until, Embedded, Session, User, DEADLINE};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -37,8 +36,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
@@ -392,44 +390,17 @@ fn bad_tls_settings_exit_64_naming_the_variable_before_binding() {
     }
 }
 
-/// A server task and what stops it.
-struct Served {
-    addr: SocketAddr,
-    trigger: Trigger,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl Served {
-    async fn stop(self) {
-        self.trigger.fire();
-        let ended = tokio::time::timeout(DEADLINE, self.task).await;
-        assert!(matches!(ended, Ok(Ok(Ok(())))), "stopped cleanly");
-    }
-}
-
 /// History's read API over a fresh SQLite store, with `transport`,
 /// requiring the test service token.
 async fn history_server(dir: &tempfile::TempDir, transport: Transport) -> Served {
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&dir.path().join("confab.db"), SizeLimits::default())
-            .await
-            .expect("open sqlite"),
-    );
-    let reader: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(store));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (trigger, signal) = shutdown::channel();
-    let task = tokio::spawn(
+    let reader: Arc<dyn HistoryApi> = Arc::new(LocalHistory::new(sqlite_store(dir.path()).await));
+    Served::listen(|listener, signal| {
         confab_history::grpc::server(reader)
             .service_token(Some(service_token()))
             .transport(transport)
-            .serve(listener, signal),
-    );
-    Served {
-        addr,
-        trigger,
-        task,
-    }
+            .serve(listener, signal)
+    })
+    .await
 }
 
 fn with_service_token<T>(msg: T, token: Option<&ServiceToken>) -> Request<T> {
@@ -474,7 +445,7 @@ async fn history_with_a_client_ca_serves_only_callers_with_a_certificate_and_the
     )
     .await;
     let token = service_token();
-    let addr = history.addr;
+    let addr = history.addr();
     let no_cert = pki.client_tls(None);
     let stranger = pki.client_tls(Some(&pki.stranger));
     let client = pki.client_tls(Some(&pki.client));
@@ -523,32 +494,26 @@ async fn history_with_a_client_ca_serves_only_callers_with_a_certificate_and_the
     );
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(refused.message(), HISTORY_UNAVAILABLE);
-    history.stop().await;
+    history.stop("history").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routers_with_a_client_ca_take_only_gateways_with_a_certificate() {
     let pki = Pki::new();
     let links = GatewayLinks::new(LinkConfig::default());
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (trigger, signal) = shutdown::channel();
     let transport = Transport {
         tls: Some(pki.server_tls(true)),
         ..Transport::internal()
     };
     let router_links = links.clone();
-    let task = tokio::spawn(
+    let router = Served::listen(|listener, signal| {
         confab_router::gateway_links::server(router_links, signal.clone())
             .service_token(Some(service_token()))
             .transport(transport)
-            .serve(listener, signal),
-    );
-    let router = Served {
-        addr,
-        trigger,
-        task,
-    };
+            .serve(listener, signal)
+    })
+    .await;
+    let addr = router.addr();
 
     // Without a certificate the handshake fails: no stream.
     let no_cert = pki.client_tls(None);
@@ -573,47 +538,93 @@ async fn routers_with_a_client_ca_take_only_gateways_with_a_certificate() {
 
     // A gateway presenting its certificate (and the token) attaches.
     let hub = Hub::new("gw-mtls");
-    let (detach, attach_stop) = shutdown::channel();
-    let attach = tokio::spawn(confab_gateway::router_links::run(
-        hub.clone(),
+    let attach = attach_client(
+        &hub,
         AttachConfig {
-            backoff_min: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
             service_token: Some(service_token()),
             tls: Some(pki.client_tls(Some(&pki.client))),
-            ..AttachConfig::new([addr.to_string()])
+            ..fast_attach([addr.to_string()])
         },
-        attach_stop,
-    ));
+    );
     wait_until("the gateway attached over mTLS", || {
         links.gateways() == vec!["gw-mtls".to_string()]
     })
     .await;
     assert_eq!(hub.attached_routers(), 1);
-    detach.fire();
-    let _ = tokio::time::timeout(DEADLINE, attach)
-        .await
-        .expect("detached");
-    router.stop().await;
+    attach.stop("the attach client").await;
+    router.stop("the router").await;
+}
+
+/// Embedded mode with 1 KiB bodies and `CONFAB_MAX_MESSAGE_BYTES` just
+/// above that (`limit`), and a group of alice and bob, bob's stream live.
+struct Limited {
+    limit: usize,
+    server: Embedded,
+    alice: User,
+    bob: User,
+    group: String,
+    live: Session,
+}
+
+impl Limited {
+    async fn start(title: &str) -> Limited {
+        let limit = 1024 + Transport::REQUEST_HEADROOM;
+        let limit_text = limit.to_string();
+        let server = Embedded::start_with(&[
+            ("CONFAB_MAX_BODY_BYTES", "1024"),
+            ("CONFAB_MAX_MESSAGE_BYTES", &limit_text),
+        ])
+        .await;
+        let alice = server.user("alice").await;
+        let bob = server.user("bob").await;
+        let group = alice.group(title, &["bob"]).await.id;
+        let live = bob.live().await;
+        Limited {
+            limit,
+            server,
+            alice,
+            bob,
+            group,
+            live,
+        }
+    }
+
+    /// `status` refuses a request over the limit, naming it.
+    fn assert_over_the_limit(&self, status: &Status) {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains(&format!("CONFAB_MAX_MESSAGE_BYTES={}", self.limit)),
+            "names the limit: {}",
+            status.message()
+        );
+    }
+
+    /// Alice's unary calls and bob's stream go on: a small send of
+    /// alice's (`key`) reaches bob's stream; its seq. Then the server stops.
+    async fn still_works(mut self, key: &str) -> u64 {
+        let ok = self
+            .alice
+            .send(&self.group, key, "fits")
+            .await
+            .expect("alice sends a small one");
+        self.live
+            .messages_until(&self.group, ok.seq)
+            .await
+            .expect("bob's stream still delivers");
+        self.server.stop().await;
+        ok.seq
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_over_the_message_limit_is_resource_exhausted_and_others_go_on() {
-    let limit = 1024 + Transport::REQUEST_HEADROOM;
-    let limit_text = limit.to_string();
-    let server = Embedded::start_with(&[
-        ("CONFAB_MAX_BODY_BYTES", "1024"),
-        ("CONFAB_MAX_MESSAGE_BYTES", &limit_text),
-    ])
-    .await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let group = alice.group("limits", &["bob"]).await;
-    let mut live = bob.live().await;
-    let huge = "x".repeat(limit + 1);
+    let limited = Limited::start("limits").await;
+    let huge = "x".repeat(limited.limit + 1);
     let flood = {
-        let alice = alice.clone();
-        let conv = group.id.clone();
+        let alice = limited.alice.clone();
+        let conv = limited.group.clone();
         tokio::spawn(async move {
             let mut statuses = Vec::new();
             for i in 0..20 {
@@ -637,78 +648,32 @@ async fn a_request_over_the_message_limit_is_resource_exhausted_and_others_go_on
     // Bob's calls on the same gateway go on meanwhile.
     let mut last = 0;
     for i in 0..20 {
-        last = bob
-            .send(&group.id, &format!("b{i}"), "small")
+        last = limited
+            .bob
+            .send(&limited.group, &format!("b{i}"), "small")
             .await
             .expect("bob sends")
             .seq;
     }
     for status in flood.await.expect("flood task") {
-        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-        assert!(
-            status
-                .message()
-                .contains(&format!("CONFAB_MAX_MESSAGE_BYTES={limit}")),
-            "names the limit: {}",
-            status.message()
-        );
+        limited.assert_over_the_limit(&status);
     }
     // The refusal did not cost alice her connection, nor bob his stream.
-    let ok = alice
-        .send(&group.id, "a-small", "fits")
-        .await
-        .expect("alice sends a small one");
-    assert!(ok.seq > last);
-    live.messages_until(&group.id, ok.seq)
-        .await
-        .expect("bob's stream still delivers");
-    server.stop().await;
+    let seq = limited.still_works("a-small").await;
+    assert!(seq > last);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_frame_over_the_message_limit_ends_that_stream_only() {
-    let limit = 1024 + Transport::REQUEST_HEADROOM;
-    let limit_text = limit.to_string();
-    let server = Embedded::start_with(&[
-        ("CONFAB_MAX_BODY_BYTES", "1024"),
-        ("CONFAB_MAX_MESSAGE_BYTES", &limit_text),
-    ])
-    .await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let group = alice.group("frames", &["bob"]).await;
-    let mut live = bob.live().await;
-    let mut stream = alice.live().await;
+    let limited = Limited::start("frames").await;
+    let mut stream = limited.alice.live().await;
     stream
-        .send(client_frame::Frame::Send(SendFrame {
-            conversation_id: group.id.clone(),
-            client_msg_id: "huge".into(),
-            body: "x".repeat(limit + 1),
-        }))
+        .send_text(&limited.group, "huge", &"x".repeat(limited.limit + 1))
         .await;
-    let status = loop {
-        match stream.next_or_status().await {
-            Ok(_) => continue,
-            Err(status) => break status,
-        }
-    };
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(
-        status
-            .message()
-            .contains(&format!("CONFAB_MAX_MESSAGE_BYTES={limit}")),
-        "names the limit: {}",
-        status.message()
-    );
+    let status = stream.end_status().await;
+    limited.assert_over_the_limit(&status);
     // Bob's stream and alice's unary calls go on.
-    let ok = alice
-        .send(&group.id, "small", "fits")
-        .await
-        .expect("alice sends a small one");
-    live.messages_until(&group.id, ok.seq)
-        .await
-        .expect("bob's stream still delivers");
-    server.stop().await;
+    limited.still_works("small").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

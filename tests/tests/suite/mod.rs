@@ -3,11 +3,24 @@
 //! `tests/distributed.rs`): order and gap-freedom, dedupe, multi-session
 //! delivery, resume, membership changes and every error case.
 
-use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, Resume, SendFrame};
+use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, Resume};
 use confab_tests::server::{Kind, Server, Settings};
 use confab_tests::*;
 use std::collections::HashMap;
 use tonic::Code;
+
+/// A server of `kind` with default settings, and a client for each of
+/// `names`.
+async fn with_users<const N: usize>(kind: Kind, names: [&str; N]) -> (Server, [User; N]) {
+    let server = Server::start(kind, Settings::default()).await;
+    let mut users = Vec::with_capacity(N);
+    for name in names {
+        users.push(server.user(name).await);
+    }
+    let mut users = users.into_iter();
+    let users = std::array::from_fn(|_| users.next().expect("a user per name"));
+    (server, users)
+}
 
 pub async fn concurrent_senders_get_one_gap_free_order_that_every_member_sees(kind: Kind) {
     let server = Server::start(kind, Settings::default()).await;
@@ -92,40 +105,22 @@ pub async fn a_retried_send_returns_the_original_and_stores_nothing_twice(kind: 
     assert_eq!(racy.len(), 1, "one seq for one client_msg_id: {racy:?}");
     // The stream's send frame dedupes too.
     let mut s = alice.live().await;
-    s.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "once".into(),
-        body: "again".into(),
-    }))
-    .await;
-    let ack = loop {
-        if let server_frame::Frame::Ack(a) = s.next_frame().await.expect("frame") {
-            break a;
-        }
-    };
+    s.send_text(&conv.id, "once", "again").await;
+    let ack = s.next_ack().await;
     assert_eq!((ack.seq, ack.error), (first.seq, None));
     assert_eq!(alice.all_seqs(&conv.id).await, vec![1, 2, 3]);
     server.stop().await;
 }
 
 pub async fn every_session_of_every_member_gets_the_message_sender_included(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let (server, [alice, bob, carol]) = with_users(kind, ["alice", "bob", "carol"]).await;
     let conv = alice.group("multi", &["bob"]).await;
     let mut bob1 = bob.live().await;
     let mut bob2 = bob.live().await;
     let mut alice1 = alice.live().await;
     let mut carol1 = carol.live().await;
     // Sent over alice's own stream: she gets the ack and the message.
-    alice1
-        .send(client_frame::Frame::Send(SendFrame {
-            conversation_id: conv.id.clone(),
-            client_msg_id: "m1".into(),
-            body: "hi all".into(),
-        }))
-        .await;
+    alice1.send_text(&conv.id, "m1", "hi all").await;
     for s in [&mut bob1, &mut bob2, &mut alice1] {
         let (msgs, _) = s.messages_until(&conv.id, 2).await.expect("delivered");
         assert_eq!(seqs(&msgs), vec![2]);
@@ -144,9 +139,7 @@ pub async fn every_session_of_every_member_gets_the_message_sender_included(kind
 }
 
 pub async fn resume_sends_exactly_what_was_missed_while_others_keep_sending(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
+    let (server, [alice, bob]) = with_users(kind, ["alice", "bob"]).await;
     let conv = alice.group("resume", &["bob"]).await;
     for i in 0..20 {
         alice
@@ -206,9 +199,7 @@ pub async fn resume_sends_exactly_what_was_missed_while_others_keep_sending(kind
 /// stream goes on (the session computed `seq + 1`, overflowing: its task
 /// panicked and the stream just ended; found writing the fuzz targets).
 pub async fn resuming_from_the_largest_seq_is_caught_up_and_the_stream_goes_on(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
+    let (server, [alice, bob]) = with_users(kind, ["alice", "bob"]).await;
     let conv = alice.group("max-seq", &["bob"]).await;
     alice.send(&conv.id, "m1", "x").await.expect("send");
     let mut s = bob
@@ -235,25 +226,12 @@ pub async fn resuming_from_the_largest_seq_is_caught_up_and_the_stream_goes_on(k
 }
 
 pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
-    let carol = server.user("carol").await;
+    let (server, [alice, bob, carol]) = with_users(kind, ["alice", "bob", "carol"]).await;
     let conv = alice.group("team", &["bob"]).await;
     assert_eq!(conv.last_seq, 1);
     let mut carol_s = carol.live().await;
     let mut bob_s = bob.live().await;
-    let req = confab_proto::v1::AddMembersRequest {
-        conversation_id: conv.id.clone(),
-        member_ids: vec!["carol".into()],
-    };
-    let after_add = bob
-        .client
-        .clone()
-        .add_members(bob.req(req))
-        .await
-        .expect("add")
-        .into_inner();
+    let after_add = bob.add_members(&conv.id, &["carol"]).await.expect("add");
     assert_eq!((after_add.last_seq, after_add.member_ids.len()), (2, 3));
     let (msgs, _) = carol_s
         .messages_until(&conv.id, 2)
@@ -270,14 +248,8 @@ pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(
         .expect("carol sees messages");
     assert_eq!(msgs[0].body, "welcome");
     // alice removes carol: carol sees her removal and nothing after it.
-    let req = confab_proto::v1::RemoveMemberRequest {
-        conversation_id: conv.id.clone(),
-        member_id: "carol".into(),
-    };
     alice
-        .client
-        .clone()
-        .remove_member(alice.req(req))
+        .remove_member(&conv.id, "carol")
         .await
         .expect("remove");
     alice
@@ -308,42 +280,18 @@ pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(
         .expect_err("no longer a member");
     assert_eq!(err.code(), Code::PermissionDenied);
     // bob leaves.
-    let req = confab_proto::v1::RemoveMemberRequest {
-        conversation_id: conv.id.clone(),
-        member_id: "bob".into(),
-    };
-    let after = bob
-        .client
-        .clone()
-        .remove_member(bob.req(req))
-        .await
-        .expect("leave")
-        .into_inner();
+    let after = bob.remove_member(&conv.id, "bob").await.expect("leave");
     assert_eq!(after.member_ids, vec!["alice".to_string()]);
-    let list = bob
-        .client
-        .clone()
-        .list_conversations(bob.req(Default::default()))
-        .await
-        .expect("list")
-        .into_inner();
+    let list = bob.list().await.expect("list");
     assert!(list.conversations.is_empty());
-    let list = alice
-        .client
-        .clone()
-        .list_conversations(alice.req(Default::default()))
-        .await
-        .expect("list")
-        .into_inner();
+    let list = alice.list().await.expect("list");
     assert_eq!(list.conversations.len(), 1);
     assert_eq!(list.conversations[0].last_seq, 6);
     server.stop().await;
 }
 
 pub async fn direct_conversations_are_unique_per_pair(kind: Kind) {
-    let server = Server::start(kind, Settings::default()).await;
-    let alice = server.user("alice").await;
-    let bob = server.user("bob").await;
+    let (server, [alice, bob]) = with_users(kind, ["alice", "bob"]).await;
     let a = alice
         .create(ConversationKind::Direct, "", &["bob"])
         .await
@@ -397,6 +345,28 @@ pub async fn history_pages_by_seq_in_both_directions(kind: Kind) {
     server.stop().await;
 }
 
+/// `r` failed with `code`, its message mentioning `says`.
+fn expect_refused(r: Result<confab_proto::v1::Message, tonic::Status>, code: Code, says: &str) {
+    let e = r.expect_err("must fail");
+    assert_eq!(e.code(), code, "{e:?}");
+    assert!(
+        e.message().contains(says),
+        "message {:?} should mention {says:?}",
+        e.message()
+    );
+}
+
+/// `user` may neither send to nor read `conv`: both fail with `code`, the
+/// send saying `says`.
+async fn refused_send_and_read(user: &User, conv: &str, code: Code, says: &str) {
+    expect_refused(user.send(conv, "m", "let me in").await, code, says);
+    let e = user
+        .history(conv, None, None, 10)
+        .await
+        .expect_err("a refused read");
+    assert_eq!(e.code(), code);
+}
+
 pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
     let server = Server::start(
         kind,
@@ -412,15 +382,7 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
     let conv = alice.group("guarded", &["bob"]).await;
     let mut bob_s = bob.live().await;
 
-    let expect = |r: Result<confab_proto::v1::Message, tonic::Status>, code: Code, says: &str| {
-        let e = r.expect_err("must fail");
-        assert_eq!(e.code(), code, "{e:?}");
-        assert!(
-            e.message().contains(says),
-            "message {:?} should mention {says:?}",
-            e.message()
-        );
-    };
+    let expect = expect_refused;
     // Authentication.
     let anon = User::with_token(server.addr(), "x", "").await;
     let mut req = tonic::Request::new(confab_proto::v1::SendMessageRequest::default());
@@ -450,16 +412,7 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
         .mint_expiring_at("alice", 1_000)
         .expect("mint");
     let expired = User::with_token(server.addr(), "alice", &expired_token).await;
-    expect(
-        expired.send(&conv.id, "e", "x").await,
-        Code::Unauthenticated,
-        "expired",
-    );
-    let e = expired
-        .history(&conv.id, None, None, 1)
-        .await
-        .expect_err("expired read");
-    assert_eq!(e.code(), Code::Unauthenticated);
+    refused_send_and_read(&expired, &conv.id, Code::Unauthenticated, "expired").await;
     let e = expired
         .session(client_frame::Frame::Ping(Ping::default()))
         .await
@@ -478,37 +431,13 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
     );
 
     // Authorization and existence.
-    expect(
-        mallory.send(&conv.id, "m", "let me in").await,
-        Code::PermissionDenied,
-        "not a member",
-    );
+    refused_send_and_read(&mallory, &conv.id, Code::PermissionDenied, "not a member").await;
     let e = mallory
-        .history(&conv.id, None, None, 10)
-        .await
-        .expect_err("read");
-    assert_eq!(e.code(), Code::PermissionDenied);
-    let req = confab_proto::v1::AddMembersRequest {
-        conversation_id: conv.id.clone(),
-        member_ids: vec!["mallory".into()],
-    };
-    let e = mallory
-        .client
-        .clone()
-        .add_members(mallory.req(req))
+        .add_members(&conv.id, &["mallory"])
         .await
         .expect_err("add self");
     assert_eq!(e.code(), Code::PermissionDenied);
-    expect(
-        alice.send("grp-nope", "m", "hello?").await,
-        Code::NotFound,
-        "does not exist",
-    );
-    let e = alice
-        .history("grp-nope", None, None, 10)
-        .await
-        .expect_err("read unknown");
-    assert_eq!(e.code(), Code::NotFound);
+    refused_send_and_read(&alice, "grp-nope", Code::NotFound, "does not exist").await;
 
     // Validation.
     expect(
@@ -552,23 +481,11 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
 
     // Stream sends report errors in the ack, and the stream goes on.
     let mut s = mallory.live().await;
-    s.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "z".into(),
-        body: "x".into(),
-    }))
-    .await;
-    s.send(client_frame::Frame::Send(SendFrame {
-        conversation_id: conv.id.clone(),
-        client_msg_id: "".into(),
-        body: "x".into(),
-    }))
-    .await;
+    s.send_text(&conv.id, "z", "x").await;
+    s.send_text(&conv.id, "", "x").await;
     let mut codes = Vec::new();
     while codes.len() < 2 {
-        if let server_frame::Frame::Ack(a) = s.next_frame().await.expect("ack") {
-            codes.push(a.error.map(|e| e.code));
-        }
+        codes.push(s.next_ack().await.error.map(|e| e.code));
     }
     codes.sort();
     assert_eq!(
@@ -630,12 +547,7 @@ pub async fn a_reader_that_falls_behind_is_disconnected_and_can_resume(kind: Kin
         last = last.max(s.await.expect("sender"));
     }
     assert_eq!(last, 201);
-    let status = loop {
-        match slow.next_or_status().await {
-            Ok(_) => continue,
-            Err(status) => break status,
-        }
-    };
+    let status = slow.end_status().await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("resume"), "{status:?}");
     // alice was never slowed down or refused, and bob can resume.

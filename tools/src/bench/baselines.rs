@@ -160,7 +160,7 @@ pub async fn kafka(opts: &KafkaOpts) -> Result<KafkaReport> {
             .context("the in-flight limit was closed")?;
         let key = format!("k{}", i % KEYS);
         let within = deadline.saturating_duration_since(Instant::now());
-        let (sent, delivery) = crate::poll(
+        let (sent, delivery) = confab_tests::poll(
             "room in the producer queue",
             within,
             Duration::from_millis(1),
@@ -304,7 +304,7 @@ async fn create_topic(
         }
     };
     let what = format!("topic {topic} to list its {partitions} partitions");
-    crate::poll(&what, ADMIN_TIMEOUT, Duration::from_millis(100), listed_all).await?;
+    confab_tests::poll(&what, ADMIN_TIMEOUT, Duration::from_millis(100), listed_all).await?;
     Ok(admin)
 }
 
@@ -312,7 +312,7 @@ async fn create_topic(
 /// meanwhile), so no record waits for a rebalance.
 async fn wait_for_assignment(consumer: &StreamConsumer, partitions: i32) -> Result<()> {
     let what = format!("the consumer to be assigned all {partitions} partitions");
-    crate::poll(&what, ADMIN_TIMEOUT, Duration::from_millis(20), || {
+    confab_tests::poll(&what, ADMIN_TIMEOUT, Duration::from_millis(20), || {
         std::future::ready(
             consumer
                 .assignment()

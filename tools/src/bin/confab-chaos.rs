@@ -6,7 +6,7 @@
 //! times every fault is applied), `--down-ms N` (how long each target stays
 //! down), `--logs DIR` (keep the services' logs there).
 
-use confab_tests::chaos::{self, Config};
+use confab_tools::chaos::{self, Config};
 use std::time::Duration;
 
 fn main() {

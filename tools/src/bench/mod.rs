@@ -253,9 +253,17 @@ impl Machine {
 }
 
 /// A binary next to the running executable (`confab-bench`, `confab`,
-/// `confab-gateway`, ...): the same build profile as the caller.
+/// `confab-gateway`, ...): the same build profile as the caller. The
+/// tests of the tests crate find `confab-bench` there only once it is
+/// built (`cargo build -p confab-tools`, which `make test` runs).
 pub fn sibling_bin(name: &str) -> PathBuf {
-    crate::confab_bin().with_file_name(name)
+    let bin = confab_tests::confab_bin().with_file_name(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p confab-tools` first (make test and make bench do)",
+        bin.display()
+    );
+    bin
 }
 
 /// Messages per second over `window`.

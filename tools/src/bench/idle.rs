@@ -180,7 +180,7 @@ async fn open(channel: Channel, token: &str) -> Result<Idle, String> {
 /// of polling; the last reading then).
 async fn settled_rss(pid: u32) -> u64 {
     let mut last: Option<u64> = None;
-    let settled = crate::poll(
+    let settled = confab_tests::poll(
         "a settled RSS",
         Duration::from_secs(10),
         Duration::from_millis(500),

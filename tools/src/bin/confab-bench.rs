@@ -10,10 +10,10 @@
 //!   ceiling), run as its own process by `suite`.
 
 use clap::{Args, Parser, Subcommand};
-use confab_tests::bench::load::{self, LoadOpts, Via};
-use confab_tests::bench::suite::{self, SuiteOpts};
-use confab_tests::bench::{echo, Machine};
 use confab_tests::{free_port, DevProcess, SECRET};
+use confab_tools::bench::load::{self, LoadOpts, Via};
+use confab_tools::bench::suite::{self, SuiteOpts};
+use confab_tools::bench::{echo, idle, Machine};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -143,11 +143,11 @@ fn main() {
                 messages,
                 conversations,
             } => {
-                use confab_tests::bench::{baselines, ingest};
+                use confab_tools::bench::{baselines, ingest};
                 let pg = confab_tests::postgres::PgCluster::start_local()?;
                 let broker = confab_tests::broker::Broker::start_memory().await;
                 let logs = tempfile::tempdir()?;
-                let r = ingest::run(&ingest::IngestOpts {
+                print_json(&ingest::run(&ingest::IngestOpts {
                     bootstrap: broker.bootstrap(),
                     database_url: pg.fresh_database().await?,
                     prefix: format!("ingest{}", std::process::id()),
@@ -157,18 +157,15 @@ fn main() {
                     body_bytes: 100,
                     log: logs.path().join("history.log"),
                 })
-                .await?;
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                let r = baselines::postgres_inserts(&baselines::InsertOpts {
+                .await?)?;
+                print_json(&baselines::postgres_inserts(&baselines::InsertOpts {
                     database_url: pg.fresh_database().await?,
                     rows: messages,
                     batch: confab_history::ingest::MAX_BATCH,
                     writers: 8,
                     body_bytes: 100,
                 })
-                .await?;
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                Ok(())
+                .await?)
             }
             Cmd::Idle {
                 streams,
@@ -176,7 +173,7 @@ fn main() {
             } => {
                 let dir = tempfile::tempdir()?;
                 let dev = DevProcess::start(dir.path(), free_port())?;
-                let r = confab_tests::bench::idle::run(&confab_tests::bench::idle::IdleOpts {
+                print_json(&idle::run(&idle::IdleOpts {
                     addr: dev.addr,
                     server_pid: dev.pid(),
                     secret: SECRET.into(),
@@ -184,9 +181,7 @@ fn main() {
                     streams,
                     connections,
                 })
-                .await?;
-                println!("{}", serde_json::to_string_pretty(&r)?);
-                Ok(())
+                .await?)
             }
             Cmd::Suite {
                 smoke,
@@ -274,6 +269,12 @@ async fn load_cmd(a: LoadArgs) -> anyhow::Result<()> {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         println!("JSON: {}", path.display());
     }
+    Ok(())
+}
+
+/// Prints a report as JSON on stdout.
+fn print_json(report: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
     Ok(())
 }
 

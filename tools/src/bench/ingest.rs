@@ -3,7 +3,6 @@
 //! binary is started on it and timed until everything is stored.
 
 use super::{per_sec, CpuMark, ProcStats};
-use crate::procs::ServiceProc;
 use anyhow::{anyhow, ensure, Context, Result};
 use confab_core::validate::{group_conversation_id, new_traceparent};
 use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
@@ -11,6 +10,7 @@ use confab_proto::internal::v1::{
     ingress_record::Command, CreateCommand, IngressRecord, Origin, SendCommand,
 };
 use confab_proto::v1::ConversationKind;
+use confab_tests::procs::ServiceProc;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -129,7 +129,7 @@ pub async fn run(opts: &IngestOpts) -> Result<IngestReport> {
         ("CONFAB_DATABASE_URL", opts.database_url.clone()),
         (
             "CONFAB_SERVICE_TOKEN",
-            crate::topology::SERVICE_TOKEN.into(),
+            confab_tests::topology::SERVICE_TOKEN.into(),
         ),
         ("CONFAB_LOG", "info".into()),
     ]
@@ -228,7 +228,7 @@ async fn measure(
     });
     let history = std::cell::RefCell::new(history);
     let (seen, running) = (&seen, &history);
-    let finished = crate::poll("every send stored", within, POLL, || async move {
+    let finished = confab_tests::poll("every send stored", within, POLL, || async move {
         let at = (Instant::now(), CpuMark::now(pid));
         let read = stored(pool).await;
         let mut s = seen.borrow_mut();

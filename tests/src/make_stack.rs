@@ -1,0 +1,376 @@
+//! `make stack` from a test: the distributed stack as users start it
+//! (PostgreSQL, the nisshi broker, history, router, gateway, and Prometheus
+//! with `PROMETHEUS=1`), in a temporary `CONFAB_STACK_DIR` with the gateway
+//! on a free port, and `make stack-down`, which must leave nothing of what
+//! `make stack` recorded running. A [`MakeStack`] dropped without
+//! [`MakeStack::down`] (a failed test) runs `make stack-down`, kills what
+//! that left of the recorded processes, and keeps the stack directory (its
+//! path is printed).
+
+use crate::free_port;
+use crate::procs::{group_members, running, tail, ChildGuard};
+use std::fs::{self, File};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// How long `make stack` may run: it builds the services (or waits for
+/// another cargo's lock) and, once per machine, installs the broker.
+const STACK_UP: Duration = Duration::from_secs(1800);
+/// How long `make stack-down` may run (each process gets 10 s to stop).
+const STACK_DOWN: Duration = Duration::from_secs(180);
+/// How long the processes may take to vanish once `make stack-down` is done.
+const STACK_GONE: Duration = Duration::from_secs(30);
+/// Lines of each log shown when something fails.
+const LOG_TAIL: usize = 40;
+
+/// The repository root (the parent of the harness crate's directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// What `make stack` recorded in `<stack dir>/pids`: `name pid` lines, each
+/// process leading its own process group (the script starts them with
+/// `setsid`), and a `postgres-cluster <datadir>` line.
+#[derive(Debug, Clone, Default)]
+pub struct Started {
+    /// The recorded processes, by name.
+    pub processes: Vec<(String, u32)>,
+    /// The PostgreSQL cluster's data directory.
+    pub pg_data: Option<PathBuf>,
+}
+
+impl Started {
+    /// Parses the `pids` file.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut started = Self::default();
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let (name, what) = line
+                .trim()
+                .split_once(' ')
+                .ok_or_else(|| format!("not `name pid`: {line:?}"))?;
+            if name == "postgres-cluster" {
+                started.pg_data = Some(PathBuf::from(what.trim()));
+            } else {
+                let pid = what
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("not `name pid`: {line:?}"))?;
+                started.processes.push((name.to_string(), pid));
+            }
+        }
+        Ok(started)
+    }
+
+    /// What of it (and the postmaster `postmaster`) is still running,
+    /// described.
+    fn leftovers(&self, postmaster: Option<u32>) -> Vec<String> {
+        let mut left = Vec::new();
+        for (name, pid) in &self.processes {
+            let members = group_members(*pid);
+            if running(*pid) || !members.is_empty() {
+                left.push(format!(
+                    "{name} (pid {pid}, its process group: {members:?})"
+                ));
+            }
+        }
+        if let Some(pid) = postmaster.filter(|p| running(*p)) {
+            left.push(format!("postgres (postmaster pid {pid})"));
+        }
+        left
+    }
+}
+
+/// How a `make` run ended: its status (`None`: killed after its timeout)
+/// and its stdout and stderr, interleaved.
+pub struct MakeRun {
+    /// Its exit status.
+    pub status: Option<ExitStatus>,
+    /// What it printed.
+    pub output: String,
+}
+
+impl MakeRun {
+    /// Whether it exited 0.
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// How it ended and what it printed, for a failure message.
+    pub fn describe(&self, target: &str, timeout: Duration) -> String {
+        let how = match self.status {
+            Some(status) => format!("exited with {status}"),
+            None => format!("still running after {timeout:?}; killed"),
+        };
+        format!("`make {target}` {how}\n--- its output ---\n{}", self.output)
+    }
+}
+
+/// The distributed stack started by `make stack`; see the module
+/// documentation.
+pub struct MakeStack {
+    root: PathBuf,
+    /// `CONFAB_STACK_DIR`; `None` once kept.
+    dir: Option<tempfile::TempDir>,
+    /// `CONFAB_STACK_DIR`'s path.
+    pub path: PathBuf,
+    /// `CONFAB_STACK_GATEWAY`.
+    pub gateway: SocketAddr,
+    /// More variables for make.
+    env: Vec<(String, String)>,
+    /// `CARGO_TARGET_DIR` for make, so that it starts the binaries built
+    /// with this test; the Makefile's default when unknown.
+    target_dir: Option<PathBuf>,
+    /// False once `make stack-down` succeeded and everything was gone.
+    running: bool,
+}
+
+impl MakeStack {
+    /// Runs `make stack <args>` in the repository `root` with the gateway
+    /// on a free port, its state in a new temporary directory and `env`
+    /// set; fails the test unless it succeeds with every recorded process
+    /// running.
+    pub fn up(root: &Path, args: &[&str], env: &[(&str, String)]) -> MakeStack {
+        let dir = tempfile::Builder::new()
+            .prefix("confab-stack-")
+            .tempdir()
+            .expect("temporary stack directory");
+        // Run as root, the script runs PostgreSQL as the postgres user, which
+        // must be able to reach the cluster below this directory.
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755))
+            .expect("chmod the stack directory");
+        // The guard exists before make runs: a stack that fails halfway has
+        // already started processes.
+        let stack = MakeStack {
+            root: root.to_path_buf(),
+            path: dir.path().to_path_buf(),
+            dir: Some(dir),
+            gateway: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+            target_dir: target_dir(),
+            running: true,
+        };
+        let target: Vec<&str> = std::iter::once("stack")
+            .chain(args.iter().copied())
+            .collect();
+        let run = stack.make(&target, STACK_UP);
+        assert!(
+            run.succeeded(),
+            "{}\n{}",
+            run.describe(&target.join(" "), STACK_UP),
+            stack.diagnostics()
+        );
+        let started = stack.started().unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            started.pg_data.is_some() && !started.processes.is_empty(),
+            "{} records no postgres-cluster line or no process: {started:?}",
+            stack.path.join("pids").display()
+        );
+        let dead: Vec<_> = started
+            .processes
+            .iter()
+            .filter(|(_, pid)| !running(*pid))
+            .collect();
+        assert!(
+            dead.is_empty(),
+            "`make stack` succeeded, but these processes it recorded are not running: {dead:?}\n{}",
+            stack.diagnostics()
+        );
+        stack
+    }
+
+    /// The logs the services write (`<stack dir>/logs`), and PostgreSQL's.
+    pub fn logs(&self) -> Vec<PathBuf> {
+        let mut logs: Vec<PathBuf> = fs::read_dir(self.path.join("logs"))
+            .map(|entries| entries.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        logs.sort();
+        let pg = self.path.join("pg").join("postgres.log");
+        if pg.exists() {
+            logs.push(pg);
+        }
+        logs
+    }
+
+    /// The tails of every log, for a failure message.
+    pub fn diagnostics(&self) -> String {
+        let logs = self.logs();
+        if logs.is_empty() {
+            return format!("(no logs under {})", self.path.display());
+        }
+        log_tails(&logs, LOG_TAIL)
+    }
+
+    /// What `<stack dir>/pids` records.
+    pub fn started(&self) -> Result<Started, String> {
+        let pids = self.path.join("pids");
+        let text = fs::read_to_string(&pids)
+            .map_err(|e| format!("cannot read {}: {e}", pids.display()))?;
+        Started::parse(&text).map_err(|e| format!("{}: {e}", pids.display()))
+    }
+
+    /// Runs `make args...` in the repository root with this stack's
+    /// settings, in its own process group, killed after `timeout`.
+    fn make(&self, args: &[&str], timeout: Duration) -> MakeRun {
+        let log = self.path.join(format!("make-{}.out", args[0]));
+        let out = File::create(&log).expect("make output file");
+        let err = out.try_clone().expect("make output file");
+        let mut command = Command::new("make");
+        command
+            .args(args)
+            .current_dir(&self.root)
+            .env("CONFAB_STACK_DIR", &self.path)
+            .env("CONFAB_STACK_GATEWAY", self.gateway.to_string())
+            // Free ports of the script's choosing, Prometheus only when
+            // asked for, and a make of its own, whatever the environment
+            // this test runs in says.
+            .env_remove("CONFAB_STACK_PG_PORT")
+            .env_remove("CONFAB_STACK_KAFKA_PORT")
+            .env_remove("CONFAB_STACK_PROMETHEUS")
+            .env_remove("PROMETHEUS")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MFLAGS")
+            .env_remove("MAKELEVEL")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        if let Some(dir) = &self.target_dir {
+            command.env("CARGO_TARGET_DIR", dir);
+        }
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run make {}: {e}", args.join(" ")));
+        let status = ChildGuard::group_leader(child).wait_within(timeout);
+        MakeRun {
+            status,
+            output: read(&log),
+        }
+    }
+
+    /// Runs `make stack-down` and checks that it succeeds and that nothing
+    /// `make stack` recorded is left: no process in the group of any
+    /// recorded pid, and no postmaster (pid gone, `postmaster.pid` removed).
+    pub fn down(mut self) {
+        // Read before stack-down, which deletes the record.
+        let started = self.started().unwrap_or_else(|e| panic!("{e}"));
+        let pg_data = started.pg_data.clone().expect("a postgres-cluster line");
+        let postmaster = postmaster_pid(&pg_data);
+        let run = self.make(&["stack-down"], STACK_DOWN);
+        assert!(
+            run.succeeded(),
+            "{}\n{}",
+            run.describe("stack-down", STACK_DOWN),
+            self.diagnostics()
+        );
+        let mut left = Vec::new();
+        let gone = crate::poll_blocking(STACK_GONE, || {
+            left = started.leftovers(postmaster);
+            left.is_empty()
+        });
+        assert!(
+            gone,
+            "{STACK_GONE:?} after `make stack-down` succeeded, still running: {}\n--- its output ---\n{}\n{}",
+            left.join("; "),
+            run.output,
+            self.diagnostics()
+        );
+        let pid_file = pg_data.join("postmaster.pid");
+        assert!(
+            !pid_file.exists(),
+            "{} still exists after `make stack-down`: the cluster was not shut down cleanly\n{}",
+            pid_file.display(),
+            self.diagnostics()
+        );
+        self.running = false;
+    }
+}
+
+impl Drop for MakeStack {
+    fn drop(&mut self) {
+        if self.running {
+            // What was recorded, read before stack-down deletes it.
+            let started = self.started().unwrap_or_default();
+            let postmaster = started.pg_data.as_deref().and_then(postmaster_pid);
+            let run = self.make(&["stack-down"], STACK_DOWN);
+            if !run.succeeded() {
+                eprintln!(
+                    "cleaning up after a failure: {}",
+                    run.describe("stack-down", STACK_DOWN)
+                );
+            }
+            // Last resort, for what stack-down left behind.
+            for (name, pid) in &started.processes {
+                if running(*pid) || !group_members(*pid).is_empty() {
+                    eprintln!("cleaning up after a failure: killing {name} (process group {pid})");
+                    let _ = Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{pid}")])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+            if let Some(pid) = postmaster.filter(|p| running(*p)) {
+                eprintln!("cleaning up after a failure: stopping postmaster {pid} (SIGQUIT)");
+                let _ = Command::new("kill")
+                    .args(["-QUIT", &pid.to_string()])
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("stack directory kept: {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// The `CARGO_TARGET_DIR` the test executable was built in, if it lies at
+/// `<target>/debug/deps/<test>` (the only profile `make stack` runs).
+fn target_dir() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let profile = exe.parent()?.parent()?;
+    if profile.file_name()? != "debug" {
+        return None;
+    }
+    profile.parent().map(Path::to_path_buf)
+}
+
+/// The postmaster's pid: the first line of `<datadir>/postmaster.pid`.
+fn postmaster_pid(pg_data: &Path) -> Option<u32> {
+    fs::read_to_string(pg_data.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A file's text, or a note saying why there is none.
+pub fn read(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
+}
+
+/// The last `lines` lines of each of `logs`, headed by its path.
+pub fn log_tails(logs: &[PathBuf], lines: usize) -> String {
+    logs.iter()
+        .map(|log| {
+            format!(
+                "--- last {lines} lines of {} ---\n{}\n",
+                log.display(),
+                tail(log, lines)
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,104 @@
+//! Each client's `Connect` stream: opened with a ping, then read until the
+//! run ends for acks (over `Connect`) and deliveries.
+
+use super::clients::Client;
+use super::tally::{acked, code_name, due_of, Clock, Counters};
+use crate::bench::Recorder;
+use anyhow::{anyhow, Result};
+use confab_proto::v1::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
+use tonic::{Code, Streaming};
+
+/// Opens `c`'s `Connect` stream and waits for the answer to its first
+/// frame (a ping), so the session is registered for live delivery.
+pub(super) async fn open_stream(
+    c: &Client,
+) -> Result<(usize, mpsc::Sender<ClientFrame>, Streaming<ServerFrame>)> {
+    let (tx, rx) = mpsc::channel::<ClientFrame>(1024);
+    tx.send(ClientFrame {
+        frame: Some(client_frame::Frame::Ping(Ping { nonce: 1 })),
+    })
+    .await
+    .map_err(|_| anyhow!("queue the first frame"))?;
+    let mut inbound = c
+        .chat
+        .clone()
+        .connect(c.req(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        .await
+        .map_err(|s| anyhow!("open stream for {}: {:?} {}", c.user, s.code(), s.message()))?
+        .into_inner();
+    match tokio::time::timeout(Duration::from_secs(20), inbound.message()).await {
+        Ok(Ok(Some(ServerFrame {
+            frame: Some(server_frame::Frame::Pong(_)),
+        }))) => Ok((c.index, tx, inbound)),
+        other => Err(anyhow!("{}: no pong on a new stream: {other:?}", c.user)),
+    }
+}
+
+/// Reads one client's stream until it ends or is aborted: acks (over
+/// Connect) and deliveries.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn read_stream(
+    mut inbound: Streaming<ServerFrame>,
+    clock: Arc<Clock>,
+    counters: Arc<Counters>,
+    members: Arc<HashMap<Arc<str>, u64>>,
+    permits: Arc<Semaphore>,
+    acks: Arc<Mutex<Recorder>>,
+    deliveries: Arc<Mutex<Recorder>>,
+    body_bytes: usize,
+) {
+    loop {
+        let frame = match inbound.message().await {
+            Ok(Some(ServerFrame { frame: Some(f) })) => f,
+            Ok(Some(_)) => continue,
+            Ok(None) => {
+                counters.error("stream ended".into());
+                break;
+            }
+            Err(s) => {
+                counters.error(format!("stream {}", code_name(s.code())));
+                break;
+            }
+        };
+        match frame {
+            server_frame::Frame::Ack(a) => {
+                permits.add_permits(1);
+                let Some(due) = due_of(&a.client_msg_id) else {
+                    continue;
+                };
+                if let Some(e) = a.error {
+                    counters.total_failed.fetch_add(1, Ordering::Relaxed);
+                    counters.error(code_name(Code::from(e.code)));
+                    continue;
+                }
+                acked(&counters, &clock, &members, &a.conversation_id, due, &acks);
+            }
+            server_frame::Frame::Message(m) => {
+                let Some(due) = due_of(&m.client_msg_id) else {
+                    continue;
+                };
+                if m.body.len() != body_bytes {
+                    counters.error("wrong body".into());
+                }
+                counters.total_delivered.fetch_add(1, Ordering::Relaxed);
+                if clock.in_window(due) {
+                    counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut r) = deliveries.lock() {
+                        r.record(clock.since(due));
+                    }
+                }
+            }
+            server_frame::Frame::CaughtUp(c) => {
+                if let Some(e) = c.error {
+                    counters.error(format!("caughtUp {}", code_name(Code::from(e.code))));
+                }
+            }
+            server_frame::Frame::Pong(_) => {}
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! `make bench`: every measurement in one run on this machine, with the
+//! ceilings of the parts measured alongside, so results read as ratios.
+//!
+//! 1. The gRPC ceiling: the echo server as its own process, driven like
+//!    embedded mode's unary sends.
+//! 2. Embedded mode (`confab dev` as its own process): unary and `Connect`
+//!    sends as fast as possible, `Connect` at a fixed rate for latency, and
+//!    idle `Connect` streams on a fresh process for memory per stream.
+//! 3. The distributed stack on one PostgreSQL cluster and one nisshi broker
+//!    (on its memory engine; see below): the Kafka and database
+//!    ceilings, history's isolated ingest rate, `GetHistory` on a table of
+//!    millions of rows, sends as fast as possible and at a fixed rate, and
+//!    idle streams on the gateway.
+//!
+//! Each target of the performance issue is then checked and reported as
+//! met or missed (`targets`); nothing fails the run but an error. The
+//! report prints as a table (`table`); the echo server and the stack are
+//! started by `procs`.
+
+mod procs;
+mod table;
+mod targets;
+
+pub use table::table;
+pub use targets::Target;
+
+use procs::{ready, start_stack, watch, EchoProcess};
+use targets::targets;
+
+use super::baselines::{self, InsertOpts, InsertReport, KafkaOpts, KafkaReport};
+use super::idle::{self, IdleOpts, IdleReport};
+use super::ingest::{self, IngestOpts, IngestReport};
+use super::load::{self, LoadOpts, LoadReport, Via};
+use super::reads::{self, GenerateOpts, GenerateReport, ReadOpts, ReadReport};
+use super::Machine;
+use anyhow::{Context, Result};
+use confab_tests::broker::Broker;
+use confab_tests::postgres::PgCluster;
+use confab_tests::{free_port, DevProcess, SECRET};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// A part of the suite, to run alone (`confab-bench suite --only`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Section {
+    /// The bare tonic echo server (the gRPC ceiling).
+    Echo,
+    /// `confab dev`: unary and Connect, as fast as possible and at the fixed rate.
+    Embedded,
+    /// Idle `Connect` streams, on `confab dev` and on the gateway.
+    Idle,
+    /// Raw rdkafka through the broker (the Kafka ceiling).
+    Kafka,
+    /// Raw batched inserts into PostgreSQL (the database ceiling).
+    Inserts,
+    /// History's ingest from a pre-filled ingress topic.
+    Ingest,
+    /// The generated table, and `GetHistory` through the gateway.
+    Reads,
+    /// Sends through history, router and gateway.
+    Distributed,
+}
+
+/// How big a run is.
+#[derive(Debug, Clone)]
+pub struct SuiteOpts {
+    /// The parts to run; empty: all of them.
+    pub only: Vec<Section>,
+    /// Measured seconds per load run.
+    pub seconds: u64,
+    /// Warm-up seconds per load run.
+    pub warmup: u64,
+    /// Clients per load run.
+    pub clients: usize,
+    /// Conversations per load run.
+    pub conversations: usize,
+    /// Sends in flight per client when sending as fast as possible.
+    pub in_flight: usize,
+    /// The fixed rate latency is measured at (messages/s).
+    pub latency_rate: f64,
+    /// Idle `Connect` streams, and the connections they share.
+    pub idle_streams: usize,
+    pub idle_connections: usize,
+    /// Rows the history-read table is filled with, over this many
+    /// conversations.
+    pub history_rows: u64,
+    pub history_conversations: u64,
+    /// `GetHistory` calls measured.
+    pub history_requests: u64,
+    /// Messages for the Kafka ceiling, the insert ceiling and the ingest
+    /// run.
+    pub kafka_messages: u64,
+    pub insert_rows: u64,
+    pub ingest_messages: u64,
+    /// Body size of every message.
+    pub body_bytes: usize,
+    /// Where the services' logs go.
+    pub log_dir: PathBuf,
+}
+
+impl SuiteOpts {
+    /// What `make bench` runs (about 15 minutes on 2 cores, most of it
+    /// filling the 10M-row table).
+    pub fn full(log_dir: PathBuf) -> Self {
+        Self {
+            seconds: 15,
+            warmup: 3,
+            clients: 200,
+            conversations: 100,
+            in_flight: 16,
+            latency_rate: 5000.0,
+            idle_streams: 20_000,
+            idle_connections: 200,
+            history_rows: 10_000_000,
+            history_conversations: 1_000,
+            history_requests: 20_000,
+            kafka_messages: 200_000,
+            insert_rows: 500_000,
+            ingest_messages: 200_000,
+            body_bytes: 100,
+            log_dir,
+            only: Vec::new(),
+        }
+    }
+
+    /// A run of every part in about a minute, to check the harness itself
+    /// (what `make test` runs); its numbers mean little.
+    pub fn smoke(log_dir: PathBuf) -> Self {
+        Self {
+            seconds: 2,
+            warmup: 1,
+            clients: 8,
+            conversations: 6,
+            in_flight: 4,
+            latency_rate: 200.0,
+            idle_streams: 300,
+            idle_connections: 10,
+            history_rows: 20_000,
+            history_conversations: 10,
+            history_requests: 300,
+            kafka_messages: 2_000,
+            insert_rows: 5_000,
+            ingest_messages: 2_000,
+            body_bytes: 100,
+            log_dir,
+            only: Vec::new(),
+        }
+    }
+
+    /// Whether `section` is part of this run.
+    pub fn runs(&self, section: Section) -> bool {
+        self.only.is_empty() || self.only.contains(&section)
+    }
+
+    fn load(&self, label: &str, target: SocketAddr, via: Via, rate: Option<f64>) -> LoadOpts {
+        let mut o = LoadOpts::new(label, target, SECRET);
+        o.clients = self.clients;
+        o.conversations = self.conversations;
+        o.in_flight = self.in_flight;
+        o.via = via;
+        o.rate = rate;
+        o.warmup = Duration::from_secs(self.warmup);
+        o.duration = Duration::from_secs(self.seconds);
+        o.body_bytes = self.body_bytes;
+        o
+    }
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SuiteReport {
+    pub machine: Machine,
+    pub started_unix: u64,
+    pub seconds: f64,
+    /// The echo server driven like embedded mode's unary sends.
+    pub echo: Option<LoadReport>,
+    /// Embedded mode (`confab dev`).
+    pub embedded: Vec<LoadReport>,
+    pub embedded_idle: Option<IdleReport>,
+    pub kafka: Option<KafkaReport>,
+    pub inserts: Option<InsertReport>,
+    pub ingest: Option<IngestReport>,
+    pub history_table: Option<GenerateReport>,
+    /// `GetHistory` from one client: the latency of a page.
+    pub history_reads: Option<ReadReport>,
+    /// `GetHistory` from four clients at once: the same under load.
+    pub history_reads_loaded: Option<ReadReport>,
+    /// The distributed stack.
+    pub distributed: Vec<LoadReport>,
+    pub gateway_idle: Option<IdleReport>,
+    pub targets: Vec<Target>,
+}
+
+/// Runs everything.
+pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.log_dir).context("log directory")?;
+    let mut report = SuiteReport {
+        machine: Machine::detect(),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        ..Default::default()
+    };
+
+    // 1. The gRPC ceiling.
+    if opts.runs(Section::Echo) {
+        step("echo server (the gRPC ceiling)");
+        let echo = EchoProcess::start(&opts.log_dir.join("echo.log")).await?;
+        let mut o = opts.load("echo unary max", echo.addr, Via::Unary, None);
+        o.confab = false;
+        o.watch = vec![("echo server".into(), echo.pid())];
+        report.echo = Some(show(load::run(&o).await?));
+    }
+
+    // 2. Embedded mode.
+    if opts.runs(Section::Embedded) {
+        step("embedded mode (confab dev)");
+        let dir = tempfile::tempdir().context("data directory")?;
+        let dev = DevProcess::start(dir.path(), free_port())?;
+        for (label, via, rate) in [
+            ("embedded unary max", Via::Unary, None),
+            ("embedded connect max", Via::Connect, None),
+            (
+                "embedded connect fixed rate",
+                Via::Connect,
+                Some(opts.latency_rate),
+            ),
+        ] {
+            let mut o = opts.load(label, dev.addr, via, rate);
+            o.watch = vec![("confab dev".into(), dev.pid())];
+            report.embedded.push(show(load::run(&o).await?));
+        }
+    }
+    if opts.runs(Section::Idle) {
+        step("idle Connect streams on a fresh confab dev");
+        let dir = tempfile::tempdir().context("data directory")?;
+        let dev = DevProcess::start(dir.path(), free_port())?;
+        let r = idle::run(&IdleOpts {
+            addr: dev.addr,
+            server_pid: dev.pid(),
+            secret: SECRET.into(),
+            user_prefix: "idle-embedded-".into(),
+            streams: opts.idle_streams,
+            connections: opts.idle_connections,
+        })
+        .await?;
+        report.embedded_idle = Some(noted(r));
+    }
+
+    // 3. The distributed stack and its parts.
+    let stacked = [Section::Idle, Section::Reads, Section::Distributed];
+    let needs_stack = stacked.into_iter().any(|s| opts.runs(s));
+    let parts = [Section::Kafka, Section::Inserts, Section::Ingest];
+    if !needs_stack && !parts.into_iter().any(|s| opts.runs(s)) {
+        report.seconds = started.elapsed().as_secs_f64();
+        report.targets = targets(&report, opts);
+        return Ok(report);
+    }
+    step("PostgreSQL and the nisshi broker");
+    let pg = PgCluster::start_local()?;
+    // The broker keeps its log in memory: on nisshi's PostgreSQL engine a
+    // consumer that falls behind gets slower the further behind it is (its
+    // fetch query sums every record up to the high watermark), so a run
+    // that saturates anything measures that instead (docs/benchmarks.md).
+    let broker = Broker::start_memory().await;
+
+    if opts.runs(Section::Kafka) {
+        step("the Kafka ceiling (raw rdkafka through the same broker)");
+        let r = baselines::kafka(&KafkaOpts {
+            bootstrap: broker.bootstrap(),
+            topic_prefix: format!("bench{}", std::process::id()),
+            partitions: 8,
+            messages: opts.kafka_messages,
+            payload_bytes: ingress_record_bytes(opts.body_bytes),
+            in_flight: 1000,
+        })
+        .await?;
+        report.kafka = Some(noted(r));
+    }
+
+    if opts.runs(Section::Inserts) {
+        step("the database ceiling (raw batched inserts)");
+        let r = baselines::postgres_inserts(&InsertOpts {
+            database_url: pg.fresh_database().await?,
+            rows: opts.insert_rows,
+            batch: confab_history::ingest::MAX_BATCH,
+            writers: 8,
+            body_bytes: opts.body_bytes,
+        })
+        .await?;
+        report.inserts = Some(noted(r));
+    }
+
+    if opts.runs(Section::Ingest) {
+        step("history's ingest (a pre-filled ingress topic)");
+        let r = ingest::run(&IngestOpts {
+            bootstrap: broker.bootstrap(),
+            database_url: pg.fresh_database().await?,
+            prefix: format!("ingest{}", std::process::id()),
+            partitions: 8,
+            messages: opts.ingest_messages,
+            conversations: 200.min(opts.ingest_messages.max(1)),
+            body_bytes: opts.body_bytes,
+            log: opts.log_dir.join("history-ingest.log"),
+        })
+        .await?;
+        report.ingest = Some(noted(r));
+    }
+
+    if !needs_stack {
+        drop(broker);
+        drop(pg);
+        report.targets = targets(&report, opts);
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let reader = "bench-reader".to_string();
+    let database_url = pg.fresh_database().await?;
+    if opts.runs(Section::Reads) {
+        step(&format!(
+            "filling history's table with {} rows",
+            opts.history_rows
+        ));
+        let r = reads::generate(&GenerateOpts {
+            database_url: database_url.clone(),
+            rows: opts.history_rows,
+            conversations: opts.history_conversations,
+            reader: reader.clone(),
+            body_bytes: opts.body_bytes,
+        })
+        .await?;
+        report.history_table = Some(noted(r));
+    }
+
+    step("the distributed stack: history, router, gateway");
+    let mut stack = start_stack(&broker, &database_url, &opts.log_dir);
+    let gateway = stack.gateway_addr(0);
+    ready(gateway).await?;
+
+    if opts.runs(Section::Idle) {
+        step("idle Connect streams on the gateway");
+        let r = idle::run(&IdleOpts {
+            addr: gateway,
+            server_pid: stack.gateways[0].pid().context("gateway pid")?,
+            secret: SECRET.into(),
+            user_prefix: "idle-gateway-".into(),
+            streams: opts.idle_streams,
+            connections: opts.idle_connections,
+        })
+        .await?;
+        report.gateway_idle = Some(noted(r));
+    }
+
+    if opts.runs(Section::Reads) {
+        for concurrency in [1, 4] {
+            step(&format!(
+                "GetHistory through the gateway, {concurrency} client(s)"
+            ));
+            let r = reads::measure(&ReadOpts {
+                gateway,
+                secret: SECRET.into(),
+                reader: reader.clone(),
+                conversations: opts.history_conversations,
+                rows_per_conversation: opts.history_rows / opts.history_conversations.max(1),
+                page: 50,
+                requests: opts.history_requests,
+                concurrency,
+            })
+            .await?;
+            eprintln!("{r:?}");
+            if concurrency == 1 {
+                report.history_reads = Some(r);
+            } else {
+                report.history_reads_loaded = Some(r);
+            }
+        }
+    }
+
+    if opts.runs(Section::Distributed) {
+        step("sends through the distributed stack");
+        for (label, via, rate) in [
+            ("distributed connect max", Via::Connect, None),
+            ("distributed unary max", Via::Unary, None),
+            (
+                "distributed connect fixed rate",
+                Via::Connect,
+                Some(opts.latency_rate),
+            ),
+        ] {
+            let mut o = opts.load(label, gateway, via, rate);
+            o.watch = watch(&stack);
+            report.distributed.push(show(load::run(&o).await?));
+        }
+    }
+    stack.terminate(Duration::from_secs(10)).await;
+    drop(broker);
+    drop(pg);
+
+    report.targets = targets(&report, opts);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// `r`, printed to stderr as it is.
+fn noted<T: std::fmt::Debug>(r: T) -> T {
+    eprintln!("{r:?}");
+    r
+}
+
+fn step(what: &str) {
+    eprintln!("\n== {what}");
+}
+
+fn show(r: LoadReport) -> LoadReport {
+    eprint!("{}", load::describe(&r));
+    r
+}
+
+/// The encoded size of an IngressRecord carrying a send of `body` bytes,
+/// the payload the Kafka ceiling moves.
+fn ingress_record_bytes(body: usize) -> usize {
+    use confab_proto::internal::v1::{ingress_record, IngressRecord, Origin, SendCommand};
+    use prost::Message as _;
+    IngressRecord {
+        origin: Some(Origin {
+            gateway_id: "gateway-1".into(),
+            request_id: u64::MAX / 3,
+        }),
+        actor_id: "bench1234x56-u123".into(),
+        conversation_id: "0123456789abcdef0123456789abcdef".into(),
+        command: Some(ingress_record::Command::Send(SendCommand {
+            client_msg_id: "123456789012.12.1234".into(),
+            body: "x".repeat(body),
+        })),
+        traceparent: "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01".into(),
+        accepted_at_ms: 1_800_000_000_000,
+    }
+    .encoded_len()
+}

@@ -1,0 +1,114 @@
+//! The suite's report as the table `make bench` prints.
+
+use super::SuiteReport;
+
+/// The report as a table.
+pub fn table(r: &SuiteReport) -> String {
+    let m = &r.machine;
+    let mut s = format!(
+        "Confab benchmark: {} ({} cores, {} GiB), Linux {}, {} build, {:.0} s\n\n",
+        m.cpu_model,
+        m.cores,
+        m.memory_gib,
+        m.kernel,
+        if m.release_build { "release" } else { "DEBUG" },
+        r.seconds
+    );
+    s.push_str(&format!(
+        "{:<32} {:>10} {:>10} {:>12} {:>30} {:>30}\n",
+        "run",
+        "sent/s",
+        "acked/s",
+        "delivered/s",
+        "ack p50/p90/p99/p99.9/max",
+        "delivery p50/p90/p99/p99.9/max"
+    ));
+    for l in r.echo.iter().chain(&r.embedded).chain(&r.distributed) {
+        s.push_str(&format!(
+            "{:<32} {:>10.0} {:>10.0} {:>12.0} {:>30} {:>30}\n",
+            l.label,
+            l.sent_per_sec,
+            l.acked_per_sec,
+            l.delivered_per_sec,
+            l.ack.brief(),
+            l.delivery.brief()
+        ));
+        let errors: u64 = l.errors.values().sum();
+        if errors > 0 {
+            s.push_str(&format!("{:<32} errors: {:?}\n", "", l.errors));
+        }
+        for p in &l.processes {
+            s.push_str(&format!(
+                "{:<32}   {}: {:.2} cores, RSS {} MiB\n",
+                "",
+                p.label,
+                p.cores,
+                p.rss_kib / 1024
+            ));
+        }
+    }
+    if let Some(k) = &r.kafka {
+        s.push_str(&format!(
+            "\nKafka ceiling: {} x {} B: produced {:.0}/s, consumed {:.0}/s; produce->ack {}; produce->consume {}\n",
+            k.messages, k.payload_bytes, k.produced_per_sec, k.consumed_per_sec, k.produce_ack.brief(), k.produce_to_consume.brief()
+        ));
+    }
+    if let Some(i) = &r.inserts {
+        s.push_str(&format!(
+            "Database ceiling: {} rows in batches of {} by {} writers: {:.0} rows/s; batch {}\n",
+            i.rows,
+            i.batch,
+            i.writers,
+            i.rows_per_sec,
+            i.batch_latency.brief()
+        ));
+    }
+    if let Some(i) = &r.ingest {
+        s.push_str(&format!(
+            "History ingest: {} messages over {} conversations: {:.0}/s (history {:.2} cores)\n",
+            i.messages, i.conversations, i.sequenced_per_sec, i.history.cores
+        ));
+    }
+    if let Some(g) = &r.history_table {
+        s.push_str(&format!(
+            "GetHistory: {} rows ({} MiB) over {} conversations, generated in {:.0} s\n",
+            g.rows,
+            g.table_bytes >> 20,
+            g.conversations,
+            g.seconds,
+        ));
+    }
+    for h in r.history_reads.iter().chain(&r.history_reads_loaded) {
+        s.push_str(&format!(
+            "GetHistory, {} client(s): {} pages of {}: {:.0}/s, {}\n",
+            h.concurrency,
+            h.requests,
+            h.page,
+            h.per_sec,
+            h.latency.brief()
+        ));
+    }
+    for (name, idle) in [("embedded", &r.embedded_idle), ("gateway", &r.gateway_idle)] {
+        if let Some(i) = idle {
+            s.push_str(&format!(
+                "Idle streams ({name}): {} streams over {} connections: RSS {} -> {} MiB, {:.1} KiB per stream\n",
+                i.streams,
+                i.connections,
+                i.rss_before_kib / 1024,
+                i.rss_after_kib / 1024,
+                i.bytes_per_stream / 1024.0
+            ));
+        }
+    }
+    s.push_str("\nTargets:\n");
+    for t in &r.targets {
+        s.push_str(&format!(
+            "  [{}] {}: {} — {}\n",
+            if t.met { "met " } else { "MISS" },
+            t.name,
+            t.goal,
+            t.measured
+        ));
+    }
+    s
+}

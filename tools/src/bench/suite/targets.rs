@@ -1,0 +1,125 @@
+//! The targets of the performance issue, met or missed by what a run
+//! measured.
+
+use super::{LoadReport, SuiteOpts, SuiteReport};
+use serde::{Deserialize, Serialize};
+
+/// One target of the issue, as measured.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Target {
+    pub name: String,
+    /// The goal, in words.
+    pub goal: String,
+    /// What was measured, in words.
+    pub measured: String,
+    pub met: bool,
+}
+
+/// The issue's targets against what was measured.
+pub(super) fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
+    let mut t = Vec::new();
+    let find = |list: &[LoadReport], label: &str| list.iter().find(|x| x.label == label).cloned();
+    if let (Some(echo), Some(emb)) = (&r.echo, find(&r.embedded, "embedded unary max")) {
+        let ratio = emb.acked_per_sec / echo.acked_per_sec.max(1e-9);
+        let connect = find(&r.embedded, "embedded connect max")
+            .map(|c| c.acked_per_sec / echo.acked_per_sec.max(1e-9))
+            .unwrap_or(0.0);
+        t.push(Target {
+            name: "embedded sends vs the gRPC ceiling".into(),
+            goal: ">= 50% of the bare tonic echo server's calls/s".into(),
+            measured: format!(
+                "unary {:.0}/s = {:.0}% of echo {:.0}/s (Connect: {:.0}%)",
+                emb.acked_per_sec,
+                ratio * 100.0,
+                echo.acked_per_sec,
+                connect * 100.0
+            ),
+            met: ratio >= 0.5,
+        });
+    }
+    let best = r
+        .distributed
+        .iter()
+        .filter(|x| x.target_rate.is_none())
+        .max_by(|a, b| a.acked_per_sec.total_cmp(&b.acked_per_sec));
+    if let Some(d) = best {
+        let delivered_msgs = d.delivered_per_sec / d.fanout.max(1.0);
+        t.push(Target {
+            name: "distributed throughput".into(),
+            goal: ">= 20000 messages/s sequenced and delivered".into(),
+            measured: format!(
+                "{}: {:.0} sequenced/s, {:.0} delivered/s ({:.0} deliveries/s at fanout {:.2})",
+                d.label, d.acked_per_sec, delivered_msgs, d.delivered_per_sec, d.fanout
+            ),
+            met: d.acked_per_sec >= 20_000.0 && delivered_msgs >= 20_000.0,
+        });
+    }
+    if let Some(d) = find(&r.distributed, "distributed connect fixed rate") {
+        t.push(Target {
+            name: "distributed latency".into(),
+            goal: format!(
+                "p99 send->delivery <= 25 ms at {:.0} messages/s",
+                opts.latency_rate
+            ),
+            measured: format!(
+                "p99 {:.2} ms at {:.0} acked/s (p50 {:.2} ms, max {:.2} ms)",
+                d.delivery.p99_us as f64 / 1000.0,
+                d.acked_per_sec,
+                d.delivery.p50_us as f64 / 1000.0,
+                d.delivery.max_us as f64 / 1000.0
+            ),
+            met: d.delivery.p99_us <= 25_000 && d.acked_per_sec >= opts.latency_rate * 0.95,
+        });
+    }
+    for (name, idle) in [("embedded", &r.embedded_idle), ("gateway", &r.gateway_idle)] {
+        if let Some(i) = idle {
+            t.push(Target {
+                name: format!("idle Connect streams ({name})"),
+                goal: "<= 16 KiB RSS per idle stream".into(),
+                measured: format!(
+                    "{:.1} KiB per stream ({} streams over {} connections)",
+                    i.bytes_per_stream / 1024.0,
+                    i.streams,
+                    i.connections
+                ),
+                met: i.bytes_per_stream <= 16.0 * 1024.0 && i.errors.is_empty(),
+            });
+        }
+    }
+    if let (Some(reads), Some(table)) = (&r.history_reads, &r.history_table) {
+        t.push(Target {
+            name: "GetHistory".into(),
+            goal: "p99 <= 2 ms for a 50-message page on a 10M-row table".into(),
+            measured: format!(
+                "p99 {:.2} ms (p50 {:.2} ms) on {} rows, one client{}",
+                reads.latency.p99_us as f64 / 1000.0,
+                reads.latency.p50_us as f64 / 1000.0,
+                table.rows,
+                r.history_reads_loaded
+                    .as_ref()
+                    .map(|l| format!(
+                        "; p99 {:.2} ms with {} clients at once",
+                        l.latency.p99_us as f64 / 1000.0,
+                        l.concurrency
+                    ))
+                    .unwrap_or_default()
+            ),
+            met: reads.latency.p99_us <= 2_000 && table.rows >= 10_000_000,
+        });
+    }
+    if let (Some(ingest), Some(inserts)) = (&r.ingest, &r.inserts) {
+        let ratio = ingest.sequenced_per_sec / inserts.rows_per_sec.max(1e-9);
+        t.push(Target {
+            name: "history ingest".into(),
+            goal: ">= 70% of raw batched inserts".into(),
+            measured: format!(
+                "{:.0} sequenced/s = {:.0}% of {:.0} rows/s",
+                ingest.sequenced_per_sec,
+                ratio * 100.0,
+                inserts.rows_per_sec
+            ),
+            met: ratio >= 0.7,
+        });
+    }
+    t
+}
