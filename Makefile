@@ -6,6 +6,11 @@ SHELL := /bin/bash
 
 # Builds live outside the clone so every clone and CI run reuses them.
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/confab-target
+# CI builds each fresh clone once: incremental state would only fill the
+# disk (each clone's path gets its own).
+ifdef CI
+export CARGO_INCREMENTAL ?= 0
+endif
 CARGO ?= cargo
 CONFAB := $(CARGO_TARGET_DIR)/debug/confab
 TOOLS := $(HOME)/.cache/confab/tools
