@@ -51,6 +51,9 @@ pub(crate) fn use_opentelemetry() {
 
 /// See [`hops_observed`]. True until [`crate::telemetry`] says otherwise,
 /// so a subscriber installed some other way (a test's) sees every span.
+/// Process-wide on purpose, unlike readiness: it follows what the one
+/// global tracing subscriber records and exports, which every server in
+/// the process shares.
 static HOPS_OBSERVED: AtomicBool = AtomicBool::new(true);
 
 /// Set by [`crate::telemetry`] when it installs the subscriber (and by

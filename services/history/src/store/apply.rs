@@ -4,6 +4,7 @@
 //! binds a run's arrays); the order of loads, decisions and writes is here.
 
 use super::decide::{self, Change, Run, SendFacts, SendRecord, Step};
+use super::rows::Shared;
 use super::StoreError;
 use async_trait::async_trait;
 use confab_core::validate::SizeLimits;
@@ -35,22 +36,10 @@ pub trait BatchTx: Send {
     /// The conversation with its members (locked, where writers are
     /// concurrent), if it exists.
     async fn conversation(&mut self, id: &str) -> Result<Option<Conversation>, StoreError>;
-    /// Inserts a conversation with no messages yet (last seq 0); false, with
-    /// nothing written, if it exists already (a concurrent writer created
-    /// it since it was read).
-    async fn create_conversation(
-        &mut self,
-        id: &str,
-        kind: i32,
-        title: &str,
-        now: i64,
-    ) -> Result<bool, StoreError>;
     /// Makes `users` members of `id`.
     async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError>;
-    /// Removes `user` from `id`.
-    async fn remove_member(&mut self, id: &str, user: &str) -> Result<(), StoreError>;
-    /// Inserts `m` and makes its seq its conversation's last.
-    async fn append(&mut self, m: &Message, now: i64) -> Result<(), StoreError>;
+    /// Runs a statement both stores share; how many rows it affected.
+    async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError>;
 }
 
 /// Applies `batch` in order in `tx`, runs of sends at most `max_run` long,
@@ -146,13 +135,31 @@ async fn write(
     for step in steps {
         match step {
             Step::CreateConversation { kind, title } => {
-                if !tx.create_conversation(id, *kind, title, now).await? {
+                let (kind, title) = (*kind, title.as_str());
+                let created = Shared::CreateConversation {
+                    id,
+                    kind,
+                    title,
+                    now,
+                };
+                // A conversation a concurrent writer created since it was
+                // read: nothing is inserted.
+                if tx.run(created).await? == 0 {
                     return Ok(false);
                 }
             }
             Step::AddMembers(users) => tx.add_members(id, users).await?,
-            Step::RemoveMember(user) => tx.remove_member(id, user).await?,
-            Step::Append(m) => tx.append(m, now).await?,
+            Step::RemoveMember(user) => {
+                tx.run(Shared::RemoveMember { id, user }).await?;
+            }
+            Step::Append(message) => {
+                tx.run(Shared::InsertMessage { message, now }).await?;
+                tx.run(Shared::SetLastSeq {
+                    id,
+                    seq: message.seq,
+                })
+                .await?;
+            }
         }
     }
     Ok(true)

@@ -21,7 +21,7 @@
 
 use super::apply::{self, BatchTx};
 use super::decide;
-use super::rows::{self, ConversationRow, ListedRow, MessageRow, LISTED_COLUMNS};
+use super::rows::{self, ConversationRow, ListedRow, MessageRow, Shared, LISTED_COLUMNS};
 use super::{keyset, now_ms, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{PageCursor, SizeLimits};
@@ -475,22 +475,6 @@ impl BatchTx for Tx {
         load_conversation(self, id, true).await
     }
 
-    /// A conversation created by a concurrent batch since it was read is
-    /// a conflict: nothing is inserted, and false says to decide again.
-    async fn create_conversation(
-        &mut self,
-        id: &str,
-        kind: i32,
-        title: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let inserted = rows::create_conversation(id, kind, title, now)
-            .execute(&mut **self)
-            .await?
-            .rows_affected();
-        Ok(inserted > 0)
-    }
-
     async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO members (conversation_id, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS u",
@@ -502,17 +486,9 @@ impl BatchTx for Tx {
         Ok(())
     }
 
-    async fn remove_member(&mut self, id: &str, user: &str) -> Result<(), StoreError> {
-        rows::remove_member(id, user).execute(&mut **self).await?;
-        Ok(())
-    }
-
-    async fn append(&mut self, m: &Message, now: i64) -> Result<(), StoreError> {
-        rows::insert_message(m, now).execute(&mut **self).await?;
-        rows::set_last_seq(&m.conversation_id, m.seq)
-            .execute(&mut **self)
-            .await?;
-        Ok(())
+    async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
+        let done = rows::shared(statement).execute(&mut **self).await?;
+        Ok(done.rows_affected())
     }
 }
 

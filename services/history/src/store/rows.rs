@@ -95,12 +95,49 @@ pub fn seq_from(v: i64) -> Result<u64, StoreError> {
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative seq {v}")))
 }
 
-/// The statements both stores run as they are, written with `$N`
-/// parameters (SQLite takes `$N` as parameter N, as PostgreSQL does).
+/// A statement both stores run as it is, written with `$N` parameters
+/// (SQLite takes `$N` as parameter N, as PostgreSQL does).
+#[derive(Debug, Clone, Copy)]
+pub enum Shared<'q> {
+    /// Inserts conversation `id` with no messages yet (last seq 0), unless
+    /// it exists: no row is affected then.
+    CreateConversation {
+        /// The conversation.
+        id: &'q str,
+        /// `ConversationKind` as stored.
+        kind: i32,
+        /// Its title.
+        title: &'q str,
+        /// Milliseconds since the epoch.
+        now: i64,
+    },
+    /// Removes `user` from conversation `id`.
+    RemoveMember {
+        /// The conversation.
+        id: &'q str,
+        /// The member.
+        user: &'q str,
+    },
+    /// Inserts `message`.
+    InsertMessage {
+        /// The message.
+        message: &'q Message,
+        /// Milliseconds since the epoch.
+        now: i64,
+    },
+    /// Makes `seq` the last seq of conversation `id`.
+    SetLastSeq {
+        /// The conversation.
+        id: &'q str,
+        /// Its new last seq.
+        seq: u64,
+    },
+}
+
 type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
 
-/// Inserts `m`.
-pub fn insert_message<'q, DB>(m: &'q Message, now: i64) -> Query<'q, DB>
+/// `statement` as a query for either store.
+pub fn shared<'q, DB>(statement: Shared<'q>) -> Query<'q, DB>
 where
     DB: sqlx::Database,
     &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -108,63 +145,41 @@ where
     i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<Vec<u8>>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    sqlx::query(
-        "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(m.conversation_id.as_str())
-    .bind(m.seq as i64)
-    .bind(m.sender_id.as_str())
-    .bind(m.client_msg_id.as_str())
-    .bind(m.kind)
-    .bind(m.body.as_str())
-    .bind(m.membership.as_ref().map(|e| e.encode_to_vec()))
-    .bind(now)
-}
-
-/// Makes `seq` the last seq of conversation `id`.
-pub fn set_last_seq<'q, DB>(id: &'q str, seq: u64) -> Query<'q, DB>
-where
-    DB: sqlx::Database,
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    sqlx::query("UPDATE conversations SET last_seq = $2 WHERE id = $1")
+    match statement {
+        Shared::CreateConversation {
+            id,
+            kind,
+            title,
+            now,
+        } => sqlx::query(
+            "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms)
+             VALUES ($1, $2, $3, 0, $4) ON CONFLICT (id) DO NOTHING",
+        )
         .bind(id)
-        .bind(seq as i64)
-}
-
-/// Inserts conversation `id` with no messages yet (last seq 0), unless it
-/// exists: no row is affected then.
-pub fn create_conversation<'q, DB>(
-    id: &'q str,
-    kind: i32,
-    title: &'q str,
-    now: i64,
-) -> Query<'q, DB>
-where
-    DB: sqlx::Database,
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i32: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    sqlx::query(
-        "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms)
-         VALUES ($1, $2, $3, 0, $4) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(id)
-    .bind(kind)
-    .bind(title)
-    .bind(now)
-}
-
-/// Removes `user` from conversation `id`.
-pub fn remove_member<'q, DB>(id: &'q str, user: &'q str) -> Query<'q, DB>
-where
-    DB: sqlx::Database,
-    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
-        .bind(id)
-        .bind(user)
+        .bind(kind)
+        .bind(title)
+        .bind(now),
+        Shared::RemoveMember { id, user } => {
+            sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
+                .bind(id)
+                .bind(user)
+        }
+        Shared::InsertMessage { message: m, now } => sqlx::query(
+            "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(m.conversation_id.as_str())
+        .bind(m.seq as i64)
+        .bind(m.sender_id.as_str())
+        .bind(m.client_msg_id.as_str())
+        .bind(m.kind)
+        .bind(m.body.as_str())
+        .bind(m.membership.as_ref().map(|e| e.encode_to_vec()))
+        .bind(now),
+        Shared::SetLastSeq { id, seq } => {
+            sqlx::query("UPDATE conversations SET last_seq = $2 WHERE id = $1")
+                .bind(id)
+                .bind(seq as i64)
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! [`WAL_AUTOCHECKPOINT_PAGES`] pages rather than SQLite's default 1,000.
 
 use super::apply::{self, BatchTx};
-use super::rows::{self, ConversationRow, ListedRow, MessageRow, LISTED_COLUMNS};
+use super::rows::{self, ConversationRow, ListedRow, MessageRow, Shared, LISTED_COLUMNS};
 use super::{keyset, now_ms, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{PageCursor, SizeLimits};
@@ -237,20 +237,6 @@ impl BatchTx for Tx {
         load_conversation(self, id).await
     }
 
-    async fn create_conversation(
-        &mut self,
-        id: &str,
-        kind: i32,
-        title: &str,
-        now: i64,
-    ) -> Result<bool, StoreError> {
-        let inserted = rows::create_conversation(id, kind, title, now)
-            .execute(&mut **self)
-            .await?
-            .rows_affected();
-        Ok(inserted > 0)
-    }
-
     async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError> {
         for user in users {
             sqlx::query("INSERT INTO members (conversation_id, user_id) VALUES (?1, ?2)")
@@ -262,17 +248,9 @@ impl BatchTx for Tx {
         Ok(())
     }
 
-    async fn remove_member(&mut self, id: &str, user: &str) -> Result<(), StoreError> {
-        rows::remove_member(id, user).execute(&mut **self).await?;
-        Ok(())
-    }
-
-    async fn append(&mut self, m: &Message, now: i64) -> Result<(), StoreError> {
-        rows::insert_message(m, now).execute(&mut **self).await?;
-        rows::set_last_seq(&m.conversation_id, m.seq)
-            .execute(&mut **self)
-            .await?;
-        Ok(())
+    async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
+        let done = rows::shared(statement).execute(&mut **self).await?;
+        Ok(done.rows_affected())
     }
 }
 
