@@ -487,8 +487,10 @@ impl BatchTx for Tx {
     }
 
     async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
-        let done = rows::shared(statement).execute(&mut **self).await?;
-        Ok(done.rows_affected())
+        Ok(rows::shared(statement)
+            .execute(&mut **self)
+            .await?
+            .rows_affected())
     }
 }
 

@@ -237,20 +237,29 @@ impl BatchTx for Tx {
         load_conversation(self, id).await
     }
 
-    async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError> {
-        for user in users {
-            sqlx::query("INSERT INTO members (conversation_id, user_id) VALUES (?1, ?2)")
-                .bind(id)
-                .bind(user)
-                .execute(&mut **self)
-                .await?;
-        }
-        Ok(())
+    async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
+        Ok(rows::shared(statement)
+            .execute(&mut **self)
+            .await?
+            .rows_affected())
     }
 
-    async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
-        let done = rows::shared(statement).execute(&mut **self).await?;
-        Ok(done.rows_affected())
+    /// One statement for all of them (a group has at most a few thousand
+    /// parameters' worth of members).
+    async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError> {
+        if users.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "INSERT INTO members (conversation_id, user_id) VALUES {}",
+            placeholders(users.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for user in users {
+            q = q.bind(id).bind(user);
+        }
+        q.execute(&mut **self).await?;
+        Ok(())
     }
 }
 
