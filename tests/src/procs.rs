@@ -3,8 +3,11 @@
 //! killed with SIGKILL (a crash) or stopped with SIGTERM (a graceful
 //! shutdown, timed), and started again with the same settings. Output goes
 //! to a log file that survives restarts and whose tail is in every failure.
+//! Also `confab dev` as a process ([`DevProcess`]), and what keeps a child
+//! process from outliving a test ([`ChildGuard`]).
 
-use crate::{confab_bin, DEADLINE};
+use crate::{DEADLINE, GENEROUS_LIMITS, SECRET};
+use anyhow::{anyhow, Context, Result};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -281,4 +284,129 @@ pub fn group_members(pgrp: u32) -> Vec<u32> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| proc_stat(pid).is_some_and(|(state, g)| g == pgrp && state != 'Z'))
         .collect()
+}
+
+/// The `confab` binary built next to the test executable (or `CONFAB_BIN`).
+pub fn confab_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("CONFAB_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // Tests run from `<profile>/deps/`, tools (confab-bench, confab-chaos)
+    // from `<profile>/`.
+    let beside = exe.with_file_name("confab");
+    let bin = if beside.exists() {
+        beside
+    } else {
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target profile dir")
+            .join("confab")
+    };
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p confab` first (make test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// `confab dev` running as a real child process; killed when dropped.
+pub struct DevProcess {
+    /// The process.
+    child: Child,
+    /// Where it serves.
+    pub addr: SocketAddr,
+}
+
+impl DevProcess {
+    /// Starts the binary on `port` with its data in `data_dir`, and waits
+    /// until it accepts connections.
+    pub fn start(data_dir: &Path, port: u16) -> Result<Self> {
+        Self::start_with(data_dir, port, &[], None)
+    }
+
+    /// [`DevProcess::start`] with `env` on top of the test secret and
+    /// [`GENEROUS_LIMITS`] (inherited `CONFAB_*` variables are removed), its
+    /// output to the file `log` (else stderr).
+    pub fn start_with(
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Result<Self> {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let mut cmd = Command::new(confab_bin());
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
+            cmd.env_remove(k);
+        }
+        let (stdout, stderr) = match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).context("log file")?;
+                (Stdio::from(file.try_clone()?), Stdio::from(file))
+            }
+            None => (Stdio::null(), Stdio::inherit()),
+        };
+        let child = cmd
+            .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
+            .arg(data_dir)
+            .env("CONFAB_JWT_SECRET", SECRET)
+            .envs(GENEROUS_LIMITS.iter().copied())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .context("spawn confab dev")?;
+        let mut me = Self { child, addr };
+        let deadline = Instant::now() + DEADLINE;
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(status) = me.child.try_wait()? {
+                return Err(anyhow!("confab dev exited early: {status}"));
+            }
+            if Instant::now() > deadline {
+                return Err(anyhow!("confab dev did not listen on {addr} in time"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(me)
+    }
+
+    /// The process id (for its CPU time and memory).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM: a graceful stop, which [`DevProcess::exited`] then sees.
+    pub fn terminate(&self) {
+        let sent = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM confab dev");
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("the state of confab dev")
+    }
+
+    /// `kill -9`: no shutdown handling at all.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DevProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }

@@ -1,0 +1,357 @@
+//! Typed clients that act as one user each: [`User`] (unary calls, with
+//! the user's token) and [`Session`] (an open `Connect` stream).
+
+use crate::{poll, retry_unavailable, DEADLINE, SECRET};
+use anyhow::{anyhow, Result};
+use confab_auth::Authenticator;
+use confab_proto::v1::chat_client::ChatClient;
+use confab_proto::v1::*;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Request, Status, Streaming};
+
+/// A signed token for `user` with the test secret.
+pub fn token(user: &str) -> String {
+    Authenticator::new(SECRET).mint(user, 3600).expect("mint")
+}
+
+/// One user's client.
+#[derive(Clone)]
+pub struct User {
+    /// The user id.
+    pub name: String,
+    /// `Bearer <token>`.
+    bearer: String,
+    /// The gRPC client.
+    pub client: ChatClient<Channel>,
+}
+
+impl User {
+    /// Connects to `addr` as `name`.
+    pub async fn connect(addr: SocketAddr, name: &str) -> Self {
+        Self::with_token(addr, name, &token(name)).await
+    }
+
+    /// Connects to `addr` presenting `token` (which may be invalid).
+    pub async fn with_token(addr: SocketAddr, name: &str, token: &str) -> Self {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        Self {
+            name: name.to_string(),
+            bearer: format!("Bearer {token}"),
+            client: ChatClient::new(channel),
+        }
+    }
+
+    /// A client acting as `name` over `channel` (e.g. one speaking TLS).
+    pub fn over(channel: Channel, name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            bearer: format!("Bearer {}", token(name)),
+            client: ChatClient::new(channel),
+        }
+    }
+
+    /// Wraps `msg` with this user's authorization metadata.
+    pub fn req<T>(&self, msg: T) -> Request<T> {
+        let mut r = Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", self.bearer.parse().expect("ascii token"));
+        r
+    }
+
+    /// One unary call: `call` on a clone of the client with `msg` and this
+    /// user's authorization; the answer's message.
+    async fn unary<Req, Resp, F, Fut>(&self, msg: Req, call: F) -> Result<Resp, Status>
+    where
+        F: FnOnce(ChatClient<Channel>, Request<Req>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        Ok(call(self.client.clone(), self.req(msg)).await?.into_inner())
+    }
+
+    /// Creates a GROUP with `others` (and this user).
+    pub async fn group(&self, title: &str, others: &[&str]) -> Conversation {
+        self.create(ConversationKind::Group, title, others)
+            .await
+            .expect("create group")
+    }
+
+    /// Creates a conversation.
+    pub async fn create(
+        &self,
+        kind: ConversationKind,
+        title: &str,
+        others: &[&str],
+    ) -> Result<Conversation, Status> {
+        let req = CreateConversationRequest {
+            kind: kind as i32,
+            title: title.into(),
+            member_ids: others.iter().map(|s| s.to_string()).collect(),
+        };
+        self.unary(
+            req,
+            |mut c, r| async move { c.create_conversation(r).await },
+        )
+        .await
+    }
+
+    /// Creates a GROUP with `others` once the server can: retried while it
+    /// answers UNAVAILABLE (a distributed stack whose consumer groups are
+    /// still forming), for up to three [`DEADLINE`]s.
+    pub async fn group_when_ready(&self, title: &str, others: &[&str]) -> Conversation {
+        retry_unavailable("create a group", DEADLINE * 3, || {
+            self.create(ConversationKind::Group, title, others)
+        })
+        .await
+    }
+
+    /// Sends until the outcome comes back: UNAVAILABLE means "not known
+    /// yet", and retrying with the same key is the documented, safe thing
+    /// to do (for up to three [`DEADLINE`]s).
+    pub async fn send_until_acked(&self, conv: &str, client_msg_id: &str, body: &str) -> Message {
+        retry_unavailable(&format!("send {client_msg_id}"), DEADLINE * 3, || {
+            self.send(conv, client_msg_id, body)
+        })
+        .await
+    }
+
+    /// Sends a message; returns it with its seq.
+    pub async fn send(
+        &self,
+        conv: &str,
+        client_msg_id: &str,
+        body: &str,
+    ) -> Result<Message, Status> {
+        let req = SendMessageRequest {
+            conversation_id: conv.into(),
+            client_msg_id: client_msg_id.into(),
+            body: body.into(),
+        };
+        let resp = self
+            .unary(req, |mut c, r| async move { c.send_message(r).await })
+            .await?;
+        resp.message
+            .ok_or_else(|| Status::internal("response without message"))
+    }
+
+    /// Adds `members` to `conv`.
+    pub async fn add_members(&self, conv: &str, members: &[&str]) -> Result<Conversation, Status> {
+        let req = AddMembersRequest {
+            conversation_id: conv.into(),
+            member_ids: members.iter().map(|m| m.to_string()).collect(),
+        };
+        self.unary(req, |mut c, r| async move { c.add_members(r).await })
+            .await
+    }
+
+    /// Removes `member` from `conv` (the user themself: leaves it).
+    pub async fn remove_member(&self, conv: &str, member: &str) -> Result<Conversation, Status> {
+        let req = RemoveMemberRequest {
+            conversation_id: conv.into(),
+            member_id: member.into(),
+        };
+        self.unary(req, |mut c, r| async move { c.remove_member(r).await })
+            .await
+    }
+
+    /// The user's conversations.
+    pub async fn list(&self) -> Result<ListConversationsResponse, Status> {
+        self.unary(ListConversationsRequest {}, |mut c, r| async move {
+            c.list_conversations(r).await
+        })
+        .await
+    }
+
+    /// A page of history.
+    pub async fn history(
+        &self,
+        conv: &str,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<GetHistoryResponse, Status> {
+        let req = GetHistoryRequest {
+            conversation_id: conv.into(),
+            before_seq: before,
+            after_seq: after,
+            limit,
+        };
+        self.unary(req, |mut c, r| async move { c.get_history(r).await })
+            .await
+    }
+
+    /// Every seq of a conversation, read oldest first through the API.
+    pub async fn all_seqs(&self, conv: &str) -> Vec<u64> {
+        self.try_all_seqs(conv).await.expect("history")
+    }
+
+    /// Every seq of a conversation, or the first error of a page.
+    pub async fn try_all_seqs(&self, conv: &str) -> Result<Vec<u64>, Status> {
+        let mut seqs = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.history(conv, None, Some(after), 500).await?;
+            seqs.extend(page.messages.iter().map(|m| m.seq));
+            after = seqs.last().copied().unwrap_or(0);
+            if !page.has_more {
+                return Ok(seqs);
+            }
+        }
+    }
+
+    /// Waits until the newest message of `conv` has a seq above `seq` (a
+    /// failed read is "not yet"), for at most `within`.
+    pub async fn wait_newest_above(&self, conv: &str, seq: u64, within: Duration) -> Result<()> {
+        let what = format!("a message above seq {seq} in {conv}");
+        poll(&what, within, Duration::from_millis(20), || async move {
+            let page = self.history(conv, None, None, 1).await.ok();
+            let newest = page.and_then(|p| p.messages.first().map(|m| m.seq));
+            Ok((newest.unwrap_or(0) > seq).then_some(()))
+        })
+        .await
+    }
+
+    /// Opens a `Connect` session; `first` is sent as its first frame.
+    pub async fn session(&self, first: client_frame::Frame) -> Result<Session, Status> {
+        let (tx, rx) = mpsc::channel::<ClientFrame>(64);
+        tx.send(ClientFrame { frame: Some(first) })
+            .await
+            .expect("queue first frame");
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let inbound = self
+            .client
+            .clone()
+            .connect(self.req(stream))
+            .await?
+            .into_inner();
+        Ok(Session { tx, inbound })
+    }
+
+    /// A live session that resumes nothing (first frame: ping), returned
+    /// once the server has answered, so it is registered for live delivery.
+    pub async fn live(&self) -> Session {
+        let mut s = self
+            .session(client_frame::Frame::Ping(Ping { nonce: 1 }))
+            .await
+            .expect("connect");
+        let pong = s.next_frame().await.expect("pong");
+        assert!(
+            matches!(pong, server_frame::Frame::Pong(Pong { nonce: 1 })),
+            "{pong:?}"
+        );
+        s
+    }
+}
+
+/// An open `Connect` stream.
+pub struct Session {
+    /// Frames to the server.
+    pub tx: mpsc::Sender<ClientFrame>,
+    /// Frames from the server.
+    pub inbound: Streaming<ServerFrame>,
+}
+
+impl Session {
+    /// Sends a frame.
+    pub async fn send(&self, frame: client_frame::Frame) {
+        self.tx
+            .send(ClientFrame { frame: Some(frame) })
+            .await
+            .expect("session open");
+    }
+
+    /// Sends a `send` frame: `body` to `conv` under `client_msg_id`.
+    pub async fn send_text(&self, conv: &str, client_msg_id: &str, body: &str) {
+        self.send(client_frame::Frame::Send(SendFrame {
+            conversation_id: conv.into(),
+            client_msg_id: client_msg_id.into(),
+            body: body.into(),
+        }))
+        .await;
+    }
+
+    /// The next `ack` frame (other frames are skipped).
+    pub async fn next_ack(&mut self) -> SendAck {
+        loop {
+            if let server_frame::Frame::Ack(a) = self.next_frame().await.expect("an ack") {
+                return a;
+            }
+        }
+    }
+
+    /// The status the stream ends with (frames before it are skipped).
+    pub async fn end_status(&mut self) -> Status {
+        loop {
+            if let Err(status) = self.next_or_status().await {
+                return status;
+            }
+        }
+    }
+
+    /// The next frame, failing the test after `DEADLINE`.
+    pub async fn next_frame(&mut self) -> Result<server_frame::Frame> {
+        let next = tokio::time::timeout(DEADLINE, self.inbound.message())
+            .await
+            .map_err(|_| anyhow!("no frame within {DEADLINE:?}"))?;
+        match next {
+            Ok(Some(ServerFrame { frame: Some(f) })) => Ok(f),
+            Ok(Some(ServerFrame { frame: None })) => Err(anyhow!("empty frame")),
+            Ok(None) => Err(anyhow!("stream ended")),
+            Err(status) => Err(anyhow!("stream failed: {status:?}")),
+        }
+    }
+
+    /// The next frame or the status the stream ended with.
+    pub async fn next_or_status(&mut self) -> Result<server_frame::Frame, Status> {
+        match tokio::time::timeout(DEADLINE, self.inbound.message()).await {
+            Err(_) => Err(Status::deadline_exceeded("test: no frame in time")),
+            Ok(Ok(Some(ServerFrame { frame: Some(f) }))) => Ok(f),
+            Ok(Ok(_)) => Err(Status::ok("stream ended")),
+            Ok(Err(status)) => Err(status),
+        }
+    }
+
+    /// Messages of `conv` until one with seq `until` arrives (other frames
+    /// are returned separately), in arrival order.
+    pub async fn messages_until(
+        &mut self,
+        conv: &str,
+        until: u64,
+    ) -> Result<(Vec<Message>, Vec<server_frame::Frame>)> {
+        let mut messages = Vec::new();
+        let mut others = Vec::new();
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = tokio::time::timeout(left, self.next_frame())
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "seq {until} of {conv} did not arrive; got {:?}",
+                        seqs(&messages)
+                    )
+                })??;
+            match frame {
+                server_frame::Frame::Message(m) if m.conversation_id == conv => {
+                    let done = m.seq >= until;
+                    messages.push(m);
+                    if done {
+                        return Ok((messages, others));
+                    }
+                }
+                other => others.push(other),
+            }
+        }
+    }
+}
+
+/// The seqs of `messages`, in order.
+pub fn seqs(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
+}
