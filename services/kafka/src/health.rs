@@ -1,5 +1,5 @@
-//! Readiness checks on the broker: the check "kafka" of the process
-//! ([`confab_runtime::readiness::process_readiness`]), kept current by a task
+//! Readiness checks on the broker: the check "kafka" of a service's
+//! [`Readiness`], kept current by a task
 //! that asks the broker for metadata every [`CHECK_EVERY`]. A consumer's
 //! check also refreshes its lag gauges.
 
