@@ -311,12 +311,44 @@ pub fn confab_bin() -> PathBuf {
     bin
 }
 
-/// A free TCP port on 127.0.0.1.
+/// Ports [`free_port`] hands out: below Linux's ephemeral range
+/// (32768–60999), so no outgoing connection takes one between the pick and
+/// the bind of the process it is for.
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free TCP port on 127.0.0.1 that no other test of this run was given.
+///
+/// A port is handed to a child process before it binds it, so two tests
+/// (each in its own process under nextest) must never get the same one:
+/// each pick is claimed by a file in a directory every test shares, and
+/// claims older than an hour (from earlier runs) are taken back.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    use std::hash::{BuildHasher, Hasher};
+    let claims = std::env::temp_dir().join("confab-test-ports");
+    std::fs::create_dir_all(&claims).expect("port claims directory");
+    for _ in 0..10_000 {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let span = u64::from(TEST_PORTS.end - TEST_PORTS.start);
+        let port = TEST_PORTS.start + (random % span) as u16;
+        let claim = claims.join(port.to_string());
+        let stale = std::fs::metadata(&claim)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(3600));
+        if stale {
+            let _ = std::fs::remove_file(&claim);
+        }
+        let claimed = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&claim)
+            .is_ok();
+        if claimed && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}");
 }
 
 /// `confab dev` running as a real child process; killed when dropped.
