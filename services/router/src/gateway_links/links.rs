@@ -92,12 +92,14 @@ impl GatewayLinks {
     }
 
     /// How many outcomes were dropped because their origin gateway was not
-    /// attached here.
+    /// attached here (for tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn orphaned_outcomes(&self) -> u64 {
         self.orphaned.load(Ordering::Relaxed)
     }
 
-    /// The gateways that announced a session of `user`, sorted.
+    /// The gateways that announced a session of `user`, sorted (for tests).
+    #[cfg(any(test, feature = "testing"))]
     pub fn gateways_of(&self, user: &str) -> Vec<String> {
         self.directory()
             .users
