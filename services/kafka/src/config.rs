@@ -122,8 +122,9 @@ impl KafkaConfig {
         format!("{}.messages", self.prefix)
     }
 
-    /// Settings every client shares.
-    pub(crate) fn client_config(&self) -> ClientConfig {
+    /// Settings every client shares (public for the bench's baselines, which
+    /// measure the broker with exactly Confab's settings).
+    pub fn client_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)
             .set("client.id", &self.client_id)
@@ -134,7 +135,7 @@ impl KafkaConfig {
     }
 
     /// The idempotent producer's settings.
-    pub(crate) fn producer_config(&self) -> ClientConfig {
+    pub fn producer_config(&self) -> ClientConfig {
         let timeout_ms = millis(self.produce_timeout).max(1);
         let mut c = self.client_config();
         c.set("enable.idempotence", "true")
@@ -150,7 +151,7 @@ impl KafkaConfig {
 
     /// The settings of a consumer in `group`: nothing is committed or even
     /// stored automatically, and a new group starts from the beginning.
-    pub(crate) fn consumer_config(&self, group: &str) -> ClientConfig {
+    pub fn consumer_config(&self, group: &str) -> ClientConfig {
         let mut c = self.client_config();
         c.set("group.id", group)
             .set("enable.auto.commit", "false")

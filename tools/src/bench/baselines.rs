@@ -15,7 +15,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientConfig;
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -134,7 +133,8 @@ pub async fn kafka(opts: &KafkaOpts) -> Result<KafkaReport> {
     let admin = create_topic(&opts.bootstrap, &topic, opts.partitions).await?;
 
     let consumer: Arc<StreamConsumer> = Arc::new(
-        consumer_config(&opts.bootstrap, &format!("{topic}.bench"))
+        bench_client(&opts.bootstrap)
+            .consumer_config(&format!("{topic}.bench"))
             .create()
             .context("create the consumer")?,
     );
@@ -145,7 +145,8 @@ pub async fn kafka(opts: &KafkaOpts) -> Result<KafkaReport> {
     let reader = tokio::spawn(consume(consumer.clone(), origin, opts.messages, deadline));
     wait_for_assignment(&consumer, opts.partitions).await?;
 
-    let producer: FutureProducer = producer_config(&opts.bootstrap)
+    let producer: FutureProducer = bench_client(&opts.bootstrap)
+        .producer_config()
         .create()
         .context("create the producer")?;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -217,49 +218,13 @@ pub async fn kafka(opts: &KafkaOpts) -> Result<KafkaReport> {
     })
 }
 
-/// Settings every client shares (as `KafkaConfig::client_config`).
-fn client_config(bootstrap: &str) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", bootstrap)
-        .set("client.id", "confab-bench")
-        .set("reconnect.backoff.ms", "50")
-        .set("reconnect.backoff.max.ms", "1000");
-    c
-}
-
-/// Confab's idempotent producer (`KafkaConfig::producer_config`, defaults).
-fn producer_config(bootstrap: &str) -> ClientConfig {
-    let d = KafkaConfig::default();
-    let timeout_ms = d.produce_timeout.as_millis().max(1);
-    let mut c = client_config(bootstrap);
-    c.set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("message.timeout.ms", timeout_ms.to_string())
-        .set("request.timeout.ms", timeout_ms.min(30_000).to_string())
-        .set("linger.ms", d.linger.as_millis().to_string())
-        .set("partitioner", "murmur2_random");
-    c
-}
-
-/// Confab's consumer (`KafkaConfig::consumer_config`, defaults) in `group`.
-fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
-    let d = KafkaConfig::default();
-    let mut c = client_config(bootstrap);
-    c.set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "10")
-        .set(
-            "session.timeout.ms",
-            d.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "max.poll.interval.ms",
-            d.max_poll_interval.as_millis().to_string(),
-        );
-    c
+/// Confab's Kafka settings (`KafkaConfig`'s defaults) for a client of
+/// `bootstrap`, named `confab-bench`.
+fn bench_client(bootstrap: &str) -> KafkaConfig {
+    KafkaConfig {
+        client_id: "confab-bench".into(),
+        ..KafkaConfig::new(bootstrap)
+    }
 }
 
 /// Creates `topic` and waits until the broker's metadata lists all its
@@ -270,7 +235,8 @@ async fn create_topic(
     partitions: i32,
 ) -> Result<Arc<AdminClient<DefaultClientContext>>> {
     let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        client_config(bootstrap)
+        bench_client(bootstrap)
+            .client_config()
             .create()
             .context("create the admin client")?,
     );
