@@ -211,15 +211,22 @@ pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSend
             ))));
             continue;
         }
-        let head = heads
-            .entry(rec.conversation_id.clone())
-            .or_insert(stored_last);
-        *head += 1;
+        // The conversation's id is allocated once per run, not per send.
+        if !heads.contains_key(conv_id) {
+            heads.insert(rec.conversation_id.clone(), stored_last);
+        }
+        let seq = match heads.get_mut(conv_id) {
+            Some(head) => {
+                *head += 1;
+                *head
+            }
+            None => stored_last + 1,
+        };
         first_new.insert(k, new.len());
         plans.push(Plan::New(new.len()));
         new.push(Message {
             conversation_id: rec.conversation_id.clone(),
-            seq: *head,
+            seq,
             sender_id: rec.actor_id.clone(),
             client_msg_id: send.client_msg_id.clone(),
             body: send.body.clone(),
