@@ -11,9 +11,12 @@
 //! - a refusal has the documented code (INVALID_ARGUMENT, or
 //!   RESOURCE_EXHAUSTED naming the limit) and a message.
 
-use confab_core::validate::{check_user_id, MAX_USER_ID_LEN};
 use confab_core::error::ChatError;
-use confab_core::validate::{self, SizeLimits, PageCursor, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_PAGE, MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN};
+use confab_core::validate::{
+    self, Page, PageCursor, SizeLimits, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_GROUP_MEMBERS,
+    DEFAULT_PAGE, MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN,
+};
+use confab_core::validate::{check_user_id, MAX_USER_ID_LEN};
 use confab_proto::v1::*;
 use prost::Message;
 use std::collections::BTreeSet;
@@ -64,7 +67,7 @@ pub fn client_frame(data: &[u8]) {
                 // Any seq is a valid place to resume from.
                 assert_eq!(
                     check_history(&read),
-                    Some((PageCursor::After(*last), MAX_PAGE))
+                    Some(Page::after(conversation_id, *last, MAX_PAGE))
                 );
             }
         }
@@ -231,8 +234,8 @@ fn check_remove_member(r: &RemoveMemberRequest) {
 
 /// What history checks on a `GetHistory` before reading (the gateway
 /// passes the request on as it is); the page when accepted.
-fn check_history(r: &GetHistoryRequest) -> Option<(PageCursor, u32)> {
-    let page = validate::history_page(r.before_seq, r.after_seq, r.limit);
+fn check_history(r: &GetHistoryRequest) -> Option<Page<'_>> {
+    let page = validate::history_page(&r.conversation_id, r.before_seq, r.after_seq, r.limit);
     let expected_limit = match r.limit {
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
@@ -244,7 +247,8 @@ fn check_history(r: &GetHistoryRequest) -> Option<(PageCursor, u32)> {
         }
         (Some(_), Some(_), Ok(p)) => panic!("accepted both cursors: {p:?}"),
         (_, _, Err(e)) => panic!("refused a page with at most one cursor: {e:?}"),
-        (before, after, Ok((cursor, limit))) => {
+        (before, after, Ok(page)) => {
+            let Page { cursor, limit, .. } = page;
             let expected = match (before, after) {
                 (Some(b), _) => PageCursor::Before(b),
                 (None, Some(a)) => PageCursor::After(a),
@@ -253,7 +257,7 @@ fn check_history(r: &GetHistoryRequest) -> Option<(PageCursor, u32)> {
             assert_eq!(cursor, expected);
             assert_eq!(limit, expected_limit);
             assert!((1..=MAX_PAGE).contains(&limit));
-            Some((cursor, limit))
+            Some(page)
         }
     };
     check_conversation_id(&r.conversation_id);

@@ -19,8 +19,8 @@
 use arbitrary::{Arbitrary, Unstructured};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use confab_core::validate::check_user_id;
 use confab_auth::{now_secs, AuthConfig, Authenticated, Authenticator, Signer};
+use confab_core::validate::check_user_id;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Map, Value};
 use std::path::PathBuf;
@@ -385,24 +385,15 @@ fn signed_claims(input: &SignedClaims) {
     let Some(token) = input.token(now) else {
         return;
     };
-    for server in servers() {
-        let before = now_secs();
-        let result = server.auth.verify_claims(&token);
-        let after = now_secs();
-        match &result {
-            Err(status) => refused(status, &token),
-            Ok(a) => {
-                accepted(server, a);
-                assert!(
-                    server.trusts.contains(&input.key),
-                    "{}: accepted a token signed with {:?}",
-                    server.name,
-                    input.key
-                );
-                matches_claims(server, a, &claims, before, after);
-            }
-        }
-    }
+    on_every_server(&token, |server, a, before, after| {
+        assert!(
+            server.trusts.contains(&input.key),
+            "{}: accepted a token signed with {:?}",
+            server.name,
+            input.key
+        );
+        matches_claims(server, a, &claims, before, after);
+    });
 }
 
 fn signed_json(rest: &[u8]) {
@@ -420,24 +411,31 @@ fn signed_json(rest: &[u8]) {
         return;
     };
     let token = format!("{input}.{signature}");
+    on_every_server(&token, |server, a, before, after| {
+        // An HMAC signature is only ever taken as HS256, and only by a
+        // server that holds the secret.
+        assert!(server.trusts.contains(&Key::Hs256), "{}", server.name);
+        let header: Value = serde_json::from_slice(header).expect("accepted header is JSON");
+        assert_eq!(header["alg"], "HS256", "{}", server.name);
+        let claims: Value = serde_json::from_slice(claims).expect("accepted claims are JSON");
+        let claims = claims.as_object().expect("accepted claims are an object");
+        matches_claims(server, a, claims, before, after);
+    });
+}
+
+/// Verifies `token` on every server: a refusal must hold what every
+/// refusal holds; an acceptance what every acceptance holds, then `check`,
+/// given the clock just before and just after the call.
+fn on_every_server(token: &str, check: impl Fn(&Server, &Authenticated, u64, u64)) {
     for server in servers() {
         let before = now_secs();
-        let result = server.auth.verify_claims(&token);
+        let result = server.auth.verify_claims(token);
         let after = now_secs();
         match &result {
-            Err(status) => refused(status, &token),
+            Err(status) => refused(status, token),
             Ok(a) => {
                 accepted(server, a);
-                // An HMAC signature is only ever taken as HS256, and only
-                // by a server that holds the secret.
-                assert!(server.trusts.contains(&Key::Hs256), "{}", server.name);
-                let header: Value =
-                    serde_json::from_slice(header).expect("accepted header is JSON");
-                assert_eq!(header["alg"], "HS256", "{}", server.name);
-                let claims: Value =
-                    serde_json::from_slice(claims).expect("accepted claims are JSON");
-                let claims = claims.as_object().expect("accepted claims are an object");
-                matches_claims(server, a, claims, before, after);
+                check(server, a, before, after);
             }
         }
     }

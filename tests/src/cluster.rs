@@ -15,6 +15,7 @@ use confab_gateway::{GatewayConfig, Hub};
 use confab_history::distributed::HistoryConfig;
 use confab_history_client::HistoryClientConfig;
 use confab_kafka::{GroupState, KafkaConfig};
+use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_router::distributed::RouterConfig;
 use confab_router::gateway_links::LinkConfig;
 use confab_runtime::shutdown;
@@ -25,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 /// How many of each service, and their settings.
 #[derive(Debug, Clone)]
@@ -60,8 +60,8 @@ pub struct Node {
     pub addr: SocketAddr,
     /// The service task, until stopped.
     served: Option<Served>,
-    /// Its consumer-group state (routers and history), once its consumer
-    /// exists.
+    /// Its consumer-group state (routers and history), kept current by its
+    /// consumer.
     group: Option<Arc<GroupState>>,
 }
 
@@ -80,41 +80,16 @@ impl Node {
         }
     }
 
-    /// Starts `run` like [`Node::spawn`], handing it a channel for its
-    /// consumer-group state, and waits for that state.
-    async fn spawn_with_group<F, Fut>(run: F) -> Self
+    /// Starts `run` like [`Node::spawn`] for a service whose consumer
+    /// keeps `group` current.
+    async fn spawn_consuming<F, Fut>(group: Arc<GroupState>, run: F) -> Self
     where
-        F: FnOnce(TcpListener, shutdown::Signal, oneshot::Sender<Arc<GroupState>>) -> Fut,
+        F: FnOnce(TcpListener, shutdown::Signal) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let mut node = Self::spawn(|l, s| run(l, s, tx)).await;
-        match tokio::time::timeout(DEADLINE, rx).await {
-            Ok(Ok(state)) => node.group = Some(state),
-            Ok(Err(_)) => {
-                if let Some(served) = node.served.take() {
-                    served.stop(&format!("service {}", node.addr)).await;
-                }
-                panic!("service {} ended before its consumer existed", node.addr)
-            }
-            Err(_) => panic!("service {} made no consumer within {DEADLINE:?}", node.addr),
-        }
+        let mut node = Self::spawn(run).await;
+        node.group = Some(group);
         node
-    }
-
-    /// `n` services started one after the other like
-    /// [`Node::spawn_with_group`], each with a `run` made by `make`.
-    async fn spawn_n_with_group<M, F, Fut>(n: usize, make: M) -> Vec<Node>
-    where
-        M: Fn() -> F,
-        F: FnOnce(TcpListener, shutdown::Signal, oneshot::Sender<Arc<GroupState>>) -> Fut,
-        Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
-    {
-        let mut nodes = Vec::with_capacity(n);
-        for _ in 0..n {
-            nodes.push(Self::spawn_with_group(make()).await);
-        }
-        nodes
     }
 
     /// Which partitions its consumer owns, as its rebalance callbacks saw
@@ -181,9 +156,11 @@ impl Cluster {
             session_timeout: Duration::from_secs(6),
             ..KafkaConfig::default()
         };
-        let histories = Node::spawn_n_with_group(shape.histories, || {
+        let mut histories = Vec::new();
+        for _ in 0..shape.histories {
             let config = HistoryConfig {
                 readiness: confab_runtime::readiness::Readiness::new(),
+                group: GroupState::of::<IngressRecord>(&kafka, confab_history::distributed::GROUP),
                 database_url: database_url.clone(),
                 pool: 4,
                 acquire_timeout: Duration::from_secs(2),
@@ -193,31 +170,35 @@ impl Cluster {
                 service_token: Some(crate::topology::service_token()),
                 transport: Transport::internal(),
             };
-            |l, s, g| confab_history::distributed::run_with_state(config, l, s, Some(g))
-        })
-        .await;
+            let group = config.group.clone();
+            let run = |l, s| confab_history::distributed::run(config, l, s);
+            histories.push(Node::spawn_consuming(group, run).await);
+        }
         let history = HistoryClientConfig {
             service_token: Some(crate::topology::service_token()),
             ..HistoryClientConfig::new(histories.iter().map(|h| h.addr.to_string()))
         };
-        let routers = Node::spawn_n_with_group(shape.routers, || {
+        let mut routers = Vec::new();
+        for _ in 0..shape.routers {
             let config = RouterConfig {
                 readiness: confab_runtime::readiness::Readiness::new(),
+                group: GroupState::of::<OutcomeRecord>(&kafka, confab_router::distributed::GROUP),
                 kafka: kafka.clone(),
                 history: history.clone(),
                 links: LinkConfig::default(),
                 service_token: crate::topology::service_token(),
                 transport: Transport::internal(),
             };
-            |l, s, g| confab_router::distributed::run_with_state(config, l, s, Some(g))
-        })
-        .await;
+            let group = config.group.clone();
+            let run = |l, s| confab_router::distributed::run(config, l, s);
+            routers.push(Node::spawn_consuming(group, run).await);
+        }
         let router_addrs: Vec<String> = routers.iter().map(|r| r.addr.to_string()).collect();
         let mut gateways = Vec::new();
         for i in 0..shape.gateways {
             let config = DistributedConfig {
                 readiness: confab_runtime::readiness::Readiness::new(),
-                gateway_id: format!("gw-{i}"),
+                hub: Hub::new(format!("gw-{i}")),
                 auth: confab_auth::Authenticator::new(SECRET),
                 gateway: shape.gateway.clone(),
                 kafka: kafka.clone(),
@@ -227,11 +208,8 @@ impl Cluster {
                 transport: Transport::public(),
                 internal_tls: None,
             };
-            let hub = Hub::new(config.gateway_id.clone());
-            let h = hub.clone();
-            let node =
-                Node::spawn(|l, s| confab_gateway::distributed::run_with_hub(config, h, l, s))
-                    .await;
+            let hub = config.hub.clone();
+            let node = Node::spawn(|l, s| confab_gateway::distributed::run(config, l, s)).await;
             gateways.push((node, hub));
         }
         let cluster = Self {

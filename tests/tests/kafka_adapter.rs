@@ -969,11 +969,9 @@ impl confab_history::Store for Overlap {
 
     async fn history(
         &self,
-        conversation_id: &str,
-        cursor: confab_core::validate::PageCursor,
-        limit: u32,
+        page: confab_core::validate::Page<'_>,
     ) -> Result<(Vec<Message>, bool), confab_history::StoreError> {
-        self.inner.history(conversation_id, cursor, limit).await
+        self.inner.history(page).await
     }
 }
 

@@ -2,7 +2,7 @@
 //! cluster started by each test (or the server named by `DATABASE_URL`), one
 //! fresh database per store. PostgreSQL missing is a failure, not a skip.
 
-use confab_core::validate::{PageCursor, SizeLimits};
+use confab_core::validate::{Page, SizeLimits};
 use confab_history::store::conformance::{self, create_group, send};
 use confab_history::store::Store;
 use confab_history::PostgresStore;
@@ -64,7 +64,7 @@ async fn all_messages(store: &dyn Store, conv: &str) -> Vec<confab_proto::v1::Me
             .map(|m: &confab_proto::v1::Message| m.seq)
             .unwrap_or(0);
         let (page, more) = store
-            .history(conv, PageCursor::After(after), 500)
+            .history(Page::after(conv, after, 500))
             .await
             .expect("history");
         out.extend(page);
@@ -276,7 +276,7 @@ async fn a_committed_batch_survives_an_immediate_stop() {
     assert_eq!(conv.last_seq, 51);
     assert_eq!(conv.member_ids, vec!["alice".to_string(), "bob".into()]);
     let (page, more) = reopened
-        .history("g", PageCursor::Before(u64::MAX), 1)
+        .history(Page::before("g", u64::MAX, 1))
         .await
         .expect("history");
     assert!(more);
@@ -315,7 +315,7 @@ async fn text_postgres_cannot_store_is_refused_without_failing_the_batch() {
     );
     assert!(store.conversation("h\0").await.expect("get").is_none());
     assert!(store
-        .history("h\0", PageCursor::After(0), 5)
+        .history(Page::after("h\0", 0, 5))
         .await
         .expect("history")
         .0
@@ -413,7 +413,7 @@ async fn reads_go_on_when_the_server_drops_every_connection() {
         .apply(&[create_group("g", "alice", &["alice"])])
         .await
         .expect("create");
-    let read = || store.history("g", PageCursor::Before(u64::MAX), 10);
+    let read = || store.history(Page::before("g", u64::MAX, 10));
     // Several reads at once, so the pool holds more than one connection.
     let warm = futures::future::join_all((0..4).map(|_| read())).await;
     assert!(warm.iter().all(Result::is_ok), "{warm:?}");

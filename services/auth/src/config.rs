@@ -2,7 +2,7 @@
 //! variables (`CONFAB_JWT_*`), and the development secret embedded mode
 //! falls back to.
 
-use confab_core::config::{parse_or, ConfigError, Env};
+use confab_core::config::{secs_or, ConfigError, Env};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -76,18 +76,8 @@ impl AuthConfig {
     /// back to [`DEV_SECRET`]).
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let leeway = parse_or(
-            env,
-            confab_core::vars::JWT_LEEWAY_SECS,
-            d.leeway.as_secs(),
-            "whole seconds",
-        )?;
-        let reload = parse_or(
-            env,
-            confab_core::vars::JWT_RELOAD_SECS,
-            d.reload_interval.as_secs(),
-            "whole seconds",
-        )?;
+        let leeway = secs_or(env, confab_core::vars::JWT_LEEWAY_SECS, d.leeway)?;
+        let reload_interval = secs_or(env, confab_core::vars::JWT_RELOAD_SECS, d.reload_interval)?;
         let hs256_secret = env.get(confab_core::vars::JWT_SECRET);
         if hs256_secret
             .as_ref()
@@ -106,8 +96,8 @@ impl AuthConfig {
                 .map(PathBuf::from),
             issuer: env.get(confab_core::vars::JWT_ISSUER),
             audience: env.get(confab_core::vars::JWT_AUDIENCE),
-            leeway: Duration::from_secs(leeway),
-            reload_interval: Duration::from_secs(reload),
+            leeway,
+            reload_interval,
         })
     }
 }

@@ -4,7 +4,7 @@
 //! message survives `kill -9`.
 
 use confab_auth::{AuthConfig, Authenticator, DEV_SECRET};
-use confab_core::config::{parse_or, ConfigError, Env};
+use confab_core::config::{millis_or, parse_or, ConfigError, Env};
 use confab_core::seams::MemTopic;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore};
@@ -69,12 +69,11 @@ impl DevConfig {
                 4usize,
                 "a partition count",
             )?,
-            grace: Duration::from_millis(parse_or(
+            grace: millis_or(
                 env,
                 confab_core::vars::SHUTDOWN_GRACE_MS,
-                10_000u64,
-                "milliseconds",
-            )?),
+                Duration::from_millis(10000),
+            )?,
             metrics_listen: confab_runtime::endpoints::listen_from_env(env),
             transport,
         };

@@ -2,7 +2,10 @@
 //! instead of mutating the process environment.
 
 use std::collections::HashMap;
+use std::fmt::Display;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// A source of configuration variables.
 pub trait Env {
@@ -57,23 +60,57 @@ pub fn parse_or<T: FromStr>(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unset_uses_default_and_bad_value_names_the_key() {
-        let mut env = HashMap::new();
-        assert_eq!(parse_or(&env, "X", 7u32, "a number").ok(), Some(7));
-        env.insert("X".to_string(), "seven".to_string());
-        let err = parse_or(&env, "X", 7u32, "a number")
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            err.as_deref(),
-            Some("invalid configuration: X=\"seven\": expected a number")
-        );
+/// `key` parsed (or `default` when unset) and within `range`; the error
+/// says `expected {expected}` either way.
+pub fn parse_in<T: FromStr + PartialOrd>(
+    env: &dyn Env,
+    key: &str,
+    default: T,
+    range: RangeInclusive<T>,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    let value = parse_or(env, key, default, expected)?;
+    // `contains` is false for NaN, which parses as a float.
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            key: key.to_string(),
+            value: env.get(key).unwrap_or_default(),
+            reason: format!("expected {expected}"),
+        })
     }
+}
+
+/// `key` parsed (or `default` when unset), refused below `min` with "must
+/// be at least {min}".
+pub fn at_least<T: FromStr + PartialOrd + Display>(
+    env: &dyn Env,
+    key: &str,
+    default: T,
+    min: T,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    let value = parse_or(env, key, default, expected)?;
+    if value < min {
+        return Err(ConfigError {
+            key: key.to_string(),
+            value: value.to_string(),
+            reason: format!("must be at least {min}"),
+        });
+    }
+    Ok(value)
+}
+
+/// `key` as whole milliseconds (or `default` when unset).
+pub fn millis_or(env: &dyn Env, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    parse_or(env, key, ms, "milliseconds").map(Duration::from_millis)
+}
+
+/// `key` as whole seconds (or `default` when unset).
+pub fn secs_or(env: &dyn Env, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    parse_or(env, key, default.as_secs(), "whole seconds").map(Duration::from_secs)
 }
 
 /// A comma-separated list from `key`; empty when unset.
@@ -98,24 +135,25 @@ pub fn required(env: &dyn Env, key: &str, what: &str) -> Result<String, ConfigEr
     })
 }
 
-#[cfg(test)]
-mod list_tests {
-    use super::*;
-
-    #[test]
-    fn lists_split_on_commas_and_required_names_the_key() {
-        let mut env = HashMap::new();
-        env.insert("L".to_string(), " a:1, b:2 ,,".to_string());
-        assert_eq!(list(&env, "L"), vec!["a:1".to_string(), "b:2".to_string()]);
-        assert!(list(&env, "MISSING").is_empty());
-        let err = required(&env, "DB", "a postgres:// URL")
-            .err()
-            .map(|e| e.to_string());
-        assert_eq!(
-            err.as_deref(),
-            Some("invalid configuration: DB=\"\": required: a postgres:// URL")
-        );
+/// A comma-separated list from `key` that must name at least one `what`.
+pub fn required_list(env: &dyn Env, key: &str, what: &str) -> Result<Vec<String>, ConfigError> {
+    let values = list(env, key);
+    if values.is_empty() {
+        return Err(ConfigError {
+            key: key.to_string(),
+            value: String::new(),
+            reason: format!("required: comma-separated {what}"),
+        });
     }
+    Ok(values)
+}
+
+/// `pairs` as an environment, for tests of configuration readers.
+pub fn env_of(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// The process environment with some variables overridden, for command-line
@@ -143,5 +181,46 @@ impl Env for Overlay {
             .cloned()
             .filter(|v| !v.is_empty())
             .or_else(|| ProcessEnv.get(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_uses_default_and_bad_value_names_the_key() {
+        let mut env = HashMap::new();
+        assert_eq!(parse_or(&env, "X", 7u32, "a number").ok(), Some(7));
+        env.insert("X".to_string(), "seven".to_string());
+        let err = parse_or(&env, "X", 7u32, "a number")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid configuration: X=\"seven\": expected a number")
+        );
+    }
+
+    #[test]
+    fn lists_split_on_commas_and_required_names_the_key() {
+        let mut env = HashMap::new();
+        env.insert("L".to_string(), " a:1, b:2 ,,".to_string());
+        assert_eq!(list(&env, "L"), vec!["a:1".to_string(), "b:2".to_string()]);
+        assert!(list(&env, "MISSING").is_empty());
+        let err = required(&env, "DB", "a postgres:// URL")
+            .err()
+            .map(|e| e.to_string());
+        assert_eq!(
+            err.as_deref(),
+            Some("invalid configuration: DB=\"\": required: a postgres:// URL")
+        );
+        let err = required_list(&env, "MISSING", "addresses (host:port)")
+            .err()
+            .map(|e| e.reason);
+        assert_eq!(
+            err.as_deref(),
+            Some("required: comma-separated addresses (host:port)")
+        );
     }
 }

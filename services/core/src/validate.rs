@@ -221,12 +221,45 @@ pub enum PageCursor {
     After(u64),
 }
 
-/// Checks a history request and returns the cursor and the effective limit.
+/// One page of a conversation's history to read: which conversation, where
+/// from, and at most how many messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page<'a> {
+    pub conversation_id: &'a str,
+    pub cursor: PageCursor,
+    pub limit: u32,
+}
+
+impl<'a> Page<'a> {
+    /// Up to `limit` messages of `conversation_id` with seq < `bound`,
+    /// newest first.
+    pub fn before(conversation_id: &'a str, bound: u64, limit: u32) -> Self {
+        Page {
+            conversation_id,
+            cursor: PageCursor::Before(bound),
+            limit,
+        }
+    }
+
+    /// Up to `limit` messages of `conversation_id` with seq > `bound`,
+    /// oldest first.
+    pub fn after(conversation_id: &'a str, bound: u64, limit: u32) -> Self {
+        Page {
+            conversation_id,
+            cursor: PageCursor::After(bound),
+            limit,
+        }
+    }
+}
+
+/// Checks a history request and returns the page it asks for, with the
+/// effective limit.
 pub fn history_page(
+    conversation_id: &str,
     before_seq: Option<u64>,
     after_seq: Option<u64>,
     limit: u32,
-) -> Result<(PageCursor, u32), ChatError> {
+) -> Result<Page<'_>, ChatError> {
     let cursor = match (before_seq, after_seq) {
         (None, None) => PageCursor::Before(u64::MAX),
         (Some(b), None) => PageCursor::Before(b),
@@ -241,7 +274,11 @@ pub fn history_page(
         0 => DEFAULT_PAGE,
         n => n.min(MAX_PAGE),
     };
-    Ok((cursor, limit))
+    Ok(Page {
+        conversation_id,
+        cursor,
+        limit,
+    })
 }
 
 /// Checks that a user id is non-empty, short and printable.
@@ -353,21 +390,21 @@ mod tests {
     #[test]
     fn page_bounds() {
         assert_eq!(
-            history_page(None, None, 0).ok(),
-            Some((PageCursor::Before(u64::MAX), 50))
+            history_page("c", None, None, 0).ok(),
+            Some(Page::before("c", u64::MAX, 50))
         );
         assert_eq!(
-            history_page(Some(10), None, 5).ok(),
-            Some((PageCursor::Before(10), 5))
+            history_page("c", Some(10), None, 5).ok(),
+            Some(Page::before("c", 10, 5))
         );
         assert_eq!(
-            history_page(None, Some(3), 10_000).ok(),
-            Some((PageCursor::After(3), 500))
+            history_page("c", None, Some(3), 10_000).ok(),
+            Some(Page::after("c", 3, 500))
         );
-        assert!(history_page(Some(3), Some(5), 1).is_err());
+        assert!(history_page("c", Some(3), Some(5), 1).is_err());
         assert_eq!(
-            history_page(None, Some(0), 1).ok(),
-            Some((PageCursor::After(0), 1))
+            history_page("c", None, Some(0), 1).ok(),
+            Some(Page::after("c", 0, 1))
         );
     }
 }

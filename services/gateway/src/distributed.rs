@@ -5,12 +5,12 @@
 use crate::router_links::AttachConfig;
 use crate::{ChatService, GatewayConfig, Hub};
 use confab_auth::{AuthConfig, Authenticator};
-use confab_core::config::{list, parse_or, required, ConfigError, Env};
+use confab_core::config::{required, required_list, ConfigError, Env};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
-use confab_layers::breaker::BreakerConfig;
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::IngressRecord;
+use confab_runtime::process::ServiceConfig;
 use confab_runtime::readiness::Readiness;
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::{ClientTls, Transport};
@@ -21,8 +21,9 @@ use tokio::net::TcpListener;
 /// Settings of a gateway process.
 #[derive(Debug, Clone)]
 pub struct DistributedConfig {
-    /// This gateway's id, unique among gateways (`CONFAB_GATEWAY_ID`).
-    pub gateway_id: String,
+    /// This gateway's sessions and pending requests, under its id
+    /// (`CONFAB_GATEWAY_ID`, unique among gateways).
+    pub hub: Arc<Hub>,
     /// The token checker (`CONFAB_JWT_*`), built once from the
     /// configuration: its key files are read when the configuration is.
     pub auth: Authenticator,
@@ -44,33 +45,16 @@ pub struct DistributedConfig {
     /// TLS to history and routers (`CONFAB_TLS_CA`; the gateway presents
     /// `CONFAB_TLS_CERT`); `None`: plaintext.
     pub internal_tls: Option<ClientTls>,
-    /// Whether this process should get traffic: kept by its server and its
-    /// dependency checks, served at `/readyz`. Each configuration read has
-    /// its own, so processes sharing a test process do not share it.
+    /// Whether this process should get traffic (see [`Readiness`]).
     pub readiness: Readiness,
 }
 
-impl confab_runtime::process::ServiceConfig for DistributedConfig {
-    fn readiness(&self) -> Readiness {
-        self.readiness.clone()
-    }
-}
+impl ServiceConfig for DistributedConfig {
+    const NAME: &'static str = "confab-gateway";
+    const DEFAULT_LISTEN: &'static str = "127.0.0.1:50051";
 
-impl DistributedConfig {
     /// Reads `CONFAB_*` variables.
-    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let need_list = |key: &str| {
-            let v = list(env, key);
-            if v.is_empty() {
-                Err(ConfigError {
-                    key: key.into(),
-                    value: String::new(),
-                    reason: "required: comma-separated addresses (host:port)".into(),
-                })
-            } else {
-                Ok(v)
-            }
-        };
+    fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let auth = AuthConfig::from_env(env)?;
         if auth.hs256_secret.is_none() && auth.public_keys.is_none() {
             return Err(ConfigError {
@@ -84,14 +68,7 @@ impl DistributedConfig {
         // Key files are read now, once, so a bad one stops the gateway
         // before it binds.
         let auth = Authenticator::configured(auth)?;
-        let mut history = HistoryClientConfig::new(need_list(confab_core::vars::HISTORY_ADDRS)?);
-        history.request_timeout = Duration::from_millis(parse_or(
-            env,
-            confab_core::vars::HISTORY_TIMEOUT_MS,
-            5000u64,
-            "milliseconds",
-        )?);
-        history.breaker = BreakerConfig::from_env(env)?;
+        let mut history = HistoryClientConfig::from_env(env)?;
         let gateway_id = required(
             env,
             confab_core::vars::GATEWAY_ID,
@@ -99,18 +76,21 @@ impl DistributedConfig {
         )?;
         let gateway = GatewayConfig::from_env(env)?;
         let kafka = KafkaConfig::from_env(env)?;
-        let routers = need_list(confab_core::vars::ROUTER_ADDRS)?;
+        let routers = required_list(
+            env,
+            confab_core::vars::ROUTER_ADDRS,
+            "router addresses (host:port)",
+        )?;
         // Certificate files are read now too.
         let transport = Transport::from_env(env, Transport::public())?
             .fit_body(env, gateway.limits.max_body_bytes)?;
-        let internal_tls = ClientTls::from_env(env)?;
-        history.tls = internal_tls.clone();
+        let internal_tls = history.tls.clone();
         // Last, so the variables above are reported first.
         let service_token = ServiceToken::from_env(env)?;
         history.service_token = Some(service_token.clone());
         Ok(Self {
             readiness: Readiness::new(),
-            gateway_id,
+            hub: Hub::new(gateway_id),
             auth,
             gateway,
             kafka,
@@ -121,6 +101,10 @@ impl DistributedConfig {
             internal_tls,
         })
     }
+
+    fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
 }
 
 /// Runs a gateway until `shutdown`.
@@ -129,18 +113,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Signal,
 ) -> anyhow::Result<()> {
-    let hub = Hub::new(config.gateway_id.clone());
-    run_with_hub(config, hub, listener, shutdown).await
-}
-
-/// Runs a gateway around `hub` (tests keep a handle on it to watch its
-/// router links).
-pub async fn run_with_hub(
-    config: DistributedConfig,
-    hub: Arc<Hub>,
-    listener: TcpListener,
-    shutdown: Signal,
-) -> anyhow::Result<()> {
+    let hub = config.hub.clone();
     ensure_topics(&config.kafka).await?;
     let ingress = KafkaPublisher::<IngressRecord>::new(&config.kafka)?;
     // Readiness follows the broker; the check ends at shutdown.
@@ -191,36 +164,23 @@ pub async fn run_with_hub(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
-
-    fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
-        [
-            ("CONFAB_JWT_SECRET", "a-test-secret-of-32-bytes-or-so!"),
-            ("CONFAB_GATEWAY_ID", "gateway-1"),
-            ("CONFAB_HISTORY_ADDRS", "127.0.0.1:50071"),
-            ("CONFAB_ROUTER_ADDRS", "127.0.0.1:50061"),
-            ("CONFAB_SERVICE_TOKEN", "0123456789abcdef0123456789abcdef"),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    }
+    use confab_core::config::env_of;
+    use confab_core::vars;
 
     #[test]
-    fn the_history_breaker_comes_from_the_environment() {
-        let config = DistributedConfig::from_env(&env(&[])).expect("valid");
-        assert_eq!(config.history.breaker, BreakerConfig::default());
-        let config = DistributedConfig::from_env(&env(&[
+    fn history_is_called_as_the_history_client_reads_it_with_the_service_token() {
+        let env = env_of(&[
+            (vars::JWT_SECRET, "a-test-secret-of-32-bytes-or-so!"),
+            (vars::GATEWAY_ID, "gateway-1"),
+            (vars::HISTORY_ADDRS, "127.0.0.1:50071"),
+            (vars::ROUTER_ADDRS, "127.0.0.1:50061"),
+            (vars::SERVICE_TOKEN, "0123456789abcdef0123456789abcdef"),
             ("CONFAB_BREAKER_WINDOW", "40"),
-            ("CONFAB_BREAKER_MIN_CALLS", "8"),
-            ("CONFAB_BREAKER_HALF_OPEN_PROBES", "2"),
-        ]))
-        .expect("valid");
-        let b = &config.history.breaker;
-        assert_eq!((b.window, b.min_calls, b.half_open_probes), (40, 8, 2));
-        let err = DistributedConfig::from_env(&env(&[("CONFAB_BREAKER_FAILURE_RATE", "1.5")]))
-            .expect_err("a rate over 1");
-        assert_eq!(err.key, "CONFAB_BREAKER_FAILURE_RATE");
+        ]);
+        let config = DistributedConfig::from_env(&env).expect("valid");
+        assert_eq!(config.history.breaker.window, 40);
+        let sent = config.history.service_token.expect("a token for history");
+        assert!(sent.matches(b"0123456789abcdef0123456789abcdef"));
+        assert_eq!(config.routers, ["127.0.0.1:50061"]);
     }
 }

@@ -65,6 +65,14 @@ pub struct Hub {
     routing: tokio::sync::watch::Sender<u64>,
 }
 
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("gateway_id", &self.gateway_id)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Removes a session from the hub when dropped.
 pub struct Registration {
     /// The hub it is registered with.

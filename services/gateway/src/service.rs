@@ -7,7 +7,7 @@ use crate::session::Session;
 use crate::submit::Submitter;
 use crate::user_limits::{Limiter, UserLimits};
 use confab_auth::Authenticator;
-use confab_core::config::{parse_or, ConfigError, Env};
+use confab_core::config::{at_least, ConfigError, Env};
 use confab_core::error::ChatError;
 use confab_core::seams::{HistoryApi, Publisher};
 use confab_core::validate::{self, SizeLimits};
@@ -48,45 +48,36 @@ impl GatewayConfig {
     /// `CONFAB_RATE_CONVERSATIONS_PER_MIN`.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let at_least = |key: &str, value: u64, min: u64| {
-            if value < min {
-                Err(ConfigError {
-                    key: key.into(),
-                    value: value.to_string(),
-                    reason: format!("must be at least {min}"),
-                })
-            } else {
-                Ok(value)
-            }
-        };
-        let max_body_bytes = parse_or(
+        let max_body_bytes = at_least(
             env,
             confab_core::vars::MAX_BODY_BYTES,
-            d.limits.max_body_bytes as u64,
+            d.limits.max_body_bytes,
+            1,
             "a size in bytes",
         )?;
-        let max_group_members = parse_or(
+        let max_group_members = at_least(
             env,
             confab_core::vars::MAX_GROUP_MEMBERS,
-            d.limits.max_group_members as u64,
+            d.limits.max_group_members,
+            2,
             "a member count",
         )?;
-        let send_timeout_ms = parse_or(
+        let send_timeout = Duration::from_millis(at_least(
             env,
             confab_core::vars::SEND_TIMEOUT_MS,
-            d.send_timeout.as_millis() as u64,
+            u64::try_from(d.send_timeout.as_millis()).unwrap_or(u64::MAX),
+            1,
             "milliseconds",
-        )?;
-        let session_queue = parse_or(
+        )?);
+        let session_queue = at_least(
             env,
             confab_core::vars::SESSION_QUEUE,
-            d.session_queue as u64,
+            d.session_queue,
+            1,
             "a message count",
         )?;
-        let per_user = |key: &str, default: u32, expected: &str| {
-            let value = parse_or(env, key, default, expected)?;
-            at_least(key, value.into(), 1).map(|_| value)
-        };
+        let per_user =
+            |key: &str, default: u32, expected: &str| at_least(env, key, default, 1, expected);
         let messages_per_sec = per_user(
             confab_core::vars::RATE_MESSAGES_PER_SEC,
             d.user_limits.messages_per_sec,
@@ -112,20 +103,11 @@ impl GatewayConfig {
         };
         Ok(Self {
             limits: SizeLimits {
-                max_body_bytes: at_least(confab_core::vars::MAX_BODY_BYTES, max_body_bytes, 1)?
-                    as usize,
-                max_group_members: at_least(
-                    confab_core::vars::MAX_GROUP_MEMBERS,
-                    max_group_members,
-                    2,
-                )? as usize,
+                max_body_bytes,
+                max_group_members,
             },
-            send_timeout: Duration::from_millis(at_least(
-                confab_core::vars::SEND_TIMEOUT_MS,
-                send_timeout_ms,
-                1,
-            )?),
-            session_queue: at_least(confab_core::vars::SESSION_QUEUE, session_queue, 1)? as usize,
+            send_timeout,
+            session_queue,
             user_limits,
         })
     }

@@ -6,8 +6,10 @@
 //! failing is skipped at once instead of being waited on.
 
 use async_trait::async_trait;
+use confab_core::config::{millis_or, required_list, ConfigError, Env};
 use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
+use confab_core::vars;
 use confab_layers::breaker::{
     BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen, GrpcFailures,
 };
@@ -126,6 +128,23 @@ impl HistoryClientConfig {
             service_token: None,
             tls: None,
         }
+    }
+
+    /// Reads `CONFAB_HISTORY_ADDRS` (required), `CONFAB_HISTORY_TIMEOUT_MS`,
+    /// the breaker's `CONFAB_BREAKER_*` and the client TLS of `CONFAB_TLS_*`.
+    /// The service token is the caller's to set: it reads it last, so the
+    /// variables before it are reported first.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut config = Self::new(required_list(
+            env,
+            vars::HISTORY_ADDRS,
+            "history addresses (host:port)",
+        )?);
+        config.request_timeout =
+            millis_or(env, vars::HISTORY_TIMEOUT_MS, Duration::from_millis(5000))?;
+        config.breaker = BreakerConfig::from_env(env)?;
+        config.tls = ClientTls::from_env(env)?;
+        Ok(config)
     }
 }
 
@@ -420,6 +439,42 @@ impl HistoryApi for RemoteHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use confab_core::config::env_of;
+
+    #[test]
+    fn the_configuration_comes_from_the_environment() {
+        let addrs = (vars::HISTORY_ADDRS, "127.0.0.1:50071, 127.0.0.1:50072");
+        let config = HistoryClientConfig::from_env(&env_of(&[addrs])).expect("valid");
+        assert_eq!(config.addrs, ["127.0.0.1:50071", "127.0.0.1:50072"]);
+        assert_eq!(config.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.breaker, BreakerConfig::default());
+        let config = HistoryClientConfig::from_env(&env_of(&[
+            addrs,
+            (vars::HISTORY_TIMEOUT_MS, "750"),
+            ("CONFAB_BREAKER_WINDOW", "40"),
+            ("CONFAB_BREAKER_MIN_CALLS", "8"),
+            ("CONFAB_BREAKER_HALF_OPEN_PROBES", "2"),
+            ("CONFAB_BREAKER_FAILURE_RATE", "0.75"),
+            ("CONFAB_BREAKER_OPEN_MS", "250"),
+        ]))
+        .expect("valid");
+        assert_eq!(config.request_timeout, Duration::from_millis(750));
+        let b = &config.breaker;
+        assert_eq!((b.window, b.min_calls, b.half_open_probes), (40, 8, 2));
+        assert_eq!(b.failure_threshold, 0.75);
+        assert_eq!(b.open_for, Duration::from_millis(250));
+        for (key, bad) in [
+            ("CONFAB_BREAKER_FAILURE_RATE", "1.5"),
+            ("CONFAB_BREAKER_WINDOW", "0"),
+            (vars::HISTORY_TIMEOUT_MS, "soon"),
+        ] {
+            let err = HistoryClientConfig::from_env(&env_of(&[addrs, (key, bad)]))
+                .expect_err("a bad value");
+            assert_eq!(err.key, key);
+        }
+        let err = HistoryClientConfig::from_env(&env_of(&[])).expect_err("no address");
+        assert_eq!(err.key, vars::HISTORY_ADDRS);
+    }
 
     #[test]
     fn addresses_need_a_port_and_plain_http() {

@@ -8,7 +8,7 @@ use crate::ingest::{
     apply_with_retry, published, trace_outcomes, trace_records, Traced, MAX_BATCH,
 };
 use crate::{LocalHistory, PostgresStore, Store};
-use confab_core::config::{parse_or, required, ConfigError, Env};
+use confab_core::config::{millis_or, parse_or, required, ConfigError, Env};
 use confab_core::validate::SizeLimits;
 use confab_kafka::{
     ensure_topics, Batch, BatchConsumer, Committer, GroupState, KafkaConfig, KafkaPublisher,
@@ -16,6 +16,7 @@ use confab_kafka::{
 };
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_runtime::process::ServiceConfig;
 use confab_runtime::readiness::Readiness;
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::Transport;
@@ -23,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Consumer group of the sequencers.
 pub const GROUP: &str = "history";
@@ -51,21 +52,18 @@ pub struct HistoryConfig {
     /// The read API's TLS, client certificates and connection limits
     /// (`CONFAB_TLS_*`, `CONFAB_HTTP2_*`).
     pub transport: Transport,
-    /// Whether this process should get traffic: kept by its server and its
-    /// dependency checks, served at `/readyz`. Each configuration read has
-    /// its own, so processes sharing a test process do not share it.
+    /// Whether this process should get traffic (see [`Readiness`]).
     pub readiness: Readiness,
+    /// Which partitions its consumer owns (see [`GroupState::of`]).
+    pub group: Arc<GroupState>,
 }
 
-impl confab_runtime::process::ServiceConfig for HistoryConfig {
-    fn readiness(&self) -> Readiness {
-        self.readiness.clone()
-    }
-}
+impl ServiceConfig for HistoryConfig {
+    const NAME: &'static str = "confab-history";
+    const DEFAULT_LISTEN: &'static str = "127.0.0.1:50071";
 
-impl HistoryConfig {
     /// Reads `CONFAB_*` variables; `CONFAB_SERVICE_TOKEN` is required.
-    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+    fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let mut config = Self::from_env_for_migrate(env)?;
         // Certificate files are read now, so a bad one stops history before
         // it binds.
@@ -75,26 +73,36 @@ impl HistoryConfig {
         Ok(config)
     }
 
+    fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+}
+
+impl HistoryConfig {
     /// [`HistoryConfig::from_env`] without the service token, for
     /// `confab-history migrate` (which serves nothing).
     pub fn from_env_for_migrate(env: &dyn Env) -> Result<Self, ConfigError> {
         let defaults = SizeLimits::default();
+        let database_url = required(env, confab_core::vars::DATABASE_URL, "a postgres:// URL")?;
+        let pool = parse_or(
+            env,
+            confab_core::vars::DATABASE_POOL,
+            8,
+            "a connection count",
+        )?;
+        let acquire_timeout = millis_or(
+            env,
+            confab_core::vars::DATABASE_ACQUIRE_TIMEOUT_MS,
+            Duration::from_millis(2000),
+        )?;
+        let kafka = KafkaConfig::from_env(env)?;
         Ok(Self {
             readiness: Readiness::new(),
-            database_url: required(env, confab_core::vars::DATABASE_URL, "a postgres:// URL")?,
-            pool: parse_or(
-                env,
-                confab_core::vars::DATABASE_POOL,
-                8,
-                "a connection count",
-            )?,
-            acquire_timeout: Duration::from_millis(parse_or(
-                env,
-                confab_core::vars::DATABASE_ACQUIRE_TIMEOUT_MS,
-                2000,
-                "milliseconds",
-            )?),
-            kafka: KafkaConfig::from_env(env)?,
+            group: GroupState::of::<IngressRecord>(&kafka, GROUP),
+            database_url,
+            pool,
+            acquire_timeout,
+            kafka,
             limits: SizeLimits {
                 max_group_members: parse_or(
                     env,
@@ -104,12 +112,11 @@ impl HistoryConfig {
                 )?,
                 ..defaults
             },
-            linger: Duration::from_millis(parse_or(
+            linger: millis_or(
                 env,
                 confab_core::vars::BATCH_LINGER_MS,
-                2,
-                "milliseconds",
-            )?),
+                Duration::from_millis(2),
+            )?,
             service_token: None,
             transport: Transport::internal(),
         })
@@ -122,18 +129,6 @@ pub async fn run(
     config: HistoryConfig,
     listener: TcpListener,
     shutdown: Signal,
-) -> anyhow::Result<()> {
-    run_with_state(config, listener, shutdown, None).await
-}
-
-/// [`run`], and hands the sequencer's consumer-group state (which ingress
-/// partitions this process owns) to `state` once the consumer exists, so
-/// tests can watch partitions move between processes.
-pub async fn run_with_state(
-    config: HistoryConfig,
-    listener: TcpListener,
-    shutdown: Signal,
-    state: Option<oneshot::Sender<Arc<GroupState>>>,
 ) -> anyhow::Result<()> {
     let Some(service_token) = config.service_token.clone() else {
         anyhow::bail!("CONFAB_SERVICE_TOKEN is required to serve history");
@@ -150,11 +145,7 @@ pub async fn run_with_state(
     let store: Arc<dyn Store> = postgres.clone();
     ensure_topics(&config.kafka).await?;
     let outcomes = KafkaPublisher::<OutcomeRecord>::new(&config.kafka)?;
-    let consumer = BatchConsumer::<IngressRecord>::new(&config.kafka, GROUP)?;
-    if let Some(tx) = state {
-        // Nobody listening is fine.
-        let _ = tx.send(consumer.state());
-    }
+    let consumer = BatchConsumer::<IngressRecord>::with_state(&config.kafka, config.group.clone())?;
     // Readiness follows the database and the broker (and the checks keep
     // the pool and lag gauges current); both end at shutdown.
     let readiness = &config.readiness;

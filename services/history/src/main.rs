@@ -36,48 +36,41 @@ enum Cmd {
 
 fn main() {
     let cli = Cli::parse();
-    let migrate_only = matches!(cli.command, Some(Cmd::Migrate));
     let env = cli
         .service
         .overlay()
         .flag(confab_core::vars::DATABASE_URL, cli.database_url);
-    let config = if migrate_only {
-        confab_history::distributed::HistoryConfig::from_env_for_migrate(&env)
-    } else {
-        confab_history::distributed::HistoryConfig::from_env(&env)
-    };
-    if migrate_only {
-        let code = match (config, tokio::runtime::Runtime::new()) {
-            (Err(e), _) => {
-                eprintln!("confab-history: {e}");
-                EXIT_CONFIG
-            }
-            (_, Err(e)) => {
-                eprintln!("confab-history: cannot start the runtime: {e}");
-                1
-            }
-            (Ok(config), Ok(runtime)) => runtime.block_on(async move {
-                match confab_history::PostgresStore::connect(&config.database_url, config.limits, 1)
-                    .await
-                {
-                    Ok(_) => {
-                        println!("confab-history: migrations applied");
-                        0
-                    }
-                    Err(e) => {
-                        eprintln!("confab-history: cannot migrate: {e}");
-                        1
-                    }
-                }
-            }),
-        };
-        std::process::exit(code);
+    if let Some(Cmd::Migrate) = cli.command {
+        std::process::exit(migrate(&env));
     }
-    confab_runtime::process::main(
-        "confab-history",
-        &env,
-        config,
-        "127.0.0.1:50071",
-        confab_history::distributed::run,
-    );
+    confab_runtime::process::main(&env, confab_history::distributed::run);
+}
+
+/// `confab-history migrate`: applies the migrations; the exit code.
+fn migrate(env: &dyn confab_core::config::Env) -> i32 {
+    let config = confab_history::distributed::HistoryConfig::from_env_for_migrate(env);
+    match (config, tokio::runtime::Runtime::new()) {
+        (Err(e), _) => {
+            eprintln!("confab-history: {e}");
+            EXIT_CONFIG
+        }
+        (_, Err(e)) => {
+            eprintln!("confab-history: cannot start the runtime: {e}");
+            1
+        }
+        (Ok(config), Ok(runtime)) => runtime.block_on(async move {
+            match confab_history::PostgresStore::connect(&config.database_url, config.limits, 1)
+                .await
+            {
+                Ok(_) => {
+                    println!("confab-history: migrations applied");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("confab-history: cannot migrate: {e}");
+                    1
+                }
+            }
+        }),
+    }
 }

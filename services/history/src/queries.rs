@@ -61,22 +61,22 @@ impl HistoryApi for LocalHistory {
         caller: &str,
         req: GetHistoryRequest,
     ) -> Result<GetHistoryResponse, ChatError> {
-        let (cursor, limit) = validate::history_page(req.before_seq, req.after_seq, req.limit)?;
+        let page = validate::history_page(
+            &req.conversation_id,
+            req.before_seq,
+            req.after_seq,
+            req.limit,
+        )?;
         validate::conversation_id(&req.conversation_id)?;
-        let page = self
-            .store
-            .member_history(caller, &req.conversation_id, cursor, limit)
-            .await?;
-        let (mut messages, mut has_more) = match page {
-            Some(page) => page,
+        let read = self.store.member_history(caller, page).await?;
+        let (mut messages, mut has_more) = match read {
+            Some(read) => read,
             None => {
                 // Not a member, or no such conversation: say which. (If the
                 // caller was added in between, read the page now.)
                 self.member_conversation(caller, &req.conversation_id)
                     .await?;
-                self.store
-                    .history(&req.conversation_id, cursor, limit)
-                    .await?
+                self.store.history(page).await?
             }
         };
         if truncate_to_bytes(&mut messages, MAX_PAGE_BYTES) {

@@ -1,6 +1,6 @@
 //! Where the broker is, what the topics are called and how long to wait.
 
-use confab_core::config::{parse_or, ConfigError, Env};
+use confab_core::config::{at_least, ConfigError, Env};
 use rdkafka::ClientConfig;
 use std::time::Duration;
 
@@ -66,33 +66,11 @@ impl KafkaConfig {
     /// unset ones keep their defaults.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let ms = |key: &str, default: Duration| -> Result<Duration, ConfigError> {
-            let v: u64 = parse_or(
-                env,
-                key,
-                default.as_millis() as u64,
-                "a number of milliseconds",
-            )?;
-            if v == 0 {
-                return Err(ConfigError {
-                    key: key.into(),
-                    value: "0".into(),
-                    reason: "expected a positive number of milliseconds".into(),
-                });
-            }
-            Ok(Duration::from_millis(v))
+        let ms = |key: &str, default: Duration| {
+            let ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+            at_least(env, key, ms, 1, "a number of milliseconds").map(Duration::from_millis)
         };
-        let positive = |key: &str, default: i32| -> Result<i32, ConfigError> {
-            let v: i32 = parse_or(env, key, default, "a positive number")?;
-            if v < 1 {
-                return Err(ConfigError {
-                    key: key.into(),
-                    value: v.to_string(),
-                    reason: "expected a positive number".into(),
-                });
-            }
-            Ok(v)
-        };
+        let positive = |key: &str, default: i32| at_least(env, key, default, 1, "a number");
         Ok(Self {
             brokers: env
                 .get(confab_core::vars::KAFKA_BROKERS)

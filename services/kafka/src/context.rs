@@ -77,6 +77,14 @@ impl GroupState {
         }
     }
 
+    /// The state of a consumer of `group` reading `T`'s topic, before it
+    /// joins (see [`crate::BatchConsumer::with_state`]): a service's
+    /// configuration holds it, like its readiness, so whoever started the
+    /// service can watch partitions move.
+    pub fn of<T: crate::KafkaRecord>(config: &crate::KafkaConfig, group: &str) -> Arc<Self> {
+        Arc::new(Self::new(group, &T::topic(config)))
+    }
+
     fn lock(&self) -> MutexGuard<'_, BTreeSet<i32>> {
         // The set stays consistent even if a holder panicked: every update
         // is a single insert/remove.

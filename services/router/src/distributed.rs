@@ -5,19 +5,18 @@
 
 use crate::gateway_links::{GatewayLinks, LinkConfig};
 use crate::Router;
-use confab_core::config::{list, parse_or, ConfigError, Env};
+use confab_core::config::{ConfigError, Env};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
 use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig};
-use confab_layers::breaker::BreakerConfig;
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::OutcomeRecord;
+use confab_runtime::process::ServiceConfig;
 use confab_runtime::readiness::Readiness;
 use confab_runtime::shutdown::Signal;
-use confab_runtime::transport::{ClientTls, Transport};
+use confab_runtime::transport::Transport;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
 
 /// Consumer group of the routers.
 pub const GROUP: &str = "router";
@@ -39,53 +38,39 @@ pub struct RouterConfig {
     /// The gateway link server's TLS, client certificates and connection
     /// limits (`CONFAB_TLS_*`, `CONFAB_HTTP2_*`).
     pub transport: Transport,
-    /// Whether this process should get traffic: kept by its server and its
-    /// dependency checks, served at `/readyz`. Each configuration read has
-    /// its own, so processes sharing a test process do not share it.
+    /// Whether this process should get traffic (see [`Readiness`]).
     pub readiness: Readiness,
+    /// Which partitions its consumer owns (see [`GroupState::of`]).
+    pub group: Arc<GroupState>,
 }
 
-impl confab_runtime::process::ServiceConfig for RouterConfig {
-    fn readiness(&self) -> Readiness {
-        self.readiness.clone()
-    }
-}
+impl ServiceConfig for RouterConfig {
+    const NAME: &'static str = "confab-router";
+    const DEFAULT_LISTEN: &'static str = "127.0.0.1:50061";
 
-impl RouterConfig {
     /// Reads `CONFAB_*` variables.
-    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let history = list(env, confab_core::vars::HISTORY_ADDRS);
-        if history.is_empty() {
-            return Err(ConfigError {
-                key: confab_core::vars::HISTORY_ADDRS.into(),
-                value: String::new(),
-                reason: "required: comma-separated history addresses (host:port)".into(),
-            });
-        }
-        let mut history = HistoryClientConfig::new(history);
-        history.request_timeout = Duration::from_millis(parse_or(
-            env,
-            confab_core::vars::HISTORY_TIMEOUT_MS,
-            5000u64,
-            "milliseconds",
-        )?);
-        history.breaker = BreakerConfig::from_env(env)?;
+    fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let mut history = HistoryClientConfig::from_env(env)?;
         let kafka = KafkaConfig::from_env(env)?;
         // Certificate files are read now, so a bad one stops the router
         // before it binds. History is called over TLS with CONFAB_TLS_CA.
         let transport = Transport::from_env(env, Transport::internal())?;
-        history.tls = ClientTls::from_env(env)?;
         // Last, so the variables above are reported first.
         let service_token = ServiceToken::from_env(env)?;
         history.service_token = Some(service_token.clone());
         Ok(Self {
             readiness: Readiness::new(),
+            group: GroupState::of::<OutcomeRecord>(&kafka, GROUP),
             kafka,
             history,
             links: LinkConfig::default(),
             service_token,
             transport,
         })
+    }
+
+    fn readiness(&self) -> Readiness {
+        self.readiness.clone()
     }
 }
 
@@ -96,26 +81,10 @@ pub async fn run(
     listener: TcpListener,
     shutdown: Signal,
 ) -> anyhow::Result<()> {
-    run_with_state(config, listener, shutdown, None).await
-}
-
-/// [`run`], and hands the consumer-group state (which messages partitions
-/// this router owns) to `state` once the consumer exists, so tests can watch
-/// partitions move between routers.
-pub async fn run_with_state(
-    config: RouterConfig,
-    listener: TcpListener,
-    shutdown: Signal,
-    state: Option<oneshot::Sender<Arc<GroupState>>>,
-) -> anyhow::Result<()> {
     ensure_topics(&config.kafka).await?;
     let history = Arc::new(RemoteHistory::new(&config.history)?);
     let links = GatewayLinks::new(config.links.clone());
-    let consumer = BatchConsumer::<OutcomeRecord>::new(&config.kafka, GROUP)?;
-    if let Some(tx) = state {
-        // Nobody listening is fine.
-        let _ = tx.send(consumer.state());
-    }
+    let consumer = BatchConsumer::<OutcomeRecord>::with_state(&config.kafka, config.group.clone())?;
     // Readiness follows the broker (and the check keeps the lag gauges
     // current); it ends at shutdown.
     confab_kafka::health::spawn_consumer_check(
@@ -168,37 +137,4 @@ pub async fn route(
     }
     consumer.close().await;
     tracing::info!("router stopped");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::HashMap;
-
-    fn env(extra: &[(&str, &str)]) -> HashMap<String, String> {
-        [
-            ("CONFAB_HISTORY_ADDRS", "127.0.0.1:50071"),
-            ("CONFAB_SERVICE_TOKEN", "0123456789abcdef0123456789abcdef"),
-        ]
-        .iter()
-        .chain(extra)
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    }
-
-    #[test]
-    fn the_history_breaker_comes_from_the_environment() {
-        let config = RouterConfig::from_env(&env(&[])).expect("valid");
-        assert_eq!(config.history.breaker, BreakerConfig::default());
-        let config = RouterConfig::from_env(&env(&[
-            ("CONFAB_BREAKER_FAILURE_RATE", "0.75"),
-            ("CONFAB_BREAKER_OPEN_MS", "250"),
-        ]))
-        .expect("valid");
-        assert_eq!(config.history.breaker.failure_threshold, 0.75);
-        assert_eq!(config.history.breaker.open_for, Duration::from_millis(250));
-        let err = RouterConfig::from_env(&env(&[("CONFAB_BREAKER_WINDOW", "0")]))
-            .expect_err("an empty window");
-        assert_eq!(err.key, "CONFAB_BREAKER_WINDOW");
-    }
 }

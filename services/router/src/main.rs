@@ -3,7 +3,7 @@
 //! with 64 before any port is bound.
 
 use clap::Parser;
-use confab_runtime::process::ServiceFlags;
+use confab_runtime::process::{HistoryFlags, ServiceFlags};
 
 /// The router service of Confab's distributed stack. Every flag mirrors a
 /// CONFAB_* variable (the flag wins); see docs/operations.md for all of them.
@@ -12,23 +12,12 @@ use confab_runtime::process::ServiceFlags;
 struct Cli {
     #[command(flatten)]
     service: ServiceFlags,
-    /// comma-separated history addresses [env: CONFAB_HISTORY_ADDRS]
-    #[arg(long)]
-    history_addrs: Option<String>,
+    #[command(flatten)]
+    history: HistoryFlags,
 }
 
 fn main() {
     let cli = Cli::parse();
-    let env = cli
-        .service
-        .overlay()
-        .flag(confab_core::vars::HISTORY_ADDRS, cli.history_addrs);
-    let config = confab_router::distributed::RouterConfig::from_env(&env);
-    confab_runtime::process::main(
-        "confab-router",
-        &env,
-        config,
-        "127.0.0.1:50061",
-        confab_router::distributed::run,
-    );
+    let env = cli.history.over(cli.service.overlay());
+    confab_runtime::process::main(&env, confab_router::distributed::run);
 }

@@ -2,7 +2,7 @@
 
 use crate::readiness::Readiness;
 use crate::shutdown::Signal;
-use confab_core::config::Overlay;
+use confab_core::config::{ConfigError, Env, Overlay};
 use confab_core::vars;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -29,30 +29,45 @@ impl ServiceFlags {
     }
 }
 
+/// `--history-addrs`, for the services that call history (gateway, router).
+#[derive(clap::Args)]
+pub struct HistoryFlags {
+    /// comma-separated history addresses [env: CONFAB_HISTORY_ADDRS]
+    #[arg(long)]
+    pub history_addrs: Option<String>,
+}
+
+impl HistoryFlags {
+    /// `overlay` with these flags over it.
+    pub fn over(self, overlay: Overlay) -> Overlay {
+        overlay.flag(vars::HISTORY_ADDRS, self.history_addrs)
+    }
+}
+
 /// How long a service may drain after SIGTERM before it exits anyway
 /// (milliseconds, default 10 000).
 pub const GRACE_VAR: &str = confab_core::vars::SHUTDOWN_GRACE_MS;
 
 /// A service's configuration, as [`main`] needs it.
-pub trait ServiceConfig {
+pub trait ServiceConfig: Sized {
+    /// The binary's name, for messages and telemetry.
+    const NAME: &'static str;
+    /// Where it serves gRPC unless `CONFAB_LISTEN` says otherwise.
+    const DEFAULT_LISTEN: &'static str;
+    /// Reads and checks the configuration, files included.
+    fn from_env(env: &dyn Env) -> Result<Self, ConfigError>;
     /// The readiness the service's server and checks keep, which the
     /// metrics endpoint serves at `/readyz`.
     fn readiness(&self) -> Readiness;
 }
 
-/// The body of every service binary's `main`: refuse a bad configuration
-/// with exit code 64 before binding, set up logging, bind `CONFAB_LISTEN`
-/// (or `default_listen`) and, when set, `CONFAB_METRICS_LISTEN` (metrics and
+/// The body of every service binary's `main`: read `C` from `env`, refuse a
+/// bad configuration with exit code 64 before binding, set up logging, bind
+/// `CONFAB_LISTEN` (or `C::DEFAULT_LISTEN`) and, when set, `CONFAB_METRICS_LISTEN` (metrics and
 /// health over HTTP, up until the service has drained), run until
 /// SIGINT/SIGTERM, drain for at most [`GRACE_VAR`], and exit with 0 (or 1 on
 /// failure or when the grace period ran out).
-pub fn main<C, E, F, Fut>(
-    name: &'static str,
-    env: &dyn confab_core::config::Env,
-    config: Result<C, confab_core::config::ConfigError>,
-    default_listen: &str,
-    run: F,
-) -> !
+pub fn main<C, E, F, Fut>(env: &dyn Env, run: F) -> !
 where
     C: ServiceConfig,
     F: FnOnce(C, TcpListener, Signal) -> Fut,
@@ -60,7 +75,8 @@ where
     E: std::fmt::Display,
 {
     use confab_core::config::EXIT_CONFIG;
-    let config = match config {
+    let name = C::NAME;
+    let config = match C::from_env(env) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{name}: {e}");
@@ -76,7 +92,7 @@ where
     };
     let listen = env
         .get(confab_core::vars::LISTEN)
-        .unwrap_or_else(|| default_listen.to_string());
+        .unwrap_or_else(|| C::DEFAULT_LISTEN.to_string());
     let metrics_listen = crate::endpoints::listen_from_env(env);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

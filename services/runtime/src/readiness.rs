@@ -14,7 +14,10 @@ use tokio::sync::watch;
 /// Whether this process should get traffic: the serving flag that whoever
 /// serves gRPC keeps ([`Readiness::set`]), and named checks of the
 /// process's dependencies ([`Readiness::check`]). Ready means serving and
-/// every check passing. Clones share the state. Starts not ready.
+/// every check passing. Clones share the state. Starts not ready. A
+/// service's configuration holds its own (each read makes a new one), so
+/// processes sharing a test process do not share it, and whoever started
+/// a service can watch it.
 #[derive(Debug, Clone)]
 pub struct Readiness(Arc<ReadinessState>);
 

@@ -2,6 +2,7 @@
 //! and the process collector (CPU, memory, files, threads).
 
 use confab_core::metrics::*;
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 
@@ -67,98 +68,53 @@ pub(crate) fn process_collector() -> &'static metrics_process::Collector {
     COLLECTOR.get_or_init(metrics_process::Collector::default)
 }
 
+/// What each kind of metric is, for [`describe`].
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric: its name, kind, unit and help text.
+const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
+    (GRPC_REQUESTS, Kind::Counter, None, "gRPC calls finished, by method and status code"),
+    (GRPC_DURATION, Kind::Histogram, Some(Unit::Seconds), "time from a unary gRPC call's arrival to its status"),
+    (GRPC_STREAMS_OPENED, Kind::Counter, None, "streaming gRPC calls opened"),
+    (GRPC_STREAMS_OPEN, Kind::Gauge, None, "streaming gRPC calls open now"),
+    (BREAKER_STATE, Kind::Gauge, None, "circuit breaker state: 0 closed, 1 half-open, 2 open"),
+    (BREAKER_TRANSITIONS, Kind::Counter, None, "circuit breaker state changes, by the state changed to"),
+    (BREAKER_REJECTED, Kind::Counter, None, "calls a circuit breaker failed fast without reaching its dependency"),
+    (MESSAGES_ACCEPTED, Kind::Counter, None, "writes (sends, membership changes) a gateway produced to the ingress topic"),
+    (MESSAGES_SEQUENCED, Kind::Counter, None, "messages history assigned a seq"),
+    (MESSAGES_REJECTED, Kind::Counter, None, "writes history refused, by reason (not_member, not_found, invalid, limit, other)"),
+    (MESSAGES_DELIVERED, Kind::Counter, None, "messages a gateway wrote to client streams (live and from history)"),
+    (MESSAGE_E2E, Kind::Histogram, Some(Unit::Seconds), "from a gateway accepting a write to its message's first live delivery on a stream (gateways' clocks)"),
+    (KAFKA_PRODUCE, Kind::Histogram, Some(Unit::Seconds), "from producing a record to the broker's acknowledgement, by topic kind"),
+    (KAFKA_PRODUCE_ERRORS, Kind::Counter, None, "publishes to the broker that failed, by topic kind"),
+    (KAFKA_CONSUMER_LAG, Kind::Gauge, Some(Unit::Count), "records past the group's committed offset in each partition this consumer owns"),
+    (KAFKA_REBALANCES, Kind::Counter, None, "partition assignments a consumer received, by group"),
+    (DB_BATCH_RECORDS, Kind::Histogram, Some(Unit::Count), "records in each batch history applied in one transaction"),
+    (DB_TRANSACTION, Kind::Histogram, Some(Unit::Seconds), "time of one batch transaction (with deadlock retries), by result"),
+    (DB_POOL_CONNECTIONS, Kind::Gauge, None, "connections of history's database pool, by state (idle, in_use)"),
+    (DB_POOL_MAX, Kind::Gauge, None, "the most connections history's database pool opens"),
+    (SESSIONS_OPEN, Kind::Gauge, None, "Connect sessions open on this gateway"),
+    (USERS_ONLINE, Kind::Gauge, None, "users with at least one session on this gateway"),
+    (ROUTER_FANOUT, Kind::Histogram, Some(Unit::Count), "recipients of each message a router routes"),
+    (RATE_LIMITED, Kind::Counter, None, "calls and stream sends refused by a per-user limit, by limit"),
+];
+
 fn describe() {
-    metrics::describe_counter!(
-        GRPC_REQUESTS,
-        "gRPC calls finished, by method and status code"
-    );
-    metrics::describe_histogram!(
-        GRPC_DURATION,
-        metrics::Unit::Seconds,
-        "time from a unary gRPC call's arrival to its status"
-    );
-    metrics::describe_counter!(GRPC_STREAMS_OPENED, "streaming gRPC calls opened");
-    metrics::describe_gauge!(GRPC_STREAMS_OPEN, "streaming gRPC calls open now");
-    metrics::describe_gauge!(
-        BREAKER_STATE,
-        "circuit breaker state: 0 closed, 1 half-open, 2 open"
-    );
-    metrics::describe_counter!(
-        BREAKER_TRANSITIONS,
-        "circuit breaker state changes, by the state changed to"
-    );
-    metrics::describe_counter!(
-        BREAKER_REJECTED,
-        "calls a circuit breaker failed fast without reaching its dependency"
-    );
-    metrics::describe_counter!(
-        MESSAGES_ACCEPTED,
-        "writes (sends, membership changes) a gateway produced to the ingress topic"
-    );
-    metrics::describe_counter!(MESSAGES_SEQUENCED, "messages history assigned a seq");
-    metrics::describe_counter!(
-        MESSAGES_REJECTED,
-        "writes history refused, by reason (not_member, not_found, invalid, limit, other)"
-    );
-    metrics::describe_counter!(
-        MESSAGES_DELIVERED,
-        "messages a gateway wrote to client streams (live and from history)"
-    );
-    metrics::describe_histogram!(
-        MESSAGE_E2E,
-        metrics::Unit::Seconds,
-        "from a gateway accepting a write to its message's first live delivery on a stream (gateways' clocks)"
-    );
-    metrics::describe_histogram!(
-        KAFKA_PRODUCE,
-        metrics::Unit::Seconds,
-        "from producing a record to the broker's acknowledgement, by topic kind"
-    );
-    metrics::describe_counter!(
-        KAFKA_PRODUCE_ERRORS,
-        "publishes to the broker that failed, by topic kind"
-    );
-    metrics::describe_gauge!(
-        KAFKA_CONSUMER_LAG,
-        metrics::Unit::Count,
-        "records past the group's committed offset in each partition this consumer owns"
-    );
-    metrics::describe_counter!(
-        KAFKA_REBALANCES,
-        "partition assignments a consumer received, by group"
-    );
-    metrics::describe_histogram!(
-        DB_BATCH_RECORDS,
-        metrics::Unit::Count,
-        "records in each batch history applied in one transaction"
-    );
-    metrics::describe_histogram!(
-        DB_TRANSACTION,
-        metrics::Unit::Seconds,
-        "time of one batch transaction (with deadlock retries), by result"
-    );
-    metrics::describe_gauge!(
-        DB_POOL_CONNECTIONS,
-        "connections of history's database pool, by state (idle, in_use)"
-    );
-    metrics::describe_gauge!(
-        DB_POOL_MAX,
-        "the most connections history's database pool opens"
-    );
-    metrics::describe_gauge!(SESSIONS_OPEN, "Connect sessions open on this gateway");
-    metrics::describe_gauge!(
-        USERS_ONLINE,
-        "users with at least one session on this gateway"
-    );
-    metrics::describe_histogram!(
-        ROUTER_FANOUT,
-        metrics::Unit::Count,
-        "recipients of each message a router routes"
-    );
-    metrics::describe_counter!(
-        RATE_LIMITED,
-        "calls and stream sends refused by a per-user limit, by limit"
-    );
+    for &(name, kind, unit, text) in DESCRIPTIONS {
+        match (kind, unit) {
+            (Kind::Counter, None) => metrics::describe_counter!(name, text),
+            (Kind::Counter, Some(unit)) => metrics::describe_counter!(name, unit, text),
+            (Kind::Gauge, None) => metrics::describe_gauge!(name, text),
+            (Kind::Gauge, Some(unit)) => metrics::describe_gauge!(name, unit, text),
+            (Kind::Histogram, None) => metrics::describe_histogram!(name, text),
+            (Kind::Histogram, Some(unit)) => metrics::describe_histogram!(name, unit, text),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //! handle on a single connection to send one); clients reconnect on their
 //! next call.
 
-use confab_core::config::{parse_or, ConfigError, Env};
+use confab_core::config::{at_least, parse_or, ConfigError, Env};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::time::Duration;
@@ -199,38 +199,26 @@ impl Transport {
     /// `CONFAB_MAX_MESSAGE_BYTES` of `env`. Certificate files are read and
     /// checked now, so a bad one stops the process before it binds.
     pub fn from_env(env: &dyn Env, defaults: Self) -> Result<Self, ConfigError> {
-        let max_concurrent_streams = parse_or(
+        let max_concurrent_streams = at_least(
             env,
             HTTP2_MAX_STREAMS_VAR,
             defaults.max_concurrent_streams,
+            1,
             "a stream count",
         )?;
-        if max_concurrent_streams == 0 {
-            return Err(ConfigError {
-                key: HTTP2_MAX_STREAMS_VAR.into(),
-                value: "0".into(),
-                reason: "must be at least 1".into(),
-            });
-        }
         let idle_ms = parse_or(
             env,
             HTTP2_IDLE_TIMEOUT_VAR,
             defaults.idle_timeout.map_or(0, |d| d.as_millis() as u64),
             "milliseconds (0: never)",
         )?;
-        let max_message_bytes = parse_or(
+        let max_message_bytes = at_least(
             env,
             MAX_MESSAGE_BYTES_VAR,
             defaults.max_message_bytes,
+            1024,
             "a size in bytes",
         )?;
-        if max_message_bytes < 1024 {
-            return Err(ConfigError {
-                key: MAX_MESSAGE_BYTES_VAR.into(),
-                value: max_message_bytes.to_string(),
-                reason: "must be at least 1024".into(),
-            });
-        }
         Ok(Self {
             tls: server_tls_from_env(env)?,
             max_concurrent_streams,

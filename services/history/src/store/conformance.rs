@@ -2,7 +2,7 @@
 //! call `run_all` with a factory that returns a fresh, empty store.
 
 use super::Store;
-use confab_core::validate::PageCursor;
+use confab_core::validate::Page;
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record::Result as R, AddMembersCommand, CreateCommand,
     IngressRecord, Origin, OutcomeRecord, RemoveMemberCommand, SendCommand,
@@ -146,7 +146,7 @@ fn code_of(o: &OutcomeRecord) -> Code {
 
 async fn all_seqs(store: &Arc<dyn Store>, conv: &str) -> Vec<u64> {
     let (msgs, more) = store
-        .history(conv, PageCursor::After(0), 500)
+        .history(Page::after(conv, 0, 500))
         .await
         .expect("history");
     assert!(!more);
@@ -406,44 +406,40 @@ async fn member_pages_are_the_same_pages_for_members_only(store: Arc<dyn Store>)
     )
     .await;
     // 13 messages: seq 1 (creation) ..= 13.
-    for (cursor, limit) in [
-        (PageCursor::Before(u64::MAX), 5),
-        (PageCursor::Before(4), 10),
-        (PageCursor::After(8), 5),
-        (PageCursor::After(0), 13),
-        (PageCursor::After(13), 5),
-        (PageCursor::Before(1), 5),
+    for page in [
+        Page::before("c", u64::MAX, 5),
+        Page::before("c", 4, 10),
+        Page::after("c", 8, 5),
+        Page::after("c", 0, 13),
+        Page::after("c", 13, 5),
+        Page::before("c", 1, 5),
     ] {
-        let plain = store.history("c", cursor, limit).await.expect("history");
+        let plain = store.history(page).await.expect("history");
         for member in ["alice", "bob"] {
-            let page = store
-                .member_history(member, "c", cursor, limit)
+            let read = store
+                .member_history(member, page)
                 .await
                 .expect("member history");
-            assert_eq!(
-                page.as_ref(),
-                Some(&plain),
-                "{member} at {cursor:?} limit {limit}"
-            );
+            assert_eq!(read.as_ref(), Some(&plain), "{member} at {page:?}");
         }
         let outsider = store
-            .member_history("mallory", "c", cursor, limit)
+            .member_history("mallory", page)
             .await
             .expect("member history");
         assert_eq!(outsider, None, "a non-member reads nothing");
     }
     let empty = store
-        .member_history("alice", "c", PageCursor::After(13), 5)
+        .member_history("alice", Page::after("c", 13, 5))
         .await
         .expect("member history");
     assert_eq!(empty, Some((Vec::new(), false)), "an empty page is a page");
     let missing = store
-        .member_history("alice", "nope", PageCursor::After(0), 5)
+        .member_history("alice", Page::after("nope", 0, 5))
         .await
         .expect("member history");
     assert_eq!(missing, None, "no such conversation");
     let nul = store
-        .member_history("alice\0", "c", PageCursor::After(0), 5)
+        .member_history("alice\0", Page::after("c", 0, 5))
         .await
         .expect("a NUL in the caller is no member, not an error");
     assert_eq!(nul, None);
@@ -460,7 +456,7 @@ async fn pages_are_bounded_and_ordered(store: Arc<dyn Store>) {
     .await;
     // 25 messages: seq 1 (creation) ..= 25.
     let (page, more) = store
-        .history("c", PageCursor::Before(u64::MAX), 10)
+        .history(Page::before("c", u64::MAX, 10))
         .await
         .expect("h");
     assert_eq!(
@@ -468,33 +464,21 @@ async fn pages_are_bounded_and_ordered(store: Arc<dyn Store>) {
         (16..=25).rev().collect::<Vec<_>>()
     );
     assert!(more);
-    let (page, more) = store
-        .history("c", PageCursor::Before(6), 10)
-        .await
-        .expect("h");
+    let (page, more) = store.history(Page::before("c", 6, 10)).await.expect("h");
     assert_eq!(
         page.iter().map(|m| m.seq).collect::<Vec<_>>(),
         vec![5, 4, 3, 2, 1]
     );
     assert!(!more);
-    let (page, more) = store
-        .history("c", PageCursor::After(20), 5)
-        .await
-        .expect("h");
+    let (page, more) = store.history(Page::after("c", 20, 5)).await.expect("h");
     assert_eq!(
         page.iter().map(|m| m.seq).collect::<Vec<_>>(),
         vec![21, 22, 23, 24, 25]
     );
     assert!(!more, "exactly the last five: nothing more");
-    let (page, more) = store
-        .history("c", PageCursor::After(25), 5)
-        .await
-        .expect("h");
+    let (page, more) = store.history(Page::after("c", 25, 5)).await.expect("h");
     assert!(page.is_empty() && !more);
-    let (page, _) = store
-        .history("other", PageCursor::After(0), 5)
-        .await
-        .expect("h");
+    let (page, _) = store.history(Page::after("other", 0, 5)).await.expect("h");
     assert!(page.is_empty());
 }
 

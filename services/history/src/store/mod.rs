@@ -13,7 +13,7 @@ pub mod conformance;
 
 use async_trait::async_trait;
 use confab_core::error::ChatError;
-use confab_core::validate::PageCursor;
+use confab_core::validate::{Page, PageCursor};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,6 +61,9 @@ pub fn connection_lost(e: &sqlx::Error) -> bool {
     }
 }
 
+/// A page of messages, and whether more exist past it.
+pub type MessagePage = (Vec<Message>, bool);
+
 /// Where conversations and messages are kept.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -71,13 +74,8 @@ pub trait Store: Send + Sync + 'static {
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
     /// Every conversation `user` is a member of, ordered by id.
     async fn list_conversations(&self, user: &str) -> Result<Vec<Conversation>, StoreError>;
-    /// Up to `limit` messages from `cursor`, and whether more exist past them.
-    async fn history(
-        &self,
-        conversation_id: &str,
-        cursor: PageCursor,
-        limit: u32,
-    ) -> Result<(Vec<Message>, bool), StoreError>;
+    /// The messages of `page`, and whether more exist past them.
+    async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError>;
     /// [`Store::history`] for `caller`: `None` if the conversation does not
     /// exist or `caller` is not a member of it (ask
     /// [`Store::conversation`] which). The default reads the conversation,
@@ -85,13 +83,11 @@ pub trait Store: Send + Sync + 'static {
     async fn member_history(
         &self,
         caller: &str,
-        conversation_id: &str,
-        cursor: PageCursor,
-        limit: u32,
-    ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
-        match self.conversation(conversation_id).await? {
+        page: Page<'_>,
+    ) -> Result<Option<MessagePage>, StoreError> {
+        match self.conversation(page.conversation_id).await? {
             Some(c) if c.member_ids.iter().any(|m| m == caller) => {
-                Ok(Some(self.history(conversation_id, cursor, limit).await?))
+                Ok(Some(self.history(page).await?))
             }
             _ => Ok(None),
         }

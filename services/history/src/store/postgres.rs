@@ -22,9 +22,9 @@
 use super::apply::{self, BatchTx};
 use super::decide;
 use super::rows::{self, ConversationRow, ListedRow, MessageRow, Shared, LISTED_COLUMNS};
-use super::{keyset, now_ms, Store, StoreError};
+use super::{keyset, now_ms, MessagePage, Store, StoreError};
 use async_trait::async_trait;
-use confab_core::validate::{PageCursor, SizeLimits};
+use confab_core::validate::{Page, PageCursor, SizeLimits};
 use confab_proto::internal::v1::{ingress_record::Command, IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
@@ -244,12 +244,8 @@ impl Store for PostgresStore {
         )
     }
 
-    async fn history(
-        &self,
-        conversation_id: &str,
-        cursor: PageCursor,
-        limit: u32,
-    ) -> Result<(Vec<Message>, bool), StoreError> {
+    async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {
+        let (conversation_id, cursor, limit) = (page.conversation_id, page.cursor, page.limit);
         if conversation_id.contains('\0') {
             return Ok((Vec::new(), false));
         }
@@ -267,10 +263,9 @@ impl Store for PostgresStore {
     async fn member_history(
         &self,
         caller: &str,
-        conversation_id: &str,
-        cursor: PageCursor,
-        limit: u32,
-    ) -> Result<Option<(Vec<Message>, bool)>, StoreError> {
+        page: Page<'_>,
+    ) -> Result<Option<MessagePage>, StoreError> {
+        let (conversation_id, cursor, limit) = (page.conversation_id, page.cursor, page.limit);
         if conversation_id.contains('\0') || caller.contains('\0') {
             // PostgreSQL text cannot hold NUL: no such member.
             return Ok(None);

@@ -6,9 +6,9 @@
 
 use super::apply::{self, BatchTx};
 use super::rows::{self, ConversationRow, ListedRow, MessageRow, Shared, LISTED_COLUMNS};
-use super::{keyset, now_ms, Store, StoreError};
+use super::{keyset, now_ms, MessagePage, Store, StoreError};
 use async_trait::async_trait;
-use confab_core::validate::{PageCursor, SizeLimits};
+use confab_core::validate::{Page, SizeLimits};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -101,12 +101,8 @@ impl Store for SqliteStore {
         rows::conversations_from_rows(rows)
     }
 
-    async fn history(
-        &self,
-        conversation_id: &str,
-        cursor: PageCursor,
-        limit: u32,
-    ) -> Result<(Vec<Message>, bool), StoreError> {
+    async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {
+        let (conversation_id, cursor, limit) = (page.conversation_id, page.cursor, page.limit);
         let (cmp, order, bound) = keyset(cursor);
         let sql = format!(
             "SELECT * FROM messages WHERE conversation_id = ?1 AND seq {cmp} ?2 ORDER BY seq {order} LIMIT ?3"
@@ -364,7 +360,7 @@ mod tests {
             .await
             .expect("reopen");
         let (msgs, _) = store
-            .history("g", PageCursor::After(0), 10)
+            .history(Page::after("g", 0, 10))
             .await
             .expect("history");
         assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);

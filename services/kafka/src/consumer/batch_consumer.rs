@@ -43,23 +43,25 @@ impl<T: KafkaRecord> BatchConsumer<T> {
     /// Joins `group` reading `T`'s topic (see [`KafkaRecord::topic`]).
     /// Must be called inside a Tokio runtime.
     pub fn new(config: &KafkaConfig, group: &str) -> Result<Self, Error> {
-        Self::with_topic(config, group, &T::topic(config))
+        Self::with_state(config, GroupState::of::<T>(config, group))
     }
 
-    /// Joins `group` reading `topic`.
-    pub fn with_topic(config: &KafkaConfig, group: &str, topic: &str) -> Result<Self, Error> {
-        let state = Arc::new(GroupState::new(group, topic));
+    /// Joins the group of `state` reading its topic, and keeps `state`
+    /// current: a process that made `state` beforehand (see
+    /// [`GroupState::of`]) can show it before the consumer exists.
+    pub fn with_state(config: &KafkaConfig, state: Arc<GroupState>) -> Result<Self, Error> {
+        let (group, topic) = (state.group.clone(), state.topic.clone());
         let consumer: StreamConsumer<GroupContext> = config
-            .consumer_config(group)
+            .consumer_config(&group)
             .create_with_context(GroupContext {
                 state: state.clone(),
             })?;
-        consumer.subscribe(&[topic])?;
+        consumer.subscribe(&[&topic])?;
         Ok(Self {
             consumer: Arc::new(consumer),
             state,
-            group: group.to_string(),
-            topic: topic.to_string(),
+            group,
+            topic,
             pending: Batch::default(),
             request_timeout: config.admin_timeout,
             _record: PhantomData,

@@ -2,9 +2,7 @@
 //! `CONFAB_BREAKER_*` variables they are read from and the ranges those
 //! must be in.
 
-use confab_core::config::{parse_or, ConfigError, Env};
-use std::ops::RangeInclusive;
-use std::str::FromStr;
+use confab_core::config::{parse_in, ConfigError, Env};
 use std::time::Duration;
 
 /// When a breaker opens and how it recovers.
@@ -69,13 +67,11 @@ impl BreakerConfig {
             0.0..=1.0,
             "a failure rate from 0 to 1, e.g. 0.5",
         )?;
-        let window = parse_in(
-            env,
-            WINDOW_VAR,
-            defaults.window,
-            1..=MAX_WINDOW,
-            &format!("a number of calls from 1 to {MAX_WINDOW}"),
-        )?;
+        let calls = |key: &str, default: usize, max: usize| {
+            let expected = format!("a number of calls from 1 to {max}");
+            parse_in(env, key, default, 1..=max, &expected)
+        };
+        let window = calls(WINDOW_VAR, defaults.window, MAX_WINDOW)?;
         let min_calls = parse_in(
             env,
             MIN_CALLS_VAR,
@@ -90,13 +86,7 @@ impl BreakerConfig {
             1..=MAX_OPEN_MS,
             &format!("milliseconds from 1 to {MAX_OPEN_MS}"),
         )?;
-        let half_open_probes = parse_in(
-            env,
-            HALF_OPEN_PROBES_VAR,
-            defaults.half_open_probes,
-            1..=MAX_PROBES,
-            &format!("a number of calls from 1 to {MAX_PROBES}"),
-        )?;
+        let half_open_probes = calls(HALF_OPEN_PROBES_VAR, defaults.half_open_probes, MAX_PROBES)?;
         Ok(Self {
             window,
             min_calls,
@@ -114,26 +104,5 @@ impl BreakerConfig {
         self.min_calls = self.min_calls.clamp(1, self.window);
         self.half_open_probes = self.half_open_probes.max(1);
         self
-    }
-}
-
-/// `key` from `env` parsed and within `range`, or `default` when unset.
-fn parse_in<T: FromStr + PartialOrd>(
-    env: &dyn Env,
-    key: &str,
-    default: T,
-    range: RangeInclusive<T>,
-    expected: &str,
-) -> Result<T, ConfigError> {
-    let value = parse_or(env, key, default, expected)?;
-    // `contains` is false for NaN, which parses as a float.
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(ConfigError {
-            key: key.to_string(),
-            value: env.get(key).unwrap_or_default(),
-            reason: format!("expected {expected}"),
-        })
     }
 }
