@@ -66,12 +66,28 @@ pub struct Server {
     pub auth: Authenticator,
     /// The keys whose tokens it may accept.
     pub trusts: &'static [Key],
-    /// Whole seconds.
-    pub leeway: u64,
-    /// `iss` required.
-    pub issuer: Option<&'static str>,
-    /// `aud` required.
-    pub audience: Option<&'static str>,
+    /// Its configuration: the leeway, and the `iss` and `aud` it requires.
+    pub config: AuthConfig,
+}
+
+impl Server {
+    /// A server trusting `trusts`, configured by `f` (from a leeway of 0
+    /// and key files never re-read during a run).
+    fn new(name: &'static str, trusts: &'static [Key], f: impl Fn(&mut AuthConfig)) -> Self {
+        let mut config = AuthConfig {
+            leeway: Duration::ZERO,
+            reload_interval: Duration::from_secs(24 * 3600),
+            ..AuthConfig::default()
+        };
+        f(&mut config);
+        let auth = Authenticator::from_config(config.clone()).expect("fuzz server config");
+        Server {
+            name,
+            auth,
+            trusts,
+            config,
+        }
+    }
 }
 
 /// The test keys in `tests/fixtures/tokens`.
@@ -87,60 +103,24 @@ pub fn fixture(name: &str) -> PathBuf {
 pub fn servers() -> &'static [Server] {
     static SERVERS: OnceLock<Vec<Server>> = OnceLock::new();
     SERVERS.get_or_init(|| {
-        let config = |f: &dyn Fn(&mut AuthConfig)| {
-            let mut c = AuthConfig {
-                leeway: Duration::ZERO,
-                // Never re-read during a run.
-                reload_interval: Duration::from_secs(24 * 3600),
-                ..AuthConfig::default()
-            };
-            f(&mut c);
-            Authenticator::from_config(c).expect("fuzz server config")
-        };
         vec![
-            Server {
-                name: "hs256",
-                auth: Authenticator::new(SECRET),
-                trusts: &[Key::Hs256],
-                leeway: 0,
-                issuer: None,
-                audience: None,
-            },
-            Server {
-                name: "hs256 with iss, aud and leeway",
-                auth: config(&|c| {
-                    c.hs256_secret = Some(SECRET.into());
-                    c.issuer = Some(ISSUER.into());
-                    c.audience = Some(AUDIENCE.into());
-                    c.leeway = Duration::from_secs(30);
-                }),
-                trusts: &[Key::Hs256],
-                leeway: 30,
-                issuer: Some(ISSUER),
-                audience: Some(AUDIENCE),
-            },
-            Server {
-                name: "jwks",
-                auth: config(&|c| {
-                    c.public_keys = Some(fixture("jwks-1.json"));
-                    c.leeway = Duration::from_secs(30);
-                }),
-                trusts: &[Key::Ed1, Key::Rsa1],
-                leeway: 30,
-                issuer: None,
-                audience: None,
-            },
-            Server {
-                name: "hs256 and an Ed25519 PEM",
-                auth: config(&|c| {
-                    c.hs256_secret = Some(SECRET.into());
-                    c.public_keys = Some(fixture("ed-1.pub.pem"));
-                }),
-                trusts: &[Key::Hs256, Key::Ed1],
-                leeway: 0,
-                issuer: None,
-                audience: None,
-            },
+            Server::new("hs256", &[Key::Hs256], |c| {
+                c.hs256_secret = Some(SECRET.into());
+            }),
+            Server::new("hs256 with iss, aud and leeway", &[Key::Hs256], |c| {
+                c.hs256_secret = Some(SECRET.into());
+                c.issuer = Some(ISSUER.into());
+                c.audience = Some(AUDIENCE.into());
+                c.leeway = Duration::from_secs(30);
+            }),
+            Server::new("jwks", &[Key::Ed1, Key::Rsa1], |c| {
+                c.public_keys = Some(fixture("jwks-1.json"));
+                c.leeway = Duration::from_secs(30);
+            }),
+            Server::new("hs256 and an Ed25519 PEM", &[Key::Hs256, Key::Ed1], |c| {
+                c.hs256_secret = Some(SECRET.into());
+                c.public_keys = Some(fixture("ed-1.pub.pem"));
+            }),
         ]
     })
 }
@@ -490,23 +470,23 @@ fn matches_claims(
     );
     // Valid only before exp (plus the leeway), at the time of the check.
     assert!(
-        before < a.exp.saturating_add(server.leeway),
+        before < a.exp.saturating_add(server.config.leeway.as_secs()),
         "{name}: expired"
     );
     if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64) {
         assert!(
-            nbf <= after.saturating_add(server.leeway),
+            nbf <= after.saturating_add(server.config.leeway.as_secs()),
             "{name}: nbf {nbf} not reached"
         );
     }
-    if let Some(issuer) = server.issuer {
+    if let Some(issuer) = server.config.issuer.as_deref() {
         assert_eq!(
             claims.get("iss").and_then(Value::as_str),
             Some(issuer),
             "{name}"
         );
     }
-    if let Some(audience) = server.audience {
+    if let Some(audience) = server.config.audience.as_deref() {
         let aud = claims.get("aud");
         let ok = aud.and_then(Value::as_str) == Some(audience)
             || aud

@@ -9,15 +9,16 @@ use crate::broker::Broker;
 use crate::postgres::PgCluster;
 use crate::served::Served;
 use crate::{init_tracing, User, DEADLINE, SECRET};
+use confab_core::config::env_of;
 use confab_core::validate::SizeLimits;
+use confab_core::vars;
 use confab_gateway::distributed::DistributedConfig;
 use confab_gateway::{GatewayConfig, Hub};
 use confab_history::distributed::HistoryConfig;
 use confab_history_client::HistoryClientConfig;
 use confab_kafka::{GroupState, KafkaConfig};
-use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_router::distributed::RouterConfig;
-use confab_router::gateway_links::LinkConfig;
+use confab_runtime::process::ServiceConfig;
 use confab_runtime::shutdown;
 use confab_runtime::transport::Transport;
 use std::collections::BTreeSet;
@@ -80,16 +81,27 @@ impl Node {
         }
     }
 
-    /// Starts `run` like [`Node::spawn`] for a service whose consumer
-    /// keeps `group` current.
-    async fn spawn_consuming<F, Fut>(group: Arc<GroupState>, run: F) -> Self
+    /// `n` services started like [`Node::spawn`], each running `run` on a
+    /// configuration made by `make`, whose consumer keeps the state `group`
+    /// finds in it.
+    async fn spawn_consumers<C, Fut>(
+        n: usize,
+        make: impl Fn() -> C,
+        group: impl Fn(&C) -> Arc<GroupState>,
+        run: fn(C, TcpListener, shutdown::Signal) -> Fut,
+    ) -> Vec<Self>
     where
-        F: FnOnce(TcpListener, shutdown::Signal) -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        let mut node = Self::spawn(run).await;
-        node.group = Some(group);
-        node
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let config = make();
+            let state = group(&config);
+            let mut node = Self::spawn(|l, s| run(config, l, s)).await;
+            node.group = Some(state);
+            nodes.push(node);
+        }
+        nodes
     }
 
     /// Which partitions its consumer owns, as its rebalance callbacks saw
@@ -148,51 +160,41 @@ impl Cluster {
         let database_url = pg.fresh_database().await.expect("database");
         let broker = Broker::start_postgres(&pg).await;
         let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
-        let kafka = KafkaConfig {
-            brokers: broker.bootstrap(),
-            prefix: format!("test{}-{n}", std::process::id()),
-            partitions: shape.partitions,
-            produce_timeout: Duration::from_secs(5),
-            session_timeout: Duration::from_secs(6),
-            ..KafkaConfig::default()
-        };
-        let mut histories = Vec::new();
-        for _ in 0..shape.histories {
-            let config = HistoryConfig {
-                readiness: confab_runtime::readiness::Readiness::new(),
-                group: GroupState::of::<IngressRecord>(&kafka, confab_history::distributed::GROUP),
-                database_url: database_url.clone(),
-                pool: 4,
-                acquire_timeout: Duration::from_secs(2),
-                kafka: kafka.clone(),
+        // History and routers read their configuration as a user gives it.
+        let mut env = env_of(&[
+            (vars::KAFKA_BROKERS, &broker.bootstrap()),
+            (
+                vars::KAFKA_PREFIX,
+                &format!("test{}-{n}", std::process::id()),
+            ),
+            (vars::KAFKA_PARTITIONS, &shape.partitions.to_string()),
+            (vars::KAFKA_PRODUCE_TIMEOUT_MS, "5000"),
+            (vars::KAFKA_SESSION_TIMEOUT_MS, "6000"),
+            (vars::DATABASE_URL, &database_url),
+            (vars::DATABASE_POOL, "4"),
+            (vars::SERVICE_TOKEN, crate::topology::SERVICE_TOKEN),
+        ]);
+        let kafka = KafkaConfig::from_env(&env).expect("the broker's configuration");
+        let histories = Node::spawn_consumers(
+            shape.histories,
+            || HistoryConfig {
                 limits: shape.gateway.limits,
-                linger: Duration::from_millis(2),
-                service_token: Some(crate::topology::service_token()),
-                transport: Transport::internal(),
-            };
-            let group = config.group.clone();
-            let run = |l, s| confab_history::distributed::run(config, l, s);
-            histories.push(Node::spawn_consuming(group, run).await);
-        }
-        let history = HistoryClientConfig {
-            service_token: Some(crate::topology::service_token()),
-            ..HistoryClientConfig::new(histories.iter().map(|h| h.addr.to_string()))
-        };
-        let mut routers = Vec::new();
-        for _ in 0..shape.routers {
-            let config = RouterConfig {
-                readiness: confab_runtime::readiness::Readiness::new(),
-                group: GroupState::of::<OutcomeRecord>(&kafka, confab_router::distributed::GROUP),
-                kafka: kafka.clone(),
-                history: history.clone(),
-                links: LinkConfig::default(),
-                service_token: crate::topology::service_token(),
-                transport: Transport::internal(),
-            };
-            let group = config.group.clone();
-            let run = |l, s| confab_router::distributed::run(config, l, s);
-            routers.push(Node::spawn_consuming(group, run).await);
-        }
+                ..HistoryConfig::from_env(&env).expect("history's configuration")
+            },
+            |c| c.group.clone(),
+            confab_history::distributed::run,
+        )
+        .await;
+        let history_addrs: Vec<String> = histories.iter().map(|h| h.addr.to_string()).collect();
+        env.insert(vars::HISTORY_ADDRS.into(), history_addrs.join(","));
+        let history = HistoryClientConfig::from_env(&env).expect("the history client's");
+        let routers = Node::spawn_consumers(
+            shape.routers,
+            || RouterConfig::from_env(&env).expect("the router's configuration"),
+            |c| c.group.clone(),
+            confab_router::distributed::run,
+        )
+        .await;
         let router_addrs: Vec<String> = routers.iter().map(|r| r.addr.to_string()).collect();
         let mut gateways = Vec::new();
         for i in 0..shape.gateways {
@@ -202,7 +204,10 @@ impl Cluster {
                 auth: confab_auth::Authenticator::new(SECRET),
                 gateway: shape.gateway.clone(),
                 kafka: kafka.clone(),
-                history: history.clone(),
+                history: HistoryClientConfig {
+                    service_token: Some(crate::topology::service_token()),
+                    ..history.clone()
+                },
                 routers: router_addrs.clone(),
                 service_token: crate::topology::service_token(),
                 transport: Transport::public(),

@@ -202,13 +202,7 @@ impl<S> Guard<S> {
 /// so writes, reads from history and log lines carry its trace.
 fn call_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
     let method = path.rsplit('/').next().unwrap_or(path);
-    let span = tracing::info_span!(
-        "gateway.call",
-        method,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        parent_span_id = tracing::field::Empty,
-    );
+    let span = confab_runtime::hop_span!("gateway.call", method);
     trace::start(&span, TraceParent::from_headers(headers));
     span
 }

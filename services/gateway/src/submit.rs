@@ -52,13 +52,10 @@ impl Submitter {
     ) -> Result<outcome_record::Result, ChatError> {
         // Nothing inside logs above DEBUG (errors go back to the caller).
         let span = trace::observed_span(|| {
-            tracing::info_span!(
+            confab_runtime::hop_span!(
                 "gateway.write",
                 conversation_id,
                 request_id = tracing::field::Empty,
-                trace_id = tracing::field::Empty,
-                span_id = tracing::field::Empty,
-                parent_span_id = tracing::field::Empty,
             )
         });
         let trace = trace::start(&span, trace::current());

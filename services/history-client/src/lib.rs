@@ -188,37 +188,27 @@ trait HistoryRpc: Clone + Send + Sized + 'static {
     fn send(client: HistoryReaderClient<Channel>, req: Request<Self>) -> RpcFuture<Self::Reply>;
 }
 
-impl HistoryRpc for ReadHistoryRequest {
-    type Reply = GetHistoryResponse;
-    const NAME: &'static str = "get_history";
-    fn send(
-        mut client: HistoryReaderClient<Channel>,
-        req: Request<Self>,
-    ) -> RpcFuture<Self::Reply> {
-        Box::pin(async move { client.get_history(req).await })
-    }
+/// `impl HistoryRpc` for each request message: its reply, and the client
+/// method that sends it (also its name in logs).
+macro_rules! history_rpcs {
+    ($($request:ty => $reply:ty, $method:ident;)*) => {$(
+        impl HistoryRpc for $request {
+            type Reply = $reply;
+            const NAME: &'static str = stringify!($method);
+            fn send(
+                mut client: HistoryReaderClient<Channel>,
+                req: Request<Self>,
+            ) -> RpcFuture<Self::Reply> {
+                Box::pin(async move { client.$method(req).await })
+            }
+        }
+    )*};
 }
 
-impl HistoryRpc for ListForUserRequest {
-    type Reply = ListConversationsResponse;
-    const NAME: &'static str = "list_conversations";
-    fn send(
-        mut client: HistoryReaderClient<Channel>,
-        req: Request<Self>,
-    ) -> RpcFuture<Self::Reply> {
-        Box::pin(async move { client.list_conversations(req).await })
-    }
-}
-
-impl HistoryRpc for GetConversationRequest {
-    type Reply = Conversation;
-    const NAME: &'static str = "get_conversation";
-    fn send(
-        mut client: HistoryReaderClient<Channel>,
-        req: Request<Self>,
-    ) -> RpcFuture<Self::Reply> {
-        Box::pin(async move { client.get_conversation(req).await })
-    }
+history_rpcs! {
+    ReadHistoryRequest => GetHistoryResponse, get_history;
+    ListForUserRequest => ListConversationsResponse, list_conversations;
+    GetConversationRequest => Conversation, get_conversation;
 }
 
 impl<M: HistoryRpc> Service<Request<M>> for HistoryRpcs {

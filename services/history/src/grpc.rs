@@ -41,13 +41,7 @@ fn required<'a>(field: &str, value: &'a str) -> Result<&'a str, Status> {
 /// `traceparent` metadata (a gateway's request or delivery, a router's
 /// routing) or starting a trace.
 fn read_span(method: &'static str, metadata: &tonic::metadata::MetadataMap) -> tracing::Span {
-    let span = tracing::info_span!(
-        "history.read",
-        method,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty,
-        parent_span_id = tracing::field::Empty,
-    );
+    let span = confab_runtime::hop_span!("history.read", method);
     trace::start(&span, TraceParent::from_metadata(metadata));
     span
 }

@@ -99,14 +99,11 @@ pub fn trace_records(records: &[IngressRecord]) -> Vec<Sequencing> {
         .iter()
         .map(|record| {
             let span = trace::observed_span(|| {
-                tracing::info_span!(
+                confab_runtime::hop_span!(
                     parent: None,
                     "history.sequence",
                     conversation_id = %record.conversation_id,
                     request_id = record.origin.as_ref().map(|o| o.request_id).unwrap_or_default(),
-                    trace_id = tracing::field::Empty,
-                    span_id = tracing::field::Empty,
-                    parent_span_id = tracing::field::Empty,
                 )
             });
             let context = trace::start_from(&span, &record.traceparent);
@@ -143,12 +140,9 @@ pub fn trace_outcomes(traces: Vec<Sequencing>, outcomes: Vec<OutcomeRecord>) -> 
                 }
             });
             let publish = trace::observed_span(|| {
-                tracing::info_span!(
+                confab_runtime::hop_span!(
                     parent: &sequence,
                     "history.publish",
-                    trace_id = tracing::field::Empty,
-                    span_id = tracing::field::Empty,
-                    parent_span_id = tracing::field::Empty,
                 )
             });
             outcome.traceparent = trace::start(&publish, parent).to_string();

@@ -90,14 +90,20 @@ impl KafkaConfig {
         })
     }
 
+    /// `<prefix>.<kind>`: the topic of records of `kind` (see
+    /// [`crate::KafkaRecord::TOPIC_KIND`]).
+    pub fn topic(&self, kind: &str) -> String {
+        format!("{}.{kind}", self.prefix)
+    }
+
     /// `<prefix>.ingress`: writes from gateways to history.
     pub fn ingress_topic(&self) -> String {
-        format!("{}.ingress", self.prefix)
+        self.topic(<confab_proto::internal::v1::IngressRecord as crate::KafkaRecord>::TOPIC_KIND)
     }
 
     /// `<prefix>.messages`: history's outcomes, to routers.
     pub fn messages_topic(&self) -> String {
-        format!("{}.messages", self.prefix)
+        self.topic(<confab_proto::internal::v1::OutcomeRecord as crate::KafkaRecord>::TOPIC_KIND)
     }
 
     /// Settings every client shares (public for the bench's baselines, which
@@ -182,11 +188,15 @@ mod tests {
             ..KafkaConfig::new("h:1")
         };
         let p = c.producer_config();
-        assert_eq!(p.get("bootstrap.servers"), Some("h:1"));
-        assert_eq!(p.get("enable.idempotence"), Some("true"));
-        assert_eq!(p.get("acks"), Some("all"));
-        assert_eq!(p.get("message.timeout.ms"), Some("2500"));
-        assert_eq!(p.get("request.timeout.ms"), Some("2500"));
+        for (key, value) in [
+            ("bootstrap.servers", "h:1"),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("message.timeout.ms", "2500"),
+            ("request.timeout.ms", "2500"),
+        ] {
+            assert_eq!(p.get(key), Some(value), "{key}");
+        }
     }
 
     #[test]

@@ -269,7 +269,7 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
         let mut failed_with = None;
         let err = match outcome {
             Ok(Ok(delivery)) => {
-                metrics::histogram!(KAFKA_PRODUCE, "topic_kind" => T::topic_kind())
+                metrics::histogram!(KAFKA_PRODUCE, "topic_kind" => T::TOPIC_KIND)
                     .record(started.elapsed().as_secs_f64());
                 return Ok(Delivered {
                     partition: delivery.partition,
@@ -286,7 +286,7 @@ impl<T: KafkaRecord> KafkaPublisher<T> {
                 unavailable(self.produce_timeout)
             }
         };
-        metrics::counter!(KAFKA_PRODUCE_ERRORS, "topic_kind" => T::topic_kind()).increment(1);
+        metrics::counter!(KAFKA_PRODUCE_ERRORS, "topic_kind" => T::TOPIC_KIND).increment(1);
         // A dead producer is replaced now; this publish still fails, and
         // the caller's retry goes out on the new one.
         self.producer.recover(producer, failed_with);

@@ -14,18 +14,27 @@ pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// A protobuf record that travels on one of Confab's topics.
 pub trait KafkaRecord: prost::Message + Default + Send + Sync + 'static {
-    /// The topic this kind of record is published to.
-    fn topic(config: &KafkaConfig) -> String;
+    /// Which of Confab's topics this kind of record is published to
+    /// (`ingress`, `messages`): the topic is `<prefix>.<TOPIC_KIND>`, and
+    /// this is the `topic_kind` label of the produce metrics, whatever the
+    /// prefix.
+    const TOPIC_KIND: &'static str;
 
-    /// Which of Confab's topics that is (`ingress`, `messages`): the
-    /// `topic_kind` label of the produce metrics, whatever the prefix.
-    fn topic_kind() -> &'static str;
+    /// The topic this kind of record is published to.
+    fn topic(config: &KafkaConfig) -> String {
+        config.topic(Self::TOPIC_KIND)
+    }
 
     /// The idempotency key of this record, if it has one.
     fn idempotency_key(&self) -> Option<String>;
 
+    /// The record's W3C trace context field (empty: none).
+    fn traceparent_field(&self) -> &str;
+
     /// The W3C trace context to send as the `traceparent` header.
-    fn traceparent(&self) -> Option<&str>;
+    fn traceparent(&self) -> Option<&str> {
+        Some(self.traceparent_field()).filter(|t| !t.is_empty())
+    }
 }
 
 /// `<gateway_id>/<request_id>`: one request of one gateway.
@@ -42,16 +51,10 @@ fn send_key(conversation_id: &str, sender_id: &str, client_msg_id: &str) -> Opti
 }
 
 impl KafkaRecord for IngressRecord {
-    fn topic(config: &KafkaConfig) -> String {
-        config.ingress_topic()
-    }
+    const TOPIC_KIND: &'static str = "ingress";
 
-    fn topic_kind() -> &'static str {
-        "ingress"
-    }
-
-    fn traceparent(&self) -> Option<&str> {
-        Some(self.traceparent.as_str()).filter(|t| !t.is_empty())
+    fn traceparent_field(&self) -> &str {
+        &self.traceparent
     }
 
     /// A send: `<conversation_id>/<actor_id>/<client_msg_id>` (the same for
@@ -69,16 +72,10 @@ impl KafkaRecord for IngressRecord {
 }
 
 impl KafkaRecord for OutcomeRecord {
-    fn topic(config: &KafkaConfig) -> String {
-        config.messages_topic()
-    }
+    const TOPIC_KIND: &'static str = "messages";
 
-    fn topic_kind() -> &'static str {
-        "messages"
-    }
-
-    fn traceparent(&self) -> Option<&str> {
-        Some(self.traceparent.as_str()).filter(|t| !t.is_empty())
+    fn traceparent_field(&self) -> &str {
+        &self.traceparent
     }
 
     /// The key of the ingress record it answers, as far as the outcome

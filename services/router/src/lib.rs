@@ -100,12 +100,9 @@ impl Router {
                 .iter()
                 .any(|e| !self.convs.contains_key(&e.conversation_id))
         {
-            tracing::info_span!(
+            confab_runtime::hop_span!(
                 "router.route",
                 conversation_id = %outcome.conversation_id,
-                trace_id = tracing::field::Empty,
-                span_id = tracing::field::Empty,
-                parent_span_id = tracing::field::Empty,
             )
         } else {
             Span::none()

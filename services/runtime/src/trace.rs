@@ -228,6 +228,33 @@ fn random_span_id() -> u64 {
     }
 }
 
+/// An INFO hop span: `tracing::info_span!` with the [`TRACE_ID`],
+/// [`SPAN_ID`] and [`PARENT_SPAN_ID`] fields that [`start`] fills, then the
+/// caller's own fields. `hop_span!(parent: p, "name", field = v, ...)` sets
+/// its parent like `info_span!` does.
+#[macro_export]
+macro_rules! hop_span {
+    (parent: $parent:expr, $name:literal $(, $($fields:tt)*)?) => {
+        ::tracing::info_span!(
+            parent: $parent,
+            $name,
+            trace_id = ::tracing::field::Empty,
+            span_id = ::tracing::field::Empty,
+            parent_span_id = ::tracing::field::Empty,
+            $($($fields)*)?
+        )
+    };
+    ($name:literal $(, $($fields:tt)*)?) => {
+        ::tracing::info_span!(
+            $name,
+            trace_id = ::tracing::field::Empty,
+            span_id = ::tracing::field::Empty,
+            parent_span_id = ::tracing::field::Empty,
+            $($($fields)*)?
+        )
+    };
+}
+
 /// Starts the hop `span` as a child of `parent` (a new trace without one):
 /// fills its [`TRACE_ID`], [`SPAN_ID`] and [`PARENT_SPAN_ID`] fields,
 /// remembers its context for [`current`], and returns that context, the

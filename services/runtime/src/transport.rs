@@ -275,6 +275,21 @@ fn read_file(key: &str, path: &str) -> Result<Vec<u8>, ConfigError> {
     })
 }
 
+/// The PEM file at `path` (named by `key`), read and checked by `check`.
+fn read_pem<T, E: std::fmt::Display>(
+    key: &str,
+    path: &str,
+    check: impl Fn(&[u8]) -> Result<T, E>,
+) -> Result<Vec<u8>, ConfigError> {
+    let pem = read_file(key, path)?;
+    check(&pem).map_err(|e| ConfigError {
+        key: key.into(),
+        value: path.into(),
+        reason: e.to_string(),
+    })?;
+    Ok(pem)
+}
+
 /// A certificate chain and its private key, as PEM.
 type PemPair = (Vec<u8>, Vec<u8>);
 
@@ -295,18 +310,8 @@ fn identity_files(env: &dyn Env) -> Result<Option<PemPair>, ConfigError> {
             reason: format!("required with {TLS_KEY_VAR}: the PEM file of the certificate chain"),
         }),
         (Some(cert), Some(key)) => {
-            let cert_pem = read_file(TLS_CERT_VAR, &cert)?;
-            certificates(&cert_pem).map_err(|e| ConfigError {
-                key: TLS_CERT_VAR.into(),
-                value: cert.clone(),
-                reason: e.to_string(),
-            })?;
-            let key_pem = read_file(TLS_KEY_VAR, &key)?;
-            private_key(&key_pem).map_err(|e| ConfigError {
-                key: TLS_KEY_VAR.into(),
-                value: key.clone(),
-                reason: e.to_string(),
-            })?;
+            let cert_pem = read_pem(TLS_CERT_VAR, &cert, certificates)?;
+            let key_pem = read_pem(TLS_KEY_VAR, &key, private_key)?;
             Ok(Some((cert_pem, key_pem)))
         }
     }
@@ -319,12 +324,7 @@ fn server_tls_from_env(env: &dyn Env) -> Result<Option<ServerTls>, ConfigError> 
     let client_ca = match env.get(TLS_CLIENT_CA_VAR) {
         None => None,
         Some(path) => {
-            let pem = read_file(TLS_CLIENT_CA_VAR, &path)?;
-            certificates(&pem).map_err(|e| ConfigError {
-                key: TLS_CLIENT_CA_VAR.into(),
-                value: path.clone(),
-                reason: e.to_string(),
-            })?;
+            let pem = read_pem(TLS_CLIENT_CA_VAR, &path, certificates)?;
             Some((path, pem))
         }
     };

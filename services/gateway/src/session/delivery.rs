@@ -124,15 +124,12 @@ impl State {
             return self.deliver_message(m, d.accepted_at_ms).await;
         }
         // Not inside the stream's own span: this is the message's trace.
-        let span = tracing::info_span!(
+        let span = confab_runtime::hop_span!(
             parent: None,
             "gateway.deliver",
             user_id = %self.s.user,
             conversation_id = %m.conversation_id,
             seq = m.seq,
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty,
-            parent_span_id = tracing::field::Empty,
         );
         trace::start_from(&span, &d.traceparent);
         self.deliver_message(m, d.accepted_at_ms)

@@ -428,21 +428,30 @@ async fn member_pages_are_the_same_pages_for_members_only(store: Arc<dyn Store>)
             .expect("member history");
         assert_eq!(outsider, None, "a non-member reads nothing");
     }
-    let empty = store
-        .member_history("alice", Page::after("c", 13, 5))
-        .await
-        .expect("member history");
-    assert_eq!(empty, Some((Vec::new(), false)), "an empty page is a page");
-    let missing = store
-        .member_history("alice", Page::after("nope", 0, 5))
-        .await
-        .expect("member history");
-    assert_eq!(missing, None, "no such conversation");
-    let nul = store
-        .member_history("alice\0", Page::after("c", 0, 5))
-        .await
-        .expect("a NUL in the caller is no member, not an error");
-    assert_eq!(nul, None);
+    for (caller, page, expected, why) in [
+        (
+            "alice",
+            Page::after("c", 13, 5),
+            Some((Vec::new(), false)),
+            "an empty page is a page",
+        ),
+        (
+            "alice",
+            Page::after("nope", 0, 5),
+            None,
+            "no such conversation",
+        ),
+        // Not an error either.
+        (
+            "alice\0",
+            Page::after("c", 0, 5),
+            None,
+            "a NUL in the caller is no member",
+        ),
+    ] {
+        let read = store.member_history(caller, page).await.expect(why);
+        assert_eq!(read, expected, "{why}");
+    }
 }
 
 async fn pages_are_bounded_and_ordered(store: Arc<dyn Store>) {

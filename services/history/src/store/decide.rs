@@ -20,7 +20,7 @@ use confab_proto::v1::{
     membership_event::Change as Membership, Conversation, ConversationKind, MembershipEvent,
     Message, MessageKind,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// The retry key of a send: (conversation, sender, client_msg_id).
 pub type Key = (String, String, String);
@@ -85,14 +85,7 @@ pub struct SendFacts {
 /// The distinct conversations of a run's storable sends, sorted (the order
 /// in which a store that locks them must lock them).
 pub fn conversations<'a>(run: &[SendRecord<'a>]) -> Vec<&'a str> {
-    let mut ids: Vec<&str> = run
-        .iter()
-        .filter(|(rec, _)| unstorable(rec).is_none())
-        .map(|(rec, _)| rec.conversation_id.as_str())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+    distinct(run, |_, _| true, |rec, _| rec.conversation_id.as_str())
 }
 
 /// The distinct retry keys to look up for a run, given the last seqs of
@@ -101,22 +94,17 @@ pub fn keys<'a>(
     run: &[SendRecord<'a>],
     last_seqs: &HashMap<String, u64>,
 ) -> Vec<(&'a str, &'a str, &'a str)> {
-    let mut keys: Vec<(&str, &str, &str)> = run
-        .iter()
-        .filter(|(rec, _)| {
-            unstorable(rec).is_none() && last_seqs.contains_key(&rec.conversation_id)
-        })
-        .map(|(rec, send)| {
+    distinct(
+        run,
+        |rec, _| last_seqs.contains_key(&rec.conversation_id),
+        |rec, send| {
             (
                 rec.conversation_id.as_str(),
                 rec.actor_id.as_str(),
                 send.client_msg_id.as_str(),
             )
-        })
-        .collect();
-    keys.sort_unstable();
-    keys.dedup();
-    keys
+        },
+    )
 }
 
 /// The distinct (conversation, sender) pairs whose membership a run's
@@ -127,18 +115,28 @@ pub fn member_pairs<'a>(
     last_seqs: &HashMap<String, u64>,
     originals: &HashMap<Key, Message>,
 ) -> Vec<(&'a str, &'a str)> {
-    let mut pairs: Vec<(&str, &str)> = run
-        .iter()
-        .filter(|(rec, send)| {
-            unstorable(rec).is_none()
-                && last_seqs.contains_key(&rec.conversation_id)
-                && !originals.contains_key(&key(rec, send))
-        })
-        .map(|(rec, _)| (rec.conversation_id.as_str(), rec.actor_id.as_str()))
-        .collect();
-    pairs.sort_unstable();
-    pairs.dedup();
-    pairs
+    distinct(
+        run,
+        |rec, send| {
+            last_seqs.contains_key(&rec.conversation_id) && !originals.contains_key(&key(rec, send))
+        },
+        |rec, _| (rec.conversation_id.as_str(), rec.actor_id.as_str()),
+    )
+}
+
+/// What `pick` makes of each storable send of `run` that `keep` keeps,
+/// sorted and without repeats.
+fn distinct<'a, T: Ord>(
+    run: &[SendRecord<'a>],
+    keep: impl Fn(&IngressRecord, &SendCommand) -> bool,
+    pick: impl Fn(&'a IngressRecord, &'a SendCommand) -> T,
+) -> Vec<T> {
+    run.iter()
+        .filter(|(rec, send)| unstorable(rec).is_none() && keep(rec, send))
+        .map(|&(rec, send)| pick(rec, send))
+        .collect::<BTreeSet<T>>()
+        .into_iter()
+        .collect()
 }
 
 fn key(rec: &IngressRecord, send: &SendCommand) -> Key {

@@ -90,6 +90,13 @@ async fn open(svc: &Fake) {
     assert_eq!(svc.handle().state(), BreakerState::Open);
 }
 
+/// Opens `svc`'s breaker, then lets its open period (of [`config`]) pass:
+/// the next call is a probe.
+async fn open_for_a_probe(svc: &Fake) {
+    open(svc).await;
+    tokio::time::advance(config().open_for).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn opens_at_the_threshold_and_not_before_the_minimum_of_calls() {
     let (svc, reached) = breaker(config());
@@ -164,8 +171,7 @@ async fn fails_fast_while_open_without_calling_the_dependency() {
 #[tokio::test(start_paused = true)]
 async fn a_successful_probe_closes_it() {
     let (svc, reached) = breaker(config());
-    open(&svc).await;
-    tokio::time::advance(Duration::from_secs(5)).await;
+    open_for_a_probe(&svc).await;
     assert_eq!(
         svc.handle().state(),
         BreakerState::Open,
@@ -195,8 +201,7 @@ async fn a_successful_probe_closes_it() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_probe_reopens_it_for_another_period() {
     let (svc, reached) = breaker(config());
-    open(&svc).await;
-    tokio::time::advance(Duration::from_secs(5)).await;
+    open_for_a_probe(&svc).await;
     let e = send(&svc, Answer::Fail(Code::Unavailable)).await;
     assert!(refusal(e).is_none(), "the probe reached the dependency");
     assert_eq!(svc.handle().state(), BreakerState::Open);
@@ -215,8 +220,7 @@ async fn every_probe_must_succeed_when_there_are_several() {
         half_open_probes: 2,
         ..config()
     });
-    open(&svc).await;
-    tokio::time::advance(Duration::from_secs(5)).await;
+    open_for_a_probe(&svc).await;
     send(&svc, Answer::Ok).await.expect("first probe");
     assert_eq!(svc.handle().state(), BreakerState::HalfOpen);
     // A refusal about the request shows a healthy dependency.
@@ -228,8 +232,7 @@ async fn every_probe_must_succeed_when_there_are_several() {
 #[tokio::test(start_paused = true)]
 async fn a_dropped_probe_frees_its_slot() {
     let (svc, _) = breaker(config());
-    open(&svc).await;
-    tokio::time::advance(Duration::from_secs(5)).await;
+    open_for_a_probe(&svc).await;
     let mut probe_svc = svc.clone();
     let probe = probe_svc.ready().await.expect("ready").call(Answer::Hang);
     assert!(refusal(send(&svc, Answer::Ok).await).is_some());
@@ -265,8 +268,7 @@ async fn a_late_answer_from_before_opening_does_not_count() {
     // A call that started while closed...
     let mut slow_svc = svc.clone();
     let slow = slow_svc.ready().await.expect("ready").call(Answer::Hang);
-    open(&svc).await;
-    tokio::time::advance(Duration::from_secs(5)).await;
+    open_for_a_probe(&svc).await;
     // ...is not a probe: dropping it leaves the probe slot to a real one.
     drop(slow);
     send(&svc, Answer::Ok).await.expect("probe");
