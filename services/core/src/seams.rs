@@ -5,7 +5,7 @@
 use crate::error::ChatError;
 use async_trait::async_trait;
 use confab_proto::internal::v1::OutcomeRecord;
-use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse, Message};
+use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse, Message, Receipt};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -57,11 +57,23 @@ impl Delivery {
     }
 }
 
-/// Where routers hand sequenced messages and outcomes.
+/// What reaches a session live: a sequenced message, or a member's read
+/// position that moved (not sequenced: it never fills a gap).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Live {
+    /// A sequenced message.
+    Message(Delivery),
+    /// A read position that moved.
+    Receipt(Receipt),
+}
+
+/// Where routers hand sequenced messages, receipts and outcomes.
 #[async_trait]
 pub trait DeliverySink: Send + Sync + 'static {
     /// Pushes `delivery` to every session of every user in `recipients`.
     async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>);
+    /// Pushes `receipt` to every session of every user in `recipients`.
+    async fn receipt(&self, recipients: &[String], receipt: Receipt);
     /// Completes the request that produced `outcome` on its origin gateway.
     async fn complete(&self, outcome: OutcomeRecord);
 }

@@ -5,8 +5,9 @@
 
 use async_trait::async_trait;
 use confab_core::metrics::{SESSIONS_OPEN, USERS_ONLINE};
-use confab_core::seams::{Delivery, DeliverySink};
+use confab_core::seams::{Delivery, DeliverySink, Live};
 use confab_proto::internal::v1::OutcomeRecord;
+use confab_proto::v1::Receipt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,7 +33,7 @@ struct SessionEntry {
     id: u64,
     /// Live messages for the session task (bounded: a full queue means the
     /// client reads too slowly).
-    tx: mpsc::Sender<Arc<Delivery>>,
+    tx: mpsc::Sender<Arc<Live>>,
     /// Ends the client's stream at once with a status.
     kill: mpsc::Sender<Status>,
 }
@@ -159,7 +160,7 @@ impl Hub {
     pub fn register(
         self: &Arc<Self>,
         user: &str,
-        tx: mpsc::Sender<Arc<Delivery>>,
+        tx: mpsc::Sender<Arc<Live>>,
         kill: mpsc::Sender<Status>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -298,16 +299,17 @@ impl Hub {
     }
 }
 
-#[async_trait]
-impl DeliverySink for Hub {
-    async fn deliver(&self, recipients: &[String], message: Arc<Delivery>) {
+impl Hub {
+    /// Queues `live` for every session of every user in `recipients`; a
+    /// session whose queue is full reads too slowly and is disconnected.
+    fn push(&self, recipients: &[String], live: Arc<Live>) {
         let mut sessions = self.sessions();
         for user in recipients {
             let Some(list) = sessions.get_mut(user) else {
                 continue;
             };
             let before = list.len();
-            list.retain(|s| match s.tx.try_send(message.clone()) {
+            list.retain(|s| match s.tx.try_send(live.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::info!(user_id = %user, session = s.id, "session reads too slowly; disconnecting it");
@@ -327,6 +329,18 @@ impl DeliverySink for Hub {
                 self.announce(Presence::Offline(user.clone()));
             }
         }
+    }
+}
+
+#[async_trait]
+impl DeliverySink for Hub {
+    async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>) {
+        let delivery = Arc::try_unwrap(delivery).unwrap_or_else(|d| (*d).clone());
+        self.push(recipients, Arc::new(Live::Message(delivery)));
+    }
+
+    async fn receipt(&self, recipients: &[String], receipt: Receipt) {
+        self.push(recipients, Arc::new(Live::Receipt(receipt)));
     }
 
     async fn complete(&self, outcome: OutcomeRecord) {
@@ -355,7 +369,7 @@ mod tests {
         hub: &Arc<Hub>,
         user: &str,
         queue: usize,
-    ) -> (Registration, mpsc::Receiver<Arc<Delivery>>) {
+    ) -> (Registration, mpsc::Receiver<Arc<Live>>) {
         let (tx, rx) = mpsc::channel(queue);
         let (kill, _) = mpsc::channel(1);
         (hub.register(user, tx, kill), rx)

@@ -375,6 +375,10 @@ async fn apply(hub: &Hub, router: &str, frame: RouterFrame) {
             }
             None => tracing::debug!("router sent a delivery without a message; ignoring it"),
         },
+        Some(router_frame::Frame::Receipt(r)) => match r.receipt {
+            Some(receipt) => hub.receipt(&r.recipient_ids, receipt).await,
+            None => tracing::debug!("router sent a receipt frame without a receipt; ignoring it"),
+        },
         Some(router_frame::Frame::Complete(c)) => match c.outcome {
             Some(outcome) => hub.complete(outcome).await,
             None => tracing::debug!("router sent a completion without an outcome; ignoring it"),

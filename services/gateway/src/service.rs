@@ -13,7 +13,7 @@ use confab_core::seams::{HistoryApi, Publisher};
 use confab_core::validate::{self, SizeLimits};
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, AddMembersCommand, CreateCommand, IngressRecord,
-    RemoveMemberCommand, SendCommand,
+    ReadCommand, RemoveMemberCommand, SendCommand,
 };
 use confab_proto::v1::chat_server::{Chat, ChatServer};
 use confab_proto::v1::*;
@@ -336,6 +336,37 @@ impl Chat for ChatService {
         Ok(Response::new(
             self.history.get_history(&user, req.into_inner()).await?,
         ))
+    }
+
+    async fn mark_read(
+        &self,
+        mut req: Request<MarkReadRequest>,
+    ) -> Result<Response<ReadState>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        Ok(Response::new(
+            mark_read(&self.submitter, &user, req.into_inner()).await?,
+        ))
+    }
+}
+
+/// Moves `user`'s read position as `req` asks, through the log like every
+/// write: the unary `MarkRead` and the `read` frame both come here.
+pub(crate) async fn mark_read(
+    submitter: &Submitter,
+    user: &str,
+    req: MarkReadRequest,
+) -> Result<ReadState, ChatError> {
+    validate::conversation_id(&req.conversation_id)?;
+    let command = Command::Read(ReadCommand {
+        seq: req.seq,
+        private: req.private,
+    });
+    match submitter
+        .submit(user, &req.conversation_id, command)
+        .await?
+    {
+        outcome_record::Result::ReadState(state) => Ok(state),
+        _ => Err(ChatError::Internal("unexpected outcome".into())),
     }
 }
 

@@ -144,6 +144,16 @@ impl Router {
                 };
                 self.sink.deliver(&recipients, Arc::new(delivery)).await;
             }
+            if let Some(receipt) = outcome.receipt.take() {
+                let recipients = if outcome.receipt_private {
+                    vec![receipt.user_id.clone()]
+                } else {
+                    self.members(&receipt.conversation_id, &receipt.user_id)
+                        .await
+                };
+                tracing::debug!(target: HOP, read_seq = receipt.read_seq, recipients = recipients.len(), "receipt routed");
+                self.sink.receipt(&recipients, receipt).await;
+            }
             if outcome.origin.is_some() {
                 self.sink.complete(outcome).await;
             }
@@ -200,6 +210,24 @@ impl Router {
         c.members.iter().cloned().chain(extra).collect()
     }
 
+    /// The current members of `conv` (from the cache, else from history);
+    /// just `fallback` when history cannot say.
+    async fn members(&mut self, conv: &str, fallback: &str) -> Vec<String> {
+        if !self.convs.contains_key(conv) {
+            match self.load_members(conv).await {
+                Ok(c) => self.remember(conv, c.member_ids.into_iter().collect()),
+                Err(e) => {
+                    tracing::warn!(conversation_id = conv, error = %e, "cannot load members; telling the reader only");
+                    return vec![fallback.to_string()];
+                }
+            }
+        }
+        self.convs
+            .get(conv)
+            .map(|c| c.members.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The conversation's members from history, retried for a while: the
     /// event exists, so its conversation does, and a failure is history
     /// being unreachable. Holding the partition briefly beats members
@@ -248,7 +276,9 @@ mod tests {
     use async_trait::async_trait;
     use confab_core::error::ChatError;
     use confab_proto::internal::v1::{outcome_record, Origin};
-    use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse, MembershipEvent};
+    use confab_proto::v1::{
+        Conversation, GetHistoryRequest, GetHistoryResponse, MembershipEvent, Receipt,
+    };
     use confab_runtime::trace::TraceParent;
     use std::sync::Mutex;
 
@@ -269,6 +299,8 @@ mod tests {
         /// The hop span around each delivery, if one was made.
         around: Mutex<Vec<Option<TraceParent>>>,
         completed: Mutex<Vec<u64>>,
+        /// Each receipt with its recipients.
+        receipts: Mutex<Vec<(Receipt, Vec<String>)>>,
     }
 
     #[async_trait]
@@ -285,6 +317,11 @@ mod tests {
                 .lock()
                 .expect("lock")
                 .push((delivery.traceparent.clone(), delivery.accepted_at_ms));
+        }
+        async fn receipt(&self, recipients: &[String], receipt: Receipt) {
+            let mut r = recipients.to_vec();
+            r.sort();
+            self.receipts.lock().expect("lock").push((receipt, r));
         }
         async fn complete(&self, outcome: OutcomeRecord) {
             let id = outcome.origin.map(|o| o.request_id).unwrap_or_default();
@@ -323,8 +360,7 @@ mod tests {
             conversation_id: "c".into(),
             events,
             result: Some(outcome_record::Result::Message(Message::default())),
-            traceparent: String::new(),
-            accepted_at_ms: 0,
+            ..Default::default()
         }
     }
 

@@ -61,6 +61,7 @@ echo_chat! {
     fn remove_member(RemoveMemberRequest) -> Conversation;
     fn list_conversations(ListConversationsRequest) -> ListConversationsResponse;
     fn get_history(GetHistoryRequest) -> GetHistoryResponse;
+    fn mark_read(MarkReadRequest) -> ReadState;
 }
 
 /// Serves the echo service on `listener` until the process ends.

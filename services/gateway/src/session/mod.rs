@@ -15,7 +15,7 @@ use crate::hub::Hub;
 use crate::submit::Submitter;
 use crate::user_limits::{Limiter, StreamGuard};
 use confab_auth::STREAM_EXPIRED;
-use confab_core::seams::HistoryApi;
+use confab_core::seams::{HistoryApi, Live};
 use confab_core::validate::SizeLimits;
 use confab_proto::v1::{server_frame, ClientFrame, ServerFrame};
 use confab_runtime::shutdown::Signal;
@@ -168,8 +168,10 @@ impl Session {
                     Ok(None) => { inbound_open = false; Ok(()) }
                     Err(status) => return state.inbound_failed(&status),
                 },
-                msg = live.recv() => match msg {
-                    Some(m) => state.deliver_live(&m).await,
+                msg = live.recv() => match msg.as_deref() {
+                    Some(Live::Message(m)) => state.deliver_live(m).await,
+                    // Not sequenced: passed on as it comes, never filled.
+                    Some(Live::Receipt(r)) => state.send(server_frame::Frame::Receipt(r.clone())).await,
                     // The hub dropped us (too slow); the kill status is on its way.
                     None => return,
                 },

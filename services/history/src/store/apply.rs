@@ -3,12 +3,15 @@
 //! A store implements [`BatchTx`] with its own SQL (how it locks, how it
 //! binds a run's arrays); the order of loads, decisions and writes is here.
 
+use super::decide::reads::{self, Read, ReadFacts};
 use super::decide::{self, Change, Run, SendFacts, SendRecord, Step};
 use super::rows::Shared;
 use super::StoreError;
 use async_trait::async_trait;
 use confab_core::validate::SizeLimits;
-use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_proto::internal::v1::{
+    ingress_record::Command, IngressRecord, OutcomeRecord, ReadCommand,
+};
 use confab_proto::v1::{Conversation, Message};
 use std::collections::{BTreeMap, HashMap};
 
@@ -40,6 +43,23 @@ pub trait BatchTx: Send {
     async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError>;
     /// Runs a statement both stores share; how many rows it affected.
     async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError>;
+    /// What deciding a read of `seq` by `user` in conversation `id` reads
+    /// (`None`: no such conversation), the conversation locked where
+    /// writers are concurrent.
+    async fn read_facts(
+        &mut self,
+        id: &str,
+        user: &str,
+        seq: u64,
+    ) -> Result<Option<ReadFacts>, StoreError>;
+    /// Moves each sender's read position to its newest new message, given
+    /// as (conversation, sender, seq).
+    async fn sender_reads(&mut self, reads: &[(&str, &str, u64)]) -> Result<(), StoreError> {
+        for &(id, user, seq) in reads {
+            self.run(Shared::SenderRead { id, user, seq }).await?;
+        }
+        Ok(())
+    }
 }
 
 /// Applies `batch` in order in `tx`, runs of sends at most `max_run` long,
@@ -55,7 +75,10 @@ pub async fn batch(
     for run in decide::runs(batch, max_run) {
         match run {
             Run::Sends(run) => sends(tx, &run, now, &mut outcomes).await?,
-            Run::One(rec) => outcomes.push(change(tx, rec, limits, now).await?),
+            Run::One(rec) => match &rec.command {
+                Some(Command::Read(cmd)) => outcomes.push(read(tx, rec, cmd).await?),
+                _ => outcomes.push(change(tx, rec, limits, now).await?),
+            },
         }
     }
     Ok(outcomes)
@@ -88,9 +111,39 @@ async fn sends(
     if !decided.new.is_empty() {
         tx.insert_sent(&decided.new, now).await?;
         tx.set_last_seqs(&decided.heads).await?;
+        tx.sender_reads(&decided.sender_reads()).await?;
     }
     decided.outcomes(run, outcomes);
     Ok(())
+}
+
+/// Decides a read with [`reads::read`] on the reader's position as `tx`
+/// reads it, and writes the new position when it moves.
+async fn read(
+    tx: &mut impl BatchTx,
+    rec: &IngressRecord,
+    cmd: &ReadCommand,
+) -> Result<OutcomeRecord, StoreError> {
+    let facts = if decide::unstorable(rec).is_none() {
+        tx.read_facts(&rec.conversation_id, &rec.actor_id, cmd.seq)
+            .await?
+    } else {
+        None
+    };
+    let decided = match reads::read(rec, cmd, facts) {
+        Ok(decided) => decided,
+        Err(err) => return Ok(decide::refused(rec, err)),
+    };
+    if let Read::Moved { to, .. } = &decided {
+        tx.run(Shared::SetRead {
+            id: &rec.conversation_id,
+            user: &rec.actor_id,
+            seq: to.read_seq,
+            system: to.read_system,
+        })
+        .await?;
+    }
+    Ok(reads::read_outcome(rec, cmd, decided))
 }
 
 /// Decides one record that is not a send with [`decide::change`] on its
@@ -154,13 +207,16 @@ async fn write(
             }
             Step::Append(message) => {
                 tx.run(Shared::InsertMessage { message, now }).await?;
-                tx.run(Shared::SetLastSeq {
+                tx.run(Shared::EventAppended {
                     id,
                     seq: message.seq,
                 })
                 .await?;
             }
         }
+    }
+    if steps.iter().any(|s| matches!(s, Step::AddMembers(_))) {
+        tx.run(Shared::SeatNewMembers { id }).await?;
     }
     Ok(true)
 }

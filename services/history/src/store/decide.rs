@@ -9,6 +9,8 @@
 //!   returns the new messages (seqs allocated) and each record's outcome.
 //! - Any other record (create, add, remove) is decided alone by [`change`]
 //!   from its conversation as loaded, into [`Step`]s for the store to write.
+//! - A read is decided alone by [`reads::read`] from the reader's position
+//!   as loaded.
 
 use super::timestamp;
 use confab_core::error::ChatError;
@@ -21,6 +23,8 @@ use confab_proto::v1::{
     Message, MessageKind,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+pub mod reads;
 
 /// The retry key of a send: (conversation, sender, client_msg_id).
 pub type Key = (String, String, String);
@@ -237,6 +241,23 @@ pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSend
 }
 
 impl DecidedSends {
+    /// The read position each sender of a new message moves to: its newest
+    /// new message in each conversation, as (conversation, sender, seq),
+    /// sorted. Sending a message reads everything before it.
+    pub fn sender_reads(&self) -> Vec<(&str, &str, u64)> {
+        let mut newest: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for m in &self.new {
+            let seq = newest
+                .entry((m.conversation_id.as_str(), m.sender_id.as_str()))
+                .or_default();
+            *seq = (*seq).max(m.seq);
+        }
+        newest
+            .into_iter()
+            .map(|((c, u), seq)| (c, u, seq))
+            .collect()
+    }
+
     /// One outcome per send of `run` (the run this was decided from), in
     /// order, appended to `outcomes`.
     pub fn outcomes(self, run: &[SendRecord<'_>], outcomes: &mut Vec<OutcomeRecord>) {
@@ -304,8 +325,8 @@ pub fn change(
         Step::Append(system_message(conv_id, seq, actor, change, users, now))
     };
     match command {
-        Command::Send(_) => Err(ChatError::Internal(
-            "a send reached the membership path".into(),
+        Command::Send(_) | Command::Read(_) => Err(ChatError::Internal(
+            "a send or a read reached the membership path".into(),
         )),
         Command::Create(create) => {
             if let Some(existing) = conv {
@@ -492,6 +513,8 @@ pub fn outcome(
         replay: false,
         traceparent: rec.traceparent.clone(),
         accepted_at_ms: rec.accepted_at_ms,
+        receipt: None,
+        receipt_private: false,
     }
 }
 

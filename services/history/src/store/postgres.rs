@@ -21,7 +21,8 @@
 
 use super::apply::{self, BatchTx};
 use super::decide;
-use super::rows::{self, ConversationRow, ListedRow, MessageRow, Shared, LISTED_COLUMNS};
+use super::decide::reads::ReadFacts;
+use super::rows::{self, ConversationRow, ListedRow, MessageRow, ReadFactsRow, Shared};
 use super::{keyset, now_ms, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
@@ -228,15 +229,9 @@ impl Store for PostgresStore {
         if user.contains('\0') {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT {LISTED_COLUMNS}
-             FROM members m
-             JOIN conversations c ON c.id = m.conversation_id
-             JOIN members m2 ON m2.conversation_id = m.conversation_id
-             WHERE m.user_id = $1
-             ORDER BY c.id, m2.user_id"
-        );
-        let rows = self.fetch_all(|| sqlx::query(&sql).bind(user)).await?;
+        let rows = self
+            .fetch_all(|| sqlx::query(rows::LIST_CONVERSATIONS).bind(user))
+            .await?;
         rows::conversations_from_rows(
             rows.iter()
                 .map(ListedRow::from_row)
@@ -486,6 +481,49 @@ impl BatchTx for Tx {
             .execute(&mut **self)
             .await?
             .rows_affected())
+    }
+
+    /// Locks the conversation first, then reads in a separate statement
+    /// (which sees what the previous lock holder committed).
+    async fn read_facts(
+        &mut self,
+        id: &str,
+        user: &str,
+        seq: u64,
+    ) -> Result<Option<ReadFacts>, StoreError> {
+        let found: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut **self)
+                .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        let row: Option<ReadFactsRow> = sqlx::query_as(rows::READ_FACTS)
+            .bind(id)
+            .bind(user)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .fetch_optional(&mut **self)
+            .await?;
+        row.map(ReadFacts::try_from).transpose()
+    }
+
+    /// One statement for the whole run (its conversations are locked).
+    async fn sender_reads(&mut self, reads: &[(&str, &str, u64)]) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE members AS m SET read_seq = u.seq, read_system = c.system_count
+             FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u (conversation_id, user_id, seq)
+             JOIN conversations c ON c.id = u.conversation_id
+             WHERE m.conversation_id = u.conversation_id AND m.user_id = u.user_id
+               AND m.read_seq < u.seq",
+        )
+        .persistent(false) // planned per run: see above
+        .bind(reads.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(reads.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(reads.iter().map(|r| r.2 as i64).collect::<Vec<_>>())
+        .execute(&mut **self)
+        .await?;
+        Ok(())
     }
 }
 

@@ -1,6 +1,7 @@
 //! Rows as both stores keep them (the same tables in PostgreSQL and SQLite,
 //! see `migrations/`), decoded once into the API's types.
 
+use super::decide::reads::{Position, ReadFacts};
 use super::{timestamp, StoreError};
 use confab_proto::prost::Message as _;
 use confab_proto::v1::{Conversation, MembershipEvent, Message};
@@ -61,21 +62,34 @@ impl ConversationRow {
             member_ids,
             last_seq: seq_from(self.last_seq)?,
             created_at: Some(timestamp(self.created_at_ms)),
+            ..Conversation::default()
         })
     }
 }
 
-/// A conversation and one of its members: a row of [`LISTED_COLUMNS`].
+/// A conversation of the lister, with the lister's read position, and one
+/// of its members: a row of [`LIST_CONVERSATIONS`].
 #[derive(sqlx::FromRow)]
 pub struct ListedRow {
     #[sqlx(flatten)]
     conversation: ConversationRow,
+    read_seq: i64,
+    unread_count: i64,
     user_id: String,
 }
 
-/// What a listing selects from `conversations c` joined with each of its
-/// members `m2`, ordered by conversation and member.
-pub const LISTED_COLUMNS: &str = "c.id, c.kind, c.title, c.last_seq, c.created_at_ms, m2.user_id";
+/// The conversations of user `$1`, each with the user's read position and
+/// unread count (see `decide::reads`) and joined with each of its members
+/// `m2`, ordered by conversation and member.
+pub const LIST_CONVERSATIONS: &str =
+    "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, m.read_seq,
+            (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count,
+            m2.user_id
+     FROM members m
+     JOIN conversations c ON c.id = m.conversation_id
+     JOIN members m2 ON m2.conversation_id = m.conversation_id
+     WHERE m.user_id = $1
+     ORDER BY c.id, m2.user_id";
 
 /// Conversations with their members from [`ListedRow`]s, one per
 /// (conversation, member), grouped by conversation.
@@ -84,10 +98,55 @@ pub fn conversations_from_rows(rows: Vec<ListedRow>) -> Result<Vec<Conversation>
     for row in rows {
         match out.last_mut() {
             Some(c) if c.id == row.conversation.id => c.member_ids.push(row.user_id),
-            _ => out.push(row.conversation.with_members(vec![row.user_id])?),
+            _ => out.push(Conversation {
+                read_seq: seq_from(row.read_seq)?,
+                unread_count: seq_from(row.unread_count)?,
+                ..row.conversation.with_members(vec![row.user_id])?
+            }),
         }
     }
     Ok(out)
+}
+
+/// What deciding a read of seq `$3` by user `$2` in conversation `$1`
+/// reads (see `decide::reads::ReadFacts`); no row when the conversation
+/// does not exist, NULL positions when the user is not a member. A store
+/// whose writers are concurrent appends its row lock.
+pub const READ_FACTS: &str = "SELECT c.last_seq, c.system_count, m.read_seq, m.read_system,
+            (SELECT COUNT(*) FROM messages x
+             WHERE x.conversation_id = c.id AND x.kind = 2 AND x.seq <= $3) AS system_at_seq
+     FROM conversations c
+     LEFT JOIN members m ON m.conversation_id = c.id AND m.user_id = $2
+     WHERE c.id = $1";
+
+/// A row of [`READ_FACTS`].
+#[derive(sqlx::FromRow)]
+pub struct ReadFactsRow {
+    last_seq: i64,
+    system_count: i64,
+    read_seq: Option<i64>,
+    read_system: Option<i64>,
+    system_at_seq: i64,
+}
+
+impl TryFrom<ReadFactsRow> for ReadFacts {
+    type Error = StoreError;
+
+    fn try_from(row: ReadFactsRow) -> Result<Self, StoreError> {
+        let position = match (row.read_seq, row.read_system) {
+            (Some(read_seq), Some(read_system)) => Some(Position {
+                read_seq: seq_from(read_seq)?,
+                read_system: seq_from(read_system)?,
+            }),
+            _ => None,
+        };
+        Ok(ReadFacts {
+            last_seq: seq_from(row.last_seq)?,
+            system_count: seq_from(row.system_count)?,
+            position,
+            system_at_seq: seq_from(row.system_at_seq)?,
+        })
+    }
 }
 
 /// A stored seq as the API's unsigned one.
@@ -125,11 +184,40 @@ pub enum Shared<'q> {
         /// Milliseconds since the epoch.
         now: i64,
     },
-    /// Makes `seq` the last seq of conversation `id`.
-    SetLastSeq {
+    /// Makes `seq`, a SYSTEM event, the last seq of conversation `id`.
+    EventAppended {
         /// The conversation.
         id: &'q str,
         /// Its new last seq.
+        seq: u64,
+    },
+    /// Gives the members of conversation `id` that have no read position
+    /// yet (just added) its last seq as theirs: what came before they
+    /// joined is not unread for them.
+    SeatNewMembers {
+        /// The conversation.
+        id: &'q str,
+    },
+    /// Moves `user`'s read position in conversation `id` forward to `seq`,
+    /// at or below which lie `system` SYSTEM events.
+    SetRead {
+        /// The conversation.
+        id: &'q str,
+        /// The member.
+        user: &'q str,
+        /// The new position.
+        seq: u64,
+        /// The SYSTEM events at or below it.
+        system: u64,
+    },
+    /// Moves `user`'s read position in conversation `id` forward to `seq`,
+    /// the user's own newest message: every SYSTEM event so far lies below.
+    SenderRead {
+        /// The conversation.
+        id: &'q str,
+        /// The sender.
+        user: &'q str,
+        /// The sender's newest message.
         seq: u64,
     },
 }
@@ -176,10 +264,39 @@ where
         .bind(m.body.as_str())
         .bind(m.membership.as_ref().map(|e| e.encode_to_vec()))
         .bind(now),
-        Shared::SetLastSeq { id, seq } => {
-            sqlx::query("UPDATE conversations SET last_seq = $2 WHERE id = $1")
-                .bind(id)
-                .bind(seq as i64)
-        }
+        Shared::EventAppended { id, seq } => sqlx::query(
+            "UPDATE conversations SET last_seq = $2, system_count = system_count + 1 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(seq as i64),
+        Shared::SeatNewMembers { id } => sqlx::query(
+            "UPDATE members SET
+                 read_seq = (SELECT c.last_seq FROM conversations c WHERE c.id = $1),
+                 read_system = (SELECT c.system_count FROM conversations c WHERE c.id = $1)
+             WHERE conversation_id = $1 AND read_seq = 0",
+        )
+        .bind(id),
+        Shared::SetRead {
+            id,
+            user,
+            seq,
+            system,
+        } => sqlx::query(
+            "UPDATE members SET read_seq = $3, read_system = $4
+             WHERE conversation_id = $1 AND user_id = $2 AND read_seq < $3",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(seq as i64)
+        .bind(system as i64),
+        Shared::SenderRead { id, user, seq } => sqlx::query(
+            "UPDATE members SET
+                 read_seq = $3,
+                 read_system = (SELECT c.system_count FROM conversations c WHERE c.id = $1)
+             WHERE conversation_id = $1 AND user_id = $2 AND read_seq < $3",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(seq as i64),
     }
 }

@@ -5,7 +5,8 @@
 //! [`WAL_AUTOCHECKPOINT_PAGES`] pages rather than SQLite's default 1,000.
 
 use super::apply::{self, BatchTx};
-use super::rows::{self, ConversationRow, ListedRow, MessageRow, Shared, LISTED_COLUMNS};
+use super::decide::reads::ReadFacts;
+use super::rows::{self, ConversationRow, ListedRow, MessageRow, ReadFactsRow, Shared};
 use super::{keyset, now_ms, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
@@ -87,17 +88,10 @@ impl Store for SqliteStore {
     }
 
     async fn list_conversations(&self, user: &str) -> Result<Vec<Conversation>, StoreError> {
-        let rows: Vec<ListedRow> = sqlx::query_as(&format!(
-            "SELECT {LISTED_COLUMNS}
-             FROM members m
-             JOIN conversations c ON c.id = m.conversation_id
-             JOIN members m2 ON m2.conversation_id = m.conversation_id
-             WHERE m.user_id = ?1
-             ORDER BY c.id, m2.user_id"
-        ))
-        .bind(user)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<ListedRow> = sqlx::query_as(rows::LIST_CONVERSATIONS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
         rows::conversations_from_rows(rows)
     }
 
@@ -238,6 +232,21 @@ impl BatchTx for Tx {
             .execute(&mut **self)
             .await?
             .rows_affected())
+    }
+
+    async fn read_facts(
+        &mut self,
+        id: &str,
+        user: &str,
+        seq: u64,
+    ) -> Result<Option<ReadFacts>, StoreError> {
+        let row: Option<ReadFactsRow> = sqlx::query_as(rows::READ_FACTS)
+            .bind(id)
+            .bind(user)
+            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+            .fetch_optional(&mut **self)
+            .await?;
+        row.map(ReadFacts::try_from).transpose()
     }
 
     /// One statement for all of them (a group has at most a few thousand

@@ -7,9 +7,10 @@ use super::directory::{Directory, Link};
 use async_trait::async_trait;
 use confab_core::seams::{Delivery, DeliverySink};
 use confab_proto::internal::v1::{
-    gateway_frame, router_frame, Complete, Deliver, GatewayFrame, OutcomeRecord, PresenceAck,
-    RouterFrame,
+    gateway_frame, router_frame, Complete, Deliver, DeliverReceipt, GatewayFrame, OutcomeRecord,
+    PresenceAck, RouterFrame,
 };
+use confab_proto::v1::Receipt;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -275,9 +276,11 @@ impl GatewayLinks {
     }
 }
 
-#[async_trait]
-impl DeliverySink for GatewayLinks {
-    async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>) {
+impl GatewayLinks {
+    /// Sends to each gateway with sessions of some of `recipients` the frame
+    /// `frame` makes for those users. One slow gateway does not hold up the
+    /// others' share.
+    async fn fan_out(&self, recipients: &[String], frame: impl Fn(Vec<String>) -> RouterFrame) {
         let targets: Vec<_> = {
             let dir = self.directory();
             let mut per_gateway: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -297,20 +300,37 @@ impl DeliverySink for GatewayLinks {
                 })
                 .collect()
         };
-        // One slow gateway does not hold up the others' share of a message.
         futures::future::join_all(targets.into_iter().map(
             |(gateway_id, link, tx, recipient_ids)| {
-                let frame = RouterFrame {
-                    frame: Some(router_frame::Frame::Deliver(Deliver {
-                        recipient_ids,
-                        message: Some(delivery.message.clone()),
-                        traceparent: delivery.traceparent.clone(),
-                        accepted_at_ms: delivery.accepted_at_ms,
-                    })),
-                };
+                let frame = frame(recipient_ids);
                 async move { self.send(&gateway_id, link, tx, frame).await }
             },
         ))
+        .await;
+    }
+}
+
+#[async_trait]
+impl DeliverySink for GatewayLinks {
+    async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>) {
+        self.fan_out(recipients, |recipient_ids| RouterFrame {
+            frame: Some(router_frame::Frame::Deliver(Deliver {
+                recipient_ids,
+                message: Some(delivery.message.clone()),
+                traceparent: delivery.traceparent.clone(),
+                accepted_at_ms: delivery.accepted_at_ms,
+            })),
+        })
+        .await;
+    }
+
+    async fn receipt(&self, recipients: &[String], receipt: Receipt) {
+        self.fan_out(recipients, |recipient_ids| RouterFrame {
+            frame: Some(router_frame::Frame::Receipt(DeliverReceipt {
+                recipient_ids,
+                receipt: Some(receipt.clone()),
+            })),
+        })
         .await;
     }
 

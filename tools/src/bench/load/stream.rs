@@ -98,7 +98,10 @@ pub(super) async fn read_stream(
                     counters.error(format!("caughtUp {}", code_name(Code::from(e.code))));
                 }
             }
-            server_frame::Frame::Pong(_) => {}
+            // The load sends no reads; receipts are not what it measures.
+            server_frame::Frame::Pong(_)
+            | server_frame::Frame::Receipt(_)
+            | server_frame::Frame::Read(_) => {}
         }
     }
 }

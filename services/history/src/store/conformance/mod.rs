@@ -1,6 +1,10 @@
 //! One behaviour suite for every `Store` implementation: each backend's tests
 //! call `run_all` with a factory that returns a fresh, empty store.
 
+mod reads;
+
+pub use reads::read;
+
 use super::Store;
 use confab_core::validate::Page;
 use confab_proto::internal::v1::{
@@ -29,6 +33,9 @@ where
     conversations_are_listed_per_member(fresh().await).await;
     concurrent_batches_stay_gap_free(fresh().await).await;
     outcomes_carry_the_trace_and_acceptance_time(fresh().await).await;
+    reads::read_positions_move_forward_for_members_only(fresh().await).await;
+    reads::system_events_and_earlier_history_are_never_unread(fresh().await).await;
+    reads::unread_counts_match_a_brute_force_count(fresh().await).await;
 }
 
 fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {

@@ -1,0 +1,245 @@
+//! Read positions and unread counts, for every store.
+
+use super::{add, apply, code_of, create_group, record, remove, send};
+use crate::store::Store;
+use confab_core::validate::Page;
+use confab_proto::internal::v1::{
+    ingress_record::Command, outcome_record::Result as R, OutcomeRecord, ReadCommand,
+};
+use confab_proto::v1::{Conversation, MessageKind, ReadState};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tonic::Code;
+
+/// A record reading `conv` up to `seq` as `actor`.
+pub fn read(conv: &str, actor: &str, seq: u64, private: bool) -> super::IngressRecord {
+    record(conv, actor, Command::Read(ReadCommand { seq, private }))
+}
+
+fn state_of(o: &OutcomeRecord) -> ReadState {
+    match &o.result {
+        Some(R::ReadState(s)) => s.clone(),
+        other => panic!("expected a read state, got {other:?}"),
+    }
+}
+
+/// `user`'s entry of conversation `conv` in its own listing.
+async fn listed(store: &Arc<dyn Store>, user: &str, conv: &str) -> Option<Conversation> {
+    store
+        .list_conversations(user)
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|c| c.id == conv)
+}
+
+/// A read position moves forward only, never past the newest seq, and only
+/// for members; a move carries a receipt (marked private when asked), a
+/// read that moves nothing carries none.
+pub async fn read_positions_move_forward_for_members_only(store: Arc<dyn Store>) {
+    apply(&store, vec![create_group("g", "alice", &["alice", "bob"])]).await;
+    let sends: Vec<_> = (0..4)
+        .map(|i| send("g", "alice", &format!("m{i}"), "x"))
+        .collect();
+    apply(&store, sends).await;
+    // seq 1: created; 2..=5: alice's messages.
+    let fresh = listed(&store, "bob", "g").await.expect("bob's");
+    assert_eq!((fresh.read_seq, fresh.unread_count), (1, 4));
+    let out = apply(
+        &store,
+        vec![
+            read("g", "bob", 3, false),
+            read("g", "bob", 2, false),
+            read("g", "bob", 4, true),
+            read("g", "bob", 6, false),
+            read("g", "carol", 2, false),
+            read("nope", "bob", 1, false),
+        ],
+    )
+    .await;
+    let moved = state_of(&out[0]);
+    assert_eq!((moved.read_seq, moved.unread_count), (3, 2));
+    let receipt = out[0].receipt.clone().expect("a move has a receipt");
+    assert_eq!(
+        (
+            receipt.conversation_id.as_str(),
+            receipt.user_id.as_str(),
+            receipt.read_seq
+        ),
+        ("g", "bob", 3)
+    );
+    assert!(!out[0].receipt_private);
+    let lower = state_of(&out[1]);
+    assert_eq!(
+        (lower.read_seq, lower.unread_count),
+        (3, 2),
+        "a lower seq is a no-op"
+    );
+    assert!(out[1].receipt.is_none(), "nothing moved, no receipt");
+    assert_eq!(state_of(&out[2]).read_seq, 4);
+    assert!(out[2].receipt.is_some() && out[2].receipt_private);
+    assert_eq!(code_of(&out[3]), Code::InvalidArgument, "past the newest");
+    assert_eq!(code_of(&out[4]), Code::PermissionDenied, "not a member");
+    assert_eq!(code_of(&out[5]), Code::NotFound);
+    for o in &out[3..] {
+        assert!(o.receipt.is_none() && o.events.is_empty(), "{o:?}");
+    }
+    let after = listed(&store, "bob", "g").await.expect("bob's");
+    assert_eq!((after.read_seq, after.unread_count), (4, 1));
+    // Alice sent every message: nothing is unread for her, and her own
+    // sends moved her position to her newest message.
+    let alice = listed(&store, "alice", "g").await.expect("alice's");
+    assert_eq!((alice.read_seq, alice.unread_count), (5, 0));
+}
+
+/// Membership events never count as unread, and a member added later has
+/// read everything before it joined.
+pub async fn system_events_and_earlier_history_are_never_unread(store: Arc<dyn Store>) {
+    apply(&store, vec![create_group("g", "alice", &["alice", "bob"])]).await;
+    apply(
+        &store,
+        vec![
+            send("g", "alice", "a1", "x"),
+            add("g", "alice", &["carol"]),
+            send("g", "alice", "a2", "x"),
+            add("g", "alice", &["dave"]),
+            remove("g", "alice", "dave"),
+        ],
+    )
+    .await;
+    // 1 created, 2 a1, 3 carol added, 4 a2, 5 dave added, 6 dave removed.
+    let bob = listed(&store, "bob", "g").await.expect("bob's");
+    assert_eq!((bob.read_seq, bob.unread_count), (1, 2));
+    let carol = listed(&store, "carol", "g").await.expect("carol's");
+    assert_eq!((carol.read_seq, carol.unread_count), (3, 1));
+    assert!(listed(&store, "dave", "g").await.is_none());
+    // Reading up to a SYSTEM event leaves the texts after it.
+    let out = apply(&store, vec![read("g", "bob", 3, false)]).await;
+    assert_eq!(state_of(&out[0]).unread_count, 1);
+    let out = apply(&store, vec![read("g", "bob", 6, false)]).await;
+    assert_eq!(state_of(&out[0]).unread_count, 0);
+    // Dave again: a new member, seated at its new ADDED event.
+    apply(&store, vec![add("g", "alice", &["dave"])]).await;
+    let dave = listed(&store, "dave", "g").await.expect("dave's");
+    assert_eq!((dave.read_seq, dave.unread_count), (7, 0));
+}
+
+/// A tiny deterministic generator (no dependency, the same run every time).
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// Random interleavings of sends, reads, joins and leaves by several users,
+/// in batches of every size: after each batch, every member's unread count
+/// is the brute-force count from history (the TEXT messages after its read
+/// position that others sent).
+pub async fn unread_counts_match_a_brute_force_count(store: Arc<dyn Store>) {
+    const USERS: [&str; 5] = ["u0", "u1", "u2", "u3", "u4"];
+    let convs = ["c0", "c1"];
+    for conv in convs {
+        apply(&store, vec![create_group(conv, "u0", &["u0", "u1", "u2"])]).await;
+    }
+    let mut rng = Lcg(17);
+    let mut next_id = 0u64;
+    // What the mix did, so the test cannot pass by doing nothing.
+    let (mut sent, mut moved, mut unread_seen) = (0, 0, 0);
+    // The newest seq of each conversation, from the outcomes.
+    let mut last: BTreeMap<&str, u64> = convs.iter().map(|c| (*c, 1)).collect();
+    for round in 0..100 {
+        let mut batch = Vec::new();
+        for _ in 0..=rng.below(6) {
+            let conv = convs[rng.below(2) as usize];
+            // Mostly a member as of the last batch; now and then anyone.
+            let members = store
+                .conversation(conv)
+                .await
+                .expect("conversation")
+                .map(|c| c.member_ids)
+                .unwrap_or_default();
+            let user = match members.len() as u64 {
+                n if n > 0 && rng.below(5) > 0 => members[rng.below(n) as usize].clone(),
+                _ => USERS[rng.below(5) as usize].to_string(),
+            };
+            let user = user.as_str();
+            let other = USERS[rng.below(5) as usize];
+            next_id += 1;
+            batch.push(match rng.below(10) {
+                0..=4 => send(conv, user, &format!("m{next_id}"), "x"),
+                5..=7 => {
+                    // Mostly near the newest seq; now and then anywhere,
+                    // one past the newest (refused) included.
+                    let newest = last[conv];
+                    let seq = match rng.below(3) {
+                        0 => rng.below(newest + 2),
+                        _ => newest.saturating_sub(rng.below(3)),
+                    };
+                    read(conv, user, seq, rng.below(2) == 0)
+                }
+                8 => add(conv, user, &[other]),
+                _ => remove(conv, user, other),
+            });
+        }
+        // Refusals (strangers, seqs past the end, ...) are part of the mix.
+        for o in apply(&store, batch).await {
+            sent += u32::from(matches!(o.result, Some(R::Message(_))) && !o.replay);
+            moved += u32::from(o.receipt.is_some());
+            for e in &o.events {
+                if let Some(seq) = last.get_mut(e.conversation_id.as_str()) {
+                    *seq = (*seq).max(e.seq);
+                }
+            }
+        }
+        for conv in convs {
+            let texts = texts_by_seq(&store, conv).await;
+            for user in USERS {
+                let Some(entry) = listed(&store, user, conv).await else {
+                    continue;
+                };
+                let brute = texts
+                    .range(entry.read_seq + 1..)
+                    .filter(|(_, sender)| sender.as_str() != user)
+                    .count() as u64;
+                assert_eq!(
+                    entry.unread_count, brute,
+                    "round {round}: {user} in {conv} at read_seq {} (last {})",
+                    entry.read_seq, entry.last_seq
+                );
+                assert!(entry.read_seq <= entry.last_seq);
+                unread_seen += u32::from(entry.unread_count > 0);
+            }
+        }
+    }
+    assert!(
+        sent > 20 && moved > 10 && unread_seen > 20,
+        "a thin mix: {sent} messages, {moved} reads that moved, {unread_seen} non-zero counts"
+    );
+}
+
+/// The TEXT messages of `conv` by seq, with their senders.
+async fn texts_by_seq(store: &Arc<dyn Store>, conv: &str) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    let mut after = 0;
+    loop {
+        let (page, more) = store
+            .history(Page::after(conv, after, 500))
+            .await
+            .expect("history");
+        for m in &page {
+            after = m.seq;
+            if m.kind == MessageKind::Text as i32 {
+                out.insert(m.seq, m.sender_id.clone());
+            }
+        }
+        if !more {
+            return out;
+        }
+    }
+}
