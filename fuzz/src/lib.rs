@@ -71,6 +71,8 @@ pub fn client_frame(data: &[u8]) {
                 );
             }
         }
+        // The session runs what `MarkRead` runs.
+        Some(client_frame::Frame::Read(r)) => check_read(r),
         Some(client_frame::Frame::Ping(_)) | None => {}
     }
 }
@@ -103,6 +105,24 @@ pub fn requests(data: &[u8]) {
     }
     if let Ok(r) = ListConversationsRequest::decode(data) {
         round_trip(&r);
+    }
+    if let Ok(r) = MarkReadRequest::decode(data) {
+        round_trip(&r);
+        check_read(&r);
+    }
+}
+
+/// What the gateway checks on a read before it goes to history: the
+/// conversation id (any seq may be asked for; history refuses one past the
+/// newest, which only it knows).
+fn check_read(r: &MarkReadRequest) {
+    let ok = conversation_id_ok(&r.conversation_id);
+    match validate::conversation_id(&r.conversation_id) {
+        Ok(()) => assert!(ok, "accepted a bad MarkRead"),
+        Err(e) => {
+            assert!(!ok, "refused a good MarkRead: {e:?}");
+            invalid(&e);
+        }
     }
 }
 

@@ -46,6 +46,14 @@ pub fn client_frame() -> Vec<Seed> {
         ("resume-max-seq", resume(&[("grp-1", u64::MAX)])),
         ("resume-bad-id", resume(&[("", 1), ("a\nb", 2)])),
         ("ping", frame(client_frame::Frame::Ping(Ping { nonce: 7 }))),
+        (
+            "read",
+            frame(client_frame::Frame::Read(MarkReadRequest {
+                conversation_id: "grp-1".into(),
+                seq: 12,
+                private: true,
+            })),
+        ),
         ("empty", Vec::new()),
     ]
 }
@@ -86,6 +94,15 @@ pub fn requests() -> Vec<Seed> {
             AddMembersRequest {
                 conversation_id: "grp-1".into(),
                 member_ids: strings(&["erin", "frank", "erin"]),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "mark-read",
+            MarkReadRequest {
+                conversation_id: "grp-1".into(),
+                seq: 3,
+                private: false,
             }
             .encode_to_vec(),
         ),

@@ -160,6 +160,32 @@ impl User {
             .await
     }
 
+    /// Moves the user's read position in `conv` to `seq`.
+    pub async fn mark_read(
+        &self,
+        conv: &str,
+        seq: u64,
+        private: bool,
+    ) -> Result<ReadState, Status> {
+        let req = MarkReadRequest {
+            conversation_id: conv.into(),
+            seq,
+            private,
+        };
+        self.unary(req, |mut c, r| async move { c.mark_read(r).await })
+            .await
+    }
+
+    /// The user's entry for `conv` in its conversation list.
+    pub async fn listed(&self, conv: &str) -> Result<Conversation, Status> {
+        self.list()
+            .await?
+            .conversations
+            .into_iter()
+            .find(|c| c.id == conv)
+            .ok_or_else(|| Status::not_found(format!("{conv} is not in {}'s list", self.name)))
+    }
+
     /// The user's conversations.
     pub async fn list(&self) -> Result<ListConversationsResponse, Status> {
         self.unary(ListConversationsRequest {}, |mut c, r| async move {
@@ -281,6 +307,37 @@ impl Session {
         loop {
             if let server_frame::Frame::Ack(a) = self.next_frame().await.expect("an ack") {
                 return a;
+            }
+        }
+    }
+
+    /// The next `receipt` frame (messages and other frames are skipped).
+    pub async fn next_receipt(&mut self) -> Receipt {
+        loop {
+            if let server_frame::Frame::Receipt(r) = self.next_frame().await.expect("a receipt") {
+                return r;
+            }
+        }
+    }
+
+    /// The next `read` frame, the answer to a `read` (others are skipped).
+    pub async fn next_read_ack(&mut self) -> ReadAck {
+        loop {
+            if let server_frame::Frame::Read(r) = self.next_frame().await.expect("a read ack") {
+                return r;
+            }
+        }
+    }
+
+    /// Sends a ping and returns every frame before its pong, so a test can
+    /// tell that nothing else was on its way.
+    pub async fn frames_before_pong(&mut self, nonce: u64) -> Vec<server_frame::Frame> {
+        self.send(client_frame::Frame::Ping(Ping { nonce })).await;
+        let mut before = Vec::new();
+        loop {
+            match self.next_frame().await.expect("the pong") {
+                server_frame::Frame::Pong(p) if p.nonce == nonce => return before,
+                other => before.push(other),
             }
         }
     }

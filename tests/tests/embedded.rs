@@ -61,3 +61,8 @@ async fn a_reader_that_falls_behind_is_disconnected_and_can_resume() {
 async fn large_pages_are_cut_to_fit_and_page_on() {
     suite::large_pages_are_cut_to_fit_and_page_on(Kind::Embedded).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_positions_count_exactly_and_receipts_reach_every_session() {
+    suite::read_positions_count_exactly_and_receipts_reach_every_session(Kind::Embedded).await;
+}

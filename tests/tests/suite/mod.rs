@@ -3,7 +3,9 @@
 //! `tests/distributed.rs`): order and gap-freedom, dedupe, multi-session
 //! delivery, resume, membership changes and every error case.
 
-use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, Resume};
+use confab_proto::v1::{
+    client_frame, server_frame, ConversationKind, MarkReadRequest, Ping, ReadState, Resume,
+};
 use confab_tests::server::{Kind, Server, Settings};
 use confab_tests::*;
 use std::collections::HashMap;
@@ -600,5 +602,106 @@ pub async fn large_pages_are_cut_to_fit_and_page_on(kind: Kind) {
     assert!(first.messages.len() < 65 && !first.messages.is_empty());
     let all = alice.all_seqs(&conv.id).await;
     assert_eq!(all, (1..=65).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+pub async fn read_positions_count_exactly_and_receipts_reach_every_session(kind: Kind) {
+    let (server, [alice, bob, carol, dave]) =
+        with_users(kind, ["alice", "bob", "carol", "dave"]).await;
+    let conv = alice.group("reads", &["bob", "carol"]).await;
+    let mut alice1 = alice.live().await;
+    let mut bob1 = bob.live().await;
+    let mut bob2 = bob.live().await;
+    let mut carol1 = carol.live().await;
+    for i in 0..3 {
+        alice
+            .send(&conv.id, &format!("r{i}"), "x")
+            .await
+            .expect("send");
+    }
+    // seq 1 created the group; 2..=4 are alice's.
+    let listed = bob.listed(&conv.id).await.expect("bob's list");
+    assert_eq!(
+        (listed.last_seq, listed.read_seq, listed.unread_count),
+        (4, 1, 3)
+    );
+    let own = alice.listed(&conv.id).await.expect("alice's list");
+    assert_eq!(
+        (own.read_seq, own.unread_count),
+        (4, 0),
+        "her own messages are read"
+    );
+
+    let state = bob.mark_read(&conv.id, 3, false).await.expect("mark read");
+    assert_eq!((state.read_seq, state.unread_count), (3, 1));
+    // Every member's sessions hear of it, bob's own included.
+    for s in [&mut alice1, &mut bob1, &mut bob2, &mut carol1] {
+        let r = s.next_receipt().await;
+        assert_eq!(
+            (r.conversation_id.as_str(), r.user_id.as_str(), r.read_seq),
+            (conv.id.as_str(), "bob", 3)
+        );
+    }
+    // Backwards is a no-op, and no receipt.
+    let state = bob.mark_read(&conv.id, 2, false).await.expect("mark read");
+    assert_eq!((state.read_seq, state.unread_count), (3, 1));
+    // A private read on the stream: bob's other session hears of it, the
+    // others do not.
+    bob1.send(client_frame::Frame::Read(MarkReadRequest {
+        conversation_id: conv.id.clone(),
+        seq: 4,
+        private: true,
+    }))
+    .await;
+    let ack = bob1.next_read_ack().await;
+    let state = ack.state.expect("a read state");
+    assert_eq!(
+        (state.read_seq, state.unread_count, ack.error),
+        (4, 0, None)
+    );
+    assert_eq!(bob2.next_receipt().await.read_seq, 4);
+    for (s, nonce) in [(&mut alice1, 1), (&mut carol1, 2)] {
+        let before = s.frames_before_pong(nonce).await;
+        assert!(
+            !before
+                .iter()
+                .any(|f| matches!(f, server_frame::Frame::Receipt(_))),
+            "no receipt for a no-op or a private read: {before:?}"
+        );
+    }
+    let listed = bob.listed(&conv.id).await.expect("bob's list");
+    assert_eq!((listed.read_seq, listed.unread_count), (4, 0));
+
+    // Precise refusals, and nothing moves.
+    let code = |r: Result<ReadState, tonic::Status>| r.map(|_| ()).map_err(|s| s.code());
+    assert_eq!(
+        code(bob.mark_read(&conv.id, 5, false).await),
+        Err(Code::InvalidArgument)
+    );
+    assert_eq!(
+        code(dave.mark_read(&conv.id, 1, false).await),
+        Err(Code::PermissionDenied)
+    );
+    assert_eq!(
+        code(bob.mark_read("no-such", 1, false).await),
+        Err(Code::NotFound)
+    );
+    assert_eq!(
+        code(bob.mark_read("", 1, false).await),
+        Err(Code::InvalidArgument)
+    );
+    bob1.send(client_frame::Frame::Read(MarkReadRequest {
+        conversation_id: conv.id.clone(),
+        seq: 99,
+        private: false,
+    }))
+    .await;
+    let ack = bob1.next_read_ack().await;
+    assert_eq!(ack.state, None);
+    assert_eq!(
+        ack.error.map(|e| Code::from(e.code)),
+        Some(Code::InvalidArgument)
+    );
+    assert_eq!(bob.listed(&conv.id).await.expect("list").read_seq, 4);
     server.stop().await;
 }
