@@ -13,8 +13,9 @@
 
 use confab_core::error::ChatError;
 use confab_core::validate::{
-    self, Page, PageCursor, SizeLimits, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_GROUP_MEMBERS,
-    DEFAULT_PAGE, MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN,
+    self, Page, PageCursor, SizeLimits, DEFAULT_CONVERSATIONS_PAGE, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_PAGE, MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATIONS_PAGE,
+    MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN,
 };
 use confab_core::validate::{check_user_id, MAX_USER_ID_LEN};
 use confab_proto::v1::*;
@@ -105,6 +106,15 @@ pub fn requests(data: &[u8]) {
     }
     if let Ok(r) = ListConversationsRequest::decode(data) {
         round_trip(&r);
+        // Any limit is a page size from 1 to the largest (0: the default);
+        // the token is history's to check (see confab-history's page_token).
+        let size = validate::conversations_page(r.limit);
+        let expected = match r.limit {
+            0 => DEFAULT_CONVERSATIONS_PAGE,
+            n => n.min(MAX_CONVERSATIONS_PAGE),
+        };
+        assert_eq!(size, expected);
+        assert!((1..=MAX_CONVERSATIONS_PAGE).contains(&size));
     }
     if let Ok(r) = MarkReadRequest::decode(data) {
         round_trip(&r);

@@ -144,7 +144,15 @@ pub fn requests() -> Vec<Seed> {
             }
             .encode_to_vec(),
         ),
-        ("list", ListConversationsRequest {}.encode_to_vec()),
+        ("list", ListConversationsRequest::default().encode_to_vec()),
+        (
+            "list-page",
+            ListConversationsRequest {
+                page_token: "CgNib2IQgICA8IG5tZMYGgVncnAtMQ".into(),
+                limit: 1_000,
+            }
+            .encode_to_vec(),
+        ),
     ]
 }
 

@@ -186,9 +186,23 @@ impl User {
             .ok_or_else(|| Status::not_found(format!("{conv} is not in {}'s list", self.name)))
     }
 
+    /// A page of the user's conversations.
+    pub async fn list_page(
+        &self,
+        page_token: &str,
+        limit: u32,
+    ) -> Result<ListConversationsResponse, Status> {
+        let req = ListConversationsRequest {
+            page_token: page_token.into(),
+            limit,
+        };
+        self.unary(req, |mut c, r| async move { c.list_conversations(r).await })
+            .await
+    }
+
     /// The user's conversations.
     pub async fn list(&self) -> Result<ListConversationsResponse, Status> {
-        self.unary(ListConversationsRequest {}, |mut c, r| async move {
+        self.unary(ListConversationsRequest::default(), |mut c, r| async move {
             c.list_conversations(r).await
         })
         .await

@@ -66,3 +66,8 @@ async fn large_pages_are_cut_to_fit_and_page_on() {
 async fn read_positions_count_exactly_and_receipts_reach_every_session() {
     suite::read_positions_count_exactly_and_receipts_reach_every_session(Kind::Embedded).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_are_listed_newest_first_in_pages() {
+    suite::conversations_are_listed_newest_first_in_pages(Kind::Embedded).await;
+}

@@ -281,7 +281,11 @@ async fn history_errors_keep_their_code_across_the_link() {
     assert_eq!(invalid.map(|e| e.code()), Some(Code::InvalidArgument));
     let unknown = remote.conversation("grp-missing").await.err();
     assert_eq!(unknown, Some(ChatError::no_conversation("grp-missing")));
-    let listed = remote.list_conversations("bob").await.expect("list");
+    let listed = remote
+        .list_conversations("bob", Default::default())
+        .await
+        .expect("list")
+        .conversations;
     assert_eq!(
         listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         vec![conv.id.as_str()]

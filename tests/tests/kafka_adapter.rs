@@ -960,11 +960,17 @@ impl confab_history::Store for Overlap {
         self.inner.conversation(id).await
     }
 
-    async fn list_conversations(
+    async fn listed(
         &self,
         user: &str,
-    ) -> Result<Vec<confab_proto::v1::Conversation>, confab_history::StoreError> {
-        self.inner.list_conversations(user).await
+        after: Option<&confab_history::store::ListAfter>,
+        limit: u32,
+    ) -> Result<Vec<confab_history::store::rows::ListedRow>, confab_history::StoreError> {
+        self.inner.listed(user, after, limit).await
+    }
+
+    async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, confab_history::StoreError> {
+        self.inner.last_texts(ids).await
     }
 
     async fn history(

@@ -196,7 +196,11 @@ async fn history_serves_only_callers_with_the_service_token() {
     let err = remote.conversation("grp-nowhere").await.err();
     assert_eq!(err.map(|e| e.code()), Some(Code::NotFound));
     assert_eq!(
-        remote.list_conversations("alice").await.expect("served"),
+        remote
+            .list_conversations("alice", Default::default())
+            .await
+            .expect("served")
+            .conversations,
         vec![]
     );
     // ... and without one it is refused like anyone else.
@@ -212,7 +216,7 @@ async fn history_serves_only_callers_with_the_service_token() {
     })
     .expect("client");
     let err = wrong
-        .list_conversations("alice")
+        .list_conversations("alice", Default::default())
         .await
         .expect_err("refused");
     assert!(err.to_string().contains(SERVICE_TOKEN_REQUIRED), "{err}");

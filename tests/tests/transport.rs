@@ -170,7 +170,7 @@ fn plaintext_channel(addr: SocketAddr) -> Channel {
 }
 
 fn list_request(user: &User) -> Request<ListConversationsRequest> {
-    user.req(ListConversationsRequest {})
+    user.req(ListConversationsRequest::default())
 }
 
 /// grpcurl, from PATH or where `make deps-tools` puts it.
@@ -425,6 +425,7 @@ async fn list_for_user(
         .list_conversations(with_service_token(
             ListForUserRequest {
                 user_id: "alice".into(),
+                request: None,
             },
             token,
         ))
@@ -476,9 +477,10 @@ async fn history_with_a_client_ca_serves_only_callers_with_a_certificate_and_the
     })
     .expect("remote history");
     assert!(remote
-        .list_conversations("alice")
+        .list_conversations("alice", Default::default())
         .await
         .expect("read over mTLS")
+        .conversations
         .is_empty());
     let without_cert = RemoteHistory::new(&HistoryClientConfig {
         service_token: Some(token),
@@ -488,7 +490,7 @@ async fn history_with_a_client_ca_serves_only_callers_with_a_certificate_and_the
     .expect("remote history");
     let refused = Status::from(
         without_cert
-            .list_conversations("alice")
+            .list_conversations("alice", Default::default())
             .await
             .expect_err("no certificate"),
     );

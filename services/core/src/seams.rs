@@ -5,7 +5,10 @@
 use crate::error::ChatError;
 use async_trait::async_trait;
 use confab_proto::internal::v1::OutcomeRecord;
-use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse, Message, Receipt};
+use confab_proto::v1::{
+    Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
+    ListConversationsResponse, Message, Receipt,
+};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -27,8 +30,12 @@ pub trait HistoryApi: Send + Sync + 'static {
         caller: &str,
         req: GetHistoryRequest,
     ) -> Result<GetHistoryResponse, ChatError>;
-    /// The caller's conversations.
-    async fn list_conversations(&self, caller: &str) -> Result<Vec<Conversation>, ChatError>;
+    /// A page of the caller's conversations.
+    async fn list_conversations(
+        &self,
+        caller: &str,
+        req: ListConversationsRequest,
+    ) -> Result<ListConversationsResponse, ChatError>;
     /// A conversation with its current members (no caller check: internal).
     async fn conversation(&self, conversation_id: &str) -> Result<Conversation, ChatError>;
 }

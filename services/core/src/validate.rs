@@ -252,6 +252,21 @@ impl<'a> Page<'a> {
     }
 }
 
+/// A `ListConversations` page when none is asked for.
+pub const DEFAULT_CONVERSATIONS_PAGE: u32 = 50;
+
+/// The largest `ListConversations` page.
+pub const MAX_CONVERSATIONS_PAGE: u32 = 200;
+
+/// The effective size of a `ListConversations` page asked for as `limit`:
+/// 0 means the default, more than the largest means the largest.
+pub fn conversations_page(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_CONVERSATIONS_PAGE,
+        n => n.min(MAX_CONVERSATIONS_PAGE),
+    }
+}
+
 /// Checks a history request and returns the page it asks for, with the
 /// effective limit.
 pub fn history_page(

@@ -324,8 +324,11 @@ impl Chat for ChatService {
         mut req: Request<ListConversationsRequest>,
     ) -> Result<Response<ListConversationsResponse>, Status> {
         let user = Caller::take(&mut req)?.user;
-        let conversations = self.history.list_conversations(&user).await?;
-        Ok(Response::new(ListConversationsResponse { conversations }))
+        Ok(Response::new(
+            self.history
+                .list_conversations(&user, req.into_inner())
+                .await?,
+        ))
     }
 
     async fn get_history(

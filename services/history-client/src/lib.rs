@@ -17,7 +17,8 @@ use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
 use confab_proto::v1::{
-    self as pb, Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsResponse,
+    self as pb, Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
+    ListConversationsResponse,
 };
 use confab_runtime::transport::ClientTls;
 use std::error::Error as _;
@@ -410,12 +411,16 @@ impl HistoryApi for RemoteHistory {
         self.call(msg).await
     }
 
-    async fn list_conversations(&self, caller: &str) -> Result<Vec<Conversation>, ChatError> {
+    async fn list_conversations(
+        &self,
+        caller: &str,
+        req: ListConversationsRequest,
+    ) -> Result<ListConversationsResponse, ChatError> {
         let msg = ListForUserRequest {
             user_id: caller.to_string(),
+            request: Some(req),
         };
-        let resp = self.call(msg).await?;
-        Ok(resp.conversations)
+        self.call(msg).await
     }
 
     async fn conversation(&self, conversation_id: &str) -> Result<Conversation, ChatError> {

@@ -73,12 +73,12 @@ impl HistoryReader for HistoryReaderService {
         let span = read_span("ListConversations", req.metadata());
         let r = req.into_inner();
         let user = required("user_id", &r.user_id)?;
-        let conversations = self
-            .reader
-            .list_conversations(user)
-            .instrument(span)
-            .await?;
-        Ok(Response::new(ListConversationsResponse { conversations }))
+        Ok(Response::new(
+            self.reader
+                .list_conversations(user, r.request.unwrap_or_default())
+                .instrument(span)
+                .await?,
+        ))
     }
 
     async fn get_conversation(

@@ -6,6 +6,7 @@ pub mod distributed;
 pub mod grpc;
 pub mod health;
 pub mod ingest;
+pub mod page_token;
 pub mod queries;
 pub mod store;
 

@@ -2,12 +2,16 @@
 //! conversation. Embedded mode calls it directly; distributed mode serves it
 //! over gRPC.
 
+use crate::page_token;
 use crate::store::Store;
 use async_trait::async_trait;
 use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
 use confab_core::validate;
-use confab_proto::v1::{Conversation, GetHistoryRequest, GetHistoryResponse};
+use confab_proto::v1::{
+    Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
+    ListConversationsResponse,
+};
 use std::sync::Arc;
 
 /// Largest encoded page: below the 4 MiB that gRPC clients (grpcurl, tonic)
@@ -85,8 +89,24 @@ impl HistoryApi for LocalHistory {
         Ok(GetHistoryResponse { messages, has_more })
     }
 
-    async fn list_conversations(&self, caller: &str) -> Result<Vec<Conversation>, ChatError> {
-        Ok(self.store.list_conversations(caller).await?)
+    async fn list_conversations(
+        &self,
+        caller: &str,
+        req: ListConversationsRequest,
+    ) -> Result<ListConversationsResponse, ChatError> {
+        let after = page_token::decode(caller, &req.page_token)?;
+        let limit = validate::conversations_page(req.limit);
+        let page = self
+            .store
+            .list_conversations(caller, after.as_ref(), limit)
+            .await?;
+        Ok(ListConversationsResponse {
+            conversations: page.conversations,
+            next_page_token: page
+                .next
+                .map(|next| page_token::encode(caller, &next))
+                .unwrap_or_default(),
+        })
     }
 
     async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {

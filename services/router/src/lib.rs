@@ -277,7 +277,8 @@ mod tests {
     use confab_core::error::ChatError;
     use confab_proto::internal::v1::{outcome_record, Origin};
     use confab_proto::v1::{
-        Conversation, GetHistoryRequest, GetHistoryResponse, MembershipEvent, Receipt,
+        Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
+        ListConversationsResponse, MembershipEvent, Receipt,
     };
     use confab_runtime::trace::TraceParent;
     use std::sync::Mutex;
@@ -494,8 +495,12 @@ mod tests {
         ) -> Result<GetHistoryResponse, ChatError> {
             Err(ChatError::Internal("not used".into()))
         }
-        async fn list_conversations(&self, _: &str) -> Result<Vec<Conversation>, ChatError> {
-            Ok(vec![])
+        async fn list_conversations(
+            &self,
+            _: &str,
+            _: ListConversationsRequest,
+        ) -> Result<ListConversationsResponse, ChatError> {
+            Err(ChatError::Internal("not used".into()))
         }
         async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
             use std::sync::atomic::Ordering::SeqCst;

@@ -705,3 +705,63 @@ pub async fn read_positions_count_exactly_and_receipts_reach_every_session(kind:
     assert_eq!(bob.listed(&conv.id).await.expect("list").read_seq, 4);
     server.stop().await;
 }
+
+pub async fn conversations_are_listed_newest_first_in_pages(kind: Kind) {
+    let (server, [alice, bob]) = with_users(kind, ["alice", "bob"]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let conv = alice.group(&format!("inbox-{i}"), &["bob"]).await;
+        alice
+            .send(&conv.id, "m", &format!("hello {i}"))
+            .await
+            .expect("send");
+        ids.push(conv.id);
+    }
+    // The first conversation gets the newest message: it comes first.
+    alice.send(&ids[0], "again", "newest").await.expect("send");
+    let all = bob.list_page("", 0).await.expect("list");
+    assert_eq!(all.next_page_token, "", "5 fit in the default page");
+    assert_eq!(all.conversations.len(), 5);
+    let first = &all.conversations[0];
+    assert_eq!(first.id, ids[0]);
+    let last = first.last_message.as_ref().expect("a last message");
+    assert_eq!((last.body.as_str(), first.unread_count), ("newest", 2));
+    // Pages of two continue where the last stopped, each conversation once.
+    let mut paged = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = bob.list_page(&token, 2).await.expect("page");
+        assert!(page.conversations.len() <= 2);
+        paged.extend(page.conversations.into_iter().map(|c| c.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let order: Vec<String> = all.conversations.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(paged, order);
+    // A huge limit is the largest page; tokens are checked.
+    assert_eq!(
+        bob.list_page("", u32::MAX)
+            .await
+            .expect("list")
+            .conversations
+            .len(),
+        5
+    );
+    let bobs = bob.list_page("", 2).await.expect("page").next_page_token;
+    for (who, token) in [(&alice, bobs.as_str()), (&bob, "not-a-token")] {
+        let code = who
+            .list_page(token, 2)
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code());
+        assert_eq!(
+            code,
+            Err(Code::InvalidArgument),
+            "{token:?} for {}",
+            who.name
+        );
+    }
+    server.stop().await;
+}

@@ -7,7 +7,11 @@ use confab_core::error::ChatError;
 use confab_core::metrics::{MESSAGES_DELIVERED, MESSAGE_E2E};
 use confab_core::seams::Delivery;
 use confab_core::validate;
-use confab_proto::v1::{membership_event::Change, server_frame, GetHistoryRequest, Message};
+use confab_core::validate::MAX_CONVERSATIONS_PAGE;
+use confab_proto::v1::{
+    membership_event::Change, server_frame, Conversation, GetHistoryRequest,
+    ListConversationsRequest, Message,
+};
 use confab_runtime::trace::{self, HOP};
 use std::time::SystemTime;
 use tonic::Status;
@@ -81,6 +85,27 @@ impl State {
         Ok(())
     }
 
+    /// Every conversation of this session's user, page by page.
+    async fn all_conversations(&self) -> Result<Vec<Conversation>, ChatError> {
+        let mut all = Vec::new();
+        let mut req = ListConversationsRequest {
+            page_token: String::new(),
+            limit: MAX_CONVERSATIONS_PAGE,
+        };
+        loop {
+            let page = self
+                .s
+                .history
+                .list_conversations(&self.s.user, req.clone())
+                .await?;
+            all.extend(page.conversations);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            req.page_token = page.next_page_token;
+        }
+    }
+
     /// After a routing change (a router link lost, or a router that did not
     /// know this gateway's users took partitions), messages may have been
     /// routed past this session: compare every conversation it streams with
@@ -90,7 +115,7 @@ impl State {
         if self.cursors.is_empty() {
             return Ok(true);
         }
-        let conversations = match self.s.history.list_conversations(&self.s.user).await {
+        let conversations = match self.all_conversations().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(user_id = %self.s.user, error = %e, "cannot recheck after a routing change; retrying");

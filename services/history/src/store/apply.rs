@@ -34,8 +34,12 @@ pub trait BatchTx: Send {
     ) -> Result<Vec<(String, String)>, StoreError>;
     /// Inserts a run's new messages (TEXT, without membership events).
     async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError>;
-    /// Sets each conversation's last seq.
-    async fn set_last_seqs(&mut self, heads: &BTreeMap<String, u64>) -> Result<(), StoreError>;
+    /// Sets each conversation's last seq, stored at `now`.
+    async fn set_last_seqs(
+        &mut self,
+        heads: &BTreeMap<String, u64>,
+        now: i64,
+    ) -> Result<(), StoreError>;
     /// The conversation with its members (locked, where writers are
     /// concurrent), if it exists.
     async fn conversation(&mut self, id: &str) -> Result<Option<Conversation>, StoreError>;
@@ -110,7 +114,7 @@ async fn sends(
     let decided = decide::sends(run, &facts, now);
     if !decided.new.is_empty() {
         tx.insert_sent(&decided.new, now).await?;
-        tx.set_last_seqs(&decided.heads).await?;
+        tx.set_last_seqs(&decided.heads, now).await?;
         tx.sender_reads(&decided.sender_reads()).await?;
     }
     decided.outcomes(run, outcomes);
@@ -163,7 +167,7 @@ async fn change(
     loop {
         let steps = match decide::change(rec, conv, limits, now) {
             Err(err) => return Ok(decide::refused(rec, err)),
-            Ok(Change::Unchanged(conv)) => return Ok(decide::changed(rec, vec![], conv)),
+            Ok(Change::Unchanged(conv)) => return Ok(decide::changed(rec, vec![], *conv)),
             Ok(Change::Write(steps)) => steps,
         };
         if write(tx, id, &steps, now).await? {
@@ -210,6 +214,7 @@ async fn write(
                 tx.run(Shared::EventAppended {
                     id,
                     seq: message.seq,
+                    now,
                 })
                 .await?;
             }

@@ -298,7 +298,7 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
     /// Nothing to write: the answer is the conversation as it is.
-    Unchanged(Conversation),
+    Unchanged(Box<Conversation>),
     /// Write these steps; the answer is the conversation as they leave it,
     /// with the messages they append as the outcome's events.
     Write(Vec<Step>),
@@ -335,7 +335,7 @@ pub fn change(
                 if !existing.member_ids.iter().any(|m| m == actor) {
                     return Err(ChatError::not_member(conv_id));
                 }
-                return Ok(Change::Unchanged(existing));
+                return Ok(Change::Unchanged(Box::new(existing)));
             }
             // The gateway checks this too; history, the only writer, decides.
             if create.kind == ConversationKind::Group as i32
@@ -364,7 +364,7 @@ pub fn change(
                 .cloned()
                 .collect();
             if new.is_empty() {
-                return Ok(Change::Unchanged(conv));
+                return Ok(Change::Unchanged(Box::new(conv)));
             }
             if conv.member_ids.len() + new.len() > limits.max_group_members {
                 return Err(ChatError::ResourceExhausted(group_limit(

@@ -16,6 +16,7 @@ use confab_core::error::ChatError;
 use confab_core::validate::{Page, PageCursor};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
+use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A storage failure (not a refusal of the request: those are `ChatError`s
@@ -64,6 +65,26 @@ pub fn connection_lost(e: &sqlx::Error) -> bool {
 /// A page of messages, and whether more exist past it.
 pub type MessagePage = (Vec<Message>, bool);
 
+/// Where a listing of a user's conversations continues: after the one with
+/// this activity time and id (most recent activity first, then by id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListAfter {
+    /// When its newest message or event was stored (ms since the epoch).
+    pub last_activity_ms: i64,
+    /// Its id.
+    pub conversation_id: String,
+}
+
+/// A page of a user's conversations, and where the next page starts when
+/// more follow.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ConversationPage {
+    /// The conversations.
+    pub conversations: Vec<Conversation>,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<ListAfter>,
+}
+
 /// Where conversations and messages are kept.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -72,8 +93,40 @@ pub trait Store: Send + Sync + 'static {
     async fn apply(&self, batch: &[IngressRecord]) -> Result<Vec<OutcomeRecord>, StoreError>;
     /// A conversation with its members, if it exists.
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
-    /// Every conversation `user` is a member of, ordered by id.
-    async fn list_conversations(&self, user: &str) -> Result<Vec<Conversation>, StoreError>;
+    /// The rows of up to `limit` of `user`'s conversations after `after`,
+    /// most recent activity first (see [`rows::LIST_CONVERSATIONS`]).
+    async fn listed(
+        &self,
+        user: &str,
+        after: Option<&ListAfter>,
+        limit: u32,
+    ) -> Result<Vec<rows::ListedRow>, StoreError>;
+    /// The newest TEXT message of each of the conversations `ids` that has
+    /// one.
+    async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError>;
+    /// Up to `limit` of `user`'s conversations after `after`, most recent
+    /// activity (message or membership event) first, each with its members,
+    /// `user`'s read position and unread count, and its newest TEXT message.
+    async fn list_conversations(
+        &self,
+        user: &str,
+        after: Option<&ListAfter>,
+        limit: u32,
+    ) -> Result<ConversationPage, StoreError> {
+        let rows = self.listed(user, after, limit.saturating_add(1)).await?;
+        let mut page = rows::conversation_page(rows, limit as usize)?;
+        let ids: Vec<&str> = page.conversations.iter().map(|c| c.id.as_str()).collect();
+        let mut last: HashMap<String, Message> = self
+            .last_texts(&ids)
+            .await?
+            .into_iter()
+            .map(|m| (m.conversation_id.clone(), m))
+            .collect();
+        for c in &mut page.conversations {
+            c.last_message = last.remove(&c.id);
+        }
+        Ok(page)
+    }
     /// The messages of `page`, and whether more exist past them.
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError>;
     /// [`Store::history`] for `caller`: `None` if the conversation does not

@@ -23,7 +23,7 @@ use super::apply::{self, BatchTx};
 use super::decide;
 use super::decide::reads::ReadFacts;
 use super::rows::{self, ConversationRow, ListedRow, MessageRow, ReadFactsRow, Shared};
-use super::{keyset, now_ms, MessagePage, Store, StoreError};
+use super::{keyset, now_ms, ListAfter, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
 use confab_proto::internal::v1::{ingress_record::Command, IngressRecord, OutcomeRecord};
@@ -225,18 +225,50 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn list_conversations(&self, user: &str) -> Result<Vec<Conversation>, StoreError> {
+    async fn listed(
+        &self,
+        user: &str,
+        after: Option<&ListAfter>,
+        limit: u32,
+    ) -> Result<Vec<ListedRow>, StoreError> {
         if user.contains('\0') {
             return Ok(Vec::new());
         }
+        let (activity, id) = rows::list_bounds(after);
         let rows = self
-            .fetch_all(|| sqlx::query(rows::LIST_CONVERSATIONS).bind(user))
+            .fetch_all(|| {
+                sqlx::query(rows::LIST_CONVERSATIONS)
+                    .bind(user)
+                    .bind(activity)
+                    .bind(id)
+                    .bind(i64::from(limit))
+            })
             .await?;
-        rows::conversations_from_rows(
-            rows.iter()
-                .map(ListedRow::from_row)
-                .collect::<Result<_, _>>()?,
-        )
+        Ok(rows
+            .iter()
+            .map(ListedRow::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// One index probe per conversation, newest seq first.
+    async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {} FROM UNNEST($1::text[]) AS k (id)
+             CROSS JOIN LATERAL (
+                 SELECT {} FROM messages x
+                 WHERE x.conversation_id = k.id AND x.kind = 1
+                 ORDER BY x.seq DESC LIMIT 1
+             ) m",
+            prefixed("m", MESSAGE_COLUMNS),
+            prefixed("x", MESSAGE_COLUMNS)
+        );
+        let rows = self.fetch_all(|| sqlx::query(&sql).bind(ids)).await?;
+        rows.iter()
+            .map(|row| MessageRow::from_row(row)?.try_into())
+            .collect()
     }
 
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {
@@ -447,15 +479,20 @@ impl BatchTx for Tx {
         Ok(())
     }
 
-    async fn set_last_seqs(&mut self, heads: &BTreeMap<String, u64>) -> Result<(), StoreError> {
+    async fn set_last_seqs(
+        &mut self,
+        heads: &BTreeMap<String, u64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE conversations AS c SET last_seq = u.last_seq
+            "UPDATE conversations AS c SET last_seq = u.last_seq, last_activity_ms = $3
              FROM UNNEST($1::text[], $2::bigint[]) AS u (id, last_seq)
              WHERE c.id = u.id",
         )
         .persistent(false) // planned per run: see above
         .bind(heads.keys().map(String::as_str).collect::<Vec<_>>())
         .bind(heads.values().map(|s| *s as i64).collect::<Vec<_>>())
+        .bind(now)
         .execute(&mut **self)
         .await?;
         Ok(())

@@ -2,7 +2,7 @@
 //! see `migrations/`), decoded once into the API's types.
 
 use super::decide::reads::{Position, ReadFacts};
-use super::{timestamp, StoreError};
+use super::{timestamp, ConversationPage, ListAfter, StoreError};
 use confab_proto::prost::Message as _;
 use confab_proto::v1::{Conversation, MembershipEvent, Message};
 
@@ -73,39 +73,77 @@ impl ConversationRow {
 pub struct ListedRow {
     #[sqlx(flatten)]
     conversation: ConversationRow,
+    last_activity_ms: i64,
     read_seq: i64,
     unread_count: i64,
     user_id: String,
 }
 
-/// The conversations of user `$1`, each with the user's read position and
+/// Up to `$4` conversations of user `$1` after (`$2` activity, `$3` id),
+/// most recent activity first, each with the user's read position and
 /// unread count (see `decide::reads`) and joined with each of its members
-/// `m2`, ordered by conversation and member.
-pub const LIST_CONVERSATIONS: &str =
-    "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, m.read_seq,
-            (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count,
-            m2.user_id
-     FROM members m
-     JOIN conversations c ON c.id = m.conversation_id
-     JOIN members m2 ON m2.conversation_id = m.conversation_id
-     WHERE m.user_id = $1
-     ORDER BY c.id, m2.user_id";
+/// `m2`. The page is chosen first, so only its members are read.
+pub const LIST_CONVERSATIONS: &str = "WITH page AS (
+         SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.last_activity_ms,
+                m.read_seq,
+                (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count
+         FROM members m
+         JOIN conversations c ON c.id = m.conversation_id
+         WHERE m.user_id = $1
+           AND (c.last_activity_ms < $2 OR (c.last_activity_ms = $2 AND c.id > $3))
+         ORDER BY c.last_activity_ms DESC, c.id
+         LIMIT $4
+     )
+     SELECT page.id, page.kind, page.title, page.last_seq, page.created_at_ms,
+            page.last_activity_ms, page.read_seq, page.unread_count, m2.user_id
+     FROM page
+     JOIN members m2 ON m2.conversation_id = page.id
+     ORDER BY page.last_activity_ms DESC, page.id, m2.user_id";
 
-/// Conversations with their members from [`ListedRow`]s, one per
-/// (conversation, member), grouped by conversation.
-pub fn conversations_from_rows(rows: Vec<ListedRow>) -> Result<Vec<Conversation>, StoreError> {
-    let mut out: Vec<Conversation> = Vec::new();
+/// The bounds a [`LIST_CONVERSATIONS`] query binds as `$2` and `$3`: from
+/// the start, or after `after`.
+pub fn list_bounds(after: Option<&ListAfter>) -> (i64, &str) {
+    match after {
+        None => (i64::MAX, ""),
+        Some(a) => (a.last_activity_ms, a.conversation_id.as_str()),
+    }
+}
+
+/// The first `limit` conversations of [`ListedRow`]s (one per conversation
+/// and member, grouped by conversation), with where the next page starts
+/// when there were more.
+pub fn conversation_page(
+    rows: Vec<ListedRow>,
+    limit: usize,
+) -> Result<ConversationPage, StoreError> {
+    let mut out: Vec<(Conversation, i64)> = Vec::new();
     for row in rows {
         match out.last_mut() {
-            Some(c) if c.id == row.conversation.id => c.member_ids.push(row.user_id),
-            _ => out.push(Conversation {
-                read_seq: seq_from(row.read_seq)?,
-                unread_count: seq_from(row.unread_count)?,
-                ..row.conversation.with_members(vec![row.user_id])?
-            }),
+            Some((c, _)) if c.id == row.conversation.id => c.member_ids.push(row.user_id),
+            _ => out.push((
+                Conversation {
+                    read_seq: seq_from(row.read_seq)?,
+                    unread_count: seq_from(row.unread_count)?,
+                    last_activity_at: Some(timestamp(row.last_activity_ms)),
+                    ..row.conversation.with_members(vec![row.user_id])?
+                },
+                row.last_activity_ms,
+            )),
         }
     }
-    Ok(out)
+    let more = out.len() > limit;
+    out.truncate(limit);
+    let next = out
+        .last()
+        .filter(|_| more)
+        .map(|(c, last_activity_ms)| ListAfter {
+            last_activity_ms: *last_activity_ms,
+            conversation_id: c.id.clone(),
+        });
+    Ok(ConversationPage {
+        conversations: out.into_iter().map(|(c, _)| c).collect(),
+        next,
+    })
 }
 
 /// What deciding a read of seq `$3` by user `$2` in conversation `$1`
@@ -184,12 +222,15 @@ pub enum Shared<'q> {
         /// Milliseconds since the epoch.
         now: i64,
     },
-    /// Makes `seq`, a SYSTEM event, the last seq of conversation `id`.
+    /// Makes `seq`, a SYSTEM event stored at `now`, the last seq of
+    /// conversation `id`.
     EventAppended {
         /// The conversation.
         id: &'q str,
         /// Its new last seq.
         seq: u64,
+        /// Milliseconds since the epoch.
+        now: i64,
     },
     /// Gives the members of conversation `id` that have no read position
     /// yet (just added) its last seq as theirs: what came before they
@@ -240,8 +281,8 @@ where
             title,
             now,
         } => sqlx::query(
-            "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms)
-             VALUES ($1, $2, $3, 0, $4) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms, last_activity_ms)
+             VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(kind)
@@ -264,11 +305,14 @@ where
         .bind(m.body.as_str())
         .bind(m.membership.as_ref().map(|e| e.encode_to_vec()))
         .bind(now),
-        Shared::EventAppended { id, seq } => sqlx::query(
-            "UPDATE conversations SET last_seq = $2, system_count = system_count + 1 WHERE id = $1",
+        Shared::EventAppended { id, seq, now } => sqlx::query(
+            "UPDATE conversations
+             SET last_seq = $2, system_count = system_count + 1, last_activity_ms = $3
+             WHERE id = $1",
         )
         .bind(id)
-        .bind(seq as i64),
+        .bind(seq as i64)
+        .bind(now),
         Shared::SeatNewMembers { id } => sqlx::query(
             "UPDATE members SET
                  read_seq = (SELECT c.last_seq FROM conversations c WHERE c.id = $1),

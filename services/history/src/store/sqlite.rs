@@ -7,7 +7,7 @@
 use super::apply::{self, BatchTx};
 use super::decide::reads::ReadFacts;
 use super::rows::{self, ConversationRow, ListedRow, MessageRow, ReadFactsRow, Shared};
-use super::{keyset, now_ms, MessagePage, Store, StoreError};
+use super::{keyset, now_ms, ListAfter, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
@@ -87,12 +87,38 @@ impl Store for SqliteStore {
         load_conversation(&mut conn, id).await
     }
 
-    async fn list_conversations(&self, user: &str) -> Result<Vec<Conversation>, StoreError> {
-        let rows: Vec<ListedRow> = sqlx::query_as(rows::LIST_CONVERSATIONS)
+    async fn listed(
+        &self,
+        user: &str,
+        after: Option<&ListAfter>,
+        limit: u32,
+    ) -> Result<Vec<ListedRow>, StoreError> {
+        let (activity, id) = rows::list_bounds(after);
+        Ok(sqlx::query_as(rows::LIST_CONVERSATIONS)
             .bind(user)
+            .bind(activity)
+            .bind(id)
+            .bind(i64::from(limit))
             .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut conn = self.pool.acquire().await?;
+        for id in ids {
+            let row: Option<MessageRow> = sqlx::query_as(
+                "SELECT * FROM messages WHERE conversation_id = ?1 AND kind = 1
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *conn)
             .await?;
-        rows::conversations_from_rows(rows)
+            if let Some(row) = row {
+                out.push(row.try_into()?);
+            }
+        }
+        Ok(out)
     }
 
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {
@@ -209,15 +235,19 @@ impl BatchTx for Tx {
         Ok(())
     }
 
-    async fn set_last_seqs(&mut self, heads: &BTreeMap<String, u64>) -> Result<(), StoreError> {
+    async fn set_last_seqs(
+        &mut self,
+        heads: &BTreeMap<String, u64>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let sql = format!(
-            "UPDATE conversations SET last_seq = u.column2
+            "UPDATE conversations SET last_seq = u.column2, last_activity_ms = u.column3
              FROM (VALUES {}) AS u WHERE conversations.id = u.column1",
-            placeholders(heads.len(), 2)
+            placeholders(heads.len(), 3)
         );
         let mut q = sqlx::query(&sql);
         for (c, seq) in heads {
-            q = q.bind(c).bind(*seq as i64);
+            q = q.bind(c).bind(*seq as i64).bind(now);
         }
         q.execute(&mut **self).await?;
         Ok(())

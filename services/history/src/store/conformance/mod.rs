@@ -36,6 +36,7 @@ where
     reads::read_positions_move_forward_for_members_only(fresh().await).await;
     reads::system_events_and_earlier_history_are_never_unread(fresh().await).await;
     reads::unread_counts_match_a_brute_force_count(fresh().await).await;
+    reads::conversations_are_listed_most_recent_first_in_pages(fresh().await).await;
 }
 
 fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {
@@ -508,19 +509,28 @@ async fn conversations_are_listed_per_member(store: Arc<dyn Store>) {
         ],
     )
     .await;
-    let alice = store.list_conversations("alice").await.expect("list");
+    let alice = store
+        .list_conversations("alice", None, 50)
+        .await
+        .expect("list")
+        .conversations;
     assert_eq!(alice.len(), 1);
     assert_eq!((alice[0].id.as_str(), alice[0].last_seq), ("a", 2));
     assert_eq!(alice[0].member_ids, vec!["alice".to_string(), "bob".into()]);
-    let bob = store.list_conversations("bob").await.expect("list");
+    let bob = store
+        .list_conversations("bob", None, 50)
+        .await
+        .expect("list")
+        .conversations;
     assert_eq!(
         bob.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         vec!["a", "b"]
     );
     assert!(store
-        .list_conversations("nobody")
+        .list_conversations("nobody", None, 50)
         .await
         .expect("list")
+        .conversations
         .is_empty());
 }
 

@@ -26,9 +26,10 @@ fn state_of(o: &OutcomeRecord) -> ReadState {
 /// `user`'s entry of conversation `conv` in its own listing.
 async fn listed(store: &Arc<dyn Store>, user: &str, conv: &str) -> Option<Conversation> {
     store
-        .list_conversations(user)
+        .list_conversations(user, None, 200)
         .await
         .expect("list")
+        .conversations
         .into_iter()
         .find(|c| c.id == conv)
 }
@@ -242,4 +243,85 @@ async fn texts_by_seq(store: &Arc<dyn Store>, conv: &str) -> BTreeMap<u64, Strin
             return out;
         }
     }
+}
+
+/// A user's conversations come most recent activity first (ties by id),
+/// in pages that continue where the last one stopped, each conversation
+/// once; each carries its newest TEXT message, never a SYSTEM event.
+pub async fn conversations_are_listed_most_recent_first_in_pages(store: Arc<dyn Store>) {
+    for i in 0..5 {
+        let conv = format!("c{i}");
+        apply(
+            &store,
+            vec![create_group(&conv, "alice", &["alice", "bob"])],
+        )
+        .await;
+        apply(&store, vec![send(&conv, "bob", "m", &format!("hello {i}"))]).await;
+    }
+    // c0 gets a message again, then a membership event after it.
+    apply(
+        &store,
+        vec![
+            send("c0", "bob", "again", "newest"),
+            add("c0", "alice", &["carol"]),
+        ],
+    )
+    .await;
+    let all = store
+        .list_conversations("alice", None, 200)
+        .await
+        .expect("list")
+        .conversations;
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0].id, "c0", "the newest activity comes first");
+    let key = |c: &Conversation| {
+        let at = c.last_activity_at.expect("activity time");
+        (std::cmp::Reverse((at.seconds, at.nanos)), c.id.clone())
+    };
+    assert!(all.windows(2).all(|w| key(&w[0]) < key(&w[1])), "{all:?}");
+    let last = all[0].last_message.clone().expect("c0 has messages");
+    assert_eq!(
+        (last.seq, last.body.as_str()),
+        (3, "newest"),
+        "not the ADDED event"
+    );
+    for c in &all {
+        let m = c.last_message.as_ref().expect("every one has a message");
+        assert_eq!(m.kind, MessageKind::Text as i32);
+        assert_eq!(m.conversation_id, c.id);
+    }
+    // Pages of two: three pages, the same conversations in the same order.
+    let mut paged = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .list_conversations("alice", after.as_ref(), 2)
+            .await
+            .expect("page");
+        pages += 1;
+        assert!(page.conversations.len() <= 2);
+        paged.extend(page.conversations);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(
+        paged.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        all.iter().map(|c| c.id.as_str()).collect::<Vec<_>>()
+    );
+    // A full last page says so: no next page.
+    let exact = store
+        .list_conversations("alice", None, 5)
+        .await
+        .expect("list");
+    assert!(exact.next.is_none());
+    assert!(store
+        .list_conversations("nobody", None, 2)
+        .await
+        .expect("list")
+        .conversations
+        .is_empty());
 }
