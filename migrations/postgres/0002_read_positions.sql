@@ -1,5 +1,6 @@
--- Read positions and exact unread counts (the same in PostgreSQL and
--- SQLite). Seqs have no gaps, so a member's unread count is
+-- Read positions and exact unread counts. One file for both stores
+-- (migrations/sqlite/0002_read_positions.sql links here): PostgreSQL and
+-- SQLite run it as it is. Seqs have no gaps, so a member's unread count is
 --   (last_seq - system_count) - (read_seq - read_system)
 -- the TEXT messages after its read position: SYSTEM events never count, and
 -- neither do its own messages, because sending one moves the sender's read

@@ -1,6 +1,6 @@
 -- ListConversations lists a user's conversations most recent activity first:
--- when the conversation's newest message or event was stored (the same in
--- PostgreSQL and SQLite).
+-- when the conversation's newest message or event was stored. One file for
+-- both stores (migrations/sqlite/0003_last_activity.sql links here).
 ALTER TABLE conversations ADD COLUMN last_activity_ms BIGINT NOT NULL DEFAULT 0;
 
 UPDATE conversations SET last_activity_ms = COALESCE(

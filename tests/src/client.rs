@@ -334,6 +334,18 @@ impl Session {
         }
     }
 
+    /// Sends a `read` frame and returns its answer (other frames are
+    /// skipped).
+    pub async fn read(&mut self, conv: &str, seq: u64, private: bool) -> ReadAck {
+        self.send(client_frame::Frame::Read(MarkReadRequest {
+            conversation_id: conv.into(),
+            seq,
+            private,
+        }))
+        .await;
+        self.next_read_ack().await
+    }
+
     /// The next `read` frame, the answer to a `read` (others are skipped).
     pub async fn next_read_ack(&mut self) -> ReadAck {
         loop {

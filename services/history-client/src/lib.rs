@@ -416,11 +416,11 @@ impl HistoryApi for RemoteHistory {
         caller: &str,
         req: ListConversationsRequest,
     ) -> Result<ListConversationsResponse, ChatError> {
-        let msg = ListForUserRequest {
+        self.call(ListForUserRequest {
             user_id: caller.to_string(),
             request: Some(req),
-        };
-        self.call(msg).await
+        })
+        .await
     }
 
     async fn conversation(&self, conversation_id: &str) -> Result<Conversation, ChatError> {

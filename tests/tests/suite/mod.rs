@@ -3,9 +3,7 @@
 //! `tests/distributed.rs`): order and gap-freedom, dedupe, multi-session
 //! delivery, resume, membership changes and every error case.
 
-use confab_proto::v1::{
-    client_frame, server_frame, ConversationKind, MarkReadRequest, Ping, ReadState, Resume,
-};
+use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, ReadState, Resume};
 use confab_tests::server::{Kind, Server, Settings};
 use confab_tests::*;
 use std::collections::HashMap;
@@ -647,13 +645,7 @@ pub async fn read_positions_count_exactly_and_receipts_reach_every_session(kind:
     assert_eq!((state.read_seq, state.unread_count), (3, 1));
     // A private read on the stream: bob's other session hears of it, the
     // others do not.
-    bob1.send(client_frame::Frame::Read(MarkReadRequest {
-        conversation_id: conv.id.clone(),
-        seq: 4,
-        private: true,
-    }))
-    .await;
-    let ack = bob1.next_read_ack().await;
+    let ack = bob1.read(&conv.id, 4, true).await;
     let state = ack.state.expect("a read state");
     assert_eq!(
         (state.read_seq, state.unread_count, ack.error),
@@ -690,13 +682,7 @@ pub async fn read_positions_count_exactly_and_receipts_reach_every_session(kind:
         code(bob.mark_read("", 1, false).await),
         Err(Code::InvalidArgument)
     );
-    bob1.send(client_frame::Frame::Read(MarkReadRequest {
-        conversation_id: conv.id.clone(),
-        seq: 99,
-        private: false,
-    }))
-    .await;
-    let ack = bob1.next_read_ack().await;
+    let ack = bob1.read(&conv.id, 99, false).await;
     assert_eq!(ack.state, None);
     assert_eq!(
         ack.error.map(|e| Code::from(e.code)),

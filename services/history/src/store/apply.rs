@@ -4,7 +4,7 @@
 //! binds a run's arrays); the order of loads, decisions and writes is here.
 
 use super::decide::reads::{self, Read, ReadFacts};
-use super::decide::{self, Change, Run, SendFacts, SendRecord, Step};
+use super::decide::{self, Change, Heads, Run, SendFacts, SendRecord, Step};
 use super::rows::Shared;
 use super::StoreError;
 use async_trait::async_trait;
@@ -13,7 +13,11 @@ use confab_proto::internal::v1::{
     ingress_record::Command, IngressRecord, OutcomeRecord, ReadCommand,
 };
 use confab_proto::v1::{Conversation, Message};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+
+/// What [`BatchTx::read_facts`] finds: `None` when there is no such
+/// conversation.
+pub type FactsOfRead = Result<Option<ReadFacts>, StoreError>;
 
 /// What applying a batch reads and writes, in the batch's transaction. A
 /// store with concurrent writers locks what a decision reads before
@@ -35,11 +39,7 @@ pub trait BatchTx: Send {
     /// Inserts a run's new messages (TEXT, without membership events).
     async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError>;
     /// Sets each conversation's last seq, stored at `now`.
-    async fn set_last_seqs(
-        &mut self,
-        heads: &BTreeMap<String, u64>,
-        now: i64,
-    ) -> Result<(), StoreError>;
+    async fn set_last_seqs(&mut self, heads: &Heads, now: i64) -> Result<(), StoreError>;
     /// The conversation with its members (locked, where writers are
     /// concurrent), if it exists.
     async fn conversation(&mut self, id: &str) -> Result<Option<Conversation>, StoreError>;
@@ -50,12 +50,7 @@ pub trait BatchTx: Send {
     /// What deciding a read of `seq` by `user` in conversation `id` reads
     /// (`None`: no such conversation), the conversation locked where
     /// writers are concurrent.
-    async fn read_facts(
-        &mut self,
-        id: &str,
-        user: &str,
-        seq: u64,
-    ) -> Result<Option<ReadFacts>, StoreError>;
+    async fn read_facts(&mut self, id: &str, user: &str, seq: u64) -> FactsOfRead;
     /// Moves each sender's read position to its newest new message, given
     /// as (conversation, sender, seq).
     async fn sender_reads(&mut self, reads: &[(&str, &str, u64)]) -> Result<(), StoreError> {

@@ -26,6 +26,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub mod reads;
 
+/// The new last seq of each conversation that got messages.
+pub type Heads = BTreeMap<String, u64>;
+
 /// The retry key of a send: (conversation, sender, client_msg_id).
 pub type Key = (String, String, String);
 
@@ -168,7 +171,7 @@ pub struct DecidedSends {
     /// The messages to insert, with their seqs.
     pub new: Vec<Message>,
     /// The new last seq of each conversation that got a message.
-    pub heads: BTreeMap<String, u64>,
+    pub heads: Heads,
 }
 
 /// Decides a run of sends, in order, as if one by one: a stored message

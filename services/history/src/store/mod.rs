@@ -65,6 +65,9 @@ pub fn connection_lost(e: &sqlx::Error) -> bool {
 /// A page of messages, and whether more exist past it.
 pub type MessagePage = (Vec<Message>, bool);
 
+/// The rows of a page of a user's conversations (see [`Store::listed`]).
+pub type ListedRows = Result<Vec<rows::ListedRow>, StoreError>;
+
 /// Where a listing of a user's conversations continues: after the one with
 /// this activity time and id (most recent activity first, then by id).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,12 +98,7 @@ pub trait Store: Send + Sync + 'static {
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
     /// The rows of up to `limit` of `user`'s conversations after `after`,
     /// most recent activity first (see [`rows::LIST_CONVERSATIONS`]).
-    async fn listed(
-        &self,
-        user: &str,
-        after: Option<&ListAfter>,
-        limit: u32,
-    ) -> Result<Vec<rows::ListedRow>, StoreError>;
+    async fn listed(&self, user: &str, after: Option<&ListAfter>, limit: u32) -> ListedRows;
     /// The newest TEXT message of each of the conversations `ids` that has
     /// one.
     async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError>;

@@ -19,18 +19,17 @@
 //! - A transaction that loses a deadlock or serialization check (SQLSTATE
 //!   40P01 / 40001) is retried here a few times before the error is returned.
 
-use super::apply::{self, BatchTx};
-use super::decide;
-use super::decide::reads::ReadFacts;
-use super::rows::{self, ConversationRow, ListedRow, MessageRow, ReadFactsRow, Shared};
-use super::{keyset, now_ms, ListAfter, MessagePage, Store, StoreError};
+use super::apply::{self, BatchTx, FactsOfRead};
+use super::decide::{self, Heads};
+use super::rows::{self, ConversationRow, ListedRow, MessageRow, Shared};
+use super::{keyset, now_ms, ListAfter, ListedRows, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
 use confab_proto::internal::v1::{ingress_record::Command, IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow as _, Postgres, Row};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -225,12 +224,7 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn listed(
-        &self,
-        user: &str,
-        after: Option<&ListAfter>,
-        limit: u32,
-    ) -> Result<Vec<ListedRow>, StoreError> {
+    async fn listed(&self, user: &str, after: Option<&ListAfter>, limit: u32) -> ListedRows {
         if user.contains('\0') {
             return Ok(Vec::new());
         }
@@ -479,11 +473,7 @@ impl BatchTx for Tx {
         Ok(())
     }
 
-    async fn set_last_seqs(
-        &mut self,
-        heads: &BTreeMap<String, u64>,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    async fn set_last_seqs(&mut self, heads: &Heads, now: i64) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE conversations AS c SET last_seq = u.last_seq, last_activity_ms = $3
              FROM UNNEST($1::text[], $2::bigint[]) AS u (id, last_seq)
@@ -522,12 +512,7 @@ impl BatchTx for Tx {
 
     /// Locks the conversation first, then reads in a separate statement
     /// (which sees what the previous lock holder committed).
-    async fn read_facts(
-        &mut self,
-        id: &str,
-        user: &str,
-        seq: u64,
-    ) -> Result<Option<ReadFacts>, StoreError> {
+    async fn read_facts(&mut self, id: &str, user: &str, seq: u64) -> FactsOfRead {
         let found: Option<i32> =
             sqlx::query_scalar("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
                 .bind(id)
@@ -536,13 +521,7 @@ impl BatchTx for Tx {
         if found.is_none() {
             return Ok(None);
         }
-        let row: Option<ReadFactsRow> = sqlx::query_as(rows::READ_FACTS)
-            .bind(id)
-            .bind(user)
-            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-            .fetch_optional(&mut **self)
-            .await?;
-        row.map(ReadFacts::try_from).transpose()
+        rows::read_facts(&mut **self, id, user, seq).await
     }
 
     /// One statement for the whole run (its conversations are locked).

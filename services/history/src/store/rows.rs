@@ -157,6 +157,31 @@ pub const READ_FACTS: &str = "SELECT c.last_seq, c.system_count, m.read_seq, m.r
      LEFT JOIN members m ON m.conversation_id = c.id AND m.user_id = $2
      WHERE c.id = $1";
 
+/// [`READ_FACTS`] for a read of `seq` by `user` in conversation `id`, as
+/// a query for either store.
+pub async fn read_facts<'c, DB, E>(
+    executor: E,
+    id: &str,
+    user: &str,
+    seq: u64,
+) -> Result<Option<ReadFacts>, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    ReadFactsRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let row: Option<ReadFactsRow> = sqlx::query_as(READ_FACTS)
+        .bind(id)
+        .bind(user)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .fetch_optional(executor)
+        .await?;
+    row.map(ReadFacts::try_from).transpose()
+}
+
 /// A row of [`READ_FACTS`].
 #[derive(sqlx::FromRow)]
 pub struct ReadFactsRow {

@@ -4,17 +4,17 @@
 //! The WAL is checkpointed into the database file every
 //! [`WAL_AUTOCHECKPOINT_PAGES`] pages rather than SQLite's default 1,000.
 
-use super::apply::{self, BatchTx};
-use super::decide::reads::ReadFacts;
-use super::rows::{self, ConversationRow, ListedRow, MessageRow, ReadFactsRow, Shared};
-use super::{keyset, now_ms, ListAfter, MessagePage, Store, StoreError};
+use super::apply::{self, BatchTx, FactsOfRead};
+use super::decide::Heads;
+use super::rows::{self, ConversationRow, MessageRow, Shared};
+use super::{keyset, now_ms, ListAfter, ListedRows, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::Mutex;
@@ -87,12 +87,7 @@ impl Store for SqliteStore {
         load_conversation(&mut conn, id).await
     }
 
-    async fn listed(
-        &self,
-        user: &str,
-        after: Option<&ListAfter>,
-        limit: u32,
-    ) -> Result<Vec<ListedRow>, StoreError> {
+    async fn listed(&self, user: &str, after: Option<&ListAfter>, limit: u32) -> ListedRows {
         let (activity, id) = rows::list_bounds(after);
         Ok(sqlx::query_as(rows::LIST_CONVERSATIONS)
             .bind(user)
@@ -235,11 +230,7 @@ impl BatchTx for Tx {
         Ok(())
     }
 
-    async fn set_last_seqs(
-        &mut self,
-        heads: &BTreeMap<String, u64>,
-        now: i64,
-    ) -> Result<(), StoreError> {
+    async fn set_last_seqs(&mut self, heads: &Heads, now: i64) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE conversations SET last_seq = u.column2, last_activity_ms = u.column3
              FROM (VALUES {}) AS u WHERE conversations.id = u.column1",
@@ -257,26 +248,15 @@ impl BatchTx for Tx {
         load_conversation(self, id).await
     }
 
+    async fn read_facts(&mut self, id: &str, user: &str, seq: u64) -> FactsOfRead {
+        rows::read_facts(&mut **self, id, user, seq).await
+    }
+
     async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
         Ok(rows::shared(statement)
             .execute(&mut **self)
             .await?
             .rows_affected())
-    }
-
-    async fn read_facts(
-        &mut self,
-        id: &str,
-        user: &str,
-        seq: u64,
-    ) -> Result<Option<ReadFacts>, StoreError> {
-        let row: Option<ReadFactsRow> = sqlx::query_as(rows::READ_FACTS)
-            .bind(id)
-            .bind(user)
-            .bind(i64::try_from(seq).unwrap_or(i64::MAX))
-            .fetch_optional(&mut **self)
-            .await?;
-        row.map(ReadFacts::try_from).transpose()
     }
 
     /// One statement for all of them (a group has at most a few thousand

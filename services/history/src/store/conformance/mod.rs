@@ -11,7 +11,7 @@ use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record::Result as R, AddMembersCommand, CreateCommand,
     IngressRecord, Origin, OutcomeRecord, RemoveMemberCommand, SendCommand,
 };
-use confab_proto::v1::{membership_event::Change, ConversationKind, MessageKind};
+use confab_proto::v1::{membership_event::Change, Conversation, ConversationKind, MessageKind};
 use std::future::Future;
 use std::sync::Arc;
 use tonic::Code;
@@ -126,6 +126,23 @@ async fn outcomes_carry_the_trace_and_acceptance_time(store: Arc<dyn Store>) {
         assert_eq!(outcome.traceparent, record.traceparent, "{outcome:?}");
         assert_eq!(outcome.accepted_at_ms, record.accepted_at_ms, "{outcome:?}");
     }
+}
+
+/// The first `limit` conversations of `user`.
+async fn list(store: &Arc<dyn Store>, user: &str, limit: u32) -> Vec<Conversation> {
+    store
+        .list_conversations(user, None, limit)
+        .await
+        .expect("list")
+        .conversations
+}
+
+/// Applies `n` sends by `actor` to `conv`, in one batch.
+async fn sends(store: &Arc<dyn Store>, conv: &str, actor: &str, n: usize) {
+    let batch = (0..n)
+        .map(|i| send(conv, actor, &format!("m{i}"), "x"))
+        .collect();
+    apply(store, batch).await;
 }
 
 async fn apply(store: &Arc<dyn Store>, batch: Vec<IngressRecord>) -> Vec<OutcomeRecord> {
@@ -406,13 +423,7 @@ async fn membership_changes_are_sequenced(store: Arc<dyn Store>) {
 
 async fn member_pages_are_the_same_pages_for_members_only(store: Arc<dyn Store>) {
     apply(&store, vec![create_group("c", "alice", &["alice", "bob"])]).await;
-    apply(
-        &store,
-        (0..12)
-            .map(|i| send("c", "alice", &format!("m{i}"), "x"))
-            .collect(),
-    )
-    .await;
+    sends(&store, "c", "alice", 12).await;
     // 13 messages: seq 1 (creation) ..= 13.
     for page in [
         Page::before("c", u64::MAX, 5),
@@ -464,13 +475,7 @@ async fn member_pages_are_the_same_pages_for_members_only(store: Arc<dyn Store>)
 
 async fn pages_are_bounded_and_ordered(store: Arc<dyn Store>) {
     apply(&store, vec![create_group("c", "alice", &["alice"])]).await;
-    apply(
-        &store,
-        (0..24)
-            .map(|i| send("c", "alice", &format!("m{i}"), "x"))
-            .collect(),
-    )
-    .await;
+    sends(&store, "c", "alice", 24).await;
     // 25 messages: seq 1 (creation) ..= 25.
     let (page, more) = store
         .history(Page::before("c", u64::MAX, 10))
@@ -509,19 +514,11 @@ async fn conversations_are_listed_per_member(store: Arc<dyn Store>) {
         ],
     )
     .await;
-    let alice = store
-        .list_conversations("alice", None, 50)
-        .await
-        .expect("list")
-        .conversations;
+    let alice = list(&store, "alice", 50).await;
     assert_eq!(alice.len(), 1);
     assert_eq!((alice[0].id.as_str(), alice[0].last_seq), ("a", 2));
     assert_eq!(alice[0].member_ids, vec!["alice".to_string(), "bob".into()]);
-    let bob = store
-        .list_conversations("bob", None, 50)
-        .await
-        .expect("list")
-        .conversations;
+    let bob = list(&store, "bob", 50).await;
     assert_eq!(
         bob.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
         vec!["a", "b"]

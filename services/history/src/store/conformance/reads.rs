@@ -25,11 +25,8 @@ fn state_of(o: &OutcomeRecord) -> ReadState {
 
 /// `user`'s entry of conversation `conv` in its own listing.
 async fn listed(store: &Arc<dyn Store>, user: &str, conv: &str) -> Option<Conversation> {
-    store
-        .list_conversations(user, None, 200)
+    super::list(store, user, 200)
         .await
-        .expect("list")
-        .conversations
         .into_iter()
         .find(|c| c.id == conv)
 }
@@ -39,10 +36,7 @@ async fn listed(store: &Arc<dyn Store>, user: &str, conv: &str) -> Option<Conver
 /// read that moves nothing carries none.
 pub async fn read_positions_move_forward_for_members_only(store: Arc<dyn Store>) {
     apply(&store, vec![create_group("g", "alice", &["alice", "bob"])]).await;
-    let sends: Vec<_> = (0..4)
-        .map(|i| send("g", "alice", &format!("m{i}"), "x"))
-        .collect();
-    apply(&store, sends).await;
+    super::sends(&store, "g", "alice", 4).await;
     // seq 1: created; 2..=5: alice's messages.
     let fresh = listed(&store, "bob", "g").await.expect("bob's");
     assert_eq!((fresh.read_seq, fresh.unread_count), (1, 4));
@@ -267,11 +261,7 @@ pub async fn conversations_are_listed_most_recent_first_in_pages(store: Arc<dyn 
         ],
     )
     .await;
-    let all = store
-        .list_conversations("alice", None, 200)
-        .await
-        .expect("list")
-        .conversations;
+    let all = super::list(&store, "alice", 200).await;
     assert_eq!(all.len(), 5);
     assert_eq!(all[0].id, "c0", "the newest activity comes first");
     let key = |c: &Conversation| {
