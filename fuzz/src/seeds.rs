@@ -98,6 +98,13 @@ pub fn requests() -> Vec<Seed> {
             .encode_to_vec(),
         ),
         (
+            "get-conversation",
+            GetConversationRequest {
+                conversation_id: "grp-1".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
             "mark-read",
             MarkReadRequest {
                 conversation_id: "grp-1".into(),

@@ -176,6 +176,15 @@ impl User {
             .await
     }
 
+    /// Conversation `conv`, with every member's read position.
+    pub async fn get_conversation(&self, conv: &str) -> Result<Conversation, Status> {
+        let req = GetConversationRequest {
+            conversation_id: conv.into(),
+        };
+        self.unary(req, |mut c, r| async move { c.get_conversation(r).await })
+            .await
+    }
+
     /// The user's entry for `conv` in its conversation list.
     pub async fn listed(&self, conv: &str) -> Result<Conversation, Status> {
         self.list()

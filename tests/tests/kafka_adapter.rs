@@ -973,6 +973,13 @@ impl confab_history::Store for Overlap {
         self.inner.last_texts(ids).await
     }
 
+    async fn member_reads(
+        &self,
+        id: &str,
+    ) -> Result<Vec<confab_history::store::rows::MemberReads>, confab_history::StoreError> {
+        self.inner.member_reads(id).await
+    }
+
     async fn history(
         &self,
         page: confab_core::validate::Page<'_>,

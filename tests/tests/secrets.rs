@@ -187,6 +187,7 @@ async fn exercise_internal(history: &str, router: &str, seen: &mut Seen) {
     let with = |token: Option<&str>| {
         let mut req = Request::new(GetConversationRequest {
             conversation_id: "grp-nope".into(),
+            ..Default::default()
         });
         if let Some(t) = token {
             req.metadata_mut()

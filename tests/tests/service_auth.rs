@@ -170,6 +170,7 @@ async fn history_serves_only_callers_with_the_service_token() {
     let mut client = HistoryReaderClient::new(channel.clone());
     let ask = || GetConversationRequest {
         conversation_id: "grp-nowhere".into(),
+        ..Default::default()
     };
 
     for token in bad_tokens() {

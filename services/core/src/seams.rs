@@ -38,6 +38,13 @@ pub trait HistoryApi: Send + Sync + 'static {
     ) -> Result<ListConversationsResponse, ChatError>;
     /// A conversation with its current members (no caller check: internal).
     async fn conversation(&self, conversation_id: &str) -> Result<Conversation, ChatError>;
+    /// A conversation of `caller`'s, with every member's read position,
+    /// `caller`'s unread count and its newest TEXT message.
+    async fn get_conversation(
+        &self,
+        caller: &str,
+        conversation_id: &str,
+    ) -> Result<Conversation, ChatError>;
 }
 
 /// A sequenced message on its way to sessions, with what travels along it.

@@ -58,7 +58,7 @@ pub enum Admission {
 /// | `Connect` | a stream slot, until the stream ends (`CONFAB_MAX_STREAMS_PER_USER`); each `send` frame then costs a message, charged by the session |
 /// | `SendMessage` | a message (`CONFAB_RATE_MESSAGES_PER_SEC`, burst `CONFAB_RATE_MESSAGES_BURST`) |
 /// | `CreateConversation` | a conversation (`CONFAB_RATE_CONVERSATIONS_PER_MIN`) |
-/// | `AddMembers`, `RemoveMember`, `ListConversations`, `GetHistory`, `MarkRead` | nothing beyond a valid token |
+/// | `AddMembers`, `RemoveMember`, `ListConversations`, `GetConversation`, `GetHistory`, `MarkRead` | nothing beyond a valid token |
 pub const METHODS: &[(&str, Admission)] = &[
     ("/confab.v1.Chat/Connect", Admission::Stream),
     (
@@ -80,6 +80,10 @@ pub const METHODS: &[(&str, Admission)] = &[
     ),
     ("/confab.v1.Chat/GetHistory", Admission::Charge(Cost::Free)),
     ("/confab.v1.Chat/MarkRead", Admission::Charge(Cost::Free)),
+    (
+        "/confab.v1.Chat/GetConversation",
+        Admission::Charge(Cost::Free),
+    ),
 ];
 
 /// What a call to the gRPC `path` costs, or `None` for a path that is not a

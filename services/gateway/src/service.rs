@@ -341,6 +341,18 @@ impl Chat for ChatService {
         ))
     }
 
+    async fn get_conversation(
+        &self,
+        mut req: Request<GetConversationRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        let id = req.into_inner().conversation_id;
+        validate::conversation_id(&id)?;
+        Ok(Response::new(
+            self.history.get_conversation(&user, &id).await?,
+        ))
+    }
+
     async fn mark_read(
         &self,
         mut req: Request<MarkReadRequest>,

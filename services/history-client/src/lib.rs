@@ -424,10 +424,20 @@ impl HistoryApi for RemoteHistory {
     }
 
     async fn conversation(&self, conversation_id: &str) -> Result<Conversation, ChatError> {
-        let msg = GetConversationRequest {
+        self.get_conversation("", conversation_id).await
+    }
+
+    /// With an empty `caller`, [`HistoryApi::conversation`].
+    async fn get_conversation(
+        &self,
+        caller: &str,
+        conversation_id: &str,
+    ) -> Result<Conversation, ChatError> {
+        self.call(GetConversationRequest {
             conversation_id: conversation_id.to_string(),
-        };
-        self.call(msg).await
+            caller_id: caller.to_string(),
+        })
+        .await
     }
 }
 

@@ -88,9 +88,16 @@ impl HistoryReader for HistoryReaderService {
         let span = read_span("GetConversation", req.metadata());
         let r = req.into_inner();
         let id = required("conversation_id", &r.conversation_id)?;
-        Ok(Response::new(
-            self.reader.conversation(id).instrument(span).await?,
-        ))
+        let conv = if r.caller_id.is_empty() {
+            self.reader.conversation(id).instrument(span).await?
+        } else {
+            let caller = r.caller_id.as_str();
+            self.reader
+                .get_conversation(caller, id)
+                .instrument(span)
+                .await?
+        };
+        Ok(Response::new(conv))
     }
 }
 

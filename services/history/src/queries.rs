@@ -10,7 +10,7 @@ use confab_core::seams::HistoryApi;
 use confab_core::validate;
 use confab_proto::v1::{
     Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
-    ListConversationsResponse,
+    ListConversationsResponse, MemberRead,
 };
 use std::sync::Arc;
 
@@ -114,6 +114,24 @@ impl HistoryApi for LocalHistory {
             .conversation(id)
             .await?
             .ok_or_else(|| ChatError::no_conversation(id))
+    }
+
+    async fn get_conversation(&self, caller: &str, id: &str) -> Result<Conversation, ChatError> {
+        let mut conv = self.member_conversation(caller, id).await?;
+        let reads = self.store.member_reads(id).await?;
+        if let Some(own) = reads.iter().find(|r| r.user_id == caller) {
+            conv.read_seq = own.read_seq;
+            conv.unread_count = own.unread_count;
+        }
+        conv.member_reads = reads
+            .into_iter()
+            .map(|r| MemberRead {
+                user_id: r.user_id,
+                read_seq: r.read_seq,
+            })
+            .collect();
+        conv.last_message = self.store.last_texts(&[id]).await?.pop();
+        Ok(conv)
     }
 }
 

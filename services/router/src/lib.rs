@@ -502,6 +502,9 @@ mod tests {
         ) -> Result<ListConversationsResponse, ChatError> {
             Ok(ListConversationsResponse::default())
         }
+        async fn get_conversation(&self, _: &str, id: &str) -> Result<Conversation, ChatError> {
+            Err(ChatError::no_conversation(id))
+        }
         async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
             use std::sync::atomic::Ordering::SeqCst;
             self.asked_in.lock().expect("lock").push(trace::current());

@@ -663,6 +663,28 @@ pub async fn read_positions_count_exactly_and_receipts_reach_every_session(kind:
     }
     let listed = bob.listed(&conv.id).await.expect("bob's list");
     assert_eq!((listed.read_seq, listed.unread_count), (4, 0));
+    // "Seen by": every member's position, for any member to see.
+    let seen = carol.get_conversation(&conv.id).await.expect("carol's");
+    let positions: Vec<(&str, u64)> = seen
+        .member_reads
+        .iter()
+        .map(|m| (m.user_id.as_str(), m.read_seq))
+        .collect();
+    assert_eq!(positions, [("alice", 4), ("bob", 4), ("carol", 1)]);
+    assert_eq!((seen.read_seq, seen.unread_count), (1, 3), "carol's own");
+    assert_eq!(seen.last_message.map(|m| m.seq), Some(4));
+    for (who, id, code) in [
+        (&dave, conv.id.as_str(), Code::PermissionDenied),
+        (&bob, "no-such", Code::NotFound),
+        (&bob, "", Code::InvalidArgument),
+    ] {
+        let got = who
+            .get_conversation(id)
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code());
+        assert_eq!(got, Err(code), "{} asking for {id:?}", who.name);
+    }
 
     // Precise refusals, and nothing moves.
     let code = |r: Result<ReadState, tonic::Status>| r.map(|_| ()).map_err(|s| s.code());

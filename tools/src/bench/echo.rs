@@ -62,6 +62,7 @@ echo_chat! {
     fn list_conversations(ListConversationsRequest) -> ListConversationsResponse;
     fn get_history(GetHistoryRequest) -> GetHistoryResponse;
     fn mark_read(MarkReadRequest) -> ReadState;
+    fn get_conversation(GetConversationRequest) -> Conversation;
 }
 
 /// Serves the echo service on `listener` until the process ends.

@@ -99,6 +99,9 @@ pub trait Store: Send + Sync + 'static {
     /// The rows of up to `limit` of `user`'s conversations after `after`,
     /// most recent activity first (see [`rows::LIST_CONVERSATIONS`]).
     async fn listed(&self, user: &str, after: Option<&ListAfter>, limit: u32) -> ListedRows;
+    /// Every member of conversation `id` with its read position and unread
+    /// count, by user id (none when there is no such conversation).
+    async fn member_reads(&self, id: &str) -> Result<Vec<rows::MemberReads>, StoreError>;
     /// The newest TEXT message of each of the conversations `ids` that has
     /// one.
     async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError>;

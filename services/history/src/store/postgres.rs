@@ -21,7 +21,9 @@
 
 use super::apply::{self, BatchTx, FactsOfRead};
 use super::decide::{self, Heads};
-use super::rows::{self, ConversationRow, ListedRow, MessageRow, Shared};
+use super::rows::{
+    self, ConversationRow, ListedRow, MemberReadRow, MemberReads, MessageRow, Shared,
+};
 use super::{keyset, now_ms, ListAfter, ListedRows, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
@@ -242,6 +244,18 @@ impl Store for PostgresStore {
             .iter()
             .map(ListedRow::from_row)
             .collect::<Result<_, _>>()?)
+    }
+
+    async fn member_reads(&self, id: &str) -> Result<Vec<MemberReads>, StoreError> {
+        if id.contains('\0') {
+            return Ok(Vec::new());
+        }
+        let rows = self
+            .fetch_all(|| sqlx::query(rows::MEMBER_READS).bind(id))
+            .await?;
+        rows.iter()
+            .map(|row| MemberReads::try_from(MemberReadRow::from_row(row)?))
+            .collect()
     }
 
     /// One index probe per conversation, newest seq first.

@@ -146,6 +146,46 @@ pub fn conversation_page(
     })
 }
 
+/// Every member of conversation `$1` with its read position and unread
+/// count (see `decide::reads`), by user id.
+pub const MEMBER_READS: &str = "SELECT m.user_id, m.read_seq,
+            (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count
+     FROM members m
+     JOIN conversations c ON c.id = m.conversation_id
+     WHERE m.conversation_id = $1
+     ORDER BY m.user_id";
+
+/// A row of [`MEMBER_READS`].
+#[derive(sqlx::FromRow)]
+pub struct MemberReadRow {
+    user_id: String,
+    read_seq: i64,
+    unread_count: i64,
+}
+
+/// A member's read position and unread count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberReads {
+    /// The member.
+    pub user_id: String,
+    /// Where it has read up to.
+    pub read_seq: u64,
+    /// What it has not read.
+    pub unread_count: u64,
+}
+
+impl TryFrom<MemberReadRow> for MemberReads {
+    type Error = StoreError;
+
+    fn try_from(row: MemberReadRow) -> Result<Self, StoreError> {
+        Ok(MemberReads {
+            user_id: row.user_id,
+            read_seq: seq_from(row.read_seq)?,
+            unread_count: seq_from(row.unread_count)?,
+        })
+    }
+}
+
 /// What deciding a read of seq `$3` by user `$2` in conversation `$1`
 /// reads (see `decide::reads::ReadFacts`); no row when the conversation
 /// does not exist, NULL positions when the user is not a member. A store

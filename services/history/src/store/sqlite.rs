@@ -6,7 +6,7 @@
 
 use super::apply::{self, BatchTx, FactsOfRead};
 use super::decide::Heads;
-use super::rows::{self, ConversationRow, MessageRow, Shared};
+use super::rows::{self, ConversationRow, MemberReadRow, MemberReads, MessageRow, Shared};
 use super::{keyset, now_ms, ListAfter, ListedRows, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
@@ -96,6 +96,14 @@ impl Store for SqliteStore {
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn member_reads(&self, id: &str) -> Result<Vec<MemberReads>, StoreError> {
+        let rows: Vec<MemberReadRow> = sqlx::query_as(rows::MEMBER_READS)
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.into_iter().map(MemberReads::try_from).collect()
     }
 
     async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError> {

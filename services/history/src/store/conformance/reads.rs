@@ -81,6 +81,18 @@ pub async fn read_positions_move_forward_for_members_only(store: Arc<dyn Store>)
     }
     let after = listed(&store, "bob", "g").await.expect("bob's");
     assert_eq!((after.read_seq, after.unread_count), (4, 1));
+    let positions: Vec<(String, u64, u64)> = store
+        .member_reads("g")
+        .await
+        .expect("member reads")
+        .into_iter()
+        .map(|r| (r.user_id, r.read_seq, r.unread_count))
+        .collect();
+    assert_eq!(
+        positions,
+        [("alice".to_string(), 5, 0), ("bob".to_string(), 4, 1)]
+    );
+    assert!(store.member_reads("nope").await.expect("none").is_empty());
     // Alice sent every message: nothing is unread for her, and her own
     // sends moved her position to her newest message.
     let alice = listed(&store, "alice", "g").await.expect("alice's");
