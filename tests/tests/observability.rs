@@ -416,6 +416,10 @@ async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
         .messages_until(&conv.id, last)
         .await
         .expect("bob receives the messages live");
+    // Bob reads up to the last: a receipt, routed to every member.
+    bob.mark_read(&conv.id, last, false)
+        .await
+        .expect("mark read");
     // Reads: through the gateway to history.
     alice.list().await.expect("list conversations");
     alice

@@ -91,6 +91,30 @@ async fn postgres_store_passes_the_conformance_suite() {
     .await;
 }
 
+/// A database written by the first release (only the first migration, and
+/// rows as it wrote them) opened by this one: the later migrations keep
+/// every message and count what was stored as read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_from_the_first_schema_keeps_history_and_counts_it_read() {
+    let cluster = cluster();
+    let url = cluster.fresh_database().await.expect("fresh database");
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let first = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            confab_history::store::postgres::MIGRATOR.migrations[..1].to_vec(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    first.run(&pool).await.expect("the first migration");
+    sqlx::raw_sql(conformance::upgrade::FIRST_RELEASE_ROWS)
+        .execute(&pool)
+        .await
+        .expect("first-release rows");
+    pool.close().await;
+    let store = store_on(&url, SizeLimits::default()).await;
+    conformance::upgrade::an_upgrade_keeps_history_and_counts_it_read(Arc::new(store)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_500_sends_for_10_conversations_is_sequenced_in_record_order() {
     let cluster = cluster();

@@ -81,6 +81,11 @@ pub const USERS_ONLINE: &str = "confab_users_online";
 /// Histogram (users): recipients of each message a router routes.
 pub const ROUTER_FANOUT: &str = "confab_router_fanout_recipients";
 
+/// Counter (router): receipts routed (read positions that moved), by
+/// `visibility`: `members` (every member's sessions) or `private` (the
+/// reader's own only).
+pub const RECEIPTS: &str = "confab_receipts_total";
+
 /// Counter (gateway): calls and stream sends refused by a per-user limit,
 /// by `limit` (`messages`, `conversations`, `streams`).
 pub const RATE_LIMITED: &str = "confab_rate_limited_total";

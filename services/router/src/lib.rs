@@ -7,7 +7,7 @@ pub mod distributed;
 pub mod gateway_links;
 
 use confab_core::error::ChatError;
-use confab_core::metrics::ROUTER_FANOUT;
+use confab_core::metrics::{RECEIPTS, ROUTER_FANOUT};
 use confab_core::seams::{recv_batch, Delivery, DeliverySink, HistoryApi};
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::{membership_event::Change, Message};
@@ -152,6 +152,12 @@ impl Router {
                         .await
                 };
                 tracing::debug!(target: HOP, read_seq = receipt.read_seq, recipients = recipients.len(), "receipt routed");
+                let visibility = if outcome.receipt_private {
+                    "private"
+                } else {
+                    "members"
+                };
+                metrics::counter!(RECEIPTS, "visibility" => visibility).increment(1);
                 self.sink.receipt(&recipients, receipt).await;
             }
             if outcome.origin.is_some() {
@@ -367,6 +373,37 @@ mod tests {
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn receipts_reach_every_member_or_only_the_reader_when_private() {
+        let sink = Arc::new(Recorder::default());
+        // Members not cached: looked up once, then kept.
+        let history = Arc::new(members(names(&["alice", "bob", "carol"])));
+        let mut router = Router::new(history.clone(), sink.clone());
+        let read = |request_id, private| OutcomeRecord {
+            receipt: Some(Receipt {
+                conversation_id: "c".into(),
+                user_id: "bob".into(),
+                read_seq: 7,
+            }),
+            receipt_private: private,
+            ..outcome(Some(request_id), vec![])
+        };
+        router.route(read(1, false)).await;
+        router.route(read(2, true)).await;
+        let receipts = sink.receipts.lock().expect("lock").clone();
+        let recipients: Vec<Vec<String>> = receipts.iter().map(|(_, r)| r.clone()).collect();
+        assert_eq!(
+            recipients,
+            [names(&["alice", "bob", "carol"]), names(&["bob"])]
+        );
+        assert!(receipts
+            .iter()
+            .all(|(r, _)| r.read_seq == 7 && r.user_id == "bob"));
+        assert_eq!(history.asked_in.lock().expect("lock").len(), 1);
+        // Each request still completes.
+        assert_eq!(*sink.completed.lock().expect("lock"), [1, 2]);
     }
 
     #[tokio::test]

@@ -101,6 +101,12 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
     (SESSIONS_OPEN, Kind::Gauge, None, "Connect sessions open on this gateway"),
     (USERS_ONLINE, Kind::Gauge, None, "users with at least one session on this gateway"),
     (ROUTER_FANOUT, Kind::Histogram, Some(Unit::Count), "recipients of each message a router routes"),
+    (
+        RECEIPTS,
+        Kind::Counter,
+        None,
+        "receipts routed (read positions that moved), by visibility",
+    ),
     (RATE_LIMITED, Kind::Counter, None, "calls and stream sends refused by a per-user limit, by limit"),
 ];
 

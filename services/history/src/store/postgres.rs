@@ -34,7 +34,9 @@ use sqlx::{FromRow as _, Postgres, Row};
 use std::collections::HashMap;
 use std::time::Duration;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
+/// The store's schema, `migrations/postgres/` (public for upgrade tests, which
+/// apply part of it).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
 /// How often a batch is attempted when PostgreSQL aborts it for a deadlock or
 /// a serialization failure (both mean "run it again"); see

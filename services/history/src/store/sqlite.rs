@@ -19,7 +19,9 @@ use std::path::Path;
 use std::time::Duration;
 use tokio::sync::Mutex;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
+/// The store's schema, `migrations/sqlite/` (public for upgrade tests, which
+/// apply part of it).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
 /// WAL pages after which a commit checkpoints them into the database file
 /// (SQLite's `wal_autocheckpoint`; its default is 1,000 pages, 4 MB).
@@ -311,6 +313,39 @@ async fn load_conversation(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn an_upgrade_from_the_first_schema_keeps_history_and_counts_it_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("first-release.db");
+        {
+            let pool = SqlitePoolOptions::new()
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&path)
+                        .create_if_missing(true),
+                )
+                .await
+                .expect("open");
+            let first = sqlx::migrate::Migrator {
+                migrations: std::borrow::Cow::Owned(MIGRATOR.migrations[..1].to_vec()),
+                ..sqlx::migrate::Migrator::DEFAULT
+            };
+            first.run(&pool).await.expect("the first migration");
+            sqlx::raw_sql(crate::store::conformance::upgrade::FIRST_RELEASE_ROWS)
+                .execute(&pool)
+                .await
+                .expect("first-release rows");
+            pool.close().await;
+        }
+        let store = SqliteStore::open(&path, SizeLimits::default())
+            .await
+            .expect("the later migrations");
+        crate::store::conformance::upgrade::an_upgrade_keeps_history_and_counts_it_read(
+            std::sync::Arc::new(store),
+        )
+        .await;
+    }
 
     #[tokio::test]
     async fn sqlite_store_passes_the_conformance_suite() {

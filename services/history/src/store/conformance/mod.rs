@@ -2,6 +2,7 @@
 //! call `run_all` with a factory that returns a fresh, empty store.
 
 mod reads;
+pub mod upgrade;
 
 pub use reads::read;
 
