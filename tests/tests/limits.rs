@@ -626,6 +626,7 @@ fn a_limit_below_one_is_a_configuration_error() {
         "CONFAB_RATE_MESSAGES_BURST",
         "CONFAB_MAX_STREAMS_PER_USER",
         "CONFAB_RATE_CONVERSATIONS_PER_MIN",
+        "CONFAB_RATE_READS_PER_SEC",
         "CONFAB_MAX_BODY_BYTES",
     ] {
         let mut env = std::collections::HashMap::new();

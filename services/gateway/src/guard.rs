@@ -58,7 +58,8 @@ pub enum Admission {
 /// | `Connect` | a stream slot, until the stream ends (`CONFAB_MAX_STREAMS_PER_USER`); each `send` frame then costs a message, charged by the session |
 /// | `SendMessage` | a message (`CONFAB_RATE_MESSAGES_PER_SEC`, burst `CONFAB_RATE_MESSAGES_BURST`) |
 /// | `CreateConversation` | a conversation (`CONFAB_RATE_CONVERSATIONS_PER_MIN`) |
-/// | `AddMembers`, `RemoveMember`, `ListConversations`, `GetConversation`, `GetHistory`, `MarkRead` | nothing beyond a valid token |
+/// | `MarkRead` | a read position (`CONFAB_RATE_READS_PER_SEC`, burst twice that) |
+/// | `AddMembers`, `RemoveMember`, `ListConversations`, `GetConversation`, `GetHistory` | nothing beyond a valid token |
 pub const METHODS: &[(&str, Admission)] = &[
     ("/confab.v1.Chat/Connect", Admission::Stream),
     (
@@ -79,7 +80,7 @@ pub const METHODS: &[(&str, Admission)] = &[
         Admission::Charge(Cost::Free),
     ),
     ("/confab.v1.Chat/GetHistory", Admission::Charge(Cost::Free)),
-    ("/confab.v1.Chat/MarkRead", Admission::Charge(Cost::Free)),
+    ("/confab.v1.Chat/MarkRead", Admission::Charge(Cost::Read)),
     (
         "/confab.v1.Chat/GetConversation",
         Admission::Charge(Cost::Free),
@@ -332,6 +333,10 @@ mod tests {
             admission("/confab.v1.Chat/SendMessage"),
             Some(Admission::Charge(Cost::Message))
         );
+        assert_eq!(
+            admission("/confab.v1.Chat/MarkRead"),
+            Some(Admission::Charge(Cost::Read))
+        );
         assert_eq!(admission("/confab.v1.Chat/Nope"), None);
     }
 
@@ -360,6 +365,7 @@ mod tests {
             messages_burst: 2,
             max_streams_per_user: 1,
             conversations_per_min: 1,
+            reads_per_sec: 1,
         });
         for _ in 0..2 {
             let resp = call(

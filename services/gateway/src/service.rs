@@ -44,8 +44,8 @@ impl GatewayConfig {
     /// Reads `CONFAB_MAX_BODY_BYTES`, `CONFAB_MAX_GROUP_MEMBERS`,
     /// `CONFAB_SEND_TIMEOUT_MS`, `CONFAB_SESSION_QUEUE`,
     /// `CONFAB_RATE_MESSAGES_PER_SEC`, `CONFAB_RATE_MESSAGES_BURST` (default
-    /// twice the rate), `CONFAB_MAX_STREAMS_PER_USER` and
-    /// `CONFAB_RATE_CONVERSATIONS_PER_MIN`.
+    /// twice the rate), `CONFAB_MAX_STREAMS_PER_USER`,
+    /// `CONFAB_RATE_CONVERSATIONS_PER_MIN` and `CONFAB_RATE_READS_PER_SEC`.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
         let max_body_bytes = at_least(
@@ -99,6 +99,11 @@ impl GatewayConfig {
                 confab_core::vars::RATE_CONVERSATIONS_PER_MIN,
                 d.user_limits.conversations_per_min,
                 "conversations per minute",
+            )?,
+            reads_per_sec: per_user(
+                confab_core::vars::RATE_READS_PER_SEC,
+                d.user_limits.reads_per_sec,
+                "read positions per second",
             )?,
         };
         Ok(Self {

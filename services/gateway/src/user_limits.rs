@@ -21,6 +21,8 @@ pub const DEFAULT_MESSAGES_PER_SEC: u32 = 20;
 pub const DEFAULT_MAX_STREAMS_PER_USER: u32 = 8;
 /// Default conversations a user may create per minute.
 pub const DEFAULT_CONVERSATIONS_PER_MIN: u32 = 30;
+/// Default read positions a user may set per second (burst twice that).
+pub const DEFAULT_READS_PER_SEC: u32 = 50;
 
 /// A user untouched this long, with full buckets and no open stream, is
 /// forgotten: a fresh bucket starts full, so nothing is lost.
@@ -40,6 +42,8 @@ pub struct UserLimits {
     pub max_streams_per_user: u32,
     /// Conversations a user may create per minute (also the burst).
     pub conversations_per_min: u32,
+    /// Read positions a user may set per second (burst twice that).
+    pub reads_per_sec: u32,
 }
 
 impl Default for UserLimits {
@@ -49,6 +53,7 @@ impl Default for UserLimits {
             messages_burst: 2 * DEFAULT_MESSAGES_PER_SEC,
             max_streams_per_user: DEFAULT_MAX_STREAMS_PER_USER,
             conversations_per_min: DEFAULT_CONVERSATIONS_PER_MIN,
+            reads_per_sec: DEFAULT_READS_PER_SEC,
         }
     }
 }
@@ -62,6 +67,8 @@ pub enum Cost {
     Message,
     /// One new conversation.
     Conversation,
+    /// One read position set (`MarkRead`, a `read` frame).
+    Read,
 }
 
 /// A token bucket: `capacity` tokens, refilled at `per_sec`.
@@ -115,6 +122,8 @@ struct UserState {
     messages: Bucket,
     /// Conversation-creation budget.
     conversations: Bucket,
+    /// Read-position budget.
+    reads: Bucket,
     /// Open `Connect` streams.
     streams: u32,
     /// Last time anything happened for this user.
@@ -130,6 +139,8 @@ struct Inner {
     messages: Rate,
     /// Conversation bucket shape.
     conversations: Rate,
+    /// Read-position bucket shape.
+    reads: Rate,
     /// Users by id, sharded by a randomly keyed hash (no chosen-id flooding).
     shards: Vec<Mutex<HashMap<String, UserState>>>,
     /// Keys the shard hash.
@@ -170,6 +181,10 @@ impl Limiter {
                     capacity: f64::from(limits.conversations_per_min.max(1)),
                     per_sec: f64::from(limits.conversations_per_min.max(1)) / 60.0,
                 },
+                reads: Rate {
+                    capacity: 2.0 * f64::from(limits.reads_per_sec.max(1)),
+                    per_sec: f64::from(limits.reads_per_sec.max(1)),
+                },
                 shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
                 hasher: RandomState::new(),
                 epoch: now,
@@ -195,15 +210,18 @@ impl Limiter {
             Cost::Conversation => self.inner.with_user(user, now, |u| {
                 self.inner.conversations.take(&mut u.conversations, now)
             }),
+            Cost::Read => self
+                .inner
+                .with_user(user, now, |u| self.inner.reads.take(&mut u.reads, now)),
         };
         self.inner.maybe_sweep(now);
         if admitted {
             return Ok(());
         }
-        let limit = if cost == Cost::Message {
-            "messages"
-        } else {
-            "conversations"
+        let limit = match cost {
+            Cost::Message => "messages",
+            Cost::Read => "reads",
+            _ => "conversations",
         };
         metrics::counter!(confab_core::metrics::RATE_LIMITED, "limit" => limit).increment(1);
         Err(ChatError::ResourceExhausted(match cost {
@@ -215,6 +233,13 @@ impl Limiter {
                 l.messages_burst,
                 l.messages_per_sec,
                 l.messages_burst
+            ),
+            Cost::Read => format!(
+                "read limit: at most {} per second per user, {} at once \
+                 (CONFAB_RATE_READS_PER_SEC={}); mark read less often (the newest seq read is enough)",
+                plural(l.reads_per_sec, "read position"),
+                2 * u64::from(l.reads_per_sec),
+                l.reads_per_sec
             ),
             _ => format!(
                 "conversation limit: at most {} created per minute per user \
@@ -273,6 +298,7 @@ impl Inner {
             None => shard.entry(user.to_string()).or_insert(UserState {
                 messages: self.messages.full(now),
                 conversations: self.conversations.full(now),
+                reads: self.reads.full(now),
                 streams: 0,
                 touched: now,
             }),
@@ -305,6 +331,7 @@ impl Inner {
                     || now.saturating_duration_since(u.touched) < IDLE
                     || self.messages.level(&u.messages, now) < self.messages.capacity
                     || self.conversations.level(&u.conversations, now) < self.conversations.capacity
+                    || self.reads.level(&u.reads, now) < self.reads.capacity
             });
         }
     }
@@ -347,11 +374,34 @@ mod tests {
             messages_burst: burst,
             max_streams_per_user: streams,
             conversations_per_min: convs,
+            reads_per_sec: 2,
         }
     }
 
     fn takes(l: &Limiter, user: &str, cost: Cost, n: usize) -> usize {
         (0..n).filter(|_| l.admit(user, cost).is_ok()).count()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_have_a_budget_of_their_own() {
+        let l = Limiter::new(limits(10, 30, 1, 1));
+        // reads_per_sec 2: a burst of 4, then 2 a second.
+        assert_eq!(takes(&l, "alice", Cost::Read, 10), 4, "the burst");
+        let err = l.admit("alice", Cost::Read).expect_err("refused");
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        assert!(
+            err.to_string().contains("CONFAB_RATE_READS_PER_SEC=2"),
+            "{err}"
+        );
+        // Messages and other users are not touched.
+        assert_eq!(takes(&l, "alice", Cost::Message, 30), 30);
+        assert_eq!(takes(&l, "bob", Cost::Read, 4), 4);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            takes(&l, "alice", Cost::Read, 10),
+            2,
+            "refilled at the rate"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -122,6 +122,9 @@ impl State {
                 error,
             })
         };
+        if let Err(e) = self.s.limiter.admit(&self.s.user, Cost::Read) {
+            return self.send(ack(&req, Err(e))).await;
+        }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
             let e = ChatError::ResourceExhausted(format!(
                 "{MAX_SENDS_IN_FLIGHT} sends and reads are already waiting for their answer on this stream; wait for them before sending more"
