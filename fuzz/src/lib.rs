@@ -74,6 +74,8 @@ pub fn client_frame(data: &[u8]) {
         }
         // The session runs what `MarkRead` runs.
         Some(client_frame::Frame::Read(r)) => check_read(r),
+        // The session checks the id; history, membership.
+        Some(client_frame::Frame::Typing(t)) => check_conversation_id(&t.conversation_id),
         Some(client_frame::Frame::Ping(_)) | None => {}
     }
 }

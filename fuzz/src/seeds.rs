@@ -47,6 +47,13 @@ pub fn client_frame() -> Vec<Seed> {
         ("resume-bad-id", resume(&[("", 1), ("a\nb", 2)])),
         ("ping", frame(client_frame::Frame::Ping(Ping { nonce: 7 }))),
         (
+            "typing",
+            frame(client_frame::Frame::Typing(TypingFrame {
+                conversation_id: "grp-1".into(),
+                active: true,
+            })),
+        ),
+        (
             "read",
             frame(client_frame::Frame::Read(MarkReadRequest {
                 conversation_id: "grp-1".into(),

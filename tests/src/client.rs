@@ -343,6 +343,25 @@ impl Session {
         }
     }
 
+    /// Sends a `typing` frame.
+    pub async fn typing(&self, conv: &str, active: bool) {
+        self.send(client_frame::Frame::Typing(TypingFrame {
+            conversation_id: conv.into(),
+            active,
+        }))
+        .await;
+    }
+
+    /// The next `typing` frame (messages and other frames are skipped).
+    pub async fn next_typing(&mut self) -> Typing {
+        loop {
+            if let server_frame::Frame::Typing(t) = self.next_frame().await.expect("a typing frame")
+            {
+                return t;
+            }
+        }
+    }
+
     /// Sends a `read` frame and returns its answer (other frames are
     /// skipped).
     pub async fn read(&mut self, conv: &str, seq: u64, private: bool) -> ReadAck {

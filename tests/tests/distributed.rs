@@ -72,3 +72,8 @@ async fn read_positions_count_exactly_and_receipts_reach_every_session() {
 async fn conversations_are_listed_newest_first_in_pages() {
     suite::conversations_are_listed_newest_first_in_pages(Kind::Cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_the_other_members_and_ends_by_itself() {
+    suite::typing_reaches_the_other_members_and_ends_by_itself(Kind::Cluster).await;
+}

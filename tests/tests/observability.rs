@@ -416,6 +416,8 @@ async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
         .messages_until(&conv.id, last)
         .await
         .expect("bob receives the messages live");
+    // Bob types: an indicator relayed to the other members.
+    bob_live.typing(&conv.id, true).await;
     // Bob reads up to the last: a receipt, routed to every member.
     bob.mark_read(&conv.id, last, false)
         .await

@@ -86,6 +86,11 @@ pub const ROUTER_FANOUT: &str = "confab_router_fanout_recipients";
 /// reader's own only).
 pub const RECEIPTS: &str = "confab_receipts_total";
 
+/// Counter (gateway): typing indicators relayed from this gateway's
+/// sessions, by `active` (`true`: started or renewed, `false`: stopped or
+/// expired).
+pub const TYPING_RELAYS: &str = "confab_typing_relays_total";
+
 /// Counter (gateway): calls and stream sends refused by a per-user limit,
 /// by `limit` (`messages`, `conversations`, `streams`).
 pub const RATE_LIMITED: &str = "confab_rate_limited_total";

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::{
     Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
-    ListConversationsResponse, Message, Receipt,
+    ListConversationsResponse, Message, Receipt, Typing,
 };
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -79,6 +79,8 @@ pub enum Live {
     Message(Delivery),
     /// A read position that moved.
     Receipt(Receipt),
+    /// A member typing, or stopping.
+    Typing(Typing),
 }
 
 /// Where routers hand sequenced messages, receipts and outcomes.

@@ -4,10 +4,10 @@
 //! is what routers use, in distributed mode, to know where to push.
 
 use async_trait::async_trait;
-use confab_core::metrics::{SESSIONS_OPEN, USERS_ONLINE};
+use confab_core::metrics::{SESSIONS_OPEN, TYPING_RELAYS, USERS_ONLINE};
 use confab_core::seams::{Delivery, DeliverySink, Live};
-use confab_proto::internal::v1::OutcomeRecord;
-use confab_proto::v1::Receipt;
+use confab_proto::internal::v1::{OutcomeRecord, RelayTyping};
+use confab_proto::v1::{Receipt, Typing};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +17,10 @@ use tonic::Status;
 /// Presence changes a subscriber may fall behind by before it must resync
 /// from a fresh snapshot.
 const PRESENCE_BUFFER: usize = 4096;
+
+/// Typing indicators queued for the router links before the oldest are
+/// dropped (each link reads them as they come).
+const TYPING_BUFFER: usize = 1024;
 
 /// A change in who has sessions on this gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +68,9 @@ pub struct Hub {
     /// (a link lost, or a link up and its hello acknowledged): after one,
     /// a router may have routed messages that never reached this gateway.
     routing: tokio::sync::watch::Sender<u64>,
+    /// Typing indicators on their way to the router that carries each one
+    /// (see [`Hub::typing_router`]); dropped when no link is listening.
+    typing_out: broadcast::Sender<Arc<RelayTyping>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -142,7 +149,46 @@ impl Hub {
             acked_changed: tokio::sync::Notify::new(),
             greeted: Mutex::new(std::collections::HashSet::new()),
             routing: tokio::sync::watch::channel(0).0,
+            typing_out: broadcast::channel(TYPING_BUFFER).0,
         })
+    }
+
+    /// Relays `typing` to the sessions of `recipients`: through the router
+    /// that carries its conversation's indicators when routers are
+    /// attached (they reach every gateway), straight to this gateway's
+    /// sessions otherwise (embedded mode). Best effort: an indicator is not
+    /// stored, and one lost with a link is replaced by the next.
+    pub fn relay_typing(&self, recipients: Vec<String>, typing: Typing) {
+        metrics::counter!(TYPING_RELAYS, "active" => typing.active.to_string()).increment(1);
+        if self.acked().is_empty() {
+            self.push(&recipients, Arc::new(Live::Typing(typing)));
+        } else {
+            let _ = self.typing_out.send(Arc::new(RelayTyping {
+                recipient_ids: recipients,
+                typing: Some(typing),
+            }));
+        }
+    }
+
+    /// Indicators for [`Hub::typing_router`] to forward, from now on.
+    pub fn typing_out(&self) -> broadcast::Receiver<Arc<RelayTyping>> {
+        self.typing_out.subscribe()
+    }
+
+    /// The attached router that carries the typing indicators of
+    /// `conversation_id`: one of them, the same while the attached set does
+    /// not change, so a conversation's indicators stay in order.
+    pub fn typing_router(&self, conversation_id: &str) -> Option<String> {
+        let mut routers: Vec<String> = self.acked().keys().cloned().collect();
+        routers.sort();
+        let i = confab_core::seams::partition_of(conversation_id, routers.len());
+        routers.into_iter().nth(i)
+    }
+
+    /// Pushes a typing indicator a router relayed to the sessions of
+    /// `recipients` here.
+    pub fn deliver_typing(&self, recipients: &[String], typing: Typing) {
+        self.push(recipients, Arc::new(Live::Typing(typing)));
     }
 
     /// This gateway's id.

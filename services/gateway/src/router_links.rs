@@ -203,6 +203,7 @@ async fn attach_once(
     let stop = shutdown.wait();
     tokio::pin!(stop);
     let (epoch, snapshot, mut presence) = hub.presence();
+    let mut typing = hub.typing_out();
     let users = snapshot.len();
     let (out, out_rx) = mpsc::channel(OUTBOUND_FRAMES);
     if out.try_send(hello(hub, epoch, snapshot)).is_err() {
@@ -246,6 +247,23 @@ async fn attach_once(
                 Ok(Some(frame)) => apply(hub, addr, frame).await,
                 Ok(None) => return Ended::Lost("the router ended the link".into()),
                 Err(status) => return Ended::Lost(status.message().to_string()),
+            },
+            relay = typing.recv() => match relay {
+                Ok(relay) => {
+                    let ours = relay.typing.as_ref().is_some_and(|t| {
+                        hub.typing_router(&t.conversation_id).as_deref() == Some(addr)
+                    });
+                    // Best effort: a full queue drops the indicator.
+                    if ours {
+                        let frame = GatewayFrame {
+                            frame: Some(gateway_frame::Frame::Typing((*relay).clone())),
+                        };
+                        let _ = out.try_send(frame);
+                    }
+                }
+                // Indicators missed while behind are not worth a resync.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Ended::Shutdown,
             },
             change = presence.recv() => {
                 let frames = match change {
@@ -374,6 +392,10 @@ async fn apply(hub: &Hub, router: &str, frame: RouterFrame) {
                 hub.deliver(&d.recipient_ids, Arc::new(delivery)).await
             }
             None => tracing::debug!("router sent a delivery without a message; ignoring it"),
+        },
+        Some(router_frame::Frame::Typing(t)) => match t.typing {
+            Some(typing) => hub.deliver_typing(&t.recipient_ids, typing),
+            None => tracing::debug!("router sent a typing frame without an indicator; ignoring it"),
         },
         Some(router_frame::Frame::Receipt(r)) => match r.receipt {
             Some(receipt) => hub.receipt(&r.recipient_ids, receipt).await,

@@ -107,6 +107,12 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "receipts routed (read positions that moved), by visibility",
     ),
+    (
+        TYPING_RELAYS,
+        Kind::Counter,
+        None,
+        "typing indicators relayed from this gateway's sessions, by active",
+    ),
     (RATE_LIMITED, Kind::Counter, None, "calls and stream sends refused by a per-user limit, by limit"),
 ];
 

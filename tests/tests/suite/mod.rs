@@ -773,3 +773,61 @@ pub async fn conversations_are_listed_newest_first_in_pages(kind: Kind) {
     }
     server.stop().await;
 }
+
+pub async fn typing_reaches_the_other_members_and_ends_by_itself(kind: Kind) {
+    let (server, [alice, bob, carol, dave]) =
+        with_users(kind, ["alice", "bob", "carol", "dave"]).await;
+    let conv = alice.group("typing", &["bob", "carol"]).await;
+    let mut alice1 = alice.live().await;
+    let mut bob1 = bob.live().await;
+    let mut carol1 = carol.live().await;
+    let mut dave1 = dave.live().await;
+    // Started, renewed at once (not relayed again), stopped.
+    alice1.typing(&conv.id, true).await;
+    alice1.typing(&conv.id, true).await;
+    alice1.typing(&conv.id, false).await;
+    for s in [&mut bob1, &mut carol1] {
+        let seen: Vec<(String, bool)> = [s.next_typing().await, s.next_typing().await]
+            .into_iter()
+            .map(|t| {
+                assert_eq!(
+                    (t.conversation_id.as_str(), t.error),
+                    (conv.id.as_str(), None)
+                );
+                (t.user_id, t.active)
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [("alice".to_string(), true), ("alice".to_string(), false)]
+        );
+    }
+    // Not stored, not sequenced: history has only the creation.
+    assert_eq!(alice.all_seqs(&conv.id).await, vec![1]);
+    // A stranger's indicator is refused to him and relayed to nobody.
+    dave1.typing(&conv.id, true).await;
+    let refused = dave1.next_typing().await;
+    assert_eq!(
+        refused.error.map(|e| Code::from(e.code)),
+        Some(Code::PermissionDenied)
+    );
+    // Started and never renewed: the server ends it after its time.
+    bob1.typing(&conv.id, true).await;
+    let started = alice1.next_typing().await;
+    assert_eq!((started.user_id.as_str(), started.active), ("bob", true));
+    let ended = alice1.next_typing().await;
+    assert_eq!((ended.user_id.as_str(), ended.active), ("bob", false));
+    // (Alice got none of her own: the first she got was bob's.) Nothing
+    // more reached the others: no repeat of alice's, no refusal.
+    for s in [&mut carol1, &mut bob1] {
+        let before = s.frames_before_pong(3).await;
+        assert!(
+            !before.iter().any(|f| matches!(
+                f,
+                server_frame::Frame::Typing(t) if t.user_id == "alice" || t.error.is_some()
+            )),
+            "{before:?}"
+        );
+    }
+    server.stop().await;
+}

@@ -32,6 +32,7 @@ impl State {
                     .await
             }
             Some(client_frame::Frame::Read(read)) => self.mark_read(read).await,
+            Some(client_frame::Frame::Typing(typing)) => self.typing(typing).await,
             None => Ok(()),
         }
     }

@@ -10,6 +10,7 @@
 
 mod delivery;
 mod frames;
+mod typing;
 
 use crate::hub::Hub;
 use crate::submit::Submitter;
@@ -115,6 +116,7 @@ impl Session {
             cursors: HashMap::new(),
             s: self,
             in_flight: Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)),
+            indicators: typing::Indicators::default(),
         };
         // Live delivery starts after the first frame, so that a first
         // `resume` is always applied before any live message.
@@ -172,6 +174,7 @@ impl Session {
                     Some(Live::Message(m)) => state.deliver_live(m).await,
                     // Not sequenced: passed on as it comes, never filled.
                     Some(Live::Receipt(r)) => state.send(server_frame::Frame::Receipt(r.clone())).await,
+                    Some(Live::Typing(t)) => state.send(server_frame::Frame::Typing(t.clone())).await,
                     // The hub dropped us (too slow); the kill status is on its way.
                     None => return,
                 },
@@ -181,6 +184,10 @@ impl Session {
                         // send every session to history at once.
                         recheck_at.get_or_insert_with(|| tokio::time::Instant::now() + recheck_jitter());
                     }
+                    Ok(())
+                }
+                () = sleep_until_some(state.indicators.next_expiry()) => {
+                    state.expire_typing();
                     Ok(())
                 }
                 () = sleep_until_some(recheck_at) => {
@@ -227,6 +234,8 @@ struct State {
     cursors: HashMap<String, Cursor>,
     s: Session,
     in_flight: Arc<Semaphore>,
+    /// Typing indicators this session relayed.
+    indicators: typing::Indicators,
 }
 
 impl State {

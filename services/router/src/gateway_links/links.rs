@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use confab_core::seams::{Delivery, DeliverySink};
 use confab_proto::internal::v1::{
     gateway_frame, router_frame, Complete, Deliver, DeliverReceipt, GatewayFrame, OutcomeRecord,
-    PresenceAck, RouterFrame,
+    PresenceAck, RelayTyping, RouterFrame,
 };
 use confab_proto::v1::Receipt;
 use std::collections::{BTreeMap, HashSet};
@@ -157,7 +157,8 @@ impl GatewayLinks {
             Some(gateway_frame::Frame::Hello(h)) => h.epoch,
             Some(gateway_frame::Frame::UsersOnline(f)) => f.epoch,
             Some(gateway_frame::Frame::UsersOffline(f)) => f.epoch,
-            None => return,
+            // Not presence (see `read_presence`).
+            Some(gateway_frame::Frame::Typing(_)) | None => return,
         };
         match frame.frame {
             Some(gateway_frame::Frame::Hello(hello)) => {
@@ -184,7 +185,7 @@ impl GatewayLinks {
                     dir.remove_user(gateway_id, &user);
                 }
             }
-            None => {}
+            Some(gateway_frame::Frame::Typing(_)) | None => {}
         }
         // Acknowledged after the directory changed, under its lock: a
         // delivery routed after the gateway reads the ack sees the change.
@@ -306,6 +307,23 @@ impl GatewayLinks {
                 async move { self.send(&gateway_id, link, tx, frame).await }
             },
         ))
+        .await;
+    }
+}
+
+impl GatewayLinks {
+    /// Relays a typing indicator a gateway sent to the gateways with
+    /// sessions of its recipients.
+    pub async fn relay_typing(&self, relay: RelayTyping) {
+        let Some(typing) = relay.typing else {
+            return;
+        };
+        self.fan_out(&relay.recipient_ids, |recipient_ids| RouterFrame {
+            frame: Some(router_frame::Frame::Typing(RelayTyping {
+                recipient_ids,
+                typing: Some(typing.clone()),
+            })),
+        })
         .await;
     }
 }

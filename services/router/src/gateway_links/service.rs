@@ -101,6 +101,9 @@ async fn read_presence(
             _ = &mut gone => break,
             _ = &mut stop => break,
             frame = inbound.message() => match frame {
+                Ok(Some(GatewayFrame {
+                    frame: Some(gateway_frame::Frame::Typing(relay)),
+                })) => links.relay_typing(relay).await,
                 Ok(Some(frame)) => links.apply(&gateway_id, link, frame),
                 Ok(None) => {
                     tracing::info!(gateway_id = %gateway_id, "gateway detached");

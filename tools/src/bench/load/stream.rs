@@ -101,7 +101,8 @@ pub(super) async fn read_stream(
             // The load sends no reads; receipts are not what it measures.
             server_frame::Frame::Pong(_)
             | server_frame::Frame::Receipt(_)
-            | server_frame::Frame::Read(_) => {}
+            | server_frame::Frame::Read(_)
+            | server_frame::Frame::Typing(_) => {}
         }
     }
 }

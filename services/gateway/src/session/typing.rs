@@ -1,0 +1,157 @@
+//! The session's typing indicators: `typing` frames are relayed to the
+//! other members of the conversation (through the hub: straight to local
+//! sessions in embedded mode, through one router otherwise), never stored
+//! and never sequenced. A renewal of an active indicator is relayed at most
+//! every [`RENEW`]; one not renewed for [`TTL`] is ended by the server. A
+//! session relays at most [`RELAYS_PER_SEC`] indicators a second; more are
+//! dropped (and counted as rate-limited), so a client cannot flood others.
+
+use super::{Gone, State};
+use confab_core::error::ChatError;
+use confab_core::metrics::RATE_LIMITED;
+use confab_core::validate;
+use confab_proto::v1::{server_frame, Typing, TypingFrame};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Least time between two relays of an active indicator that is renewed.
+pub const RENEW: Duration = Duration::from_secs(3);
+
+/// How long an active indicator lasts without a renewal.
+pub const TTL: Duration = Duration::from_secs(6);
+
+/// Most indicators one session relays per second.
+pub const RELAYS_PER_SEC: u32 = 4;
+
+/// What this session last relayed for one conversation.
+#[derive(Debug, Clone)]
+pub(super) struct Indicator {
+    /// Whether it said active.
+    active: bool,
+    /// When it was relayed.
+    relayed_at: Instant,
+    /// When an active one ends unless renewed.
+    expires: Instant,
+    /// The members it went to (the stop goes to the same ones).
+    recipients: Vec<String>,
+}
+
+/// The indicators of one session, and its relay budget.
+#[derive(Debug, Default)]
+pub(super) struct Indicators {
+    /// By conversation.
+    by_conversation: std::collections::HashMap<String, Indicator>,
+    /// Start of the current one-second budget window, and relays in it.
+    window: Option<(Instant, u32)>,
+}
+
+impl Indicators {
+    /// When the earliest active indicator expires.
+    pub(super) fn next_expiry(&self) -> Option<Instant> {
+        self.by_conversation
+            .values()
+            .filter(|i| i.active)
+            .map(|i| i.expires)
+            .min()
+    }
+
+    /// Spends one relay of the budget, if any is left.
+    fn spend(&mut self, now: Instant) -> bool {
+        match &mut self.window {
+            Some((start, n)) if now < *start + Duration::from_secs(1) => {
+                if *n >= RELAYS_PER_SEC {
+                    return false;
+                }
+                *n += 1;
+            }
+            _ => self.window = Some((now, 1)),
+        }
+        true
+    }
+}
+
+impl State {
+    /// A `typing` frame: relayed unless it changes nothing (a renewal within
+    /// [`RENEW`], a repeated stop) or the budget is spent; refused with a
+    /// `typing` frame carrying the error for a conversation the user is not
+    /// in.
+    pub(super) async fn typing(&mut self, f: TypingFrame) -> Result<(), Gone> {
+        let now = Instant::now();
+        let conv = f.conversation_id.clone();
+        if let Err(e) = validate::conversation_id(&conv) {
+            return self.refuse_typing(f, e).await;
+        }
+        if let Some(i) = self.indicators.by_conversation.get_mut(&conv) {
+            match (i.active, f.active) {
+                (true, true) if now < i.relayed_at + RENEW => {
+                    i.expires = now + TTL;
+                    return Ok(());
+                }
+                (false, false) => return Ok(()),
+                _ => {}
+            }
+        } else if !f.active {
+            return Ok(());
+        }
+        if !self.indicators.spend(now) {
+            metrics::counter!(RATE_LIMITED, "limit" => "typing").increment(1);
+            return Ok(());
+        }
+        let members = match self.s.history.conversation(&conv).await {
+            Ok(c) if c.member_ids.contains(&self.s.user) => c.member_ids,
+            Ok(_) => return self.refuse_typing(f, ChatError::not_member(&conv)).await,
+            Err(e) => return self.refuse_typing(f, e).await,
+        };
+        let recipients: Vec<String> = members.into_iter().filter(|m| *m != self.s.user).collect();
+        self.s.hub.relay_typing(
+            recipients.clone(),
+            Typing {
+                conversation_id: conv.clone(),
+                user_id: self.s.user.clone(),
+                active: f.active,
+                error: None,
+            },
+        );
+        self.indicators.by_conversation.insert(
+            conv,
+            Indicator {
+                active: f.active,
+                relayed_at: now,
+                expires: now + TTL,
+                recipients,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends the active indicators that were not renewed in time.
+    pub(super) fn expire_typing(&mut self) {
+        let now = Instant::now();
+        for (conv, i) in &mut self.indicators.by_conversation {
+            if i.active && i.expires <= now {
+                i.active = false;
+                i.relayed_at = now;
+                self.s.hub.relay_typing(
+                    i.recipients.clone(),
+                    Typing {
+                        conversation_id: conv.clone(),
+                        user_id: self.s.user.clone(),
+                        active: false,
+                        error: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Answers this session's own `typing` frame with why it was refused.
+    async fn refuse_typing(&self, f: TypingFrame, e: ChatError) -> Result<(), Gone> {
+        self.send(server_frame::Frame::Typing(Typing {
+            conversation_id: f.conversation_id,
+            user_id: self.s.user.clone(),
+            active: f.active,
+            error: Some(e.to_proto()),
+        }))
+        .await
+    }
+}
