@@ -3,7 +3,9 @@
 //! `tests/distributed.rs`): order and gap-freedom, dedupe, multi-session
 //! delivery, resume, membership changes and every error case.
 
-use confab_proto::v1::{client_frame, server_frame, ConversationKind, Ping, ReadState, Resume};
+use confab_proto::v1::{
+    client_frame, server_frame, Conversation, ConversationKind, Ping, ReadState, Resume,
+};
 use confab_tests::server::{Kind, Server, Settings};
 use confab_tests::*;
 use std::collections::HashMap;
@@ -603,10 +605,15 @@ pub async fn large_pages_are_cut_to_fit_and_page_on(kind: Kind) {
     server.stop().await;
 }
 
+/// Alice's group with bob and carol, and dave, who is not in it.
+async fn group_and_outsider(kind: Kind, title: &str) -> (Server, [User; 4], Conversation) {
+    let (server, users) = with_users(kind, ["alice", "bob", "carol", "dave"]).await;
+    let conv = users[0].group(title, &["bob", "carol"]).await;
+    (server, users, conv)
+}
+
 pub async fn read_positions_count_exactly_and_receipts_reach_every_session(kind: Kind) {
-    let (server, [alice, bob, carol, dave]) =
-        with_users(kind, ["alice", "bob", "carol", "dave"]).await;
-    let conv = alice.group("reads", &["bob", "carol"]).await;
+    let (server, [alice, bob, carol, dave], conv) = group_and_outsider(kind, "reads").await;
     let mut alice1 = alice.live().await;
     let mut bob1 = bob.live().await;
     let mut bob2 = bob.live().await;
@@ -775,9 +782,7 @@ pub async fn conversations_are_listed_newest_first_in_pages(kind: Kind) {
 }
 
 pub async fn typing_reaches_the_other_members_and_ends_by_itself(kind: Kind) {
-    let (server, [alice, bob, carol, dave]) =
-        with_users(kind, ["alice", "bob", "carol", "dave"]).await;
-    let conv = alice.group("typing", &["bob", "carol"]).await;
+    let (server, [alice, bob, carol, dave], conv) = group_and_outsider(kind, "typing").await;
     let mut alice1 = alice.live().await;
     let mut bob1 = bob.live().await;
     let mut carol1 = carol.live().await;
