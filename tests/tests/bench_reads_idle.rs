@@ -105,6 +105,14 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
     let l = &report.latency;
     assert_eq!(l.count, 500, "{report:?}");
     assert!(l.p50_us <= l.p99_us && l.p99_us <= l.max_us, "{report:?}");
+    // The generated rows follow the read-position model: the reader has
+    // read the creation (seq 1), and every TEXT message after it is unread.
+    let reader = confab_tests::User::connect(gateway.addr(), "bench-reader").await;
+    let listed = reader.list_page("", 0).await.expect("list").conversations;
+    assert_eq!(listed.len(), 10);
+    for c in &listed {
+        assert_eq!((c.read_seq, c.unread_count), (1, 1_999), "{}", c.id);
+    }
 
     gateway.stop("gateway").await;
     history.stop("history").await;

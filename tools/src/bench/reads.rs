@@ -173,9 +173,12 @@ pub async fn generate(opts: &GenerateOpts) -> Result<GenerateReport> {
         .unwrap_or_default();
 
     sqlx::query(
-        "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms)
+        // Seq 1 is each conversation's one SYSTEM event; its members have
+        // read up to it, as history seats the members of a new group.
+        "INSERT INTO conversations
+             (id, kind, title, last_seq, created_at_ms, system_count, last_activity_ms)
          SELECT 'bench-read-' || i, $1, 'bench read ' || i,
-                CASE WHEN i < $2 THEN $3 + 1 ELSE $3 END, $4
+                CASE WHEN i < $2 THEN $3 + 1 ELSE $3 END, $4, 1, $4
          FROM generate_series(0::bigint, $5::bigint - 1) AS i",
     )
     .bind(ConversationKind::Group as i32)
@@ -187,8 +190,8 @@ pub async fn generate(opts: &GenerateOpts) -> Result<GenerateReport> {
     .await
     .context("insert the conversations (is this database already filled?)")?;
     sqlx::query(
-        "INSERT INTO members (conversation_id, user_id)
-         SELECT 'bench-read-' || i, u
+        "INSERT INTO members (conversation_id, user_id, read_seq, read_system)
+         SELECT 'bench-read-' || i, u, 1, 1
          FROM generate_series(0::bigint, $1::bigint - 1) AS i, UNNEST($2::text[]) AS u",
     )
     .bind(opts.conversations as i64)
