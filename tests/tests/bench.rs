@@ -119,6 +119,17 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         assert_eq!(r.latency.count, opts.history_requests);
         ordered("GetHistory", &r.latency);
     }
+    // The inbox: every page full and every count exact, as generated (all
+    // but the creation unread) and with each conversation 10 behind.
+    let behind = report.inbox_behind.as_ref().expect("inbox as generated");
+    let near = report.inbox_near.as_ref().expect("inbox 10 behind");
+    let per_conversation = opts.history_rows / opts.history_conversations;
+    for (i, min_unread) in [(behind, per_conversation - 1), (near, 10)] {
+        assert!(i.errors.is_empty(), "{:?}", i.errors);
+        assert_eq!(i.latency.count, i.requests);
+        assert_eq!(i.min_unread, min_unread);
+        ordered("ListConversations", &i.latency);
+    }
 
     // Every target is reported, met or not.
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
@@ -129,6 +140,7 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         "idle Connect streams (embedded)",
         "idle Connect streams (gateway)",
         "GetHistory",
+        "ListConversations",
         "history ingest",
     ] {
         assert!(
@@ -139,6 +151,11 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
     // A 20,000-row table is not the 10M-row table the target is about.
     let get_history = report.targets.iter().find(|t| t.name == "GetHistory");
     assert!(get_history.is_some_and(|t| !t.met));
+    let inbox = report
+        .targets
+        .iter()
+        .find(|t| t.name == "ListConversations");
+    assert!(inbox.is_some_and(|t| !t.met));
 
     // The table names every run; the JSON reads back as the same report.
     let text = suite::table(&report);
@@ -196,6 +213,7 @@ async fn only_the_parts_asked_for_run() {
     assert!(report.kafka.is_none() && report.ingest.is_none());
     assert!(report.history_table.is_none() && report.history_reads.is_none());
     assert!(report.history_reads_loaded.is_none());
+    assert!(report.inbox_behind.is_none() && report.inbox_near.is_none());
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         names,

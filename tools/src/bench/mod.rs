@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 pub mod baselines;
 pub mod echo;
 pub mod idle;
+pub mod inbox;
 pub mod ingest;
 pub mod load;
 pub mod reads;

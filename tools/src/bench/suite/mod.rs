@@ -29,6 +29,7 @@ use targets::targets;
 
 use super::baselines::{self, InsertOpts, InsertReport, KafkaOpts, KafkaReport};
 use super::idle::{self, IdleOpts, IdleReport};
+use super::inbox::{self, InboxOpts, InboxReport};
 use super::ingest::{self, IngestOpts, IngestReport};
 use super::load::{self, LoadOpts, LoadReport, Via};
 use super::reads::{self, GenerateOpts, GenerateReport, ReadOpts, ReadReport};
@@ -187,6 +188,11 @@ pub struct SuiteReport {
     pub history_reads: Option<ReadReport>,
     /// `GetHistory` from four clients at once: the same under load.
     pub history_reads_loaded: Option<ReadReport>,
+    /// `ListConversations`, first page, with every conversation as far
+    /// behind as generated.
+    pub inbox_behind: Option<InboxReport>,
+    /// The same with each conversation 10 messages behind.
+    pub inbox_near: Option<InboxReport>,
     /// The distributed stack.
     pub distributed: Vec<LoadReport>,
     pub gateway_idle: Option<IdleReport>,
@@ -376,6 +382,27 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
                 report.history_reads = Some(r);
             } else {
                 report.history_reads_loaded = Some(r);
+            }
+        }
+        for unread in [None, Some(10)] {
+            step(&format!(
+                "ListConversations through the gateway, {} unread each",
+                unread.map_or("all but the creation".to_string(), |u| u.to_string())
+            ));
+            let r = inbox::measure(&InboxOpts {
+                gateway,
+                secret: SECRET.into(),
+                reader: reader.clone(),
+                database_url: database_url.clone(),
+                conversations: opts.history_conversations,
+                unread,
+                requests: opts.history_requests.min(2_000),
+            })
+            .await?;
+            eprintln!("{r:?}");
+            match unread {
+                None => report.inbox_behind = Some(r),
+                Some(_) => report.inbox_near = Some(r),
             }
         }
     }

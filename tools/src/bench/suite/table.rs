@@ -88,6 +88,16 @@ pub fn table(r: &SuiteReport) -> String {
             h.latency.brief()
         ));
     }
+    for i in r.inbox_behind.iter().chain(&r.inbox_near) {
+        s.push_str(&format!(
+            "ListConversations, first page of {}, {}+ unread each: {} calls: {:.0}/s, {}\n",
+            i.page,
+            i.min_unread,
+            i.requests,
+            i.per_sec,
+            i.latency.brief()
+        ));
+    }
     for (name, idle) in [("embedded", &r.embedded_idle), ("gateway", &r.gateway_idle)] {
         if let Some(i) = idle {
             s.push_str(&format!(

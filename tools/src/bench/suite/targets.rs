@@ -107,6 +107,31 @@ pub(super) fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
             met: reads.latency.p99_us <= 2_000 && table.rows >= 10_000_000,
         });
     }
+    if let (Some(behind), Some(near), Some(table)) =
+        (&r.inbox_behind, &r.inbox_near, &r.history_table)
+    {
+        let p99 = |i: &super::InboxReport| i.latency.p99_us as f64 / 1000.0;
+        let ratio = p99(behind).max(p99(near)) / p99(behind).min(p99(near)).max(1e-9);
+        t.push(Target {
+            name: "ListConversations".into(),
+            goal: "first page of 50 for a user in 1,000 conversations on 10M rows: p99 <= 10 ms, within 2x whatever the unread count".into(),
+            measured: format!(
+                "p99 {:.2} ms at {}+ unread each, {:.2} ms at {} each ({:.2}x), {} conversations",
+                p99(behind),
+                behind.min_unread,
+                p99(near),
+                near.min_unread,
+                ratio,
+                table.conversations
+            ),
+            met: p99(behind).max(p99(near)) <= 10.0
+                && ratio <= 2.0
+                && table.rows >= 10_000_000
+                && table.conversations >= 1_000
+                && behind.errors.is_empty()
+                && near.errors.is_empty(),
+        });
+    }
     if let (Some(ingest), Some(inserts)) = (&r.ingest, &r.inserts) {
         let ratio = ingest.sequenced_per_sec / inserts.rows_per_sec.max(1e-9);
         t.push(Target {

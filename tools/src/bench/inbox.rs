@@ -1,0 +1,145 @@
+//! `ListConversations` for the reader of [`super::reads::generate`]'s table
+//! (a user in every generated conversation): the first page of 50, with
+//! every conversation far behind as generated, or with each set `unread`
+//! messages behind. A count is two counters (docs/architecture.md), so the
+//! page should cost the same either way.
+
+use super::{per_sec, Latency, Recorder};
+use anyhow::{anyhow, ensure, Context, Result};
+use confab_auth::Authenticator;
+use confab_proto::v1::chat_client::ChatClient;
+use confab_proto::v1::ListConversationsRequest;
+use serde::Serialize;
+use sqlx::{Connection as _, PgConnection};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Instant;
+use tonic::transport::Channel;
+
+/// Conversations per page.
+pub const PAGE: u32 = 50;
+/// Unrecorded calls before the clock starts.
+const WARMUP: u64 = 50;
+
+/// What to measure.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct InboxOpts {
+    /// A gateway serving the generated database.
+    pub gateway: SocketAddr,
+    /// The gateway's `CONFAB_JWT_SECRET`.
+    pub secret: String,
+    /// The reader of the generated data.
+    pub reader: String,
+    /// The generated database, where `unread` is set.
+    pub database_url: String,
+    /// The generated conversations (a page holds 50 of them, or all).
+    pub conversations: u64,
+    /// Sets the reader's position in every conversation this many
+    /// messages before its newest; `None`: as generated (it has read only
+    /// the creation).
+    pub unread: Option<u64>,
+    /// Recorded calls, one at a time.
+    pub requests: u64,
+}
+
+/// What [`measure`] saw.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct InboxReport {
+    /// The fewest unread messages of a conversation on the pages read.
+    pub min_unread: u64,
+    /// Calls recorded.
+    pub requests: u64,
+    /// Conversations per page.
+    pub page: u32,
+    /// Calls per second.
+    pub per_sec: f64,
+    /// Latency of the calls that returned OK.
+    pub latency: Latency,
+    /// Failed calls by gRPC code, and `wrong_page` (not a full page, or a
+    /// count that is not what the reader's position leaves).
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Sets the positions (see [`InboxOpts::unread`]), then reads the first page
+/// `requests` times after a warm-up, checking every count.
+pub async fn measure(opts: &InboxOpts) -> Result<InboxReport> {
+    if let Some(unread) = opts.unread {
+        let mut conn = PgConnection::connect(&opts.database_url)
+            .await
+            .context("connect to the generated database")?;
+        // Seq 1, the creation, is each conversation's one SYSTEM event.
+        sqlx::query(
+            "UPDATE members AS m
+             SET read_seq = GREATEST(1, c.last_seq - $2), read_system = 1
+             FROM conversations AS c
+             WHERE c.id = m.conversation_id AND m.user_id = $1",
+        )
+        .bind(&opts.reader)
+        .bind(unread as i64)
+        .execute(&mut conn)
+        .await
+        .context("set the reader's positions")?;
+    }
+    let token = Authenticator::new(&opts.secret)
+        .mint(&opts.reader, 3600)
+        .map_err(|e| anyhow!("mint a token for {}: {e}", opts.reader))?;
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .context("the token as metadata")?;
+    let channel = Channel::from_shared(format!("http://{}", opts.gateway))
+        .context("gateway uri")?
+        .connect()
+        .await
+        .with_context(|| format!("connect to the gateway at {}", opts.gateway))?;
+    let mut client = ChatClient::new(channel);
+    let mut latency = Recorder::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut min_unread = u64::MAX;
+    let mut started = Instant::now();
+    for i in 0..WARMUP + opts.requests {
+        if i == WARMUP {
+            started = Instant::now();
+        }
+        let mut req = tonic::Request::new(ListConversationsRequest {
+            page_token: String::new(),
+            limit: PAGE,
+        });
+        req.metadata_mut().insert("authorization", bearer.clone());
+        let at = Instant::now();
+        let got = client.list_conversations(req).await;
+        let took = at.elapsed();
+        let error = match got {
+            Err(status) => Some(format!("{:?}", status.code())),
+            Ok(resp) => {
+                let page = resp.into_inner().conversations;
+                let full = u64::from(PAGE).min(opts.conversations) as usize;
+                let right = page.len() == full
+                    && page.iter().all(|c| {
+                        let behind = c.last_seq.saturating_sub(1);
+                        let expected = opts.unread.map_or(behind, |u| u.min(behind));
+                        c.unread_count == expected
+                    });
+                min_unread = page
+                    .iter()
+                    .map(|c| c.unread_count)
+                    .fold(min_unread, u64::min);
+                if i >= WARMUP {
+                    latency.record(took);
+                }
+                (!right).then(|| "wrong_page".to_string())
+            }
+        };
+        if let (Some(e), true) = (error, i >= WARMUP) {
+            *errors.entry(e).or_insert(0) += 1;
+        }
+    }
+    ensure!(min_unread != u64::MAX, "no page was read");
+    Ok(InboxReport {
+        min_unread,
+        requests: opts.requests,
+        page: PAGE,
+        per_sec: per_sec(opts.requests, started.elapsed()),
+        latency: latency.summary(),
+        errors,
+    })
+}
