@@ -105,24 +105,28 @@ impl ServiceProc {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         self.child = Some(child);
-        let deadline = Instant::now() + DEADLINE * 2;
-        while std::net::TcpStream::connect(&self.addr).is_err() {
+        let mut exited = None;
+        let listening = crate::poll_blocking(DEADLINE * 2, || {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!(
-                    "{} exited early ({status}); log:\n{}",
-                    self.label,
-                    self.tail(30)
-                );
+                exited = Some(status);
+                return true;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not listen on {}; log:\n{}",
+            std::net::TcpStream::connect(&self.addr).is_ok()
+        });
+        if let Some(status) = exited {
+            panic!(
+                "{} exited early ({status}); log:\n{}",
                 self.label,
-                self.addr,
                 self.tail(30)
             );
-            std::thread::sleep(Duration::from_millis(20));
         }
+        assert!(
+            listening,
+            "{} did not listen on {}; log:\n{}",
+            self.label,
+            self.addr,
+            self.tail(30)
+        );
     }
 
     /// Whether the process runs.

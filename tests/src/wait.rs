@@ -52,19 +52,25 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Status>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        match call().await {
-            Ok(v) => return v,
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
-            {
-                seen(&status);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+    // The probes share these with the caller's `seen`, one at a time.
+    let seen = std::cell::RefCell::new(&mut seen);
+    let last = std::cell::RefCell::new(None);
+    let got = poll(what, within, Duration::from_millis(50), || {
+        let (call, seen, last) = (call(), &seen, &last);
+        async move {
+            match call.await {
+                Ok(v) => Ok(Some(v)),
+                Err(status) if status.code() == tonic::Code::Unavailable => {
+                    (seen.borrow_mut())(&status);
+                    *last.borrow_mut() = Some(status);
+                    Ok(None)
+                }
+                Err(status) => Err(anyhow!("{what}: {status:?}")),
             }
-            Err(status) => panic!("{what}: {status:?}"),
         }
-    }
+    })
+    .await;
+    got.unwrap_or_else(|e| panic!("{e}; last UNAVAILABLE: {:?}", last.borrow()))
 }
 
 /// The one polling loop of the tests and the tools (bench, chaos): asks `probe` every
