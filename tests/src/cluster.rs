@@ -25,7 +25,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::TcpListener;
 
 /// How many of each service, and their settings.
@@ -234,16 +234,13 @@ impl Cluster {
     pub async fn wait_attached(&self, routers: usize) {
         let deadline = Instant::now() + DEADLINE * 2;
         for (node, hub) in &self.gateways {
-            while hub.attached_routers() != routers {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let what = format!("gateway {} attached to {routers} routers", node.addr);
+            crate::wait_until_within(&what, left, || {
                 assert!(node.is_running(), "gateway {} stopped", node.addr);
-                assert!(
-                    Instant::now() < deadline,
-                    "gateway {} attached to {} of {routers} routers",
-                    node.addr,
-                    hub.attached_routers()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+                hub.attached_routers() == routers
+            })
+            .await;
         }
     }
 

@@ -105,28 +105,13 @@ impl ServiceProc {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         self.child = Some(child);
-        let mut exited = None;
-        let listening = crate::poll_blocking(DEADLINE * 2, || {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                exited = Some(status);
-                return true;
-            }
-            std::net::TcpStream::connect(&self.addr).is_ok()
-        });
-        if let Some(status) = exited {
-            panic!(
-                "{} exited early ({status}); log:\n{}",
-                self.label,
-                self.tail(30)
-            );
+        let started = match self.child.as_mut() {
+            Some(child) => wait_listening(child, &self.addr, DEADLINE * 2),
+            None => Err("did not start".into()),
+        };
+        if let Err(e) = started {
+            panic!("{}: {e}; log:\n{}", self.label, self.tail(30));
         }
-        assert!(
-            listening,
-            "{} did not listen on {}; log:\n{}",
-            self.label,
-            self.addr,
-            self.tail(30)
-        );
     }
 
     /// Whether the process runs.
@@ -403,16 +388,8 @@ impl DevProcess {
             .spawn()
             .context("spawn confab dev")?;
         let mut me = Self { child, addr };
-        let deadline = Instant::now() + DEADLINE;
-        while std::net::TcpStream::connect(addr).is_err() {
-            if let Some(status) = me.child.try_wait()? {
-                return Err(anyhow!("confab dev exited early: {status}"));
-            }
-            if Instant::now() > deadline {
-                return Err(anyhow!("confab dev did not listen on {addr} in time"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(&mut me.child, &addr.to_string(), DEADLINE)
+            .map_err(|e| anyhow!("confab dev: {e}"))?;
         Ok(me)
     }
 
@@ -444,5 +421,23 @@ impl DevProcess {
 impl Drop for DevProcess {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Waits until `child` accepts connections on `addr`, at most `within`;
+/// why not, if it exits first or does not listen in time.
+fn wait_listening(child: &mut Child, addr: &str, within: Duration) -> Result<(), String> {
+    let mut exited = None;
+    let listening = crate::poll_blocking(within, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            return true;
+        }
+        std::net::TcpStream::connect(addr).is_ok()
+    });
+    match (exited, listening) {
+        (Some(status), _) => Err(format!("exited early ({status})")),
+        (None, true) => Ok(()),
+        (None, false) => Err(format!("did not listen on {addr} within {within:?}")),
     }
 }
