@@ -72,15 +72,17 @@ impl Delivery {
 }
 
 /// What reaches a session live: a sequenced message, or a member's read
-/// position that moved (not sequenced: it never fills a gap).
+/// position that moved or typing indicator (neither is sequenced: they
+/// never fill a gap). Shared, so handing one to every session of every
+/// recipient copies a pointer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Live {
     /// A sequenced message.
-    Message(Delivery),
+    Message(Arc<Delivery>),
     /// A read position that moved.
-    Receipt(Receipt),
+    Receipt(Arc<Receipt>),
     /// A member typing, or stopping.
-    Typing(Typing),
+    Typing(Arc<Typing>),
 }
 
 /// Where routers hand sequenced messages, receipts and outcomes.

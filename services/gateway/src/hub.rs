@@ -37,7 +37,7 @@ struct SessionEntry {
     id: u64,
     /// Live messages for the session task (bounded: a full queue means the
     /// client reads too slowly).
-    tx: mpsc::Sender<Arc<Live>>,
+    tx: mpsc::Sender<Live>,
     /// Ends the client's stream at once with a status.
     kill: mpsc::Sender<Status>,
 }
@@ -159,9 +159,10 @@ impl Hub {
     /// sessions otherwise (embedded mode). Best effort: an indicator is not
     /// stored, and one lost with a link is replaced by the next.
     pub fn relay_typing(&self, recipients: Vec<String>, typing: Typing) {
-        metrics::counter!(TYPING_RELAYS, "active" => typing.active.to_string()).increment(1);
+        let active = if typing.active { "true" } else { "false" };
+        metrics::counter!(TYPING_RELAYS, "active" => active).increment(1);
         if self.acked().is_empty() {
-            self.push(&recipients, Arc::new(Live::Typing(typing)));
+            self.push(&recipients, Live::Typing(Arc::new(typing)));
         } else {
             let _ = self.typing_out.send(Arc::new(RelayTyping {
                 recipient_ids: recipients,
@@ -188,7 +189,7 @@ impl Hub {
     /// Pushes a typing indicator a router relayed to the sessions of
     /// `recipients` here.
     pub fn deliver_typing(&self, recipients: &[String], typing: Typing) {
-        self.push(recipients, Arc::new(Live::Typing(typing)));
+        self.push(recipients, Live::Typing(Arc::new(typing)));
     }
 
     /// This gateway's id.
@@ -206,7 +207,7 @@ impl Hub {
     pub fn register(
         self: &Arc<Self>,
         user: &str,
-        tx: mpsc::Sender<Arc<Live>>,
+        tx: mpsc::Sender<Live>,
         kill: mpsc::Sender<Status>,
     ) -> Registration {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -348,7 +349,7 @@ impl Hub {
 impl Hub {
     /// Queues `live` for every session of every user in `recipients`; a
     /// session whose queue is full reads too slowly and is disconnected.
-    fn push(&self, recipients: &[String], live: Arc<Live>) {
+    fn push(&self, recipients: &[String], live: Live) {
         let mut sessions = self.sessions();
         for user in recipients {
             let Some(list) = sessions.get_mut(user) else {
@@ -381,12 +382,11 @@ impl Hub {
 #[async_trait]
 impl DeliverySink for Hub {
     async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>) {
-        let delivery = Arc::try_unwrap(delivery).unwrap_or_else(|d| (*d).clone());
-        self.push(recipients, Arc::new(Live::Message(delivery)));
+        self.push(recipients, Live::Message(delivery));
     }
 
     async fn receipt(&self, recipients: &[String], receipt: Receipt) {
-        self.push(recipients, Arc::new(Live::Receipt(receipt)));
+        self.push(recipients, Live::Receipt(Arc::new(receipt)));
     }
 
     async fn complete(&self, outcome: OutcomeRecord) {
@@ -411,11 +411,7 @@ impl DeliverySink for Hub {
 mod tests {
     use super::*;
 
-    fn session(
-        hub: &Arc<Hub>,
-        user: &str,
-        queue: usize,
-    ) -> (Registration, mpsc::Receiver<Arc<Live>>) {
+    fn session(hub: &Arc<Hub>, user: &str, queue: usize) -> (Registration, mpsc::Receiver<Live>) {
         let (tx, rx) = mpsc::channel(queue);
         let (kill, _) = mpsc::channel(1);
         (hub.register(user, tx, kill), rx)

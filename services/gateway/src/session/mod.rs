@@ -170,11 +170,11 @@ impl Session {
                     Ok(None) => { inbound_open = false; Ok(()) }
                     Err(status) => return state.inbound_failed(&status),
                 },
-                msg = live.recv() => match msg.as_deref() {
-                    Some(Live::Message(m)) => state.deliver_live(m).await,
+                msg = live.recv() => match msg {
+                    Some(Live::Message(m)) => state.deliver_live(&m).await,
                     // Not sequenced: passed on as it comes, never filled.
-                    Some(Live::Receipt(r)) => state.send(server_frame::Frame::Receipt(r.clone())).await,
-                    Some(Live::Typing(t)) => state.send(server_frame::Frame::Typing(t.clone())).await,
+                    Some(Live::Receipt(r)) => state.send(server_frame::Frame::Receipt((*r).clone())).await,
+                    Some(Live::Typing(t)) => state.send(server_frame::Frame::Typing((*t).clone())).await,
                     // The hub dropped us (too slow); the kill status is on its way.
                     None => return,
                 },
