@@ -180,34 +180,26 @@ impl Router {
             self.remember(conv, users.iter().cloned().collect());
             return users.clone();
         }
-        if !self.convs.contains_key(conv) {
-            match self.load_members(conv).await {
-                // The fetched list already reflects this event.
-                Ok(c) => self.remember(conv, c.member_ids.into_iter().collect()),
-                Err(e) => {
-                    tracing::warn!(conversation_id = conv, error = %e, "cannot load members; delivering to the sender only");
-                    return vec![event.sender_id.clone()];
-                }
+        let loaded = match self.cache_members(conv).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::warn!(conversation_id = conv, error = %e, "cannot load members; delivering to the sender only");
+                return vec![event.sender_id.clone()];
             }
-            let mut out: Vec<String> = self
-                .convs
-                .get(conv)
-                .map(|c| c.members.iter().cloned().collect())
-                .unwrap_or_default();
-            if let Some((Ok(Change::Removed), users)) = change {
-                out.extend(users.iter().cloned());
-            }
-            return out;
-        }
+        };
         let Some(c) = self.convs.get_mut(conv) else {
             return vec![];
         };
+        // A list just fetched already reflects this event; a cached one
+        // follows it now. Removed users learn of their removal either way.
         let mut extra = Vec::new();
         match change {
-            Some((Ok(Change::Added), users)) => c.members.extend(users.iter().cloned()),
+            Some((Ok(Change::Added), users)) if !loaded => c.members.extend(users.iter().cloned()),
             Some((Ok(Change::Removed), users)) => {
                 for u in users {
-                    c.members.remove(u);
+                    if !loaded {
+                        c.members.remove(u);
+                    }
                     extra.push(u.clone());
                 }
             }
@@ -219,19 +211,25 @@ impl Router {
     /// The current members of `conv` (from the cache, else from history);
     /// just `fallback` when history cannot say.
     async fn members(&mut self, conv: &str, fallback: &str) -> Vec<String> {
-        if !self.convs.contains_key(conv) {
-            match self.load_members(conv).await {
-                Ok(c) => self.remember(conv, c.member_ids.into_iter().collect()),
-                Err(e) => {
-                    tracing::warn!(conversation_id = conv, error = %e, "cannot load members; telling the reader only");
-                    return vec![fallback.to_string()];
-                }
-            }
+        if let Err(e) = self.cache_members(conv).await {
+            tracing::warn!(conversation_id = conv, error = %e, "cannot load members; telling the reader only");
+            return vec![fallback.to_string()];
         }
         self.convs
             .get(conv)
             .map(|c| c.members.iter().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// Makes sure the members of `conv` are cached, loading them from
+    /// history on a miss; whether they were just loaded.
+    async fn cache_members(&mut self, conv: &str) -> Result<bool, ChatError> {
+        if self.convs.contains_key(conv) {
+            return Ok(false);
+        }
+        let c = self.load_members(conv).await?;
+        self.remember(conv, c.member_ids.into_iter().collect());
+        Ok(true)
     }
 
     /// The conversation's members from history, retried for a while: the
