@@ -52,13 +52,8 @@ pub trait BatchTx: Send {
     /// writers are concurrent.
     async fn read_facts(&mut self, id: &str, user: &str, seq: u64) -> FactsOfRead;
     /// Moves each sender's read position to its newest new message, given
-    /// as (conversation, sender, seq).
-    async fn sender_reads(&mut self, reads: &[(&str, &str, u64)]) -> Result<(), StoreError> {
-        for &(id, user, seq) in reads {
-            self.run(Shared::SenderRead { id, user, seq }).await?;
-        }
-        Ok(())
-    }
+    /// as (conversation, sender, seq), in one statement.
+    async fn sender_reads(&mut self, reads: &[(&str, &str, u64)]) -> Result<(), StoreError>;
 }
 
 /// Applies `batch` in order in `tx`, runs of sends at most `max_run` long,

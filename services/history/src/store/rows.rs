@@ -316,16 +316,6 @@ pub enum Shared<'q> {
         /// The SYSTEM events at or below it.
         system: u64,
     },
-    /// Moves `user`'s read position in conversation `id` forward to `seq`,
-    /// the user's own newest message: every SYSTEM event so far lies below.
-    SenderRead {
-        /// The conversation.
-        id: &'q str,
-        /// The sender.
-        user: &'q str,
-        /// The sender's newest message.
-        seq: u64,
-    },
 }
 
 type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
@@ -398,14 +388,5 @@ where
         .bind(user)
         .bind(seq as i64)
         .bind(system as i64),
-        Shared::SenderRead { id, user, seq } => sqlx::query(
-            "UPDATE members SET
-                 read_seq = $3,
-                 read_system = (SELECT c.system_count FROM conversations c WHERE c.id = $1)
-             WHERE conversation_id = $1 AND user_id = $2 AND read_seq < $3",
-        )
-        .bind(id)
-        .bind(user)
-        .bind(seq as i64),
     }
 }
