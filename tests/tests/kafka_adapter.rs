@@ -938,6 +938,7 @@ const OVERLAP_WAIT: Duration = Duration::from_secs(20);
 impl confab_history::Store for Overlap {
     async fn apply(
         &self,
+        partition: u32,
         batch: &[IngressRecord],
     ) -> Result<Vec<OutcomeRecord>, confab_history::StoreError> {
         if self.applying.fetch_add(1, Ordering::SeqCst) >= 1 {
@@ -948,7 +949,7 @@ impl confab_history::Store for Overlap {
             let joined = tokio::time::timeout(OVERLAP_WAIT, overlapped.wait_for(|o| *o)).await;
             self.joined_in_time.store(joined.is_ok(), Ordering::SeqCst);
         }
-        let applied = self.inner.apply(batch).await;
+        let applied = self.inner.apply(partition, batch).await;
         self.applying.fetch_sub(1, Ordering::SeqCst);
         applied
     }
@@ -963,10 +964,24 @@ impl confab_history::Store for Overlap {
     async fn listed(
         &self,
         user: &str,
-        after: Option<&confab_history::store::ListAfter>,
+        listing: confab_history::store::Listing<'_>,
         limit: u32,
     ) -> Result<Vec<confab_history::store::rows::ListedRow>, confab_history::StoreError> {
-        self.inner.listed(user, after, limit).await
+        self.inner.listed(user, listing, limit).await
+    }
+
+    async fn change_counters(&self) -> Result<Vec<u64>, confab_history::StoreError> {
+        self.inner.change_counters().await
+    }
+
+    async fn departed(
+        &self,
+        user: &str,
+        since: &[u64],
+        after: &str,
+        through: Option<&str>,
+    ) -> Result<Vec<String>, confab_history::StoreError> {
+        self.inner.departed(user, since, after, through).await
     }
 
     async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, confab_history::StoreError> {

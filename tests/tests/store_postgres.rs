@@ -122,6 +122,7 @@ async fn a_batch_of_500_sends_for_10_conversations_is_sequenced_in_record_order(
     let convs: Vec<String> = (0..10).map(|c| format!("g{c}")).collect();
     let created = store
         .apply(
+            0,
             &convs
                 .iter()
                 .map(|c| create_group(c, "alice", &["alice", "bob"]))
@@ -139,7 +140,7 @@ async fn a_batch_of_500_sends_for_10_conversations_is_sequenced_in_record_order(
             send(conv, sender, &format!("m{i}"), &format!("body {i}"))
         })
         .collect();
-    let out = store.apply(&batch).await.expect("apply 500");
+    let out = store.apply(0, &batch).await.expect("apply 500");
     assert_eq!(out.len(), 500);
 
     // Per conversation, the records' seqs are 2, 3, ... in record order.
@@ -190,7 +191,7 @@ async fn a_batch_of_500_sends_for_10_conversations_is_sequenced_in_record_order(
     }
 
     // The same batch again is 500 retries: the originals, no new seqs.
-    let again = store.apply(&batch).await.expect("apply again");
+    let again = store.apply(0, &batch).await.expect("apply again");
     assert_eq!(
         again.iter().map(seq_of).collect::<Vec<_>>(),
         out.iter().map(seq_of).collect::<Vec<_>>()
@@ -214,6 +215,7 @@ async fn concurrent_mixed_batches_across_conversations_stay_gap_free() {
     let convs: Vec<String> = (0..10).map(|c| format!("g{c}")).collect();
     store
         .apply(
+            0,
             &convs
                 .iter()
                 .map(|c| create_group(c, "alice", &["alice"]))
@@ -238,7 +240,7 @@ async fn concurrent_mixed_batches_across_conversations_stay_gap_free() {
                         batch.push(add(&convs[(t + b) % 10], "alice", &[&format!("u{t}-{b}")]));
                     }
                 }
-                let out = store.apply(&batch).await.expect("apply");
+                let out = store.apply(0, &batch).await.expect("apply");
                 // Within one batch, a conversation's new seqs are consecutive
                 // and in record order: the batch held its lock throughout.
                 let mut last: BTreeMap<&str, u64> = BTreeMap::new();
@@ -277,7 +279,7 @@ async fn a_committed_batch_survives_an_immediate_stop() {
     let (url, store) = fresh_store(&cluster).await;
     let mut batch = vec![create_group("g", "alice", &["alice", "bob"])];
     batch.extend((0..50).map(|i| send("g", "bob", &format!("m{i}"), &format!("body {i}"))));
-    let out = store.apply(&batch).await.expect("apply");
+    let out = store.apply(0, &batch).await.expect("apply");
     assert_eq!(seq_of(&out[50]), 51);
 
     cluster.stop_immediate();
@@ -307,7 +309,7 @@ async fn a_committed_batch_survives_an_immediate_stop() {
     assert_eq!((page[0].seq, page[0].body.as_str()), (51, "body 49"));
     // And it accepts writes again, continuing the sequence.
     let out = reopened
-        .apply(&[send("g", "alice", "after", "after the crash")])
+        .apply(0, &[send("g", "alice", "after", "after the crash")])
         .await
         .expect("apply after restart");
     assert_eq!(seq_of(&out[0]), 52);
@@ -318,12 +320,15 @@ async fn text_postgres_cannot_store_is_refused_without_failing_the_batch() {
     let cluster = cluster();
     let (_, store) = fresh_store(&cluster).await;
     let out = store
-        .apply(&[
-            create_group("g", "alice", &["alice"]),
-            send("g", "alice", "m1", "bad\0body"),
-            send("g", "alice", "m2", "fine"),
-            create_group("h\0", "alice", &["alice"]),
-        ])
+        .apply(
+            0,
+            &[
+                create_group("g", "alice", &["alice"]),
+                send("g", "alice", "m1", "bad\0body"),
+                send("g", "alice", "m2", "fine"),
+                create_group("h\0", "alice", &["alice"]),
+            ],
+        )
         .await
         .expect("apply");
     match &out[1].result {
@@ -434,7 +439,7 @@ async fn reads_go_on_when_the_server_drops_every_connection() {
     let cluster = cluster();
     let (url, store) = fresh_store(&cluster).await;
     store
-        .apply(&[create_group("g", "alice", &["alice"])])
+        .apply(0, &[create_group("g", "alice", &["alice"])])
         .await
         .expect("create");
     let read = || store.history(Page::before("g", u64::MAX, 10));
@@ -462,7 +467,7 @@ async fn reads_go_on_when_the_server_drops_every_connection() {
     // Writes go on as well (a transaction that gets a dropped connection
     // is retried by the sequencer; here every connection is fresh).
     let out = store
-        .apply(&[send("g", "alice", "m1", "after the drop")])
+        .apply(0, &[send("g", "alice", "m1", "after the drop")])
         .await
         .expect("apply");
     assert_eq!(seq_of(&out[0]), 2);

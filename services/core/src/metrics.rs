@@ -91,6 +91,15 @@ pub const RECEIPTS: &str = "confab_receipts_total";
 /// expired).
 pub const TYPING_RELAYS: &str = "confab_typing_relays_total";
 
+/// Counter (gateway): syncs answered, by `via` (`unary`: the `Sync` call,
+/// `stream`: a `sync` frame) and `result` (`changed`: something changed,
+/// `unchanged`: nothing, `error`).
+pub const SYNC_CALLS: &str = "confab_sync_calls_total";
+
+/// Histogram (gateway, seconds): time to answer a sync (every page of a
+/// `sync` frame), by `via`.
+pub const SYNC_DURATION: &str = "confab_sync_duration_seconds";
+
 /// Counter (gateway): calls and stream sends refused by a per-user limit,
 /// by `limit` (`messages`, `conversations`, `streams`).
 pub const RATE_LIMITED: &str = "confab_rate_limited_total";

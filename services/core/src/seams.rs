@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_proto::v1::{
     Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
-    ListConversationsResponse, Message, Receipt, Typing,
+    ListConversationsResponse, Message, Receipt, SyncRequest, SyncResponse, Typing,
 };
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -45,6 +45,8 @@ pub trait HistoryApi: Send + Sync + 'static {
         caller: &str,
         conversation_id: &str,
     ) -> Result<Conversation, ChatError>;
+    /// What changed for `caller` since the request's cursor.
+    async fn sync(&self, caller: &str, req: SyncRequest) -> Result<SyncResponse, ChatError>;
 }
 
 /// A sequenced message on its way to sessions, with what travels along it.

@@ -9,6 +9,7 @@ pub mod router_links;
 pub mod service;
 pub mod session;
 pub mod submit;
+pub mod sync;
 pub mod user_limits;
 
 pub use hub::Hub;

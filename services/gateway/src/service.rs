@@ -367,6 +367,13 @@ impl Chat for ChatService {
             mark_read(&self.submitter, &user, req.into_inner()).await?,
         ))
     }
+
+    async fn sync(&self, mut req: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        Ok(Response::new(
+            crate::sync::unary(self.history.as_ref(), &user, req.into_inner()).await?,
+        ))
+    }
 }
 
 /// Moves `user`'s read position as `req` asks, through the log like every

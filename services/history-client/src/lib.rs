@@ -15,10 +15,12 @@ use confab_layers::breaker::{
 };
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
-use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
+use confab_proto::internal::v1::{
+    GetConversationRequest, ListForUserRequest, ReadHistoryRequest, SyncForUserRequest,
+};
 use confab_proto::v1::{
     self as pb, Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
-    ListConversationsResponse,
+    ListConversationsResponse, SyncRequest, SyncResponse,
 };
 use confab_runtime::transport::ClientTls;
 use std::error::Error as _;
@@ -210,6 +212,7 @@ history_rpcs! {
     ReadHistoryRequest => GetHistoryResponse, get_history;
     ListForUserRequest => ListConversationsResponse, list_conversations;
     GetConversationRequest => Conversation, get_conversation;
+    SyncForUserRequest => SyncResponse, sync;
 }
 
 impl<M: HistoryRpc> Service<Request<M>> for HistoryRpcs {
@@ -436,6 +439,14 @@ impl HistoryApi for RemoteHistory {
         self.call(GetConversationRequest {
             conversation_id: conversation_id.to_string(),
             caller_id: caller.to_string(),
+        })
+        .await
+    }
+
+    async fn sync(&self, caller: &str, req: SyncRequest) -> Result<SyncResponse, ChatError> {
+        self.call(SyncForUserRequest {
+            user_id: caller.to_string(),
+            request: Some(req),
         })
         .await
     }

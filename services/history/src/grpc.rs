@@ -6,8 +6,10 @@
 use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
 use confab_proto::internal::v1::history_reader_server::{HistoryReader, HistoryReaderServer};
-use confab_proto::internal::v1::{GetConversationRequest, ListForUserRequest, ReadHistoryRequest};
-use confab_proto::v1::{Conversation, GetHistoryResponse, ListConversationsResponse};
+use confab_proto::internal::v1::{
+    GetConversationRequest, ListForUserRequest, ReadHistoryRequest, SyncForUserRequest,
+};
+use confab_proto::v1::{Conversation, GetHistoryResponse, ListConversationsResponse, SyncResponse};
 use confab_runtime::server::Server;
 use confab_runtime::trace::{self, TraceParent};
 use std::sync::Arc;
@@ -98,6 +100,21 @@ impl HistoryReader for HistoryReaderService {
                 .await?
         };
         Ok(Response::new(conv))
+    }
+
+    async fn sync(
+        &self,
+        req: Request<SyncForUserRequest>,
+    ) -> Result<Response<SyncResponse>, Status> {
+        let span = read_span("Sync", req.metadata());
+        let r = req.into_inner();
+        let user = required("user_id", &r.user_id)?;
+        Ok(Response::new(
+            self.reader
+                .sync(user, r.request.unwrap_or_default())
+                .instrument(span)
+                .await?,
+        ))
     }
 }
 

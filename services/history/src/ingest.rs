@@ -167,7 +167,9 @@ pub async fn apply_with_retry(
         confab_runtime::retry::backoff(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let started = std::time::Instant::now();
-        let applied = store.apply(batch).await;
+        let applied = store
+            .apply(u32::try_from(partition).unwrap_or(u32::MAX), batch)
+            .await;
         metrics::histogram!(
             DB_TRANSACTION,
             "result" => if applied.is_ok() { "ok" } else { "error" }

@@ -9,6 +9,7 @@ pub mod ingest;
 pub mod page_token;
 pub mod queries;
 pub mod store;
+pub mod sync;
 
 pub use queries::LocalHistory;
 pub use store::postgres::PostgresStore;

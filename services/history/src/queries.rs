@@ -3,14 +3,14 @@
 //! over gRPC.
 
 use crate::page_token;
-use crate::store::Store;
+use crate::store::{Listing, Store};
 use async_trait::async_trait;
 use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
 use confab_core::validate;
 use confab_proto::v1::{
     Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
-    ListConversationsResponse, MemberRead,
+    ListConversationsResponse, MemberRead, SyncRequest, SyncResponse,
 };
 use std::sync::Arc;
 
@@ -98,7 +98,7 @@ impl HistoryApi for LocalHistory {
         let limit = validate::conversations_page(req.limit);
         let page = self
             .store
-            .list_conversations(caller, after.as_ref(), limit)
+            .conversations(caller, Listing::Recent(after.as_ref()), limit)
             .await?;
         Ok(ListConversationsResponse {
             conversations: page.conversations,
@@ -132,6 +132,10 @@ impl HistoryApi for LocalHistory {
             .collect();
         conv.last_message = self.store.last_texts(&[id]).await?.pop();
         Ok(conv)
+    }
+
+    async fn sync(&self, caller: &str, req: SyncRequest) -> Result<SyncResponse, ChatError> {
+        crate::sync::sync(self.store.as_ref(), caller, req).await
     }
 }
 

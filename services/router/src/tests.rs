@@ -265,6 +265,13 @@ impl HistoryApi for Flaky {
     async fn get_conversation(&self, _: &str, id: &str) -> Result<Conversation, ChatError> {
         Err(ChatError::no_conversation(id))
     }
+    async fn sync(
+        &self,
+        _: &str,
+        _: confab_proto::v1::SyncRequest,
+    ) -> Result<confab_proto::v1::SyncResponse, ChatError> {
+        Err(ChatError::Internal("not used".into()))
+    }
     async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
         use std::sync::atomic::Ordering::SeqCst;
         self.asked_in.lock().expect("lock").push(trace::current());

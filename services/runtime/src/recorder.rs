@@ -26,6 +26,7 @@ const FANOUT_BUCKETS: &[f64] = &[
 const HISTOGRAMS: &[(&str, &[f64])] = &[
     (GRPC_DURATION, DURATION_BUCKETS),
     (MESSAGE_E2E, DURATION_BUCKETS),
+    (SYNC_DURATION, DURATION_BUCKETS),
     (KAFKA_PRODUCE, DURATION_BUCKETS),
     (DB_TRANSACTION, DURATION_BUCKETS),
     (DB_BATCH_RECORDS, BATCH_BUCKETS),
@@ -113,6 +114,8 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "typing indicators relayed from this gateway's sessions, by active",
     ),
+    (SYNC_CALLS, Kind::Counter, None, "syncs answered, by via (unary, stream) and result (changed, unchanged, error)"),
+    (SYNC_DURATION, Kind::Histogram, Some(Unit::Seconds), "time to answer a sync (every page of a sync frame), by via"),
     (RATE_LIMITED, Kind::Counter, None, "calls and stream sends refused by a per-user limit, by limit"),
 ];
 

@@ -63,6 +63,7 @@ echo_chat! {
     fn get_history(GetHistoryRequest) -> GetHistoryResponse;
     fn mark_read(MarkReadRequest) -> ReadState;
     fn get_conversation(GetConversationRequest) -> Conversation;
+    fn sync(SyncRequest) -> SyncResponse;
 }
 
 /// Serves the echo service on `listener` until the process ends.

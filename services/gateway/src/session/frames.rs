@@ -4,13 +4,14 @@
 
 use super::delivery::FillError;
 use super::{Cursor, Gone, State, MAX_SENDS_IN_FLIGHT};
+use crate::sync::SyncCall;
 use crate::user_limits::Cost;
 use confab_core::error::ChatError;
 use confab_core::validate;
 use confab_proto::internal::v1::{ingress_record::Command, outcome_record, SendCommand};
 use confab_proto::v1::{
     client_frame, server_frame, CaughtUp, ClientFrame, MarkReadRequest, Pong, ReadAck, ReadState,
-    SendAck, SendFrame, ServerFrame,
+    SendAck, SendFrame, ServerFrame, SyncRequest,
 };
 use confab_runtime::trace;
 use tracing::Instrument;
@@ -33,6 +34,7 @@ impl State {
             }
             Some(client_frame::Frame::Read(read)) => self.mark_read(read).await,
             Some(client_frame::Frame::Typing(typing)) => self.typing(typing).await,
+            Some(client_frame::Frame::Sync(req)) => self.sync(req).await,
             None => Ok(()),
         }
     }
@@ -145,6 +147,48 @@ impl State {
                 .await;
         });
         Ok(())
+    }
+
+    /// A `sync` frame: every page of the answer as a `sync` frame, then a
+    /// `caught_up` frame without a conversation id (with the error, if the
+    /// sync was refused). This session was live before the sync read
+    /// anything, and live frames that arrive meanwhile wait in its queue;
+    /// a conversation in the answer that this stream does not carry yet is
+    /// carried from its `last_seq` on (the client has its state up to
+    /// there), so nothing is missed in between and no seq comes twice.
+    async fn sync(&mut self, mut req: SyncRequest) -> Result<(), Gone> {
+        let mut call = SyncCall::start("stream");
+        let error = loop {
+            let page = match call
+                .page(self.s.history.as_ref(), &self.s.user, req.clone())
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => break Some(e),
+            };
+            for c in &page.conversations {
+                self.cursors.entry(c.id.clone()).or_insert(Cursor {
+                    first: c.last_seq.saturating_add(1),
+                    last: c.last_seq,
+                });
+            }
+            for id in &page.removed_conversation_ids {
+                self.cursors.remove(id);
+            }
+            let more = page.has_more;
+            req.cursor = page.cursor.clone();
+            self.send(server_frame::Frame::Sync(page)).await?;
+            if !more {
+                break None;
+            }
+        };
+        call.finish(error.is_none());
+        self.send(server_frame::Frame::CaughtUp(CaughtUp {
+            conversation_id: String::new(),
+            seq: 0,
+            error: error.map(|e| e.to_proto()),
+        }))
+        .await
     }
 
     /// Sends what the client missed after `last`, then `caught_up`.

@@ -5,7 +5,7 @@
 
 use super::decide::reads::{self, Read, ReadFacts};
 use super::decide::{self, Change, Heads, Run, SendFacts, SendRecord, Step};
-use super::rows::Shared;
+use super::rows::{ChangeStamp, Shared};
 use super::StoreError;
 use async_trait::async_trait;
 use confab_core::validate::SizeLimits;
@@ -38,8 +38,18 @@ pub trait BatchTx: Send {
     ) -> Result<Vec<(String, String)>, StoreError>;
     /// Inserts a run's new messages (TEXT, without membership events).
     async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError>;
-    /// Sets each conversation's last seq, stored at `now`.
-    async fn set_last_seqs(&mut self, heads: &Heads, now: i64) -> Result<(), StoreError>;
+    /// Sets each conversation's last seq, stored at `now` in change
+    /// `stamp`.
+    async fn set_last_seqs(
+        &mut self,
+        heads: &Heads,
+        now: i64,
+        stamp: ChangeStamp,
+    ) -> Result<(), StoreError>;
+    /// Draws the next change number of ingress partition `partition` (see
+    /// [`super::rows::NEXT_CHANGE`]), locking its counter until the
+    /// transaction ends.
+    async fn next_change(&mut self, partition: i32) -> Result<i64, StoreError>;
     /// The conversation with its members (locked, where writers are
     /// concurrent), if it exists.
     async fn conversation(&mut self, id: &str) -> Result<Option<Conversation>, StoreError>;
@@ -56,22 +66,59 @@ pub trait BatchTx: Send {
     async fn sender_reads(&mut self, reads: &[(&str, &str, u64)]) -> Result<(), StoreError>;
 }
 
-/// Applies `batch` in order in `tx`, runs of sends at most `max_run` long,
-/// and returns one outcome per record. Committing is the caller's.
+/// The change number of a batch: drawn from its partition's counter when
+/// the batch first changes something, after the conversations it changes
+/// are locked, and stamped on everything it changes. A batch that changes
+/// nothing draws none.
+pub struct Stamp {
+    /// The ingress partition of the batch.
+    partition: i32,
+    /// The number, once drawn.
+    drawn: Option<ChangeStamp>,
+}
+
+impl Stamp {
+    /// No number drawn yet, for a batch of `partition`.
+    pub fn new(partition: u32) -> Self {
+        Self {
+            partition: i32::try_from(partition).unwrap_or(i32::MAX),
+            drawn: None,
+        }
+    }
+
+    /// The batch's change number, drawn now if it has none yet.
+    async fn get(&mut self, tx: &mut impl BatchTx) -> Result<ChangeStamp, StoreError> {
+        if let Some(stamp) = self.drawn {
+            return Ok(stamp);
+        }
+        let stamp = ChangeStamp {
+            partition: self.partition,
+            no: tx.next_change(self.partition).await?,
+        };
+        self.drawn = Some(stamp);
+        Ok(stamp)
+    }
+}
+
+/// Applies `batch`, read from ingress partition `partition`, in order in
+/// `tx`, runs of sends at most `max_run` long, and returns one outcome per
+/// record. Committing is the caller's.
 pub async fn batch(
     tx: &mut impl BatchTx,
+    partition: u32,
     batch: &[IngressRecord],
     max_run: usize,
     limits: &SizeLimits,
     now: i64,
 ) -> Result<Vec<OutcomeRecord>, StoreError> {
     let mut outcomes = Vec::with_capacity(batch.len());
+    let mut stamp = Stamp::new(partition);
     for run in decide::runs(batch, max_run) {
         match run {
-            Run::Sends(run) => sends(tx, &run, now, &mut outcomes).await?,
+            Run::Sends(run) => sends(tx, &run, now, &mut stamp, &mut outcomes).await?,
             Run::One(rec) => match &rec.command {
-                Some(Command::Read(cmd)) => outcomes.push(read(tx, rec, cmd).await?),
-                _ => outcomes.push(change(tx, rec, limits, now).await?),
+                Some(Command::Read(cmd)) => outcomes.push(read(tx, rec, cmd, &mut stamp).await?),
+                _ => outcomes.push(change(tx, rec, limits, now, &mut stamp).await?),
             },
         }
     }
@@ -85,6 +132,7 @@ async fn sends(
     tx: &mut impl BatchTx,
     run: &[SendRecord<'_>],
     now: i64,
+    stamp: &mut Stamp,
     outcomes: &mut Vec<OutcomeRecord>,
 ) -> Result<(), StoreError> {
     let mut facts = SendFacts {
@@ -104,7 +152,8 @@ async fn sends(
     let decided = decide::sends(run, &facts, now);
     if !decided.new.is_empty() {
         tx.insert_sent(&decided.new, now).await?;
-        tx.set_last_seqs(&decided.heads, now).await?;
+        let stamp = stamp.get(tx).await?;
+        tx.set_last_seqs(&decided.heads, now, stamp).await?;
         tx.sender_reads(&decided.sender_reads()).await?;
     }
     decided.outcomes(run, outcomes);
@@ -117,6 +166,7 @@ async fn read(
     tx: &mut impl BatchTx,
     rec: &IngressRecord,
     cmd: &ReadCommand,
+    stamp: &mut Stamp,
 ) -> Result<OutcomeRecord, StoreError> {
     let facts = if decide::unstorable(rec).is_none() {
         tx.read_facts(&rec.conversation_id, &rec.actor_id, cmd.seq)
@@ -136,6 +186,12 @@ async fn read(
             system: to.read_system,
         })
         .await?;
+        let stamp = stamp.get(tx).await?;
+        tx.run(Shared::Changed {
+            id: &rec.conversation_id,
+            stamp,
+        })
+        .await?;
     }
     Ok(reads::read_outcome(rec, cmd, decided))
 }
@@ -147,6 +203,7 @@ async fn change(
     rec: &IngressRecord,
     limits: &SizeLimits,
     now: i64,
+    stamp: &mut Stamp,
 ) -> Result<OutcomeRecord, StoreError> {
     let id = rec.conversation_id.as_str();
     let mut conv = if decide::reads_conversation(rec) {
@@ -160,7 +217,7 @@ async fn change(
             Ok(Change::Unchanged(conv)) => return Ok(decide::changed(rec, vec![], *conv)),
             Ok(Change::Write(steps)) => steps,
         };
-        if write(tx, id, &steps, now).await? {
+        if write(tx, id, &steps, now, stamp).await? {
             let conv = require(tx, id).await?;
             return Ok(decide::changed(rec, decide::appended(steps), conv));
         }
@@ -178,6 +235,7 @@ async fn write(
     id: &str,
     steps: &[Step],
     now: i64,
+    stamp: &mut Stamp,
 ) -> Result<bool, StoreError> {
     for step in steps {
         match step {
@@ -198,13 +256,17 @@ async fn write(
             Step::AddMembers(users) => tx.add_members(id, users).await?,
             Step::RemoveMember(user) => {
                 tx.run(Shared::RemoveMember { id, user }).await?;
+                let stamp = stamp.get(tx).await?;
+                tx.run(Shared::Departed { id, user, stamp }).await?;
             }
             Step::Append(message) => {
                 tx.run(Shared::InsertMessage { message, now }).await?;
+                let stamp = stamp.get(tx).await?;
                 tx.run(Shared::EventAppended {
                     id,
                     seq: message.seq,
                     now,
+                    stamp,
                 })
                 .await?;
             }

@@ -68,8 +68,11 @@ pub type MessagePage = (Vec<Message>, bool);
 /// The rows of a page of a user's conversations (see [`Store::listed`]).
 pub type ListedRows = Result<Vec<rows::ListedRow>, StoreError>;
 
+pub use rows::Listing;
+
 /// Where a listing of a user's conversations continues: after the one with
-/// this activity time and id (most recent activity first, then by id).
+/// this activity time and id (most recent activity first, then by id; a
+/// listing in id order uses the id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListAfter {
     /// When its newest message or event was stored (ms since the epoch).
@@ -91,30 +94,52 @@ pub struct ConversationPage {
 /// Where conversations and messages are kept.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Applies records in order in one transaction and returns one outcome
-    /// per record. A refused record is an outcome with an error, not an Err.
-    async fn apply(&self, batch: &[IngressRecord]) -> Result<Vec<OutcomeRecord>, StoreError>;
+    /// Applies records of ingress partition `partition` in order in one
+    /// transaction and returns one outcome per record. A refused record is
+    /// an outcome with an error, not an Err. What the transaction changes
+    /// is stamped with the partition's next change number (see
+    /// [`rows::NEXT_CHANGE`]).
+    async fn apply(
+        &self,
+        partition: u32,
+        batch: &[IngressRecord],
+    ) -> Result<Vec<OutcomeRecord>, StoreError>;
     /// A conversation with its members, if it exists.
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError>;
-    /// The rows of up to `limit` of `user`'s conversations after `after`,
-    /// most recent activity first (see [`rows::LIST_CONVERSATIONS`]).
-    async fn listed(&self, user: &str, after: Option<&ListAfter>, limit: u32) -> ListedRows;
+    /// The rows of up to `limit` of `user`'s conversations as `listing`
+    /// picks and orders them (see [`Listing::sql`]).
+    async fn listed(&self, user: &str, listing: Listing<'_>, limit: u32) -> ListedRows;
+    /// Every partition's newest change number (see
+    /// [`rows::CHANGE_COUNTERS`]).
+    async fn change_counters(&self) -> Result<Vec<u64>, StoreError>;
+    /// The conversations `user` left or was removed from since the cursor
+    /// `since` and is not a member of again, with ids after `after` up to
+    /// `through` (unbounded: `None`), in id order (see
+    /// [`rows::departed_sql`]).
+    async fn departed(
+        &self,
+        user: &str,
+        since: &[u64],
+        after: &str,
+        through: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
     /// Every member of conversation `id` with its read position and unread
     /// count, by user id (none when there is no such conversation).
     async fn member_reads(&self, id: &str) -> Result<Vec<rows::MemberReads>, StoreError>;
     /// The newest TEXT message of each of the conversations `ids` that has
     /// one.
     async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError>;
-    /// Up to `limit` of `user`'s conversations after `after`, most recent
-    /// activity (message or membership event) first, each with its members,
-    /// `user`'s read position and unread count, and its newest TEXT message.
-    async fn list_conversations(
+    /// Up to `limit` of `user`'s conversations as `listing` picks and
+    /// orders them, each with its members and their read positions,
+    /// `user`'s read position and unread count, and its newest TEXT
+    /// message.
+    async fn conversations(
         &self,
         user: &str,
-        after: Option<&ListAfter>,
+        listing: Listing<'_>,
         limit: u32,
     ) -> Result<ConversationPage, StoreError> {
-        let rows = self.listed(user, after, limit.saturating_add(1)).await?;
+        let rows = self.listed(user, listing, limit.saturating_add(1)).await?;
         let mut page = rows::conversation_page(rows, limit as usize)?;
         let ids: Vec<&str> = page.conversations.iter().map(|c| c.id.as_str()).collect();
         let mut last: HashMap<String, Message> = self

@@ -19,19 +19,16 @@
 //! - A transaction that loses a deadlock or serialization check (SQLSTATE
 //!   40P01 / 40001) is retried here a few times before the error is returned.
 
-use super::apply::{self, BatchTx, FactsOfRead};
-use super::decide::{self, Heads};
-use super::rows::{
-    self, ConversationRow, ListedRow, MemberReadRow, MemberReads, MessageRow, Shared,
-};
-use super::{keyset, now_ms, ListAfter, ListedRows, MessagePage, Store, StoreError};
+use super::apply::{self, BatchTx};
+use super::decide;
+use super::rows::{self, ConversationRow, ListedRow, MemberReadRow, MemberReads, MessageRow};
+use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
 use confab_proto::internal::v1::{ingress_record::Command, IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow as _, Postgres, Row};
-use std::collections::HashMap;
 use std::time::Duration;
 
 /// The store's schema, `migrations/postgres/` (public for upgrade tests, which
@@ -181,6 +178,7 @@ impl PostgresStore {
     /// One attempt at applying `batch` in one transaction.
     async fn apply_once(
         &self,
+        partition: u32,
         batch: &[IngressRecord],
         now: i64,
     ) -> Result<Vec<OutcomeRecord>, StoreError> {
@@ -200,7 +198,8 @@ impl PostgresStore {
             ids.dedup();
             tx.last_seqs(&ids).await?;
         }
-        let outcomes = apply::batch(&mut tx, batch, usize::MAX, &self.limits, now).await?;
+        let outcomes =
+            apply::batch(&mut tx, partition, batch, usize::MAX, &self.limits, now).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -208,12 +207,16 @@ impl PostgresStore {
 
 #[async_trait]
 impl Store for PostgresStore {
-    async fn apply(&self, batch: &[IngressRecord]) -> Result<Vec<OutcomeRecord>, StoreError> {
+    async fn apply(
+        &self,
+        partition: u32,
+        batch: &[IngressRecord],
+    ) -> Result<Vec<OutcomeRecord>, StoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        self.again(|| self.apply_once(batch, now)).await
+        self.again(|| self.apply_once(partition, batch, now)).await
     }
 
     async fn conversation(&self, id: &str) -> Result<Option<Conversation>, StoreError> {
@@ -228,23 +231,56 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn listed(&self, user: &str, after: Option<&ListAfter>, limit: u32) -> ListedRows {
+    async fn listed(&self, user: &str, listing: Listing<'_>, limit: u32) -> ListedRows {
         if user.contains('\0') {
             return Ok(Vec::new());
         }
-        let (activity, id) = rows::list_bounds(after);
+        let sql = listing.sql();
+        // A sync's cursor is written into its statement: not kept prepared.
+        let persistent = matches!(listing, Listing::Recent(_));
         let rows = self
-            .fetch_all(|| {
-                sqlx::query(rows::LIST_CONVERSATIONS)
-                    .bind(user)
-                    .bind(activity)
-                    .bind(id)
-                    .bind(i64::from(limit))
-            })
+            .fetch_all(|| listing.query(&sql, user, limit).persistent(persistent))
             .await?;
         Ok(rows
             .iter()
             .map(ListedRow::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn change_counters(&self) -> Result<Vec<u64>, StoreError> {
+        let rows = self
+            .again(|| async {
+                Ok(sqlx::query_as(rows::CHANGE_COUNTERS)
+                    .fetch_all(&self.pool)
+                    .await?)
+            })
+            .await?;
+        rows::counters(rows)
+    }
+
+    async fn departed(
+        &self,
+        user: &str,
+        since: &[u64],
+        after: &str,
+        through: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        if user.contains('\0') {
+            return Ok(Vec::new());
+        }
+        let sql = rows::departed_sql(since);
+        let rows = self
+            .fetch_all(|| {
+                sqlx::query(&sql)
+                    .persistent(false)
+                    .bind(user)
+                    .bind(after)
+                    .bind(through.unwrap_or(""))
+            })
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| row.try_get(0))
             .collect::<Result<_, _>>()?)
     }
 
@@ -370,6 +406,8 @@ fn page_from_rows(rows: &[PgRow], limit: u32) -> Result<(Vec<Message>, bool), St
     Ok((messages, has_more))
 }
 
+mod batch;
+
 type Tx = sqlx::Transaction<'static, Postgres>;
 
 fn is_send(rec: &IngressRecord) -> bool {
@@ -390,173 +428,6 @@ fn prefixed(p: &str, cols: &str) -> String {
         .map(|c| format!("{p}.{}", c.trim()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-// Per-run plans: the statements that look a batch's arrays up in
-// `conversations`, `members` or `messages` are planned on every run
-// (unnamed statements), not prepared once, and the lookups in `messages`
-// and `members` probe the index key by key (LATERAL ... LIMIT 1). On a
-// fresh database PostgreSQL cached a hash join over every `kind = 1`
-// message for the dedupe lookup (and chose one again for 256 keys while
-// the table had never been analyzed), which read the whole table for every
-// batch, slower with each message stored (docs/benchmarks-log.md). Planning
-// once per batch costs a fraction of a millisecond.
-
-/// Concurrent batches are serialised by row locks on `conversations`, taken
-/// in id order before anything a decision reads is read.
-#[async_trait]
-impl BatchTx for Tx {
-    /// Locks the existing conversations among `ids` (sorted, so every batch
-    /// locks in the same order). Under READ COMMITTED a row locked after
-    /// waiting is returned as the previous holder committed it, so the last
-    /// seqs are current.
-    async fn last_seqs(&mut self, ids: &[&str]) -> Result<HashMap<String, u64>, StoreError> {
-        if ids.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT id, last_seq FROM conversations WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-        )
-        .persistent(false) // planned per run: see above
-        .bind(ids)
-        .fetch_all(&mut **self)
-        .await?;
-        rows.into_iter()
-            .map(|(id, last)| Ok((id, rows::seq_from(last)?)))
-            .collect()
-    }
-
-    /// One index probe per key (a LATERAL subquery with a LIMIT is never
-    /// turned into a hash join over the table).
-    async fn sent(&mut self, keys: &[(&str, &str, &str)]) -> Result<Vec<Message>, StoreError> {
-        let sql = format!(
-            "SELECT {} FROM UNNEST($1::text[], $2::text[], $3::text[]) AS k (conversation_id, sender_id, client_msg_id)
-             CROSS JOIN LATERAL (
-                 SELECT {} FROM messages x
-                 WHERE x.conversation_id = k.conversation_id AND x.sender_id = k.sender_id
-                   AND x.client_msg_id = k.client_msg_id AND x.kind = 1
-                 LIMIT 1
-             ) m",
-            prefixed("m", MESSAGE_COLUMNS),
-            prefixed("x", MESSAGE_COLUMNS)
-        );
-        let rows: Vec<MessageRow> = sqlx::query_as(&sql)
-            .persistent(false) // planned per run: see above
-            .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
-            .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
-            .bind(keys.iter().map(|k| k.2).collect::<Vec<_>>())
-            .fetch_all(&mut **self)
-            .await?;
-        rows.into_iter().map(Message::try_from).collect()
-    }
-
-    async fn members(
-        &mut self,
-        pairs: &[(&str, &str)],
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT k.conversation_id, k.user_id
-             FROM UNNEST($1::text[], $2::text[]) AS k (conversation_id, user_id)
-             CROSS JOIN LATERAL (
-                 SELECT 1 FROM members x
-                 WHERE x.conversation_id = k.conversation_id AND x.user_id = k.user_id
-                 LIMIT 1
-             ) m",
-        )
-        .persistent(false) // planned per run: see above
-        .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
-        .bind(pairs.iter().map(|p| p.1).collect::<Vec<_>>())
-        .fetch_all(&mut **self)
-        .await?)
-    }
-
-    async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
-             SELECT u.conversation_id, u.seq, u.sender_id, u.client_msg_id, u.kind, u.body, NULL, $7
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[])
-                  AS u (conversation_id, seq, sender_id, client_msg_id, body, kind)",
-        )
-        .bind(new.iter().map(|m| m.conversation_id.as_str()).collect::<Vec<_>>())
-        .bind(new.iter().map(|m| m.seq as i64).collect::<Vec<_>>())
-        .bind(new.iter().map(|m| m.sender_id.as_str()).collect::<Vec<_>>())
-        .bind(new.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>())
-        .bind(new.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
-        .bind(new.iter().map(|m| m.kind).collect::<Vec<_>>())
-        .bind(now)
-        .execute(&mut **self)
-        .await?;
-        Ok(())
-    }
-
-    async fn set_last_seqs(&mut self, heads: &Heads, now: i64) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE conversations AS c SET last_seq = u.last_seq, last_activity_ms = $3
-             FROM UNNEST($1::text[], $2::bigint[]) AS u (id, last_seq)
-             WHERE c.id = u.id",
-        )
-        .persistent(false) // planned per run: see above
-        .bind(heads.keys().map(String::as_str).collect::<Vec<_>>())
-        .bind(heads.values().map(|s| *s as i64).collect::<Vec<_>>())
-        .bind(now)
-        .execute(&mut **self)
-        .await?;
-        Ok(())
-    }
-
-    async fn conversation(&mut self, id: &str) -> Result<Option<Conversation>, StoreError> {
-        load_conversation(self, id, true).await
-    }
-
-    async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO members (conversation_id, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS u",
-        )
-        .bind(id)
-        .bind(users)
-        .execute(&mut **self)
-        .await?;
-        Ok(())
-    }
-
-    async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
-        Ok(rows::shared(statement)
-            .execute(&mut **self)
-            .await?
-            .rows_affected())
-    }
-
-    /// Locks the conversation first, then reads in a separate statement
-    /// (which sees what the previous lock holder committed).
-    async fn read_facts(&mut self, id: &str, user: &str, seq: u64) -> FactsOfRead {
-        let found: Option<i32> =
-            sqlx::query_scalar("SELECT 1 FROM conversations WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut **self)
-                .await?;
-        if found.is_none() {
-            return Ok(None);
-        }
-        rows::read_facts(&mut **self, id, user, seq).await
-    }
-
-    /// One statement for the whole run (its conversations are locked).
-    async fn sender_reads(&mut self, reads: &[(&str, &str, u64)]) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE members AS m SET read_seq = u.seq, read_system = c.system_count
-             FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u (conversation_id, user_id, seq)
-             JOIN conversations c ON c.id = u.conversation_id
-             WHERE m.conversation_id = u.conversation_id AND m.user_id = u.user_id
-               AND m.read_seq < u.seq",
-        )
-        .persistent(false) // planned per run: see above
-        .bind(reads.iter().map(|r| r.0).collect::<Vec<_>>())
-        .bind(reads.iter().map(|r| r.1).collect::<Vec<_>>())
-        .bind(reads.iter().map(|r| r.2 as i64).collect::<Vec<_>>())
-        .execute(&mut **self)
-        .await?;
-        Ok(())
-    }
 }
 
 /// A conversation with its members. With `lock`, its row is locked first

@@ -4,7 +4,7 @@
 use super::decide::reads::{Position, ReadFacts};
 use super::{timestamp, ConversationPage, ListAfter, StoreError};
 use confab_proto::prost::Message as _;
-use confab_proto::v1::{Conversation, MembershipEvent, Message};
+use confab_proto::v1::{Conversation, MemberRead, MembershipEvent, Message};
 
 /// A row of `messages`.
 #[derive(sqlx::FromRow)]
@@ -68,7 +68,7 @@ impl ConversationRow {
 }
 
 /// A conversation of the lister, with the lister's read position, and one
-/// of its members: a row of [`LIST_CONVERSATIONS`].
+/// of its members with that member's: a row of a [`Listing`] query.
 #[derive(sqlx::FromRow)]
 pub struct ListedRow {
     #[sqlx(flatten)]
@@ -77,36 +77,163 @@ pub struct ListedRow {
     read_seq: i64,
     unread_count: i64,
     user_id: String,
+    member_read_seq: i64,
 }
 
-/// Up to `$4` conversations of user `$1` after (`$2` activity, `$3` id),
-/// most recent activity first, each with the user's read position and
-/// unread count (see `decide::reads`) and joined with each of its members
-/// `m2`. The page is chosen first, so only its members are read.
-pub const LIST_CONVERSATIONS: &str = "WITH page AS (
-         SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.last_activity_ms,
-                m.read_seq,
-                (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count
-         FROM members m
-         JOIN conversations c ON c.id = m.conversation_id
-         WHERE m.user_id = $1
-           AND (c.last_activity_ms < $2 OR (c.last_activity_ms = $2 AND c.id > $3))
-         ORDER BY c.last_activity_ms DESC, c.id
-         LIMIT $4
-     )
-     SELECT page.id, page.kind, page.title, page.last_seq, page.created_at_ms,
-            page.last_activity_ms, page.read_seq, page.unread_count, m2.user_id
-     FROM page
-     JOIN members m2 ON m2.conversation_id = page.id
-     ORDER BY page.last_activity_ms DESC, page.id, m2.user_id";
+/// Which of a user's conversations a listing reads, and in what order.
+#[derive(Debug, Clone, Copy)]
+pub enum Listing<'a> {
+    /// Most recent activity first, after this one (`ListConversations`).
+    Recent(Option<&'a ListAfter>),
+    /// In id order after `after` (`Sync`): every one (`since` is `None`),
+    /// or those whose newest change is above the cursor `since` (per
+    /// partition; see migrations 0004).
+    Changed {
+        /// The cursor's change number per partition.
+        since: Option<&'a [u64]>,
+        /// The last id already given ("" for none).
+        after: &'a str,
+    },
+}
 
-/// The bounds a [`LIST_CONVERSATIONS`] query binds as `$2` and `$3`: from
-/// the start, or after `after`.
-pub fn list_bounds(after: Option<&ListAfter>) -> (i64, &str) {
-    match after {
-        None => (i64::MAX, ""),
-        Some(a) => (a.last_activity_ms, a.conversation_id.as_str()),
+impl Listing<'_> {
+    /// Up to `$N` (the last parameter) conversations of user `$1`, each
+    /// with the user's read position and unread count (see
+    /// `decide::reads`) and joined with each of its members `m2` and its
+    /// read position. The page is chosen first, so only its members are
+    /// read. `Recent` binds (`$2` activity, `$3` id) after which it
+    /// continues, `Changed` binds (`$2` id); a cursor is written into the
+    /// statement as numbers.
+    pub fn sql(&self) -> String {
+        let (filter, order, outer, limit) = match self {
+            Listing::Recent(_) => (
+                "(c.last_activity_ms < $2 OR (c.last_activity_ms = $2 AND c.id > $3))".to_string(),
+                "c.last_activity_ms DESC, c.id",
+                "page.last_activity_ms DESC, page.id",
+                "$4",
+            ),
+            Listing::Changed { since, .. } => (
+                match since {
+                    None => "m.conversation_id > $2".to_string(),
+                    Some(since) => format!(
+                        "m.conversation_id > $2 AND c.change_no > {}",
+                        since_clause("c", since)
+                    ),
+                },
+                "m.conversation_id",
+                "page.id",
+                "$3",
+            ),
+        };
+        format!(
+            "WITH page AS (
+                 SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.last_activity_ms,
+                        m.read_seq,
+                        (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count
+                 FROM members m
+                 JOIN conversations c ON c.id = m.conversation_id
+                 WHERE m.user_id = $1 AND {filter}
+                 ORDER BY {order}
+                 LIMIT {limit}
+             )
+             SELECT page.id, page.kind, page.title, page.last_seq, page.created_at_ms,
+                    page.last_activity_ms, page.read_seq, page.unread_count, m2.user_id,
+                    m2.read_seq AS member_read_seq
+             FROM page
+             JOIN members m2 ON m2.conversation_id = page.id
+             ORDER BY {outer}, m2.user_id"
+        )
     }
+
+    /// [`Listing::sql`] for `user`, up to `limit` conversations, as a query
+    /// for either store.
+    pub fn query<'q, DB>(&self, sql: &'q str, user: &'q str, limit: u32) -> Query<'q, DB>
+    where
+        DB: sqlx::Database,
+        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    {
+        let q = sqlx::query(sql).bind(user);
+        let q = match *self {
+            Listing::Recent(after) => {
+                let (activity, id) = match after {
+                    None => (i64::MAX, String::new()),
+                    Some(a) => (a.last_activity_ms, a.conversation_id.clone()),
+                };
+                q.bind(activity).bind(id)
+            }
+            Listing::Changed { after, .. } => q.bind(after.to_string()),
+        };
+        q.bind(i64::from(limit))
+    }
+}
+
+/// The change number above which a row of `alias` (with `change_partition`
+/// and `change_no` columns) changed since the cursor `since`: its entry for
+/// the row's partition (0 past its end: a partition the cursor has not
+/// seen). Numbers only, so safe to write into a statement.
+pub fn since_clause(alias: &str, since: &[u64]) -> String {
+    let mut out = format!("CASE {alias}.change_partition");
+    for (partition, seen) in since.iter().enumerate() {
+        let seen = i64::try_from(*seen).unwrap_or(i64::MAX);
+        out.push_str(&format!(" WHEN {partition} THEN {seen}"));
+    }
+    out.push_str(" ELSE 0 END");
+    out
+}
+
+/// The conversations user `$1` left or was removed from since the cursor
+/// (see [`since_clause`]), with ids after `$2` up to `$3` ("" for no
+/// bound), that the user is not a member of again, in id order.
+pub fn departed_sql(since: &[u64]) -> String {
+    format!(
+        "SELECT d.conversation_id FROM departures d
+         WHERE d.user_id = $1 AND d.conversation_id > $2
+           AND ($3 = '' OR d.conversation_id <= $3)
+           AND d.change_no > {}
+           AND NOT EXISTS (
+               SELECT 1 FROM members m WHERE m.conversation_id = d.conversation_id AND m.user_id = $1
+           )
+         ORDER BY d.conversation_id",
+        since_clause("d", since)
+    )
+}
+
+/// Draws the next change number of partition `$1` (its first is 1). The
+/// counter's row stays locked until the transaction ends, so a partition's
+/// numbers follow the order its transactions commit in.
+pub const NEXT_CHANGE: &str =
+    "INSERT INTO change_counters (log_partition, change_no) VALUES ($1, 1)
+     ON CONFLICT (log_partition) DO UPDATE SET change_no = change_counters.change_no + 1
+     RETURNING change_no";
+
+/// Every partition's newest change number, as (partition, number).
+pub const CHANGE_COUNTERS: &str = "SELECT log_partition, change_no FROM change_counters";
+
+/// The counters of [`CHANGE_COUNTERS`] rows as a cursor: the number of
+/// each partition by index, 0 for a partition without changes.
+pub fn counters(rows: Vec<(i32, i64)>) -> Result<Vec<u64>, StoreError> {
+    let mut out = Vec::new();
+    for (partition, no) in rows {
+        let i = usize::try_from(partition)
+            .map_err(|_| StoreError::Corrupt(format!("negative partition {partition}")))?;
+        if out.len() <= i {
+            out.resize(i + 1, 0);
+        }
+        out[i] = seq_from(no)?;
+    }
+    Ok(out)
+}
+
+/// Where a transaction's changes fall in its partition's order: stamped on
+/// every conversation it changes (and every departure it records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeStamp {
+    /// The ingress partition whose writer made the change.
+    pub partition: i32,
+    /// Its number in that partition (see [`NEXT_CHANGE`]).
+    pub no: i64,
 }
 
 /// The first `limit` conversations of [`ListedRow`]s (one per conversation
@@ -118,13 +245,21 @@ pub fn conversation_page(
 ) -> Result<ConversationPage, StoreError> {
     let mut out: Vec<(Conversation, i64)> = Vec::new();
     for row in rows {
+        let member = MemberRead {
+            user_id: row.user_id.clone(),
+            read_seq: seq_from(row.member_read_seq)?,
+        };
         match out.last_mut() {
-            Some((c, _)) if c.id == row.conversation.id => c.member_ids.push(row.user_id),
+            Some((c, _)) if c.id == row.conversation.id => {
+                c.member_ids.push(row.user_id);
+                c.member_reads.push(member);
+            }
             _ => out.push((
                 Conversation {
                     read_seq: seq_from(row.read_seq)?,
                     unread_count: seq_from(row.unread_count)?,
                     last_activity_at: Some(timestamp(row.last_activity_ms)),
+                    member_reads: vec![member],
                     ..row.conversation.with_members(vec![row.user_id])?
                 },
                 row.last_activity_ms,
@@ -287,8 +422,8 @@ pub enum Shared<'q> {
         /// Milliseconds since the epoch.
         now: i64,
     },
-    /// Makes `seq`, a SYSTEM event stored at `now`, the last seq of
-    /// conversation `id`.
+    /// Makes `seq`, a SYSTEM event stored at `now` in change `stamp`, the
+    /// last seq of conversation `id`.
     EventAppended {
         /// The conversation.
         id: &'q str,
@@ -296,6 +431,26 @@ pub enum Shared<'q> {
         seq: u64,
         /// Milliseconds since the epoch.
         now: i64,
+        /// The change.
+        stamp: ChangeStamp,
+    },
+    /// Stamps conversation `id` as changed in `stamp` (a read position
+    /// moved).
+    Changed {
+        /// The conversation.
+        id: &'q str,
+        /// The change.
+        stamp: ChangeStamp,
+    },
+    /// Records that `user` left or was removed from conversation `id` in
+    /// change `stamp`.
+    Departed {
+        /// The conversation.
+        id: &'q str,
+        /// The former member.
+        user: &'q str,
+        /// The change.
+        stamp: ChangeStamp,
     },
     /// Gives the members of conversation `id` that have no read position
     /// yet (just added) its last seq as theirs: what came before they
@@ -360,14 +515,38 @@ where
         .bind(m.body.as_str())
         .bind(m.membership.as_ref().map(|e| e.encode_to_vec()))
         .bind(now),
-        Shared::EventAppended { id, seq, now } => sqlx::query(
+        Shared::EventAppended {
+            id,
+            seq,
+            now,
+            stamp,
+        } => sqlx::query(
             "UPDATE conversations
-             SET last_seq = $2, system_count = system_count + 1, last_activity_ms = $3
+             SET last_seq = $2, system_count = system_count + 1, last_activity_ms = $3,
+                 change_partition = $4, change_no = $5
              WHERE id = $1",
         )
         .bind(id)
         .bind(seq as i64)
-        .bind(now),
+        .bind(now)
+        .bind(stamp.partition)
+        .bind(stamp.no),
+        Shared::Changed { id, stamp } => sqlx::query(
+            "UPDATE conversations SET change_partition = $2, change_no = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(stamp.partition)
+        .bind(stamp.no),
+        Shared::Departed { id, user, stamp } => sqlx::query(
+            "INSERT INTO departures (user_id, conversation_id, change_partition, change_no)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (user_id, conversation_id)
+             DO UPDATE SET change_partition = $3, change_no = $4",
+        )
+        .bind(user)
+        .bind(id)
+        .bind(stamp.partition)
+        .bind(stamp.no),
         Shared::SeatNewMembers { id } => sqlx::query(
             "UPDATE members SET
                  read_seq = (SELECT c.last_seq FROM conversations c WHERE c.id = $1),

@@ -6,14 +6,16 @@
 
 use super::apply::{self, BatchTx, FactsOfRead};
 use super::decide::Heads;
-use super::rows::{self, ConversationRow, MemberReadRow, MemberReads, MessageRow, Shared};
-use super::{keyset, now_ms, ListAfter, ListedRows, MessagePage, Store, StoreError};
+use super::rows::{
+    self, ChangeStamp, ConversationRow, ListedRow, MemberReadRow, MemberReads, MessageRow, Shared,
+};
+use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{FromRow as _, Sqlite, SqliteConnection, SqlitePool};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -76,10 +78,15 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn apply(&self, batch: &[IngressRecord]) -> Result<Vec<OutcomeRecord>, StoreError> {
+    async fn apply(
+        &self,
+        partition: u32,
+        batch: &[IngressRecord],
+    ) -> Result<Vec<OutcomeRecord>, StoreError> {
         let _writer = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
-        let outcomes = apply::batch(&mut tx, batch, MAX_RUN, &self.limits, now_ms()).await?;
+        let outcomes =
+            apply::batch(&mut tx, partition, batch, MAX_RUN, &self.limits, now_ms()).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
@@ -89,13 +96,37 @@ impl Store for SqliteStore {
         load_conversation(&mut conn, id).await
     }
 
-    async fn listed(&self, user: &str, after: Option<&ListAfter>, limit: u32) -> ListedRows {
-        let (activity, id) = rows::list_bounds(after);
-        Ok(sqlx::query_as(rows::LIST_CONVERSATIONS)
+    async fn listed(&self, user: &str, listing: Listing<'_>, limit: u32) -> ListedRows {
+        let sql = listing.sql();
+        let rows = listing
+            .query(&sql, user, limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(ListedRow::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn change_counters(&self) -> Result<Vec<u64>, StoreError> {
+        rows::counters(
+            sqlx::query_as(rows::CHANGE_COUNTERS)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn departed(
+        &self,
+        user: &str,
+        since: &[u64],
+        after: &str,
+        through: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(&rows::departed_sql(since))
             .bind(user)
-            .bind(activity)
-            .bind(id)
-            .bind(i64::from(limit))
+            .bind(after)
+            .bind(through.unwrap_or(""))
             .fetch_all(&self.pool)
             .await?)
     }
@@ -240,18 +271,34 @@ impl BatchTx for Tx {
         Ok(())
     }
 
-    async fn set_last_seqs(&mut self, heads: &Heads, now: i64) -> Result<(), StoreError> {
+    async fn set_last_seqs(
+        &mut self,
+        heads: &Heads,
+        now: i64,
+        stamp: ChangeStamp,
+    ) -> Result<(), StoreError> {
         let sql = format!(
-            "UPDATE conversations SET last_seq = u.column2, last_activity_ms = u.column3
+            "UPDATE conversations SET last_seq = u.column2, last_activity_ms = ?,
+                 change_partition = ?, change_no = ?
              FROM (VALUES {}) AS u WHERE conversations.id = u.column1",
-            placeholders(heads.len(), 3)
+            placeholders(heads.len(), 2)
         );
-        let mut q = sqlx::query(&sql);
+        let mut q = sqlx::query(&sql)
+            .bind(now)
+            .bind(stamp.partition)
+            .bind(stamp.no);
         for (c, seq) in heads {
-            q = q.bind(c).bind(*seq as i64).bind(now);
+            q = q.bind(c).bind(*seq as i64);
         }
         q.execute(&mut **self).await?;
         Ok(())
+    }
+
+    async fn next_change(&mut self, partition: i32) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(rows::NEXT_CHANGE)
+            .bind(partition)
+            .fetch_one(&mut **self)
+            .await?)
     }
 
     /// One statement for the whole run: a statement per sender cost a
@@ -430,10 +477,13 @@ mod tests {
                 .await
                 .expect("open");
             let out = store
-                .apply(&[
-                    crate::store::conformance::create_group("g", "alice", &["alice"]),
-                    crate::store::conformance::send("g", "alice", "m1", "hello"),
-                ])
+                .apply(
+                    0,
+                    &[
+                        crate::store::conformance::create_group("g", "alice", &["alice"]),
+                        crate::store::conformance::send("g", "alice", "m1", "hello"),
+                    ],
+                )
                 .await
                 .expect("apply");
             assert_eq!(out.len(), 2);

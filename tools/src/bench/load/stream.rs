@@ -98,11 +98,13 @@ pub(super) async fn read_stream(
                     counters.error(format!("caughtUp {}", code_name(Code::from(e.code))));
                 }
             }
-            // The load sends no reads; receipts are not what it measures.
+            // The load sends no reads or syncs; receipts are not what it
+            // measures.
             server_frame::Frame::Pong(_)
             | server_frame::Frame::Receipt(_)
             | server_frame::Frame::Read(_)
-            | server_frame::Frame::Typing(_) => {}
+            | server_frame::Frame::Typing(_)
+            | server_frame::Frame::Sync(_) => {}
         }
     }
 }

@@ -2,11 +2,12 @@
 //! call `run_all` with a factory that returns a fresh, empty store.
 
 mod reads;
+mod sync;
 pub mod upgrade;
 
 pub use reads::read;
 
-use super::Store;
+use super::{Listing, Store};
 use confab_core::validate::Page;
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record::Result as R, AddMembersCommand, CreateCommand,
@@ -38,6 +39,9 @@ where
     reads::system_events_and_earlier_history_are_never_unread(fresh().await).await;
     reads::unread_counts_match_a_brute_force_count(fresh().await).await;
     reads::conversations_are_listed_most_recent_first_in_pages(fresh().await).await;
+    sync::a_cursor_reports_exactly_what_changed(fresh().await).await;
+    sync::concurrent_commits_are_never_skipped(fresh().await).await;
+    sync::bad_cursors_are_refused(fresh().await).await;
 }
 
 fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {
@@ -132,7 +136,7 @@ async fn outcomes_carry_the_trace_and_acceptance_time(store: Arc<dyn Store>) {
 /// The first `limit` conversations of `user`.
 async fn list(store: &Arc<dyn Store>, user: &str, limit: u32) -> Vec<Conversation> {
     store
-        .list_conversations(user, None, limit)
+        .conversations(user, Listing::Recent(None), limit)
         .await
         .expect("list")
         .conversations
@@ -147,7 +151,7 @@ async fn sends(store: &Arc<dyn Store>, conv: &str, actor: &str, n: usize) {
 }
 
 async fn apply(store: &Arc<dyn Store>, batch: Vec<IngressRecord>) -> Vec<OutcomeRecord> {
-    let out = store.apply(&batch).await.expect("apply");
+    let out = store.apply(0, &batch).await.expect("apply");
     assert_eq!(out.len(), batch.len(), "one outcome per record");
     out
 }
@@ -544,7 +548,7 @@ async fn concurrent_batches_stay_gap_free(store: Arc<dyn Store>) {
                         )
                     })
                     .collect();
-                store.apply(&batch).await.expect("apply");
+                store.apply(0, &batch).await.expect("apply");
             }
         }));
     }

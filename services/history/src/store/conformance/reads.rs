@@ -1,7 +1,7 @@
 //! Read positions and unread counts, for every store.
 
 use super::{add, apply, code_of, create_group, record, remove, send};
-use crate::store::Store;
+use crate::store::{Listing, Store};
 use confab_core::validate::Page;
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record::Result as R, OutcomeRecord, ReadCommand,
@@ -132,10 +132,10 @@ pub async fn system_events_and_earlier_history_are_never_unread(store: Arc<dyn S
 }
 
 /// A tiny deterministic generator (no dependency, the same run every time).
-struct Lcg(u64);
+pub(super) struct Lcg(pub(super) u64);
 
 impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 = self
             .0
             .wrapping_mul(6_364_136_223_846_793_005)
@@ -298,7 +298,7 @@ pub async fn conversations_are_listed_most_recent_first_in_pages(store: Arc<dyn 
     let mut pages = 0;
     loop {
         let page = store
-            .list_conversations("alice", after.as_ref(), 2)
+            .conversations("alice", Listing::Recent(after.as_ref()), 2)
             .await
             .expect("page");
         pages += 1;
@@ -316,7 +316,7 @@ pub async fn conversations_are_listed_most_recent_first_in_pages(store: Arc<dyn 
     );
     // A full last page says so: no next page.
     let exact = store
-        .list_conversations("alice", None, 5)
+        .conversations("alice", Listing::Recent(None), 5)
         .await
         .expect("list");
     assert!(exact.next.is_none());
