@@ -217,6 +217,29 @@ impl User {
         .await
     }
 
+    /// One `Sync` page from `cursor`.
+    pub async fn sync(&self, cursor: &str, limit: u32) -> Result<SyncResponse, Status> {
+        let req = SyncRequest {
+            cursor: cursor.into(),
+            limit,
+        };
+        self.unary(req, |mut c, r| async move { c.sync(r).await })
+            .await
+    }
+
+    /// Every page of a sync from `cursor`, applied to `copy`; what it
+    /// reported.
+    pub async fn sync_into(&self, copy: &mut SyncCopy) -> Result<Synced, Status> {
+        let mut synced = Synced::default();
+        loop {
+            let page = self.sync(&copy.cursor, 0).await?;
+            synced.add(copy, page.clone());
+            if !page.has_more {
+                return Ok(synced);
+            }
+        }
+    }
+
     /// A page of history.
     pub async fn history(
         &self,
@@ -343,6 +366,26 @@ impl Session {
         }
     }
 
+    /// Sends a `sync` frame from `cursor` and returns its pages and the
+    /// `caught_up` frame that ends it (other frames are skipped).
+    pub async fn sync(&mut self, cursor: &str) -> (Vec<SyncResponse>, CaughtUp) {
+        self.send(client_frame::Frame::Sync(SyncRequest {
+            cursor: cursor.into(),
+            limit: 0,
+        }))
+        .await;
+        let mut pages = Vec::new();
+        loop {
+            match self.next_frame().await.expect("the sync's frames") {
+                server_frame::Frame::Sync(page) => pages.push(page),
+                server_frame::Frame::CaughtUp(c) if c.conversation_id.is_empty() => {
+                    return (pages, c)
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Sends a `typing` frame.
     pub async fn typing(&self, conv: &str, active: bool) {
         self.send(client_frame::Frame::Typing(TypingFrame {
@@ -465,4 +508,38 @@ impl Session {
 /// The seqs of `messages`, in order.
 pub fn seqs(messages: &[Message]) -> Vec<u64> {
     messages.iter().map(|m| m.seq).collect()
+}
+
+/// What a client keeps from `Sync`: each conversation's state as last
+/// reported, and the cursor to sync from next.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SyncCopy {
+    /// By conversation id.
+    pub conversations: std::collections::BTreeMap<String, Conversation>,
+    /// Where the next sync starts.
+    pub cursor: String,
+}
+
+/// What one sync (every page of it) reported.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Synced {
+    /// The changed conversations' ids, in the order reported.
+    pub changed: Vec<String>,
+    /// The ids reported removed.
+    pub removed: Vec<String>,
+}
+
+impl Synced {
+    /// Adds `page` to what was reported and applies it to `copy`.
+    pub fn add(&mut self, copy: &mut SyncCopy, page: SyncResponse) {
+        for c in page.conversations {
+            self.changed.push(c.id.clone());
+            copy.conversations.insert(c.id.clone(), c);
+        }
+        for id in page.removed_conversation_ids {
+            copy.conversations.remove(&id);
+            self.removed.push(id);
+        }
+        copy.cursor = page.cursor;
+    }
 }

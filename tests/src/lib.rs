@@ -36,7 +36,7 @@ pub mod topology;
 pub mod traffic;
 pub mod wait;
 
-pub use client::{seqs, token, Session, User};
+pub use client::{seqs, token, Session, SyncCopy, Synced, User};
 pub use procs::{confab_bin, free_port, DevProcess};
 pub use traffic::{assert_acked_stored, Conv, Writers};
 pub use wait::{

@@ -77,3 +77,8 @@ async fn conversations_are_listed_newest_first_in_pages() {
 async fn typing_reaches_the_other_members_and_ends_by_itself() {
     suite::typing_reaches_the_other_members_and_ends_by_itself(Kind::Cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_returns_exactly_what_changed_and_the_frame_goes_live() {
+    suite::sync::a_cursor_returns_exactly_what_changed_and_the_frame_goes_live(Kind::Cluster).await;
+}

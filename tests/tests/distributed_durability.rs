@@ -25,6 +25,11 @@ async fn acknowledged_messages_survive_kill_9_of_every_service() {
     let alice = User::connect(gateway, "alice").await;
     // Consumer groups may still be forming.
     let conv = alice.group_when_ready("durable", &["bob"]).await;
+    let quiet = alice.group_when_ready("quiet", &["bob"]).await;
+    let bob = User::connect(gateway, "bob").await;
+    let mut copy = SyncCopy::default();
+    bob.sync_into(&mut copy).await.expect("first sync");
+    assert_eq!(copy.conversations.len(), 2);
     // Writers send until the processes die under them; whatever was
     // acknowledged counts.
     let writers = Writers::start(&alice, &conv.id, 4);
@@ -35,6 +40,8 @@ async fn acknowledged_messages_survive_kill_9_of_every_service() {
             stack.gateways[0].tail(30)
         );
     }
+    let read = bob.mark_read(&conv.id, 30, false).await.expect("read");
+    assert_eq!(read.read_seq, 30);
     stack.kill9_all();
     let acked = writers.acked_at_least(40).await;
 
@@ -86,5 +93,21 @@ async fn acknowledged_messages_survive_kill_9_of_every_service() {
     keys.sort_unstable();
     keys.dedup();
     assert_eq!(keys.len(), before, "no client_msg_id is stored twice");
+    // Bob's cursor from before the crash: only the busy conversation
+    // changed, as it is now, with his read position.
+    let bob = User::connect(gateway, "bob").await;
+    let synced = bob.sync_into(&mut copy).await.expect("sync after restart");
+    assert_eq!(
+        (synced.changed, synced.removed),
+        (vec![conv.id.clone()], vec![])
+    );
+    let busy = &copy.conversations[&conv.id];
+    assert_eq!(
+        (busy.last_seq, busy.read_seq),
+        (*all.last().unwrap_or(&0), 30)
+    );
+    assert_eq!(copy.conversations[&quiet.id].last_seq, 1);
+    let again = bob.sync_into(&mut copy).await.expect("sync again");
+    assert_eq!(again, Synced::default());
     drop(stack);
 }

@@ -1,5 +1,6 @@
 //! Promise 1 in embedded mode: every acknowledged message survives `kill -9`
-//! of the real `confab dev` process and a restart on the same data.
+//! of the real `confab dev` process and a restart on the same data; so do
+//! read positions that were returned, and sync cursors taken before.
 
 use confab_tests::*;
 
@@ -10,6 +11,11 @@ async fn acknowledged_messages_survive_kill_9_and_restart() {
     let mut server = DevProcess::start(dir.path(), port).expect("start");
     let alice = User::connect(server.addr, "alice").await;
     let conv = alice.group("durable", &["bob"]).await;
+    let quiet = alice.group("quiet", &["bob"]).await;
+    let bob = User::connect(server.addr, "bob").await;
+    let mut copy = SyncCopy::default();
+    bob.sync_into(&mut copy).await.expect("first sync");
+    assert_eq!(copy.conversations.len(), 2);
     // Senders run until the process dies under them; whatever was acked counts.
     let writers = Writers::start(&alice, &conv.id, 4);
     // Kill once a good number of messages is committed.
@@ -17,6 +23,8 @@ async fn acknowledged_messages_survive_kill_9_and_restart() {
         .wait_newest_above(&conv.id, 200, DEADLINE)
         .await
         .expect("messages committed in time");
+    let read = bob.mark_read(&conv.id, 150, false).await.expect("read");
+    assert_eq!(read.read_seq, 150);
     server.kill9();
     // Committed messages whose ack was still on its way when the process
     // died are not counted: a few fewer than the 200 committed.
@@ -36,4 +44,17 @@ async fn acknowledged_messages_survive_kill_9_and_restart() {
         .await
         .expect("send");
     assert_eq!(next.seq, page_seqs.len() as u64 + 1);
+    // Bob's cursor from before the crash: only the busy conversation
+    // changed, as it is now, with his read position.
+    let bob = User::connect(server.addr, "bob").await;
+    let synced = bob.sync_into(&mut copy).await.expect("sync after restart");
+    assert_eq!(
+        (synced.changed, synced.removed),
+        (vec![conv.id.clone()], vec![])
+    );
+    let busy = &copy.conversations[&conv.id];
+    assert_eq!((busy.last_seq, busy.read_seq), (next.seq, 150));
+    assert_eq!(copy.conversations[&quiet.id].last_seq, 1);
+    let again = bob.sync_into(&mut copy).await.expect("sync again");
+    assert_eq!(again, Synced::default());
 }

@@ -619,6 +619,12 @@ async fn survivors_take_over_the_partitions_of_a_stopped_router_and_history() {
     let progress = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let senders = chat.senders(usize::MAX, stop.clone(), progress.clone(), failures.clone());
+    // A client syncs again and again through the stop and the takeover,
+    // keeping a copy from what each sync reports: with both history
+    // processes committing to their partitions, and then one taking the
+    // other's over, no change may slip past its cursor.
+    let synced_until = Arc::new(AtomicBool::new(false));
+    let syncer = sync_loop(chat.clients[0].user.clone(), synced_until.clone());
 
     wait_until("traffic before the stop", || {
         progress.load(Ordering::Relaxed) >= 80
@@ -684,5 +690,39 @@ async fn survivors_take_over_the_partitions_of_a_stopped_router_and_history() {
 
     let stored = chat.check(&acked).await;
     eprintln!("stored user messages per conversation: {stored:?}");
+    synced_until.store(true, Ordering::SeqCst);
+    let (copy, syncs) = syncer.await.expect("syncer");
+    let mut truth = SyncCopy::default();
+    chat.clients[0]
+        .user
+        .sync_into(&mut truth)
+        .await
+        .expect("a full sync");
+    eprintln!("{syncs} syncs through the takeover");
+    assert!(syncs > 3, "the client synced through the takeover: {syncs}");
+    assert_eq!(copy.conversations, truth.conversations);
     chat.stop(started).await;
+}
+
+/// Syncs `user` every 50 ms (UNAVAILABLE during the takeover is retried
+/// at the next tick) until `until` is set, then once more; the copy it
+/// kept and how many syncs it took.
+fn sync_loop(user: User, until: Arc<AtomicBool>) -> JoinHandle<(SyncCopy, usize)> {
+    tokio::spawn(async move {
+        let mut copy = SyncCopy::default();
+        let mut syncs = 0;
+        let mut ticks = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            ticks.tick().await;
+            let last = until.load(Ordering::SeqCst);
+            match user.sync_into(&mut copy).await {
+                Ok(_) => syncs += 1,
+                Err(s) if s.code() == Code::Unavailable && !last => {}
+                Err(s) => panic!("sync failed: {s:?}"),
+            }
+            if last {
+                return (copy, syncs);
+            }
+        }
+    })
 }

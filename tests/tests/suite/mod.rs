@@ -3,6 +3,8 @@
 //! `tests/distributed.rs`): order and gap-freedom, dedupe, multi-session
 //! delivery, resume, membership changes and every error case.
 
+pub mod sync;
+
 use confab_proto::v1::{
     client_frame, server_frame, Conversation, ConversationKind, Ping, ReadState, Resume,
 };
