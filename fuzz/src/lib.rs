@@ -17,6 +17,7 @@ use confab_core::validate::{
     DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_PAGE, MAX_CLIENT_MSG_ID_LEN, MAX_CONVERSATIONS_PAGE,
     MAX_CONVERSATION_ID_LEN, MAX_PAGE, MAX_TITLE_LEN,
 };
+use confab_core::sync_cursor;
 use confab_core::validate::{check_user_id, MAX_USER_ID_LEN};
 use confab_proto::v1::*;
 use prost::Message;
@@ -76,6 +77,8 @@ pub fn client_frame(data: &[u8]) {
         Some(client_frame::Frame::Read(r)) => check_conversation_id(&r.conversation_id),
         // The session checks the id; history, membership.
         Some(client_frame::Frame::Typing(t)) => check_conversation_id(&t.conversation_id),
+        // The session asks history what `Sync` asks.
+        Some(client_frame::Frame::Sync(r)) => check_sync(r),
         Some(client_frame::Frame::Ping(_)) | None => {}
     }
 }
@@ -128,6 +131,50 @@ pub fn requests(data: &[u8]) {
     if let Ok(r) = GetConversationRequest::decode(data) {
         round_trip(&r);
         check_conversation_id(&r.conversation_id);
+    }
+    if let Ok(r) = SyncRequest::decode(data) {
+        round_trip(&r);
+        check_sync(&r);
+    }
+}
+
+/// What history checks of a `Sync` before reading: the limit is a page
+/// size, and the cursor is one `Sync` gave the caller or a precise
+/// INVALID_ARGUMENT. A cursor it accepts is the caller's, consistent (a
+/// finished sync's counters, or a paged one's window with the last id
+/// given), and a finished one encodes back to what it says.
+fn check_sync(r: &SyncRequest) {
+    let size = validate::conversations_page(r.limit);
+    assert!((1..=MAX_CONVERSATIONS_PAGE).contains(&size));
+    match sync_cursor::decode(CALLER, &r.cursor) {
+        Ok(None) => assert!(r.cursor.is_empty(), "a cursor read as none"),
+        Ok(Some(c)) => {
+            assert!(!r.cursor.is_empty());
+            assert_eq!(c.user_id, CALLER);
+            assert!(c.seen.len() <= sync_cursor::MAX_PARTITIONS);
+            assert!(c.until.len() <= sync_cursor::MAX_PARTITIONS);
+            if c.paging {
+                assert!(!c.after_conversation_id.is_empty());
+                assert!(!c.initial || c.seen.is_empty());
+            } else {
+                assert!(c.until.is_empty() && c.after_conversation_id.is_empty() && !c.initial);
+                let again = sync_cursor::encode(CALLER, &c.seen, None);
+                let back = sync_cursor::decode(CALLER, &again)
+                    .expect("a cursor Sync gives decodes")
+                    .expect("a cursor");
+                let mut seen = c.seen.clone();
+                while seen.last() == Some(&0) {
+                    seen.pop();
+                }
+                assert_eq!(back.seen, seen);
+            }
+            // Never another user's.
+            assert!(sync_cursor::decode("mallory", &r.cursor).is_err());
+        }
+        Err(e) => {
+            assert!(!r.cursor.is_empty(), "an empty cursor refused");
+            invalid(&e);
+        }
     }
 }
 

@@ -61,8 +61,20 @@ pub fn client_frame() -> Vec<Seed> {
                 private: true,
             })),
         ),
+        (
+            "sync",
+            frame(client_frame::Frame::Sync(SyncRequest {
+                cursor: sync_cursor(&[3, 0, 7]),
+                limit: 0,
+            })),
+        ),
         ("empty", Vec::new()),
     ]
+}
+
+/// A cursor `Sync` gives the fuzz targets' caller after seeing `seen`.
+fn sync_cursor(seen: &[u64]) -> String {
+    confab_core::sync_cursor::encode(crate::CALLER, seen, None)
 }
 
 /// Seeds of `requests`.
@@ -108,6 +120,38 @@ pub fn requests() -> Vec<Seed> {
             "get-conversation",
             GetConversationRequest {
                 conversation_id: "grp-1".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "sync-first",
+            SyncRequest {
+                cursor: String::new(),
+                limit: 2,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "sync-cursor",
+            SyncRequest {
+                cursor: sync_cursor(&[12, 0, 0, 5]),
+                limit: u32::MAX,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "sync-paged",
+            SyncRequest {
+                cursor: confab_core::sync_cursor::encode(
+                    crate::CALLER,
+                    &[9, 9],
+                    Some(confab_core::sync_cursor::Paging {
+                        since: Some(vec![4, 2]),
+                        until: vec![9, 9],
+                        after: "grp-1".into(),
+                    }),
+                ),
+                limit: 50,
             }
             .encode_to_vec(),
         ),

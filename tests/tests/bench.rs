@@ -82,12 +82,23 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
 
     let echo = report.echo.as_ref().expect("echo measured");
     complete(echo, false);
-    assert_eq!(report.embedded.len(), 3);
+    assert_eq!(report.embedded.len(), 4);
     assert_eq!(report.distributed.len(), 3);
     for r in report.embedded.iter().chain(&report.distributed) {
         complete(r, true);
         assert_eq!(r.clients, opts.clients);
     }
+    let reading = report
+        .embedded
+        .iter()
+        .find(|r| r.label == "embedded connect max, 10% reading")
+        .expect("the run with reads");
+    assert!(
+        reading.reads_answered > 0 && reading.reads_answered <= reading.reads_sent,
+        "reads: {} sent, {} answered",
+        reading.reads_sent,
+        reading.reads_answered
+    );
     for idle in [&report.embedded_idle, &report.gateway_idle] {
         let idle = idle.as_ref().expect("idle streams measured");
         assert_eq!(idle.streams, opts.idle_streams);
@@ -131,16 +142,26 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         ordered("ListConversations", &i.latency);
     }
 
+    // Sync from a cursor behind by a change in every conversation (all of
+    // the smoke table's): exactly those, every time.
+    let sync = report.sync_after_changes.as_ref().expect("sync measured");
+    assert_eq!(sync.changes, opts.history_conversations);
+    assert!(sync.errors.is_empty(), "{:?}", sync.errors);
+    assert_eq!(sync.latency.count, sync.requests);
+    ordered("Sync", &sync.latency);
+
     // Every target is reported, met or not.
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
     for want in [
         "embedded sends vs the gRPC ceiling",
+        "sends with 10% of sessions reading",
         "distributed throughput",
         "distributed latency",
         "idle Connect streams (embedded)",
         "idle Connect streams (gateway)",
         "GetHistory",
         "ListConversations",
+        "Sync",
         "history ingest",
     ] {
         assert!(
@@ -214,6 +235,7 @@ async fn only_the_parts_asked_for_run() {
     assert!(report.history_table.is_none() && report.history_reads.is_none());
     assert!(report.history_reads_loaded.is_none());
     assert!(report.inbox_behind.is_none() && report.inbox_near.is_none());
+    assert!(report.sync_after_changes.is_none());
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         names,

@@ -422,6 +422,14 @@ async fn traffic(gateway: SocketAddr) -> Vec<confab_tests::Session> {
     bob.mark_read(&conv.id, last, false)
         .await
         .expect("mark read");
+    // Bob syncs: a first sync, then one from its cursor (unary), and one
+    // on his stream.
+    let first = bob.sync("", 0).await.expect("sync");
+    bob.sync(&first.cursor, 0)
+        .await
+        .expect("sync from the cursor");
+    let (_, caught_up) = bob_live.sync(&first.cursor).await;
+    assert_eq!(caught_up.error, None);
     // Reads: through the gateway to history.
     alice.list().await.expect("list conversations");
     alice

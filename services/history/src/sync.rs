@@ -12,29 +12,10 @@
 //! next sync finds it.
 
 use crate::store::{ConversationPage, Listing, Store};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use confab_core::error::ChatError;
+use confab_core::sync_cursor::{decode, encode, Paging};
 use confab_core::validate;
-use confab_proto::internal::v1::SyncCursor;
-use confab_proto::prost::Message as _;
 use confab_proto::v1::{SyncRequest, SyncResponse};
-
-/// Longest cursor accepted; the ones given out are far shorter.
-const MAX_CURSOR_LEN: usize = 4096;
-
-/// Most partitions a cursor may name.
-const MAX_PARTITIONS: usize = 4096;
-
-/// Where a sync stands: the changes it reports are those above `since`
-/// (every conversation when `None`), up to the counters `until` read when
-/// it started; `after` is the last conversation id already given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Window {
-    since: Option<Vec<u64>>,
-    until: Vec<u64>,
-    after: String,
-}
 
 /// What changed for `user` since `req.cursor`, a page at a time.
 pub async fn sync(
@@ -45,8 +26,10 @@ pub async fn sync(
     let limit = validate::conversations_page(req.limit);
     let cursor = decode(user, &req.cursor)?;
     let counters = store.change_counters().await?;
+    // Where this sync stands: changes above `since` (all when `None`), up
+    // to the counters `until` read when it started, after id `after`.
     let window = match cursor {
-        None => Window {
+        None => Paging {
             since: None,
             until: counters,
             after: String::new(),
@@ -56,13 +39,13 @@ pub async fn sync(
             ahead_of(&seen, &counters)?;
             if c.paging {
                 ahead_of(&c.until, &counters)?;
-                Window {
+                Paging {
                     since: (!c.initial).then_some(seen),
                     until: c.until,
                     after: c.after_conversation_id,
                 }
             } else {
-                Window {
+                Paging {
                     since: Some(seen),
                     until: counters,
                     after: String::new(),
@@ -102,7 +85,7 @@ pub async fn sync(
         Some(after) => encode(
             user,
             &window.until,
-            Some(Window {
+            Some(Paging {
                 after,
                 ..window.clone()
             }),
@@ -140,116 +123,9 @@ fn ahead_of(cursor: &[u64], now: &[u64]) -> Result<(), ChatError> {
     Ok(())
 }
 
-/// The cursor that continues `user`'s sync: after a finished sync,
-/// everything up to the counters `seen`; while one is paged, its window.
-fn encode(user: &str, seen: &[u64], paging: Option<Window>) -> String {
-    let cursor = match paging {
-        None => SyncCursor {
-            user_id: user.to_string(),
-            seen: trimmed(seen),
-            ..SyncCursor::default()
-        },
-        Some(w) => SyncCursor {
-            user_id: user.to_string(),
-            initial: w.since.is_none(),
-            seen: w.since.as_deref().map(trimmed).unwrap_or_default(),
-            until: trimmed(&w.until),
-            after_conversation_id: w.after,
-            paging: true,
-        },
-    };
-    URL_SAFE_NO_PAD.encode(cursor.encode_to_vec())
-}
-
-/// `v` without its trailing zeros (a partition past the end is 0).
-fn trimmed(v: &[u64]) -> Vec<u64> {
-    let len = v.iter().rposition(|n| *n != 0).map_or(0, |i| i + 1);
-    v[..len].to_vec()
-}
-
-/// The cursor `token` for `user`: `None` for an empty one (everything);
-/// INVALID_ARGUMENT for one that `Sync` did not give `user`.
-fn decode(user: &str, token: &str) -> Result<Option<SyncCursor>, ChatError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let not_ours = || {
-        ChatError::InvalidArgument(
-            "cursor is not one that Sync returned; sync again without a cursor".into(),
-        )
-    };
-    if token.len() > MAX_CURSOR_LEN {
-        return Err(not_ours());
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| not_ours())?;
-    let cursor = SyncCursor::decode(bytes.as_slice()).map_err(|_| not_ours())?;
-    if cursor.user_id != user {
-        return Err(ChatError::InvalidArgument(
-            "cursor follows another user's changes; sync again without a cursor".into(),
-        ));
-    }
-    let consistent = if cursor.paging {
-        !cursor.after_conversation_id.is_empty() && (!cursor.initial || cursor.seen.is_empty())
-    } else {
-        cursor.until.is_empty() && cursor.after_conversation_id.is_empty() && !cursor.initial
-    };
-    if !consistent || cursor.seen.len() > MAX_PARTITIONS || cursor.until.len() > MAX_PARTITIONS {
-        return Err(not_ours());
-    }
-    Ok(Some(cursor))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn refused(user: &str, token: &str) -> String {
-        match decode(user, token) {
-            Err(ChatError::InvalidArgument(m)) => m,
-            other => panic!("{token:?} for {user}: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_cursor_is_small_and_only_its_own_users() {
-        let seen = vec![3, 0, 9, 0, 0];
-        let token = encode("bob", &seen, None);
-        assert!(token.len() < 40, "{token}");
-        let back = decode("bob", &token).expect("bob's").expect("a cursor");
-        assert_eq!(back.seen, vec![3, 0, 9], "trailing zeros dropped");
-        assert!(!back.paging);
-        assert_eq!(decode("bob", "").expect("empty"), None);
-        assert!(refused("alice", &token).contains("another user's changes"));
-        for bad in ["!!", "AAAA", &"A".repeat(MAX_CURSOR_LEN + 1)] {
-            assert!(refused("bob", bad).contains("not one that Sync returned"));
-        }
-        let forged = |c: SyncCursor| URL_SAFE_NO_PAD.encode(c.encode_to_vec());
-        let inconsistent = [
-            SyncCursor {
-                user_id: "bob".into(),
-                paging: true,
-                ..SyncCursor::default()
-            },
-            SyncCursor {
-                user_id: "bob".into(),
-                initial: true,
-                ..SyncCursor::default()
-            },
-            SyncCursor {
-                user_id: "bob".into(),
-                until: vec![1],
-                ..SyncCursor::default()
-            },
-            SyncCursor {
-                user_id: "bob".into(),
-                seen: vec![1; MAX_PARTITIONS + 1],
-                ..SyncCursor::default()
-            },
-        ];
-        for c in inconsistent {
-            assert!(refused("bob", &forged(c.clone())).contains("not one that Sync returned"));
-        }
-    }
 
     #[test]
     fn a_cursor_ahead_of_the_counters_is_refused() {

@@ -60,7 +60,7 @@ pub async fn a_cursor_returns_exactly_what_changed_and_the_frame_goes_live(kind:
         [busy.id.as_str(), joining.id.as_str()].into(),
         "quiet and direct did not change"
     );
-    assert_eq!(synced.removed, [leaving.id.clone()]);
+    assert_eq!(synced.removed, std::slice::from_ref(&leaving.id));
     let now = &copy.conversations[&busy.id];
     assert_eq!((now.last_seq, now.unread_count), (2, 1));
     let carols = now.member_reads.iter().find(|m| m.user_id == "carol");
@@ -84,7 +84,7 @@ pub async fn a_cursor_returns_exactly_what_changed_and_the_frame_goes_live(kind:
         .iter()
         .flat_map(|p| p.conversations.iter().map(|c| c.id.clone()))
         .collect();
-    assert_eq!(reported, [busy.id.clone()]);
+    assert_eq!(reported, std::slice::from_ref(&busy.id));
     let last = pages[0].conversations[0].last_seq;
     assert_eq!(last, 3);
     alice.send(&busy.id, "m3", "live").await.expect("send");

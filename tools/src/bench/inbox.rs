@@ -2,13 +2,15 @@
 //! (a user in every generated conversation): the first page of 50, with
 //! every conversation far behind as generated, or with each set `unread`
 //! messages behind. A count is two counters (docs/architecture.md), so the
-//! page should cost the same either way.
+//! page should cost the same either way. And `Sync` for the same reader
+//! from a cursor that many changes are behind ([`measure_sync`]).
 
 use super::{per_sec, Latency, Recorder};
 use anyhow::{anyhow, ensure, Context, Result};
 use confab_auth::Authenticator;
 use confab_proto::v1::chat_client::ChatClient;
-use confab_proto::v1::ListConversationsRequest;
+use confab_proto::v1::{ListConversationsRequest, SendMessageRequest, SyncRequest};
+use futures::StreamExt as _;
 use serde::Serialize;
 use sqlx::{Connection as _, PgConnection};
 use std::collections::BTreeMap;
@@ -138,6 +140,145 @@ pub async fn measure(opts: &InboxOpts) -> Result<InboxReport> {
         min_unread,
         requests: opts.requests,
         page: PAGE,
+        per_sec: per_sec(opts.requests, started.elapsed()),
+        latency: latency.summary(),
+        errors,
+    })
+}
+
+/// What [`measure_sync`] measures.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SyncOpts {
+    /// A gateway serving the generated database.
+    pub gateway: SocketAddr,
+    /// The gateway's `CONFAB_JWT_SECRET`.
+    pub secret: String,
+    /// The reader of the generated data (a member of every conversation).
+    pub reader: String,
+    /// Conversations changed after the cursor, one message each (at most
+    /// the reader's conversations).
+    pub changes: u64,
+    /// Recorded syncs from that cursor, one at a time.
+    pub requests: u64,
+}
+
+/// What [`measure_sync`] saw.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct SyncReport {
+    /// Conversations changed after the cursor (each one a message).
+    pub changes: u64,
+    /// Pages a sync from the cursor took (`limit` 200).
+    pub pages: u64,
+    /// Syncs recorded.
+    pub requests: u64,
+    /// Syncs per second.
+    pub per_sec: f64,
+    /// Latency of a whole sync from the cursor, every page.
+    pub latency: Latency,
+    /// Failed syncs by gRPC code, and `wrong_changes` (a sync that did not
+    /// report exactly the changed conversations).
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Largest page a sync asks for.
+const SYNC_PAGE: u32 = 200;
+
+/// The reader syncs (keeping the cursor), sends one message in each of
+/// `changes` of its conversations, then syncs from that cursor `requests`
+/// times after a warm-up, every page each time, checking that exactly the
+/// changed conversations come back.
+pub async fn measure_sync(opts: &SyncOpts) -> Result<SyncReport> {
+    let token = Authenticator::new(&opts.secret)
+        .mint(&opts.reader, 3600)
+        .map_err(|e| anyhow!("mint a token for {}: {e}", opts.reader))?;
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .context("the token as metadata")?;
+    let channel = Channel::from_shared(format!("http://{}", opts.gateway))
+        .context("gateway uri")?
+        .connect()
+        .await
+        .with_context(|| format!("connect to the gateway at {}", opts.gateway))?;
+    let client = ChatClient::new(channel);
+    let sync = |cursor: String| {
+        let (mut client, bearer) = (client.clone(), bearer.clone());
+        async move {
+            let mut req = tonic::Request::new(SyncRequest {
+                cursor,
+                limit: SYNC_PAGE,
+            });
+            req.metadata_mut().insert("authorization", bearer);
+            client.sync(req).await.map(|r| r.into_inner())
+        }
+    };
+    // Every page of a sync from `cursor`: the ids reported, the pages, and
+    // the cursor after it.
+    let full = |cursor: String| {
+        let sync = &sync;
+        async move {
+            let (mut ids, mut pages, mut cursor) = (Vec::new(), 0u64, cursor);
+            loop {
+                let page = sync(cursor).await?;
+                pages += 1;
+                ids.extend(page.conversations.into_iter().map(|c| c.id));
+                cursor = page.cursor;
+                if !page.has_more {
+                    return Ok::<_, tonic::Status>((ids, pages, cursor));
+                }
+            }
+        }
+    };
+    let (all, _, cursor) = full(String::new()).await.context("the first sync")?;
+    let changed: Vec<String> = all.into_iter().take(opts.changes as usize).collect();
+    ensure!(!changed.is_empty(), "the reader has no conversations");
+    // One message in each, 16 at a time.
+    let mut sends = futures::stream::iter(changed.iter().enumerate().map(|(i, id)| {
+        let (mut client, bearer) = (client.clone(), bearer.clone());
+        async move {
+            let mut req = tonic::Request::new(SendMessageRequest {
+                conversation_id: id.clone(),
+                client_msg_id: format!("sync-bench-{i}"),
+                body: "changed".into(),
+            });
+            req.metadata_mut().insert("authorization", bearer);
+            client.send_message(req).await
+        }
+    }))
+    .buffer_unordered(16);
+    while let Some(sent) = sends.next().await {
+        sent.context("a change before the measured syncs")?;
+    }
+    let mut expected = changed.clone();
+    expected.sort();
+    let mut latency = Recorder::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let mut pages = 0;
+    let mut started = Instant::now();
+    for i in 0..WARMUP + opts.requests {
+        if i == WARMUP {
+            started = Instant::now();
+        }
+        let at = Instant::now();
+        let got = full(cursor.clone()).await;
+        let took = at.elapsed();
+        let error = match got {
+            Err(status) => Some(format!("{:?}", status.code())),
+            Ok((ids, n, _)) => {
+                pages = n;
+                if i >= WARMUP {
+                    latency.record(took);
+                }
+                (ids != expected).then(|| "wrong_changes".to_string())
+            }
+        };
+        if let (Some(e), true) = (error, i >= WARMUP) {
+            *errors.entry(e).or_insert(0) += 1;
+        }
+    }
+    Ok(SyncReport {
+        changes: changed.len() as u64,
+        pages,
+        requests: opts.requests,
         per_sec: per_sec(opts.requests, started.elapsed()),
         latency: latency.summary(),
         errors,

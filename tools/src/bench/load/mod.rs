@@ -85,6 +85,10 @@ pub struct LoadOpts {
     pub confab: bool,
     /// Processes whose CPU and memory are reported (label, pid).
     pub watch: Vec<(String, u32)>,
+    /// Which share of the clients (0..=1) send a `read` frame for every
+    /// message delivered to them, as a client showing each message at once
+    /// does (over `Connect` only).
+    pub read_share: f64,
 }
 
 impl LoadOpts {
@@ -110,6 +114,7 @@ impl LoadOpts {
             drain: Duration::from_secs(15),
             confab: true,
             watch: Vec::new(),
+            read_share: 0.0,
         }
     }
 }
@@ -164,6 +169,12 @@ pub struct LoadReport {
     pub total_acked: u64,
     pub total_expected_deliveries: u64,
     pub total_delivered: u64,
+    /// `read` frames the reading clients sent (see [`LoadOpts::read_share`])
+    /// and those answered with a read state, whole run.
+    #[serde(default)]
+    pub reads_sent: u64,
+    #[serde(default)]
+    pub reads_answered: u64,
     /// CPU and memory of the watched processes and of this client, over
     /// the window.
     pub processes: Vec<ProcStats>,
@@ -229,11 +240,14 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
             let (i, tx, inbound) = o?;
             by_index[i] = Some((tx, inbound));
         }
+        let reading = (clients.len() as f64 * opts.read_share.clamp(0.0, 1.0)).ceil() as usize;
         for (i, s) in by_index.into_iter().enumerate() {
             let (tx, inbound) = s.context("every stream opened")?;
+            let reads = (i < reading).then(|| tx.clone());
             streams.push(Some(tx));
             readers.push(tokio::spawn(read_stream(
                 inbound,
+                reads,
                 clock.clone(),
                 counters.clone(),
                 member_count.clone(),
@@ -373,6 +387,8 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
         total_acked: c.total_acked.load(Ordering::Relaxed),
         total_expected_deliveries: total_expected,
         total_delivered,
+        reads_sent: c.reads_sent.load(Ordering::Relaxed),
+        reads_answered: c.reads_answered.load(Ordering::Relaxed),
         processes,
     })
 }

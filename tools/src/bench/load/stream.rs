@@ -40,10 +40,12 @@ pub(super) async fn open_stream(
 }
 
 /// Reads one client's stream until it ends or is aborted: acks (over
-/// Connect) and deliveries.
+/// Connect) and deliveries; with `reads`, answers every delivery with a
+/// `read` frame of its seq on that stream.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_stream(
     mut inbound: Streaming<ServerFrame>,
+    reads: Option<mpsc::Sender<ClientFrame>>,
     clock: Arc<Clock>,
     counters: Arc<Counters>,
     members: Arc<HashMap<Arc<str>, u64>>,
@@ -79,6 +81,16 @@ pub(super) async fn read_stream(
                 acked(&counters, &clock, &members, &a.conversation_id, due, &acks);
             }
             server_frame::Frame::Message(m) => {
+                if let Some(reads) = &reads {
+                    let read = client_frame::Frame::Read(MarkReadRequest {
+                        conversation_id: m.conversation_id.clone(),
+                        seq: m.seq,
+                        private: false,
+                    });
+                    if reads.send(ClientFrame { frame: Some(read) }).await.is_ok() {
+                        counters.reads_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 let Some(due) = due_of(&m.client_msg_id) else {
                     continue;
                 };
@@ -98,11 +110,15 @@ pub(super) async fn read_stream(
                     counters.error(format!("caughtUp {}", code_name(Code::from(e.code))));
                 }
             }
-            // The load sends no reads or syncs; receipts are not what it
-            // measures.
+            server_frame::Frame::Read(r) => match r.error {
+                Some(e) => counters.error(format!("read {}", code_name(Code::from(e.code)))),
+                None => {
+                    counters.reads_answered.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+            // The load sends no syncs; receipts are not what it measures.
             server_frame::Frame::Pong(_)
             | server_frame::Frame::Receipt(_)
-            | server_frame::Frame::Read(_)
             | server_frame::Frame::Typing(_)
             | server_frame::Frame::Sync(_) => {}
         }

@@ -21,6 +21,9 @@ pub(super) struct Counters {
     pub(super) total_failed: AtomicU64,
     pub(super) total_expected: AtomicU64,
     pub(super) total_delivered: AtomicU64,
+    /// `read` frames sent, and answered without an error (whole run).
+    pub(super) reads_sent: AtomicU64,
+    pub(super) reads_answered: AtomicU64,
     pub(super) errors: Mutex<BTreeMap<String, u64>>,
 }
 

@@ -29,7 +29,7 @@ use targets::targets;
 
 use super::baselines::{self, InsertOpts, InsertReport, KafkaOpts, KafkaReport};
 use super::idle::{self, IdleOpts, IdleReport};
-use super::inbox::{self, InboxOpts, InboxReport};
+use super::inbox::{self, InboxOpts, InboxReport, SyncOpts, SyncReport};
 use super::ingest::{self, IngestOpts, IngestReport};
 use super::load::{self, LoadOpts, LoadReport, Via};
 use super::reads::{self, GenerateOpts, GenerateReport, ReadOpts, ReadReport};
@@ -193,6 +193,9 @@ pub struct SuiteReport {
     pub inbox_behind: Option<InboxReport>,
     /// The same with each conversation 10 messages behind.
     pub inbox_near: Option<InboxReport>,
+    /// `Sync` from a cursor 1,000 changes behind (one message in each of
+    /// 1,000 conversations), every page.
+    pub sync_after_changes: Option<SyncReport>,
     /// The distributed stack.
     pub distributed: Vec<LoadReport>,
     pub gateway_idle: Option<IdleReport>,
@@ -226,18 +229,24 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     if opts.runs(Section::Embedded) {
         step("embedded mode (confab dev)");
         let dir = tempfile::tempdir().context("data directory")?;
-        let dev = DevProcess::start(dir.path(), free_port())?;
-        for (label, via, rate) in [
-            ("embedded unary max", Via::Unary, None),
-            ("embedded connect max", Via::Connect, None),
+        // Reads are limited per user like sends; the run where clients
+        // read every message measures reads, not their limit.
+        let reads = [("CONFAB_RATE_READS_PER_SEC", "1000000")];
+        let dev = DevProcess::start_with(dir.path(), free_port(), &reads, None)?;
+        for (label, via, rate, read_share) in [
+            ("embedded unary max", Via::Unary, None, 0.0),
+            ("embedded connect max", Via::Connect, None, 0.0),
             (
                 "embedded connect fixed rate",
                 Via::Connect,
                 Some(opts.latency_rate),
+                0.0,
             ),
+            ("embedded connect max, 10% reading", Via::Connect, None, 0.1),
         ] {
             let mut o = opts.load(label, dev.addr, via, rate);
             o.watch = vec![("confab dev".into(), dev.pid())];
+            o.read_share = read_share;
             report.embedded.push(show(load::run(&o).await?));
         }
     }
@@ -405,6 +414,17 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
                 Some(_) => report.inbox_near = Some(r),
             }
         }
+        step("Sync through the gateway from a cursor 1,000 changes behind");
+        let r = inbox::measure_sync(&SyncOpts {
+            gateway,
+            secret: SECRET.into(),
+            reader: reader.clone(),
+            changes: 1_000,
+            requests: opts.history_requests.min(500),
+        })
+        .await?;
+        eprintln!("{r:?}");
+        report.sync_after_changes = Some(r);
     }
 
     if opts.runs(Section::Distributed) {

@@ -98,6 +98,16 @@ pub fn table(r: &SuiteReport) -> String {
             i.latency.brief()
         ));
     }
+    if let Some(sync) = &r.sync_after_changes {
+        s.push_str(&format!(
+            "Sync from a cursor {} changes behind ({} page(s)): {} syncs: {:.0}/s, {}\n",
+            sync.changes,
+            sync.pages,
+            sync.requests,
+            sync.per_sec,
+            sync.latency.brief()
+        ));
+    }
     for (name, idle) in [("embedded", &r.embedded_idle), ("gateway", &r.gateway_idle)] {
         if let Some(i) = idle {
             s.push_str(&format!(

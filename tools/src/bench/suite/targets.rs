@@ -37,6 +37,24 @@ pub(super) fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
             met: ratio >= 0.5,
         });
     }
+    if let (Some(plain), Some(reading)) = (
+        find(&r.embedded, "embedded connect max"),
+        find(&r.embedded, "embedded connect max, 10% reading"),
+    ) {
+        let ratio = reading.acked_per_sec / plain.acked_per_sec.max(1e-9);
+        t.push(Target {
+            name: "sends with 10% of sessions reading".into(),
+            goal: "10% of sessions send a read for every message they get: throughput within 15% of the run without".into(),
+            measured: format!(
+                "{:.0}/s with {} reads answered, {:.0}/s without: {:.0}%",
+                reading.acked_per_sec,
+                reading.reads_answered,
+                plain.acked_per_sec,
+                ratio * 100.0
+            ),
+            met: ratio >= 0.85 && reading.reads_answered > 0,
+        });
+    }
     let best = r
         .distributed
         .iter()
@@ -130,6 +148,24 @@ pub(super) fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
                 && table.conversations >= 1_000
                 && behind.errors.is_empty()
                 && near.errors.is_empty(),
+        });
+    }
+    if let (Some(sync), Some(table)) = (&r.sync_after_changes, &r.history_table) {
+        let p99 = sync.latency.p99_us as f64 / 1000.0;
+        t.push(Target {
+            name: "Sync".into(),
+            goal: "from a cursor 1,000 changes behind, spread over 1,000 conversations: p99 <= 20 ms".into(),
+            measured: format!(
+                "p99 {p99:.2} ms (p50 {:.2} ms) for {} changed conversations in {} page(s), on {} rows",
+                sync.latency.p50_us as f64 / 1000.0,
+                sync.changes,
+                sync.pages,
+                table.rows
+            ),
+            met: p99 <= 20.0
+                && sync.changes >= 1_000
+                && table.rows >= 10_000_000
+                && sync.errors.is_empty(),
         });
     }
     if let (Some(ingest), Some(inserts)) = (&r.ingest, &r.inserts) {
