@@ -82,7 +82,7 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
 
     let echo = report.echo.as_ref().expect("echo measured");
     complete(echo, false);
-    assert_eq!(report.embedded.len(), 4);
+    assert_eq!(report.embedded.len(), 5);
     assert_eq!(report.distributed.len(), 3);
     for r in report.embedded.iter().chain(&report.distributed) {
         complete(r, true);
@@ -98,6 +98,16 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         "reads: {} sent, {} answered",
         reading.reads_sent,
         reading.reads_answered
+    );
+    let flood = report
+        .embedded
+        .iter()
+        .find(|r| r.label == "embedded connect fixed rate, one user flooding typing")
+        .expect("the run with a typing flood");
+    assert!(
+        flood.typing_frames > 100,
+        "a flood: {}",
+        flood.typing_frames
     );
     for idle in [&report.embedded_idle, &report.gateway_idle] {
         let idle = idle.as_ref().expect("idle streams measured");
@@ -155,6 +165,7 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
     for want in [
         "embedded sends vs the gRPC ceiling",
         "sends with 10% of sessions reading",
+        "messages during a typing flood",
         "distributed throughput",
         "distributed latency",
         "idle Connect streams (embedded)",

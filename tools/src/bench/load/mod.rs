@@ -89,6 +89,11 @@ pub struct LoadOpts {
     /// message delivered to them, as a client showing each message at once
     /// does (over `Connect` only).
     pub read_share: f64,
+    /// Clients that also send `typing` frames as fast as their stream takes
+    /// them, from the start to the end of the run (over `Connect` only):
+    /// each frame is validated and all but 4 relays a second are dropped
+    /// by the gateway, so this measures what a flood costs the others.
+    pub typing_flooders: usize,
 }
 
 impl LoadOpts {
@@ -115,8 +120,23 @@ impl LoadOpts {
             confab: true,
             watch: Vec::new(),
             read_share: 0.0,
+            typing_flooders: 0,
         }
     }
+}
+
+/// The streams and conversations of the first `n` clients with both.
+fn clients_flooding(
+    streams: &[Option<mpsc::Sender<ClientFrame>>],
+    convs: &[Option<Arc<str>>],
+    n: usize,
+) -> Vec<(mpsc::Sender<ClientFrame>, Arc<str>)> {
+    streams
+        .iter()
+        .zip(convs)
+        .filter_map(|(s, c)| Some((s.clone()?, c.clone()?)))
+        .take(n)
+        .collect()
 }
 
 fn unique() -> u64 {
@@ -175,6 +195,10 @@ pub struct LoadReport {
     pub reads_sent: u64,
     #[serde(default)]
     pub reads_answered: u64,
+    /// `typing` frames the flooding clients sent (see
+    /// [`LoadOpts::typing_flooders`]).
+    #[serde(default)]
+    pub typing_frames: u64,
     /// CPU and memory of the watched processes and of this client, over
     /// the window.
     pub processes: Vec<ProcStats>,
@@ -201,7 +225,9 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
     let mut clients = clients::connect(opts).await?;
     let (member_count, direct) = clients::create_conversations(opts, &mut clients, groups).await?;
     let member_count = Arc::new(member_count);
-    let senders = clients.iter().filter(|c| !c.convs.is_empty()).count();
+    // Typing flooders send no messages: what is measured is the others'.
+    let sends = |c: &clients::Client| !c.convs.is_empty() && c.index >= opts.typing_flooders;
+    let senders = clients.iter().filter(|c| sends(c)).count();
 
     let counters = Arc::new(Counters::default());
     let setup_done = Instant::now();
@@ -261,6 +287,9 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
         streams.resize_with(clients.len(), || None);
     }
 
+    // The conversation each client floods with typing frames, if it does.
+    let flood_convs: Vec<Option<Arc<str>>> =
+        clients.iter().map(|c| c.convs.first().cloned()).collect();
     // Send.
     let body: Arc<str> = "x".repeat(opts.body_bytes).into();
     let period = opts
@@ -268,11 +297,7 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
         .filter(|r| *r > 0.0)
         .map(|r| Duration::from_secs_f64(senders as f64 / r));
     let mut sending = Vec::new();
-    for (pos, c) in clients
-        .into_iter()
-        .filter(|c| !c.convs.is_empty())
-        .enumerate()
-    {
+    for (pos, c) in clients.into_iter().filter(|c| sends(c)).enumerate() {
         // Spread the clients' first sends over one period.
         let first = start
             + period
@@ -298,6 +323,10 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
         )));
     }
 
+    let flooding: Vec<_> = clients_flooding(&streams, &flood_convs, opts.typing_flooders)
+        .into_iter()
+        .map(|(tx, conv)| tokio::spawn(stream::flood_typing(tx, conv, end)))
+        .collect();
     tokio::time::sleep_until(window_start.into()).await;
     let mut marks: Vec<(String, CpuMark)> = opts
         .watch
@@ -309,6 +338,10 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
     let processes: Vec<ProcStats> = marks.iter().map(|(l, m)| m.stats(l)).collect();
     for s in sending {
         s.await.context("sender task")?;
+    }
+    let mut typing_frames = 0;
+    for f in flooding {
+        typing_frames += f.await.context("typing flood task")?;
     }
 
     // Drain: every send answered and every due delivery made, or time out.
@@ -389,6 +422,7 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
         total_delivered,
         reads_sent: c.reads_sent.load(Ordering::Relaxed),
         reads_answered: c.reads_answered.load(Ordering::Relaxed),
+        typing_frames,
         processes,
     })
 }

@@ -124,3 +124,26 @@ pub(super) async fn read_stream(
         }
     }
 }
+
+/// Sends `typing` frames in `conv` on `tx`, started and stopped in turn, as
+/// fast as the stream takes them, until `end`; how many it sent.
+pub(super) async fn flood_typing(
+    tx: mpsc::Sender<ClientFrame>,
+    conv: Arc<str>,
+    end: std::time::Instant,
+) -> u64 {
+    let end = tokio::time::Instant::from_std(end);
+    let mut sent = 0u64;
+    while tokio::time::Instant::now() < end {
+        let frame = client_frame::Frame::Typing(TypingFrame {
+            conversation_id: conv.to_string(),
+            active: sent.is_multiple_of(2),
+        });
+        let send = tx.send(ClientFrame { frame: Some(frame) });
+        match tokio::time::timeout_at(end, send).await {
+            Ok(Ok(())) => sent += 1,
+            _ => break,
+        }
+    }
+    sent
+}

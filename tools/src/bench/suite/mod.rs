@@ -233,20 +233,31 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
         // read every message measures reads, not their limit.
         let reads = [("CONFAB_RATE_READS_PER_SEC", "1000000")];
         let dev = DevProcess::start_with(dir.path(), free_port(), &reads, None)?;
-        for (label, via, rate, read_share) in [
-            ("embedded unary max", Via::Unary, None, 0.0),
-            ("embedded connect max", Via::Connect, None, 0.0),
+        let fixed = Some(opts.latency_rate);
+        // (label, via, rate, share of clients reading, typing flooders)
+        for (label, via, rate, read_share, flooders) in [
+            ("embedded unary max", Via::Unary, None, 0.0, 0),
+            ("embedded connect max", Via::Connect, None, 0.0, 0),
+            ("embedded connect fixed rate", Via::Connect, fixed, 0.0, 0),
             (
-                "embedded connect fixed rate",
+                "embedded connect max, 10% reading",
                 Via::Connect,
-                Some(opts.latency_rate),
-                0.0,
+                None,
+                0.1,
+                0,
             ),
-            ("embedded connect max, 10% reading", Via::Connect, None, 0.1),
+            (
+                "embedded connect fixed rate, one user flooding typing",
+                Via::Connect,
+                fixed,
+                0.0,
+                1,
+            ),
         ] {
             let mut o = opts.load(label, dev.addr, via, rate);
             o.watch = vec![("confab dev".into(), dev.pid())];
             o.read_share = read_share;
+            o.typing_flooders = flooders;
             report.embedded.push(show(load::run(&o).await?));
         }
     }

@@ -55,6 +55,27 @@ pub(super) fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
             met: ratio >= 0.85 && reading.reads_answered > 0,
         });
     }
+    if let (Some(plain), Some(flood)) = (
+        find(&r.embedded, "embedded connect fixed rate"),
+        find(
+            &r.embedded,
+            "embedded connect fixed rate, one user flooding typing",
+        ),
+    ) {
+        let p99 = |x: &LoadReport| x.delivery.p99_us as f64 / 1000.0;
+        t.push(Target {
+            name: "messages during a typing flood".into(),
+            goal: "one user sends typing frames as fast as its stream takes them: the others' delivery p99 within 25% (or 2 ms) of the run without".into(),
+            measured: format!(
+                "delivery p99 {:.2} ms with {} typing frames sent, {:.2} ms without",
+                p99(&flood),
+                flood.typing_frames,
+                p99(&plain)
+            ),
+            met: flood.typing_frames > 0
+                && p99(&flood) <= (p99(&plain) * 1.25).max(p99(&plain) + 2.0),
+        });
+    }
     let best = r
         .distributed
         .iter()

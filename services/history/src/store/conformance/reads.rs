@@ -33,7 +33,9 @@ async fn listed(store: &Arc<dyn Store>, user: &str, conv: &str) -> Option<Conver
 
 /// A read position moves forward only, never past the newest seq, and only
 /// for members; a move carries a receipt (marked private when asked), a
-/// read that moves nothing carries none.
+/// read of a lower seq carries none, and a read of the position it has
+/// carries its receipt again (a read replayed after a crash must still
+/// reach the members).
 pub async fn read_positions_move_forward_for_members_only(store: Arc<dyn Store>) {
     apply(&store, vec![create_group("g", "alice", &["alice", "bob"])]).await;
     super::sends(&store, "g", "alice", 4).await;
@@ -49,6 +51,7 @@ pub async fn read_positions_move_forward_for_members_only(store: Arc<dyn Store>)
             read("g", "bob", 6, false),
             read("g", "carol", 2, false),
             read("nope", "bob", 1, false),
+            read("g", "bob", 4, false),
         ],
     )
     .await;
@@ -76,9 +79,12 @@ pub async fn read_positions_move_forward_for_members_only(store: Arc<dyn Store>)
     assert_eq!(code_of(&out[3]), Code::InvalidArgument, "past the newest");
     assert_eq!(code_of(&out[4]), Code::PermissionDenied, "not a member");
     assert_eq!(code_of(&out[5]), Code::NotFound);
-    for o in &out[3..] {
+    for o in &out[3..6] {
         assert!(o.receipt.is_none() && o.events.is_empty(), "{o:?}");
     }
+    assert_eq!(state_of(&out[6]).read_seq, 4, "read again");
+    let again = out[6].receipt.clone().expect("the receipt again");
+    assert_eq!((again.read_seq, out[6].receipt_private), (4, false));
     let after = listed(&store, "bob", "g").await.expect("bob's");
     assert_eq!((after.read_seq, after.unread_count), (4, 1));
     let positions: Vec<(String, u64, u64)> = store

@@ -50,9 +50,15 @@ impl ReadFacts {
 /// What a read comes to, unless it is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Read {
-    /// The position does not move (the read asked for no more than it): the
+    /// The position does not move (the read asked for less than it): the
     /// answer is the position as it is.
     Unchanged(ReadState),
+    /// The read asked for the position it has: nothing moves, and its
+    /// receipt goes out again. That is what a read replayed after a crash
+    /// looks like (history committed it, then died before publishing the
+    /// outcome), so the members still hear of it; for a client repeating a
+    /// read, it repeats a receipt of a position the members have.
+    Again(ReadState),
     /// The store writes `to`; the answer is the position it leaves.
     Moved {
         /// The new position.
@@ -91,8 +97,11 @@ pub fn read(
         read_seq: p.read_seq,
         unread_count: facts.unread(p),
     };
-    if cmd.seq <= position.read_seq {
+    if cmd.seq < position.read_seq || cmd.seq == 0 {
         return Ok(Read::Unchanged(state(position)));
+    }
+    if cmd.seq == position.read_seq {
+        return Ok(Read::Again(state(position)));
     }
     let to = Position {
         read_seq: cmd.seq,
@@ -105,12 +114,12 @@ pub fn read(
 }
 
 /// The outcome of a decided read: the read state and, when the position
-/// moved, the receipt routers push to the members (only to the reader's own
-/// sessions when the read was private).
+/// moved (or a read of it is repeated), the receipt routers push to the
+/// members (only to the reader's own sessions when the read was private).
 pub fn read_outcome(rec: &IngressRecord, cmd: &ReadCommand, decided: Read) -> OutcomeRecord {
     let (state, moved) = match decided {
         Read::Unchanged(state) => (state, false),
-        Read::Moved { state, .. } => (state, true),
+        Read::Again(state) | Read::Moved { state, .. } => (state, true),
     };
     let receipt = moved.then(|| Receipt {
         conversation_id: rec.conversation_id.clone(),
