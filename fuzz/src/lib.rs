@@ -136,6 +136,34 @@ pub fn requests(data: &[u8]) {
         round_trip(&r);
         check_sync(&r);
     }
+    if let Ok(r) = GetPresenceRequest::decode(data) {
+        round_trip(&r);
+        check_presence(&r);
+    }
+}
+
+/// `GetPresence` asks about 1 to 100 distinct valid user ids; they come
+/// back once each, in the order asked.
+fn check_presence(r: &GetPresenceRequest) {
+    let mut distinct: Vec<&String> = Vec::new();
+    for id in &r.user_ids {
+        if !distinct.contains(&id) {
+            distinct.push(id);
+        }
+    }
+    let ok = !r.user_ids.is_empty()
+        && r.user_ids.iter().all(|u| user_id_ok(u))
+        && distinct.len() <= validate::MAX_PRESENCE_USERS;
+    match validate::presence_ids(&r.user_ids) {
+        Ok(ids) => {
+            assert!(ok, "accepted a bad GetPresence");
+            assert_eq!(ids.iter().collect::<Vec<_>>(), distinct);
+        }
+        Err(e) => {
+            assert!(!ok, "refused a good GetPresence: {e:?}");
+            invalid(&e);
+        }
+    }
 }
 
 /// What history checks of a `Sync` before reading: the limit is a page

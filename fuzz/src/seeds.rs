@@ -124,6 +124,13 @@ pub fn requests() -> Vec<Seed> {
             .encode_to_vec(),
         ),
         (
+            "presence",
+            GetPresenceRequest {
+                user_ids: strings(&["bob", "carol", "bob"]),
+            }
+            .encode_to_vec(),
+        ),
+        (
             "sync-first",
             SyncRequest {
                 cursor: String::new(),

@@ -217,6 +217,15 @@ impl User {
         .await
     }
 
+    /// The presence of `users`.
+    pub async fn get_presence(&self, users: &[&str]) -> Result<GetPresenceResponse, Status> {
+        let req = GetPresenceRequest {
+            user_ids: users.iter().map(|u| u.to_string()).collect(),
+        };
+        self.unary(req, |mut c, r| async move { c.get_presence(r).await })
+            .await
+    }
+
     /// One `Sync` page from `cursor`.
     pub async fn sync(&self, cursor: &str, limit: u32) -> Result<SyncResponse, Status> {
         let req = SyncRequest {
@@ -382,6 +391,17 @@ impl Session {
                     return (pages, c)
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// The next `presence` frame (messages and other frames are skipped).
+    pub async fn next_presence(&mut self) -> Presence {
+        loop {
+            if let server_frame::Frame::Presence(p) =
+                self.next_frame().await.expect("a presence frame")
+            {
+                return p;
             }
         }
     }

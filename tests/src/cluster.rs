@@ -173,6 +173,7 @@ impl Cluster {
             (vars::DATABASE_URL, &database_url),
             (vars::DATABASE_POOL, "4"),
             (vars::SERVICE_TOKEN, crate::topology::SERVICE_TOKEN),
+            (vars::PRESENCE_GRACE_MS, crate::PRESENCE_GRACE_MS),
         ]);
         let kafka = KafkaConfig::from_env(&env).expect("the broker's configuration");
         let histories = Node::spawn_consumers(

@@ -66,6 +66,11 @@ pub const GENEROUS_LIMITS: &[(&str, &str)] = &[
     ("CONFAB_RATE_CONVERSATIONS_PER_MIN", "1000000"),
 ];
 
+/// The presence grace period of the test topologies (`CONFAB_PRESENCE_GRACE_MS`):
+/// short, so a test sees a user go offline soon, and long enough that a
+/// reconnect right away is within it on a loaded machine.
+pub const PRESENCE_GRACE_MS: &str = "2000";
+
 /// Gateway settings for test topologies: defaults, with `GENEROUS_LIMITS`.
 pub fn test_gateway_config() -> confab_gateway::GatewayConfig {
     let env: HashMap<String, String> = GENEROUS_LIMITS
@@ -83,6 +88,7 @@ pub fn test_config(data_dir: &Path, overrides: &[(&str, &str)]) -> DevConfig {
     }
     env.insert("CONFAB_JWT_SECRET".into(), SECRET.into());
     env.insert("CONFAB_DATA_DIR".into(), data_dir.display().to_string());
+    env.insert("CONFAB_PRESENCE_GRACE_MS".into(), PRESENCE_GRACE_MS.into());
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }

@@ -82,3 +82,8 @@ async fn typing_reaches_the_other_members_and_ends_by_itself() {
 async fn a_cursor_returns_exactly_what_changed_and_the_frame_goes_live() {
     suite::sync::a_cursor_returns_exactly_what_changed_and_the_frame_goes_live(Kind::Cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_partners_see_presence_without_flapping() {
+    suite::presence::direct_partners_see_presence_without_flapping(Kind::Cluster).await;
+}

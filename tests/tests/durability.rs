@@ -1,6 +1,7 @@
 //! Promise 1 in embedded mode: every acknowledged message survives `kill -9`
 //! of the real `confab dev` process and a restart on the same data; so do
-//! read positions that were returned, and sync cursors taken before.
+//! read positions that were returned, sync cursors taken before, and when
+//! a user was last seen.
 
 use confab_tests::*;
 
@@ -8,7 +9,8 @@ use confab_tests::*;
 async fn acknowledged_messages_survive_kill_9_and_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let mut server = DevProcess::start(dir.path(), port).expect("start");
+    let grace = [("CONFAB_PRESENCE_GRACE_MS", "100")];
+    let mut server = DevProcess::start_with(dir.path(), port, &grace, None).expect("start");
     let alice = User::connect(server.addr, "alice").await;
     let conv = alice.group("durable", &["bob"]).await;
     let quiet = alice.group("quiet", &["bob"]).await;
@@ -16,6 +18,9 @@ async fn acknowledged_messages_survive_kill_9_and_restart() {
     let mut copy = SyncCopy::default();
     bob.sync_into(&mut copy).await.expect("first sync");
     assert_eq!(copy.conversations.len(), 2);
+    // Bob comes and goes: alice sees when he was last seen.
+    drop(bob.live().await);
+    let bob_last_seen = last_seen(&alice, "bob").await;
     // Senders run until the process dies under them; whatever was acked counts.
     let writers = Writers::start(&alice, &conv.id, 4);
     // Kill once a good number of messages is committed.
@@ -57,4 +62,25 @@ async fn acknowledged_messages_survive_kill_9_and_restart() {
     assert_eq!(copy.conversations[&quiet.id].last_seq, 1);
     let again = bob.sync_into(&mut copy).await.expect("sync again");
     assert_eq!(again, Synced::default());
+    // When bob was last seen survived too.
+    assert_eq!(last_seen(&alice, "bob").await, bob_last_seen);
+}
+
+/// When `user` was last seen, as `asker` gets it once `user` is offline.
+async fn last_seen(asker: &User, user: &str) -> confab_proto::prost_types::Timestamp {
+    poll(
+        &format!("{user} offline"),
+        DEADLINE,
+        std::time::Duration::from_millis(20),
+        || async move {
+            let asked = asker.get_presence(&[user]).await?;
+            Ok(asked
+                .presences
+                .into_iter()
+                .find(|p| p.user_id == user && !p.online)
+                .and_then(|p| p.last_seen))
+        },
+    )
+    .await
+    .expect("offline, with a last seen time")
 }

@@ -974,6 +974,32 @@ impl confab_history::Store for Overlap {
         self.inner.change_counters().await
     }
 
+    async fn direct_partners(&self, user: &str) -> Result<Vec<String>, confab_history::StoreError> {
+        self.inner.direct_partners(user).await
+    }
+
+    async fn shared_with(
+        &self,
+        caller: &str,
+        users: &[&str],
+    ) -> Result<Vec<String>, confab_history::StoreError> {
+        self.inner.shared_with(caller, users).await
+    }
+
+    async fn presence(
+        &self,
+        users: &[&str],
+    ) -> Result<Vec<confab_history::store::rows::PresenceRow>, confab_history::StoreError> {
+        self.inner.presence(users).await
+    }
+
+    async fn record_presence(
+        &self,
+        updates: &[confab_proto::internal::v1::PresenceUpdate],
+    ) -> Result<(), confab_history::StoreError> {
+        self.inner.record_presence(updates).await
+    }
+
     async fn departed(
         &self,
         user: &str,

@@ -43,6 +43,9 @@ pub struct DevConfig {
     /// dependency checks, served at `/readyz`. Each configuration read has
     /// its own, so processes sharing a test process do not share it.
     pub readiness: Readiness,
+    /// How long a user whose last session ended still counts as online
+    /// (`CONFAB_PRESENCE_GRACE_MS`).
+    pub presence_grace: Duration,
 }
 
 impl DevConfig {
@@ -76,6 +79,7 @@ impl DevConfig {
             )?,
             metrics_listen: confab_runtime::endpoints::listen_from_env(env),
             transport,
+            presence_grace: confab_core::presence::grace_from_env(env)?,
         };
         config.check()?;
         Ok(config)
@@ -147,6 +151,13 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
     let hub = Hub::new("embedded");
     let sequencers = confab_history::ingest::spawn(store, ingress_partitions, Arc::new(outcomes));
     let routers = confab_router::spawn(outcome_partitions, history.clone(), hub.clone());
+    // Presence: this gateway is the only one, so its sessions are all.
+    let presence = tokio::spawn(confab_core::presence::run(
+        hub.presence_changes(),
+        history.clone(),
+        hub.clone(),
+        config.presence_grace,
+    ));
     let service = ChatService::new(
         config.gateway.clone(),
         config.authenticator().map_err(anyhow::Error::msg)?,
@@ -170,6 +181,7 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
             "shutdown grace period over; exiting with work in flight"
         );
     }
+    presence.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,11 +3,13 @@
 //! configuration from the environment ([`config`]), the names of the
 //! metrics ([`metrics`]), every `CONFAB_*` variable ([`vars`]), and the traits at the seams between gateway,
 //! router and history ([`seams`]), which embedded and distributed mode each
-//! implement, and the opaque `Sync` cursors ([`sync_cursor`]).
+//! implement, the opaque `Sync` cursors ([`sync_cursor`]) and presence
+//! ([`presence`]).
 
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod presence;
 pub mod seams;
 pub mod sync_cursor;
 pub mod validate;

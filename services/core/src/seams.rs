@@ -4,10 +4,11 @@
 
 use crate::error::ChatError;
 use async_trait::async_trait;
-use confab_proto::internal::v1::OutcomeRecord;
+use confab_proto::internal::v1::{OutcomeRecord, PresenceUpdate};
 use confab_proto::v1::{
-    Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
-    ListConversationsResponse, Message, Receipt, SyncRequest, SyncResponse, Typing,
+    Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest, GetPresenceResponse,
+    ListConversationsRequest, ListConversationsResponse, Message, Receipt, SyncRequest,
+    SyncResponse, Typing,
 };
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -47,6 +48,17 @@ pub trait HistoryApi: Send + Sync + 'static {
     ) -> Result<Conversation, ChatError>;
     /// What changed for `caller` since the request's cursor.
     async fn sync(&self, caller: &str, req: SyncRequest) -> Result<SyncResponse, ChatError>;
+    /// The presence of users that share a conversation with `caller`
+    /// (PERMISSION_DENIED for the first that does not).
+    async fn get_presence(
+        &self,
+        caller: &str,
+        req: GetPresenceRequest,
+    ) -> Result<GetPresenceResponse, ChatError>;
+    /// The members other than `user` of `user`'s DIRECT conversations.
+    async fn direct_partners(&self, user: &str) -> Result<Vec<String>, ChatError>;
+    /// Records who is online and who was last seen when.
+    async fn record_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), ChatError>;
 }
 
 /// A sequenced message on its way to sessions, with what travels along it.
@@ -85,6 +97,8 @@ pub enum Live {
     Receipt(Arc<Receipt>),
     /// A member typing, or stopping.
     Typing(Arc<Typing>),
+    /// A DIRECT partner came online or went offline.
+    Presence(Arc<confab_proto::v1::Presence>),
 }
 
 /// Where routers hand sequenced messages, receipts and outcomes.

@@ -127,6 +127,36 @@ pub fn user_ids<'a>(
     Ok(set)
 }
 
+/// Most users one `GetPresence` asks about.
+pub const MAX_PRESENCE_USERS: usize = 100;
+
+/// The users a `GetPresence` asks about, each once, in the order asked:
+/// 1 to [`MAX_PRESENCE_USERS`] valid user ids.
+pub fn presence_ids(ids: &[String]) -> Result<Vec<String>, ChatError> {
+    if ids.is_empty() {
+        return Err(ChatError::InvalidArgument(
+            "user_ids must list at least one user".into(),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for id in ids {
+        check_user_id(id).map_err(|s| {
+            ChatError::InvalidArgument(format!("user id {}: {}", shown(id), s.message()))
+        })?;
+        if seen.insert(id.as_str()) {
+            out.push(id.clone());
+        }
+    }
+    if out.len() > MAX_PRESENCE_USERS {
+        return Err(ChatError::InvalidArgument(format!(
+            "user_ids lists {} users; ask about at most {MAX_PRESENCE_USERS} at a time",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
 /// Characters of a refused value quoted back in an error message.
 const MAX_SHOWN: usize = 64;
 

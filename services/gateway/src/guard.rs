@@ -59,7 +59,7 @@ pub enum Admission {
 /// | `SendMessage` | a message (`CONFAB_RATE_MESSAGES_PER_SEC`, burst `CONFAB_RATE_MESSAGES_BURST`) |
 /// | `CreateConversation` | a conversation (`CONFAB_RATE_CONVERSATIONS_PER_MIN`) |
 /// | `MarkRead` | a read position (`CONFAB_RATE_READS_PER_SEC`, burst twice that) |
-/// | `AddMembers`, `RemoveMember`, `ListConversations`, `GetConversation`, `GetHistory`, `Sync` | nothing beyond a valid token |
+/// | `AddMembers`, `RemoveMember`, `ListConversations`, `GetConversation`, `GetHistory`, `Sync`, `GetPresence` | nothing beyond a valid token |
 pub const METHODS: &[(&str, Admission)] = &[
     ("/confab.v1.Chat/Connect", Admission::Stream),
     (
@@ -86,6 +86,7 @@ pub const METHODS: &[(&str, Admission)] = &[
         Admission::Charge(Cost::Free),
     ),
     ("/confab.v1.Chat/Sync", Admission::Charge(Cost::Free)),
+    ("/confab.v1.Chat/GetPresence", Admission::Charge(Cost::Free)),
 ];
 
 /// What a call to the gRPC `path` costs, or `None` for a path that is not a

@@ -5,9 +5,10 @@
 
 use async_trait::async_trait;
 use confab_core::metrics::{SESSIONS_OPEN, TYPING_RELAYS, USERS_ONLINE};
+use confab_core::presence::{PushPresence, Seen};
 use confab_core::seams::{Delivery, DeliverySink, Live};
 use confab_proto::internal::v1::{OutcomeRecord, RelayTyping};
-use confab_proto::v1::{Receipt, Typing};
+use confab_proto::v1::{Presence as PresenceFrame, Receipt, Typing};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -71,6 +72,9 @@ pub struct Hub {
     /// Typing indicators on their way to the router that carries each one
     /// (see [`Hub::typing_router`]); dropped when no link is listening.
     typing_out: broadcast::Sender<Arc<RelayTyping>>,
+    /// Whether each user was last said to be online to sessions here:
+    /// every router sends each change, and only a change is passed on.
+    presence_sent: Mutex<HashMap<String, bool>>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -150,7 +154,51 @@ impl Hub {
             greeted: Mutex::new(std::collections::HashSet::new()),
             routing: tokio::sync::watch::channel(0).0,
             typing_out: broadcast::channel(TYPING_BUFFER).0,
+            presence_sent: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Every user's first session here and last one ending, in order, from
+    /// now on (the users with sessions now first): presence in embedded
+    /// mode, where this gateway is the only one (see
+    /// [`confab_core::presence::run`]).
+    pub fn presence_changes(self: &Arc<Self>) -> mpsc::UnboundedReceiver<Seen> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+            loop {
+                let (_, users, mut changes) = hub.presence();
+                // A fresh snapshot (at the start, or after falling behind):
+                // report the difference from what was reported.
+                let now: std::collections::HashSet<String> = users.into_iter().collect();
+                for gone in known.difference(&now) {
+                    let _ = tx.send(Seen::Left(gone.clone()));
+                }
+                for new in now.difference(&known) {
+                    let _ = tx.send(Seen::Arrived(new.clone()));
+                }
+                known = now;
+                loop {
+                    let seen = match changes.recv().await {
+                        Ok((_, Presence::Online(u))) => {
+                            known.insert(u.clone());
+                            Seen::Arrived(u)
+                        }
+                        Ok((_, Presence::Offline(u))) => {
+                            known.remove(&u);
+                            Seen::Left(u)
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    };
+                    if tx.send(seen).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
     }
 
     /// Relays `typing` to the sessions of `recipients`: through the router
@@ -376,6 +424,21 @@ impl Hub {
                 self.announce(Presence::Offline(user.clone()));
             }
         }
+    }
+}
+
+#[async_trait]
+impl PushPresence for Hub {
+    /// Passes a change on to the sessions of `recipients` here; the same
+    /// state again (another router's copy) is dropped.
+    async fn push_presence(&self, recipients: &[String], presence: PresenceFrame) {
+        {
+            let mut sent = self.presence_sent.lock().unwrap_or_else(|p| p.into_inner());
+            if sent.insert(presence.user_id.clone(), presence.online) == Some(presence.online) {
+                return;
+            }
+        }
+        self.push(recipients, Live::Presence(Arc::new(presence)));
     }
 }
 

@@ -401,6 +401,13 @@ async fn apply(hub: &Hub, router: &str, frame: RouterFrame) {
             Some(receipt) => hub.receipt(&r.recipient_ids, receipt).await,
             None => tracing::debug!("router sent a receipt frame without a receipt; ignoring it"),
         },
+        Some(router_frame::Frame::Presence(p)) => match p.presence {
+            Some(presence) => {
+                confab_core::presence::PushPresence::push_presence(hub, &p.recipient_ids, presence)
+                    .await
+            }
+            None => tracing::debug!("router sent a presence frame without a presence; ignoring it"),
+        },
         Some(router_frame::Frame::Complete(c)) => match c.outcome {
             Some(outcome) => hub.complete(outcome).await,
             None => tracing::debug!("router sent a completion without an outcome; ignoring it"),

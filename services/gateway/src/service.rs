@@ -368,6 +368,17 @@ impl Chat for ChatService {
         ))
     }
 
+    async fn get_presence(
+        &self,
+        mut req: Request<GetPresenceRequest>,
+    ) -> Result<Response<GetPresenceResponse>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        let r = req.into_inner();
+        // Checked here too, so a bad request never reaches history.
+        validate::presence_ids(&r.user_ids)?;
+        Ok(Response::new(self.history.get_presence(&user, r).await?))
+    }
+
     async fn sync(&self, mut req: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
         let user = Caller::take(&mut req)?.user;
         Ok(Response::new(

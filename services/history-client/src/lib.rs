@@ -16,11 +16,14 @@ use confab_layers::breaker::{
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::{
-    GetConversationRequest, ListForUserRequest, ReadHistoryRequest, SyncForUserRequest,
+    DirectPartnersRequest, DirectPartnersResponse, GetConversationRequest, ListForUserRequest,
+    PresenceForUserRequest, PresenceUpdate, ReadHistoryRequest, RecordPresenceRequest,
+    RecordPresenceResponse, SyncForUserRequest,
 };
 use confab_proto::v1::{
-    self as pb, Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
-    ListConversationsResponse, SyncRequest, SyncResponse,
+    self as pb, Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest,
+    GetPresenceResponse, ListConversationsRequest, ListConversationsResponse, SyncRequest,
+    SyncResponse,
 };
 use confab_runtime::transport::ClientTls;
 use std::error::Error as _;
@@ -213,6 +216,9 @@ history_rpcs! {
     ListForUserRequest => ListConversationsResponse, list_conversations;
     GetConversationRequest => Conversation, get_conversation;
     SyncForUserRequest => SyncResponse, sync;
+    PresenceForUserRequest => GetPresenceResponse, get_presence;
+    DirectPartnersRequest => DirectPartnersResponse, direct_partners;
+    RecordPresenceRequest => RecordPresenceResponse, record_presence;
 }
 
 impl<M: HistoryRpc> Service<Request<M>> for HistoryRpcs {
@@ -449,6 +455,30 @@ impl HistoryApi for RemoteHistory {
             request: Some(req),
         })
         .await
+    }
+
+    async fn get_presence(
+        &self,
+        caller: &str,
+        req: GetPresenceRequest,
+    ) -> Result<GetPresenceResponse, ChatError> {
+        self.call(PresenceForUserRequest {
+            caller_id: caller.to_string(),
+            request: Some(req),
+        })
+        .await
+    }
+
+    async fn direct_partners(&self, user: &str) -> Result<Vec<String>, ChatError> {
+        let msg = DirectPartnersRequest {
+            user_id: user.to_string(),
+        };
+        Ok(self.call(msg).await?.user_ids)
+    }
+
+    async fn record_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), ChatError> {
+        self.call(RecordPresenceRequest { updates }).await?;
+        Ok(())
     }
 }
 

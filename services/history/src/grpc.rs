@@ -7,9 +7,13 @@ use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
 use confab_proto::internal::v1::history_reader_server::{HistoryReader, HistoryReaderServer};
 use confab_proto::internal::v1::{
-    GetConversationRequest, ListForUserRequest, ReadHistoryRequest, SyncForUserRequest,
+    DirectPartnersRequest, DirectPartnersResponse, GetConversationRequest, ListForUserRequest,
+    PresenceForUserRequest, ReadHistoryRequest, RecordPresenceRequest, RecordPresenceResponse,
+    SyncForUserRequest,
 };
-use confab_proto::v1::{Conversation, GetHistoryResponse, ListConversationsResponse, SyncResponse};
+use confab_proto::v1::{
+    Conversation, GetHistoryResponse, GetPresenceResponse, ListConversationsResponse, SyncResponse,
+};
 use confab_runtime::server::Server;
 use confab_runtime::trace::{self, TraceParent};
 use std::sync::Arc;
@@ -100,6 +104,48 @@ impl HistoryReader for HistoryReaderService {
                 .await?
         };
         Ok(Response::new(conv))
+    }
+
+    async fn get_presence(
+        &self,
+        req: Request<PresenceForUserRequest>,
+    ) -> Result<Response<GetPresenceResponse>, Status> {
+        let span = read_span("GetPresence", req.metadata());
+        let r = req.into_inner();
+        let caller = required("caller_id", &r.caller_id)?;
+        Ok(Response::new(
+            self.reader
+                .get_presence(caller, r.request.unwrap_or_default())
+                .instrument(span)
+                .await?,
+        ))
+    }
+
+    async fn direct_partners(
+        &self,
+        req: Request<DirectPartnersRequest>,
+    ) -> Result<Response<DirectPartnersResponse>, Status> {
+        let span = read_span("DirectPartners", req.metadata());
+        let user = req.into_inner().user_id;
+        let user = required("user_id", &user)?;
+        let user_ids = self.reader.direct_partners(user).instrument(span).await?;
+        Ok(Response::new(DirectPartnersResponse { user_ids }))
+    }
+
+    async fn record_presence(
+        &self,
+        req: Request<RecordPresenceRequest>,
+    ) -> Result<Response<RecordPresenceResponse>, Status> {
+        let span = read_span("RecordPresence", req.metadata());
+        let updates = req.into_inner().updates;
+        if updates.iter().any(|u| u.user_id.is_empty()) {
+            return Err(ChatError::InvalidArgument("user_id is required".into()).into());
+        }
+        self.reader
+            .record_presence(updates)
+            .instrument(span)
+            .await?;
+        Ok(Response::new(RecordPresenceResponse {}))
     }
 
     async fn sync(

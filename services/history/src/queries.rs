@@ -8,10 +8,13 @@ use async_trait::async_trait;
 use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
 use confab_core::validate;
+use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::v1::{
-    Conversation, GetHistoryRequest, GetHistoryResponse, ListConversationsRequest,
-    ListConversationsResponse, MemberRead, SyncRequest, SyncResponse,
+    Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest, GetPresenceResponse,
+    ListConversationsRequest, ListConversationsResponse, MemberRead, Presence, SyncRequest,
+    SyncResponse,
 };
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Largest encoded page: below the 4 MiB that gRPC clients (grpcurl, tonic)
@@ -136,6 +139,61 @@ impl HistoryApi for LocalHistory {
 
     async fn sync(&self, caller: &str, req: SyncRequest) -> Result<SyncResponse, ChatError> {
         crate::sync::sync(self.store.as_ref(), caller, req).await
+    }
+
+    async fn get_presence(
+        &self,
+        caller: &str,
+        req: GetPresenceRequest,
+    ) -> Result<GetPresenceResponse, ChatError> {
+        let ids = validate::presence_ids(&req.user_ids)?;
+        let others: Vec<&str> = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|u| *u != caller)
+            .collect();
+        let shared: HashSet<String> = self
+            .store
+            .shared_with(caller, &others)
+            .await?
+            .into_iter()
+            .collect();
+        if let Some(stranger) = others.iter().find(|u| !shared.contains(**u)) {
+            return Err(ChatError::PermissionDenied(format!(
+                "you share no conversation with {stranger}: presence is only shown to users who share one"
+            )));
+        }
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let rows: HashMap<String, (i64, i64)> = self
+            .store
+            .presence(&all)
+            .await?
+            .into_iter()
+            .map(|(user, alive, seen)| (user, (alive, seen)))
+            .collect();
+        let now = confab_core::presence::now_ms();
+        let presences = ids
+            .into_iter()
+            .map(|user_id| {
+                let (alive_until, last_seen) = rows.get(&user_id).copied().unwrap_or_default();
+                let online = alive_until > now;
+                Presence {
+                    user_id,
+                    online,
+                    last_seen: (!online && last_seen > 0)
+                        .then(|| confab_core::presence::timestamp(last_seen)),
+                }
+            })
+            .collect();
+        Ok(GetPresenceResponse { presences })
+    }
+
+    async fn direct_partners(&self, user: &str) -> Result<Vec<String>, ChatError> {
+        Ok(self.store.direct_partners(user).await?)
+    }
+
+    async fn record_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), ChatError> {
+        Ok(self.store.record_presence(&updates).await?)
     }
 }
 

@@ -42,6 +42,9 @@ pub struct RouterConfig {
     pub readiness: Readiness,
     /// Which partitions its consumer owns (see [`GroupState::of`]).
     pub group: Arc<GroupState>,
+    /// How long a user whose last session ended still counts as online
+    /// (`CONFAB_PRESENCE_GRACE_MS`).
+    pub presence_grace: std::time::Duration,
 }
 
 impl ServiceConfig for RouterConfig {
@@ -64,6 +67,7 @@ impl ServiceConfig for RouterConfig {
             kafka,
             history,
             links: LinkConfig::default(),
+            presence_grace: confab_core::presence::grace_from_env(env)?,
             service_token,
             transport,
         })
@@ -96,6 +100,14 @@ pub async fn run(
     // the group first; the gateway links close after, so nothing it
     // routed is cut off on the way.
     let (close_links, links_stop) = confab_runtime::shutdown::channel();
+    // Presence: every user's first session on any gateway and last one
+    // ending, as the gateways announce them here. Ends with the links.
+    let presence = tokio::spawn(confab_core::presence::run(
+        links.presence_changes(),
+        history.clone(),
+        links.clone(),
+        config.presence_grace,
+    ));
     let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown));
     let serving = tokio::spawn(async move {
         crate::gateway_links::server(links, links_stop.clone())
@@ -108,6 +120,7 @@ pub async fn run(
     let _ = routing.await;
     close_links.fire();
     serving.await??;
+    presence.abort();
     Ok(())
 }
 

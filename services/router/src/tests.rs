@@ -272,6 +272,22 @@ impl HistoryApi for Flaky {
     ) -> Result<confab_proto::v1::SyncResponse, ChatError> {
         Err(ChatError::Internal("not used".into()))
     }
+    async fn get_presence(
+        &self,
+        _: &str,
+        _: confab_proto::v1::GetPresenceRequest,
+    ) -> Result<confab_proto::v1::GetPresenceResponse, ChatError> {
+        Err(ChatError::Internal("not used".into()))
+    }
+    async fn direct_partners(&self, _: &str) -> Result<Vec<String>, ChatError> {
+        Err(ChatError::Internal("not used".into()))
+    }
+    async fn record_presence(
+        &self,
+        _: Vec<confab_proto::internal::v1::PresenceUpdate>,
+    ) -> Result<(), ChatError> {
+        Err(ChatError::Internal("not used".into()))
+    }
     async fn conversation(&self, id: &str) -> Result<Conversation, ChatError> {
         use std::sync::atomic::Ordering::SeqCst;
         self.asked_in.lock().expect("lock").push(trace::current());

@@ -64,6 +64,7 @@ echo_chat! {
     fn mark_read(MarkReadRequest) -> ReadState;
     fn get_conversation(GetConversationRequest) -> Conversation;
     fn sync(SyncRequest) -> SyncResponse;
+    fn get_presence(GetPresenceRequest) -> GetPresenceResponse;
 }
 
 /// Serves the echo service on `listener` until the process ends.

@@ -175,6 +175,7 @@ impl Session {
                     // Not sequenced: passed on as it comes, never filled.
                     Some(Live::Receipt(r)) => state.send(server_frame::Frame::Receipt((*r).clone())).await,
                     Some(Live::Typing(t)) => state.send(server_frame::Frame::Typing((*t).clone())).await,
+                    Some(Live::Presence(p)) => state.send(server_frame::Frame::Presence((*p).clone())).await,
                     // The hub dropped us (too slow); the kill status is on its way.
                     None => return,
                 },

@@ -14,7 +14,7 @@ pub mod conformance;
 use async_trait::async_trait;
 use confab_core::error::ChatError;
 use confab_core::validate::{Page, PageCursor};
-use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_proto::internal::v1::{IngressRecord, OutcomeRecord, PresenceUpdate};
 use confab_proto::v1::{Conversation, Message};
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -126,6 +126,16 @@ pub trait Store: Send + Sync + 'static {
     /// Every member of conversation `id` with its read position and unread
     /// count, by user id (none when there is no such conversation).
     async fn member_reads(&self, id: &str) -> Result<Vec<rows::MemberReads>, StoreError>;
+    /// The members other than `user` of `user`'s DIRECT conversations
+    /// (see [`rows::DIRECT_PARTNERS`]).
+    async fn direct_partners(&self, user: &str) -> Result<Vec<String>, StoreError>;
+    /// Which of `users` share a conversation with `caller`.
+    async fn shared_with(&self, caller: &str, users: &[&str]) -> Result<Vec<String>, StoreError>;
+    /// The presence rows of `users` that have one (see
+    /// [`rows::presence_sql`]).
+    async fn presence(&self, users: &[&str]) -> Result<Vec<rows::PresenceRow>, StoreError>;
+    /// Records presence updates, in order (see [`rows::RECORD_PRESENCE`]).
+    async fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError>;
     /// The newest TEXT message of each of the conversations `ids` that has
     /// one.
     async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError>;

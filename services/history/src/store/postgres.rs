@@ -25,7 +25,9 @@ use super::rows::{self, ConversationRow, ListedRow, MemberReadRow, MemberReads, 
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
-use confab_proto::internal::v1::{ingress_record::Command, IngressRecord, OutcomeRecord};
+use confab_proto::internal::v1::{
+    ingress_record::Command, IngressRecord, OutcomeRecord, PresenceUpdate,
+};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow as _, Postgres, Row};
@@ -296,6 +298,22 @@ impl Store for PostgresStore {
             .collect()
     }
 
+    async fn direct_partners(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        self.direct_partners_of(user).await
+    }
+
+    async fn shared_with(&self, caller: &str, users: &[&str]) -> Result<Vec<String>, StoreError> {
+        self.shared_with_of(caller, users).await
+    }
+
+    async fn presence(&self, users: &[&str]) -> Result<Vec<rows::PresenceRow>, StoreError> {
+        self.presence_of(users).await
+    }
+
+    async fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError> {
+        self.record(updates).await
+    }
+
     /// One index probe per conversation, newest seq first.
     async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError> {
         if ids.is_empty() {
@@ -407,6 +425,7 @@ fn page_from_rows(rows: &[PgRow], limit: u32) -> Result<(Vec<Message>, bool), St
 }
 
 mod batch;
+mod presence;
 
 type Tx = sqlx::Transaction<'static, Postgres>;
 

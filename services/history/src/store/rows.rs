@@ -569,3 +569,50 @@ where
         .bind(system as i64),
     }
 }
+
+/// `$from, $from+1, ...`: `n` parameters for an `IN (...)` list.
+pub fn params(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The members other than `$1` of `$1`'s DIRECT conversations.
+pub const DIRECT_PARTNERS: &str = "SELECT DISTINCT m2.user_id
+     FROM members m1
+     JOIN conversations c ON c.id = m1.conversation_id AND c.kind = 1
+     JOIN members m2 ON m2.conversation_id = m1.conversation_id AND m2.user_id <> m1.user_id
+     WHERE m1.user_id = $1
+     ORDER BY m2.user_id";
+
+/// Which of the `n` users `$2..` share a conversation with user `$1`.
+pub fn shared_with_sql(n: usize) -> String {
+    format!(
+        "SELECT DISTINCT m2.user_id
+         FROM members m1
+         JOIN members m2 ON m2.conversation_id = m1.conversation_id
+         WHERE m1.user_id = $1 AND m2.user_id IN ({})",
+        params(2, n)
+    )
+}
+
+/// The presence rows of the `n` users `$1..`: (user, alive until, last
+/// seen), in ms since the epoch.
+pub fn presence_sql(n: usize) -> String {
+    format!(
+        "SELECT user_id, alive_until_ms, last_seen_ms FROM presence WHERE user_id IN ({})",
+        params(1, n)
+    )
+}
+
+/// Records a presence update of user `$1`: online until `$2` (0: offline),
+/// last seen at `$3` (0: as it was).
+pub const RECORD_PRESENCE: &str =
+    "INSERT INTO presence (user_id, alive_until_ms, last_seen_ms) VALUES ($1, $2, $3)
+     ON CONFLICT (user_id) DO UPDATE SET
+         alive_until_ms = $2,
+         last_seen_ms = CASE WHEN $3 > 0 THEN $3 ELSE presence.last_seen_ms END";
+
+/// A row of [`presence_sql`].
+pub type PresenceRow = (String, i64, i64);

@@ -12,7 +12,7 @@ use super::rows::{
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
-use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
+use confab_proto::internal::v1::{IngressRecord, OutcomeRecord, PresenceUpdate};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{FromRow as _, Sqlite, SqliteConnection, SqlitePool};
@@ -137,6 +137,49 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(MemberReads::try_from).collect()
+    }
+
+    async fn direct_partners(&self, user: &str) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(rows::DIRECT_PARTNERS)
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    async fn shared_with(&self, caller: &str, users: &[&str]) -> Result<Vec<String>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = rows::shared_with_sql(users.len());
+        let q = users
+            .iter()
+            .fold(sqlx::query_scalar(&sql).bind(caller), |q, u| q.bind(*u));
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+
+    async fn presence(&self, users: &[&str]) -> Result<Vec<rows::PresenceRow>, StoreError> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = rows::presence_sql(users.len());
+        let q = users.iter().fold(sqlx::query_as(&sql), |q, u| q.bind(*u));
+        Ok(q.fetch_all(&self.pool).await?)
+    }
+
+    /// Serialised with the batches (one writer).
+    async fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError> {
+        let _writer = self.write.lock().await;
+        let mut tx = self.pool.begin().await?;
+        for u in updates {
+            sqlx::query(rows::RECORD_PRESENCE)
+                .bind(u.user_id.as_str())
+                .bind(u.alive_until_ms)
+                .bind(u.last_seen_ms)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError> {

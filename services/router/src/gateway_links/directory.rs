@@ -2,6 +2,7 @@
 //! with its users, and for each user the gateways holding their sessions,
 //! kept consistent with each other.
 
+use confab_core::presence::Seen;
 use confab_proto::internal::v1::RouterFrame;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use tokio::sync::{mpsc, oneshot};
@@ -28,6 +29,9 @@ pub(super) struct Directory {
     pub(super) gateways: HashMap<String, Link>,
     /// Gateway ids holding each user's sessions.
     pub(super) users: HashMap<String, BTreeSet<String>>,
+    /// Users who got a first session on any gateway, or lost their last
+    /// one, since [`Directory::take_seen`] was last called.
+    seen: Vec<Seen>,
 }
 
 impl Directory {
@@ -36,11 +40,17 @@ impl Directory {
             return;
         };
         if link.users.insert(user.clone()) {
-            self.users
-                .entry(user)
-                .or_default()
-                .insert(gateway_id.to_string());
+            let gateways = self.users.entry(user.clone()).or_default();
+            if gateways.is_empty() {
+                self.seen.push(Seen::Arrived(user));
+            }
+            gateways.insert(gateway_id.to_string());
         }
+    }
+
+    /// The presence changes since the last call, in order.
+    pub(super) fn take_seen(&mut self) -> Vec<Seen> {
+        std::mem::take(&mut self.seen)
     }
 
     pub(super) fn remove_user(&mut self, gateway_id: &str, user: &str) {
@@ -51,6 +61,7 @@ impl Directory {
             gateways.remove(gateway_id);
             if gateways.is_empty() {
                 self.users.remove(user);
+                self.seen.push(Seen::Left(user.to_string()));
             }
         }
     }
@@ -63,6 +74,7 @@ impl Directory {
                 gateways.remove(gateway_id);
                 if gateways.is_empty() {
                     self.users.remove(user);
+                    self.seen.push(Seen::Left(user.clone()));
                 }
             }
         }

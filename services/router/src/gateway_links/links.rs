@@ -5,12 +5,13 @@
 
 use super::directory::{Directory, Link};
 use async_trait::async_trait;
+use confab_core::presence::{PushPresence, Seen};
 use confab_core::seams::{Delivery, DeliverySink};
 use confab_proto::internal::v1::{
-    gateway_frame, router_frame, Complete, Deliver, DeliverReceipt, GatewayFrame, OutcomeRecord,
-    PresenceAck, RelayTyping, RouterFrame,
+    gateway_frame, router_frame, Complete, Deliver, DeliverPresence, DeliverReceipt, GatewayFrame,
+    OutcomeRecord, PresenceAck, RelayTyping, RouterFrame,
 };
-use confab_proto::v1::Receipt;
+use confab_proto::v1::{Presence, Receipt};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,6 +63,9 @@ pub struct GatewayLinks {
     next_link: AtomicU64,
     /// Outcomes dropped because their origin gateway was not attached.
     orphaned: AtomicU64,
+    /// Where users' first and last sessions anywhere are reported (see
+    /// [`GatewayLinks::presence_changes`]).
+    seen: Mutex<Option<mpsc::UnboundedSender<Seen>>>,
 }
 
 /// Counter of outcomes whose origin gateway was not attached to the router
@@ -76,6 +80,7 @@ impl GatewayLinks {
             directory: Mutex::new(Directory::default()),
             next_link: AtomicU64::new(1),
             orphaned: AtomicU64::new(0),
+            seen: Mutex::new(None),
         })
     }
 
@@ -83,6 +88,36 @@ impl GatewayLinks {
         // Every update leaves the maps consistent before anything can panic,
         // so a poisoned lock is still usable.
         self.directory.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From now on, every user's first session on any attached gateway and
+    /// last one ending, in order, for [`confab_core::presence::run`]; the
+    /// users on the gateways attached already come first.
+    pub fn presence_changes(&self) -> mpsc::UnboundedReceiver<Seen> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut dir = self.directory();
+        dir.take_seen();
+        let mut users: Vec<&String> = dir.users.keys().collect();
+        users.sort();
+        for user in users {
+            let _ = tx.send(Seen::Arrived(user.clone()));
+        }
+        *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Passes on the presence changes of the last update of `dir` (under
+    /// its lock, so they stay in order).
+    fn report_seen(&self, dir: &mut Directory) {
+        let seen = dir.take_seen();
+        if seen.is_empty() {
+            return;
+        }
+        if let Some(tx) = self.seen.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            for s in seen {
+                let _ = tx.send(s);
+            }
+        }
     }
 
     /// The ids of the attached gateways, sorted.
@@ -139,6 +174,7 @@ impl GatewayLinks {
         for user in users {
             dir.add_user(gateway_id, user);
         }
+        self.report_seen(&mut dir);
         Opened {
             id,
             frames,
@@ -187,6 +223,7 @@ impl GatewayLinks {
             }
             Some(gateway_frame::Frame::Typing(_)) | None => {}
         }
+        self.report_seen(&mut dir);
         // Acknowledged after the directory changed, under its lock: a
         // delivery routed after the gateway reads the ack sees the change.
         Self::ack_in(&dir, gateway_id, link, epoch);
@@ -227,7 +264,9 @@ impl GatewayLinks {
             if !dir.is_current(gateway_id, link) {
                 return false;
             }
-            dir.remove_link(gateway_id)
+            let removed = dir.remove_link(gateway_id);
+            self.report_seen(&mut dir);
+            removed
         };
         match (removed, status) {
             (Some(link), Some(status)) => {
@@ -307,6 +346,19 @@ impl GatewayLinks {
                 async move { self.send(&gateway_id, link, tx, frame).await }
             },
         ))
+        .await;
+    }
+}
+
+#[async_trait]
+impl PushPresence for GatewayLinks {
+    async fn push_presence(&self, recipients: &[String], presence: Presence) {
+        self.fan_out(recipients, |recipient_ids| RouterFrame {
+            frame: Some(router_frame::Frame::Presence(DeliverPresence {
+                recipient_ids,
+                presence: Some(presence.clone()),
+            })),
+        })
         .await;
     }
 }

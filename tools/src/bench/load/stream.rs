@@ -120,6 +120,7 @@ pub(super) async fn read_stream(
             server_frame::Frame::Pong(_)
             | server_frame::Frame::Receipt(_)
             | server_frame::Frame::Typing(_)
+            | server_frame::Frame::Presence(_)
             | server_frame::Frame::Sync(_) => {}
         }
     }

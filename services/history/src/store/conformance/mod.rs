@@ -1,6 +1,7 @@
 //! One behaviour suite for every `Store` implementation: each backend's tests
 //! call `run_all` with a factory that returns a fresh, empty store.
 
+mod presence;
 mod reads;
 mod sync;
 pub mod upgrade;
@@ -42,6 +43,7 @@ where
     sync::a_cursor_reports_exactly_what_changed(fresh().await).await;
     sync::concurrent_commits_are_never_skipped(fresh().await).await;
     sync::bad_cursors_are_refused(fresh().await).await;
+    presence::presence_goes_to_direct_partners_and_keeps_the_last_seen_time(fresh().await).await;
 }
 
 fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {

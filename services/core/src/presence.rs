@@ -1,0 +1,284 @@
+//! Presence: whether a user has a session on any gateway, and when its last
+//! one ended. Written once for both modes: the embedded gateway feeds
+//! [`run`] its hub's sessions, a router the sessions every attached gateway
+//! announced; [`run`] turns a user's first session and last one ending into
+//! `online` and `offline` (after a grace period, so a reconnect does not
+//! flap), records them through history, and pushes a `presence` frame to
+//! the user's DIRECT partners. Nothing here is sequenced or stored with the
+//! messages.
+
+use crate::seams::HistoryApi;
+use confab_proto::internal::v1::PresenceUpdate;
+use confab_proto::v1::Presence;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How long a user with no session left still counts as online: a
+/// reconnect within it changes nothing (`CONFAB_PRESENCE_GRACE_MS`).
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a recorded `online` lasts unless renewed: a user whose
+/// recorders all died stops counting as online after it.
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// How often the online users' records are renewed.
+pub const RENEW_EVERY: Duration = Duration::from_secs(20);
+
+/// The grace period from `CONFAB_PRESENCE_GRACE_MS` ([`DEFAULT_GRACE`]
+/// when unset).
+pub fn grace_from_env(
+    env: &dyn crate::config::Env,
+) -> Result<Duration, crate::config::ConfigError> {
+    crate::config::millis_or(env, crate::vars::PRESENCE_GRACE_MS, DEFAULT_GRACE)
+}
+
+/// What the feeder of [`run`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// The user's first session (here, or on any gateway for a router).
+    Arrived(String),
+    /// The user's last session ended.
+    Left(String),
+}
+
+/// A change of a user's presence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The user came online.
+    Online(String),
+    /// The user went offline; its last session ended at `last_seen_ms`.
+    Offline {
+        /// The user.
+        user: String,
+        /// When its last session ended (ms since the epoch).
+        last_seen_ms: i64,
+    },
+}
+
+/// Who is online, with the grace period of those who just left.
+#[derive(Debug)]
+pub struct Tracker {
+    grace: Duration,
+    /// With a session now.
+    present: HashSet<String>,
+    /// Without a session since (instant, ms since the epoch), not yet
+    /// offline.
+    leaving: HashMap<String, (Instant, i64)>,
+}
+
+impl Tracker {
+    /// Nobody online; `grace` as [`DEFAULT_GRACE`] says.
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            present: HashSet::new(),
+            leaving: HashMap::new(),
+        }
+    }
+
+    /// `user` has a session now: online, unless it already was or is back
+    /// within its grace period.
+    pub fn arrived(&mut self, user: &str) -> Option<Change> {
+        let back = self.leaving.remove(user).is_some();
+        let new = self.present.insert(user.to_string());
+        (new && !back).then(|| Change::Online(user.to_string()))
+    }
+
+    /// `user` has no session left (at `now`, `now_ms`): offline once the
+    /// grace period passes without it coming back.
+    pub fn left(&mut self, user: &str, now: Instant, now_ms: i64) {
+        if self.present.remove(user) {
+            self.leaving.insert(user.to_string(), (now, now_ms));
+        }
+    }
+
+    /// The users whose grace period has passed by `now`: offline.
+    pub fn due(&mut self, now: Instant) -> Vec<Change> {
+        let grace = self.grace;
+        let mut gone: Vec<(String, i64)> = self
+            .leaving
+            .iter()
+            .filter(|(_, (at, _))| *at + grace <= now)
+            .map(|(u, (_, ms))| (u.clone(), *ms))
+            .collect();
+        gone.sort();
+        for (u, _) in &gone {
+            self.leaving.remove(u);
+        }
+        gone.into_iter()
+            .map(|(user, last_seen_ms)| Change::Offline { user, last_seen_ms })
+            .collect()
+    }
+
+    /// When the next grace period ends.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.leaving.values().map(|(at, _)| *at + self.grace).min()
+    }
+
+    /// Everyone online, those in their grace period included, sorted.
+    pub fn online(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .present
+            .iter()
+            .chain(self.leaving.keys())
+            .cloned()
+            .collect();
+        all.sort();
+        all
+    }
+}
+
+/// Where `presence` frames go: to the sessions of `recipients`.
+#[async_trait::async_trait]
+pub trait PushPresence: Send + Sync + 'static {
+    /// Pushes `presence` to every session of every user in `recipients`.
+    async fn push_presence(&self, recipients: &[String], presence: Presence);
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A record of `user` online from `now_ms` for a [`LEASE`].
+fn alive(user: &str, now_ms: i64) -> PresenceUpdate {
+    PresenceUpdate {
+        user_id: user.to_string(),
+        alive_until_ms: now_ms.saturating_add(LEASE.as_millis() as i64),
+        last_seen_ms: 0,
+    }
+}
+
+/// A protobuf timestamp from milliseconds since the epoch.
+pub fn timestamp(ms: i64) -> confab_proto::prost_types::Timestamp {
+    confab_proto::prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+/// Records `change` through `history` and pushes it to the user's DIRECT
+/// partners. Best effort: a failure is logged (the next change, or the
+/// renewal, records the state again).
+async fn announce(history: &dyn HistoryApi, push: &dyn PushPresence, change: Change) {
+    let (update, presence) = match change {
+        Change::Online(user) => (
+            alive(&user, now_ms()),
+            Presence {
+                user_id: user,
+                online: true,
+                last_seen: None,
+            },
+        ),
+        Change::Offline { user, last_seen_ms } => (
+            PresenceUpdate {
+                user_id: user.clone(),
+                alive_until_ms: 0,
+                last_seen_ms,
+            },
+            Presence {
+                user_id: user,
+                online: false,
+                last_seen: Some(timestamp(last_seen_ms)),
+            },
+        ),
+    };
+    if let Err(e) = history.record_presence(vec![update]).await {
+        tracing::warn!(user_id = %presence.user_id, error = %e, "could not record presence");
+    }
+    match history.direct_partners(&presence.user_id).await {
+        Ok(partners) if !partners.is_empty() => push.push_presence(&partners, presence).await,
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(user_id = %presence.user_id, error = %e, "could not find whom to tell of a presence change");
+        }
+    }
+}
+
+/// Resolves at `at`, or never.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Follows what `seen` reports until it closes: announces each change (see
+/// [`Tracker`]), and renews the online users' records every
+/// [`RENEW_EVERY`].
+pub async fn run(
+    mut seen: mpsc::UnboundedReceiver<Seen>,
+    history: Arc<dyn HistoryApi>,
+    push: Arc<dyn PushPresence>,
+    grace: Duration,
+) {
+    let mut tracker = Tracker::new(grace);
+    let mut renew = tokio::time::interval_at(Instant::now() + RENEW_EVERY, RENEW_EVERY);
+    loop {
+        tokio::select! {
+            event = seen.recv() => match event {
+                Some(Seen::Arrived(user)) => {
+                    if let Some(change) = tracker.arrived(&user) {
+                        announce(history.as_ref(), push.as_ref(), change).await;
+                    }
+                }
+                Some(Seen::Left(user)) => tracker.left(&user, Instant::now(), now_ms()),
+                None => return,
+            },
+            () = sleep_until_some(tracker.next_due()) => {
+                for change in tracker.due(Instant::now()) {
+                    announce(history.as_ref(), push.as_ref(), change).await;
+                }
+            }
+            _ = renew.tick() => {
+                let now = now_ms();
+                let updates: Vec<PresenceUpdate> =
+                    tracker.online().iter().map(|u| alive(u, now)).collect();
+                if !updates.is_empty() {
+                    if let Err(e) = history.record_presence(updates).await {
+                        tracing::warn!(error = %e, "could not renew the online users' presence");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reconnect_within_the_grace_period_does_not_flap() {
+        let grace = Duration::from_secs(5);
+        let mut t = Tracker::new(grace);
+        let start = Instant::now();
+        assert_eq!(t.arrived("alice"), Some(Change::Online("alice".into())));
+        assert_eq!(t.arrived("alice"), None, "already online");
+        t.left("alice", start, 1_000);
+        assert_eq!(t.online(), ["alice"], "online through the grace period");
+        assert_eq!(t.next_due(), Some(start + grace));
+        assert!(t.due(start + grace / 2).is_empty());
+        assert_eq!(t.arrived("alice"), None, "back within the grace period");
+        assert_eq!(t.next_due(), None);
+        t.left("alice", start, 2_000);
+        t.left("alice", start, 3_000);
+        assert_eq!(
+            t.due(start + grace),
+            [Change::Offline {
+                user: "alice".into(),
+                last_seen_ms: 2_000
+            }]
+        );
+        assert!(t.online().is_empty());
+        assert_eq!(t.arrived("alice"), Some(Change::Online("alice".into())));
+        t.left("bob", start, 1);
+        assert!(t.due(start + grace * 2).is_empty(), "bob was never here");
+    }
+}
