@@ -74,6 +74,16 @@ async fn conversations_are_listed_newest_first_in_pages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_on_a_stream_merge_while_one_is_in_flight() {
+    suite::reads_on_a_stream_merge_while_one_is_in_flight(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typing_flood_is_held_back() {
+    suite::a_typing_flood_is_held_back(Kind::Cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_reaches_the_other_members_and_ends_by_itself() {
     suite::typing_reaches_the_other_members_and_ends_by_itself(Kind::Cluster).await;
 }

@@ -86,6 +86,10 @@ pub const ROUTER_FANOUT: &str = "confab_router_fanout_recipients";
 /// reader's own only).
 pub const RECEIPTS: &str = "confab_receipts_total";
 
+/// Counter (gateway): `read` frames that waited behind a read of the same
+/// conversation on their stream and went merged into one read.
+pub const READS_MERGED: &str = "confab_reads_merged_total";
+
 /// Counter (gateway): typing indicators relayed from this gateway's
 /// sessions, by `active` (`true`: started or renewed, `false`: stopped or
 /// expired).

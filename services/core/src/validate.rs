@@ -297,6 +297,22 @@ pub fn conversations_page(limit: u32) -> u32 {
     }
 }
 
+/// A `Sync` page when none is asked for.
+pub const DEFAULT_SYNC_PAGE: u32 = 200;
+
+/// The largest `Sync` page: a client catching up after 1,000 changes gets
+/// them in one answer.
+pub const MAX_SYNC_PAGE: u32 = 1000;
+
+/// The effective size of a `Sync` page asked for as `limit`: 0 means the
+/// default, more than the largest means the largest.
+pub fn sync_page(limit: u32) -> u32 {
+    match limit {
+        0 => DEFAULT_SYNC_PAGE,
+        n => n.min(MAX_SYNC_PAGE),
+    }
+}
+
 /// Checks a history request and returns the page it asks for, with the
 /// effective limit.
 pub fn history_page(

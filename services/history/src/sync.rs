@@ -23,7 +23,7 @@ pub async fn sync(
     user: &str,
     req: SyncRequest,
 ) -> Result<SyncResponse, ChatError> {
-    let limit = validate::conversations_page(req.limit);
+    let limit = validate::sync_page(req.limit);
     let cursor = decode(user, &req.cursor)?;
     let counters = store.change_counters().await?;
     // Where this sync stands: changes above `since` (all when `None`), up

@@ -109,6 +109,12 @@ const DESCRIPTIONS: &[(&str, Kind, Option<Unit>, &str)] = &[
         "receipts routed (read positions that moved), by visibility",
     ),
     (
+        READS_MERGED,
+        Kind::Counter,
+        None,
+        "read frames merged into a later read of the same conversation on their stream",
+    ),
+    (
         TYPING_RELAYS,
         Kind::Counter,
         None,

@@ -615,6 +615,120 @@ async fn group_and_outsider(kind: Kind, title: &str) -> (Server, [User; 4], Conv
     (server, users, conv)
 }
 
+/// A session marking every message read as it arrives: the reads that come
+/// while one of the conversation's reads is on its way wait and go as one
+/// read of the highest seq, so a stream's reads of a conversation reach the
+/// log in the order sent. Every frame gets its answer, the position ends at
+/// the last, and the others get fewer receipts than reads, in order.
+pub async fn reads_on_a_stream_merge_while_one_is_in_flight(kind: Kind) {
+    let (server, [alice, bob, _carol, _dave], conv) = group_and_outsider(kind, "merged").await;
+    let mut alice1 = alice.live().await;
+    let mut bob1 = bob.live().await;
+    const N: u64 = 40;
+    for i in 0..N {
+        alice
+            .send(&conv.id, &format!("m{i}"), "x")
+            .await
+            .expect("send");
+    }
+    // Seq 1 created the group; 2..=N+1 are alice's, delivered to bob's stream.
+    let mut delivered = 0;
+    while delivered < N {
+        if let server_frame::Frame::Message(m) = bob1.next_frame().await.expect("a message") {
+            delivered += 1;
+            assert_eq!(m.seq, delivered + 1);
+        }
+    }
+    for seq in 2..=N + 1 {
+        bob1.send(client_frame::Frame::Read(
+            confab_proto::v1::MarkReadRequest {
+                conversation_id: conv.id.clone(),
+                seq,
+                private: false,
+            },
+        ))
+        .await;
+    }
+    let mut answered = Vec::new();
+    while answered.len() < N as usize {
+        let ack = bob1.next_read_ack().await;
+        let read_seq = ack.state.as_ref().map(|s| s.read_seq);
+        assert!(
+            ack.error.is_none() && read_seq >= Some(ack.seq),
+            "{ack:?}: not answered with a position at or above its seq"
+        );
+        if ack.seq == 2 {
+            // The first went alone, before any of the others.
+            assert_eq!(read_seq, Some(2), "{ack:?}");
+        }
+        answered.push(ack.seq);
+    }
+    answered.sort_unstable();
+    assert_eq!(
+        answered,
+        (2..=N + 1).collect::<Vec<_>>(),
+        "one answer per frame"
+    );
+    let mut receipts = Vec::new();
+    while receipts.last() != Some(&(N + 1)) {
+        let r = alice1.next_receipt().await;
+        assert_eq!(r.user_id, "bob");
+        receipts.push(r.read_seq);
+    }
+    assert_eq!(
+        receipts[0], 2,
+        "the stream's first read went first: {receipts:?}"
+    );
+    assert!(
+        receipts.windows(2).all(|w| w[0] < w[1]),
+        "receipts in the order the position moved: {receipts:?}"
+    );
+    assert!(
+        receipts.len() <= N as usize / 2,
+        "{} receipts for {N} reads sent at once: they did not merge",
+        receipts.len()
+    );
+    let listed = bob.listed(&conv.id).await.expect("bob's list");
+    assert_eq!((listed.read_seq, listed.unread_count), (N + 1, 0));
+    server.stop().await;
+}
+
+/// A client writing typing frames far faster than anyone types is read from
+/// only at the allowed rate (20 frames a second; the rest wait in its own
+/// stream), and the others get at most 4 indicators a second from it. Its
+/// message after the flood still arrives.
+pub async fn a_typing_flood_is_held_back(kind: Kind) {
+    let (server, [alice, bob, _carol, _dave], conv) = group_and_outsider(kind, "flood").await;
+    let alice1 = alice.live().await;
+    let mut bob1 = bob.live().await;
+    let started = std::time::Instant::now();
+    // 45 frames: the 21st and 42nd go over the budget of their second, so
+    // the frames after them and the message wait for the next second.
+    for i in 0..45 {
+        alice1.typing(&conv.id, i % 2 == 0).await;
+    }
+    alice1.send_text(&conv.id, "after-flood", "made it").await;
+    let mut relayed = 0;
+    loop {
+        match bob1.next_frame().await.expect("the flood and the message") {
+            server_frame::Frame::Typing(t) => {
+                assert_eq!((t.user_id.as_str(), t.error), ("alice", None));
+                relayed += 1;
+            }
+            server_frame::Frame::Message(m) if m.client_msg_id == "after-flood" => break,
+            _ => {}
+        }
+    }
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_secs(2),
+        "the message after 45 typing frames was read after {waited:?}, so the flood was read faster than 20 frames a second"
+    );
+    // Three seconds of budget at most 4 relays each.
+    assert!((4..=12).contains(&relayed), "{relayed} indicators relayed");
+    server.stop().await;
+}
+
 pub async fn read_positions_count_exactly_and_receipts_reach_every_session(kind: Kind) {
     let (server, [alice, bob, carol, dave], conv) = group_and_outsider(kind, "reads").await;
     let mut alice1 = alice.live().await;

@@ -167,7 +167,7 @@ pub struct SyncOpts {
 pub struct SyncReport {
     /// Conversations changed after the cursor (each one a message).
     pub changes: u64,
-    /// Pages a sync from the cursor took (`limit` 200).
+    /// Pages a sync from the cursor took (`limit` 1000).
     pub pages: u64,
     /// Syncs recorded.
     pub requests: u64,
@@ -180,8 +180,8 @@ pub struct SyncReport {
     pub errors: BTreeMap<String, u64>,
 }
 
-/// Largest page a sync asks for.
-const SYNC_PAGE: u32 = 200;
+/// Page a sync asks for: the largest, so 1,000 changes come in one answer.
+const SYNC_PAGE: u32 = confab_core::validate::MAX_SYNC_PAGE;
 
 /// The reader syncs (keeping the cursor), sends one message in each of
 /// `changes` of its conversations, then syncs from that cursor `requests`

@@ -10,8 +10,8 @@ use confab_core::error::ChatError;
 use confab_core::validate;
 use confab_proto::internal::v1::{ingress_record::Command, outcome_record, SendCommand};
 use confab_proto::v1::{
-    client_frame, server_frame, CaughtUp, ClientFrame, MarkReadRequest, Pong, ReadAck, ReadState,
-    SendAck, SendFrame, ServerFrame, SyncRequest,
+    client_frame, server_frame, CaughtUp, ClientFrame, Pong, SendAck, SendFrame, ServerFrame,
+    SyncRequest,
 };
 use confab_runtime::trace;
 use tracing::Instrument;
@@ -105,46 +105,6 @@ impl State {
                 Err(e) => ack(&f, 0, Some(e)),
             };
             let _ = out.send(ServerFrame { frame: Some(frame) }).await;
-        });
-        Ok(())
-    }
-
-    /// A `read` frame: answered by a `read` frame once history has decided,
-    /// without holding up this session's deliveries (it shares the sends'
-    /// in-flight bound).
-    async fn mark_read(&mut self, req: MarkReadRequest) -> Result<(), Gone> {
-        let ack = |req: &MarkReadRequest, result: Result<ReadState, ChatError>| {
-            let (state, error) = match result {
-                Ok(state) => (Some(state), None),
-                Err(e) => (None, Some(e.to_proto())),
-            };
-            server_frame::Frame::Read(ReadAck {
-                conversation_id: req.conversation_id.clone(),
-                seq: req.seq,
-                state,
-                error,
-            })
-        };
-        if let Err(e) = self.s.limiter.admit(&self.s.user, Cost::Read) {
-            return self.send(ack(&req, Err(e))).await;
-        }
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            let e = ChatError::ResourceExhausted(format!(
-                "{MAX_SENDS_IN_FLIGHT} sends and reads are already waiting for their answer on this stream; wait for them before sending more"
-            ));
-            return self.send(ack(&req, Err(e))).await;
-        };
-        let submitter = self.s.submitter.clone();
-        let out = self.s.out.clone();
-        let user = self.s.user.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let result = crate::service::mark_read(&submitter, &user, req.clone()).await;
-            let _ = out
-                .send(ServerFrame {
-                    frame: Some(ack(&req, result)),
-                })
-                .await;
         });
         Ok(())
     }

@@ -10,6 +10,7 @@
 
 mod delivery;
 mod frames;
+mod reads;
 mod typing;
 
 use crate::hub::Hub;
@@ -117,6 +118,7 @@ impl Session {
             s: self,
             in_flight: Arc::new(Semaphore::new(MAX_SENDS_IN_FLIGHT)),
             indicators: typing::Indicators::default(),
+            reads: reads::Waiting::default(),
         };
         // Live delivery starts after the first frame, so that a first
         // `resume` is always applied before any live message.
@@ -164,7 +166,7 @@ impl Session {
                 _ = &mut shutdown => return state.shutting_down().await,
                 _ = &mut expired => return state.expired(),
                 _ = state.s.out.closed() => return,
-                frame = inbound.message(), if inbound_open => match frame {
+                frame = inbound.message(), if inbound_open && state.indicators.paused_until.is_none() => match frame {
                     Ok(Some(frame)) => state.handle(frame).await,
                     // Half-closed: keep delivering until the client hangs up.
                     Ok(None) => { inbound_open = false; Ok(()) }
@@ -185,6 +187,10 @@ impl Session {
                         // send every session to history at once.
                         recheck_at.get_or_insert_with(|| tokio::time::Instant::now() + recheck_jitter());
                     }
+                    Ok(())
+                }
+                () = sleep_until_some(state.indicators.paused_until) => {
+                    state.indicators.paused_until = None;
                     Ok(())
                 }
                 () = sleep_until_some(state.indicators.next_expiry()) => {
@@ -237,6 +243,8 @@ struct State {
     in_flight: Arc<Semaphore>,
     /// Typing indicators this session relayed.
     indicators: typing::Indicators,
+    /// Reads waiting behind a read of the same conversation.
+    reads: reads::Waiting,
 }
 
 impl State {

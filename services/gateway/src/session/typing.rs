@@ -5,6 +5,11 @@
 //! every [`RENEW`]; one not renewed for [`TTL`] is ended by the server. A
 //! session relays at most [`RELAYS_PER_SEC`] indicators a second; more are
 //! dropped (and counted as rate-limited), so a client cannot flood others.
+//! A session that sends more than [`FRAMES_PER_SEC`] typing frames in a
+//! second (relayed or not) is not read from until that second ends: its
+//! client's stream is held back by flow control, so a flood costs the
+//! gateway a handful of frames a second, not one decode per frame the
+//! client can write.
 
 use super::{Gone, State};
 use confab_core::error::ChatError;
@@ -22,6 +27,10 @@ pub const TTL: Duration = Duration::from_secs(6);
 
 /// Most indicators one session relays per second.
 pub const RELAYS_PER_SEC: u32 = 4;
+
+/// Most typing frames one session is read for per second; past that its
+/// inbound stream is paused until the second ends.
+pub const FRAMES_PER_SEC: u32 = 20;
 
 /// What this session last relayed for one conversation.
 #[derive(Debug, Clone)]
@@ -41,8 +50,21 @@ pub(super) struct Indicator {
 pub(super) struct Indicators {
     /// By conversation.
     by_conversation: std::collections::HashMap<String, Indicator>,
-    /// Start of the current one-second budget window, and relays in it.
-    window: Option<(Instant, u32)>,
+    /// The current one-second budget window.
+    window: Option<Window>,
+    /// Until when the session's inbound stream is not read (a typing flood).
+    pub(super) paused_until: Option<Instant>,
+}
+
+/// One second of a session's typing budget.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// When it started.
+    start: Instant,
+    /// Typing frames received in it.
+    frames: u32,
+    /// Indicators relayed in it.
+    relays: u32,
 }
 
 impl Indicators {
@@ -55,17 +77,43 @@ impl Indicators {
             .min()
     }
 
+    /// The window `now` falls in, a new one if the last has ended.
+    fn window(&mut self, now: Instant) -> &mut Window {
+        let w = self.window.get_or_insert(Window {
+            start: now,
+            frames: 0,
+            relays: 0,
+        });
+        if now >= w.start + Duration::from_secs(1) {
+            *w = Window {
+                start: now,
+                frames: 0,
+                relays: 0,
+            };
+        }
+        w
+    }
+
+    /// Counts one typing frame received; false (and the inbound stream
+    /// paused until the window ends) when it is over [`FRAMES_PER_SEC`].
+    fn receive(&mut self, now: Instant) -> bool {
+        let w = self.window(now);
+        w.frames += 1;
+        if w.frames <= FRAMES_PER_SEC {
+            return true;
+        }
+        let end = w.start + Duration::from_secs(1);
+        self.paused_until = Some(end);
+        false
+    }
+
     /// Spends one relay of the budget, if any is left.
     fn spend(&mut self, now: Instant) -> bool {
-        match &mut self.window {
-            Some((start, n)) if now < *start + Duration::from_secs(1) => {
-                if *n >= RELAYS_PER_SEC {
-                    return false;
-                }
-                *n += 1;
-            }
-            _ => self.window = Some((now, 1)),
+        let w = self.window(now);
+        if w.relays >= RELAYS_PER_SEC {
+            return false;
         }
+        w.relays += 1;
         true
     }
 }
@@ -77,6 +125,10 @@ impl State {
     /// in.
     pub(super) async fn typing(&mut self, f: TypingFrame) -> Result<(), Gone> {
         let now = Instant::now();
+        if !self.indicators.receive(now) {
+            metrics::counter!(RATE_LIMITED, "limit" => "typing").increment(1);
+            return Ok(());
+        }
         let conv = f.conversation_id.clone();
         if let Err(e) = validate::conversation_id(&conv) {
             return self.refuse_typing(f, e).await;
