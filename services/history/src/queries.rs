@@ -133,7 +133,7 @@ impl HistoryApi for LocalHistory {
                 read_seq: r.read_seq,
             })
             .collect();
-        conv.last_message = self.store.last_texts(&[id]).await?.pop();
+        conv.last_message = self.store.last_text(id).await?;
         Ok(conv)
     }
 

@@ -212,6 +212,19 @@ pub async fn generate(opts: &GenerateOpts) -> Result<GenerateReport> {
         .execute(&mut *tx)
         .await
         .context("rebuild the keys of messages")?;
+    // Each conversation's newest TEXT message on its row, as history keeps
+    // it (migration 0006).
+    sqlx::query(
+        "UPDATE conversations AS c
+         SET last_text_seq = m.seq, last_text_sender = m.sender_id,
+             last_text_client_msg_id = m.client_msg_id, last_text_body = m.body,
+             last_text_at_ms = m.created_at_ms
+         FROM messages AS m
+         WHERE m.conversation_id = c.id AND m.seq = c.last_seq AND m.kind = 1",
+    )
+    .execute(&mut *tx)
+    .await
+    .context("keep each conversation's newest TEXT message on its row")?;
     tx.commit().await.context("commit the generated rows")?;
     eprintln!(
         "generate: keys rebuilt at {:.1} s; vacuuming and checkpointing",

@@ -4,7 +4,7 @@
 //! binds a run's arrays); the order of loads, decisions and writes is here.
 
 use super::decide::reads::{self, Read, ReadFacts};
-use super::decide::{self, Change, Heads, Run, SendFacts, SendRecord, Step};
+use super::decide::{self, Change, Run, SendFacts, SendRecord, Step};
 use super::rows::{ChangeStamp, Shared};
 use super::StoreError;
 use async_trait::async_trait;
@@ -38,11 +38,13 @@ pub trait BatchTx: Send {
     ) -> Result<Vec<(String, String)>, StoreError>;
     /// Inserts a run's new messages (TEXT, without membership events).
     async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError>;
-    /// Sets each conversation's last seq, stored at `now` in change
-    /// `stamp`.
+    /// Sets the last seq of each conversation of `newest` (its newest new
+    /// message, which becomes its newest TEXT message too: see
+    /// [`DecidedSends::newest`](super::decide::DecidedSends::newest)),
+    /// stored at `now` in change `stamp`.
     async fn set_last_seqs(
         &mut self,
-        heads: &Heads,
+        newest: &[&Message],
         now: i64,
         stamp: ChangeStamp,
     ) -> Result<(), StoreError>;
@@ -153,7 +155,7 @@ async fn sends(
     if !decided.new.is_empty() {
         tx.insert_sent(&decided.new, now).await?;
         let stamp = stamp.get(tx).await?;
-        tx.set_last_seqs(&decided.heads, now, stamp).await?;
+        tx.set_last_seqs(&decided.newest(), now, stamp).await?;
         tx.sender_reads(&decided.sender_reads()).await?;
     }
     decided.outcomes(run, outcomes);

@@ -244,6 +244,22 @@ pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSend
 }
 
 impl DecidedSends {
+    /// The newest new message of each conversation that got one, by
+    /// conversation (the order a store locks them in): its seq is the
+    /// conversation's new last seq, and it is the conversation's newest
+    /// TEXT message.
+    pub fn newest(&self) -> Vec<&Message> {
+        self.heads
+            .iter()
+            .filter_map(|(conv, head)| {
+                self.new
+                    .iter()
+                    .rev()
+                    .find(|m| m.conversation_id == *conv && m.seq == *head)
+            })
+            .collect()
+    }
+
     /// The read position each sender of a new message moves to: its newest
     /// new message in each conversation, as (conversation, sender, seq),
     /// sorted. Sending a message reads everything before it.

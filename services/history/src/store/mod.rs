@@ -16,7 +16,6 @@ use confab_core::error::ChatError;
 use confab_core::validate::{Page, PageCursor};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord, PresenceUpdate};
 use confab_proto::v1::{Conversation, Message};
-use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A storage failure (not a refusal of the request: those are `ChatError`s
@@ -136,9 +135,9 @@ pub trait Store: Send + Sync + 'static {
     async fn presence(&self, users: &[&str]) -> Result<Vec<rows::PresenceRow>, StoreError>;
     /// Records presence updates, in order (see [`rows::RECORD_PRESENCE`]).
     async fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError>;
-    /// The newest TEXT message of each of the conversations `ids` that has
-    /// one.
-    async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError>;
+    /// The newest TEXT message of conversation `id`, if it has one (see
+    /// [`rows::last_text_sql`]).
+    async fn last_text(&self, id: &str) -> Result<Option<Message>, StoreError>;
     /// Up to `limit` of `user`'s conversations as `listing` picks and
     /// orders them, each with its members and their read positions,
     /// `user`'s read position and unread count, and its newest TEXT
@@ -150,18 +149,7 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<ConversationPage, StoreError> {
         let rows = self.listed(user, listing, limit.saturating_add(1)).await?;
-        let mut page = rows::conversation_page(rows, limit as usize)?;
-        let ids: Vec<&str> = page.conversations.iter().map(|c| c.id.as_str()).collect();
-        let mut last: HashMap<String, Message> = self
-            .last_texts(&ids)
-            .await?
-            .into_iter()
-            .map(|m| (m.conversation_id.clone(), m))
-            .collect();
-        for c in &mut page.conversations {
-            c.last_message = last.remove(&c.id);
-        }
-        Ok(page)
+        rows::conversation_page(rows, limit as usize)
     }
     /// The messages of `page`, and whether more exist past them.
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError>;

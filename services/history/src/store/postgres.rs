@@ -314,25 +314,16 @@ impl Store for PostgresStore {
         self.record(updates).await
     }
 
-    /// One index probe per conversation, newest seq first.
-    async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+    async fn last_text(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        if id.contains('\0') {
+            return Ok(None);
         }
-        let sql = format!(
-            "SELECT {} FROM UNNEST($1::text[]) AS k (id)
-             CROSS JOIN LATERAL (
-                 SELECT {} FROM messages x
-                 WHERE x.conversation_id = k.id AND x.kind = 1
-                 ORDER BY x.seq DESC LIMIT 1
-             ) m",
-            prefixed("m", MESSAGE_COLUMNS),
-            prefixed("x", MESSAGE_COLUMNS)
-        );
-        let rows = self.fetch_all(|| sqlx::query(&sql).bind(ids)).await?;
-        rows.iter()
-            .map(|row| MessageRow::from_row(row)?.try_into())
-            .collect()
+        let sql = rows::last_text_sql();
+        let rows = self.fetch_all(|| sqlx::query(&sql).bind(id)).await?;
+        match rows.first() {
+            Some(row) => rows::LastTextRow::from_row(row)?.message(id),
+            None => Ok(None),
+        }
     }
 
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {

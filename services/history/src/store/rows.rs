@@ -42,6 +42,59 @@ impl TryFrom<MessageRow> for Message {
     }
 }
 
+/// A conversation's newest TEXT message as its row keeps it (migration
+/// 0006: written with `last_seq` by each run of sends).
+#[derive(sqlx::FromRow)]
+pub struct LastTextRow {
+    last_text_seq: i64,
+    last_text_sender: String,
+    last_text_client_msg_id: String,
+    last_text_body: String,
+    last_text_at_ms: i64,
+}
+
+/// The columns of [`LastTextRow`], for a statement on `conversations`
+/// aliased `alias`.
+pub fn last_text_columns(alias: &str) -> String {
+    [
+        "last_text_seq",
+        "last_text_sender",
+        "last_text_client_msg_id",
+        "last_text_body",
+        "last_text_at_ms",
+    ]
+    .map(|c| format!("{alias}.{c}"))
+    .join(", ")
+}
+
+impl LastTextRow {
+    /// The message, if conversation `conversation_id` has a TEXT message.
+    pub fn message(self, conversation_id: &str) -> Result<Option<Message>, StoreError> {
+        if self.last_text_seq == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Message {
+            conversation_id: conversation_id.to_string(),
+            seq: seq_from(self.last_text_seq)?,
+            sender_id: self.last_text_sender,
+            client_msg_id: self.last_text_client_msg_id,
+            body: self.last_text_body,
+            created_at: Some(timestamp(self.last_text_at_ms)),
+            kind: confab_proto::v1::MessageKind::Text as i32,
+            membership: None,
+        }))
+    }
+}
+
+/// The newest TEXT message of conversation `$1` (a [`LastTextRow`]; no row
+/// when there is no such conversation).
+pub fn last_text_sql() -> String {
+    format!(
+        "SELECT {} FROM conversations c WHERE c.id = $1",
+        last_text_columns("c")
+    )
+}
+
 /// A row of `conversations`, and for listings one of its members.
 #[derive(sqlx::FromRow)]
 pub struct ConversationRow {
@@ -73,6 +126,8 @@ impl ConversationRow {
 pub struct ListedRow {
     #[sqlx(flatten)]
     conversation: ConversationRow,
+    #[sqlx(flatten)]
+    last_text: LastTextRow,
     last_activity_ms: i64,
     read_seq: i64,
     unread_count: i64,
@@ -128,7 +183,7 @@ impl Listing<'_> {
         format!(
             "WITH page AS (
                  SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.last_activity_ms,
-                        m.read_seq,
+                        {}, m.read_seq,
                         (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count
                  FROM members m
                  JOIN conversations c ON c.id = m.conversation_id
@@ -137,11 +192,13 @@ impl Listing<'_> {
                  LIMIT {limit}
              )
              SELECT page.id, page.kind, page.title, page.last_seq, page.created_at_ms,
-                    page.last_activity_ms, page.read_seq, page.unread_count, m2.user_id,
+                    page.last_activity_ms, {}, page.read_seq, page.unread_count, m2.user_id,
                     m2.read_seq AS member_read_seq
              FROM page
              JOIN members m2 ON m2.conversation_id = page.id
-             ORDER BY {outer}, m2.user_id"
+             ORDER BY {outer}, m2.user_id",
+            last_text_columns("c"),
+            last_text_columns("page"),
         )
     }
 
@@ -256,6 +313,7 @@ pub fn conversation_page(
             }
             _ => out.push((
                 Conversation {
+                    last_message: row.last_text.message(&row.conversation.id)?,
                     read_seq: seq_from(row.read_seq)?,
                     unread_count: seq_from(row.unread_count)?,
                     last_activity_at: Some(timestamp(row.last_activity_ms)),

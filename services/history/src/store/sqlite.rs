@@ -5,7 +5,6 @@
 //! [`WAL_AUTOCHECKPOINT_PAGES`] pages rather than SQLite's default 1,000.
 
 use super::apply::{self, BatchTx, FactsOfRead};
-use super::decide::Heads;
 use super::rows::{
     self, ChangeStamp, ConversationRow, ListedRow, MemberReadRow, MemberReads, MessageRow, Shared,
 };
@@ -182,22 +181,15 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        let mut conn = self.pool.acquire().await?;
-        for id in ids {
-            let row: Option<MessageRow> = sqlx::query_as(
-                "SELECT * FROM messages WHERE conversation_id = ?1 AND kind = 1
-                 ORDER BY seq DESC LIMIT 1",
-            )
+    async fn last_text(&self, id: &str) -> Result<Option<Message>, StoreError> {
+        let row: Option<rows::LastTextRow> = sqlx::query_as(&rows::last_text_sql())
             .bind(id)
-            .fetch_optional(&mut *conn)
+            .fetch_optional(&self.pool)
             .await?;
-            if let Some(row) = row {
-                out.push(row.try_into()?);
-            }
+        match row {
+            Some(row) => row.message(id),
+            None => Ok(None),
         }
-        Ok(out)
     }
 
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {
@@ -316,22 +308,31 @@ impl BatchTx for Tx {
 
     async fn set_last_seqs(
         &mut self,
-        heads: &Heads,
+        newest: &[&Message],
         now: i64,
         stamp: ChangeStamp,
     ) -> Result<(), StoreError> {
         let sql = format!(
             "UPDATE conversations SET last_seq = u.column2, last_activity_ms = ?,
-                 change_partition = ?, change_no = ?
+                 change_partition = ?, change_no = ?,
+                 last_text_seq = u.column2, last_text_sender = u.column3,
+                 last_text_client_msg_id = u.column4, last_text_body = u.column5,
+                 last_text_at_ms = ?
              FROM (VALUES {}) AS u WHERE conversations.id = u.column1",
-            placeholders(heads.len(), 2)
+            placeholders(newest.len(), 5)
         );
         let mut q = sqlx::query(&sql)
             .bind(now)
             .bind(stamp.partition)
-            .bind(stamp.no);
-        for (c, seq) in heads {
-            q = q.bind(c).bind(*seq as i64);
+            .bind(stamp.no)
+            .bind(now);
+        for m in newest {
+            q = q
+                .bind(&m.conversation_id)
+                .bind(m.seq as i64)
+                .bind(&m.sender_id)
+                .bind(&m.client_msg_id)
+                .bind(&m.body);
         }
         q.execute(&mut **self).await?;
         Ok(())

@@ -293,6 +293,17 @@ pub async fn conversations_are_listed_most_recent_first_in_pages(store: Arc<dyn 
         (3, "newest"),
         "not the ADDED event"
     );
+    // Exactly the stored message, as GetHistory and GetConversation give it.
+    let (stored, _) = store
+        .history(confab_core::validate::Page::after("c0", 2, 1))
+        .await
+        .expect("history");
+    assert_eq!(Some(&last), stored.first());
+    assert_eq!(
+        store.last_text("c0").await.expect("last text"),
+        Some(last.clone())
+    );
+    assert_eq!(store.last_text("no-such").await.expect("last text"), None);
     for c in &all {
         let m = c.last_message.as_ref().expect("every one has a message");
         assert_eq!(m.kind, MessageKind::Text as i32);

@@ -3,7 +3,6 @@
 
 use super::{load_conversation, prefixed, Tx, MESSAGE_COLUMNS};
 use crate::store::apply::{BatchTx, FactsOfRead};
-use crate::store::decide::Heads;
 use crate::store::rows::{self, ChangeStamp, MessageRow, Shared};
 use crate::store::StoreError;
 use async_trait::async_trait;
@@ -109,22 +108,29 @@ impl BatchTx for Tx {
 
     async fn set_last_seqs(
         &mut self,
-        heads: &Heads,
+        newest: &[&Message],
         now: i64,
         stamp: ChangeStamp,
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE conversations AS c
-             SET last_seq = u.last_seq, last_activity_ms = $3, change_partition = $4, change_no = $5
-             FROM UNNEST($1::text[], $2::bigint[]) AS u (id, last_seq)
+             SET last_seq = u.last_seq, last_activity_ms = $3, change_partition = $4, change_no = $5,
+                 last_text_seq = u.last_seq, last_text_sender = u.sender,
+                 last_text_client_msg_id = u.client_msg_id, last_text_body = u.body,
+                 last_text_at_ms = $3
+             FROM UNNEST($1::text[], $2::bigint[], $6::text[], $7::text[], $8::text[])
+                  AS u (id, last_seq, sender, client_msg_id, body)
              WHERE c.id = u.id",
         )
         .persistent(false) // planned per run: see above
-        .bind(heads.keys().map(String::as_str).collect::<Vec<_>>())
-        .bind(heads.values().map(|s| *s as i64).collect::<Vec<_>>())
+        .bind(newest.iter().map(|m| m.conversation_id.as_str()).collect::<Vec<_>>())
+        .bind(newest.iter().map(|m| m.seq as i64).collect::<Vec<_>>())
         .bind(now)
         .bind(stamp.partition)
         .bind(stamp.no)
+        .bind(newest.iter().map(|m| m.sender_id.as_str()).collect::<Vec<_>>())
+        .bind(newest.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>())
+        .bind(newest.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
         .execute(&mut **self)
         .await?;
         Ok(())
