@@ -1010,8 +1010,8 @@ impl confab_history::Store for Overlap {
         self.inner.departed(user, since, after, through).await
     }
 
-    async fn last_texts(&self, ids: &[&str]) -> Result<Vec<Message>, confab_history::StoreError> {
-        self.inner.last_texts(ids).await
+    async fn last_text(&self, id: &str) -> Result<Option<Message>, confab_history::StoreError> {
+        self.inner.last_text(id).await
     }
 
     async fn member_reads(
