@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod opaque;
 pub mod presence;
 pub mod seams;
 pub mod sync_cursor;

@@ -5,10 +5,8 @@
 //! targets check the decoding history runs.
 
 use crate::error::ChatError;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
+use crate::opaque;
 use confab_proto::internal::v1::SyncCursor;
-use confab_proto::prost::Message as _;
 
 /// Longest cursor accepted; the ones given out are far shorter.
 pub const MAX_CURSOR_LEN: usize = 4096;
@@ -45,7 +43,7 @@ pub fn encode(user: &str, seen: &[u64], paging: Option<Paging>) -> String {
             paging: true,
         },
     };
-    URL_SAFE_NO_PAD.encode(cursor.encode_to_vec())
+    opaque::seal(&cursor)
 }
 
 /// `v` without its trailing zeros (a partition past the end is 0).
@@ -65,11 +63,7 @@ pub fn decode(user: &str, token: &str) -> Result<Option<SyncCursor>, ChatError> 
             "cursor is not one that Sync returned; sync again without a cursor".into(),
         )
     };
-    if token.len() > MAX_CURSOR_LEN {
-        return Err(not_ours());
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| not_ours())?;
-    let cursor = SyncCursor::decode(bytes.as_slice()).map_err(|_| not_ours())?;
+    let cursor: SyncCursor = opaque::open(token, MAX_CURSOR_LEN, not_ours)?;
     if cursor.user_id != user {
         return Err(ChatError::InvalidArgument(
             "cursor follows another user's changes; sync again without a cursor".into(),
@@ -110,7 +104,7 @@ mod tests {
         for bad in ["!!", "AAAA", &"A".repeat(MAX_CURSOR_LEN + 1)] {
             assert!(refused("bob", bad).contains("not one that Sync returned"));
         }
-        let forged = |c: SyncCursor| URL_SAFE_NO_PAD.encode(c.encode_to_vec());
+        let forged = |c: SyncCursor| opaque::seal(&c);
         let inconsistent = [
             SyncCursor {
                 user_id: "bob".into(),

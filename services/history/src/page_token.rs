@@ -3,11 +3,9 @@
 //! and where it stopped.
 
 use crate::store::ListAfter;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use confab_core::error::ChatError;
+use confab_core::opaque;
 use confab_proto::internal::v1::ConversationsPageToken;
-use confab_proto::prost::Message as _;
 
 /// Longest token accepted; the ones given out are far shorter.
 const MAX_TOKEN_LEN: usize = 1024;
@@ -19,7 +17,7 @@ pub fn encode(user: &str, after: &ListAfter) -> String {
         last_activity_ms: after.last_activity_ms,
         conversation_id: after.conversation_id.clone(),
     };
-    URL_SAFE_NO_PAD.encode(token.encode_to_vec())
+    opaque::seal(&token)
 }
 
 /// Where `token` continues `user`'s listing: `None` (from the start) for
@@ -34,11 +32,7 @@ pub fn decode(user: &str, token: &str) -> Result<Option<ListAfter>, ChatError> {
             "page_token is not one that ListConversations returned; list again without one".into(),
         )
     };
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(not_ours());
-    }
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| not_ours())?;
-    let token = ConversationsPageToken::decode(bytes.as_slice()).map_err(|_| not_ours())?;
+    let token: ConversationsPageToken = opaque::open(token, MAX_TOKEN_LEN, not_ours)?;
     if token.user_id != user {
         return Err(ChatError::InvalidArgument(
             "page_token continues another user's listing; list again without one".into(),

@@ -5,11 +5,9 @@ use super::reads::{read, Lcg};
 use super::{add, create_group, remove, send};
 use crate::store::Store;
 use crate::sync;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use confab_core::error::ChatError;
+use confab_core::opaque;
 use confab_proto::internal::v1::{IngressRecord, SyncCursor};
-use confab_proto::prost::Message as _;
 use confab_proto::v1::{Conversation, SyncRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -278,11 +276,13 @@ pub async fn bad_cursors_are_refused(store: Arc<dyn Store>) {
     assert!(refused("u1", "not base64!".into())
         .await
         .contains("not one that Sync returned"));
-    let mut ahead = SyncCursor::decode(URL_SAFE_NO_PAD.decode(&cursor).expect("b64").as_slice())
-        .expect("a cursor");
+    let mut ahead: SyncCursor = opaque::open(&cursor, usize::MAX, || {
+        ChatError::Internal("a cursor Sync gave".into())
+    })
+    .expect("a cursor");
     ahead.seen.resize(2, 0);
     ahead.seen[1] += 1_000;
-    let ahead = URL_SAFE_NO_PAD.encode(ahead.encode_to_vec());
+    let ahead = opaque::seal(&ahead);
     assert!(refused("u1", ahead).await.contains("ahead of this server"));
     // The real one still works, and a huge limit is cut to the largest page.
     let req = SyncRequest {
