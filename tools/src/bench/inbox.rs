@@ -5,10 +5,9 @@
 //! page should cost the same either way. And `Sync` for the same reader
 //! from a cursor that many changes are behind ([`measure_sync`]).
 
+use super::reads::{bearer, gateway_client};
 use super::{per_sec, Latency, Recorder};
-use anyhow::{anyhow, ensure, Context, Result};
-use confab_auth::Authenticator;
-use confab_proto::v1::chat_client::ChatClient;
+use anyhow::{ensure, Context, Result};
 use confab_proto::v1::{ListConversationsRequest, SendMessageRequest, SyncRequest};
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -16,7 +15,6 @@ use sqlx::{Connection as _, PgConnection};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
-use tonic::transport::Channel;
 
 /// Conversations per page.
 pub const PAGE: u32 = 50;
@@ -82,18 +80,8 @@ pub async fn measure(opts: &InboxOpts) -> Result<InboxReport> {
         .await
         .context("set the reader's positions")?;
     }
-    let token = Authenticator::new(&opts.secret)
-        .mint(&opts.reader, 3600)
-        .map_err(|e| anyhow!("mint a token for {}: {e}", opts.reader))?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
-        .parse()
-        .context("the token as metadata")?;
-    let channel = Channel::from_shared(format!("http://{}", opts.gateway))
-        .context("gateway uri")?
-        .connect()
-        .await
-        .with_context(|| format!("connect to the gateway at {}", opts.gateway))?;
-    let mut client = ChatClient::new(channel);
+    let bearer = bearer(&opts.secret, &opts.reader)?;
+    let mut client = gateway_client(opts.gateway).await?;
     let mut latency = Recorder::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut min_unread = u64::MAX;
@@ -188,18 +176,8 @@ const SYNC_PAGE: u32 = confab_core::validate::MAX_SYNC_PAGE;
 /// times after a warm-up, every page each time, checking that exactly the
 /// changed conversations come back.
 pub async fn measure_sync(opts: &SyncOpts) -> Result<SyncReport> {
-    let token = Authenticator::new(&opts.secret)
-        .mint(&opts.reader, 3600)
-        .map_err(|e| anyhow!("mint a token for {}: {e}", opts.reader))?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
-        .parse()
-        .context("the token as metadata")?;
-    let channel = Channel::from_shared(format!("http://{}", opts.gateway))
-        .context("gateway uri")?
-        .connect()
-        .await
-        .with_context(|| format!("connect to the gateway at {}", opts.gateway))?;
-    let client = ChatClient::new(channel);
+    let bearer = bearer(&opts.secret, &opts.reader)?;
+    let client = gateway_client(opts.gateway).await?;
     let sync = |cursor: String| {
         let (mut client, bearer) = (client.clone(), bearer.clone());
         async move {

@@ -410,6 +410,26 @@ async fn run_phase(
     Ok(all)
 }
 
+/// The `authorization` value of a token for `user` signed with `secret`.
+pub(super) fn bearer(secret: &str, user: &str) -> Result<MetadataValue<Ascii>> {
+    let token = Authenticator::new(secret)
+        .mint(user, 3600)
+        .map_err(|e| anyhow!("mint a token for {user}: {e}"))?;
+    format!("Bearer {token}")
+        .parse()
+        .context("the token as metadata")
+}
+
+/// A client of the gateway at `addr`, on a connection of its own.
+pub(super) async fn gateway_client(addr: SocketAddr) -> Result<ChatClient<Channel>> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .context("gateway uri")?
+        .connect()
+        .await
+        .with_context(|| format!("connect to the gateway at {addr}"))?;
+    Ok(ChatClient::new(channel))
+}
+
 /// Reads `requests` random pages (after [`WARMUP_REQUESTS`] unrecorded ones)
 /// from `concurrency` tasks, each on its own connection: a random
 /// conversation, `before_seq` random in `page + 1 ..= rows_per_conversation`,
@@ -425,20 +445,10 @@ pub async fn measure(opts: &ReadOpts) -> Result<ReadReport> {
         opts.page,
         opts.rows_per_conversation
     );
-    let token = Authenticator::new(&opts.secret)
-        .mint(&opts.reader, 3600)
-        .map_err(|e| anyhow!("mint a token for {}: {e}", opts.reader))?;
-    let auth: MetadataValue<Ascii> = format!("Bearer {token}")
-        .parse()
-        .context("the token as metadata")?;
+    let auth = bearer(&opts.secret, &opts.reader)?;
     let mut clients = Vec::with_capacity(opts.concurrency);
     for _ in 0..opts.concurrency {
-        let channel = Channel::from_shared(format!("http://{}", opts.gateway))
-            .context("gateway uri")?
-            .connect()
-            .await
-            .with_context(|| format!("connect to the gateway at {}", opts.gateway))?;
-        clients.push(ChatClient::new(channel));
+        clients.push(gateway_client(opts.gateway).await?);
     }
     run_phase(opts, &clients, &auth, WARMUP_REQUESTS, 1).await?;
     let started = Instant::now();
