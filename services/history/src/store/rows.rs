@@ -3,6 +3,7 @@
 
 use super::decide::reads::{Position, ReadFacts};
 use super::{timestamp, ConversationPage, ListAfter, StoreError};
+use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::prost::Message as _;
 use confab_proto::v1::{Conversation, MemberRead, MembershipEvent, Message};
 
@@ -671,6 +672,31 @@ pub const RECORD_PRESENCE: &str =
      ON CONFLICT (user_id) DO UPDATE SET
          alive_until_ms = $2,
          last_seen_ms = CASE WHEN $3 > 0 THEN $3 ELSE presence.last_seen_ms END";
+
+/// Records `updates` in order with [`RECORD_PRESENCE`] on `conn` (a
+/// transaction of either store). An id with a NUL is no user (PostgreSQL
+/// text cannot hold one) and is passed over.
+pub async fn record_presence<DB>(
+    conn: &mut DB::Connection,
+    updates: &[PresenceUpdate],
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    for u in updates.iter().filter(|u| !u.user_id.contains('\0')) {
+        sqlx::query(RECORD_PRESENCE)
+            .bind(u.user_id.as_str())
+            .bind(u.alive_until_ms)
+            .bind(u.last_seen_ms)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
 
 /// A row of [`presence_sql`].
 pub type PresenceRow = (String, i64, i64);

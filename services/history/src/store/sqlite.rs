@@ -169,14 +169,7 @@ impl Store for SqliteStore {
     async fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError> {
         let _writer = self.write.lock().await;
         let mut tx = self.pool.begin().await?;
-        for u in updates {
-            sqlx::query(rows::RECORD_PRESENCE)
-                .bind(u.user_id.as_str())
-                .bind(u.alive_until_ms)
-                .bind(u.last_seen_ms)
-                .execute(&mut *tx)
-                .await?;
-        }
+        rows::record_presence::<sqlx::Sqlite>(&mut tx, updates).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -73,14 +73,7 @@ impl PostgresStore {
     pub(super) async fn record(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError> {
         self.again(|| async {
             let mut tx = self.pool.begin().await?;
-            for u in updates.iter().filter(|u| !u.user_id.contains('\0')) {
-                sqlx::query(rows::RECORD_PRESENCE)
-                    .bind(u.user_id.as_str())
-                    .bind(u.alive_until_ms)
-                    .bind(u.last_seen_ms)
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            rows::record_presence::<sqlx::Postgres>(&mut tx, updates).await?;
             tx.commit().await?;
             Ok(())
         })
