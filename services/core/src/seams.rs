@@ -101,6 +101,16 @@ pub enum Live {
     Presence(Arc<confab_proto::v1::Presence>),
 }
 
+impl Live {
+    /// Whether it may be dropped for a session too slow to take it:
+    /// typing and presence are replaced by the next one (and presence can
+    /// be asked for), while a message or a receipt dropped would be lost,
+    /// so a session too slow for those is disconnected to resume.
+    pub fn droppable(&self) -> bool {
+        matches!(self, Live::Typing(_) | Live::Presence(_))
+    }
+}
+
 /// Where routers hand sequenced messages, receipts and outcomes.
 #[async_trait]
 pub trait DeliverySink: Send + Sync + 'static {

@@ -396,7 +396,8 @@ impl Hub {
 
 impl Hub {
     /// Queues `live` for every session of every user in `recipients`; a
-    /// session whose queue is full reads too slowly and is disconnected.
+    /// session whose queue is full reads too slowly and is disconnected,
+    /// unless `live` is [droppable](Live::droppable): then only it is lost.
     fn push(&self, recipients: &[String], live: Live) {
         let mut sessions = self.sessions();
         for user in recipients {
@@ -406,6 +407,7 @@ impl Hub {
             let before = list.len();
             list.retain(|s| match s.tx.try_send(live.clone()) {
                 Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) if live.droppable() => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     tracing::info!(user_id = %user, session = s.id, "session reads too slowly; disconnecting it");
                     let _ = s.kill.try_send(Status::resource_exhausted(format!(

@@ -74,11 +74,11 @@ fn merged(batch: &[MarkReadRequest]) -> Option<MarkReadRequest> {
 
 impl State {
     /// A `read` frame (see the module's text). Reads share the sends'
-    /// in-flight bound; a read waiting behind another holds no slot.
+    /// in-flight bound; a read waiting behind another holds no slot. The
+    /// user's read budget is spent by each read that goes to the log (a
+    /// merged one once), so merging is what lets a client mark every
+    /// message read in a busy conversation.
     pub(super) async fn mark_read(&mut self, req: MarkReadRequest) -> Result<(), Gone> {
-        if let Err(e) = self.s.limiter.admit(&self.s.user, Cost::Read) {
-            return self.send(ack(&req, Err(e))).await;
-        }
         let delivered = req.seq >= 1
             && self
                 .cursors
@@ -121,13 +121,17 @@ impl State {
         }
         let waiting = self.reads.clone();
         let submitter = self.s.submitter.clone();
+        let limiter = self.s.limiter.clone();
         let out = self.s.out.clone();
         let user = self.s.user.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let mut batch = vec![req];
             while let Some(read) = merged(&batch) {
-                let result = crate::service::mark_read(&submitter, &user, read).await;
+                let result = match limiter.admit(&user, Cost::Read) {
+                    Ok(()) => crate::service::mark_read(&submitter, &user, read).await,
+                    Err(e) => Err(e),
+                };
                 for r in &batch {
                     let frame = ack(r, result.clone());
                     if out.send(ServerFrame { frame: Some(frame) }).await.is_err() {

@@ -32,14 +32,13 @@ pub const RELAYS_PER_SEC: u32 = 4;
 /// inbound stream is paused until the second ends.
 pub const FRAMES_PER_SEC: u32 = 20;
 
-/// What this session last relayed for one conversation.
+/// An active indicator this session relayed for one conversation (a
+/// stopped or expired one is removed).
 #[derive(Debug, Clone)]
 pub(super) struct Indicator {
-    /// Whether it said active.
-    active: bool,
     /// When it was relayed.
     relayed_at: Instant,
-    /// When an active one ends unless renewed.
+    /// When it ends unless renewed.
     expires: Instant,
     /// The members it went to (the stop goes to the same ones).
     recipients: Vec<String>,
@@ -70,11 +69,7 @@ struct Window {
 impl Indicators {
     /// When the earliest active indicator expires.
     pub(super) fn next_expiry(&self) -> Option<Instant> {
-        self.by_conversation
-            .values()
-            .filter(|i| i.active)
-            .map(|i| i.expires)
-            .min()
+        self.by_conversation.values().map(|i| i.expires).min()
     }
 
     /// The window `now` falls in, a new one if the last has ended.
@@ -133,20 +128,23 @@ impl State {
         if let Err(e) = validate::conversation_id(&conv) {
             return self.refuse_typing(f, e).await;
         }
-        if let Some(i) = self.indicators.by_conversation.get_mut(&conv) {
-            match (i.active, f.active) {
-                (true, true) if now < i.relayed_at + RENEW => {
-                    i.expires = now + TTL;
-                    return Ok(());
-                }
-                (false, false) => return Ok(()),
-                _ => {}
+        match (self.indicators.by_conversation.get_mut(&conv), f.active) {
+            (Some(i), true) if now < i.relayed_at + RENEW => {
+                i.expires = now + TTL;
+                return Ok(());
             }
-        } else if !f.active {
-            return Ok(());
+            (None, false) => return Ok(()),
+            _ => {}
         }
         if !self.indicators.spend(now) {
             metrics::counter!(RATE_LIMITED, "limit" => "typing").increment(1);
+            return Ok(());
+        }
+        if !f.active {
+            // A stop goes to those the start went to: no history call.
+            if let Some(i) = self.indicators.by_conversation.remove(&conv) {
+                self.relay_typing(conv, i.recipients, false);
+            }
             return Ok(());
         }
         let members = match self.s.history.conversation(&conv).await {
@@ -155,19 +153,10 @@ impl State {
             Err(e) => return self.refuse_typing(f, e).await,
         };
         let recipients: Vec<String> = members.into_iter().filter(|m| *m != self.s.user).collect();
-        self.s.hub.relay_typing(
-            recipients.clone(),
-            Typing {
-                conversation_id: conv.clone(),
-                user_id: self.s.user.clone(),
-                active: f.active,
-                error: None,
-            },
-        );
+        self.relay_typing(conv.clone(), recipients.clone(), true);
         self.indicators.by_conversation.insert(
             conv,
             Indicator {
-                active: f.active,
                 relayed_at: now,
                 expires: now + TTL,
                 recipients,
@@ -176,24 +165,34 @@ impl State {
         Ok(())
     }
 
-    /// Ends the active indicators that were not renewed in time.
+    /// Ends the indicators that were not renewed in time.
     pub(super) fn expire_typing(&mut self) {
         let now = Instant::now();
-        for (conv, i) in &mut self.indicators.by_conversation {
-            if i.active && i.expires <= now {
-                i.active = false;
-                i.relayed_at = now;
-                self.s.hub.relay_typing(
-                    i.recipients.clone(),
-                    Typing {
-                        conversation_id: conv.clone(),
-                        user_id: self.s.user.clone(),
-                        active: false,
-                        error: None,
-                    },
-                );
+        let expired: Vec<String> = self
+            .indicators
+            .by_conversation
+            .iter()
+            .filter(|(_, i)| i.expires <= now)
+            .map(|(conv, _)| conv.clone())
+            .collect();
+        for conv in expired {
+            if let Some(i) = self.indicators.by_conversation.remove(&conv) {
+                self.relay_typing(conv, i.recipients, false);
             }
         }
+    }
+
+    /// Relays this session's user's indicator in `conv` to `recipients`.
+    fn relay_typing(&self, conv: String, recipients: Vec<String>, active: bool) {
+        self.s.hub.relay_typing(
+            recipients,
+            Typing {
+                conversation_id: conv,
+                user_id: self.s.user.clone(),
+                active,
+                error: None,
+            },
+        );
     }
 
     /// Answers this session's own `typing` frame with why it was refused.
