@@ -238,11 +238,7 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let sql = listing.sql();
-        // A sync's cursor is written into its statement: not kept prepared.
-        let persistent = matches!(listing, Listing::Recent(_));
-        let rows = self
-            .fetch_all(|| listing.query(&sql, user, limit).persistent(persistent))
-            .await?;
+        let rows = self.fetch_all(|| listing.query(&sql, user, limit)).await?;
         Ok(rows
             .iter()
             .map(ListedRow::from_row)

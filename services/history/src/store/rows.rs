@@ -207,7 +207,7 @@ impl Listing<'_> {
     /// for either store.
     pub fn query<'q, DB>(&self, sql: &'q str, user: &'q str, limit: u32) -> Query<'q, DB>
     where
-        DB: sqlx::Database,
+        DB: sqlx::Database + sqlx::database::HasStatementCache,
         &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -223,7 +223,10 @@ impl Listing<'_> {
             }
             Listing::Changed { after, .. } => q.bind(after.to_string()),
         };
-        q.bind(i64::from(limit))
+        // A sync's cursor is written into its statement: one kept prepared
+        // per cursor would only push the hot statements out of the cache.
+        let persistent = !matches!(self, Listing::Changed { since: Some(_), .. });
+        q.bind(i64::from(limit)).persistent(persistent)
     }
 }
 

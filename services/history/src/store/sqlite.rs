@@ -123,6 +123,7 @@ impl Store for SqliteStore {
         through: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(&rows::departed_sql(since))
+            .persistent(false) // the cursor is in the statement
             .bind(user)
             .bind(after)
             .bind(through.unwrap_or(""))
