@@ -26,9 +26,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub mod reads;
 
-/// The new last seq of each conversation that got messages.
-pub type Heads = BTreeMap<String, u64>;
-
 /// The retry key of a send: (conversation, sender, client_msg_id).
 pub type Key = (String, String, String);
 
@@ -170,8 +167,6 @@ pub struct DecidedSends {
     plans: Vec<Plan>,
     /// The messages to insert, with their seqs.
     pub new: Vec<Message>,
-    /// The new last seq of each conversation that got a message.
-    pub heads: Heads,
 }
 
 /// Decides a run of sends, in order, as if one by one: a stored message
@@ -240,7 +235,7 @@ pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSend
             membership: None,
         });
     }
-    DecidedSends { plans, new, heads }
+    DecidedSends { plans, new }
 }
 
 impl DecidedSends {
@@ -249,15 +244,12 @@ impl DecidedSends {
     /// conversation's new last seq, and it is the conversation's newest
     /// TEXT message.
     pub fn newest(&self) -> Vec<&Message> {
-        self.heads
-            .iter()
-            .filter_map(|(conv, head)| {
-                self.new
-                    .iter()
-                    .rev()
-                    .find(|m| m.conversation_id == *conv && m.seq == *head)
-            })
-            .collect()
+        // `new` is in seq order within each conversation: the last wins.
+        let mut newest: BTreeMap<&str, &Message> = BTreeMap::new();
+        for m in &self.new {
+            newest.insert(&m.conversation_id, m);
+        }
+        newest.into_values().collect()
     }
 
     /// The read position each sender of a new message moves to: its newest

@@ -47,8 +47,12 @@ fn a_run_takes_the_seqs_after_each_conversations_last_and_repeats_share_one() {
             .collect::<Vec<_>>(),
         vec![("a", 5), ("b", 1), ("a", 6)]
     );
-    assert_eq!(decided.heads.get("a"), Some(&6));
-    assert_eq!(decided.heads.get("b"), Some(&1));
+    let heads: Vec<(&str, u64)> = decided
+        .newest()
+        .iter()
+        .map(|m| (m.conversation_id.as_str(), m.seq))
+        .collect();
+    assert_eq!(heads, [("a", 6), ("b", 1)]);
     let mut out = Vec::new();
     decided.outcomes(&run, &mut out);
     use outcome_record::Result as R;
@@ -85,7 +89,7 @@ fn a_stored_original_is_returned_even_after_the_sender_left() {
     let mut f = facts(&[("a", 9)], &[]);
     f.originals.insert(key_of(&original), original);
     let decided = sends(&run, &f, 0);
-    assert!(decided.new.is_empty() && decided.heads.is_empty());
+    assert!(decided.new.is_empty() && decided.newest().is_empty());
     let mut out = Vec::new();
     decided.outcomes(&run, &mut out);
     assert!(out[0].replay);
