@@ -13,5 +13,6 @@ pub mod opaque;
 pub mod presence;
 pub mod seams;
 pub mod sync_cursor;
+pub mod time;
 pub mod validate;
 pub mod vars;

@@ -8,11 +8,12 @@
 //! messages.
 
 use crate::seams::HistoryApi;
+use crate::time::{now_ms, timestamp};
 use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::v1::Presence;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -138,28 +139,12 @@ pub trait PushPresence: Send + Sync + 'static {
     async fn push_presence(&self, recipients: &[String], presence: Presence);
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 /// A record of `user` online from `now_ms` for a [`LEASE`].
 fn alive(user: &str, now_ms: i64) -> PresenceUpdate {
     PresenceUpdate {
         user_id: user.to_string(),
         alive_until_ms: now_ms.saturating_add(LEASE.as_millis() as i64),
         last_seen_ms: 0,
-    }
-}
-
-/// A protobuf timestamp from milliseconds since the epoch.
-pub fn timestamp(ms: i64) -> confab_proto::prost_types::Timestamp {
-    confab_proto::prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
 }
 

@@ -71,7 +71,7 @@ impl Submitter {
                 conversation_id: conversation_id.to_string(),
                 command: Some(command),
                 traceparent: trace.to_string(),
-                accepted_at_ms: now_ms(),
+                accepted_at_ms: confab_core::time::now_ms(),
             };
             let wait = async {
                 self.ingress.publish(conversation_id, record).await?;
@@ -104,12 +104,4 @@ impl Submitter {
         .instrument(span.clone())
         .await
     }
-}
-
-/// Milliseconds since the Unix epoch, on this gateway's clock.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }

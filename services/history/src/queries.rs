@@ -171,7 +171,7 @@ impl HistoryApi for LocalHistory {
             .into_iter()
             .map(|(user, alive, seen)| (user, (alive, seen)))
             .collect();
-        let now = confab_core::presence::now_ms();
+        let now = confab_core::time::now_ms();
         let presences = ids
             .into_iter()
             .map(|user_id| {
@@ -181,7 +181,7 @@ impl HistoryApi for LocalHistory {
                     user_id,
                     online,
                     last_seen: (!online && last_seen > 0)
-                        .then(|| confab_core::presence::timestamp(last_seen)),
+                        .then(|| confab_core::time::timestamp(last_seen)),
                 }
             })
             .collect();

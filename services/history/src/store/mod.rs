@@ -16,7 +16,6 @@ use confab_core::error::ChatError;
 use confab_core::validate::{Page, PageCursor};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord, PresenceUpdate};
 use confab_proto::v1::{Conversation, Message};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A storage failure (not a refusal of the request: those are `ChatError`s
 /// inside the outcome).
@@ -182,21 +181,7 @@ pub fn keyset(cursor: PageCursor) -> (&'static str, &'static str, i64) {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// A protobuf timestamp from milliseconds since the epoch.
-pub fn timestamp(ms: i64) -> confab_proto::prost_types::Timestamp {
-    confab_proto::prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
-}
+pub use confab_core::time::{now_ms, timestamp};
 
 #[cfg(test)]
 mod tests {
