@@ -113,15 +113,19 @@ pub fn send(
     Ok(())
 }
 
+/// [`check_user_id`] of `id`, the refusal naming it as `label`.
+fn labelled_user_id(label: &str, id: &str) -> Result<(), ChatError> {
+    check_user_id(id)
+        .map_err(|s| ChatError::InvalidArgument(format!("{label} {}: {}", shown(id), s.message())))
+}
+
 /// Checks user ids and returns them deduplicated and sorted.
 pub fn user_ids<'a>(
     ids: impl IntoIterator<Item = &'a String>,
 ) -> Result<BTreeSet<String>, ChatError> {
     let mut set = BTreeSet::new();
     for id in ids {
-        check_user_id(id).map_err(|s| {
-            ChatError::InvalidArgument(format!("member id {}: {}", shown(id), s.message()))
-        })?;
+        labelled_user_id("member id", id)?;
         set.insert(id.clone());
     }
     Ok(set)
@@ -141,9 +145,7 @@ pub fn presence_ids(ids: &[String]) -> Result<Vec<String>, ChatError> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     for id in ids {
-        check_user_id(id).map_err(|s| {
-            ChatError::InvalidArgument(format!("user id {}: {}", shown(id), s.message()))
-        })?;
+        labelled_user_id("user id", id)?;
         if seen.insert(id.as_str()) {
             out.push(id.clone());
         }
@@ -288,13 +290,18 @@ pub const DEFAULT_CONVERSATIONS_PAGE: u32 = 50;
 /// The largest `ListConversations` page.
 pub const MAX_CONVERSATIONS_PAGE: u32 = 200;
 
-/// The effective size of a `ListConversations` page asked for as `limit`:
-/// 0 means the default, more than the largest means the largest.
-pub fn conversations_page(limit: u32) -> u32 {
+/// The effective size of a page asked for as `limit`, for every paged
+/// call: 0 means `default`, more than `max` means `max`.
+fn page_size(limit: u32, default: u32, max: u32) -> u32 {
     match limit {
-        0 => DEFAULT_CONVERSATIONS_PAGE,
-        n => n.min(MAX_CONVERSATIONS_PAGE),
+        0 => default,
+        n => n.min(max),
     }
+}
+
+/// The effective size of a `ListConversations` page asked for as `limit`.
+pub fn conversations_page(limit: u32) -> u32 {
+    page_size(limit, DEFAULT_CONVERSATIONS_PAGE, MAX_CONVERSATIONS_PAGE)
 }
 
 /// A `Sync` page when none is asked for.
@@ -304,13 +311,9 @@ pub const DEFAULT_SYNC_PAGE: u32 = 200;
 /// them in one answer.
 pub const MAX_SYNC_PAGE: u32 = 1000;
 
-/// The effective size of a `Sync` page asked for as `limit`: 0 means the
-/// default, more than the largest means the largest.
+/// The effective size of a `Sync` page asked for as `limit`.
 pub fn sync_page(limit: u32) -> u32 {
-    match limit {
-        0 => DEFAULT_SYNC_PAGE,
-        n => n.min(MAX_SYNC_PAGE),
-    }
+    page_size(limit, DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)
 }
 
 /// Checks a history request and returns the page it asks for, with the
@@ -331,10 +334,7 @@ pub fn history_page(
             ))
         }
     };
-    let limit = match limit {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    };
+    let limit = page_size(limit, DEFAULT_PAGE, MAX_PAGE);
     Ok(Page {
         conversation_id,
         cursor,
