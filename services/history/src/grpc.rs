@@ -138,8 +138,8 @@ impl HistoryReader for HistoryReaderService {
     ) -> Result<Response<RecordPresenceResponse>, Status> {
         let span = read_span("RecordPresence", req.metadata());
         let updates = req.into_inner().updates;
-        if updates.iter().any(|u| u.user_id.is_empty()) {
-            return Err(ChatError::InvalidArgument("user_id is required".into()).into());
+        for u in &updates {
+            confab_core::validate::check_user_id(&u.user_id)?;
         }
         self.reader
             .record_presence(updates)
