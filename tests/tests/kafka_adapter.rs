@@ -1010,17 +1010,6 @@ impl confab_history::Store for Overlap {
         self.inner.departed(user, since, after, through).await
     }
 
-    async fn last_text(&self, id: &str) -> Result<Option<Message>, confab_history::StoreError> {
-        self.inner.last_text(id).await
-    }
-
-    async fn member_reads(
-        &self,
-        id: &str,
-    ) -> Result<Vec<confab_history::store::rows::MemberReads>, confab_history::StoreError> {
-        self.inner.member_reads(id).await
-    }
-
     async fn history(
         &self,
         page: confab_core::validate::Page<'_>,

@@ -11,8 +11,7 @@ use confab_core::validate;
 use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::v1::{
     Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest, GetPresenceResponse,
-    ListConversationsRequest, ListConversationsResponse, MemberRead, Presence, SyncRequest,
-    SyncResponse,
+    ListConversationsRequest, ListConversationsResponse, Presence, SyncRequest, SyncResponse,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -119,22 +118,26 @@ impl HistoryApi for LocalHistory {
             .ok_or_else(|| ChatError::no_conversation(id))
     }
 
+    /// One listing statement reads it all (members and their positions,
+    /// the caller's count, the newest TEXT message) in one snapshot; when
+    /// the caller is not listed, the conversation is read to tell a
+    /// stranger from a conversation that does not exist (and listed again
+    /// if the caller joined in between).
     async fn get_conversation(&self, caller: &str, id: &str) -> Result<Conversation, ChatError> {
-        let mut conv = self.member_conversation(caller, id).await?;
-        let reads = self.store.member_reads(id).await?;
-        if let Some(own) = reads.iter().find(|r| r.user_id == caller) {
-            conv.read_seq = own.read_seq;
-            conv.unread_count = own.unread_count;
+        validate::conversation_id(id)?;
+        for _ in 0..2 {
+            let page = self
+                .store
+                .conversations(caller, Listing::One(id), 1)
+                .await?;
+            if let Some(conv) = page.conversations.into_iter().next() {
+                return Ok(conv);
+            }
+            self.member_conversation(caller, id).await?;
         }
-        conv.member_reads = reads
-            .into_iter()
-            .map(|r| MemberRead {
-                user_id: r.user_id,
-                read_seq: r.read_seq,
-            })
-            .collect();
-        conv.last_message = self.store.last_text(id).await?;
-        Ok(conv)
+        Err(ChatError::Unavailable(format!(
+            "the members of conversation {id} kept changing while it was read; ask again"
+        )))
     }
 
     async fn sync(&self, caller: &str, req: SyncRequest) -> Result<SyncResponse, ChatError> {

@@ -121,9 +121,6 @@ pub trait Store: Send + Sync + 'static {
         after: &str,
         through: Option<&str>,
     ) -> Result<Vec<String>, StoreError>;
-    /// Every member of conversation `id` with its read position and unread
-    /// count, by user id (none when there is no such conversation).
-    async fn member_reads(&self, id: &str) -> Result<Vec<rows::MemberReads>, StoreError>;
     /// The members other than `user` of `user`'s DIRECT conversations
     /// (see [`rows::DIRECT_PARTNERS`]).
     async fn direct_partners(&self, user: &str) -> Result<Vec<String>, StoreError>;
@@ -134,9 +131,6 @@ pub trait Store: Send + Sync + 'static {
     async fn presence(&self, users: &[&str]) -> Result<Vec<rows::PresenceRow>, StoreError>;
     /// Records presence updates, in order (see [`rows::RECORD_PRESENCE`]).
     async fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError>;
-    /// The newest TEXT message of conversation `id`, if it has one (see
-    /// [`rows::last_text_sql`]).
-    async fn last_text(&self, id: &str) -> Result<Option<Message>, StoreError>;
     /// Up to `limit` of `user`'s conversations as `listing` picks and
     /// orders them, each with its members and their read positions,
     /// `user`'s read position and unread count, and its newest TEXT

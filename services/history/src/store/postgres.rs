@@ -21,7 +21,7 @@
 
 use super::apply::{self, BatchTx};
 use super::decide;
-use super::rows::{self, ConversationRow, ListedRow, MemberReadRow, MemberReads, MessageRow};
+use super::rows::{self, ConversationRow, ListedRow, MessageRow};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
@@ -282,18 +282,6 @@ impl Store for PostgresStore {
             .collect::<Result<_, _>>()?)
     }
 
-    async fn member_reads(&self, id: &str) -> Result<Vec<MemberReads>, StoreError> {
-        if id.contains('\0') {
-            return Ok(Vec::new());
-        }
-        let rows = self
-            .fetch_all(|| sqlx::query(rows::MEMBER_READS).bind(id))
-            .await?;
-        rows.iter()
-            .map(|row| MemberReads::try_from(MemberReadRow::from_row(row)?))
-            .collect()
-    }
-
     async fn direct_partners(&self, user: &str) -> Result<Vec<String>, StoreError> {
         self.direct_partners_of(user).await
     }
@@ -308,18 +296,6 @@ impl Store for PostgresStore {
 
     async fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError> {
         self.record(updates).await
-    }
-
-    async fn last_text(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        if id.contains('\0') {
-            return Ok(None);
-        }
-        let sql = rows::last_text_sql();
-        let rows = self.fetch_all(|| sqlx::query(&sql).bind(id)).await?;
-        match rows.first() {
-            Some(row) => rows::LastTextRow::from_row(row)?.message(id),
-            None => Ok(None),
-        }
     }
 
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {

@@ -87,15 +87,6 @@ impl LastTextRow {
     }
 }
 
-/// The newest TEXT message of conversation `$1` (a [`LastTextRow`]; no row
-/// when there is no such conversation).
-pub fn last_text_sql() -> String {
-    format!(
-        "SELECT {} FROM conversations c WHERE c.id = $1",
-        last_text_columns("c")
-    )
-}
-
 /// A row of `conversations`, and for listings one of its members.
 #[derive(sqlx::FromRow)]
 pub struct ConversationRow {
@@ -150,6 +141,8 @@ pub enum Listing<'a> {
         /// The last id already given ("" for none).
         after: &'a str,
     },
+    /// The one with this id (`GetConversation`).
+    One(&'a str),
 }
 
 impl Listing<'_> {
@@ -158,8 +151,8 @@ impl Listing<'_> {
     /// `decide::reads`) and joined with each of its members `m2` and its
     /// read position. The page is chosen first, so only its members are
     /// read. `Recent` binds (`$2` activity, `$3` id) after which it
-    /// continues, `Changed` binds (`$2` id); a cursor is written into the
-    /// statement as numbers.
+    /// continues, `Changed` binds (`$2` id; a cursor is written into the
+    /// statement as numbers), `One` binds (`$2` id).
     pub fn sql(&self) -> String {
         let (filter, order, outer, limit) = match self {
             Listing::Recent(_) => (
@@ -176,6 +169,12 @@ impl Listing<'_> {
                         since_clause("c", since)
                     ),
                 },
+                "m.conversation_id",
+                "page.id",
+                "$3",
+            ),
+            Listing::One(_) => (
+                "m.conversation_id = $2".to_string(),
                 "m.conversation_id",
                 "page.id",
                 "$3",
@@ -222,6 +221,7 @@ impl Listing<'_> {
                 q.bind(activity).bind(id)
             }
             Listing::Changed { after, .. } => q.bind(after.to_string()),
+            Listing::One(id) => q.bind(id.to_string()),
         };
         // A sync's cursor is written into its statement: one kept prepared
         // per cursor would only push the hot statements out of the cache.
@@ -341,46 +341,6 @@ pub fn conversation_page(
         conversations: out.into_iter().map(|(c, _)| c).collect(),
         next,
     })
-}
-
-/// Every member of conversation `$1` with its read position and unread
-/// count (see `decide::reads`), by user id.
-pub const MEMBER_READS: &str = "SELECT m.user_id, m.read_seq,
-            (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count
-     FROM members m
-     JOIN conversations c ON c.id = m.conversation_id
-     WHERE m.conversation_id = $1
-     ORDER BY m.user_id";
-
-/// A row of [`MEMBER_READS`].
-#[derive(sqlx::FromRow)]
-pub struct MemberReadRow {
-    user_id: String,
-    read_seq: i64,
-    unread_count: i64,
-}
-
-/// A member's read position and unread count.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemberReads {
-    /// The member.
-    pub user_id: String,
-    /// Where it has read up to.
-    pub read_seq: u64,
-    /// What it has not read.
-    pub unread_count: u64,
-}
-
-impl TryFrom<MemberReadRow> for MemberReads {
-    type Error = StoreError;
-
-    fn try_from(row: MemberReadRow) -> Result<Self, StoreError> {
-        Ok(MemberReads {
-            user_id: row.user_id,
-            read_seq: seq_from(row.read_seq)?,
-            unread_count: seq_from(row.unread_count)?,
-        })
-    }
 }
 
 /// What deciding a read of seq `$3` by user `$2` in conversation `$1`

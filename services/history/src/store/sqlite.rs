@@ -5,9 +5,7 @@
 //! [`WAL_AUTOCHECKPOINT_PAGES`] pages rather than SQLite's default 1,000.
 
 use super::apply::{self, BatchTx, FactsOfRead};
-use super::rows::{
-    self, ChangeStamp, ConversationRow, ListedRow, MemberReadRow, MemberReads, MessageRow, Shared,
-};
+use super::rows::{self, ChangeStamp, ConversationRow, ListedRow, MessageRow, Shared};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
@@ -131,14 +129,6 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn member_reads(&self, id: &str) -> Result<Vec<MemberReads>, StoreError> {
-        let rows: Vec<MemberReadRow> = sqlx::query_as(rows::MEMBER_READS)
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.into_iter().map(MemberReads::try_from).collect()
-    }
-
     async fn direct_partners(&self, user: &str) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(rows::DIRECT_PARTNERS)
             .bind(user)
@@ -173,17 +163,6 @@ impl Store for SqliteStore {
         rows::record_presence::<sqlx::Sqlite>(&mut tx, updates).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    async fn last_text(&self, id: &str) -> Result<Option<Message>, StoreError> {
-        let row: Option<rows::LastTextRow> = sqlx::query_as(&rows::last_text_sql())
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(row) => row.message(id),
-            None => Ok(None),
-        }
     }
 
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {
