@@ -235,6 +235,11 @@ impl Listing<'_> {
 /// the row's partition (0 past its end: a partition the cursor has not
 /// seen). Numbers only, so safe to write into a statement.
 pub fn since_clause(alias: &str, since: &[u64]) -> String {
+    // A cursor from before any change names no partition (`CASE` without
+    // a `WHEN` is not SQL).
+    if since.is_empty() {
+        return "0".to_string();
+    }
     let mut out = format!("CASE {alias}.change_partition");
     for (partition, seen) in since.iter().enumerate() {
         let seen = i64::try_from(*seen).unwrap_or(i64::MAX);

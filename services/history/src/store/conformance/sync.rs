@@ -112,6 +112,9 @@ fn random_batch(rng: &mut Lcg, convs: u64, next_id: &mut u64) -> Vec<IngressReco
 /// at the end from the very first cursor (a client away the whole time).
 pub async fn a_cursor_reports_exactly_what_changed(store: Arc<dyn Store>) {
     const CONVS: u64 = 7;
+    // A cursor from before any change at all names no partition.
+    let empty = sync_all(&store, "u1", "", 2).await;
+    assert!(empty.changed.is_empty() && empty.removed.is_empty());
     for i in 0..CONVS {
         let conv = format!("c{i}");
         let members: &[&str] = if i % 2 == 0 {
@@ -121,6 +124,8 @@ pub async fn a_cursor_reports_exactly_what_changed(store: Arc<dyn Store>) {
         };
         apply_by_partition(&store, vec![create_group(&conv, "u0", members)]).await;
     }
+    let since_empty = sync_all(&store, "u1", &empty.cursor, 2).await;
+    assert_eq!(since_empty.changed.len(), 4, "every one is new to u1");
     let first = sync_all(&store, "u1", "", 2).await;
     assert_eq!(first.changed.len(), 4, "every conversation of u1's");
     assert!(first.pages >= 2, "pages of 2: {}", first.pages);
