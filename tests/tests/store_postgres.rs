@@ -472,3 +472,68 @@ async fn reads_go_on_when_the_server_drops_every_connection() {
         .expect("apply");
     assert_eq!(seq_of(&out[0]), 2);
 }
+
+/// History's sessions plan with `random_page_cost` 1.1 unless the URL
+/// sets it, so a `Sync` listing picks the page of a user's 1,000
+/// conversations by walking `members_by_user` and the primary keys in order
+/// instead of hashing both whole tables (twice as slow; docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_walk_the_indexes_in_order() {
+    use confab_history::store::postgres::{connect_options, RANDOM_PAGE_COST};
+    use confab_history::store::Listing;
+    use sqlx::ConnectOptions;
+    let pg = cluster();
+    let (url, _store) = fresh_store(&pg).await;
+    let show = |url: String| async move {
+        let mut conn = connect_options(&url)
+            .expect("options")
+            .connect()
+            .await
+            .expect("connect");
+        let cost: String = sqlx::query_scalar("SHOW random_page_cost")
+            .fetch_one(&mut conn)
+            .await
+            .expect("show");
+        (conn, cost)
+    };
+    let (_, chosen) = show(format!("{url}&options=-c%20random_page_cost%3D3")).await;
+    assert_eq!(chosen, "3", "the URL's own choice is kept");
+    let (mut conn, cost) = show(url.clone()).await;
+    assert_eq!(cost, RANDOM_PAGE_COST);
+    sqlx::raw_sql(
+        "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms, change_no)
+         SELECT 'c' || g, 2, '', 10, 0, g FROM generate_series(1000, 1999) g;
+         INSERT INTO members (conversation_id, user_id)
+         SELECT 'c' || g, u FROM generate_series(1000, 1999) g, unnest(ARRAY['r', 'w']) u;
+         ANALYZE conversations, members;",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("fill");
+    let since = [0u64, 0, 0];
+    let listing = Listing::Changed {
+        since: Some(&since),
+        after: "",
+    };
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", listing.sql()))
+        .bind("r")
+        .bind("")
+        .bind(1001i64)
+        .fetch_all(&mut conn)
+        .await
+        .expect("explain");
+    // The page (the statement's first part, up to where it is read):
+    // members of the user in id order, each joined by primary key.
+    let page: Vec<&str> = plan
+        .iter()
+        .map(String::as_str)
+        .take_while(|line| !line.contains("CTE Scan on page"))
+        .collect();
+    let (page, plan) = (page.join("\n"), plan.join("\n"));
+    assert!(page.contains("CTE page"), "{plan}");
+    assert!(page.contains("members_by_user"), "{plan}");
+    assert!(
+        !page.contains("Hash") && !page.contains("Seq Scan"),
+        "{plan}"
+    );
+}

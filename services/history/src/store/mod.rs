@@ -142,7 +142,7 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<ConversationPage, StoreError> {
         let rows = self.listed(user, listing, limit.saturating_add(1)).await?;
-        rows::conversation_page(rows, limit as usize)
+        rows::conversation_page(rows, &listing, limit as usize)
     }
     /// The messages of `page`, and whether more exist past them.
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError>;

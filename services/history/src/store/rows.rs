@@ -112,10 +112,10 @@ impl ConversationRow {
     }
 }
 
-/// A conversation of the lister, with the lister's read position, and one
-/// of its members with that member's: a row of a [`Listing`] query.
+/// A conversation of the lister's page, with the lister's read position:
+/// the first kind of row of a [`Listing`] query.
 #[derive(sqlx::FromRow)]
-pub struct ListedRow {
+pub struct ListedConversation {
     #[sqlx(flatten)]
     conversation: ConversationRow,
     #[sqlx(flatten)]
@@ -123,8 +123,47 @@ pub struct ListedRow {
     last_activity_ms: i64,
     read_seq: i64,
     unread_count: i64,
-    user_id: String,
-    member_read_seq: i64,
+}
+
+/// A row of a [`Listing`] query: a conversation of the page, or one
+/// member of one of them with that member's read position (its
+/// conversation columns NULL, `user_id` set).
+pub enum ListedRow {
+    /// A conversation of the page.
+    Conversation(ListedConversation),
+    /// A member of conversation `conversation_id`.
+    Member {
+        /// Whose member it is.
+        conversation_id: String,
+        /// The member and its read position.
+        member: MemberRead,
+    },
+}
+
+impl<'r, R> sqlx::FromRow<'r, R> for ListedRow
+where
+    R: sqlx::Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    ListedConversation: sqlx::FromRow<'r, R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        let user_id: Option<String> = row.try_get("user_id")?;
+        let Some(user_id) = user_id else {
+            return ListedConversation::from_row(row).map(ListedRow::Conversation);
+        };
+        let read_seq: Option<i64> = row.try_get("member_read_seq")?;
+        let read_seq = seq_from(read_seq.unwrap_or(0)).map_err(|e| sqlx::Error::ColumnDecode {
+            index: "member_read_seq".into(),
+            source: Box::new(e),
+        })?;
+        Ok(ListedRow::Member {
+            conversation_id: row.try_get("id")?,
+            member: MemberRead { user_id, read_seq },
+        })
+    }
 }
 
 /// Which of a user's conversations a listing reads, and in what order.
@@ -148,17 +187,19 @@ pub enum Listing<'a> {
 impl Listing<'_> {
     /// Up to `$N` (the last parameter) conversations of user `$1`, each
     /// with the user's read position and unread count (see
-    /// `decide::reads`) and joined with each of its members `m2` and its
-    /// read position. The page is chosen first, so only its members are
-    /// read. `Recent` binds (`$2` activity, `$3` id) after which it
-    /// continues, `Changed` binds (`$2` id; a cursor is written into the
-    /// statement as numbers), `One` binds (`$2` id).
+    /// `decide::reads`), and then each of their members `m2` with its read
+    /// position as rows of their own ([`ListedRow`]): one snapshot, and
+    /// each conversation's columns sent once however many members it has.
+    /// The page is chosen first, so only its members are read. The rows
+    /// come in no order; [`conversation_page`] puts them in the listing's.
+    /// `Recent` binds (`$2` activity, `$3` id) after which it continues,
+    /// `Changed` binds (`$2` id; a cursor is written into the statement as
+    /// numbers), `One` binds (`$2` id).
     pub fn sql(&self) -> String {
-        let (filter, order, outer, limit) = match self {
+        let (filter, order, limit) = match self {
             Listing::Recent(_) => (
                 "(c.last_activity_ms < $2 OR (c.last_activity_ms = $2 AND c.id > $3))".to_string(),
                 "c.last_activity_ms DESC, c.id",
-                "page.last_activity_ms DESC, page.id",
                 "$4",
             ),
             Listing::Changed { since, .. } => (
@@ -170,16 +211,16 @@ impl Listing<'_> {
                     ),
                 },
                 "m.conversation_id",
-                "page.id",
                 "$3",
             ),
             Listing::One(_) => (
                 "m.conversation_id = $2".to_string(),
                 "m.conversation_id",
-                "page.id",
                 "$3",
             ),
         };
+        // The member rows' NULLs, one per column of the page but the id.
+        let nulls = ["NULL"; 12].join(", ");
         format!(
             "WITH page AS (
                  SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.last_activity_ms,
@@ -192,11 +233,13 @@ impl Listing<'_> {
                  LIMIT {limit}
              )
              SELECT page.id, page.kind, page.title, page.last_seq, page.created_at_ms,
-                    page.last_activity_ms, {}, page.read_seq, page.unread_count, m2.user_id,
-                    m2.read_seq AS member_read_seq
+                    page.last_activity_ms, {}, page.read_seq, page.unread_count,
+                    NULL AS user_id, NULL AS member_read_seq
              FROM page
-             JOIN members m2 ON m2.conversation_id = page.id
-             ORDER BY {outer}, m2.user_id",
+             UNION ALL
+             SELECT m2.conversation_id, {nulls}, m2.user_id, m2.read_seq
+             FROM members m2
+             WHERE m2.conversation_id IN (SELECT id FROM page)",
             last_text_columns("c"),
             last_text_columns("page"),
         )
@@ -302,36 +345,59 @@ pub struct ChangeStamp {
     pub no: i64,
 }
 
-/// The first `limit` conversations of [`ListedRow`]s (one per conversation
-/// and member, grouped by conversation), with where the next page starts
+/// The first `limit` conversations of [`ListedRow`]s in the order of
+/// `listing`, each with its members by id, with where the next page starts
 /// when there were more.
 pub fn conversation_page(
     rows: Vec<ListedRow>,
+    listing: &Listing<'_>,
     limit: usize,
 ) -> Result<ConversationPage, StoreError> {
     let mut out: Vec<(Conversation, i64)> = Vec::new();
+    let mut members: Vec<(String, MemberRead)> = Vec::new();
     for row in rows {
-        let member = MemberRead {
-            user_id: row.user_id.clone(),
-            read_seq: seq_from(row.member_read_seq)?,
-        };
-        match out.last_mut() {
-            Some((c, _)) if c.id == row.conversation.id => {
-                c.member_ids.push(row.user_id);
-                c.member_reads.push(member);
-            }
-            _ => out.push((
+        match row {
+            ListedRow::Member {
+                conversation_id,
+                member,
+            } => members.push((conversation_id, member)),
+            ListedRow::Conversation(row) => out.push((
                 Conversation {
                     last_message: row.last_text.message(&row.conversation.id)?,
                     read_seq: seq_from(row.read_seq)?,
                     unread_count: seq_from(row.unread_count)?,
                     last_activity_at: Some(timestamp(row.last_activity_ms)),
-                    member_reads: vec![member],
-                    ..row.conversation.with_members(vec![row.user_id])?
+                    ..row.conversation.with_members(Vec::new())?
                 },
                 row.last_activity_ms,
             )),
         }
+    }
+    match listing {
+        Listing::Recent(_) => {
+            out.sort_unstable_by(|(a, at), (b, bt)| bt.cmp(at).then(a.id.cmp(&b.id)))
+        }
+        Listing::Changed { .. } | Listing::One(_) => {
+            out.sort_unstable_by(|(a, _), (b, _)| a.id.cmp(&b.id))
+        }
+    }
+    members.sort_unstable_by(|(a, ma), (b, mb)| a.cmp(b).then(ma.user_id.cmp(&mb.user_id)));
+    let at: std::collections::HashMap<&str, usize> = out
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _))| (c.id.as_str(), i))
+        .collect();
+    let mut placed: Vec<(usize, MemberRead)> = Vec::with_capacity(members.len());
+    for (conversation_id, member) in members {
+        let i = at.get(conversation_id.as_str()).copied().ok_or_else(|| {
+            StoreError::Corrupt(format!("a member of {conversation_id}, not in the page"))
+        })?;
+        placed.push((i, member));
+    }
+    for (i, member) in placed {
+        let c = &mut out[i].0;
+        c.member_ids.push(member.user_id.clone());
+        c.member_reads.push(member);
     }
     let more = out.len() > limit;
     out.truncate(limit);
