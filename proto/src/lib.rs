@@ -11,7 +11,9 @@ pub use tonic;
 /// most of what an idle `Connect` stream costs; these start at 512 bytes
 /// and grow to whatever a message needs (measurements in docs/benchmarks-log.md).
 pub mod codec {
-    use tonic::codec::{BufferSettings, Codec};
+    use prost::bytes::{Buf, BufMut, Bytes};
+    use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    use tonic::Status;
     use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
     /// First size of a call's encode and decode buffers.
@@ -55,6 +57,114 @@ pub mod codec {
             ))
         }
     }
+
+    /// A message that passes through as the bytes it was encoded to: a
+    /// hop that only forwards an answer neither decodes nor encodes it
+    /// again (the gateway's `Sync`, docs/architecture.md).
+    #[derive(Debug, Clone, Default)]
+    pub struct RawEncoder;
+
+    impl Encoder for RawEncoder {
+        type Item = Bytes;
+        type Error = Status;
+
+        fn encode(&mut self, item: Bytes, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            buf.put(item);
+            Ok(())
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            BufferSettings::new(FIRST_BUFFER_BYTES, YIELD_THRESHOLD)
+        }
+    }
+
+    /// The bytes of a message as they came (see [`RawEncoder`]).
+    #[derive(Debug, Clone, Default)]
+    pub struct RawDecoder;
+
+    impl Decoder for RawDecoder {
+        type Item = Bytes;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+            let len = buf.remaining();
+            Ok(Some(buf.copy_to_bytes(len)))
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            BufferSettings::new(FIRST_BUFFER_BYTES, YIELD_THRESHOLD)
+        }
+    }
+
+    /// A client's codec for a call whose answer it passes on encoded:
+    /// sends `T`, receives the answer's bytes.
+    #[derive(Debug, Clone)]
+    pub struct RawAnswerClient<T>(std::marker::PhantomData<T>);
+
+    impl<T> Default for RawAnswerClient<T> {
+        fn default() -> Self {
+            Self(std::marker::PhantomData)
+        }
+    }
+
+    impl<T: prost::Message + Send + 'static> Codec for RawAnswerClient<T> {
+        type Encode = T;
+        type Decode = Bytes;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = RawDecoder;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, ()>::raw_encoder(BufferSettings::new(
+                FIRST_BUFFER_BYTES,
+                YIELD_THRESHOLD,
+            ))
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            RawDecoder
+        }
+    }
+
+    /// A server's codec for a call it answers with bytes encoded elsewhere:
+    /// receives `U`, sends the bytes.
+    #[derive(Debug, Clone)]
+    pub struct RawAnswerServer<U>(std::marker::PhantomData<U>);
+
+    impl<U> Default for RawAnswerServer<U> {
+        fn default() -> Self {
+            Self(std::marker::PhantomData)
+        }
+    }
+
+    impl<U: prost::Message + Default + Send + 'static> Codec for RawAnswerServer<U> {
+        type Encode = Bytes;
+        type Decode = U;
+        type Encoder = RawEncoder;
+        type Decoder = ProstDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            RawEncoder
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            ProstCodec::<(), U>::raw_decoder(BufferSettings::new(
+                FIRST_BUFFER_BYTES,
+                YIELD_THRESHOLD,
+            ))
+        }
+    }
+}
+
+/// The top level of an encoded `confab.v1.SyncResponse` with its
+/// conversations left encoded: enough to tell whether an answer passed on
+/// as bytes reports a change. The tags are `SyncResponse`'s (a test in
+/// the gateway decodes one each way).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SyncShape {
+    #[prost(bytes = "bytes", repeated, tag = "1")]
+    pub conversations: Vec<prost::bytes::Bytes>,
+    #[prost(string, repeated, tag = "2")]
+    pub removed_conversation_ids: Vec<String>,
 }
 
 pub mod v1 {

@@ -5,6 +5,8 @@
 use crate::error::ChatError;
 use async_trait::async_trait;
 use confab_proto::internal::v1::{OutcomeRecord, PresenceUpdate};
+use confab_proto::prost::bytes::Bytes;
+use confab_proto::prost::Message as _;
 use confab_proto::v1::{
     Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest, GetPresenceResponse,
     ListConversationsRequest, ListConversationsResponse, Message, Receipt, SyncRequest,
@@ -48,6 +50,13 @@ pub trait HistoryApi: Send + Sync + 'static {
     ) -> Result<Conversation, ChatError>;
     /// What changed for `caller` since the request's cursor.
     async fn sync(&self, caller: &str, req: SyncRequest) -> Result<SyncResponse, ChatError>;
+    /// [`HistoryApi::sync`] as the encoded `SyncResponse`, for a caller
+    /// that only passes it on (the gateway's unary `Sync`): a client of a
+    /// remote history hands over the bytes history sent without decoding
+    /// them; the default encodes [`HistoryApi::sync`]'s answer.
+    async fn sync_encoded(&self, caller: &str, req: SyncRequest) -> Result<Bytes, ChatError> {
+        Ok(self.sync(caller, req).await?.encode_to_vec().into())
+    }
     /// The presence of users that share a conversation with `caller`
     /// (PERMISSION_DENIED for the first that does not).
     async fn get_presence(

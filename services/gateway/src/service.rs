@@ -379,6 +379,8 @@ impl Chat for ChatService {
         Ok(Response::new(self.history.get_presence(&user, r).await?))
     }
 
+    /// Decoded; [`server`] answers `Sync` with [`crate::sync::SyncRoute`]
+    /// before a call gets here, passing history's answer on encoded.
     async fn sync(&self, mut req: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
         let user = Caller::take(&mut req)?.user;
         Ok(Response::new(
@@ -437,8 +439,14 @@ pub fn server(mut service: ChatService, transport: Transport) -> Server {
     service.max_message_bytes = transport.max_message_bytes;
     // The guard wraps the Chat routes only: health and reflection, routed
     // beside them by the server, stay open.
-    let chat = tower::ServiceBuilder::new()
-        .layer(service.guard())
-        .service(ChatServer::new(service).max_decoding_message_size(transport.max_message_bytes));
+    let history = service.history.clone();
+    let chat =
+        tower::ServiceBuilder::new()
+            .layer(service.guard())
+            .service(crate::sync::SyncRoute::new(
+                ChatServer::new(service).max_decoding_message_size(transport.max_message_bytes),
+                history,
+                transport.max_message_bytes,
+            ));
     Server::new("gateway", chat, confab_proto::PUBLIC_FILE_DESCRIPTOR_SET).transport(transport)
 }

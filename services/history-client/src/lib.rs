@@ -14,12 +14,15 @@ use confab_layers::breaker::{
     BreakerConfig, BreakerHandle, CircuitBreaker, CircuitBreakerLayer, CircuitOpen, GrpcFailures,
 };
 use confab_layers::service_token::ServiceToken;
+use confab_proto::codec::RawAnswerClient;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
+use confab_proto::internal::v1::history_reader_server::SERVICE_NAME as HISTORY_READER;
 use confab_proto::internal::v1::{
     DirectPartnersRequest, DirectPartnersResponse, GetConversationRequest, ListForUserRequest,
     PresenceForUserRequest, PresenceUpdate, ReadHistoryRequest, RecordPresenceRequest,
     RecordPresenceResponse, SyncForUserRequest,
 };
+use confab_proto::prost::bytes::Bytes;
 use confab_proto::v1::{
     self as pb, Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest,
     GetPresenceResponse, ListConversationsRequest, ListConversationsResponse, SyncRequest,
@@ -172,6 +175,8 @@ struct Target {
 struct HistoryRpcs {
     /// The client over one address's channel.
     client: HistoryReaderClient<Channel>,
+    /// That channel, for calls the generated client cannot make.
+    channel: Channel,
     /// Longest wait for one answer.
     timeout: Duration,
 }
@@ -190,8 +195,8 @@ trait HistoryRpc: Clone + Send + Sized + 'static {
     type Reply: Send + 'static;
     /// For logs.
     const NAME: &'static str;
-    /// Sends `req` with `client`.
-    fn send(client: HistoryReaderClient<Channel>, req: Request<Self>) -> RpcFuture<Self::Reply>;
+    /// Sends `req` over `rpcs`.
+    fn send(rpcs: &HistoryRpcs, req: Request<Self>) -> RpcFuture<Self::Reply>;
 }
 
 /// `impl HistoryRpc` for each request message: its reply, and the client
@@ -201,10 +206,8 @@ macro_rules! history_rpcs {
         impl HistoryRpc for $request {
             type Reply = $reply;
             const NAME: &'static str = stringify!($method);
-            fn send(
-                mut client: HistoryReaderClient<Channel>,
-                req: Request<Self>,
-            ) -> RpcFuture<Self::Reply> {
+            fn send(rpcs: &HistoryRpcs, req: Request<Self>) -> RpcFuture<Self::Reply> {
+                let mut client = rpcs.client.clone();
                 Box::pin(async move { client.$method(req).await })
             }
         }
@@ -221,6 +224,36 @@ history_rpcs! {
     RecordPresenceRequest => RecordPresenceResponse, record_presence;
 }
 
+/// `HistoryReader.Sync` whose answer is kept encoded ([`HistoryApi::sync_encoded`]).
+#[derive(Clone)]
+struct EncodedSync(SyncForUserRequest);
+
+/// `HistoryReader.Sync`'s path, as the generated client sends it.
+const SYNC_PATH: &str = "/confab.internal.v1.HistoryReader/Sync";
+
+impl HistoryRpc for EncodedSync {
+    type Reply = Bytes;
+    const NAME: &'static str = "sync";
+
+    fn send(rpcs: &HistoryRpcs, req: Request<Self>) -> RpcFuture<Bytes> {
+        // What the generated client does for `sync`, with a codec that
+        // leaves the answer as history encoded it.
+        let mut grpc = tonic::client::Grpc::new(rpcs.channel.clone())
+            .max_decoding_message_size(MAX_PAGE_BYTES);
+        Box::pin(async move {
+            grpc.ready()
+                .await
+                .map_err(|e| Status::unknown(format!("Service was not ready: {e}")))?;
+            let mut req = req.map(|EncodedSync(r)| r);
+            req.extensions_mut()
+                .insert(tonic::GrpcMethod::new(HISTORY_READER, "Sync"));
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static(SYNC_PATH);
+            grpc.unary(req, path, RawAnswerClient::<SyncForUserRequest>::default())
+                .await
+        })
+    }
+}
+
 impl<M: HistoryRpc> Service<Request<M>> for HistoryRpcs {
     type Response = Response<M::Reply>;
     type Error = Status;
@@ -233,7 +266,7 @@ impl<M: HistoryRpc> Service<Request<M>> for HistoryRpcs {
 
     fn call(&mut self, req: Request<M>) -> Self::Future {
         let timeout = self.timeout;
-        let answer = M::send(self.client.clone(), req);
+        let answer = M::send(self, req);
         // Timed out here, below the breaker, so a history that hangs counts
         // as failing just like one that refuses connections.
         Box::pin(async move {
@@ -293,8 +326,8 @@ impl RemoteHistory {
                 // A page is up to 500 messages of up to the largest body
                 // (64 KiB bodies make 32 MiB): tonic's 4 MiB default would
                 // fail a resume on a busy conversation.
-                let client =
-                    HistoryReaderClient::new(channel).max_decoding_message_size(MAX_PAGE_BYTES);
+                let client = HistoryReaderClient::new(channel.clone())
+                    .max_decoding_message_size(MAX_PAGE_BYTES);
                 let breaker = CircuitBreakerLayer::new(
                     format!("history {addr}"),
                     config.breaker.clone(),
@@ -308,6 +341,7 @@ impl RemoteHistory {
                     .layer(breaker)
                     .service(HistoryRpcs {
                         client,
+                        channel,
                         timeout: config.request_timeout,
                     });
                 Ok(Target {
@@ -457,6 +491,14 @@ impl HistoryApi for RemoteHistory {
         .await
     }
 
+    async fn sync_encoded(&self, caller: &str, req: SyncRequest) -> Result<Bytes, ChatError> {
+        self.call(EncodedSync(SyncForUserRequest {
+            user_id: caller.to_string(),
+            request: Some(req),
+        }))
+        .await
+    }
+
     async fn get_presence(
         &self,
         caller: &str,
@@ -486,6 +528,25 @@ impl HistoryApi for RemoteHistory {
 mod tests {
     use super::*;
     use confab_core::config::env_of;
+
+    /// The encoded `Sync` goes to the method of `HistoryReader` that
+    /// takes a `SyncForUserRequest`, as the descriptors name it.
+    #[test]
+    fn the_encoded_sync_goes_to_history_readers_sync() {
+        use confab_proto::prost::Message as _;
+        let set =
+            confab_proto::prost_types::FileDescriptorSet::decode(confab_proto::FILE_DESCRIPTOR_SET)
+                .expect("descriptors");
+        let method = set
+            .file
+            .iter()
+            .flat_map(|f| f.service.iter().map(move |s| (f, s)))
+            .filter(|(f, s)| format!("{}.{}", f.package(), s.name()) == HISTORY_READER)
+            .flat_map(|(_, s)| s.method.iter())
+            .find(|m| m.input_type() == ".confab.internal.v1.SyncForUserRequest")
+            .expect("a method taking SyncForUserRequest");
+        assert_eq!(SYNC_PATH, format!("/{HISTORY_READER}/{}", method.name()));
+    }
 
     #[test]
     fn the_configuration_comes_from_the_environment() {
