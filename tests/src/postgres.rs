@@ -151,6 +151,48 @@ impl PgCluster {
     }
 }
 
+impl PgCluster {
+    /// The server's processes (the postmaster and its children: backends,
+    /// checkpointer, ...) for CPU accounting; none for a server named by
+    /// `DATABASE_URL`.
+    pub fn server_pids(&self) -> Vec<u32> {
+        let Some(local) = &self.local else {
+            return Vec::new();
+        };
+        let pid_file = std::fs::read_to_string(local.data().join("postmaster.pid")).ok();
+        let Some(postmaster) = pid_file
+            .as_deref()
+            .and_then(|f| f.lines().next())
+            .and_then(|l| l.trim().parse::<u32>().ok())
+        else {
+            return Vec::new();
+        };
+        let mut pids = vec![postmaster];
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // The parent is the second field after the command's ')'.
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if let Some(local) = &self.local {

@@ -159,6 +159,21 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
     assert!(sync.errors.is_empty(), "{:?}", sync.errors);
     assert_eq!(sync.latency.count, sync.requests);
     ordered("Sync", &sync.latency);
+    // CPU per sync of each process it went through, PostgreSQL's summed.
+    let labels: Vec<&str> = sync
+        .cpu_ms_per_sync
+        .iter()
+        .map(|(l, _)| l.as_str())
+        .collect();
+    for want in ["PostgreSQL", "bench client"] {
+        assert!(labels.contains(&want), "{labels:?}");
+    }
+    assert!(
+        labels.len() >= 5,
+        "gateway, router, history too: {labels:?}"
+    );
+    let total: f64 = sync.cpu_ms_per_sync.iter().map(|(_, ms)| ms).sum();
+    assert!(total > 0.0, "{:?}", sync.cpu_ms_per_sync);
 
     // Every target is reported, met or not.
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();

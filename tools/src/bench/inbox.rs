@@ -6,7 +6,7 @@
 //! from a cursor that many changes are behind ([`measure_sync`]).
 
 use super::reads::{bearer, gateway_client};
-use super::{per_sec, Latency, Recorder};
+use super::{clock_ticks_per_sec, cpu_ticks, per_sec, Latency, Recorder};
 use anyhow::{ensure, Context, Result};
 use confab_proto::v1::{ListConversationsRequest, SendMessageRequest, SyncRequest};
 use futures::StreamExt as _;
@@ -148,6 +148,9 @@ pub struct SyncOpts {
     pub changes: u64,
     /// Recorded syncs from that cursor, one at a time.
     pub requests: u64,
+    /// Processes whose CPU time per recorded sync is reported, by label
+    /// (a label's processes summed: PostgreSQL's backends).
+    pub watch: Vec<(String, Vec<u32>)>,
 }
 
 /// What [`measure_sync`] saw.
@@ -166,6 +169,15 @@ pub struct SyncReport {
     /// Failed syncs by gRPC code, and `wrong_changes` (a sync that did not
     /// report exactly the changed conversations).
     pub errors: BTreeMap<String, u64>,
+    /// CPU time per recorded sync (ms) of each watched process, and of
+    /// this client (`bench client`), in `watch` order.
+    #[serde(default)]
+    pub cpu_ms_per_sync: Vec<(String, f64)>,
+}
+
+/// The CPU ticks of `pids` together.
+fn ticks_of(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| cpu_ticks(*p)).sum()
 }
 
 /// Page a sync asks for: the largest, so 1,000 changes come in one answer.
@@ -232,9 +244,13 @@ pub async fn measure_sync(opts: &SyncOpts) -> Result<SyncReport> {
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut pages = 0;
     let mut started = Instant::now();
+    let mut watch = opts.watch.clone();
+    watch.push(("bench client".into(), vec![std::process::id()]));
+    let mut ticks: Vec<u64> = Vec::new();
     for i in 0..WARMUP + opts.requests {
         if i == WARMUP {
             started = Instant::now();
+            ticks = watch.iter().map(|(_, pids)| ticks_of(pids)).collect();
         }
         let at = Instant::now();
         let got = full(cursor.clone()).await;
@@ -253,7 +269,17 @@ pub async fn measure_sync(opts: &SyncOpts) -> Result<SyncReport> {
             *errors.entry(e).or_insert(0) += 1;
         }
     }
+    let per_tick_ms = 1000.0 / clock_ticks_per_sec() as f64;
+    let cpu_ms_per_sync = watch
+        .iter()
+        .zip(ticks)
+        .map(|((label, pids), before)| {
+            let used = ticks_of(pids).saturating_sub(before) as f64 * per_tick_ms;
+            (label.clone(), used / opts.requests.max(1) as f64)
+        })
+        .collect();
     Ok(SyncReport {
+        cpu_ms_per_sync,
         changes: changed.len() as u64,
         pages,
         requests: opts.requests,

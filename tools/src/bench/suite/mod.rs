@@ -432,6 +432,11 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             reader: reader.clone(),
             changes: 1_000,
             requests: opts.history_requests.min(500),
+            watch: watch(&stack)
+                .into_iter()
+                .map(|(label, pid)| (label, vec![pid]))
+                .chain([("PostgreSQL".to_string(), pg.server_pids())])
+                .collect(),
         })
         .await?;
         eprintln!("{r:?}");

@@ -107,6 +107,18 @@ pub fn table(r: &SuiteReport) -> String {
             sync.per_sec,
             sync.latency.brief()
         ));
+        if !sync.cpu_ms_per_sync.is_empty() {
+            let cpu: Vec<String> = sync
+                .cpu_ms_per_sync
+                .iter()
+                .map(|(label, ms)| format!("{label} {ms:.1}"))
+                .collect();
+            s.push_str(&format!(
+                "  CPU ms per sync: {}
+",
+                cpu.join(", ")
+            ));
+        }
     }
     for (name, idle) in [("embedded", &r.embedded_idle), ("gateway", &r.gateway_idle)] {
         if let Some(i) = idle {
