@@ -69,13 +69,10 @@ pub async fn unary_encoded(
     req: SyncRequest,
 ) -> Result<Bytes, ChatError> {
     let mut call = SyncCall::start("unary");
-    let page = match history.sync_encoded(user, req).await {
-        Ok(bytes) => reports_change(&bytes).map(|changed| {
-            call.changed |= changed;
-            bytes
-        }),
-        Err(e) => Err(e),
-    };
+    let page = history.sync_encoded(user, req).await.and_then(|bytes| {
+        call.changed |= reports_change(&bytes)?;
+        Ok(bytes)
+    });
     call.finish(page.is_ok());
     page
 }
@@ -83,21 +80,24 @@ pub async fn unary_encoded(
 /// Whether an encoded `SyncResponse` reports a conversation or a removal,
 /// read without decoding its conversations.
 fn reports_change(encoded: &[u8]) -> Result<bool, ChatError> {
-    let shape = SyncShape::decode(encoded)
-        .map_err(|e| ChatError::Internal(format!("history's Sync answer does not decode: {e}")))?;
+    let shape = SyncShape::decode(encoded).map_err(undecodable)?;
     Ok(!shape.conversations.is_empty() || !shape.removed_conversation_ids.is_empty())
 }
 
-/// The unary `Sync` decoded: one page.
+/// The unary `Sync` decoded ([`unary_encoded`]'s answer), for a
+/// `ChatServer` served without [`SyncRoute`].
 pub async fn unary(
     history: &dyn HistoryApi,
     user: &str,
     req: SyncRequest,
 ) -> Result<SyncResponse, ChatError> {
-    let mut call = SyncCall::start("unary");
-    let page = call.page(history, user, req).await;
-    call.finish(page.is_ok());
-    page
+    let page = unary_encoded(history, user, req).await?;
+    SyncResponse::decode(page).map_err(undecodable)
+}
+
+/// INTERNAL for an answer from history that is not a `SyncResponse`.
+fn undecodable(e: confab_proto::prost::DecodeError) -> ChatError {
+    ChatError::Internal(format!("history's Sync answer does not decode: {e}"))
 }
 
 /// The Chat routes with `Sync` answered by [`unary_encoded`]: history's
