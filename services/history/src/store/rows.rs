@@ -6,6 +6,7 @@ use super::{timestamp, ConversationPage, ListAfter, StoreError};
 use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::prost::Message as _;
 use confab_proto::v1::{Conversation, MemberRead, MembershipEvent, Message};
+use std::collections::HashMap;
 
 /// A row of `messages`.
 #[derive(sqlx::FromRow)]
@@ -57,16 +58,17 @@ pub struct LastTextRow {
 /// The columns of [`LastTextRow`], for a statement on `conversations`
 /// aliased `alias`.
 pub fn last_text_columns(alias: &str) -> String {
-    [
-        "last_text_seq",
-        "last_text_sender",
-        "last_text_client_msg_id",
-        "last_text_body",
-        "last_text_at_ms",
-    ]
-    .map(|c| format!("{alias}.{c}"))
-    .join(", ")
+    LAST_TEXT_COLUMNS.map(|c| format!("{alias}.{c}")).join(", ")
 }
+
+/// The columns of [`LastTextRow`].
+const LAST_TEXT_COLUMNS: [&str; 5] = [
+    "last_text_seq",
+    "last_text_sender",
+    "last_text_client_msg_id",
+    "last_text_body",
+    "last_text_at_ms",
+];
 
 impl LastTextRow {
     /// The message, if conversation `conversation_id` has a TEXT message.
@@ -147,15 +149,15 @@ where
     ListedConversation: sqlx::FromRow<'r, R>,
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         let user_id: Option<String> = row.try_get("user_id")?;
         let Some(user_id) = user_id else {
             return ListedConversation::from_row(row).map(ListedRow::Conversation);
         };
-        let read_seq: Option<i64> = row.try_get("member_read_seq")?;
-        let read_seq = seq_from(read_seq.unwrap_or(0)).map_err(|e| sqlx::Error::ColumnDecode {
+        let read_seq: i64 = row.try_get("member_read_seq")?;
+        let read_seq = seq_from(read_seq).map_err(|e| sqlx::Error::ColumnDecode {
             index: "member_read_seq".into(),
             source: Box::new(e),
         })?;
@@ -219,8 +221,22 @@ impl Listing<'_> {
                 "$3",
             ),
         };
-        // The member rows' NULLs, one per column of the page but the id.
-        let nulls = ["NULL"; 12].join(", ");
+        // A conversation row has the page's columns; a member row has the
+        // id, NULL for each of the others, then the member's two.
+        let columns: Vec<&str> = [
+            "id",
+            "kind",
+            "title",
+            "last_seq",
+            "created_at_ms",
+            "last_activity_ms",
+        ]
+        .into_iter()
+        .chain(LAST_TEXT_COLUMNS)
+        .chain(["read_seq", "unread_count"])
+        .collect();
+        let page: Vec<String> = columns.iter().map(|c| format!("page.{c}")).collect();
+        let nulls = vec!["NULL"; columns.len() - 1].join(", ");
         format!(
             "WITH page AS (
                  SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.last_activity_ms,
@@ -232,16 +248,14 @@ impl Listing<'_> {
                  ORDER BY {order}
                  LIMIT {limit}
              )
-             SELECT page.id, page.kind, page.title, page.last_seq, page.created_at_ms,
-                    page.last_activity_ms, {}, page.read_seq, page.unread_count,
-                    NULL AS user_id, NULL AS member_read_seq
+             SELECT {}, NULL AS user_id, NULL AS member_read_seq
              FROM page
              UNION ALL
              SELECT m2.conversation_id, {nulls}, m2.user_id, m2.read_seq
              FROM members m2
              WHERE m2.conversation_id IN (SELECT id FROM page)",
             last_text_columns("c"),
-            last_text_columns("page"),
+            page.join(", "),
         )
     }
 
@@ -381,23 +395,23 @@ pub fn conversation_page(
             out.sort_unstable_by(|(a, _), (b, _)| a.id.cmp(&b.id))
         }
     }
-    members.sort_unstable_by(|(a, ma), (b, mb)| a.cmp(b).then(ma.user_id.cmp(&mb.user_id)));
-    let at: std::collections::HashMap<&str, usize> = out
-        .iter()
-        .enumerate()
-        .map(|(i, (c, _))| (c.id.as_str(), i))
-        .collect();
-    let mut placed: Vec<(usize, MemberRead)> = Vec::with_capacity(members.len());
+    let mut by_conversation: HashMap<String, Vec<MemberRead>> = HashMap::new();
     for (conversation_id, member) in members {
-        let i = at.get(conversation_id.as_str()).copied().ok_or_else(|| {
-            StoreError::Corrupt(format!("a member of {conversation_id}, not in the page"))
-        })?;
-        placed.push((i, member));
+        by_conversation
+            .entry(conversation_id)
+            .or_default()
+            .push(member);
     }
-    for (i, member) in placed {
-        let c = &mut out[i].0;
-        c.member_ids.push(member.user_id.clone());
-        c.member_reads.push(member);
+    for (c, _) in &mut out {
+        let mut members = by_conversation.remove(&c.id).unwrap_or_default();
+        members.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+        c.member_ids = members.iter().map(|m| m.user_id.clone()).collect();
+        c.member_reads = members;
+    }
+    if let Some(stray) = by_conversation.keys().next() {
+        return Err(StoreError::Corrupt(format!(
+            "a member of {stray}, not in the page"
+        )));
     }
     let more = out.len() > limit;
     out.truncate(limit);
