@@ -173,9 +173,7 @@ struct Target {
 /// The RPCs of `HistoryReader`, as one tower service over a client.
 #[derive(Clone)]
 struct HistoryRpcs {
-    /// The client over one address's channel.
-    client: HistoryReaderClient<Channel>,
-    /// That channel, for calls the generated client cannot make.
+    /// One address's channel.
     channel: Channel,
     /// Longest wait for one answer.
     timeout: Duration,
@@ -207,7 +205,7 @@ macro_rules! history_rpcs {
             type Reply = $reply;
             const NAME: &'static str = stringify!($method);
             fn send(rpcs: &HistoryRpcs, req: Request<Self>) -> RpcFuture<Self::Reply> {
-                let mut client = rpcs.client.clone();
+                let mut client = rpcs.client();
                 Box::pin(async move { client.$method(req).await })
             }
         }
@@ -251,6 +249,15 @@ impl HistoryRpc for EncodedSync {
             grpc.unary(req, path, RawAnswerClient::<SyncForUserRequest>::default())
                 .await
         })
+    }
+}
+
+impl HistoryRpcs {
+    /// The generated client over the channel. A page is up to 500 messages
+    /// of up to the largest body (64 KiB bodies make 32 MiB): tonic's 4 MiB
+    /// default would fail a resume on a busy conversation.
+    fn client(&self) -> HistoryReaderClient<Channel> {
+        HistoryReaderClient::new(self.channel.clone()).max_decoding_message_size(MAX_PAGE_BYTES)
     }
 }
 
@@ -323,11 +330,6 @@ impl RemoteHistory {
                 let channel = endpoint_with(addr, config.tls.as_ref())?
                     .connect_timeout(config.connect_timeout)
                     .connect_lazy();
-                // A page is up to 500 messages of up to the largest body
-                // (64 KiB bodies make 32 MiB): tonic's 4 MiB default would
-                // fail a resume on a busy conversation.
-                let client = HistoryReaderClient::new(channel.clone())
-                    .max_decoding_message_size(MAX_PAGE_BYTES);
                 let breaker = CircuitBreakerLayer::new(
                     format!("history {addr}"),
                     config.breaker.clone(),
@@ -340,7 +342,6 @@ impl RemoteHistory {
                     // on to the next address without waiting on this one.
                     .layer(breaker)
                     .service(HistoryRpcs {
-                        client,
                         channel,
                         timeout: config.request_timeout,
                     });
