@@ -23,6 +23,11 @@ pub mod codec {
     /// buffered.
     const YIELD_THRESHOLD: usize = 32 * 1024;
 
+    /// Buffers of [`FIRST_BUFFER_BYTES`] first, flushed as tonic's are.
+    fn lean() -> BufferSettings {
+        BufferSettings::new(FIRST_BUFFER_BYTES, YIELD_THRESHOLD)
+    }
+
     /// [`ProstCodec`] with [`FIRST_BUFFER_BYTES`] buffers.
     #[derive(Debug, Clone)]
     pub struct LeanCodec<T, U>(std::marker::PhantomData<(T, U)>);
@@ -44,17 +49,11 @@ pub mod codec {
         type Decoder = ProstDecoder<U>;
 
         fn encoder(&mut self) -> Self::Encoder {
-            ProstCodec::<T, U>::raw_encoder(BufferSettings::new(
-                FIRST_BUFFER_BYTES,
-                YIELD_THRESHOLD,
-            ))
+            ProstCodec::<T, U>::raw_encoder(lean())
         }
 
         fn decoder(&mut self) -> Self::Decoder {
-            ProstCodec::<T, U>::raw_decoder(BufferSettings::new(
-                FIRST_BUFFER_BYTES,
-                YIELD_THRESHOLD,
-            ))
+            ProstCodec::<T, U>::raw_decoder(lean())
         }
     }
 
@@ -74,7 +73,7 @@ pub mod codec {
         }
 
         fn buffer_settings(&self) -> BufferSettings {
-            BufferSettings::new(FIRST_BUFFER_BYTES, YIELD_THRESHOLD)
+            lean()
         }
     }
 
@@ -92,7 +91,7 @@ pub mod codec {
         }
 
         fn buffer_settings(&self) -> BufferSettings {
-            BufferSettings::new(FIRST_BUFFER_BYTES, YIELD_THRESHOLD)
+            lean()
         }
     }
 
@@ -114,10 +113,7 @@ pub mod codec {
         type Decoder = RawDecoder;
 
         fn encoder(&mut self) -> Self::Encoder {
-            ProstCodec::<T, ()>::raw_encoder(BufferSettings::new(
-                FIRST_BUFFER_BYTES,
-                YIELD_THRESHOLD,
-            ))
+            ProstCodec::<T, ()>::raw_encoder(lean())
         }
 
         fn decoder(&mut self) -> Self::Decoder {
@@ -147,10 +143,7 @@ pub mod codec {
         }
 
         fn decoder(&mut self) -> Self::Decoder {
-            ProstCodec::<(), U>::raw_decoder(BufferSettings::new(
-                FIRST_BUFFER_BYTES,
-                YIELD_THRESHOLD,
-            ))
+            ProstCodec::<(), U>::raw_decoder(lean())
         }
     }
 }
