@@ -8,6 +8,7 @@
 //! path is printed).
 
 use crate::free_port;
+use crate::postgres::postmaster_pid;
 use crate::procs::{group_members, running, tail, ChildGuard};
 use std::fs::{self, File};
 use std::net::SocketAddr;
@@ -344,17 +345,6 @@ fn target_dir() -> Option<PathBuf> {
         return None;
     }
     profile.parent().map(Path::to_path_buf)
-}
-
-/// The postmaster's pid: the first line of `<datadir>/postmaster.pid`.
-fn postmaster_pid(pg_data: &Path) -> Option<u32> {
-    fs::read_to_string(pg_data.join("postmaster.pid"))
-        .ok()?
-        .lines()
-        .next()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// A file's text, or a note saying why there is none.

@@ -159,38 +159,24 @@ impl PgCluster {
         let Some(local) = &self.local else {
             return Vec::new();
         };
-        let pid_file = std::fs::read_to_string(local.data().join("postmaster.pid")).ok();
-        let Some(postmaster) = pid_file
-            .as_deref()
-            .and_then(|f| f.lines().next())
-            .and_then(|l| l.trim().parse::<u32>().ok())
-        else {
+        let Some(postmaster) = postmaster_pid(&local.data()) else {
             return Vec::new();
         };
         let mut pids = vec![postmaster];
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return pids;
-        };
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            // The parent is the second field after the command's ')'.
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let parent = stat
-                .rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if parent == Some(postmaster) {
-                pids.push(pid);
-            }
-        }
+        pids.extend(crate::procs::children(postmaster));
         pids
     }
+}
+
+/// The postmaster's pid: the first line of `<datadir>/postmaster.pid`.
+pub fn postmaster_pid(pg_data: &Path) -> Option<u32> {
+    std::fs::read_to_string(pg_data.join("postmaster.pid"))
+        .ok()?
+        .lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Drop for PgCluster {

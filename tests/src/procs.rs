@@ -247,32 +247,51 @@ impl Drop for ChildGuard {
     }
 }
 
-/// State and process group of a process, from `/proc/<pid>/stat`.
-fn proc_stat(pid: u32) -> Option<(char, u32)> {
+/// The fields of `/proc/<pid>/stat` after the command (`state ppid pgrp
+/// ...`, so field N of proc(5) is at index N - 3); the command may hold
+/// spaces and parentheses.
+pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let _ppid = fields.next()?;
-    let pgrp = fields.next()?.parse().ok()?;
-    Some((state, pgrp))
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// State, parent and process group of a process.
+fn proc_stat(pid: u32) -> Option<(char, u32, u32)> {
+    let fields = stat_fields(pid)?;
+    let state = fields.first()?.chars().next()?;
+    let ppid = fields.get(1)?.parse().ok()?;
+    let pgrp = fields.get(2)?.parse().ok()?;
+    Some((state, ppid, pgrp))
 }
 
 /// Whether `pid` is a live process (a zombie has exited: it only waits for
 /// its parent to reap it).
 pub fn running(pid: u32) -> bool {
-    proc_stat(pid).is_some_and(|(state, _)| state != 'Z')
+    proc_stat(pid).is_some_and(|(state, _, _)| state != 'Z')
 }
 
-/// The live processes in process group `pgrp`.
-pub fn group_members(pgrp: u32) -> Vec<u32> {
+/// The live processes whose (parent, process group) `select` picks.
+fn live_where(select: impl Fn(u32, u32) -> bool) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     entries
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| proc_stat(pid).is_some_and(|(state, g)| g == pgrp && state != 'Z'))
+        .filter(|&pid| {
+            proc_stat(pid).is_some_and(|(state, ppid, pgrp)| state != 'Z' && select(ppid, pgrp))
+        })
         .collect()
+}
+
+/// The live processes in process group `pgrp`.
+pub fn group_members(pgrp: u32) -> Vec<u32> {
+    live_where(|_, g| g == pgrp)
+}
+
+/// The live children of `parent`.
+pub fn children(parent: u32) -> Vec<u32> {
+    live_where(|ppid, _| ppid == parent)
 }
 
 /// The `confab` binary built next to the test executable (or `CONFAB_BIN`).

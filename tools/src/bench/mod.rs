@@ -167,13 +167,10 @@ impl CpuMark {
     }
 }
 
-/// utime + stime of `pid`, in clock ticks (`/proc/<pid>/stat`).
+/// utime + stime of `pid`, in clock ticks (`/proc/<pid>/stat`, fields 14
+/// and 15).
 pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields
-    // start after the last ')'. utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = confab_tests::procs::stat_fields(pid)?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
