@@ -966,7 +966,7 @@ impl confab_history::Store for Overlap {
         user: &str,
         listing: confab_history::store::Listing<'_>,
         limit: u32,
-    ) -> Result<Vec<confab_history::store::rows::ListedRow>, confab_history::StoreError> {
+    ) -> Result<confab_history::store::rows::Listed, confab_history::StoreError> {
         self.inner.listed(user, listing, limit).await
     }
 

@@ -480,7 +480,7 @@ async fn reads_go_on_when_the_server_drops_every_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listings_walk_the_indexes_in_order() {
     use confab_history::store::postgres::{connect_options, RANDOM_PAGE_COST};
-    use confab_history::store::Listing;
+    use confab_history::store::{rows::CursorParam, Listing};
     use sqlx::ConnectOptions;
     let pg = cluster();
     let (url, _store) = fresh_store(&pg).await;
@@ -515,10 +515,12 @@ async fn listings_walk_the_indexes_in_order() {
         since: Some(&since),
         after: "",
     };
-    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {}", listing.sql()))
+    let sql = listing.sql(CursorParam::Array);
+    let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN {sql}"))
         .bind("r")
         .bind("")
         .bind(1001i64)
+        .bind(CursorParam::array(&since))
         .fetch_all(&mut conn)
         .await
         .expect("explain");

@@ -64,7 +64,7 @@ pub fn connection_lost(e: &sqlx::Error) -> bool {
 pub type MessagePage = (Vec<Message>, bool);
 
 /// The rows of a page of a user's conversations (see [`Store::listed`]).
-pub type ListedRows = Result<Vec<rows::ListedRow>, StoreError>;
+pub type ListedRows = Result<rows::Listed, StoreError>;
 
 pub use rows::Listing;
 

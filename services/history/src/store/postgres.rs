@@ -21,7 +21,7 @@
 
 use super::apply::{self, BatchTx};
 use super::decide;
-use super::rows::{self, ConversationRow, ListedRow, MessageRow};
+use super::rows::{self, ConversationRow, CursorParam, Listed, ListedRow, MessageRow};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
@@ -29,6 +29,7 @@ use confab_proto::internal::v1::{
     ingress_record::Command, IngressRecord, OutcomeRecord, PresenceUpdate,
 };
 use confab_proto::v1::{Conversation, Message};
+use futures::TryStreamExt as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow as _, Postgres, Row};
 use std::time::Duration;
@@ -259,14 +260,24 @@ impl Store for PostgresStore {
 
     async fn listed(&self, user: &str, listing: Listing<'_>, limit: u32) -> ListedRows {
         if user.contains('\0') {
-            return Ok(Vec::new());
+            return Ok(Listed::default());
         }
-        let sql = listing.sql();
-        let rows = self.fetch_all(|| listing.query(&sql, user, limit)).await?;
-        Ok(rows
-            .iter()
-            .map(ListedRow::from_row)
-            .collect::<Result<_, _>>()?)
+        let sql = listing.sql(CursorParam::Array);
+        self.again(|| async {
+            let mut rows = match listing.cursor() {
+                Some(since) => listing
+                    .query(&sql, user, limit)
+                    .bind(CursorParam::array(since)),
+                None => listing.query(&sql, user, limit),
+            }
+            .fetch(&self.pool);
+            let mut listed = Listed::with_capacity(limit);
+            while let Some(row) = rows.try_next().await? {
+                listed.push(ListedRow::from_row(&row)?)?;
+            }
+            Ok(listed)
+        })
+        .await
     }
 
     async fn change_counters(&self) -> Result<Vec<u64>, StoreError> {
@@ -290,14 +301,14 @@ impl Store for PostgresStore {
         if user.contains('\0') {
             return Ok(Vec::new());
         }
-        let sql = rows::departed_sql(since);
+        let sql = rows::departed_sql(CursorParam::Array);
         let rows = self
             .fetch_all(|| {
                 sqlx::query(&sql)
-                    .persistent(false)
                     .bind(user)
                     .bind(after)
                     .bind(through.unwrap_or(""))
+                    .bind(CursorParam::array(since))
             })
             .await?;
         Ok(rows

@@ -6,7 +6,6 @@ use super::{timestamp, ConversationPage, ListAfter, StoreError};
 use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::prost::Message as _;
 use confab_proto::v1::{Conversation, MemberRead, MembershipEvent, Message};
-use std::collections::HashMap;
 
 /// A row of `messages`.
 #[derive(sqlx::FromRow)]
@@ -187,17 +186,18 @@ pub enum Listing<'a> {
 }
 
 impl Listing<'_> {
-    /// Up to `$N` (the last parameter) conversations of user `$1`, each
+    /// Up to `$N` conversations of user `$1`, each
     /// with the user's read position and unread count (see
     /// `decide::reads`), and then each of their members `m2` with its read
     /// position as rows of their own ([`ListedRow`]): one snapshot, and
     /// each conversation's columns sent once however many members it has.
     /// The page is chosen first, so only its members are read. The rows
     /// come in no order; [`conversation_page`] puts them in the listing's.
-    /// `Recent` binds (`$2` activity, `$3` id) after which it continues,
-    /// `Changed` binds (`$2` id; a cursor is written into the statement as
-    /// numbers), `One` binds (`$2` id).
-    pub fn sql(&self) -> String {
+    /// `Recent` binds (`$2` activity, `$3` id) after which it continues
+    /// and `$4` for `$N`; `Changed` binds `$2` (the id after which it
+    /// continues), `$3` for `$N`, and with a cursor `$4` (taken as
+    /// `cursor` says); `One` binds (`$2` id) and `$3` for `$N`.
+    pub fn sql(&self, cursor: CursorParam) -> String {
         let (filter, order, limit) = match self {
             Listing::Recent(_) => (
                 "(c.last_activity_ms < $2 OR (c.last_activity_ms = $2 AND c.id > $3))".to_string(),
@@ -207,9 +207,9 @@ impl Listing<'_> {
             Listing::Changed { since, .. } => (
                 match since {
                     None => "m.conversation_id > $2".to_string(),
-                    Some(since) => format!(
+                    Some(_) => format!(
                         "m.conversation_id > $2 AND c.change_no > {}",
-                        since_clause("c", since)
+                        cursor.since("c", "$4")
                     ),
                 },
                 "m.conversation_id",
@@ -280,36 +280,63 @@ impl Listing<'_> {
             Listing::Changed { after, .. } => q.bind(after.to_string()),
             Listing::One(id) => q.bind(id.to_string()),
         };
-        // A sync's cursor is written into its statement: one kept prepared
-        // per cursor would only push the hot statements out of the cache.
-        let persistent = !matches!(self, Listing::Changed { since: Some(_), .. });
-        q.bind(i64::from(limit)).persistent(persistent)
+        q.bind(i64::from(limit))
+    }
+
+    /// The cursor a `Changed` listing binds last (see [`CursorParam`]).
+    pub fn cursor(&self) -> Option<&[u64]> {
+        match *self {
+            Listing::Changed { since, .. } => since,
+            _ => None,
+        }
     }
 }
 
-/// The change number above which a row of `alias` (with `change_partition`
-/// and `change_no` columns) changed since the cursor `since`: its entry for
-/// the row's partition (0 past its end: a partition the cursor has not
-/// seen). Numbers only, so safe to write into a statement.
-pub fn since_clause(alias: &str, since: &[u64]) -> String {
-    // A cursor from before any change names no partition (`CASE` without
-    // a `WHEN` is not SQL).
-    if since.is_empty() {
-        return "0".to_string();
+/// How a store's statements take a sync cursor: bound as one parameter,
+/// so a statement is prepared once for every cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorParam {
+    /// PostgreSQL: an `int8[]` ([`CursorParam::array`]).
+    Array,
+    /// SQLite: a JSON array of numbers as text ([`CursorParam::json`]).
+    Json,
+}
+
+impl CursorParam {
+    /// The change number above which a row of `alias` (with
+    /// `change_partition` and `change_no` columns) changed since the
+    /// cursor bound as `param`: the cursor's entry for the row's partition,
+    /// 0 past its end (a partition the cursor has not seen).
+    pub fn since(self, alias: &str, param: &str) -> String {
+        match self {
+            CursorParam::Array => {
+                format!("COALESCE(({param}::int8[])[{alias}.change_partition + 1], 0)")
+            }
+            CursorParam::Json => format!(
+                "COALESCE(json_extract({param}, '$[' || {alias}.change_partition || ']'), 0)"
+            ),
+        }
     }
-    let mut out = format!("CASE {alias}.change_partition");
-    for (partition, seen) in since.iter().enumerate() {
-        let seen = i64::try_from(*seen).unwrap_or(i64::MAX);
-        out.push_str(&format!(" WHEN {partition} THEN {seen}"));
+
+    /// A cursor as [`CursorParam::Array`] binds it.
+    pub fn array(since: &[u64]) -> Vec<i64> {
+        since
+            .iter()
+            .map(|n| i64::try_from(*n).unwrap_or(i64::MAX))
+            .collect()
     }
-    out.push_str(" ELSE 0 END");
-    out
+
+    /// A cursor as [`CursorParam::Json`] binds it.
+    pub fn json(since: &[u64]) -> String {
+        let entries: Vec<String> = Self::array(since).iter().map(i64::to_string).collect();
+        format!("[{}]", entries.join(","))
+    }
 }
 
 /// The conversations user `$1` left or was removed from since the cursor
-/// (see [`since_clause`]), with ids after `$2` up to `$3` ("" for no
-/// bound), that the user is not a member of again, in id order.
-pub fn departed_sql(since: &[u64]) -> String {
+/// `$4` (see [`CursorParam::since`]), with ids after `$2` up to `$3` (""
+/// for no bound), that the user is not a member of again, in id order.
+pub fn departed_sql(cursor: CursorParam) -> String {
     format!(
         "SELECT d.conversation_id FROM departures d
          WHERE d.user_id = $1 AND d.conversation_id > $2
@@ -319,7 +346,7 @@ pub fn departed_sql(since: &[u64]) -> String {
                SELECT 1 FROM members m WHERE m.conversation_id = d.conversation_id AND m.user_id = $1
            )
          ORDER BY d.conversation_id",
-        since_clause("d", since)
+        cursor.since("d", "$4")
     )
 }
 
@@ -359,23 +386,34 @@ pub struct ChangeStamp {
     pub no: i64,
 }
 
-/// The first `limit` conversations of [`ListedRow`]s in the order of
-/// `listing`, each with its members by id, with where the next page starts
-/// when there were more.
-pub fn conversation_page(
-    rows: Vec<ListedRow>,
-    listing: &Listing<'_>,
-    limit: usize,
-) -> Result<ConversationPage, StoreError> {
-    let mut out: Vec<(Conversation, i64)> = Vec::new();
-    let mut members: Vec<(String, MemberRead)> = Vec::new();
-    for row in rows {
+/// The rows of a [`Listing`] query gathered as they arrive (see
+/// [`Store::listed`](super::Store::listed)): each conversation decoded once
+/// into the API's type, each member kept with its conversation's id.
+#[derive(Default)]
+pub struct Listed {
+    conversations: Vec<(Conversation, i64)>,
+    members: Vec<(String, MemberRead)>,
+}
+
+impl Listed {
+    /// Room for a listing of `limit` conversations of two members each (a
+    /// DIRECT conversation's; groups grow it).
+    pub fn with_capacity(limit: u32) -> Self {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(4096);
+        Self {
+            conversations: Vec::with_capacity(limit),
+            members: Vec::with_capacity(limit * 2),
+        }
+    }
+
+    /// Takes one row.
+    pub fn push(&mut self, row: ListedRow) -> Result<(), StoreError> {
         match row {
             ListedRow::Member {
                 conversation_id,
                 member,
-            } => members.push((conversation_id, member)),
-            ListedRow::Conversation(row) => out.push((
+            } => self.members.push((conversation_id, member)),
+            ListedRow::Conversation(row) => self.conversations.push((
                 Conversation {
                     last_message: row.last_text.message(&row.conversation.id)?,
                     read_seq: seq_from(row.read_seq)?,
@@ -386,7 +424,22 @@ pub fn conversation_page(
                 row.last_activity_ms,
             )),
         }
+        Ok(())
     }
+}
+
+/// The first `limit` conversations of `rows` in the order of `listing`,
+/// each with its members by id, with where the next page starts when there
+/// were more.
+pub fn conversation_page(
+    rows: Listed,
+    listing: &Listing<'_>,
+    limit: usize,
+) -> Result<ConversationPage, StoreError> {
+    let Listed {
+        conversations: mut out,
+        mut members,
+    } = rows;
     match listing {
         Listing::Recent(_) => {
             out.sort_unstable_by(|(a, at), (b, bt)| bt.cmp(at).then(a.id.cmp(&b.id)))
@@ -395,23 +448,23 @@ pub fn conversation_page(
             out.sort_unstable_by(|(a, _), (b, _)| a.id.cmp(&b.id))
         }
     }
-    let mut by_conversation: HashMap<String, Vec<MemberRead>> = HashMap::new();
-    for (conversation_id, member) in members {
-        by_conversation
-            .entry(conversation_id)
-            .or_default()
-            .push(member);
-    }
+    // Each conversation's members are one run of the sorted rows.
+    members.sort_unstable_by(|(a, x), (b, y)| a.cmp(b).then(x.user_id.cmp(&y.user_id)));
+    let mut placed = 0;
     for (c, _) in &mut out {
-        let mut members = by_conversation.remove(&c.id).unwrap_or_default();
-        members.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
-        c.member_ids = members.iter().map(|m| m.user_id.clone()).collect();
-        c.member_reads = members;
+        let start = members.partition_point(|(id, _)| id.as_str() < c.id.as_str());
+        let end = start + members[start..].partition_point(|(id, _)| *id == c.id);
+        placed += end - start;
+        c.member_reads = members[start..end]
+            .iter_mut()
+            .map(|(_, m)| std::mem::take(m))
+            .collect();
+        c.member_ids = c.member_reads.iter().map(|m| m.user_id.clone()).collect();
     }
-    if let Some(stray) = by_conversation.keys().next() {
-        return Err(StoreError::Corrupt(format!(
-            "a member of {stray}, not in the page"
-        )));
+    if placed != members.len() {
+        return Err(StoreError::Corrupt(
+            "a member row of a conversation that is not in the page".into(),
+        ));
     }
     let more = out.len() > limit;
     out.truncate(limit);
