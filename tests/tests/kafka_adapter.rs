@@ -1005,9 +1005,8 @@ impl confab_history::Store for Overlap {
         user: &str,
         since: &[u64],
         after: &str,
-        through: Option<&str>,
     ) -> Result<Vec<String>, confab_history::StoreError> {
-        self.inner.departed(user, since, after, through).await
+        self.inner.departed(user, since, after).await
     }
 
     async fn history(

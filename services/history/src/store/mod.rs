@@ -111,15 +111,13 @@ pub trait Store: Send + Sync + 'static {
     /// [`rows::CHANGE_COUNTERS`]).
     async fn change_counters(&self) -> Result<Vec<u64>, StoreError>;
     /// The conversations `user` left or was removed from since the cursor
-    /// `since` and is not a member of again, with ids after `after` up to
-    /// `through` (unbounded: `None`), in id order (see
-    /// [`rows::departed_sql`]).
+    /// `since` and is not a member of again, with ids after `after`, in id
+    /// order (see [`rows::departed_sql`]).
     async fn departed(
         &self,
         user: &str,
         since: &[u64],
         after: &str,
-        through: Option<&str>,
     ) -> Result<Vec<String>, StoreError>;
     /// The members other than `user` of `user`'s DIRECT conversations
     /// (see [`rows::DIRECT_PARTNERS`]).

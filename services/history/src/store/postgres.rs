@@ -296,7 +296,6 @@ impl Store for PostgresStore {
         user: &str,
         since: &[u64],
         after: &str,
-        through: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
         if user.contains('\0') {
             return Ok(Vec::new());
@@ -307,7 +306,6 @@ impl Store for PostgresStore {
                 sqlx::query(&sql)
                     .bind(user)
                     .bind(after)
-                    .bind(through.unwrap_or(""))
                     .bind(CursorParam::array(since))
             })
             .await?;

@@ -334,19 +334,18 @@ impl CursorParam {
 }
 
 /// The conversations user `$1` left or was removed from since the cursor
-/// `$4` (see [`CursorParam::since`]), with ids after `$2` up to `$3` (""
-/// for no bound), that the user is not a member of again, in id order.
+/// `$3` (see [`CursorParam::since`]), with ids after `$2`, that the user
+/// is not a member of again, in id order.
 pub fn departed_sql(cursor: CursorParam) -> String {
     format!(
         "SELECT d.conversation_id FROM departures d
          WHERE d.user_id = $1 AND d.conversation_id > $2
-           AND ($3 = '' OR d.conversation_id <= $3)
            AND d.change_no > {}
            AND NOT EXISTS (
                SELECT 1 FROM members m WHERE m.conversation_id = d.conversation_id AND m.user_id = $1
            )
          ORDER BY d.conversation_id",
-        cursor.since("d", "$4")
+        cursor.since("d", "$3")
     )
 }
 

@@ -99,12 +99,12 @@ impl Store for SqliteStore {
     async fn listed(&self, user: &str, listing: Listing<'_>, limit: u32) -> ListedRows {
         let sql = listing.sql(CursorParam::Json);
         let mut rows = match listing.cursor() {
-                Some(since) => listing
-                    .query(&sql, user, limit)
-                    .bind(CursorParam::json(since)),
-                None => listing.query(&sql, user, limit),
-            }
-            .fetch(&self.pool);
+            Some(since) => listing
+                .query(&sql, user, limit)
+                .bind(CursorParam::json(since)),
+            None => listing.query(&sql, user, limit),
+        }
+        .fetch(&self.pool);
         let mut listed = Listed::with_capacity(limit);
         while let Some(row) = rows.try_next().await? {
             listed.push(ListedRow::from_row(&row)?)?;
@@ -125,12 +125,10 @@ impl Store for SqliteStore {
         user: &str,
         since: &[u64],
         after: &str,
-        through: Option<&str>,
     ) -> Result<Vec<String>, StoreError> {
         Ok(sqlx::query_scalar(&rows::departed_sql(CursorParam::Json))
             .bind(user)
             .bind(after)
-            .bind(through.unwrap_or(""))
             .bind(CursorParam::json(since))
             .fetch_all(&self.pool)
             .await?)

@@ -41,6 +41,7 @@ where
     reads::unread_counts_match_a_brute_force_count(fresh().await).await;
     reads::conversations_are_listed_most_recent_first_in_pages(fresh().await).await;
     sync::a_cursor_reports_exactly_what_changed(fresh().await).await;
+    sync::a_departure_is_reported_on_its_page_only(fresh().await).await;
     sync::concurrent_commits_are_never_skipped(fresh().await).await;
     sync::bad_cursors_are_refused(fresh().await).await;
     presence::presence_goes_to_direct_partners_and_keeps_the_last_seen_time(fresh().await).await;

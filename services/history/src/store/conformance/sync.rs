@@ -69,7 +69,9 @@ async fn sync_all(store: &Arc<dyn Store>, user: &str, cursor: &str, limit: u32) 
             let id = c.id.clone();
             assert!(out.changed.insert(id.clone(), c).is_none(), "{id} twice");
         }
-        out.removed.extend(page.removed_conversation_ids);
+        for id in page.removed_conversation_ids {
+            assert!(out.removed.insert(id.clone()), "{id} removed twice");
+        }
         out.cursor = page.cursor;
         if !page.has_more {
             return out;
@@ -160,6 +162,34 @@ pub async fn a_cursor_reports_exactly_what_changed(store: Arc<dyn Store>) {
     let now = truth(&store, "u1").await;
     let away = sync_all(&store, "u1", &first_cursor, 3).await;
     check(99, &first_view, &now, &away);
+}
+
+/// A conversation the user was removed from is reported once, on the page
+/// whose id range holds it: here the last of several pages, so a page that
+/// ends before it must not report it too.
+pub async fn a_departure_is_reported_on_its_page_only(store: Arc<dyn Store>) {
+    for i in 0..4 {
+        let conv = format!("c{i}");
+        apply_by_partition(&store, vec![create_group(&conv, "u0", &["u0", "u1"])]).await;
+    }
+    let start = sync_all(&store, "u1", "", 1000).await;
+    apply_by_partition(
+        &store,
+        vec![
+            send("c0", "u0", "d0", "x"),
+            send("c1", "u0", "d1", "x"),
+            remove("c3", "u0", "u1"),
+        ],
+    )
+    .await;
+    let synced = sync_all(&store, "u1", &start.cursor, 1).await;
+    assert_eq!(
+        synced.changed.keys().collect::<Vec<_>>(),
+        ["c0", "c1"],
+        "the changed ones, a page each"
+    );
+    assert_eq!(synced.removed, BTreeSet::from(["c3".to_string()]));
+    assert!(synced.pages >= 2, "pages of one: {}", synced.pages);
 }
 
 /// `synced` (a sync from when `before` was the truth, now `now`) reports
