@@ -186,13 +186,13 @@ pub enum Listing<'a> {
 }
 
 impl Listing<'_> {
-    /// Up to `$N` conversations of user `$1`, each
-    /// with the user's read position and unread count (see
-    /// `decide::reads`), and then each of their members `m2` with its read
-    /// position as rows of their own ([`ListedRow`]): one snapshot, and
-    /// each conversation's columns sent once however many members it has.
-    /// The page is chosen first, so only its members are read. The rows
-    /// come in no order; [`conversation_page`] puts them in the listing's.
+    /// Up to `$N` conversations of user `$1`, each with the user's read
+    /// position and unread count (see `decide::reads`), and then each of
+    /// their members `m2` with its read position as rows of their own
+    /// ([`ListedRow`]): one snapshot, and each conversation's columns sent
+    /// once however many members it has. The page is chosen first, so only
+    /// its members are read. The rows come in no order; [`Listed`] gathers
+    /// them and [`conversation_page`] puts them in the listing's.
     /// `Recent` binds (`$2` activity, `$3` id) after which it continues
     /// and `$4` for `$N`; `Changed` binds `$2` (the id after which it
     /// continues), `$3` for `$N`, and with a cursor `$4` (taken as
