@@ -12,6 +12,7 @@ use confab_proto::v1::{Presence as PresenceFrame, Receipt, Typing};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tonic::Status;
 
@@ -30,6 +31,48 @@ pub enum Presence {
     Online(String),
     /// The user's last session here ended.
     Offline(String),
+}
+
+/// How long an offline state is remembered to drop the copies of it that
+/// other routers send (each router sends every change; copies come within
+/// moments of each other).
+const PRESENCE_COPIES_WINDOW: Duration = Duration::from_secs(60);
+
+/// What each user was last said to be (online or not, and when) to the
+/// sessions here. Users online are kept; an offline state is forgotten
+/// once [`PRESENCE_COPIES_WINDOW`] has passed, so this holds the users
+/// online and the recent departures, not every user ever seen.
+#[derive(Debug, Default)]
+struct PresenceSent {
+    last: HashMap<String, (bool, Instant)>,
+    /// Entries left by the last sweep: the next one runs when the map has
+    /// doubled since (each insert pays for its share of a sweep).
+    swept_to: usize,
+}
+
+impl PresenceSent {
+    /// Whether `user` being `online` at `now` changes what sessions here
+    /// were last told (a copy of the same state is no change).
+    fn changes(&mut self, user: &str, online: bool, now: Instant) -> bool {
+        let changed = match self.last.get_mut(user) {
+            Some(last) => {
+                let changed = last.0 != online;
+                *last = (online, now);
+                changed
+            }
+            None => {
+                self.last.insert(user.to_string(), (online, now));
+                true
+            }
+        };
+        if self.last.len() > 2 * self.swept_to.max(1024) {
+            self.last.retain(|_, (online, at)| {
+                *online || now.saturating_duration_since(*at) < PRESENCE_COPIES_WINDOW
+            });
+            self.swept_to = self.last.len();
+        }
+        changed
+    }
 }
 
 /// A session as the hub sees it.
@@ -72,9 +115,9 @@ pub struct Hub {
     /// Typing indicators on their way to the router that carries each one
     /// (see [`Hub::typing_router`]); dropped when no link is listening.
     typing_out: broadcast::Sender<Arc<RelayTyping>>,
-    /// Whether each user was last said to be online to sessions here:
-    /// every router sends each change, and only a change is passed on.
-    presence_sent: Mutex<HashMap<String, bool>>,
+    /// What each user was last said to be to sessions here: every router
+    /// sends each change, and only a change is passed on.
+    presence_sent: Mutex<PresenceSent>,
 }
 
 impl std::fmt::Debug for Hub {
@@ -154,7 +197,7 @@ impl Hub {
             greeted: Mutex::new(std::collections::HashSet::new()),
             routing: tokio::sync::watch::channel(0).0,
             typing_out: broadcast::channel(TYPING_BUFFER).0,
-            presence_sent: Mutex::new(HashMap::new()),
+            presence_sent: Mutex::new(PresenceSent::default()),
         })
     }
 
@@ -436,7 +479,7 @@ impl PushPresence for Hub {
     async fn push_presence(&self, recipients: &[String], presence: PresenceFrame) {
         {
             let mut sent = self.presence_sent.lock().unwrap_or_else(|p| p.into_inner());
-            if sent.insert(presence.user_id.clone(), presence.online) == Some(presence.online) {
+            if !sent.changes(&presence.user_id, presence.online, Instant::now()) {
                 return;
             }
         }
@@ -480,6 +523,38 @@ mod tests {
         let (tx, rx) = mpsc::channel(queue);
         let (kill, _) = mpsc::channel(1);
         (hub.register(user, tx, kill), rx)
+    }
+
+    #[test]
+    fn presence_copies_are_dropped_and_old_departures_forgotten() {
+        let mut sent = PresenceSent::default();
+        let start = Instant::now();
+        assert!(sent.changes("alice", true, start));
+        assert!(!sent.changes("alice", true, start), "another router's copy");
+        assert!(sent.changes("alice", false, start));
+        assert!(!sent.changes("alice", false, start));
+        assert!(sent.changes("carol", true, start));
+        // Many users come and go; long after, the map is swept as it grows.
+        for i in 0..5000 {
+            sent.changes(&format!("u{i}"), false, start);
+        }
+        let later = start + PRESENCE_COPIES_WINDOW + Duration::from_secs(1);
+        for i in 0..5000 {
+            sent.changes(&format!("v{i}"), false, later);
+        }
+        assert!(
+            sent.last.len() <= 5000 + 1 + 1024,
+            "the old departures are forgotten: {}",
+            sent.last.len()
+        );
+        assert!(
+            !sent.changes("carol", true, later),
+            "an online user is kept"
+        );
+        assert!(
+            !sent.changes("v4999", false, later),
+            "a recent departure is kept"
+        );
     }
 
     #[tokio::test]
