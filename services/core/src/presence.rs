@@ -11,6 +11,7 @@ use crate::seams::HistoryApi;
 use crate::time::{now_ms, timestamp};
 use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::v1::Presence;
+use futures::StreamExt as _;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -148,13 +149,18 @@ fn alive(user: &str, now_ms: i64) -> PresenceUpdate {
     }
 }
 
-/// Records `change` through `history` and pushes it to the user's DIRECT
-/// partners. Best effort: a failure is logged (the next change, or the
-/// renewal, records the state again).
-async fn announce(history: &dyn HistoryApi, push: &dyn PushPresence, change: Change) {
-    let (update, presence) = match change {
+/// Changes announced together at most: what a mass reconnect queues is
+/// recorded in calls of this many.
+const MAX_ANNOUNCED: usize = 512;
+
+/// Partner lookups (and pushes) of one announcement in flight at once.
+const PARTNER_LOOKUPS: usize = 16;
+
+/// The record and the frame of `change` at `now_ms`.
+fn record_of(change: Change, now_ms: i64) -> (PresenceUpdate, Presence) {
+    match change {
         Change::Online(user) => (
-            alive(&user, now_ms()),
+            alive(&user, now_ms),
             Presence {
                 user_id: user,
                 online: true,
@@ -173,17 +179,36 @@ async fn announce(history: &dyn HistoryApi, push: &dyn PushPresence, change: Cha
                 last_seen: Some(timestamp(last_seen_ms)),
             },
         ),
-    };
-    if let Err(e) = history.record_presence(vec![update]).await {
-        tracing::warn!(user_id = %presence.user_id, error = %e, "could not record presence");
     }
-    match history.direct_partners(&presence.user_id).await {
-        Ok(partners) if !partners.is_empty() => push.push_presence(&partners, presence).await,
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(user_id = %presence.user_id, error = %e, "could not find whom to tell of a presence change");
-        }
+}
+
+/// Records `changes` (of distinct users) through `history` in one call,
+/// then pushes each to its user's DIRECT partners, [`PARTNER_LOOKUPS`] at
+/// a time. Best effort: a failure is logged (the next change, or the
+/// renewal, records the state again).
+async fn announce(history: &dyn HistoryApi, push: &dyn PushPresence, changes: Vec<Change>) {
+    if changes.is_empty() {
+        return;
     }
+    let now = now_ms();
+    let (updates, frames): (Vec<PresenceUpdate>, Vec<Presence>) =
+        changes.into_iter().map(|c| record_of(c, now)).unzip();
+    if let Err(e) = history.record_presence(updates).await {
+        tracing::warn!(users = frames.len(), error = %e, "could not record presence");
+    }
+    futures::stream::iter(frames)
+        .for_each_concurrent(PARTNER_LOOKUPS, |presence| async move {
+            match history.direct_partners(&presence.user_id).await {
+                Ok(partners) if !partners.is_empty() => {
+                    push.push_presence(&partners, presence).await
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(user_id = %presence.user_id, error = %e, "could not find whom to tell of a presence change");
+                }
+            }
+        })
+        .await;
 }
 
 /// Resolves at `at`, or never.
@@ -207,18 +232,27 @@ pub async fn run(
     let mut renew = tokio::time::interval_at(Instant::now() + RENEW_EVERY, RENEW_EVERY);
     loop {
         tokio::select! {
-            event = seen.recv() => match event {
-                Some(Seen::Arrived(user)) => {
-                    if let Some(change) = tracker.arrived(&user) {
-                        announce(history.as_ref(), push.as_ref(), change).await;
+            event = seen.recv() => {
+                let Some(event) = event else { return };
+                // What else is waiting already (a mass reconnect) is
+                // announced with it; a user's arrivals and departures in
+                // it make at most one change (see `Tracker`).
+                let mut changes = Vec::new();
+                let mut next = Some(event);
+                while let Some(event) = next.take() {
+                    match event {
+                        Seen::Arrived(user) => changes.extend(tracker.arrived(&user)),
+                        Seen::Left(user) => tracker.left(&user, Instant::now(), now_ms()),
+                    }
+                    if changes.len() < MAX_ANNOUNCED {
+                        next = seen.try_recv().ok();
                     }
                 }
-                Some(Seen::Left(user)) => tracker.left(&user, Instant::now(), now_ms()),
-                None => return,
-            },
+                announce(history.as_ref(), push.as_ref(), changes).await;
+            }
             () = sleep_until_some(tracker.next_due()) => {
-                for change in tracker.due(Instant::now()) {
-                    announce(history.as_ref(), push.as_ref(), change).await;
+                for changes in tracker.due(Instant::now()).chunks(MAX_ANNOUNCED) {
+                    announce(history.as_ref(), push.as_ref(), changes.to_vec()).await;
                 }
             }
             _ = renew.tick() => {
@@ -238,6 +272,113 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::error::ChatError;
+    use confab_proto::v1::{
+        Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest,
+        GetPresenceResponse, ListConversationsRequest, ListConversationsResponse, SyncRequest,
+        SyncResponse,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    /// History that records presence and knows everyone's partner.
+    #[derive(Default)]
+    struct Recorder {
+        /// The size of each `record_presence` call.
+        recorded: Mutex<Vec<usize>>,
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
+    }
+
+    fn unused<T>() -> Result<T, ChatError> {
+        Err(ChatError::Internal("not used here".into()))
+    }
+
+    #[async_trait::async_trait]
+    impl HistoryApi for Recorder {
+        async fn get_history(
+            &self,
+            _: &str,
+            _: GetHistoryRequest,
+        ) -> Result<GetHistoryResponse, ChatError> {
+            unused()
+        }
+        async fn list_conversations(
+            &self,
+            _: &str,
+            _: ListConversationsRequest,
+        ) -> Result<ListConversationsResponse, ChatError> {
+            unused()
+        }
+        async fn conversation(&self, _: &str) -> Result<Conversation, ChatError> {
+            unused()
+        }
+        async fn get_conversation(&self, _: &str, _: &str) -> Result<Conversation, ChatError> {
+            unused()
+        }
+        async fn sync(&self, _: &str, _: SyncRequest) -> Result<SyncResponse, ChatError> {
+            unused()
+        }
+        async fn get_presence(
+            &self,
+            _: &str,
+            _: GetPresenceRequest,
+        ) -> Result<GetPresenceResponse, ChatError> {
+            unused()
+        }
+        async fn direct_partners(&self, user: &str) -> Result<Vec<String>, ChatError> {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::task::yield_now().await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Ok(vec![format!("{user}.partner")])
+        }
+        async fn record_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), ChatError> {
+            self.recorded.lock().expect("lock").push(updates.len());
+            Ok(())
+        }
+    }
+
+    /// The frames pushed, by recipient.
+    #[derive(Default)]
+    struct Pushed(Mutex<Vec<(String, Presence)>>);
+
+    #[async_trait::async_trait]
+    impl PushPresence for Pushed {
+        async fn push_presence(&self, recipients: &[String], presence: Presence) {
+            let mut pushed = self.0.lock().expect("lock");
+            for r in recipients {
+                pushed.push((r.clone(), presence.clone()));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn arrivals_waiting_together_are_recorded_in_one_call_and_told_concurrently() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        for i in 0..100 {
+            tx.send(Seen::Arrived(format!("u{i}"))).expect("send");
+        }
+        // Back within the grace period: no second change for u0.
+        tx.send(Seen::Left("u0".into())).expect("send");
+        tx.send(Seen::Arrived("u0".into())).expect("send");
+        drop(tx);
+        let history = Arc::new(Recorder::default());
+        let pushed = Arc::new(Pushed::default());
+        run(rx, history.clone(), pushed.clone(), DEFAULT_GRACE).await;
+        assert_eq!(*history.recorded.lock().expect("lock"), [100]);
+        let pushed = pushed.0.lock().expect("lock");
+        assert_eq!(pushed.len(), 100);
+        assert!(pushed
+            .iter()
+            .all(|(to, p)| p.online && *to == format!("{}.partner", p.user_id)));
+        let most = history.most_in_flight.load(Ordering::SeqCst);
+        assert!(
+            most > 1 && most <= PARTNER_LOOKUPS,
+            "partner lookups in flight at once: {most}"
+        );
+    }
 
     #[test]
     fn a_reconnect_within_the_grace_period_does_not_flap() {
