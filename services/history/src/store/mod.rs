@@ -127,7 +127,8 @@ pub trait Store: Send + Sync + 'static {
     /// The presence rows of `users` that have one (see
     /// [`rows::presence_sql`]).
     async fn presence(&self, users: &[&str]) -> Result<Vec<rows::PresenceRow>, StoreError>;
-    /// Records presence updates, in order (see [`rows::RECORD_PRESENCE`]).
+    /// Records presence updates, as if one after another (see
+    /// [`rows::record_presence`]).
     async fn record_presence(&self, updates: &[PresenceUpdate]) -> Result<(), StoreError>;
     /// Up to `limit` of `user`'s conversations as `listing` picks and
     /// orders them, each with its members and their read positions,

@@ -765,33 +765,75 @@ pub fn presence_sql(n: usize) -> String {
     )
 }
 
-/// Records a presence update of user `$1`: online until `$2` (0: offline),
-/// last seen at `$3` (0: as it was).
-pub const RECORD_PRESENCE: &str =
-    "INSERT INTO presence (user_id, alive_until_ms, last_seen_ms) VALUES ($1, $2, $3)
-     ON CONFLICT (user_id) DO UPDATE SET
-         alive_until_ms = $2,
-         last_seen_ms = CASE WHEN $3 > 0 THEN $3 ELSE presence.last_seen_ms END";
+/// Records `n` presence updates of distinct users, `$1..$3` the first
+/// (user, online until (0: offline), last seen (0: as it was)), `$4..$6`
+/// the next, and so on.
+pub fn record_presence_sql(n: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .collect();
+    format!(
+        "INSERT INTO presence (user_id, alive_until_ms, last_seen_ms) VALUES {}
+         ON CONFLICT (user_id) DO UPDATE SET
+             alive_until_ms = excluded.alive_until_ms,
+             last_seen_ms = CASE WHEN excluded.last_seen_ms > 0
+                 THEN excluded.last_seen_ms ELSE presence.last_seen_ms END",
+        rows.join(", ")
+    )
+}
 
-/// Records `updates` in order with [`RECORD_PRESENCE`] on `conn` (a
-/// transaction of either store). An id with a NUL is no user (PostgreSQL
-/// text cannot hold one) and is passed over.
+/// Users a [`record_presence_sql`] statement records at most (3 parameters
+/// each, well under either store's limit).
+const PRESENCE_ROWS: usize = 1000;
+
+/// `updates` as one update per user, in the order users first appear, with
+/// the same effect as recording them one after another: the last online
+/// time, and the last last-seen time that is set. An id with a NUL is no
+/// user (PostgreSQL text cannot hold one) and is passed over.
+pub fn collapsed(updates: &[PresenceUpdate]) -> Vec<(&str, i64, i64)> {
+    let mut out: Vec<(&str, i64, i64)> = Vec::with_capacity(updates.len());
+    let mut at: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for u in updates.iter().filter(|u| !u.user_id.contains('\0')) {
+        let user = u.user_id.as_str();
+        match at.get(user) {
+            Some(&i) => {
+                let row = &mut out[i];
+                row.1 = u.alive_until_ms;
+                if u.last_seen_ms > 0 {
+                    row.2 = u.last_seen_ms;
+                }
+            }
+            None => {
+                at.insert(user, out.len());
+                out.push((user, u.alive_until_ms, u.last_seen_ms));
+            }
+        }
+    }
+    out
+}
+
+/// Records `updates` (see [`collapsed`]) on `conn`, a transaction of either
+/// store, [`PRESENCE_ROWS`] users a statement.
 pub async fn record_presence<DB>(
     conn: &mut DB::Connection,
     updates: &[PresenceUpdate],
 ) -> Result<(), StoreError>
 where
-    DB: sqlx::Database,
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
     for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
     for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
 {
-    for u in updates.iter().filter(|u| !u.user_id.contains('\0')) {
-        sqlx::query(RECORD_PRESENCE)
-            .bind(u.user_id.as_str())
-            .bind(u.alive_until_ms)
-            .bind(u.last_seen_ms)
+    for rows in collapsed(updates).chunks(PRESENCE_ROWS) {
+        let sql = record_presence_sql(rows.len());
+        rows.iter()
+            // One statement a batch size: not worth a place among the
+            // prepared ones.
+            .fold(
+                sqlx::query(&sql).persistent(false),
+                |q, (user, alive, seen)| q.bind(*user).bind(*alive).bind(*seen),
+            )
             .execute(&mut *conn)
             .await?;
     }

@@ -70,4 +70,40 @@ pub async fn presence_goes_to_direct_partners_and_keeps_the_last_seen_time(store
         .await
         .expect("online again");
     assert_eq!(rows(&["alice"]).await, [("alice".to_string(), 2_000, 500)]);
+    // Updates of one user in one call count in order: the last online
+    // time, and the last last-seen time that is set.
+    store
+        .record_presence(&[
+            update("alice", 3_000, 0),
+            update("carol", 3_000, 0),
+            update("alice", 0, 2_500),
+            update("alice", 0, 0),
+            update("carol", 0, 2_900),
+        ])
+        .await
+        .expect("several at once");
+    assert_eq!(
+        rows(&["alice", "carol"]).await,
+        [
+            ("alice".to_string(), 0, 2_500),
+            ("carol".to_string(), 0, 2_900)
+        ]
+    );
+    // A mass reconnect's worth in one call (more than one statement's).
+    let many: Vec<PresenceUpdate> = (0..2_500)
+        .map(|i| update(&format!("crowd{i}"), 4_000 + i, 0))
+        .collect();
+    store.record_presence(&many).await.expect("a crowd");
+    let ids: Vec<String> = (0..2_500).map(|i| format!("crowd{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut crowd = Vec::new();
+    for chunk in ids.chunks(100) {
+        crowd.extend(store.presence(chunk).await.expect("presence"));
+    }
+    crowd.sort();
+    let mut expected: Vec<(String, i64, i64)> = (0..2_500)
+        .map(|i| (format!("crowd{i}"), 4_000 + i, 0))
+        .collect();
+    expected.sort();
+    assert_eq!(crowd, expected);
 }
