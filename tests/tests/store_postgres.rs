@@ -520,7 +520,7 @@ async fn listings_walk_the_indexes_in_order() {
         .bind("r")
         .bind("")
         .bind(1001i64)
-        .bind(CursorParam::array(&since))
+        .bind(CursorParam::Array.bound(&since))
         .fetch_all(&mut conn)
         .await
         .expect("explain");

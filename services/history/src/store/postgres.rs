@@ -21,7 +21,7 @@
 
 use super::apply::{self, BatchTx};
 use super::decide;
-use super::rows::{self, ConversationRow, CursorParam, Listed, ListedRow, MessageRow};
+use super::rows::{self, ConversationRow, CursorParam, Listed, MessageRow};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
@@ -29,7 +29,6 @@ use confab_proto::internal::v1::{
     ingress_record::Command, IngressRecord, OutcomeRecord, PresenceUpdate,
 };
 use confab_proto::v1::{Conversation, Message};
-use futures::TryStreamExt as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow as _, Postgres, Row};
 use std::time::Duration;
@@ -262,22 +261,8 @@ impl Store for PostgresStore {
         if user.contains('\0') {
             return Ok(Listed::default());
         }
-        let sql = listing.sql(CursorParam::Array);
-        self.again(|| async {
-            let mut rows = match listing.cursor() {
-                Some(since) => listing
-                    .query(&sql, user, limit)
-                    .bind(CursorParam::array(since)),
-                None => listing.query(&sql, user, limit),
-            }
-            .fetch(&self.pool);
-            let mut listed = Listed::with_capacity(limit);
-            while let Some(row) = rows.try_next().await? {
-                listed.push(ListedRow::from_row(&row)?)?;
-            }
-            Ok(listed)
-        })
-        .await
+        self.again(|| listing.gather(user, limit, CursorParam::Array, &self.pool))
+            .await
     }
 
     async fn change_counters(&self) -> Result<Vec<u64>, StoreError> {
@@ -306,7 +291,7 @@ impl Store for PostgresStore {
                 sqlx::query(&sql)
                     .bind(user)
                     .bind(after)
-                    .bind(CursorParam::array(since))
+                    .bind(CursorParam::Array.bound(since))
             })
             .await?;
         Ok(rows

@@ -196,7 +196,8 @@ impl Listing<'_> {
     /// `Recent` binds (`$2` activity, `$3` id) after which it continues
     /// and `$4` for `$N`; `Changed` binds `$2` (the id after which it
     /// continues), `$3` for `$N`, and with a cursor `$4` (taken as
-    /// `cursor` says); `One` binds (`$2` id) and `$3` for `$N`.
+    /// `cursor` says); `One` binds (`$2` id) and `$3` for `$N`
+    /// ([`Listing::gather`] binds them).
     pub fn sql(&self, cursor: CursorParam) -> String {
         let (filter, order, limit) = match self {
             Listing::Recent(_) => (
@@ -259,16 +260,27 @@ impl Listing<'_> {
         )
     }
 
-    /// [`Listing::sql`] for `user`, up to `limit` conversations, as a query
-    /// for either store.
-    pub fn query<'q, DB>(&self, sql: &'q str, user: &'q str, limit: u32) -> Query<'q, DB>
+    /// The rows of [`Listing::sql`] for `user`, up to `limit`
+    /// conversations, read from `executor` (of either store) and gathered
+    /// as they arrive.
+    pub async fn gather<'e, DB, E>(
+        &self,
+        user: &'e str,
+        limit: u32,
+        cursor: CursorParam,
+        executor: E,
+    ) -> Result<Listed, StoreError>
     where
-        DB: sqlx::Database + sqlx::database::HasStatementCache,
-        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-        String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        DB: sqlx::Database,
+        E: sqlx::Executor<'e, Database = DB> + 'e,
+        for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+        ListedRow: for<'r> sqlx::FromRow<'r, DB::Row>,
     {
-        let q = sqlx::query(sql).bind(user);
+        let sql = self.sql(cursor);
+        let q = sqlx::query(&sql).bind(user);
         let q = match *self {
             Listing::Recent(after) => {
                 let (activity, id) = match after {
@@ -280,15 +292,19 @@ impl Listing<'_> {
             Listing::Changed { after, .. } => q.bind(after.to_string()),
             Listing::One(id) => q.bind(id.to_string()),
         };
-        q.bind(i64::from(limit))
-    }
-
-    /// The cursor a `Changed` listing binds last (see [`CursorParam`]).
-    pub fn cursor(&self) -> Option<&[u64]> {
-        match *self {
-            Listing::Changed { since, .. } => since,
-            _ => None,
+        let q = q.bind(i64::from(limit));
+        let q = match *self {
+            Listing::Changed {
+                since: Some(since), ..
+            } => q.bind(cursor.bound(since)),
+            _ => q,
+        };
+        let mut rows = q.fetch(executor);
+        let mut listed = Listed::with_capacity(limit);
+        while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
+            listed.push(<ListedRow as sqlx::FromRow<'_, DB::Row>>::from_row(&row)?)?;
         }
+        Ok(listed)
     }
 }
 
@@ -296,9 +312,9 @@ impl Listing<'_> {
 /// so a statement is prepared once for every cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CursorParam {
-    /// PostgreSQL: an `int8[]` ([`CursorParam::array`]).
+    /// PostgreSQL: an `int8[]`.
     Array,
-    /// SQLite: a JSON array of numbers as text ([`CursorParam::json`]).
+    /// SQLite: a JSON array of numbers.
     Json,
 }
 
@@ -309,8 +325,9 @@ impl CursorParam {
     /// 0 past its end (a partition the cursor has not seen).
     pub fn since(self, alias: &str, param: &str) -> String {
         match self {
+            // Cast once for the statement (an InitPlan), not per row.
             CursorParam::Array => {
-                format!("COALESCE(({param}::int8[])[{alias}.change_partition + 1], 0)")
+                format!("COALESCE(((SELECT {param}::int8[]))[{alias}.change_partition + 1], 0)")
             }
             CursorParam::Json => format!(
                 "COALESCE(json_extract({param}, '$[' || {alias}.change_partition || ']'), 0)"
@@ -318,18 +335,17 @@ impl CursorParam {
         }
     }
 
-    /// A cursor as [`CursorParam::Array`] binds it.
-    pub fn array(since: &[u64]) -> Vec<i64> {
-        since
+    /// A cursor as the statements of [`CursorParam::since`] bind it: text,
+    /// an array literal for `Array` (PostgreSQL casts it), JSON for `Json`.
+    pub fn bound(self, since: &[u64]) -> String {
+        let entries: Vec<String> = since
             .iter()
-            .map(|n| i64::try_from(*n).unwrap_or(i64::MAX))
-            .collect()
-    }
-
-    /// A cursor as [`CursorParam::Json`] binds it.
-    pub fn json(since: &[u64]) -> String {
-        let entries: Vec<String> = Self::array(since).iter().map(i64::to_string).collect();
-        format!("[{}]", entries.join(","))
+            .map(|n| i64::try_from(*n).unwrap_or(i64::MAX).to_string())
+            .collect();
+        match self {
+            CursorParam::Array => format!("{{{}}}", entries.join(",")),
+            CursorParam::Json => format!("[{}]", entries.join(",")),
+        }
     }
 }
 
@@ -770,7 +786,7 @@ pub fn presence_sql(n: usize) -> String {
 /// the next, and so on.
 pub fn record_presence_sql(n: usize) -> String {
     let rows: Vec<String> = (0..n)
-        .map(|i| format!("(${}, ${}, ${})", 3 * i + 1, 3 * i + 2, 3 * i + 3))
+        .map(|i| format!("({})", params(3 * i + 1, 3)))
         .collect();
     format!(
         "INSERT INTO presence (user_id, alive_until_ms, last_seen_ms) VALUES {}

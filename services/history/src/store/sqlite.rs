@@ -5,17 +5,14 @@
 //! [`WAL_AUTOCHECKPOINT_PAGES`] pages rather than SQLite's default 1,000.
 
 use super::apply::{self, BatchTx, FactsOfRead};
-use super::rows::{
-    self, ChangeStamp, ConversationRow, CursorParam, Listed, ListedRow, MessageRow, Shared,
-};
+use super::rows::{self, ChangeStamp, ConversationRow, CursorParam, MessageRow, Shared};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord, PresenceUpdate};
 use confab_proto::v1::{Conversation, Message};
-use futures::TryStreamExt as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow as _, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -97,19 +94,9 @@ impl Store for SqliteStore {
     }
 
     async fn listed(&self, user: &str, listing: Listing<'_>, limit: u32) -> ListedRows {
-        let sql = listing.sql(CursorParam::Json);
-        let mut rows = match listing.cursor() {
-            Some(since) => listing
-                .query(&sql, user, limit)
-                .bind(CursorParam::json(since)),
-            None => listing.query(&sql, user, limit),
-        }
-        .fetch(&self.pool);
-        let mut listed = Listed::with_capacity(limit);
-        while let Some(row) = rows.try_next().await? {
-            listed.push(ListedRow::from_row(&row)?)?;
-        }
-        Ok(listed)
+        listing
+            .gather(user, limit, CursorParam::Json, &self.pool)
+            .await
     }
 
     async fn change_counters(&self) -> Result<Vec<u64>, StoreError> {
@@ -129,7 +116,7 @@ impl Store for SqliteStore {
         Ok(sqlx::query_scalar(&rows::departed_sql(CursorParam::Json))
             .bind(user)
             .bind(after)
-            .bind(CursorParam::json(since))
+            .bind(CursorParam::Json.bound(since))
             .fetch_all(&self.pool)
             .await?)
     }
