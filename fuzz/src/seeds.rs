@@ -21,6 +21,7 @@ fn frame(f: client_frame::Frame) -> Vec<u8> {
 pub fn client_frame() -> Vec<Seed> {
     let send = |conversation_id: &str, client_msg_id: &str, body: &str| {
         frame(client_frame::Frame::Send(SendFrame {
+            reply_to_seq: 0,
             conversation_id: conversation_id.into(),
             client_msg_id: client_msg_id.into(),
             body: body.into(),
@@ -84,6 +85,7 @@ pub fn requests() -> Vec<Seed> {
         (
             "send",
             SendMessageRequest {
+                reply_to_seq: 0,
                 conversation_id: "grp-1".into(),
                 client_msg_id: "m-1".into(),
                 body: "hello".into(),

@@ -129,6 +129,7 @@ impl User {
         body: &str,
     ) -> Result<Message, Status> {
         let req = SendMessageRequest {
+            reply_to_seq: 0,
             conversation_id: conv.into(),
             client_msg_id: client_msg_id.into(),
             body: body.into(),
@@ -350,6 +351,7 @@ impl Session {
     /// Sends a `send` frame: `body` to `conv` under `client_msg_id`.
     pub async fn send_text(&self, conv: &str, client_msg_id: &str, body: &str) {
         self.send(client_frame::Frame::Send(SendFrame {
+            reply_to_seq: 0,
             conversation_id: conv.into(),
             client_msg_id: client_msg_id.into(),
             body: body.into(),

@@ -56,6 +56,7 @@ fn send(conv: &str, id: u64) -> IngressRecord {
         actor_id: format!("user-{}", id % 3),
         conversation_id: conv.into(),
         command: Some(Command::Send(SendCommand {
+            reply_to_seq: 0,
             client_msg_id: format!("m-{id}"),
             body: format!("message {id} to {conv}"),
         })),
@@ -1012,8 +1013,41 @@ impl confab_history::Store for Overlap {
     async fn history(
         &self,
         page: confab_core::validate::Page<'_>,
-    ) -> Result<(Vec<Message>, bool), confab_history::StoreError> {
+    ) -> Result<confab_history::store::MessagePage, confab_history::StoreError> {
         self.inner.history(page).await
+    }
+
+    async fn target(
+        &self,
+        id: &str,
+        seq: u64,
+    ) -> Result<Option<confab_history::store::rows::TargetRow>, confab_history::StoreError> {
+        self.inner.target(id, seq).await
+    }
+
+    async fn targets(
+        &self,
+        id: &str,
+        seqs: &[u64],
+    ) -> Result<Vec<confab_history::store::rows::TargetRow>, confab_history::StoreError> {
+        self.inner.targets(id, seqs).await
+    }
+
+    async fn reactions(
+        &self,
+        id: &str,
+        seqs: (u64, u64),
+        caller: &str,
+    ) -> Result<Vec<confab_history::store::rows::ReactionRow>, confab_history::StoreError> {
+        self.inner.reactions(id, seqs, caller).await
+    }
+
+    async fn versions(
+        &self,
+        id: &str,
+        seq: u64,
+    ) -> Result<Vec<confab_history::store::rows::VersionRow>, confab_history::StoreError> {
+        self.inner.versions(id, seq).await
     }
 }
 

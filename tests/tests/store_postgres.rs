@@ -66,7 +66,8 @@ async fn all_messages(store: &dyn Store, conv: &str) -> Vec<confab_proto::v1::Me
         let (page, more) = store
             .history(Page::after(conv, after, 500))
             .await
-            .expect("history");
+            .expect("history")
+            .parts();
         out.extend(page);
         if !more {
             return out;
@@ -304,7 +305,8 @@ async fn a_committed_batch_survives_an_immediate_stop() {
     let (page, more) = reopened
         .history(Page::before("g", u64::MAX, 1))
         .await
-        .expect("history");
+        .expect("history")
+        .parts();
     assert!(more);
     assert_eq!((page[0].seq, page[0].body.as_str()), (51, "body 49"));
     // And it accepts writes again, continuing the sequence.
@@ -347,6 +349,7 @@ async fn text_postgres_cannot_store_is_refused_without_failing_the_batch() {
         .history(Page::after("h\0", 0, 5))
         .await
         .expect("history")
+        .parts()
         .0
         .is_empty());
 }
@@ -376,9 +379,31 @@ async fn schema_keys_history_by_conversation_and_seq() {
     let dedupe = def("messages_dedupe");
     assert!(
         dedupe.contains("UNIQUE")
-            && dedupe.contains("(conversation_id, sender_id, client_msg_id) WHERE (kind = 1)"),
+            && dedupe.contains("(conversation_id, sender_id, client_msg_id) WHERE (kind <> 2)"),
         "{dedupe}"
     );
+}
+
+/// A delete erases, read with a connection of the test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_erases_the_message_from_the_tables() {
+    let cluster = cluster();
+    let (url, store) = fresh_store(&cluster).await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let count: confab_history::store::conformance::changes::Count = Box::new(move |sql| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            sqlx::query_scalar(sql)
+                .fetch_one(&pool)
+                .await
+                .expect("count")
+        })
+    });
+    confab_history::store::conformance::changes::a_delete_erases_the_message(
+        std::sync::Arc::new(store),
+        count,
+    )
+    .await;
 }
 
 /// GetHistory's queries use the primary key (conversation_id, seq) as an
@@ -461,7 +486,8 @@ async fn reads_go_on_when_the_server_drops_every_connection() {
     for i in 0..20 {
         let (page, _) = read()
             .await
-            .unwrap_or_else(|e| panic!("read {i} after the drop: {e}"));
+            .unwrap_or_else(|e| panic!("read {i} after the drop: {e}"))
+            .parts();
         assert_eq!(page.len(), 1, "the creation event");
     }
     // Writes go on as well (a transaction that gets a dropped connection

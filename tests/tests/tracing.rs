@@ -494,6 +494,7 @@ async fn send_traced(
     client: TraceParent,
 ) -> confab_proto::v1::Message {
     let mut req = user.req(SendMessageRequest {
+        reply_to_seq: 0,
         conversation_id: conv.into(),
         client_msg_id: client_msg_id.into(),
         body: body.into(),

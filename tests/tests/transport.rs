@@ -631,6 +631,7 @@ async fn a_request_over_the_message_limit_is_resource_exhausted_and_others_go_on
             let mut statuses = Vec::new();
             for i in 0..20 {
                 let req = alice.req(SendMessageRequest {
+                    reply_to_seq: 0,
                     conversation_id: conv.clone(),
                     client_msg_id: format!("huge-{i}"),
                     body: huge.clone(),

@@ -20,6 +20,14 @@ pub enum ChatError {
     /// A limit was hit.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The request is well formed but the state it applies to does not
+    /// allow it (a message that was deleted).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// What the request would create exists (a reaction made already, a
+    /// client_msg_id used for another kind of write).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A dependency is down or the outcome is unknown; retrying is safe.
     #[error("{0}")]
     Unavailable(String),
@@ -36,6 +44,8 @@ impl ChatError {
             Self::NotFound(_) => Code::NotFound,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -57,6 +67,8 @@ impl ChatError {
             Code::NotFound => Self::NotFound(m),
             Code::PermissionDenied => Self::PermissionDenied(m),
             Code::ResourceExhausted => Self::ResourceExhausted(m),
+            Code::FailedPrecondition => Self::FailedPrecondition(m),
+            Code::AlreadyExists => Self::AlreadyExists(m),
             Code::Unavailable => Self::Unavailable(m),
             _ => Self::Internal(m),
         }

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fold;
 pub mod metrics;
 pub mod opaque;
 pub mod presence;

@@ -327,6 +327,13 @@ mod tests {
         ) -> Result<GetPresenceResponse, ChatError> {
             unused()
         }
+        async fn get_edit_history(
+            &self,
+            _: &str,
+            _: confab_proto::v1::GetEditHistoryRequest,
+        ) -> Result<confab_proto::v1::GetEditHistoryResponse, ChatError> {
+            unused()
+        }
         async fn direct_partners(&self, user: &str) -> Result<Vec<String>, ChatError> {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_in_flight.fetch_max(now, Ordering::SeqCst);

@@ -8,9 +8,9 @@ use confab_proto::internal::v1::{OutcomeRecord, PresenceUpdate};
 use confab_proto::prost::bytes::Bytes;
 use confab_proto::prost::Message as _;
 use confab_proto::v1::{
-    Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest, GetPresenceResponse,
-    ListConversationsRequest, ListConversationsResponse, Message, Receipt, SyncRequest,
-    SyncResponse, Typing,
+    Conversation, GetEditHistoryRequest, GetEditHistoryResponse, GetHistoryRequest,
+    GetHistoryResponse, GetPresenceRequest, GetPresenceResponse, ListConversationsRequest,
+    ListConversationsResponse, Message, Receipt, SyncRequest, SyncResponse, Typing,
 };
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -68,6 +68,12 @@ pub trait HistoryApi: Send + Sync + 'static {
     async fn direct_partners(&self, user: &str) -> Result<Vec<String>, ChatError>;
     /// Records who is online and who was last seen when.
     async fn record_presence(&self, updates: Vec<PresenceUpdate>) -> Result<(), ChatError>;
+    /// Every version of a TEXT message of a conversation of `caller`'s.
+    async fn get_edit_history(
+        &self,
+        caller: &str,
+        req: GetEditHistoryRequest,
+    ) -> Result<GetEditHistoryResponse, ChatError>;
 }
 
 /// A sequenced message on its way to sessions, with what travels along it.

@@ -84,6 +84,13 @@ pub fn send(
     body: &str,
 ) -> Result<(), ChatError> {
     conversation_id(conv)?;
+    retry_key(client_msg_id)?;
+    message_body(limits, body)
+}
+
+/// Checks a write's retry key (sends, edits, deletes and reactions share
+/// one per sender and conversation).
+fn retry_key(client_msg_id: &str) -> Result<(), ChatError> {
     if client_msg_id.is_empty() {
         return Err(ChatError::InvalidArgument(
             "client_msg_id is required: choose a unique id per message and reuse it when retrying"
@@ -96,11 +103,15 @@ pub fn send(
             client_msg_id.len()
         )));
     }
+    no_nul("client_msg_id", client_msg_id)
+}
+
+/// Checks a message body (a send's, or an edit's new one).
+fn message_body(limits: &SizeLimits, body: &str) -> Result<(), ChatError> {
     if body.is_empty() {
         return Err(ChatError::InvalidArgument("body must not be empty".into()));
     }
     no_nul("body", body)?;
-    no_nul("client_msg_id", client_msg_id)?;
     if body.len() > limits.max_body_bytes {
         return Err(ChatError::ResourceExhausted(format!(
             "body limit: the body is {} bytes, at most {} are allowed \
@@ -111,6 +122,89 @@ pub fn send(
         )));
     }
     Ok(())
+}
+
+/// Checks the conversation, seq and retry key of an edit, a delete or a
+/// reaction: what every change to an earlier message names.
+pub fn change_of(conv: &str, seq: u64, client_msg_id: &str) -> Result<(), ChatError> {
+    conversation_id(conv)?;
+    if seq == 0 {
+        return Err(ChatError::InvalidArgument(
+            "seq is required: the seq of the message to change (seqs start at 1)".into(),
+        ));
+    }
+    retry_key(client_msg_id)
+}
+
+/// Checks an edit.
+pub fn edit(
+    limits: &SizeLimits,
+    conv: &str,
+    seq: u64,
+    body: &str,
+    client_msg_id: &str,
+) -> Result<(), ChatError> {
+    change_of(conv, seq, client_msg_id)?;
+    message_body(limits, body)
+}
+
+/// Distinct emoji a message may have reactions with.
+pub const MAX_EMOJI_PER_MESSAGE: u64 = 20;
+/// Reactions one member may have on one message (with distinct emoji).
+pub const MAX_REACTIONS_PER_MEMBER: u64 = 5;
+/// Longest emoji accepted, in bytes (the longest in Unicode's list, a
+/// family with skin tones, is 35).
+pub const MAX_EMOJI_BYTES: usize = 64;
+
+/// Checks a reaction's emoji and returns it fully qualified (so "❤" and
+/// "❤️" are one reaction): one grapheme cluster that Unicode lists as an
+/// emoji.
+pub fn emoji(emoji: &str) -> Result<String, ChatError> {
+    if emoji.is_empty() {
+        return Err(ChatError::InvalidArgument(
+            "emoji is required: one emoji, such as 👍".into(),
+        ));
+    }
+    if emoji.len() > MAX_EMOJI_BYTES {
+        return Err(ChatError::InvalidArgument(format!(
+            "emoji is {} bytes; one emoji is at most {MAX_EMOJI_BYTES}",
+            emoji.len()
+        )));
+    }
+    let clusters = unicode_segmentation::UnicodeSegmentation::graphemes(emoji, true).count();
+    if clusters != 1 {
+        return Err(ChatError::InvalidArgument(format!(
+            "emoji {emoji:?} is {clusters} characters; react with one emoji, such as 👍"
+        )));
+    }
+    match emojis::get(emoji) {
+        Some(e) => Ok(e.as_str().to_string()),
+        None => Err(ChatError::InvalidArgument(format!(
+            "{emoji:?} is not an emoji Unicode lists; react with one, such as 👍"
+        ))),
+    }
+}
+
+/// Checks a reaction; returns its emoji fully qualified (see [`emoji`]).
+pub fn react(
+    conv: &str,
+    seq: u64,
+    emoji_text: &str,
+    client_msg_id: &str,
+) -> Result<String, ChatError> {
+    change_of(conv, seq, client_msg_id)?;
+    emoji(emoji_text)
+}
+
+/// How much of a body a reply's preview shows, in characters.
+pub const REPLY_PREVIEW_CHARS: usize = 100;
+
+/// The start of `body` a reply's preview shows.
+pub fn preview(body: &str) -> String {
+    match body.char_indices().nth(REPLY_PREVIEW_CHARS) {
+        Some((end, _)) => body[..end].to_string(),
+        None => body.to_string(),
+    }
 }
 
 /// [`check_user_id`] of `id`, the refusal naming it as `label`.

@@ -12,8 +12,8 @@ use confab_core::error::ChatError;
 use confab_core::seams::{HistoryApi, Publisher};
 use confab_core::validate::{self, SizeLimits};
 use confab_proto::internal::v1::{
-    ingress_record::Command, outcome_record, AddMembersCommand, CreateCommand, IngressRecord,
-    ReadCommand, RemoveMemberCommand, SendCommand,
+    ingress_record::Command, outcome_record, AddMembersCommand, CreateCommand, DeleteCommand,
+    EditCommand, IngressRecord, ReactCommand, ReadCommand, RemoveMemberCommand, SendCommand,
 };
 use confab_proto::v1::chat_server::{Chat, ChatServer};
 use confab_proto::v1::*;
@@ -181,6 +181,20 @@ impl ChatService {
         GuardLayer::new(self.auth.clone(), self.limiter.clone())
     }
 
+    /// Submits `command`, a change to an earlier message of `conv`, and
+    /// returns its event.
+    async fn message_change(
+        &self,
+        user: &str,
+        conv: &str,
+        command: Command,
+    ) -> Result<Message, Status> {
+        match self.submitter.submit(user, conv, command).await? {
+            outcome_record::Result::Message(m) => Ok(m),
+            _ => Err(ChatError::Internal("unexpected outcome".into()).into()),
+        }
+    }
+
     async fn conversation_write(
         &self,
         user: &str,
@@ -257,6 +271,7 @@ impl Chat for ChatService {
         let command = Command::Send(SendCommand {
             client_msg_id: r.client_msg_id,
             body: r.body,
+            reply_to_seq: r.reply_to_seq,
         });
         match self
             .submitter
@@ -377,6 +392,78 @@ impl Chat for ChatService {
         // Checked here too, so a bad request never reaches history.
         validate::presence_ids(&r.user_ids)?;
         Ok(Response::new(self.history.get_presence(&user, r).await?))
+    }
+
+    async fn edit_message(
+        &self,
+        mut req: Request<EditMessageRequest>,
+    ) -> Result<Response<EditMessageResponse>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        let r = req.into_inner();
+        validate::edit(
+            &self.config.limits,
+            &r.conversation_id,
+            r.seq,
+            &r.body,
+            &r.client_msg_id,
+        )?;
+        let command = Command::Edit(EditCommand {
+            client_msg_id: r.client_msg_id,
+            seq: r.seq,
+            body: r.body,
+        });
+        let event = self
+            .message_change(&user, &r.conversation_id, command)
+            .await?;
+        Ok(Response::new(EditMessageResponse { event: Some(event) }))
+    }
+
+    async fn delete_message(
+        &self,
+        mut req: Request<DeleteMessageRequest>,
+    ) -> Result<Response<DeleteMessageResponse>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        let r = req.into_inner();
+        validate::change_of(&r.conversation_id, r.seq, &r.client_msg_id)?;
+        let command = Command::Delete(DeleteCommand {
+            client_msg_id: r.client_msg_id,
+            seq: r.seq,
+        });
+        let event = self
+            .message_change(&user, &r.conversation_id, command)
+            .await?;
+        Ok(Response::new(DeleteMessageResponse { event: Some(event) }))
+    }
+
+    async fn react(
+        &self,
+        mut req: Request<ReactRequest>,
+    ) -> Result<Response<ReactResponse>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        let r = req.into_inner();
+        let emoji = validate::react(&r.conversation_id, r.seq, &r.emoji, &r.client_msg_id)?;
+        let command = Command::React(ReactCommand {
+            client_msg_id: r.client_msg_id,
+            seq: r.seq,
+            emoji,
+            remove: r.remove,
+        });
+        let event = self
+            .message_change(&user, &r.conversation_id, command)
+            .await?;
+        Ok(Response::new(ReactResponse { event: Some(event) }))
+    }
+
+    async fn get_edit_history(
+        &self,
+        mut req: Request<GetEditHistoryRequest>,
+    ) -> Result<Response<GetEditHistoryResponse>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        let r = req.into_inner();
+        validate::conversation_id(&r.conversation_id)?;
+        Ok(Response::new(
+            self.history.get_edit_history(&user, r).await?,
+        ))
     }
 
     /// Decoded; [`server`] answers `Sync` with [`crate::sync::SyncRoute`]

@@ -18,15 +18,15 @@ use confab_proto::codec::RawAnswerClient;
 use confab_proto::internal::v1::history_reader_client::HistoryReaderClient;
 use confab_proto::internal::v1::history_reader_server::SERVICE_NAME as HISTORY_READER;
 use confab_proto::internal::v1::{
-    DirectPartnersRequest, DirectPartnersResponse, GetConversationRequest, ListForUserRequest,
-    PresenceForUserRequest, PresenceUpdate, ReadHistoryRequest, RecordPresenceRequest,
-    RecordPresenceResponse, SyncForUserRequest,
+    DirectPartnersRequest, DirectPartnersResponse, EditHistoryForUserRequest,
+    GetConversationRequest, ListForUserRequest, PresenceForUserRequest, PresenceUpdate,
+    ReadHistoryRequest, RecordPresenceRequest, RecordPresenceResponse, SyncForUserRequest,
 };
 use confab_proto::prost::bytes::Bytes;
 use confab_proto::v1::{
-    self as pb, Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest,
-    GetPresenceResponse, ListConversationsRequest, ListConversationsResponse, SyncRequest,
-    SyncResponse,
+    self as pb, Conversation, GetEditHistoryRequest, GetEditHistoryResponse, GetHistoryRequest,
+    GetHistoryResponse, GetPresenceRequest, GetPresenceResponse, ListConversationsRequest,
+    ListConversationsResponse, SyncRequest, SyncResponse,
 };
 use confab_runtime::transport::ClientTls;
 use std::error::Error as _;
@@ -218,6 +218,7 @@ history_rpcs! {
     GetConversationRequest => Conversation, get_conversation;
     SyncForUserRequest => SyncResponse, sync;
     PresenceForUserRequest => GetPresenceResponse, get_presence;
+    EditHistoryForUserRequest => GetEditHistoryResponse, get_edit_history;
     DirectPartnersRequest => DirectPartnersResponse, direct_partners;
     RecordPresenceRequest => RecordPresenceResponse, record_presence;
 }
@@ -497,6 +498,18 @@ impl HistoryApi for RemoteHistory {
             user_id: caller.to_string(),
             request: Some(req),
         }))
+        .await
+    }
+
+    async fn get_edit_history(
+        &self,
+        caller: &str,
+        req: GetEditHistoryRequest,
+    ) -> Result<GetEditHistoryResponse, ChatError> {
+        self.call(EditHistoryForUserRequest {
+            caller_id: caller.to_string(),
+            request: Some(req),
+        })
         .await
     }
 

@@ -7,12 +7,13 @@ use confab_core::error::ChatError;
 use confab_core::seams::HistoryApi;
 use confab_proto::internal::v1::history_reader_server::{HistoryReader, HistoryReaderServer};
 use confab_proto::internal::v1::{
-    DirectPartnersRequest, DirectPartnersResponse, GetConversationRequest, ListForUserRequest,
-    PresenceForUserRequest, ReadHistoryRequest, RecordPresenceRequest, RecordPresenceResponse,
-    SyncForUserRequest,
+    DirectPartnersRequest, DirectPartnersResponse, EditHistoryForUserRequest,
+    GetConversationRequest, ListForUserRequest, PresenceForUserRequest, ReadHistoryRequest,
+    RecordPresenceRequest, RecordPresenceResponse, SyncForUserRequest,
 };
 use confab_proto::v1::{
-    Conversation, GetHistoryResponse, GetPresenceResponse, ListConversationsResponse, SyncResponse,
+    Conversation, GetEditHistoryResponse, GetHistoryResponse, GetPresenceResponse,
+    ListConversationsResponse, SyncResponse,
 };
 use confab_runtime::server::Server;
 use confab_runtime::trace::{self, TraceParent};
@@ -104,6 +105,21 @@ impl HistoryReader for HistoryReaderService {
                 .await?
         };
         Ok(Response::new(conv))
+    }
+
+    async fn get_edit_history(
+        &self,
+        req: Request<EditHistoryForUserRequest>,
+    ) -> Result<Response<GetEditHistoryResponse>, Status> {
+        let span = read_span("GetEditHistory", req.metadata());
+        let r = req.into_inner();
+        let caller = required("caller_id", &r.caller_id)?;
+        Ok(Response::new(
+            self.reader
+                .get_edit_history(caller, r.request.unwrap_or_default())
+                .instrument(span)
+                .await?,
+        ))
     }
 
     async fn get_presence(

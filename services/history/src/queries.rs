@@ -3,6 +3,9 @@
 //! over gRPC.
 
 use crate::page_token;
+use crate::store::decide::ops::kind_name;
+use crate::store::rows::TargetRow;
+use crate::store::timestamp;
 use crate::store::{Listing, Store};
 use async_trait::async_trait;
 use confab_core::error::ChatError;
@@ -10,8 +13,10 @@ use confab_core::seams::HistoryApi;
 use confab_core::validate;
 use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::v1::{
-    Conversation, GetHistoryRequest, GetHistoryResponse, GetPresenceRequest, GetPresenceResponse,
-    ListConversationsRequest, ListConversationsResponse, Presence, SyncRequest, SyncResponse,
+    Conversation, GetEditHistoryRequest, GetEditHistoryResponse, GetHistoryRequest,
+    GetHistoryResponse, GetPresenceRequest, GetPresenceResponse, ListConversationsRequest,
+    ListConversationsResponse, Message, MessageKind, MessageVersion, Presence, ReactionCount,
+    ReplyPreview, SyncRequest, SyncResponse,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -37,6 +42,11 @@ fn truncate_to_bytes(messages: &mut Vec<confab_proto::v1::Message>, max: usize) 
     false
 }
 
+/// A stored version number as the API's.
+fn version_no(v: i64) -> Result<u32, ChatError> {
+    u32::try_from(v).map_err(|_| ChatError::Internal(format!("history store holds version {v}")))
+}
+
 /// Reads served straight from a store.
 #[derive(Clone)]
 pub struct LocalHistory {
@@ -48,6 +58,68 @@ impl LocalHistory {
     /// Reads from `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self { store }
+    }
+
+    /// Fills in what a page's rows do not hold: each reply's preview of
+    /// the message it replies to as that message is now, and the reactions
+    /// (`reacted`: the seqs that have some) as `caller` sees them.
+    async fn shown(
+        &self,
+        caller: &str,
+        conv: &str,
+        messages: &mut [Message],
+        reacted: &[u64],
+    ) -> Result<(), ChatError> {
+        let mut replied: Vec<u64> = messages
+            .iter()
+            .map(|m| m.reply_to_seq)
+            .filter(|s| *s > 0)
+            .collect();
+        replied.sort_unstable();
+        replied.dedup();
+        if !replied.is_empty() {
+            let targets: HashMap<u64, TargetRow> = self
+                .store
+                .targets(conv, &replied)
+                .await?
+                .into_iter()
+                .filter_map(|t| Some((u64::try_from(t.seq).ok()?, t)))
+                .collect();
+            for m in messages.iter_mut().filter(|m| m.reply_to_seq > 0) {
+                m.reply_to = targets.get(&m.reply_to_seq).map(|t| {
+                    let deleted = t.deleted_at_ms != 0;
+                    ReplyPreview {
+                        sender_id: t.sender_id.clone(),
+                        body: if deleted {
+                            String::new()
+                        } else {
+                            validate::preview(&t.body)
+                        },
+                        deleted,
+                    }
+                });
+            }
+        }
+        let (Some(first), Some(last)) = (reacted.iter().min(), reacted.iter().max()) else {
+            return Ok(());
+        };
+        let mut counts: HashMap<u64, Vec<ReactionCount>> = HashMap::new();
+        for (seq, emoji, n, mine) in self.store.reactions(conv, (*first, *last), caller).await? {
+            let Ok(seq) = u64::try_from(seq) else {
+                continue;
+            };
+            counts.entry(seq).or_default().push(ReactionCount {
+                emoji,
+                count: u64::try_from(n).unwrap_or(0),
+                reacted: mine > 0,
+            });
+        }
+        for m in messages.iter_mut() {
+            if let Some(c) = counts.remove(&m.seq) {
+                m.reactions = c;
+            }
+        }
+        Ok(())
     }
 
     async fn member_conversation(&self, caller: &str, id: &str) -> Result<Conversation, ChatError> {
@@ -75,7 +147,7 @@ impl HistoryApi for LocalHistory {
         )?;
         validate::conversation_id(&req.conversation_id)?;
         let read = self.store.member_history(caller, page).await?;
-        let (mut messages, mut has_more) = match read {
+        let page = match read {
             Some(read) => read,
             None => {
                 // Not a member, or no such conversation: say which. (If the
@@ -85,10 +157,63 @@ impl HistoryApi for LocalHistory {
                 self.store.history(page).await?
             }
         };
+        let reacted = page.reacted;
+        let (mut messages, mut has_more) = (page.messages, page.has_more);
+        self.shown(caller, &req.conversation_id, &mut messages, &reacted)
+            .await?;
         if truncate_to_bytes(&mut messages, MAX_PAGE_BYTES) {
             has_more = true;
         }
         Ok(GetHistoryResponse { messages, has_more })
+    }
+
+    async fn get_edit_history(
+        &self,
+        caller: &str,
+        req: GetEditHistoryRequest,
+    ) -> Result<GetEditHistoryResponse, ChatError> {
+        let (conv, seq) = (req.conversation_id.as_str(), req.seq);
+        validate::conversation_id(conv)?;
+        if seq == 0 {
+            return Err(ChatError::InvalidArgument(
+                "seq is required: the seq of a TEXT message (seqs start at 1)".into(),
+            ));
+        }
+        self.member_conversation(caller, conv).await?;
+        let Some(target) = self.store.target(conv, seq).await? else {
+            return Err(ChatError::NotFound(format!(
+                "message {seq} does not exist in conversation {conv}"
+            )));
+        };
+        if target.kind != MessageKind::Text as i32 {
+            return Err(ChatError::InvalidArgument(format!(
+                "seq {seq} of conversation {conv} is {}, not a message: only TEXT messages have versions",
+                kind_name(target.kind)
+            )));
+        }
+        if target.deleted_at_ms != 0 {
+            // Erased with the message.
+            return Ok(GetEditHistoryResponse::default());
+        }
+        let mut versions = Vec::new();
+        for (version, body, at) in self.store.versions(conv, seq).await? {
+            versions.push(MessageVersion {
+                version: version_no(version)?,
+                body,
+                written_at: Some(timestamp(at)),
+            });
+        }
+        let current_at = if target.edit_count > 0 {
+            target.edited_at_ms
+        } else {
+            target.created_at_ms
+        };
+        versions.push(MessageVersion {
+            version: version_no(target.edit_count)?,
+            body: target.body,
+            written_at: Some(timestamp(current_at)),
+        });
+        Ok(GetEditHistoryResponse { versions })
     }
 
     async fn list_conversations(

@@ -116,6 +116,7 @@ mod tests {
             actor_id: "alice".into(),
             conversation_id: "grp-1".into(),
             command: Some(ingress_record::Command::Send(SendCommand {
+                reply_to_seq: 0,
                 client_msg_id: client_msg_id.into(),
                 body: "hi".into(),
             })),

@@ -279,6 +279,13 @@ impl HistoryApi for Flaky {
     ) -> Result<confab_proto::v1::GetPresenceResponse, ChatError> {
         Err(ChatError::Internal("not used".into()))
     }
+    async fn get_edit_history(
+        &self,
+        _: &str,
+        _: confab_proto::v1::GetEditHistoryRequest,
+    ) -> Result<confab_proto::v1::GetEditHistoryResponse, ChatError> {
+        Err(ChatError::Internal("not used".into()))
+    }
     async fn direct_partners(&self, _: &str) -> Result<Vec<String>, ChatError> {
         Err(ChatError::Internal("not used".into()))
     }

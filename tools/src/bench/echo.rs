@@ -65,6 +65,10 @@ echo_chat! {
     fn get_conversation(GetConversationRequest) -> Conversation;
     fn sync(SyncRequest) -> SyncResponse;
     fn get_presence(GetPresenceRequest) -> GetPresenceResponse;
+    fn edit_message(EditMessageRequest) -> EditMessageResponse;
+    fn delete_message(DeleteMessageRequest) -> DeleteMessageResponse;
+    fn react(ReactRequest) -> ReactResponse;
+    fn get_edit_history(GetEditHistoryRequest) -> GetEditHistoryResponse;
 }
 
 /// Serves the echo service on `listener` until the process ends.

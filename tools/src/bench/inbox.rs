@@ -226,6 +226,7 @@ pub async fn measure_sync(opts: &SyncOpts) -> Result<SyncReport> {
         let (mut client, bearer) = (client.clone(), bearer.clone());
         async move {
             let mut req = tonic::Request::new(SendMessageRequest {
+                reply_to_seq: 0,
                 conversation_id: id.clone(),
                 client_msg_id: format!("sync-bench-{i}"),
                 body: "changed".into(),

@@ -111,6 +111,7 @@ pub async fn run(opts: &IngestOpts) -> Result<IngestReport> {
         let (id, members) = &convs[(i % opts.conversations) as usize];
         let sender = &members[((i / opts.conversations) % 3) as usize];
         let send = Command::Send(SendCommand {
+            reply_to_seq: 0,
             client_msg_id: format!("bench-{i}"),
             body: body.clone(),
         });

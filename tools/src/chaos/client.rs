@@ -128,6 +128,7 @@ pub(super) async fn sender(
         let mut first_failure: Option<Instant> = None;
         loop {
             let req = client.req(SendMessageRequest {
+                reply_to_seq: 0,
                 conversation_id: conv.clone(),
                 client_msg_id: key.clone(),
                 body: format!("chaos {key}"),

@@ -90,6 +90,7 @@ impl State {
             let command = Command::Send(SendCommand {
                 client_msg_id: f.client_msg_id.clone(),
                 body: f.body.clone(),
+                reply_to_seq: f.reply_to_seq,
             });
             let frame = match submitter
                 .submit(&user, &f.conversation_id, command)

@@ -3,9 +3,10 @@
 //! A store implements [`BatchTx`] with its own SQL (how it locks, how it
 //! binds a run's arrays); the order of loads, decisions and writes is here.
 
+use super::decide::ops::{self, Asked, Op, OpFacts, OpWrite, ReactionFacts, What};
 use super::decide::reads::{self, Read, ReadFacts};
 use super::decide::{self, Change, Run, SendFacts, SendRecord, Step};
-use super::rows::{ChangeStamp, Shared};
+use super::rows::{self, ChangeStamp, Shared, TargetRow};
 use super::StoreError;
 use async_trait::async_trait;
 use confab_core::validate::SizeLimits;
@@ -66,6 +67,24 @@ pub trait BatchTx: Send {
     /// Moves each sender's read position to its newest new message, given
     /// as (conversation, sender, seq), in one statement.
     async fn sender_reads(&mut self, reads: &[(&str, &str, u64)]) -> Result<(), StoreError>;
+    /// The messages at these (conversation, seq) pairs that exist (the
+    /// targets of a run's replies), each with its conversation.
+    async fn reply_targets(
+        &mut self,
+        pairs: &[(&str, u64)],
+    ) -> Result<Vec<(String, TargetRow)>, StoreError>;
+    /// The message at `seq` of conversation `id` (see [`rows::TARGET`]).
+    async fn target(&mut self, id: &str, seq: u64) -> Result<Option<TargetRow>, StoreError>;
+    /// The reactions to the message at `seq` of conversation `id` as a
+    /// reaction of `user` with `emoji` is decided on them (see
+    /// [`rows::REACTION_FACTS`]).
+    async fn reaction_facts(
+        &mut self,
+        id: &str,
+        seq: u64,
+        user: &str,
+        emoji: &str,
+    ) -> Result<ReactionFacts, StoreError>;
 }
 
 /// The change number of a batch: drawn from its partition's counter when
@@ -118,8 +137,11 @@ pub async fn batch(
     for run in decide::runs(batch, max_run) {
         match run {
             Run::Sends(run) => sends(tx, &run, now, &mut stamp, &mut outcomes).await?,
-            Run::One(rec) => match &rec.command {
-                Some(Command::Read(cmd)) => outcomes.push(read(tx, rec, cmd, &mut stamp).await?),
+            Run::One(rec) => match (&rec.command, ops::asked(rec)) {
+                (Some(Command::Read(cmd)), _) => {
+                    outcomes.push(read(tx, rec, cmd, &mut stamp).await?)
+                }
+                (_, Some(asked)) => outcomes.push(op(tx, rec, &asked, now, &mut stamp).await?),
                 _ => outcomes.push(change(tx, rec, limits, now, &mut stamp).await?),
             },
         }
@@ -150,6 +172,13 @@ async fn sends(
     let pairs = decide::member_pairs(run, &facts.last_seqs, &facts.originals);
     if !pairs.is_empty() {
         facts.members.extend(tx.members(&pairs).await?);
+    }
+    let replies = decide::reply_targets(run, &facts.last_seqs, &facts.originals);
+    if !replies.is_empty() {
+        for (conv, target) in tx.reply_targets(&replies).await? {
+            let seq = rows::seq_from(target.seq)?;
+            facts.reply_targets.insert((conv, seq), target);
+        }
     }
     let decided = decide::sends(run, &facts, now);
     if !decided.new.is_empty() {
@@ -285,4 +314,140 @@ async fn require(tx: &mut impl BatchTx, id: &str) -> Result<Conversation, StoreE
     tx.conversation(id).await?.ok_or_else(|| {
         StoreError::Corrupt(format!("conversation {id} vanished inside its transaction"))
     })
+}
+
+/// Loads what [`ops::op`] reads for an edit, a delete or a reaction (the
+/// conversation first, locked where writers are concurrent), decides it
+/// and writes its event and its change to the message it names.
+async fn op(
+    tx: &mut impl BatchTx,
+    rec: &IngressRecord,
+    asked: &Asked<'_>,
+    now: i64,
+    stamp: &mut Stamp,
+) -> Result<OutcomeRecord, StoreError> {
+    let conv_id = rec.conversation_id.as_str();
+    let mut facts = OpFacts::default();
+    if decide::unstorable(rec).is_none() {
+        facts.conversation = tx.conversation(conv_id).await?;
+        if facts.conversation.is_some() {
+            let key = asked.key(conv_id, &rec.actor_id);
+            facts.original = tx
+                .sent(&[(&key.0, &key.1, &key.2)])
+                .await?
+                .into_iter()
+                .next();
+            if facts.original.is_none() {
+                facts.target = tx.target(conv_id, asked.seq).await?;
+                if let What::React { emoji, .. } = asked.what {
+                    facts.reactions = tx
+                        .reaction_facts(conv_id, asked.seq, &rec.actor_id, emoji)
+                        .await?;
+                }
+            }
+        }
+    }
+    let decided = match ops::op(rec, asked, facts, now) {
+        Ok(decided) => decided,
+        Err(err) => return Ok(decide::refused(rec, err)),
+    };
+    if let Op::New(event, write) = &decided {
+        tx.run(Shared::InsertMessage {
+            message: event,
+            now,
+        })
+        .await?;
+        let stamp = stamp.get(tx).await?;
+        tx.run(Shared::EventAppended {
+            id: conv_id,
+            seq: event.seq,
+            now,
+            stamp,
+        })
+        .await?;
+        let statements: Vec<Shared<'_>> = match write {
+            OpWrite::Edit { seq, body } => vec![
+                Shared::KeepVersion {
+                    id: conv_id,
+                    seq: *seq,
+                },
+                Shared::Edit {
+                    id: conv_id,
+                    seq: *seq,
+                    body,
+                    now,
+                },
+                Shared::LastTextEdited {
+                    id: conv_id,
+                    seq: *seq,
+                    body,
+                    now,
+                },
+            ],
+            OpWrite::Delete { seq } => {
+                let by = rec.actor_id.as_str();
+                vec![
+                    Shared::Erase {
+                        id: conv_id,
+                        seq: *seq,
+                        by,
+                        now,
+                    },
+                    Shared::EraseVersions {
+                        id: conv_id,
+                        seq: *seq,
+                    },
+                    Shared::EraseEdits {
+                        id: conv_id,
+                        seq: *seq,
+                    },
+                    Shared::EraseReactions {
+                        id: conv_id,
+                        seq: *seq,
+                    },
+                    Shared::LastTextDeleted {
+                        id: conv_id,
+                        seq: *seq,
+                        by,
+                        now,
+                    },
+                    Shared::NoLongerCounted { id: conv_id },
+                    Shared::NoLongerCountedBelow {
+                        id: conv_id,
+                        seq: *seq,
+                    },
+                ]
+            }
+            OpWrite::React { seq, emoji, remove } => {
+                let user = rec.actor_id.as_str();
+                let (id, seq) = (conv_id, *seq);
+                if *remove {
+                    vec![
+                        Shared::RemoveReaction {
+                            id,
+                            seq,
+                            user,
+                            emoji,
+                        },
+                        Shared::ReactionsCounted { id, seq, delta: -1 },
+                    ]
+                } else {
+                    vec![
+                        Shared::AddReaction {
+                            id,
+                            seq,
+                            user,
+                            emoji,
+                            now,
+                        },
+                        Shared::ReactionsCounted { id, seq, delta: 1 },
+                    ]
+                }
+            }
+        };
+        for statement in statements {
+            tx.run(statement).await?;
+        }
+    }
+    Ok(ops::op_outcome(rec, decided))
 }

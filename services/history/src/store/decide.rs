@@ -12,6 +12,7 @@
 //! - A read is decided alone by [`reads::read`] from the reader's position
 //!   as loaded.
 
+use super::rows::TargetRow;
 use super::timestamp;
 use confab_core::error::ChatError;
 use confab_core::validate::{group_limit, SizeLimits};
@@ -20,10 +21,11 @@ use confab_proto::internal::v1::{
 };
 use confab_proto::v1::{
     membership_event::Change as Membership, Conversation, ConversationKind, MembershipEvent,
-    Message, MessageKind,
+    Message, MessageKind, ReplyPreview,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+pub mod ops;
 pub mod reads;
 
 /// The retry key of a send: (conversation, sender, client_msg_id).
@@ -84,6 +86,9 @@ pub struct SendFacts {
     pub originals: HashMap<Key, Message>,
     /// The (conversation, user) pairs of [`member_pairs`] that are members.
     pub members: HashSet<(String, String)>,
+    /// The stored messages that sends of the run reply to (see
+    /// [`reply_targets`]), by (conversation, seq).
+    pub reply_targets: HashMap<(String, u64), TargetRow>,
 }
 
 /// The distinct conversations of a run's storable sends, sorted (the order
@@ -125,6 +130,27 @@ pub fn member_pairs<'a>(
             last_seqs.contains_key(&rec.conversation_id) && !originals.contains_key(&key(rec, send))
         },
         |rec, _| (rec.conversation_id.as_str(), rec.actor_id.as_str()),
+    )
+}
+
+/// The stored messages that a run's sends reply to, as (conversation,
+/// seq), given what [`SendFacts`] holds so far: replies to stored seqs of
+/// existing conversations that repeat no stored send.
+pub fn reply_targets<'a>(
+    run: &[SendRecord<'a>],
+    last_seqs: &HashMap<String, u64>,
+    originals: &HashMap<Key, Message>,
+) -> Vec<(&'a str, u64)> {
+    distinct(
+        run,
+        |rec, send| {
+            send.reply_to_seq > 0
+                && last_seqs
+                    .get(&rec.conversation_id)
+                    .is_some_and(|last| send.reply_to_seq <= *last)
+                && !originals.contains_key(&key(rec, send))
+        },
+        |rec, send| (rec.conversation_id.as_str(), send.reply_to_seq),
     )
 }
 
@@ -187,7 +213,12 @@ pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSend
         }
         let k = key(rec, send);
         if let Some(original) = facts.originals.get(&k) {
-            plans.push(Plan::Done(Box::new(replayed(rec, original.clone()))));
+            let plan =
+                match ops::same_write(original.clone(), MessageKind::Text, &send.client_msg_id) {
+                    Ok(original) => replayed(rec, original),
+                    Err(err) => refused(rec, err),
+                };
+            plans.push(Plan::Done(Box::new(plan)));
             continue;
         }
         if let Some(&i) = first_new.get(&k) {
@@ -215,6 +246,39 @@ pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSend
         if !heads.contains_key(conv_id) {
             heads.insert(rec.conversation_id.clone(), stored_last);
         }
+        let reply_to = match send.reply_to_seq {
+            0 => None,
+            to => {
+                let head = heads.get(conv_id).copied().unwrap_or(stored_last);
+                let target = if to <= stored_last {
+                    facts
+                        .reply_targets
+                        .get(&(rec.conversation_id.clone(), to))
+                        .map(|t| {
+                            (
+                                t.kind,
+                                t.sender_id.as_str(),
+                                t.body.as_str(),
+                                t.deleted_at_ms != 0,
+                            )
+                        })
+                } else if to <= head {
+                    // A message new in this run.
+                    new.iter()
+                        .find(|m| m.conversation_id == conv_id && m.seq == to)
+                        .map(|m| (m.kind, m.sender_id.as_str(), m.body.as_str(), false))
+                } else {
+                    None
+                };
+                match reply_preview(conv_id, to, head, target) {
+                    Ok(preview) => Some(preview),
+                    Err(err) => {
+                        plans.push(Plan::Done(Box::new(refused(rec, err))));
+                        continue;
+                    }
+                }
+            }
+        };
         let seq = match heads.get_mut(conv_id) {
             Some(head) => {
                 *head += 1;
@@ -232,10 +296,43 @@ pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSend
             body: send.body.clone(),
             created_at: Some(timestamp(now)),
             kind: MessageKind::Text as i32,
-            membership: None,
+            reply_to_seq: send.reply_to_seq,
+            reply_to,
+            ..Message::default()
         });
     }
     DecidedSends { plans, new }
+}
+
+/// The preview of a reply to seq `to` of conversation `conv_id`, whose
+/// newest seq is `head`, given the target's (kind, sender, body, deleted)
+/// when it exists.
+fn reply_preview(
+    conv_id: &str,
+    to: u64,
+    head: u64,
+    target: Option<(i32, &str, &str, bool)>,
+) -> Result<ReplyPreview, ChatError> {
+    let Some((kind, sender, body, deleted)) = target else {
+        return Err(ChatError::InvalidArgument(format!(
+            "reply_to_seq {to} is past the newest seq {head} of conversation {conv_id}; reply to a message that exists"
+        )));
+    };
+    if kind != MessageKind::Text as i32 {
+        return Err(ChatError::InvalidArgument(format!(
+            "reply_to_seq {to} of conversation {conv_id} is {}: reply to a TEXT message",
+            ops::kind_name(kind)
+        )));
+    }
+    Ok(ReplyPreview {
+        sender_id: sender.to_string(),
+        body: if deleted {
+            String::new()
+        } else {
+            confab_core::validate::preview(body)
+        },
+        deleted,
+    })
 }
 
 impl DecidedSends {
@@ -302,7 +399,7 @@ pub enum Step {
     /// Remove this member.
     RemoveMember(String),
     /// Insert this message and make its seq the conversation's last.
-    Append(Message),
+    Append(Box<Message>),
 }
 
 /// What a record that is not a send comes to, unless it is refused.
@@ -333,11 +430,17 @@ pub fn change(
         return Err(err);
     }
     let event = |seq: u64, change: Membership, users: &[String]| {
-        Step::Append(system_message(conv_id, seq, actor, change, users, now))
+        Step::Append(Box::new(system_message(
+            conv_id, seq, actor, change, users, now,
+        )))
     };
     match command {
-        Command::Send(_) | Command::Read(_) => Err(ChatError::Internal(
-            "a send or a read reached the membership path".into(),
+        Command::Send(_)
+        | Command::Read(_)
+        | Command::Edit(_)
+        | Command::Delete(_)
+        | Command::React(_) => Err(ChatError::Internal(
+            "a send, a read or a change to a message reached the membership path".into(),
         )),
         Command::Create(create) => {
             if let Some(existing) = conv {
@@ -444,7 +547,7 @@ pub fn appended(steps: Vec<Step>) -> Vec<Message> {
     steps
         .into_iter()
         .filter_map(|s| match s {
-            Step::Append(m) => Some(m),
+            Step::Append(m) => Some(*m),
             _ => None,
         })
         .collect()
@@ -468,6 +571,11 @@ pub fn unstorable(rec: &IngressRecord) -> Option<ChatError> {
             Some(Command::Create(c)) if c.member_ids.iter().any(|m| has_nul(m)) => "member_ids",
             Some(Command::AddMembers(a)) if a.member_ids.iter().any(|m| has_nul(m)) => "member_ids",
             Some(Command::RemoveMember(r)) if has_nul(&r.member_id) => "member_id",
+            Some(Command::Edit(e)) if has_nul(&e.client_msg_id) => "client_msg_id",
+            Some(Command::Edit(e)) if has_nul(&e.body) => "body",
+            Some(Command::Delete(d)) if has_nul(&d.client_msg_id) => "client_msg_id",
+            Some(Command::React(r)) if has_nul(&r.client_msg_id) => "client_msg_id",
+            Some(Command::React(r)) if has_nul(&r.emoji) => "emoji",
             _ => return None,
         }
     };
@@ -506,6 +614,7 @@ pub fn system_message(
             actor_id: actor.to_string(),
             user_ids: users.to_vec(),
         }),
+        ..Message::default()
     }
 }
 

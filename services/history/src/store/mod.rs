@@ -60,8 +60,45 @@ pub fn connection_lost(e: &sqlx::Error) -> bool {
     }
 }
 
-/// A page of messages, and whether more exist past it.
-pub type MessagePage = (Vec<Message>, bool);
+/// A page of messages, whether more exist past it, and the seqs of its
+/// messages that have reactions (read apart: see [`Store::reactions`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MessagePage {
+    /// The messages, as their rows keep them.
+    pub messages: Vec<Message>,
+    /// More exist past them.
+    pub has_more: bool,
+    /// The seqs of those with reactions, in page order.
+    pub reacted: Vec<u64>,
+}
+
+impl MessagePage {
+    /// The messages and whether more exist.
+    pub fn parts(self) -> (Vec<Message>, bool) {
+        (self.messages, self.has_more)
+    }
+
+    /// The first `limit` of `rows`, and whether there were more.
+    pub fn from_rows(
+        rows: impl IntoIterator<Item = rows::MessageRow>,
+        limit: u32,
+    ) -> Result<Self, StoreError> {
+        let mut page = MessagePage::default();
+        for row in rows {
+            if page.messages.len() == limit as usize {
+                page.has_more = true;
+                break;
+            }
+            let reacted = row.reacted();
+            let m = Message::try_from(row)?;
+            if reacted {
+                page.reacted.push(m.seq);
+            }
+            page.messages.push(m);
+        }
+        Ok(page)
+    }
+}
 
 /// The rows of a page of a user's conversations (see [`Store::listed`]).
 pub type ListedRows = Result<rows::Listed, StoreError>;
@@ -145,6 +182,22 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The messages of `page`, and whether more exist past them.
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError>;
+    /// The message at `seq` of conversation `id` (see [`rows::TARGET`]).
+    async fn target(&self, id: &str, seq: u64) -> Result<Option<rows::TargetRow>, StoreError>;
+    /// The messages at `seqs` of conversation `id` that exist (the targets
+    /// of a page's replies).
+    async fn targets(&self, id: &str, seqs: &[u64]) -> Result<Vec<rows::TargetRow>, StoreError>;
+    /// The reactions to the messages at seqs `from` to `to` of conversation
+    /// `id`, as `caller` sees them (see [`rows::PAGE_REACTIONS`]).
+    async fn reactions(
+        &self,
+        id: &str,
+        seqs: (u64, u64),
+        caller: &str,
+    ) -> Result<Vec<rows::ReactionRow>, StoreError>;
+    /// The earlier versions of the message at `seq` of conversation `id`
+    /// (see [`rows::VERSIONS`]).
+    async fn versions(&self, id: &str, seq: u64) -> Result<Vec<rows::VersionRow>, StoreError>;
     /// [`Store::history`] for `caller`: `None` if the conversation does not
     /// exist or `caller` is not a member of it (ask
     /// [`Store::conversation`] which). The default reads the conversation,

@@ -21,14 +21,14 @@
 
 use super::apply::{self, BatchTx};
 use super::decide;
-use super::rows::{self, ConversationRow, CursorParam, Listed, MessageRow};
+use super::rows::{self, ConversationRow, CursorParam, Listed, MessageRow, MESSAGE_COLUMNS};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
 use confab_proto::internal::v1::{
     ingress_record::Command, IngressRecord, OutcomeRecord, PresenceUpdate,
 };
-use confab_proto::v1::{Conversation, Message};
+use confab_proto::v1::Conversation;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{FromRow as _, Postgres, Row};
 use std::time::Duration;
@@ -41,10 +41,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/
 /// a serialization failure (both mean "run it again"); see
 /// [`PostgresStore::again`].
 const MAX_ATTEMPTS: u32 = 5;
-
-/// The columns of `messages`, in the order `message_from_row` reads them.
-const MESSAGE_COLUMNS: &str =
-    "conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms";
 
 /// History kept in a PostgreSQL database.
 pub struct PostgresStore {
@@ -316,10 +312,31 @@ impl Store for PostgresStore {
         self.record(updates).await
     }
 
+    async fn target(&self, id: &str, seq: u64) -> Result<Option<rows::TargetRow>, StoreError> {
+        rows::target(&self.pool, id, seq).await
+    }
+
+    async fn targets(&self, id: &str, seqs: &[u64]) -> Result<Vec<rows::TargetRow>, StoreError> {
+        rows::targets(&self.pool, id, seqs).await
+    }
+
+    async fn reactions(
+        &self,
+        id: &str,
+        seqs: (u64, u64),
+        caller: &str,
+    ) -> Result<Vec<rows::ReactionRow>, StoreError> {
+        rows::page_reactions(&self.pool, id, seqs, caller).await
+    }
+
+    async fn versions(&self, id: &str, seq: u64) -> Result<Vec<rows::VersionRow>, StoreError> {
+        rows::versions(&self.pool, id, seq).await
+    }
+
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {
         let (conversation_id, cursor, limit) = (page.conversation_id, page.cursor, page.limit);
         if conversation_id.contains('\0') {
-            return Ok((Vec::new(), false));
+            return Ok(MessagePage::default());
         }
         let (page, bound) = page_clause(cursor);
         let sql = format!(
@@ -392,17 +409,15 @@ fn page_query<'q>(
 /// A page of at most `limit` messages from the rows of a [`page_clause`]
 /// query, and whether there is more. Rows without a message (the NULLs of
 /// an empty `LEFT JOIN`) are skipped.
-fn page_from_rows(rows: &[PgRow], limit: u32) -> Result<(Vec<Message>, bool), StoreError> {
+fn page_from_rows(rows: &[PgRow], limit: u32) -> Result<MessagePage, StoreError> {
     let mut messages = Vec::with_capacity(rows.len());
     for row in rows {
         let seq: Option<i64> = row.try_get("seq")?;
         if seq.is_some() {
-            messages.push(MessageRow::from_row(row)?.try_into()?);
+            messages.push(MessageRow::from_row(row)?);
         }
     }
-    let has_more = messages.len() > limit as usize;
-    messages.truncate(limit as usize);
-    Ok((messages, has_more))
+    MessagePage::from_rows(messages, limit)
 }
 
 mod batch;

@@ -5,7 +5,7 @@ use super::decide::reads::{Position, ReadFacts};
 use super::{timestamp, ConversationPage, ListAfter, StoreError};
 use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::prost::Message as _;
-use confab_proto::v1::{Conversation, MemberRead, MembershipEvent, Message};
+use confab_proto::v1::{Conversation, MemberRead, MembershipEvent, Message, Tombstone};
 
 /// A row of `messages`.
 #[derive(sqlx::FromRow)]
@@ -19,6 +19,27 @@ pub struct MessageRow {
     /// An encoded `MembershipEvent`, for SYSTEM messages.
     membership: Option<Vec<u8>>,
     created_at_ms: i64,
+    reply_to_seq: i64,
+    target_seq: i64,
+    emoji: String,
+    reaction_removed: i32,
+    edit_count: i64,
+    edited_at_ms: i64,
+    deleted_by: String,
+    deleted_at_ms: i64,
+    /// Rows in `reactions` for this message (they are read apart).
+    reaction_count: i64,
+}
+
+/// The columns of [`MessageRow`], in order.
+pub const MESSAGE_COLUMNS: &str = "conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms, \
+     reply_to_seq, target_seq, emoji, reaction_removed, edit_count, edited_at_ms, deleted_by, deleted_at_ms, reaction_count";
+
+impl MessageRow {
+    /// Whether members reacted to it (see [`MessagePage::reacted`](super::MessagePage)).
+    pub fn reacted(&self) -> bool {
+        self.reaction_count > 0
+    }
 }
 
 impl TryFrom<MessageRow> for Message {
@@ -39,12 +60,43 @@ impl TryFrom<MessageRow> for Message {
             created_at: Some(timestamp(row.created_at_ms)),
             kind: row.kind,
             membership,
+            reply_to_seq: seq_from(row.reply_to_seq)?,
+            target_seq: seq_from(row.target_seq)?,
+            emoji: row.emoji,
+            reaction_removed: row.reaction_removed != 0,
+            ..changed_state(
+                row.edit_count,
+                row.edited_at_ms,
+                row.deleted_by,
+                row.deleted_at_ms,
+            )?
         })
     }
 }
 
+/// The edit and delete state of a TEXT message as its row keeps it (or a
+/// conversation's row, for its newest TEXT message).
+fn changed_state(
+    edit_count: i64,
+    edited_at_ms: i64,
+    deleted_by: String,
+    deleted_at_ms: i64,
+) -> Result<Message, StoreError> {
+    Ok(Message {
+        edit_count: u32::try_from(edit_count)
+            .map_err(|_| StoreError::Corrupt(format!("edit count {edit_count}")))?,
+        edited_at: (edit_count > 0).then(|| timestamp(edited_at_ms)),
+        deleted: (deleted_at_ms != 0).then(|| Tombstone {
+            deleted_by,
+            deleted_at: Some(timestamp(deleted_at_ms)),
+        }),
+        ..Message::default()
+    })
+}
+
 /// A conversation's newest TEXT message as its row keeps it (migration
-/// 0006: written with `last_seq` by each run of sends).
+/// 0006: written with `last_seq` by each run of sends; 0007: its edits and
+/// deletion).
 #[derive(sqlx::FromRow)]
 pub struct LastTextRow {
     last_text_seq: i64,
@@ -52,6 +104,10 @@ pub struct LastTextRow {
     last_text_client_msg_id: String,
     last_text_body: String,
     last_text_at_ms: i64,
+    last_text_edit_count: i64,
+    last_text_edited_at_ms: i64,
+    last_text_deleted_by: String,
+    last_text_deleted_at_ms: i64,
 }
 
 /// The columns of [`LastTextRow`], for a statement on `conversations`
@@ -61,12 +117,16 @@ pub fn last_text_columns(alias: &str) -> String {
 }
 
 /// The columns of [`LastTextRow`].
-const LAST_TEXT_COLUMNS: [&str; 5] = [
+const LAST_TEXT_COLUMNS: [&str; 9] = [
     "last_text_seq",
     "last_text_sender",
     "last_text_client_msg_id",
     "last_text_body",
     "last_text_at_ms",
+    "last_text_edit_count",
+    "last_text_edited_at_ms",
+    "last_text_deleted_by",
+    "last_text_deleted_at_ms",
 ];
 
 impl LastTextRow {
@@ -83,7 +143,12 @@ impl LastTextRow {
             body: self.last_text_body,
             created_at: Some(timestamp(self.last_text_at_ms)),
             kind: confab_proto::v1::MessageKind::Text as i32,
-            membership: None,
+            ..changed_state(
+                self.last_text_edit_count,
+                self.last_text_edited_at_ms,
+                self.last_text_deleted_by,
+                self.last_text_deleted_at_ms,
+            )?
         }))
     }
 }
@@ -502,7 +567,8 @@ pub fn conversation_page(
 /// whose writers are concurrent appends its row lock.
 pub const READ_FACTS: &str = "SELECT c.last_seq, c.system_count, m.read_seq, m.read_system,
             (SELECT COUNT(*) FROM messages x
-             WHERE x.conversation_id = c.id AND x.kind = 2 AND x.seq <= $3) AS system_at_seq
+             WHERE x.conversation_id = c.id AND (x.kind <> 1 OR x.deleted_at_ms <> 0)
+               AND x.seq <= $3) AS system_at_seq
      FROM conversations c
      LEFT JOIN members m ON m.conversation_id = c.id AND m.user_id = $2
      WHERE c.id = $1";
@@ -634,6 +700,129 @@ pub enum Shared<'q> {
         /// The conversation.
         id: &'q str,
     },
+    /// Keeps the current body of the TEXT message at `seq` of conversation
+    /// `id` as a version (before an edit replaces it).
+    KeepVersion {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+    },
+    /// Replaces the body of the message at `seq`, edited at `now`.
+    Edit {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+        /// Its new body.
+        body: &'q str,
+        /// Milliseconds since the epoch.
+        now: i64,
+    },
+    /// [`Shared::Edit`] on the conversation's row, when `seq` is its
+    /// newest TEXT message.
+    LastTextEdited {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+        /// Its new body.
+        body: &'q str,
+        /// Milliseconds since the epoch.
+        now: i64,
+    },
+    /// Makes the message at `seq` a tombstone: deleted by `by` at `now`,
+    /// its body erased.
+    Erase {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+        /// Who deleted it.
+        by: &'q str,
+        /// Milliseconds since the epoch.
+        now: i64,
+    },
+    /// Erases the earlier versions of the message at `seq`.
+    EraseVersions {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+    },
+    /// Erases the bodies of the EDIT events of the message at `seq`.
+    EraseEdits {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+    },
+    /// Erases the reactions to the message at `seq`.
+    EraseReactions {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+    },
+    /// [`Shared::Erase`] on the conversation's row, when `seq` is its
+    /// newest TEXT message.
+    LastTextDeleted {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+        /// Who deleted it.
+        by: &'q str,
+        /// Milliseconds since the epoch.
+        now: i64,
+    },
+    /// One more of conversation `id`'s seqs is not unread (a TEXT message
+    /// was deleted): its `system_count` grows by one.
+    NoLongerCounted {
+        /// The conversation.
+        id: &'q str,
+    },
+    /// The same for the members whose read position is at or past `seq`
+    /// (the deleted message): their `read_system` grows by one.
+    NoLongerCountedBelow {
+        /// The conversation.
+        id: &'q str,
+        /// The deleted message.
+        seq: u64,
+    },
+    /// `user` reacted to the message at `seq` with `emoji`.
+    AddReaction {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+        /// The member.
+        user: &'q str,
+        /// The emoji, fully qualified.
+        emoji: &'q str,
+        /// Milliseconds since the epoch.
+        now: i64,
+    },
+    /// `user` took back the reaction with `emoji` to the message at `seq`.
+    RemoveReaction {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+        /// The member.
+        user: &'q str,
+        /// The emoji, fully qualified.
+        emoji: &'q str,
+    },
+    /// Adds `delta` to the reactions counted on the message at `seq`.
+    ReactionsCounted {
+        /// The conversation.
+        id: &'q str,
+        /// The message.
+        seq: u64,
+        /// +1 or -1.
+        delta: i64,
+    },
     /// Moves `user`'s read position in conversation `id` forward to `seq`,
     /// at or below which lie `system` SYSTEM events.
     SetRead {
@@ -679,8 +868,9 @@ where
                 .bind(user)
         }
         Shared::InsertMessage { message: m, now } => sqlx::query(
-            "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms,
+                                   reply_to_seq, target_seq, emoji, reaction_removed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(m.conversation_id.as_str())
         .bind(m.seq as i64)
@@ -689,7 +879,111 @@ where
         .bind(m.kind)
         .bind(m.body.as_str())
         .bind(m.membership.as_ref().map(|e| e.encode_to_vec()))
+        .bind(now)
+        .bind(m.reply_to_seq as i64)
+        .bind(m.target_seq as i64)
+        .bind(m.emoji.as_str())
+        .bind(i32::from(m.reaction_removed)),
+        Shared::KeepVersion { id, seq } => sqlx::query(
+            "INSERT INTO message_versions (conversation_id, seq, version, body, written_at_ms)
+             SELECT conversation_id, seq, edit_count, body,
+                    CASE WHEN edit_count = 0 THEN created_at_ms ELSE edited_at_ms END
+             FROM messages WHERE conversation_id = $1 AND seq = $2",
+        )
+        .bind(id)
+        .bind(seq as i64),
+        Shared::Edit { id, seq, body, now } => sqlx::query(
+            "UPDATE messages SET body = $3, edit_count = edit_count + 1, edited_at_ms = $4
+             WHERE conversation_id = $1 AND seq = $2",
+        )
+        .bind(id)
+        .bind(seq as i64)
+        .bind(body)
         .bind(now),
+        Shared::LastTextEdited { id, seq, body, now } => sqlx::query(
+            "UPDATE conversations SET last_text_body = $3,
+                 last_text_edit_count = last_text_edit_count + 1, last_text_edited_at_ms = $4
+             WHERE id = $1 AND last_text_seq = $2",
+        )
+        .bind(id)
+        .bind(seq as i64)
+        .bind(body)
+        .bind(now),
+        Shared::Erase { id, seq, by, now } => sqlx::query(
+            "UPDATE messages SET body = '', deleted_by = $3, deleted_at_ms = $4, reaction_count = 0
+             WHERE conversation_id = $1 AND seq = $2",
+        )
+        .bind(id)
+        .bind(seq as i64)
+        .bind(by)
+        .bind(now),
+        Shared::EraseVersions { id, seq } => {
+            sqlx::query("DELETE FROM message_versions WHERE conversation_id = $1 AND seq = $2")
+                .bind(id)
+                .bind(seq as i64)
+        }
+        Shared::EraseEdits { id, seq } => sqlx::query(
+            "UPDATE messages SET body = '' WHERE conversation_id = $1 AND target_seq = $2 AND kind = 3",
+        )
+        .bind(id)
+        .bind(seq as i64),
+        Shared::EraseReactions { id, seq } => {
+            sqlx::query("DELETE FROM reactions WHERE conversation_id = $1 AND seq = $2")
+                .bind(id)
+                .bind(seq as i64)
+        }
+        Shared::LastTextDeleted { id, seq, by, now } => sqlx::query(
+            "UPDATE conversations SET last_text_body = '', last_text_deleted_by = $3,
+                 last_text_deleted_at_ms = $4
+             WHERE id = $1 AND last_text_seq = $2",
+        )
+        .bind(id)
+        .bind(seq as i64)
+        .bind(by)
+        .bind(now),
+        Shared::NoLongerCounted { id } => {
+            sqlx::query("UPDATE conversations SET system_count = system_count + 1 WHERE id = $1")
+                .bind(id)
+        }
+        Shared::NoLongerCountedBelow { id, seq } => sqlx::query(
+            "UPDATE members SET read_system = read_system + 1
+             WHERE conversation_id = $1 AND read_seq >= $2",
+        )
+        .bind(id)
+        .bind(seq as i64),
+        Shared::AddReaction {
+            id,
+            seq,
+            user,
+            emoji,
+            now,
+        } => sqlx::query(
+            "INSERT INTO reactions (conversation_id, seq, user_id, emoji, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(id)
+        .bind(seq as i64)
+        .bind(user)
+        .bind(emoji)
+        .bind(now),
+        Shared::RemoveReaction {
+            id,
+            seq,
+            user,
+            emoji,
+        } => sqlx::query(
+            "DELETE FROM reactions WHERE conversation_id = $1 AND seq = $2 AND user_id = $3 AND emoji = $4",
+        )
+        .bind(id)
+        .bind(seq as i64)
+        .bind(user)
+        .bind(emoji),
+        Shared::ReactionsCounted { id, seq, delta } => sqlx::query(
+            "UPDATE messages SET reaction_count = reaction_count + $3 WHERE conversation_id = $1 AND seq = $2",
+        )
+        .bind(id)
+        .bind(seq as i64)
+        .bind(delta),
         Shared::EventAppended {
             id,
             seq,
@@ -858,3 +1152,207 @@ where
 
 /// A row of [`presence_sql`].
 pub type PresenceRow = (String, i64, i64);
+
+/// The message at seq `$2` of conversation `$1` as a change to it is
+/// decided, or as a version or reply preview shows it: its kind, sender,
+/// current body, creation, edits and deletion.
+pub const TARGET: &str =
+    "SELECT seq, kind, sender_id, body, created_at_ms, edit_count, edited_at_ms, deleted_at_ms
+     FROM messages WHERE conversation_id = $1 AND seq = $2";
+
+/// A row of [`TARGET`] (or of [`targets_sql`]).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TargetRow {
+    /// Its seq.
+    pub seq: i64,
+    /// `MessageKind` as stored.
+    pub kind: i32,
+    /// Who sent it.
+    pub sender_id: String,
+    /// Its current body ("" once deleted).
+    pub body: String,
+    /// When it was sent.
+    pub created_at_ms: i64,
+    /// Edits so far.
+    pub edit_count: i64,
+    /// When last edited.
+    pub edited_at_ms: i64,
+    /// When deleted; 0 while not.
+    pub deleted_at_ms: i64,
+}
+
+/// [`TARGET`] for the `n` seqs `$2..` (reply previews).
+pub fn targets_sql(n: usize) -> String {
+    format!(
+        "SELECT seq, kind, sender_id, body, created_at_ms, edit_count, edited_at_ms, deleted_at_ms
+         FROM messages WHERE conversation_id = $1 AND seq IN ({})",
+        params(2, n)
+    )
+}
+
+/// What deciding a reaction of user `$3` with emoji `$4` to the message at
+/// seq `$2` of conversation `$1` reads: the distinct emoji on the message,
+/// the user's reactions to it, whether the user reacted with `$4`, whether
+/// anyone did.
+pub const REACTION_FACTS: &str = "SELECT COUNT(DISTINCT emoji) AS emoji,
+            COALESCE(SUM(CASE WHEN user_id = $3 THEN 1 ELSE 0 END), 0) AS mine,
+            COALESCE(SUM(CASE WHEN user_id = $3 AND emoji = $4 THEN 1 ELSE 0 END), 0) AS mine_with,
+            COALESCE(SUM(CASE WHEN emoji = $4 THEN 1 ELSE 0 END), 0) AS with
+     FROM reactions WHERE conversation_id = $1 AND seq = $2";
+
+/// A row of [`REACTION_FACTS`].
+pub type ReactionFactsRow = (i64, i64, i64, i64);
+
+/// The reactions to the messages at seqs `$2` to `$3` of conversation
+/// `$1`, per message and emoji in that order: how many, and whether user
+/// `$4` is among them.
+pub const PAGE_REACTIONS: &str = "SELECT seq, emoji, COUNT(*) AS n,
+            SUM(CASE WHEN user_id = $4 THEN 1 ELSE 0 END) AS mine
+     FROM reactions WHERE conversation_id = $1 AND seq >= $2 AND seq <= $3
+     GROUP BY seq, emoji ORDER BY seq, emoji";
+
+/// A row of [`PAGE_REACTIONS`].
+pub type ReactionRow = (i64, String, i64, i64);
+
+/// The earlier versions of the message at seq `$2` of conversation `$1`,
+/// oldest first: (version, body, written at).
+pub const VERSIONS: &str = "SELECT version, body, written_at_ms FROM message_versions
+     WHERE conversation_id = $1 AND seq = $2 ORDER BY version";
+
+/// A row of [`VERSIONS`].
+pub type VersionRow = (i64, String, i64);
+
+/// A [`REACTION_FACTS`] row as a decision reads it.
+pub fn reaction_facts(row: ReactionFactsRow) -> super::decide::ops::ReactionFacts {
+    let (emoji, mine, mine_with, with) = row;
+    super::decide::ops::ReactionFacts {
+        emoji: u64::try_from(emoji).unwrap_or(0),
+        mine: u64::try_from(mine).unwrap_or(0),
+        mine_with: mine_with > 0,
+        with: with > 0,
+    }
+}
+
+/// [`TARGET`] for the message at `seq` of conversation `id`, from either
+/// store.
+pub async fn target<'c, DB, E>(
+    executor: E,
+    id: &str,
+    seq: u64,
+) -> Result<Option<TargetRow>, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    TargetRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    Ok(sqlx::query_as(TARGET)
+        .bind(id)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .fetch_optional(executor)
+        .await?)
+}
+
+/// [`REACTION_FACTS`] for a reaction of `user` with `emoji` to the message
+/// at `seq` of conversation `id`, from either store.
+pub async fn reaction_facts_of<'c, DB, E>(
+    executor: E,
+    id: &str,
+    seq: u64,
+    user: &str,
+    emoji: &str,
+) -> Result<super::decide::ops::ReactionFacts, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    ReactionFactsRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let row: ReactionFactsRow = sqlx::query_as(REACTION_FACTS)
+        .bind(id)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .bind(user)
+        .bind(emoji)
+        .fetch_one(executor)
+        .await?;
+    Ok(reaction_facts(row))
+}
+
+/// [`PAGE_REACTIONS`] for the messages at seqs `from` to `to` of
+/// conversation `id`, as `caller` sees them, from either store.
+pub async fn page_reactions<'c, DB, E>(
+    executor: E,
+    id: &str,
+    (from, to): (u64, u64),
+    caller: &str,
+) -> Result<Vec<ReactionRow>, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    ReactionRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    let bound = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    Ok(sqlx::query_as(PAGE_REACTIONS)
+        .bind(id)
+        .bind(bound(from))
+        .bind(bound(to))
+        .bind(caller)
+        .fetch_all(executor)
+        .await?)
+}
+
+/// [`targets_sql`] for `seqs` of conversation `id`, from either store.
+pub async fn targets<'c, DB, E>(
+    executor: E,
+    id: &str,
+    seqs: &[u64],
+) -> Result<Vec<TargetRow>, StoreError>
+where
+    DB: sqlx::Database + sqlx::database::HasStatementCache,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    TargetRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    if seqs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = targets_sql(seqs.len());
+    let q = seqs.iter().fold(
+        // One statement a page's count of replies: not worth a place among
+        // the prepared ones.
+        sqlx::query_as(&sql).persistent(false).bind(id),
+        |q, s| q.bind(i64::try_from(*s).unwrap_or(i64::MAX)),
+    );
+    Ok(q.fetch_all(executor).await?)
+}
+
+/// [`VERSIONS`] of the message at `seq` of conversation `id`, from either
+/// store.
+pub async fn versions<'c, DB, E>(
+    executor: E,
+    id: &str,
+    seq: u64,
+) -> Result<Vec<VersionRow>, StoreError>
+where
+    DB: sqlx::Database,
+    E: sqlx::Executor<'c, Database = DB>,
+    for<'q> &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    VersionRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    Ok(sqlx::query_as(VERSIONS)
+        .bind(id)
+        .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+        .fetch_all(executor)
+        .await?)
+}

@@ -5,13 +5,15 @@
 //! [`WAL_AUTOCHECKPOINT_PAGES`] pages rather than SQLite's default 1,000.
 
 use super::apply::{self, BatchTx, FactsOfRead};
-use super::rows::{self, ChangeStamp, ConversationRow, CursorParam, MessageRow, Shared};
+use super::decide::ops::ReactionFacts;
+use super::rows::{self, ChangeStamp, ConversationRow, CursorParam, MessageRow, Shared, TargetRow};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord, PresenceUpdate};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow as _, Row as _};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::collections::HashMap;
 use std::path::Path;
@@ -157,6 +159,27 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn target(&self, id: &str, seq: u64) -> Result<Option<rows::TargetRow>, StoreError> {
+        rows::target(&self.pool, id, seq).await
+    }
+
+    async fn targets(&self, id: &str, seqs: &[u64]) -> Result<Vec<rows::TargetRow>, StoreError> {
+        rows::targets(&self.pool, id, seqs).await
+    }
+
+    async fn reactions(
+        &self,
+        id: &str,
+        seqs: (u64, u64),
+        caller: &str,
+    ) -> Result<Vec<rows::ReactionRow>, StoreError> {
+        rows::page_reactions(&self.pool, id, seqs, caller).await
+    }
+
+    async fn versions(&self, id: &str, seq: u64) -> Result<Vec<rows::VersionRow>, StoreError> {
+        rows::versions(&self.pool, id, seq).await
+    }
+
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {
         let (conversation_id, cursor, limit) = (page.conversation_id, page.cursor, page.limit);
         let (cmp, order, bound) = keyset(cursor);
@@ -169,13 +192,7 @@ impl Store for SqliteStore {
             .bind(i64::from(limit) + 1)
             .fetch_all(&self.pool)
             .await?;
-        let has_more = rows.len() > limit as usize;
-        let messages = rows
-            .into_iter()
-            .take(limit as usize)
-            .map(Message::try_from)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((messages, has_more))
+        MessagePage::from_rows(rows, limit)
     }
 }
 
@@ -220,7 +237,7 @@ impl BatchTx for Tx {
         let sql = format!(
             "SELECT m.* FROM (VALUES {}) AS k
              JOIN messages m ON m.conversation_id = k.column1 AND m.sender_id = k.column2
-                            AND m.client_msg_id = k.column3 AND m.kind = 1",
+                            AND m.client_msg_id = k.column3 AND m.kind <> 2",
             placeholders(keys.len(), 3)
         );
         let mut q = sqlx::query_as::<_, MessageRow>(&sql);
@@ -252,9 +269,9 @@ impl BatchTx for Tx {
 
     async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError> {
         let sql = format!(
-            "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
-             SELECT column1, column2, column3, column4, column5, column6, NULL, column7 FROM (VALUES {})",
-            placeholders(new.len(), 7)
+            "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms, reply_to_seq)
+             SELECT column1, column2, column3, column4, column5, column6, NULL, column7, column8 FROM (VALUES {})",
+            placeholders(new.len(), 8)
         );
         let mut q = sqlx::query(&sql);
         for m in new {
@@ -265,7 +282,8 @@ impl BatchTx for Tx {
                 .bind(&m.client_msg_id)
                 .bind(m.kind)
                 .bind(&m.body)
-                .bind(now);
+                .bind(now)
+                .bind(m.reply_to_seq as i64);
         }
         q.execute(&mut **self).await?;
         Ok(())
@@ -282,7 +300,8 @@ impl BatchTx for Tx {
                  change_partition = ?, change_no = ?,
                  last_text_seq = u.column2, last_text_sender = u.column3,
                  last_text_client_msg_id = u.column4, last_text_body = u.column5,
-                 last_text_at_ms = ?
+                 last_text_at_ms = ?, last_text_edit_count = 0, last_text_edited_at_ms = 0,
+                 last_text_deleted_by = '', last_text_deleted_at_ms = 0
              FROM (VALUES {}) AS u WHERE conversations.id = u.column1",
             placeholders(newest.len(), 5)
         );
@@ -336,6 +355,47 @@ impl BatchTx for Tx {
 
     async fn read_facts(&mut self, id: &str, user: &str, seq: u64) -> FactsOfRead {
         rows::read_facts(&mut **self, id, user, seq).await
+    }
+
+    async fn reply_targets(
+        &mut self,
+        pairs: &[(&str, u64)],
+    ) -> Result<Vec<(String, TargetRow)>, StoreError> {
+        let sql = format!(
+            "SELECT k.column1 AS target_conversation, x.seq, x.kind, x.sender_id, x.body,
+                    x.created_at_ms, x.edit_count, x.edited_at_ms, x.deleted_at_ms
+             FROM (VALUES {}) AS k
+             JOIN messages x ON x.conversation_id = k.column1 AND x.seq = k.column2",
+            placeholders(pairs.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for &(c, seq) in pairs {
+            q = q.bind(c).bind(seq as i64);
+        }
+        let found = q.fetch_all(&mut **self).await?;
+        found
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("target_conversation")?,
+                    TargetRow::from_row(row)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn target(&mut self, id: &str, seq: u64) -> Result<Option<TargetRow>, StoreError> {
+        rows::target(&mut **self, id, seq).await
+    }
+
+    async fn reaction_facts(
+        &mut self,
+        id: &str,
+        seq: u64,
+        user: &str,
+        emoji: &str,
+    ) -> Result<ReactionFacts, StoreError> {
+        rows::reaction_facts_of(&mut **self, id, seq, user, emoji).await
     }
 
     async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
@@ -447,6 +507,33 @@ mod tests {
         .await;
     }
 
+    /// Read with a connection of its own, from the file.
+    #[tokio::test]
+    async fn a_delete_erases_the_message_from_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("erase.db");
+        let store = SqliteStore::open(&path, SizeLimits::default())
+            .await
+            .expect("open");
+        let pool = SqlitePool::connect_with(SqliteConnectOptions::new().filename(&path))
+            .await
+            .expect("a second connection");
+        let count: crate::store::conformance::changes::Count = Box::new(move |sql| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                sqlx::query_scalar(sql)
+                    .fetch_one(&pool)
+                    .await
+                    .expect("count")
+            })
+        });
+        crate::store::conformance::changes::a_delete_erases_the_message(
+            std::sync::Arc::new(store),
+            count,
+        )
+        .await;
+    }
+
     #[tokio::test]
     async fn every_connection_syncs_each_commit_and_checkpoints_late() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -503,7 +590,8 @@ mod tests {
         let (msgs, _) = store
             .history(Page::after("g", 0, 10))
             .await
-            .expect("history");
+            .expect("history")
+            .parts();
         assert_eq!(msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(msgs[1].body, "hello");
     }

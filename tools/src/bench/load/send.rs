@@ -76,6 +76,7 @@ pub(super) async fn send_loop(
                 permit.forget();
                 let frame = ClientFrame {
                     frame: Some(client_frame::Frame::Send(SendFrame {
+                        reply_to_seq: 0,
                         conversation_id: conv.to_string(),
                         client_msg_id: id,
                         body: plan.body.to_string(),
@@ -96,6 +97,7 @@ pub(super) async fn send_loop(
                 let body = plan.body.to_string();
                 tokio::spawn(async move {
                     let req = client.req(SendMessageRequest {
+                        reply_to_seq: 0,
                         conversation_id: conv.to_string(),
                         client_msg_id: id,
                         body,

@@ -496,6 +496,7 @@ fn ingress_record_bytes(body: usize) -> usize {
         actor_id: "bench1234x56-u123".into(),
         conversation_id: "0123456789abcdef0123456789abcdef".into(),
         command: Some(ingress_record::Command::Send(SendCommand {
+            reply_to_seq: 0,
             client_msg_id: "123456789012.12.1234".into(),
             body: "x".repeat(body),
         })),

@@ -1,6 +1,6 @@
 //! Read positions and unread counts, for every store.
 
-use super::{add, apply, code_of, create_group, record, remove, send};
+use super::{add, apply, changes, code_of, create_group, record, remove, send};
 use crate::store::{Listing, Store};
 use confab_core::validate::Page;
 use confab_proto::internal::v1::{
@@ -160,7 +160,8 @@ impl Lcg {
     }
 }
 
-/// Random interleavings of sends, reads, joins and leaves by several users,
+/// Random interleavings of sends, reads, joins, leaves, edits, deletes and
+/// reactions by several users,
 /// in batches of every size: after each batch, every member's unread count
 /// is the brute-force count from history (the TEXT messages after its read
 /// position that others sent).
@@ -173,7 +174,7 @@ pub async fn unread_counts_match_a_brute_force_count(store: Arc<dyn Store>) {
     let mut rng = Lcg(17);
     let mut next_id = 0u64;
     // What the mix did, so the test cannot pass by doing nothing.
-    let (mut sent, mut moved, mut unread_seen) = (0, 0, 0);
+    let (mut sent, mut moved, mut unread_seen, mut deleted) = (0, 0, 0, 0);
     // The newest seq of each conversation, from the outcomes.
     let mut last: BTreeMap<&str, u64> = convs.iter().map(|c| (*c, 1)).collect();
     for round in 0..100 {
@@ -194,8 +195,16 @@ pub async fn unread_counts_match_a_brute_force_count(store: Arc<dyn Store>) {
             let user = user.as_str();
             let other = USERS[rng.below(5) as usize];
             next_id += 1;
-            batch.push(match rng.below(10) {
-                0..=4 => send(conv, user, &format!("m{next_id}"), "x"),
+            let id = format!("m{next_id}");
+            // A change names a seq near the newest, mostly a TEXT message
+            // (refused otherwise, or when it is not the actor's to change).
+            let near = last[conv].saturating_sub(rng.below(6)).max(1);
+            batch.push(match rng.below(16) {
+                0..=4 => send(conv, user, &id, "x"),
+                10 => changes::edit(conv, user, &id, near, "edited"),
+                11 | 12 => changes::delete(conv, user, &id, near),
+                13 | 14 => changes::react(conv, user, &id, near, "👍", rng.below(3) == 0),
+                15 => add(conv, user, &[other]),
                 5..=7 => {
                     // Mostly near the newest seq; now and then anywhere,
                     // one past the newest (refused) included.
@@ -213,6 +222,11 @@ pub async fn unread_counts_match_a_brute_force_count(store: Arc<dyn Store>) {
         // Refusals (strangers, seqs past the end, ...) are part of the mix.
         for o in apply(&store, batch).await {
             sent += u32::from(matches!(o.result, Some(R::Message(_))) && !o.replay);
+            deleted += u32::from(
+                o.events
+                    .iter()
+                    .any(|e| e.kind == MessageKind::Delete as i32 && !o.replay),
+            );
             moved += u32::from(o.receipt.is_some());
             for e in &o.events {
                 if let Some(seq) = last.get_mut(e.conversation_id.as_str()) {
@@ -241,8 +255,8 @@ pub async fn unread_counts_match_a_brute_force_count(store: Arc<dyn Store>) {
         }
     }
     assert!(
-        sent > 20 && moved > 10 && unread_seen > 20,
-        "a thin mix: {sent} messages, {moved} reads that moved, {unread_seen} non-zero counts"
+        sent > 20 && moved > 10 && unread_seen > 20 && deleted > 3,
+        "a thin mix: {sent} messages, {moved} reads that moved, {unread_seen} non-zero counts, {deleted} deletes"
     );
 }
 
@@ -254,10 +268,12 @@ async fn texts_by_seq(store: &Arc<dyn Store>, conv: &str) -> BTreeMap<u64, Strin
         let (page, more) = store
             .history(Page::after(conv, after, 500))
             .await
-            .expect("history");
+            .expect("history")
+            .parts();
         for m in &page {
             after = m.seq;
-            if m.kind == MessageKind::Text as i32 {
+            // Deleted messages are no longer unread.
+            if m.kind == MessageKind::Text as i32 && m.deleted.is_none() {
                 out.insert(m.seq, m.sender_id.clone());
             }
         }
@@ -307,7 +323,8 @@ pub async fn conversations_are_listed_most_recent_first_in_pages(store: Arc<dyn 
     let (stored, _) = store
         .history(confab_core::validate::Page::after("c0", 2, 1))
         .await
-        .expect("history");
+        .expect("history")
+        .parts();
     assert_eq!(Some(&last), stored.first());
     assert_eq!(
         one(&store, "alice", "c0")

@@ -31,7 +31,8 @@ pub async fn an_upgrade_keeps_history_and_counts_it_read(store: Arc<dyn Store>) 
     let (page, _) = store
         .history(Page::after("old", 0, 50))
         .await
-        .expect("history");
+        .expect("history")
+        .parts();
     let seqs: Vec<u64> = page.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 4, 5]);
     for user in ["alice", "bob", "carol"] {

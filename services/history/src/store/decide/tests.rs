@@ -13,6 +13,7 @@ fn facts(last: &[(&str, u64)], members: &[(&str, &str)]) -> SendFacts {
             .iter()
             .map(|(c, u)| (c.to_string(), u.to_string()))
             .collect(),
+        reply_targets: HashMap::new(),
     }
 }
 
@@ -84,6 +85,7 @@ fn a_stored_original_is_returned_even_after_the_sender_left() {
         sender_id: "alice".into(),
         client_msg_id: "1".into(),
         body: "x".into(),
+        kind: MessageKind::Text as i32,
         ..Message::default()
     };
     let mut f = facts(&[("a", 9)], &[]);

@@ -1,12 +1,16 @@
 //! How a PostgreSQL transaction applies a batch: the [`BatchTx`] of the
 //! PostgreSQL store.
 
-use super::{load_conversation, prefixed, Tx, MESSAGE_COLUMNS};
+use super::{load_conversation, prefixed, Tx};
 use crate::store::apply::{BatchTx, FactsOfRead};
-use crate::store::rows::{self, ChangeStamp, MessageRow, Shared};
+use crate::store::decide::ops::ReactionFacts;
+use crate::store::rows::TargetRow;
+use crate::store::rows::{self, ChangeStamp, MessageRow, Shared, MESSAGE_COLUMNS};
 use crate::store::StoreError;
 use async_trait::async_trait;
 use confab_proto::v1::{Conversation, Message};
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow as _, Row as _};
 use std::collections::HashMap;
 
 // Per-run plans: the statements that look a batch's arrays up in
@@ -51,7 +55,7 @@ impl BatchTx for Tx {
              CROSS JOIN LATERAL (
                  SELECT {} FROM messages x
                  WHERE x.conversation_id = k.conversation_id AND x.sender_id = k.sender_id
-                   AND x.client_msg_id = k.client_msg_id AND x.kind = 1
+                   AND x.client_msg_id = k.client_msg_id AND x.kind <> 2
                  LIMIT 1
              ) m",
             prefixed("m", MESSAGE_COLUMNS),
@@ -89,10 +93,10 @@ impl BatchTx for Tx {
 
     async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms)
-             SELECT u.conversation_id, u.seq, u.sender_id, u.client_msg_id, u.kind, u.body, NULL, $7
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[])
-                  AS u (conversation_id, seq, sender_id, client_msg_id, body, kind)",
+            "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms, reply_to_seq)
+             SELECT u.conversation_id, u.seq, u.sender_id, u.client_msg_id, u.kind, u.body, NULL, $7, u.reply_to_seq
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[], $8::bigint[])
+                  AS u (conversation_id, seq, sender_id, client_msg_id, body, kind, reply_to_seq)",
         )
         .bind(new.iter().map(|m| m.conversation_id.as_str()).collect::<Vec<_>>())
         .bind(new.iter().map(|m| m.seq as i64).collect::<Vec<_>>())
@@ -101,6 +105,7 @@ impl BatchTx for Tx {
         .bind(new.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
         .bind(new.iter().map(|m| m.kind).collect::<Vec<_>>())
         .bind(now)
+        .bind(new.iter().map(|m| m.reply_to_seq as i64).collect::<Vec<_>>())
         .execute(&mut **self)
         .await?;
         Ok(())
@@ -117,7 +122,8 @@ impl BatchTx for Tx {
              SET last_seq = u.last_seq, last_activity_ms = $3, change_partition = $4, change_no = $5,
                  last_text_seq = u.last_seq, last_text_sender = u.sender,
                  last_text_client_msg_id = u.client_msg_id, last_text_body = u.body,
-                 last_text_at_ms = $3
+                 last_text_at_ms = $3, last_text_edit_count = 0, last_text_edited_at_ms = 0,
+                 last_text_deleted_by = '', last_text_deleted_at_ms = 0
              FROM UNNEST($1::text[], $2::bigint[], $6::text[], $7::text[], $8::text[])
                   AS u (id, last_seq, sender, client_msg_id, body)
              WHERE c.id = u.id",
@@ -195,5 +201,44 @@ impl BatchTx for Tx {
         .execute(&mut **self)
         .await?;
         Ok(())
+    }
+
+    async fn reply_targets(
+        &mut self,
+        pairs: &[(&str, u64)],
+    ) -> Result<Vec<(String, TargetRow)>, StoreError> {
+        let rows: Vec<PgRow> = sqlx::query(
+            "SELECT k.conversation_id AS target_conversation, x.seq, x.kind, x.sender_id, x.body,
+                    x.created_at_ms, x.edit_count, x.edited_at_ms, x.deleted_at_ms
+             FROM UNNEST($1::text[], $2::bigint[]) AS k (conversation_id, seq)
+             JOIN messages x ON x.conversation_id = k.conversation_id AND x.seq = k.seq",
+        )
+        .persistent(false) // planned per run: see above
+        .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
+        .bind(pairs.iter().map(|p| p.1 as i64).collect::<Vec<_>>())
+        .fetch_all(&mut **self)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("target_conversation")?,
+                    TargetRow::from_row(row)?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn target(&mut self, id: &str, seq: u64) -> Result<Option<TargetRow>, StoreError> {
+        rows::target(&mut **self, id, seq).await
+    }
+
+    async fn reaction_facts(
+        &mut self,
+        id: &str,
+        seq: u64,
+        user: &str,
+        emoji: &str,
+    ) -> Result<ReactionFacts, StoreError> {
+        rows::reaction_facts_of(&mut **self, id, seq, user, emoji).await
     }
 }
