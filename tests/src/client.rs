@@ -268,6 +268,118 @@ impl User {
             .await
     }
 
+    /// Every message of a conversation, read oldest first through the API.
+    pub async fn all_messages(&self, conv: &str) -> Result<Vec<Message>, Status> {
+        let mut out: Vec<Message> = Vec::new();
+        loop {
+            let after = out.last().map_or(0, |m| m.seq);
+            let page = self.history(conv, None, Some(after), 500).await?;
+            out.extend(page.messages);
+            if !page.has_more {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Sends `body` as a reply to seq `to`.
+    pub async fn reply(
+        &self,
+        conv: &str,
+        client_msg_id: &str,
+        body: &str,
+        to: u64,
+    ) -> Result<Message, Status> {
+        let req = SendMessageRequest {
+            conversation_id: conv.into(),
+            client_msg_id: client_msg_id.into(),
+            body: body.into(),
+            reply_to_seq: to,
+        };
+        let resp = self
+            .unary(req, |mut c, r| async move { c.send_message(r).await })
+            .await?;
+        resp.message
+            .ok_or_else(|| Status::internal("response without message"))
+    }
+
+    /// Edits the message at `seq`; the EDIT event.
+    pub async fn edit(
+        &self,
+        conv: &str,
+        client_msg_id: &str,
+        seq: u64,
+        body: &str,
+    ) -> Result<Message, Status> {
+        let req = EditMessageRequest {
+            conversation_id: conv.into(),
+            seq,
+            body: body.into(),
+            client_msg_id: client_msg_id.into(),
+        };
+        let resp = self
+            .unary(req, |mut c, r| async move { c.edit_message(r).await })
+            .await?;
+        resp.event
+            .ok_or_else(|| Status::internal("response without event"))
+    }
+
+    /// Deletes the message at `seq`; the DELETE event.
+    pub async fn delete(
+        &self,
+        conv: &str,
+        client_msg_id: &str,
+        seq: u64,
+    ) -> Result<Message, Status> {
+        let req = DeleteMessageRequest {
+            conversation_id: conv.into(),
+            seq,
+            client_msg_id: client_msg_id.into(),
+        };
+        let resp = self
+            .unary(req, |mut c, r| async move { c.delete_message(r).await })
+            .await?;
+        resp.event
+            .ok_or_else(|| Status::internal("response without event"))
+    }
+
+    /// Reacts to the message at `seq` with `emoji` (or takes it back); the
+    /// REACTION event.
+    pub async fn react(
+        &self,
+        conv: &str,
+        client_msg_id: &str,
+        seq: u64,
+        emoji: &str,
+        remove: bool,
+    ) -> Result<Message, Status> {
+        let req = ReactRequest {
+            conversation_id: conv.into(),
+            seq,
+            emoji: emoji.into(),
+            remove,
+            client_msg_id: client_msg_id.into(),
+        };
+        let resp = self
+            .unary(req, |mut c, r| async move { c.react(r).await })
+            .await?;
+        resp.event
+            .ok_or_else(|| Status::internal("response without event"))
+    }
+
+    /// Every version of the message at `seq`.
+    pub async fn edit_history(
+        &self,
+        conv: &str,
+        seq: u64,
+    ) -> Result<GetEditHistoryResponse, Status> {
+        let req = GetEditHistoryRequest {
+            conversation_id: conv.into(),
+            seq,
+        };
+        self.unary(req, |mut c, r| async move { c.get_edit_history(r).await })
+            .await
+    }
+
     /// Every seq of a conversation, read oldest first through the API.
     pub async fn all_seqs(&self, conv: &str) -> Vec<u64> {
         self.try_all_seqs(conv).await.expect("history")

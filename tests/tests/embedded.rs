@@ -97,3 +97,13 @@ async fn a_cursor_returns_exactly_what_changed_and_the_frame_goes_live() {
 async fn direct_partners_see_presence_without_flapping() {
     suite::presence::direct_partners_see_presence_without_flapping(Kind::Embedded).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_reach_live_streams_and_fold_into_the_history() {
+    suite::changes::changes_reach_live_streams_and_fold_into_the_history(Kind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_refused_precisely() {
+    suite::changes::changes_are_refused_precisely(Kind::Embedded).await;
+}

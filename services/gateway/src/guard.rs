@@ -56,10 +56,10 @@ pub enum Admission {
 /// | method | cost |
 /// |---|---|
 /// | `Connect` | a stream slot, until the stream ends (`CONFAB_MAX_STREAMS_PER_USER`); each `send` frame then costs a message, charged by the session |
-/// | `SendMessage` | a message (`CONFAB_RATE_MESSAGES_PER_SEC`, burst `CONFAB_RATE_MESSAGES_BURST`) |
+/// | `SendMessage`, `EditMessage`, `DeleteMessage`, `React` | a message (`CONFAB_RATE_MESSAGES_PER_SEC`, burst `CONFAB_RATE_MESSAGES_BURST`): each takes a seq |
 /// | `CreateConversation` | a conversation (`CONFAB_RATE_CONVERSATIONS_PER_MIN`) |
 /// | `MarkRead` | a read position (`CONFAB_RATE_READS_PER_SEC`, burst twice that) |
-/// | `AddMembers`, `RemoveMember`, `ListConversations`, `GetConversation`, `GetHistory`, `Sync`, `GetPresence` | nothing beyond a valid token |
+/// | `AddMembers`, `RemoveMember`, `ListConversations`, `GetConversation`, `GetHistory`, `Sync`, `GetPresence`, `GetEditHistory` | nothing beyond a valid token |
 pub const METHODS: &[(&str, Admission)] = &[
     ("/confab.v1.Chat/Connect", Admission::Stream),
     (
@@ -87,6 +87,19 @@ pub const METHODS: &[(&str, Admission)] = &[
     ),
     ("/confab.v1.Chat/Sync", Admission::Charge(Cost::Free)),
     ("/confab.v1.Chat/GetPresence", Admission::Charge(Cost::Free)),
+    (
+        "/confab.v1.Chat/EditMessage",
+        Admission::Charge(Cost::Message),
+    ),
+    (
+        "/confab.v1.Chat/DeleteMessage",
+        Admission::Charge(Cost::Message),
+    ),
+    ("/confab.v1.Chat/React", Admission::Charge(Cost::Message)),
+    (
+        "/confab.v1.Chat/GetEditHistory",
+        Admission::Charge(Cost::Free),
+    ),
 ];
 
 /// What a call to the gRPC `path` costs, or `None` for a path that is not a

@@ -3,6 +3,7 @@
 //! `tests/distributed.rs`): order and gap-freedom, dedupe, multi-session
 //! delivery, resume, membership changes and every error case.
 
+pub mod changes;
 pub mod presence;
 pub mod sync;
 

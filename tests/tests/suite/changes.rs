@@ -1,0 +1,183 @@
+//! Replies, edits, deletes and reactions through real clients on both
+//! topologies: each is a seq that reaches members' live streams, a client
+//! folding the stream arrives at what `GetHistory` shows, counts stay
+//! exact, `Sync` reports the change, and refusals are precise.
+
+use super::with_users;
+use confab_core::fold::View;
+use confab_proto::v1::{server_frame, MessageKind, ReactionCount};
+use confab_tests::server::Kind;
+use confab_tests::*;
+use tonic::Code;
+
+pub async fn changes_reach_live_streams_and_fold_into_the_history(kind: Kind) {
+    let (server, [alice, bob]) = with_users(kind, ["alice", "bob"]).await;
+    let conv = alice.group("changes", &["bob"]).await;
+    let id = conv.id.as_str();
+    // bob follows the conversation live from seq 1 (the creation).
+    let created = bob.all_messages(id).await.expect("history");
+    let mut view = View::new("bob");
+    for m in created {
+        view.apply(m);
+    }
+    let mut live = bob.live().await;
+    let mut copy = SyncCopy::default();
+    bob.sync_into(&mut copy).await.expect("first sync");
+
+    let m = alice.send(id, "m1", "helo bob").await.expect("send");
+    assert_eq!(m.seq, 2);
+    let r = bob.reply(id, "r1", "hi!", 2).await.expect("reply");
+    assert_eq!((r.seq, r.reply_to_seq), (3, 2));
+    assert_eq!(r.reply_to.clone().expect("preview").body, "helo bob");
+    let e = alice.edit(id, "e1", 2, "hello bob").await.expect("edit");
+    assert_eq!(
+        (e.seq, e.kind, e.target_seq),
+        (4, MessageKind::Edit as i32, 2)
+    );
+    // A retry returns the original event, whatever its body says now.
+    let again = alice.edit(id, "e1", 2, "hello, bob").await.expect("retry");
+    assert_eq!(again, e);
+    let like = bob.react(id, "k1", 2, "👍", false).await.expect("react");
+    assert_eq!((like.seq, like.emoji.as_str()), (5, "👍"));
+    // "❤" is stored fully qualified.
+    let heart = alice.react(id, "k2", 3, "❤", false).await.expect("react");
+    assert_eq!(heart.emoji, "❤\u{fe0f}");
+
+    let (frames, _) = live.messages_until(id, 6).await.expect("live changes");
+    assert_eq!(
+        seqs(&frames),
+        vec![2, 3, 4, 5, 6],
+        "each change is a seq on the stream"
+    );
+    for f in frames {
+        view.apply(f);
+    }
+    let shown = bob.all_messages(id).await.expect("history");
+    assert_eq!(
+        view.messages().cloned().collect::<Vec<_>>(),
+        shown,
+        "the fold is the history"
+    );
+    assert_eq!(
+        (shown[1].body.as_str(), shown[1].edit_count),
+        ("hello bob", 1)
+    );
+    assert_eq!(
+        shown[1].reactions,
+        vec![ReactionCount {
+            emoji: "👍".into(),
+            count: 1,
+            reacted: true
+        }]
+    );
+    let versions = bob.edit_history(id, 2).await.expect("versions");
+    let bodies: Vec<&str> = versions.versions.iter().map(|v| v.body.as_str()).collect();
+    assert_eq!(bodies, vec!["helo bob", "hello bob"]);
+
+    // Changes are not unread; bob's reply read everything before it.
+    assert_eq!(bob.listed(id).await.expect("listed").unread_count, 0);
+    let synced = bob.sync_into(&mut copy).await.expect("sync");
+    assert_eq!(
+        synced.changed,
+        vec![conv.id.clone()],
+        "Sync reports the changed conversation"
+    );
+
+    // A delete: alice's message 2 becomes a tombstone for everyone.
+    let d = alice.delete(id, "d1", 2).await.expect("delete");
+    assert_eq!(d.seq, 7);
+    let (frames, _) = live.messages_until(id, 7).await.expect("the delete");
+    for f in frames {
+        view.apply(f);
+    }
+    let shown = bob.all_messages(id).await.expect("history");
+    assert_eq!(view.messages().cloned().collect::<Vec<_>>(), shown);
+    assert!(shown[1].deleted.is_some() && shown[1].body.is_empty());
+    assert!(shown[2].reply_to.clone().expect("preview").deleted);
+    let synced = bob.sync_into(&mut copy).await.expect("sync");
+    assert_eq!(synced.changed, vec![conv.id.clone()]);
+    // Nothing else arrived on the stream in between.
+    let others = live.frames_before_pong(7).await;
+    assert!(
+        others
+            .iter()
+            .all(|f| !matches!(f, server_frame::Frame::Message(_))),
+        "{others:?}"
+    );
+    server.stop().await;
+}
+
+pub async fn changes_are_refused_precisely(kind: Kind) {
+    let (server, [alice, bob, mallory]) = with_users(kind, ["alice", "bob", "mallory"]).await;
+    let conv = alice.group("refusals", &["bob"]).await;
+    let id = conv.id.as_str();
+    alice.send(id, "m1", "mine").await.expect("send");
+    let code = |r: Result<confab_proto::v1::Message, tonic::Status>| match r {
+        Ok(m) => panic!("accepted: {m:?}"),
+        Err(s) => (s.code(), s.message().to_string()),
+    };
+    let cases = [
+        (
+            code(bob.edit(id, "x1", 2, "mine now").await),
+            Code::PermissionDenied,
+            "own messages",
+        ),
+        (
+            code(bob.delete(id, "x2", 2).await),
+            Code::PermissionDenied,
+            "its sender",
+        ),
+        (
+            code(alice.react(id, "x3", 1, "👍", false).await),
+            Code::InvalidArgument,
+            "not a message",
+        ),
+        (
+            code(alice.react(id, "x4", 42, "👍", false).await),
+            Code::NotFound,
+            "does not exist",
+        ),
+        (
+            code(alice.react(id, "x5", 2, "ok", false).await),
+            Code::InvalidArgument,
+            "react with one emoji",
+        ),
+        (
+            code(alice.react(id, "x6", 2, "👍👍", false).await),
+            Code::InvalidArgument,
+            "react with one emoji",
+        ),
+        (
+            code(alice.edit(id, "x7", 0, "seq?").await),
+            Code::InvalidArgument,
+            "seq is required",
+        ),
+        (
+            code(alice.edit(id, "x8", 2, "").await),
+            Code::InvalidArgument,
+            "body must not be empty",
+        ),
+        (
+            code(alice.reply(id, "x9", "to nothing", 99).await),
+            Code::InvalidArgument,
+            "past the newest seq",
+        ),
+        (
+            code(mallory.react(id, "x10", 2, "👍", false).await),
+            Code::PermissionDenied,
+            "not a member",
+        ),
+        (
+            code(alice.delete(id, "m1", 2).await),
+            Code::AlreadyExists,
+            "choose a new client_msg_id",
+        ),
+    ];
+    for (got, want, says) in cases {
+        assert_eq!(got.0, want, "{got:?}");
+        assert!(got.1.contains(says), "{got:?} should say {says:?}");
+    }
+    // Nothing of that disturbed the conversation.
+    assert_eq!(alice.all_seqs(id).await, vec![1, 2]);
+    server.stop().await;
+}
