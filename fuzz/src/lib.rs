@@ -140,6 +140,58 @@ pub fn requests(data: &[u8]) {
         round_trip(&r);
         check_presence(&r);
     }
+    if let Ok(r) = EditMessageRequest::decode(data) {
+        round_trip(&r);
+        for limits in &LIMITS {
+            let checked =
+                validate::edit(limits, &r.conversation_id, r.seq, &r.body, &r.client_msg_id);
+            // An edit is a send's checks on its body and key, and a seq.
+            let as_send = validate::send(limits, &r.conversation_id, &r.client_msg_id, &r.body);
+            match (&checked, r.seq) {
+                (Ok(()), seq) => assert!(seq > 0 && as_send.is_ok()),
+                (Err(e), 0) => invalid(e),
+                (Err(e), _) => assert_eq!(Some(e), as_send.as_ref().err()),
+            }
+        }
+    }
+    if let Ok(r) = DeleteMessageRequest::decode(data) {
+        round_trip(&r);
+        check_change_of(&r.conversation_id, r.seq, &r.client_msg_id);
+    }
+    if let Ok(r) = ReactRequest::decode(data) {
+        round_trip(&r);
+        check_change_of(&r.conversation_id, r.seq, &r.client_msg_id);
+        match validate::emoji(&r.emoji) {
+            // Accepted: one emoji, bounded, and already fully qualified
+            // as history checks it again.
+            Ok(e) => {
+                assert!(!r.emoji.is_empty() && r.emoji.len() <= validate::MAX_EMOJI_BYTES);
+                assert_eq!(validate::emoji(&e).as_ref(), Ok(&e), "{e:?}");
+            }
+            Err(e) => invalid(&e),
+        }
+    }
+    if let Ok(r) = GetEditHistoryRequest::decode(data) {
+        round_trip(&r);
+        check_conversation_id(&r.conversation_id);
+    }
+}
+
+/// An edit, a delete or a reaction names a conversation, a seq and a retry
+/// key: refused exactly when one of them is malformed.
+fn check_change_of(conversation_id: &str, seq: u64, client_msg_id: &str) {
+    let well_formed = conversation_id_ok(conversation_id)
+        && seq > 0
+        && !client_msg_id.is_empty()
+        && client_msg_id.len() <= MAX_CLIENT_MSG_ID_LEN
+        && !client_msg_id.contains('\0');
+    match validate::change_of(conversation_id, seq, client_msg_id) {
+        Ok(()) => assert!(well_formed, "accepted a bad change"),
+        Err(e) => {
+            assert!(!well_formed, "refused a good change: {e:?}");
+            invalid(&e);
+        }
+    }
 }
 
 /// `GetPresence` asks about 1 to 100 distinct valid user ids; they come

@@ -83,6 +83,65 @@ pub fn requests() -> Vec<Seed> {
     let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     vec![
         (
+            "edit",
+            EditMessageRequest {
+                conversation_id: "grp-1".into(),
+                seq: 2,
+                body: "hello, fixed".into(),
+                client_msg_id: "e-1".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "delete",
+            DeleteMessageRequest {
+                conversation_id: "grp-1".into(),
+                seq: 2,
+                client_msg_id: "d-1".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "react",
+            ReactRequest {
+                conversation_id: "grp-1".into(),
+                seq: 2,
+                emoji: "👍🏽".into(),
+                remove: false,
+                client_msg_id: "r-1".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "react-not-an-emoji",
+            ReactRequest {
+                conversation_id: "grp-1".into(),
+                seq: 2,
+                emoji: "❤".into(),
+                remove: true,
+                client_msg_id: "r-2".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "edit-history",
+            GetEditHistoryRequest {
+                conversation_id: "grp-1".into(),
+                seq: 2,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "reply",
+            SendMessageRequest {
+                reply_to_seq: 2,
+                conversation_id: "grp-1".into(),
+                client_msg_id: "m-2".into(),
+                body: "a reply".into(),
+            }
+            .encode_to_vec(),
+        ),
+        (
             "send",
             SendMessageRequest {
                 reply_to_seq: 0,
