@@ -290,6 +290,39 @@ pub fn remove_member(conversation: &str, member_id: &str) -> Result<(), ChatErro
     Ok(())
 }
 
+/// Checks a title.
+fn check_title(title: &str) -> Result<(), ChatError> {
+    if title.len() > MAX_TITLE_LEN {
+        return Err(ChatError::InvalidArgument(format!(
+            "title is {} bytes; at most {MAX_TITLE_LEN} are allowed",
+            title.len()
+        )));
+    }
+    no_nul("title", title)
+}
+
+/// Checks a SetRole request: the conversation, the member, and a role.
+pub fn set_role(conversation: &str, user_id: &str, role: i32) -> Result<(), ChatError> {
+    conversation_id(conversation)?;
+    user_ids([&user_id.to_owned()])?;
+    match confab_proto::v1::Role::try_from(role) {
+        Ok(
+            confab_proto::v1::Role::Owner
+            | confab_proto::v1::Role::Admin
+            | confab_proto::v1::Role::Member,
+        ) => Ok(()),
+        _ => Err(ChatError::InvalidArgument(
+            "role must be OWNER, ADMIN or MEMBER".into(),
+        )),
+    }
+}
+
+/// Checks an UpdateConversation request.
+pub fn update(conversation: &str, title: &str) -> Result<(), ChatError> {
+    conversation_id(conversation)?;
+    check_title(title)
+}
+
 /// Checks a new conversation and returns its full member set (caller included).
 pub fn create(
     limits: &SizeLimits,
@@ -302,13 +335,7 @@ pub fn create(
         .ok()
         .filter(|k| *k != ConversationKind::Unspecified)
         .ok_or_else(|| ChatError::InvalidArgument("kind must be DIRECT or GROUP".into()))?;
-    if title.len() > MAX_TITLE_LEN {
-        return Err(ChatError::InvalidArgument(format!(
-            "title is {} bytes; at most {MAX_TITLE_LEN} are allowed",
-            title.len()
-        )));
-    }
-    no_nul("title", title)?;
+    check_title(title)?;
     let mut members = user_ids(member_ids)?;
     members.insert(caller.to_string());
     match kind {

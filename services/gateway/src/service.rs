@@ -14,6 +14,7 @@ use confab_core::validate::{self, SizeLimits};
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, AddMembersCommand, CreateCommand, DeleteCommand,
     EditCommand, IngressRecord, ReactCommand, ReadCommand, RemoveMemberCommand, SendCommand,
+    SetRoleCommand, UpdateCommand,
 };
 use confab_proto::v1::chat_server::{Chat, ChatServer};
 use confab_proto::v1::*;
@@ -333,6 +334,37 @@ impl Chat for ChatService {
         let command = Command::RemoveMember(RemoveMemberCommand {
             member_id: r.member_id,
         });
+        Ok(Response::new(
+            self.conversation_write(&user, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn set_role(
+        &self,
+        mut req: Request<SetRoleRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        let r = req.into_inner();
+        validate::set_role(&r.conversation_id, &r.user_id, r.role)?;
+        let command = Command::SetRole(SetRoleCommand {
+            user_id: r.user_id,
+            role: r.role,
+        });
+        Ok(Response::new(
+            self.conversation_write(&user, &r.conversation_id, command)
+                .await?,
+        ))
+    }
+
+    async fn update_conversation(
+        &self,
+        mut req: Request<UpdateConversationRequest>,
+    ) -> Result<Response<Conversation>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        let r = req.into_inner();
+        validate::update(&r.conversation_id, &r.title)?;
+        let command = Command::Update(UpdateCommand { title: r.title });
         Ok(Response::new(
             self.conversation_write(&user, &r.conversation_id, command)
                 .await?,

@@ -68,6 +68,7 @@ fn event(seq: u64, change: Option<(Change, &[&str])>) -> Message {
             change: c as i32,
             actor_id: "alice".into(),
             user_ids: users.iter().map(|u| u.to_string()).collect(),
+            ..Default::default()
         }),
         ..Default::default()
     }

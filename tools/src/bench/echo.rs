@@ -69,6 +69,8 @@ echo_chat! {
     fn delete_message(DeleteMessageRequest) -> DeleteMessageResponse;
     fn react(ReactRequest) -> ReactResponse;
     fn get_edit_history(GetEditHistoryRequest) -> GetEditHistoryResponse;
+    fn set_role(SetRoleRequest) -> Conversation;
+    fn update_conversation(UpdateConversationRequest) -> Conversation;
 }
 
 /// Serves the echo service on `listener` until the process ends.

@@ -56,8 +56,13 @@ pub trait BatchTx: Send {
     /// The conversation with its members (locked, where writers are
     /// concurrent), if it exists.
     async fn conversation(&mut self, id: &str) -> Result<Option<Conversation>, StoreError>;
-    /// Makes `users` members of `id`.
-    async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError>;
+    /// Makes `users` members of `id` with `role` (`Role` as stored).
+    async fn add_members(
+        &mut self,
+        id: &str,
+        users: &[String],
+        role: i32,
+    ) -> Result<(), StoreError>;
     /// Runs a statement both stores share; how many rows it affected.
     async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError>;
     /// What deciding a read of `seq` by `user` in conversation `id` reads
@@ -284,7 +289,18 @@ async fn write(
                     return Ok(false);
                 }
             }
-            Step::AddMembers(users) => tx.add_members(id, users).await?,
+            Step::AddMembers { users, role } => tx.add_members(id, users, *role).await?,
+            Step::SetRole { user, role } => {
+                tx.run(Shared::SetRole {
+                    id,
+                    user,
+                    role: *role,
+                })
+                .await?;
+            }
+            Step::SetTitle(title) => {
+                tx.run(Shared::SetTitle { id, title }).await?;
+            }
             Step::RemoveMember(user) => {
                 tx.run(Shared::RemoveMember { id, user }).await?;
                 let stamp = stamp.get(tx).await?;
@@ -303,7 +319,7 @@ async fn write(
             }
         }
     }
-    if steps.iter().any(|s| matches!(s, Step::AddMembers(_))) {
+    if steps.iter().any(|s| matches!(s, Step::AddMembers { .. })) {
         tx.run(Shared::SeatNewMembers { id }).await?;
     }
     Ok(true)

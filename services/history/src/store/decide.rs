@@ -21,7 +21,7 @@ use confab_proto::internal::v1::{
 };
 use confab_proto::v1::{
     membership_event::Change as Membership, Conversation, ConversationKind, MembershipEvent,
-    Message, MessageKind, ReplyPreview,
+    Message, MessageKind, ReplyPreview, Role,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -394,8 +394,22 @@ pub enum Step {
         /// The conversation's title.
         title: String,
     },
-    /// Make these users members.
-    AddMembers(Vec<String>),
+    /// Make these users members with this role (`Role` as stored).
+    AddMembers {
+        /// The new members.
+        users: Vec<String>,
+        /// Their role.
+        role: i32,
+    },
+    /// Give a member a role.
+    SetRole {
+        /// The member.
+        user: String,
+        /// `Role` as stored.
+        role: i32,
+    },
+    /// Change the title.
+    SetTitle(String),
     /// Remove this member.
     RemoveMember(String),
     /// Insert this message and make its seq the conversation's last.
@@ -434,6 +448,21 @@ pub fn change(
             conv_id, seq, actor, change, users, now,
         )))
     };
+    let role_event = |seq: u64, by: &str, user: &str, role: Role| {
+        let mut m = system_message(
+            conv_id,
+            seq,
+            by,
+            Membership::RoleChanged,
+            &[user.to_string()],
+            now,
+        );
+        if let Some(e) = m.membership.as_mut() {
+            e.role = role as i32;
+        }
+        m.body = role_body(by, user, role);
+        Step::Append(Box::new(m))
+    };
     match command {
         Command::Send(_)
         | Command::Read(_)
@@ -460,17 +489,46 @@ pub fn change(
                     &format!("{} were asked for", create.member_ids.len()),
                 )));
             }
-            Ok(Change::Write(vec![
-                Step::CreateConversation {
-                    kind: create.kind,
-                    title: create.title.clone(),
-                },
-                Step::AddMembers(create.member_ids.clone()),
-                event(1, Membership::Created, &create.member_ids),
-            ]))
+            // The creator of a group owns it; DIRECT conversations have
+            // no roles.
+            let group = create.kind == ConversationKind::Group as i32;
+            let mut steps = vec![Step::CreateConversation {
+                kind: create.kind,
+                title: create.title.clone(),
+            }];
+            if group {
+                let others: Vec<String> = create
+                    .member_ids
+                    .iter()
+                    .filter(|m| *m != actor)
+                    .cloned()
+                    .collect();
+                steps.push(Step::AddMembers {
+                    users: vec![actor.to_string()],
+                    role: Role::Owner as i32,
+                });
+                if !others.is_empty() {
+                    steps.push(Step::AddMembers {
+                        users: others,
+                        role: Role::Member as i32,
+                    });
+                }
+            } else {
+                steps.push(Step::AddMembers {
+                    users: create.member_ids.clone(),
+                    role: Role::Unspecified as i32,
+                });
+            }
+            steps.push(event(1, Membership::Created, &create.member_ids));
+            Ok(Change::Write(steps))
         }
         Command::AddMembers(add) => {
             let conv = group_for_change(conv, conv_id, actor)?;
+            if !manages(role_of(&conv, actor)) {
+                return Err(ChatError::PermissionDenied(format!(
+                    "only owners and admins of group {conv_id} add members; ask one of them"
+                )));
+            }
             let new: Vec<String> = add
                 .member_ids
                 .iter()
@@ -491,7 +549,13 @@ pub fn change(
                 )));
             }
             let added = event(conv.last_seq + 1, Membership::Added, &new);
-            Ok(Change::Write(vec![Step::AddMembers(new), added]))
+            Ok(Change::Write(vec![
+                Step::AddMembers {
+                    users: new,
+                    role: Role::Member as i32,
+                },
+                added,
+            ]))
         }
         Command::RemoveMember(remove) => {
             let conv = group_for_change(conv, conv_id, actor)?;
@@ -501,17 +565,160 @@ pub fn change(
                     "{target} is not a member of conversation {conv_id}"
                 )));
             }
+            let target_role = role_of(&conv, target);
+            if target != actor {
+                let allowed = match role_of(&conv, actor) {
+                    Role::Owner => true,
+                    Role::Admin => target_role == Role::Member,
+                    _ => false,
+                };
+                if !allowed {
+                    return Err(ChatError::PermissionDenied(format!(
+                        "only owners remove owners and admins, and only owners and admins remove \
+                         members, of group {conv_id}; anyone may leave"
+                    )));
+                }
+            }
             let removed = event(
                 conv.last_seq + 1,
                 Membership::Removed,
                 std::slice::from_ref(target),
             );
+            let mut steps = vec![Step::RemoveMember(target.clone()), removed];
+            // The last owner leaving (or removed) hands the group over.
+            if target_role == Role::Owner {
+                if let Some(heir) = heir(&conv, target) {
+                    steps.push(Step::SetRole {
+                        user: heir.clone(),
+                        role: Role::Owner as i32,
+                    });
+                    steps.push(role_event(conv.last_seq + 2, target, &heir, Role::Owner));
+                }
+            }
+            Ok(Change::Write(steps))
+        }
+        Command::SetRole(set) => {
+            let conv = group_for_change(conv, conv_id, actor)?;
+            let target = &set.user_id;
+            let role = Role::try_from(set.role).unwrap_or(Role::Unspecified);
+            if role == Role::Unspecified {
+                return Err(ChatError::InvalidArgument(
+                    "role must be OWNER, ADMIN or MEMBER".into(),
+                ));
+            }
+            if !conv.member_ids.contains(target) {
+                return Err(ChatError::NotFound(format!(
+                    "{target} is not a member of conversation {conv_id}"
+                )));
+            }
+            let current = role_of(&conv, target);
+            let allowed = match role_of(&conv, actor) {
+                Role::Owner => true,
+                Role::Admin => current != Role::Owner && role != Role::Owner,
+                _ => false,
+            };
+            if !allowed {
+                return Err(ChatError::PermissionDenied(format!(
+                    "only owners of group {conv_id} make owners or change an owner's role; \
+                     owners and admins make members admins and admins members"
+                )));
+            }
+            if current == role {
+                return Ok(Change::Unchanged(Box::new(conv)));
+            }
+            if current == Role::Owner && owners(&conv) == 1 {
+                return Err(ChatError::FailedPrecondition(format!(
+                    "{target} is the last owner of group {conv_id}; make another member owner first"
+                )));
+            }
             Ok(Change::Write(vec![
-                Step::RemoveMember(target.clone()),
-                removed,
+                Step::SetRole {
+                    user: target.clone(),
+                    role: role as i32,
+                },
+                role_event(conv.last_seq + 1, actor, target, role),
+            ]))
+        }
+        Command::Update(update) => {
+            let conv = group_for_change(conv, conv_id, actor)?;
+            if !manages(role_of(&conv, actor)) {
+                return Err(ChatError::PermissionDenied(format!(
+                    "only owners and admins of group {conv_id} change its title"
+                )));
+            }
+            if conv.title == update.title {
+                return Ok(Change::Unchanged(Box::new(conv)));
+            }
+            let mut m = system_message(
+                conv_id,
+                conv.last_seq + 1,
+                actor,
+                Membership::TitleChanged,
+                &[],
+                now,
+            );
+            if let Some(e) = m.membership.as_mut() {
+                e.title = update.title.clone();
+            }
+            m.body = format!("{actor} changed the title to {}", update.title);
+            Ok(Change::Write(vec![
+                Step::SetTitle(update.title.clone()),
+                Step::Append(Box::new(m)),
             ]))
         }
     }
+}
+
+/// `user`'s role in `conv` (unspecified for a non-member, or in a DIRECT
+/// conversation).
+pub fn role_of(conv: &Conversation, user: &str) -> Role {
+    conv.member_reads
+        .iter()
+        .find(|m| m.user_id == user)
+        .map_or(Role::Unspecified, |m| {
+            Role::try_from(m.role).unwrap_or(Role::Unspecified)
+        })
+}
+
+/// Whether `role` adds and removes members, changes the title and deletes
+/// any message.
+pub fn manages(role: Role) -> bool {
+    matches!(role, Role::Owner | Role::Admin)
+}
+
+/// The owners of `conv`.
+fn owners(conv: &Conversation) -> usize {
+    conv.member_reads
+        .iter()
+        .filter(|m| m.role == Role::Owner as i32)
+        .count()
+}
+
+/// Who owns `conv` once owner `leaving` is gone, if it was the last owner
+/// and anyone stays: the admin who joined first, else the member who did
+/// (ties by user id).
+fn heir(conv: &Conversation, leaving: &str) -> Option<String> {
+    let staying = || conv.member_reads.iter().filter(|m| m.user_id != leaving);
+    if staying().any(|m| m.role == Role::Owner as i32) {
+        return None;
+    }
+    let first = |role: Role| {
+        staying()
+            .filter(|m| m.role == role as i32)
+            .min_by(|a, b| (a.joined_seq, &a.user_id).cmp(&(b.joined_seq, &b.user_id)))
+            .map(|m| m.user_id.clone())
+    };
+    first(Role::Admin).or_else(|| first(Role::Member))
+}
+
+/// The body of a ROLE_CHANGED event.
+fn role_body(by: &str, user: &str, role: Role) -> String {
+    let named = match role {
+        Role::Owner => "an owner",
+        Role::Admin => "an admin",
+        _ => "a member",
+    };
+    format!("{by} made {user} {named}")
 }
 
 /// Whether [`change`] reads `rec`'s conversation: not when `rec` is
@@ -536,7 +743,7 @@ fn group_for_change(
     }
     if conv.kind != ConversationKind::Group as i32 {
         return Err(ChatError::InvalidArgument(
-            "members of a DIRECT conversation cannot change; create a GROUP instead".into(),
+            "a DIRECT conversation has fixed members, no roles and no title to change; create a GROUP instead".into(),
         ));
     }
     Ok(conv)
@@ -571,6 +778,8 @@ pub fn unstorable(rec: &IngressRecord) -> Option<ChatError> {
             Some(Command::Create(c)) if c.member_ids.iter().any(|m| has_nul(m)) => "member_ids",
             Some(Command::AddMembers(a)) if a.member_ids.iter().any(|m| has_nul(m)) => "member_ids",
             Some(Command::RemoveMember(r)) if has_nul(&r.member_id) => "member_id",
+            Some(Command::SetRole(r)) if has_nul(&r.user_id) => "user_id",
+            Some(Command::Update(u)) if has_nul(&u.title) => "title",
             Some(Command::Edit(e)) if has_nul(&e.client_msg_id) => "client_msg_id",
             Some(Command::Edit(e)) if has_nul(&e.body) => "body",
             Some(Command::Delete(d)) if has_nul(&d.client_msg_id) => "client_msg_id",
@@ -599,6 +808,7 @@ pub fn system_message(
         Membership::Added => format!("{actor} added {who}"),
         Membership::Removed if users.len() == 1 && users[0] == actor => format!("{actor} left"),
         Membership::Removed => format!("{actor} removed {who}"),
+        Membership::RoleChanged | Membership::TitleChanged => String::new(),
         Membership::Unspecified => String::new(),
     };
     Message {
@@ -613,6 +823,7 @@ pub fn system_message(
             change: change as i32,
             actor_id: actor.to_string(),
             user_ids: users.to_vec(),
+            ..MembershipEvent::default()
         }),
         ..Message::default()
     }

@@ -466,7 +466,10 @@ async fn load_conversation(
     // One statement, so the row and its members come from one snapshot.
     let Some(row) = sqlx::query(
         "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms,
-                ARRAY(SELECT m.user_id FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id) AS member_ids
+                ARRAY(SELECT m.user_id FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id) AS member_ids,
+                ARRAY(SELECT m.read_seq FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id) AS read_seqs,
+                ARRAY(SELECT m.role FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id) AS roles,
+                ARRAY(SELECT m.joined_seq FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id) AS joined_seqs
          FROM conversations c WHERE c.id = $1",
     )
     .bind(id)
@@ -475,7 +478,18 @@ async fn load_conversation(
     else {
         return Ok(None);
     };
+    let ids: Vec<String> = row.try_get("member_ids")?;
+    let read_seqs: Vec<i64> = row.try_get("read_seqs")?;
+    let roles: Vec<i32> = row.try_get("roles")?;
+    let joined: Vec<i64> = row.try_get("joined_seqs")?;
+    let members = ids
+        .into_iter()
+        .zip(read_seqs)
+        .zip(roles)
+        .zip(joined)
+        .map(|(((user, read), role), joined)| (user, read, role, joined))
+        .collect();
     ConversationRow::from_row(&row)?
-        .with_members(row.try_get("member_ids")?)
+        .with_members(rows::members(members)?)
         .map(Some)
 }

@@ -165,12 +165,13 @@ pub struct ConversationRow {
 
 impl ConversationRow {
     /// The conversation with `member_ids`.
-    pub fn with_members(self, member_ids: Vec<String>) -> Result<Conversation, StoreError> {
+    pub fn with_members(self, members: Vec<MemberRead>) -> Result<Conversation, StoreError> {
         Ok(Conversation {
             id: self.id,
             kind: self.kind,
             title: self.title,
-            member_ids,
+            member_ids: members.iter().map(|m| m.user_id.clone()).collect(),
+            member_reads: members,
             last_seq: seq_from(self.last_seq)?,
             created_at: Some(timestamp(self.created_at_ms)),
             ..Conversation::default()
@@ -214,20 +215,28 @@ where
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
         let user_id: Option<String> = row.try_get("user_id")?;
         let Some(user_id) = user_id else {
             return ListedConversation::from_row(row).map(ListedRow::Conversation);
         };
-        let read_seq: i64 = row.try_get("member_read_seq")?;
-        let read_seq = seq_from(read_seq).map_err(|e| sqlx::Error::ColumnDecode {
-            index: "member_read_seq".into(),
-            source: Box::new(e),
-        })?;
+        let seq = |column: &'r str| {
+            let v: i64 = row.try_get(column)?;
+            seq_from(v).map_err(|e| sqlx::Error::ColumnDecode {
+                index: column.into(),
+                source: Box::new(e),
+            })
+        };
         Ok(ListedRow::Member {
             conversation_id: row.try_get("id")?,
-            member: MemberRead { user_id, read_seq },
+            member: MemberRead {
+                user_id,
+                read_seq: seq("member_read_seq")?,
+                role: row.try_get("member_role")?,
+                joined_seq: seq("member_joined_seq")?,
+            },
         })
     }
 }
@@ -314,10 +323,11 @@ impl Listing<'_> {
                  ORDER BY {order}
                  LIMIT {limit}
              )
-             SELECT {}, NULL AS user_id, NULL AS member_read_seq
+             SELECT {}, NULL AS user_id, NULL AS member_read_seq, NULL AS member_role,
+                    NULL AS member_joined_seq
              FROM page
              UNION ALL
-             SELECT m2.conversation_id, {nulls}, m2.user_id, m2.read_seq
+             SELECT m2.conversation_id, {nulls}, m2.user_id, m2.read_seq, m2.role, m2.joined_seq
              FROM members m2
              WHERE m2.conversation_id IN (SELECT id FROM page)",
             last_text_columns("c"),
@@ -695,7 +705,8 @@ pub enum Shared<'q> {
     },
     /// Gives the members of conversation `id` that have no read position
     /// yet (just added) its last seq as theirs: what came before they
-    /// joined is not unread for them.
+    /// joined is not unread for them. It is also the seq they joined at
+    /// (the event that added them).
     SeatNewMembers {
         /// The conversation.
         id: &'q str,
@@ -822,6 +833,22 @@ pub enum Shared<'q> {
         seq: u64,
         /// +1 or -1.
         delta: i64,
+    },
+    /// Gives `user` of conversation `id` the role `role`.
+    SetRole {
+        /// The conversation.
+        id: &'q str,
+        /// The member.
+        user: &'q str,
+        /// `Role` as stored.
+        role: i32,
+    },
+    /// Gives conversation `id` the title `title`.
+    SetTitle {
+        /// The conversation.
+        id: &'q str,
+        /// The new title.
+        title: &'q str,
     },
     /// Moves `user`'s read position in conversation `id` forward to `seq`,
     /// at or below which lie `system` SYSTEM events.
@@ -1000,6 +1027,17 @@ where
         .bind(now)
         .bind(stamp.partition)
         .bind(stamp.no),
+        Shared::SetRole { id, user, role } => sqlx::query(
+            "UPDATE members SET role = $3 WHERE conversation_id = $1 AND user_id = $2",
+        )
+        .bind(id)
+        .bind(user)
+        .bind(role),
+        Shared::SetTitle { id, title } => {
+            sqlx::query("UPDATE conversations SET title = $2 WHERE id = $1")
+                .bind(id)
+                .bind(title)
+        }
         Shared::Changed { id, stamp } => sqlx::query(
             "UPDATE conversations SET change_partition = $2, change_no = $3 WHERE id = $1",
         )
@@ -1019,6 +1057,7 @@ where
         Shared::SeatNewMembers { id } => sqlx::query(
             "UPDATE members SET
                  read_seq = (SELECT c.last_seq FROM conversations c WHERE c.id = $1),
+                 joined_seq = (SELECT c.last_seq FROM conversations c WHERE c.id = $1),
                  read_system = (SELECT c.system_count FROM conversations c WHERE c.id = $1)
              WHERE conversation_id = $1 AND read_seq = 0",
         )
@@ -1355,4 +1394,26 @@ where
         .bind(i64::try_from(seq).unwrap_or(i64::MAX))
         .fetch_all(executor)
         .await?)
+}
+
+/// The members of conversation `$1` by user id, each with its read
+/// position, role and the seq it joined at.
+pub const MEMBERS: &str = "SELECT user_id, read_seq, role, joined_seq FROM members
+     WHERE conversation_id = $1 ORDER BY user_id";
+
+/// A row of [`MEMBERS`].
+pub type MemberRow = (String, i64, i32, i64);
+
+/// [`MEMBERS`] rows as the API's.
+pub fn members(rows: Vec<MemberRow>) -> Result<Vec<MemberRead>, StoreError> {
+    rows.into_iter()
+        .map(|(user_id, read_seq, role, joined_seq)| {
+            Ok(MemberRead {
+                user_id,
+                read_seq: seq_from(read_seq)?,
+                role,
+                joined_seq: seq_from(joined_seq)?,
+            })
+        })
+        .collect()
 }

@@ -407,17 +407,22 @@ impl BatchTx for Tx {
 
     /// One statement for all of them (a group has at most a few thousand
     /// parameters' worth of members).
-    async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError> {
+    async fn add_members(
+        &mut self,
+        id: &str,
+        users: &[String],
+        role: i32,
+    ) -> Result<(), StoreError> {
         if users.is_empty() {
             return Ok(());
         }
         let sql = format!(
-            "INSERT INTO members (conversation_id, user_id) VALUES {}",
-            placeholders(users.len(), 2)
+            "INSERT INTO members (conversation_id, user_id, role) VALUES {}",
+            placeholders(users.len(), 3)
         );
         let mut q = sqlx::query(&sql);
         for user in users {
-            q = q.bind(id).bind(user);
+            q = q.bind(id).bind(user).bind(role);
         }
         q.execute(&mut **self).await?;
         Ok(())
@@ -437,13 +442,11 @@ async fn load_conversation(
     else {
         return Ok(None);
     };
-    let member_ids: Vec<String> = sqlx::query_scalar(
-        "SELECT user_id FROM members WHERE conversation_id = ?1 ORDER BY user_id",
-    )
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    row.with_members(member_ids).map(Some)
+    let members: Vec<rows::MemberRow> = sqlx::query_as(rows::MEMBERS)
+        .bind(id)
+        .fetch_all(&mut *conn)
+        .await?;
+    row.with_members(rows::members(members)?).map(Some)
 }
 
 #[cfg(test)]

@@ -288,7 +288,7 @@ pub async fn changes_are_refused_precisely_and_retried_safely(store: Arc<dyn Sto
             "someone else's message",
         ),
         (
-            delete("g", "alice", "x2", 3),
+            delete("g", "bob", "x2", 2),
             Code::PermissionDenied,
             "a plain member deleting another's",
         ),

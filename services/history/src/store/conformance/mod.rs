@@ -4,6 +4,7 @@
 pub mod changes;
 mod presence;
 mod reads;
+pub mod roles;
 mod sync;
 pub mod upgrade;
 
@@ -49,6 +50,7 @@ where
     changes::changes_show_on_the_message_they_name(fresh().await).await;
     changes::changes_are_refused_precisely_and_retried_safely(fresh().await).await;
     changes::folding_the_log_gives_the_history(fresh().await).await;
+    roles::owners_and_admins_manage_a_group_that_always_keeps_an_owner(fresh().await).await;
 }
 
 fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {
@@ -70,7 +72,7 @@ pub fn create_group(conv: &str, actor: &str, members: &[&str]) -> IngressRecord 
     create(conv, actor, ConversationKind::Group, members)
 }
 
-fn create(conv: &str, actor: &str, kind: ConversationKind, members: &[&str]) -> IngressRecord {
+pub fn create(conv: &str, actor: &str, kind: ConversationKind, members: &[&str]) -> IngressRecord {
     let mut member_ids: Vec<String> = members.iter().map(|m| m.to_string()).collect();
     member_ids.sort();
     record(
@@ -97,7 +99,7 @@ pub fn send(conv: &str, actor: &str, client_msg_id: &str, body: &str) -> Ingress
     )
 }
 
-fn add(conv: &str, actor: &str, users: &[&str]) -> IngressRecord {
+pub fn add(conv: &str, actor: &str, users: &[&str]) -> IngressRecord {
     record(
         conv,
         actor,
@@ -107,7 +109,7 @@ fn add(conv: &str, actor: &str, users: &[&str]) -> IngressRecord {
     )
 }
 
-fn remove(conv: &str, actor: &str, user: &str) -> IngressRecord {
+pub fn remove(conv: &str, actor: &str, user: &str) -> IngressRecord {
     record(
         conv,
         actor,
@@ -355,7 +357,7 @@ async fn membership_changes_are_sequenced(store: Arc<dyn Store>) {
     let out = apply(
         &store,
         vec![
-            add("g", "bob", &["carol", "alice"]),
+            add("g", "alice", &["carol", "bob"]),
             send("g", "carol", "c1", "hi"),
             remove("g", "alice", "carol"),
             send("g", "carol", "c2", "still here?"),

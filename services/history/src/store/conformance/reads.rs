@@ -6,7 +6,7 @@ use confab_core::validate::Page;
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record::Result as R, OutcomeRecord, ReadCommand,
 };
-use confab_proto::v1::{Conversation, MessageKind, ReadState};
+use confab_proto::v1::{Conversation, MessageKind, ReadState, Role};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tonic::Code;
@@ -182,12 +182,16 @@ pub async fn unread_counts_match_a_brute_force_count(store: Arc<dyn Store>) {
         for _ in 0..=rng.below(6) {
             let conv = convs[rng.below(2) as usize];
             // Mostly a member as of the last batch; now and then anyone.
-            let members = store
-                .conversation(conv)
-                .await
-                .expect("conversation")
-                .map(|c| c.member_ids)
+            let stored = store.conversation(conv).await.expect("conversation");
+            let members = stored
+                .as_ref()
+                .map(|c| c.member_ids.clone())
                 .unwrap_or_default();
+            // Adds and removals mostly by an owner (who may make them).
+            let owner = stored
+                .as_ref()
+                .and_then(|c| c.member_reads.iter().find(|m| m.role == Role::Owner as i32))
+                .map(|m| m.user_id.clone());
             let user = match members.len() as u64 {
                 n if n > 0 && rng.below(5) > 0 => members[rng.below(n) as usize].clone(),
                 _ => USERS[rng.below(5) as usize].to_string(),
@@ -204,7 +208,7 @@ pub async fn unread_counts_match_a_brute_force_count(store: Arc<dyn Store>) {
                 10 => changes::edit(conv, user, &id, near, "edited"),
                 11 | 12 => changes::delete(conv, user, &id, near),
                 13 | 14 => changes::react(conv, user, &id, near, "👍", rng.below(3) == 0),
-                15 => add(conv, user, &[other]),
+                15 => add(conv, owner.as_deref().unwrap_or(user), &[other]),
                 5..=7 => {
                     // Mostly near the newest seq; now and then anywhere,
                     // one past the newest (refused) included.
@@ -215,8 +219,8 @@ pub async fn unread_counts_match_a_brute_force_count(store: Arc<dyn Store>) {
                     };
                     read(conv, user, seq, rng.below(2) == 0)
                 }
-                8 => add(conv, user, &[other]),
-                _ => remove(conv, user, other),
+                8 => add(conv, owner.as_deref().unwrap_or(user), &[other]),
+                _ => remove(conv, owner.as_deref().unwrap_or(user), other),
             });
         }
         // Refusals (strangers, seqs past the end, ...) are part of the mix.

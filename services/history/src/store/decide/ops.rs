@@ -213,9 +213,11 @@ pub fn op(
             }
         }
         What::Delete => {
-            if target.sender_id != actor {
+            // Its sender, or an owner or admin of the group.
+            if target.sender_id != actor && !super::manages(super::role_of(&conv, actor)) {
                 return Err(ChatError::PermissionDenied(format!(
-                    "message {seq} of conversation {conv_id} was sent by {}: only its sender may delete it",
+                    "message {seq} of conversation {conv_id} was sent by {}: only its sender, \
+                     or an owner or admin of a group, may delete it",
                     target.sender_id
                 )));
             }

@@ -104,9 +104,19 @@ fn creating_writes_the_conversation_its_members_and_seq_one() {
         panic!("not a write");
     };
     assert!(matches!(steps[0], Step::CreateConversation { .. }));
+    // The creator owns the group; the others are members.
     assert_eq!(
-        steps[1],
-        Step::AddMembers(vec!["alice".into(), "bob".into()])
+        steps[1..3],
+        [
+            Step::AddMembers {
+                users: vec!["alice".into()],
+                role: Role::Owner as i32
+            },
+            Step::AddMembers {
+                users: vec!["bob".into()],
+                role: Role::Member as i32
+            }
+        ]
     );
     let events = appended(steps);
     assert_eq!(events.len(), 1);

@@ -153,12 +153,18 @@ impl BatchTx for Tx {
         load_conversation(self, id, true).await
     }
 
-    async fn add_members(&mut self, id: &str, users: &[String]) -> Result<(), StoreError> {
+    async fn add_members(
+        &mut self,
+        id: &str,
+        users: &[String],
+        role: i32,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO members (conversation_id, user_id) SELECT $1, u FROM UNNEST($2::text[]) AS u",
+            "INSERT INTO members (conversation_id, user_id, role) SELECT $1, u, $3 FROM UNNEST($2::text[]) AS u",
         )
         .bind(id)
         .bind(users)
+        .bind(role)
         .execute(&mut **self)
         .await?;
         Ok(())

@@ -1,0 +1,1 @@
+../postgres/0008_roles.sql
