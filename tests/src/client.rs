@@ -366,6 +366,35 @@ impl User {
             .ok_or_else(|| Status::internal("response without event"))
     }
 
+    /// Gives `user` `role` in `conv`.
+    pub async fn set_role(
+        &self,
+        conv: &str,
+        user: &str,
+        role: Role,
+    ) -> Result<Conversation, Status> {
+        let req = SetRoleRequest {
+            conversation_id: conv.into(),
+            user_id: user.into(),
+            role: role as i32,
+        };
+        self.unary(req, |mut c, r| async move { c.set_role(r).await })
+            .await
+    }
+
+    /// Changes `conv`'s title.
+    pub async fn retitle(&self, conv: &str, title: &str) -> Result<Conversation, Status> {
+        let req = UpdateConversationRequest {
+            conversation_id: conv.into(),
+            title: title.into(),
+        };
+        self.unary(
+            req,
+            |mut c, r| async move { c.update_conversation(r).await },
+        )
+        .await
+    }
+
     /// Every version of the message at `seq`.
     pub async fn edit_history(
         &self,

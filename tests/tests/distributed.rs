@@ -107,3 +107,8 @@ async fn changes_reach_live_streams_and_fold_into_the_history() {
 async fn changes_are_refused_precisely() {
     suite::changes::changes_are_refused_precisely(Kind::Cluster).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_and_admins_manage_groups() {
+    suite::changes::owners_and_admins_manage_groups(Kind::Cluster).await;
+}

@@ -5,7 +5,7 @@
 
 use super::with_users;
 use confab_core::fold::View;
-use confab_proto::v1::{server_frame, MessageKind, ReactionCount};
+use confab_proto::v1::{membership_event::Change, server_frame, MessageKind, ReactionCount, Role};
 use confab_tests::server::Kind;
 use confab_tests::*;
 use tonic::Code;
@@ -179,5 +179,59 @@ pub async fn changes_are_refused_precisely(kind: Kind) {
     }
     // Nothing of that disturbed the conversation.
     assert_eq!(alice.all_seqs(id).await, vec![1, 2]);
+    server.stop().await;
+}
+
+pub async fn owners_and_admins_manage_groups(kind: Kind) {
+    let (server, [alice, bob, carol]) = with_users(kind, ["alice", "bob", "carol"]).await;
+    let conv = alice.group("roles", &["bob"]).await;
+    let id = conv.id.as_str();
+    let refused = bob
+        .add_members(id, &["carol"])
+        .await
+        .expect_err("a member adds");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    let after = alice
+        .set_role(id, "bob", Role::Admin)
+        .await
+        .expect("set role");
+    let bob_read = after
+        .member_reads
+        .iter()
+        .find(|m| m.user_id == "bob")
+        .expect("bob");
+    assert_eq!(bob_read.role, Role::Admin as i32);
+    bob.add_members(id, &["carol"])
+        .await
+        .expect("an admin adds");
+    let titled = bob.retitle(id, "the lunch club").await.expect("retitle");
+    assert_eq!(titled.title, "the lunch club");
+    let bad = bob
+        .set_role(id, "carol", Role::Unspecified)
+        .await
+        .expect_err("no role");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    let last = alice
+        .set_role(id, "alice", Role::Member)
+        .await
+        .expect_err("the last owner");
+    assert_eq!(last.code(), Code::FailedPrecondition, "{last:?}");
+    // carol sees every change as a SYSTEM event of the history.
+    let kinds: Vec<(u64, i32)> = carol
+        .all_messages(id)
+        .await
+        .expect("history")
+        .iter()
+        .filter_map(|m| m.membership.as_ref().map(|e| (m.seq, e.change)))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (1, Change::Created as i32),
+            (2, Change::RoleChanged as i32),
+            (3, Change::Added as i32),
+            (4, Change::TitleChanged as i32)
+        ]
+    );
     server.stop().await;
 }

@@ -237,7 +237,7 @@ pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(
     assert_eq!(conv.last_seq, 1);
     let mut carol_s = carol.live().await;
     let mut bob_s = bob.live().await;
-    let after_add = bob.add_members(&conv.id, &["carol"]).await.expect("add");
+    let after_add = alice.add_members(&conv.id, &["carol"]).await.expect("add");
     assert_eq!((after_add.last_seq, after_add.member_ids.len()), (2, 3));
     let (msgs, _) = carol_s
         .messages_until(&conv.id, 2)
