@@ -154,6 +154,7 @@ pub fn requests() -> Vec<Seed> {
         (
             "create-direct",
             CreateConversationRequest {
+                history_visibility: 0,
                 kind: ConversationKind::Direct as i32,
                 title: String::new(),
                 member_ids: strings(&["bob"]),
@@ -163,6 +164,7 @@ pub fn requests() -> Vec<Seed> {
         (
             "create-group",
             CreateConversationRequest {
+                history_visibility: 0,
                 kind: ConversationKind::Group as i32,
                 title: "team".into(),
                 member_ids: strings(&["bob", "carol", "dave"]),

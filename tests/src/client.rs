@@ -89,7 +89,20 @@ impl User {
         title: &str,
         others: &[&str],
     ) -> Result<Conversation, Status> {
+        self.create_with(kind, title, others, HistoryVisibility::Unspecified)
+            .await
+    }
+
+    /// Creates a conversation with `others` and a history visibility.
+    pub async fn create_with(
+        &self,
+        kind: ConversationKind,
+        title: &str,
+        others: &[&str],
+        visibility: HistoryVisibility,
+    ) -> Result<Conversation, Status> {
         let req = CreateConversationRequest {
+            history_visibility: visibility as i32,
             kind: kind as i32,
             title: title.into(),
             member_ids: others.iter().map(|s| s.to_string()).collect(),
@@ -386,7 +399,8 @@ impl User {
     pub async fn retitle(&self, conv: &str, title: &str) -> Result<Conversation, Status> {
         let req = UpdateConversationRequest {
             conversation_id: conv.into(),
-            title: title.into(),
+            title: Some(title.into()),
+            history_visibility: 0,
         };
         self.unary(
             req,

@@ -112,3 +112,9 @@ async fn changes_are_refused_precisely() {
 async fn owners_and_admins_manage_groups() {
     suite::changes::owners_and_admins_manage_groups(Kind::Embedded).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_joined_members_resume_and_sync_only_what_they_may_read() {
+    suite::changes::since_joined_members_resume_and_sync_only_what_they_may_read(Kind::Embedded)
+        .await;
+}

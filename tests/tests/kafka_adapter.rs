@@ -209,6 +209,7 @@ async fn records_come_back_in_per_key_order_with_contents_and_headers() {
         let mut r = send(&convs[c], id);
         if id < 8 {
             r.command = Some(Command::Create(CreateCommand {
+                history_visibility: 0,
                 kind: 2,
                 title: format!("room {c}"),
                 member_ids: vec!["user-0".into(), "user-1".into()],
@@ -1028,9 +1029,18 @@ impl confab_history::Store for Overlap {
     async fn targets(
         &self,
         id: &str,
+        caller: &str,
         seqs: &[u64],
     ) -> Result<Vec<confab_history::store::rows::TargetRow>, confab_history::StoreError> {
-        self.inner.targets(id, seqs).await
+        self.inner.targets(id, caller, seqs).await
+    }
+
+    async fn member_history(
+        &self,
+        caller: &str,
+        page: confab_core::validate::Page<'_>,
+    ) -> Result<Option<confab_history::store::MessagePage>, confab_history::StoreError> {
+        self.inner.member_history(caller, page).await
     }
 
     async fn reactions(
@@ -1089,6 +1099,7 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
             actor_id: "user-0".into(),
             conversation_id: id.clone(),
             command: Some(Command::Create(CreateCommand {
+                history_visibility: 0,
                 kind: confab_proto::v1::ConversationKind::Group as i32,
                 title: "lanes".into(),
                 member_ids: vec!["user-0".into(), "user-1".into(), "user-2".into()],

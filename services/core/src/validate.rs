@@ -4,7 +4,7 @@
 //! (body bytes, group members), naming the variable and its value.
 
 use crate::error::ChatError;
-use confab_proto::v1::ConversationKind;
+use confab_proto::v1::{ConversationKind, HistoryVisibility};
 use std::collections::BTreeSet;
 use tonic::Status;
 
@@ -317,10 +317,40 @@ pub fn set_role(conversation: &str, user_id: &str, role: i32) -> Result<(), Chat
     }
 }
 
-/// Checks an UpdateConversation request.
-pub fn update(conversation: &str, title: &str) -> Result<(), ChatError> {
+/// Checks an UpdateConversation request: a title, a visibility, or both.
+pub fn update(conversation: &str, title: Option<&str>, visibility: i32) -> Result<(), ChatError> {
     conversation_id(conversation)?;
-    check_title(title)
+    if let Some(title) = title {
+        check_title(title)?;
+    }
+    match HistoryVisibility::try_from(visibility) {
+        Ok(HistoryVisibility::Unspecified) if title.is_none() => Err(ChatError::InvalidArgument(
+            "nothing to update: set title, history_visibility or both".into(),
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(ChatError::InvalidArgument(format!(
+            "history_visibility {visibility} is not SHARED (1) or SINCE_JOINED (2)"
+        ))),
+    }
+}
+
+/// The history visibility a new conversation of `kind` asks for, as
+/// stored: SHARED unless set; SINCE_JOINED for groups only.
+pub fn visibility_of(kind: ConversationKind, visibility: i32) -> Result<i32, ChatError> {
+    match HistoryVisibility::try_from(visibility) {
+        Ok(HistoryVisibility::Unspecified | HistoryVisibility::Shared) => {
+            Ok(HistoryVisibility::Shared as i32)
+        }
+        Ok(HistoryVisibility::SinceJoined) if kind == ConversationKind::Group => {
+            Ok(HistoryVisibility::SinceJoined as i32)
+        }
+        Ok(HistoryVisibility::SinceJoined) => Err(ChatError::InvalidArgument(
+            "a DIRECT conversation's history is SHARED: its two members read all of it".into(),
+        )),
+        Err(_) => Err(ChatError::InvalidArgument(format!(
+            "history_visibility {visibility} is not SHARED (1) or SINCE_JOINED (2)"
+        ))),
+    }
 }
 
 /// Checks a new conversation and returns its full member set (caller included).

@@ -294,6 +294,7 @@ impl Chat for ChatService {
         let r = req.into_inner();
         let (kind, member_ids) =
             validate::create(&self.config.limits, &user, r.kind, &r.title, &r.member_ids)?;
+        let history_visibility = validate::visibility_of(kind, r.history_visibility)?;
         let id = match kind {
             ConversationKind::Direct => validate::direct_conversation_id(&member_ids),
             _ => validate::group_conversation_id(),
@@ -302,6 +303,7 @@ impl Chat for ChatService {
             kind: kind as i32,
             title: r.title,
             member_ids,
+            history_visibility,
         });
         Ok(Response::new(
             self.conversation_write(&user, &id, command).await?,
@@ -363,8 +365,11 @@ impl Chat for ChatService {
     ) -> Result<Response<Conversation>, Status> {
         let user = Caller::take(&mut req)?.user;
         let r = req.into_inner();
-        validate::update(&r.conversation_id, &r.title)?;
-        let command = Command::Update(UpdateCommand { title: r.title });
+        validate::update(&r.conversation_id, r.title.as_deref(), r.history_visibility)?;
+        let command = Command::Update(UpdateCommand {
+            title: r.title,
+            history_visibility: r.history_visibility,
+        });
         Ok(Response::new(
             self.conversation_write(&user, &r.conversation_id, command)
                 .await?,

@@ -80,7 +80,7 @@ impl LocalHistory {
         if !replied.is_empty() {
             let targets: HashMap<u64, TargetRow> = self
                 .store
-                .targets(conv, &replied)
+                .targets(conv, caller, &replied)
                 .await?
                 .into_iter()
                 .filter_map(|t| Some((u64::try_from(t.seq).ok()?, t)))
@@ -180,7 +180,8 @@ impl HistoryApi for LocalHistory {
             ));
         }
         self.member_conversation(caller, conv).await?;
-        let Some(target) = self.store.target(conv, seq).await? else {
+        // Only a message the caller may read (see `rows::visible`).
+        let Some(target) = self.store.targets(conv, caller, &[seq]).await?.pop() else {
             return Err(ChatError::NotFound(format!(
                 "message {seq} does not exist in conversation {conv}"
             )));

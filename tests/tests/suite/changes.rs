@@ -5,9 +5,13 @@
 
 use super::with_users;
 use confab_core::fold::View;
-use confab_proto::v1::{membership_event::Change, server_frame, MessageKind, ReactionCount, Role};
+use confab_proto::v1::{
+    client_frame, membership_event::Change, server_frame, ConversationKind, HistoryVisibility,
+    MessageKind, ReactionCount, Resume, Role,
+};
 use confab_tests::server::Kind;
 use confab_tests::*;
+use std::collections::HashMap;
 use tonic::Code;
 
 pub async fn changes_reach_live_streams_and_fold_into_the_history(kind: Kind) {
@@ -233,5 +237,59 @@ pub async fn owners_and_admins_manage_groups(kind: Kind) {
             (4, Change::TitleChanged as i32)
         ]
     );
+    server.stop().await;
+}
+
+pub async fn since_joined_members_resume_and_sync_only_what_they_may_read(kind: Kind) {
+    let (server, [alice, carol]) = with_users(kind, ["alice", "carol"]).await;
+    let direct = alice
+        .create_with(
+            ConversationKind::Direct,
+            "",
+            &["carol"],
+            HistoryVisibility::SinceJoined,
+        )
+        .await
+        .expect_err("a DIRECT conversation is SHARED");
+    assert_eq!(direct.code(), Code::InvalidArgument, "{direct:?}");
+    let conv = alice
+        .create_with(
+            ConversationKind::Group,
+            "private past",
+            &[],
+            HistoryVisibility::SinceJoined,
+        )
+        .await
+        .expect("create");
+    let id = conv.id.as_str();
+    assert_eq!(
+        conv.history_visibility,
+        HistoryVisibility::SinceJoined as i32
+    );
+    alice.send(id, "m1", "before carol").await.expect("send");
+    alice.add_members(id, &["carol"]).await.expect("add");
+    alice.send(id, "m2", "hello carol").await.expect("send");
+    // carol resumes from the start: her seqs only (3, when she was added,
+    // and 4), then caught up.
+    let mut s = carol
+        .session(client_frame::Frame::Resume(Resume {
+            last_seq: HashMap::from([(conv.id.clone(), 0)]),
+        }))
+        .await
+        .expect("resume");
+    let (msgs, others) = s.messages_until(id, 4).await.expect("resumed");
+    assert_eq!(seqs(&msgs), vec![3, 4]);
+    assert!(
+        others
+            .iter()
+            .all(|f| !matches!(f, server_frame::Frame::CaughtUp(c) if c.error.is_some())),
+        "{others:?}"
+    );
+    let mut copy = SyncCopy::default();
+    carol.sync_into(&mut copy).await.expect("sync");
+    let state = &copy.conversations[&conv.id];
+    assert_eq!(state.last_message.as_ref().map(|m| m.seq), Some(4));
+    assert_eq!(carol.all_seqs(id).await, vec![3, 4]);
+    assert_eq!(alice.all_seqs(id).await, vec![1, 2, 3, 4]);
     server.stop().await;
 }

@@ -99,6 +99,7 @@ pub async fn run(opts: &IngestOpts) -> Result<IngestReport> {
     publish_all(&publisher, opts.conversations, |c| {
         let (id, members) = &convs[c as usize];
         let create = Command::Create(CreateCommand {
+            history_visibility: 0,
             kind: ConversationKind::Group as i32,
             title: format!("bench {c}"),
             member_ids: members.clone(),

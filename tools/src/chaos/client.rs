@@ -329,6 +329,7 @@ pub(super) async fn create_conversations(config: &Config, addrs: &[SocketAddr]) 
         let others: Vec<String> = members[1..].to_vec();
         let conv = loop {
             let req = creator.req(CreateConversationRequest {
+                history_visibility: 0,
                 kind: kind as i32,
                 title: title.clone(),
                 member_ids: others.clone(),

@@ -275,12 +275,17 @@ async fn write(
 ) -> Result<bool, StoreError> {
     for step in steps {
         match step {
-            Step::CreateConversation { kind, title } => {
+            Step::CreateConversation {
+                kind,
+                title,
+                visibility,
+            } => {
                 let (kind, title) = (*kind, title.as_str());
                 let created = Shared::CreateConversation {
                     id,
                     kind,
                     title,
+                    visibility: *visibility,
                     now,
                 };
                 // A conversation a concurrent writer created since it was
@@ -301,7 +306,15 @@ async fn write(
             Step::SetTitle(title) => {
                 tx.run(Shared::SetTitle { id, title }).await?;
             }
+            Step::SetVisibility(visibility) => {
+                tx.run(Shared::SetVisibility {
+                    id,
+                    visibility: *visibility,
+                })
+                .await?;
+            }
             Step::RemoveMember(user) => {
+                tx.run(Shared::CloseSpan { id, user }).await?;
                 tx.run(Shared::RemoveMember { id, user }).await?;
                 let stamp = stamp.get(tx).await?;
                 tx.run(Shared::Departed { id, user, stamp }).await?;
@@ -321,6 +334,7 @@ async fn write(
     }
     if steps.iter().any(|s| matches!(s, Step::AddMembers { .. })) {
         tx.run(Shared::SeatNewMembers { id }).await?;
+        tx.run(Shared::OpenSpans { id }).await?;
     }
     Ok(true)
 }

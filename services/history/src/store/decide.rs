@@ -20,8 +20,8 @@ use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, IngressRecord, OutcomeRecord, SendCommand,
 };
 use confab_proto::v1::{
-    membership_event::Change as Membership, Conversation, ConversationKind, MembershipEvent,
-    Message, MessageKind, ReplyPreview, Role,
+    membership_event::Change as Membership, Conversation, ConversationKind, HistoryVisibility,
+    MembershipEvent, Message, MessageKind, ReplyPreview, Role,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -393,6 +393,8 @@ pub enum Step {
         kind: i32,
         /// The conversation's title.
         title: String,
+        /// `HistoryVisibility` as stored.
+        visibility: i32,
     },
     /// Make these users members with this role (`Role` as stored).
     AddMembers {
@@ -410,6 +412,8 @@ pub enum Step {
     },
     /// Change the title.
     SetTitle(String),
+    /// Change the history visibility (`HistoryVisibility` as stored).
+    SetVisibility(i32),
     /// Remove this member.
     RemoveMember(String),
     /// Insert this message and make its seq the conversation's last.
@@ -492,9 +496,15 @@ pub fn change(
             // The creator of a group owns it; DIRECT conversations have
             // no roles.
             let group = create.kind == ConversationKind::Group as i32;
+            // DIRECT conversations are SHARED (the gateway refuses more).
+            let visibility = match HistoryVisibility::try_from(create.history_visibility) {
+                Ok(HistoryVisibility::SinceJoined) if group => HistoryVisibility::SinceJoined,
+                _ => HistoryVisibility::Shared,
+            };
             let mut steps = vec![Step::CreateConversation {
                 kind: create.kind,
                 title: create.title.clone(),
+                visibility: visibility as i32,
             }];
             if group {
                 let others: Vec<String> = create
@@ -643,28 +653,45 @@ pub fn change(
             let conv = group_for_change(conv, conv_id, actor)?;
             if !manages(role_of(&conv, actor)) {
                 return Err(ChatError::PermissionDenied(format!(
-                    "only owners and admins of group {conv_id} change its title"
+                    "only owners and admins of group {conv_id} change its title or history visibility"
                 )));
             }
-            if conv.title == update.title {
+            let mut steps = Vec::new();
+            let mut seq = conv.last_seq;
+            if let Some(title) = update.title.as_ref().filter(|t| **t != conv.title) {
+                seq += 1;
+                let mut m = system_message(conv_id, seq, actor, Membership::TitleChanged, &[], now);
+                if let Some(e) = m.membership.as_mut() {
+                    e.title = title.clone();
+                }
+                m.body = format!("{actor} changed the title to {title}");
+                steps.push(Step::SetTitle(title.clone()));
+                steps.push(Step::Append(Box::new(m)));
+            }
+            let visibility = HistoryVisibility::try_from(update.history_visibility)
+                .unwrap_or(HistoryVisibility::Unspecified);
+            if visibility != HistoryVisibility::Unspecified
+                && visibility as i32 != conv.history_visibility
+            {
+                seq += 1;
+                let mut m =
+                    system_message(conv_id, seq, actor, Membership::VisibilityChanged, &[], now);
+                if let Some(e) = m.membership.as_mut() {
+                    e.history_visibility = visibility as i32;
+                }
+                m.body = match visibility {
+                    HistoryVisibility::SinceJoined => {
+                        format!("{actor} made the history visible to members from when they joined")
+                    }
+                    _ => format!("{actor} made the whole history visible to members"),
+                };
+                steps.push(Step::SetVisibility(visibility as i32));
+                steps.push(Step::Append(Box::new(m)));
+            }
+            if steps.is_empty() {
                 return Ok(Change::Unchanged(Box::new(conv)));
             }
-            let mut m = system_message(
-                conv_id,
-                conv.last_seq + 1,
-                actor,
-                Membership::TitleChanged,
-                &[],
-                now,
-            );
-            if let Some(e) = m.membership.as_mut() {
-                e.title = update.title.clone();
-            }
-            m.body = format!("{actor} changed the title to {}", update.title);
-            Ok(Change::Write(vec![
-                Step::SetTitle(update.title.clone()),
-                Step::Append(Box::new(m)),
-            ]))
+            Ok(Change::Write(steps))
         }
     }
 }
@@ -779,7 +806,7 @@ pub fn unstorable(rec: &IngressRecord) -> Option<ChatError> {
             Some(Command::AddMembers(a)) if a.member_ids.iter().any(|m| has_nul(m)) => "member_ids",
             Some(Command::RemoveMember(r)) if has_nul(&r.member_id) => "member_id",
             Some(Command::SetRole(r)) if has_nul(&r.user_id) => "user_id",
-            Some(Command::Update(u)) if has_nul(&u.title) => "title",
+            Some(Command::Update(u)) if u.title.as_deref().is_some_and(has_nul) => "title",
             Some(Command::Edit(e)) if has_nul(&e.client_msg_id) => "client_msg_id",
             Some(Command::Edit(e)) if has_nul(&e.body) => "body",
             Some(Command::Delete(d)) if has_nul(&d.client_msg_id) => "client_msg_id",
@@ -808,7 +835,9 @@ pub fn system_message(
         Membership::Added => format!("{actor} added {who}"),
         Membership::Removed if users.len() == 1 && users[0] == actor => format!("{actor} left"),
         Membership::Removed => format!("{actor} removed {who}"),
-        Membership::RoleChanged | Membership::TitleChanged => String::new(),
+        Membership::RoleChanged | Membership::TitleChanged | Membership::VisibilityChanged => {
+            String::new()
+        }
         Membership::Unspecified => String::new(),
     };
     Message {

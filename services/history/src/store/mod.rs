@@ -184,9 +184,14 @@ pub trait Store: Send + Sync + 'static {
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError>;
     /// The message at `seq` of conversation `id` (see [`rows::TARGET`]).
     async fn target(&self, id: &str, seq: u64) -> Result<Option<rows::TargetRow>, StoreError>;
-    /// The messages at `seqs` of conversation `id` that exist (the targets
-    /// of a page's replies).
-    async fn targets(&self, id: &str, seqs: &[u64]) -> Result<Vec<rows::TargetRow>, StoreError>;
+    /// The messages at `seqs` of conversation `id` that exist and that
+    /// `caller` may read (the targets of a page's replies).
+    async fn targets(
+        &self,
+        id: &str,
+        caller: &str,
+        seqs: &[u64],
+    ) -> Result<Vec<rows::TargetRow>, StoreError>;
     /// The reactions to the messages at seqs `from` to `to` of conversation
     /// `id`, as `caller` sees them (see [`rows::PAGE_REACTIONS`]).
     async fn reactions(
@@ -198,22 +203,15 @@ pub trait Store: Send + Sync + 'static {
     /// The earlier versions of the message at `seq` of conversation `id`
     /// (see [`rows::VERSIONS`]).
     async fn versions(&self, id: &str, seq: u64) -> Result<Vec<rows::VersionRow>, StoreError>;
-    /// [`Store::history`] for `caller`: `None` if the conversation does not
-    /// exist or `caller` is not a member of it (ask
-    /// [`Store::conversation`] which). The default reads the conversation,
-    /// then the page; a store may do both in one read.
+    /// [`Store::history`] for `caller`: the seqs of `page` that `caller`
+    /// may read (see [`rows::visible_in`]), or `None` if the conversation
+    /// does not exist or `caller` is not a member of it (ask
+    /// [`Store::conversation`] which).
     async fn member_history(
         &self,
         caller: &str,
         page: Page<'_>,
-    ) -> Result<Option<MessagePage>, StoreError> {
-        match self.conversation(page.conversation_id).await? {
-            Some(c) if c.member_ids.iter().any(|m| m == caller) => {
-                Ok(Some(self.history(page).await?))
-            }
-            _ => Ok(None),
-        }
-    }
+    ) -> Result<Option<MessagePage>, StoreError>;
 }
 
 /// The keyset of a page after `cursor`, for a store's SQL: how a seq

@@ -316,8 +316,13 @@ impl Store for PostgresStore {
         rows::target(&self.pool, id, seq).await
     }
 
-    async fn targets(&self, id: &str, seqs: &[u64]) -> Result<Vec<rows::TargetRow>, StoreError> {
-        rows::targets(&self.pool, id, seqs).await
+    async fn targets(
+        &self,
+        id: &str,
+        caller: &str,
+        seqs: &[u64],
+    ) -> Result<Vec<rows::TargetRow>, StoreError> {
+        rows::targets(&self.pool, id, caller, seqs).await
     }
 
     async fn reactions(
@@ -363,6 +368,11 @@ impl Store for PostgresStore {
         // the caller is not a member; otherwise the page, or a single row of
         // NULLs when the page is empty.
         let (page, bound) = page_clause(cursor);
+        let page = page.replacen(
+            "WHERE",
+            &format!("WHERE {} AND", rows::visible_in("x.seq", "$1", "$4")),
+            1,
+        );
         let sql = format!(
             "SELECT {} FROM (SELECT 1 FROM members WHERE conversation_id = $1 AND user_id = $4) AS caller
              LEFT JOIN LATERAL (SELECT {} FROM messages x {page}) AS m ON true",
@@ -465,7 +475,7 @@ async fn load_conversation(
     }
     // One statement, so the row and its members come from one snapshot.
     let Some(row) = sqlx::query(
-        "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms,
+        "SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.history_visibility,
                 ARRAY(SELECT m.user_id FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id) AS member_ids,
                 ARRAY(SELECT m.read_seq FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id) AS read_seqs,
                 ARRAY(SELECT m.role FROM members m WHERE m.conversation_id = c.id ORDER BY m.user_id) AS roles,

@@ -161,6 +161,7 @@ pub struct ConversationRow {
     title: String,
     last_seq: i64,
     created_at_ms: i64,
+    history_visibility: i32,
 }
 
 impl ConversationRow {
@@ -172,6 +173,7 @@ impl ConversationRow {
             title: self.title,
             member_ids: members.iter().map(|m| m.user_id.clone()).collect(),
             member_reads: members,
+            history_visibility: self.history_visibility,
             last_seq: seq_from(self.last_seq)?,
             created_at: Some(timestamp(self.created_at_ms)),
             ..Conversation::default()
@@ -187,6 +189,8 @@ pub struct ListedConversation {
     conversation: ConversationRow,
     #[sqlx(flatten)]
     last_text: LastTextRow,
+    /// Whether the lister may read it (see [`visible`]).
+    last_text_visible: bool,
     last_activity_ms: i64,
     read_seq: i64,
     unread_count: i64,
@@ -304,18 +308,19 @@ impl Listing<'_> {
             "title",
             "last_seq",
             "created_at_ms",
+            "history_visibility",
             "last_activity_ms",
         ]
         .into_iter()
         .chain(LAST_TEXT_COLUMNS)
-        .chain(["read_seq", "unread_count"])
+        .chain(["last_text_visible", "read_seq", "unread_count"])
         .collect();
         let page: Vec<String> = columns.iter().map(|c| format!("page.{c}")).collect();
         let nulls = vec!["NULL"; columns.len() - 1].join(", ");
         format!(
             "WITH page AS (
-                 SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.last_activity_ms,
-                        {}, m.read_seq,
+                 SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.history_visibility,
+                        c.last_activity_ms, {}, {} AS last_text_visible, m.read_seq,
                         (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count
                  FROM members m
                  JOIN conversations c ON c.id = m.conversation_id
@@ -331,6 +336,7 @@ impl Listing<'_> {
              FROM members m2
              WHERE m2.conversation_id IN (SELECT id FROM page)",
             last_text_columns("c"),
+            visible("c.last_text_seq", "c.id", "c.history_visibility", "$1"),
             page.join(", "),
         )
     }
@@ -505,7 +511,10 @@ impl Listed {
             } => self.members.push((conversation_id, member)),
             ListedRow::Conversation(row) => self.conversations.push((
                 Conversation {
-                    last_message: row.last_text.message(&row.conversation.id)?,
+                    last_message: match row.last_text_visible {
+                        true => row.last_text.message(&row.conversation.id)?,
+                        false => None,
+                    },
                     read_seq: seq_from(row.read_seq)?,
                     unread_count: seq_from(row.unread_count)?,
                     last_activity_at: Some(timestamp(row.last_activity_ms)),
@@ -656,8 +665,31 @@ pub enum Shared<'q> {
         kind: i32,
         /// Its title.
         title: &'q str,
+        /// `HistoryVisibility` as stored.
+        visibility: i32,
         /// Milliseconds since the epoch.
         now: i64,
+    },
+    /// Opens a span (see `member_spans`) for each member of conversation
+    /// `id` that joined at its last seq (the event just appended).
+    OpenSpans {
+        /// The conversation.
+        id: &'q str,
+    },
+    /// Ends `user`'s open span in conversation `id` at the seq about to
+    /// be appended (its removal).
+    CloseSpan {
+        /// The conversation.
+        id: &'q str,
+        /// The member.
+        user: &'q str,
+    },
+    /// Gives conversation `id` the history visibility `visibility`.
+    SetVisibility {
+        /// The conversation.
+        id: &'q str,
+        /// `HistoryVisibility` as stored.
+        visibility: i32,
     },
     /// Removes `user` from conversation `id`.
     RemoveMember {
@@ -880,15 +912,35 @@ where
             id,
             kind,
             title,
+            visibility,
             now,
         } => sqlx::query(
-            "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms, last_activity_ms)
-             VALUES ($1, $2, $3, 0, $4, $4) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms, last_activity_ms, history_visibility)
+             VALUES ($1, $2, $3, 0, $4, $4, $5) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
         .bind(kind)
         .bind(title)
-        .bind(now),
+        .bind(now)
+        .bind(visibility),
+        Shared::OpenSpans { id } => sqlx::query(
+            "INSERT INTO member_spans (conversation_id, user_id, from_seq, to_seq)
+             SELECT m.conversation_id, m.user_id, m.joined_seq, 9223372036854775807 FROM members m
+             WHERE m.conversation_id = $1
+               AND m.joined_seq = (SELECT c.last_seq FROM conversations c WHERE c.id = $1)",
+        )
+        .bind(id),
+        Shared::CloseSpan { id, user } => sqlx::query(
+            "UPDATE member_spans SET to_seq = (SELECT c.last_seq + 1 FROM conversations c WHERE c.id = $1)
+             WHERE conversation_id = $1 AND user_id = $2 AND to_seq = 9223372036854775807",
+        )
+        .bind(id)
+        .bind(user),
+        Shared::SetVisibility { id, visibility } => {
+            sqlx::query("UPDATE conversations SET history_visibility = $2 WHERE id = $1")
+                .bind(id)
+                .bind(visibility)
+        }
         Shared::RemoveMember { id, user } => {
             sqlx::query("DELETE FROM members WHERE conversation_id = $1 AND user_id = $2")
                 .bind(id)
@@ -1220,12 +1272,43 @@ pub struct TargetRow {
     pub deleted_at_ms: i64,
 }
 
-/// [`TARGET`] for the `n` seqs `$2..` (reply previews).
+/// [`TARGET`] for those of the `n` seqs `$3..` that user `$2` may read
+/// (reply previews, versions).
 pub fn targets_sql(n: usize) -> String {
     format!(
         "SELECT seq, kind, sender_id, body, created_at_ms, edit_count, edited_at_ms, deleted_at_ms
-         FROM messages WHERE conversation_id = $1 AND seq IN ({})",
-        params(2, n)
+         FROM messages x WHERE x.conversation_id = $1 AND x.seq IN ({}) AND {}",
+        params(3, n),
+        visible_in("x.seq", "$1", "$2"),
+    )
+}
+
+/// Whether user `user` may read the seq `seq` of conversation `conv`,
+/// whose `history_visibility` is `visibility` (all SQL expressions): the
+/// one rule of history visibility, for every read (history pages, reply
+/// previews, versions, the newest message of a listing, search). SHARED
+/// (1): every seq; SINCE_JOINED: the seqs of one of the user's spans.
+pub fn visible(seq: &str, conv: &str, visibility: &str, user: &str) -> String {
+    format!(
+        "({visibility} = 1 OR EXISTS (
+             SELECT 1 FROM member_spans s
+             WHERE s.conversation_id = {conv} AND s.user_id = {user}
+               AND {seq} >= s.from_seq AND {seq} <= s.to_seq))"
+    )
+}
+
+/// [`visible`] for seqs of the one conversation with id `conv` (a
+/// parameter): its visibility read once, and no seq before the user's
+/// first span considered, so a page that reaches back past it stops there
+/// instead of walking the seqs before.
+pub fn visible_in(seq: &str, conv: &str, user: &str) -> String {
+    let visibility =
+        format!("(SELECT vc.history_visibility FROM conversations vc WHERE vc.id = {conv})");
+    format!(
+        "{} AND {seq} >= (CASE WHEN {visibility} = 1 THEN 0 ELSE COALESCE(
+             (SELECT MIN(fs.from_seq) FROM member_spans fs
+              WHERE fs.conversation_id = {conv} AND fs.user_id = {user}), 9223372036854775807) END)",
+        visible(seq, conv, &visibility, user)
     )
 }
 
@@ -1347,10 +1430,12 @@ where
         .await?)
 }
 
-/// [`targets_sql`] for `seqs` of conversation `id`, from either store.
+/// [`targets_sql`] for those of `seqs` of conversation `id` that `caller`
+/// may read, from either store.
 pub async fn targets<'c, DB, E>(
     executor: E,
     id: &str,
+    caller: &str,
     seqs: &[u64],
 ) -> Result<Vec<TargetRow>, StoreError>
 where
@@ -1368,7 +1453,7 @@ where
     let q = seqs.iter().fold(
         // One statement a page's count of replies: not worth a place among
         // the prepared ones.
-        sqlx::query_as(&sql).persistent(false).bind(id),
+        sqlx::query_as(&sql).persistent(false).bind(id).bind(caller),
         |q, s| q.bind(i64::try_from(*s).unwrap_or(i64::MAX)),
     );
     Ok(q.fetch_all(executor).await?)

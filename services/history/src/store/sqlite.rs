@@ -163,8 +163,29 @@ impl Store for SqliteStore {
         rows::target(&self.pool, id, seq).await
     }
 
-    async fn targets(&self, id: &str, seqs: &[u64]) -> Result<Vec<rows::TargetRow>, StoreError> {
-        rows::targets(&self.pool, id, seqs).await
+    async fn targets(
+        &self,
+        id: &str,
+        caller: &str,
+        seqs: &[u64],
+    ) -> Result<Vec<rows::TargetRow>, StoreError> {
+        rows::targets(&self.pool, id, caller, seqs).await
+    }
+
+    /// The conversation's members, then the page (one writer commits
+    /// between the two at most; a member removed in between reads the page
+    /// it could read when it asked).
+    async fn member_history(
+        &self,
+        caller: &str,
+        page: Page<'_>,
+    ) -> Result<Option<MessagePage>, StoreError> {
+        match self.conversation(page.conversation_id).await? {
+            Some(c) if c.member_ids.iter().any(|m| m == caller) => {
+                Ok(Some(self.page(page, Some(caller)).await?))
+            }
+            _ => Ok(None),
+        }
     }
 
     async fn reactions(
@@ -181,17 +202,32 @@ impl Store for SqliteStore {
     }
 
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError> {
+        self.page(page, None).await
+    }
+}
+
+impl SqliteStore {
+    /// The messages of `page`, those `caller` may read when it is given
+    /// (see [`rows::visible_in`]).
+    async fn page(&self, page: Page<'_>, caller: Option<&str>) -> Result<MessagePage, StoreError> {
         let (conversation_id, cursor, limit) = (page.conversation_id, page.cursor, page.limit);
         let (cmp, order, bound) = keyset(cursor);
+        let visible = match caller {
+            Some(_) => format!("AND {}", rows::visible_in("x.seq", "$1", "$4")),
+            None => String::new(),
+        };
         let sql = format!(
-            "SELECT * FROM messages WHERE conversation_id = ?1 AND seq {cmp} ?2 ORDER BY seq {order} LIMIT ?3"
+            "SELECT * FROM messages x WHERE x.conversation_id = $1 AND x.seq {cmp} $2 {visible}
+             ORDER BY x.seq {order} LIMIT $3"
         );
-        let rows: Vec<MessageRow> = sqlx::query_as(&sql)
+        let mut q = sqlx::query_as::<_, MessageRow>(&sql)
             .bind(conversation_id)
             .bind(bound)
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(i64::from(limit) + 1);
+        if let Some(caller) = caller {
+            q = q.bind(caller);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         MessagePage::from_rows(rows, limit)
     }
 }
@@ -434,7 +470,7 @@ async fn load_conversation(
     id: &str,
 ) -> Result<Option<Conversation>, StoreError> {
     let Some(row) = sqlx::query_as::<_, ConversationRow>(
-        "SELECT id, kind, title, last_seq, created_at_ms FROM conversations WHERE id = ?1",
+        "SELECT id, kind, title, last_seq, created_at_ms, history_visibility FROM conversations WHERE id = ?1",
     )
     .bind(id)
     .fetch_optional(&mut *conn)

@@ -120,6 +120,7 @@ pub(super) async fn create_conversations(
                     ConversationKind::Direct
                 };
                 let req = CreateConversationRequest {
+                    history_visibility: 0,
                     kind: kind as i32,
                     title: format!("{} {j}", opts.run_id),
                     member_ids: m[1..].iter().map(|&k| clients[k].user.clone()).collect(),

@@ -7,6 +7,7 @@ mod reads;
 pub mod roles;
 mod sync;
 pub mod upgrade;
+mod visibility;
 
 pub use reads::read;
 
@@ -51,6 +52,7 @@ where
     changes::changes_are_refused_precisely_and_retried_safely(fresh().await).await;
     changes::folding_the_log_gives_the_history(fresh().await).await;
     roles::owners_and_admins_manage_a_group_that_always_keeps_an_owner(fresh().await).await;
+    visibility::since_joined_members_read_the_seqs_of_their_memberships(fresh().await).await;
 }
 
 fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {
@@ -82,6 +84,7 @@ pub fn create(conv: &str, actor: &str, kind: ConversationKind, members: &[&str])
             kind: kind as i32,
             title: "t".into(),
             member_ids,
+            history_visibility: 0,
         }),
     )
 }

@@ -30,7 +30,8 @@ pub fn retitle(conv: &str, actor: &str, title: &str) -> IngressRecord {
         conv,
         actor,
         Command::Update(UpdateCommand {
-            title: title.into(),
+            title: Some(title.into()),
+            history_visibility: 0,
         }),
     )
 }

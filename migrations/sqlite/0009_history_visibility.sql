@@ -1,0 +1,1 @@
+../postgres/0009_history_visibility.sql
