@@ -175,6 +175,53 @@ pub fn requests(data: &[u8]) {
         round_trip(&r);
         check_conversation_id(&r.conversation_id);
     }
+    if let Ok(r) = SetRoleRequest::decode(data) {
+        round_trip(&r);
+        let well_formed = conversation_id_ok(&r.conversation_id)
+            && user_id_ok(&r.user_id)
+            && (1..=3).contains(&r.role);
+        match validate::set_role(&r.conversation_id, &r.user_id, r.role) {
+            Ok(()) => assert!(well_formed, "accepted a bad SetRole"),
+            Err(e) => {
+                assert!(!well_formed, "refused a good SetRole: {e:?}");
+                invalid(&e);
+            }
+        }
+    }
+    if let Ok(r) = UpdateConversationRequest::decode(data) {
+        round_trip(&r);
+        let title_ok = r
+            .title
+            .as_deref()
+            .is_none_or(|t| t.len() <= MAX_TITLE_LEN && !t.contains('\0'));
+        let something = r.title.is_some() || r.history_visibility != 0;
+        let well_formed = conversation_id_ok(&r.conversation_id)
+            && title_ok
+            && something
+            && (0..=2).contains(&r.history_visibility);
+        match validate::update(&r.conversation_id, r.title.as_deref(), r.history_visibility) {
+            Ok(()) => assert!(well_formed, "accepted a bad update"),
+            Err(e) => {
+                assert!(!well_formed, "refused a good update: {e:?}");
+                invalid(&e);
+            }
+        }
+    }
+    if let Ok(r) = CreateConversationRequest::decode(data) {
+        // SHARED unless set; SINCE_JOINED for groups only.
+        if let Ok(kind) = ConversationKind::try_from(r.kind) {
+            match validate::visibility_of(kind, r.history_visibility) {
+                Ok(v) => assert!(
+                    v == 1 || (v == 2 && kind == ConversationKind::Group),
+                    "{v}"
+                ),
+                Err(e) => {
+                    assert!(r.history_visibility != 0 && r.history_visibility != 1);
+                    invalid(&e);
+                }
+            }
+        }
+    }
 }
 
 /// An edit, a delete or a reaction names a conversation, a seq and a retry

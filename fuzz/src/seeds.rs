@@ -124,6 +124,24 @@ pub fn requests() -> Vec<Seed> {
             .encode_to_vec(),
         ),
         (
+            "set-role",
+            SetRoleRequest {
+                conversation_id: "grp-1".into(),
+                user_id: "bob".into(),
+                role: Role::Admin as i32,
+            }
+            .encode_to_vec(),
+        ),
+        (
+            "update",
+            UpdateConversationRequest {
+                conversation_id: "grp-1".into(),
+                title: Some("renamed".into()),
+                history_visibility: HistoryVisibility::SinceJoined as i32,
+            }
+            .encode_to_vec(),
+        ),
+        (
             "edit-history",
             GetEditHistoryRequest {
                 conversation_id: "grp-1".into(),
