@@ -93,6 +93,7 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
         conversations: 10,
         rows_per_conversation: 2_000,
         page: 50,
+        first: 0,
         requests: 500,
         concurrency: 4,
     })
@@ -113,6 +114,50 @@ async fn history_pages_of_a_generated_table_are_read_through_the_gateway() {
     for c in &listed {
         assert_eq!((c.read_seq, c.unread_count), (1, 1_999), "{}", c.id);
     }
+    // Pages whose every message changed read as history shows an edited
+    // message with two reactions.
+    reads::change_every_message(&url, "bench-reader", 0, 5)
+        .await
+        .expect("change every message");
+    let page = reader
+        .history("bench-read-2", Some(100), None, 50)
+        .await
+        .expect("a changed page")
+        .messages;
+    assert_eq!(page.len(), 50);
+    for m in &page {
+        assert_eq!(m.edit_count, 1, "{m:?}");
+        assert!(m.body.ends_with(" (edited)"), "{m:?}");
+        let counts: Vec<(&str, u64, bool)> = m
+            .reactions
+            .iter()
+            .map(|r| (r.emoji.as_str(), r.count, r.reacted))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![("❤\u{fe0f}", 1, false), ("👍", 1, true)],
+            "{m:?}"
+        );
+    }
+    let versions = reader
+        .edit_history("bench-read-2", 50)
+        .await
+        .expect("versions");
+    assert_eq!(versions.versions.len(), 2);
+    let changed = reads::measure(&ReadOpts {
+        gateway: gateway.addr(),
+        secret: SECRET.into(),
+        reader: "bench-reader".into(),
+        conversations: 5,
+        rows_per_conversation: 2_000,
+        page: 50,
+        first: 0,
+        requests: 200,
+        concurrency: 2,
+    })
+    .await
+    .expect("measure changed pages");
+    assert!(changed.errors.is_empty(), "{changed:?}");
 
     gateway.stop("gateway").await;
     history.stop("history").await;

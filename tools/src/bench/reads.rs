@@ -40,7 +40,7 @@ const DROP_KEYS: &str = "ALTER TABLE messages DROP CONSTRAINT messages_conversat
 const REBUILD_KEYS: &str = "ALTER TABLE messages ADD PRIMARY KEY (conversation_id, seq);
     CREATE UNIQUE INDEX messages_dedupe
         ON messages (conversation_id, sender_id, client_msg_id)
-        WHERE kind = 1;
+        WHERE kind <> 2;
     ALTER TABLE messages ADD CONSTRAINT messages_conversation_id_fkey
         FOREIGN KEY (conversation_id) REFERENCES conversations (id)";
 
@@ -88,6 +88,10 @@ pub struct ReadOpts {
     pub rows_per_conversation: u64,
     /// Messages per page (`limit`).
     pub page: u32,
+    /// The first conversation read: pages come from conversations
+    /// `first ..first + conversations`.
+    #[serde(default)]
+    pub first: u64,
     /// Recorded requests.
     pub requests: u64,
     /// Concurrent callers, each with its own connection.
@@ -365,13 +369,17 @@ async fn run_phase(
     let mut tasks = Vec::with_capacity(clients.len());
     for (t, client) in clients.iter().enumerate() {
         let (mut client, auth, next) = (client.clone(), auth.clone(), next.clone());
-        let (conversations, rows, page) =
-            (opts.conversations, opts.rows_per_conversation, opts.page);
+        let (first, conversations, rows, page) = (
+            opts.first,
+            opts.conversations,
+            opts.rows_per_conversation,
+            opts.page,
+        );
         tasks.push(tokio::spawn(async move {
             let mut rng = XorShift::new(salt.wrapping_mul(1_000_003).wrapping_add(t as u64));
             let mut tally = Tally::default();
             while next.fetch_add(1, Ordering::Relaxed) < total {
-                let conv = conversation_id(rng.below(conversations));
+                let conv = conversation_id(first + rng.below(conversations));
                 let before = u64::from(page) + 1 + rng.below(rows - u64::from(page));
                 let mut req = tonic::Request::new(GetHistoryRequest {
                     conversation_id: conv,
@@ -428,6 +436,56 @@ pub(super) async fn gateway_client(addr: SocketAddr) -> Result<ChatClient<Channe
         .await
         .with_context(|| format!("connect to the gateway at {addr}"))?;
     Ok(ChatClient::new(channel))
+}
+
+/// Makes every TEXT message of generated conversations `first ..first +
+/// count` of `database_url` edited once (its original kept as version 0)
+/// and reacted to by both members (`reader` 👍, its writer ❤️), as
+/// history's edits and reactions leave a message: for `GetHistory` on
+/// pages whose every message changed. The EDIT and REACTION events that
+/// would have made these changes are not added: a page is read the same
+/// wherever the events are.
+pub async fn change_every_message(
+    database_url: &str,
+    reader: &str,
+    first: u64,
+    count: u64,
+) -> Result<()> {
+    let mut conn = PgConnection::connect(database_url)
+        .await
+        .context("connect to the generated database")?;
+    let ids: Vec<String> = (first..first + count).map(conversation_id).collect();
+    let writer = format!("{reader}.writer");
+    for sql in [
+        "INSERT INTO message_versions (conversation_id, seq, version, body, written_at_ms)
+         SELECT conversation_id, seq, 0, body, created_at_ms FROM messages
+         WHERE conversation_id = ANY($1) AND kind = 1",
+        "INSERT INTO reactions (conversation_id, seq, user_id, emoji, created_at_ms)
+         SELECT m.conversation_id, m.seq, r.user_id, r.emoji, m.created_at_ms + 2000
+         FROM messages m, (VALUES ($2, '👍'), ($3, '❤️')) AS r (user_id, emoji)
+         WHERE m.conversation_id = ANY($1) AND m.kind = 1",
+        "UPDATE messages SET body = body || ' (edited)', edit_count = 1,
+             edited_at_ms = created_at_ms + 1000, reaction_count = 2
+         WHERE conversation_id = ANY($1) AND kind = 1",
+        "ANALYZE messages",
+        "ANALYZE reactions",
+    ] {
+        let q = sqlx::query(sql);
+        let q = if sql.contains("$1") {
+            let q = q.bind(&ids);
+            if sql.contains("$2") {
+                q.bind(reader).bind(&writer)
+            } else {
+                q
+            }
+        } else {
+            q
+        };
+        q.execute(&mut conn)
+            .await
+            .with_context(|| format!("change every message: {sql}"))?;
+    }
+    Ok(())
 }
 
 /// Reads `requests` random pages (after [`WARMUP_REQUESTS`] unrecorded ones)

@@ -188,6 +188,10 @@ pub struct SuiteReport {
     pub history_reads: Option<ReadReport>,
     /// `GetHistory` from four clients at once: the same under load.
     pub history_reads_loaded: Option<ReadReport>,
+    /// `GetHistory` from one client, interleaved: (plain pages, pages
+    /// whose every message was edited and reacted to), twice.
+    #[serde(default)]
+    pub history_reads_changed: Vec<(ReadReport, ReadReport)>,
     /// `ListConversations`, first page, with every conversation as far
     /// behind as generated.
     pub inbox_behind: Option<InboxReport>,
@@ -393,6 +397,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
                 conversations: opts.history_conversations,
                 rows_per_conversation: opts.history_rows / opts.history_conversations.max(1),
                 page: 50,
+                first: 0,
                 requests: opts.history_requests,
                 concurrency,
             })
@@ -404,6 +409,34 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
                 report.history_reads_loaded = Some(r);
             }
         }
+        // Pages whose every message was edited and reacted to, against
+        // plain pages read in the same way right before and after (the
+        // machine's speed drifts): the conversations of the first half are
+        // changed, the plain ones are the second half's.
+        let half = (opts.history_conversations / 2).max(1);
+        step(&format!(
+            "GetHistory on pages whose every message was edited and reacted to ({half} conversations)"
+        ));
+        reads::change_every_message(&database_url, &reader, 0, half).await?;
+        let read = |first: u64| ReadOpts {
+            gateway,
+            secret: SECRET.into(),
+            reader: reader.clone(),
+            conversations: half,
+            rows_per_conversation: opts.history_rows / opts.history_conversations.max(1),
+            page: 50,
+            first,
+            requests: opts.history_requests,
+            concurrency: 1,
+        };
+        let mut pairs = Vec::new();
+        for _ in 0..2 {
+            let plain = reads::measure(&read(half)).await?;
+            let changed = reads::measure(&read(0)).await?;
+            eprintln!("plain {plain:?}\nchanged {changed:?}");
+            pairs.push((plain, changed));
+        }
+        report.history_reads_changed = pairs;
         for unread in [None, Some(10)] {
             step(&format!(
                 "ListConversations through the gateway, {} unread each",

@@ -88,6 +88,13 @@ pub fn table(r: &SuiteReport) -> String {
             h.latency.brief()
         ));
     }
+    for (plain, changed) in &r.history_reads_changed {
+        s.push_str(&format!(
+            "GetHistory, plain pages: {}; every message edited and reacted to: {}\n",
+            plain.latency.brief(),
+            changed.latency.brief()
+        ));
+    }
     for i in r.inbox_behind.iter().chain(&r.inbox_near) {
         s.push_str(&format!(
             "ListConversations, first page of {}, {}+ unread each: {} calls: {:.0}/s, {}\n",

@@ -146,6 +146,37 @@ pub(super) fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
             met: reads.latency.p99_us <= 2_000 && table.rows >= 10_000_000,
         });
     }
+    if !r.history_reads_changed.is_empty() {
+        let p99 = |x: &super::ReadReport| x.latency.p99_us as f64 / 1000.0;
+        let mut plain: Vec<f64> = r
+            .history_reads_changed
+            .iter()
+            .map(|(p, _)| p99(p))
+            .collect();
+        let mut changed: Vec<f64> = r
+            .history_reads_changed
+            .iter()
+            .map(|(_, c)| p99(c))
+            .collect();
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            (v[(v.len() - 1) / 2] + v[v.len() / 2]) / 2.0
+        };
+        let (plain, changed) = (median(&mut plain), median(&mut changed));
+        let ratio = changed / plain.max(1e-9);
+        t.push(Target {
+            name: "GetHistory, every message edited and reacted to".into(),
+            goal: "p99 within 1.5x of a plain page's, same run".into(),
+            measured: format!(
+                "p99 {changed:.2} ms against {plain:.2} ms ({ratio:.2}x; medians of {} interleaved pairs)",
+                r.history_reads_changed.len()
+            ),
+            met: ratio <= 1.5
+                && r.history_reads_changed
+                    .iter()
+                    .all(|(p, c)| p.errors.is_empty() && c.errors.is_empty()),
+        });
+    }
     if let (Some(behind), Some(near), Some(table)) =
         (&r.inbox_behind, &r.inbox_near, &r.history_table)
     {
