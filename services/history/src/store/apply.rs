@@ -5,8 +5,8 @@
 
 use super::decide::ops::{self, Asked, Op, OpFacts, OpWrite, ReactionFacts, What};
 use super::decide::reads::{self, Read, ReadFacts};
-use super::decide::{self, Change, Run, SendFacts, SendRecord, Step};
-use super::rows::{self, ChangeStamp, Shared, TargetRow};
+use super::decide::{self, Change, ReplyFacts, Run, SendFacts, SendRecord, Step};
+use super::rows::{ChangeStamp, Shared, TargetRow};
 use super::StoreError;
 use async_trait::async_trait;
 use confab_core::validate::SizeLimits;
@@ -72,12 +72,13 @@ pub trait BatchTx: Send {
     /// Moves each sender's read position to its newest new message, given
     /// as (conversation, sender, seq), in one statement.
     async fn sender_reads(&mut self, reads: &[(&str, &str, u64)]) -> Result<(), StoreError>;
-    /// The messages at these (conversation, seq) pairs that exist (the
-    /// targets of a run's replies), each with its conversation.
+    /// What the run's replies, as (conversation, seq, replier), need to
+    /// know (see [`rows::reply_facts_sql`]); one per triple whose
+    /// conversation exists.
     async fn reply_targets(
         &mut self,
-        pairs: &[(&str, u64)],
-    ) -> Result<Vec<(String, TargetRow)>, StoreError>;
+        replies: &[(&str, u64, &str)],
+    ) -> Result<Vec<ReplyFacts>, StoreError>;
     /// The message at `seq` of conversation `id` (see [`rows::TARGET`]).
     async fn target(&mut self, id: &str, seq: u64) -> Result<Option<TargetRow>, StoreError>;
     /// The reactions to the message at `seq` of conversation `id` as a
@@ -180,9 +181,15 @@ async fn sends(
     }
     let replies = decide::reply_targets(run, &facts.last_seqs, &facts.originals);
     if !replies.is_empty() {
-        for (conv, target) in tx.reply_targets(&replies).await? {
-            let seq = rows::seq_from(target.seq)?;
-            facts.reply_targets.insert((conv, seq), target);
+        for found in tx.reply_targets(&replies).await? {
+            if found.since_joined {
+                facts.since_joined.insert(found.conversation_id.clone());
+            }
+            if let Some(target) = found.target {
+                facts
+                    .reply_targets
+                    .insert((found.conversation_id, found.seq, found.replier), target);
+            }
         }
     }
     let decided = decide::sends(run, &facts, now);

@@ -87,8 +87,29 @@ pub struct SendFacts {
     /// The (conversation, user) pairs of [`member_pairs`] that are members.
     pub members: HashSet<(String, String)>,
     /// The stored messages that sends of the run reply to (see
-    /// [`reply_targets`]), by (conversation, seq).
-    pub reply_targets: HashMap<(String, u64), TargetRow>,
+    /// [`reply_targets`]), by (conversation, seq, replier), each with
+    /// whether the replier may read it (see `rows::visible`).
+    pub reply_targets: HashMap<(String, u64, String), (TargetRow, bool)>,
+    /// The conversations of the run's replies that are SINCE_JOINED: their
+    /// replies carry no preview on the stream (members who may not read the
+    /// target get them too); `GetHistory` shows it to those who may.
+    pub since_joined: HashSet<String>,
+}
+
+/// What the store finds for one (conversation, seq, replier) of
+/// [`reply_targets`].
+#[derive(Debug, Clone)]
+pub struct ReplyFacts {
+    /// The conversation.
+    pub conversation_id: String,
+    /// The seq replied to.
+    pub seq: u64,
+    /// Who replies.
+    pub replier: String,
+    /// The conversation is SINCE_JOINED.
+    pub since_joined: bool,
+    /// The message at `seq`, if stored, and whether `replier` may read it.
+    pub target: Option<(TargetRow, bool)>,
 }
 
 /// The distinct conversations of a run's storable sends, sorted (the order
@@ -133,24 +154,29 @@ pub fn member_pairs<'a>(
     )
 }
 
-/// The stored messages that a run's sends reply to, as (conversation,
-/// seq), given what [`SendFacts`] holds so far: replies to stored seqs of
-/// existing conversations that repeat no stored send.
+/// What a run's replies need looked up, as (conversation, seq, replier),
+/// given what [`SendFacts`] holds so far: replies in existing
+/// conversations that repeat no stored send (the seq may be one new in
+/// the run: then only the conversation's visibility is found).
 pub fn reply_targets<'a>(
     run: &[SendRecord<'a>],
     last_seqs: &HashMap<String, u64>,
     originals: &HashMap<Key, Message>,
-) -> Vec<(&'a str, u64)> {
+) -> Vec<(&'a str, u64, &'a str)> {
     distinct(
         run,
         |rec, send| {
             send.reply_to_seq > 0
-                && last_seqs
-                    .get(&rec.conversation_id)
-                    .is_some_and(|last| send.reply_to_seq <= *last)
+                && last_seqs.contains_key(&rec.conversation_id)
                 && !originals.contains_key(&key(rec, send))
         },
-        |rec, send| (rec.conversation_id.as_str(), send.reply_to_seq),
+        |rec, send| {
+            (
+                rec.conversation_id.as_str(),
+                send.reply_to_seq,
+                rec.actor_id.as_str(),
+            )
+        },
     )
 }
 
@@ -250,18 +276,30 @@ pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSend
             0 => None,
             to => {
                 let head = heads.get(conv_id).copied().unwrap_or(stored_last);
+                let stored = facts.reply_targets.get(&(
+                    rec.conversation_id.clone(),
+                    to,
+                    rec.actor_id.clone(),
+                ));
+                if let Some((_, false)) = stored {
+                    plans.push(Plan::Done(Box::new(refused(
+                        rec,
+                        ChatError::InvalidArgument(format!(
+                            "reply_to_seq {to} of conversation {conv_id} is not a message you may read \
+                             (the conversation shows members the history from when they joined)"
+                        )),
+                    ))));
+                    continue;
+                }
                 let target = if to <= stored_last {
-                    facts
-                        .reply_targets
-                        .get(&(rec.conversation_id.clone(), to))
-                        .map(|t| {
-                            (
-                                t.kind,
-                                t.sender_id.as_str(),
-                                t.body.as_str(),
-                                t.deleted_at_ms != 0,
-                            )
-                        })
+                    stored.map(|(t, _)| {
+                        (
+                            t.kind,
+                            t.sender_id.as_str(),
+                            t.body.as_str(),
+                            t.deleted_at_ms != 0,
+                        )
+                    })
                 } else if to <= head {
                     // A message new in this run.
                     new.iter()
@@ -271,6 +309,7 @@ pub fn sends(run: &[SendRecord<'_>], facts: &SendFacts, now: i64) -> DecidedSend
                     None
                 };
                 match reply_preview(conv_id, to, head, target) {
+                    Ok(_) if facts.since_joined.contains(conv_id) => None,
                     Ok(preview) => Some(preview),
                     Err(err) => {
                         plans.push(Plan::Done(Box::new(refused(rec, err))));

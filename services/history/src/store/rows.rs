@@ -1272,6 +1272,58 @@ pub struct TargetRow {
     pub deleted_at_ms: i64,
 }
 
+/// What a run's replies need, for (conversation, seq, replier) triples
+/// bound as `source` (a row source with those columns, aliased `k`: an
+/// `UNNEST` or a `VALUES` list): the conversation's visibility, and the
+/// message at the seq (NULL columns if not stored yet) with whether the
+/// replier may read it.
+pub fn reply_facts_sql(source: &str) -> String {
+    format!(
+        "SELECT k.conversation_id AS target_conversation, k.seq AS asked_seq, k.replier,
+                c.history_visibility, x.seq, x.kind, x.sender_id, x.body, x.created_at_ms,
+                x.edit_count, x.edited_at_ms, x.deleted_at_ms, {} AS readable
+         FROM {source}
+         JOIN conversations c ON c.id = k.conversation_id
+         LEFT JOIN messages x ON x.conversation_id = k.conversation_id AND x.seq = k.seq",
+        visible(
+            "k.seq",
+            "k.conversation_id",
+            "c.history_visibility",
+            "k.replier"
+        )
+    )
+}
+
+/// A row of [`reply_facts_sql`].
+pub fn reply_facts<'r, R>(row: &'r R) -> Result<super::decide::ReplyFacts, StoreError>
+where
+    R: sqlx::Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    TargetRow: sqlx::FromRow<'r, R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let stored: Option<i64> = row.try_get("seq")?;
+    let target = match stored {
+        Some(_) => Some((
+            <TargetRow as sqlx::FromRow<'r, R>>::from_row(row)?,
+            row.try_get("readable")?,
+        )),
+        None => None,
+    };
+    let visibility: i32 = row.try_get("history_visibility")?;
+    Ok(super::decide::ReplyFacts {
+        conversation_id: row.try_get("target_conversation")?,
+        seq: seq_from(row.try_get("asked_seq")?)?,
+        replier: row.try_get("replier")?,
+        since_joined: visibility == confab_proto::v1::HistoryVisibility::SinceJoined as i32,
+        target,
+    })
+}
+
 /// [`TARGET`] for those of the `n` seqs `$3..` that user `$2` may read
 /// (reply previews, versions).
 pub fn targets_sql(n: usize) -> String {

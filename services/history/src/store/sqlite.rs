@@ -6,6 +6,7 @@
 
 use super::apply::{self, BatchTx, FactsOfRead};
 use super::decide::ops::ReactionFacts;
+use super::decide::ReplyFacts;
 use super::rows::{self, ChangeStamp, ConversationRow, CursorParam, MessageRow, Shared, TargetRow};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
@@ -13,7 +14,6 @@ use confab_core::validate::{Page, SizeLimits};
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord, PresenceUpdate};
 use confab_proto::v1::{Conversation, Message};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow as _, Row as _};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 use std::collections::HashMap;
 use std::path::Path;
@@ -395,29 +395,19 @@ impl BatchTx for Tx {
 
     async fn reply_targets(
         &mut self,
-        pairs: &[(&str, u64)],
-    ) -> Result<Vec<(String, TargetRow)>, StoreError> {
-        let sql = format!(
-            "SELECT k.column1 AS target_conversation, x.seq, x.kind, x.sender_id, x.body,
-                    x.created_at_ms, x.edit_count, x.edited_at_ms, x.deleted_at_ms
-             FROM (VALUES {}) AS k
-             JOIN messages x ON x.conversation_id = k.column1 AND x.seq = k.column2",
-            placeholders(pairs.len(), 2)
+        replies: &[(&str, u64, &str)],
+    ) -> Result<Vec<ReplyFacts>, StoreError> {
+        let source = format!(
+            "(SELECT column1 AS conversation_id, column2 AS seq, column3 AS replier FROM (VALUES {})) AS k",
+            placeholders(replies.len(), 3)
         );
+        let sql = rows::reply_facts_sql(&source);
         let mut q = sqlx::query(&sql);
-        for &(c, seq) in pairs {
-            q = q.bind(c).bind(seq as i64);
+        for &(c, seq, replier) in replies {
+            q = q.bind(c).bind(seq as i64).bind(replier);
         }
         let found = q.fetch_all(&mut **self).await?;
-        found
-            .iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("target_conversation")?,
-                    TargetRow::from_row(row)?,
-                ))
-            })
-            .collect()
+        found.iter().map(rows::reply_facts).collect()
     }
 
     async fn target(&mut self, id: &str, seq: u64) -> Result<Option<TargetRow>, StoreError> {

@@ -85,7 +85,19 @@ pub async fn since_joined_members_read_the_seqs_of_their_memberships(store: Arc<
 
     // A reply to a message before she joined shows her no preview, and
     // its versions are not hers to read.
-    apply(&store, vec![reply("v", "alice", "m3", "as I said", 2)]).await;
+    let out = apply(
+        &store,
+        vec![
+            reply("v", "alice", "m3", "as I said", 2),
+            // carol cannot reply to what she may not read.
+            reply("v", "carol", "c1", "what did you say?", 2),
+        ],
+    )
+    .await;
+    // The stream goes to carol too: no preview on it in SINCE_JOINED.
+    assert_eq!(out[0].events[0].reply_to_seq, 2);
+    assert_eq!(out[0].events[0].reply_to, None);
+    assert_eq!(super::code_of(&out[1]), Code::InvalidArgument);
     let page = reader
         .get_history(
             "carol",

@@ -14,6 +14,7 @@ fn facts(last: &[(&str, u64)], members: &[(&str, &str)]) -> SendFacts {
             .map(|(c, u)| (c.to_string(), u.to_string()))
             .collect(),
         reply_targets: HashMap::new(),
+        since_joined: HashSet::new(),
     }
 }
 

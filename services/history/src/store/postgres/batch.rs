@@ -4,13 +4,13 @@
 use super::{load_conversation, prefixed, Tx};
 use crate::store::apply::{BatchTx, FactsOfRead};
 use crate::store::decide::ops::ReactionFacts;
+use crate::store::decide::ReplyFacts;
 use crate::store::rows::TargetRow;
 use crate::store::rows::{self, ChangeStamp, MessageRow, Shared, MESSAGE_COLUMNS};
 use crate::store::StoreError;
 use async_trait::async_trait;
 use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::PgRow;
-use sqlx::{FromRow as _, Row as _};
 use std::collections::HashMap;
 
 // Per-run plans: the statements that look a batch's arrays up in
@@ -211,27 +211,19 @@ impl BatchTx for Tx {
 
     async fn reply_targets(
         &mut self,
-        pairs: &[(&str, u64)],
-    ) -> Result<Vec<(String, TargetRow)>, StoreError> {
-        let rows: Vec<PgRow> = sqlx::query(
-            "SELECT k.conversation_id AS target_conversation, x.seq, x.kind, x.sender_id, x.body,
-                    x.created_at_ms, x.edit_count, x.edited_at_ms, x.deleted_at_ms
-             FROM UNNEST($1::text[], $2::bigint[]) AS k (conversation_id, seq)
-             JOIN messages x ON x.conversation_id = k.conversation_id AND x.seq = k.seq",
-        )
-        .persistent(false) // planned per run: see above
-        .bind(pairs.iter().map(|p| p.0).collect::<Vec<_>>())
-        .bind(pairs.iter().map(|p| p.1 as i64).collect::<Vec<_>>())
-        .fetch_all(&mut **self)
-        .await?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    row.try_get("target_conversation")?,
-                    TargetRow::from_row(row)?,
-                ))
-            })
-            .collect()
+        replies: &[(&str, u64, &str)],
+    ) -> Result<Vec<ReplyFacts>, StoreError> {
+        let sql = rows::reply_facts_sql(
+            "UNNEST($1::text[], $2::bigint[], $3::text[]) AS k (conversation_id, seq, replier)",
+        );
+        let found: Vec<PgRow> = sqlx::query(&sql)
+            .persistent(false) // planned per run: see above
+            .bind(replies.iter().map(|r| r.0).collect::<Vec<_>>())
+            .bind(replies.iter().map(|r| r.1 as i64).collect::<Vec<_>>())
+            .bind(replies.iter().map(|r| r.2).collect::<Vec<_>>())
+            .fetch_all(&mut **self)
+            .await?;
+        found.iter().map(rows::reply_facts).collect()
     }
 
     async fn target(&mut self, id: &str, seq: u64) -> Result<Option<TargetRow>, StoreError> {
