@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod opaque;
 pub mod presence;
 pub mod seams;
+pub mod search;
 pub mod sync_cursor;
 pub mod time;
 pub mod validate;
