@@ -1018,14 +1018,6 @@ impl confab_history::Store for Overlap {
         self.inner.history(page).await
     }
 
-    async fn target(
-        &self,
-        id: &str,
-        seq: u64,
-    ) -> Result<Option<confab_history::store::rows::TargetRow>, confab_history::StoreError> {
-        self.inner.target(id, seq).await
-    }
-
     async fn targets(
         &self,
         id: &str,

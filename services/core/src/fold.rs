@@ -11,6 +11,21 @@ use crate::validate::preview;
 use confab_proto::v1::{Message, MessageKind, ReactionCount, ReplyPreview, Tombstone};
 use std::collections::BTreeMap;
 
+/// What a reply shows of the message it replies to, from that message's
+/// sender and current body: the start of the body, or that it was deleted
+/// (its body is gone). History and clients build previews with this.
+pub fn preview_of(sender_id: &str, body: &str, deleted: bool) -> ReplyPreview {
+    ReplyPreview {
+        sender_id: sender_id.to_string(),
+        body: if deleted {
+            String::new()
+        } else {
+            preview(body)
+        },
+        deleted,
+    }
+}
+
 /// A conversation's messages as `me` sees them, by seq.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct View {

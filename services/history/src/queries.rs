@@ -9,6 +9,7 @@ use crate::store::timestamp;
 use crate::store::{Listing, Store};
 use async_trait::async_trait;
 use confab_core::error::ChatError;
+use confab_core::fold::preview_of;
 use confab_core::seams::HistoryApi;
 use confab_core::validate;
 use confab_proto::internal::v1::PresenceUpdate;
@@ -16,7 +17,7 @@ use confab_proto::v1::{
     Conversation, GetEditHistoryRequest, GetEditHistoryResponse, GetHistoryRequest,
     GetHistoryResponse, GetPresenceRequest, GetPresenceResponse, ListConversationsRequest,
     ListConversationsResponse, Message, MessageKind, MessageVersion, Presence, ReactionCount,
-    ReplyPreview, SyncRequest, SyncResponse,
+    SyncRequest, SyncResponse,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -86,18 +87,9 @@ impl LocalHistory {
                 .filter_map(|t| Some((u64::try_from(t.seq).ok()?, t)))
                 .collect();
             for m in messages.iter_mut().filter(|m| m.reply_to_seq > 0) {
-                m.reply_to = targets.get(&m.reply_to_seq).map(|t| {
-                    let deleted = t.deleted_at_ms != 0;
-                    ReplyPreview {
-                        sender_id: t.sender_id.clone(),
-                        body: if deleted {
-                            String::new()
-                        } else {
-                            validate::preview(&t.body)
-                        },
-                        deleted,
-                    }
-                });
+                m.reply_to = targets
+                    .get(&m.reply_to_seq)
+                    .map(|t| preview_of(&t.sender_id, &t.body, t.deleted_at_ms != 0));
             }
         }
         let (Some(first), Some(last)) = (reacted.iter().min(), reacted.iter().max()) else {

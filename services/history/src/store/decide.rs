@@ -363,15 +363,7 @@ fn reply_preview(
             ops::kind_name(kind)
         )));
     }
-    Ok(ReplyPreview {
-        sender_id: sender.to_string(),
-        body: if deleted {
-            String::new()
-        } else {
-            confab_core::validate::preview(body)
-        },
-        deleted,
-    })
+    Ok(confab_core::fold::preview_of(sender, body, deleted))
 }
 
 impl DecidedSends {

@@ -182,8 +182,6 @@ pub trait Store: Send + Sync + 'static {
     }
     /// The messages of `page`, and whether more exist past them.
     async fn history(&self, page: Page<'_>) -> Result<MessagePage, StoreError>;
-    /// The message at `seq` of conversation `id` (see [`rows::TARGET`]).
-    async fn target(&self, id: &str, seq: u64) -> Result<Option<rows::TargetRow>, StoreError>;
     /// The messages at `seqs` of conversation `id` that exist and that
     /// `caller` may read (the targets of a page's replies).
     async fn targets(

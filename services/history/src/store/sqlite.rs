@@ -159,10 +159,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn target(&self, id: &str, seq: u64) -> Result<Option<rows::TargetRow>, StoreError> {
-        rows::target(&self.pool, id, seq).await
-    }
-
     async fn targets(
         &self,
         id: &str,
