@@ -1051,6 +1051,13 @@ impl confab_history::Store for Overlap {
     ) -> Result<Vec<confab_history::store::rows::VersionRow>, confab_history::StoreError> {
         self.inner.versions(id, seq).await
     }
+
+    async fn search(
+        &self,
+        query: &confab_history::store::search::SearchQuery<'_>,
+    ) -> Result<Vec<confab_history::store::search::SearchRow>, confab_history::StoreError> {
+        self.inner.search(query).await
+    }
 }
 
 /// A backlog on two partitions, more than one partition's run of records

@@ -334,6 +334,13 @@ mod tests {
         ) -> Result<confab_proto::v1::GetEditHistoryResponse, ChatError> {
             unused()
         }
+        async fn search_messages(
+            &self,
+            _: &str,
+            _: confab_proto::v1::SearchMessagesRequest,
+        ) -> Result<confab_proto::v1::SearchMessagesResponse, ChatError> {
+            unused()
+        }
         async fn direct_partners(&self, user: &str) -> Result<Vec<String>, ChatError> {
             let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.most_in_flight.fetch_max(now, Ordering::SeqCst);

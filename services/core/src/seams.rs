@@ -10,7 +10,8 @@ use confab_proto::prost::Message as _;
 use confab_proto::v1::{
     Conversation, GetEditHistoryRequest, GetEditHistoryResponse, GetHistoryRequest,
     GetHistoryResponse, GetPresenceRequest, GetPresenceResponse, ListConversationsRequest,
-    ListConversationsResponse, Message, Receipt, SyncRequest, SyncResponse, Typing,
+    ListConversationsResponse, Message, Receipt, SearchMessagesRequest, SearchMessagesResponse,
+    SyncRequest, SyncResponse, Typing,
 };
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -74,6 +75,12 @@ pub trait HistoryApi: Send + Sync + 'static {
         caller: &str,
         req: GetEditHistoryRequest,
     ) -> Result<GetEditHistoryResponse, ChatError>;
+    /// `caller`'s full-text search over what it may read.
+    async fn search_messages(
+        &self,
+        caller: &str,
+        req: SearchMessagesRequest,
+    ) -> Result<SearchMessagesResponse, ChatError>;
 }
 
 /// A sequenced message on its way to sessions, with what travels along it.

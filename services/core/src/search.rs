@@ -196,14 +196,41 @@ fn hits(toks: &[Token], term: &Term) -> Vec<(usize, usize)> {
     }
 }
 
-/// At most `max_chars` characters of `text` around its first match of
-/// `terms`, each match wrapped in `open` and `close`, with "…" where text
-/// was left out.
-pub fn snippet(text: &str, terms: &[Term], max_chars: usize, open: &str, close: &str) -> String {
-    let toks = tokens(text);
+/// A short part of a message around its first match, and where the
+/// matches are in it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Snippet {
+    /// The text, with "…" where text was left out.
+    pub text: String,
+    /// The matches, as [start, end) offsets in characters of `text`, in
+    /// order.
+    pub marks: Vec<(u32, u32)>,
+}
+
+impl Snippet {
+    /// `text` with each match wrapped in `open` and `close` (for people
+    /// reading it).
+    pub fn marked(&self, open: &str, close: &str) -> String {
+        let mut out = String::with_capacity(self.text.len());
+        for (i, ch) in self.text.chars().enumerate() {
+            let i = i as u32;
+            if self.marks.iter().any(|m| m.0 == i) {
+                out.push_str(open);
+            }
+            out.push(ch);
+            if self.marks.iter().any(|m| m.1 == i + 1) {
+                out.push_str(close);
+            }
+        }
+        out
+    }
+}
+
+/// The byte ranges of `text` that match `terms`, merged and in order.
+fn matched_spans(text: &str, toks: &[Token], terms: &[Term]) -> Vec<(usize, usize)> {
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for term in terms {
-        for (first, last) in hits(&toks, term) {
+        for (first, last) in hits(toks, term) {
             let start = toks[first].start;
             let end = match term {
                 // Only the character asked for.
@@ -221,32 +248,65 @@ pub fn snippet(text: &str, terms: &[Term], max_chars: usize, open: &str, close: 
             _ => merged.push((s, e)),
         }
     }
-    // Start up to a third of the window before the first match.
+    merged
+}
+
+/// At most `max_chars` characters of `text` around its first match of
+/// `terms` (starting up to a third of the window before it), with "…"
+/// where text was left out, and where the matches are in it.
+pub fn snippet(text: &str, terms: &[Term], max_chars: usize) -> Snippet {
+    let toks = tokens(text);
+    let merged = matched_spans(text, &toks, terms);
     let first = merged.first().map_or(0, |m| m.0);
     let before: Vec<usize> = text[..first].char_indices().map(|(i, _)| i).collect();
     let from = before
         .len()
         .checked_sub(max_chars / 3)
         .map_or(0, |skip| before[skip]);
-    let mut out = String::new();
+    let mut out = Snippet::default();
     if from > 0 {
-        out.push('…');
+        out.text.push('…');
     }
-    for (n, (i, ch)) in text[from..].char_indices().enumerate() {
+    let mut n = out.text.chars().count() as u32;
+    let mut open: Option<u32> = None;
+    for (taken, (i, ch)) in text[from..].char_indices().enumerate() {
         let at = from + i;
-        if n == max_chars {
-            out.push('…');
+        if taken == max_chars {
+            out.text.push('…');
             break;
         }
         if merged.iter().any(|m| m.0 == at) {
-            out.push_str(open);
+            open = Some(n);
         }
-        out.push(ch);
+        out.text.push(ch);
+        n += 1;
         if merged.iter().any(|m| m.1 == at + ch.len_utf8()) {
-            out.push_str(close);
+            if let Some(start) = open.take() {
+                out.marks.push((start, n));
+            }
         }
     }
+    if let Some(start) = open {
+        // A match cut off by the end of the window.
+        out.marks.push((start, n));
+    }
     out
+}
+
+/// How much of `text` matches `terms`, in (0, 1] when it matches: the
+/// share of its words (as [`tokens`] counts them) inside a match.
+pub fn rank(text: &str, terms: &[Term]) -> f32 {
+    let toks = tokens(text);
+    if toks.is_empty() {
+        return 0.0;
+    }
+    let mut hit = vec![false; toks.len()];
+    for term in terms {
+        for (first, last) in hits(&toks, term) {
+            hit[first..=last].iter_mut().for_each(|h| *h = true);
+        }
+    }
+    hit.iter().filter(|h| **h).count() as f32 / toks.len() as f32
 }
 
 #[cfg(test)]
@@ -308,18 +368,41 @@ mod tests {
     #[test]
     fn snippets_mark_what_matched() {
         let q = terms("東京");
-        assert_eq!(
-            snippet("明日は東京で会議", &q, 40, "[", "]"),
-            "明日は[東京]で会議"
-        );
+        let s = snippet("明日は東京で会議", &q, 40);
+        assert_eq!(s.text, "明日は東京で会議");
+        assert_eq!(s.marks, [(3, 5)], "characters, not bytes");
+        assert_eq!(s.marked("[", "]"), "明日は[東京]で会議");
         let q = terms("report");
         let long = format!("{} the report {}", "word ".repeat(30), "more ".repeat(30));
-        let s = snippet(&long, &q, 30, "<b>", "</b>");
-        assert!(s.starts_with('…') && s.ends_with('…'), "{s}");
-        assert!(s.contains("<b>report</b>"), "{s}");
+        let s = snippet(&long, &q, 30);
+        assert!(s.text.starts_with('…') && s.text.ends_with('…'), "{s:?}");
+        assert!(s.marked("<b>", "</b>").contains("<b>report</b>"), "{s:?}");
+        assert_eq!(s.text.chars().filter(|c| *c != '…').count(), 30);
+        let (a, b) = s.marks[0];
+        let marked: String = s
+            .text
+            .chars()
+            .skip(a as usize)
+            .take((b - a) as usize)
+            .collect();
+        assert_eq!(marked, "report");
+        let q = terms("猫 lunch");
         assert_eq!(
-            s.chars().filter(|c| *c != '…').count(),
-            30 + "<b></b>".len()
+            snippet("Lunch with 子猫 and LUNCH", &q, 40).marked("[", "]"),
+            "[Lunch] with 子[猫] and [LUNCH]",
+            "a one-character query marks only that character"
         );
+    }
+
+    #[test]
+    fn rank_is_the_share_of_words_that_match() {
+        let q = terms("report");
+        assert_eq!(rank("report", &q), 1.0);
+        assert_eq!(rank("the report is late", &q), 0.25);
+        assert_eq!(rank("nothing here", &q), 0.0);
+        assert_eq!(rank("", &q), 0.0);
+        let q = terms("東京");
+        // A shorter message that holds the words ranks higher.
+        assert!(rank("東京", &q) > rank("明日は東京で会議", &q));
     }
 }

@@ -467,6 +467,49 @@ pub fn sync_page(limit: u32) -> u32 {
     page_size(limit, DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)
 }
 
+/// Longest search query, in characters.
+pub const MAX_SEARCH_QUERY_CHARS: usize = 256;
+/// Most words (and CJK runs) in a search query.
+pub const MAX_SEARCH_TERMS: usize = 16;
+/// Hits per search page when the request leaves it 0.
+pub const DEFAULT_SEARCH_PAGE: u32 = 20;
+/// Most hits per search page.
+pub const MAX_SEARCH_PAGE: u32 = 100;
+
+/// Checks a search query and returns what to find: INVALID_ARGUMENT for
+/// one that is empty, too long, or has no letters or digits to find.
+pub fn search_query(query: &str) -> Result<Vec<crate::search::Term>, ChatError> {
+    if query.trim().is_empty() {
+        return Err(ChatError::InvalidArgument(
+            "query is required: the words to find".into(),
+        ));
+    }
+    let chars = query.chars().count();
+    if chars > MAX_SEARCH_QUERY_CHARS {
+        return Err(ChatError::InvalidArgument(format!(
+            "query is {chars} characters long; the limit is {MAX_SEARCH_QUERY_CHARS}"
+        )));
+    }
+    let terms = crate::search::terms(query);
+    if terms.is_empty() {
+        return Err(ChatError::InvalidArgument(
+            "query has no words to find: give letters or digits (punctuation and emoji are not indexed)".into(),
+        ));
+    }
+    if terms.len() > MAX_SEARCH_TERMS {
+        return Err(ChatError::InvalidArgument(format!(
+            "query has {} words; the limit is {MAX_SEARCH_TERMS}",
+            terms.len()
+        )));
+    }
+    Ok(terms)
+}
+
+/// The hits per search page for a requested `limit` (0: the default).
+pub fn search_page(limit: u32) -> u32 {
+    page_size(limit, DEFAULT_SEARCH_PAGE, MAX_SEARCH_PAGE)
+}
+
 /// Checks a history request and returns the page it asks for, with the
 /// effective limit.
 pub fn history_page(

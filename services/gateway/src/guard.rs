@@ -59,7 +59,7 @@ pub enum Admission {
 /// | `SendMessage`, `EditMessage`, `DeleteMessage`, `React` | a message (`CONFAB_RATE_MESSAGES_PER_SEC`, burst `CONFAB_RATE_MESSAGES_BURST`): each takes a seq |
 /// | `CreateConversation` | a conversation (`CONFAB_RATE_CONVERSATIONS_PER_MIN`) |
 /// | `MarkRead` | a read position (`CONFAB_RATE_READS_PER_SEC`, burst twice that) |
-/// | `AddMembers`, `RemoveMember`, `SetRole`, `UpdateConversation`, `ListConversations`, `GetConversation`, `GetHistory`, `Sync`, `GetPresence`, `GetEditHistory` | nothing beyond a valid token |
+/// | `AddMembers`, `RemoveMember`, `SetRole`, `UpdateConversation`, `ListConversations`, `GetConversation`, `GetHistory`, `Sync`, `GetPresence`, `GetEditHistory`, `SearchMessages` | nothing beyond a valid token |
 pub const METHODS: &[(&str, Admission)] = &[
     ("/confab.v1.Chat/Connect", Admission::Stream),
     (
@@ -98,6 +98,10 @@ pub const METHODS: &[(&str, Admission)] = &[
     ("/confab.v1.Chat/React", Admission::Charge(Cost::Message)),
     (
         "/confab.v1.Chat/GetEditHistory",
+        Admission::Charge(Cost::Free),
+    ),
+    (
+        "/confab.v1.Chat/SearchMessages",
         Admission::Charge(Cost::Free),
     ),
     ("/confab.v1.Chat/SetRole", Admission::Charge(Cost::Free)),

@@ -503,6 +503,18 @@ impl Chat for ChatService {
         ))
     }
 
+    async fn search_messages(
+        &self,
+        mut req: Request<SearchMessagesRequest>,
+    ) -> Result<Response<SearchMessagesResponse>, Status> {
+        let user = Caller::take(&mut req)?.user;
+        Ok(Response::new(
+            self.history
+                .search_messages(&user, req.into_inner())
+                .await?,
+        ))
+    }
+
     /// Decoded; [`server`] answers `Sync` with [`crate::sync::SyncRoute`]
     /// before a call gets here, passing history's answer on encoded.
     async fn sync(&self, mut req: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {

@@ -20,13 +20,15 @@ use confab_proto::internal::v1::history_reader_server::SERVICE_NAME as HISTORY_R
 use confab_proto::internal::v1::{
     DirectPartnersRequest, DirectPartnersResponse, EditHistoryForUserRequest,
     GetConversationRequest, ListForUserRequest, PresenceForUserRequest, PresenceUpdate,
-    ReadHistoryRequest, RecordPresenceRequest, RecordPresenceResponse, SyncForUserRequest,
+    ReadHistoryRequest, RecordPresenceRequest, RecordPresenceResponse, SearchForUserRequest,
+    SyncForUserRequest,
 };
 use confab_proto::prost::bytes::Bytes;
 use confab_proto::v1::{
     self as pb, Conversation, GetEditHistoryRequest, GetEditHistoryResponse, GetHistoryRequest,
     GetHistoryResponse, GetPresenceRequest, GetPresenceResponse, ListConversationsRequest,
-    ListConversationsResponse, SyncRequest, SyncResponse,
+    ListConversationsResponse, SearchMessagesRequest, SearchMessagesResponse, SyncRequest,
+    SyncResponse,
 };
 use confab_runtime::transport::ClientTls;
 use std::error::Error as _;
@@ -219,6 +221,7 @@ history_rpcs! {
     SyncForUserRequest => SyncResponse, sync;
     PresenceForUserRequest => GetPresenceResponse, get_presence;
     EditHistoryForUserRequest => GetEditHistoryResponse, get_edit_history;
+    SearchForUserRequest => SearchMessagesResponse, search_messages;
     DirectPartnersRequest => DirectPartnersResponse, direct_partners;
     RecordPresenceRequest => RecordPresenceResponse, record_presence;
 }
@@ -507,6 +510,18 @@ impl HistoryApi for RemoteHistory {
         req: GetEditHistoryRequest,
     ) -> Result<GetEditHistoryResponse, ChatError> {
         self.call(EditHistoryForUserRequest {
+            caller_id: caller.to_string(),
+            request: Some(req),
+        })
+        .await
+    }
+
+    async fn search_messages(
+        &self,
+        caller: &str,
+        req: SearchMessagesRequest,
+    ) -> Result<SearchMessagesResponse, ChatError> {
+        self.call(SearchForUserRequest {
             caller_id: caller.to_string(),
             request: Some(req),
         })

@@ -9,11 +9,11 @@ use confab_proto::internal::v1::history_reader_server::{HistoryReader, HistoryRe
 use confab_proto::internal::v1::{
     DirectPartnersRequest, DirectPartnersResponse, EditHistoryForUserRequest,
     GetConversationRequest, ListForUserRequest, PresenceForUserRequest, ReadHistoryRequest,
-    RecordPresenceRequest, RecordPresenceResponse, SyncForUserRequest,
+    RecordPresenceRequest, RecordPresenceResponse, SearchForUserRequest, SyncForUserRequest,
 };
 use confab_proto::v1::{
     Conversation, GetEditHistoryResponse, GetHistoryResponse, GetPresenceResponse,
-    ListConversationsResponse, SyncResponse,
+    ListConversationsResponse, SearchMessagesResponse, SyncResponse,
 };
 use confab_runtime::server::Server;
 use confab_runtime::trace::{self, TraceParent};
@@ -117,6 +117,21 @@ impl HistoryReader for HistoryReaderService {
         Ok(Response::new(
             self.reader
                 .get_edit_history(caller, r.request.unwrap_or_default())
+                .instrument(span)
+                .await?,
+        ))
+    }
+
+    async fn search_messages(
+        &self,
+        req: Request<SearchForUserRequest>,
+    ) -> Result<Response<SearchMessagesResponse>, Status> {
+        let span = read_span("SearchMessages", req.metadata());
+        let r = req.into_inner();
+        let caller = required("caller_id", &r.caller_id)?;
+        Ok(Response::new(
+            self.reader
+                .search_messages(caller, r.request.unwrap_or_default())
                 .instrument(span)
                 .await?,
         ))

@@ -5,19 +5,22 @@
 use crate::page_token;
 use crate::store::decide::ops::kind_name;
 use crate::store::rows::TargetRow;
+use crate::store::search::{SearchAfter, SearchQuery};
 use crate::store::timestamp;
 use crate::store::{Listing, Store};
 use async_trait::async_trait;
 use confab_core::error::ChatError;
 use confab_core::fold::preview_of;
 use confab_core::seams::HistoryApi;
+use confab_core::search;
 use confab_core::validate;
 use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::v1::{
     Conversation, GetEditHistoryRequest, GetEditHistoryResponse, GetHistoryRequest,
-    GetHistoryResponse, GetPresenceRequest, GetPresenceResponse, ListConversationsRequest,
-    ListConversationsResponse, Message, MessageKind, MessageVersion, Presence, ReactionCount,
-    SyncRequest, SyncResponse,
+    GetHistoryResponse, GetPresenceRequest, GetPresenceResponse, Highlight,
+    ListConversationsRequest, ListConversationsResponse, Message, MessageKind, MessageVersion,
+    Presence, ReactionCount, SearchHit, SearchMessagesRequest, SearchMessagesResponse, SyncRequest,
+    SyncResponse,
 };
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -41,6 +44,14 @@ fn truncate_to_bytes(messages: &mut Vec<confab_proto::v1::Message>, max: usize) 
         }
     }
     false
+}
+
+/// Characters of a message a search hit shows around its first match.
+pub const SNIPPET_CHARS: usize = 80;
+
+/// A stored seq as the API's.
+fn seq_of(seq: i64) -> Result<u64, ChatError> {
+    u64::try_from(seq).map_err(|_| ChatError::Internal(format!("history store holds seq {seq}")))
 }
 
 /// A stored version number as the API's.
@@ -207,6 +218,70 @@ impl HistoryApi for LocalHistory {
             written_at: Some(timestamp(current_at)),
         });
         Ok(GetEditHistoryResponse { versions })
+    }
+
+    async fn search_messages(
+        &self,
+        caller: &str,
+        req: SearchMessagesRequest,
+    ) -> Result<SearchMessagesResponse, ChatError> {
+        let terms = validate::search_query(&req.query)?;
+        if !req.conversation_id.is_empty() {
+            // One conversation: the caller's, or say why not.
+            self.member_conversation(caller, &req.conversation_id)
+                .await?;
+        }
+        let at = page_token::SearchAt {
+            user: caller,
+            query: &req.query,
+            conversation_id: &req.conversation_id,
+        };
+        let after = page_token::decode_search(&at, &req.page_token)?;
+        let limit = validate::search_page(req.limit);
+        let mut rows = self
+            .store
+            .search(&SearchQuery {
+                caller,
+                terms: &terms,
+                conversation_id: &req.conversation_id,
+                after,
+                limit: limit + 1,
+            })
+            .await?;
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_page_token = match rows.last() {
+            Some(last) if more => page_token::encode_search(
+                &at,
+                &SearchAfter {
+                    sent_at_ms: last.created_at_ms,
+                    conversation_id: last.conversation_id.clone(),
+                    seq: seq_of(last.seq)?,
+                },
+            ),
+            _ => String::new(),
+        };
+        let mut hits = Vec::with_capacity(rows.len());
+        for row in rows {
+            let snippet = search::snippet(&row.body, &terms, SNIPPET_CHARS);
+            hits.push(SearchHit {
+                seq: seq_of(row.seq)?,
+                rank: search::rank(&row.body, &terms),
+                highlights: snippet
+                    .marks
+                    .iter()
+                    .map(|&(start, end)| Highlight { start, end })
+                    .collect(),
+                snippet: snippet.text,
+                sent_at: Some(timestamp(row.created_at_ms)),
+                conversation_id: row.conversation_id,
+                sender_id: row.sender_id,
+            });
+        }
+        Ok(SearchMessagesResponse {
+            hits,
+            next_page_token,
+        })
     }
 
     async fn list_conversations(

@@ -287,6 +287,13 @@ impl HistoryApi for Flaky {
     ) -> Result<confab_proto::v1::GetEditHistoryResponse, ChatError> {
         Err(ChatError::Internal("not used".into()))
     }
+    async fn search_messages(
+        &self,
+        _: &str,
+        _: confab_proto::v1::SearchMessagesRequest,
+    ) -> Result<confab_proto::v1::SearchMessagesResponse, ChatError> {
+        Err(ChatError::Internal("not used".into()))
+    }
     async fn direct_partners(&self, _: &str) -> Result<Vec<String>, ChatError> {
         Err(ChatError::Internal("not used".into()))
     }

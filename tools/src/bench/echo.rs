@@ -69,6 +69,7 @@ echo_chat! {
     fn delete_message(DeleteMessageRequest) -> DeleteMessageResponse;
     fn react(ReactRequest) -> ReactResponse;
     fn get_edit_history(GetEditHistoryRequest) -> GetEditHistoryResponse;
+    fn search_messages(SearchMessagesRequest) -> SearchMessagesResponse;
     fn set_role(SetRoleRequest) -> Conversation;
     fn update_conversation(UpdateConversationRequest) -> Conversation;
 }

@@ -37,7 +37,8 @@ pub trait BatchTx: Send {
         &mut self,
         pairs: &[(&str, &str)],
     ) -> Result<Vec<(String, String)>, StoreError>;
-    /// Inserts a run's new messages (TEXT, without membership events).
+    /// Inserts a run's new messages (TEXT, without membership events) and
+    /// their words for search (see [`super::search`]).
     async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError>;
     /// Sets the last seq of each conversation of `newest` (its newest new
     /// message, which becomes its newest TEXT message too: see
@@ -91,6 +92,16 @@ pub trait BatchTx: Send {
         user: &str,
         emoji: &str,
     ) -> Result<ReactionFacts, StoreError>;
+    /// Replaces the words search keeps for the message at `seq` of
+    /// conversation `id`, whose body was `old`, with those of `new` (none:
+    /// the message was deleted and its words are erased).
+    async fn reindex(
+        &mut self,
+        id: &str,
+        seq: u64,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<(), StoreError>;
 }
 
 /// The change number of a batch: drawn from its partition's counter when
@@ -384,6 +395,8 @@ async fn op(
             }
         }
     }
+    // What search indexed for the target: its words go when it changes.
+    let indexed = facts.target.as_ref().map(|t| t.body.clone());
     let decided = match ops::op(rec, asked, facts, now) {
         Ok(decided) => decided,
         Err(err) => return Ok(decide::refused(rec, err)),
@@ -484,6 +497,14 @@ async fn op(
         };
         for statement in statements {
             tx.run(statement).await?;
+        }
+        match write {
+            OpWrite::Edit { seq, body } => {
+                tx.reindex(conv_id, *seq, indexed.as_deref(), Some(body))
+                    .await?
+            }
+            OpWrite::Delete { seq } => tx.reindex(conv_id, *seq, indexed.as_deref(), None).await?,
+            OpWrite::React { .. } => {}
         }
     }
     Ok(ops::op_outcome(rec, decided))

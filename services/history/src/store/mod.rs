@@ -6,6 +6,7 @@ pub mod apply;
 pub mod decide;
 pub mod postgres;
 pub mod rows;
+pub mod search;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "testing"))]
@@ -210,6 +211,13 @@ pub trait Store: Send + Sync + 'static {
         caller: &str,
         page: Page<'_>,
     ) -> Result<Option<MessagePage>, StoreError>;
+    /// Up to `query.limit` of the live TEXT messages that `query.caller`
+    /// may read and whose current body matches `query.terms`, newest first
+    /// after `query.after` (see [`search`]).
+    async fn search(
+        &self,
+        query: &search::SearchQuery<'_>,
+    ) -> Result<Vec<search::SearchRow>, StoreError>;
 }
 
 /// The keyset of a page after `cursor`, for a store's SQL: how a seq

@@ -22,6 +22,7 @@
 use super::apply::{self, BatchTx};
 use super::decide;
 use super::rows::{self, ConversationRow, CursorParam, Listed, MessageRow, MESSAGE_COLUMNS};
+use super::search::{self, SearchQuery, SearchRow};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, PageCursor, SizeLimits};
@@ -136,6 +137,7 @@ impl PostgresStore {
             .connect_with(connect_options(url)?)
             .await?;
         MIGRATOR.run(&pool).await?;
+        backfill_search(&pool).await?;
         Ok(Self { pool, limits })
     }
 
@@ -350,6 +352,27 @@ impl Store for PostgresStore {
         page_from_rows(&rows, limit)
     }
 
+    async fn search(&self, q: &SearchQuery<'_>) -> Result<Vec<SearchRow>, StoreError> {
+        if q.caller.contains('\0') || q.conversation_id.contains('\0') {
+            // PostgreSQL text cannot hold NUL: no such member.
+            return Ok(Vec::new());
+        }
+        let (sql, query) = (search::pg_search_sql(), search::pg_query(q.terms));
+        self.again(|| async {
+            Ok(sqlx::query_as::<_, SearchRow>(&sql)
+                .bind(q.caller)
+                .bind(&query)
+                .bind(q.conversation_id)
+                .bind(q.after.sent_at_ms)
+                .bind(&q.after.conversation_id)
+                .bind(q.after.seq.min(i64::MAX as u64) as i64)
+                .bind(i64::from(q.limit))
+                .fetch_all(&self.pool)
+                .await?)
+        })
+        .await
+    }
+
     async fn member_history(
         &self,
         caller: &str,
@@ -383,6 +406,56 @@ impl Store for PostgresStore {
         }
         page_from_rows(&rows, limit).map(Some)
     }
+}
+
+/// Indexes for search the live TEXT messages stored before search existed
+/// (migration 0010 leaves a row in `search_backfill` when there are any),
+/// a batch per transaction. Safe to run from several history processes at
+/// once, and again after a crash: it only fills rows still without words.
+async fn backfill_search(pool: &PgPool) -> Result<(), StoreError> {
+    let pending: Option<i32> = sqlx::query_scalar("SELECT pending FROM search_backfill LIMIT 1")
+        .fetch_optional(pool)
+        .await?;
+    if pending.is_none() {
+        return Ok(());
+    }
+    let (mut conv, mut seq) = (String::new(), 0i64);
+    let mut indexed = 0usize;
+    loop {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(search::BACKFILL_NEXT)
+            .bind(&conv)
+            .bind(seq)
+            .bind(search::BACKFILL_BATCH)
+            .fetch_all(pool)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        (conv, seq) = (last.0.clone(), last.1);
+        sqlx::query(&format!(
+            "UPDATE messages m SET search_tokens = replace(u.tokens, '@', {})::tsvector
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[]) AS u (conversation_id, seq, tokens)
+             WHERE m.conversation_id = u.conversation_id AND m.seq = u.seq
+               AND m.search_tokens IS NULL AND m.deleted_at_ms = 0",
+            search::pg_scope("u.conversation_id")
+        ))
+        .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| search::pg_document(&r.2))
+                .collect::<Vec<_>>(),
+        )
+        .execute(pool)
+        .await?;
+        indexed += rows.len();
+    }
+    sqlx::query("DELETE FROM search_backfill")
+        .execute(pool)
+        .await?;
+    tracing::info!(
+        messages = indexed,
+        "indexed the messages stored before search existed"
+    );
+    Ok(())
 }
 
 /// The end of a page query on `messages x` after `cursor`, and its bound:

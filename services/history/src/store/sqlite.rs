@@ -8,6 +8,7 @@ use super::apply::{self, BatchTx, FactsOfRead};
 use super::decide::ops::ReactionFacts;
 use super::decide::ReplyFacts;
 use super::rows::{self, ChangeStamp, ConversationRow, CursorParam, MessageRow, Shared, TargetRow};
+use super::search::{self, SearchQuery, SearchRow};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
 use confab_core::validate::{Page, SizeLimits};
@@ -67,6 +68,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
+        backfill_search(&pool).await?;
         Ok(Self {
             pool,
             write: Mutex::new(()),
@@ -182,6 +184,20 @@ impl Store for SqliteStore {
             }
             _ => Ok(None),
         }
+    }
+
+    async fn search(&self, q: &SearchQuery<'_>) -> Result<Vec<SearchRow>, StoreError> {
+        let sql = search::sqlite_search_sql(!q.conversation_id.is_empty());
+        Ok(sqlx::query_as::<_, SearchRow>(&sql)
+            .bind(q.caller)
+            .bind(search::fts_query(q.terms))
+            .bind(q.conversation_id)
+            .bind(q.after.sent_at_ms)
+            .bind(&q.after.conversation_id)
+            .bind(q.after.seq.min(i64::MAX as u64) as i64)
+            .bind(i64::from(q.limit))
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     async fn reactions(
@@ -318,6 +334,20 @@ impl BatchTx for Tx {
                 .bind(m.reply_to_seq as i64);
         }
         q.execute(&mut **self).await?;
+        let sql = format!(
+            "INSERT INTO message_search (rowid, tokens)
+             SELECT {}, k.column2 FROM (VALUES {}) AS k JOIN conversations c ON c.id = k.column3",
+            search::fts_rowid("c.search_no", "k.column1"),
+            placeholders(new.len(), 3)
+        );
+        let mut q = sqlx::query(&sql);
+        for m in new {
+            q = q
+                .bind(m.seq as i64)
+                .bind(search::fts_document(&m.body))
+                .bind(&m.conversation_id);
+        }
+        q.execute(&mut **self).await?;
         Ok(())
     }
 
@@ -420,6 +450,42 @@ impl BatchTx for Tx {
         rows::reaction_facts_of(&mut **self, id, seq, user, emoji).await
     }
 
+    /// A contentless FTS5 table forgets a row's words only when told them
+    /// (its `'delete'` command); with `secure-delete` on, they leave the
+    /// file.
+    async fn reindex(
+        &mut self,
+        id: &str,
+        seq: u64,
+        old: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let rowid = search::fts_rowid("c.search_no", "$2");
+        if let Some(old) = old {
+            sqlx::query(&format!(
+                "INSERT INTO message_search (message_search, rowid, tokens)
+                 SELECT 'delete', {rowid}, $3 FROM conversations c WHERE c.id = $1"
+            ))
+            .bind(id)
+            .bind(seq as i64)
+            .bind(search::fts_document(old))
+            .execute(&mut **self)
+            .await?;
+        }
+        if let Some(new) = new {
+            sqlx::query(&format!(
+                "INSERT INTO message_search (rowid, tokens)
+                 SELECT {rowid}, $3 FROM conversations c WHERE c.id = $1"
+            ))
+            .bind(id)
+            .bind(seq as i64)
+            .bind(search::fts_document(new))
+            .execute(&mut **self)
+            .await?;
+        }
+        Ok(())
+    }
+
     async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
         Ok(rows::shared(statement)
             .execute(&mut **self)
@@ -449,6 +515,54 @@ impl BatchTx for Tx {
         q.execute(&mut **self).await?;
         Ok(())
     }
+}
+
+/// Indexes for search the live TEXT messages stored before search existed
+/// (migration 0010 leaves a row in `search_backfill` when there are any),
+/// in one transaction, before the store takes writes: a crash leaves it
+/// pending and untouched.
+async fn backfill_search(pool: &SqlitePool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    let pending: Option<i64> = sqlx::query_scalar("SELECT pending FROM search_backfill LIMIT 1")
+        .fetch_optional(&mut *tx)
+        .await?;
+    if pending.is_none() {
+        return Ok(());
+    }
+    let (mut conv, mut seq) = (String::new(), 0i64);
+    let mut indexed = 0usize;
+    loop {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(search::BACKFILL_NEXT)
+            .bind(&conv)
+            .bind(seq)
+            .bind(search::BACKFILL_BATCH)
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        (conv, seq) = (last.0.clone(), last.1);
+        for (c, s, body) in &rows {
+            sqlx::query(&format!(
+                "INSERT INTO message_search (rowid, tokens)
+                 SELECT {}, $3 FROM conversations c WHERE c.id = $1",
+                search::fts_rowid("c.search_no", "$2")
+            ))
+            .bind(c)
+            .bind(s)
+            .bind(search::fts_document(body))
+            .execute(&mut *tx)
+            .await?;
+        }
+        indexed += rows.len();
+    }
+    sqlx::query("DELETE FROM search_backfill")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    tracing::info!(
+        messages = indexed,
+        "indexed the messages stored before search existed"
+    );
+    Ok(())
 }
 
 async fn load_conversation(

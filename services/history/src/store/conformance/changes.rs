@@ -87,7 +87,7 @@ fn event_of(o: &OutcomeRecord) -> Message {
 
 /// Every message of `conv` as `caller` reads it with `GetHistory`, pages
 /// of 7 from the start.
-async fn history_of(reader: &LocalHistory, caller: &str, conv: &str) -> Vec<Message> {
+pub(super) async fn history_of(reader: &LocalHistory, caller: &str, conv: &str) -> Vec<Message> {
     let mut out: Vec<Message> = Vec::new();
     loop {
         let page = reader

@@ -5,6 +5,7 @@ pub mod changes;
 mod presence;
 mod reads;
 pub mod roles;
+pub mod search;
 mod sync;
 pub mod upgrade;
 mod visibility;
@@ -53,6 +54,9 @@ where
     changes::folding_the_log_gives_the_history(fresh().await).await;
     roles::owners_and_admins_manage_a_group_that_always_keeps_an_owner(fresh().await).await;
     visibility::since_joined_members_read_the_seqs_of_their_memberships(fresh().await).await;
+    search::search_finds_what_each_member_may_read(fresh().await).await;
+    search::search_follows_edits_deletes_and_membership(fresh().await).await;
+    search::bad_searches_are_refused_precisely(fresh().await).await;
 }
 
 fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {

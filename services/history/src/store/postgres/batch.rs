@@ -7,7 +7,7 @@ use crate::store::decide::ops::ReactionFacts;
 use crate::store::decide::ReplyFacts;
 use crate::store::rows::TargetRow;
 use crate::store::rows::{self, ChangeStamp, MessageRow, Shared, MESSAGE_COLUMNS};
-use crate::store::StoreError;
+use crate::store::{search, StoreError};
 use async_trait::async_trait;
 use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::PgRow;
@@ -93,10 +93,15 @@ impl BatchTx for Tx {
 
     async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms, reply_to_seq)
-             SELECT u.conversation_id, u.seq, u.sender_id, u.client_msg_id, u.kind, u.body, NULL, $7, u.reply_to_seq
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[], $8::bigint[])
-                  AS u (conversation_id, seq, sender_id, client_msg_id, body, kind, reply_to_seq)",
+            &format!(
+                "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms,
+                                       reply_to_seq, search_tokens)
+                 SELECT u.conversation_id, u.seq, u.sender_id, u.client_msg_id, u.kind, u.body, NULL, $7, u.reply_to_seq,
+                        replace(u.tokens, '@', {})::tsvector
+                 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[], $8::bigint[], $9::text[])
+                      AS u (conversation_id, seq, sender_id, client_msg_id, body, kind, reply_to_seq, tokens)",
+                search::pg_scope("u.conversation_id")
+            ),
         )
         .bind(new.iter().map(|m| m.conversation_id.as_str()).collect::<Vec<_>>())
         .bind(new.iter().map(|m| m.seq as i64).collect::<Vec<_>>())
@@ -106,6 +111,11 @@ impl BatchTx for Tx {
         .bind(new.iter().map(|m| m.kind).collect::<Vec<_>>())
         .bind(now)
         .bind(new.iter().map(|m| m.reply_to_seq as i64).collect::<Vec<_>>())
+        .bind(
+            new.iter()
+                .map(|m| search::pg_document(&m.body))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut **self)
         .await?;
         Ok(())
@@ -228,6 +238,26 @@ impl BatchTx for Tx {
 
     async fn target(&mut self, id: &str, seq: u64) -> Result<Option<TargetRow>, StoreError> {
         rows::target(&mut **self, id, seq).await
+    }
+
+    async fn reindex(
+        &mut self,
+        id: &str,
+        seq: u64,
+        _old: Option<&str>,
+        new: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(&format!(
+            "UPDATE messages SET search_tokens = replace($3, '@', {})::tsvector
+             WHERE conversation_id = $1 AND seq = $2",
+            search::pg_scope("$1")
+        ))
+        .bind(id)
+        .bind(seq as i64)
+        .bind(new.map(search::pg_document))
+        .execute(&mut **self)
+        .await?;
+        Ok(())
     }
 
     async fn reaction_facts(
