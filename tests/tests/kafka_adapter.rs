@@ -1055,7 +1055,8 @@ impl confab_history::Store for Overlap {
     async fn search(
         &self,
         query: &confab_history::store::search::SearchQuery<'_>,
-    ) -> Result<Vec<confab_history::store::search::SearchRow>, confab_history::StoreError> {
+    ) -> Result<Option<Vec<confab_history::store::search::SearchRow>>, confab_history::StoreError>
+    {
         self.inner.search(query).await
     }
 }

@@ -384,6 +384,23 @@ async fn schema_keys_history_by_conversation_and_seq() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_turned_off_and_on_again_finds_everything() {
+    let cluster = cluster();
+    let url = cluster.fresh_database().await.expect("fresh database");
+    conformance::search::search_turned_off_and_on_again_finds_everything(|on| {
+        let url = url.clone();
+        async move {
+            let limits = SizeLimits {
+                search_index: on,
+                ..SizeLimits::default()
+            };
+            Arc::new(store_on(&url, limits).await) as Arc<dyn confab_history::Store>
+        }
+    })
+    .await;
+}
+
 /// A delete erases, read with a connection of the test's own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_erases_the_message_from_the_tables() {
@@ -402,6 +419,7 @@ async fn a_delete_erases_the_message_from_the_tables() {
     confab_history::store::conformance::changes::a_delete_erases_the_message(
         std::sync::Arc::new(store),
         count,
+        "SELECT COUNT(*) FROM messages WHERE conversation_id = 'e' AND search_tokens::text LIKE '%secret%'",
     )
     .await;
 }

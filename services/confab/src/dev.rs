@@ -51,7 +51,9 @@ pub struct DevConfig {
 impl DevConfig {
     /// Reads `CONFAB_*` variables from `env`.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let gateway = GatewayConfig::from_env(env)?;
+        let mut gateway = GatewayConfig::from_env(env)?;
+        // The embedded history's setting, kept with the limits it applies.
+        gateway.limits.search_index = confab_core::config::search_index(env)?;
         // Certificate files are read now, so a bad one stops before binding.
         let transport = Transport::from_env(env, Transport::public())?
             .fit_body(env, gateway.limits.max_body_bytes)?;

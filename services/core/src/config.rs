@@ -43,6 +43,20 @@ pub struct ConfigError {
 /// Exit code for a bad configuration (EX_USAGE).
 pub const EXIT_CONFIG: i32 = 64;
 
+/// `CONFAB_SEARCH_INDEX`: `on` (the default) or `off`.
+pub fn search_index(env: &dyn Env) -> Result<bool, ConfigError> {
+    let key = crate::vars::SEARCH_INDEX;
+    match env.get(key).as_deref().map(str::trim) {
+        None | Some("on") => Ok(true),
+        Some("off") => Ok(false),
+        Some(other) => Err(ConfigError {
+            key: key.to_string(),
+            value: other.to_string(),
+            reason: "expected on or off".into(),
+        }),
+    }
+}
+
 /// Parses `key` from `env`, or returns `default` when it is unset.
 pub fn parse_or<T: FromStr>(
     env: &dyn Env,

@@ -33,6 +33,9 @@ pub struct SizeLimits {
     pub max_body_bytes: usize,
     /// Largest group, in members.
     pub max_group_members: usize,
+    /// Whether history keeps the words of messages for search
+    /// (`CONFAB_SEARCH_INDEX`; see [`crate::config::search_index`]).
+    pub search_index: bool,
 }
 
 impl Default for SizeLimits {
@@ -40,6 +43,7 @@ impl Default for SizeLimits {
         Self {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_group_members: DEFAULT_MAX_GROUP_MEMBERS,
+            search_index: true,
         }
     }
 }

@@ -111,6 +111,7 @@ impl GatewayConfig {
             limits: SizeLimits {
                 max_body_bytes,
                 max_group_members,
+                ..d.limits
             },
             send_timeout,
             session_queue,

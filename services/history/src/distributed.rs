@@ -110,6 +110,7 @@ impl HistoryConfig {
                     defaults.max_group_members,
                     "a member count",
                 )?,
+                search_index: confab_core::config::search_index(env)?,
                 ..defaults
             },
             linger: millis_or(

@@ -247,7 +247,12 @@ impl HistoryApi for LocalHistory {
                 after,
                 limit: limit + 1,
             })
-            .await?;
+            .await?
+            .ok_or_else(|| {
+                ChatError::FailedPrecondition(
+                    "search is turned off on this server (CONFAB_SEARCH_INDEX=off)".into(),
+                )
+            })?;
         let more = rows.len() > limit as usize;
         rows.truncate(limit as usize);
         let next_page_token = match rows.last() {

@@ -37,9 +37,14 @@ pub trait BatchTx: Send {
         &mut self,
         pairs: &[(&str, &str)],
     ) -> Result<Vec<(String, String)>, StoreError>;
-    /// Inserts a run's new messages (TEXT, without membership events) and
-    /// their words for search (see [`super::search`]).
-    async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError>;
+    /// Inserts a run's new messages (TEXT, without membership events), and
+    /// their words for search when `index` (see [`super::search`]).
+    async fn insert_sent(
+        &mut self,
+        new: &[Message],
+        now: i64,
+        index: bool,
+    ) -> Result<(), StoreError>;
     /// Sets the last seq of each conversation of `newest` (its newest new
     /// message, which becomes its newest TEXT message too: see
     /// [`DecidedSends::newest`](super::decide::DecidedSends::newest)),
@@ -153,12 +158,18 @@ pub async fn batch(
     let mut stamp = Stamp::new(partition);
     for run in decide::runs(batch, max_run) {
         match run {
-            Run::Sends(run) => sends(tx, &run, now, &mut stamp, &mut outcomes).await?,
+            Run::Sends(run) => {
+                let index = limits.search_index;
+                sends(tx, &run, now, index, &mut stamp, &mut outcomes).await?
+            }
             Run::One(rec) => match (&rec.command, ops::asked(rec)) {
                 (Some(Command::Read(cmd)), _) => {
                     outcomes.push(read(tx, rec, cmd, &mut stamp).await?)
                 }
-                (_, Some(asked)) => outcomes.push(op(tx, rec, &asked, now, &mut stamp).await?),
+                (_, Some(asked)) => {
+                    let index = limits.search_index;
+                    outcomes.push(op(tx, rec, &asked, now, index, &mut stamp).await?)
+                }
                 _ => outcomes.push(change(tx, rec, limits, now, &mut stamp).await?),
             },
         }
@@ -168,11 +179,13 @@ pub async fn batch(
 
 /// Loads what [`decide::sends`] reads for `run` (last seqs first, so a
 /// store that locks reads the rest after the lock), decides the run,
-/// writes its new messages and appends one outcome per send.
+/// writes its new messages (with their words for search when `index`) and
+/// appends one outcome per send.
 async fn sends(
     tx: &mut impl BatchTx,
     run: &[SendRecord<'_>],
     now: i64,
+    index: bool,
     stamp: &mut Stamp,
     outcomes: &mut Vec<OutcomeRecord>,
 ) -> Result<(), StoreError> {
@@ -205,7 +218,7 @@ async fn sends(
     }
     let decided = decide::sends(run, &facts, now);
     if !decided.new.is_empty() {
-        tx.insert_sent(&decided.new, now).await?;
+        tx.insert_sent(&decided.new, now, index).await?;
         let stamp = stamp.get(tx).await?;
         tx.set_last_seqs(&decided.newest(), now, stamp).await?;
         tx.sender_reads(&decided.sender_reads()).await?;
@@ -366,12 +379,14 @@ async fn require(tx: &mut impl BatchTx, id: &str) -> Result<Conversation, StoreE
 
 /// Loads what [`ops::op`] reads for an edit, a delete or a reaction (the
 /// conversation first, locked where writers are concurrent), decides it
-/// and writes its event and its change to the message it names.
+/// and writes its event and its change to the message it names (and to
+/// its words for search when `index`).
 async fn op(
     tx: &mut impl BatchTx,
     rec: &IngressRecord,
     asked: &Asked<'_>,
     now: i64,
+    index: bool,
     stamp: &mut Stamp,
 ) -> Result<OutcomeRecord, StoreError> {
     let conv_id = rec.conversation_id.as_str();
@@ -498,12 +513,16 @@ async fn op(
         for statement in statements {
             tx.run(statement).await?;
         }
+        // With search off the store keeps no words to replace (SQLite's
+        // index is empty; PostgreSQL's are cleared, so the next start with
+        // search on indexes the message again and a delete still erases).
+        let old = indexed.as_deref().filter(|_| index);
         match write {
             OpWrite::Edit { seq, body } => {
-                tx.reindex(conv_id, *seq, indexed.as_deref(), Some(body))
-                    .await?
+                let new = Some(body.as_str()).filter(|_| index);
+                tx.reindex(conv_id, *seq, old, new).await?
             }
-            OpWrite::Delete { seq } => tx.reindex(conv_id, *seq, indexed.as_deref(), None).await?,
+            OpWrite::Delete { seq } => tx.reindex(conv_id, *seq, old, None).await?,
             OpWrite::React { .. } => {}
         }
     }

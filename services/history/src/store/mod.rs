@@ -213,11 +213,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<MessagePage>, StoreError>;
     /// Up to `query.limit` of the live TEXT messages that `query.caller`
     /// may read and whose current body matches `query.terms`, newest first
-    /// after `query.after` (see [`search`]).
+    /// after `query.after` (see [`search`]); `None` when search is off
+    /// (`CONFAB_SEARCH_INDEX=off`).
     async fn search(
         &self,
         query: &search::SearchQuery<'_>,
-    ) -> Result<Vec<search::SearchRow>, StoreError>;
+    ) -> Result<Option<Vec<search::SearchRow>>, StoreError>;
 }
 
 /// The keyset of a page after `cursor`, for a store's SQL: how a seq

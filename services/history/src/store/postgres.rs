@@ -137,7 +137,7 @@ impl PostgresStore {
             .connect_with(connect_options(url)?)
             .await?;
         MIGRATOR.run(&pool).await?;
-        backfill_search(&pool).await?;
+        backfill_search(&pool, limits.search_index).await?;
         Ok(Self { pool, limits })
     }
 
@@ -352,10 +352,13 @@ impl Store for PostgresStore {
         page_from_rows(&rows, limit)
     }
 
-    async fn search(&self, q: &SearchQuery<'_>) -> Result<Vec<SearchRow>, StoreError> {
+    async fn search(&self, q: &SearchQuery<'_>) -> Result<Option<Vec<SearchRow>>, StoreError> {
+        if !self.limits.search_index {
+            return Ok(None);
+        }
         if q.caller.contains('\0') || q.conversation_id.contains('\0') {
             // PostgreSQL text cannot hold NUL: no such member.
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let (sql, query) = (search::pg_search_sql(), search::pg_query(q.terms));
         self.again(|| async {
@@ -371,6 +374,7 @@ impl Store for PostgresStore {
                 .await?)
         })
         .await
+        .map(Some)
     }
 
     async fn member_history(
@@ -408,11 +412,18 @@ impl Store for PostgresStore {
     }
 }
 
-/// Indexes for search the live TEXT messages stored before search existed
-/// (migration 0010 leaves a row in `search_backfill` when there are any),
-/// a batch per transaction. Safe to run from several history processes at
-/// once, and again after a crash: it only fills rows still without words.
-async fn backfill_search(pool: &PgPool) -> Result<(), StoreError> {
+/// Indexes every live TEXT message for search when the index may be
+/// behind: messages stored before search existed (migration 0010 leaves a
+/// row in `search_backfill` when there are any) or while it was off (`on`
+/// false leaves that row; messages sent, edited or deleted while it is off
+/// have no words). A batch per transaction fills the rows without words
+/// whose body is still the one read, so this is safe beside live writes,
+/// from several history processes at once, and again after a crash.
+async fn backfill_search(pool: &PgPool, on: bool) -> Result<(), StoreError> {
+    if !on {
+        sqlx::query(search::MARK_PENDING).execute(pool).await?;
+        return Ok(());
+    }
     let pending: Option<i32> = sqlx::query_scalar("SELECT pending FROM search_backfill LIMIT 1")
         .fetch_optional(pool)
         .await?;
@@ -432,9 +443,10 @@ async fn backfill_search(pool: &PgPool) -> Result<(), StoreError> {
         (conv, seq) = (last.0.clone(), last.1);
         sqlx::query(&format!(
             "UPDATE messages m SET search_tokens = replace(u.tokens, '@', {})::tsvector
-             FROM UNNEST($1::text[], $2::bigint[], $3::text[]) AS u (conversation_id, seq, tokens)
+             FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[])
+                  AS u (conversation_id, seq, tokens, body)
              WHERE m.conversation_id = u.conversation_id AND m.seq = u.seq
-               AND m.search_tokens IS NULL AND m.deleted_at_ms = 0",
+               AND m.search_tokens IS NULL AND m.body = u.body AND m.deleted_at_ms = 0",
             search::pg_scope("u.conversation_id")
         ))
         .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
@@ -444,6 +456,7 @@ async fn backfill_search(pool: &PgPool) -> Result<(), StoreError> {
                 .map(|r| search::pg_document(&r.2))
                 .collect::<Vec<_>>(),
         )
+        .bind(rows.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
         .execute(pool)
         .await?;
         indexed += rows.len();

@@ -215,6 +215,11 @@ pub fn sqlite_search_sql(one_conversation: bool) -> String {
     )
 }
 
+/// Leaves the row that makes the next start with search on index every
+/// message again (see each store's backfill).
+pub const MARK_PENDING: &str = "INSERT INTO search_backfill (pending)
+     SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM search_backfill)";
+
 /// Messages indexed per statement when a store indexes what was stored
 /// before search existed.
 pub const BACKFILL_BATCH: i64 = 1000;

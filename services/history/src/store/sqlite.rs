@@ -68,7 +68,7 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        backfill_search(&pool).await?;
+        backfill_search(&pool, limits.search_index).await?;
         Ok(Self {
             pool,
             write: Mutex::new(()),
@@ -186,7 +186,10 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn search(&self, q: &SearchQuery<'_>) -> Result<Vec<SearchRow>, StoreError> {
+    async fn search(&self, q: &SearchQuery<'_>) -> Result<Option<Vec<SearchRow>>, StoreError> {
+        if !self.limits.search_index {
+            return Ok(None);
+        }
         let sql = search::sqlite_search_sql(!q.conversation_id.is_empty());
         Ok(sqlx::query_as::<_, SearchRow>(&sql)
             .bind(q.caller)
@@ -197,7 +200,8 @@ impl Store for SqliteStore {
             .bind(q.after.seq.min(i64::MAX as u64) as i64)
             .bind(i64::from(q.limit))
             .fetch_all(&self.pool)
-            .await?)
+            .await
+            .map(Some)?)
     }
 
     async fn reactions(
@@ -315,7 +319,12 @@ impl BatchTx for Tx {
         Ok(q.fetch_all(&mut **self).await?)
     }
 
-    async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError> {
+    async fn insert_sent(
+        &mut self,
+        new: &[Message],
+        now: i64,
+        index: bool,
+    ) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms, reply_to_seq)
              SELECT column1, column2, column3, column4, column5, column6, NULL, column7, column8 FROM (VALUES {})",
@@ -334,6 +343,9 @@ impl BatchTx for Tx {
                 .bind(m.reply_to_seq as i64);
         }
         q.execute(&mut **self).await?;
+        if !index {
+            return Ok(());
+        }
         let sql = format!(
             "INSERT INTO message_search (rowid, tokens)
              SELECT {}, k.column2 FROM (VALUES {}) AS k JOIN conversations c ON c.id = k.column3",
@@ -517,18 +529,32 @@ impl BatchTx for Tx {
     }
 }
 
-/// Indexes for search the live TEXT messages stored before search existed
-/// (migration 0010 leaves a row in `search_backfill` when there are any),
-/// in one transaction, before the store takes writes: a crash leaves it
-/// pending and untouched.
-async fn backfill_search(pool: &SqlitePool) -> Result<(), StoreError> {
+/// Indexes every live TEXT message for search when the index may be
+/// behind: messages stored before search existed (migration 0010 leaves a
+/// row in `search_backfill` when there are any) or while it was off. The
+/// index is emptied and filled again in one transaction, before the store
+/// takes writes: a crash leaves it pending and untouched. With search off
+/// (`on` false) the index is emptied, so it holds no words that a delete
+/// would have to erase, and the row is left for the next start.
+async fn backfill_search(pool: &SqlitePool, on: bool) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
+    if !on {
+        sqlx::query("INSERT INTO message_search (message_search) VALUES ('delete-all')")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(search::MARK_PENDING).execute(&mut *tx).await?;
+        tx.commit().await?;
+        return Ok(());
+    }
     let pending: Option<i64> = sqlx::query_scalar("SELECT pending FROM search_backfill LIMIT 1")
         .fetch_optional(&mut *tx)
         .await?;
     if pending.is_none() {
         return Ok(());
     }
+    sqlx::query("INSERT INTO message_search (message_search) VALUES ('delete-all')")
+        .execute(&mut *tx)
+        .await?;
     let (mut conv, mut seq) = (String::new(), 0i64);
     let mut indexed = 0usize;
     loop {
@@ -646,6 +672,24 @@ mod tests {
         .await;
     }
 
+    #[tokio::test]
+    async fn search_turned_off_and_on_again_finds_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("search.db");
+        crate::store::conformance::search::search_turned_off_and_on_again_finds_everything(|on| {
+            let path = path.clone();
+            async move {
+                let limits = SizeLimits {
+                    search_index: on,
+                    ..SizeLimits::default()
+                };
+                let store = SqliteStore::open(&path, limits).await.expect("open");
+                std::sync::Arc::new(store) as std::sync::Arc<dyn Store>
+            }
+        })
+        .await;
+    }
+
     /// Read with a connection of its own, from the file.
     #[tokio::test]
     async fn a_delete_erases_the_message_from_the_file() {
@@ -669,6 +713,8 @@ mod tests {
         crate::store::conformance::changes::a_delete_erases_the_message(
             std::sync::Arc::new(store),
             count,
+            // The index's own pages: secure-delete takes the word out of them.
+            "SELECT COUNT(*) FROM message_search_data WHERE instr(block, CAST('secret' AS BLOB)) > 0",
         )
         .await;
     }

@@ -539,9 +539,14 @@ pub type Count =
     Box<dyn Fn(&'static str) -> futures::future::BoxFuture<'static, i64> + Send + Sync>;
 
 /// A delete erases the message's body, its earlier versions, the bodies of
-/// its edits and its reactions from the tables (not hidden: the rows are
-/// read directly through `count`).
-pub async fn a_delete_erases_the_message(store: Arc<dyn Store>, count: Count) {
+/// its edits, its reactions and its words for search from the tables (not
+/// hidden: the rows are read directly through `count`; `search_words`
+/// counts the store's search entries that hold the word "secret").
+pub async fn a_delete_erases_the_message(
+    store: Arc<dyn Store>,
+    count: Count,
+    search_words: &'static str,
+) {
     apply(&store, vec![create_group("e", "alice", &["alice", "bob"])]).await;
     apply(
         &store,
@@ -553,7 +558,8 @@ pub async fn a_delete_erases_the_message(store: Arc<dyn Store>, count: Count) {
         ],
     )
     .await;
-    let checks: [(&str, &'static str); 4] = [
+    let checks: [(&str, &'static str); 5] = [
+        ("search words", search_words),
         (
             "bodies",
             "SELECT COUNT(*) FROM messages WHERE conversation_id = 'e' AND body LIKE '%secret%'",

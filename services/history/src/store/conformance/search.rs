@@ -377,3 +377,60 @@ pub async fn bad_searches_are_refused_precisely(store: Arc<dyn Store>) {
     assert_eq!(code, Code::InvalidArgument);
     assert!(msg.contains("another search"), "{msg}");
 }
+
+/// With search off (`CONFAB_SEARCH_INDEX=off`), messages are stored without
+/// their words and `SearchMessages` is FAILED_PRECONDITION; on again, every
+/// message is found as it is now, including those sent, edited or deleted
+/// while it was off. `open(on)` opens the same database each time.
+pub async fn search_turned_off_and_on_again_finds_everything<F, Fut>(open: F)
+where
+    F: Fn(bool) -> Fut,
+    Fut: std::future::Future<Output = Arc<dyn Store>>,
+{
+    let store = open(true).await;
+    apply(&store, vec![create_group("o", "alice", &["alice"])]).await;
+    apply(
+        &store,
+        vec![
+            send("o", "alice", "m1", "alpha stays"),
+            send("o", "alice", "m2", "beta changes"),
+        ],
+    )
+    .await;
+    drop(store);
+
+    let store = open(false).await;
+    let reader = LocalHistory::new(store.clone());
+    match reader
+        .search_messages("alice", searching("alpha", "", "", 0))
+        .await
+    {
+        Err(ChatError::FailedPrecondition(m)) => {
+            assert!(m.contains("CONFAB_SEARCH_INDEX=off"), "{m}")
+        }
+        other => panic!("search while off: {other:?}"),
+    }
+    apply(
+        &store,
+        vec![
+            send("o", "alice", "m3", "gamma while off"),
+            edit("o", "alice", "e1", 3, "delta now"),
+            delete("o", "alice", "d1", 2),
+        ],
+    )
+    .await;
+    drop((reader, store));
+
+    let store = open(true).await;
+    let reader = LocalHistory::new(store.clone());
+    for (query, want) in [
+        ("alpha", vec![]),
+        ("beta", vec![]),
+        ("delta", vec![3]),
+        ("gamma", vec![4]),
+    ] {
+        let hits = all_hits(&reader, "alice", query, "", 10).await;
+        let seqs: Vec<u64> = hits.iter().map(|h| h.seq).collect();
+        assert_eq!(seqs, want, "{query:?} after search is on again");
+    }
+}

@@ -3,6 +3,7 @@
 
 use super::{apply, list, read, send};
 use crate::store::Store;
+use confab_core::seams::HistoryApi;
 use confab_core::validate::Page;
 use confab_proto::internal::v1::outcome_record::Result as R;
 use std::sync::Arc;
@@ -42,6 +43,20 @@ pub async fn an_upgrade_keeps_history_and_counts_it_read(store: Arc<dyn Store>) 
         assert_eq!((at.seconds, at.nanos), (5, 0), "the newest message's time");
         assert_eq!(c.last_message.as_ref().map(|m| m.seq), Some(5));
     }
+    // What was stored before search existed is found.
+    let reader = crate::queries::LocalHistory::new(store.clone());
+    let found = reader
+        .search_messages(
+            "bob",
+            confab_proto::v1::SearchMessagesRequest {
+                query: "two".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("search");
+    let seqs: Vec<u64> = found.hits.iter().map(|h| h.seq).collect();
+    assert_eq!(seqs, [3], "indexed when the store opened");
     // Two SYSTEM events among five seqs: counts after new writes are exact.
     apply(&store, vec![send("old", "alice", "a2", "four")]).await;
     let bob = &list(&store, "bob", 50).await[0];

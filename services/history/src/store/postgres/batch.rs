@@ -91,7 +91,12 @@ impl BatchTx for Tx {
         .await?)
     }
 
-    async fn insert_sent(&mut self, new: &[Message], now: i64) -> Result<(), StoreError> {
+    async fn insert_sent(
+        &mut self,
+        new: &[Message],
+        now: i64,
+        index: bool,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             &format!(
                 "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms,
@@ -113,7 +118,7 @@ impl BatchTx for Tx {
         .bind(new.iter().map(|m| m.reply_to_seq as i64).collect::<Vec<_>>())
         .bind(
             new.iter()
-                .map(|m| search::pg_document(&m.body))
+                .map(|m| index.then(|| search::pg_document(&m.body)))
                 .collect::<Vec<_>>(),
         )
         .execute(&mut **self)
