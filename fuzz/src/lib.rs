@@ -33,10 +33,12 @@ pub const LIMITS: [SizeLimits; 2] = [
     SizeLimits {
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         max_group_members: DEFAULT_MAX_GROUP_MEMBERS,
+        search_index: true,
     },
     SizeLimits {
         max_body_bytes: 8,
         max_group_members: 3,
+        search_index: true,
     },
 ];
 
@@ -174,6 +176,31 @@ pub fn requests(data: &[u8]) {
     if let Ok(r) = GetEditHistoryRequest::decode(data) {
         round_trip(&r);
         check_conversation_id(&r.conversation_id);
+    }
+    if let Ok(r) = SearchMessagesRequest::decode(data) {
+        round_trip(&r);
+        match validate::search_query(&r.query) {
+            // Accepted: something to find, within the bounds, and every
+            // term matches the text it came from.
+            Ok(terms) => {
+                assert!(!terms.is_empty() && terms.len() <= validate::MAX_SEARCH_TERMS);
+                assert!(r.query.chars().count() <= validate::MAX_SEARCH_QUERY_CHARS);
+                assert!(
+                    confab_core::search::matches(&r.query, &terms),
+                    "a query does not find itself: {:?}",
+                    r.query
+                );
+                let s = confab_core::search::snippet(&r.query, &terms, 80);
+                let n = s.text.chars().count() as u32;
+                assert!(!s.marks.is_empty(), "no highlight in {:?}", r.query);
+                assert!(s.marks.iter().all(|&(a, b)| a < b && b <= n), "{s:?}");
+                let rank = confab_core::search::rank(&r.query, &terms);
+                assert!(rank > 0.0 && rank <= 1.0, "rank {rank}");
+            }
+            Err(e) => invalid(&e),
+        }
+        let page = validate::search_page(r.limit);
+        assert!((1..=validate::MAX_SEARCH_PAGE).contains(&page));
     }
     if let Ok(r) = SetRoleRequest::decode(data) {
         round_trip(&r);

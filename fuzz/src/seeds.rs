@@ -142,6 +142,16 @@ pub fn requests() -> Vec<Seed> {
             .encode_to_vec(),
         ),
         (
+            "search",
+            SearchMessagesRequest {
+                query: "东京 meeting 猫".into(),
+                conversation_id: "grp-1".into(),
+                page_token: String::new(),
+                limit: 5,
+            }
+            .encode_to_vec(),
+        ),
+        (
             "edit-history",
             GetEditHistoryRequest {
                 conversation_id: "grp-1".into(),

@@ -409,6 +409,25 @@ impl User {
         .await
     }
 
+    /// A page of the caller's search for `query` (in `conv`, or everywhere
+    /// when empty), from `page_token`.
+    pub async fn search(
+        &self,
+        query: &str,
+        conv: &str,
+        page_token: &str,
+        limit: u32,
+    ) -> Result<SearchMessagesResponse, Status> {
+        let req = SearchMessagesRequest {
+            query: query.into(),
+            conversation_id: conv.into(),
+            page_token: page_token.into(),
+            limit,
+        };
+        self.unary(req, |mut c, r| async move { c.search_messages(r).await })
+            .await
+    }
+
     /// Every version of the message at `seq`.
     pub async fn edit_history(
         &self,

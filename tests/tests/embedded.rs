@@ -109,6 +109,11 @@ async fn changes_are_refused_precisely() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_what_members_may_read() {
+    suite::changes::search_finds_what_members_may_read(Kind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owners_and_admins_manage_groups() {
     suite::changes::owners_and_admins_manage_groups(Kind::Embedded).await;
 }

@@ -293,3 +293,105 @@ pub async fn since_joined_members_resume_and_sync_only_what_they_may_read(kind: 
     assert_eq!(alice.all_seqs(id).await, vec![1, 2, 3, 4]);
     server.stop().await;
 }
+
+/// `SearchMessages` through the gateway: a message is found as soon as its
+/// send returns, in English, Chinese, Japanese and Korean; an edit changes
+/// what is found and a delete removes it as soon as each returns; only
+/// members find a conversation's messages; pages continue without repeats;
+/// bad queries are refused precisely.
+pub async fn search_finds_what_members_may_read(kind: Kind) {
+    let (_server, [alice, bob, carol]) = with_users(kind, ["alice", "bob", "carol"]).await;
+    let conv = alice.group("search", &["bob"]).await;
+    let id = conv.id.as_str();
+    let seqs = |r: &confab_proto::v1::SearchMessagesResponse| -> Vec<u64> {
+        r.hits.iter().map(|h| h.seq).collect()
+    };
+    let bodies = [
+        "The quarterly report is due on Friday.",
+        "我们明天在东京开会，别忘了带资料。",
+        "明日の会議は東京駅の近くで行います。",
+        "내일 서울에서 회의가 있습니다.",
+    ];
+    let mut sent = Vec::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let m = alice.send(id, &format!("m{i}"), body).await.expect("send");
+        sent.push(m.seq);
+    }
+    let (report, tokyo_cn, tokyo_jp, seoul) = (sent[0], sent[1], sent[2], sent[3]);
+    for (query, want) in [
+        ("REPORT friday", vec![report]),
+        ("东京", vec![tokyo_cn]),
+        ("東京駅", vec![tokyo_jp]),
+        ("서울", vec![seoul]),
+        ("京", vec![tokyo_jp, tokyo_cn]),
+    ] {
+        let found = bob.search(query, "", "", 20).await.expect("search");
+        assert_eq!(seqs(&found), want, "{query:?}");
+    }
+    let found = bob.search("東京駅", id, "", 20).await.expect("search");
+    let hit = &found.hits[0];
+    assert_eq!(
+        (hit.conversation_id.as_str(), hit.sender_id.as_str()),
+        (id, "alice")
+    );
+    let h = &hit.highlights[0];
+    let marked: String = hit
+        .snippet
+        .chars()
+        .skip(h.start as usize)
+        .take((h.end - h.start) as usize)
+        .collect();
+    assert_eq!(marked, "東京駅");
+    assert!(hit.rank > 0.0 && hit.sent_at.is_some(), "{hit:?}");
+
+    // Paging: one hit a page, newest first, each once.
+    let mut token = String::new();
+    let mut paged = Vec::new();
+    loop {
+        let page = bob.search("京", "", &token, 1).await.expect("page");
+        paged.extend(seqs(&page));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(paged, [tokyo_jp, tokyo_cn]);
+
+    alice
+        .edit(id, "e1", report, "The annual budget is due on Monday.")
+        .await
+        .expect("edit");
+    assert!(seqs(&bob.search("report", "", "", 20).await.expect("search")).is_empty());
+    assert_eq!(
+        seqs(&bob.search("budget", "", "", 20).await.expect("search")),
+        [report]
+    );
+    alice.delete(id, "d1", seoul).await.expect("delete");
+    assert!(seqs(&bob.search("서울", "", "", 20).await.expect("search")).is_empty());
+
+    // carol is not a member: nothing to find, and the conversation is not hers.
+    assert!(carol
+        .search("budget", "", "", 20)
+        .await
+        .expect("search")
+        .hits
+        .is_empty());
+    let refused = carol
+        .search("budget", id, "", 20)
+        .await
+        .expect_err("not hers");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    for (query, says) in [("", "query is required"), ("!!! 👍", "no words to find")] {
+        let refused = bob.search(query, "", "", 20).await.expect_err("bad query");
+        assert_eq!(refused.code(), Code::InvalidArgument, "{query:?}");
+        assert!(refused.message().contains(says), "{}", refused.message());
+    }
+    let long = "x".repeat(300);
+    let refused = bob.search(&long, "", "", 20).await.expect_err("too long");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(
+        refused.message().contains("the limit is 256"),
+        "{}",
+        refused.message()
+    );
+}
