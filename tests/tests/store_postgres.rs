@@ -473,6 +473,72 @@ async fn history_pages_are_index_range_scans() {
     }
 }
 
+/// A search probes the GIN index once per conversation of the caller's
+/// (each probe reads that conversation's postings only), on a table where
+/// every message holds the word: no scan of the table, and no probe of
+/// conversations the caller is not in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_probe_the_index_per_conversation_of_the_caller() {
+    use confab_history::store::search;
+    let pg = cluster();
+    let (url, _store) = fresh_store(&pg).await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    // 200 conversations × 500 messages; the caller is in 10 of them.
+    sqlx::query(
+        "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms)
+         SELECT 'c' || g, 2, '', 500, 0 FROM generate_series(1, 200) g",
+    )
+    .execute(&pool)
+    .await
+    .expect("conversations");
+    sqlx::query(
+        "INSERT INTO members (conversation_id, user_id, role)
+         SELECT 'c' || g, 'reader', 3 FROM generate_series(1, 10) g",
+    )
+    .execute(&pool)
+    .await
+    .expect("members");
+    sqlx::query(&format!(
+        "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms,
+                               search_tokens)
+         SELECT 'c' || c, s, 'u', 'm' || s, 1, $1, NULL, s,
+                replace($2, '@', {})::tsvector
+         FROM generate_series(1, 200) c, generate_series(1, 500) s",
+        search::pg_scope("('c' || c)")
+    ))
+    .bind("the weekly report is ready")
+    .bind(search::pg_document("the weekly report is ready"))
+    .execute(&pool)
+    .await
+    .expect("messages");
+    sqlx::query("ANALYZE")
+        .execute(&pool)
+        .await
+        .expect("analyze");
+    let terms = confab_core::search::terms("report");
+    let explain = format!("EXPLAIN (ANALYZE, COSTS OFF) {}", search::pg_search_sql());
+    let plan: Vec<String> = sqlx::query_scalar(&explain)
+        .bind("reader")
+        .bind(search::pg_query(&terms))
+        .bind("")
+        .bind(i64::MAX)
+        .bind("")
+        .bind(0i64)
+        .bind(20i64)
+        .fetch_all(&pool)
+        .await
+        .expect("explain");
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("Bitmap Index Scan on messages_search"),
+        "{plan}"
+    );
+    assert!(!plan.contains("Seq Scan on messages"), "{plan}");
+    // One probe per conversation of the caller's, 500 rows each.
+    assert!(plan.contains("loops=10"), "{plan}");
+    assert!(!plan.contains("loops=200"), "{plan}");
+}
+
 /// The pool lends a connection used in the last `PING_IF_IDLE_FOR` without
 /// pinging it first. When the server drops every connection between two
 /// reads, the read that gets a dropped connection runs again on another
