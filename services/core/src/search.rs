@@ -49,6 +49,23 @@ fn normalize(text: &str) -> Vec<Normal> {
     let mut out = Vec::with_capacity(text.len());
     for (start, original) in text.char_indices() {
         let end = start + original.len_utf8();
+        if original.is_ascii() {
+            // ASCII is its own NFKC form: skip the decomposition (most of
+            // the cost of indexing English text).
+            let c = original.to_ascii_lowercase();
+            let class = if c.is_ascii_alphanumeric() {
+                Class::Word
+            } else {
+                Class::Gap
+            };
+            out.push(Normal {
+                c,
+                class,
+                start,
+                end,
+            });
+            continue;
+        }
         for n in std::iter::once(original).nfkc() {
             for c in n.to_lowercase() {
                 let class = if is_cjk(c) {
@@ -332,6 +349,19 @@ mod tests {
         let t = tokens("ok 東京");
         assert_eq!((t[1].start, t[1].end), (3, 9), "bytes of the original");
         assert_eq!(t.iter().map(|t| t.pos).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    /// The ASCII fast path gives what NFKC and lowercasing give.
+    #[test]
+    fn ascii_is_normalized_like_everything_else() {
+        for b in 0u8..128 {
+            let c = b as char;
+            let slow: String = std::iter::once(c).nfkc().flat_map(char::to_lowercase).collect();
+            let fast = normalize(&c.to_string());
+            assert_eq!(fast.len(), 1);
+            assert_eq!(fast[0].c.to_string(), slow, "{b}");
+            assert_eq!(fast[0].class == Class::Word, c.is_alphanumeric(), "{b}");
+        }
     }
 
     #[test]
