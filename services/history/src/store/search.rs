@@ -76,6 +76,17 @@ pub fn pg_scope(conv: &str) -> String {
 /// digits).
 const SCOPE_MARK: char = '@';
 
+/// Words of one message that are indexed: the rest of a longer message is
+/// not found by search. It keeps a message's `tsvector` well under
+/// PostgreSQL's 1 MB (at most 64 characters a word), so no body that the
+/// gateway lets through (`CONFAB_MAX_BODY_BYTES`) fails its batch.
+pub const MAX_INDEXED_WORDS: usize = 4096;
+
+/// The words of `body` that are indexed.
+fn indexed(body: &str) -> impl Iterator<Item = search::Token> {
+    search::tokens(body).into_iter().take(MAX_INDEXED_WORDS)
+}
+
 /// A lexeme as a PostgreSQL literal.
 fn pg_lexeme(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 3);
@@ -96,7 +107,7 @@ fn pg_lexeme(text: &str) -> String {
 /// replaces them with [`pg_scope`]).
 pub fn pg_document(body: &str) -> String {
     let mut out = String::new();
-    for token in search::tokens(body) {
+    for token in indexed(body) {
         if !out.is_empty() {
             out.push(' ');
         }
@@ -167,7 +178,7 @@ pub fn fts_rowid(search_no: &str, seq: &str) -> String {
 /// The words of `body` as FTS5 text: the tokens, space-separated (FTS5's
 /// `ascii` tokenizer splits on spaces and keeps them whole).
 pub fn fts_document(body: &str) -> String {
-    let tokens: Vec<String> = search::tokens(body).into_iter().map(|t| t.text).collect();
+    let tokens: Vec<String> = indexed(body).map(|t| t.text).collect();
     tokens.join(" ")
 }
 
@@ -247,5 +258,15 @@ mod tests {
             "\"meet\" AND \"東京 京駅\" AND \"猫\"*"
         );
         assert_eq!(pg_document("!!"), "", "no words, an empty tsvector");
+    }
+
+    #[test]
+    fn a_huge_body_keeps_its_document_under_postgresql_limits() {
+        // 1 MB of distinct 64-character words.
+        let body: String = (0..16_000).map(|i| format!("{i:064} ")).collect();
+        let doc = pg_document(&body);
+        assert!(doc.len() < 512 * 1024, "{} bytes", doc.len());
+        assert_eq!(doc.matches(':').count(), MAX_INDEXED_WORDS);
+        assert_eq!(fts_document(&body).split(' ').count(), MAX_INDEXED_WORDS);
     }
 }
