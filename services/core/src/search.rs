@@ -356,7 +356,10 @@ mod tests {
     fn ascii_is_normalized_like_everything_else() {
         for b in 0u8..128 {
             let c = b as char;
-            let slow: String = std::iter::once(c).nfkc().flat_map(char::to_lowercase).collect();
+            let slow: String = std::iter::once(c)
+                .nfkc()
+                .flat_map(char::to_lowercase)
+                .collect();
             let fast = normalize(&c.to_string());
             assert_eq!(fast.len(), 1);
             assert_eq!(fast[0].c.to_string(), slow, "{b}");
