@@ -362,7 +362,14 @@ impl Store for PostgresStore {
         }
         let (sql, query) = (search::pg_search_sql(), search::pg_query(q.terms));
         self.again(|| async {
+            // Planned for each search (an unnamed statement), never from a
+            // cached generic plan, which PostgreSQL may switch to after five
+            // runs of a prepared statement and which knows neither the
+            // words nor whether one conversation is asked for. The bench
+            // saw searches go from about 25 ms to 240 ms (even for a word
+            // no message holds, 1M rows) between two runs of one build.
             Ok(sqlx::query_as::<_, SearchRow>(&sql)
+                .persistent(false)
                 .bind(q.caller)
                 .bind(&query)
                 .bind(q.conversation_id)
