@@ -583,8 +583,8 @@ async fn reads_go_on_when_the_server_drops_every_connection() {
     assert_eq!(seq_of(&out[0]), 2);
 }
 
-/// History's sessions plan with `random_page_cost` 1.1 unless the URL
-/// sets it, so a `Sync` listing picks the page of a user's 1,000
+/// History's sessions plan with `random_page_cost` 1.1 and without JIT
+/// unless the URL sets them, so a `Sync` listing picks the page of a user's 1,000
 /// conversations by walking `members_by_user` and the primary keys in order
 /// instead of hashing both whole tables (twice as slow; docs/benchmarks.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -604,12 +604,19 @@ async fn listings_walk_the_indexes_in_order() {
             .fetch_one(&mut conn)
             .await
             .expect("show");
-        (conn, cost)
+        let jit: String = sqlx::query_scalar("SHOW jit")
+            .fetch_one(&mut conn)
+            .await
+            .expect("show");
+        (conn, cost, jit)
     };
-    let (_, chosen) = show(format!("{url}&options=-c%20random_page_cost%3D3")).await;
+    let (_, chosen, jit) = show(format!("{url}&options=-c%20random_page_cost%3D3")).await;
     assert_eq!(chosen, "3", "the URL's own choice is kept");
-    let (mut conn, cost) = show(url.clone()).await;
-    assert_eq!(cost, RANDOM_PAGE_COST);
+    assert_eq!(jit, "off", "and the other settings still apply");
+    let (_, _, jit) = show(format!("{url}&options=-c%20jit%3Don")).await;
+    assert_eq!(jit, "on", "the URL's own choice is kept");
+    let (mut conn, cost, jit) = show(url.clone()).await;
+    assert_eq!((cost.as_str(), jit.as_str()), (RANDOM_PAGE_COST, "off"));
     sqlx::raw_sql(
         "INSERT INTO conversations (id, kind, title, last_seq, created_at_ms, change_no)
          SELECT 'c' || g, 2, '', 10, 0, g FROM generate_series(1000, 1999) g;

@@ -87,18 +87,31 @@ pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(100);
 /// conversations: 8 ms of execution against 4; docs/benchmarks.md).
 pub const RANDOM_PAGE_COST: &str = "1.1";
 
-/// How history connects to `url`: as the URL says, with
-/// [`RANDOM_PAGE_COST`] unless the URL's `options` set `random_page_cost`
-/// (`?options=-c%20random_page_cost%3D4` sets another).
+/// Session settings history's connections start with, each unless the
+/// URL's `options` set it (`?options=-c%20random_page_cost%3D4` sets
+/// another):
+/// - `random_page_cost`: [`RANDOM_PAGE_COST`];
+/// - `jit`: off. History's statements are short; a search of a user's 100
+///   conversations is estimated above `jit_above_cost`, and compiling it
+///   took 13–24 ms of every call that then ran in 1–2 ms (and 217–257 ms
+///   with a generic plan's higher estimate, which also inlines and
+///   optimizes), on 1M rows (docs/benchmarks.md).
+pub const SESSION_SETTINGS: [(&str, &str); 2] =
+    [("random_page_cost", RANDOM_PAGE_COST), ("jit", "off")];
+
+/// How history connects to `url`: as the URL says, with the
+/// [`SESSION_SETTINGS`] it does not set itself.
 pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
     let options: PgConnectOptions = url.parse()?;
-    let chosen = options
-        .get_options()
-        .is_some_and(|o| o.contains("random_page_cost"));
-    Ok(if chosen {
+    let own = options.get_options().unwrap_or_default().to_string();
+    let missing: Vec<(&str, &str)> = SESSION_SETTINGS
+        .into_iter()
+        .filter(|(name, _)| !own.contains(name))
+        .collect();
+    Ok(if missing.is_empty() {
         options
     } else {
-        options.options([("random_page_cost", RANDOM_PAGE_COST)])
+        options.options(missing)
     })
 }
 
