@@ -176,7 +176,7 @@ pub struct SyncReport {
 }
 
 /// The CPU ticks of `pids` together.
-fn ticks_of(pids: &[u32]) -> u64 {
+pub(super) fn ticks_of(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| cpu_ticks(*p)).sum()
 }
 

@@ -1,8 +1,11 @@
 //! History's ingest rate, isolated: the ingress topic is filled first, with
 //! records built as the gateway builds them, then the real `confab-history`
-//! binary is started on it and timed until everything is stored.
+//! binary is started on it and timed until everything is stored; with
+//! search indexing on or off (`CONFAB_SEARCH_INDEX`, [`run_with`]). The
+//! messages say what the generated table's do ([`corpus`]).
 
-use super::{per_sec, CpuMark, ProcStats};
+use super::corpus::{self, Corpus};
+use super::{clock_ticks_per_sec, per_sec, server_cpu_ticks, CpuMark, ProcStats};
 use anyhow::{anyhow, ensure, Context, Result};
 use confab_core::validate::{group_conversation_id, new_traceparent};
 use confab_kafka::{ensure_topics, KafkaConfig, KafkaPublisher};
@@ -31,7 +34,9 @@ pub struct IngestOpts {
     pub messages: u64,
     /// GROUP conversations they are spread over (created first).
     pub conversations: u64,
-    /// Size of each message body.
+    /// About how many bytes a message body has on average: bodies are the
+    /// texts of [`Corpus::new`]`(body_bytes)`, as in the generated table
+    /// (real words, so that indexing them for search costs what it would).
     pub body_bytes: usize,
     /// History's log file.
     pub log: std::path::PathBuf,
@@ -51,6 +56,43 @@ pub struct IngestReport {
     pub sequenced_per_sec: f64,
     /// History's CPU and memory over `seconds`.
     pub history: ProcStats,
+    /// `CONFAB_SEARCH_INDEX` as history was given it (`None`: unset, its
+    /// default).
+    #[serde(default)]
+    pub search_index: Option<bool>,
+    /// Sends stored with their words for search.
+    #[serde(default)]
+    pub indexed: u64,
+    /// CPU time of the whole PostgreSQL server (every process of it)
+    /// over `seconds`, when [`IngestSetup::postmaster`] was given.
+    #[serde(default)]
+    pub postgres_cpu_seconds: Option<f64>,
+}
+
+impl IngestReport {
+    /// History's CPU time per message stored, in µs.
+    pub fn history_us_per_message(&self) -> f64 {
+        self.history.cpu_seconds * 1e6 / self.messages.max(1) as f64
+    }
+
+    /// PostgreSQL's CPU time per message stored, in µs, if measured.
+    pub fn postgres_us_per_message(&self) -> Option<f64> {
+        self.postgres_cpu_seconds
+            .map(|s| s * 1e6 / self.messages.max(1) as f64)
+    }
+}
+
+/// How [`run_with`] runs history, beyond [`IngestOpts`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IngestSetup {
+    /// `CONFAB_SEARCH_INDEX` for history: `Some(true)` "on", `Some(false)`
+    /// "off" (and then no stored send may have search words, nor may one
+    /// lack them with "on"); `None`: unset.
+    pub search_index: Option<bool>,
+    /// The PostgreSQL server's postmaster, to report the CPU time of the
+    /// server (the postmaster, its children, and those it reaped) over the
+    /// window.
+    pub postmaster: Option<u32>,
 }
 
 /// The gateway id the records claim to come from.
@@ -71,6 +113,12 @@ const POLL: Duration = Duration::from_millis(50);
 /// messages at most) until the database holds every send. History is
 /// stopped afterwards.
 pub async fn run(opts: &IngestOpts) -> Result<IngestReport> {
+    run_with(opts, &IngestSetup::default()).await
+}
+
+/// [`run`], with history's search indexing set and PostgreSQL's CPU
+/// measured as `setup` says.
+pub async fn run_with(opts: &IngestOpts, setup: &IngestSetup) -> Result<IngestReport> {
     ensure!(
         opts.messages > 0 && opts.conversations > 0,
         "messages and conversations must be positive"
@@ -107,14 +155,14 @@ pub async fn run(opts: &IngestOpts) -> Result<IngestReport> {
         record(c, &members[0], id, create)
     })
     .await?;
-    let body = "x".repeat(opts.body_bytes);
+    let corpus = Corpus::new(opts.body_bytes);
     publish_all(&publisher, opts.messages, |i| {
         let (id, members) = &convs[(i % opts.conversations) as usize];
         let sender = &members[((i / opts.conversations) % 3) as usize];
         let send = Command::Send(SendCommand {
             reply_to_seq: 0,
             client_msg_id: format!("bench-{i}"),
-            body: body.clone(),
+            body: corpus.body(corpus::pick(i, corpus.sentences.len())),
         });
         record(opts.conversations + i, sender, id, send)
     })
@@ -124,6 +172,12 @@ pub async fn run(opts: &IngestOpts) -> Result<IngestReport> {
         .await
         .context("flush the producer")?;
 
+    let search_index = setup.search_index.map(|on| {
+        (
+            confab_core::vars::SEARCH_INDEX,
+            if on { "on" } else { "off" }.to_string(),
+        )
+    });
     let env: Vec<(String, String)> = [
         ("CONFAB_KAFKA_BROKERS", opts.bootstrap.clone()),
         ("CONFAB_KAFKA_PREFIX", opts.prefix.clone()),
@@ -136,6 +190,7 @@ pub async fn run(opts: &IngestOpts) -> Result<IngestReport> {
         ("CONFAB_LOG", "info".into()),
     ]
     .into_iter()
+    .chain(search_index)
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let pool = PgPoolOptions::new()
@@ -154,10 +209,49 @@ pub async fn run(opts: &IngestOpts) -> Result<IngestReport> {
     })
     .await
     .map_err(|e| anyhow!("confab-history did not start: {}", panic_text(e)))?;
-    let measured = measure(&mut history, &pool, opts, launched).await;
+    let measured = measure(&mut history, &pool, opts, setup, launched).await;
     history.terminate(Duration::from_secs(10)).await;
+    let checked = match measured {
+        Ok(report) => indexed(&pool, setup, report).await,
+        Err(e) => Err(e),
+    };
     pool.close().await;
-    measured
+    checked
+}
+
+/// `report` with the sends stored with search words counted, checked
+/// against `setup.search_index` when it was set.
+async fn indexed(
+    pool: &PgPool,
+    setup: &IngestSetup,
+    mut report: IngestReport,
+) -> Result<IngestReport> {
+    let (texts, with_words): (i64, i64) =
+        sqlx::query_as("SELECT count(*), count(search_tokens) FROM messages WHERE kind = 1")
+            .fetch_one(pool)
+            .await
+            .context("count the sends stored with search words")?;
+    let (texts, with_words) = (
+        u64::try_from(texts).unwrap_or(0),
+        u64::try_from(with_words).unwrap_or(0),
+    );
+    let expected = match setup.search_index {
+        Some(true) => Some(texts),
+        Some(false) => Some(0),
+        None => None,
+    };
+    if let Some(want) = expected {
+        ensure!(
+            with_words == want,
+            "history stored {with_words} of {texts} sends with search words, \
+             with {}={}",
+            confab_core::vars::SEARCH_INDEX,
+            if want == 0 { "off" } else { "on" }
+        );
+    }
+    report.search_index = setup.search_index;
+    report.indexed = with_words;
+    Ok(report)
 }
 
 /// An ingress record as the gateway's `Submitter` makes it.
@@ -219,19 +313,21 @@ async fn measure(
     history: &mut ServiceProc,
     pool: &PgPool,
     opts: &IngestOpts,
+    setup: &IngestSetup,
     launched: Instant,
 ) -> Result<IngestReport> {
     let pid = history.pid().context("history has no process id")?;
     let within = Duration::from_secs(60 + opts.messages / 500);
+    let postgres = || setup.postmaster.and_then(server_cpu_ticks);
     let seen = std::cell::RefCell::new(Seen {
-        before: (launched, CpuMark::now(pid)),
+        before: (launched, CpuMark::now(pid), postgres()),
         stored: (0, 0),
         last_error: None,
     });
     let history = std::cell::RefCell::new(history);
     let (seen, running) = (&seen, &history);
     let finished = confab_tests::poll("every send stored", within, POLL, || async move {
-        let at = (Instant::now(), CpuMark::now(pid));
+        let at = (Instant::now(), CpuMark::now(pid), postgres());
         let read = stored(pool).await;
         let mut s = seen.borrow_mut();
         s.stored = match read {
@@ -249,12 +345,21 @@ async fn measure(
         // reading with nothing stored.
         if convs >= opts.conversations.max(1) && sends >= opts.messages {
             let window = s.before.0.elapsed();
+            let postgres_cpu_seconds = match (s.before.2, postgres()) {
+                (Some(from), Some(to)) => {
+                    Some(to.saturating_sub(from) as f64 / clock_ticks_per_sec() as f64)
+                }
+                _ => None,
+            };
             return Ok(Some(IngestReport {
                 messages: opts.messages,
                 conversations: opts.conversations,
                 seconds: window.as_secs_f64(),
                 sequenced_per_sec: per_sec(opts.messages, window),
                 history: s.before.1.stats("confab-history"),
+                search_index: setup.search_index,
+                indexed: 0,
+                postgres_cpu_seconds,
             }));
         }
         if !running.borrow_mut().is_running() {
@@ -278,8 +383,9 @@ async fn measure(
 
 /// What [`measure`] has seen of the database so far.
 struct Seen {
-    /// The last reading with nothing stored (when, and history's CPU then).
-    before: (Instant, CpuMark),
+    /// The last reading with nothing stored (when, history's CPU then, and
+    /// PostgreSQL's in clock ticks if measured).
+    before: (Instant, CpuMark, Option<u64>),
     /// Conversations and sends stored at the last reading.
     stored: (u64, u64),
     /// The last error reading the database.

@@ -10,8 +10,10 @@
 //!   batched inserts into the same PostgreSQL).
 //! - [`idle`]: many idle `Connect` streams, memory per stream.
 //! - [`reads`]: `GetHistory` on a table of millions of rows (with its
-//!   generator).
-//! - [`ingest`]: history's ingest rate from a pre-filled ingress topic.
+//!   generator, whose text is [`corpus`]'s); [`inbox`]: `ListConversations`
+//!   and `Sync` on it; [`search`]: `SearchMessages` on it.
+//! - [`ingest`]: history's ingest rate from a pre-filled ingress topic,
+//!   with search indexing on or off.
 //! - [`suite`]: everything above in one run, as a table and as JSON.
 //!
 //! Nothing here asserts a speed: the numbers are reported, and
@@ -23,12 +25,14 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub mod baselines;
+pub mod corpus;
 pub mod echo;
 pub mod idle;
 pub mod inbox;
 pub mod ingest;
 pub mod load;
 pub mod reads;
+pub mod search;
 pub mod suite;
 
 /// Latency percentiles, in microseconds.
@@ -174,6 +178,23 @@ pub fn cpu_ticks(pid: u32) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// The CPU time, in clock ticks, of a server whose processes are all
+/// children of `root` (PostgreSQL's postmaster): `root`'s and its live
+/// children's utime + stime, plus `root`'s cutime + cstime, the time of
+/// the children it has reaped (so a backend that exits between two
+/// readings still counts). `None` if `root` is gone.
+pub fn server_cpu_ticks(root: u32) -> Option<u64> {
+    let fields = confab_tests::procs::stat_fields(root)?;
+    let field = |i: usize| -> Option<u64> { fields.get(i)?.parse().ok() };
+    let own = field(11)? + field(12)?;
+    let reaped = field(13)? + field(14)?;
+    let live: u64 = confab_tests::procs::children(root)
+        .into_iter()
+        .filter_map(cpu_ticks)
+        .sum();
+    Some(own + reaped + live)
 }
 
 /// A `kB` line of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`).

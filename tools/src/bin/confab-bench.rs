@@ -8,6 +8,7 @@
 //!   a `confab dev` it starts (`--embedded`).
 //! - `confab-bench echo-server`: the bare tonic echo server (the gRPC
 //!   ceiling), run as its own process by `suite`.
+//! - `confab-bench ingest`, `idle`, `generate`: parts of the suite alone.
 
 use clap::{Args, Parser, Subcommand};
 use confab_tests::{free_port, DevProcess, SECRET};
@@ -71,12 +72,37 @@ enum Cmd {
         messages: u64,
         #[arg(long, default_value_t = 200)]
         conversations: u64,
+        /// History's `CONFAB_SEARCH_INDEX` (unset: its default, on).
+        #[arg(long, value_enum)]
+        search_index: Option<Switch>,
+    },
+    /// Fills a PostgreSQL database with the suite's generated table (the
+    /// messages `reads` and `search` measure), for looking into it by hand;
+    /// prints what it did as JSON.
+    Generate {
+        /// A database no history serves yet (migrated or empty).
+        #[arg(long)]
+        database_url: String,
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        #[arg(long, default_value_t = 1_000)]
+        conversations: u64,
+        /// The member of every conversation (and their owner).
+        #[arg(long, default_value = "bench-reader")]
+        reader: String,
     },
     /// The bare tonic echo server.
     EchoServer {
         #[arg(long, default_value = "127.0.0.1:50099")]
         listen: String,
     },
+}
+
+/// On or off.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Args)]
@@ -139,25 +165,51 @@ fn main() {
                 echo::serve(listener).await
             }
             Cmd::Load(args) => load_cmd(args).await,
+            Cmd::Generate {
+                database_url,
+                rows,
+                conversations,
+                reader,
+            } => print_json(
+                &confab_tools::bench::reads::generate(
+                    &confab_tools::bench::reads::GenerateOpts {
+                        database_url,
+                        rows,
+                        conversations,
+                        reader,
+                        body_bytes: 100,
+                    },
+                )
+                .await?,
+            ),
             Cmd::Ingest {
                 messages,
                 conversations,
+                search_index,
             } => {
                 use confab_tools::bench::{baselines, ingest};
                 let pg = confab_tests::postgres::PgCluster::start_local()?;
                 let broker = confab_tests::broker::Broker::start_memory().await;
                 let logs = tempfile::tempdir()?;
-                print_json(&ingest::run(&ingest::IngestOpts {
-                    bootstrap: broker.bootstrap(),
-                    database_url: pg.fresh_database().await?,
-                    prefix: format!("ingest{}", std::process::id()),
-                    partitions: 8,
-                    messages,
-                    conversations,
-                    body_bytes: 100,
-                    log: logs.path().join("history.log"),
-                })
-                .await?)?;
+                print_json(
+                    &ingest::run_with(
+                        &ingest::IngestOpts {
+                            bootstrap: broker.bootstrap(),
+                            database_url: pg.fresh_database().await?,
+                            prefix: format!("ingest{}", std::process::id()),
+                            partitions: 8,
+                            messages,
+                            conversations,
+                            body_bytes: 100,
+                            log: logs.path().join("history.log"),
+                        },
+                        &ingest::IngestSetup {
+                            search_index: search_index.map(|s| matches!(s, Switch::On)),
+                            postmaster: pg.server_pids().first().copied(),
+                        },
+                    )
+                    .await?,
+                )?;
                 print_json(&baselines::postgres_inserts(&baselines::InsertOpts {
                     database_url: pg.fresh_database().await?,
                     rows: messages,

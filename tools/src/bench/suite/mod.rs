@@ -8,9 +8,10 @@
 //!    idle `Connect` streams on a fresh process for memory per stream.
 //! 3. The distributed stack on one PostgreSQL cluster and one nisshi broker
 //!    (on its memory engine; see below): the Kafka and database
-//!    ceilings, history's isolated ingest rate, `GetHistory` on a table of
-//!    millions of rows, sends as fast as possible and at a fixed rate, and
-//!    idle streams on the gateway.
+//!    ceilings, history's isolated ingest rate (with search indexing on and
+//!    off, in turn), `GetHistory`, `ListConversations`, `Sync` and
+//!    `SearchMessages` on a table of millions of rows, sends as fast as
+//!    possible and at a fixed rate, and idle streams on the gateway.
 //!
 //! Each target of the performance issue is then checked and reported as
 //! met or missed (`targets`); nothing fails the run but an error. The
@@ -30,9 +31,10 @@ use targets::targets;
 use super::baselines::{self, InsertOpts, InsertReport, KafkaOpts, KafkaReport};
 use super::idle::{self, IdleOpts, IdleReport};
 use super::inbox::{self, InboxOpts, InboxReport, SyncOpts, SyncReport};
-use super::ingest::{self, IngestOpts, IngestReport};
+use super::ingest::{self, IngestOpts, IngestReport, IngestSetup};
 use super::load::{self, LoadOpts, LoadReport, Via};
 use super::reads::{self, GenerateOpts, GenerateReport, ReadOpts, ReadReport};
+use super::search::{self, SearchOpts, SearchReport};
 use super::Machine;
 use anyhow::{Context, Result};
 use confab_tests::broker::Broker;
@@ -56,10 +58,15 @@ pub enum Section {
     Kafka,
     /// Raw batched inserts into PostgreSQL (the database ceiling).
     Inserts,
-    /// History's ingest from a pre-filled ingress topic.
+    /// History's ingest from a pre-filled ingress topic, with search
+    /// indexing on and off.
     Ingest,
-    /// The generated table, and `GetHistory` through the gateway.
+    /// The generated table, and `GetHistory`, `ListConversations` and
+    /// `Sync` through the gateway.
     Reads,
+    /// `SearchMessages` through the gateway on the generated table (which
+    /// `reads` shares).
+    Search,
     /// Sends through history, router and gateway.
     Distributed,
 }
@@ -90,6 +97,13 @@ pub struct SuiteOpts {
     pub history_conversations: u64,
     /// `GetHistory` calls measured.
     pub history_requests: u64,
+    /// `SearchMessages` calls measured, and the generated conversations
+    /// the searcher is in.
+    pub search_requests: u64,
+    pub search_member_of: u64,
+    /// History's ingest is measured this many times with search indexing
+    /// on, and as many with it off, in turn.
+    pub ingest_pairs: usize,
     /// Messages for the Kafka ceiling, the insert ceiling and the ingest
     /// run.
     pub kafka_messages: u64,
@@ -102,8 +116,9 @@ pub struct SuiteOpts {
 }
 
 impl SuiteOpts {
-    /// What `make bench` runs (about 15 minutes on 2 cores, most of it
-    /// filling the 10M-row table).
+    /// What `make bench` runs (on 2 cores, most of its time goes to
+    /// filling the 10M-row table and building its indexes, the search
+    /// index the longest).
     pub fn full(log_dir: PathBuf) -> Self {
         Self {
             seconds: 15,
@@ -117,6 +132,9 @@ impl SuiteOpts {
             history_rows: 10_000_000,
             history_conversations: 1_000,
             history_requests: 20_000,
+            search_requests: 2_000,
+            search_member_of: 100,
+            ingest_pairs: 3,
             kafka_messages: 200_000,
             insert_rows: 500_000,
             ingest_messages: 200_000,
@@ -141,6 +159,9 @@ impl SuiteOpts {
             history_rows: 20_000,
             history_conversations: 10,
             history_requests: 300,
+            search_requests: 100,
+            search_member_of: 100,
+            ingest_pairs: 1,
             kafka_messages: 2_000,
             insert_rows: 5_000,
             ingest_messages: 2_000,
@@ -182,7 +203,14 @@ pub struct SuiteReport {
     pub embedded_idle: Option<IdleReport>,
     pub kafka: Option<KafkaReport>,
     pub inserts: Option<InsertReport>,
+    /// History's ingest: the first run with search indexing on (also the
+    /// first of `ingest_search`).
     pub ingest: Option<IngestReport>,
+    /// History's ingest with search indexing on and off
+    /// (`CONFAB_SEARCH_INDEX`), run in turn on fresh databases: (on, off)
+    /// pairs.
+    #[serde(default)]
+    pub ingest_search: Vec<(IngestReport, IngestReport)>,
     pub history_table: Option<GenerateReport>,
     /// `GetHistory` from one client: the latency of a page.
     pub history_reads: Option<ReadReport>,
@@ -200,6 +228,9 @@ pub struct SuiteReport {
     /// `Sync` from a cursor 1,000 changes behind (one message in each of
     /// 1,000 conversations), every page.
     pub sync_after_changes: Option<SyncReport>,
+    /// `SearchMessages` for a user in 100 of the generated conversations.
+    #[serde(default)]
+    pub search: Option<SearchReport>,
     /// The distributed stack.
     pub distributed: Vec<LoadReport>,
     pub gateway_idle: Option<IdleReport>,
@@ -282,7 +313,12 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
 
     // 3. The distributed stack and its parts.
-    let stacked = [Section::Idle, Section::Reads, Section::Distributed];
+    let stacked = [
+        Section::Idle,
+        Section::Reads,
+        Section::Search,
+        Section::Distributed,
+    ];
     let needs_stack = stacked.into_iter().any(|s| opts.runs(s));
     let parts = [Section::Kafka, Section::Inserts, Section::Ingest];
     if !needs_stack && !parts.into_iter().any(|s| opts.runs(s)) {
@@ -326,19 +362,16 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
 
     if opts.runs(Section::Ingest) {
-        step("history's ingest (a pre-filled ingress topic)");
-        let r = ingest::run(&IngestOpts {
-            bootstrap: broker.bootstrap(),
-            database_url: pg.fresh_database().await?,
-            prefix: format!("ingest{}", std::process::id()),
-            partitions: 8,
-            messages: opts.ingest_messages,
-            conversations: 200.min(opts.ingest_messages.max(1)),
-            body_bytes: opts.body_bytes,
-            log: opts.log_dir.join("history-ingest.log"),
-        })
-        .await?;
-        report.ingest = Some(noted(r));
+        // On, off, on, off, ...: each on a fresh database and topics of
+        // its own, so the machine's drift falls on both alike.
+        let mut pairs = Vec::new();
+        for round in 0..opts.ingest_pairs.max(1) {
+            let on = ingest_once(opts, &pg, &broker, round, true).await?;
+            let off = ingest_once(opts, &pg, &broker, round, false).await?;
+            pairs.push((on, off));
+        }
+        report.ingest = pairs.first().map(|(on, _)| on.clone());
+        report.ingest_search = pairs;
     }
 
     if !needs_stack {
@@ -350,7 +383,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
     let reader = "bench-reader".to_string();
     let database_url = pg.fresh_database().await?;
-    if opts.runs(Section::Reads) {
+    if opts.runs(Section::Reads) || opts.runs(Section::Search) {
         step(&format!(
             "filling history's table with {} rows",
             opts.history_rows
@@ -476,6 +509,33 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
         report.sync_after_changes = Some(r);
     }
 
+    if opts.runs(Section::Search) {
+        step(&format!(
+            "SearchMessages through the gateway, a user in {} conversations",
+            opts.search_member_of.min(opts.history_conversations)
+        ));
+        let r = search::measure(&SearchOpts {
+            gateway,
+            secret: SECRET.into(),
+            reader: reader.clone(),
+            searcher: "bench-searcher".into(),
+            rows: opts.history_rows,
+            conversations: opts.history_conversations,
+            body_bytes: opts.body_bytes,
+            member_of: opts.search_member_of,
+            requests: opts.search_requests,
+            limit: confab_core::validate::DEFAULT_SEARCH_PAGE,
+            watch: watch(&stack)
+                .into_iter()
+                .map(|(label, pid)| (label, vec![pid]))
+                .chain([("PostgreSQL".to_string(), pg.server_pids())])
+                .collect(),
+        })
+        .await?;
+        eprintln!("{r:?}");
+        report.search = Some(r);
+    }
+
     if opts.runs(Section::Distributed) {
         step("sends through the distributed stack");
         for (label, via, rate) in [
@@ -499,6 +559,42 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     report.targets = targets(&report, opts);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// History's ingest on a fresh database of `pg`, with search indexing
+/// `on` or off, its log named after the round and the setting.
+async fn ingest_once(
+    opts: &SuiteOpts,
+    pg: &PgCluster,
+    broker: &Broker,
+    round: usize,
+    on: bool,
+) -> Result<IngestReport> {
+    let switch = if on { "on" } else { "off" };
+    step(&format!(
+        "history's ingest (a pre-filled ingress topic), search indexing {switch}, round {}",
+        round + 1
+    ));
+    let r = ingest::run_with(
+        &IngestOpts {
+            bootstrap: broker.bootstrap(),
+            database_url: pg.fresh_database().await?,
+            prefix: format!("ingest{}-{round}-{switch}", std::process::id()),
+            partitions: 8,
+            messages: opts.ingest_messages,
+            conversations: 200.min(opts.ingest_messages.max(1)),
+            body_bytes: opts.body_bytes,
+            log: opts
+                .log_dir
+                .join(format!("history-ingest-{round}-{switch}.log")),
+        },
+        &IngestSetup {
+            search_index: Some(on),
+            postmaster: pg.server_pids().first().copied(),
+        },
+    )
+    .await?;
+    Ok(noted(r))
 }
 
 /// `r`, printed to stderr as it is.

@@ -69,11 +69,33 @@ pub fn table(r: &SuiteReport) -> String {
             i.messages, i.conversations, i.sequenced_per_sec, i.history.cores
         ));
     }
+    for (n, (on, off)) in r.ingest_search.iter().enumerate() {
+        let cpu = |i: &super::IngestReport| {
+            format!(
+                "history {:.1}{}",
+                i.history_us_per_message(),
+                i.postgres_us_per_message()
+                    .map(|us| format!(", PostgreSQL {us:.1}"))
+                    .unwrap_or_default()
+            )
+        };
+        s.push_str(&format!(
+            "History ingest, pair {}: search indexing on {:.0}/s, off {:.0}/s ({:.0}%); CPU us per message on: {}; off: {}\n",
+            n + 1,
+            on.sequenced_per_sec,
+            off.sequenced_per_sec,
+            on.sequenced_per_sec / off.sequenced_per_sec.max(1e-9) * 100.0,
+            cpu(on),
+            cpu(off)
+        ));
+    }
     if let Some(g) = &r.history_table {
         s.push_str(&format!(
-            "GetHistory: {} rows ({} MiB) over {} conversations, generated in {:.0} s\n",
+            "GetHistory: {} rows ({} MiB, search index {} MiB, bodies {:.0} bytes on average) over {} conversations, generated in {:.0} s\n",
             g.rows,
             g.table_bytes >> 20,
+            g.search_index_bytes >> 20,
+            g.mean_body_bytes,
             g.conversations,
             g.seconds,
         ));
@@ -125,6 +147,37 @@ pub fn table(r: &SuiteReport) -> String {
 ",
                 cpu.join(", ")
             ));
+        }
+    }
+    if let Some(q) = &r.search {
+        s.push_str(&format!(
+            "SearchMessages, a user in {} conversations ({} messages), pages of {}: {} searches: {:.0}/s, {}\n",
+            q.member_of,
+            q.messages_in_scope,
+            q.limit,
+            q.requests,
+            q.per_sec,
+            q.latency.brief()
+        ));
+        for c in &q.classes {
+            s.push_str(&format!(
+                "  {:<20} {:>6.0} matches on average, {}: {}\n",
+                c.class,
+                c.mean_matches,
+                c.queries.join(" | "),
+                c.latency.brief()
+            ));
+        }
+        if !q.errors.is_empty() {
+            s.push_str(&format!("  errors: {:?}\n", q.errors));
+        }
+        if !q.cpu_ms_per_search.is_empty() {
+            let cpu: Vec<String> = q
+                .cpu_ms_per_search
+                .iter()
+                .map(|(label, ms)| format!("{label} {ms:.1}"))
+                .collect();
+            s.push_str(&format!("  CPU ms per search: {}\n", cpu.join(", ")));
         }
     }
     for (name, idle) in [("embedded", &r.embedded_idle), ("gateway", &r.gateway_idle)] {

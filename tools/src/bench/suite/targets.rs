@@ -220,6 +220,75 @@ pub(super) fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
                 && sync.errors.is_empty(),
         });
     }
+    if let (Some(search), Some(table)) = (&r.search, &r.history_table) {
+        let ms = |us: u64| us as f64 / 1000.0;
+        let slowest = search
+            .classes
+            .iter()
+            .max_by_key(|c| c.latency.p99_us)
+            .map(|c| {
+                format!(
+                    "; slowest kind: {} at p99 {:.2} ms",
+                    c.class,
+                    ms(c.latency.p99_us)
+                )
+            })
+            .unwrap_or_default();
+        t.push(Target {
+            name: "SearchMessages".into(),
+            goal: "p99 <= 30 ms for a user in 100 conversations, 10M rows".into(),
+            measured: format!(
+                "p99 {:.2} ms (p50 {:.2} ms) over {} searches of {} queries, a user in {} conversations ({} messages) of {} rows{}",
+                ms(search.latency.p99_us),
+                ms(search.latency.p50_us),
+                search.requests,
+                search.classes.iter().map(|c| c.queries.len()).sum::<usize>(),
+                search.member_of,
+                search.messages_in_scope,
+                table.rows,
+                slowest
+            ),
+            met: search.latency.p99_us <= 30_000
+                && search.member_of >= 100
+                && table.rows >= 10_000_000
+                && search.latency.count == search.requests
+                && search.errors.is_empty(),
+        });
+    }
+    if !r.ingest_search.is_empty() {
+        let ratios: Vec<f64> = r
+            .ingest_search
+            .iter()
+            .map(|(on, off)| on.sequenced_per_sec / off.sequenced_per_sec.max(1e-9))
+            .collect();
+        let mut sorted = ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        let ratio = (sorted[(sorted.len() - 1) / 2] + sorted[sorted.len() / 2]) / 2.0;
+        let rates = |pick: fn(&(super::IngestReport, super::IngestReport)) -> f64| {
+            r.ingest_search
+                .iter()
+                .map(|p| format!("{:.0}", pick(p)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        t.push(Target {
+            name: "ingest with search indexing".into(),
+            goal: ">= 80% of ingest without it (CONFAB_SEARCH_INDEX=off), same run".into(),
+            measured: format!(
+                "{:.0}% (median of {} interleaved pairs: {}); on {}/s, off {}/s",
+                ratio * 100.0,
+                ratios.len(),
+                ratios
+                    .iter()
+                    .map(|x| format!("{:.0}%", x * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                rates(|p| p.0.sequenced_per_sec),
+                rates(|p| p.1.sequenced_per_sec),
+            ),
+            met: ratio >= 0.8,
+        });
+    }
     if let (Some(ingest), Some(inserts)) = (&r.ingest, &r.inserts) {
         let ratio = ingest.sequenced_per_sec / inserts.rows_per_sec.max(1e-9);
         t.push(Target {
