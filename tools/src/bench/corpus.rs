@@ -1044,30 +1044,4 @@ mod tests {
             }
         }
     }
-
-    /// The corpus and what each query finds, to read when changing them:
-    /// `cargo test -p confab-tools corpus::tests::show -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn show() {
-        let c = Corpus::new(100);
-        for (i, s) in c.sentences.iter().enumerate() {
-            println!("{i:3} {:3} {s}", s.len());
-        }
-        let rows = 1_000_000u64;
-        let scope = scope_of(rows);
-        for (class, q) in QUERIES {
-            let terms = search::terms(q);
-            let n = c
-                .sentences
-                .iter()
-                .filter(|s| search::matches(s, &terms))
-                .count();
-            let found = c.matcher(&terms).map_or(0, |mut m| m.count(&scope));
-            println!(
-                "{class:?} {q}: {n} sentences, {found} of {rows} rows ({:.3}%)",
-                found as f64 * 100.0 / rows as f64
-            );
-        }
-    }
 }
