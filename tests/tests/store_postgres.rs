@@ -502,9 +502,9 @@ async fn searches_probe_the_index_per_conversation_of_the_caller() {
         "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms,
                                search_tokens)
          SELECT 'c' || c, s, 'u', 'm' || s, 1, $1, NULL, s,
-                replace($2, '@', {})::tsvector
+                {}
          FROM generate_series(1, 200) c, generate_series(1, 500) s",
-        search::pg_scope("('c' || c)")
+        search::pg_scoped("$2", "('c' || c)", "tsvector")
     ))
     .bind("the weekly report is ready")
     .bind(search::pg_document("the weekly report is ready"))

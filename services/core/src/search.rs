@@ -47,40 +47,32 @@ struct Normal {
 
 fn normalize(text: &str) -> Vec<Normal> {
     let mut out = Vec::with_capacity(text.len());
+    let mut push = |c: char, start: usize, end: usize| {
+        let class = if is_cjk(c) {
+            Class::Cjk
+        } else if c.is_alphanumeric() {
+            Class::Word
+        } else {
+            Class::Gap
+        };
+        out.push(Normal {
+            c,
+            class,
+            start,
+            end,
+        });
+    };
     for (start, original) in text.char_indices() {
         let end = start + original.len_utf8();
         if original.is_ascii() {
             // ASCII is its own NFKC form: skip the decomposition (most of
             // the cost of indexing English text).
-            let c = original.to_ascii_lowercase();
-            let class = if c.is_ascii_alphanumeric() {
-                Class::Word
-            } else {
-                Class::Gap
-            };
-            out.push(Normal {
-                c,
-                class,
-                start,
-                end,
-            });
+            push(original.to_ascii_lowercase(), start, end);
             continue;
         }
         for n in std::iter::once(original).nfkc() {
             for c in n.to_lowercase() {
-                let class = if is_cjk(c) {
-                    Class::Cjk
-                } else if c.is_alphanumeric() {
-                    Class::Word
-                } else {
-                    Class::Gap
-                };
-                out.push(Normal {
-                    c,
-                    class,
-                    start,
-                    end,
-                });
+                push(c, start, end);
             }
         }
     }

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, ensure, Context, Result};
 use confab_auth::Authenticator;
 use confab_core::validate::SizeLimits;
 use confab_history::store::decide::system_message;
-use confab_history::store::search::{pg_document, pg_scope};
+use confab_history::store::search::{pg_document, pg_scoped};
 use confab_history::PostgresStore;
 use confab_proto::prost::Message as _;
 use confab_proto::v1::chat_client::ChatClient;
@@ -456,8 +456,8 @@ async fn check_rows(conn: &mut PgConnection, opts: &GenerateOpts, corpus: &Corpu
         "SELECT count(*)
          FROM UNNEST($1::text[], $2::bigint[], $3::text[]) AS u (conversation_id, seq, doc)
          JOIN messages m ON m.conversation_id = u.conversation_id AND m.seq = u.seq
-         WHERE m.search_tokens = replace(u.doc, '@', {})::tsvector",
-        pg_scope("u.conversation_id")
+         WHERE m.search_tokens = {}",
+        pg_scoped("u.doc", "u.conversation_id", "tsvector")
     ))
     .bind(stored.iter().map(|s| s.0.as_str()).collect::<Vec<_>>())
     .bind(stored.iter().map(|s| s.1).collect::<Vec<_>>())
@@ -498,7 +498,9 @@ async fn load_messages(
     let started = Instant::now();
     let (sentence, reference) = corpus::pick_sql("q.x", corpus.sentences.len());
     let (ref_text, ref_doc) = corpus::reference_sql("p.reference");
-    let scope = pg_scope("('bench-read-' || p.conv)");
+    let conv = "('bench-read-' || p.conv)";
+    let sentence_words = pg_scoped("$11[p.sentence + 1]", conv, "tsvector");
+    let ref_words = pg_scoped(&ref_doc, conv, "tsvector");
     // A plain projection of generate_series, so rows go in in (conversation,
     // seq) order: a join with the sentences would let the planner hash the
     // rows and put them in the sentences' order. `q.x` is corpus::mix of
@@ -516,8 +518,7 @@ async fn load_messages(
                 CASE WHEN p.seq = 1 THEN $8 END,
                 $9 + p.seq,
                 CASE WHEN p.seq > 1 THEN
-                    replace($11[p.sentence + 1], '@', {scope})::tsvector
-                    || coalesce(replace({ref_doc}, '@', {scope})::tsvector, ''::tsvector) END
+                    {sentence_words} || coalesce({ref_words}, ''::tsvector) END
          FROM (SELECT q.conv, q.seq, {sentence} AS sentence, {reference} AS reference
                FROM (SELECT CASE WHEN g < $4 * ($3 + 1) THEN g / ($3 + 1)
                                  ELSE $4 + (g - $4 * ($3 + 1)) / $3 END AS conv,
@@ -723,9 +724,9 @@ pub async fn change_every_message(
     sqlx::query(&format!(
         "UPDATE messages SET body = body || $2, edit_count = 1,
              edited_at_ms = created_at_ms + 1000, reaction_count = 2,
-             search_tokens = search_tokens || replace($3, '@', {})::tsvector
+             search_tokens = search_tokens || {}
          WHERE conversation_id = ANY($1) AND kind = 1",
-        pg_scope("conversation_id")
+        pg_scoped("$3", "conversation_id", "tsvector")
     ))
     .bind(&ids)
     .bind(EDITED)

@@ -462,12 +462,12 @@ async fn backfill_search(pool: &PgPool, on: bool) -> Result<(), StoreError> {
         let Some(last) = rows.last() else { break };
         (conv, seq) = (last.0.clone(), last.1);
         sqlx::query(&format!(
-            "UPDATE messages m SET search_tokens = replace(u.tokens, '@', {})::tsvector
+            "UPDATE messages m SET search_tokens = {}
              FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[])
                   AS u (conversation_id, seq, tokens, body)
              WHERE m.conversation_id = u.conversation_id AND m.seq = u.seq
                AND m.search_tokens IS NULL AND m.body = u.body AND m.deleted_at_ms = 0",
-            search::pg_scope("u.conversation_id")
+            search::pg_scoped("u.tokens", "u.conversation_id", "tsvector")
         ))
         .bind(rows.iter().map(|r| r.0.as_str()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())

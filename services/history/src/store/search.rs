@@ -67,8 +67,18 @@ pub struct SearchRow {
 /// lexemes in PostgreSQL: the first 7 hex digits of the md5 of its id and
 /// "_" (a collision only costs a probe a few more rows, which the join on
 /// the conversation drops).
-pub fn pg_scope(conv: &str) -> String {
+fn pg_scope(conv: &str) -> String {
     format!("(left(md5({conv}), 7) || '_')")
+}
+
+/// `literal` (SQL text of a [`pg_document`] or [`pg_query`], with scope
+/// marks) as a `ty` (`tsvector` or `tsquery`) of conversation `conv`: the
+/// one place the marks become the conversation's scope.
+pub fn pg_scoped(literal: &str, conv: &str, ty: &str) -> String {
+    format!(
+        "replace({literal}, '{SCOPE_MARK}', {})::{ty}",
+        pg_scope(conv)
+    )
 }
 
 /// Where a lexeme's scope goes in the literals below; `replace(x, '@',
@@ -144,7 +154,7 @@ pub fn pg_search_sql() -> String {
     format!(
         "WITH scope AS MATERIALIZED (
              SELECT mb.conversation_id, c.history_visibility AS vis,
-                    replace($2, '{SCOPE_MARK}', {})::tsquery AS q
+                    {} AS q
              FROM members mb JOIN conversations c ON c.id = mb.conversation_id
              WHERE mb.user_id = $1 AND ($3 = '' OR mb.conversation_id = $3)
          )
@@ -163,7 +173,7 @@ pub fn pg_search_sql() -> String {
            AND (h.created_at_ms, h.conversation_id, h.seq) < ($4, $5, $6)
          ORDER BY h.created_at_ms DESC, h.conversation_id DESC, h.seq DESC
          LIMIT $7",
-        pg_scope("mb.conversation_id"),
+        pg_scoped("$2", "mb.conversation_id", "tsquery"),
         rows::visible("h.seq", "h.conversation_id", "s.vis", "$1"),
     )
 }

@@ -346,21 +346,11 @@ impl BatchTx for Tx {
         if !index {
             return Ok(());
         }
-        let sql = format!(
-            "INSERT INTO message_search (rowid, tokens)
-             SELECT {}, k.column2 FROM (VALUES {}) AS k JOIN conversations c ON c.id = k.column3",
-            search::fts_rowid("c.search_no", "k.column1"),
-            placeholders(new.len(), 3)
-        );
-        let mut q = sqlx::query(&sql);
-        for m in new {
-            q = q
-                .bind(m.seq as i64)
-                .bind(search::fts_document(&m.body))
-                .bind(&m.conversation_id);
-        }
-        q.execute(&mut **self).await?;
-        Ok(())
+        let words: Vec<_> = new
+            .iter()
+            .map(|m| (m.conversation_id.as_str(), m.seq as i64, m.body.as_str()))
+            .collect();
+        index_words(&mut **self, &words).await
     }
 
     async fn set_last_seqs(
@@ -484,18 +474,10 @@ impl BatchTx for Tx {
             .execute(&mut **self)
             .await?;
         }
-        if let Some(new) = new {
-            sqlx::query(&format!(
-                "INSERT INTO message_search (rowid, tokens)
-                 SELECT {rowid}, $3 FROM conversations c WHERE c.id = $1"
-            ))
-            .bind(id)
-            .bind(seq as i64)
-            .bind(search::fts_document(new))
-            .execute(&mut **self)
-            .await?;
+        match new {
+            Some(new) => index_words(&mut **self, &[(id, seq as i64, new)]).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn run(&mut self, statement: Shared<'_>) -> Result<u64, StoreError> {
@@ -527,6 +509,26 @@ impl BatchTx for Tx {
         q.execute(&mut **self).await?;
         Ok(())
     }
+}
+
+/// Adds the words of messages given as (conversation, seq, body) to the
+/// search index, in one statement.
+async fn index_words(
+    conn: &mut SqliteConnection,
+    messages: &[(&str, i64, &str)],
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO message_search (rowid, tokens)
+         SELECT {}, k.column2 FROM (VALUES {}) AS k JOIN conversations c ON c.id = k.column3",
+        search::fts_rowid("c.search_no", "k.column1"),
+        placeholders(messages.len(), 3)
+    );
+    let mut q = sqlx::query(&sql);
+    for (conv, seq, body) in messages {
+        q = q.bind(*seq).bind(search::fts_document(body)).bind(*conv);
+    }
+    q.execute(conn).await?;
+    Ok(())
 }
 
 /// Indexes every live TEXT message for search when the index may be
@@ -566,18 +568,11 @@ async fn backfill_search(pool: &SqlitePool, on: bool) -> Result<(), StoreError> 
             .await?;
         let Some(last) = rows.last() else { break };
         (conv, seq) = (last.0.clone(), last.1);
-        for (c, s, body) in &rows {
-            sqlx::query(&format!(
-                "INSERT INTO message_search (rowid, tokens)
-                 SELECT {}, $3 FROM conversations c WHERE c.id = $1",
-                search::fts_rowid("c.search_no", "$2")
-            ))
-            .bind(c)
-            .bind(s)
-            .bind(search::fts_document(body))
-            .execute(&mut *tx)
-            .await?;
-        }
+        let words: Vec<_> = rows
+            .iter()
+            .map(|(c, s, body)| (c.as_str(), *s, body.as_str()))
+            .collect();
+        index_words(&mut tx, &words).await?;
         indexed += rows.len();
     }
     sqlx::query("DELETE FROM search_backfill")

@@ -102,10 +102,10 @@ impl BatchTx for Tx {
                 "INSERT INTO messages (conversation_id, seq, sender_id, client_msg_id, kind, body, membership, created_at_ms,
                                        reply_to_seq, search_tokens)
                  SELECT u.conversation_id, u.seq, u.sender_id, u.client_msg_id, u.kind, u.body, NULL, $7, u.reply_to_seq,
-                        replace(u.tokens, '@', {})::tsvector
+                        {}
                  FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[], $8::bigint[], $9::text[])
                       AS u (conversation_id, seq, sender_id, client_msg_id, body, kind, reply_to_seq, tokens)",
-                search::pg_scope("u.conversation_id")
+                search::pg_scoped("u.tokens", "u.conversation_id", "tsvector")
             ),
         )
         .bind(new.iter().map(|m| m.conversation_id.as_str()).collect::<Vec<_>>())
@@ -253,9 +253,9 @@ impl BatchTx for Tx {
         new: Option<&str>,
     ) -> Result<(), StoreError> {
         sqlx::query(&format!(
-            "UPDATE messages SET search_tokens = replace($3, '@', {})::tsvector
+            "UPDATE messages SET search_tokens = {}
              WHERE conversation_id = $1 AND seq = $2",
-            search::pg_scope("$1")
+            search::pg_scoped("$3", "$1", "tsvector")
         ))
         .bind(id)
         .bind(seq as i64)
