@@ -9,6 +9,7 @@ fn main() -> std::io::Result<()> {
         ("client_frame", confab_fuzz::seeds::client_frame()),
         ("requests", confab_fuzz::seeds::requests()),
         ("token", confab_fuzz::seeds::token()),
+        ("wire", confab_fuzz::seeds::wire()),
     ] {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir)?;

@@ -26,6 +26,7 @@ use std::fmt::Debug;
 
 pub mod seeds;
 pub mod token;
+pub mod wire;
 
 /// The limits every check runs under: the defaults, and small ones so that
 /// the limit refusals are reached too.

@@ -388,3 +388,51 @@ pub fn token() -> Vec<Seed> {
         ),
     ]
 }
+
+/// One gRPC frame (flag, length, payload).
+fn grpc_frame(flag: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![flag];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Seeds of `wire`: the method byte, the encoding byte, then the body
+/// (see `crate::wire`).
+pub fn wire() -> Vec<Seed> {
+    use std::io::Write;
+    let call = |method: u8, encoding: u8, body: Vec<u8>| {
+        let mut out = vec![method, encoding];
+        out.extend(body);
+        out
+    };
+    let send = SendMessageRequest {
+        reply_to_seq: 0,
+        conversation_id: "grp-1".into(),
+        client_msg_id: "m-1".into(),
+        body: "hello".into(),
+    }
+    .encode_to_vec();
+    let mut bad_utf8 = send.clone();
+    let at = bad_utf8.len() - 5;
+    bad_utf8[at] = 0xff;
+    let gzip = {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&send).expect("in memory");
+        e.finish().expect("in memory")
+    };
+    let ping = frame(client_frame::Frame::Ping(Ping { nonce: 1 }));
+    let mut two_frames = grpc_frame(0, &ping);
+    two_frames.extend(grpc_frame(0, &frame(client_frame::Frame::Sync(SyncRequest::default()))));
+    vec![
+        ("send", call(1, 0, grpc_frame(0, &send))),
+        ("send-bad-utf8", call(1, 0, grpc_frame(0, &bad_utf8))),
+        ("send-truncated", call(1, 0, grpc_frame(0, &send[..send.len() - 2]))),
+        ("send-gzip", call(1, 1, grpc_frame(1, &gzip))),
+        ("send-flag-without-encoding", call(1, 0, grpc_frame(1, &send))),
+        ("send-over-limit", call(1, 0, grpc_frame(0, &vec![0x2a; 5000]))),
+        ("history", call(8, 0, grpc_frame(0, &GetHistoryRequest::default().encode_to_vec()))),
+        ("connect", call(0, 0, two_frames)),
+        ("connect-zstd-flagged", call(0, 3, grpc_frame(1, &ping))),
+    ]
+}

@@ -57,6 +57,75 @@ pub mod codec {
         }
     }
 
+    /// How a server's answer to a request that does not decode begins
+    /// (INVALID_ARGUMENT; the rest is prost's account of what was wrong,
+    /// which names the message and the field).
+    pub const UNDECODABLE: &str = "the request does not decode";
+
+    /// INVALID_ARGUMENT for a request that does not decode: the caller
+    /// sent it. tonic's own codec says INTERNAL, which blames the server
+    /// and counts as a server error.
+    pub fn undecodable(error: prost::DecodeError) -> Status {
+        Status::invalid_argument(format!(
+            "{UNDECODABLE}: {error}; send the method's request message, encoded as protobuf"
+        ))
+    }
+
+    /// Decodes a server's requests as prost's decoder does, with a
+    /// decoding failure answered by [`undecodable`].
+    #[derive(Debug)]
+    pub struct RequestDecoder<U>(std::marker::PhantomData<U>);
+
+    impl<U> Default for RequestDecoder<U> {
+        fn default() -> Self {
+            Self(std::marker::PhantomData)
+        }
+    }
+
+    impl<U: prost::Message + Default> Decoder for RequestDecoder<U> {
+        type Item = U;
+        type Error = Status;
+
+        fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+            U::decode(buf).map(Some).map_err(undecodable)
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            lean()
+        }
+    }
+
+    /// A server's codec ([`LeanCodec`]'s buffers): sends `T`, receives
+    /// `U` through a [`RequestDecoder`]. The generated servers use it
+    /// (build.rs); the generated clients use [`LeanCodec`].
+    #[derive(Debug, Clone)]
+    pub struct RequestCodec<T, U>(std::marker::PhantomData<(T, U)>);
+
+    impl<T, U> Default for RequestCodec<T, U> {
+        fn default() -> Self {
+            Self(std::marker::PhantomData)
+        }
+    }
+
+    impl<T, U> Codec for RequestCodec<T, U>
+    where
+        T: prost::Message + Send + 'static,
+        U: prost::Message + Default + Send + 'static,
+    {
+        type Encode = T;
+        type Decode = U;
+        type Encoder = ProstEncoder<T>;
+        type Decoder = RequestDecoder<U>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            ProstCodec::<T, U>::raw_encoder(lean())
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            RequestDecoder::default()
+        }
+    }
+
     /// A message that passes through as the bytes it was encoded to: a
     /// hop that only forwards an answer neither decodes nor encodes it
     /// again (the gateway's `Sync`, docs/architecture.md).
@@ -136,14 +205,14 @@ pub mod codec {
         type Encode = Bytes;
         type Decode = U;
         type Encoder = RawEncoder;
-        type Decoder = ProstDecoder<U>;
+        type Decoder = RequestDecoder<U>;
 
         fn encoder(&mut self) -> Self::Encoder {
             RawEncoder
         }
 
         fn decoder(&mut self) -> Self::Decoder {
-            ProstCodec::<(), U>::raw_decoder(lean())
+            RequestDecoder::default()
         }
     }
 }
@@ -162,11 +231,13 @@ pub struct SyncShape {
 
 pub mod v1 {
     tonic::include_proto!("confab.v1");
+    include!(concat!(env!("OUT_DIR"), "/servers/confab.v1.rs"));
 }
 
 pub mod internal {
     pub mod v1 {
         tonic::include_proto!("confab.internal.v1");
+        include!(concat!(env!("OUT_DIR"), "/servers/confab.internal.v1.rs"));
     }
 }
 

@@ -35,6 +35,7 @@ pub mod stack;
 pub mod topology;
 pub mod traffic;
 pub mod wait;
+pub mod wire;
 
 pub use client::{seqs, token, Session, SyncCopy, Synced, User};
 pub use procs::{confab_bin, free_port, DevProcess};

@@ -105,7 +105,8 @@ async fn embedded_mode_serves_metrics_and_health() {
         assert!(value.is_some_and(|v| v >= least), "{name} in:\n{page}");
     }
 
-    // Two successful calls, one refused, one stream.
+    // Two successful calls, one refused, one that does not decode, one
+    // stream.
     let alice = User::connect(grpc, "alice").await;
     for _ in 0..2 {
         alice.list().await.expect("list as alice");
@@ -113,6 +114,20 @@ async fn embedded_mode_serves_metrics_and_health() {
     let mallory = User::with_token(grpc, "mallory", "not-a-token").await;
     let refused = mallory.list().await.expect_err("a bad token is refused");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    // A request that does not decode is the client's error, not INTERNAL.
+    let undecodable = confab_tests::wire::call(
+        grpc,
+        "/confab.v1.Chat/SendMessage",
+        &format!("Bearer {}", confab_tests::client::token("alice")),
+        &[],
+        confab_tests::wire::frame(0, &[0x0a, 0x09, b'c']),
+    )
+    .await;
+    assert_eq!(
+        undecodable.status.code(),
+        tonic::Code::InvalidArgument,
+        "{undecodable:?}"
+    );
     let session = alice
         .session(client_frame::Frame::Ping(Ping { nonce: 1 }))
         .await
@@ -135,6 +150,21 @@ async fn embedded_mode_serves_metrics_and_health() {
     assert_eq!(
         sample(&page, "confab_grpc_requests_total", &unauth),
         Some(1.0),
+        "{page}"
+    );
+    let send = |code| [CHAT, ("method", "SendMessage"), ("code", code)];
+    assert_eq!(
+        sample(
+            &page,
+            "confab_grpc_requests_total",
+            &send("INVALID_ARGUMENT")
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(&page, "confab_grpc_requests_total", &send("INTERNAL")),
+        None,
         "{page}"
     );
     assert_eq!(

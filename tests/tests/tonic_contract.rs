@@ -2,14 +2,14 @@
 //! so that an upgrade that changes it fails here instead of silently
 //! changing a status code:
 //! - a message over `max_decoding_message_size` is refused with
-//!   OUT_OF_RANGE, and only that (`confab_layers::message_limit`);
+//!   OUT_OF_RANGE, and only that (`confab_layers::decoding`);
 //! - a status the client made up from a transport failure carries a
 //!   `source()`, one parsed from the server's answer does not
 //!   (`confab_layers::breaker::GrpcFailures`, the history client's
 //!   `error_for`).
 
 use confab_layers::breaker::{FailureEvaluator, GrpcFailures};
-use confab_layers::message_limit::{is_too_large, message_too_large};
+use confab_layers::decoding::{is_too_large, message_too_large};
 use std::error::Error as _;
 use tokio::net::TcpListener;
 use tonic::transport::{Endpoint, Server};

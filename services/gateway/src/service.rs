@@ -18,6 +18,7 @@ use confab_proto::internal::v1::{
 };
 use confab_proto::v1::chat_server::{Chat, ChatServer};
 use confab_proto::v1::*;
+use confab_runtime::compression::answer;
 use confab_runtime::server::Server;
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::Transport;
@@ -221,6 +222,7 @@ impl Chat for ChatService {
         mut req: Request<Streaming<ClientFrame>>,
     ) -> Result<Response<FrameStream>, Status> {
         let caller = Caller::take(&mut req)?;
+        let peer = req.remote_addr();
         // The guard took the slot (or refused the stream) before any
         // session state exists.
         let stream_slot = caller.take_stream_slot().ok_or_else(|| {
@@ -250,12 +252,17 @@ impl Chat for ChatService {
             limiter: self.limiter.clone(),
             stream_slot,
             max_message_bytes: self.max_message_bytes,
+            peer,
         };
         // The stream ends with UNAUTHENTICATED when its token does. The
         // session runs in the stream's `gateway.call` span (its trace).
         let session = session.run_until(req.into_inner(), Some(valid_until));
         tokio::spawn(tracing::Instrument::in_current_span(session));
-        Ok(Response::new(Box::pin(frames(out_rx, kill_rx, end_rx))))
+        // A stream's frames are compressed all or none: most are a message
+        // or an ack, too small to pay for it (confab_runtime::compression).
+        let mut response = Response::new(Box::pin(frames(out_rx, kill_rx, end_rx)) as FrameStream);
+        confab_runtime::compression::uncompressed(&mut response);
+        Ok(response)
     }
 
     async fn send_message(
@@ -281,7 +288,7 @@ impl Chat for ChatService {
             .await?
         {
             outcome_record::Result::Message(m) => {
-                Ok(Response::new(SendMessageResponse { message: Some(m) }))
+                Ok(answer(SendMessageResponse { message: Some(m) }))
             }
             _ => Err(ChatError::Internal("unexpected outcome".into()).into()),
         }
@@ -306,9 +313,7 @@ impl Chat for ChatService {
             member_ids,
             history_visibility,
         });
-        Ok(Response::new(
-            self.conversation_write(&user, &id, command).await?,
-        ))
+        Ok(answer(self.conversation_write(&user, &id, command).await?))
     }
 
     async fn add_members(
@@ -321,7 +326,7 @@ impl Chat for ChatService {
         let command = Command::AddMembers(AddMembersCommand {
             member_ids: members.into_iter().collect(),
         });
-        Ok(Response::new(
+        Ok(answer(
             self.conversation_write(&user, &r.conversation_id, command)
                 .await?,
         ))
@@ -337,7 +342,7 @@ impl Chat for ChatService {
         let command = Command::RemoveMember(RemoveMemberCommand {
             member_id: r.member_id,
         });
-        Ok(Response::new(
+        Ok(answer(
             self.conversation_write(&user, &r.conversation_id, command)
                 .await?,
         ))
@@ -354,7 +359,7 @@ impl Chat for ChatService {
             user_id: r.user_id,
             role: r.role,
         });
-        Ok(Response::new(
+        Ok(answer(
             self.conversation_write(&user, &r.conversation_id, command)
                 .await?,
         ))
@@ -371,7 +376,7 @@ impl Chat for ChatService {
             title: r.title,
             history_visibility: r.history_visibility,
         });
-        Ok(Response::new(
+        Ok(answer(
             self.conversation_write(&user, &r.conversation_id, command)
                 .await?,
         ))
@@ -382,7 +387,7 @@ impl Chat for ChatService {
         mut req: Request<ListConversationsRequest>,
     ) -> Result<Response<ListConversationsResponse>, Status> {
         let user = Caller::take(&mut req)?.user;
-        Ok(Response::new(
+        Ok(answer(
             self.history
                 .list_conversations(&user, req.into_inner())
                 .await?,
@@ -394,7 +399,7 @@ impl Chat for ChatService {
         mut req: Request<GetHistoryRequest>,
     ) -> Result<Response<GetHistoryResponse>, Status> {
         let user = Caller::take(&mut req)?.user;
-        Ok(Response::new(
+        Ok(answer(
             self.history.get_history(&user, req.into_inner()).await?,
         ))
     }
@@ -406,9 +411,7 @@ impl Chat for ChatService {
         let user = Caller::take(&mut req)?.user;
         let id = req.into_inner().conversation_id;
         validate::conversation_id(&id)?;
-        Ok(Response::new(
-            self.history.get_conversation(&user, &id).await?,
-        ))
+        Ok(answer(self.history.get_conversation(&user, &id).await?))
     }
 
     async fn mark_read(
@@ -416,7 +419,7 @@ impl Chat for ChatService {
         mut req: Request<MarkReadRequest>,
     ) -> Result<Response<ReadState>, Status> {
         let user = Caller::take(&mut req)?.user;
-        Ok(Response::new(
+        Ok(answer(
             mark_read(&self.submitter, &user, req.into_inner()).await?,
         ))
     }
@@ -429,7 +432,7 @@ impl Chat for ChatService {
         let r = req.into_inner();
         // Checked here too, so a bad request never reaches history.
         validate::presence_ids(&r.user_ids)?;
-        Ok(Response::new(self.history.get_presence(&user, r).await?))
+        Ok(answer(self.history.get_presence(&user, r).await?))
     }
 
     async fn edit_message(
@@ -453,7 +456,7 @@ impl Chat for ChatService {
         let event = self
             .message_change(&user, &r.conversation_id, command)
             .await?;
-        Ok(Response::new(EditMessageResponse { event: Some(event) }))
+        Ok(answer(EditMessageResponse { event: Some(event) }))
     }
 
     async fn delete_message(
@@ -470,7 +473,7 @@ impl Chat for ChatService {
         let event = self
             .message_change(&user, &r.conversation_id, command)
             .await?;
-        Ok(Response::new(DeleteMessageResponse { event: Some(event) }))
+        Ok(answer(DeleteMessageResponse { event: Some(event) }))
     }
 
     async fn react(
@@ -489,7 +492,7 @@ impl Chat for ChatService {
         let event = self
             .message_change(&user, &r.conversation_id, command)
             .await?;
-        Ok(Response::new(ReactResponse { event: Some(event) }))
+        Ok(answer(ReactResponse { event: Some(event) }))
     }
 
     async fn get_edit_history(
@@ -499,9 +502,7 @@ impl Chat for ChatService {
         let user = Caller::take(&mut req)?.user;
         let r = req.into_inner();
         validate::conversation_id(&r.conversation_id)?;
-        Ok(Response::new(
-            self.history.get_edit_history(&user, r).await?,
-        ))
+        Ok(answer(self.history.get_edit_history(&user, r).await?))
     }
 
     async fn search_messages(
@@ -509,7 +510,7 @@ impl Chat for ChatService {
         mut req: Request<SearchMessagesRequest>,
     ) -> Result<Response<SearchMessagesResponse>, Status> {
         let user = Caller::take(&mut req)?.user;
-        Ok(Response::new(
+        Ok(answer(
             self.history
                 .search_messages(&user, req.into_inner())
                 .await?,
@@ -520,7 +521,7 @@ impl Chat for ChatService {
     /// before a call gets here, passing history's answer on encoded.
     async fn sync(&self, mut req: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
         let user = Caller::take(&mut req)?.user;
-        Ok(Response::new(
+        Ok(answer(
             crate::sync::unary(self.history.as_ref(), &user, req.into_inner()).await?,
         ))
     }
@@ -581,7 +582,8 @@ pub fn server(mut service: ChatService, transport: Transport) -> Server {
         tower::ServiceBuilder::new()
             .layer(service.guard())
             .service(crate::sync::SyncRoute::new(
-                ChatServer::new(service).max_decoding_message_size(transport.max_message_bytes),
+                confab_runtime::compressed!(ChatServer::new(service))
+                    .max_decoding_message_size(transport.max_message_bytes),
                 history,
                 transport.max_message_bytes,
             ));

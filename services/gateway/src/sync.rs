@@ -155,8 +155,10 @@ where
         };
         let max = self.max_message_bytes;
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(RawAnswerServer::<SyncRequest>::default())
-                .apply_max_message_size_config(Some(max), None);
+            let mut grpc = confab_runtime::compressed!(tonic::server::Grpc::new(
+                RawAnswerServer::<SyncRequest>::default()
+            ))
+            .apply_max_message_size_config(Some(max), None);
             Ok(grpc.unary(handler, req).await)
         })
     }
@@ -176,7 +178,8 @@ impl tonic::server::UnaryService<SyncRequest> for EncodedSync {
         Box::pin(async move {
             let user = Caller::take(&mut req)?.user;
             let page = unary_encoded(history.as_ref(), &user, req.into_inner()).await?;
-            Ok(tonic::Response::new(page))
+            let len = page.len();
+            Ok(confab_runtime::compression::answer_of_len(page, len))
         })
     }
 }

@@ -437,10 +437,17 @@ impl RemoteHistory {
         match status.code() {
             // History's own deadline (the grpc-timeout we sent) ran out.
             Code::Cancelled | Code::DeadlineExceeded => self.timed_out(),
-            code => ChatError::from_proto(&pb::Error {
+            code => match ChatError::from_proto(&pb::Error {
                 code: code as i32,
                 message: status.message().to_string(),
-            }),
+            }) {
+                // Said to be history's, so that the gateway's answer is
+                // never taken for a refusal of the client's own request
+                // (tonic words a broken frame alike on both sides;
+                // confab_layers::decoding).
+                ChatError::Internal(m) => ChatError::Internal(format!("history failed: {m}")),
+                refusal => refusal,
+            },
         }
     }
 }

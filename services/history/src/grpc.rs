@@ -65,7 +65,7 @@ impl HistoryReader for HistoryReaderService {
         let request = r
             .request
             .ok_or_else(|| ChatError::InvalidArgument("request is required".into()))?;
-        Ok(Response::new(
+        Ok(confab_runtime::compression::answer(
             self.reader
                 .get_history(caller, request)
                 .instrument(span)
@@ -80,7 +80,7 @@ impl HistoryReader for HistoryReaderService {
         let span = read_span("ListConversations", req.metadata());
         let r = req.into_inner();
         let user = required("user_id", &r.user_id)?;
-        Ok(Response::new(
+        Ok(confab_runtime::compression::answer(
             self.reader
                 .list_conversations(user, r.request.unwrap_or_default())
                 .instrument(span)
@@ -104,7 +104,7 @@ impl HistoryReader for HistoryReaderService {
                 .instrument(span)
                 .await?
         };
-        Ok(Response::new(conv))
+        Ok(confab_runtime::compression::answer(conv))
     }
 
     async fn get_edit_history(
@@ -114,7 +114,7 @@ impl HistoryReader for HistoryReaderService {
         let span = read_span("GetEditHistory", req.metadata());
         let r = req.into_inner();
         let caller = required("caller_id", &r.caller_id)?;
-        Ok(Response::new(
+        Ok(confab_runtime::compression::answer(
             self.reader
                 .get_edit_history(caller, r.request.unwrap_or_default())
                 .instrument(span)
@@ -129,7 +129,7 @@ impl HistoryReader for HistoryReaderService {
         let span = read_span("SearchMessages", req.metadata());
         let r = req.into_inner();
         let caller = required("caller_id", &r.caller_id)?;
-        Ok(Response::new(
+        Ok(confab_runtime::compression::answer(
             self.reader
                 .search_messages(caller, r.request.unwrap_or_default())
                 .instrument(span)
@@ -144,7 +144,7 @@ impl HistoryReader for HistoryReaderService {
         let span = read_span("GetPresence", req.metadata());
         let r = req.into_inner();
         let caller = required("caller_id", &r.caller_id)?;
-        Ok(Response::new(
+        Ok(confab_runtime::compression::answer(
             self.reader
                 .get_presence(caller, r.request.unwrap_or_default())
                 .instrument(span)
@@ -160,7 +160,9 @@ impl HistoryReader for HistoryReaderService {
         let user = req.into_inner().user_id;
         let user = required("user_id", &user)?;
         let user_ids = self.reader.direct_partners(user).instrument(span).await?;
-        Ok(Response::new(DirectPartnersResponse { user_ids }))
+        Ok(confab_runtime::compression::answer(
+            DirectPartnersResponse { user_ids },
+        ))
     }
 
     async fn record_presence(
@@ -176,7 +178,9 @@ impl HistoryReader for HistoryReaderService {
             .record_presence(updates)
             .instrument(span)
             .await?;
-        Ok(Response::new(RecordPresenceResponse {}))
+        Ok(confab_runtime::compression::answer(
+            RecordPresenceResponse {},
+        ))
     }
 
     async fn sync(
@@ -186,7 +190,7 @@ impl HistoryReader for HistoryReaderService {
         let span = read_span("Sync", req.metadata());
         let r = req.into_inner();
         let user = required("user_id", &r.user_id)?;
-        Ok(Response::new(
+        Ok(confab_runtime::compression::answer(
             self.reader
                 .sync(user, r.request.unwrap_or_default())
                 .instrument(span)
@@ -201,7 +205,7 @@ impl HistoryReader for HistoryReaderService {
 pub fn server(reader: Arc<dyn HistoryApi>) -> Server {
     Server::new(
         "history",
-        HistoryReaderServer::new(HistoryReaderService::new(reader)),
+        confab_runtime::compressed!(HistoryReaderServer::new(HistoryReaderService::new(reader))),
         confab_proto::FILE_DESCRIPTOR_SET,
     )
 }

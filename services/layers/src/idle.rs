@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming, TlsConnectInfo};
+use tonic::transport::server::{Connected, TcpIncoming};
 
 /// Longest quiet period (nothing received) an idle connection must also have
 /// had before it is closed: a call whose first bytes were just read is
@@ -100,14 +100,7 @@ impl Registry {
 
     /// The connection `req` came over.
     fn conn_of<B>(&self, req: &http::Request<B>) -> Option<Arc<Conn>> {
-        let ext = req.extensions();
-        let peer = ext
-            .get::<TcpConnectInfo>()
-            .and_then(TcpConnectInfo::remote_addr)
-            .or_else(|| {
-                ext.get::<TlsConnectInfo<TcpConnectInfo>>()
-                    .and_then(|i| i.get_ref().remote_addr())
-            })?;
+        let peer = crate::peer_of(req)?;
         self.lock().get(&peer).cloned()
     }
 }

@@ -1,14 +1,26 @@
 //! Confab's tower layers, one per module, each with the one job its name
 //! says. `confab_runtime`'s server composes [`idle`], [`grpc_metrics`] and
-//! [`message_limit`] in front of every gRPC service and puts
+//! [`decoding`] in front of every gRPC service and puts
 //! [`service_token`]'s check on internal services; clients put [`breaker`]
 //! in front of their calls.
 
 pub mod breaker;
+pub mod decoding;
 pub mod grpc_metrics;
 pub mod idle;
-pub mod message_limit;
 pub mod service_token;
+
+/// The address a request came from, over TCP or TLS.
+pub fn peer_of<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
+}
 
 use std::task::{Context, Poll};
 use tonic::body::Body;

@@ -3,6 +3,7 @@
 //! logs and spans ([`telemetry`], [`trace`]), metrics and health over HTTP
 //! ([`endpoints`], [`recorder`]) and readiness.
 
+pub mod compression;
 pub mod endpoints;
 pub mod process;
 pub mod readiness;

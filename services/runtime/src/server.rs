@@ -10,9 +10,9 @@
 use crate::readiness::Readiness;
 use crate::shutdown::Signal;
 use crate::transport::Transport;
+use confab_layers::decoding::RequestDecoding;
 use confab_layers::grpc_metrics::GrpcMetrics;
 use confab_layers::idle::IdleIncoming;
-use confab_layers::message_limit::MessageLimit;
 use confab_layers::service_token::{RequireToken, ServiceToken};
 use confab_layers::Around as _;
 use std::convert::Infallible;
@@ -155,9 +155,12 @@ impl Server {
         // lists the internal API) require the token when there is one.
         let check = RequireToken::new(auth);
         let routes = routes(check.clone())
-            .add_service(health_service)
-            .add_service(InterceptedService::new(v1, check.clone()))
-            .add_service(InterceptedService::new(v1alpha, check));
+            .add_service(crate::compressed!(health_service))
+            .add_service(InterceptedService::new(
+                crate::compressed!(v1),
+                check.clone(),
+            ))
+            .add_service(InterceptedService::new(crate::compressed!(v1alpha), check));
         let builder = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -200,7 +203,7 @@ impl Server {
                 tower::ServiceBuilder::new()
                     .layer(incoming.layer())
                     .layer(layer.layer())
-                    .layer(MessageLimit::new(transport.max_message_bytes).layer()),
+                    .layer(RequestDecoding::new(transport.max_message_bytes).layer()),
             )
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stop)

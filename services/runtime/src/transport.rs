@@ -43,7 +43,7 @@ pub const HTTP2_MAX_STREAMS_VAR: &str = confab_core::vars::HTTP2_MAX_STREAMS;
 /// Milliseconds a connection may stay without any call before it is closed;
 /// `0` never closes idle connections.
 pub const HTTP2_IDLE_TIMEOUT_VAR: &str = confab_core::vars::HTTP2_IDLE_TIMEOUT_MS;
-pub use confab_layers::message_limit::MAX_MESSAGE_BYTES_VAR;
+pub use confab_layers::decoding::MAX_MESSAGE_BYTES_VAR;
 
 /// Longest TLS handshake a server waits for.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -69,7 +69,12 @@ pub struct Session {
     pub stream_slot: StreamGuard,
     /// The largest decoded message (`CONFAB_MAX_MESSAGE_BYTES`).
     pub max_message_bytes: usize,
+    /// Where the stream comes from, for the log of a frame refused.
+    pub peer: Option<std::net::SocketAddr>,
 }
+
+/// The method a session serves, as logged.
+const CONNECT_PATH: &str = "/confab.v1.Chat/Connect";
 
 /// Longest wait for the routers to confirm a new session's presence.
 pub const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -259,18 +264,17 @@ impl State {
         let _ = self.s.end.try_send(Status::unavailable(SHUTTING_DOWN));
     }
 
-    /// The client's side of the stream failed: a frame over the message
-    /// size limit ends the stream with RESOURCE_EXHAUSTED naming the limit;
-    /// anything else is a broken stream, a normal disconnect.
+    /// The client's side of the stream failed. A frame the gateway could
+    /// not take in (over the message size limit, not protobuf, broken
+    /// compression) ends the stream with its refusal, as a unary call's
+    /// would be answered (`confab_layers::decoding`), after the frames
+    /// already queued (the answers to the frames before it); anything else
+    /// is a broken stream, a normal disconnect.
     fn inbound_failed(&self, status: &Status) {
-        if confab_layers::message_limit::is_too_large(status) {
-            let _ = self
-                .s
-                .kill
-                .try_send(confab_layers::message_limit::message_too_large(
-                    status.message(),
-                    self.s.max_message_bytes,
-                ));
+        use confab_layers::decoding::{log_refusal, refusal};
+        if let Some(answer) = refusal(status, self.s.max_message_bytes) {
+            log_refusal(CONNECT_PATH, self.s.peer, &answer);
+            let _ = self.s.end.try_send(answer);
         }
     }
 

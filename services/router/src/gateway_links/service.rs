@@ -152,7 +152,9 @@ fn outbound(
 pub fn server(links: Arc<GatewayLinks>, shutdown: Signal) -> Server {
     Server::new(
         "router",
-        RouterLinkServer::new(RouterLinkService::new(links, shutdown)),
+        confab_runtime::compressed!(RouterLinkServer::new(RouterLinkService::new(
+            links, shutdown
+        ))),
         confab_proto::FILE_DESCRIPTOR_SET,
     )
 }
