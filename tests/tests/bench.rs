@@ -175,6 +175,39 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
     let total: f64 = sync.cpu_ms_per_sync.iter().map(|(_, ms)| ms).sum();
     assert!(total > 0.0, "{:?}", sync.cpu_ms_per_sync);
 
+    // The same pages answered plain and in each encoding, twice over:
+    // every compressed answer took fewer bytes than the plain one.
+    let compression = report.compression.as_ref().expect("compression measured");
+    let encodings: Vec<&str> = compression
+        .runs
+        .iter()
+        .map(|r| r.encoding.as_str())
+        .collect();
+    assert_eq!(
+        encodings,
+        ["identity", "gzip", "zstd", "deflate", "identity", "gzip", "zstd", "deflate"]
+    );
+    for round in compression.runs.chunks(4) {
+        let plain = round[0].bytes_per_call;
+        for compressed in &round[1..] {
+            assert!(
+                compressed.bytes_per_call > 0.0 && compressed.bytes_per_call < plain * 0.8,
+                "{} {} bytes against {plain} plain",
+                compressed.encoding,
+                compressed.bytes_per_call
+            );
+        }
+        for run in round {
+            ordered(&run.encoding, &run.latency);
+            let labels: Vec<&str> = run
+                .cpu_ms_per_call
+                .iter()
+                .map(|(l, _)| l.as_str())
+                .collect();
+            assert!(labels.contains(&"bench client"), "{labels:?}");
+        }
+    }
+
     // Every target is reported, met or not.
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
     for want in [

@@ -835,3 +835,74 @@ async fn connections_without_calls_are_closed_after_the_idle_timeout() {
         .expect("alice's stream is still open");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_services_take_compressed_calls_and_refuse_undecodable_ones() {
+    use confab_proto::prost::Message as _;
+    use tonic::codec::CompressionEncoding;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let history = history_server(&dir, Transport::internal()).await;
+    let addr = history.addr();
+    let token = service_token();
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    for encoding in [
+        CompressionEncoding::Gzip,
+        CompressionEncoding::Deflate,
+        CompressionEncoding::Zstd,
+    ] {
+        HistoryReaderClient::new(channel.clone())
+            .send_compressed(encoding)
+            .accept_compressed(encoding)
+            .list_conversations(with_service_token(
+                ListForUserRequest {
+                    user_id: "alice".into(),
+                    request: None,
+                },
+                Some(&token),
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("a {encoding}-compressed call: {e:?}"));
+        // Health, beside every service, too.
+        let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+            .send_compressed(encoding)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("a compressed health check");
+        assert_eq!(health.into_inner().status, 1, "SERVING");
+    }
+    // A request that does not decode is the caller's mistake here too.
+    let mut bytes = ListForUserRequest {
+        user_id: "USER".into(),
+        request: None,
+    }
+    .encode_to_vec();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"USER")
+        .expect("user id");
+    bytes[at] = 0xff;
+    let answer = confab_tests::wire::call(
+        addr,
+        "/confab.internal.v1.HistoryReader/ListConversations",
+        "",
+        &[(
+            confab_layers::service_token::SERVICE_TOKEN_HEADER,
+            SERVICE_TOKEN,
+        )],
+        confab_tests::wire::frame(0, &bytes),
+    )
+    .await;
+    assert_eq!(answer.status.code(), Code::InvalidArgument, "{answer:?}");
+    assert!(
+        answer
+            .status
+            .message()
+            .contains("ListForUserRequest.user_id"),
+        "{answer:?}"
+    );
+    history.stop("history").await;
+}

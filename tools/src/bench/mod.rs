@@ -25,6 +25,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub mod baselines;
+pub mod compression;
 pub mod corpus;
 pub mod echo;
 pub mod idle;

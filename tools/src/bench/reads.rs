@@ -557,10 +557,10 @@ async fn load_messages(
 }
 
 /// A tiny xorshift64* generator: enough to spread reads, no dependency.
-struct XorShift(u64);
+pub(super) struct XorShift(u64);
 
 impl XorShift {
-    fn new(seed: u64) -> Self {
+    pub(super) fn new(seed: u64) -> Self {
         // splitmix64 of the seed, never 0.
         let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -569,7 +569,7 @@ impl XorShift {
     }
 
     /// Uniform enough in `0..n` (`n > 0`).
-    fn below(&mut self, n: u64) -> u64 {
+    pub(super) fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -579,7 +579,7 @@ impl XorShift {
 
 /// Whether `messages` is the page of `page` messages before `before`,
 /// newest first.
-fn right_page(messages: &[Message], before: u64, page: u32) -> bool {
+pub(super) fn right_page(messages: &[Message], before: u64, page: u32) -> bool {
     messages.len() == page as usize
         && messages
             .iter()

@@ -29,6 +29,7 @@ use procs::{ready, start_stack, watch, EchoProcess};
 use targets::targets;
 
 use super::baselines::{self, InsertOpts, InsertReport, KafkaOpts, KafkaReport};
+use super::compression::{self, CompressionOpts, CompressionReport};
 use super::idle::{self, IdleOpts, IdleReport};
 use super::inbox::{self, InboxOpts, InboxReport, SyncOpts, SyncReport};
 use super::ingest::{self, IngestOpts, IngestReport, IngestSetup};
@@ -67,6 +68,9 @@ pub enum Section {
     /// `SearchMessages` through the gateway on the generated table (which
     /// `reads` shares).
     Search,
+    /// `GetHistory` pages through the gateway answered plain, gzip, zstd
+    /// and deflate: bytes received and CPU per call.
+    Compression,
     /// Sends through history, router and gateway.
     Distributed,
 }
@@ -231,6 +235,9 @@ pub struct SuiteReport {
     /// `SearchMessages` for a user in 100 of the generated conversations.
     #[serde(default)]
     pub search: Option<SearchReport>,
+    /// `GetHistory` pages answered plain and compressed.
+    #[serde(default)]
+    pub compression: Option<CompressionReport>,
     /// The distributed stack.
     pub distributed: Vec<LoadReport>,
     pub gateway_idle: Option<IdleReport>,
@@ -317,6 +324,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
         Section::Idle,
         Section::Reads,
         Section::Search,
+        Section::Compression,
         Section::Distributed,
     ];
     let needs_stack = stacked.into_iter().any(|s| opts.runs(s));
@@ -383,7 +391,10 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
     let reader = "bench-reader".to_string();
     let database_url = pg.fresh_database().await?;
-    if opts.runs(Section::Reads) || opts.runs(Section::Search) {
+    if [Section::Reads, Section::Search, Section::Compression]
+        .into_iter()
+        .any(|s| opts.runs(s))
+    {
         step(&format!(
             "filling history's table with {} rows",
             opts.history_rows
@@ -534,6 +545,28 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
         .await?;
         eprintln!("{r:?}");
         report.search = Some(r);
+    }
+
+    if opts.runs(Section::Compression) {
+        step("GetHistory pages of 50 answered plain, gzip, zstd and deflate");
+        let r = compression::measure(&CompressionOpts {
+            gateway,
+            secret: SECRET.into(),
+            reader: reader.clone(),
+            conversations: opts.history_conversations,
+            rows_per_conversation: opts.history_rows / opts.history_conversations.max(1),
+            page: 50,
+            requests: opts.history_requests.min(2_000),
+            rounds: 2,
+            watch: watch(&stack)
+                .into_iter()
+                .map(|(label, pid)| (label, vec![pid]))
+                .chain([("PostgreSQL".to_string(), pg.server_pids())])
+                .collect(),
+        })
+        .await?;
+        eprintln!("{r:?}");
+        report.compression = Some(r);
     }
 
     if opts.runs(Section::Distributed) {

@@ -149,6 +149,27 @@ pub fn table(r: &SuiteReport) -> String {
             ));
         }
     }
+    if let Some(c) = &r.compression {
+        s.push_str(&format!(
+            "GetHistory pages of {}, answered plain and compressed (bytes received per call; CPU ms per call):\n",
+            c.page
+        ));
+        for run in &c.runs {
+            let cpu: Vec<String> = run
+                .cpu_ms_per_call
+                .iter()
+                .map(|(label, ms)| format!("{label} {ms:.3}"))
+                .collect();
+            s.push_str(&format!(
+                "  {}: {:.0} bytes, {:.0}/s, {}; {}\n",
+                run.encoding,
+                run.bytes_per_call,
+                run.per_sec,
+                run.latency.brief(),
+                cpu.join(", ")
+            ));
+        }
+    }
     if let Some(q) = &r.search {
         s.push_str(&format!(
             "SearchMessages, a user in {} conversations ({} messages), pages of {}: {} searches: {:.0}/s, {}\n",
