@@ -917,12 +917,27 @@ async fn the_postgres_engine_keeps_records_and_committed_offsets_across_kill9() 
     consumer.close().await;
 }
 
-/// A store that holds the first batch it is given until a second batch is
-/// being applied at the same time (for [`OVERLAP_WAIT`] at most), then
-/// applies both through PostgreSQL: whether two of history's lanes ever
-/// work at once.
-struct Overlap {
+/// What a [`Hooked`] store does with each batch it is given to apply.
+#[async_trait::async_trait]
+trait ApplyHook: Send + Sync {
+    async fn apply(
+        &self,
+        inner: &confab_history::PostgresStore,
+        partition: u32,
+        batch: &[IngressRecord],
+    ) -> Result<Vec<OutcomeRecord>, confab_history::StoreError>;
+}
+
+/// History's PostgreSQL store with `hook` around every `apply`.
+struct Hooked<H> {
     inner: confab_history::PostgresStore,
+    hook: H,
+}
+
+/// Holds the first batch it is given until a second batch is being applied
+/// at the same time (for [`OVERLAP_WAIT`] at most), then applies both
+/// through PostgreSQL: whether two of history's lanes ever work at once.
+struct Overlap {
     /// Batches being applied now.
     applying: AtomicU32,
     /// Set once two were applied at the same time.
@@ -937,9 +952,10 @@ struct Overlap {
 const OVERLAP_WAIT: Duration = Duration::from_secs(20);
 
 #[async_trait::async_trait]
-impl confab_history::Store for Overlap {
+impl ApplyHook for Overlap {
     async fn apply(
         &self,
+        inner: &confab_history::PostgresStore,
         partition: u32,
         batch: &[IngressRecord],
     ) -> Result<Vec<OutcomeRecord>, confab_history::StoreError> {
@@ -951,9 +967,42 @@ impl confab_history::Store for Overlap {
             let joined = tokio::time::timeout(OVERLAP_WAIT, overlapped.wait_for(|o| *o)).await;
             self.joined_in_time.store(joined.is_ok(), Ordering::SeqCst);
         }
-        let applied = self.inner.apply(partition, batch).await;
+        let applied = confab_history::Store::apply(inner, partition, batch).await;
         self.applying.fetch_sub(1, Ordering::SeqCst);
         applied
+    }
+}
+
+/// Panics on a batch holding a send whose body is [`PANIC_BODY`].
+struct PanicOn;
+
+/// The body [`PanicOn`] panics on.
+const PANIC_BODY: &str = "this send makes the lane panic";
+
+#[async_trait::async_trait]
+impl ApplyHook for PanicOn {
+    async fn apply(
+        &self,
+        inner: &confab_history::PostgresStore,
+        partition: u32,
+        batch: &[IngressRecord],
+    ) -> Result<Vec<OutcomeRecord>, confab_history::StoreError> {
+        let poisoned = batch
+            .iter()
+            .any(|r| matches!(&r.command, Some(Command::Send(s)) if s.body == PANIC_BODY));
+        assert!(!poisoned, "a bug in applying partition {partition}'s batch");
+        confab_history::Store::apply(inner, partition, batch).await
+    }
+}
+
+#[async_trait::async_trait]
+impl<H: ApplyHook + 'static> confab_history::Store for Hooked<H> {
+    async fn apply(
+        &self,
+        partition: u32,
+        batch: &[IngressRecord],
+    ) -> Result<Vec<OutcomeRecord>, confab_history::StoreError> {
+        self.hook.apply(&self.inner, partition, batch).await
     }
 
     async fn conversation(
@@ -1061,35 +1110,19 @@ impl confab_history::Store for Overlap {
     }
 }
 
-/// A backlog on two partitions, more than one partition's run of records
-/// in a fetch, is sequenced by both partitions' lanes at once: history's
-/// reader reads past the first partition's records (up to its
-/// `READ_AHEAD`) instead of waiting for that lane to finish. Then every
-/// send is stored once, gap-free.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
-    use confab_history::distributed::{sequence, READ_AHEAD};
-    use futures::{StreamExt, TryStreamExt};
-
-    let broker = Broker::start_memory().await;
-    let cfg = config(&broker, 2);
-    ensure_topics(&cfg).await.expect("create topics");
-    let pg = PgCluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e:#}"));
-    let url = pg.fresh_database().await.expect("fresh database");
-    let inner = confab_history::PostgresStore::connect(
-        &url,
-        confab_core::validate::SizeLimits::default(),
-        4,
-    )
-    .await
-    .expect("connect to PostgreSQL");
-    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("producer");
-
-    // A GROUP conversation on each partition: create until both have one.
+/// The ids of GROUP conversations created through `publisher`, one on
+/// each of `partitions` ingress partitions, in partition order.
+async fn group_per_partition(
+    publisher: &KafkaPublisher<IngressRecord>,
+    partitions: usize,
+) -> Vec<String> {
     let mut convs: BTreeMap<i32, String> = BTreeMap::new();
     let mut request = 1_000_000u64;
-    while convs.len() < 2 {
-        assert!(request < 1_000_064, "64 conversations all on one partition");
+    while convs.len() < partitions {
+        assert!(
+            request < 1_000_064,
+            "64 conversations on too few partitions"
+        );
         let id = confab_core::validate::group_conversation_id();
         let create = IngressRecord {
             origin: Some(Origin {
@@ -1114,10 +1147,144 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
             .expect("publish a create");
         convs.entry(at.partition).or_insert(id);
     }
+    convs.into_values().collect()
+}
+
+/// A lane that panics stops history's sequencer at once and makes the
+/// process not ready (the watch fires, so the process stops serving and
+/// exits to be restarted) instead of leaving it ready while nothing is
+/// sequenced; the dead lane's records stay uncommitted, so the sequencer
+/// that takes over stores every send once, gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_that_panics_makes_history_not_ready_and_loses_nothing() {
+    use confab_history::distributed::{sequence, watch_sequencer};
+
+    let broker = Broker::start_memory().await;
+    let cfg = config(&broker, 2);
+    ensure_topics(&cfg).await.expect("create topics");
+    let pg = PgCluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e:#}"));
+    let url = pg.fresh_database().await.expect("fresh database");
+    let store = |url: String| async move {
+        confab_history::PostgresStore::connect(
+            &url,
+            confab_core::validate::SizeLimits::default(),
+            4,
+        )
+        .await
+        .expect("connect to PostgreSQL")
+    };
+    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("producer");
+    let convs = group_per_partition(&publisher, 2).await;
+    // Ten sends in each; the sixth of the first conversation's poisons its lane.
+    let mut sends = Vec::new();
+    for i in 0..20u64 {
+        let mut record = send(&convs[(i % 2) as usize], i);
+        if i == 10 {
+            if let Some(Command::Send(s)) = &mut record.command {
+                s.body = PANIC_BODY.into();
+            }
+        }
+        sends.push(record);
+    }
+    for record in &sends {
+        publisher
+            .publish_with(&record.conversation_id, record, &[])
+            .await
+            .expect("publish a send");
+    }
+    let group = format!("{}-history", cfg.prefix);
+    let readiness = confab_runtime::readiness::Readiness::new();
+    readiness.set(true);
+    let (_never, shutdown) = confab_runtime::shutdown::channel();
+    let sequencer = tokio::spawn(sequence(
+        Arc::new(Hooked {
+            inner: store(url.clone()).await,
+            hook: PanicOn,
+        }),
+        BatchConsumer::<IngressRecord>::new(&cfg, &group).expect("consumer"),
+        KafkaPublisher::<OutcomeRecord>::new(&cfg).expect("outcome producer"),
+        Duration::from_millis(2),
+        shutdown.clone(),
+    ));
+    assert!(readiness.is_ready(), "ready before the lane fails");
+    let (watch, failed) = watch_sequencer(sequencer, &readiness);
+    tokio::time::timeout(Duration::from_secs(60), failed.wait())
+        .await
+        .expect("the watch fires once the lane panicked");
+    let why = readiness.why_not().expect("not ready").to_string();
+    assert!(why.contains("sequencer"), "{why}");
+    let ended = watch.await.expect("the watch task");
+    let error = ended.expect_err("the sequencer failed").to_string();
+    assert!(error.contains("panicked"), "{error}");
+
+    // The process that takes over (a restart) stores everything once.
+    let (stop, signal) = confab_runtime::shutdown::channel();
+    let takeover = tokio::spawn(sequence(
+        Arc::new(store(url.clone()).await),
+        BatchConsumer::<IngressRecord>::new(&cfg, &group).expect("consumer"),
+        KafkaPublisher::<OutcomeRecord>::new(&cfg).expect("outcome producer"),
+        Duration::from_millis(2),
+        signal,
+    ));
+    let db = sqlx::PgPool::connect(&url).await.expect("connect");
+    let stored: Vec<(String, i64, i64, i64)> = confab_tests::poll(
+        "every send stored by the sequencer that took over",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+                "SELECT conversation_id, count(*) FILTER (WHERE kind = 1),
+                        count(DISTINCT seq), max(seq)
+                 FROM messages WHERE conversation_id = ANY($1) GROUP BY 1 ORDER BY 1",
+            )
+            .bind(&convs)
+            .fetch_all(&db)
+            .await?;
+            let done = rows.len() == 2 && rows.iter().all(|r| r.1 == 10);
+            Ok(done.then_some(rows))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    stop.fire();
+    takeover
+        .await
+        .expect("the sequencer ends at shutdown")
+        .expect("no lane failed");
+    for (conv, sends, distinct, last) in stored {
+        // Seq 1 is the creation event; then every send once, gap-free.
+        assert_eq!((sends, distinct, last), (10, 11, 11), "{conv}");
+    }
+}
+
+/// A backlog on two partitions, more than one partition's run of records
+/// in a fetch, is sequenced by both partitions' lanes at once: history's
+/// reader reads past the first partition's records (up to its
+/// `READ_AHEAD`) instead of waiting for that lane to finish. Then every
+/// send is stored once, gap-free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
+    use confab_history::distributed::{sequence, READ_AHEAD};
+    use futures::{StreamExt, TryStreamExt};
+
+    let broker = Broker::start_memory().await;
+    let cfg = config(&broker, 2);
+    ensure_topics(&cfg).await.expect("create topics");
+    let pg = PgCluster::start().unwrap_or_else(|e| panic!("PostgreSQL: {e:#}"));
+    let url = pg.fresh_database().await.expect("fresh database");
+    let inner = confab_history::PostgresStore::connect(
+        &url,
+        confab_core::validate::SizeLimits::default(),
+        4,
+    )
+    .await
+    .expect("connect to PostgreSQL");
+    let publisher = KafkaPublisher::<IngressRecord>::new(&cfg).expect("producer");
+
+    let convs = group_per_partition(&publisher, 2).await;
     // Each partition holds a quarter of the read-ahead: more than one
     // partition's run, all of it readable before a lane is done.
     let per_partition = (READ_AHEAD / 4) as u64;
-    let convs: Vec<String> = convs.into_values().collect();
     let sends: Vec<IngressRecord> = (0..per_partition * 2)
         .map(|i| send(&convs[(i % 2) as usize], i))
         .collect();
@@ -1129,12 +1296,14 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
         .expect("publish the backlog");
 
     let (overlapped, _) = watch::channel(false);
-    let store = Arc::new(Overlap {
+    let store = Arc::new(Hooked {
         inner,
-        applying: AtomicU32::new(0),
-        overlapped,
-        waited: AtomicBool::new(false),
-        joined_in_time: AtomicBool::new(false),
+        hook: Overlap {
+            applying: AtomicU32::new(0),
+            overlapped,
+            waited: AtomicBool::new(false),
+            joined_in_time: AtomicBool::new(false),
+        },
     });
     let consumer = BatchConsumer::<IngressRecord>::new(&cfg, &format!("{}-history", cfg.prefix))
         .expect("consumer");
@@ -1168,10 +1337,13 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
     .await
     .unwrap_or_else(|e| panic!("{e:#}"));
     stop.fire();
-    sequencer.await.expect("the sequencer ends at shutdown");
+    sequencer
+        .await
+        .expect("the sequencer ends at shutdown")
+        .expect("no lane failed");
 
     assert!(
-        store.joined_in_time.load(Ordering::SeqCst),
+        store.hook.joined_in_time.load(Ordering::SeqCst),
         "no second lane applied a batch while the first lane's batch was held for \
          {OVERLAP_WAIT:?}: the reader waited on the first lane instead of reading on"
     );

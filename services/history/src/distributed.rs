@@ -18,7 +18,7 @@ use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_runtime::process::ServiceConfig;
 use confab_runtime::readiness::Readiness;
-use confab_runtime::shutdown::Signal;
+use confab_runtime::shutdown::{self, Signal};
 use confab_runtime::transport::Transport;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -164,17 +164,53 @@ pub async fn run(
         config.linger,
         shutdown.clone(),
     ));
+    let (sequencing, failed) = watch_sequencer(sequencer, &config.readiness);
     crate::grpc::server(Arc::new(LocalHistory::new(store)))
         .service_token(Some(service_token))
         .transport(config.transport.clone())
         .readiness(config.readiness.clone())
-        .serve(listener, shutdown)
+        .serve(listener, shutdown::either(shutdown, failed))
         .await?;
-    let _ = sequencer.await;
+    let sequenced = sequencing.await;
     if let Err(e) = outcomes.flush(Duration::from_secs(5)).await {
         tracing::warn!(error = %e, "outcomes not flushed at shutdown; they are replayed from ingress");
     }
+    sequenced.unwrap_or_else(|e| Err(SequencerFailed(format!("its watch ended: {e}"))))?;
     Ok(())
+}
+
+/// Why a history process stops sequencing before its shutdown.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the sequencer stopped: {0}; history exits so that it is restarted \
+     (the records it had not committed are applied again, deduplicated)"
+)]
+pub struct SequencerFailed(String);
+
+/// Watches `sequencer`: the process is ready only while it runs (readiness
+/// check "sequencer"), and the returned signal fires if it ends with an
+/// error or a panic, so that the process stops serving and exits (to be
+/// restarted) instead of answering reads while nothing is sequenced. The
+/// returned task ends with what the sequencer did.
+pub fn watch_sequencer(
+    sequencer: tokio::task::JoinHandle<Result<(), SequencerFailed>>,
+    readiness: &Readiness,
+) -> (tokio::task::JoinHandle<Result<(), SequencerFailed>>, Signal) {
+    let (stop, failed) = shutdown::channel();
+    let check = readiness.check("sequencer");
+    check.set(true);
+    let watch = tokio::spawn(async move {
+        let ended = sequencer
+            .await
+            .unwrap_or_else(|e| Err(SequencerFailed(format!("it panicked: {e}"))));
+        if let Err(e) = &ended {
+            check.fail_until_exit();
+            tracing::error!(error = %e, "history is not ready and stops serving");
+            stop.fire();
+        }
+        ended
+    });
+    (watch, failed)
 }
 
 /// Records read but not yet committed, over all lanes, before the reader
@@ -205,13 +241,21 @@ type LaneWork = (Batch<IngressRecord>, OwnedSemaphorePermit);
 /// is ever repartitioned, the transactions' ordered row locks keep them
 /// correct). At shutdown the reader stops, every lane finishes what it was
 /// given, and the consumer leaves the group.
+///
+/// A lane that panics stops the reader at once: the other lanes finish and
+/// commit what they were given, the dead lane's records stay uncommitted
+/// (they are read again by the partition's next owner), and this ends with
+/// [`SequencerFailed`] naming the partition (see [`watch_sequencer`]).
 pub async fn sequence(
     store: Arc<dyn Store>,
     mut consumer: BatchConsumer<IngressRecord>,
     outcomes: KafkaPublisher<OutcomeRecord>,
     linger: Duration,
     shutdown: Signal,
-) {
+) -> Result<(), SequencerFailed> {
+    let (lane_died, died) = shutdown::channel();
+    let lane_died = Arc::new(lane_died);
+    let stop = shutdown::either(shutdown, died);
     // One task commits for every lane, merging what they finished while
     // its previous commit was on the way: a commit per lane and batch would
     // be most of the broker's work at a few thousand messages a second.
@@ -220,10 +264,7 @@ pub async fn sequence(
     let in_flight = Arc::new(Semaphore::new(READ_AHEAD));
     let mut lanes: HashMap<i32, mpsc::UnboundedSender<LaneWork>> = HashMap::new();
     let mut tasks = Vec::new();
-    'read: while let Some(batch) = consumer
-        .next_batch_or_stop(MAX_BATCH, linger, &shutdown)
-        .await
-    {
+    'read: while let Some(batch) = consumer.next_batch_or_stop(MAX_BATCH, linger, &stop).await {
         for (partition, part) in batch.split_by_partition() {
             // A part has at most MAX_BATCH records (an empty one, only
             // skipped records, still takes a permit until it is through).
@@ -233,30 +274,52 @@ pub async fn sequence(
             };
             let lane = lanes.entry(partition).or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                tasks.push(tokio::spawn(run_lane(
+                let lane = tokio::spawn(run_lane(
                     partition,
                     store.clone(),
                     rx,
                     outcomes.clone(),
                     finished.clone(),
-                )));
+                ));
+                let lane_died = lane_died.clone();
+                tasks.push(tokio::spawn(async move {
+                    let ended = lane.await;
+                    let panicked = ended.is_err();
+                    if panicked {
+                        tracing::error!(
+                            partition,
+                            "sequencer lane panicked; stopping the sequencer"
+                        );
+                        lane_died.fire();
+                    }
+                    panicked.then_some(partition)
+                }));
                 tx
             });
+            // Only a lane that panicked drops its queue (its watch stops
+            // the reader).
             if lane.send((part, permit)).is_err() {
-                // Only a lane that panicked drops its queue.
-                tracing::error!(partition, "sequencer lane ended; stopping the sequencer");
                 break 'read;
             }
         }
     }
     drop(lanes);
     drop(finished);
+    let mut dead = Vec::new();
     for task in tasks {
-        let _ = task.await;
+        if let Ok(Some(partition)) = task.await {
+            dead.push(partition);
+        }
     }
     let _ = commits.await;
     consumer.close().await;
     tracing::info!("sequencer stopped");
+    match dead.as_slice() {
+        [] => Ok(()),
+        partitions => Err(SequencerFailed(format!(
+            "the lane of ingress partition(s) {partitions:?} panicked"
+        ))),
+    }
 }
 
 /// One partition's lane: takes everything queued (up to [`MAX_BATCH`]

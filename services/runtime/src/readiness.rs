@@ -169,6 +169,16 @@ impl ReadinessCheck {
     }
 }
 
+impl ReadinessCheck {
+    /// Fails the check for as long as the process lives: for a fault the
+    /// process does not recover from, and exits over (dropping the check
+    /// would remove it, and make the process ready again meanwhile).
+    pub fn fail_until_exit(self) {
+        self.set(false);
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for ReadinessCheck {
     fn drop(&mut self) {
         let mut checks = self.readiness.checks();

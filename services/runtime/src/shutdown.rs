@@ -35,6 +35,20 @@ impl Signal {
     }
 }
 
+/// A signal that fires when `a` or `b` does (or either's trigger is
+/// dropped).
+pub fn either(a: Signal, b: Signal) -> Signal {
+    let (trigger, signal) = channel();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = a.wait() => {}
+            _ = b.wait() => {}
+        }
+        trigger.fire();
+    });
+    signal
+}
+
 /// Completes on SIGINT or SIGTERM.
 pub async fn os_signal() {
     #[cfg(unix)]
