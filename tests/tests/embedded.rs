@@ -38,6 +38,11 @@ async fn membership_changes_are_sequenced_events_and_removal_stops_delivery() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_added_members_stream_carries_what_their_history_shows() {
+    suite::a_re_added_members_stream_carries_what_their_history_shows(Kind::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_conversations_are_unique_per_pair() {
     suite::direct_conversations_are_unique_per_pair(Kind::Embedded).await;
 }

@@ -8,7 +8,8 @@ pub mod presence;
 pub mod sync;
 
 use confab_proto::v1::{
-    client_frame, server_frame, Conversation, ConversationKind, Ping, ReadState, Resume,
+    client_frame, server_frame, Conversation, ConversationKind, HistoryVisibility, Ping, ReadState,
+    Resume,
 };
 use confab_tests::server::{Kind, Server, Settings};
 use confab_tests::*;
@@ -293,6 +294,67 @@ pub async fn membership_changes_are_sequenced_events_and_removal_stops_delivery(
     let list = alice.list().await.expect("list");
     assert_eq!(list.conversations.len(), 1);
     assert_eq!(list.conversations[0].last_seq, 6);
+    server.stop().await;
+}
+
+/// A member removed and added again: their stream carries what their
+/// history shows them, the messages sent while they were out in a SHARED
+/// conversation and none of them in a SINCE_JOINED one, then the event
+/// that added them and what follows.
+pub async fn a_re_added_members_stream_carries_what_their_history_shows(kind: Kind) {
+    let (server, [alice, bob]) = with_users(kind, ["alice", "bob"]).await;
+    let mut bob_s = bob.live().await;
+    for (visibility, while_out_shown) in [
+        (HistoryVisibility::Shared, true),
+        (HistoryVisibility::SinceJoined, false),
+    ] {
+        let conv = alice
+            .create_with(ConversationKind::Group, "back again", &["bob"], visibility)
+            .await
+            .expect("create");
+        alice
+            .send(&conv.id, "before", "before")
+            .await
+            .expect("send");
+        let (msgs, _) = bob_s.messages_until(&conv.id, 2).await.expect("bob reads");
+        assert_eq!(seqs(&msgs), vec![1, 2], "the creation, then a message");
+        alice.remove_member(&conv.id, "bob").await.expect("remove");
+        let (msgs, _) = bob_s
+            .messages_until(&conv.id, 3)
+            .await
+            .expect("bob sees his removal");
+        assert_eq!(msgs[0].body, "alice removed bob");
+        alice
+            .send(&conv.id, "while-out", "while bob was out")
+            .await
+            .expect("send");
+        alice.add_members(&conv.id, &["bob"]).await.expect("re-add");
+        let back = alice
+            .send(&conv.id, "back", "welcome back")
+            .await
+            .expect("send");
+        assert_eq!(back.seq, 6);
+        let (msgs, _) = bob_s
+            .messages_until(&conv.id, 6)
+            .await
+            .expect("bob's stream goes on");
+        // Exactly what his history now shows after his removal.
+        let history: Vec<u64> = bob
+            .all_messages(&conv.id)
+            .await
+            .expect("bob's history")
+            .iter()
+            .map(|m| m.seq)
+            .filter(|s| *s > 3)
+            .collect();
+        assert_eq!(seqs(&msgs), history, "{visibility:?}");
+        let expected = if while_out_shown {
+            vec![4, 5, 6]
+        } else {
+            vec![5, 6]
+        };
+        assert_eq!(seqs(&msgs), expected, "{visibility:?}");
+    }
     server.stop().await;
 }
 

@@ -9,8 +9,7 @@ use confab_core::seams::Delivery;
 use confab_core::validate;
 use confab_core::validate::MAX_CONVERSATIONS_PAGE;
 use confab_proto::v1::{
-    membership_event::Change, server_frame, Conversation, GetHistoryRequest,
-    ListConversationsRequest, Message,
+    server_frame, Conversation, GetHistoryRequest, ListConversationsRequest, Message,
 };
 use confab_runtime::trace::{self, HOP};
 use std::time::SystemTime;
@@ -56,12 +55,17 @@ impl State {
     }
 
     /// Sends `m` and moves the cursor, when it is past the cursor.
+    ///
+    /// A member's removal keeps the cursor: nothing is routed to them while
+    /// they are out, and if they are added again, the gap from their
+    /// removal to the event that added them is filled from history like any
+    /// gap, so the stream carries exactly what their history shows them:
+    /// the messages sent while they were out when the conversation's
+    /// history is SHARED, none of them when it is SINCE_JOINED (history's
+    /// one visibility rule decides; docs/architecture.md).
     async fn emit(&mut self, m: Message) -> Result<(), Gone> {
         let conv = m.conversation_id.clone();
         let seq = m.seq;
-        let removed_self = m.membership.as_ref().is_some_and(|e| {
-            e.change == Change::Removed as i32 && e.user_ids.contains(&self.s.user)
-        });
         match self.cursors.get_mut(&conv) {
             Some(c) if seq > c.last => c.last = seq,
             Some(c) if seq >= c.first => return Ok(()),
@@ -78,10 +82,6 @@ impl State {
         }
         self.send(server_frame::Frame::Message(m)).await?;
         metrics::counter!(MESSAGES_DELIVERED).increment(1);
-        if removed_self {
-            // Whatever comes after is not for us; a re-add starts afresh.
-            self.cursors.remove(&conv);
-        }
         Ok(())
     }
 
