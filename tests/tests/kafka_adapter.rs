@@ -1157,7 +1157,8 @@ async fn group_per_partition(
 /// that takes over stores every send once, gap-free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_that_panics_makes_history_not_ready_and_loses_nothing() {
-    use confab_history::distributed::{sequence, watch_sequencer};
+    use confab_history::distributed::sequence;
+    use confab_runtime::readiness::watch_part;
 
     let broker = Broker::start_memory().await;
     let cfg = config(&broker, 2);
@@ -1207,7 +1208,7 @@ async fn a_lane_that_panics_makes_history_not_ready_and_loses_nothing() {
         shutdown.clone(),
     ));
     assert!(readiness.is_ready(), "ready before the lane fails");
-    let (watch, failed) = watch_sequencer(sequencer, &readiness);
+    let (watch, failed) = watch_part("sequencer", sequencer, &readiness);
     tokio::time::timeout(Duration::from_secs(60), failed.wait())
         .await
         .expect("the watch fires once the lane panicked");

@@ -8,8 +8,8 @@ use confab_core::config::{millis_or, parse_or, ConfigError, Env};
 use confab_core::seams::MemTopic;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore};
-use confab_runtime::readiness::Readiness;
-use confab_runtime::shutdown::Signal;
+use confab_runtime::readiness::{all_of, watch_part, PartFailed, Readiness};
+use confab_runtime::shutdown::{either, Signal};
 use confab_runtime::transport::Transport;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -168,22 +168,38 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
         history,
         shutdown.clone(),
     );
+    // A sequencer or router task that panics makes the process not ready
+    // and stops it (to be restarted), as history's sequencer does in the
+    // distributed mode, instead of serving while a partition is dead.
+    let (sequencing, sequencer_failed) =
+        watch_part("sequencer", all_of(sequencers), &config.readiness);
+    let (routing, router_failed) = watch_part("router", all_of(routers), &config.readiness);
+    let stop = either(shutdown, either(sequencer_failed, router_failed));
     confab_gateway::service::server(service, config.transport.clone())
         .readiness(config.readiness.clone())
-        .serve(listener, shutdown)
+        .serve(listener, stop)
         .await?;
-    let drain = async {
-        for task in sequencers.into_iter().chain(routers) {
-            let _ = task.await;
+    let drain = async { (sequencing.await, routing.await) };
+    let drained = tokio::time::timeout(config.grace, drain).await;
+    presence.abort();
+    let (sequenced, routed) = match drained {
+        Ok(both) => both,
+        Err(_) => {
+            tracing::warn!(
+                grace_ms = config.grace.as_millis() as u64,
+                "shutdown grace period over; exiting with work in flight"
+            );
+            return Ok(());
         }
     };
-    if tokio::time::timeout(config.grace, drain).await.is_err() {
-        tracing::warn!(
-            grace_ms = config.grace.as_millis() as u64,
-            "shutdown grace period over; exiting with work in flight"
-        );
+    for (what, ended) in [("sequencer", sequenced), ("router", routed)] {
+        ended.unwrap_or_else(|e| {
+            Err(PartFailed {
+                what,
+                why: format!("its watch ended: {e}"),
+            })
+        })?;
     }
-    presence.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -17,7 +17,7 @@ use confab_kafka::{
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_runtime::process::ServiceConfig;
-use confab_runtime::readiness::Readiness;
+use confab_runtime::readiness::{watch_part, PartFailed, Readiness};
 use confab_runtime::shutdown::{self, Signal};
 use confab_runtime::transport::Transport;
 use std::collections::HashMap;
@@ -164,7 +164,7 @@ pub async fn run(
         config.linger,
         shutdown.clone(),
     ));
-    let (sequencing, failed) = watch_sequencer(sequencer, &config.readiness);
+    let (sequencing, failed) = watch_part("sequencer", sequencer, &config.readiness);
     crate::grpc::server(Arc::new(LocalHistory::new(store)))
         .service_token(Some(service_token))
         .transport(config.transport.clone())
@@ -175,43 +175,21 @@ pub async fn run(
     if let Err(e) = outcomes.flush(Duration::from_secs(5)).await {
         tracing::warn!(error = %e, "outcomes not flushed at shutdown; they are replayed from ingress");
     }
-    sequenced.unwrap_or_else(|e| Err(SequencerFailed(format!("its watch ended: {e}"))))?;
+    sequenced.unwrap_or_else(|e| {
+        Err(PartFailed {
+            what: "sequencer",
+            why: format!("its watch ended: {e}"),
+        })
+    })?;
     Ok(())
 }
 
-/// Why a history process stops sequencing before its shutdown.
+/// Why history's sequencer stopped before its shutdown.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the sequencer stopped: {0}; history exits so that it is restarted \
-     (the records it had not committed are applied again, deduplicated)"
+    "{0} (the records it had not committed are applied again, deduplicated, once history is back)"
 )]
 pub struct SequencerFailed(String);
-
-/// Watches `sequencer`: the process is ready only while it runs (readiness
-/// check "sequencer"), and the returned signal fires if it ends with an
-/// error or a panic, so that the process stops serving and exits (to be
-/// restarted) instead of answering reads while nothing is sequenced. The
-/// returned task ends with what the sequencer did.
-pub fn watch_sequencer(
-    sequencer: tokio::task::JoinHandle<Result<(), SequencerFailed>>,
-    readiness: &Readiness,
-) -> (tokio::task::JoinHandle<Result<(), SequencerFailed>>, Signal) {
-    let (stop, failed) = shutdown::channel();
-    let check = readiness.check("sequencer");
-    check.set(true);
-    let watch = tokio::spawn(async move {
-        let ended = sequencer
-            .await
-            .unwrap_or_else(|e| Err(SequencerFailed(format!("it panicked: {e}"))));
-        if let Err(e) = &ended {
-            check.fail_until_exit();
-            tracing::error!(error = %e, "history is not ready and stops serving");
-            stop.fire();
-        }
-        ended
-    });
-    (watch, failed)
-}
 
 /// Records read but not yet committed, over all lanes, before the reader
 /// waits. The broker hands out a backlog a partition at a time, in runs of
@@ -245,7 +223,8 @@ type LaneWork = (Batch<IngressRecord>, OwnedSemaphorePermit);
 /// A lane that panics stops the reader at once: the other lanes finish and
 /// commit what they were given, the dead lane's records stay uncommitted
 /// (they are read again by the partition's next owner), and this ends with
-/// [`SequencerFailed`] naming the partition (see [`watch_sequencer`]).
+/// [`SequencerFailed`] naming the partition (`run` watches it with
+/// [`watch_part`]).
 pub async fn sequence(
     store: Arc<dyn Store>,
     mut consumer: BatchConsumer<IngressRecord>,

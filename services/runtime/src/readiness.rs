@@ -179,6 +179,66 @@ impl ReadinessCheck {
     }
 }
 
+/// Why a part a process cannot work without ended before its shutdown.
+#[derive(Debug, thiserror::Error)]
+#[error("the {what} stopped: {why}; the process exits so that it is restarted")]
+pub struct PartFailed {
+    /// The part, as its readiness check is named.
+    pub what: &'static str,
+    /// What ended it.
+    pub why: String,
+}
+
+/// Watches `part`, which runs until the process's shutdown: the process is
+/// ready only while it runs (a check named `what`), and the returned signal
+/// fires if it ends with an error or a panic, so that the process stops
+/// serving and exits (to be restarted) instead of answering while the part
+/// is dead. The returned task ends with what the part did.
+pub fn watch_part<E: std::fmt::Display + Send + 'static>(
+    what: &'static str,
+    part: tokio::task::JoinHandle<Result<(), E>>,
+    readiness: &Readiness,
+) -> (tokio::task::JoinHandle<Result<(), PartFailed>>, Signal) {
+    let (stop, failed) = crate::shutdown::channel();
+    let check = readiness.check(what);
+    check.set(true);
+    let watch = tokio::spawn(async move {
+        let ended = match part.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(format!("it panicked: {e}")),
+        };
+        ended.map_err(|why| {
+            check.fail_until_exit();
+            let failed = PartFailed { what, why };
+            tracing::error!(error = %failed, "not ready; stopping");
+            stop.fire();
+            failed
+        })
+    });
+    (watch, failed)
+}
+
+/// `tasks` as one part for [`watch_part`]: ends with the first of them
+/// that panics, or once they all have ended.
+pub fn all_of(
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+) -> tokio::task::JoinHandle<Result<(), String>> {
+    let mut set = tokio::task::JoinSet::new();
+    for task in tasks {
+        set.spawn(task);
+    }
+    tokio::spawn(async move {
+        while let Some(ended) = set.join_next().await {
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) | Err(e) => return Err(format!("a task panicked: {e}")),
+            }
+        }
+        Ok(())
+    })
+}
+
 impl Drop for ReadinessCheck {
     fn drop(&mut self) {
         let mut checks = self.readiness.checks();
@@ -245,6 +305,54 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A part of several tasks, one of which panics while the others run:
+    /// the process is not ready from then on (for good), the stop signal
+    /// fires, and the watch ends with the failure.
+    #[tokio::test]
+    async fn a_part_that_panics_makes_the_process_not_ready_and_stops_it() {
+        let readiness = Readiness::new();
+        readiness.set(true);
+        let (release, hold) = crate::shutdown::channel();
+        let (fail, failing) = crate::shutdown::channel();
+        let running = tokio::spawn(hold.clone().wait());
+        let panics = tokio::spawn(async move {
+            failing.wait().await;
+            panic!("a bug in a lane");
+        });
+        let (watch, failed) = watch_part("sequencer", all_of(vec![running, panics]), &readiness);
+        assert!(readiness.is_ready(), "ready while every task runs");
+        assert!(!failed.is_fired());
+        fail.fire();
+        failed.clone().wait().await;
+        let error = watch
+            .await
+            .expect("the watch")
+            .expect_err("a task panicked");
+        assert_eq!(error.what, "sequencer");
+        assert!(error.why.contains("panicked"), "{error}");
+        let why = readiness.why_not().expect("not ready").to_string();
+        assert!(why.contains("sequencer"), "{why}");
+        release.fire();
+        assert!(!readiness.is_ready(), "still not ready: the process exits");
+    }
+
+    /// Tasks that end at shutdown end the watch without a failure, and
+    /// leave readiness as it was.
+    #[tokio::test]
+    async fn a_part_that_ends_cleanly_is_no_failure() {
+        let readiness = Readiness::new();
+        readiness.set(true);
+        let (stop, signal) = crate::shutdown::channel();
+        let tasks = (0..3)
+            .map(|_| tokio::spawn(signal.clone().wait()))
+            .collect();
+        let (watch, failed) = watch_part("router", all_of(tasks), &readiness);
+        stop.fire();
+        watch.await.expect("the watch").expect("no failure");
+        assert!(!failed.is_fired());
+        assert!(readiness.is_ready());
+    }
 
     #[test]
     fn readiness_is_a_shared_flag() {
