@@ -17,7 +17,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos bench stack stack-down migrate up down clean-data apt grpcurl fuzz deps-fuzz
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos bench stack stack-down stack-restart stack-status stack-logs migrate up down clean-data apt grpcurl fuzz deps-fuzz
 NISSHI := $(TOOLS)/bin/nisshi
 # Every target builds the same set, so cargo's feature unification never
 # differs between them and nothing is rebuilt when switching targets.
@@ -77,6 +77,17 @@ stack: deps-build deps-tools deps-postgres deps-broker $(if $(filter-out 0,$(PRO
 
 stack-down: ## stop exactly what `make stack` started
 	@deploy/local/stack.sh down
+
+# No build here: a restart starts the binary at the path `make stack` used.
+stack-restart: ## stop one service of the running stack if it runs, start it again as `make stack` did: make stack-restart SERVICE=gateway|router|history|broker
+	@test -n "$(SERVICE)" || { echo "usage: make stack-restart SERVICE=gateway|router|history|broker" >&2; exit 2; }
+	@deploy/local/stack.sh restart "$(SERVICE)"
+
+stack-status: ## each process of the running stack: pid, alive or dead, address, readiness (fails if any is dead or not ready)
+	@deploy/local/stack.sh status
+
+stack-logs: ## the last LINES lines (default 50) of each log of the stack; SERVICE=name: of its log only
+	@LINES="$(LINES)" deploy/local/stack.sh logs "$(SERVICE)"
 
 migrate: deps-build build-services ## apply the PostgreSQL migrations to CONFAB_DATABASE_URL (default: the running make stack's database)
 	@set -a; [ -n "$$CONFAB_DATABASE_URL" ] || [ ! -f .stack/env ] || . .stack/env; set +a; \

@@ -6,6 +6,12 @@
 //! [`MakeStack::down`] (a failed test) runs `make stack-down`, kills what
 //! that left of the recorded processes, and keeps the stack directory (its
 //! path is printed).
+//!
+//! On a running stack, [`MakeStack::restart`], [`MakeStack::status`] and
+//! [`MakeStack::stack_logs`] run `make stack-restart SERVICE=…`, `make
+//! stack-status` and `make stack-logs`; [`MakeStack::setting`] reads what
+//! `make stack` recorded in `<stack dir>/settings`. [`make_in`] runs any
+//! target on a stack directory of the caller's (one where nothing runs, say).
 
 use crate::free_port;
 use crate::postgres::postmaster_pid;
@@ -27,6 +33,11 @@ const STACK_DOWN: Duration = Duration::from_secs(180);
 const STACK_GONE: Duration = Duration::from_secs(30);
 /// Lines of each log shown when something fails.
 const LOG_TAIL: usize = 40;
+/// How long `make stack-restart` may run: stopping the service (10 s
+/// before SIGKILL) and waiting for it to listen again (60 s).
+pub const STACK_RESTART: Duration = Duration::from_secs(120);
+/// How long `make stack-status` or `make stack-logs` may run.
+pub const STACK_INSPECT: Duration = Duration::from_secs(60);
 
 /// The repository root (the parent of the harness crate's directory).
 pub fn repo_root() -> PathBuf {
@@ -222,41 +233,88 @@ impl MakeStack {
     /// Runs `make args...` in the repository root with this stack's
     /// settings, in its own process group, killed after `timeout`.
     fn make(&self, args: &[&str], timeout: Duration) -> MakeRun {
-        let log = self.path.join(format!("make-{}.out", args[0]));
-        let out = File::create(&log).expect("make output file");
-        let err = out.try_clone().expect("make output file");
-        let mut command = Command::new("make");
-        command
-            .args(args)
-            .current_dir(&self.root)
-            .env("CONFAB_STACK_DIR", &self.path)
-            .env("CONFAB_STACK_GATEWAY", self.gateway.to_string())
-            // Free ports of the script's choosing, Prometheus only when
-            // asked for, and a make of its own, whatever the environment
-            // this test runs in says.
-            .env_remove("CONFAB_STACK_PG_PORT")
-            .env_remove("CONFAB_STACK_KAFKA_PORT")
-            .env_remove("CONFAB_STACK_PROMETHEUS")
-            .env_remove("PROMETHEUS")
-            .env_remove("MAKEFLAGS")
-            .env_remove("MFLAGS")
-            .env_remove("MAKELEVEL")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
+        self.run(args, &[], timeout)
+    }
+
+    /// Runs `make args...` in the repository root with this stack's
+    /// settings and then `env` (which wins), in its own process group,
+    /// killed after `timeout`.
+    pub fn run(&self, args: &[&str], env: &[(&str, String)], timeout: Duration) -> MakeRun {
+        let mut all: Vec<(String, String)> =
+            vec![("CONFAB_STACK_GATEWAY".to_string(), self.gateway.to_string())];
+        all.extend(self.env.iter().cloned());
         if let Some(dir) = &self.target_dir {
-            command.env("CARGO_TARGET_DIR", dir);
+            all.push(("CARGO_TARGET_DIR".to_string(), dir.display().to_string()));
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run make {}: {e}", args.join(" ")));
-        let status = ChildGuard::group_leader(child).wait_within(timeout);
-        MakeRun {
-            status,
-            output: read(&log),
-        }
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        make_in(&self.root, &self.path, args, &all, timeout)
+    }
+
+    /// `make stack-restart SERVICE=<service>`, with `env` on top of this
+    /// stack's settings (to show that the recorded ones win).
+    pub fn restart(&self, service: &str, env: &[(&str, String)]) -> MakeRun {
+        let arg = format!("SERVICE={service}");
+        self.run(&["stack-restart", &arg], env, STACK_RESTART)
+    }
+
+    /// `make stack-status`.
+    pub fn status(&self) -> MakeRun {
+        self.run(&["stack-status"], &[], STACK_INSPECT)
+    }
+
+    /// `make stack-logs`, of `service` only if given, `LINES=<lines>` if
+    /// given.
+    pub fn stack_logs(&self, service: Option<&str>, lines: Option<usize>) -> MakeRun {
+        let mut args = vec!["stack-logs".to_string()];
+        args.extend(service.map(|s| format!("SERVICE={s}")));
+        args.extend(lines.map(|n| format!("LINES={n}")));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.run(&args, &[], STACK_INSPECT)
+    }
+
+    /// `<stack dir>/settings`: how `make stack` started each process, for
+    /// `make stack-restart` and `make stack-status`.
+    pub fn settings_path(&self) -> PathBuf {
+        self.path.join("settings")
+    }
+
+    /// The value of the variable `name` (e.g. `SERVICE_TOKEN`) in
+    /// `<stack dir>/settings`, read as the script reads it (bash `source`);
+    /// fails the test if it is unset or empty.
+    pub fn setting(&self, name: &str) -> String {
+        let settings = self.settings_path();
+        let out = Command::new("bash")
+            .args(["-c", r#"set -u; . "$1"; printf %s "${!2}""#, "setting"])
+            .arg(&settings)
+            .arg(name)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run bash to read {}: {e}", settings.display()));
+        let value = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && !value.is_empty(),
+            "{} sets no {name} ({}): `make stack` must record it there",
+            settings.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        value
+    }
+
+    /// The pid `<stack dir>/pids` records for `name` (which leads its
+    /// process group); fails the test if there is none.
+    pub fn pid_of(&self, name: &str) -> u32 {
+        let started = self.started().unwrap_or_else(|e| panic!("{e}"));
+        started
+            .processes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, pid)| *pid)
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} records no {name}: {started:?}",
+                    self.path.join("pids").display()
+                )
+            })
     }
 
     /// Runs `make stack-down` and checks that it succeeds and that nothing
@@ -333,6 +391,53 @@ impl Drop for MakeStack {
                 eprintln!("stack directory kept: {}", dir.keep().display());
             }
         }
+    }
+}
+
+/// Runs `make args...` in the repository `root` with `CONFAB_STACK_DIR`
+/// set to `stack_dir` and `env` on top, in its own process group, killed
+/// after `timeout`; its output goes to `<stack_dir>/make-<target>.out` too.
+/// The broker, PostgreSQL and Prometheus settings of the environment this
+/// test runs in are removed (free ports of the script's choosing,
+/// Prometheus only when asked for), as are make's own (a make of its own)
+/// and the variables the stack targets read (`SERVICE`, `LINES`: only the
+/// caller's `args` set them).
+pub fn make_in(
+    root: &Path,
+    stack_dir: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> MakeRun {
+    let log = stack_dir.join(format!("make-{}.out", args[0]));
+    let out = File::create(&log).expect("make output file");
+    let err = out.try_clone().expect("make output file");
+    let mut command = Command::new("make");
+    command
+        .args(args)
+        .current_dir(root)
+        .env("CONFAB_STACK_DIR", stack_dir)
+        .env_remove("CONFAB_STACK_PG_PORT")
+        .env_remove("CONFAB_STACK_KAFKA_PORT")
+        .env_remove("CONFAB_STACK_PROMETHEUS")
+        .env_remove("PROMETHEUS")
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
+        .env_remove("SERVICE")
+        .env_remove("LINES")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run make {}: {e}", args.join(" ")));
+    let status = ChildGuard::group_leader(child).wait_within(timeout);
+    MakeRun {
+        status,
+        output: read(&log),
     }
 }
 
