@@ -659,8 +659,12 @@ mod tests {
             refused,
             ChatError::Unavailable("history is failing; it will be retried in 5000 ms".into())
         );
+        // Any other code is history's failure, said to be history's.
         let odd = remote.error_for(&Status::unimplemented("no such method"));
-        assert_eq!(odd, ChatError::Internal("no such method".into()));
+        assert_eq!(
+            odd,
+            ChatError::Internal("history failed: no such method".into())
+        );
     }
 
     #[tokio::test]
