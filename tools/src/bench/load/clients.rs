@@ -34,6 +34,10 @@ impl Client {
     }
 }
 
+/// Each conversation's members (client indexes), where messages are
+/// delivered (empty against a server that delivers none).
+pub(super) type Members = HashMap<Arc<str>, Vec<usize>>;
+
 /// The members of conversation `j` (user indexes): GROUPs first.
 pub(super) fn members(j: usize, opts: &LoadOpts, groups: usize) -> Vec<usize> {
     let n = opts.clients;
@@ -100,8 +104,8 @@ pub(super) async fn create_conversations(
     opts: &LoadOpts,
     clients: &mut [Client],
     groups: usize,
-) -> Result<(HashMap<Arc<str>, u64>, usize)> {
-    let mut member_count: HashMap<Arc<str>, u64> = HashMap::new();
+) -> Result<(Members, usize)> {
+    let mut members_of: Members = HashMap::new();
     let mut direct = 0;
     let plan: Vec<(usize, Vec<usize>)> = (0..opts.conversations)
         .map(|j| (j, members(j, opts, groups)))
@@ -150,14 +154,14 @@ pub(super) async fn create_conversations(
             direct += 1;
         }
         let id: Arc<str> = id.into();
-        if opts.confab {
-            member_count.insert(id.clone(), m.len() as u64);
-        }
-        for k in m {
+        for &k in &m {
             clients[k].convs.push(id.clone());
         }
+        if opts.confab {
+            members_of.insert(id.clone(), m);
+        }
     }
-    Ok((member_count, direct))
+    Ok((members_of, direct))
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stream::{open_stream, read_stream};
-use tally::{merged, Clock, Counters};
+use tally::{merged, Clock, Counters, Ledger};
 use tokio::sync::{mpsc, Semaphore};
 use tonic::Streaming;
 
@@ -223,8 +223,9 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
     let groups = ((opts.conversations as f64) * opts.group_share.clamp(0.0, 1.0)).round() as usize;
 
     let mut clients = clients::connect(opts).await?;
-    let (member_count, direct) = clients::create_conversations(opts, &mut clients, groups).await?;
-    let member_count = Arc::new(member_count);
+    let (members, direct) = clients::create_conversations(opts, &mut clients, groups).await?;
+    let members = Arc::new(members);
+    let ledger = Arc::new(Ledger::new(clients.len()));
     // Typing flooders send no messages: what is measured is the others'.
     let sends = |c: &clients::Client| !c.convs.is_empty() && c.index >= opts.typing_flooders;
     let senders = clients.iter().filter(|c| sends(c)).count();
@@ -276,7 +277,9 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
                 reads,
                 clock.clone(),
                 counters.clone(),
-                member_count.clone(),
+                members.clone(),
+                ledger.clone(),
+                i,
                 permits[i].clone(),
                 ack_recorders[i].clone(),
                 delivery_recorders[i].clone(),
@@ -317,7 +320,8 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
             },
             clock.clone(),
             counters.clone(),
-            member_count.clone(),
+            members.clone(),
+            ledger.clone(),
             permits.clone(),
             ack_recorders.clone(),
         )));
@@ -384,8 +388,18 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
     let total_expected = c.total_expected.load(Ordering::Relaxed);
     let total_delivered = c.total_delivered.load(Ordering::Relaxed);
     let mut errors = c.errors.lock().map_err(|_| anyhow!("errors lock"))?.clone();
-    if total_delivered < total_expected {
-        errors.insert("missing delivery".into(), total_expected - total_delivered);
+    // Deliveries as sets: every member of every acknowledged message's
+    // conversation, against what each stream delivered (a duplicate or a
+    // delivery of an unacknowledged send never stands in for a missing one).
+    let reconciled = ledger.reconcile(&members);
+    if reconciled.missing > 0 {
+        errors.insert("missing delivery".into(), reconciled.missing);
+    }
+    if reconciled.unacknowledged > 0 {
+        errors.insert(
+            "delivery of an unacknowledged send".into(),
+            reconciled.unacknowledged,
+        );
     }
     let acked = c.acked.load(Ordering::Relaxed);
     let expected = c.expected.load(Ordering::Relaxed);

@@ -2,12 +2,11 @@
 //! back as its permits (sends in flight) allow; over its `Connect` stream
 //! or as unary calls.
 
-use super::clients::Client;
-use super::tally::{acked, code_name, msg_id, Clock, Counters};
+use super::clients::{Client, Members};
+use super::tally::{acked, code_name, msg_id, Clock, Counters, Ledger};
 use super::Via;
 use crate::bench::Recorder;
 use confab_proto::v1::*;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +31,8 @@ pub(super) async fn send_loop(
     plan: SendPlan,
     clock: Arc<Clock>,
     counters: Arc<Counters>,
-    members: Arc<HashMap<Arc<str>, u64>>,
+    members: Arc<Members>,
+    ledger: Arc<Ledger>,
     permits: Vec<Arc<Semaphore>>,
     acks: Vec<Arc<Mutex<Recorder>>>,
 ) {
@@ -93,6 +93,7 @@ pub(super) async fn send_loop(
                 let counters = counters.clone();
                 let clock = clock.clone();
                 let members = members.clone();
+                let ledger = ledger.clone();
                 let acks = acks.clone();
                 let body = plan.body.to_string();
                 tokio::spawn(async move {
@@ -103,7 +104,10 @@ pub(super) async fn send_loop(
                         body,
                     });
                     match client.chat.clone().send_message(req).await {
-                        Ok(_) => acked(&counters, &clock, &members, &conv, due, &acks),
+                        Ok(answer) => {
+                            let seq = answer.into_inner().message.map_or(0, |m| m.seq);
+                            acked(&counters, &clock, &members, &ledger, &conv, seq, due, &acks)
+                        }
                         Err(s) => {
                             counters.total_failed.fetch_add(1, Ordering::Relaxed);
                             counters.error(code_name(s.code()));

@@ -1,12 +1,11 @@
 //! Each client's `Connect` stream: opened with a ping, then read until the
 //! run ends for acks (over `Connect`) and deliveries.
 
-use super::clients::Client;
-use super::tally::{acked, code_name, due_of, Clock, Counters};
+use super::clients::{Client, Members};
+use super::tally::{acked, code_name, due_of, Clock, Counters, Delivery, Ledger};
 use crate::bench::Recorder;
 use anyhow::{anyhow, Result};
 use confab_proto::v1::*;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -48,7 +47,9 @@ pub(super) async fn read_stream(
     reads: Option<mpsc::Sender<ClientFrame>>,
     clock: Arc<Clock>,
     counters: Arc<Counters>,
-    members: Arc<HashMap<Arc<str>, u64>>,
+    members: Arc<Members>,
+    ledger: Arc<Ledger>,
+    index: usize,
     permits: Arc<Semaphore>,
     acks: Arc<Mutex<Recorder>>,
     deliveries: Arc<Mutex<Recorder>>,
@@ -78,7 +79,16 @@ pub(super) async fn read_stream(
                     counters.error(code_name(Code::from(e.code)));
                     continue;
                 }
-                acked(&counters, &clock, &members, &a.conversation_id, due, &acks);
+                acked(
+                    &counters,
+                    &clock,
+                    &members,
+                    &ledger,
+                    &a.conversation_id,
+                    a.seq,
+                    due,
+                    &acks,
+                );
             }
             server_frame::Frame::Message(m) => {
                 if let Some(reads) = &reads {
@@ -96,6 +106,14 @@ pub(super) async fn read_stream(
                 };
                 if m.body.len() != body_bytes {
                     counters.error("wrong body".into());
+                }
+                match ledger.deliver(index, &m.conversation_id, m.seq) {
+                    Delivery::New => {}
+                    Delivery::Duplicate => {
+                        counters.error("duplicate delivery".into());
+                        continue;
+                    }
+                    Delivery::OutOfOrder => counters.error("out-of-order delivery".into()),
                 }
                 counters.total_delivered.fetch_add(1, Ordering::Relaxed);
                 if clock.in_window(due) {

@@ -120,8 +120,24 @@ impl Drop for EchoProcess {
 /// One history, one router and one gateway as real processes, logging
 /// warnings to `logs`.
 pub(super) fn start_stack(broker: &Broker, database_url: &str, logs: &Path) -> ProcStack {
+    start_stack_on(broker, database_url, logs, "")
+}
+
+/// [`start_stack`] on topics of its own (`run` in their prefix), its logs
+/// in `logs/run` when `run` is not empty.
+pub(super) fn start_stack_on(
+    broker: &Broker,
+    database_url: &str,
+    logs: &Path,
+    run: &str,
+) -> ProcStack {
+    let logs = if run.is_empty() {
+        logs.to_path_buf()
+    } else {
+        logs.join(run)
+    };
     ProcStack::builder("bench")
-        .kafka_prefix(format!("bench{}", std::process::id()))
+        .kafka_prefix(format!("bench{}{run}", std::process::id()))
         .log("warn")
         .log_dir(logs)
         .start(broker, database_url)

@@ -33,6 +33,16 @@ pub fn table(r: &SuiteReport) -> String {
             l.ack.brief(),
             l.delivery.brief()
         ));
+        if l.target_rate.is_none() && l.clients > 0 {
+            // A closed loop: its latency is queueing behind its own sends;
+            // the fixed-rate rows' latency is the latency.
+            s.push_str(&format!(
+                "{:<32}   closed loop: {} sends outstanding at most ({} per client); read latency from the fixed-rate rows\n",
+                "",
+                l.in_flight * l.senders,
+                l.in_flight
+            ));
+        }
         let errors: u64 = l.errors.values().sum();
         if errors > 0 {
             s.push_str(&format!("{:<32} errors: {:?}\n", "", l.errors));
