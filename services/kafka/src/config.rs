@@ -30,6 +30,13 @@ pub struct KafkaConfig {
     pub admin_timeout: Duration,
     /// `linger.ms` of the producer: how long it waits to fill a batch.
     pub linger: Duration,
+    /// `fetch.wait.max.ms` of consumers: how long a fetch waits for new
+    /// records. Every message crosses two consumers on its way to a
+    /// session, so a longer wait adds latency at low rates; a shorter one
+    /// makes an idle consumer ask more often, and a broker that answers a
+    /// waiting fetch by polling (nisshi) spends CPU on each ask
+    /// (docs/operations.md, "Broker fetch wait").
+    pub fetch_wait: Duration,
     /// `client.id`, seen in broker logs.
     pub client_id: String,
 }
@@ -46,6 +53,7 @@ impl Default for KafkaConfig {
             max_poll_interval: Duration::from_secs(300),
             admin_timeout: Duration::from_secs(30),
             linger: Duration::from_millis(2),
+            fetch_wait: Duration::from_millis(10),
             client_id: "confab".into(),
         }
     }
@@ -62,8 +70,8 @@ impl KafkaConfig {
 
     /// Reads `CONFAB_KAFKA_BROKERS`, `CONFAB_KAFKA_PREFIX`,
     /// `CONFAB_KAFKA_PARTITIONS`, `CONFAB_KAFKA_REPLICATION`,
-    /// `CONFAB_KAFKA_PRODUCE_TIMEOUT_MS` and `CONFAB_KAFKA_SESSION_TIMEOUT_MS`;
-    /// unset ones keep their defaults.
+    /// `CONFAB_KAFKA_PRODUCE_TIMEOUT_MS`, `CONFAB_KAFKA_SESSION_TIMEOUT_MS`
+    /// and `CONFAB_KAFKA_FETCH_WAIT_MS`; unset ones keep their defaults.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
         let ms = |key: &str, default: Duration| {
@@ -86,6 +94,7 @@ impl KafkaConfig {
                 confab_core::vars::KAFKA_SESSION_TIMEOUT_MS,
                 d.session_timeout,
             )?,
+            fetch_wait: ms(confab_core::vars::KAFKA_FETCH_WAIT_MS, d.fetch_wait)?,
             ..d
         })
     }
@@ -142,10 +151,9 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            // A fetch waits at most this long for new records: every message
-            // crosses two consumers on its way to a session, and librdkafka's
-            // 500 ms default would add up to a second to each delivery.
-            .set("fetch.wait.max.ms", "10")
+            // librdkafka's 500 ms default would add up to a second to each
+            // delivery (see `fetch_wait`).
+            .set("fetch.wait.max.ms", millis(self.fetch_wait).to_string())
             .set(
                 "session.timeout.ms",
                 millis(self.session_timeout).to_string(),
@@ -227,5 +235,23 @@ mod tests {
         env.insert("CONFAB_KAFKA_PRODUCE_TIMEOUT_MS".into(), "soon".into());
         let err = KafkaConfig::from_env(&env).expect_err("not a number");
         assert_eq!(err.key, "CONFAB_KAFKA_PRODUCE_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn the_fetch_wait_reaches_the_consumers() {
+        let default = KafkaConfig::default().consumer_config("router");
+        assert_eq!(default.get("fetch.wait.max.ms"), Some("10"));
+        let env: HashMap<String, String> =
+            [("CONFAB_KAFKA_FETCH_WAIT_MS".to_string(), "100".to_string())].into();
+        let c = KafkaConfig::from_env(&env).expect("valid");
+        assert_eq!(c.fetch_wait, Duration::from_millis(100));
+        assert_eq!(
+            c.consumer_config("router").get("fetch.wait.max.ms"),
+            Some("100")
+        );
+        let env: HashMap<String, String> =
+            [("CONFAB_KAFKA_FETCH_WAIT_MS".to_string(), "0".to_string())].into();
+        let err = KafkaConfig::from_env(&env).expect_err("no wait at all");
+        assert_eq!(err.key, "CONFAB_KAFKA_FETCH_WAIT_MS");
     }
 }
