@@ -1214,8 +1214,7 @@ async fn a_lane_that_panics_makes_history_not_ready_and_loses_nothing() {
         .expect("the watch fires once the lane panicked");
     let why = readiness.why_not().expect("not ready").to_string();
     assert!(why.contains("sequencer"), "{why}");
-    let ended = watch.await.expect("the watch task");
-    let error = ended.expect_err("the sequencer failed").to_string();
+    let error = watch.await.expect_err("the sequencer failed").to_string();
     assert!(error.contains("panicked"), "{error}");
 
     // The process that takes over (a restart) stores everything once.

@@ -59,11 +59,13 @@ const ACK_WAIT: Duration = Duration::from_secs(120);
 /// The longest one send may take before the client gives up on it and
 /// retries it (the gateway answers within its 10 s send timeout).
 const ATTEMPT: Duration = Duration::from_secs(30);
-/// The pause between two sends: the client stays well under the gateway's
+/// The client's rate: a send every this often, well under the gateway's
 /// 20 messages per user per second.
 const PACE: Duration = Duration::from_millis(100);
-/// The pause before a retry.
-const RETRY_PAUSE: Duration = Duration::from_millis(250);
+/// Retries back off from this to [`RETRY_MAX`] (the services' own backoff,
+/// `confab_runtime::retry::backoff`).
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_millis(500);
 /// How many messages sent after a restart must be acknowledged (and are
 /// read back) before the next service is killed.
 const FRESH_ACKS: usize = 3;
@@ -376,41 +378,48 @@ impl Sender {
             let (acked, fatal, retried, stop) =
                 (acked.clone(), fatal.clone(), retried.clone(), stop.clone());
             async move {
+                use backon::Retryable as _;
+                let mut pace = tokio::time::interval(PACE);
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 for i in 0.. {
+                    pace.tick().await;
                     if stop.load(Ordering::SeqCst) {
                         return;
                     }
                     let key = format!("m{i}");
                     let first_sent = Instant::now();
-                    let mut attempts = 0;
+                    let mut attempts = 1;
                     // Until acknowledged: stopping does not abandon a send
                     // (the test's deadlines bound this loop).
-                    let seq = loop {
-                        attempts += 1;
-                        let outcome =
-                            tokio::time::timeout(ATTEMPT, user.send(&conv, &key, "still here"))
-                                .await
-                                .unwrap_or_else(|_| {
-                                    Err(Status::deadline_exceeded(format!(
-                                        "no answer within {ATTEMPT:?} (client side)"
-                                    )))
-                                });
-                        match outcome {
-                            Ok(message) => break message.seq,
-                            Err(status) if retryable(&status) => {
-                                *retried
-                                    .lock()
-                                    .expect("retried")
-                                    .entry(format!("{:?}: {}", status.code(), status.message()))
-                                    .or_default() += 1;
-                                tokio::time::sleep(RETRY_PAUSE).await;
-                            }
-                            Err(status) => {
-                                *fatal.lock().expect("fatal") = Some(format!(
-                                    "send {key} failed with {status:?}, which retrying cannot fix"
-                                ));
-                                return;
-                            }
+                    let attempt = || async {
+                        tokio::time::timeout(ATTEMPT, user.send(&conv, &key, "still here"))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(Status::deadline_exceeded(format!(
+                                    "no answer within {ATTEMPT:?} (client side)"
+                                )))
+                            })
+                    };
+                    let outcome = attempt
+                        .retry(confab_runtime::retry::backoff(RETRY_MIN, RETRY_MAX))
+                        .sleep(tokio::time::sleep)
+                        .when(retryable)
+                        .notify(|status: &Status, _| {
+                            attempts += 1;
+                            *retried
+                                .lock()
+                                .expect("retried")
+                                .entry(format!("{:?}: {}", status.code(), status.message()))
+                                .or_default() += 1;
+                        })
+                        .await;
+                    let seq = match outcome {
+                        Ok(message) => message.seq,
+                        Err(status) => {
+                            *fatal.lock().expect("fatal") = Some(format!(
+                                "send {key} failed with {status:?}, which retrying cannot fix"
+                            ));
+                            return;
                         }
                     };
                     acked.lock().expect("acked").push(Acked {
@@ -420,7 +429,6 @@ impl Sender {
                         first_sent,
                         took: first_sent.elapsed(),
                     });
-                    tokio::time::sleep(PACE).await;
                 }
             }
         });

@@ -8,7 +8,7 @@ use confab_core::config::{millis_or, parse_or, ConfigError, Env};
 use confab_core::seams::MemTopic;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
 use confab_history::{LocalHistory, SqliteStore};
-use confab_runtime::readiness::{all_of, watch_part, PartFailed, Readiness};
+use confab_runtime::readiness::{all_of, watch_part, Readiness};
 use confab_runtime::shutdown::{either, Signal};
 use confab_runtime::transport::Transport;
 use std::path::PathBuf;
@@ -192,14 +192,8 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
             return Ok(());
         }
     };
-    for (what, ended) in [("sequencer", sequenced), ("router", routed)] {
-        ended.unwrap_or_else(|e| {
-            Err(PartFailed {
-                what,
-                why: format!("its watch ended: {e}"),
-            })
-        })?;
-    }
+    sequenced?;
+    routed?;
     tracing::info!("stopped");
     Ok(())
 }

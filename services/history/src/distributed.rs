@@ -17,7 +17,7 @@ use confab_kafka::{
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::{IngressRecord, OutcomeRecord};
 use confab_runtime::process::ServiceConfig;
-use confab_runtime::readiness::{watch_part, PartFailed, Readiness};
+use confab_runtime::readiness::{watch_part, Readiness};
 use confab_runtime::shutdown::{self, Signal};
 use confab_runtime::transport::Transport;
 use std::collections::HashMap;
@@ -175,12 +175,7 @@ pub async fn run(
     if let Err(e) = outcomes.flush(Duration::from_secs(5)).await {
         tracing::warn!(error = %e, "outcomes not flushed at shutdown; they are replayed from ingress");
     }
-    sequenced.unwrap_or_else(|e| {
-        Err(PartFailed {
-            what: "sequencer",
-            why: format!("its watch ended: {e}"),
-        })
-    })?;
+    sequenced?;
     Ok(())
 }
 

@@ -211,7 +211,8 @@ impl RequestDecoding {
 
 impl Around for RequestDecoding {
     fn around<S: Inner<B>, B>(&self, inner: &mut S, req: http::Request<B>) -> Answer<S::Error> {
-        let method = req.uri().path().to_string();
+        // A refcount, not a copy: needed only for a refusal's log line.
+        let uri = req.uri().clone();
         let peer = crate::peer_of(&req);
         let call = inner.call(req);
         let configured = self.configured;
@@ -221,7 +222,7 @@ impl Around for RequestDecoding {
                 .and_then(|status| refusal(&status, configured));
             match refused {
                 Some(answer) => {
-                    log_refusal(&method, peer, &answer);
+                    log_refusal(uri.path(), peer, &answer);
                     Ok(answer.into_http())
                 }
                 None => Ok(response),

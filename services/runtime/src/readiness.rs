@@ -193,12 +193,15 @@ pub struct PartFailed {
 /// ready only while it runs (a check named `what`), and the returned signal
 /// fires if it ends with an error or a panic, so that the process stops
 /// serving and exits (to be restarted) instead of answering while the part
-/// is dead. The returned task ends with what the part did.
+/// is dead. The returned future ends with what the part did.
 pub fn watch_part<E: std::fmt::Display + Send + 'static>(
     what: &'static str,
     part: tokio::task::JoinHandle<Result<(), E>>,
     readiness: &Readiness,
-) -> (tokio::task::JoinHandle<Result<(), PartFailed>>, Signal) {
+) -> (
+    impl Future<Output = Result<(), PartFailed>> + Send + 'static,
+    Signal,
+) {
     let (stop, failed) = crate::shutdown::channel();
     let check = readiness.check(what);
     check.set(true);
@@ -216,7 +219,15 @@ pub fn watch_part<E: std::fmt::Display + Send + 'static>(
             failed
         })
     });
-    (watch, failed)
+    let ended = async move {
+        watch.await.unwrap_or_else(|e| {
+            Err(PartFailed {
+                what,
+                why: format!("its watch ended: {e}"),
+            })
+        })
+    };
+    (ended, failed)
 }
 
 /// `tasks` as one part for [`watch_part`]: ends with the first of them
@@ -325,10 +336,7 @@ mod tests {
         assert!(!failed.is_fired());
         fail.fire();
         failed.clone().wait().await;
-        let error = watch
-            .await
-            .expect("the watch")
-            .expect_err("a task panicked");
+        let error = watch.await.expect_err("a task panicked");
         assert_eq!(error.what, "sequencer");
         assert!(error.why.contains("panicked"), "{error}");
         let why = readiness.why_not().expect("not ready").to_string();
@@ -349,7 +357,7 @@ mod tests {
             .collect();
         let (watch, failed) = watch_part("router", all_of(tasks), &readiness);
         stop.fire();
-        watch.await.expect("the watch").expect("no failure");
+        watch.await.expect("no failure");
         assert!(!failed.is_fired());
         assert!(readiness.is_ready());
     }

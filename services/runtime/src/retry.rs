@@ -7,7 +7,10 @@ use std::time::Duration;
 
 /// Delays that start at `min` and double up to `max`, each stretched by a
 /// random 0–100% (so the longest wait is twice `max`); never exhausted.
-pub fn backoff(min: Duration, max: Duration) -> impl Iterator<Item = Duration> + Send {
+pub fn backoff(
+    min: Duration,
+    max: Duration,
+) -> impl Iterator<Item = Duration> + Send + Sync + Unpin {
     use backon::BackoffBuilder as _;
     let delays = backon::ExponentialBuilder::default()
         .with_min_delay(min)

@@ -4,9 +4,9 @@
 //! socket: HTTP/2 framing included) and the CPU time per call of the
 //! gateway, history, PostgreSQL and the client (which decompresses).
 
-use super::inbox::ticks_of;
+use super::inbox::{cpu_ms_per_call, ticks_now};
 use super::reads::{bearer, conversation_id, right_page, XorShift};
-use super::{clock_ticks_per_sec, per_sec, Latency, Recorder};
+use super::{per_sec, Latency, Recorder};
 use anyhow::{bail, ensure, Context, Result};
 use confab_proto::v1::chat_client::ChatClient;
 use confab_proto::v1::GetHistoryRequest;
@@ -149,7 +149,6 @@ pub async fn measure(opts: &CompressionOpts) -> Result<CompressionReport> {
     let auth = bearer(&opts.secret, &opts.reader)?;
     let mut watch = opts.watch.clone();
     watch.push(("bench client".into(), vec![std::process::id()]));
-    let per_tick_ms = 1000.0 / clock_ticks_per_sec() as f64;
     let mut runs = Vec::new();
     for _ in 0..opts.rounds.max(1) {
         for encoding in ENCODINGS {
@@ -165,7 +164,7 @@ pub async fn measure(opts: &CompressionOpts) -> Result<CompressionReport> {
             for i in 0..WARMUP + opts.requests {
                 if i == WARMUP {
                     started = Instant::now();
-                    ticks = watch.iter().map(|(_, pids)| ticks_of(pids)).collect();
+                    ticks = ticks_now(&watch);
                     bytes_before = read.load(Ordering::Relaxed);
                 }
                 let before = u64::from(opts.page)
@@ -199,14 +198,7 @@ pub async fn measure(opts: &CompressionOpts) -> Result<CompressionReport> {
                 bytes_per_call: (read.load(Ordering::Relaxed) - bytes_before) as f64 / calls,
                 per_sec: per_sec(opts.requests, window),
                 latency: latency.summary(),
-                cpu_ms_per_call: watch
-                    .iter()
-                    .zip(&ticks)
-                    .map(|((label, pids), before)| {
-                        let used = ticks_of(pids).saturating_sub(*before) as f64 * per_tick_ms;
-                        (label.clone(), used / calls)
-                    })
-                    .collect(),
+                cpu_ms_per_call: cpu_ms_per_call(&watch, &ticks, opts.requests),
             });
         }
     }

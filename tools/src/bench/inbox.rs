@@ -180,6 +180,29 @@ pub(super) fn ticks_of(pids: &[u32]) -> u64 {
     pids.iter().filter_map(|p| cpu_ticks(*p)).sum()
 }
 
+/// The CPU ticks of each of `watch`'s labels now, for [`cpu_ms_per_call`].
+pub(super) fn ticks_now(watch: &[(String, Vec<u32>)]) -> Vec<u64> {
+    watch.iter().map(|(_, pids)| ticks_of(pids)).collect()
+}
+
+/// CPU milliseconds per call of each of `watch`'s labels since `before`
+/// ([`ticks_now`]), over `calls` calls.
+pub(super) fn cpu_ms_per_call(
+    watch: &[(String, Vec<u32>)],
+    before: &[u64],
+    calls: u64,
+) -> Vec<(String, f64)> {
+    let per_tick_ms = 1000.0 / clock_ticks_per_sec() as f64;
+    watch
+        .iter()
+        .zip(before)
+        .map(|((label, pids), before)| {
+            let used = ticks_of(pids).saturating_sub(*before) as f64 * per_tick_ms;
+            (label.clone(), used / calls.max(1) as f64)
+        })
+        .collect()
+}
+
 /// Page a sync asks for: the largest, so 1,000 changes come in one answer.
 const SYNC_PAGE: u32 = confab_core::validate::MAX_SYNC_PAGE;
 
@@ -251,7 +274,7 @@ pub async fn measure_sync(opts: &SyncOpts) -> Result<SyncReport> {
     for i in 0..WARMUP + opts.requests {
         if i == WARMUP {
             started = Instant::now();
-            ticks = watch.iter().map(|(_, pids)| ticks_of(pids)).collect();
+            ticks = ticks_now(&watch);
         }
         let at = Instant::now();
         let got = full(cursor.clone()).await;
@@ -270,15 +293,7 @@ pub async fn measure_sync(opts: &SyncOpts) -> Result<SyncReport> {
             *errors.entry(e).or_insert(0) += 1;
         }
     }
-    let per_tick_ms = 1000.0 / clock_ticks_per_sec() as f64;
-    let cpu_ms_per_sync = watch
-        .iter()
-        .zip(ticks)
-        .map(|((label, pids), before)| {
-            let used = ticks_of(pids).saturating_sub(before) as f64 * per_tick_ms;
-            (label.clone(), used / opts.requests.max(1) as f64)
-        })
-        .collect();
+    let cpu_ms_per_sync = cpu_ms_per_call(&watch, &ticks, opts.requests);
     Ok(SyncReport {
         cpu_ms_per_sync,
         changes: changed.len() as u64,

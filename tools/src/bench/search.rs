@@ -6,9 +6,9 @@
 //! choice of text per row is computed here too, [`corpus::pick`]).
 
 use super::corpus::{self, Corpus, QueryClass, Scope};
-use super::inbox::ticks_of;
+use super::inbox::{cpu_ms_per_call, ticks_now};
 use super::reads::{bearer, conversation_id, gateway_client, row_of};
-use super::{clock_ticks_per_sec, per_sec, Latency, Recorder};
+use super::{per_sec, Latency, Recorder};
 use anyhow::{ensure, Context, Result};
 use confab_core::search::{self, Term};
 use confab_proto::v1::{
@@ -261,7 +261,7 @@ pub async fn measure(opts: &SearchOpts) -> Result<SearchReport> {
     for i in 0..warmup + opts.requests {
         if i == warmup {
             started = Instant::now();
-            ticks = watch.iter().map(|(_, pids)| ticks_of(pids)).collect();
+            ticks = ticks_now(&watch);
         }
         let q = &queries[(i % queries.len() as u64) as usize];
         let mut req = tonic::Request::new(SearchMessagesRequest {
@@ -293,15 +293,7 @@ pub async fn measure(opts: &SearchOpts) -> Result<SearchReport> {
         }
     }
     let window = started.elapsed();
-    let per_tick_ms = 1000.0 / clock_ticks_per_sec() as f64;
-    let cpu_ms_per_search = watch
-        .iter()
-        .zip(ticks)
-        .map(|((label, pids), before)| {
-            let used = ticks_of(pids).saturating_sub(before) as f64 * per_tick_ms;
-            (label.clone(), used / opts.requests.max(1) as f64)
-        })
-        .collect();
+    let cpu_ms_per_search = cpu_ms_per_call(&watch, &ticks, opts.requests);
     let classes = per_class
         .into_iter()
         .map(|(class, (latency, requests))| {

@@ -116,7 +116,12 @@ impl Ledger {
 
     fn ack(&self, conv: &str, seq: u64) {
         if let Ok(mut acked) = self.acked.lock() {
-            acked.entry(Arc::from(conv)).or_default().push(seq);
+            match acked.get_mut(conv) {
+                Some(seqs) => seqs.push(seq),
+                None => {
+                    acked.insert(Arc::from(conv), vec![seq]);
+                }
+            }
         }
     }
 
@@ -125,7 +130,13 @@ impl Ledger {
         let Some(Ok(mut delivered)) = self.delivered.get(client).map(|d| d.lock()) else {
             return Delivery::New;
         };
-        let (highest, seen) = delivered.entry(Arc::from(conv)).or_default();
+        // The conversation's entry, made once (not a key per delivery).
+        if !delivered.contains_key(conv) {
+            delivered.insert(Arc::from(conv), Default::default());
+        }
+        let Some((highest, seen)) = delivered.get_mut(conv) else {
+            return Delivery::New;
+        };
         if !seen.insert(seq) {
             return Delivery::Duplicate;
         }

@@ -40,6 +40,7 @@ use super::Machine;
 use anyhow::{Context, Result};
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
+use confab_tests::stack::ProcStack;
 use confab_tests::{free_port, DevProcess, SECRET};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -509,11 +510,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             reader: reader.clone(),
             changes: 1_000,
             requests: opts.history_requests.min(500),
-            watch: watch(&stack)
-                .into_iter()
-                .map(|(label, pid)| (label, vec![pid]))
-                .chain([("PostgreSQL".to_string(), pg.server_pids())])
-                .collect(),
+            watch: watch_with_postgres(&stack, &pg),
         })
         .await?;
         eprintln!("{r:?}");
@@ -536,11 +533,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             member_of: opts.search_member_of,
             requests: opts.search_requests,
             limit: confab_core::validate::DEFAULT_SEARCH_PAGE,
-            watch: watch(&stack)
-                .into_iter()
-                .map(|(label, pid)| (label, vec![pid]))
-                .chain([("PostgreSQL".to_string(), pg.server_pids())])
-                .collect(),
+            watch: watch_with_postgres(&stack, &pg),
         })
         .await?;
         eprintln!("{r:?}");
@@ -558,11 +551,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             page: 50,
             requests: opts.history_requests.min(2_000),
             rounds: 2,
-            watch: watch(&stack)
-                .into_iter()
-                .map(|(label, pid)| (label, vec![pid]))
-                .chain([("PostgreSQL".to_string(), pg.server_pids())])
-                .collect(),
+            watch: watch_with_postgres(&stack, &pg),
         })
         .await?;
         eprintln!("{r:?}");
@@ -676,4 +665,14 @@ fn ingress_record_bytes(body: usize) -> usize {
         accepted_at_ms: 1_800_000_000_000,
     }
     .encoded_len()
+}
+
+/// The services of `stack` and `pg`'s server processes (summed), for the
+/// parts that report CPU per call.
+fn watch_with_postgres(stack: &ProcStack, pg: &PgCluster) -> Vec<(String, Vec<u32>)> {
+    watch(stack)
+        .into_iter()
+        .map(|(label, pid)| (label, vec![pid]))
+        .chain([("PostgreSQL".to_string(), pg.server_pids())])
+        .collect()
 }
