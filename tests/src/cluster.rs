@@ -155,9 +155,15 @@ impl Cluster {
     /// Starts PostgreSQL, the broker, then history, routers and gateways,
     /// and returns once every gateway is attached to every router.
     pub async fn start(shape: Shape) -> Self {
-        init_tracing();
         let pg = PgCluster::start().expect("postgres");
         let database_url = pg.fresh_database().await.expect("database");
+        Self::start_on(shape, pg, database_url).await
+    }
+
+    /// [`Cluster::start`] with history's database `database_url` on `pg`
+    /// (which the broker uses too).
+    pub async fn start_on(shape: Shape, pg: PgCluster, database_url: String) -> Self {
+        init_tracing();
         let broker = Broker::start_postgres(&pg).await;
         let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         // History and routers read their configuration as a user gives it.

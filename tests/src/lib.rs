@@ -31,6 +31,7 @@ pub mod postgres;
 pub mod procs;
 pub mod served;
 pub mod server;
+pub mod small_fs;
 pub mod stack;
 pub mod topology;
 pub mod traffic;

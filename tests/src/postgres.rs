@@ -106,6 +106,21 @@ impl PgCluster {
 
     /// The URL of a new, empty database on this server.
     pub async fn fresh_database(&self) -> Result<String> {
+        self.create_database(None).await
+    }
+
+    /// The URL of a new, empty database whose tables live in `location`
+    /// (an empty directory: a tablespace of its own), as on a volume of
+    /// their own; the write-ahead log stays with the cluster.
+    pub async fn fresh_database_in(&self, location: &Path) -> Result<String> {
+        if self.local.as_ref().is_some_and(|l| l.as_postgres) {
+            run(Command::new("chown").arg("postgres").arg(location))
+                .context("give the tablespace's directory to the postgres user")?;
+        }
+        self.create_database(Some(location)).await
+    }
+
+    async fn create_database(&self, location: Option<&Path>) -> Result<String> {
         use sqlx::Connection as _;
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
@@ -117,13 +132,25 @@ impl PgCluster {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        let mut statements = Vec::new();
+        if let Some(location) = location {
+            let location = location.display().to_string().replace('\'', "''");
+            statements.push(format!(
+                "CREATE TABLESPACE \"{name}\" LOCATION '{location}'"
+            ));
+            statements.push(format!("CREATE DATABASE \"{name}\" TABLESPACE \"{name}\""));
+        } else {
+            statements.push(format!("CREATE DATABASE \"{name}\""));
+        }
         let mut conn = sqlx::PgConnection::connect(&self.admin_url)
             .await
             .with_context(|| format!("connect to {}", self.admin_url))?;
-        sqlx::raw_sql(&format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut conn)
-            .await
-            .with_context(|| format!("create database {name}"))?;
+        for statement in &statements {
+            sqlx::raw_sql(statement)
+                .execute(&mut conn)
+                .await
+                .with_context(|| statement.clone())?;
+        }
         conn.close().await.ok();
         Ok(with_database(&self.admin_url, &name))
     }

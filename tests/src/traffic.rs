@@ -15,27 +15,41 @@ pub struct Conv {
 }
 
 /// Senders to one conversation that go on until a send fails (the server
-/// died under them).
-pub struct Writers(Vec<tokio::task::JoinHandle<Vec<(String, u64)>>>);
+/// died under them, or refused them).
+pub struct Writers(Vec<tokio::task::JoinHandle<Written>>);
+
+/// What one writer was acknowledged, and the failure that stopped it.
+type Written = (Vec<(String, u64)>, Option<(String, tonic::Status)>);
 
 impl Writers {
     /// `n` writers sending `keep me` to `conv` as `user`, with keys
     /// `w<writer>-<i>`.
     pub fn start(user: &User, conv: &str, n: usize) -> Writers {
+        Self::sending(user, conv, n, |_| "keep me".into())
+    }
+
+    /// `n` writers sending `body(i)` as their `i`th message to `conv` as
+    /// `user`, with keys `w<writer>-<i>`.
+    pub fn sending(
+        user: &User,
+        conv: &str,
+        n: usize,
+        body: impl Fn(u64) -> String + Clone + Send + 'static,
+    ) -> Writers {
         Writers(
             (0..n)
                 .map(|w| {
-                    let (user, conv) = (user.clone(), conv.to_string());
+                    let (user, conv, body) = (user.clone(), conv.to_string(), body.clone());
                     tokio::spawn(async move {
                         let mut acked = Vec::new();
                         for i in 0.. {
                             let key = format!("w{w}-{i}");
-                            match user.send(&conv, &key, "keep me").await {
+                            match user.send(&conv, &key, &body(i)).await {
                                 Ok(m) => acked.push((key, m.seq)),
-                                Err(_) => break,
+                                Err(e) => return (acked, Some((key, e))),
                             }
                         }
-                        acked
+                        (acked, None)
                     })
                 })
                 .collect(),
@@ -45,16 +59,25 @@ impl Writers {
     /// Every `(client_msg_id, seq)` acknowledged, once every writer has
     /// stopped: at least `least` of them.
     pub async fn acked_at_least(self, least: usize) -> Vec<(String, u64)> {
-        let mut all = Vec::new();
-        for w in self.0 {
-            all.extend(w.await.expect("writer"));
-        }
+        let (all, _) = self.stopped().await;
         assert!(
             all.len() >= least,
             "only {} sends were acknowledged, not {least}",
             all.len()
         );
         all
+    }
+
+    /// Once every writer has stopped: every `(client_msg_id, seq)`
+    /// acknowledged, and the send that stopped each writer with its error.
+    pub async fn stopped(self) -> (Vec<(String, u64)>, Vec<(String, tonic::Status)>) {
+        let (mut all, mut failed) = (Vec::new(), Vec::new());
+        for w in self.0 {
+            let (acked, failure) = w.await.expect("writer");
+            all.extend(acked);
+            failed.extend(failure);
+        }
+        (all, failed)
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod error;
 pub mod fold;
+pub mod log_budget;
 pub mod metrics;
 pub mod opaque;
 pub mod presence;

@@ -32,7 +32,8 @@ pub const MESSAGES_ACCEPTED: &str = "confab_messages_accepted_total";
 /// messages of membership changes; replays of stored ones are not counted).
 pub const MESSAGES_SEQUENCED: &str = "confab_messages_sequenced_total";
 /// Counter (history): ingress records history refused, by `reason`
-/// ([`REJECT_REASONS`], from the refusal's error code).
+/// ([`REJECT_REASONS`], from the refusal's error code; [`STORE_FULL`]
+/// when the store's disk was full).
 pub const MESSAGES_REJECTED: &str = "confab_messages_rejected_total";
 /// Counter (gateway): messages written to a client's `Connect` stream, live
 /// or from history (resume, gap fill).
@@ -44,7 +45,10 @@ pub const MESSAGES_DELIVERED: &str = "confab_messages_delivered_total";
 /// clock). A message without an acceptance time (from an older gateway)
 /// counts from its `created_at` (history's clock).
 pub const MESSAGE_E2E: &str = "confab_message_e2e_seconds";
-/// The values of `reason` on [`MESSAGES_REJECTED`].
+/// The `reason` of writes refused because the store's disk was full.
+pub const STORE_FULL: &str = "store_full";
+/// The values of `reason` on [`MESSAGES_REJECTED`] that come from a
+/// refusal's code (see [`reject_reason`]; and [`STORE_FULL`]).
 pub const REJECT_REASONS: [&str; 5] = ["not_member", "not_found", "invalid", "limit", "other"];
 
 /// Histogram (seconds): from handing a record to the Kafka producer to the

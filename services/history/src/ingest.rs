@@ -2,9 +2,13 @@
 //! applies it as one transaction and emits the outcomes, in order, keyed by
 //! conversation so every conversation's events stay in seq order downstream.
 
-use crate::store::Store;
+use crate::store::decide::refused;
+use crate::store::{Store, StoreError};
+use confab_core::error::ChatError;
+use confab_core::log_budget::LogBudget;
 use confab_core::metrics::{
     reject_reason, DB_BATCH_RECORDS, DB_TRANSACTION, MESSAGES_REJECTED, MESSAGES_SEQUENCED,
+    STORE_FULL,
 };
 use confab_core::seams::{recv_batch, Publisher};
 use confab_proto::internal::v1::{outcome_record, IngressRecord, OutcomeRecord};
@@ -157,6 +161,12 @@ pub fn trace_outcomes(traces: Vec<Sequencing>, outcomes: Vec<OutcomeRecord>) -> 
 /// The records stay queued in memory while the database is unreachable; the
 /// clients waiting on them time out with UNAVAILABLE ("may have been
 /// accepted") and their retries are deduplicated once it is back.
+///
+/// A database whose disk is full refuses the batch instead (see
+/// [`out_of_space`]): nothing of it was written, so each record is refused
+/// with RESOURCE_EXHAUSTED and the lane goes on to the next batch, which
+/// is written as soon as there is space again. Waiting would only hold
+/// every client of the lane to its deadline without saying why.
 pub async fn apply_with_retry(
     partition: usize,
     store: &dyn Store,
@@ -182,12 +192,37 @@ pub async fn apply_with_retry(
                 count_outcomes(&out);
                 return out;
             }
+            Err(e) if e.out_of_space() => return out_of_space(partition, &e, batch),
             Err(e) => {
                 tracing::error!(partition, error = %e, records = batch.len(), "batch failed; retrying");
                 tokio::time::sleep(delays.next().unwrap_or_default()).await;
             }
         }
     }
+}
+
+/// What to say to a client whose write found the store's disk full.
+pub const OUT_OF_SPACE: &str = "history's store is out of disk space, so this write was not \
+     stored; retry it with the same client_msg_id once the operator has freed space";
+
+/// Refuses every record of a batch that the store could not write for
+/// want of disk space, and logs it (at most one line a second).
+fn out_of_space(partition: usize, e: &StoreError, batch: &[IngressRecord]) -> Vec<OutcomeRecord> {
+    static BUDGET: LogBudget = LogBudget::new();
+    if let Some(left_out) = BUDGET.take() {
+        tracing::error!(
+            partition,
+            error = %e,
+            records = batch.len(),
+            batches_unlogged = left_out,
+            "the store's disk is full: refusing writes until there is space"
+        );
+    }
+    metrics::counter!(MESSAGES_REJECTED, "reason" => STORE_FULL).increment(batch.len() as u64);
+    batch
+        .iter()
+        .map(|rec| refused(rec, ChatError::ResourceExhausted(OUT_OF_SPACE.into())))
+        .collect()
 }
 
 /// Counts what history decided: every new message (the events of outcomes

@@ -23,10 +23,8 @@
 //! a second, with the number of lines left out since the last.
 
 use crate::{Answer, Around, Inner};
+use confab_core::log_budget::LogBudget;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-use std::time::Instant;
 
 /// The variable setting the largest decoded message a server accepts.
 pub const MAX_MESSAGE_BYTES_VAR: &str = confab_core::vars::MAX_MESSAGE_BYTES;
@@ -141,45 +139,14 @@ pub fn refusal(status: &tonic::Status, configured: usize) -> Option<tonic::Statu
     }
 }
 
-/// Lines left out since the last one logged, and when that was.
-struct LogBudget {
-    start: Instant,
-    /// Milliseconds after `start` of the last line logged, plus one (0:
-    /// none yet).
-    last: AtomicU64,
-    left_out: AtomicU64,
-}
-
-/// At most one line a second for the whole process.
-const LOG_EVERY_MS: u64 = 1000;
-
-fn budget() -> &'static LogBudget {
-    static BUDGET: OnceLock<LogBudget> = OnceLock::new();
-    BUDGET.get_or_init(|| LogBudget {
-        start: Instant::now(),
-        last: AtomicU64::new(0),
-        left_out: AtomicU64::new(0),
-    })
-}
-
 /// Logs a refused request once, at WARN: the method, the peer and the
 /// answer (never the payload), at most one line a second; the lines left
 /// out meanwhile are counted in the next.
 pub fn log_refusal(method: &str, peer: Option<SocketAddr>, answer: &tonic::Status) {
-    let budget = budget();
-    let now = budget.start.elapsed().as_millis() as u64 + 1;
-    let last = budget.last.load(Ordering::Relaxed);
-    let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY_MS;
-    if !due
-        || budget
-            .last
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_err()
-    {
-        budget.left_out.fetch_add(1, Ordering::Relaxed);
+    static BUDGET: LogBudget = LogBudget::new();
+    let Some(left_out) = BUDGET.take() else {
         return;
-    }
-    let left_out = budget.left_out.swap(0, Ordering::Relaxed);
+    };
     let peer = peer.map(|p| p.to_string());
     tracing::warn!(
         method,

@@ -47,6 +47,23 @@ impl From<StoreError> for ChatError {
     }
 }
 
+impl StoreError {
+    /// Whether the database could not write because its disk is full:
+    /// SQLite's SQLITE_FULL (13, what it makes of ENOSPC), PostgreSQL's
+    /// `disk_full` (53100, "could not extend file"), or an I/O error that
+    /// says so. A PostgreSQL whose WAL cannot be written stops instead
+    /// (PANIC): that is a lost connection.
+    pub fn out_of_space(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::Database(d)) => d
+                .code()
+                .is_some_and(|code| matches!(code.as_ref(), "13" | "53100")),
+            StoreError::Database(sqlx::Error::Io(e)) => e.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+}
+
 /// Whether `e` says the connection is gone rather than the statement
 /// wrong: an I/O error, or a server that ended the session (SQLSTATE class
 /// 08, connection exception; 57P01–57P03, the server shutting down, crashed
