@@ -17,7 +17,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos bench stack stack-down stack-restart stack-status stack-logs migrate up down clean-data apt grpcurl fuzz deps-fuzz
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos bench stack stack-down stack-restart stack-status stack-logs migrate up down clean-data apt grpcurl fuzz deps-fuzz deps-previous
 NISSHI := $(TOOLS)/bin/nisshi
 # Every target builds the same set, so cargo's feature unification never
 # differs between them and nothing is rebuilt when switching targets.
@@ -37,7 +37,7 @@ token: deps-build ## print a token: make -s token NAME=alice
 build: deps-build
 	$(CARGO) build $(BINS)
 
-test: deps-build deps-tools deps-test deps-fuzz lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl, then each fuzz target for 10 s
+test: deps-build deps-tools deps-test deps-fuzz deps-previous lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl, then each fuzz target for 10 s
 	$(CARGO) build $(BINS)
 	$(CARGO) build -p confab-tools
 	$(CARGO) nextest run --workspace --no-fail-fast
@@ -123,6 +123,11 @@ deps-tools:
 
 deps-test: deps-postgres deps-broker deps-prometheus
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
+
+# The previous release's binaries, for the upgrade tests (built once per
+# release into ~/.cache/confab/previous/; see tests/previous-release).
+deps-previous:
+	@tests/previous-release.sh >/dev/null
 
 deps-fuzz:
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal

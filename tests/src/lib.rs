@@ -29,6 +29,7 @@ pub mod http;
 pub mod make_stack;
 pub mod postgres;
 pub mod procs;
+pub mod release;
 pub mod served;
 pub mod server;
 pub mod small_fs;

@@ -29,6 +29,9 @@ pub struct ServiceProc {
     /// Where it serves `/metrics`, `/livez` and `/readyz`, if it was given
     /// an address ([`ServiceProc::serve_metrics`]).
     pub metrics: Option<SocketAddr>,
+    /// Where its binary is, if not with the current build's
+    /// ([`confab_bin`]): another release's, for upgrades.
+    pub bin_dir: Option<PathBuf>,
     /// The process, while running.
     child: Option<Child>,
 }
@@ -57,6 +60,7 @@ impl ServiceProc {
             addr: format!("127.0.0.1:{}", crate::free_port()),
             log,
             metrics: None,
+            bin_dir: None,
             child: None,
         }
     }
@@ -86,7 +90,10 @@ impl ServiceProc {
     /// Starts the binary and waits until it listens; panics with its log
     /// tail if it exits or does not listen in time.
     pub fn start(&mut self) {
-        let bin = confab_bin().with_file_name(self.name);
+        let bin = match &self.bin_dir {
+            Some(dir) => dir.join(self.name),
+            None => confab_bin().with_file_name(self.name),
+        };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -383,8 +390,20 @@ impl DevProcess {
         env: &[(&str, &str)],
         log: Option<&Path>,
     ) -> Result<Self> {
+        Self::start_binary(&confab_bin(), data_dir, port, env, log)
+    }
+
+    /// [`DevProcess::start_with`] of the `confab` binary at `bin` (another
+    /// release's, for upgrades).
+    pub fn start_binary(
+        bin: &Path,
+        data_dir: &Path,
+        port: u16,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let mut cmd = Command::new(confab_bin());
+        let mut cmd = Command::new(bin);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
             cmd.env_remove(k);
         }

@@ -109,9 +109,17 @@ pub struct StackBuilder {
     /// Settings in order; `None`: every service.
     env: Vec<(Option<Role>, String, String)>,
     log_dir: Option<PathBuf>,
+    bin_dir: Option<PathBuf>,
 }
 
 impl StackBuilder {
+    /// Runs the binaries in `dir` (another release's) instead of the
+    /// current build's.
+    pub fn binaries(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.bin_dir = Some(dir.into());
+        self
+    }
+
     /// Routers.
     pub fn routers(mut self, n: usize) -> Self {
         self.routers = n;
@@ -260,7 +268,8 @@ impl StackBuilder {
                             .map(|(_, k, v)| (k.clone(), v.clone())),
                     );
                     let log = log_dir.join(format!("{label}.log"));
-                    let p = ServiceProc::new(role.binary(), label, env, log);
+                    let mut p = ServiceProc::new(role.binary(), label, env, log);
+                    p.bin_dir = self.bin_dir.clone();
                     if self.metrics {
                         p.serve_metrics()
                     } else {
@@ -348,6 +357,7 @@ impl ProcStack {
             metrics: false,
             env: Vec::new(),
             log_dir: None,
+            bin_dir: None,
         }
     }
 

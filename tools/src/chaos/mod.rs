@@ -61,6 +61,9 @@ pub enum Fault {
     Kill(Target),
     /// A graceful stop: SIGTERM, which must exit 0 within the grace period.
     Term(Target),
+    /// A graceful stop, and the current build's binary started in its place
+    /// (a rolling upgrade from [`Config::from_release`]).
+    Upgrade(Target),
 }
 
 impl fmt::Display for Fault {
@@ -68,6 +71,7 @@ impl fmt::Display for Fault {
         let (how, target) = match self {
             Fault::Kill(t) => ("kill -9", t),
             Fault::Term(t) => ("SIGTERM", t),
+            Fault::Upgrade(t) => ("upgrade", t),
         };
         match target {
             Target::Gateway(i) => write!(f, "{how} gateway-{i}"),
@@ -114,6 +118,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Where the services' logs go (kept); a temporary directory otherwise.
     pub log_dir: Option<PathBuf>,
+    /// The directory of another release's binaries the services start on
+    /// ([`Fault::Upgrade`] replaces them); the current build's otherwise.
+    pub from_release: Option<PathBuf>,
 }
 
 impl Config {
@@ -145,6 +152,19 @@ impl Config {
         ]
     }
 
+    /// A rolling upgrade: history first (the first new one migrates the
+    /// schema), then routers, then gateways, one process at a time.
+    pub fn rolling_upgrade() -> Vec<Fault> {
+        vec![
+            Fault::Upgrade(Target::History(0)),
+            Fault::Upgrade(Target::History(1)),
+            Fault::Upgrade(Target::Router(0)),
+            Fault::Upgrade(Target::Router(1)),
+            Fault::Upgrade(Target::Gateway(0)),
+            Fault::Upgrade(Target::Gateway(1)),
+        ]
+    }
+
     /// The short run in `make test`: every fault once in about a minute.
     pub fn short() -> Self {
         Self {
@@ -161,6 +181,7 @@ impl Config {
             max_call: Duration::from_secs(6),
             shutdown_grace: Duration::from_secs(10),
             log_dir: None,
+            from_release: None,
         }
     }
 

@@ -47,6 +47,9 @@ impl Stack {
         if let Some(dir) = &config.log_dir {
             builder = builder.log_dir(dir);
         }
+        if let Some(dir) = &config.from_release {
+            builder = builder.binaries(dir);
+        }
         Stack {
             procs: builder.start(&broker, &database_url),
             pg,
@@ -88,6 +91,9 @@ impl Stack {
     ) -> Option<Stopped> {
         let mut stopped = None;
         match fault {
+            Fault::Upgrade(Target::Broker | Target::Postgres) => {
+                panic!("{fault}: the broker and PostgreSQL are not Confab's to upgrade")
+            }
             Fault::Kill(Target::Broker) | Fault::Term(Target::Broker) => {
                 self.broker.kill9();
                 tokio::time::sleep(down_for).await;
@@ -104,10 +110,13 @@ impl Stack {
                 tokio::time::sleep(down_for).await;
                 tokio::task::block_in_place(|| s.start());
             }
-            Fault::Term(target) => {
+            Fault::Term(target) | Fault::Upgrade(target) => {
                 let s = self.service(target).expect("a service");
                 stopped = Some(s.terminate(grace + Duration::from_secs(5)).await);
                 tokio::time::sleep(down_for).await;
+                if matches!(fault, Fault::Upgrade(_)) {
+                    s.bin_dir = None;
+                }
                 tokio::task::block_in_place(|| s.start());
             }
         }
