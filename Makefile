@@ -17,7 +17,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos bench stack stack-down stack-restart stack-status stack-logs migrate up down clean-data apt grpcurl fuzz deps-fuzz deps-previous
+.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos bench stack stack-down stack-restart stack-status stack-logs migrate up down clean-data apt grpcurl fuzz deps-fuzz deps-previous soak
 NISSHI := $(TOOLS)/bin/nisshi
 # Every target builds the same set, so cargo's feature unification never
 # differs between them and nothing is rebuilt when switching targets.
@@ -57,6 +57,16 @@ CHAOS_ARGS ?=
 chaos: deps-build deps-tools deps-test build ## kill and restart every service, the broker and PostgreSQL under load (about 6 min), then check: no loss, no duplicates, no gaps
 	$(CARGO) build -p confab-tools --bin confab-chaos
 	$(CARGO_TARGET_DIR)/debug/confab-chaos $(CHAOS_ARGS)
+
+# The soak: the distributed stack at a moderate steady load for
+# SOAK_MINUTES with a few faults in the first half, every process's memory,
+# descriptors, threads and the consumer lag read thirty times (at most once
+# a minute); fails on growth that does not level off or on any invariant of
+# the chaos checker. The plot goes to soak.svg.
+SOAK_MINUTES ?= 30
+soak: deps-build deps-tools deps-test build ## steady load with a few faults for SOAK_MINUTES (default 30): no growth that does not level off, no loss; plot in soak.svg
+	$(CARGO) build -p confab-tools --bin confab-chaos
+	$(CARGO_TARGET_DIR)/debug/confab-chaos --soak $(SOAK_MINUTES) --plot soak.svg
 
 # Benchmarks on a release build: the echo, Kafka and database ceilings, then
 # embedded mode and the distributed stack measured against them (see

@@ -5,12 +5,19 @@
 //! Options: `--short` (the scenario `make test` runs), `--seconds N` (load phase), `--users N`, `--rounds N` (how many
 //! times every fault is applied), `--down-ms N` (how long each target stays
 //! down), `--logs DIR` (keep the services' logs there).
+//!
+//! `--soak MINUTES` (`make soak`): instead, a moderate steady load for that
+//! long with a few faults in its first half, reading every process's
+//! memory, descriptors, threads and the consumer lag thirty times (at most
+//! once a minute); growth that does not level off after the faults fails
+//! the run. `--plot FILE` writes the readings as an SVG plot.
 
 use confab_tools::chaos::{self, Config};
 use std::time::Duration;
 
 fn main() {
     let mut config = Config::long();
+    let mut plot: Option<std::path::PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = |what: &str| {
@@ -29,8 +36,16 @@ fn main() {
             "--rounds" => config.rounds = number(&value("a count")) as usize,
             "--down-ms" => config.down_for = Duration::from_millis(number(&value("milliseconds"))),
             "--logs" => config.log_dir = Some(value("a directory").into()),
+            "--soak" => {
+                let minutes = number(&value("minutes"));
+                config = Config {
+                    log_dir: config.log_dir.take(),
+                    ..Config::soak(Duration::from_secs(minutes * 60))
+                }
+            }
+            "--plot" => plot = Some(value("a file").into()),
             "-h" | "--help" => {
-                println!("usage: confab-chaos [--short] [--seconds N] [--users N] [--rounds N] [--down-ms N] [--logs DIR]");
+                println!("usage: confab-chaos [--short | --soak MINUTES] [--seconds N] [--users N] [--rounds N] [--down-ms N] [--logs DIR] [--plot FILE]");
                 return;
             }
             other => fail(&format!("unknown option {other} (try --help)")),
@@ -45,6 +60,12 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("runtime: {e}")));
     let report = runtime.block_on(chaos::run(config));
     println!("{report}");
+    if let (Some(path), Some(samples)) = (&plot, &report.samples) {
+        samples
+            .plot(path, "make soak: every process over the run")
+            .unwrap_or_else(|e| fail(&format!("plot {}: {e}", path.display())));
+        println!("plot: {}", path.display());
+    }
     std::process::exit(if report.violations() == 0 { 0 } else { 1 });
 }
 

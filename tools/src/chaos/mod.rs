@@ -22,6 +22,7 @@
 mod check;
 mod client;
 mod report;
+pub mod sample;
 mod stack;
 
 pub use report::Report;
@@ -100,8 +101,16 @@ pub struct Config {
     pub send_interval: Duration,
     /// How long clients send; the schedule runs within it.
     pub load_for: Duration,
-    /// The schedule, spread evenly over `load_for`, repeated `rounds` times.
+    /// The schedule, spread evenly over `fault_window` (or `load_for`),
+    /// repeated `rounds` times.
     pub faults: Vec<Fault>,
+    /// The first part of the load the faults are spread over; all of it
+    /// when `None`. A soak leaves the rest steady, to judge growth on.
+    pub fault_window: Option<Duration>,
+    /// Read every process's memory, descriptors, threads and the consumer
+    /// lag this often ([`sample`]); a series that grows without levelling
+    /// off after the faults is a violation. Not read when `None`.
+    pub sample_every: Option<Duration>,
     /// How many times the schedule runs.
     pub rounds: usize,
     /// How long a target stays down.
@@ -182,6 +191,26 @@ impl Config {
             shutdown_grace: Duration::from_secs(10),
             log_dir: None,
             from_release: None,
+            fault_window: None,
+            sample_every: None,
+        }
+    }
+
+    /// `make soak`: a moderate steady load for `load_for`, a few faults in
+    /// its first half, every process read thirty times (at most once a
+    /// minute).
+    pub fn soak(load_for: Duration) -> Self {
+        Self {
+            send_interval: Duration::from_millis(500),
+            load_for,
+            faults: vec![
+                Fault::Kill(Target::Gateway(0)),
+                Fault::Term(Target::History(1)),
+                Fault::Kill(Target::Router(0)),
+            ],
+            fault_window: Some(load_for / 2),
+            sample_every: Some(sample::interval_for(load_for)),
+            ..Self::short()
         }
     }
 
@@ -219,6 +248,31 @@ where
         .iter()
         .map(|(user, convs)| tokio::spawn(task(Client::new(user, addrs), convs.clone())))
         .collect()
+}
+
+/// The readings of a run that takes them.
+struct Readings {
+    every: Duration,
+    /// When the next is due.
+    next: Instant,
+    samples: sample::Samples,
+}
+
+/// Takes the readings due before `until`, then waits for it.
+async fn read_until(
+    readings: &mut Option<Readings>,
+    stack: &Stack,
+    start: Instant,
+    until: Instant,
+) {
+    if let Some(r) = readings {
+        while r.next <= until {
+            tokio::time::sleep_until(r.next.into()).await;
+            r.samples.take(start, &stack.watched()).await;
+            r.next += r.every;
+        }
+    }
+    tokio::time::sleep_until(until.into()).await;
 }
 
 /// Runs the scenario and returns what the checker found; panics only when
@@ -297,10 +351,16 @@ pub async fn run(config: Config) -> Report {
     let schedule: Vec<Fault> = (0..config.rounds)
         .flat_map(|_| config.faults.iter().copied())
         .collect();
-    let spacing = config.load_for / (schedule.len() as u32 + 1);
+    let window = config.fault_window.unwrap_or(config.load_for);
+    let spacing = window / (schedule.len() as u32 + 1);
+    let mut readings = config.sample_every.map(|every| Readings {
+        every,
+        next: started,
+        samples: sample::Samples::default(),
+    });
     for (i, fault) in schedule.iter().enumerate() {
         let at = started + spacing * (i as u32 + 1);
-        tokio::time::sleep_until(at.into()).await;
+        read_until(&mut readings, &stack, started, at).await;
         let began = Instant::now();
         eprintln!("chaos: {fault} at {:.1}s", started.elapsed().as_secs_f64());
         let stopped = stack
@@ -316,10 +376,18 @@ pub async fn run(config: Config) -> Report {
             report.stops.push((fault.to_string(), s));
         }
     }
+    read_until(&mut readings, &stack, started, stop_at).await;
     for s in senders.into_iter().chain(readers) {
         let _ = s.await;
     }
     report.load_time = started.elapsed().min(config.load_for);
+    if let Some(r) = readings {
+        // The steady part: after the faults, and after a reading's worth
+        // of time for the last one's target to settle.
+        let steady_from = (window + r.every).as_secs_f64() / 60.0;
+        report.growth = r.samples.growth(steady_from);
+        report.samples = Some(r.samples);
+    }
 
     // Everything is back: every member's stream must reach what is stored.
     let (mut stored, mut last, mut twice) = read_store(stack.database_url()).await;

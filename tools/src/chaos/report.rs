@@ -59,6 +59,10 @@ pub struct Report {
     pub reconnects: u64,
     /// How long the load phase ran.
     pub load_time: Duration,
+    /// What was read of every process, when the run read it.
+    pub samples: Option<super::sample::Samples>,
+    /// Series that grew without levelling off after the faults.
+    pub growth: Vec<String>,
 }
 
 impl Report {
@@ -74,6 +78,7 @@ impl Report {
             + self.mismatched
             + self.unexpected_errors
             + self.bad_stops
+            + self.growth.len() as u64
             + u64::from(self.longest_outage > self.max_outage)
             + u64::from(self.slowest_call > self.max_call)
     }
@@ -188,6 +193,22 @@ impl fmt::Display for Report {
                 limit.as_millis()
             );
             line(f, name, u64::from(took > limit), detail)?;
+        }
+        if let Some(samples) = &self.samples {
+            writeln!(f, "readings (first, last, highest):")?;
+            for line in samples.summary() {
+                writeln!(f, "  {line}")?;
+            }
+            line(
+                f,
+                "growth that did not level off",
+                self.growth.len() as u64,
+                if self.growth.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", self.growth.join("; "))
+                },
+            )?;
         }
         write!(f, "violations: {}", self.violations())
     }

@@ -1,5 +1,6 @@
 //! The processes of the chaos run, and the faults applied to them.
 
+use super::sample::Watched;
 use super::{Config, Fault, Target};
 use confab_tests::broker::Broker;
 use confab_tests::postgres::PgCluster;
@@ -28,6 +29,7 @@ impl Stack {
         let broker = Broker::start_postgres(&broker_pg).await;
         let history_timeout = ("CONFAB_HISTORY_TIMEOUT_MS", "2000");
         let mut builder = ProcStack::builder("chaos")
+            .metrics()
             .histories(2)
             .routers(2)
             .gateways(2)
@@ -121,6 +123,36 @@ impl Stack {
             }
         }
         stopped
+    }
+
+    /// Every process of the run, to read: the services, the broker, and
+    /// each PostgreSQL server (its postmaster and backends together).
+    pub(super) fn watched(&self) -> Vec<Watched> {
+        let mut watched: Vec<Watched> = self
+            .procs
+            .all()
+            .map(|p| Watched {
+                label: p.label.clone(),
+                pids: p.pid().into_iter().collect(),
+                metrics: p.metrics,
+            })
+            .collect();
+        watched.push(Watched {
+            label: "broker".into(),
+            pids: self.broker.pid().into_iter().collect(),
+            metrics: None,
+        });
+        for (label, pg) in [
+            ("postgres", &self.pg),
+            ("broker's postgres", &self._broker_pg),
+        ] {
+            watched.push(Watched {
+                label: label.into(),
+                pids: pg.server_pids(),
+                metrics: None,
+            });
+        }
+        watched
     }
 
     /// The last lines of every service's log (for a failed run).
