@@ -133,6 +133,8 @@ deps-tools:
 
 deps-test: deps-postgres deps-broker deps-prometheus
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
+	@command -v ip >/dev/null || $(MAKE) --no-print-directory apt PKGS="iproute2"
+	@command -v iptables >/dev/null || $(MAKE) --no-print-directory apt PKGS="iptables"
 
 # The previous release's binaries, for the upgrade tests (built once per
 # release into ~/.cache/confab/previous/; see tests/previous-release).

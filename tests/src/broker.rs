@@ -38,7 +38,10 @@ pub struct Broker {
     child: Option<Child>,
     /// The binary.
     bin: PathBuf,
-    /// The port it listens on and advertises (127.0.0.1).
+    /// The address it listens on and advertises (127.0.0.1 unless
+    /// started with [`Broker::start_on`]).
+    ip: std::net::Ipv4Addr,
+    /// The port it listens on and advertises.
     port: u16,
     /// `--storage-engine`.
     storage: String,
@@ -57,15 +60,27 @@ impl Broker {
     /// database of `pg`: records, topics and committed offsets survive
     /// `kill -9` and [`Broker::restart`].
     pub async fn start_postgres(pg: &PgCluster) -> Broker {
+        Self::start_postgres_on(std::net::Ipv4Addr::LOCALHOST, pg).await
+    }
+
+    /// [`Broker::start_postgres`] listening on `ip` (see
+    /// [`Broker::start_on`]).
+    pub async fn start_postgres_on(ip: std::net::Ipv4Addr, pg: &PgCluster) -> Broker {
         let url = pg
             .fresh_database()
             .await
             .expect("a database for the broker's storage");
-        Self::start(&with_sslmode_disable(&url)).await
+        Self::start_on(ip, &with_sslmode_disable(&url)).await
     }
 
     /// A broker with `storage` as its `--storage-engine`, on a free port.
     pub async fn start(storage: &str) -> Broker {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST, storage).await
+    }
+
+    /// [`Broker::start`] listening on (and advertising) `ip`: an address
+    /// of this namespace that hosts in other network namespaces reach.
+    pub async fn start_on(ip: std::net::Ipv4Addr, storage: &str) -> Broker {
         let bin = nisshi_bin();
         let dir = tempfile::Builder::new()
             .prefix("confab-nisshi-")
@@ -74,6 +89,7 @@ impl Broker {
         let mut broker = Broker {
             child: None,
             bin,
+            ip,
             port: 0,
             storage: storage.to_string(),
             dir,
@@ -101,7 +117,7 @@ impl Broker {
 
     /// `host:port` for `bootstrap.servers`.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// The port it listens on.
@@ -174,7 +190,7 @@ impl Broker {
         let err_log = log
             .try_clone()
             .map_err(|e| format!("clone the log handle: {e}"))?;
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let url = format!("tcp://{}:{}", self.ip, self.port);
         let mut cmd = Command::new(&self.bin);
         cmd.arg("broker")
             .args(["--listener-url", &url])
@@ -202,7 +218,7 @@ impl Broker {
     /// Polls until the port accepts connections and metadata comes back.
     async fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
-        let addr = format!("127.0.0.1:{}", self.port);
+        let addr = self.bootstrap();
         let mut last = String::from("not tried yet");
         loop {
             if let Some(child) = self.child.as_mut() {

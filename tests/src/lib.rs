@@ -27,6 +27,7 @@ pub mod client;
 pub mod cluster;
 pub mod http;
 pub mod make_stack;
+pub mod netns;
 pub mod postgres;
 pub mod procs;
 pub mod release;

@@ -32,6 +32,8 @@ struct Local {
     port: u16,
     /// Run the binaries through `runuser -u postgres --` (we are root).
     as_postgres: bool,
+    /// `listen_addresses`.
+    listen: String,
 }
 
 impl PgCluster {
@@ -50,6 +52,13 @@ impl PgCluster {
     /// A new local cluster, whatever `DATABASE_URL` says (crash tests need
     /// a server they can stop).
     pub fn start_local() -> Result<PgCluster> {
+        Self::start_local_on(None)
+    }
+
+    /// [`PgCluster::start_local`] that also listens on `ip` (an address of
+    /// this namespace that hosts in other network namespaces reach) and
+    /// trusts connections from its /16.
+    pub fn start_local_on(ip: Option<std::net::Ipv4Addr>) -> Result<PgCluster> {
         let bin = find_bin_dir()?;
         let as_postgres = current_uid()? == 0;
         let dir = tempfile::Builder::new()
@@ -65,6 +74,10 @@ impl PgCluster {
             dir,
             port: 0,
             as_postgres,
+            listen: match ip {
+                Some(ip) => format!("127.0.0.1,{ip}"),
+                None => "127.0.0.1".into(),
+            },
         };
         local
             .run_pg(
@@ -83,6 +96,13 @@ impl PgCluster {
                 ],
             )
             .context("initdb")?;
+        if let Some(ip) = ip {
+            let [a, b, ..] = ip.octets();
+            let hba = local.data().join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).context("read pg_hba.conf")?;
+            rules.push_str(&format!("host all all {a}.{b}.0.0/16 trust\n"));
+            std::fs::write(&hba, rules).context("write pg_hba.conf")?;
+        }
         // Another process may take the free port before the server binds
         // it: try a few.
         let mut last_err = None;
@@ -102,6 +122,11 @@ impl PgCluster {
             }
         }
         Err(last_err.unwrap_or_else(|| anyhow!("no attempt to start PostgreSQL was made")))
+    }
+
+    /// The port of a cluster this value started (`None`: `DATABASE_URL`'s).
+    pub fn port(&self) -> Option<u16> {
+        self.local.as_ref().map(|l| l.port)
     }
 
     /// The URL of a new, empty database on this server.
@@ -223,9 +248,10 @@ impl Local {
 
     fn start(&self) -> Result<()> {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=on",
+            "-p {} -k {} -c listen_addresses={} -c fsync=on",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.listen
         );
         self.run_pg(
             "pg_ctl",

@@ -29,6 +29,8 @@ pub struct ServiceProc {
     /// Where it serves `/metrics`, `/livez` and `/readyz`, if it was given
     /// an address ([`ServiceProc::serve_metrics`]).
     pub metrics: Option<SocketAddr>,
+    /// The network namespace it runs in, if not this one.
+    pub host: Option<crate::netns::Host>,
     /// Where its binary is, if not with the current build's
     /// ([`confab_bin`]): another release's, for upgrades.
     pub bin_dir: Option<PathBuf>,
@@ -60,14 +62,28 @@ impl ServiceProc {
             addr: format!("127.0.0.1:{}", crate::free_port()),
             log,
             metrics: None,
+            host: None,
             bin_dir: None,
             child: None,
         }
     }
 
-    /// Gives it `CONFAB_METRICS_LISTEN` on a free port of 127.0.0.1.
+    /// Runs it in `host`'s network namespace, listening on its address
+    /// (call before [`ServiceProc::serve_metrics`]).
+    pub fn on_host(mut self, host: crate::netns::Host) -> Self {
+        self.addr = format!("{}:{}", host.ip, crate::free_port());
+        self.host = Some(host);
+        self
+    }
+
+    /// Gives it `CONFAB_METRICS_LISTEN` on a free port of its address
+    /// (127.0.0.1, or its host's).
     pub fn serve_metrics(mut self) -> Self {
-        let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let ip = self
+            .host
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |h| h.ip);
+        let addr = SocketAddr::from((ip, crate::free_port()));
         self.env.push((
             confab_core::metrics::LISTEN_VAR.to_string(),
             addr.to_string(),
@@ -99,7 +115,16 @@ impl ServiceProc {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match &self.host {
+            // `ip netns exec` execs the binary: the child is the service.
+            Some(host) => {
+                let [ip, netns, exec, ns] = host.prefix();
+                let mut cmd = Command::new(ip);
+                cmd.args([netns, exec, ns]).arg(&bin);
+                cmd
+            }
+            None => Command::new(&bin),
+        };
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
             cmd.env_remove(k);
         }

@@ -110,9 +110,20 @@ pub struct StackBuilder {
     env: Vec<(Option<Role>, String, String)>,
     log_dir: Option<PathBuf>,
     bin_dir: Option<PathBuf>,
+    hosts: Vec<crate::netns::Host>,
 }
 
 impl StackBuilder {
+    /// Runs each service in a network namespace of its own, made on `net`
+    /// (histories, routers, gateways, in that order), listening on its
+    /// address there.
+    pub fn on_net(mut self, net: &mut crate::netns::Net) -> anyhow::Result<Self> {
+        for _ in 0..self.histories + self.routers + self.gateways {
+            self.hosts.push(net.host()?);
+        }
+        Ok(self)
+    }
+
     /// Runs the binaries in `dir` (another release's) instead of the
     /// current build's.
     pub fn binaries(mut self, dir: impl Into<PathBuf>) -> Self {
@@ -243,7 +254,8 @@ impl StackBuilder {
                 ])
                 .map(|(k, v)| (k.to_string(), v))
                 .collect();
-        let procs = |role: Role, n: usize, wiring: Vec<(String, String)>| -> Vec<ServiceProc> {
+        let mut hosts = self.hosts.clone().into_iter();
+        let mut procs = |role: Role, n: usize, wiring: Vec<(String, String)>| -> Vec<ServiceProc> {
             (0..n)
                 .map(|i| {
                     let label = if n == 1 {
@@ -269,6 +281,9 @@ impl StackBuilder {
                     );
                     let log = log_dir.join(format!("{label}.log"));
                     let mut p = ServiceProc::new(role.binary(), label, env, log);
+                    if let Some(host) = hosts.next() {
+                        p = p.on_host(host);
+                    }
                     p.bin_dir = self.bin_dir.clone();
                     if self.metrics {
                         p.serve_metrics()
@@ -358,6 +373,7 @@ impl ProcStack {
             env: Vec::new(),
             log_dir: None,
             bin_dir: None,
+            hosts: Vec::new(),
         }
     }
 

@@ -49,6 +49,13 @@ impl Client {
         }
     }
 
+    /// The gateway this client starts on: spread over the gateways by
+    /// name, so each has senders and streams to lose.
+    fn home(&self) -> usize {
+        let sum: usize = self.name.bytes().map(usize::from).sum();
+        sum % self.gateways.len()
+    }
+
     fn req<T>(&self, msg: T) -> Request<T> {
         let mut r = Request::new(msg);
         r.metadata_mut()
@@ -115,7 +122,7 @@ pub(super) async fn sender(
     give_up_at: Instant,
     log: Shared,
 ) {
-    let mut gw = client.name.len() % client.gateways.len();
+    let mut gw = client.home();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     for n in 0u64.. {
@@ -219,7 +226,7 @@ pub(super) async fn receiver(
     done: tokio::sync::watch::Receiver<bool>,
     log: Shared,
 ) {
-    let mut gw = client.name.len() % client.gateways.len();
+    let mut gw = client.home();
     let mut first = true;
     while !*done.borrow() {
         if !first {

@@ -54,6 +54,34 @@ pub enum Target {
     Postgres,
 }
 
+/// A link between two parts of the stack (each service runs in a network
+/// namespace of its own: [`Config::network`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// Gateway `i` and the broker.
+    GatewayBroker(usize),
+    /// History instance `i` and the broker.
+    HistoryBroker(usize),
+    /// History instance `i` and its PostgreSQL.
+    HistoryPostgres(usize),
+    /// Router `r` and gateway `g` (the gateway's link to the router).
+    RouterGateway(usize, usize),
+    /// The clients and gateway `i`.
+    ClientGateway(usize),
+}
+
+impl fmt::Display for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Link::GatewayBroker(i) => write!(f, "gateway-{i} <-> broker"),
+            Link::HistoryBroker(i) => write!(f, "history-{i} <-> broker"),
+            Link::HistoryPostgres(i) => write!(f, "history-{i} <-> postgres"),
+            Link::RouterGateway(r, g) => write!(f, "router-{r} <-> gateway-{g}"),
+            Link::ClientGateway(i) => write!(f, "clients <-> gateway-{i}"),
+        }
+    }
+}
+
 /// One event of the schedule: the target goes down, stays down for
 /// [`Config::down_for`], and comes back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +90,9 @@ pub enum Fault {
     Kill(Target),
     /// A graceful stop: SIGTERM, which must exit 0 within the grace period.
     Term(Target),
+    /// Every packet of a link dropped (not refused), both ways, for
+    /// [`Config::cut_for`], then let through again.
+    Cut(Link),
     /// A graceful stop, and the current build's binary started in its place
     /// (a rolling upgrade from [`Config::from_release`]).
     Upgrade(Target),
@@ -73,6 +104,7 @@ impl fmt::Display for Fault {
             Fault::Kill(t) => ("kill -9", t),
             Fault::Term(t) => ("SIGTERM", t),
             Fault::Upgrade(t) => ("upgrade", t),
+            Fault::Cut(link) => return write!(f, "cut {link}"),
         };
         match target {
             Target::Gateway(i) => write!(f, "{how} gateway-{i}"),
@@ -115,6 +147,12 @@ pub struct Config {
     pub rounds: usize,
     /// How long a target stays down.
     pub down_for: Duration,
+    /// How long a link stays cut: longer than [`Config::max_call`], so a
+    /// call that waits for the link instead of failing is a violation.
+    pub cut_for: Duration,
+    /// Each service in a network namespace of its own (needs root), so
+    /// that [`Fault::Cut`] can cut its links; required by those faults.
+    pub network: bool,
     /// Bound on the end: pending sends, and receivers catching up.
     pub settle_for: Duration,
     /// A client unable to send for longer than this is a violation.
@@ -174,6 +212,29 @@ impl Config {
         ]
     }
 
+    /// Every link cut once: each service from the broker, history from
+    /// PostgreSQL, a gateway from a router, the clients from a gateway.
+    pub fn partitions() -> Vec<Fault> {
+        vec![
+            Fault::Cut(Link::GatewayBroker(0)),
+            Fault::Cut(Link::HistoryBroker(0)),
+            Fault::Cut(Link::HistoryPostgres(1)),
+            Fault::Cut(Link::RouterGateway(0, 1)),
+            Fault::Cut(Link::ClientGateway(1)),
+        ]
+    }
+
+    /// The short partition run in `make test`: every link cut once, each
+    /// for [`Config::cut_for`], in about a minute and a half.
+    pub fn short_partitions() -> Self {
+        Self {
+            load_for: Duration::from_secs(80),
+            faults: Self::partitions(),
+            network: true,
+            ..Self::short()
+        }
+    }
+
     /// The short run in `make test`: every fault once in about a minute.
     pub fn short() -> Self {
         Self {
@@ -185,6 +246,8 @@ impl Config {
             faults: Self::every_fault(),
             rounds: 1,
             down_for: Duration::from_secs(2),
+            cut_for: Duration::from_secs(10),
+            network: false,
             settle_for: Duration::from_secs(60),
             max_outage: Duration::from_secs(30),
             max_call: Duration::from_secs(6),
@@ -214,8 +277,8 @@ impl Config {
         }
     }
 
-    /// `make chaos`: more clients, longer outages, every fault and a rolling
-    /// restart of every service, twice.
+    /// `make chaos`: more clients, longer outages, every fault, a rolling
+    /// restart of every service and every link cut, twice.
     pub fn long() -> Self {
         Self {
             users: 24,
@@ -223,7 +286,13 @@ impl Config {
             group_size: 8,
             send_interval: Duration::from_millis(200),
             load_for: Duration::from_secs(240),
-            faults: [Self::every_fault(), Self::rolling_restart()].concat(),
+            faults: [
+                Self::every_fault(),
+                Self::rolling_restart(),
+                Self::partitions(),
+            ]
+            .concat(),
+            network: true,
             rounds: 2,
             down_for: Duration::from_secs(5),
             settle_for: Duration::from_secs(90),
@@ -363,9 +432,7 @@ pub async fn run(config: Config) -> Report {
         read_until(&mut readings, &stack, started, at).await;
         let began = Instant::now();
         eprintln!("chaos: {fault} at {:.1}s", started.elapsed().as_secs_f64());
-        let stopped = stack
-            .apply(*fault, config.down_for, config.shutdown_grace)
-            .await;
+        let stopped = stack.apply(*fault, &config).await;
         report.faults.push((fault.to_string(), began.elapsed()));
         if let Some(s) = stopped {
             let clean = s.status.is_some_and(|st| st.success())

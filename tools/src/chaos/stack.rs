@@ -1,11 +1,13 @@
 //! The processes of the chaos run, and the faults applied to them.
 
 use super::sample::Watched;
-use super::{Config, Fault, Target};
+use super::{Config, Fault, Link, Target};
 use confab_tests::broker::Broker;
+use confab_tests::netns::{Host, Net, Port};
 use confab_tests::postgres::PgCluster;
 use confab_tests::procs::{ServiceProc, Stopped};
 use confab_tests::stack::{ProcStack, Role};
+use std::net::Ipv4Addr;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -19,14 +21,24 @@ pub(super) struct Stack {
     _broker_pg: PgCluster,
     /// The broker.
     broker: Broker,
+    /// The namespaces the services run in, if they do (removed last).
+    net: Option<Net>,
 }
 
 impl Stack {
     pub(super) async fn start(config: &Config) -> Stack {
-        let pg = PgCluster::start_local().expect("postgres for history");
-        let database_url = pg.fresh_database().await.expect("history database");
+        let mut net = config
+            .network
+            .then(|| Net::create().unwrap_or_else(|e| panic!("{e:#}")));
+        let root_ip = net.as_ref().map(Net::root_ip);
+        let pg = PgCluster::start_local_on(root_ip).expect("postgres for history");
+        let mut database_url = pg.fresh_database().await.expect("history database");
+        if let Some(ip) = root_ip {
+            database_url = database_url.replacen("@127.0.0.1:", &format!("@{ip}:"), 1);
+        }
         let broker_pg = PgCluster::start_local().expect("postgres for the broker");
-        let broker = Broker::start_postgres(&broker_pg).await;
+        let broker =
+            Broker::start_postgres_on(root_ip.unwrap_or(Ipv4Addr::LOCALHOST), &broker_pg).await;
         let history_timeout = ("CONFAB_HISTORY_TIMEOUT_MS", "2000");
         let mut builder = ProcStack::builder("chaos")
             .metrics()
@@ -52,11 +64,15 @@ impl Stack {
         if let Some(dir) = &config.from_release {
             builder = builder.binaries(dir);
         }
+        if let Some(net) = net.as_mut() {
+            builder = builder.on_net(net).unwrap_or_else(|e| panic!("{e:#}"));
+        }
         Stack {
             procs: builder.start(&broker, &database_url),
             pg,
             _broker_pg: broker_pg,
             broker,
+            net,
         }
     }
 
@@ -85,14 +101,18 @@ impl Stack {
 
     /// Applies `fault`, waits `down_for`, and brings the target back;
     /// returns a graceful stop's result, if it was one.
-    pub(super) async fn apply(
-        &mut self,
-        fault: Fault,
-        down_for: Duration,
-        grace: Duration,
-    ) -> Option<Stopped> {
+    pub(super) async fn apply(&mut self, fault: Fault, config: &Config) -> Option<Stopped> {
+        let (down_for, cut_for, grace) = (config.down_for, config.cut_for, config.shutdown_grace);
         let mut stopped = None;
         match fault {
+            Fault::Cut(link) => {
+                let (host, peer, port) = self.link(link);
+                host.cut(peer, port)
+                    .unwrap_or_else(|e| panic!("cut {link}: {e:#}"));
+                tokio::time::sleep(cut_for).await;
+                host.restore()
+                    .unwrap_or_else(|e| panic!("restore {link}: {e:#}"));
+            }
             Fault::Upgrade(Target::Broker | Target::Postgres) => {
                 panic!("{fault}: the broker and PostgreSQL are not Confab's to upgrade")
             }
@@ -123,6 +143,44 @@ impl Stack {
             }
         }
         stopped
+    }
+
+    /// The host whose packets a cut of `link` drops, the peer's address and
+    /// the port.
+    fn link(&self, link: Link) -> (Host, Ipv4Addr, Port) {
+        let net = self.net.as_ref().unwrap_or_else(|| {
+            panic!("cut {link}: the run has no network namespaces (Config::network)")
+        });
+        let host = |p: &ServiceProc| p.host.clone().expect("a service on a host of its own");
+        let port = |p: &ServiceProc| p.socket_addr().port();
+        let pg_port = self
+            .pg
+            .port()
+            .expect("history's PostgreSQL is the run's own");
+        let root = net.root_ip();
+        let p = &self.procs;
+        match link {
+            Link::GatewayBroker(i) => {
+                (host(&p.gateways[i]), root, Port::Theirs(self.broker.port()))
+            }
+            Link::HistoryBroker(i) => (
+                host(&p.histories[i]),
+                root,
+                Port::Theirs(self.broker.port()),
+            ),
+            Link::HistoryPostgres(i) => (host(&p.histories[i]), root, Port::Theirs(pg_port)),
+            Link::RouterGateway(r, g) => {
+                let router = host(&p.routers[r]).ip;
+                (
+                    host(&p.gateways[g]),
+                    router,
+                    Port::Theirs(port(&p.routers[r])),
+                )
+            }
+            Link::ClientGateway(i) => {
+                (host(&p.gateways[i]), root, Port::Ours(port(&p.gateways[i])))
+            }
+        }
     }
 
     /// Every process of the run, to read: the services, the broker, and
