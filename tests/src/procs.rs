@@ -474,6 +474,24 @@ impl DevProcess {
         self.child.try_wait().expect("the state of confab dev")
     }
 
+    /// SIGTERM, then waits (at most [`DEADLINE`]) for the process to exit;
+    /// panics unless it exits 0.
+    pub async fn stop(&mut self) {
+        self.terminate();
+        let exited = crate::poll(
+            "confab dev to exit",
+            DEADLINE,
+            Duration::from_millis(20),
+            || {
+                let exited = self.exited();
+                async move { Ok(exited) }
+            },
+        )
+        .await
+        .expect("a graceful stop");
+        assert!(exited.success(), "confab dev exited with {exited}");
+    }
+
     /// `kill -9`: no shutdown handling at all.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

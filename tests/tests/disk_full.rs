@@ -11,7 +11,6 @@ use confab_tests::postgres::PgCluster;
 use confab_tests::small_fs::SmallFs;
 use confab_tests::*;
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
 
 /// The small filesystem: room for the empty store and a first history.
 const FS_BYTES: u64 = 24 << 20;
@@ -28,18 +27,7 @@ async fn embedded_mode_refuses_writes_while_its_disk_is_full_and_takes_them_once
     let alice = User::connect(server.addr, "alice").await;
     fills_and_frees(&alice, &fs).await;
     // The database file itself is sound after the failed writes.
-    server.terminate();
-    poll(
-        "confab dev to exit",
-        DEADLINE,
-        Duration::from_millis(20),
-        || {
-            let exited = server.exited();
-            async move { Ok(exited) }
-        },
-    )
-    .await
-    .expect("a graceful stop");
+    server.stop().await;
     let url = format!("sqlite://{}?mode=ro", data.join("confab.db").display());
     let mut db = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
         .await

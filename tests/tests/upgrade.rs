@@ -188,23 +188,6 @@ async fn assert_kept(addr: std::net::SocketAddr, written: &Written, before: &Sho
     assert_eq!(found, [seq]);
 }
 
-/// Waits for a `confab dev` sent SIGTERM to exit.
-async fn stopped(server: &mut DevProcess) {
-    server.terminate();
-    let exited = poll(
-        "confab dev to exit",
-        DEADLINE,
-        Duration::from_millis(20),
-        || {
-            let exited = server.exited();
-            async move { Ok(exited) }
-        },
-    )
-    .await
-    .expect("a graceful stop");
-    assert!(exited.success(), "confab dev exited with {exited}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_mode_opens_what_the_previous_release_wrote() {
     let previous = previous_release();
@@ -214,11 +197,11 @@ async fn embedded_mode_opens_what_the_previous_release_wrote() {
         .expect("the previous release's confab dev");
     let written = populate(old.addr).await;
     let before = shown(old.addr, &written).await;
-    stopped(&mut old).await;
+    old.stop().await;
     drop(old);
     let mut new = DevProcess::start(dir.path(), port).expect("this release's confab dev");
     assert_kept(new.addr, &written, &before).await;
-    stopped(&mut new).await;
+    new.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,7 +272,7 @@ async fn a_failed_migration_leaves_sqlite_as_it_was() {
         .expect("the previous release's confab dev");
     let written = populate(old.addr).await;
     let before = shown(old.addr, &written).await;
-    stopped(&mut old).await;
+    old.stop().await;
     drop(old);
     // Something in the way of the next migration (it creates this table).
     let url = format!("sqlite://{}", db.display());
@@ -315,7 +298,7 @@ async fn a_failed_migration_leaves_sqlite_as_it_was() {
     let mut old = DevProcess::start_binary(&old_bin, dir.path(), port, &[], None)
         .expect("the previous release again");
     assert_eq!(shown(old.addr, &written).await, before);
-    stopped(&mut old).await;
+    old.stop().await;
 }
 
 /// The schema (tables, columns, indexes) and the migrations applied, as
