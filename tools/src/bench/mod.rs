@@ -200,7 +200,13 @@ pub fn server_cpu_ticks(root: u32) -> Option<u64> {
 
 /// A `kB` line of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`).
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    proc_kib(pid, "status", key)
+}
+
+/// The number after `key` in `/proc/<pid>/<file>` (`status`,
+/// `smaps_rollup`).
+pub fn proc_kib(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     status
         .lines()
         .find(|l| l.starts_with(key))?

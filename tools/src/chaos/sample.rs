@@ -1,4 +1,4 @@
-//! The soak's readings: every process's resident memory, open file
+//! The soak's readings: every process's memory (PSS), open file
 //! descriptors and threads (from `/proc`), and each consumer group's lag
 //! (from the services' `/metrics`), taken at a fixed interval; the check
 //! that none of them grows without levelling off; and the plot.
@@ -9,13 +9,16 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// What is read of each process.
-pub const METRICS: [Metric; 4] = [Metric::RssMib, Metric::Fds, Metric::Threads, Metric::Lag];
+pub const METRICS: [Metric; 4] = [Metric::Memory, Metric::Fds, Metric::Threads, Metric::Lag];
 
 /// One quantity read over the run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Metric {
-    /// Resident set size, MiB (a server of several processes: their sum).
-    RssMib,
+    /// Memory, MiB: the proportional set size (`Pss:` of
+    /// `/proc/<pid>/smaps_rollup`), each shared page divided among the
+    /// processes that map it, so that a server of several processes
+    /// (PostgreSQL) is their sum and its shared buffers count once.
+    Memory,
     /// Open file descriptors (sockets included).
     Fds,
     /// Threads.
@@ -30,7 +33,7 @@ impl Metric {
     /// Its name in reports and the plot.
     pub fn name(self) -> &'static str {
         match self {
-            Metric::RssMib => "resident memory (MiB)",
+            Metric::Memory => "memory, PSS (MiB)",
             Metric::Fds => "open file descriptors",
             Metric::Threads => "threads",
             Metric::Lag => "consumer lag (records)",
@@ -42,7 +45,7 @@ impl Metric {
     /// (what a process varies by while it levels off).
     fn tolerance(self) -> (f64, f64) {
         match self {
-            Metric::RssMib => (0.15, 8.0),
+            Metric::Memory => (0.15, 8.0),
             Metric::Fds => (0.2, 16.0),
             Metric::Threads => (0.2, 8.0),
             Metric::Lag => (0.5, 1000.0),
@@ -76,10 +79,10 @@ impl Samples {
             if w.pids.is_empty() {
                 continue;
             }
-            let status = |key: &str| -> u64 {
+            let read = |file: &str, key: &str| -> u64 {
                 w.pids
                     .iter()
-                    .filter_map(|&pid| crate::bench::status_kib(pid, key))
+                    .filter_map(|&pid| crate::bench::proc_kib(pid, file, key))
                     .sum()
             };
             let fds: usize = w
@@ -89,9 +92,9 @@ impl Samples {
                 .map(|dir| dir.count())
                 .sum();
             for (metric, value) in [
-                (Metric::RssMib, status("VmRSS:") as f64 / 1024.0),
+                (Metric::Memory, read("smaps_rollup", "Pss:") as f64 / 1024.0),
                 (Metric::Fds, fds as f64),
-                (Metric::Threads, status("Threads:") as f64),
+                (Metric::Threads, read("status", "Threads:") as f64),
             ] {
                 self.push(metric, &w.label, at, value);
             }
@@ -169,11 +172,12 @@ impl Samples {
             .collect()
     }
 
-    /// Plots every metric, one panel each, a line per series, to an SVG
-    /// file at `path`.
+    /// Plots every metric, a line per series, to an SVG file at `path`:
+    /// a row per metric, Confab's services on the left and the broker and
+    /// PostgreSQL on the right (their scales differ tenfold).
     pub fn plot(&self, path: &Path, title: &str) -> anyhow::Result<()> {
         use plotters::prelude::*;
-        let root = SVGBackend::new(path, (1000, 1400)).into_drawing_area();
+        let root = SVGBackend::new(path, (1400, 1400)).into_drawing_area();
         root.fill(&WHITE)?;
         let root = root.titled(title, ("sans-serif", 22))?;
         let end = self
@@ -182,20 +186,35 @@ impl Samples {
             .flat_map(|p| p.iter().map(|(t, _)| *t))
             .fold(0.0, f64::max)
             .max(0.1);
-        for (panel, metric) in root.split_evenly((METRICS.len(), 1)).iter().zip(METRICS) {
+        let ours = |name: &str| {
+            ["gateway", "router", "history", "group "]
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        };
+        let panels = root.split_evenly((METRICS.len(), 2));
+        for (i, panel) in panels.iter().enumerate() {
+            let (metric, left) = (METRICS[i / 2], i % 2 == 0);
             let series: Vec<(&String, &Vec<(f64, f64)>)> = self
                 .series
                 .iter()
-                .filter(|((m, _), _)| *m == metric)
+                .filter(|((m, name), _)| *m == metric && ours(name) == left)
                 .map(|((_, name), points)| (name, points))
                 .collect();
+            if series.is_empty() {
+                continue;
+            }
             let top = series
                 .iter()
                 .flat_map(|(_, p)| p.iter().map(|(_, v)| *v))
                 .fold(1.0, f64::max)
-                * 1.1;
+                * 1.15;
+            let whose = if left {
+                "Confab"
+            } else {
+                "broker and PostgreSQL"
+            };
             let mut chart = ChartBuilder::on(panel)
-                .caption(metric.name(), ("sans-serif", 16))
+                .caption(format!("{}: {whose}", metric.name()), ("sans-serif", 16))
                 .margin(8)
                 .x_label_area_size(30)
                 .y_label_area_size(60)
@@ -219,7 +238,7 @@ impl Samples {
             }
             chart
                 .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
+                .position(SeriesLabelPosition::LowerRight)
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK.mix(0.3))
                 .draw()?;
@@ -287,16 +306,49 @@ mod tests {
     #[test]
     fn growth_that_levels_off_passes_and_growth_that_goes_on_fails() {
         let levelling = [100.0, 130.0, 150.0, 158.0, 160.0, 161.0, 160.0, 161.0];
-        assert!(samples(Metric::RssMib, &levelling).growth(0.0).is_empty());
+        assert!(samples(Metric::Memory, &levelling).growth(0.0).is_empty());
         let leaking = [100.0, 110.0, 120.0, 130.0, 140.0, 150.0, 160.0, 170.0];
-        let found = samples(Metric::RssMib, &leaking).growth(0.0);
+        let found = samples(Metric::Memory, &leaking).growth(0.0);
         assert_eq!(found.len(), 1, "{found:?}");
         // Noise within the tolerance is not growth.
         let noisy = [100.0, 101.0, 103.0, 102.0, 106.0, 107.0, 106.0, 108.0];
-        assert!(samples(Metric::RssMib, &noisy).growth(0.0).is_empty());
+        assert!(samples(Metric::Memory, &noisy).growth(0.0).is_empty());
         // Only the steady part counts.
         let warming = [10.0, 50.0, 100.0, 100.0, 101.0, 100.0, 101.0, 100.0];
-        assert!(samples(Metric::RssMib, &warming).growth(2.0).is_empty());
+        assert!(samples(Metric::Memory, &warming).growth(2.0).is_empty());
+    }
+
+    #[test]
+    fn the_plot_has_a_panel_per_metric_and_side() {
+        let mut s = Samples::default();
+        for t in 0..10 {
+            for (metric, name, v) in [
+                (Metric::Memory, "gateway-0", 30.0),
+                (Metric::Memory, "postgres", 400.0),
+                (Metric::Fds, "gateway-0", 40.0),
+                (Metric::Threads, "broker", 12.0),
+                (Metric::Lag, "group router", 3.0),
+            ] {
+                s.push(metric, name, t as f64, v + t as f64);
+            }
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("plot.svg");
+        s.plot(&path, "test").expect("plot");
+        let svg = std::fs::read_to_string(&path).expect("svg");
+        for caption in [
+            "memory, PSS (MiB): Confab",
+            "memory, PSS (MiB): broker and PostgreSQL",
+            "open file descriptors: Confab",
+            "threads: broker and PostgreSQL",
+            "consumer lag (records): Confab",
+        ] {
+            assert!(svg.contains(caption), "{caption}");
+        }
+        assert!(
+            !svg.contains("threads: Confab"),
+            "an empty panel is left out"
+        );
     }
 
     #[test]
