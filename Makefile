@@ -54,7 +54,7 @@ fuzz: deps-build deps-fuzz ## run every fuzz target for FUZZ_SECONDS each (defau
 build-services: build
 
 CHAOS_ARGS ?=
-chaos: deps-build deps-tools deps-test build ## kill and restart every service, the broker and PostgreSQL, and cut every link, under load (about 8 min), then check: no loss, no duplicates, no gaps
+chaos: deps-build deps-tools deps-test build ## kill and restart every service, the broker and PostgreSQL, and cut every link, under load (about 14 min), then check: no loss, no duplicates, no gaps
 	$(CARGO) build -p confab-tools --bin confab-chaos
 	$(CARGO_TARGET_DIR)/debug/confab-chaos $(CHAOS_ARGS)
 

@@ -285,7 +285,7 @@ impl Config {
             groups: 4,
             group_size: 8,
             send_interval: Duration::from_millis(200),
-            load_for: Duration::from_secs(420),
+            load_for: Duration::from_secs(720),
             faults: [
                 Self::every_fault(),
                 Self::rolling_restart(),
