@@ -195,7 +195,11 @@ impl fmt::Display for Report {
             line(f, name, u64::from(took > limit), detail)?;
         }
         if let Some(samples) = &self.samples {
-            writeln!(f, "readings (first, last, highest):")?;
+            writeln!(
+                f,
+                "readings (first, last, highest; the memory of {} is a bounded cache, shown and not judged):",
+                samples.caches.iter().cloned().collect::<Vec<_>>().join(", ")
+            )?;
             for line in samples.summary() {
                 writeln!(f, "  {line}")?;
             }

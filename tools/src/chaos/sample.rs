@@ -61,6 +61,10 @@ pub struct Watched {
     pub pids: Vec<u32>,
     /// Where it serves `/metrics`, if it reports consumer lag.
     pub metrics: Option<SocketAddr>,
+    /// Its memory is a cache with a configured bound (PostgreSQL's buffer
+    /// pool fills up to `shared_buffers` as the data grows): plotted, not
+    /// judged. Its descriptors and threads (connections) are judged.
+    pub memory_is_cache: bool,
 }
 
 /// Every reading, by metric and series (a process's label, or a consumer
@@ -68,6 +72,8 @@ pub struct Watched {
 #[derive(Debug, Clone, Default)]
 pub struct Samples {
     pub series: BTreeMap<(Metric, String), Vec<(f64, f64)>>,
+    /// The series whose memory is not judged ([`Watched::memory_is_cache`]).
+    pub caches: std::collections::BTreeSet<String>,
 }
 
 impl Samples {
@@ -76,6 +82,9 @@ impl Samples {
         let at = start.elapsed().as_secs_f64() / 60.0;
         let mut lag: BTreeMap<(String, String), f64> = BTreeMap::new();
         for w in watched {
+            if w.memory_is_cache {
+                self.caches.insert(w.label.clone());
+            }
             if w.pids.is_empty() {
                 continue;
             }
@@ -133,6 +142,9 @@ impl Samples {
     pub fn growth(&self, from: f64) -> Vec<String> {
         let mut found = Vec::new();
         for ((metric, name), points) in &self.series {
+            if *metric == Metric::Memory && self.caches.contains(name) {
+                continue;
+            }
             let steady: Vec<(f64, f64)> =
                 points.iter().copied().filter(|(t, _)| *t >= from).collect();
             if steady.len() < 4 {
@@ -313,6 +325,10 @@ mod tests {
         // Noise within the tolerance is not growth.
         let noisy = [100.0, 101.0, 103.0, 102.0, 106.0, 107.0, 106.0, 108.0];
         assert!(samples(Metric::Memory, &noisy).growth(0.0).is_empty());
+        // A cache's memory is not judged.
+        let mut cache = samples(Metric::Memory, &leaking);
+        cache.caches.insert("p".into());
+        assert!(cache.growth(0.0).is_empty());
         // Only the steady part counts.
         let warming = [10.0, 50.0, 100.0, 100.0, 101.0, 100.0, 101.0, 100.0];
         assert!(samples(Metric::Memory, &warming).growth(2.0).is_empty());

@@ -193,12 +193,14 @@ impl Stack {
                 label: p.label.clone(),
                 pids: p.pid().into_iter().collect(),
                 metrics: p.metrics,
+                memory_is_cache: false,
             })
             .collect();
         watched.push(Watched {
             label: "broker".into(),
             pids: self.broker.pid().into_iter().collect(),
             metrics: None,
+            memory_is_cache: false,
         });
         for (label, pg) in [
             ("postgres", &self.pg),
@@ -208,6 +210,7 @@ impl Stack {
                 label: label.into(),
                 pids: pg.server_pids(),
                 metrics: None,
+                memory_is_cache: true,
             });
         }
         watched
