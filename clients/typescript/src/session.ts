@@ -47,6 +47,7 @@ type Events = {
   typing: Typing;
   presence: Presence;
   error: ConfabError;
+  synced: void;
 };
 
 export type TokenSource = string | (() => string | Promise<string>);
@@ -201,6 +202,8 @@ export class Session {
   on(event: "typing", cb: (t: Typing) => void): () => void;
   on(event: "presence", cb: (p: Presence) => void): () => void;
   on(event: "error", cb: (e: ConfabError) => void): () => void;
+  /** After each (re)connect: the sync's pages are in, and live frames follow for every conversation. */
+  on(event: "synced", cb: () => void): () => void;
   on<K extends keyof Events>(event: K, cb: (v: Events[K]) => void): () => void {
     let set = this.listeners.get(event);
     if (!set) this.listeners.set(event, (set = new Set()));
@@ -562,6 +565,8 @@ export class Session {
               this.syncCursor = "";
               if (this.live) this.write(create(ClientFrameSchema, { frame: { case: "sync", value: { cursor: "" } } }));
             }
+          } else {
+            this.emit("synced", undefined);
           }
           break;
         }

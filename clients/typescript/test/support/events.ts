@@ -12,7 +12,7 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
 /** Resolves with the first event `event` of `session` that `pred` accepts. */
 export function next<T>(
   session: Session,
-  event: "state" | "message" | "conversation" | "removed" | "receipt" | "typing" | "presence" | "error",
+  event: "state" | "message" | "conversation" | "removed" | "receipt" | "typing" | "presence" | "error" | "synced",
   pred: (v: T) => boolean = () => true,
   ms = 15_000,
 ): Promise<T> {
