@@ -435,7 +435,8 @@ export class Session {
     this.disconnected(error, immediately);
   }
 
-  private stopConnection(): void {
+  /** Forgets the current socket: closed politely (`graceful`, the user's `close()`), else dropped at once. */
+  private stopConnection(graceful = false): void {
     this.live = false;
     this.connId++;
     if (this.pingTimer !== undefined) clearInterval(this.pingTimer);
@@ -449,8 +450,8 @@ export class Session {
       ws.onerror = () => {};
       try {
         // `ws` (Node) can drop the TCP connection without waiting for a close handshake.
-        if (typeof ws.terminate === "function") ws.terminate();
-        else ws.close(1000);
+        if (!graceful && typeof ws.terminate === "function") ws.terminate();
+        else ws.close(1000, graceful ? "closed by the client" : "reconnecting");
       } catch {
         /* already closed */
       }
@@ -459,7 +460,7 @@ export class Session {
 
   private shutdown(error: ConfabError | undefined): void {
     if (this.ended) return;
-    this.stopConnection();
+    this.stopConnection(error === undefined);
     for (const t of this.retryTimers) clearTimeout(t);
     this.retryTimers.clear();
     const why = error ?? new ConfabError("closed", Code.CANCELLED, "the session was closed");
