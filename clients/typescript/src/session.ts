@@ -66,6 +66,8 @@ interface PendingSend {
   writtenOn: number;
   /** Encoded size, to find the culprit of a 1009 close. */
   size: number;
+  /** Refused for now (rate limit, server busy): written again by the retry timer. */
+  refused: boolean;
   waiters: { resolve: (r: { seq: bigint; clientMsgId: string }) => void; reject: (e: ConfabError) => void }[];
 }
 
@@ -74,8 +76,17 @@ interface PendingRead {
   waiters: { resolve: (r: ReadState) => void; reject: (e: ConfabError) => void }[];
 }
 
-/** Ack errors after which a send is tried again (the message was not stored and may be next time). */
-const RETRY_SEND_CODES: ReadonlySet<number> = new Set([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.ABORTED]);
+/**
+ * Ack errors after which a send is tried again, after a backoff: the message
+ * was not stored and may be next time (the rate limit, too many sends in
+ * flight, a server busy or restarting).
+ */
+const RETRY_SEND_CODES: ReadonlySet<number> = new Set([
+  Code.RESOURCE_EXHAUSTED,
+  Code.UNAVAILABLE,
+  Code.DEADLINE_EXCEEDED,
+  Code.ABORTED,
+]);
 
 /** Resume refusals after which a conversation is not resumed again. */
 const DROP_CONVERSATION_CODES: ReadonlySet<number> = new Set([
@@ -155,7 +166,9 @@ export class Session {
   private awaitingPong: bigint | undefined;
   private readonly sends = new Map<string, PendingSend>();
   private readonly reads = new Map<string, PendingRead>();
-  private readonly retryTimers = new Set<ReturnType<typeof setTimeout>>();
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Consecutive retry rounds of refused sends (the backoff grows with it). */
+  private sendRetries = 0;
   /** Conversations resumed on this connection that have not caught up yet. */
   private readonly resuming = new Set<string>();
   /** Gaps already recovered from once (conversation -> "last>seq"): seen again, the message is taken. */
@@ -246,6 +259,7 @@ export class Session {
         clientMsgId,
         writtenOn: 0,
         size: 0,
+        refused: false,
         waiters: [{ resolve, reject }],
       };
       this.sends.set(key, pending);
@@ -461,8 +475,8 @@ export class Session {
   private shutdown(error: ConfabError | undefined): void {
     if (this.ended) return;
     this.stopConnection(error === undefined);
-    for (const t of this.retryTimers) clearTimeout(t);
-    this.retryTimers.clear();
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     const why = error ?? new ConfabError("closed", Code.CANCELLED, "the session was closed");
     for (const s of this.sends.values()) for (const w of s.waiters) w.reject(why);
     for (const r of this.reads.values()) for (const w of r.waiters) w.reject(why);
@@ -489,6 +503,21 @@ export class Session {
   private writeSend(s: PendingSend): void {
     s.size = this.write(s.frame);
     s.writtenOn = this.connId;
+    s.refused = false;
+  }
+
+  /**
+   * Writes the sends refused for now again after a backoff, all in one round
+   * and in the order they were made (so a burst over the rate limit keeps its order).
+   */
+  private scheduleSendRetry(): void {
+    if (this.retryTimer !== undefined || this.ended) return;
+    this.sendRetries++;
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (!this.live) return; // written again on reconnect
+      for (const p of this.sends.values()) if (p.refused) this.writeSend(p);
+    }, this.backoffMs(this.sendRetries));
   }
 
   private protocolError(message: string): void {
@@ -536,12 +565,9 @@ export class Session {
         const s = this.sends.get(key);
         if (!s) break; // an answer to a send already settled
         if (a.error && a.error.code !== Code.OK) {
-          if (RETRY_SEND_CODES.has(a.error.code) && !this.ended) {
-            const t = setTimeout(() => {
-              this.retryTimers.delete(t);
-              if (this.sends.get(key) === s && this.live) this.writeSend(s);
-            }, this.backoffMs(2));
-            this.retryTimers.add(t);
+          if (RETRY_SEND_CODES.has(a.error.code)) {
+            s.refused = true;
+            this.scheduleSendRetry();
             break;
           }
           this.sends.delete(key);
@@ -550,6 +576,7 @@ export class Session {
           break;
         }
         this.sends.delete(key);
+        this.sendRetries = 0;
         for (const w of s.waiters) w.resolve({ seq: a.seq, clientMsgId: a.clientMsgId });
         break;
       }

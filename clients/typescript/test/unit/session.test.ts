@@ -224,6 +224,25 @@ describe("Session frame handling", () => {
     await expect(sent).rejects.toMatchObject({ kind: "refused", code: 7, message: "not a member" });
   });
 
+  test("sends refused for now (rate limit) are written again after a backoff, in order, and then acked", async () => {
+    const { session, socket } = fakeSession();
+    const s = await socket(0);
+    s.accept();
+    const one = session.send("c", "1", { clientMsgId: "a" });
+    const two = session.send("c", "2", { clientMsgId: "b" });
+    const limit = { code: 8, message: "rate limit" };
+    s.push({ case: "ack", value: { conversationId: "c", clientMsgId: "a", error: limit } });
+    s.push({ case: "ack", value: { conversationId: "c", clientMsgId: "b", error: limit } });
+    await until(() => s.kinds().filter((k) => k === "send").length === 4, "both written again", 2000);
+    expect(s.sent.slice(-2).map((f) => (f.frame.value as { clientMsgId: string }).clientMsgId)).toEqual(["a", "b"]);
+    s.push({ case: "ack", value: { conversationId: "c", clientMsgId: "a", seq: 1n } });
+    s.push({ case: "ack", value: { conversationId: "c", clientMsgId: "b", seq: 2n } });
+    await expect(Promise.all([one, two])).resolves.toEqual([
+      { seq: 1n, clientMsgId: "a" },
+      { seq: 2n, clientMsgId: "b" },
+    ]);
+  });
+
   test("markRead resolves with the read ack's state", async () => {
     const { session, socket } = fakeSession();
     const s = await socket(0);
