@@ -339,6 +339,21 @@ describe("sessions against confab dev", () => {
     expect((err as ConnectError).code).toBe(ConnectCode.Unauthenticated);
   });
 
+  test("a token function that keeps giving bad tokens: three tries, then closed with UNAUTHENTICATED", async () => {
+    let calls = 0;
+    const confab = new Confab({ baseUrl: server.baseUrl, token: async () => `bad-${++calls}` });
+    const s = confab.connect({ backoff: { initialMs: 10, maxMs: 50 } });
+    sessions.push(s);
+    const closed = await next<StateEvent>(s, "state", (e) => e.state === "closed");
+    // Three 4016 closes in a row end it. (Now and then the server's 4016
+    // close frame is lost when the client has already sent its first
+    // frames, and the close reads as 1006, a lost connection, which is
+    // retried without counting: so at least 3 tries.)
+    expect(calls).toBeGreaterThanOrEqual(3);
+    expect(closed.error).toMatchObject({ kind: "closed", code: 16 });
+    expect(closed.error?.message).toContain("token is malformed");
+  });
+
   test("an expired token function is called again on reconnect", async () => {
     const alice = await user("alice");
     let calls = 0;
