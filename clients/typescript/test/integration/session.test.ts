@@ -347,8 +347,10 @@ describe("sessions against confab dev", () => {
     const closed = await next<StateEvent>(s, "state", (e) => e.state === "closed");
     // Three 4016 closes in a row end it. (Now and then the server's 4016
     // close frame is lost when the client has already sent its first
-    // frames, and the close reads as 1006, a lost connection, which is
-    // retried without counting: so at least 3 tries.)
+    // frames: the gateway drops the TCP connection right after writing the
+    // close frame, without the closing handshake, and the client's unread
+    // frames make that a reset. That close reads as 1006, a lost
+    // connection, retried without counting: so at least 3 tries.)
     expect(calls).toBeGreaterThanOrEqual(3);
     expect(closed.error).toMatchObject({ kind: "closed", code: 16 });
     expect(closed.error?.message).toContain("token is malformed");
@@ -365,7 +367,9 @@ describe("sessions against confab dev", () => {
     sessions.push(s);
     const reconnecting = next<StateEvent>(s, "state", (e) => e.state === "reconnecting");
     await withTimeout(next(s, "synced"), 15_000, "synced after a fresh token");
-    expect((await reconnecting).error).toMatchObject({ code: 16 });
+    // 4016 (code 16); now and then the server's close frame is lost and it
+    // reads as 1006, a lost connection (code 14): see the 4016 test above.
+    expect([16, 14]).toContain(((await reconnecting).error as ConfabError).code);
     expect(calls).toBe(2);
   });
 });
