@@ -36,7 +36,7 @@ export interface SessionOptions {
   maxAuthFailures?: number;
 }
 
-export type StateEvent = { state: ConnectionState; attempt: number; error?: Error };
+export type StateEvent = { state: ConnectionState; attempt: number; error?: ConfabError };
 
 type Events = {
   state: StateEvent;
@@ -424,7 +424,7 @@ export class Session {
   }
 
   /** The connection is gone: reconnect after a backoff. */
-  private disconnected(error: Error, immediately = false): void {
+  private disconnected(error: ConfabError, immediately = false): void {
     this.stopConnection();
     if (this.ended) return;
     this.attempt++;
@@ -445,7 +445,7 @@ export class Session {
   }
 
   /** Abandons the current socket at once (a dead or misbehaving connection) and reconnects. */
-  private dropConnection(error: Error, immediately = false): void {
+  private dropConnection(error: ConfabError, immediately = false): void {
     this.disconnected(error, immediately);
   }
 
@@ -485,7 +485,7 @@ export class Session {
     this.setState("closed", error);
   }
 
-  private setState(state: ConnectionState, error?: Error): void {
+  private setState(state: ConnectionState, error?: ConfabError): void {
     this.current = state;
     this.emit("state", { state, attempt: this.attempt, ...(error ? { error } : {}) });
   }
