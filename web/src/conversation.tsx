@@ -5,6 +5,9 @@ import { tsMillis, type ChatStore, type Pending } from "./store";
 /** The reactions offered on every message. */
 export const EMOJI = ["👍", "❤️", "😂", "🎉", "😮"];
 
+/** "❤" and "❤️" are one reaction (the server stores the fully qualified form). */
+const sameEmoji = (a: string, b: string) => a.replace(/\uFE0F/g, "") === b.replace(/\uFE0F/g, "");
+
 /** How often an active typing indicator is renewed, and when it lapses. */
 const TYPING_RENEW_MS = 3000;
 const TYPING_IDLE_MS = 5000;
@@ -25,8 +28,10 @@ function systemText(m: Message, me: string): string {
   if (!ev) return m.body || "conversation changed";
   const users = ev.userIds.map(who).join(", ");
   switch (ev.change) {
-    case MembershipEvent_Change.CREATED:
-      return `${who(ev.actorId)} created the conversation with ${users}`;
+    case MembershipEvent_Change.CREATED: {
+      const others = ev.userIds.filter((u) => u !== ev.actorId).map(who);
+      return `${who(ev.actorId)} created the conversation${others.length ? ` with ${others.join(", ")}` : ""}`;
+    }
     case MembershipEvent_Change.ADDED:
       return `${who(ev.actorId)} added ${users}`;
     case MembershipEvent_Change.REMOVED:
@@ -137,7 +142,7 @@ export function ConversationView({
         <ul class="messages" aria-label="Messages">
           {msgs.map((m) =>
             m.kind === MessageKind.SYSTEM ? (
-              <li key={m.seq.toString()} class="system">
+              <li key={m.seq.toString()} class="system" data-seq={m.seq.toString()}>
                 {systemText(m, store.me)}
               </li>
             ) : (
@@ -163,7 +168,16 @@ export function ConversationView({
             ? `${typers.join(", ")} are typing…`
             : ""}
       </p>
-      <Composer store={store} id={id} replyTo={replyTo} onClearReply={() => setReplyTo(null)} />
+      <Composer
+        store={store}
+        id={id}
+        replyTo={replyTo}
+        onClearReply={() => setReplyTo(null)}
+        onSent={() => {
+          // What one sends is shown, wherever one had scrolled to.
+          stick.current = true;
+        }}
+      />
     </section>
   );
 }
@@ -239,46 +253,50 @@ function MessageItem({
           {m.editCount > 0 && <span class="edited"> (edited)</span>}
         </p>
       )}
-      {!deleted && (
+      {!deleted && m.reactions.length > 0 && (
         <div class="reactions" role="group" aria-label="Reactions">
+          {m.reactions.map((r) => (
+            <button
+              type="button"
+              key={r.emoji}
+              class="reaction"
+              aria-pressed={r.reacted ? "true" : "false"}
+              aria-label={`${r.emoji} ${Number(r.count)}`}
+              onClick={() => void store.react(id, m.seq, r.emoji, r.reacted)}
+            >
+              {r.emoji}
+              <span class="count">{Number(r.count)}</span>
+            </button>
+          ))}
+        </div>
+      )}
+      {!deleted && !editing && (
+        <div class="tools" role="group" aria-label="Message actions">
           {EMOJI.map((emoji) => {
-            const r = m.reactions.find((x) => x.emoji === emoji || x.emoji.replace(/\uFE0F/g, "") === emoji.replace(/\uFE0F/g, ""));
-            const count = r ? Number(r.count) : 0;
+            const r = m.reactions.find((x) => sameEmoji(x.emoji, emoji));
+            const mineToo = !!r?.reacted;
             return (
               <button
                 type="button"
                 key={emoji}
-                class={`reaction ${count ? "has" : ""}`}
-                aria-pressed={r?.reacted ? "true" : "false"}
-                aria-label={count ? `${emoji} ${count}` : `React with ${emoji}`}
-                onClick={() => void store.react(id, m.seq, r?.emoji ?? emoji, !!r?.reacted)}
+                class="tool emoji"
+                aria-label={mineToo ? `Take back ${emoji}` : `React with ${emoji}`}
+                title={mineToo ? `Take back ${emoji}` : `React with ${emoji}`}
+                onClick={() => void store.react(id, m.seq, r?.emoji ?? emoji, mineToo)}
               >
                 {emoji}
-                {count > 0 && <span class="count">{count}</span>}
               </button>
             );
           })}
-          {m.reactions
-            .filter((r) => !EMOJI.some((e) => e.replace(/\uFE0F/g, "") === r.emoji.replace(/\uFE0F/g, "")))
-            .map((r) => (
-              <span key={r.emoji} class="reaction has">
-                {r.emoji}
-                <span class="count">{Number(r.count)}</span>
-              </span>
-            ))}
-        </div>
-      )}
-      {!deleted && !editing && (
-        <div class="actions">
-          <button type="button" class="link" onClick={onReply}>
+          <button type="button" class="tool" onClick={onReply}>
             Reply
           </button>
           {mine && (
             <>
-              <button type="button" class="link" onClick={() => onEdit(true)}>
+              <button type="button" class="tool" onClick={() => onEdit(true)}>
                 Edit
               </button>
-              <button type="button" class="link" onClick={() => void store.remove(id, m.seq)}>
+              <button type="button" class="tool" onClick={() => void store.remove(id, m.seq)}>
                 Delete
               </button>
             </>
@@ -326,11 +344,13 @@ function Composer({
   id,
   replyTo,
   onClearReply,
+  onSent,
 }: {
   store: ChatStore;
   id: string;
   replyTo: Message | null;
   onClearReply: () => void;
+  onSent: () => void;
 }) {
   const [text, setText] = useState("");
   const typingSentAt = useRef(0);
@@ -369,6 +389,7 @@ function Composer({
     const body = text.trim();
     if (!body) return;
     stopTyping();
+    onSent();
     void store.send(id, body, replyTo?.seq);
     setText("");
     onClearReply();

@@ -6,6 +6,7 @@ import {
   Confab,
   ConversationKind,
   MessageKind,
+  newClientMsgId,
   type ConnectionState,
   type Conversation,
   type Message,
@@ -47,6 +48,8 @@ export interface Item {
 /** A message being sent, not yet acknowledged. */
 export interface Pending {
   id: number;
+  /** Chosen here, so the live copy of the message replaces this one. */
+  clientMsgId: string;
   body: string;
   replyToSeq?: bigint;
   error?: string;
@@ -82,11 +85,6 @@ export function tsMillis(t?: { seconds: bigint; nanos: number }): number | undef
 
 export const maxBig = (a: bigint, b: bigint) => (a > b ? a : b);
 
-let clientIds = 0;
-const newClientMsgId = () =>
-  typeof crypto !== "undefined" && "randomUUID" in crypto
-    ? crypto.randomUUID()
-    : `web-${Date.now()}-${++clientIds}-${Math.random().toString(36).slice(2)}`;
 
 export class ChatStore {
   readonly confab: Confab;
@@ -126,7 +124,11 @@ export class ChatStore {
       s.on("receipt", (r) => this.onReceipt(r)),
       s.on("typing", (t) => this.onTyping(t)),
       s.on("presence", (p) => this.onPresence(p)),
-      s.on("error", (e) => this.addError(e instanceof Error ? e.message : String(e))),
+      s.on("error", (e) => {
+        // Gaps and repeats are the session's own bookkeeping: it resumes by itself.
+        if (e.kind === "gap" || e.kind === "repeat") console.warn(`confab: ${e.message}`);
+        else this.addError(e.message);
+      }),
     );
     this.timer = setInterval(() => this.expireTyping(), 500);
     void this.loadConversations();
@@ -316,7 +318,13 @@ export class ChatStore {
       if (this.listLoaded) void this.fetchConversation(m.conversationId);
     }
     const t = this.timelines.get(m.conversationId);
-    if (t) this.insert(t, m, m.seq, false);
+    if (t) {
+      this.insert(t, m, m.seq, false);
+      // The live copy of a message being sent from here: it is sent.
+      if (m.senderId === this.me && t.pending.some((p) => p.clientMsgId === m.clientMsgId)) {
+        t.pending = t.pending.filter((p) => p.clientMsgId !== m.clientMsgId);
+      }
+    }
     if (m.kind === MessageKind.TEXT && m.senderId !== this.me) {
       this.typing.get(m.conversationId)?.delete(m.senderId);
     }
@@ -547,11 +555,11 @@ export class ChatStore {
 
   async send(id: string, body: string, replyToSeq?: bigint) {
     const t = this.timelines.get(id);
-    const p: Pending = { id: ++this.pendingIds, body, replyToSeq };
+    const p: Pending = { id: ++this.pendingIds, clientMsgId: newClientMsgId(), body, replyToSeq };
     t?.pending.push(p);
     this.notify();
     try {
-      const r = await this.session.send(id, body, replyToSeq ? { replyToSeq } : undefined);
+      const r = await this.session.send(id, body, { clientMsgId: p.clientMsgId, ...(replyToSeq ? { replyToSeq } : {}) });
       if (t) {
         t.pending = t.pending.filter((x) => x !== p);
         if (!t.items.has(r.seq)) {
