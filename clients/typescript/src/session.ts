@@ -716,7 +716,20 @@ export class Session {
     }
     this.gapsRetried.delete(conv);
     this.last.set(conv, m.seq);
+    // Removed from it: nothing more comes, and it is not resumed (which the
+    // server would refuse); the next sync reports it removed. Added again,
+    // it is tracked afresh from the first message that comes.
+    if (this.removesSelf(m)) this.last.delete(conv);
     this.emit("message", m);
+  }
+
+  private removesSelf(m: Message): boolean {
+    return (
+      m.kind === MessageKind.SYSTEM &&
+      m.membership?.change === MembershipEvent_Change.REMOVED &&
+      this.self !== undefined &&
+      m.membership.userIds.includes(this.self)
+    );
   }
 
   private emit<K extends keyof Events>(event: K, value: Events[K]): void {

@@ -322,6 +322,34 @@ describe("sessions against confab dev", () => {
     expect(rb.errors).toEqual([]);
   });
 
+  test("a conversation created while connected arrives live from seq 1; a removal is reported by the next sync", async () => {
+    const alice = await user("alice");
+    const bob = await user("bob");
+    const { factory, sockets } = capturingSockets();
+    const b = await live(bob.confab, { webSocket: factory });
+    const rb = new Recorder(b);
+    const removed: string[] = [];
+    b.on("removed", (id) => removed.push(id));
+
+    const conv = await group(alice.confab, [bob.id]);
+    await alice.confab.chat.sendMessage({ conversationId: conv.id, clientMsgId: "l1", body: "live" });
+    await until(() => rb.seqs(conv.id).length === 2, "the CREATED event and the message");
+    expect(rb.messages[0]).toMatchObject({ seq: 1n, kind: MessageKind.SYSTEM });
+    expect(rb.messages[1]).toMatchObject({ seq: 2n, body: "live" });
+
+    await alice.confab.chat.removeMember({ conversationId: conv.id, memberId: bob.id });
+    await until(() => rb.seqs(conv.id).length === 3, "the REMOVED event");
+    expect(rb.messages[2]).toMatchObject({ seq: 3n, kind: MessageKind.SYSTEM, membership: { userIds: [bob.id] } });
+    expect(b.lastSeq(conv.id)).toBeUndefined(); // not resumed on the next connect
+
+    const synced = next(b, "synced");
+    sockets[0].terminate();
+    await synced;
+    expect(removed).toEqual([conv.id]);
+    expect(b.lastSeq(conv.id)).toBeUndefined();
+    expect(rb.errors).toEqual([]);
+  });
+
   test("a bad token: the session ends closed with UNAUTHENTICATED; unary calls fail with Unauthenticated", async () => {
     const bad = new Confab({ baseUrl: server.baseUrl, token: "not-a-jwt" });
     const s = bad.connect({ backoff: { initialMs: 10, maxMs: 50 } });

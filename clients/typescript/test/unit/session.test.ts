@@ -194,6 +194,39 @@ describe("Session frame handling", () => {
     expect(errors).toEqual([]);
   });
 
+  test("removed live: no longer tracked nor resumed; added again: tracked afresh without errors", async () => {
+    const token = `x.${btoa(JSON.stringify({ sub: "bob" })).replace(/=+$/, "")}.y`;
+    const { session, socket } = fakeSession({ lastSeq: { c: 2n } }, token);
+    const s0 = await socket(0);
+    s0.accept();
+    const errors: ConfabError[] = [];
+    session.on("error", (e) => errors.push(e));
+    const system = (seq: bigint, change: MembershipEvent_Change) =>
+      msg("c", seq, { kind: MessageKind.SYSTEM, membership: { change, userIds: ["bob"] } });
+    s0.push(system(3n, MembershipEvent_Change.REMOVED));
+    expect(session.lastSeq("c")).toBeUndefined();
+    s0.push(msg("c", 5n)); // sent while bob was out (SHARED history), filled when he is back
+    s0.push(system(6n, MembershipEvent_Change.ADDED));
+    expect(session.lastSeq("c")).toBe(6n);
+    expect(errors).toEqual([]);
+  });
+
+  test("a refused resume is reported and the conversation is no longer resumed", async () => {
+    const { session, socket } = fakeSession({ lastSeq: { c: 2n, d: 1n } });
+    const s0 = await socket(0);
+    s0.accept();
+    const errors: ConfabError[] = [];
+    session.on("error", (e) => errors.push(e));
+    s0.push({ case: "caughtUp", value: { conversationId: "c", error: { code: 7, message: "not a member" } } });
+    s0.push({ case: "caughtUp", value: { conversationId: "d", seq: 1n } });
+    expect(errors).toMatchObject([{ kind: "refused", code: 7, conversationId: "c" }]);
+    expect(session.lastSeqs()).toEqual({ d: 1n });
+    s0.hangUp(1006);
+    const s1 = await socket(1);
+    s1.accept();
+    expect(s1.sent[0].frame).toMatchObject({ case: "resume", value: { lastSeq: { d: 1n } } });
+  });
+
   test("a send is queued while disconnected, written again on reconnect with the same client_msg_id, resolved by its ack", async () => {
     const { session, socket } = fakeSession();
     const s0 = await socket(0);
