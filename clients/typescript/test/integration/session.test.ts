@@ -23,6 +23,7 @@ import {
   type WebSocketLike,
 } from "../../src/index";
 import { next, Recorder, until, withTimeout } from "../support/events";
+import { startProxy } from "../support/proxy";
 import { startServer, type TestServer } from "../support/server";
 
 let server: TestServer;
@@ -219,7 +220,10 @@ describe("sessions against confab dev", () => {
     for (let i = 1; i <= 50; i++) {
       sends.push(a.send(conv.id, `n${i}`));
       if (i === 10) await until(() => rb.messages.length >= 3, "bob to see traffic");
-      if (i === 15) sockets[0].terminate(); // the connection drops mid-traffic
+      if (i === 15) {
+        expect(rb.messages.length).toBeLessThan(15);
+        sockets[0].terminate(); // the connection drops mid-traffic
+      }
       if (i % 5 === 0) await sends[i - 1];
     }
     // Concurrent sends take their seqs in the order the server commits them
@@ -235,6 +239,33 @@ describe("sessions against confab dev", () => {
     expect(sockets.length).toBeGreaterThanOrEqual(2);
     expect(states).toContain("reconnecting");
     expect(states.at(-1)).toBe("open");
+  });
+
+  test("a dead network path (no FIN, no RST): the missing pong drops it; bob reconnects and misses nothing", async () => {
+    const alice = await user("alice");
+    const bob = await user("bob");
+    const conv = await group(alice.confab, [bob.id]);
+    const proxy = await startProxy(server.baseUrl);
+    try {
+      const viaProxy = new Confab({ baseUrl: proxy.url, token: bob.token });
+      const b = await live(viaProxy, { pingMs: 300 });
+      const rb = new Recorder(b);
+      const states: StateEvent[] = [];
+      b.on("state", (s) => states.push(s));
+      await alice.confab.chat.sendMessage({ conversationId: conv.id, clientMsgId: "d0", body: "before" });
+      await until(() => rb.seqs(conv.id).length === 1, "the first message");
+
+      proxy.blackhole();
+      for (let i = 1; i <= 10; i++) {
+        await alice.confab.chat.sendMessage({ conversationId: conv.id, clientMsgId: `d${i}`, body: `during ${i}` });
+      }
+      await until(() => rb.seqs(conv.id).length === 11, "all 11 after the reconnect");
+      expect(rb.seqs(conv.id)).toEqual(Array.from({ length: 11 }, (_, i) => BigInt(i + 2)));
+      expect(states.find((s) => s.state === "reconnecting")?.error).toMatchObject({ code: 4 }); // DEADLINE_EXCEEDED: no pong
+      expect(rb.errors).toEqual([]);
+    } finally {
+      await proxy.close();
+    }
   });
 
   test("a send whose ack is lost to a disconnect is retried with the same client_msg_id, acked once, stored once", async () => {
