@@ -115,7 +115,7 @@ spec() {
       # The script's own, and those the stack sets below.
       CONFAB_STACK_* | CONFAB_KAFKA_BROKERS | CONFAB_HISTORY_ADDRS | CONFAB_ROUTER_ADDRS | \
         CONFAB_JWT_SECRET | CONFAB_SERVICE_TOKEN | CONFAB_LISTEN | CONFAB_METRICS_LISTEN | \
-        CONFAB_DATABASE_URL | CONFAB_GATEWAY_ID) ;;
+        CONFAB_DATABASE_URL | CONFAB_GATEWAY_ID | CONFAB_HTTP_LISTEN | CONFAB_WEB_DIR) ;;
       *) [ -z "${!name+set}" ] || confab+=("$name=${!name}") ;;
     esac
   done
@@ -147,7 +147,8 @@ spec() {
     gateway)
       cmd=("$BIN/confab-gateway")
       vars=("${rust[@]}" "${confab[@]}" "CONFAB_LISTEN=$GATEWAY_ADDR"
-        "CONFAB_METRICS_LISTEN=$GATEWAY_METRICS" CONFAB_GATEWAY_ID=gateway-1)
+        "CONFAB_METRICS_LISTEN=$GATEWAY_METRICS" CONFAB_GATEWAY_ID=gateway-1
+        "CONFAB_HTTP_LISTEN=$GATEWAY_HTTP" "CONFAB_WEB_DIR=$ROOT/web/dist")
       addr=$GATEWAY_ADDR ready=http://$GATEWAY_METRICS/readyz ;;
     prometheus)
       cmd=(prometheus --config.file="$STACK/prometheus/prometheus.yml"
@@ -170,7 +171,7 @@ write_settings() { # process names...
     echo "# Written by deploy/local/stack.sh up, read by its restart and status, deleted by"
     echo "# its down. Readable by its owner only: it holds the service token and the JWT secret."
     for var in BIN NISSHI PG_PORT PG_DATA KAFKA_BROKERS HISTORY_ADDR ROUTER_ADDR GATEWAY_ADDR \
-      HISTORY_METRICS ROUTER_METRICS GATEWAY_METRICS PROMETHEUS_ADDR DATABASE_URL \
+      HISTORY_METRICS ROUTER_METRICS GATEWAY_METRICS GATEWAY_HTTP PROMETHEUS_ADDR DATABASE_URL \
       JWT_SECRET SERVICE_TOKEN; do
       printf '%s=%q\n' "$var" "${!var}"
     done
@@ -235,6 +236,8 @@ up() {
   HISTORY_ADDR=127.0.0.1:${ports[2]} ROUTER_ADDR=127.0.0.1:${ports[3]}
   HISTORY_METRICS=127.0.0.1:${ports[4]} ROUTER_METRICS=127.0.0.1:${ports[5]}
   GATEWAY_METRICS=127.0.0.1:${ports[6]}
+  # The web app, WebSocket and gRPC-Web (docs/browser.md): 8080 if free.
+  GATEWAY_HTTP=127.0.0.1:${CONFAB_STACK_HTTP_PORT:-$(port_or_free 8080)}
   PROMETHEUS_ADDR=
   [ -z "$PROMETHEUS" ] || PROMETHEUS_ADDR=127.0.0.1:${CONFAB_STACK_PROMETHEUS_PORT:-$(port_or_free 9090)}
   DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/confab"
@@ -288,7 +291,8 @@ JSON
   [ -z "$PROMETHEUS" ] || start_prometheus
 
   cat <<MSG
-stack: up. gateway on $GATEWAY_ADDR (history $HISTORY_ADDR, router $ROUTER_ADDR,
+stack: up. web app on http://$GATEWAY_HTTP (a token from make -s token NAME=alice)
+       gateway on $GATEWAY_ADDR (history $HISTORY_ADDR, router $ROUTER_ADDR,
        kafka $KAFKA_BROKERS, postgres 127.0.0.1:$PG_PORT); logs in $STACK/logs
        $metrics_line${PROMETHEUS_URL:+
        prometheus: $PROMETHEUS_URL (alerts: $PROMETHEUS_URL/alerts; data in $STACK/prometheus/data)}

@@ -6,11 +6,17 @@ use anyhow::{anyhow, Result};
 use confab_auth::Authenticator;
 use confab_proto::v1::chat_client::ChatClient;
 use confab_proto::v1::*;
+use futures::StreamExt;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use tonic::{Request, Status, Streaming};
+use tonic::{Request, Status};
+
+/// A session's frames from the server, ending with the status it ended
+/// with: a gRPC stream's body, or a WebSocket's messages ([`crate::ws`]).
+pub type Inbound =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<ServerFrame, Status>> + Send>>;
 
 /// A signed token for `user` with the test secret.
 pub fn token(user: &str) -> String {
@@ -26,6 +32,9 @@ pub struct User {
     bearer: String,
     /// The gRPC client.
     pub client: ChatClient<Channel>,
+    /// Where this user's sessions go: `None`, `Connect` on the gRPC
+    /// server; else the WebSocket of the gateway's HTTP listener there.
+    websocket: Option<SocketAddr>,
 }
 
 impl User {
@@ -45,6 +54,7 @@ impl User {
             name: name.to_string(),
             bearer: format!("Bearer {token}"),
             client: ChatClient::new(channel),
+            websocket: None,
         }
     }
 
@@ -54,7 +64,15 @@ impl User {
             name: name.to_string(),
             bearer: format!("Bearer {}", token(name)),
             client: ChatClient::new(channel),
+            websocket: None,
         }
+    }
+
+    /// This user with its sessions over the WebSocket of the HTTP listener
+    /// at `http` (its unary calls stay gRPC).
+    pub fn sessions_over_websocket(mut self, http: SocketAddr) -> Self {
+        self.websocket = Some(http);
+        self
     }
 
     /// Wraps `msg` with this user's authorization metadata.
@@ -475,6 +493,9 @@ impl User {
 
     /// Opens a `Connect` session; `first` is sent as its first frame.
     pub async fn session(&self, first: client_frame::Frame) -> Result<Session, Status> {
+        if let Some(http) = self.websocket {
+            return self.websocket_session(http, first).await;
+        }
         let (tx, rx) = mpsc::channel::<ClientFrame>(64);
         tx.send(ClientFrame { frame: Some(first) })
             .await
@@ -486,6 +507,36 @@ impl User {
             .connect(self.req(stream))
             .await?
             .into_inner();
+        Ok(Session {
+            tx,
+            inbound: Box::pin(inbound),
+        })
+    }
+
+    /// [`User::session`] over the WebSocket at `http`. A gRPC `Connect`
+    /// refused at open (a bad token, too many streams) fails the call; a
+    /// WebSocket is refused by a close right after the upgrade, so the
+    /// answer to `first` is awaited to tell the two apart (every frame but
+    /// `typing` is answered).
+    async fn websocket_session(
+        &self,
+        http: SocketAddr,
+        first: client_frame::Frame,
+    ) -> Result<Session, Status> {
+        let token = self.bearer.trim_start_matches("Bearer ");
+        let (tx, mut inbound) = crate::ws::open(http, token).await?;
+        let answered = !matches!(first, client_frame::Frame::Typing(_));
+        tx.send(ClientFrame { frame: Some(first) })
+            .await
+            .expect("queue first frame");
+        if answered {
+            let peeked = match tokio::time::timeout(DEADLINE, inbound.next()).await {
+                Ok(Some(Err(status))) => return Err(status),
+                Ok(first) => first,
+                Err(_) => Some(Err(Status::deadline_exceeded("test: no frame in time"))),
+            };
+            inbound = Box::pin(futures::stream::iter(peeked).chain(inbound));
+        }
         Ok(Session { tx, inbound })
     }
 
@@ -510,10 +561,16 @@ pub struct Session {
     /// Frames to the server.
     pub tx: mpsc::Sender<ClientFrame>,
     /// Frames from the server.
-    pub inbound: Streaming<ServerFrame>,
+    pub inbound: Inbound,
 }
 
 impl Session {
+    /// The next frame from the server; `Ok(None)` when the stream ended
+    /// without a status (as tonic's `Streaming::message`).
+    pub async fn message(&mut self) -> Result<Option<ServerFrame>, Status> {
+        self.inbound.next().await.transpose()
+    }
+
     /// Sends a frame.
     pub async fn send(&self, frame: client_frame::Frame) {
         self.tx
@@ -646,7 +703,7 @@ impl Session {
 
     /// The next frame, failing the test after `DEADLINE`.
     pub async fn next_frame(&mut self) -> Result<server_frame::Frame> {
-        let next = tokio::time::timeout(DEADLINE, self.inbound.message())
+        let next = tokio::time::timeout(DEADLINE, self.message())
             .await
             .map_err(|_| anyhow!("no frame within {DEADLINE:?}"))?;
         match next {
@@ -659,7 +716,7 @@ impl Session {
 
     /// The next frame or the status the stream ended with.
     pub async fn next_or_status(&mut self) -> Result<server_frame::Frame, Status> {
-        match tokio::time::timeout(DEADLINE, self.inbound.message()).await {
+        match tokio::time::timeout(DEADLINE, self.message()).await {
             Err(_) => Err(Status::deadline_exceeded("test: no frame in time")),
             Ok(Ok(Some(ServerFrame { frame: Some(f) }))) => Ok(f),
             Ok(Ok(_)) => Err(Status::ok("stream ended")),

@@ -219,6 +219,12 @@ impl Cluster {
                 service_token: crate::topology::service_token(),
                 transport: Transport::public(),
                 internal_tls: None,
+                // No HTTP listener: the cluster's sessions are gRPC.
+                web: confab_gateway::web::WebConfig::from_env(
+                    &std::collections::HashMap::<String, String>::new(),
+                    None,
+                )
+                .expect("the default HTTP listener settings"),
             };
             let hub = config.hub.clone();
             let node = Node::spawn(|l, s| confab_gateway::distributed::run(config, l, s)).await;

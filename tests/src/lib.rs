@@ -39,6 +39,7 @@ pub mod topology;
 pub mod traffic;
 pub mod wait;
 pub mod wire;
+pub mod ws;
 
 pub use client::{seqs, token, Session, SyncCopy, Synced, User};
 pub use procs::{confab_bin, free_port, DevProcess};
@@ -93,6 +94,8 @@ pub fn test_config(data_dir: &Path, overrides: &[(&str, &str)]) -> DevConfig {
     env.insert("CONFAB_JWT_SECRET".into(), SECRET.into());
     env.insert("CONFAB_DATA_DIR".into(), data_dir.display().to_string());
     env.insert("CONFAB_PRESENCE_GRACE_MS".into(), PRESENCE_GRACE_MS.into());
+    // Tests run side by side: none takes the default 127.0.0.1:8080.
+    env.insert("CONFAB_HTTP_LISTEN".into(), "off".into());
     for (k, v) in overrides {
         env.insert(k.to_string(), v.to_string());
     }
@@ -103,6 +106,9 @@ pub fn test_config(data_dir: &Path, overrides: &[(&str, &str)]) -> DevConfig {
 pub struct Embedded {
     /// Where it serves gRPC.
     pub addr: SocketAddr,
+    /// Where its HTTP listener (web app, WebSocket, gRPC-Web) is, when
+    /// `CONFAB_HTTP_LISTEN` was given.
+    pub http: Option<SocketAddr>,
     /// The server.
     served: Served,
     /// Holds the data directory for the test's lifetime.
@@ -120,9 +126,25 @@ impl Embedded {
         init_tracing();
         let dir = tempfile::tempdir().expect("tempdir");
         let config = test_config(dir.path(), overrides);
+        let http = config.web.listen.as_deref().map(|a| {
+            a.parse()
+                .expect("CONFAB_HTTP_LISTEN of a test is an address")
+        });
         let served =
             Served::listen(|listener, signal| confab::dev::run(config, listener, signal)).await;
+        // The HTTP listener is bound by `run`, after the gRPC one it is given.
+        if let Some(http) = http {
+            poll(
+                "the HTTP listener",
+                DEADLINE,
+                Duration::from_millis(10),
+                || async move { Ok(tokio::net::TcpStream::connect(http).await.ok().map(|_| ())) },
+            )
+            .await
+            .expect("the HTTP listener accepts connections");
+        }
         Self {
+            http,
             addr: served.addr(),
             served,
             _dir: dir,

@@ -397,6 +397,9 @@ pub struct DevProcess {
     child: Child,
     /// Where it serves.
     pub addr: SocketAddr,
+    /// Where its HTTP listener is (web app, WebSocket, gRPC-Web), unless
+    /// `env` set `CONFAB_HTTP_LISTEN` otherwise.
+    pub http: SocketAddr,
 }
 
 impl DevProcess {
@@ -428,6 +431,8 @@ impl DevProcess {
         log: Option<&Path>,
     ) -> Result<Self> {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        // Not the default 127.0.0.1:8080: tests run side by side.
+        let http = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
         let mut cmd = Command::new(bin);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
             cmd.env_remove(k);
@@ -443,6 +448,7 @@ impl DevProcess {
             .args(["dev", "--listen", &addr.to_string(), "--data-dir"])
             .arg(data_dir)
             .env("CONFAB_JWT_SECRET", SECRET)
+            .env("CONFAB_HTTP_LISTEN", http.to_string())
             .envs(GENEROUS_LIMITS.iter().copied())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -450,7 +456,7 @@ impl DevProcess {
             .stderr(stderr)
             .spawn()
             .context("spawn confab dev")?;
-        let mut me = Self { child, addr };
+        let mut me = Self { child, addr, http };
         wait_listening(&mut me.child, &addr.to_string(), DEADLINE)
             .map_err(|e| anyhow!("confab dev: {e}"))?;
         Ok(me)

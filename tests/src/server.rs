@@ -18,6 +18,10 @@ pub enum Kind {
     /// Gateway, router and history as separate services on the real broker
     /// and PostgreSQL, in this process.
     Cluster,
+    /// `confab dev` in this process, with every session over the
+    /// WebSocket of its HTTP listener (docs/browser.md) instead of gRPC
+    /// `Connect`; unary calls stay gRPC.
+    EmbeddedWebSocket,
 }
 
 /// The settings tests change; `None` keeps the default.
@@ -74,8 +78,14 @@ impl Server {
     /// (for a cluster: once every gateway is attached to every router).
     pub async fn start(kind: Kind, settings: Settings) -> Server {
         match kind {
-            Kind::Embedded => {
-                let env = settings.env();
+            Kind::Embedded | Kind::EmbeddedWebSocket => {
+                let mut env = settings.env();
+                if kind == Kind::EmbeddedWebSocket {
+                    env.push((
+                        "CONFAB_HTTP_LISTEN",
+                        format!("127.0.0.1:{}", crate::free_port()),
+                    ));
+                }
                 let overrides: Vec<(&str, &str)> =
                     env.iter().map(|(k, v)| (*k, v.as_str())).collect();
                 Server::Embedded(Embedded::start_with(&overrides).await)
@@ -87,6 +97,7 @@ impl Server {
     /// Which topology this is.
     pub fn kind(&self) -> Kind {
         match self {
+            Server::Embedded(e) if e.http.is_some() => Kind::EmbeddedWebSocket,
             Server::Embedded(_) => Kind::Embedded,
             Server::Cluster(_) => Kind::Cluster,
         }
@@ -115,7 +126,22 @@ impl Server {
 
     /// A client of gateway `gateway` acting as `name`.
     pub async fn user_on(&self, gateway: usize, name: &str) -> User {
-        User::connect(self.gateway_addr(gateway), name).await
+        self.over_sessions(User::connect(self.gateway_addr(gateway), name).await)
+    }
+
+    /// A client (of gateway 0) presenting `token`, which may be invalid.
+    pub async fn user_with_token(&self, name: &str, token: &str) -> User {
+        self.over_sessions(User::with_token(self.addr(), name, token).await)
+    }
+
+    /// `user` with its sessions on this server's session transport.
+    fn over_sessions(&self, user: User) -> User {
+        match self {
+            Server::Embedded(Embedded {
+                http: Some(http), ..
+            }) => user.sessions_over_websocket(*http),
+            _ => user,
+        }
     }
 
     /// The cluster, if this is one.

@@ -28,6 +28,12 @@ use tonic::{Code, Status};
 async fn start(kind: Kind, env: &[(&str, &str)]) -> Server {
     match kind {
         Kind::Embedded => Server::Embedded(Embedded::start_with(env).await),
+        Kind::EmbeddedWebSocket => {
+            let http = format!("127.0.0.1:{}", free_port());
+            let mut env = env.to_vec();
+            env.push(("CONFAB_HTTP_LISTEN", &http));
+            Server::Embedded(Embedded::start_with(&env).await)
+        }
         Kind::Cluster => {
             let vars: HashMap<String, String> = GENEROUS_LIMITS
                 .iter()

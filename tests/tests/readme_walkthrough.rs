@@ -255,9 +255,12 @@ fn start_server(bin: &Path, work: &Path) -> Server {
         let log = work.join(format!("server-{attempt}.log"));
         let out = File::create(&log).expect("server log");
         let err = out.try_clone().expect("server log");
+        // Its HTTP listener on a free port, not the default 8080: tests run
+        // side by side (the web app's own tests use it).
         let child = Command::new(bin)
             .args(["dev", "--listen", &addr, "--data-dir"])
             .arg(&data)
+            .env("CONFAB_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -12,6 +12,7 @@
 use confab_proto::v1::*;
 use confab_tests::cluster::{Cluster, Node, Shape};
 use confab_tests::*;
+use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -142,7 +143,7 @@ impl Watch {
         let l = log.clone();
         let task = tokio::spawn(async move {
             loop {
-                let next = inbound.message().await;
+                let next = inbound.next().await.transpose();
                 let mut log = lock(&l);
                 match next {
                     Ok(Some(ServerFrame { frame: Some(f) })) => match f {

@@ -325,7 +325,7 @@ async fn closing_status(session: &mut confab_tests::Session) -> tonic::Status {
     let mut frames = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        match tokio::time::timeout(left, session.inbound.message()).await {
+        match tokio::time::timeout(left, session.message()).await {
             Err(_) => panic!("stream not closed within {DEADLINE:?}; got {frames:?}"),
             Ok(Ok(Some(frame))) => frames.push(frame),
             Ok(Ok(None)) => panic!("stream ended without a status; got {frames:?}"),

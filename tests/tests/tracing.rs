@@ -615,7 +615,10 @@ async fn a_message_is_one_trace_from_the_sender_to_the_recipients_stream() {
         .await
         .expect("connect")
         .into_inner();
-    let mut stream = Session { tx, inbound };
+    let mut stream = Session {
+        tx,
+        inbound: Box::pin(inbound),
+    };
     stream
         .send_text(&conv.id, "traced-3", "from a stream")
         .await;

@@ -6,7 +6,11 @@
 use confab_auth::{AuthConfig, Authenticator, DEV_SECRET};
 use confab_core::config::{millis_or, parse_or, ConfigError, Env};
 use confab_core::seams::MemTopic;
+use confab_gateway::web::WebConfig;
 use confab_gateway::{ChatService, GatewayConfig, Hub};
+
+/// Where `confab dev` serves the web app, WebSocket and gRPC-Web.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
 use confab_history::{LocalHistory, SqliteStore};
 use confab_runtime::readiness::{all_of, watch_part, Readiness};
 use confab_runtime::shutdown::{either, Signal};
@@ -46,6 +50,9 @@ pub struct DevConfig {
     /// How long a user whose last session ended still counts as online
     /// (`CONFAB_PRESENCE_GRACE_MS`).
     pub presence_grace: Duration,
+    /// The HTTP listener for browsers (`CONFAB_HTTP_LISTEN`, default
+    /// `127.0.0.1:8080`; docs/browser.md).
+    pub web: WebConfig,
 }
 
 impl DevConfig {
@@ -82,6 +89,7 @@ impl DevConfig {
             metrics_listen: confab_runtime::endpoints::listen_from_env(env),
             transport,
             presence_grace: confab_core::presence::grace_from_env(env)?,
+            web: WebConfig::from_env(env, Some(DEFAULT_HTTP_LISTEN))?,
         };
         config.check()?;
         Ok(config)
@@ -175,6 +183,19 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
         watch_part("sequencer", all_of(sequencers), &config.readiness);
     let (routing, router_failed) = watch_part("router", all_of(routers), &config.readiness);
     let stop = either(shutdown, either(sequencer_failed, router_failed));
+    // The public development secret mints tokens for the web app's
+    // sign-in too (docs/security.md).
+    let dev_tokens = match config.uses_dev_secret() {
+        true => Some(config.authenticator().map_err(anyhow::Error::msg)?),
+        false => None,
+    };
+    let web = confab_gateway::web::router(
+        service.clone(),
+        config.transport.max_message_bytes,
+        &config.web,
+        dev_tokens,
+    );
+    confab_gateway::web::start(&config.web, web, stop.clone()).await?;
     confab_gateway::service::server(service, config.transport.clone())
         .readiness(config.readiness.clone())
         .serve(listener, stop)

@@ -47,6 +47,9 @@ pub struct DistributedConfig {
     pub internal_tls: Option<ClientTls>,
     /// Whether this process should get traffic (see [`Readiness`]).
     pub readiness: Readiness,
+    /// The HTTP listener for browsers (`CONFAB_HTTP_LISTEN`, none by
+    /// default; docs/browser.md).
+    pub web: crate::web::WebConfig,
 }
 
 impl ServiceConfig for DistributedConfig {
@@ -88,8 +91,10 @@ impl ServiceConfig for DistributedConfig {
         // Last, so the variables above are reported first.
         let service_token = ServiceToken::from_env(env)?;
         history.service_token = Some(service_token.clone());
+        let web = crate::web::WebConfig::from_env(env, None)?;
         Ok(Self {
             readiness: Readiness::new(),
+            web,
             hub: Hub::new(gateway_id),
             auth,
             gateway,
@@ -144,6 +149,14 @@ pub async fn run(
         history,
         shutdown.clone(),
     );
+    // Tokens come from the deployment's issuer: no development tokens here.
+    let web = crate::web::router(
+        service.clone(),
+        config.transport.max_message_bytes,
+        &config.web,
+        None,
+    );
+    crate::web::start(&config.web, web, shutdown.clone()).await?;
     // Stops taking connections and calls (GOAWAY), ends every stream with
     // UNAVAILABLE once its pending acks are out, and returns when the calls
     // in flight have their answers.

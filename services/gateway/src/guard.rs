@@ -175,8 +175,7 @@ impl<S> tower::Layer<S> for GuardLayer {
     fn layer(&self, inner: S) -> Guard<S> {
         Guard {
             inner,
-            auth: self.auth.clone(),
-            limiter: self.limiter.clone(),
+            front: self.clone(),
         }
     }
 }
@@ -186,15 +185,29 @@ impl<S> tower::Layer<S> for GuardLayer {
 #[derive(Clone)]
 pub struct Guard<S> {
     inner: S,
-    auth: Authenticator,
-    limiter: Limiter,
+    front: GuardLayer,
 }
 
 impl<S: NamedService> NamedService for Guard<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> Guard<S> {
+impl GuardLayer {
+    /// A `Connect` session opened over another transport (a WebSocket,
+    /// `crate::web`), admitted as a `Connect` call with `token` as its
+    /// bearer token would be: the caller, holding one of its stream slots.
+    pub fn admit_stream(&self, token: &str) -> Result<Caller, Status> {
+        let mut headers = http::HeaderMap::new();
+        let value = http::HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            Status::unauthenticated(
+                "the token has characters a token cannot have; send the JWT as issued",
+            )
+        })?;
+        headers.insert(http::header::AUTHORIZATION, value);
+        self.admit("/confab.v1.Chat/Connect", &headers)?
+            .ok_or_else(|| Status::internal("Connect is missing from the gateway's method table"))
+    }
+
     /// The caller of a call to `path` with `headers`, admitted; `None` for
     /// a path that is not a Chat method.
     fn admit(&self, path: &str, headers: &http::HeaderMap) -> Result<Option<Caller>, Status> {
@@ -230,7 +243,7 @@ impl<S> Guard<S> {
 /// client's `traceparent` metadata or starting a trace: what the handler
 /// does runs in it (a `Connect` stream's session for as long as it lasts),
 /// so writes, reads from history and log lines carry its trace.
-fn call_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+pub(crate) fn call_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
     let method = path.rsplit('/').next().unwrap_or(path);
     let span = confab_runtime::hop_span!("gateway.call", method);
     trace::start(&span, TraceParent::from_headers(headers));
@@ -250,7 +263,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        match self.admit(req.uri().path(), req.headers()) {
+        match self.front.admit(req.uri().path(), req.headers()) {
             Ok(caller) => {
                 let span = match caller {
                     Some(caller) => {
@@ -432,6 +445,7 @@ mod tests {
             }),
         );
         let first = g
+            .front
             .admit(
                 "/confab.v1.Chat/Connect",
                 request("/", Some("alice")).headers(),
@@ -439,6 +453,7 @@ mod tests {
             .expect("admitted")
             .expect("a Chat method");
         let err = g
+            .front
             .admit(
                 "/confab.v1.Chat/Connect",
                 request("/", Some("alice")).headers(),

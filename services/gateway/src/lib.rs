@@ -11,6 +11,7 @@ pub mod session;
 pub mod submit;
 pub mod sync;
 pub mod user_limits;
+pub mod web;
 
 pub use hub::Hub;
 pub use service::{server, ChatService, GatewayConfig};

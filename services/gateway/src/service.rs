@@ -151,7 +151,7 @@ pub struct ChatService {
     limiter: Limiter,
     /// The largest decoded message (`CONFAB_MAX_MESSAGE_BYTES`), named when a
     /// stream frame is over it.
-    max_message_bytes: usize,
+    pub(crate) max_message_bytes: usize,
 }
 
 impl ChatService {
@@ -184,6 +184,47 @@ impl ChatService {
         GuardLayer::new(self.auth.clone(), self.limiter.clone())
     }
 
+    /// Starts the live session of `user`, admitted with `stream_slot`, on
+    /// the client frames `inbound`, and returns the frames for the client;
+    /// the stream's last item is the status it ends with (none when the
+    /// client left). Both transports open sessions here: a gRPC `Connect`
+    /// stream, and a WebSocket (`crate::web`), which only translates frames.
+    /// The session ends with UNAUTHENTICATED at `valid_until`, when the
+    /// caller's token does, and runs in the current span (the call's trace).
+    pub fn open_session(
+        &self,
+        user: String,
+        valid_until: std::time::SystemTime,
+        stream_slot: crate::user_limits::StreamGuard,
+        inbound: crate::session::Inbound,
+        peer: Option<std::net::SocketAddr>,
+    ) -> FrameStream {
+        // Small on purpose: a slow reader backs up into its live queue,
+        // which is what detects it (see `Hub::deliver`).
+        let (out_tx, out_rx) = mpsc::channel(32);
+        let (kill_tx, kill_rx) = mpsc::channel(1);
+        let (end_tx, end_rx) = mpsc::channel(1);
+        let session = Session {
+            user,
+            hub: self.hub.clone(),
+            history: self.history.clone(),
+            submitter: self.submitter.clone(),
+            limits: self.config.limits,
+            out: out_tx,
+            kill: kill_tx,
+            end: end_tx,
+            queue: self.config.session_queue,
+            shutdown: self.shutdown.clone(),
+            limiter: self.limiter.clone(),
+            stream_slot,
+            max_message_bytes: self.max_message_bytes,
+            peer,
+        };
+        let session = session.run_until(inbound, Some(valid_until));
+        tokio::spawn(tracing::Instrument::in_current_span(session));
+        Box::pin(frames(out_rx, kill_rx, end_rx))
+    }
+
     /// Submits `command`, a change to an earlier message of `conv`, and
     /// returns its event.
     async fn message_change(
@@ -211,7 +252,9 @@ impl ChatService {
     }
 }
 
-type FrameStream = Pin<Box<dyn Stream<Item = Result<ServerFrame, Status>> + Send>>;
+/// The frames a session sends its client, ending with the status the
+/// session ended with, if any.
+pub type FrameStream = Pin<Box<dyn Stream<Item = Result<ServerFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Chat for ChatService {
@@ -230,37 +273,16 @@ impl Chat for ChatService {
                 "the gateway is misconfigured: Connect was admitted without a stream slot",
             )
         })?;
-        let Caller {
-            user, valid_until, ..
-        } = caller;
-        // Small on purpose: a slow reader backs up into its live queue,
-        // which is what detects it (see `Hub::deliver`).
-        let (out_tx, out_rx) = mpsc::channel(32);
-        let (kill_tx, kill_rx) = mpsc::channel(1);
-        let (end_tx, end_rx) = mpsc::channel(1);
-        let session = Session {
-            user,
-            hub: self.hub.clone(),
-            history: self.history.clone(),
-            submitter: self.submitter.clone(),
-            limits: self.config.limits,
-            out: out_tx,
-            kill: kill_tx,
-            end: end_tx,
-            queue: self.config.session_queue,
-            shutdown: self.shutdown.clone(),
-            limiter: self.limiter.clone(),
+        let frames = self.open_session(
+            caller.user,
+            caller.valid_until,
             stream_slot,
-            max_message_bytes: self.max_message_bytes,
+            Box::pin(req.into_inner()),
             peer,
-        };
-        // The stream ends with UNAUTHENTICATED when its token does. The
-        // session runs in the stream's `gateway.call` span (its trace).
-        let session = session.run_until(req.into_inner(), Some(valid_until));
-        tokio::spawn(tracing::Instrument::in_current_span(session));
+        );
         // A stream's frames are compressed all or none: most are a message
         // or an ack, too small to pay for it (confab_runtime::compression).
-        let mut response = Response::new(Box::pin(frames(out_rx, kill_rx, end_rx)) as FrameStream);
+        let mut response = Response::new(frames);
         confab_runtime::compression::uncompressed(&mut response);
         Ok(response)
     }
@@ -577,15 +599,25 @@ pub fn server(mut service: ChatService, transport: Transport) -> Server {
     service.max_message_bytes = transport.max_message_bytes;
     // The guard wraps the Chat routes only: health and reflection, routed
     // beside them by the server, stay open.
-    let history = service.history.clone();
-    let chat =
-        tower::ServiceBuilder::new()
-            .layer(service.guard())
-            .service(crate::sync::SyncRoute::new(
-                confab_runtime::compressed!(ChatServer::new(service))
-                    .max_decoding_message_size(transport.max_message_bytes),
-                history,
-                transport.max_message_bytes,
-            ));
+    let chat = chat_routes(service, transport.max_message_bytes);
     Server::new("gateway", chat, confab_proto::PUBLIC_FILE_DESCRIPTOR_SET).transport(transport)
+}
+
+/// The Chat service's routes behind its guard, taking requests of up to
+/// `max_message_bytes`: what gRPC ([`server`]) and gRPC-Web
+/// ([`crate::web`]) both serve.
+pub fn chat_routes(
+    mut service: ChatService,
+    max_message_bytes: usize,
+) -> crate::guard::Guard<crate::sync::SyncRoute<ChatServer<ChatService>>> {
+    service.max_message_bytes = max_message_bytes;
+    let history = service.history.clone();
+    tower::ServiceBuilder::new()
+        .layer(service.guard())
+        .service(crate::sync::SyncRoute::new(
+            confab_runtime::compressed!(ChatServer::new(service))
+                .max_decoding_message_size(max_message_bytes),
+            history,
+            max_message_bytes,
+        ))
 }

@@ -452,7 +452,7 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
 
     let expect = expect_refused;
     // Authentication.
-    let anon = User::with_token(server.addr(), "x", "").await;
+    let anon = server.user_with_token("x", "").await;
     let mut req = tonic::Request::new(confab_proto::v1::SendMessageRequest::default());
     req.metadata_mut().remove("authorization");
     let e = anon
@@ -463,14 +463,14 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
         .expect_err("no token");
     assert_eq!(e.code(), Code::Unauthenticated);
     assert!(e.message().contains("authorization"), "{e:?}");
-    let forged = User::with_token(
-        server.addr(),
-        "alice",
-        &confab_auth::Authenticator::new("another-secret-entirely")
-            .mint("alice", 60)
-            .expect("mint"),
-    )
-    .await;
+    let forged = server
+        .user_with_token(
+            "alice",
+            &confab_auth::Authenticator::new("another-secret-entirely")
+                .mint("alice", 60)
+                .expect("mint"),
+        )
+        .await;
     expect(
         forged.send(&conv.id, "f", "x").await,
         Code::Unauthenticated,
@@ -479,7 +479,7 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
     let expired_token = confab_auth::Authenticator::new(SECRET)
         .mint_expiring_at("alice", 1_000)
         .expect("mint");
-    let expired = User::with_token(server.addr(), "alice", &expired_token).await;
+    let expired = server.user_with_token("alice", &expired_token).await;
     refused_send_and_read(&expired, &conv.id, Code::Unauthenticated, "expired").await;
     let e = expired
         .session(client_frame::Frame::Ping(Ping::default()))
@@ -491,7 +491,7 @@ pub async fn bad_requests_get_precise_statuses_and_disturb_nobody(kind: Kind) {
         Some(Code::Unauthenticated),
         "Connect checks the token when the stream opens"
     );
-    let garbage = User::with_token(server.addr(), "alice", "not.a.jwt").await;
+    let garbage = server.user_with_token("alice", "not.a.jwt").await;
     expect(
         garbage.send(&conv.id, "g", "x").await,
         Code::Unauthenticated,
@@ -597,13 +597,19 @@ pub async fn a_reader_that_falls_behind_is_disconnected_and_can_resume(kind: Kin
     // bob does not read while far more is sent than the HTTP/2 window
     // (2 MiB in hyper's client) and the server's queues hold.
     let body = "z".repeat(32 * 1024);
-    // 8 concurrent senders × 25 = 6.4 MB, 3 × what bob's buffers hold.
+    // 8 concurrent senders × 25 = 6.4 MB, 3 × what bob's buffers hold. A
+    // WebSocket has TCP's buffers instead of a window: the gateway's send
+    // buffer grows up to 4 MiB (net.ipv4.tcp_wmem), so twice as much.
+    let per_sender = match kind {
+        Kind::EmbeddedWebSocket => 50,
+        _ => 25,
+    };
     let mut senders = Vec::new();
     for w in 0..8 {
         let (alice, id, body) = (alice.clone(), conv.id.clone(), body.clone());
         senders.push(tokio::spawn(async move {
             let mut last = 0;
-            for i in 0..25 {
+            for i in 0..per_sender {
                 let m = alice.send(&id, &format!("f{w}-{i}"), &body).await;
                 last = last.max(m.expect("send").seq);
             }
@@ -614,7 +620,7 @@ pub async fn a_reader_that_falls_behind_is_disconnected_and_can_resume(kind: Kin
     for s in senders {
         last = last.max(s.await.expect("sender"));
     }
-    assert_eq!(last, 201);
+    assert_eq!(last, 1 + 8 * per_sender);
     let status = slow.end_status().await;
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains("resume"), "{status:?}");

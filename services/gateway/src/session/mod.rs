@@ -21,11 +21,22 @@ use confab_core::seams::{HistoryApi, Live};
 use confab_core::validate::SizeLimits;
 use confab_proto::v1::{server_frame, ClientFrame, ServerFrame};
 use confab_runtime::shutdown::Signal;
+use futures::{Stream, StreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, Semaphore};
-use tonic::{Status, Streaming};
+use tonic::Status;
+
+/// A client's frames, from either transport: a gRPC `Connect` stream's
+/// body, or a WebSocket's messages (`crate::web::ws`). An `Err` is a frame
+/// that could not be taken in, or a broken stream.
+pub type Inbound = std::pin::Pin<Box<dyn Stream<Item = Result<ClientFrame, Status>> + Send>>;
+
+/// The next frame of `inbound`: `Ok(None)` when the client half-closed.
+async fn next_frame(inbound: &mut Inbound) -> Result<Option<ClientFrame>, Status> {
+    inbound.next().await.transpose()
+}
 
 /// The seqs of one conversation sent on this stream: every seq in
 /// `first..=last` has been sent, nothing above `last`.
@@ -74,7 +85,7 @@ pub struct Session {
 }
 
 /// The method a session serves, as logged.
-const CONNECT_PATH: &str = "/confab.v1.Chat/Connect";
+pub const CONNECT_PATH: &str = "/confab.v1.Chat/Connect";
 
 /// Longest wait for the routers to confirm a new session's presence.
 pub const PRESENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -100,7 +111,7 @@ async fn expiry(deadline: Option<tokio::time::Instant>) {
 
 impl Session {
     /// Runs the session until the client leaves, is kicked, or shutdown.
-    pub async fn run(self, inbound: Streaming<ClientFrame>) {
+    pub async fn run(self, inbound: Inbound) {
         self.run_until(inbound, None).await
     }
 
@@ -108,11 +119,7 @@ impl Session {
     /// ([`STREAM_EXPIRED`]) at `valid_until` (the token's
     /// [`confab_auth::Authenticated::valid_until`]), whether or not
     /// the client sends anything.
-    pub async fn run_until(
-        self,
-        mut inbound: Streaming<ClientFrame>,
-        valid_until: Option<SystemTime>,
-    ) {
+    pub async fn run_until(self, mut inbound: Inbound, valid_until: Option<SystemTime>) {
         let deadline = valid_until.map(|t| {
             tokio::time::Instant::now() + t.duration_since(SystemTime::now()).unwrap_or_default()
         });
@@ -128,7 +135,7 @@ impl Session {
         // Live delivery starts after the first frame, so that a first
         // `resume` is always applied before any live message.
         let first = tokio::select! {
-            f = inbound.message() => f,
+            f = next_frame(&mut inbound) => f,
             _ = state.s.out.closed() => return,
             _ = state.s.shutdown.clone().wait() => return state.shutting_down().await,
             _ = &mut expired => return state.expired(),
@@ -171,7 +178,7 @@ impl Session {
                 _ = &mut shutdown => return state.shutting_down().await,
                 _ = &mut expired => return state.expired(),
                 _ = state.s.out.closed() => return,
-                frame = inbound.message(), if inbound_open && state.indicators.paused_until.is_none() => match frame {
+                frame = next_frame(&mut inbound), if inbound_open && state.indicators.paused_until.is_none() => match frame {
                     Ok(Some(frame)) => state.handle(frame).await,
                     // Half-closed: keep delivering until the client hangs up.
                     Ok(None) => { inbound_open = false; Ok(()) }
