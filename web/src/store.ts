@@ -110,6 +110,8 @@ export class ChatStore {
   private wasOpen = false;
   private marking = new Map<string, bigint>();
   private pendingIds = 0;
+  /** The last send of each conversation: the next waits for it. */
+  private sendChains = new Map<string, Promise<void>>();
 
   constructor(baseUrl: string, token: string, me: string) {
     this.me = me;
@@ -558,8 +560,16 @@ export class ChatStore {
     const p: Pending = { id: ++this.pendingIds, clientMsgId: newClientMsgId(), body, replyToSeq };
     t?.pending.push(p);
     this.notify();
+    // One send at a time per conversation: the gateway handles the send
+    // frames of one stream concurrently, so two written back to back may be
+    // stored in either order; waiting for each ack keeps the order typed.
+    const prev = this.sendChains.get(id) ?? Promise.resolve();
+    const mine = prev.then(() =>
+      this.session.send(id, body, { clientMsgId: p.clientMsgId, ...(replyToSeq ? { replyToSeq } : {}) }),
+    );
+    this.sendChains.set(id, mine.then(() => undefined, () => undefined));
     try {
-      const r = await this.session.send(id, body, { clientMsgId: p.clientMsgId, ...(replyToSeq ? { replyToSeq } : {}) });
+      const r = await mine;
       if (t) {
         t.pending = t.pending.filter((x) => x !== p);
         if (!t.items.has(r.seq)) {

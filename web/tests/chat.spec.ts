@@ -110,7 +110,9 @@ test("alice and bob chat: unread, seen by, typing, presence, offline catch-up, e
     await b.getByRole("textbox", { name: "Title" }).fill("Project");
     await b.getByRole("button", { name: "Create" }).click();
     await expect(b.getByRole("heading", { name: "Project", level: 2 })).toBeVisible();
-    await expect(conversations(a).getByRole("listitem", { name: /^Project/ })).toBeVisible();
+    // The newest activity first.
+    await expect(conversations(a).getByRole("listitem").first()).toHaveAccessibleName(/^Project/);
+    await expect(conversations(b).getByRole("listitem").first()).toHaveAccessibleName(/^Project/);
 
     await b.getByRole("textbox", { name: "Search" }).fill("edited");
     await b.getByRole("textbox", { name: "Search" }).press("Enter");
@@ -134,6 +136,13 @@ test("alice and bob chat: unread, seen by, typing, presence, offline catch-up, e
     await expect(messageItem(a, "all caught up?")).toBeInViewport();
     await expect(messageItem(b, "all caught up?")).toBeVisible();
     await expect(messageItem(a, "all caught up?").getByText("Seen by bob")).toBeVisible();
+    await expect(conversations(a).getByRole("listitem").first()).toHaveAccessibleName(/^bob, you: all caught up/);
+    await a.mouse.move(700, 770); // off the messages, so no message shows its tools
+    await b.mouse.move(700, 770);
+    const toolsShown = (p: typeof a) =>
+      p.locator(".tools").evaluateAll((els) => els.filter((e) => getComputedStyle(e).opacity !== "0").length);
+    await expect.poll(() => toolsShown(a)).toBe(0);
+    await expect.poll(() => toolsShown(b)).toBe(0);
     const shot = await screenshot(a, "conversation-desktop.png");
     copyFileSync(shot, join(webDir, "..", "docs", "web-app.png"));
     await screenshot(b, "inbox-desktop.png");
