@@ -44,7 +44,13 @@ async function waitForAuth(url: string, child: ChildProcess, log: string, timeou
   throw new Error(`confab dev did not answer ${url}/v1/auth within ${timeoutMs} ms (last: ${last}); see ${log}`);
 }
 
-export default async function globalSetup() {
+export interface RunningServer {
+  url: string;
+  stop: () => Promise<void>;
+}
+
+/** Starts `confab dev` on free ports with a fresh data directory; ready once GET /v1/auth answers. */
+export async function startConfab(name: string, extraEnv: Record<string, string> = {}): Promise<RunningServer> {
   const bin = process.env.CONFAB_BIN ?? join(homedir(), ".cache", "confab-target", "debug", "confab");
   if (!existsSync(bin)) throw new Error(`no confab binary at ${bin} (set CONFAB_BIN)`);
   const dist = join(web, "dist");
@@ -54,7 +60,7 @@ export default async function globalSetup() {
   const [grpc, http] = [await freePort(), await freePort()];
   const dataDir = mkdtempSync(join(tmpdir(), "confab-web-e2e-"));
   const url = `http://127.0.0.1:${http}`;
-  const log = join(artifacts, "confab.log");
+  const log = join(artifacts, `${name}.log`);
   const out = createWriteStream(log);
   const child = spawn(bin, ["dev"], {
     env: {
@@ -64,6 +70,7 @@ export default async function globalSetup() {
       CONFAB_DATA_DIR: dataDir,
       CONFAB_WEB_DIR: dist,
       RUST_LOG: process.env.RUST_LOG ?? "warn",
+      ...extraEnv,
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -75,9 +82,7 @@ export default async function globalSetup() {
     child.kill("SIGKILL");
     throw e;
   }
-  process.env.CONFAB_TEST_URL = url;
-
-  return async () => {
+  const stop = async () => {
     if (child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((r) => child.once("exit", r));
       child.kill("SIGTERM");
@@ -87,4 +92,11 @@ export default async function globalSetup() {
     }
     rmSync(dataDir, { recursive: true, force: true });
   };
+  return { url, stop };
+}
+
+export default async function globalSetup() {
+  const server = await startConfab("confab");
+  process.env.CONFAB_TEST_URL = server.url;
+  return server.stop;
 }
