@@ -126,6 +126,12 @@ function Chat({ auth, onSignOut }: { auth: Auth; onSignOut: () => void }) {
     else store.open(id);
   };
 
+  const unread = store.totalUnread();
+  useEffect(() => {
+    document.title = unread > 0 ? `(${unread}) Confab` : "Confab";
+  }, [unread]);
+  useEffect(() => () => void (document.title = "Confab"), []);
+
   const conn = store.connection;
   const openId = store.openId;
   return (

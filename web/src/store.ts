@@ -133,6 +133,12 @@ export class ChatStore {
       }),
     );
     this.timer = setInterval(() => this.expireTyping(), 500);
+    // Messages that came while the tab was hidden are read once it shows.
+    const onVisible = () => {
+      if (this.openId) this.markOpenRead(this.openId);
+    };
+    document.addEventListener("visibilitychange", onVisible);
+    this.offs.push(() => document.removeEventListener("visibilitychange", onVisible));
     void this.loadConversations();
   }
 
@@ -167,6 +173,13 @@ export class ChatStore {
   }
 
   // ---- conversations ----
+
+  /** Unread messages over all conversations. */
+  totalUnread(): number {
+    let n = 0;
+    for (const c of this.conversations.values()) n += c.unread;
+    return n;
+  }
 
   /** Conversations, newest activity first. */
   sortedConversations(): ConvState[] {
@@ -277,7 +290,7 @@ export class ChatStore {
         st.readSeq = maxBig(st.readSeq, m.seq);
         st.unread = 0;
         st.reads.set(this.me, st.readSeq);
-      } else if (this.openId !== m.conversationId) {
+      } else if (!this.reading(m.conversationId)) {
         st.unread += 1;
       }
     }
@@ -419,8 +432,13 @@ export class ChatStore {
   }
 
   /** Moves the read position of the open conversation to its newest seq. */
+  /** Whether the user is looking at a conversation: open, in a tab in view. */
+  private reading(id: string): boolean {
+    return this.openId === id && (typeof document === "undefined" || document.visibilityState !== "hidden");
+  }
+
   private markOpenRead(id: string) {
-    if (this.openId !== id) return;
+    if (!this.reading(id)) return;
     const st = this.conversations.get(id);
     if (!st) return;
     const seq = st.lastSeq;

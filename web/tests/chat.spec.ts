@@ -25,6 +25,7 @@ test("alice and bob chat: unread, seen by, typing, presence, offline catch-up, e
     await expect(item).toHaveAccessibleName(/^alice, 1 unread, alice: hello bob$/);
     await send(a, "are you there?");
     await expect(item).toHaveAccessibleName(/^alice, 2 unread, alice: are you there\?$/);
+    await expect(b).toHaveTitle("(2) Confab");
     await screenshot(b, "inbox-unread-desktop.png");
   });
 
@@ -34,6 +35,7 @@ test("alice and bob chat: unread, seen by, typing, presence, offline catch-up, e
     await expect(messageItem(b, /^hello bob$/)).toContainText("alice");
     await expect(messageItem(b, /^are you there\?$/)).toBeVisible();
     await expect(conversations(b).getByRole("listitem", { name: /^alice/ })).not.toHaveAccessibleName(/unread/);
+    await expect(b).toHaveTitle("Confab");
     await expect(messageItem(a, /^are you there\?$/).getByText("Seen by bob")).toBeVisible();
     // Only under the newest of alice's messages bob has read.
     await expect(messages(a).getByText(/Seen by/)).toHaveCount(1);
