@@ -64,8 +64,8 @@ export function ConversationView({
   const [editing, setEditing] = useState<bigint | null>(null);
   const scroller = useRef<HTMLDivElement>(null);
   const stick = useRef(true);
-  const prevHeight = useRef<number | null>(null);
-  const lastKey = useRef("");
+  /** Where the reader was when an older page was asked for. */
+  const anchor = useRef<{ height: number; top: number; oldest?: bigint } | null>(null);
 
   const title = st ? store.title(st.conv) : "…";
   const partner = st ? store.partner(st.conv) : undefined;
@@ -85,19 +85,18 @@ export function ConversationView({
   }
 
   // Stay at the bottom as messages arrive (unless the reader scrolled up),
-  // and keep the reader's place when older messages are put above.
-  const newest = msgs.length ? msgs[msgs.length - 1].seq.toString() : "";
-  const key = `${newest}/${t?.pending.length ?? 0}/${typers.length}/${seen?.seq ?? ""}`;
+  // and keep the reader's place when an older page is put above.
+  const oldest = msgs.length ? msgs[0].seq : undefined;
   useLayoutEffect(() => {
     const el = scroller.current;
     if (!el) return;
-    if (prevHeight.current !== null) {
-      el.scrollTop += el.scrollHeight - prevHeight.current;
-      prevHeight.current = null;
-    } else if (stick.current || key !== lastKey.current) {
-      if (stick.current) el.scrollTop = el.scrollHeight;
+    const a = anchor.current;
+    if (a && oldest !== a.oldest) {
+      el.scrollTop = a.top + (el.scrollHeight - a.height);
+      anchor.current = null;
+    } else if (!a && stick.current) {
+      el.scrollTop = el.scrollHeight;
     }
-    lastKey.current = key;
   });
 
   const onScroll = () => {
@@ -109,11 +108,13 @@ export function ConversationView({
 
   const loadOlder = () => {
     const el = scroller.current;
-    if (el) prevHeight.current = el.scrollHeight;
+    if (el) anchor.current = { height: el.scrollHeight, top: el.scrollTop, oldest };
     void store.loadOlder(id).then(() => {
-      if (prevHeight.current !== null && el && el.scrollHeight === prevHeight.current) prevHeight.current = null;
+      // Nothing was put above (an error): no place to keep.
+      if (anchor.current && anchor.current.oldest === oldestNow()) anchor.current = null;
     });
   };
+  const oldestNow = () => store.messages(id)[0]?.seq;
 
   return (
     <section class="conversation" aria-labelledby="conv-title">

@@ -34,6 +34,9 @@ test("scroll back through history: older pages load above, in order, once", asyn
   // Scrolled to the top, the older page loads above.
   await f.locator(".scroller").evaluate((el) => el.scrollTo({ top: 0 }));
   await expect(shown).toHaveText(bodies);
+  // The reader keeps their place: what was at the top is still in view.
+  await expect(messageItem(f, "history 11")).toBeInViewport();
+  await expect(messageItem(f, "history 01")).not.toBeInViewport();
   await expect(messages(f).getByText("erin created the conversation with you")).toBeVisible();
   await expect(f.getByRole("button", { name: "Load older" })).toHaveCount(0);
   const all = await seqs(messages(f));
