@@ -150,6 +150,10 @@ test("alice and bob chat: unread, seen by, typing, presence, offline catch-up, e
     await screenshot(b, "inbox-desktop.png");
   });
 
+  await test.step("bob signs off: alice sees him offline", async () => {
+    await bob.context.close();
+    await expect(a.getByText("bob is offline")).toBeVisible({ timeout: 30_000 });
+  });
+
   await alice.context.close();
-  await bob.context.close();
 });
