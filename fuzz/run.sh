@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 seconds=${1:?usage: fuzz/run.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(client_frame requests token wire)
+[ ${#targets[@]} -gt 0 ] || targets=(client_frame requests token wire ws_frame)
 target_dir=${CONFAB_FUZZ_TARGET_DIR:-$HOME/.cache/confab-fuzz-target}
 corpus=${CONFAB_FUZZ_CORPUS:-$HOME/.cache/confab-fuzz-corpus}
 

@@ -6,6 +6,8 @@ pub use prost;
 pub use prost_types;
 pub use tonic;
 
+pub mod websocket;
+
 /// Prost's codec with small first buffers. tonic's default gives every
 /// call an 8 KiB encode buffer and an 8 KiB decode buffer up front, which is
 /// most of what an idle `Connect` stream costs; these start at 512 bytes

@@ -8,10 +8,9 @@
 //! WebSocket opens the same session as `Connect`
 //! ([`ChatService::open_session`]).
 
-mod codec;
 pub mod ws;
 
-pub use codec::Format;
+pub use confab_proto::websocket::Format;
 
 use crate::guard::GuardLayer;
 use crate::ChatService;

@@ -85,7 +85,7 @@ pub(super) async fn upgrade(
     };
     let span = crate::guard::call_span(crate::session::CONNECT_PATH, &headers);
     let limit = shared.max_message_bytes;
-    ws.protocols(super::codec::FORMATS.map(Format::subprotocol))
+    ws.protocols(confab_proto::websocket::FORMATS.map(Format::subprotocol))
         .max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| {

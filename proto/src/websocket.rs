@@ -1,9 +1,9 @@
-//! WebSocket messages to and from frames: each message is one
+//! WebSocket messages to and from frames (docs/browser.md): each message is one
 //! `ClientFrame` or `ServerFrame`, as protobuf (`confab.v1.proto`, binary
 //! messages) or in the protobuf JSON mapping (`confab.v1.json`, text
 //! messages, for people debugging by hand).
 
-use confab_proto::v1::{ClientFrame, ServerFrame};
+use crate::v1::{ClientFrame, ServerFrame};
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
 use std::sync::LazyLock;
@@ -45,61 +45,72 @@ impl Format {
     /// The client frame in `data`, or what is wrong with it (a sentence a
     /// client developer can act on).
     pub fn decode(self, data: &[u8]) -> Result<ClientFrame, String> {
-        match self {
-            Format::Proto => ClientFrame::decode(data)
-                .map_err(|e| format!("the message is not a protobuf confab.v1.ClientFrame: {e}")),
-            Format::Json => decode_json(data),
-        }
+        self.read(data, "confab.v1.ClientFrame")
+    }
+
+    /// The server frame in `data` (what a client reads).
+    pub fn decode_server(self, data: &[u8]) -> Result<ServerFrame, String> {
+        self.read(data, "confab.v1.ServerFrame")
     }
 
     /// `frame` as a message's payload.
     pub fn encode(self, frame: &ServerFrame) -> Vec<u8> {
+        self.write(frame, "confab.v1.ServerFrame")
+    }
+
+    /// `frame` as a message's payload (what a client sends).
+    pub fn encode_client(self, frame: &ClientFrame) -> Vec<u8> {
+        self.write(frame, "confab.v1.ClientFrame")
+    }
+
+    fn read<M: Message + Default>(self, data: &[u8], name: &str) -> Result<M, String> {
+        match self {
+            Format::Proto => M::decode(data)
+                .map_err(|e| format!("the message is not a protobuf {name}: {e}")),
+            Format::Json => from_json(data, name),
+        }
+    }
+
+    fn write<M: Message>(self, frame: &M, name: &str) -> Vec<u8> {
         match self {
             Format::Proto => frame.encode_to_vec(),
-            Format::Json => encode_json(frame).into_bytes(),
+            Format::Json => to_json(frame, name).into_bytes(),
         }
     }
 }
 
 /// The public API's descriptors, for the JSON mapping.
-static POOL: LazyLock<Option<DescriptorPool>> = LazyLock::new(|| {
-    DescriptorPool::decode(confab_proto::PUBLIC_FILE_DESCRIPTOR_SET)
-        .inspect_err(|e| tracing::error!(error = %e, "the public API's descriptors do not load"))
-        .ok()
-});
+static POOL: LazyLock<Option<DescriptorPool>> =
+    LazyLock::new(|| DescriptorPool::decode(crate::PUBLIC_FILE_DESCRIPTOR_SET).ok());
 
 fn descriptor(name: &str) -> Option<MessageDescriptor> {
     POOL.as_ref()?.get_message_by_name(name)
 }
 
-fn decode_json(data: &[u8]) -> Result<ClientFrame, String> {
-    let desc = descriptor("confab.v1.ClientFrame")
-        .ok_or("this gateway cannot read JSON frames (its descriptors did not load)")?;
+fn from_json<M: Message + Default>(data: &[u8], name: &str) -> Result<M, String> {
+    let desc = descriptor(name).ok_or("JSON frames cannot be read (the descriptors did not load)")?;
     let mut de = serde_json::Deserializer::from_slice(data);
     let message = DynamicMessage::deserialize(desc, &mut de)
         .and_then(|m| de.end().map(|()| m))
-        .map_err(|e| {
-            format!("the message is not a confab.v1.ClientFrame in the protobuf JSON mapping: {e}")
-        })?;
+        .map_err(|e| format!("the message is not a {name} in the protobuf JSON mapping: {e}"))?;
     message
-        .transcode_to::<ClientFrame>()
-        .map_err(|e| format!("the message is not a confab.v1.ClientFrame: {e}"))
+        .transcode_to::<M>()
+        .map_err(|e| format!("the message is not a {name}: {e}"))
 }
 
-fn encode_json(frame: &ServerFrame) -> String {
-    let encoded = descriptor("confab.v1.ServerFrame")
+fn to_json<M: Message>(frame: &M, name: &str) -> String {
+    let encoded = descriptor(name)
         .and_then(|desc| DynamicMessage::decode(desc, frame.encode_to_vec().as_slice()).ok())
         .and_then(|m| serde_json::to_string(&m).ok());
-    encoded.unwrap_or_else(|| {
-        tracing::error!("a server frame could not be written as JSON");
-        "{}".into()
-    })
+    // Only if the descriptors built into this crate did not load (a test
+    // below would fail).
+    encoded.unwrap_or_else(|| "{}".into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use confab_proto::v1::{client_frame, server_frame, Ping, Pong, SendFrame};
+    use crate::v1::{client_frame, server_frame, Ping, Pong, SendFrame};
 
     #[test]
     fn json_frames_follow_the_protobuf_json_mapping() {
