@@ -17,7 +17,7 @@ TOOLS := $(HOME)/.cache/confab/tools
 export PATH := $(TOOLS)/bin:$(HOME)/.cargo/bin:$(PATH)
 APT_UPDATED := $(TOOLS)/.apt-updated
 
-.PHONY: help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos bench stack stack-down stack-restart stack-status stack-logs migrate up down clean-data apt grpcurl fuzz deps-fuzz deps-previous soak
+.PHONY: web deps-node deps-browser test-web help run token test lint fmt deps-build deps-tools deps-test deps-broker deps-postgres deps-prometheus build build-services chaos bench stack stack-down stack-restart stack-status stack-logs migrate up down clean-data apt grpcurl fuzz deps-fuzz deps-previous soak
 NISSHI := $(TOOLS)/bin/nisshi
 # Every target builds the same set, so cargo's feature unification never
 # differs between them and nothing is rebuilt when switching targets.
@@ -26,7 +26,7 @@ BINS := -p confab -p confab-gateway -p confab-router -p confab-history
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-run: deps-build deps-tools build ## run everything in one process on 127.0.0.1:50051 (SQLite under ./data)
+run: deps-build deps-tools build web ## run everything in one process: gRPC on 127.0.0.1:50051, the web app on http://127.0.0.1:8080 (SQLite under ./data)
 	$(CONFAB) dev
 
 token: deps-build ## print a token: make -s token NAME=alice
@@ -37,11 +37,40 @@ token: deps-build ## print a token: make -s token NAME=alice
 build: deps-build
 	$(CARGO) build $(BINS)
 
-test: deps-build deps-tools deps-test deps-fuzz deps-previous lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl, then each fuzz target for 10 s
+test: deps-build deps-tools deps-test deps-fuzz deps-previous lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl, the TypeScript client and the web app in Chromium, then each fuzz target for 10 s
 	$(CARGO) build $(BINS)
 	$(CARGO) build -p confab-tools
 	$(CARGO) nextest run --workspace --no-fail-fast
+	@$(MAKE) --no-print-directory test-web
 	@fuzz/run.sh $(FUZZ_TEST_SECONDS)
+
+# The browser side (docs/browser.md): the TypeScript client library
+# (clients/typescript, vitest against a real `confab dev`) and the web app
+# (web/, Playwright driving Debian's Chromium against a real `confab dev`).
+# Both use the debug `confab` that `make test` builds.
+test-web: deps-browser web
+	cd clients/typescript && npm ci --no-audit --no-fund --loglevel=error && npm run check && npm test
+	cd web && npm test
+
+# The web app, built into web/dist (what the gateway serves): npm ci when
+# node_modules is older than a lock file, the build when a source is newer
+# than the bundle (web/dist/source-hash.txt names the sources it was built
+# from; a test compares it with the tree).
+WEB_SOURCES := $(shell find web/src web/scripts clients/typescript/src -type f 2>/dev/null) web/index.html web/vite.config.ts web/tsconfig.json web/package.json
+web: web/dist/index.html ## build the web app into web/dist (make run serves it at http://127.0.0.1:8080)
+web/node_modules/.package-lock.json: web/package-lock.json clients/typescript/package.json | deps-node
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+web/dist/index.html: web/node_modules/.package-lock.json $(WEB_SOURCES)
+	cd web && npm run build
+	@touch $@
+
+deps-node:
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory apt PKGS="nodejs npm"
+
+# Debian's Chromium for the web app's end-to-end tests (Playwright drives
+# it; no browser is downloaded).
+deps-browser: deps-node
+	@command -v chromium >/dev/null || $(MAKE) --no-print-directory apt PKGS="chromium"
 
 # Fuzz targets (fuzz/, cargo-fuzz on nightly): client frames, unary requests,
 # tokens. Built in ~/.cache/confab-fuzz-target, findings kept in
@@ -82,7 +111,7 @@ bench: deps-build deps-postgres deps-broker ## benchmarks with their baselines i
 
 # `make stack PROMETHEUS=1` also starts Prometheus (see docs/operations.md).
 PROMETHEUS ?=
-stack: deps-build deps-tools deps-postgres deps-broker $(if $(filter-out 0,$(PROMETHEUS)),deps-prometheus) build-services ## the distributed stack on this machine: PostgreSQL, Kafka-API broker, history, router, gateway on 127.0.0.1:50051 (PROMETHEUS=1: and Prometheus)
+stack: deps-build deps-tools deps-postgres deps-broker $(if $(filter-out 0,$(PROMETHEUS)),deps-prometheus) build-services web ## the distributed stack on this machine: PostgreSQL, Kafka-API broker, history, router, gateway on 127.0.0.1:50051, the web app on http://127.0.0.1:8080 (PROMETHEUS=1: and Prometheus)
 	@CONFAB_STACK_PROMETHEUS=$(PROMETHEUS) deploy/local/stack.sh up
 
 stack-down: ## stop exactly what `make stack` started

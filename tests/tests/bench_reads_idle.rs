@@ -28,6 +28,7 @@ async fn three_hundred_idle_streams_over_ten_connections_are_measured() {
         user_prefix: "idle-".into(),
         streams: 300,
         connections: 10,
+        websocket: None,
     })
     .await
     .expect("idle run");
@@ -37,6 +38,27 @@ async fn three_hundred_idle_streams_over_ten_connections_are_measured() {
     assert!(report.rss_before_kib > 0, "{report:?}");
     assert!(report.rss_after_kib >= report.rss_before_kib, "{report:?}");
     eprintln!("idle: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_idle_websocket_sessions_are_measured() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = DevProcess::start(dir.path(), free_port()).expect("start confab dev");
+    let report = idle::run(&IdleOpts {
+        addr: server.addr,
+        server_pid: server.pid(),
+        secret: SECRET.into(),
+        user_prefix: "idle-ws-".into(),
+        streams: 300,
+        connections: 1,
+        websocket: Some(server.http),
+    })
+    .await
+    .expect("idle run");
+    assert_eq!(report.streams, 300, "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(report.rss_after_kib >= report.rss_before_kib, "{report:?}");
+    eprintln!("idle over WebSocket: {report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,7 +39,11 @@ async fn open(http: SocketAddr, protocols: &str) -> Socket {
 
 /// A socket in `format` with `user`'s token.
 async fn open_as(http: SocketAddr, format: Format, user: &str) -> Socket {
-    open(http, &subprotocols(format.subprotocol(), Some(&token(user)))).await
+    open(
+        http,
+        &subprotocols(format.subprotocol(), Some(&token(user))),
+    )
+    .await
 }
 
 /// The close code and reason the socket ends with (other messages are
@@ -131,7 +135,10 @@ impl Peer {
 async fn undisturbed(server: &Embedded, http: SocketAddr, bob: &mut Peer) {
     let alice = server.user("alice").await;
     let conv = alice.group("still here", &["bob"]).await;
-    let sent = alice.send(&conv.id, "after", "still works").await.expect("send");
+    let sent = alice
+        .send(&conv.id, "after", "still works")
+        .await
+        .expect("send");
     loop {
         if let server_frame::Frame::Message(m) = bob.next().await {
             if m.conversation_id == conv.id && m.seq == sent.seq {
@@ -199,7 +206,10 @@ async fn json_frames_are_the_protobuf_json_mapping_for_people_debugging() {
         .expect("send");
     let (code, reason) = closed_with(&mut socket).await;
     assert_eq!(code, 1003, "{reason}");
-    assert!(reason.contains("confab.v1.json") && reason.contains("text"), "{reason}");
+    assert!(
+        reason.contains("confab.v1.json") && reason.contains("text"),
+        "{reason}"
+    );
     server.stop().await;
 }
 
@@ -280,7 +290,10 @@ async fn tokens_formats_and_origins_are_checked_before_a_session_exists() {
 
     // A page of another origin is refused before the upgrade; the
     // listener's own origin is not.
-    let mut req = request(http, &subprotocols("confab.v1.proto", Some(&token("alice"))));
+    let mut req = request(
+        http,
+        &subprotocols("confab.v1.proto", Some(&token("alice"))),
+    );
     req.headers_mut().insert(
         tokio_tungstenite::tungstenite::http::header::ORIGIN,
         "http://evil.example".parse().expect("origin"),
@@ -294,7 +307,10 @@ async fn tokens_formats_and_origins_are_checked_before_a_session_exists() {
         }
         other => panic!("a foreign origin was not refused: {other:?}"),
     }
-    let mut req = request(http, &subprotocols("confab.v1.proto", Some(&token("alice"))));
+    let mut req = request(
+        http,
+        &subprotocols("confab.v1.proto", Some(&token("alice"))),
+    );
     req.headers_mut().insert(
         tokio_tungstenite::tungstenite::http::header::ORIGIN,
         format!("http://{http}").parse().expect("origin"),
@@ -330,7 +346,9 @@ async fn allowed_origins_get_cors_and_others_get_403() {
     assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
     // Tokens are minted only with the public development secret: this
     // server has a real one.
-    let (status, body) = confab_tests::http::get(http, "/v1/auth").await.expect("GET");
+    let (status, body) = confab_tests::http::get(http, "/v1/auth")
+        .await
+        .expect("GET");
     assert_eq!((status, body.as_str()), (200, r#"{"dev_tokens":false}"#));
     let minted = raw_http(
         http,
@@ -362,7 +380,9 @@ async fn dead_peer(http: SocketAddr, user: &str) -> TcpStream {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
-        tcp.read_exact(&mut byte).await.expect("the handshake's answer");
+        tcp.read_exact(&mut byte)
+            .await
+            .expect("the handshake's answer");
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head);
@@ -465,20 +485,21 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_its_session_ends() {
     // A send over the socket is acknowledged as on a gRPC stream.
     let alice = server.user("alice").await;
     let conv = alice.group("acks", &["bob"]).await;
-    bob.out.send(Message::Binary(
-        ClientFrame {
-            frame: Some(client_frame::Frame::Send(SendFrame {
-                conversation_id: conv.id.clone(),
-                client_msg_id: "b1".into(),
-                body: "from a socket".into(),
-                reply_to_seq: 0,
-            })),
-        }
-        .encode_to_vec()
-        .into(),
-    ))
-    .await
-    .expect("send");
+    bob.out
+        .send(Message::Binary(
+            ClientFrame {
+                frame: Some(client_frame::Frame::Send(SendFrame {
+                    conversation_id: conv.id.clone(),
+                    client_msg_id: "b1".into(),
+                    body: "from a socket".into(),
+                    reply_to_seq: 0,
+                })),
+            }
+            .encode_to_vec()
+            .into(),
+        ))
+        .await
+        .expect("send");
     loop {
         if let server_frame::Frame::Ack(a) = bob.next().await {
             assert_eq!((a.client_msg_id.as_str(), a.seq), ("b1", 2), "{a:?}");

@@ -1,6 +1,7 @@
 //! Memory per idle `Connect` stream: many users, each with one live session
-//! that says nothing, multiplexed over a few HTTP/2 connections; the
-//! server's resident memory before and after, once it has settled.
+//! that says nothing, multiplexed over a few HTTP/2 connections (or each on
+//! a WebSocket of its own, as browsers hold them); the server's resident
+//! memory before and after, once it has settled.
 
 use super::reads::code_name;
 use super::rss_kib;
@@ -15,7 +16,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use tonic::Streaming;
 
 /// Streams being opened at once.
 const OPEN_CONCURRENCY: usize = 256;
@@ -39,6 +39,10 @@ pub struct IdleOpts {
     pub streams: usize,
     /// HTTP/2 connections they are spread over, round-robin.
     pub connections: usize,
+    /// The HTTP listener whose WebSocket holds every session instead (one
+    /// connection each, as browsers hold them; `connections` unused).
+    #[serde(default)]
+    pub websocket: Option<SocketAddr>,
 }
 
 /// What [`run`] measured.
@@ -64,7 +68,7 @@ pub struct IdleReport {
 /// An open, idle stream: both halves kept so the server keeps it.
 struct Idle {
     _tx: mpsc::Sender<ClientFrame>,
-    _inbound: Streaming<ServerFrame>,
+    _inbound: confab_tests::client::Inbound,
 }
 
 /// Opens the streams, reads the server's memory, closes them.
@@ -100,13 +104,20 @@ pub async fn run(opts: &IdleOpts) -> Result<IdleReport> {
         .with_context(|| format!("connect to {}", opts.addr))?;
 
     let auth = Authenticator::new(&opts.secret);
+    let websocket = opts.websocket;
     let results: Vec<Result<Idle, String>> = futures::stream::iter(0..opts.streams)
         .map(|i| {
             let channel = channels[i % channels.len()].clone();
             let token = auth.mint(&format!("{}{i}", opts.user_prefix), 3600);
             async move {
                 let token = token.map_err(|_| "mint".to_string())?;
-                tokio::time::timeout(OPEN_TIMEOUT, open(channel, &token))
+                let opened = async {
+                    match websocket {
+                        Some(http) => open_websocket(http, &token).await,
+                        None => open(channel, &token).await,
+                    }
+                };
+                tokio::time::timeout(OPEN_TIMEOUT, opened)
                     .await
                     .unwrap_or_else(|_| Err("timeout".into()))
             }
@@ -159,12 +170,35 @@ async fn open(channel: Channel, token: &str) -> Result<Idle, String> {
         .map_err(|_| "mint".to_string())?;
     req.metadata_mut().insert("authorization", bearer);
     let status_name = |s: tonic::Status| code_name(s.code()).to_string();
-    let mut inbound = ChatClient::new(channel)
+    let inbound = ChatClient::new(channel)
         .connect(req)
         .await
         .map_err(status_name)?
         .into_inner();
-    match inbound.message().await.map_err(status_name)? {
+    answered(tx, Box::pin(inbound)).await
+}
+
+/// Opens one session over the WebSocket at `http` with a ping, as [`open`].
+async fn open_websocket(http: SocketAddr, token: &str) -> Result<Idle, String> {
+    let status_name = |s: tonic::Status| code_name(s.code()).to_string();
+    let (tx, inbound) = confab_tests::ws::open(http, token)
+        .await
+        .map_err(status_name)?;
+    tx.send(ClientFrame {
+        frame: Some(client_frame::Frame::Ping(Ping { nonce: 1 })),
+    })
+    .await
+    .map_err(|_| "ended".to_string())?;
+    answered(tx, inbound).await
+}
+
+/// The session once its first frame, a ping, is answered with its pong.
+async fn answered(
+    tx: mpsc::Sender<ClientFrame>,
+    mut inbound: confab_tests::client::Inbound,
+) -> Result<Idle, String> {
+    let status_name = |s: tonic::Status| code_name(s.code()).to_string();
+    match inbound.next().await.transpose().map_err(status_name)? {
         Some(ServerFrame {
             frame: Some(server_frame::Frame::Pong(Pong { nonce: 1 })),
         }) => Ok(Idle {

@@ -232,6 +232,7 @@ fn main() {
                     user_prefix: "idle-".into(),
                     streams,
                     connections,
+                    websocket: None,
                 })
                 .await?)
             }

@@ -40,6 +40,9 @@ pub const PROTOCOL: u16 = 1002;
 /// Close code of a peer that stopped answering pings: DEADLINE_EXCEEDED.
 pub const NO_PONG: u16 = STATUS_CLOSE_BASE + tonic::Code::DeadlineExceeded as u16;
 
+/// What each socket reads into at a time.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// Longest close reason WebSocket allows, in bytes.
 const MAX_REASON: usize = 123;
 
@@ -88,6 +91,12 @@ pub(super) async fn upgrade(
     ws.protocols(confab_proto::websocket::FORMATS.map(Format::subprotocol))
         .max_message_size(limit)
         .max_frame_size(limit)
+        // tungstenite reads into a buffer of 128 KiB by default, for each
+        // socket, touched by the first read: most of what an idle session
+        // would cost. Frames are small; a large one grows its own buffer.
+        .read_buffer_size(READ_BUFFER)
+        // Each frame is sent (and flushed) as it comes.
+        .write_buffer_size(0)
         .on_upgrade(move |socket| {
             run(
                 socket,

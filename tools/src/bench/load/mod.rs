@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use stream::{open_stream, read_stream};
 use tally::{merged, Clock, Counters, Ledger};
 use tokio::sync::{mpsc, Semaphore};
-use tonic::Streaming;
 
 /// How clients send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -94,6 +93,10 @@ pub struct LoadOpts {
     /// each frame is validated and all but 4 relays a second are dropped
     /// by the gateway, so this measures what a flood costs the others.
     pub typing_flooders: usize,
+    /// The HTTP listener (docs/browser.md) whose WebSocket carries every
+    /// client's session instead of a gRPC `Connect` stream; unary calls
+    /// stay gRPC. `None`: gRPC.
+    pub websocket: Option<SocketAddr>,
 }
 
 impl LoadOpts {
@@ -121,6 +124,7 @@ impl LoadOpts {
             watch: Vec::new(),
             read_share: 0.0,
             typing_flooders: 0,
+            websocket: None,
         }
     }
 }
@@ -257,11 +261,11 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
         .collect();
     if opts.confab {
         let opened = futures::stream::iter(clients.iter())
-            .map(open_stream)
+            .map(|c| open_stream(c, opts.websocket))
             .buffer_unordered(64)
             .collect::<Vec<_>>()
             .await;
-        let mut by_index: Vec<Option<(mpsc::Sender<ClientFrame>, Streaming<ServerFrame>)>> =
+        let mut by_index: Vec<Option<(mpsc::Sender<ClientFrame>, confab_tests::client::Inbound)>> =
             (0..clients.len()).map(|_| None).collect();
         for o in opened {
             let (i, tx, inbound) = o?;

@@ -1,37 +1,54 @@
-//! Each client's `Connect` stream: opened with a ping, then read until the
-//! run ends for acks (over `Connect`) and deliveries.
+//! Each client's `Connect` stream (over gRPC, or over the gateway's
+//! WebSocket with `LoadOpts::websocket`): opened with a ping, then read
+//! until the run ends for acks (over `Connect`) and deliveries.
 
 use super::clients::{Client, Members};
 use super::tally::{acked, code_name, due_of, Clock, Counters, Delivery, Ledger};
 use crate::bench::Recorder;
 use anyhow::{anyhow, Result};
 use confab_proto::v1::*;
+use confab_tests::client::Inbound;
+use futures::StreamExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, Semaphore};
-use tonic::{Code, Streaming};
+use tonic::Code;
 
 /// Opens `c`'s `Connect` stream and waits for the answer to its first
 /// frame (a ping), so the session is registered for live delivery.
 pub(super) async fn open_stream(
     c: &Client,
-) -> Result<(usize, mpsc::Sender<ClientFrame>, Streaming<ServerFrame>)> {
-    let (tx, rx) = mpsc::channel::<ClientFrame>(1024);
+    websocket: Option<std::net::SocketAddr>,
+) -> Result<(usize, mpsc::Sender<ClientFrame>, Inbound)> {
+    let opened =
+        |s: tonic::Status| anyhow!("open stream for {}: {:?} {}", c.user, s.code(), s.message());
+    let (tx, mut inbound) = match websocket {
+        Some(http) => {
+            let token = c.bearer.to_str().unwrap_or_default();
+            confab_tests::ws::open(http, token.trim_start_matches("Bearer "))
+                .await
+                .map_err(opened)?
+        }
+        None => {
+            let (tx, rx) = mpsc::channel::<ClientFrame>(1024);
+            let inbound = c
+                .chat
+                .clone()
+                .connect(c.req(tokio_stream::wrappers::ReceiverStream::new(rx)))
+                .await
+                .map_err(opened)?
+                .into_inner();
+            (tx, Box::pin(inbound) as Inbound)
+        }
+    };
     tx.send(ClientFrame {
         frame: Some(client_frame::Frame::Ping(Ping { nonce: 1 })),
     })
     .await
     .map_err(|_| anyhow!("queue the first frame"))?;
-    let mut inbound = c
-        .chat
-        .clone()
-        .connect(c.req(tokio_stream::wrappers::ReceiverStream::new(rx)))
-        .await
-        .map_err(|s| anyhow!("open stream for {}: {:?} {}", c.user, s.code(), s.message()))?
-        .into_inner();
-    match tokio::time::timeout(Duration::from_secs(20), inbound.message()).await {
-        Ok(Ok(Some(ServerFrame {
+    match tokio::time::timeout(Duration::from_secs(20), inbound.next()).await {
+        Ok(Some(Ok(ServerFrame {
             frame: Some(server_frame::Frame::Pong(_)),
         }))) => Ok((c.index, tx, inbound)),
         other => Err(anyhow!("{}: no pong on a new stream: {other:?}", c.user)),
@@ -43,7 +60,7 @@ pub(super) async fn open_stream(
 /// `read` frame of its seq on that stream.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn read_stream(
-    mut inbound: Streaming<ServerFrame>,
+    mut inbound: Inbound,
     reads: Option<mpsc::Sender<ClientFrame>>,
     clock: Arc<Clock>,
     counters: Arc<Counters>,
@@ -56,7 +73,7 @@ pub(super) async fn read_stream(
     body_bytes: usize,
 ) {
     loop {
-        let frame = match inbound.message().await {
+        let frame = match inbound.next().await.transpose() {
             Ok(Some(ServerFrame { frame: Some(f) })) => f,
             Ok(Some(_)) => continue,
             Ok(None) => {

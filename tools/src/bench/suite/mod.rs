@@ -96,6 +96,8 @@ pub struct SuiteOpts {
     /// Idle `Connect` streams, and the connections they share.
     pub idle_streams: usize,
     pub idle_connections: usize,
+    /// Idle WebSocket sessions (one connection, so one descriptor, each).
+    pub idle_websockets: usize,
     /// Rows the history-read table is filled with, over this many
     /// conversations.
     pub history_rows: u64,
@@ -134,6 +136,7 @@ impl SuiteOpts {
             latency_rate: 5000.0,
             idle_streams: 20_000,
             idle_connections: 200,
+            idle_websockets: 5_000,
             history_rows: 10_000_000,
             history_conversations: 1_000,
             history_requests: 20_000,
@@ -161,6 +164,7 @@ impl SuiteOpts {
             latency_rate: 200.0,
             idle_streams: 300,
             idle_connections: 10,
+            idle_websockets: 100,
             history_rows: 20_000,
             history_conversations: 10,
             history_requests: 300,
@@ -206,6 +210,9 @@ pub struct SuiteReport {
     /// Embedded mode (`confab dev`).
     pub embedded: Vec<LoadReport>,
     pub embedded_idle: Option<IdleReport>,
+    /// Idle sessions over WebSocket on `confab dev`.
+    #[serde(default)]
+    pub embedded_idle_websocket: Option<IdleReport>,
     pub kafka: Option<KafkaReport>,
     pub inserts: Option<InsertReport>,
     /// History's ingest: the first run with search indexing on (also the
@@ -303,6 +310,17 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             o.typing_flooders = flooders;
             report.embedded.push(show(load::run(&o).await?));
         }
+        // The same session over the WebSocket (docs/browser.md), beside
+        // `Connect`: what a browser's messages cost.
+        for (label, rate) in [
+            ("embedded websocket max", None),
+            ("embedded websocket fixed rate", fixed),
+        ] {
+            let mut o = opts.load(label, dev.addr, Via::Connect, rate);
+            o.watch = vec![("confab dev".into(), dev.pid())];
+            o.websocket = Some(dev.http);
+            report.embedded.push(show(load::run(&o).await?));
+        }
     }
     if opts.runs(Section::Idle) {
         step("idle Connect streams on a fresh confab dev");
@@ -315,9 +333,26 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             user_prefix: "idle-embedded-".into(),
             streams: opts.idle_streams,
             connections: opts.idle_connections,
+            websocket: None,
         })
         .await?;
         report.embedded_idle = Some(noted(r));
+        // Sessions over WebSocket, one connection each as browsers hold
+        // them, on a fresh process too.
+        step("idle WebSocket sessions on a fresh confab dev");
+        let dir = tempfile::tempdir().context("data directory")?;
+        let dev = DevProcess::start(dir.path(), free_port())?;
+        let r = idle::run(&IdleOpts {
+            addr: dev.addr,
+            server_pid: dev.pid(),
+            secret: SECRET.into(),
+            user_prefix: "idle-websocket-".into(),
+            streams: opts.idle_websockets,
+            connections: 1,
+            websocket: Some(dev.http),
+        })
+        .await?;
+        report.embedded_idle_websocket = Some(noted(r));
     }
 
     // 3. The distributed stack and its parts.
@@ -425,6 +460,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             user_prefix: "idle-gateway-".into(),
             streams: opts.idle_streams,
             connections: opts.idle_connections,
+            websocket: None,
         })
         .await?;
         report.gateway_idle = Some(noted(r));

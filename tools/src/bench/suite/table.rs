@@ -211,7 +211,11 @@ pub fn table(r: &SuiteReport) -> String {
             s.push_str(&format!("  CPU ms per search: {}\n", cpu.join(", ")));
         }
     }
-    for (name, idle) in [("embedded", &r.embedded_idle), ("gateway", &r.gateway_idle)] {
+    for (name, idle) in [
+        ("embedded", &r.embedded_idle),
+        ("embedded, WebSocket", &r.embedded_idle_websocket),
+        ("gateway", &r.gateway_idle),
+    ] {
         if let Some(i) = idle {
             s.push_str(&format!(
                 "Idle streams ({name}): {} streams over {} connections: RSS {} -> {} MiB, {:.1} KiB per stream\n",

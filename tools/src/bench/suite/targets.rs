@@ -37,6 +37,40 @@ pub(super) fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
             met: ratio >= 0.5,
         });
     }
+    if let (Some(grpc), Some(ws)) = (
+        find(&r.embedded, "embedded connect max"),
+        find(&r.embedded, "embedded websocket max"),
+    ) {
+        let ratio = ws.acked_per_sec / grpc.acked_per_sec.max(1e-9);
+        t.push(Target {
+            name: "sessions over WebSocket: messages/s".into(),
+            goal: "within 10% of Connect's over gRPC (same clients, same run)".into(),
+            measured: format!(
+                "{:.0}/s over WebSocket, {:.0}/s over Connect: {:.0}%",
+                ws.acked_per_sec,
+                grpc.acked_per_sec,
+                ratio * 100.0
+            ),
+            met: ratio >= 0.9,
+        });
+    }
+    if let (Some(grpc), Some(ws)) = (&r.embedded_idle, &r.embedded_idle_websocket) {
+        let ratio = ws.bytes_per_stream / grpc.bytes_per_stream.max(1.0);
+        t.push(Target {
+            name: "idle sessions over WebSocket: memory".into(),
+            goal: "within 10% of an idle Connect stream's RSS".into(),
+            measured: format!(
+                "{:.1} KiB per WebSocket session ({} sessions, a connection each), {:.1} KiB per Connect stream ({} over {} connections): {:.0}%",
+                ws.bytes_per_stream / 1024.0,
+                ws.streams,
+                grpc.bytes_per_stream / 1024.0,
+                grpc.streams,
+                grpc.connections,
+                ratio * 100.0
+            ),
+            met: ratio <= 1.1 && ws.errors.is_empty(),
+        });
+    }
     if let (Some(plain), Some(reading)) = (
         find(&r.embedded, "embedded connect max"),
         find(&r.embedded, "embedded connect max, 10% reading"),
