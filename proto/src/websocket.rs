@@ -65,8 +65,9 @@ impl Format {
 
     fn read<M: Message + Default>(self, data: &[u8], name: &str) -> Result<M, String> {
         match self {
-            Format::Proto => M::decode(data)
-                .map_err(|e| format!("the message is not a protobuf {name}: {e}")),
+            Format::Proto => {
+                M::decode(data).map_err(|e| format!("the message is not a protobuf {name}: {e}"))
+            }
             Format::Json => from_json(data, name),
         }
     }
@@ -88,7 +89,8 @@ fn descriptor(name: &str) -> Option<MessageDescriptor> {
 }
 
 fn from_json<M: Message + Default>(data: &[u8], name: &str) -> Result<M, String> {
-    let desc = descriptor(name).ok_or("JSON frames cannot be read (the descriptors did not load)")?;
+    let desc =
+        descriptor(name).ok_or("JSON frames cannot be read (the descriptors did not load)")?;
     let mut de = serde_json::Deserializer::from_slice(data);
     let message = DynamicMessage::deserialize(desc, &mut de)
         .and_then(|m| de.end().map(|()| m))
