@@ -37,7 +37,7 @@ token: deps-build ## print a token: make -s token NAME=alice
 build: deps-build
 	$(CARGO) build $(BINS)
 
-test: deps-build deps-tools deps-test deps-fuzz deps-previous lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl, the TypeScript client and the web app in Chromium, then each fuzz target for 10 s
+test: deps-build deps-tools deps-test deps-fuzz deps-previous web lint ## every test (after fmt and clippy): unit, store conformance, integration, end-to-end with grpcurl, the TypeScript client and the web app in Chromium, then each fuzz target for 10 s
 	$(CARGO) build $(BINS)
 	$(CARGO) build -p confab-tools
 	$(CARGO) nextest run --workspace --no-fail-fast

@@ -134,6 +134,9 @@ pub struct MakeStack {
     pub path: PathBuf,
     /// `CONFAB_STACK_GATEWAY`.
     pub gateway: SocketAddr,
+    /// The gateway's HTTP listener (web app, WebSocket, gRPC-Web):
+    /// `CONFAB_STACK_HTTP_PORT`, not the default 8080 another stack may hold.
+    pub http: SocketAddr,
     /// More variables for make.
     env: Vec<(String, String)>,
     /// `CARGO_TARGET_DIR` for make, so that it starts the binaries built
@@ -164,6 +167,7 @@ impl MakeStack {
             path: dir.path().to_path_buf(),
             dir: Some(dir),
             gateway: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
@@ -240,8 +244,13 @@ impl MakeStack {
     /// settings and then `env` (which wins), in its own process group,
     /// killed after `timeout`.
     pub fn run(&self, args: &[&str], env: &[(&str, String)], timeout: Duration) -> MakeRun {
-        let mut all: Vec<(String, String)> =
-            vec![("CONFAB_STACK_GATEWAY".to_string(), self.gateway.to_string())];
+        let mut all: Vec<(String, String)> = vec![
+            ("CONFAB_STACK_GATEWAY".to_string(), self.gateway.to_string()),
+            (
+                "CONFAB_STACK_HTTP_PORT".to_string(),
+                self.http.port().to_string(),
+            ),
+        ];
         all.extend(self.env.iter().cloned());
         if let Some(dir) = &self.target_dir {
             all.push(("CARGO_TARGET_DIR".to_string(), dir.display().to_string()));

@@ -20,9 +20,11 @@
 //! `make stack` needs (PostgreSQL's binaries, the nisshi broker, which the
 //! Makefile installs when missing).
 
+use confab_proto::v1::{client_frame, server_frame, ClientFrame, Ping, Pong, ServerFrame};
 use confab_tests::make_stack::{log_tails, read, repo_root, MakeStack};
 use confab_tests::procs::ChildGuard;
 use confab_tests::{confab_bin, free_port};
+use futures::StreamExt;
 use serde_json::Value;
 use std::fs::{self, File};
 use std::net::{SocketAddr, TcpStream};
@@ -111,6 +113,9 @@ fn readme_walkthrough_runs_as_written() {
         &server.addr,
         vec![server.log.clone()],
     );
+    // "then open http://127.0.0.1:8080": the web app, on the listener's
+    // port (a free one here; its default is checked in services/confab).
+    serves_the_web_app(server.http);
     drop(server);
 }
 
@@ -128,6 +133,40 @@ fn readme_walkthrough_runs_against_make_stack() {
         &stack.gateway.to_string(),
         stack.logs(),
     );
+    // The stack's gateway serves browsers too (its line "web app on
+    // http://…"): the app, no development tokens, and a session over the
+    // WebSocket with a token of the stack's (development) secret.
+    serves_the_web_app(stack.http);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let (status, body) = confab_tests::http::get(stack.http, "/v1/auth")
+            .await
+            .expect("GET /v1/auth");
+        assert_eq!((status, body.as_str()), (200, r#"{"dev_tokens":false}"#));
+        let token = confab_auth::Authenticator::new(confab_auth::DEV_SECRET)
+            .mint("alice", 60)
+            .expect("mint");
+        let (tx, mut inbound) = confab_tests::ws::open(stack.http, &token)
+            .await
+            .expect("a WebSocket session");
+        tx.send(ClientFrame {
+            frame: Some(client_frame::Frame::Ping(Ping { nonce: 7 })),
+        })
+        .await
+        .expect("send");
+        let pong = tokio::time::timeout(confab_tests::DEADLINE, inbound.next())
+            .await
+            .expect("an answer in time");
+        assert!(
+            matches!(
+                pong,
+                Some(Ok(ServerFrame {
+                    frame: Some(server_frame::Frame::Pong(Pong { nonce: 7 }))
+                }))
+            ),
+            "{pong:?}"
+        );
+    });
     stack.down();
 }
 
@@ -239,8 +278,23 @@ fn walkthrough(readme: &str) -> Vec<Step> {
 /// A running `confab dev`.
 struct Server {
     addr: String,
+    http: SocketAddr,
     log: PathBuf,
     _process: ChildGuard,
+}
+
+/// Checks that `http` serves the web app built in web/dist (`make web`,
+/// which `make run`, `make stack` and `make test` run first).
+fn serves_the_web_app(http: SocketAddr) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let (status, body) = runtime
+        .block_on(confab_tests::http::get(http, "/"))
+        .expect("GET /");
+    assert_eq!(
+        status, 200,
+        "the web app is not served at http://{http}/ (is web/dist built? `make web`): {body}"
+    );
+    assert!(body.contains("<title>Confab</title>"), "{body}");
 }
 
 /// Starts `confab dev` on a free port and waits until it accepts
@@ -256,11 +310,13 @@ fn start_server(bin: &Path, work: &Path) -> Server {
         let out = File::create(&log).expect("server log");
         let err = out.try_clone().expect("server log");
         // Its HTTP listener on a free port, not the default 8080: tests run
-        // side by side (the web app's own tests use it).
+        // side by side. The app is the one `make run` builds.
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(bin)
             .args(["dev", "--listen", &addr, "--data-dir"])
             .arg(&data)
-            .env("CONFAB_HTTP_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("CONFAB_HTTP_LISTEN", http.to_string())
+            .env("CONFAB_WEB_DIR", repo_root().join("web/dist"))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -282,6 +338,7 @@ fn start_server(bin: &Path, work: &Path) -> Server {
             if banner && TcpStream::connect_timeout(&sock, Duration::from_millis(500)).is_ok() {
                 return Server {
                     addr,
+                    http,
                     log,
                     _process: process,
                 };

@@ -218,3 +218,22 @@ pub async fn run(config: DevConfig, listener: TcpListener, shutdown: Signal) -> 
     tracing::info!("stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// What the README promises after `make run`: the web app on
+    /// http://127.0.0.1:8080, beside gRPC on 127.0.0.1:50051.
+    #[test]
+    fn make_run_serves_browsers_on_8080_and_grpc_on_50051() {
+        let config = DevConfig::from_env(&HashMap::<String, String>::new()).expect("defaults");
+        assert_eq!(config.listen, "127.0.0.1:50051");
+        assert_eq!(config.web.listen.as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(config.web.web_dir, PathBuf::from("web/dist"));
+        let off = HashMap::from([("CONFAB_HTTP_LISTEN".to_string(), "off".to_string())]);
+        let config = DevConfig::from_env(&off).expect("off");
+        assert_eq!(config.web.listen, None);
+    }
+}
