@@ -252,6 +252,28 @@ pub struct SuiteReport {
     pub targets: Vec<Target>,
 }
 
+/// `streams` idle sessions of users `{prefix}N` on a fresh `confab dev`,
+/// over `connections` HTTP/2 connections, or each on a WebSocket.
+async fn idle_on_fresh_dev(
+    prefix: &str,
+    streams: usize,
+    connections: usize,
+    websocket: bool,
+) -> Result<IdleReport> {
+    let dir = tempfile::tempdir().context("data directory")?;
+    let dev = DevProcess::start(dir.path(), free_port())?;
+    idle::run(&IdleOpts {
+        addr: dev.addr,
+        server_pid: dev.pid(),
+        secret: SECRET.into(),
+        user_prefix: prefix.into(),
+        streams,
+        connections,
+        websocket: websocket.then_some(dev.http),
+    })
+    .await
+}
+
 /// Runs everything.
 pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     let started = Instant::now();
@@ -324,35 +346,18 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
     if opts.runs(Section::Idle) {
         step("idle Connect streams on a fresh confab dev");
-        let dir = tempfile::tempdir().context("data directory")?;
-        let dev = DevProcess::start(dir.path(), free_port())?;
-        let r = idle::run(&IdleOpts {
-            addr: dev.addr,
-            server_pid: dev.pid(),
-            secret: SECRET.into(),
-            user_prefix: "idle-embedded-".into(),
-            streams: opts.idle_streams,
-            connections: opts.idle_connections,
-            websocket: None,
-        })
-        .await?;
-        report.embedded_idle = Some(noted(r));
+        let r = idle_on_fresh_dev(
+            "idle-embedded-",
+            opts.idle_streams,
+            opts.idle_connections,
+            false,
+        );
+        report.embedded_idle = Some(noted(r.await?));
         // Sessions over WebSocket, one connection each as browsers hold
         // them, on a fresh process too.
         step("idle WebSocket sessions on a fresh confab dev");
-        let dir = tempfile::tempdir().context("data directory")?;
-        let dev = DevProcess::start(dir.path(), free_port())?;
-        let r = idle::run(&IdleOpts {
-            addr: dev.addr,
-            server_pid: dev.pid(),
-            secret: SECRET.into(),
-            user_prefix: "idle-websocket-".into(),
-            streams: opts.idle_websockets,
-            connections: 1,
-            websocket: Some(dev.http),
-        })
-        .await?;
-        report.embedded_idle_websocket = Some(noted(r));
+        let r = idle_on_fresh_dev("idle-websocket-", opts.idle_websockets, 1, true);
+        report.embedded_idle_websocket = Some(noted(r.await?));
     }
 
     // 3. The distributed stack and its parts.
