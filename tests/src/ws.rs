@@ -98,7 +98,11 @@ pub async fn open(
                         let (code, reason) = frame
                             .map(|f| (u16::from(f.code), f.reason.to_string()))
                             .unwrap_or((u16::from(CloseCode::Status), String::new()));
-                        if code == u16::from(CloseCode::Normal) {
+                        // A normal close, or one without a code (the
+                        // answer to the client's own close): the end.
+                        if code == u16::from(CloseCode::Normal)
+                            || code == u16::from(CloseCode::Status)
+                        {
                             return;
                         }
                         let _ = out.send(Err(close_status(code, &reason))).await;

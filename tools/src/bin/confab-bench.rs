@@ -45,6 +45,9 @@ enum Cmd {
         /// Idle Connect streams.
         #[arg(long)]
         idle_streams: Option<usize>,
+        /// Idle WebSocket sessions (a connection each).
+        #[arg(long)]
+        idle_websockets: Option<usize>,
         /// Write the report as JSON here.
         #[arg(long, default_value = "bench-results.json")]
         json: PathBuf,
@@ -241,6 +244,7 @@ fn main() {
                 seconds,
                 history_rows,
                 idle_streams,
+                idle_websockets,
                 json,
                 logs,
                 only,
@@ -258,6 +262,9 @@ fn main() {
                 }
                 if let Some(n) = idle_streams {
                     opts.idle_streams = n;
+                }
+                if let Some(n) = idle_websockets {
+                    opts.idle_websockets = n;
                 }
                 opts.only = only;
                 if !Machine::detect().release_build {

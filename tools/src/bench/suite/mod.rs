@@ -213,6 +213,10 @@ pub struct SuiteReport {
     /// Idle sessions over WebSocket on `confab dev`.
     #[serde(default)]
     pub embedded_idle_websocket: Option<IdleReport>,
+    /// Idle `Connect` streams on `confab dev`, one per connection, as many
+    /// as the WebSocket sessions.
+    #[serde(default)]
+    pub embedded_idle_alone: Option<IdleReport>,
     pub kafka: Option<KafkaReport>,
     pub inserts: Option<InsertReport>,
     /// History's ingest: the first run with search indexing on (also the
@@ -353,6 +357,13 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             false,
         );
         report.embedded_idle = Some(noted(r.await?));
+        // As many streams as WebSocket sessions below, each on its own
+        // connection: what one client holding one session costs, as every
+        // browser's WebSocket does.
+        step("idle Connect streams, a connection each, on a fresh confab dev");
+        let n = opts.idle_websockets;
+        let r = idle_on_fresh_dev("idle-alone-", n, n, false);
+        report.embedded_idle_alone = Some(noted(r.await?));
         // Sessions over WebSocket, one connection each as browsers hold
         // them, on a fresh process too.
         step("idle WebSocket sessions on a fresh confab dev");

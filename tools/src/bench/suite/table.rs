@@ -213,6 +213,7 @@ pub fn table(r: &SuiteReport) -> String {
     }
     for (name, idle) in [
         ("embedded", &r.embedded_idle),
+        ("embedded, a connection each", &r.embedded_idle_alone),
         ("embedded, WebSocket", &r.embedded_idle_websocket),
         ("gateway", &r.gateway_idle),
     ] {
