@@ -19,7 +19,7 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use confab_proto::v1::ClientFrame;
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -39,6 +39,22 @@ pub const UNSUPPORTED: u16 = 1003;
 pub const PROTOCOL: u16 = 1002;
 /// Close code of a peer that stopped answering pings: DEADLINE_EXCEEDED.
 pub const NO_PONG: u16 = STATUS_CLOSE_BASE + tonic::Code::DeadlineExceeded as u16;
+
+/// Most frames written together before a flush.
+const MAX_BATCH: usize = 64;
+
+/// Frames are written to the socket once this much is buffered (and at
+/// each flush): what lets a batch go out in one write.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// `frame` as a WebSocket message of `format`.
+fn message(format: Format, frame: &confab_proto::v1::ServerFrame) -> Message {
+    match format {
+        Format::Proto => Message::Binary(format.encode(frame).into()),
+        // The JSON mapping writes UTF-8.
+        Format::Json => Message::Text(String::from_utf8_lossy(&format.encode(frame)).into_owned().into()),
+    }
+}
 
 /// What each socket reads into at a time.
 const READ_BUFFER: usize = 4 * 1024;
@@ -95,8 +111,7 @@ pub(super) async fn upgrade(
         // socket, touched by the first read: most of what an idle session
         // would cost. Frames are small; a large one grows its own buffer.
         .read_buffer_size(READ_BUFFER)
-        // Each frame is sent (and flushed) as it comes.
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             run(
                 socket,
@@ -239,18 +254,32 @@ async fn run(
         tokio::select! {
             biased;
             frame = frames.next() => {
-                let msg = match frame {
-                    Some(Ok(frame)) => match format {
-                        Format::Proto => Message::Binary(format.encode(&frame).into()),
-                        Format::Json => match String::from_utf8(format.encode(&frame)) {
-                            Ok(text) => Message::Text(text.into()),
-                            Err(_) => continue,
-                        },
-                    },
-                    Some(Err(status)) => return closing(sink, stream, close_for(&status)).await,
-                    None => return closing(sink, stream, close(1000, "")).await,
-                };
-                if sink.send(msg).await.is_err() {
+                // This frame, and whatever others are ready, go out in one
+                // write: a busy session makes one system call per batch,
+                // not one per frame.
+                let mut next = frame;
+                for _ in 0..MAX_BATCH {
+                    match next {
+                        Some(Ok(frame)) => {
+                            if sink.feed(message(format, &frame)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Err(status)) => {
+                            let _ = sink.flush().await;
+                            return closing(sink, stream, close_for(&status)).await;
+                        }
+                        None => {
+                            let _ = sink.flush().await;
+                            return closing(sink, stream, close(1000, "")).await;
+                        }
+                    }
+                    match frames.next().now_or_never() {
+                        Some(more) => next = more,
+                        None => break,
+                    }
+                }
+                if sink.flush().await.is_err() {
                     return;
                 }
             }
