@@ -52,7 +52,11 @@ fn message(format: Format, frame: &confab_proto::v1::ServerFrame) -> Message {
     match format {
         Format::Proto => Message::Binary(format.encode(frame).into()),
         // The JSON mapping writes UTF-8.
-        Format::Json => Message::Text(String::from_utf8_lossy(&format.encode(frame)).into_owned().into()),
+        Format::Json => Message::Text(
+            String::from_utf8_lossy(&format.encode(frame))
+                .into_owned()
+                .into(),
+        ),
     }
 }
 
