@@ -82,7 +82,16 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
 
     let echo = report.echo.as_ref().expect("echo measured");
     complete(echo, false);
-    assert_eq!(report.embedded.len(), 5);
+    // Five over gRPC, two with the sessions over the WebSocket.
+    assert_eq!(report.embedded.len(), 7);
+    assert!(
+        report
+            .embedded
+            .iter()
+            .any(|r| r.label == "embedded websocket max"),
+        "{:?}",
+        report.embedded.iter().map(|r| &r.label).collect::<Vec<_>>()
+    );
     assert_eq!(report.distributed.len(), 3);
     for r in report.embedded.iter().chain(&report.distributed) {
         complete(r, true);
@@ -109,9 +118,14 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         "a flood: {}",
         flood.typing_frames
     );
-    for idle in [&report.embedded_idle, &report.gateway_idle] {
+    for (idle, streams) in [
+        (&report.embedded_idle, opts.idle_streams),
+        (&report.gateway_idle, opts.idle_streams),
+        (&report.embedded_idle_alone, opts.idle_websockets),
+        (&report.embedded_idle_websocket, opts.idle_websockets),
+    ] {
         let idle = idle.as_ref().expect("idle streams measured");
-        assert_eq!(idle.streams, opts.idle_streams);
+        assert_eq!(idle.streams, streams);
         assert!(idle.errors.is_empty(), "{:?}", idle.errors);
         assert!(
             idle.rss_before_kib > 0 && idle.rss_after_kib > 0,
@@ -214,6 +228,8 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         "embedded sends vs the gRPC ceiling",
         "sends with 10% of sessions reading",
         "messages during a typing flood",
+        "sessions over WebSocket: messages/s",
+        "idle sessions over WebSocket: memory",
         "distributed throughput",
         "distributed latency",
         "idle Connect streams (embedded)",

@@ -508,3 +508,39 @@ async fn a_peer_that_stops_answering_pings_is_closed_and_its_session_ends() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_held_back_by_its_own_typing_flood_is_not_taken_for_dead() {
+    // Two ping intervals (400 ms) are shorter than the pause a typing
+    // flood earns (up to the end of its one-second window), during which
+    // the session reads no frame, so the socket is not read either.
+    let (server, http) = start(&[("CONFAB_WS_PING_MS", "200")]).await;
+    let alice = server.user("alice").await;
+    let conv = alice.group("typing", &["bob"]).await;
+    let mut peer = Peer::new(open_as(http, Format::Proto, "alice").await);
+    let typing = Message::Binary(
+        ClientFrame {
+            frame: Some(client_frame::Frame::Typing(
+                confab_proto::v1::TypingFrame {
+                    conversation_id: conv.id.clone(),
+                    active: true,
+                },
+            )),
+        }
+        .encode_to_vec()
+        .into(),
+    );
+    for _ in 0..200 {
+        peer.out.feed(typing.clone()).await.expect("send");
+    }
+    peer.out.send(ping(42)).await.expect("send");
+    // The ping is answered once the pause is over: the session was not
+    // closed for the pongs it could not read meanwhile.
+    loop {
+        match peer.next().await {
+            server_frame::Frame::Pong(p) if p.nonce == 42 => break,
+            _ => {}
+        }
+    }
+    server.stop().await;
+}

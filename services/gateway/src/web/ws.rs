@@ -317,6 +317,13 @@ async fn run(
                 }
             }
             _ = ping.tick() => {
+                // A frame waiting for its session was heard: while the
+                // session takes no frames (busy, or pausing a typing flood),
+                // the socket is not read, and the peer's pongs wait behind
+                // that frame.
+                if pending.is_some() {
+                    heard = tokio::time::Instant::now();
+                }
                 if heard.elapsed() >= ping_every * 2 {
                     tracing::debug!(%peer, "WebSocket peer stopped answering pings; closing");
                     let reason = format!(
