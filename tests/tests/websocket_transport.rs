@@ -520,12 +520,10 @@ async fn a_session_held_back_by_its_own_typing_flood_is_not_taken_for_dead() {
     let mut peer = Peer::new(open_as(http, Format::Proto, "alice").await);
     let typing = Message::Binary(
         ClientFrame {
-            frame: Some(client_frame::Frame::Typing(
-                confab_proto::v1::TypingFrame {
-                    conversation_id: conv.id.clone(),
-                    active: true,
-                },
-            )),
+            frame: Some(client_frame::Frame::Typing(confab_proto::v1::TypingFrame {
+                conversation_id: conv.id.clone(),
+                active: true,
+            })),
         }
         .encode_to_vec()
         .into(),
