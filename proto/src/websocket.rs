@@ -58,11 +58,6 @@ impl Format {
         self.write(frame, "confab.v1.ServerFrame")
     }
 
-    /// `frame` as a message's payload (what a client sends).
-    pub fn encode_client(self, frame: &ClientFrame) -> Vec<u8> {
-        self.write(frame, "confab.v1.ClientFrame")
-    }
-
     fn read<M: Message + Default>(self, data: &[u8], name: &str) -> Result<M, String> {
         match self {
             Format::Proto => {

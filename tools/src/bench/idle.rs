@@ -169,7 +169,6 @@ async fn open(channel: Channel, token: &str) -> Result<Idle, String> {
         .parse()
         .map_err(|_| "mint".to_string())?;
     req.metadata_mut().insert("authorization", bearer);
-    let status_name = |s: tonic::Status| code_name(s.code()).to_string();
     let inbound = ChatClient::new(channel)
         .connect(req)
         .await
@@ -180,7 +179,6 @@ async fn open(channel: Channel, token: &str) -> Result<Idle, String> {
 
 /// Opens one session over the WebSocket at `http` with a ping, as [`open`].
 async fn open_websocket(http: SocketAddr, token: &str) -> Result<Idle, String> {
-    let status_name = |s: tonic::Status| code_name(s.code()).to_string();
     let (tx, inbound) = confab_tests::ws::open(http, token)
         .await
         .map_err(status_name)?;
@@ -197,7 +195,6 @@ async fn answered(
     tx: mpsc::Sender<ClientFrame>,
     mut inbound: confab_tests::client::Inbound,
 ) -> Result<Idle, String> {
-    let status_name = |s: tonic::Status| code_name(s.code()).to_string();
     match inbound.next().await.transpose().map_err(status_name)? {
         Some(ServerFrame {
             frame: Some(server_frame::Frame::Pong(Pong { nonce: 1 })),
@@ -208,6 +205,11 @@ async fn answered(
         Some(_) => Err("unexpected_frame".into()),
         None => Err("ended".into()),
     }
+}
+
+/// The name a failed open is counted under: its gRPC code's.
+fn status_name(s: tonic::Status) -> String {
+    code_name(s.code()).to_string()
 }
 
 /// `pid`'s RSS once two readings 500 ms apart are within 1% (at most ~10 s
