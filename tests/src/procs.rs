@@ -326,23 +326,28 @@ pub fn children(parent: u32) -> Vec<u32> {
     live_where(|ppid, _| ppid == parent)
 }
 
+/// Where cargo put the binary `name` of the running build profile:
+/// beside the running executable (tools: confab-bench, confab-chaos) or
+/// one directory up (tests, which run from `<profile>/deps/`). The path
+/// may not exist.
+pub fn built_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let beside = exe.with_file_name(name);
+    if beside.exists() {
+        return beside;
+    }
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|profile| profile.join(name))
+        .unwrap_or(beside)
+}
+
 /// The `confab` binary built next to the test executable (or `CONFAB_BIN`).
 pub fn confab_bin() -> PathBuf {
     if let Ok(p) = std::env::var("CONFAB_BIN") {
         return PathBuf::from(p);
     }
-    let exe = std::env::current_exe().expect("current exe");
-    // Tests run from `<profile>/deps/`, tools (confab-bench, confab-chaos)
-    // from `<profile>/`.
-    let beside = exe.with_file_name("confab");
-    let bin = if beside.exists() {
-        beside
-    } else {
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("target profile dir")
-            .join("confab")
-    };
+    let bin = built_bin("confab");
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p confab` first (make test does)",

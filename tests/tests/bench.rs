@@ -92,7 +92,7 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         "{:?}",
         report.embedded.iter().map(|r| &r.label).collect::<Vec<_>>()
     );
-    assert_eq!(report.distributed.len(), 3);
+    assert_eq!(report.distributed.len(), 4);
     for r in report.embedded.iter().chain(&report.distributed) {
         complete(r, true);
         assert_eq!(r.clients, opts.clients);
@@ -132,6 +132,9 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
             "{idle:?}"
         );
     }
+    let floor = report.broker_floor.as_ref().expect("the broker's floor");
+    assert_eq!(floor.produce_to_consume.count, opts.floor_records);
+    ordered("broker floor", &floor.produce_to_consume);
     let kafka = report.kafka.as_ref().expect("kafka ceiling");
     assert_eq!(kafka.messages, opts.kafka_messages);
     assert_eq!(kafka.produce_to_consume.count, opts.kafka_messages);
@@ -232,6 +235,8 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         "idle sessions over WebSocket: memory",
         "distributed throughput",
         "distributed latency",
+        "unloaded send->delivery vs the broker's floor",
+        "CPU per message, gateway + router + history",
         "idle Connect streams (embedded)",
         "idle Connect streams (gateway)",
         "GetHistory",
@@ -242,6 +247,40 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         assert!(
             names.contains(&want),
             "target {want:?} missing from {names:?}"
+        );
+    }
+    // CPU per message of every process of the distributed stack, each
+    // measured.
+    for r in &report.distributed {
+        let labels: Vec<&str> = r.cpu_per_message.iter().map(|c| c.label.as_str()).collect();
+        for want in [
+            "gateway",
+            "router",
+            "history",
+            "broker",
+            "PostgreSQL",
+            "bench client",
+        ] {
+            assert!(
+                labels.contains(&want),
+                "{}: {want} missing from {labels:?}",
+                r.label
+            );
+        }
+        // (A process may use less than a clock tick in a smoke run.)
+        assert!(
+            r.cpu_per_message
+                .iter()
+                .all(|c| c.per_delivery_us >= 0.0 && c.per_delivery_us <= c.per_message_us),
+            "{}: {:?}",
+            r.label,
+            r.cpu_per_message
+        );
+        let services = r.cpu_us_per_message(&["gateway", "router", "history"]);
+        assert!(
+            services.is_some_and(|us| us > 0.0),
+            "{}: {services:?}",
+            r.label
         );
     }
     // A 20,000-row table is not the 10M-row table the target is about.
@@ -316,5 +355,87 @@ async fn only_the_parts_asked_for_run() {
         names,
         vec!["distributed throughput", "distributed latency"],
         "targets only for what ran"
+    );
+}
+
+/// The bin targets one `cargo build` command line would build, as cargo
+/// itself selects them. `--unit-graph` prints the plan and builds nothing;
+/// it is unstable, so the query runs with `RUSTC_BOOTSTRAP=1` (this
+/// query only, never a build).
+fn bins_built_by(args: &[&str], root: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(args)
+        .args(["--unit-graph", "-Z", "unstable-options"])
+        .env("RUSTC_BOOTSTRAP", "1")
+        .current_dir(root)
+        .output()
+        .expect("run cargo");
+    assert!(
+        out.status.success(),
+        "cargo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let graph: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a unit graph");
+    let units = graph["units"].as_array().expect("units");
+    graph["roots"]
+        .as_array()
+        .expect("roots")
+        .iter()
+        .filter_map(|i| units.get(usize::try_from(i.as_u64()?).ok()?))
+        .filter(|u| {
+            u["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "bin"))
+        })
+        .filter_map(|u| Some(u["target"]["name"].as_str()?.to_string()))
+        .collect()
+}
+
+/// `make bench` on a fresh target directory builds every binary its
+/// suite starts: the build lines of `make bench-build` (as make expands
+/// them) are put to cargo, which says which binaries each would build.
+/// A stale binary from an earlier build cannot hide a missing one here.
+#[test]
+fn make_bench_builds_every_binary_the_suite_starts() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root");
+    let out = std::process::Command::new("make")
+        .args([
+            "-n",
+            "-s",
+            "--no-print-directory",
+            "bench-build",
+            "CARGO=planned-cargo",
+        ])
+        .current_dir(root)
+        .output()
+        .expect("run make");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let recipe = String::from_utf8(out.stdout).expect("utf-8");
+    let builds: Vec<Vec<&str>> = recipe
+        .lines()
+        .filter_map(|l| l.strip_prefix("planned-cargo "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert!(!builds.is_empty(), "no cargo build in:\n{recipe}");
+    let mut built = std::collections::BTreeSet::new();
+    for args in &builds {
+        assert_eq!(args.first(), Some(&"build"), "{args:?}");
+        assert!(args.contains(&"--release"), "a release build: {args:?}");
+        built.extend(bins_built_by(args, root));
+    }
+    let missing: Vec<_> = suite::procs::binaries()
+        .into_iter()
+        .filter(|b| !built.contains(*b))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "make bench-build builds {built:?}, not {missing:?}"
     );
 }

@@ -70,8 +70,9 @@ impl KafkaConfig {
 
     /// Reads `CONFAB_KAFKA_BROKERS`, `CONFAB_KAFKA_PREFIX`,
     /// `CONFAB_KAFKA_PARTITIONS`, `CONFAB_KAFKA_REPLICATION`,
-    /// `CONFAB_KAFKA_PRODUCE_TIMEOUT_MS`, `CONFAB_KAFKA_SESSION_TIMEOUT_MS`
-    /// and `CONFAB_KAFKA_FETCH_WAIT_MS`; unset ones keep their defaults.
+    /// `CONFAB_KAFKA_PRODUCE_TIMEOUT_MS`, `CONFAB_KAFKA_SESSION_TIMEOUT_MS`,
+    /// `CONFAB_KAFKA_FETCH_WAIT_MS` and `CONFAB_KAFKA_LINGER_MS`; unset
+    /// ones keep their defaults.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
         let ms = |key: &str, default: Duration| {
@@ -95,6 +96,14 @@ impl KafkaConfig {
                 d.session_timeout,
             )?,
             fetch_wait: ms(confab_core::vars::KAFKA_FETCH_WAIT_MS, d.fetch_wait)?,
+            linger: confab_core::config::parse_in(
+                env,
+                confab_core::vars::KAFKA_LINGER_MS,
+                d.linger.as_secs_f64() * 1000.0,
+                0.0..=1000.0,
+                "milliseconds from 0 to 1000 (fractions allowed)",
+            )
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))?,
             ..d
         })
     }
@@ -136,7 +145,11 @@ impl KafkaConfig {
             // The whole budget of one record, queueing and retries included.
             .set("message.timeout.ms", timeout_ms.to_string())
             .set("request.timeout.ms", timeout_ms.min(30_000).to_string())
-            .set("linger.ms", millis(self.linger).to_string())
+            // A float in librdkafka: 0.5 is half a millisecond.
+            .set(
+                "linger.ms",
+                (self.linger.as_secs_f64() * 1000.0).to_string(),
+            )
             // Kafka's (Java client's) partitioner: murmur2 of the key.
             .set("partitioner", "murmur2_random");
         c
@@ -253,5 +266,20 @@ mod tests {
             [("CONFAB_KAFKA_FETCH_WAIT_MS".to_string(), "0".to_string())].into();
         let err = KafkaConfig::from_env(&env).expect_err("no wait at all");
         assert_eq!(err.key, "CONFAB_KAFKA_FETCH_WAIT_MS");
+    }
+
+    #[test]
+    fn the_linger_reaches_the_producer_in_fractions_of_a_millisecond() {
+        let env: HashMap<String, String> =
+            [("CONFAB_KAFKA_LINGER_MS".to_string(), "0.5".to_string())].into();
+        let c = KafkaConfig::from_env(&env).expect("valid");
+        assert_eq!(c.linger, Duration::from_micros(500));
+        assert_eq!(c.producer_config().get("linger.ms"), Some("0.5"));
+        for bad in ["-1", "soon", "NaN", "1001"] {
+            let env: HashMap<String, String> =
+                [("CONFAB_KAFKA_LINGER_MS".to_string(), bad.to_string())].into();
+            let err = KafkaConfig::from_env(&env).expect_err(bad);
+            assert_eq!(err.key, "CONFAB_KAFKA_LINGER_MS");
+        }
     }
 }

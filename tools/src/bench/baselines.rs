@@ -133,7 +133,7 @@ pub async fn kafka(opts: &KafkaOpts) -> Result<KafkaReport> {
     let admin = create_topic(&opts.bootstrap, &topic, opts.partitions).await?;
 
     let consumer: Arc<StreamConsumer> = Arc::new(
-        bench_client(&opts.bootstrap)
+        bench_client(&opts.bootstrap)?
             .consumer_config(&format!("{topic}.bench"))
             .create()
             .context("create the consumer")?,
@@ -145,7 +145,7 @@ pub async fn kafka(opts: &KafkaOpts) -> Result<KafkaReport> {
     let reader = tokio::spawn(consume(consumer.clone(), origin, opts.messages, deadline));
     wait_for_assignment(&consumer, opts.partitions).await?;
 
-    let producer: FutureProducer = bench_client(&opts.bootstrap)
+    let producer: FutureProducer = bench_client(&opts.bootstrap)?
         .producer_config()
         .create()
         .context("create the producer")?;
@@ -218,13 +218,17 @@ pub async fn kafka(opts: &KafkaOpts) -> Result<KafkaReport> {
     })
 }
 
-/// Confab's Kafka settings (`KafkaConfig`'s defaults) for a client of
-/// `bootstrap`, named `confab-bench`.
-fn bench_client(bootstrap: &str) -> KafkaConfig {
-    KafkaConfig {
+/// Confab's Kafka settings for a client of `bootstrap`, named
+/// `confab-bench`: the defaults, or what `CONFAB_KAFKA_*` set for the
+/// bench (its stack's services get the same).
+fn bench_client(bootstrap: &str) -> Result<KafkaConfig> {
+    let tuned = KafkaConfig::from_env(&confab_core::config::ProcessEnv)
+        .map_err(|e| anyhow!("{}: {}", e.key, e.reason))?;
+    Ok(KafkaConfig {
         client_id: "confab-bench".into(),
-        ..KafkaConfig::new(bootstrap)
-    }
+        brokers: bootstrap.into(),
+        ..tuned
+    })
 }
 
 /// Creates `topic` and waits until the broker's metadata lists all its
@@ -235,7 +239,7 @@ async fn create_topic(
     partitions: i32,
 ) -> Result<Arc<AdminClient<DefaultClientContext>>> {
     let admin: Arc<AdminClient<DefaultClientContext>> = Arc::new(
-        bench_client(bootstrap)
+        bench_client(bootstrap)?
             .client_config()
             .create()
             .context("create the admin client")?,

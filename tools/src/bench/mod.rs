@@ -142,6 +142,9 @@ pub struct ProcStats {
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
     pid: u32,
+    /// Whether `pid` is a server's root whose children's time counts too
+    /// ([`server_cpu_ticks`]).
+    server: bool,
     ticks: u64,
     at: Instant,
 }
@@ -149,16 +152,39 @@ pub struct CpuMark {
 impl CpuMark {
     /// Reads `pid`'s CPU time now (0 ticks if the process is gone).
     pub fn now(pid: u32) -> Self {
-        Self {
+        Self::read(pid, false)
+    }
+
+    /// Reads the CPU time of the server whose root process is `root`
+    /// (PostgreSQL's postmaster): its own, its live children's and its
+    /// reaped children's.
+    pub fn server(root: u32) -> Self {
+        Self::read(root, true)
+    }
+
+    fn read(pid: u32, server: bool) -> Self {
+        let mut mark = Self {
             pid,
-            ticks: cpu_ticks(pid).unwrap_or(0),
+            server,
+            ticks: 0,
             at: Instant::now(),
+        };
+        mark.ticks = mark.ticks_now().unwrap_or(0);
+        mark
+    }
+
+    fn ticks_now(&self) -> Option<u64> {
+        if self.server {
+            server_cpu_ticks(self.pid)
+        } else {
+            cpu_ticks(self.pid)
         }
     }
 
-    /// What the process used since this mark.
+    /// What the process (or server) used since this mark; the RSS is the
+    /// process's (a server's root's).
     pub fn stats(&self, label: &str) -> ProcStats {
-        let ticks = cpu_ticks(self.pid).unwrap_or(self.ticks);
+        let ticks = self.ticks_now().unwrap_or(self.ticks);
         let wall = self.at.elapsed().as_secs_f64().max(1e-9);
         let cpu_seconds = ticks.saturating_sub(self.ticks) as f64 / clock_ticks_per_sec() as f64;
         ProcStats {

@@ -274,6 +274,10 @@ fn main() {
                 println!("{}", suite::table(&report));
                 std::fs::write(&json, serde_json::to_string_pretty(&report)?)?;
                 println!("JSON: {}", json.display());
+                let svg = suite::plot_path(&json);
+                if suite::plot(&report, &svg)? {
+                    println!("Runs second by second: {}", svg.display());
+                }
                 Ok(())
             }
         }

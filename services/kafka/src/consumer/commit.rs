@@ -111,3 +111,61 @@ impl Committer {
         }
     }
 }
+
+/// Commits positions in the background, at most once per interval, so a
+/// consumer whose downstream drops what it has seen (the router: a session
+/// drops a seq it already has) does not wait for the broker after every
+/// batch. Everything handed over is committed by the time
+/// [`CommitBehind::finish`] returns; positions of a partition revoked
+/// meanwhile are dropped by the [`Committer`] (its next owner processes
+/// those records again).
+pub struct CommitBehind {
+    handed: tokio::sync::mpsc::UnboundedSender<Offsets>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CommitBehind {
+    /// Starts committing for `committer`: the first positions handed over
+    /// after a commit wait `every` for more to join them.
+    pub fn spawn(committer: Committer, every: Duration) -> Self {
+        let (handed, mut positions) = tokio::sync::mpsc::unbounded_channel::<Offsets>();
+        let task = tokio::spawn(async move {
+            while let Some(mut pending) = positions.recv().await {
+                let pause = tokio::time::sleep(every);
+                tokio::pin!(pause);
+                let mut open = true;
+                while open {
+                    tokio::select! {
+                        () = &mut pause => break,
+                        more = positions.recv() => match more {
+                            Some(more) => pending.merge(&more),
+                            None => open = false,
+                        },
+                    }
+                }
+                committer.commit_done(&pending).await;
+                if !open {
+                    break;
+                }
+            }
+        });
+        Self { handed, task }
+    }
+
+    /// `done`'s positions are processed: commit them with the next commit.
+    pub fn done(&self, done: &Offsets) {
+        if !done.is_empty() {
+            // Fails only once the task is gone, which `finish` reports.
+            let _ = self.handed.send(done.clone());
+        }
+    }
+
+    /// Commits what was handed over and not yet committed, at once, and
+    /// ends.
+    pub async fn finish(self) {
+        drop(self.handed);
+        if let Err(e) = self.task.await {
+            tracing::warn!(error = %e, "the background committer ended abnormally; uncommitted records will be processed again");
+        }
+    }
+}

@@ -17,6 +17,7 @@ mod clients;
 mod send;
 mod stream;
 mod tally;
+mod timeline;
 
 use super::{per_sec, CpuMark, Latency, ProcStats, Recorder};
 use anyhow::{anyhow, bail, Context, Result};
@@ -31,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use stream::{open_stream, read_stream};
 use tally::{merged, Clock, Counters, Ledger};
+pub use timeline::PerSecond;
 use tokio::sync::{mpsc, Semaphore};
 
 /// How clients send.
@@ -84,6 +86,9 @@ pub struct LoadOpts {
     pub confab: bool,
     /// Processes whose CPU and memory are reported (label, pid).
     pub watch: Vec<(String, u32)>,
+    /// Servers of several processes whose CPU is reported with their
+    /// children's (label, root pid: PostgreSQL's postmaster).
+    pub watch_servers: Vec<(String, u32)>,
     /// Which share of the clients (0..=1) send a `read` frame for every
     /// message delivered to them, as a client showing each message at once
     /// does (over `Connect` only).
@@ -122,6 +127,7 @@ impl LoadOpts {
             drain: Duration::from_secs(15),
             confab: true,
             watch: Vec::new(),
+            watch_servers: Vec::new(),
             read_share: 0.0,
             typing_flooders: 0,
             websocket: None,
@@ -206,9 +212,57 @@ pub struct LoadReport {
     /// CPU and memory of the watched processes and of this client, over
     /// the window.
     pub processes: Vec<ProcStats>,
+    /// CPU time per message of each of `processes`, over the same window.
+    #[serde(default)]
+    pub cpu_per_message: Vec<CpuPerMessage>,
+    /// The run second by second, from the first send (the warm-up
+    /// included) to the last delivery.
+    #[serde(default)]
+    pub per_second: Vec<PerSecond>,
+}
+
+/// A process's CPU time per message over a run's window: what Confab
+/// spends on a message, which carries to other machines better than
+/// messages/s on this one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CpuPerMessage {
+    pub label: String,
+    /// µs of CPU per message sent and acknowledged in the window.
+    pub per_message_us: f64,
+    /// µs of CPU per delivery (one per member's stream) in the window.
+    pub per_delivery_us: f64,
+}
+
+impl CpuPerMessage {
+    /// Each process's CPU over `acked` messages and `delivered` deliveries.
+    pub fn of(processes: &[ProcStats], acked: u64, delivered: u64) -> Vec<Self> {
+        let per = |cpu: f64, n: u64| if n == 0 { 0.0 } else { cpu * 1e6 / n as f64 };
+        processes
+            .iter()
+            .map(|p| Self {
+                label: p.label.clone(),
+                per_message_us: per(p.cpu_seconds, acked),
+                per_delivery_us: per(p.cpu_seconds, delivered),
+            })
+            .collect()
+    }
 }
 
 impl LoadReport {
+    /// The µs of CPU per message of the processes labelled `labels`
+    /// together (`None` if one of them was not watched).
+    pub fn cpu_us_per_message(&self, labels: &[&str]) -> Option<f64> {
+        labels
+            .iter()
+            .map(|l| {
+                self.cpu_per_message
+                    .iter()
+                    .find(|c| c.label == *l)
+                    .map(|c| c.per_message_us)
+            })
+            .sum()
+    }
+
     /// Acknowledged sends that were never delivered to some member, or
     /// deliveries beyond what was due (both whole-run).
     pub fn delivery_mismatch(&self) -> i64 {
@@ -243,6 +297,7 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
             (start + opts.warmup - setup_done).as_nanos() as u64,
             (start + opts.warmup + opts.duration - setup_done).as_nanos() as u64,
         ),
+        timeline: timeline::Timeline::new(start),
     });
     let window_start = start + opts.warmup;
     let end = window_start + opts.duration;
@@ -340,6 +395,11 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
         .watch
         .iter()
         .map(|(label, pid)| (label.clone(), CpuMark::now(*pid)))
+        .chain(
+            opts.watch_servers
+                .iter()
+                .map(|(label, root)| (label.clone(), CpuMark::server(*root))),
+        )
         .collect();
     marks.push(("bench client".into(), CpuMark::now(std::process::id())));
     tokio::time::sleep_until(end.into()).await;
@@ -407,6 +467,7 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
     }
     let acked = c.acked.load(Ordering::Relaxed);
     let expected = c.expected.load(Ordering::Relaxed);
+    let cpu_per_message = CpuPerMessage::of(&processes, acked, c.delivered.load(Ordering::Relaxed));
     Ok(LoadReport {
         label: opts.label.clone(),
         via: Some(opts.via),
@@ -442,6 +503,8 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
         reads_answered: c.reads_answered.load(Ordering::Relaxed),
         typing_frames,
         processes,
+        cpu_per_message,
+        per_second: clock.timeline.seconds(),
     })
 }
 
@@ -475,11 +538,13 @@ pub fn describe(r: &LoadReport) -> String {
     if !r.errors.is_empty() {
         s.push_str(&format!("  errors: {:?}\n", r.errors));
     }
-    for p in &r.processes {
+    for (p, c) in r.processes.iter().zip(&r.cpu_per_message) {
         s.push_str(&format!(
-            "  {}: {:.2} cores, RSS {} MiB (peak {} MiB)\n",
+            "  {}: {:.2} cores ({:.1} µs per message, {:.1} per delivery), RSS {} MiB (peak {} MiB)\n",
             p.label,
             p.cores,
+            c.per_message_us,
+            c.per_delivery_us,
             p.rss_kib / 1024,
             p.peak_rss_kib / 1024
         ));

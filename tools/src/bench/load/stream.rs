@@ -133,6 +133,7 @@ pub(super) async fn read_stream(
                     Delivery::OutOfOrder => counters.error("out-of-order delivery".into()),
                 }
                 counters.total_delivered.fetch_add(1, Ordering::Relaxed);
+                clock.timeline.delivery(clock.since(due));
                 if clock.in_window(due) {
                     counters.delivered.fetch_add(1, Ordering::Relaxed);
                     if let Ok(mut r) = deliveries.lock() {

@@ -41,6 +41,8 @@ pub(super) struct Clock {
     pub(super) epoch: Instant,
     /// Window start and end, in ns since `epoch`.
     pub(super) window: (u64, u64),
+    /// Acks and deliveries by the second they arrived in.
+    pub(super) timeline: super::timeline::Timeline,
 }
 
 impl Clock {
@@ -193,6 +195,7 @@ pub(super) fn acked(
     acks: &Mutex<Recorder>,
 ) {
     ledger.ack(conv, seq);
+    clock.timeline.ack();
     let fanout = members.get(conv).map_or(0, |m| m.len() as u64);
     counters.total_acked.fetch_add(1, Ordering::Relaxed);
     counters.total_expected.fetch_add(fanout, Ordering::Relaxed);

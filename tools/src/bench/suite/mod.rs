@@ -18,14 +18,16 @@
 //! report prints as a table (`table`); the echo server and the stack are
 //! started by `procs`.
 
-mod procs;
+mod plot;
+pub mod procs;
 mod table;
 mod targets;
 
+pub use plot::{path_beside as plot_path, plot};
 pub use table::table;
 pub use targets::Target;
 
-use procs::{ready, start_stack, start_stack_on, watch, EchoProcess};
+use procs::{check_binaries, ready, start_stack, start_stack_on, watch, EchoProcess};
 use targets::targets;
 
 use super::baselines::{self, InsertOpts, InsertReport, KafkaOpts, KafkaReport};
@@ -93,6 +95,10 @@ pub struct SuiteOpts {
     pub in_flight: usize,
     /// The fixed rate latency is measured at (messages/s).
     pub latency_rate: f64,
+    /// The rate of the unloaded distributed run (messages/s), and the
+    /// records the broker's floor is measured with, one at a time.
+    pub unloaded_rate: f64,
+    pub floor_records: u64,
     /// Idle `Connect` streams, and the connections they share.
     pub idle_streams: usize,
     pub idle_connections: usize,
@@ -134,6 +140,8 @@ impl SuiteOpts {
             conversations: 100,
             in_flight: 16,
             latency_rate: 5000.0,
+            unloaded_rate: 100.0,
+            floor_records: 3_000,
             idle_streams: 20_000,
             idle_connections: 200,
             idle_websockets: 5_000,
@@ -162,6 +170,8 @@ impl SuiteOpts {
             conversations: 6,
             in_flight: 4,
             latency_rate: 200.0,
+            unloaded_rate: 50.0,
+            floor_records: 200,
             idle_streams: 300,
             idle_connections: 10,
             idle_websockets: 100,
@@ -252,6 +262,11 @@ pub struct SuiteReport {
     pub compression: Option<CompressionReport>,
     /// The distributed stack.
     pub distributed: Vec<LoadReport>,
+    /// The broker's own floor: raw records produced one at a time (the
+    /// next once the last is acknowledged) and consumed, with Confab's
+    /// settings, through the distributed runs' broker.
+    #[serde(default)]
+    pub broker_floor: Option<KafkaReport>,
     pub gateway_idle: Option<IdleReport>,
     pub targets: Vec<Target>,
 }
@@ -281,6 +296,7 @@ async fn idle_on_fresh_dev(
 /// Runs everything.
 pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     let started = Instant::now();
+    check_binaries()?;
     std::fs::create_dir_all(&opts.log_dir).context("log directory")?;
     let mut report = SuiteReport {
         machine: Machine::detect(),
@@ -611,10 +627,26 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
 
     if opts.runs(Section::Distributed) {
+        step("the broker's floor: one record at a time, produce -> consume");
+        let r = baselines::kafka(&KafkaOpts {
+            bootstrap: broker.bootstrap(),
+            topic_prefix: format!("floor{}", std::process::id()),
+            partitions: 8,
+            messages: opts.floor_records,
+            payload_bytes: ingress_record_bytes(opts.body_bytes),
+            in_flight: 1,
+        })
+        .await?;
+        report.broker_floor = Some(noted(r));
         // Each run on a stack and topics of its own: none reads topics the
         // runs before it filled (the broker's fetches cost more as a topic
-        // grows), and the latency run, the one with a target, goes first.
+        // grows), and the latency runs, the ones with targets, go first.
         for (n, (label, via, rate)) in [
+            (
+                "distributed connect unloaded",
+                Via::Connect,
+                Some(opts.unloaded_rate),
+            ),
             (
                 "distributed connect fixed rate",
                 Via::Connect,
@@ -633,6 +665,13 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
             ready(gateway).await?;
             let mut o = opts.load(label, gateway, via, rate);
             o.watch = watch(&stack);
+            o.watch
+                .extend(broker.pid().map(|p| ("broker".to_string(), p)));
+            o.watch_servers.extend(
+                pg.server_pids()
+                    .first()
+                    .map(|p| ("PostgreSQL".to_string(), *p)),
+            );
             report.distributed.push(show(load::run(&o).await?));
         }
     }

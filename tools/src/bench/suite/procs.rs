@@ -12,6 +12,35 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// Every binary the suite starts, each built beside `confab-bench` by
+/// `make bench-build` (a test asks cargo what that target builds and
+/// compares it with this list).
+pub fn binaries() -> Vec<&'static str> {
+    ["confab", "confab-bench"]
+        .into_iter()
+        .chain(Role::ALL.iter().map(|r| r.binary()))
+        .collect()
+}
+
+/// Fails, before anything runs, when a binary the suite needs is not
+/// beside this one.
+pub(super) fn check_binaries() -> Result<()> {
+    let missing: Vec<String> = binaries()
+        .into_iter()
+        .map(confab_tests::procs::built_bin)
+        .filter(|path| !path.exists())
+        .map(|path| path.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "missing: {}; `make bench` builds them (its build step alone: `make bench-build`)",
+            missing.join(", ")
+        ))
+    }
+}
+
 /// Waits until a message sent through `gateway` is delivered: the
 /// consumers have joined their groups and the router has attached.
 pub(super) async fn ready(gateway: SocketAddr) -> Result<()> {
@@ -136,11 +165,30 @@ pub(super) fn start_stack_on(
     } else {
         logs.join(run)
     };
-    ProcStack::builder("bench")
+    let mut builder = ProcStack::builder("bench")
         .kafka_prefix(format!("bench{}{run}", std::process::id()))
         .log("warn")
-        .log_dir(logs)
-        .start(broker, database_url)
+        .log_dir(logs);
+    for (key, value) in tuning() {
+        builder = builder.env(&key, value);
+    }
+    builder.start(broker, database_url)
+}
+
+/// The latency settings set for the bench (`CONFAB_KAFKA_LINGER_MS=0.5
+/// make bench`): its stack's services get them, and the broker's own runs
+/// read the Kafka ones, so one setting is measured on both sides.
+pub(super) fn tuning() -> Vec<(String, String)> {
+    use confab_core::vars;
+    [
+        vars::KAFKA_LINGER_MS,
+        vars::KAFKA_FETCH_WAIT_MS,
+        vars::BATCH_LINGER_MS,
+        vars::ROUTER_COMMIT_MS,
+    ]
+    .into_iter()
+    .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
+    .collect()
 }
 
 /// The services' processes to report on, gateway first.

@@ -47,12 +47,14 @@ pub fn table(r: &SuiteReport) -> String {
         if errors > 0 {
             s.push_str(&format!("{:<32} errors: {:?}\n", "", l.errors));
         }
-        for p in &l.processes {
+        for (p, c) in l.processes.iter().zip(&l.cpu_per_message) {
             s.push_str(&format!(
-                "{:<32}   {}: {:.2} cores, RSS {} MiB\n",
+                "{:<32}   {}: {:.2} cores, {:.1} µs CPU per message ({:.1} per delivery), RSS {} MiB\n",
                 "",
                 p.label,
                 p.cores,
+                c.per_message_us,
+                c.per_delivery_us,
                 p.rss_kib / 1024
             ));
         }
@@ -61,6 +63,15 @@ pub fn table(r: &SuiteReport) -> String {
         s.push_str(&format!(
             "\nKafka ceiling: {} x {} B: produced {:.0}/s, consumed {:.0}/s; produce->ack {}; produce->consume {}\n",
             k.messages, k.payload_bytes, k.produced_per_sec, k.consumed_per_sec, k.produce_ack.brief(), k.produce_to_consume.brief()
+        ));
+    }
+    if let Some(k) = &r.broker_floor {
+        s.push_str(&format!(
+            "Broker floor: {} x {} B one at a time: produce->ack {}; produce->consume {}\n",
+            k.messages,
+            k.payload_bytes,
+            k.produce_ack.brief(),
+            k.produce_to_consume.brief()
         ));
     }
     if let Some(i) = &r.inserts {

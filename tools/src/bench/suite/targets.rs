@@ -80,6 +80,54 @@ pub(super) fn targets(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
             met: ratio <= 1.1 && ws.errors.is_empty() && alone.errors.is_empty(),
         });
     }
+    if let (Some(floor), Some(unloaded)) = (
+        &r.broker_floor,
+        find(&r.distributed, "distributed connect unloaded"),
+    ) {
+        // A message crosses the broker twice: gateway -> history, history
+        // -> router.
+        let twice = |us: u64| 2.0 * us.max(1) as f64;
+        let p50 = unloaded.delivery.p50_us as f64 / twice(floor.produce_to_consume.p50_us);
+        let p99 = unloaded.delivery.p99_us as f64 / twice(floor.produce_to_consume.p99_us);
+        let ms = |us: u64| us as f64 / 1000.0;
+        t.push(Target {
+            name: "unloaded send->delivery vs the broker's floor".into(),
+            goal: format!(
+                "p50 <= 1.3x and p99 <= 1.5x of 2 x raw produce->consume (one record at a time, same broker and settings); distributed at {:.0} msg/s",
+                opts.unloaded_rate
+            ),
+            measured: format!(
+                "p50 {:.2} ms = {p50:.2}x of 2 x {:.2} ms, p99 {:.2} ms = {p99:.2}x of 2 x {:.2} ms",
+                ms(unloaded.delivery.p50_us),
+                ms(floor.produce_to_consume.p50_us),
+                ms(unloaded.delivery.p99_us),
+                ms(floor.produce_to_consume.p99_us),
+            ),
+            met: p50 <= 1.3 && p99 <= 1.5 && unloaded.errors.is_empty(),
+        });
+    }
+    if let Some(max) = find(&r.distributed, "distributed connect max") {
+        let services = max.cpu_us_per_message(&["gateway", "router", "history"]);
+        let others = |label: &str| {
+            max.cpu_us_per_message(&[label])
+                .map(|us| format!(", {label} {us:.0}"))
+                .unwrap_or_default()
+        };
+        if let Some(us) = services {
+            t.push(Target {
+                name: "CPU per message, gateway + router + history".into(),
+                goal: "<= 60 µs of CPU per message sent and delivered (distributed connect max)"
+                    .into(),
+                measured: format!(
+                    "{us:.0} µs at {:.0} msg/s (beside them: {}{})",
+                    max.acked_per_sec,
+                    others("broker").trim_start_matches(", "),
+                    others("PostgreSQL")
+                ),
+                met: us <= 60.0 && max.errors.is_empty(),
+            });
+        }
+    }
     if let (Some(plain), Some(reading)) = (
         find(&r.embedded, "embedded connect max"),
         find(&r.embedded, "embedded connect max, 10% reading"),
