@@ -102,7 +102,7 @@ soak: deps-build deps-tools deps-test build ## steady load with a few faults for
 # docs/benchmarks.md). BENCH_ARGS: e.g. `--seconds 30`, `--history-rows N`,
 # `--idle-streams N`, `--smoke`. Run it on an otherwise quiet machine.
 BENCH_ARGS ?=
-bench: deps-build deps-postgres deps-broker bench-build ## benchmarks with their baselines in one run (release build, ~15 min): table on stdout, JSON in bench-results.json
+bench: deps-build deps-postgres deps-broker bench-build ## benchmarks with their baselines in one run (release build, about an hour: the load runs go five rounds): table on stdout, JSON and a per-second plot beside it
 	$(CARGO_TARGET_DIR)/release/confab-bench suite $(BENCH_ARGS)
 
 # Every binary the suite starts. Two builds: `--bin` filters every package

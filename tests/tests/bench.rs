@@ -305,7 +305,13 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
     let json = serde_json::to_string(&report).expect("json");
     let back: SuiteReport = serde_json::from_str(&json).expect("json reads back");
     // (Floats may differ in their last digit through JSON; the rest may not.)
-    assert_eq!(back.targets, report.targets);
+    let words = |r: &SuiteReport| -> Vec<(String, String, String, bool)> {
+        r.targets
+            .iter()
+            .map(|t| (t.name.clone(), t.goal.clone(), t.measured.clone(), t.met))
+            .collect()
+    };
+    assert_eq!(words(&back), words(&report));
     assert_eq!(back.machine, report.machine);
     assert_eq!(
         back.history_reads.as_ref().map(|r| &r.latency),
@@ -337,7 +343,7 @@ async fn only_the_parts_asked_for_run() {
     opts.only = vec![suite::Section::Distributed, suite::Section::Inserts];
     let report = suite::run(&opts).await.expect("the suite runs");
 
-    assert_eq!(report.distributed.len(), 3);
+    assert_eq!(report.distributed.len(), 4);
     for r in &report.distributed {
         complete(r, true);
     }
@@ -353,9 +359,46 @@ async fn only_the_parts_asked_for_run() {
     let names: Vec<&str> = report.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(
         names,
-        vec!["distributed throughput", "distributed latency"],
+        vec![
+            "unloaded send->delivery vs the broker's floor",
+            "CPU per message, gateway + router + history",
+            "distributed throughput",
+            "distributed latency"
+        ],
         "targets only for what ran"
     );
+}
+
+/// With `repeats`, the load runs go round after round, every round in the
+/// report (the first where one round's runs are, the rest beside it), each
+/// run complete, and the table shows each run's rounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn load_runs_repeat_in_rounds() {
+    confab_tests::init_tracing();
+    let logs = tempfile::tempdir().expect("log dir");
+    let mut opts = SuiteOpts::smoke(logs.path().to_path_buf());
+    opts.only = vec![suite::Section::Echo];
+    opts.repeats = 3;
+    let report = suite::run(&opts).await.expect("the suite runs");
+    assert_eq!(report.rounds(), 3);
+    assert_eq!(report.later_rounds.len(), 2);
+    let echo = report.echo.as_ref().expect("round 1");
+    complete(echo, false);
+    for round in &report.later_rounds {
+        let again = round.echo.as_ref().expect("a later round");
+        complete(again, false);
+        assert_eq!(again.label, echo.label);
+    }
+    let text = suite::table(&report);
+    assert!(
+        text.lines().any(|l| l.starts_with("echo unary max")
+            && l.contains("acked/s")
+            && l.matches(" / ").count() == 4),
+        "a row of the rounds of the echo run: {text}"
+    );
+    let json = serde_json::to_string(&report).expect("json");
+    let back: SuiteReport = serde_json::from_str(&json).expect("json reads back");
+    assert_eq!(back.rounds(), 3);
 }
 
 /// The bin targets one `cargo build` command line would build, as cargo

@@ -113,11 +113,7 @@ impl HistoryConfig {
                 search_index: confab_core::config::search_index(env)?,
                 ..defaults
             },
-            linger: millis_or(
-                env,
-                confab_core::vars::BATCH_LINGER_MS,
-                Duration::from_millis(2),
-            )?,
+            linger: millis_or(env, confab_core::vars::BATCH_LINGER_MS, Duration::ZERO)?,
             service_token: None,
             transport: Transport::internal(),
         })

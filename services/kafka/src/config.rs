@@ -28,7 +28,9 @@ pub struct KafkaConfig {
     pub max_poll_interval: Duration,
     /// Timeout of admin requests (topic creation) and metadata requests.
     pub admin_timeout: Duration,
-    /// `linger.ms` of the producer: how long it waits to fill a batch.
+    /// `linger.ms` of the producer: how long it waits to fill a batch
+    /// (half a millisecond by default: docs/operations.md, "Latency
+    /// settings").
     pub linger: Duration,
     /// `fetch.wait.max.ms` of consumers: how long a fetch waits for new
     /// records. Every message crosses two consumers on its way to a
@@ -52,7 +54,7 @@ impl Default for KafkaConfig {
             session_timeout: Duration::from_secs(10),
             max_poll_interval: Duration::from_secs(300),
             admin_timeout: Duration::from_secs(30),
-            linger: Duration::from_millis(2),
+            linger: Duration::from_micros(500),
             fetch_wait: Duration::from_millis(10),
             client_id: "confab".into(),
         }
@@ -270,11 +272,13 @@ mod tests {
 
     #[test]
     fn the_linger_reaches_the_producer_in_fractions_of_a_millisecond() {
+        let default = KafkaConfig::default().producer_config();
+        assert_eq!(default.get("linger.ms"), Some("0.5"));
         let env: HashMap<String, String> =
-            [("CONFAB_KAFKA_LINGER_MS".to_string(), "0.5".to_string())].into();
+            [("CONFAB_KAFKA_LINGER_MS".to_string(), "2.25".to_string())].into();
         let c = KafkaConfig::from_env(&env).expect("valid");
-        assert_eq!(c.linger, Duration::from_micros(500));
-        assert_eq!(c.producer_config().get("linger.ms"), Some("0.5"));
+        assert_eq!(c.linger, Duration::from_micros(2250));
+        assert_eq!(c.producer_config().get("linger.ms"), Some("2.25"));
         for bad in ["-1", "soon", "NaN", "1001"] {
             let env: HashMap<String, String> =
                 [("CONFAB_KAFKA_LINGER_MS".to_string(), bad.to_string())].into();

@@ -48,6 +48,10 @@ enum Cmd {
         /// Idle WebSocket sessions (a connection each).
         #[arg(long)]
         idle_websockets: Option<usize>,
+        /// Rounds of the load runs; targets resting on them are judged on
+        /// the median round [default: 5; --smoke: 1].
+        #[arg(long)]
+        repeats: Option<usize>,
         /// Write the report as JSON here.
         #[arg(long, default_value = "bench-results.json")]
         json: PathBuf,
@@ -245,6 +249,7 @@ fn main() {
                 history_rows,
                 idle_streams,
                 idle_websockets,
+                repeats,
                 json,
                 logs,
                 only,
@@ -265,6 +270,9 @@ fn main() {
                 }
                 if let Some(n) = idle_websockets {
                     opts.idle_websockets = n;
+                }
+                if let Some(n) = repeats {
+                    opts.repeats = n.max(1);
                 }
                 opts.only = only;
                 if !Machine::detect().release_build {

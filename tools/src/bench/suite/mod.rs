@@ -124,6 +124,10 @@ pub struct SuiteOpts {
     pub ingest_messages: u64,
     /// Body size of every message.
     pub body_bytes: usize,
+    /// Rounds of the load runs (echo and embedded, then distributed), each
+    /// round every run once in the same order: each target that rests on
+    /// load runs is judged on the median round.
+    pub repeats: usize,
     /// Where the services' logs go.
     pub log_dir: PathBuf,
 }
@@ -155,6 +159,7 @@ impl SuiteOpts {
             insert_rows: 500_000,
             ingest_messages: 200_000,
             body_bytes: 100,
+            repeats: 5,
             log_dir,
             only: Vec::new(),
         }
@@ -185,6 +190,7 @@ impl SuiteOpts {
             insert_rows: 5_000,
             ingest_messages: 2_000,
             body_bytes: 100,
+            repeats: 1,
             log_dir,
             only: Vec::new(),
         }
@@ -268,7 +274,68 @@ pub struct SuiteReport {
     #[serde(default)]
     pub broker_floor: Option<KafkaReport>,
     pub gateway_idle: Option<IdleReport>,
+    /// The load runs' later rounds (the first is `echo`, `embedded`,
+    /// `distributed` and `broker_floor`), see [`SuiteOpts::repeats`].
+    #[serde(default)]
+    pub later_rounds: Vec<LoadRound>,
     pub targets: Vec<Target>,
+}
+
+/// One round of the load runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LoadRound {
+    pub echo: Option<LoadReport>,
+    pub embedded: Vec<LoadReport>,
+    pub distributed: Vec<LoadReport>,
+    pub broker_floor: Option<KafkaReport>,
+}
+
+impl SuiteReport {
+    /// Round `n` of the load runs (0: the first).
+    pub(super) fn round(&self, n: usize) -> Option<LoadRound> {
+        if n == 0 {
+            return Some(LoadRound {
+                echo: self.echo.clone(),
+                embedded: self.embedded.clone(),
+                distributed: self.distributed.clone(),
+                broker_floor: self.broker_floor.clone(),
+            });
+        }
+        self.later_rounds.get(n - 1).cloned()
+    }
+
+    /// This report with round `n`'s load runs in place of the first's.
+    pub(super) fn with_round(&self, n: usize) -> Option<SuiteReport> {
+        let round = self.round(n)?;
+        Some(SuiteReport {
+            echo: round.echo,
+            embedded: round.embedded,
+            distributed: round.distributed,
+            broker_floor: round.broker_floor,
+            later_rounds: Vec::new(),
+            ..self.clone()
+        })
+    }
+
+    /// Files `round` as round `n`.
+    fn file_round(&mut self, n: usize, round: LoadRound) {
+        if n == 0 {
+            self.echo = round.echo;
+            self.embedded = round.embedded;
+            self.distributed = round.distributed;
+            self.broker_floor = round.broker_floor;
+        } else {
+            while self.later_rounds.len() < n {
+                self.later_rounds.push(LoadRound::default());
+            }
+            self.later_rounds[n - 1] = round;
+        }
+    }
+
+    /// Rounds of load runs in this report.
+    pub fn rounds(&self) -> usize {
+        1 + self.later_rounds.len()
+    }
 }
 
 /// `streams` idle sessions of users `{prefix}N` on a fresh `confab dev`,
@@ -307,61 +374,12 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
         ..Default::default()
     };
 
-    // 1. The gRPC ceiling.
-    if opts.runs(Section::Echo) {
-        step("echo server (the gRPC ceiling)");
-        let echo = EchoProcess::start(&opts.log_dir.join("echo.log")).await?;
-        let mut o = opts.load("echo unary max", echo.addr, Via::Unary, None);
-        o.confab = false;
-        o.watch = vec![("echo server".into(), echo.pid())];
-        report.echo = Some(show(load::run(&o).await?));
-    }
-
-    // 2. Embedded mode.
-    if opts.runs(Section::Embedded) {
-        step("embedded mode (confab dev)");
-        let dir = tempfile::tempdir().context("data directory")?;
-        // Reads are limited per user like sends; the run where clients
-        // read every message measures reads, not their limit.
-        let reads = [("CONFAB_RATE_READS_PER_SEC", "1000000")];
-        let dev = DevProcess::start_with(dir.path(), free_port(), &reads, None)?;
-        let fixed = Some(opts.latency_rate);
-        // (label, via, rate, share of clients reading, typing flooders)
-        for (label, via, rate, read_share, flooders) in [
-            ("embedded unary max", Via::Unary, None, 0.0, 0),
-            ("embedded connect max", Via::Connect, None, 0.0, 0),
-            ("embedded connect fixed rate", Via::Connect, fixed, 0.0, 0),
-            (
-                "embedded connect max, 10% reading",
-                Via::Connect,
-                None,
-                0.1,
-                0,
-            ),
-            (
-                "embedded connect fixed rate, one user flooding typing",
-                Via::Connect,
-                fixed,
-                0.0,
-                1,
-            ),
-        ] {
-            let mut o = opts.load(label, dev.addr, via, rate);
-            o.watch = vec![("confab dev".into(), dev.pid())];
-            o.read_share = read_share;
-            o.typing_flooders = flooders;
-            report.embedded.push(show(load::run(&o).await?));
-        }
-        // The same session over the WebSocket (docs/browser.md), beside
-        // `Connect`: what a browser's messages cost.
-        for (label, rate) in [
-            ("embedded websocket max", None),
-            ("embedded websocket fixed rate", fixed),
-        ] {
-            let mut o = opts.load(label, dev.addr, Via::Connect, rate);
-            o.watch = vec![("confab dev".into(), dev.pid())];
-            o.websocket = Some(dev.http);
-            report.embedded.push(show(load::run(&o).await?));
+    // 1. The gRPC ceiling and embedded mode, round after round.
+    if opts.runs(Section::Echo) || opts.runs(Section::Embedded) {
+        for n in 0..opts.repeats.max(1) {
+            let mut round = report.round(n).unwrap_or_default();
+            echo_and_embedded(opts, n, &mut round).await?;
+            report.file_round(n, round);
         }
     }
     if opts.runs(Section::Idle) {
@@ -627,52 +645,11 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
 
     if opts.runs(Section::Distributed) {
-        step("the broker's floor: one record at a time, produce -> consume");
-        let r = baselines::kafka(&KafkaOpts {
-            bootstrap: broker.bootstrap(),
-            topic_prefix: format!("floor{}", std::process::id()),
-            partitions: 8,
-            messages: opts.floor_records,
-            payload_bytes: ingress_record_bytes(opts.body_bytes),
-            in_flight: 1,
-        })
-        .await?;
-        report.broker_floor = Some(noted(r));
-        // Each run on a stack and topics of its own: none reads topics the
-        // runs before it filled (the broker's fetches cost more as a topic
-        // grows), and the latency runs, the ones with targets, go first.
-        for (n, (label, via, rate)) in [
-            (
-                "distributed connect unloaded",
-                Via::Connect,
-                Some(opts.unloaded_rate),
-            ),
-            (
-                "distributed connect fixed rate",
-                Via::Connect,
-                Some(opts.latency_rate),
-            ),
-            ("distributed connect max", Via::Connect, None),
-            ("distributed unary max", Via::Unary, None),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            step(&format!("{label}: a fresh stack on fresh topics"));
-            stack.terminate(Duration::from_secs(10)).await;
-            stack = start_stack_on(&broker, &database_url, &opts.log_dir, &format!("-run{n}"));
-            let gateway = stack.gateway_addr(0);
-            ready(gateway).await?;
-            let mut o = opts.load(label, gateway, via, rate);
-            o.watch = watch(&stack);
-            o.watch
-                .extend(broker.pid().map(|p| ("broker".to_string(), p)));
-            o.watch_servers.extend(
-                pg.server_pids()
-                    .first()
-                    .map(|p| ("PostgreSQL".to_string(), *p)),
-            );
-            report.distributed.push(show(load::run(&o).await?));
+        for n in 0..opts.repeats.max(1) {
+            let mut round = report.round(n).unwrap_or_default();
+            stack =
+                distributed_round(opts, n, &mut round, stack, &broker, &pg, &database_url).await?;
+            report.file_round(n, round);
         }
     }
     stack.terminate(Duration::from_secs(10)).await;
@@ -682,6 +659,148 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     report.targets = targets(&report, opts);
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Round `n` of the echo and embedded load runs, into `round`.
+async fn echo_and_embedded(opts: &SuiteOpts, n: usize, round: &mut LoadRound) -> Result<()> {
+    if opts.runs(Section::Echo) {
+        step(&format!(
+            "echo server (the gRPC ceiling){}",
+            of_round(opts, n)
+        ));
+        let echo = EchoProcess::start(&opts.log_dir.join("echo.log")).await?;
+        let mut o = opts.load("echo unary max", echo.addr, Via::Unary, None);
+        o.confab = false;
+        o.watch = vec![("echo server".into(), echo.pid())];
+        round.echo = Some(show(load::run(&o).await?));
+    }
+
+    if opts.runs(Section::Embedded) {
+        step(&format!("embedded mode (confab dev){}", of_round(opts, n)));
+        let dir = tempfile::tempdir().context("data directory")?;
+        // Reads are limited per user like sends; the run where clients
+        // read every message measures reads, not their limit.
+        let reads = [("CONFAB_RATE_READS_PER_SEC", "1000000")];
+        let dev = DevProcess::start_with(dir.path(), free_port(), &reads, None)?;
+        let fixed = Some(opts.latency_rate);
+        // (label, via, rate, share of clients reading, typing flooders)
+        for (label, via, rate, read_share, flooders) in [
+            ("embedded unary max", Via::Unary, None, 0.0, 0),
+            ("embedded connect max", Via::Connect, None, 0.0, 0),
+            ("embedded connect fixed rate", Via::Connect, fixed, 0.0, 0),
+            (
+                "embedded connect max, 10% reading",
+                Via::Connect,
+                None,
+                0.1,
+                0,
+            ),
+            (
+                "embedded connect fixed rate, one user flooding typing",
+                Via::Connect,
+                fixed,
+                0.0,
+                1,
+            ),
+        ] {
+            let mut o = opts.load(label, dev.addr, via, rate);
+            o.watch = vec![("confab dev".into(), dev.pid())];
+            o.read_share = read_share;
+            o.typing_flooders = flooders;
+            round.embedded.push(show(load::run(&o).await?));
+        }
+        // The same session over the WebSocket (docs/browser.md), beside
+        // `Connect`: what a browser's messages cost.
+        for (label, rate) in [
+            ("embedded websocket max", None),
+            ("embedded websocket fixed rate", fixed),
+        ] {
+            let mut o = opts.load(label, dev.addr, Via::Connect, rate);
+            o.watch = vec![("confab dev".into(), dev.pid())];
+            o.websocket = Some(dev.http);
+            round.embedded.push(show(load::run(&o).await?));
+        }
+    }
+    Ok(())
+}
+
+/// ", round N of M" when there is more than one.
+fn of_round(opts: &SuiteOpts, n: usize) -> String {
+    if opts.repeats > 1 {
+        format!(", round {} of {}", n + 1, opts.repeats)
+    } else {
+        String::new()
+    }
+}
+
+/// Round `n` of the distributed load runs, into `round`: the broker's
+/// floor, then each run on a fresh stack (`stack` is stopped first; the
+/// last one started is handed back).
+async fn distributed_round(
+    opts: &SuiteOpts,
+    n: usize,
+    round: &mut LoadRound,
+    mut stack: ProcStack,
+    broker: &Broker,
+    pg: &PgCluster,
+    database_url: &str,
+) -> Result<ProcStack> {
+    step(&format!(
+        "the broker's floor: one record at a time, produce -> consume{}",
+        of_round(opts, n)
+    ));
+    let r = baselines::kafka(&KafkaOpts {
+        bootstrap: broker.bootstrap(),
+        topic_prefix: format!("floor{}", std::process::id()),
+        partitions: 8,
+        messages: opts.floor_records,
+        payload_bytes: ingress_record_bytes(opts.body_bytes),
+        in_flight: 1,
+    })
+    .await?;
+    round.broker_floor = Some(noted(r));
+    // Each run on a stack and topics of its own: none reads topics the
+    // runs before it filled (the broker's fetches cost more as a topic
+    // grows), and the latency runs, the ones with targets, go first.
+    for (run, (label, via, rate)) in [
+        (
+            "distributed connect unloaded",
+            Via::Connect,
+            Some(opts.unloaded_rate),
+        ),
+        (
+            "distributed connect fixed rate",
+            Via::Connect,
+            Some(opts.latency_rate),
+        ),
+        ("distributed connect max", Via::Connect, None),
+        ("distributed unary max", Via::Unary, None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        step(&format!("{label}: a fresh stack on fresh topics"));
+        stack.terminate(Duration::from_secs(10)).await;
+        stack = start_stack_on(
+            broker,
+            database_url,
+            &opts.log_dir,
+            &format!("-round{n}-run{run}"),
+        );
+        let gateway = stack.gateway_addr(0);
+        ready(gateway).await?;
+        let mut o = opts.load(label, gateway, via, rate);
+        o.watch = watch(&stack);
+        o.watch
+            .extend(broker.pid().map(|p| ("broker".to_string(), p)));
+        o.watch_servers.extend(
+            pg.server_pids()
+                .first()
+                .map(|p| ("PostgreSQL".to_string(), *p)),
+        );
+        round.distributed.push(show(load::run(&o).await?));
+    }
+    Ok(stack)
 }
 
 /// History's ingest on a fresh database of `pg`, with search indexing

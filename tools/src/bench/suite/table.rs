@@ -59,6 +59,34 @@ pub fn table(r: &SuiteReport) -> String {
             ));
         }
     }
+    if !r.later_rounds.is_empty() {
+        s.push_str(
+            "\nEvery round of the load runs (above: the first), acked/s and send->delivery p99 in ms, round by round:\n",
+        );
+        let rounds: Vec<super::LoadRound> = (0..r.rounds()).filter_map(|n| r.round(n)).collect();
+        for l in r.echo.iter().chain(&r.embedded).chain(&r.distributed) {
+            let same: Vec<&super::LoadReport> = rounds
+                .iter()
+                .filter_map(|round| {
+                    round
+                        .echo
+                        .iter()
+                        .chain(&round.embedded)
+                        .chain(&round.distributed)
+                        .find(|x| x.label == l.label)
+                })
+                .collect();
+            let join = |f: &dyn Fn(&super::LoadReport) -> String| {
+                same.iter().map(|x| f(x)).collect::<Vec<_>>().join(" / ")
+            };
+            s.push_str(&format!(
+                "{:<32} acked/s {}; p99 {}\n",
+                l.label,
+                join(&|x| format!("{:.0}", x.acked_per_sec)),
+                join(&|x| format!("{:.2}", x.delivery.p99_us as f64 / 1000.0)),
+            ));
+        }
+    }
     if let Some(k) = &r.kafka {
         s.push_str(&format!(
             "\nKafka ceiling: {} x {} B: produced {:.0}/s, consumed {:.0}/s; produce->ack {}; produce->consume {}\n",
