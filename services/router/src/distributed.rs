@@ -1,6 +1,7 @@
 //! The router as its own process: consumes the Kafka messages topic in
 //! group "router", routes each outcome to the attached gateways, and
-//! commits its positions behind, every 100 ms by default. Its membership
+//! commits its positions after every batch (or behind the routing, with
+//! `CONFAB_ROUTER_COMMIT_MS`). Its membership
 //! cache is dropped on every rebalance, because a partition that comes
 //! back may have changed under another router.
 
@@ -76,7 +77,7 @@ impl ServiceConfig for RouterConfig {
             commit_every: confab_core::config::millis_or(
                 env,
                 confab_core::vars::ROUTER_COMMIT_MS,
-                Duration::from_millis(100),
+                Duration::ZERO,
             )?,
             service_token,
             transport,
