@@ -6,8 +6,8 @@
 use confab_core::error::ChatError;
 use confab_core::seams::Publisher;
 use confab_kafka::{
-    ensure_topics, BatchConsumer, CommitBehind, CommitReport, Consumed, Delivered, KafkaConfig,
-    KafkaPublisher, KafkaRecord, Offsets, TRACEPARENT_HEADER,
+    ensure_topics, BatchConsumer, CommitReport, Consumed, Delivered, KafkaConfig, KafkaPublisher,
+    KafkaRecord, Offsets, TRACEPARENT_HEADER,
 };
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record, CreateCommand, IngressRecord, Origin, OutcomeRecord,
@@ -432,57 +432,6 @@ async fn uncommitted_records_are_redelivered_and_committed_ones_are_not() {
         "the poison record was committed past"
     );
     d.close().await;
-}
-
-/// The router's background commits: positions handed over are committed
-/// behind the reading, and `finish` commits what is still waiting at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn positions_committed_behind_the_reading_are_all_committed() {
-    let (_broker, cfg, publisher) = topics(2).await;
-    let conv = |i: u64| if i.is_multiple_of(2) { "dm-a" } else { "dm-b" };
-    let first: Vec<IngressRecord> = (0..6).map(|i| send(conv(i), i)).collect();
-    let end_first = end_offsets(publish_all(&publisher, &first).await.into_values());
-    let mut c = BatchConsumer::<IngressRecord>::new(&cfg, "g").expect("consumer");
-    let (_, positions) = read_until(&mut c, "the first six", false, |all| all.len() >= 6).await;
-    assert_eq!(positions, end_first);
-
-    // Handed over in two parts: both committed, shortly after.
-    let behind = CommitBehind::spawn(c.committer(), Duration::from_millis(50));
-    let mut part = Offsets::new();
-    if let Some((p, o)) = positions.iter().next() {
-        part.advance(p, o - 1);
-    }
-    behind.done(&part);
-    behind.done(&positions);
-    let committed = |want: Offsets| {
-        let c = &c;
-        async move { Ok((c.committed().await? == want).then_some(())) }
-    };
-    confab_tests::poll(
-        "the positions committed in the background",
-        DEADLINE,
-        Duration::from_millis(20),
-        || committed(end_first.clone()),
-    )
-    .await
-    .expect("committed behind");
-    behind.finish().await;
-
-    // With a commit only every hour, `finish` commits what waits.
-    let more: Vec<IngressRecord> = (6..10).map(|i| send(conv(i), i)).collect();
-    let mut end = end_first.clone();
-    end.merge(&end_offsets(
-        publish_all(&publisher, &more).await.into_values(),
-    ));
-    let (got, positions) = read_until(&mut c, "the next four", false, |all| all.len() >= 4).await;
-    each_once(&got, 6..10, "only what was not committed");
-    let behind = CommitBehind::spawn(c.committer(), Duration::from_secs(3600));
-    behind.done(&positions);
-    tokio::time::timeout(Duration::from_secs(30), behind.finish())
-        .await
-        .expect("finish commits at once, without waiting out the interval");
-    assert_eq!(c.committed().await.expect("committed offsets"), end);
-    c.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -30,7 +30,7 @@ mod record;
 pub use admin::{check_broker, ensure_topics};
 pub use config::KafkaConfig;
 pub use consumer::{
-    Batch, BatchConsumer, CommitBehind, CommitReport, Committer, Consumed, ConsumerMonitor, Offsets,
+    Batch, BatchConsumer, CommitReport, Committer, Consumed, ConsumerMonitor, Offsets,
 };
 pub use context::GroupState;
 pub use producer::{Delivered, KafkaPublisher, PRODUCER_RECREATED};

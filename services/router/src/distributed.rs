@@ -1,15 +1,13 @@
 //! The router as its own process: consumes the Kafka messages topic in
-//! group "router", routes each outcome to the attached gateways, and
-//! commits its positions after every batch (or behind the routing, with
-//! `CONFAB_ROUTER_COMMIT_MS`). Its membership
-//! cache is dropped on every rebalance, because a partition that comes
-//! back may have changed under another router.
+//! group "router", routes each outcome to the attached gateways, then
+//! commits. Its membership cache is dropped on every rebalance, because a
+//! partition that comes back may have changed under another router.
 
 use crate::gateway_links::{GatewayLinks, LinkConfig};
 use crate::Router;
 use confab_core::config::{ConfigError, Env};
 use confab_history_client::{HistoryClientConfig, RemoteHistory};
-use confab_kafka::{ensure_topics, BatchConsumer, CommitBehind, GroupState, KafkaConfig};
+use confab_kafka::{ensure_topics, BatchConsumer, GroupState, KafkaConfig};
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::OutcomeRecord;
 use confab_runtime::process::ServiceConfig;
@@ -47,10 +45,6 @@ pub struct RouterConfig {
     /// How long a user whose last session ended still counts as online
     /// (`CONFAB_PRESENCE_GRACE_MS`).
     pub presence_grace: std::time::Duration,
-    /// How often the consumer's positions are committed, behind the
-    /// routing (`CONFAB_ROUTER_COMMIT_MS`); zero: after every batch,
-    /// before the next is read.
-    pub commit_every: Duration,
 }
 
 impl ServiceConfig for RouterConfig {
@@ -74,11 +68,6 @@ impl ServiceConfig for RouterConfig {
             history,
             links: LinkConfig::default(),
             presence_grace: confab_core::presence::grace_from_env(env)?,
-            commit_every: confab_core::config::millis_or(
-                env,
-                confab_core::vars::ROUTER_COMMIT_MS,
-                Duration::ZERO,
-            )?,
             service_token,
             transport,
         })
@@ -119,13 +108,7 @@ pub async fn run(
         links.clone(),
         config.presence_grace,
     ));
-    let routing = tokio::spawn(route(
-        consumer,
-        history,
-        links.clone(),
-        config.commit_every,
-        shutdown,
-    ));
+    let routing = tokio::spawn(route(consumer, history, links.clone(), shutdown));
     let serving = tokio::spawn(async move {
         crate::gateway_links::server(links, links_stop.clone())
             .service_token(Some(config.service_token.clone()))
@@ -141,23 +124,16 @@ pub async fn run(
     Ok(())
 }
 
-/// The routing loop: batch → route each outcome in order → commit (behind
-/// the routing every `commit_every`, or after each batch if it is zero).
+/// The routing loop: batch → route each outcome in order → commit.
 pub async fn route(
     mut consumer: BatchConsumer<OutcomeRecord>,
     history: Arc<RemoteHistory>,
     links: Arc<GatewayLinks>,
-    commit_every: Duration,
     shutdown: Signal,
 ) {
     let state = consumer.state();
     let mut router = Router::new(history.clone(), links.clone());
     let mut rebalances = state.rebalances();
-    // Positions committed behind the routing: a partition's next owner may
-    // route up to `commit_every` of outcomes again, and each session drops
-    // a seq it already has.
-    let commits =
-        (!commit_every.is_zero()).then(|| CommitBehind::spawn(consumer.committer(), commit_every));
     while let Some(batch) = consumer
         .next_batch_or_stop(256, Duration::from_millis(1), &shutdown)
         .await
@@ -170,13 +146,7 @@ pub async fn route(
         for consumed in batch.records.iter() {
             router.route(consumed.record.clone()).await;
         }
-        match &commits {
-            Some(behind) => behind.done(batch.offsets()),
-            None => consumer.commit_done(&batch).await,
-        }
-    }
-    if let Some(behind) = commits {
-        behind.finish().await;
+        consumer.commit_done(&batch).await;
     }
     consumer.close().await;
     tracing::info!("router stopped");

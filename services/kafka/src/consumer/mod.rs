@@ -24,7 +24,7 @@ mod tests;
 
 pub use batch::Batch;
 pub use batch_consumer::BatchConsumer;
-pub use commit::{CommitBehind, CommitReport, Committer};
+pub use commit::{CommitReport, Committer};
 pub use consumed::Consumed;
 pub use monitor::ConsumerMonitor;
 pub use offsets::Offsets;

@@ -184,7 +184,6 @@ pub(super) fn tuning() -> Vec<(String, String)> {
         vars::KAFKA_LINGER_MS,
         vars::KAFKA_FETCH_WAIT_MS,
         vars::BATCH_LINGER_MS,
-        vars::ROUTER_COMMIT_MS,
     ]
     .into_iter()
     .filter_map(|k| Some((k.to_string(), std::env::var(k).ok()?)))
