@@ -3,7 +3,9 @@
 import { expect, test } from "@playwright/test";
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
-import { conversations, messageItem, messageTool, messages, screenshot, send, seqs, signedIn, webDir } from "./helpers";
+import { conversations, messageItem, messages, messageTool, printTrailIfFailed, screenshot, send, seqs, signedIn, webDir } from "./helpers";
+
+test.afterEach(({}, info) => printTrailIfFailed(info));
 
 test("alice and bob chat: unread, seen by, typing, presence, offline catch-up, edit, delete, reactions, search", async ({ browser }) => {
   const alice = await signedIn(browser, "alice");

@@ -1,4 +1,4 @@
-import { expect, type Browser, type BrowserContext, type Locator, type Page } from "@playwright/test";
+import { expect, type Browser, type BrowserContext, type Locator, type Page, type TestInfo } from "@playwright/test";
 import { mkdirSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -19,6 +19,42 @@ export interface User {
   name: string;
 }
 
+/**
+ * What each signed-in page logged and what its WebSockets did (opened,
+ * closed, frames each way with their sizes), with the seconds since the
+ * test's first page, so a failure that depends on timing (a reconnect, a
+ * frame that never came) explains itself: `printTrailIfFailed` prints it
+ * after a failed test; `DEBUG_WS=1` prints it as it happens.
+ */
+const trail: string[] = [];
+let trailStart = 0;
+
+function note(line: string) {
+  if (trail.length === 0) trailStart = Date.now();
+  const entry = `${((Date.now() - trailStart) / 1000).toFixed(2)} ${line}`;
+  trail.push(entry);
+  if (process.env.DEBUG_WS) console.error(entry);
+}
+
+function follow(page: Page, name: string) {
+  page.on("console", (m) => note(`[${name}] console.${m.type()}: ${m.text()}`));
+  page.on("websocket", (ws) => {
+    note(`[${name}] ws open ${ws.url()}`);
+    ws.on("close", () => note(`[${name}] ws closed`));
+    ws.on("socketerror", (e) => note(`[${name}] ws error: ${e}`));
+    ws.on("framereceived", (f) => note(`[${name}] ws <- ${f.payload.length} B`));
+    ws.on("framesent", (f) => note(`[${name}] ws -> ${f.payload.length} B`));
+  });
+}
+
+/** After each test: prints the trail if it failed, and starts a new one. */
+export function printTrailIfFailed(info: TestInfo) {
+  if (info.status !== info.expectedStatus && trail.length > 0) {
+    console.error(`--- what the pages logged and their WebSockets did (seconds) ---\n${trail.join("\n")}`);
+  }
+  trail.length = 0;
+}
+
 /** A user in a browser context of their own, signed in with a dev token. */
 export async function signedIn(
   browser: Browser,
@@ -28,6 +64,7 @@ export async function signedIn(
   const context = await browser.newContext({ baseURL: serverUrl(), viewport });
   const page = await context.newPage();
   page.on("pageerror", (e) => console.error(`[${name}] page error: ${e.message}`));
+  follow(page, name);
   await page.goto("/");
   await page.getByRole("textbox", { name: "User" }).fill(name);
   await page.getByRole("button", { name: "Sign in" }).click();

@@ -1,7 +1,9 @@
 // Scrolling back: a conversation longer than a page of history loads its
 // newest page first and older pages on scroll to the top (or "Load older").
 import { expect, test } from "@playwright/test";
-import { conversations, messageItem, messages, seqs, signedIn } from "./helpers";
+import { conversations, messageItem, messages, printTrailIfFailed, seqs, signedIn } from "./helpers";
+
+test.afterEach(({}, info) => printTrailIfFailed(info));
 
 test("scroll back through history: older pages load above, in order, once", async ({ browser }) => {
   const erin = await signedIn(browser, "erin");

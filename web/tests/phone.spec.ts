@@ -1,7 +1,9 @@
 // A phone's width: one column (the inbox, or the open conversation), and the
 // keyboard alone signs in, picks a conversation and sends.
 import { expect, test } from "@playwright/test";
-import { conversations, messageItem, screenshot, send, serverUrl, signedIn } from "./helpers";
+import { conversations, messageItem, printTrailIfFailed, screenshot, send, serverUrl, signedIn } from "./helpers";
+
+test.afterEach(({}, info) => printTrailIfFailed(info));
 
 const phone = { width: 375, height: 700 };
 
