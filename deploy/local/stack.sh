@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The distributed stack on this machine: a private PostgreSQL cluster, the
-# nisshi Kafka-API broker (durable, on that PostgreSQL), and one history, one
+# nisshi Kafka-API broker (durable: SQLite by default, see BROKER_STORAGE), and one history, one
 # router and one gateway process, each serving /metrics on a free port
 # (listed for Prometheus in .stack/prometheus/targets.json); with
 # CONFAB_STACK_PROMETHEUS=1 (`make stack PROMETHEUS=1`) also Prometheus,
@@ -26,9 +26,25 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 STACK=${CONFAB_STACK_DIR:-$ROOT/.stack}
 SETTINGS=$STACK/settings
 TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/confab-target}
-BIN=$TARGET/debug
+# The services' build: release (what `make stack` builds), or debug
+# (`make stack STACK_PROFILE=debug`).
+PROFILE=${CONFAB_STACK_PROFILE:-release}
+case $PROFILE in release | debug) ;; *) echo "stack: CONFAB_STACK_PROFILE must be release or debug, not '$PROFILE'" >&2; exit 2 ;; esac
+BIN=$TARGET/$PROFILE
 NISSHI=${NISSHI_BIN:-$HOME/.cache/confab/tools/bin/nisshi}
 GATEWAY_ADDR=${CONFAB_STACK_GATEWAY:-127.0.0.1:50051}
+# Where the broker keeps its log: sqlite (a file under the stack directory,
+# durable across kill -9), postgres (in the stack's PostgreSQL) or memory
+# (lost when it stops). Chosen on measurements (docs/operations.md, "The
+# broker under make stack"): on sqlite the idle stack costs a fraction of
+# what it does on postgres, and it takes more load.
+BROKER_STORAGE=${CONFAB_STACK_BROKER_STORAGE:-sqlite}
+# Partitions of each topic, and the consumers' fetch wait, unless the
+# caller sets them: nisshi re-reads every partition in a loop while a fetch
+# waits, so both set what the idle stack costs (same section).
+PARTITIONS=${CONFAB_KAFKA_PARTITIONS:-2}
+FETCH_WAIT_MS=${CONFAB_KAFKA_FETCH_WAIT_MS:-150}
+case $BROKER_STORAGE in postgres | sqlite | memory) ;; *) echo "stack: CONFAB_STACK_BROKER_STORAGE must be postgres, sqlite or memory, not '$BROKER_STORAGE'" >&2; exit 2 ;; esac
 PROMETHEUS=${CONFAB_STACK_PROMETHEUS:-}
 [ "$PROMETHEUS" = 0 ] && PROMETHEUS=
 PROMETHEUS_URL=
@@ -114,26 +130,30 @@ spec() {
     case $name in
       # The script's own, and those the stack sets below.
       CONFAB_STACK_* | CONFAB_KAFKA_BROKERS | CONFAB_HISTORY_ADDRS | CONFAB_ROUTER_ADDRS | \
+        CONFAB_KAFKA_PARTITIONS | CONFAB_KAFKA_FETCH_WAIT_MS | \
         CONFAB_JWT_SECRET | CONFAB_SERVICE_TOKEN | CONFAB_LISTEN | CONFAB_METRICS_LISTEN | \
         CONFAB_DATABASE_URL | CONFAB_GATEWAY_ID | CONFAB_HTTP_LISTEN | CONFAB_WEB_DIR) ;;
       *) [ -z "${!name+set}" ] || confab+=("$name=${!name}") ;;
     esac
   done
-  # Consumers' fetch wait: 100 ms unless the caller sets one. Measured on
-  # this stack (docs/operations.md, "Broker fetch wait"): idle, the stack
-  # burns 135% of a core at the services' 10 ms and 62% at 100 ms, for
-  # 9 ms more of send->delivery p50 at 20 msg/s.
-  [ -n "${CONFAB_KAFKA_FETCH_WAIT_MS+set}" ] || confab+=("CONFAB_KAFKA_FETCH_WAIT_MS=100")
   confab+=(
+    "CONFAB_KAFKA_PARTITIONS=$PARTITIONS" "CONFAB_KAFKA_FETCH_WAIT_MS=$FETCH_WAIT_MS"
     "CONFAB_KAFKA_BROKERS=$KAFKA_BROKERS"
     "CONFAB_HISTORY_ADDRS=$HISTORY_ADDR" "CONFAB_ROUTER_ADDRS=$ROUTER_ADDR"
     "CONFAB_JWT_SECRET=$JWT_SECRET" "CONFAB_SERVICE_TOKEN=$SERVICE_TOKEN"
   )
   case $1 in
     broker)
-      cmd=("$NISSHI" broker
+      local storage
+      case $BROKER_STORAGE in
+        postgres) storage="postgres://postgres:postgres@127.0.0.1:$PG_PORT/nisshi?sslmode=disable" ;;
+        # nisshi opens sqlite://PATH below its working directory.
+        sqlite) storage="sqlite://nisshi.db" ;;
+        memory) storage="memory://nisshi/" ;;
+      esac
+      cmd=(env -C "$STACK/broker" "$NISSHI" broker
         --listener-url "tcp://$KAFKA_BROKERS" --advertised-listener-url "tcp://$KAFKA_BROKERS"
-        --storage-engine "postgres://postgres:postgres@127.0.0.1:$PG_PORT/nisshi?sslmode=disable")
+        --storage-engine "$storage")
       vars=("${rust[@]}") addr=$KAFKA_BROKERS ready= ;;
     history)
       cmd=("$BIN/confab-history")
@@ -219,11 +239,29 @@ up() {
   fi
   [ -n "$PGBIN" ] || { echo "stack: PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
   [ -x "$NISSHI" ] || { echo "stack: nisshi is not installed at $NISSHI (make deps-broker)" >&2; exit 1; }
+  for b in confab-history confab-router confab-gateway; do
+    [ -x "$BIN/$b" ] || { echo "stack: $BIN/$b is missing (make build-services STACK_PROFILE=$PROFILE)" >&2; exit 1; }
+  done
   if [ -n "$PROMETHEUS" ] && ! command -v prometheus >/dev/null; then
     echo "stack: prometheus is not installed (make deps-prometheus)" >&2
     exit 1
   fi
-  mkdir -p "$STACK/logs"
+  # A stack's data is kept from one `up` to the next: history's database
+  # and the broker's log go together (consumer positions, the topics'
+  # partitions, which Sync cursors count changes by). A stack directory
+  # made with another broker storage or partition count is not mixed with
+  # this one.
+  local layout="broker=$BROKER_STORAGE partitions=$PARTITIONS" had
+  if [ -d "$STACK/pg/data" ]; then
+    # (A stack from before the layout was recorded: what it always was.)
+    had=$(cat "$STACK/layout" 2>/dev/null || echo "broker=postgres partitions=8")
+    if [ "$had" != "$layout" ]; then
+      echo "stack: the data in $STACK was made with $had, not $layout: start afresh (rm -rf $STACK) or set CONFAB_STACK_BROKER_STORAGE and CONFAB_KAFKA_PARTITIONS to match it" >&2
+      exit 1
+    fi
+  fi
+  mkdir -p "$STACK/logs" "$STACK/broker"
+  echo "$layout" > "$STACK/layout"
   : > "$STACK/pids"
 
   # Every address, chosen now: PostgreSQL, the broker, then gRPC and

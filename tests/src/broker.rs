@@ -27,11 +27,6 @@ const START_DEADLINE: Duration = Duration::from_secs(60);
 /// Kafka's default is 3 s; tests want assignments at once.
 const GROUP_INITIAL_REBALANCE_DELAY: &str = "100ms";
 
-/// The install command behind `make deps-broker` (see
-/// `../shared/COMPONENTS.md`).
-const INSTALL: &str = "cargo +nightly install nisshi --version 0.7.0 --locked \
-    --no-default-features --features dynostore,postgres --root ~/.cache/confab/tools";
-
 /// A nisshi broker process owned by a test.
 pub struct Broker {
     /// The running process, if any (none after [`Broker::kill9`]).
@@ -288,7 +283,7 @@ pub fn nisshi_bin() -> PathBuf {
         assert!(
             is_executable(&p),
             "NISSHI_BIN={} is not an executable file; unset it to use the broker that \
-             `make deps-broker` installs (`{INSTALL}`)",
+             `make deps-broker` installs",
             p.display()
         );
         return p;
@@ -311,8 +306,8 @@ pub fn nisshi_bin() -> PathBuf {
     }
     panic!(
         "the nisshi 0.7.0 broker is not installed (looked for $NISSHI_BIN, {}). \
-         Install it with `make deps-broker`, which runs `{INSTALL}` (about 20 minutes \
-         on 2 cores; needs the nightly toolchain), or point NISSHI_BIN at the binary.",
+         Install it with `make deps-broker` (about 25 minutes on 2 cores, with the \
+         nightly toolchain), or point NISSHI_BIN at the binary.",
         tried
             .iter()
             .map(|p| p.display().to_string())

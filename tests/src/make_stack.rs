@@ -139,9 +139,10 @@ pub struct MakeStack {
     pub http: SocketAddr,
     /// More variables for make.
     env: Vec<(String, String)>,
-    /// `CARGO_TARGET_DIR` for make, so that it starts the binaries built
-    /// with this test; the Makefile's default when unknown.
-    target_dir: Option<PathBuf>,
+    /// `CARGO_TARGET_DIR` and `STACK_PROFILE` for make, so that it starts
+    /// the binaries built with this program; the Makefile's defaults when
+    /// unknown.
+    build: Option<(PathBuf, &'static str)>,
     /// False once `make stack-down` succeeded and everything was gone.
     running: bool,
 }
@@ -172,7 +173,7 @@ impl MakeStack {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect(),
-            target_dir: target_dir(),
+            build: build_dir(),
             running: true,
         };
         let target: Vec<&str> = std::iter::once("stack")
@@ -252,8 +253,13 @@ impl MakeStack {
             ),
         ];
         all.extend(self.env.iter().cloned());
-        if let Some(dir) = &self.target_dir {
+        // The stack on the build this program was built in: a test's debug
+        // build (so a test run builds once; users' `make stack` runs
+        // release binaries, which a test of stack_ops checks), the bench's
+        // release build.
+        if let Some((dir, profile)) = &self.build {
             all.push(("CARGO_TARGET_DIR".to_string(), dir.display().to_string()));
+            all.push(("STACK_PROFILE".to_string(), profile.to_string()));
         }
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
         make_in(&self.root, &self.path, args, &all, timeout)
@@ -450,15 +456,20 @@ pub fn make_in(
     }
 }
 
-/// The `CARGO_TARGET_DIR` the test executable was built in, if it lies at
-/// `<target>/debug/deps/<test>` (the only profile `make stack` runs).
-fn target_dir() -> Option<PathBuf> {
+/// The `CARGO_TARGET_DIR` this executable was built in and its profile,
+/// if it lies at `<target>/<profile>/deps/<test>` (a test) or
+/// `<target>/<profile>/<binary>` (the bench), the profile `debug` or
+/// `release`.
+fn build_dir() -> Option<(PathBuf, &'static str)> {
     let exe = std::env::current_exe().ok()?;
-    let profile = exe.parent()?.parent()?;
-    if profile.file_name()? != "debug" {
-        return None;
-    }
-    profile.parent().map(Path::to_path_buf)
+    exe.ancestors().skip(1).take(2).find_map(|dir| {
+        let profile = match dir.file_name()?.to_str()? {
+            "debug" => "debug",
+            "release" => "release",
+            _ => return None,
+        };
+        Some((dir.parent()?.to_path_buf(), profile))
+    })
 }
 
 /// A file's text, or a note saying why there is none.

@@ -6,7 +6,9 @@
 
 use confab_tools::bench::load::LoadReport;
 use confab_tools::bench::suite::{self, SuiteOpts, SuiteReport};
+use confab_tools::bench::user_stack;
 use confab_tools::bench::Latency;
+use std::time::Duration;
 
 fn ordered(what: &str, l: &Latency) {
     assert!(l.count > 0, "{what}: no samples");
@@ -132,6 +134,37 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
             "{idle:?}"
         );
     }
+    // `make stack` from outside: every process it started measured idle,
+    // then the steps, the first (the slowest rate) complete.
+    let stack = report.user_stack.as_ref().expect("make stack measured");
+    let idle: Vec<&str> = stack.idle.iter().map(|p| p.label.as_str()).collect();
+    for want in ["broker", "history", "router", "gateway", "PostgreSQL"] {
+        assert!(
+            idle.contains(&want),
+            "make stack idle: {want} missing from {idle:?}"
+        );
+    }
+    assert!(
+        stack.idle.iter().all(|p| p.pid > 0 && p.cores >= 0.0) && stack.idle_percent() > 0.0,
+        "{:?}",
+        stack.idle
+    );
+    let first = stack
+        .steps
+        .first()
+        .expect("a step through make stack's gateway");
+    complete(first, true);
+    assert_eq!(first.target_rate, opts.stack_rates.first().copied());
+    // The figure is the highest rate among the steps that held.
+    let held = stack
+        .steps
+        .iter()
+        .filter_map(|s| s.target_rate)
+        .zip(&stack.steps)
+        .filter(|(rate, s)| user_stack::holds(s, *rate, Duration::from_millis(100)))
+        .map(|(rate, _)| rate)
+        .reduce(f64::max);
+    assert_eq!(stack.sustained_rate, held, "{stack:?}");
     let floor = report.broker_floor.as_ref().expect("the broker's floor");
     assert_eq!(floor.produce_to_consume.count, opts.floor_records);
     ordered("broker floor", &floor.produce_to_consume);
@@ -243,6 +276,8 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         "ListConversations",
         "Sync",
         "history ingest",
+        "idle CPU of the whole make stack",
+        "make stack sustained throughput",
     ] {
         assert!(
             names.contains(&want),
@@ -299,9 +334,11 @@ async fn every_part_of_the_benchmark_runs_and_adds_up() {
         .iter()
         .chain(&report.embedded)
         .chain(&report.distributed)
+        .chain(&stack.steps)
     {
         assert!(text.contains(&r.label), "table lacks {}", r.label);
     }
+    assert!(text.contains("make stack idle:"), "{text}");
     let json = serde_json::to_string(&report).expect("json");
     let back: SuiteReport = serde_json::from_str(&json).expect("json reads back");
     // (Floats may differ in their last digit through JSON; the rest may not.)

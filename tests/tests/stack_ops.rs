@@ -309,6 +309,52 @@ fn each_killed_service_comes_back_with_make_stack_restart() {
     );
 }
 
+/// `make stack` runs what a user deploys: `make build-services` builds the
+/// services in release, and the script starts them from `<target>/release`
+/// unless told otherwise (the other tests run it on their debug build).
+#[test]
+fn make_stack_runs_release_binaries() {
+    let root = repo_root();
+    let planned = Command::new("make")
+        .args(["-n", "-s", "build-services", "CARGO=planned-cargo"])
+        .current_dir(&root)
+        .env_remove("STACK_PROFILE")
+        .env_remove("MAKEFLAGS")
+        .output()
+        .expect("make -n build-services");
+    let planned = String::from_utf8_lossy(&planned.stdout);
+    assert!(
+        planned
+            .lines()
+            .any(|l| l.trim() == "planned-cargo build --release -p confab -p confab-gateway -p confab-router -p confab-history"),
+        "make build-services must build the services in release; it plans:\n{planned}"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("confab-stack-release-")
+        .tempdir()
+        .expect("temporary stack directory");
+    let target = dir.path().join("target");
+    let run = Command::new(root.join("deploy/local/stack.sh"))
+        .arg("up")
+        .current_dir(&root)
+        .env("CONFAB_STACK_DIR", dir.path().join("stack"))
+        .env("CARGO_TARGET_DIR", &target)
+        .env_remove("CONFAB_STACK_PROFILE")
+        .output()
+        .expect("deploy/local/stack.sh up");
+    let says = format!("{}/release/confab-history is missing", target.display());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success() && stderr.contains(&says),
+        "with no release build, the stack must refuse to start saying {says:?}; it exited {:?}: {stderr}",
+        run.status
+    );
+    assert!(
+        !dir.path().join("stack/pids").exists(),
+        "a refused start must not record processes"
+    );
+}
+
 #[test]
 fn stack_commands_refuse_without_a_running_stack() {
     let root = repo_root();

@@ -35,6 +35,7 @@ pub mod load;
 pub mod reads;
 pub mod search;
 pub mod suite;
+pub mod user_stack;
 
 /// Latency percentiles, in microseconds.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]

@@ -38,6 +38,7 @@ use super::ingest::{self, IngestOpts, IngestReport, IngestSetup};
 use super::load::{self, LoadOpts, LoadReport, Via};
 use super::reads::{self, GenerateOpts, GenerateReport, ReadOpts, ReadReport};
 use super::search::{self, SearchOpts, SearchReport};
+use super::user_stack::{self, UserStackOpts, UserStackReport};
 use super::Machine;
 use anyhow::{Context, Result};
 use confab_tests::broker::Broker;
@@ -76,6 +77,9 @@ pub enum Section {
     Compression,
     /// Sends through history, router and gateway.
     Distributed,
+    /// `make stack`, the stack users run, from outside: idle CPU, and
+    /// fixed-rate steps through its gateway.
+    Stack,
 }
 
 /// How big a run is.
@@ -128,6 +132,12 @@ pub struct SuiteOpts {
     /// round every run once in the same order: each target that rests on
     /// load runs is judged on the median round.
     pub repeats: usize,
+    /// `make stack`: idle CPU measured over this long after it is ready
+    /// and left alone for `stack_settle`, then fixed-rate steps at these
+    /// rates (lowest first) until one does not hold.
+    pub stack_idle: Duration,
+    pub stack_settle: Duration,
+    pub stack_rates: Vec<f64>,
     /// Where the services' logs go.
     pub log_dir: PathBuf,
 }
@@ -160,6 +170,9 @@ impl SuiteOpts {
             ingest_messages: 200_000,
             body_bytes: 100,
             repeats: 5,
+            stack_idle: Duration::from_secs(30),
+            stack_settle: Duration::from_secs(10),
+            stack_rates: vec![20.0, 500.0, 1000.0, 2000.0, 3000.0, 4000.0],
             log_dir,
             only: Vec::new(),
         }
@@ -191,6 +204,9 @@ impl SuiteOpts {
             ingest_messages: 2_000,
             body_bytes: 100,
             repeats: 1,
+            stack_idle: Duration::from_secs(3),
+            stack_settle: Duration::from_secs(1),
+            stack_rates: vec![20.0, 100.0],
             log_dir,
             only: Vec::new(),
         }
@@ -274,6 +290,9 @@ pub struct SuiteReport {
     #[serde(default)]
     pub broker_floor: Option<KafkaReport>,
     pub gateway_idle: Option<IdleReport>,
+    /// `make stack`, measured from outside.
+    #[serde(default)]
+    pub user_stack: Option<UserStackReport>,
     /// The load runs' later rounds (the first is `echo`, `embedded`,
     /// `distributed` and `broker_floor`), see [`SuiteOpts::repeats`].
     #[serde(default)]
@@ -403,6 +422,19 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
         step("idle WebSocket sessions on a fresh confab dev");
         let r = idle_on_fresh_dev("idle-websocket-", opts.idle_websockets, 1, true);
         report.embedded_idle_websocket = Some(noted(r.await?));
+    }
+
+    if opts.runs(Section::Stack) {
+        step("make stack, the stack users run: idle, then fixed-rate steps through its gateway");
+        let r = user_stack::measure(&UserStackOpts {
+            idle: opts.stack_idle,
+            settle: opts.stack_settle,
+            rates: opts.stack_rates.clone(),
+            load: opts.load("make stack", "127.0.0.1:1".parse()?, Via::Connect, None),
+            p99_limit: Duration::from_millis(100),
+        })
+        .await?;
+        report.user_stack = Some(r);
     }
 
     // 3. The distributed stack and its parts.

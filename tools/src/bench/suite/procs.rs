@@ -43,7 +43,7 @@ pub(super) fn check_binaries() -> Result<()> {
 
 /// Waits until a message sent through `gateway` is delivered: the
 /// consumers have joined their groups and the router has attached.
-pub(super) async fn ready(gateway: SocketAddr) -> Result<()> {
+pub(crate) async fn ready(gateway: SocketAddr) -> Result<()> {
     use confab_proto::v1::{server_frame, ConversationKind};
     let alice = confab_tests::User::connect(gateway, "bench-probe-a").await;
     let alice = &alice;

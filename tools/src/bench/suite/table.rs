@@ -23,7 +23,14 @@ pub fn table(r: &SuiteReport) -> String {
         "ack p50/p90/p99/p99.9/max",
         "delivery p50/p90/p99/p99.9/max"
     ));
-    for l in r.echo.iter().chain(&r.embedded).chain(&r.distributed) {
+    let stack_steps = r.user_stack.iter().flat_map(|u| &u.steps);
+    for l in r
+        .echo
+        .iter()
+        .chain(&r.embedded)
+        .chain(&r.distributed)
+        .chain(stack_steps)
+    {
         s.push_str(&format!(
             "{:<32} {:>10.0} {:>10.0} {:>12.0} {:>30} {:>30}\n",
             l.label,
@@ -86,6 +93,9 @@ pub fn table(r: &SuiteReport) -> String {
                 join(&|x| format!("{:.2}", x.delivery.p99_us as f64 / 1000.0)),
             ));
         }
+    }
+    if let Some(u) = &r.user_stack {
+        s.push_str(&format!("\nmake stack idle: {}\n", u.idle_summary()));
     }
     if let Some(k) = &r.kafka {
         s.push_str(&format!(

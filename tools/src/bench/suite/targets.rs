@@ -455,6 +455,43 @@ fn of_round(r: &SuiteReport, opts: &SuiteOpts) -> Vec<Target> {
             met: ratio >= 0.8,
         });
     }
+    if let Some(u) = &r.user_stack {
+        let idle = u.idle_percent();
+        t.push(Target {
+            name: "idle CPU of the whole make stack".into(),
+            goal: "<= 15% of one core".into(),
+            measured: u.idle_summary(),
+            value: idle,
+            met: idle <= 15.0 && !u.idle.is_empty(),
+        });
+        let ms = |us: u64| us as f64 / 1000.0;
+        let steps = u
+            .steps
+            .iter()
+            .map(|s| {
+                format!(
+                    "{:.0}/s: acked {:.0}/s, p50 {:.1} ms, p99 {:.1} ms{}",
+                    s.target_rate.unwrap_or(0.0),
+                    s.acked_per_sec,
+                    ms(s.delivery.p50_us),
+                    ms(s.delivery.p99_us),
+                    if s.errors.is_empty() { "" } else { ", errors" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        let rate = u.sustained_rate.unwrap_or(0.0);
+        t.push(Target {
+            name: "make stack sustained throughput".into(),
+            goal: format!(
+                ">= 2,000 msg/s with send->delivery p99 <= {:.0} ms",
+                u.p99_limit_ms
+            ),
+            measured: format!("{rate:.0} msg/s held (steps: {steps})"),
+            value: rate,
+            met: rate >= 2000.0,
+        });
+    }
     if let (Some(ingest), Some(inserts)) = (&r.ingest, &r.inserts) {
         let ratio = ingest.sequenced_per_sec / inserts.rows_per_sec.max(1e-9);
         t.push(Target {
