@@ -460,7 +460,7 @@ pub fn make_in(
 /// if it lies at `<target>/<profile>/deps/<test>` (a test) or
 /// `<target>/<profile>/<binary>` (the bench), the profile `debug` or
 /// `release`.
-fn build_dir() -> Option<(PathBuf, &'static str)> {
+pub fn build_dir() -> Option<(PathBuf, &'static str)> {
     let exe = std::env::current_exe().ok()?;
     exe.ancestors().skip(1).take(2).find_map(|dir| {
         let profile = match dir.file_name()?.to_str()? {

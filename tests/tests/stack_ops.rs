@@ -30,7 +30,7 @@
 
 use confab_proto::v1::{Message, MessageKind};
 use confab_tests::make_stack::{
-    make_in, repo_root, MakeRun, MakeStack, STACK_INSPECT, STACK_RESTART,
+    build_dir, make_in, repo_root, MakeRun, MakeStack, STACK_INSPECT, STACK_RESTART,
 };
 use confab_tests::procs::running;
 use confab_tests::{poll_blocking, retry_unavailable, User, SECRET};
@@ -353,6 +353,57 @@ fn make_stack_runs_release_binaries() {
         !dir.path().join("stack/pids").exists(),
         "a refused start must not record processes"
     );
+}
+
+/// History's database and the broker's log belong together: `make stack`
+/// refuses a stack directory whose data was made with another broker
+/// storage or partition count (or before the layout was recorded), saying
+/// which, and starts nothing.
+#[test]
+fn make_stack_refuses_data_of_another_broker_layout() {
+    let root = repo_root();
+    let (target, profile) = build_dir().expect("a test built in <target>/<profile>/deps");
+    for (recorded, says) in [
+        (
+            Some("broker=postgres partitions=8"),
+            "broker=postgres partitions=8",
+        ),
+        (
+            Some("broker=sqlite partitions=4"),
+            "broker=sqlite partitions=4",
+        ),
+        (None, "broker=postgres partitions=8"),
+    ] {
+        let dir = tempfile::Builder::new()
+            .prefix("confab-stack-layout-")
+            .tempdir()
+            .expect("temporary stack directory");
+        fs::create_dir_all(dir.path().join("pg/data")).expect("a data directory");
+        if let Some(layout) = recorded {
+            fs::write(dir.path().join("layout"), format!("{layout}\n")).expect("layout");
+        }
+        let run = Command::new(root.join("deploy/local/stack.sh"))
+            .arg("up")
+            .current_dir(&root)
+            .env("CONFAB_STACK_DIR", dir.path())
+            .env("CONFAB_STACK_PROFILE", profile)
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("CONFAB_STACK_BROKER_STORAGE")
+            .env_remove("CONFAB_KAFKA_PARTITIONS")
+            .output()
+            .expect("deploy/local/stack.sh up");
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        let want = format!("was made with {says}, not broker=sqlite partitions=2");
+        assert!(
+            !run.status.success() && stderr.contains(&want),
+            "recorded {recorded:?}: must refuse saying {want:?}; exited {:?}: {stderr}",
+            run.status
+        );
+        assert!(
+            !dir.path().join("pids").exists(),
+            "a refused start must not record processes"
+        );
+    }
 }
 
 #[test]
