@@ -3,7 +3,7 @@
 //! group.
 
 use super::batch::Batch;
-use super::commit::{CommitReport, Committer};
+use super::commit::{commit_thread, CommitJob, CommitReport, Committer};
 use super::consumed::decode;
 use super::monitor::ConsumerMonitor;
 use super::offsets::Offsets;
@@ -23,8 +23,11 @@ use tokio::time::Instant;
 /// A member of a consumer group reading one topic in batches, committing
 /// by hand. See the module documentation for the guarantees.
 pub struct BatchConsumer<T> {
-    /// The librdkafka consumer (shared with blocking commit calls).
+    /// The librdkafka consumer (shared with the commit thread).
     consumer: Arc<StreamConsumer<GroupContext>>,
+    /// Its commit thread, which runs while a sender lives (this one and
+    /// every [`Committer`]'s).
+    commits: std::sync::mpsc::Sender<CommitJob>,
     /// Ownership and counters, kept by the rebalance callbacks.
     state: Arc<GroupState>,
     /// The group.
@@ -57,8 +60,10 @@ impl<T: KafkaRecord> BatchConsumer<T> {
                 state: state.clone(),
             })?;
         consumer.subscribe(&[&topic])?;
+        let consumer = Arc::new(consumer);
         Ok(Self {
-            consumer: Arc::new(consumer),
+            commits: commit_thread(consumer.clone())?,
+            consumer,
             state,
             group,
             topic,
@@ -193,7 +198,7 @@ impl<T: KafkaRecord> BatchConsumer<T> {
     /// [`BatchConsumer::close`], which waits for them.
     pub fn committer(&self) -> Committer {
         Committer {
-            consumer: self.consumer.clone(),
+            commits: self.commits.clone(),
             state: self.state.clone(),
             group: self.group.clone(),
             topic: self.topic.clone(),
@@ -234,10 +239,15 @@ impl<T: KafkaRecord> BatchConsumer<T> {
     /// blocking the current thread while it leaves.
     pub async fn close(self) {
         let consumer = self.consumer;
+        // The commit thread ends, dropping its handle, once no sender is
+        // left (a committer still held keeps it, which the wait below
+        // allows for).
+        drop(self.commits);
         let _ = tokio::task::spawn_blocking(move || {
             // A monitor's check may hold the consumer for a moment (each of
-            // its requests is bounded): let it finish, so that the group is
-            // left here and now rather than whenever that check ends.
+            // its requests is bounded), and the commit thread until it has
+            // ended: let them finish, so that the group is left here and
+            // now rather than whenever they let go.
             let deadline = std::time::Instant::now() + CLOSE_WAIT;
             while Arc::strong_count(&consumer) > 1 && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));

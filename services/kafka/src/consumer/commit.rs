@@ -6,10 +6,12 @@ use super::offsets::Offsets;
 use crate::context::{GroupContext, GroupState};
 use crate::Error;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::types::RDKafkaErrorCode;
-use std::sync::Arc;
+use rdkafka::TopicPartitionList;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// What a commit did, per partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +40,37 @@ pub(super) fn group_moved_on(err: &KafkaError) -> bool {
     )
 }
 
+/// One commit for a consumer's commit thread: the positions, and where its
+/// result goes.
+pub(super) struct CommitJob {
+    tpl: TopicPartitionList,
+    reply: oneshot::Sender<KafkaResult<()>>,
+}
+
+/// Starts the thread that runs `consumer`'s synchronous commits one at a
+/// time, until every sender of the returned channel is dropped (then it
+/// drops its handle on the consumer). A thread of its own rather than the
+/// runtime's blocking pool: librdkafka's synchronous commit has no bound of
+/// its own, and a Tokio runtime waits for its blocking tasks when it shuts
+/// down, so one commit that never returned would hang the process's exit.
+/// Here it holds up only this thread; callers stop waiting after their
+/// timeout either way.
+pub(super) fn commit_thread(
+    consumer: Arc<StreamConsumer<GroupContext>>,
+) -> Result<mpsc::Sender<CommitJob>, Error> {
+    let (jobs, queue) = mpsc::channel::<CommitJob>();
+    std::thread::Builder::new()
+        .name("kafka-commit".into())
+        .spawn(move || {
+            for job in queue {
+                // The caller may have stopped waiting: nothing to tell then.
+                let _ = job.reply.send(consumer.commit(&job.tpl, CommitMode::Sync));
+            }
+        })
+        .map_err(|e| Error::Task(format!("cannot start the commit thread: {e}")))?;
+    Ok(jobs)
+}
+
 /// Commits positions for a [`BatchConsumer`](super::BatchConsumer) from any
 /// task, so that work on a batch can finish (and be committed) while the
 /// consumer reads the next ones. The same rules as
@@ -45,8 +78,8 @@ pub(super) fn group_moved_on(err: &KafkaError) -> bool {
 /// consumer still owns, and only once the work is durable.
 #[derive(Clone)]
 pub struct Committer {
-    /// The consumer's librdkafka handle.
-    pub(super) consumer: Arc<StreamConsumer<GroupContext>>,
+    /// The consumer's commit thread ([`commit_thread`]).
+    pub(super) commits: mpsc::Sender<CommitJob>,
     /// Which partitions it owns.
     pub(super) state: Arc<GroupState>,
     /// The group.
@@ -82,9 +115,11 @@ impl Committer {
             });
         }
         let tpl = owned.to_tpl(&self.topic)?;
-        let consumer = self.consumer.clone();
-        let commit = tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync));
-        let result = tokio::time::timeout(self.request_timeout, commit)
+        let (reply, answer) = oneshot::channel();
+        self.commits
+            .send(CommitJob { tpl, reply })
+            .map_err(|_| Error::Task("the consumer's commit thread has stopped".into()))?;
+        let result = tokio::time::timeout(self.request_timeout, answer)
             .await
             .map_err(|_| {
                 Error::Task(format!(
@@ -92,7 +127,7 @@ impl Committer {
                     self.request_timeout
                 ))
             })?
-            .map_err(|e| Error::Task(e.to_string()))?;
+            .map_err(|_| Error::Task("the commit thread dropped the commit".into()))?;
         match result {
             Ok(()) => Ok(CommitReport {
                 committed: owned,
