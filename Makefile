@@ -107,7 +107,7 @@ soak: deps-build deps-tools deps-test build ## steady load with a few faults for
 # docs/benchmarks.md). BENCH_ARGS: e.g. `--seconds 30`, `--history-rows N`,
 # `--idle-streams N`, `--smoke`. Run it on an otherwise quiet machine.
 BENCH_ARGS ?=
-bench: deps-build deps-postgres deps-broker bench-build ## benchmarks with their baselines in one run (release build, about an hour: the load runs go five rounds): table on stdout, JSON and a per-second plot beside it
+bench: deps-build deps-postgres deps-broker bench-build ## benchmarks with their baselines in one run (release build, about an hour and a quarter: the load runs and make stack go five rounds): table on stdout, JSON and a per-second plot beside it
 	$(CARGO_TARGET_DIR)/release/confab-bench suite $(BENCH_ARGS)
 
 # Every binary the suite starts. Two builds: `--bin` filters every package

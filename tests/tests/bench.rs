@@ -414,24 +414,56 @@ async fn load_runs_repeat_in_rounds() {
     confab_tests::init_tracing();
     let logs = tempfile::tempdir().expect("log dir");
     let mut opts = SuiteOpts::smoke(logs.path().to_path_buf());
-    opts.only = vec![suite::Section::Echo];
+    opts.only = vec![suite::Section::Echo, suite::Section::Stack];
     opts.repeats = 3;
     let report = suite::run(&opts).await.expect("the suite runs");
     assert_eq!(report.rounds(), 3);
     assert_eq!(report.later_rounds.len(), 2);
     let echo = report.echo.as_ref().expect("round 1");
     complete(echo, false);
+    let stack = report.user_stack.as_ref().expect("make stack, round 1");
     for round in &report.later_rounds {
         let again = round.echo.as_ref().expect("a later round");
         complete(again, false);
         assert_eq!(again.label, echo.label);
+        // A make stack of its own each round.
+        let again = round
+            .user_stack
+            .as_ref()
+            .expect("make stack, a later round");
+        complete(again.steps.first().expect("a step"), true);
+        assert!(again.idle_percent() > 0.0, "{again:?}");
     }
+    // Its targets are judged on the median round, with the spread shown.
+    let idle: Vec<f64> = std::iter::once(stack)
+        .chain(
+            report
+                .later_rounds
+                .iter()
+                .filter_map(|r| r.user_stack.as_ref()),
+        )
+        .map(|u| u.idle_percent())
+        .collect();
+    let mut sorted = idle.clone();
+    sorted.sort_by(f64::total_cmp);
+    let target = report
+        .targets
+        .iter()
+        .find(|t| t.name == "idle CPU of the whole make stack")
+        .expect("the idle target");
+    assert_eq!(target.value, sorted[1], "the median of {idle:?}");
     let text = suite::table(&report);
     assert!(
         text.lines().any(|l| l.starts_with("echo unary max")
             && l.contains("acked/s")
             && l.matches(" / ").count() == 4),
         "a row of the rounds of the echo run: {text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("make stack")
+            && l.contains("idle % of a core")
+            && l.matches(" / ").count() == 4),
+        "a row of the rounds of make stack: {text}"
     );
     let json = serde_json::to_string(&report).expect("json");
     let back: SuiteReport = serde_json::from_str(&json).expect("json reads back");

@@ -128,9 +128,9 @@ pub struct SuiteOpts {
     pub ingest_messages: u64,
     /// Body size of every message.
     pub body_bytes: usize,
-    /// Rounds of the load runs (echo and embedded, then distributed), each
-    /// round every run once in the same order: each target that rests on
-    /// load runs is judged on the median round.
+    /// Rounds of the load runs (echo and embedded, `make stack`, then
+    /// distributed), each round every run once in the same order: each
+    /// target that rests on load runs is judged on the median round.
     pub repeats: usize,
     /// `make stack`: idle CPU measured over this long after it is ready
     /// and left alone for `stack_settle`, then fixed-rate steps at these
@@ -294,7 +294,8 @@ pub struct SuiteReport {
     #[serde(default)]
     pub user_stack: Option<UserStackReport>,
     /// The load runs' later rounds (the first is `echo`, `embedded`,
-    /// `distributed` and `broker_floor`), see [`SuiteOpts::repeats`].
+    /// `distributed`, `broker_floor` and `user_stack`), see
+    /// [`SuiteOpts::repeats`].
     #[serde(default)]
     pub later_rounds: Vec<LoadRound>,
     pub targets: Vec<Target>,
@@ -307,6 +308,8 @@ pub struct LoadRound {
     pub embedded: Vec<LoadReport>,
     pub distributed: Vec<LoadReport>,
     pub broker_floor: Option<KafkaReport>,
+    #[serde(default)]
+    pub user_stack: Option<UserStackReport>,
 }
 
 impl SuiteReport {
@@ -318,6 +321,7 @@ impl SuiteReport {
                 embedded: self.embedded.clone(),
                 distributed: self.distributed.clone(),
                 broker_floor: self.broker_floor.clone(),
+                user_stack: self.user_stack.clone(),
             });
         }
         self.later_rounds.get(n - 1).cloned()
@@ -331,6 +335,7 @@ impl SuiteReport {
             embedded: round.embedded,
             distributed: round.distributed,
             broker_floor: round.broker_floor,
+            user_stack: round.user_stack,
             later_rounds: Vec::new(),
             ..self.clone()
         })
@@ -343,6 +348,7 @@ impl SuiteReport {
             self.embedded = round.embedded;
             self.distributed = round.distributed;
             self.broker_floor = round.broker_floor;
+            self.user_stack = round.user_stack;
         } else {
             while self.later_rounds.len() < n {
                 self.later_rounds.push(LoadRound::default());
@@ -425,16 +431,24 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
     }
 
     if opts.runs(Section::Stack) {
-        step("make stack, the stack users run: idle, then fixed-rate steps through its gateway");
-        let r = user_stack::measure(&UserStackOpts {
-            idle: opts.stack_idle,
-            settle: opts.stack_settle,
-            rates: opts.stack_rates.clone(),
-            load: opts.load("make stack", "127.0.0.1:1".parse()?, Via::Connect, None),
-            p99_limit: Duration::from_millis(100),
-        })
-        .await?;
-        report.user_stack = Some(r);
+        // A fresh `make stack` each round, its targets judged on the median.
+        for n in 0..opts.repeats.max(1) {
+            step(&format!(
+                "make stack, the stack users run: idle, then fixed-rate steps through its gateway{}",
+                of_round(opts, n)
+            ));
+            let r = user_stack::measure(&UserStackOpts {
+                idle: opts.stack_idle,
+                settle: opts.stack_settle,
+                rates: opts.stack_rates.clone(),
+                load: opts.load("make stack", "127.0.0.1:1".parse()?, Via::Connect, None),
+                p99_limit: Duration::from_millis(100),
+            })
+            .await?;
+            let mut round = report.round(n).unwrap_or_default();
+            round.user_stack = Some(r);
+            report.file_round(n, round);
+        }
     }
 
     // 3. The distributed stack and its parts.

@@ -1,6 +1,7 @@
 //! The suite's report as the table `make bench` prints.
 
 use super::SuiteReport;
+use crate::bench::user_stack::UserStackReport;
 
 /// The report as a table.
 pub fn table(r: &SuiteReport) -> String {
@@ -91,6 +92,21 @@ pub fn table(r: &SuiteReport) -> String {
                 l.label,
                 join(&|x| format!("{:.0}", x.acked_per_sec)),
                 join(&|x| format!("{:.2}", x.delivery.p99_us as f64 / 1000.0)),
+            ));
+        }
+        let stacks: Vec<&UserStackReport> = rounds
+            .iter()
+            .filter_map(|r| r.user_stack.as_ref())
+            .collect();
+        if !stacks.is_empty() {
+            let join = |f: &dyn Fn(&UserStackReport) -> String| {
+                stacks.iter().map(|x| f(x)).collect::<Vec<_>>().join(" / ")
+            };
+            s.push_str(&format!(
+                "{:<32} idle % of a core {}; held msg/s {}\n",
+                "make stack",
+                join(&|u| format!("{:.1}", u.idle_percent())),
+                join(&|u| format!("{:.0}", u.sustained_rate.unwrap_or(0.0))),
             ));
         }
     }
