@@ -441,10 +441,16 @@ pub async fn run(opts: &LoadOpts) -> Result<LoadReport> {
             .entry("unanswered send".into())
             .or_default() += unanswered;
     }
-    drop(streams);
+    // The readers stop before the streams close: a stream that the server
+    // ends because its client hung up (a WebSocket's close) is the run's
+    // end, not an error of it, and a reader still polling would count it.
     for r in &readers {
         r.abort();
     }
+    for r in readers {
+        let _ = r.await;
+    }
+    drop(streams);
     let delivery = merged(&delivery_recorders);
     let ack = merged(&ack_recorders);
     let c = &counters;
