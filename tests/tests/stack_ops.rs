@@ -334,23 +334,37 @@ fn make_stack_runs_release_binaries() {
         .tempdir()
         .expect("temporary stack directory");
     let target = dir.path().join("target");
+    let says = format!("{}/release/confab-history is missing", target.display());
+    refused_start(
+        &root,
+        &dir.path().join("stack"),
+        &[("CARGO_TARGET_DIR", target.display().to_string())],
+        &says,
+    );
+}
+
+/// Runs `deploy/local/stack.sh up` on `stack_dir` with `env` (and none of
+/// the caller's stack settings), and checks that it refuses, saying `says`,
+/// and records no process.
+fn refused_start(root: &Path, stack_dir: &Path, env: &[(&str, String)], says: &str) {
     let run = Command::new(root.join("deploy/local/stack.sh"))
         .arg("up")
-        .current_dir(&root)
-        .env("CONFAB_STACK_DIR", dir.path().join("stack"))
-        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(root)
+        .env("CONFAB_STACK_DIR", stack_dir)
         .env_remove("CONFAB_STACK_PROFILE")
+        .env_remove("CONFAB_STACK_BROKER_STORAGE")
+        .env_remove("CONFAB_KAFKA_PARTITIONS")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .expect("deploy/local/stack.sh up");
-    let says = format!("{}/release/confab-history is missing", target.display());
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
-        !run.status.success() && stderr.contains(&says),
-        "with no release build, the stack must refuse to start saying {says:?}; it exited {:?}: {stderr}",
+        !run.status.success() && stderr.contains(says),
+        "the stack must refuse to start saying {says:?}; it exited {:?}: {stderr}",
         run.status
     );
     assert!(
-        !dir.path().join("stack/pids").exists(),
+        !stack_dir.join("pids").exists(),
         "a refused start must not record processes"
     );
 }
@@ -382,26 +396,15 @@ fn make_stack_refuses_data_of_another_broker_layout() {
         if let Some(layout) = recorded {
             fs::write(dir.path().join("layout"), format!("{layout}\n")).expect("layout");
         }
-        let run = Command::new(root.join("deploy/local/stack.sh"))
-            .arg("up")
-            .current_dir(&root)
-            .env("CONFAB_STACK_DIR", dir.path())
-            .env("CONFAB_STACK_PROFILE", profile)
-            .env("CARGO_TARGET_DIR", &target)
-            .env_remove("CONFAB_STACK_BROKER_STORAGE")
-            .env_remove("CONFAB_KAFKA_PARTITIONS")
-            .output()
-            .expect("deploy/local/stack.sh up");
-        let stderr = String::from_utf8_lossy(&run.stderr);
         let want = format!("was made with {says}, not broker=sqlite partitions=2");
-        assert!(
-            !run.status.success() && stderr.contains(&want),
-            "recorded {recorded:?}: must refuse saying {want:?}; exited {:?}: {stderr}",
-            run.status
-        );
-        assert!(
-            !dir.path().join("pids").exists(),
-            "a refused start must not record processes"
+        refused_start(
+            &root,
+            dir.path(),
+            &[
+                ("CONFAB_STACK_PROFILE", profile.to_string()),
+                ("CARGO_TARGET_DIR", target.display().to_string()),
+            ],
+            &want,
         );
     }
 }
