@@ -63,7 +63,12 @@ pub(super) fn commit_thread(
         .name("kafka-commit".into())
         .spawn(move || {
             for job in queue {
-                // The caller may have stopped waiting: nothing to tell then.
+                // A caller that stopped waiting (a commit before this one
+                // hung) has its records read again: committing its older
+                // positions now could only move the group back.
+                if job.reply.is_closed() {
+                    continue;
+                }
                 let _ = job.reply.send(consumer.commit(&job.tpl, CommitMode::Sync));
             }
         })
