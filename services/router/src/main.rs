@@ -2,6 +2,14 @@
 //! `CONFAB_*` environment variables (docs/operations.md); a bad value exits
 //! with 64 before any port is bound.
 
+/// mimalloc, as in history: glibc's malloc, free and `malloc_consolidate`
+/// were about a fifth of the router's CPU while routing at full load
+/// (docs/benchmarks-log.md). The router holds no client connections, so the
+/// gateway's reason for the system allocator (memory per idle stream) does
+/// not apply.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use confab_runtime::process::{HistoryFlags, ServiceFlags};
 
