@@ -180,6 +180,8 @@ impl FakeGateway {
                 gateway_id: id.into(),
                 user_ids: users.iter().map(|u| u.to_string()).collect(),
                 epoch: 0,
+                // Completions come as `Complete` frames, as to an older gateway.
+                completes_in_deliveries: false,
             })),
         })
         .await

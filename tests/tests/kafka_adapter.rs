@@ -1157,7 +1157,7 @@ async fn group_per_partition(
 /// that takes over stores every send once, gap-free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_that_panics_makes_history_not_ready_and_loses_nothing() {
-    use confab_history::distributed::sequence;
+    use confab_history::distributed::{sequence, OutcomeLayout};
     use confab_runtime::readiness::watch_part;
 
     let broker = Broker::start_memory().await;
@@ -1204,6 +1204,7 @@ async fn a_lane_that_panics_makes_history_not_ready_and_loses_nothing() {
         }),
         BatchConsumer::<IngressRecord>::new(&cfg, &group).expect("consumer"),
         KafkaPublisher::<OutcomeRecord>::new(&cfg).expect("outcome producer"),
+        OutcomeLayout::PerLane,
         Duration::from_millis(2),
         shutdown.clone(),
     ));
@@ -1223,6 +1224,7 @@ async fn a_lane_that_panics_makes_history_not_ready_and_loses_nothing() {
         Arc::new(store(url.clone()).await),
         BatchConsumer::<IngressRecord>::new(&cfg, &group).expect("consumer"),
         KafkaPublisher::<OutcomeRecord>::new(&cfg).expect("outcome producer"),
+        OutcomeLayout::PerLane,
         Duration::from_millis(2),
         signal,
     ));
@@ -1264,7 +1266,7 @@ async fn a_lane_that_panics_makes_history_not_ready_and_loses_nothing() {
 /// send is stored once, gap-free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
-    use confab_history::distributed::{sequence, READ_AHEAD};
+    use confab_history::distributed::{sequence, OutcomeLayout, READ_AHEAD};
     use futures::{StreamExt, TryStreamExt};
 
     let broker = Broker::start_memory().await;
@@ -1313,6 +1315,7 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
         store.clone(),
         consumer,
         outcomes,
+        OutcomeLayout::PerLane,
         Duration::from_millis(2),
         signal,
     ));
@@ -1352,4 +1355,62 @@ async fn history_sequences_a_backlog_of_two_partitions_in_two_lanes_at_once() {
         assert_eq!(last as u64, per_partition + 1, "seqs of {conv}");
         assert_eq!(sends as u64, per_partition, "sends stored in {conv}");
     }
+
+    // The lanes published each batch's outcomes together (the topics have
+    // as many partitions): far fewer records than outcomes, every outcome
+    // on the log once, each conversation's in seq order.
+    let (records, seqs) = outcomes_on_the_log(&cfg, |seqs| {
+        convs
+            .iter()
+            .all(|c| seqs.get(c).map_or(0, Vec::len) as u64 > per_partition)
+    })
+    .await;
+    let outcomes: usize = seqs.values().map(Vec::len).sum();
+    assert!(
+        records * 10 <= outcomes,
+        "{records} records for {outcomes} outcomes"
+    );
+    for conv in &convs {
+        let want: Vec<u64> = (1..=per_partition + 1).collect();
+        assert_eq!(seqs.get(conv.as_str()), Some(&want), "outcomes of {conv}");
+    }
+}
+
+/// Reads the messages topic from the start until `done` holds for the
+/// event seqs read so far, by conversation in the order read: how many
+/// records carried them, and those seqs.
+async fn outcomes_on_the_log(
+    cfg: &KafkaConfig,
+    done: impl Fn(&HashMap<String, Vec<u64>>) -> bool,
+) -> (usize, HashMap<String, Vec<u64>>) {
+    let mut consumer =
+        BatchConsumer::<OutcomeRecord>::new(cfg, "outcomes-read-back").expect("consumer");
+    let deadline = Instant::now() + DEADLINE;
+    let mut records = 0;
+    let mut seqs: HashMap<String, Vec<u64>> = HashMap::new();
+    while !done(&seqs) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let batch = tokio::time::timeout(left, consumer.next_batch(100, Duration::from_millis(50)))
+            .await
+            .unwrap_or_else(|_| panic!("timed out with {records} records read"))
+            .expect("next_batch");
+        for consumed in batch.records {
+            records += 1;
+            let record = consumed.record;
+            let carried = if record.batched.is_empty() {
+                vec![record]
+            } else {
+                record.batched
+            };
+            for outcome in carried {
+                for event in outcome.events {
+                    seqs.entry(event.conversation_id)
+                        .or_default()
+                        .push(event.seq);
+                }
+            }
+        }
+    }
+    consumer.close().await;
+    (records, seqs)
 }

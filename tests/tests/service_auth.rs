@@ -261,6 +261,7 @@ async fn attach(
             gateway_id: id.into(),
             user_ids: vec!["alice".into()],
             epoch: 0,
+            completes_in_deliveries: false,
         })),
     })
     .await

@@ -142,6 +142,19 @@ pub trait DeliverySink: Send + Sync + 'static {
     async fn receipt(&self, recipients: &[String], receipt: Receipt);
     /// Completes the request that produced `outcome` on its origin gateway.
     async fn complete(&self, outcome: OutcomeRecord);
+    /// [`deliver`](Self::deliver), then [`complete`](Self::complete), for an
+    /// outcome whose result is `delivery`'s message: a sink that sends both
+    /// over a wire may send them as one frame where they go to the same
+    /// place.
+    async fn deliver_and_complete(
+        &self,
+        recipients: &[String],
+        delivery: Arc<Delivery>,
+        outcome: OutcomeRecord,
+    ) {
+        self.deliver(recipients, delivery).await;
+        self.complete(outcome).await;
+    }
 }
 
 /// The partition of `key` among `partitions` (stable within a process).

@@ -13,7 +13,8 @@ use confab_layers::breaker::{BreakerConfig, CircuitBreakerLayer, GrpcFailures};
 use confab_layers::service_token::ServiceToken;
 use confab_proto::internal::v1::router_link_client::RouterLinkClient;
 use confab_proto::internal::v1::{
-    gateway_frame, router_frame, GatewayFrame, Hello, RouterFrame, UsersOffline, UsersOnline,
+    gateway_frame, outcome_record, router_frame, GatewayFrame, Hello, OutcomeRecord, RouterFrame,
+    UsersOffline, UsersOnline,
 };
 use confab_runtime::shutdown::Signal;
 use confab_runtime::transport::ClientTls;
@@ -325,6 +326,8 @@ fn hello(hub: &Hub, epoch: u64, user_ids: Vec<String>) -> GatewayFrame {
             gateway_id: hub.gateway_id().to_string(),
             user_ids,
             epoch,
+            // `apply` completes requests from `Deliver.completes`.
+            completes_in_deliveries: true,
         })),
     }
 }
@@ -384,12 +387,25 @@ async fn apply(hub: &Hub, router: &str, frame: RouterFrame) {
         Some(router_frame::Frame::PresenceAck(ack)) => hub.router_acked(router, ack.epoch),
         Some(router_frame::Frame::Deliver(d)) => match d.message {
             Some(message) => {
+                // The outcome of this gateway's request that wrote it, as
+                // the `Complete` frame it stands for would have carried it.
+                let completion = d.completes.map(|origin| OutcomeRecord {
+                    origin: Some(origin),
+                    conversation_id: message.conversation_id.clone(),
+                    result: Some(outcome_record::Result::Message(message.clone())),
+                    traceparent: d.traceparent.clone(),
+                    accepted_at_ms: d.accepted_at_ms,
+                    ..OutcomeRecord::default()
+                });
                 let delivery = Delivery {
                     message,
                     traceparent: d.traceparent,
                     accepted_at_ms: d.accepted_at_ms,
                 };
-                hub.deliver(&d.recipient_ids, Arc::new(delivery)).await
+                hub.deliver(&d.recipient_ids, Arc::new(delivery)).await;
+                if let Some(outcome) = completion {
+                    hub.complete(outcome).await;
+                }
             }
             None => tracing::debug!("router sent a delivery without a message; ignoring it"),
         },
@@ -451,6 +467,38 @@ mod tests {
             ],
             "each frame carries the epoch of its last change"
         );
+    }
+
+    #[tokio::test]
+    async fn a_delivery_that_completes_a_request_answers_it_with_its_message() {
+        let hub = Hub::new("g1");
+        let mut pending = hub.pending();
+        let message = confab_proto::v1::Message {
+            conversation_id: "c".into(),
+            seq: 5,
+            body: "hi".into(),
+            ..Default::default()
+        };
+        let frame = RouterFrame {
+            frame: Some(router_frame::Frame::Deliver(
+                confab_proto::internal::v1::Deliver {
+                    recipient_ids: vec![],
+                    message: Some(message.clone()),
+                    completes: Some(confab_proto::internal::v1::Origin {
+                        gateway_id: "g1".into(),
+                        request_id: pending.request_id,
+                    }),
+                    ..Default::default()
+                },
+            )),
+        };
+        apply(&hub, "r1", frame).await;
+        let outcome = (&mut pending.rx).await.expect("completed");
+        assert_eq!(
+            outcome.result,
+            Some(outcome_record::Result::Message(message))
+        );
+        assert_eq!(outcome.conversation_id, "c");
     }
 
     #[test]

@@ -140,7 +140,8 @@ pub async fn run(
         .await?,
     );
     let store: Arc<dyn Store> = postgres.clone();
-    ensure_topics(&config.kafka).await?;
+    let topics = ensure_topics(&config.kafka).await?;
+    let layout = OutcomeLayout::for_topics(topics);
     let outcomes = KafkaPublisher::<OutcomeRecord>::new(&config.kafka)?;
     let consumer = BatchConsumer::<IngressRecord>::with_state(&config.kafka, config.group.clone())?;
     // Readiness follows the database and the broker (and the checks keep
@@ -157,6 +158,7 @@ pub async fn run(
         store.clone(),
         consumer,
         outcomes.clone(),
+        layout,
         config.linger,
         shutdown.clone(),
     ));
@@ -220,6 +222,7 @@ pub async fn sequence(
     store: Arc<dyn Store>,
     mut consumer: BatchConsumer<IngressRecord>,
     outcomes: KafkaPublisher<OutcomeRecord>,
+    layout: OutcomeLayout,
     linger: Duration,
     shutdown: Signal,
 ) -> Result<(), SequencerFailed> {
@@ -248,7 +251,7 @@ pub async fn sequence(
                     partition,
                     store.clone(),
                     rx,
-                    outcomes.clone(),
+                    (outcomes.clone(), layout),
                     finished.clone(),
                 ));
                 let lane_died = lane_died.clone();
@@ -307,7 +310,7 @@ async fn run_lane(
     partition: i32,
     store: Arc<dyn Store>,
     mut queue: mpsc::UnboundedReceiver<LaneWork>,
-    outcomes: KafkaPublisher<OutcomeRecord>,
+    outcomes: (KafkaPublisher<OutcomeRecord>, OutcomeLayout),
     finished: mpsc::UnboundedSender<Offsets>,
 ) {
     let log_partition = usize::try_from(partition).unwrap_or_default();
@@ -372,18 +375,103 @@ struct Applied {
     permits: OwnedSemaphorePermit,
 }
 
+/// How a lane's outcomes are laid out on the messages log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeLayout {
+    /// One record per outcome, keyed by its conversation.
+    EachAlone,
+    /// A batch's outcomes together, in as few records as fit in
+    /// [`LANE_RECORD_BYTES`] (`OutcomeRecord.batched`), each keyed by its
+    /// first outcome's conversation. Only where the two topics have as many
+    /// partitions: then every conversation of an ingress partition has the
+    /// messages partition of the same number, so the record lands where
+    /// each of its outcomes would have alone, and each conversation's
+    /// outcomes stay in one partition, in order. Most of the cost of a
+    /// Kafka record (producing, acknowledging, storing, fetching and
+    /// decoding it) is per record, not per byte.
+    PerLane,
+}
+
+/// The most a record of a lane's outcomes holds (encoded), well under
+/// the 1,000,000 bytes librdkafka and Kafka take by default; an outcome
+/// larger than this on its own goes in a record of its own.
+pub const LANE_RECORD_BYTES: usize = 256 * 1024;
+
+impl OutcomeLayout {
+    /// [`OutcomeLayout::PerLane`] where `topics` are aligned, else
+    /// [`OutcomeLayout::EachAlone`] (with a warning: it works, at a cost).
+    pub fn for_topics(topics: confab_kafka::TopicPartitions) -> Self {
+        if topics.aligned() {
+            return Self::PerLane;
+        }
+        tracing::warn!(
+            ingress = topics.ingress,
+            messages = topics.messages,
+            "the ingress and messages topics have different partition counts; publishing one record per outcome"
+        );
+        Self::EachAlone
+    }
+
+    /// The records that carry `outcomes`, in order.
+    pub fn records(self, outcomes: Vec<OutcomeRecord>) -> Vec<OutcomeRecord> {
+        match self {
+            Self::EachAlone => outcomes,
+            Self::PerLane => lane_records(outcomes, LANE_RECORD_BYTES),
+        }
+    }
+}
+
+/// `outcomes`, in order, in records of at most `max_bytes` each: runs of
+/// outcomes in one `batched` record keyed by its first outcome's
+/// conversation, and an outcome alone (one that fills a record by itself,
+/// or is the only one left) as itself.
+pub fn lane_records(outcomes: Vec<OutcomeRecord>, max_bytes: usize) -> Vec<OutcomeRecord> {
+    use prost::Message as _;
+    let mut records = Vec::new();
+    let mut run: Vec<OutcomeRecord> = Vec::new();
+    let mut run_bytes = 0;
+    let close = |run: &mut Vec<OutcomeRecord>, records: &mut Vec<OutcomeRecord>| match run.len() {
+        0 => {}
+        1 => records.extend(run.pop()),
+        _ => records.push(OutcomeRecord {
+            conversation_id: run[0].conversation_id.clone(),
+            batched: std::mem::take(run),
+            ..OutcomeRecord::default()
+        }),
+    };
+    for outcome in outcomes {
+        // Its bytes inside the record: the field's tag and length too.
+        let len = outcome.encoded_len();
+        let bytes = 1 + prost::length_delimiter_len(len) + len;
+        if run_bytes + bytes > max_bytes {
+            close(&mut run, &mut records);
+            run_bytes = 0;
+        }
+        run_bytes += bytes;
+        run.push(outcome);
+    }
+    close(&mut run, &mut records);
+    records
+}
+
 /// A lane's second stage: publishes each applied batch's outcomes (in
 /// order, acknowledged), then hands its positions to [`commit_positions`].
 async fn publish_lane(
     mut applied: mpsc::Receiver<Applied>,
-    outcomes: KafkaPublisher<OutcomeRecord>,
+    (outcomes, layout): (KafkaPublisher<OutcomeRecord>, OutcomeLayout),
     finished: mpsc::UnboundedSender<Offsets>,
 ) {
     while let Some(batch) = applied.recv().await {
         if !batch.results.is_empty() {
-            publish_all(&outcomes, &batch.results).await;
-            for traced in &batch.results {
-                published(&traced.span);
+            // Each span is held until its outcome is out.
+            let (results, spans): (Vec<OutcomeRecord>, Vec<tracing::Span>) = batch
+                .results
+                .into_iter()
+                .map(|t| (t.outcome, t.span))
+                .unzip();
+            publish_all(&outcomes, &layout.records(results)).await;
+            for span in &spans {
+                published(span);
             }
         }
         drop(batch.permits);
@@ -405,8 +493,8 @@ async fn commit_positions(committer: Committer, mut finished: mpsc::UnboundedRec
     }
 }
 
-/// Publishes every outcome, in order, retrying until the broker takes them
-/// all: the batch is committed in PostgreSQL, so its outcomes must not be
+/// Publishes every record of outcomes (see [`OutcomeLayout`]), in order,
+/// retrying until the broker takes them all: the batch is committed in PostgreSQL, so its outcomes must not be
 /// lost, and its offsets are not committed before they are out.
 ///
 /// A round sends the outcomes still owed concurrently: each send is enqueued
@@ -416,7 +504,7 @@ async fn commit_positions(committer: Committer, mut finished: mpsc::UnboundedRec
 /// conversation's later outcome never ends up in the log only ahead of an
 /// earlier one. Outcomes after the failure that had gone through are
 /// published twice; routers drop seqs they already routed.
-async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: &[Traced]) {
+async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: &[OutcomeRecord]) {
     let mut from = 0;
     // At most 2 s between rounds (1 s doubled by jitter).
     let mut delays =
@@ -424,7 +512,7 @@ async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: &[Traced
     while from < results.len() {
         let sends = results[from..]
             .iter()
-            .map(|t| outcomes.publish_with(&t.outcome.conversation_id, &t.outcome, &[]));
+            .map(|t| outcomes.publish_with(&t.conversation_id, t, &[]));
         let verdicts = futures::future::join_all(sends).await;
         let Some((failed, e)) = verdicts
             .into_iter()
@@ -436,5 +524,107 @@ async fn publish_all(outcomes: &KafkaPublisher<OutcomeRecord>, results: &[Traced
         from += failed;
         tracing::warn!(error = %e, left = results.len() - from, "cannot publish outcomes; retrying from the first that failed");
         tokio::time::sleep(delays.next().unwrap_or_default()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confab_kafka::TopicPartitions;
+    use confab_proto::internal::v1::outcome_record;
+    use confab_proto::v1::Message;
+    use prost::Message as _;
+
+    fn outcome(conv: &str, seq: u64, body_bytes: usize) -> OutcomeRecord {
+        let m = Message {
+            conversation_id: conv.into(),
+            seq,
+            body: "x".repeat(body_bytes),
+            ..Default::default()
+        };
+        OutcomeRecord {
+            conversation_id: conv.into(),
+            events: vec![m.clone()],
+            result: Some(outcome_record::Result::Message(m)),
+            ..Default::default()
+        }
+    }
+
+    /// Every outcome the records carry, in order.
+    fn carried(records: &[OutcomeRecord]) -> Vec<(String, u64)> {
+        records
+            .iter()
+            .flat_map(|r| {
+                if r.batched.is_empty() {
+                    vec![r.clone()]
+                } else {
+                    r.batched.clone()
+                }
+            })
+            .map(|o| (o.conversation_id, o.events[0].seq))
+            .collect()
+    }
+
+    #[test]
+    fn a_lanes_outcomes_share_records_that_keep_their_order_and_size() {
+        let outcomes: Vec<OutcomeRecord> = (1..=10)
+            .map(|i| outcome(if i % 2 == 0 { "a" } else { "b" }, i, 100))
+            .collect();
+        let all = carried(&outcomes);
+        // Everything fits: one record, keyed by its first outcome.
+        let one = lane_records(outcomes.clone(), LANE_RECORD_BYTES);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].conversation_id, "b");
+        assert_eq!(
+            (
+                one[0].origin.clone(),
+                one[0].events.len(),
+                one[0].result.clone()
+            ),
+            (None, 0, None),
+            "a record of outcomes carries nothing of its own"
+        );
+        assert_eq!(carried(&one), all);
+        // A bound of about three outcomes: records of at most that size.
+        let size = outcomes[0].encoded_len() + 3;
+        let split = lane_records(outcomes.clone(), 3 * size);
+        assert_eq!(carried(&split), all);
+        assert!(split.len() >= 4, "{} records", split.len());
+        for r in &split {
+            assert!(r.encoded_len() <= 3 * size + 8, "{} bytes", r.encoded_len());
+        }
+        // A record of one would only wrap it: an outcome alone is itself,
+        // and one larger than the bound goes alone.
+        let big = lane_records(
+            vec![
+                outcome("a", 1, 100),
+                outcome("a", 2, 5000),
+                outcome("a", 3, 100),
+            ],
+            1000,
+        );
+        assert_eq!(big.len(), 3);
+        assert!(big.iter().all(|r| r.batched.is_empty()));
+        assert_eq!(
+            carried(&big),
+            vec![("a".into(), 1), ("a".into(), 2), ("a".into(), 3)]
+        );
+        assert!(lane_records(vec![], LANE_RECORD_BYTES).is_empty());
+    }
+
+    #[test]
+    fn outcomes_share_records_only_where_the_topics_are_aligned() {
+        let topics = |ingress, messages| TopicPartitions { ingress, messages };
+        assert_eq!(
+            OutcomeLayout::for_topics(topics(8, 8)),
+            OutcomeLayout::PerLane
+        );
+        assert_eq!(
+            OutcomeLayout::for_topics(topics(8, 16)),
+            OutcomeLayout::EachAlone
+        );
+        let outcomes = vec![outcome("a", 1, 10), outcome("b", 2, 10)];
+        assert_eq!(OutcomeLayout::EachAlone.records(outcomes.clone()), outcomes);
+        assert_eq!(OutcomeLayout::PerLane.records(outcomes).len(), 1);
     }
 }

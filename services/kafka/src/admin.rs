@@ -9,12 +9,31 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The partition counts of Confab's two topics, as the broker listed them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicPartitions {
+    /// `<prefix>.ingress`.
+    pub ingress: usize,
+    /// `<prefix>.messages`.
+    pub messages: usize,
+}
+
+impl TopicPartitions {
+    /// Whether every conversation has the same partition number on both
+    /// topics (both are keyed by conversation id with one partitioner), so
+    /// that the outcomes of one ingress partition all belong on the
+    /// messages partition of the same number.
+    pub fn aligned(&self) -> bool {
+        self.ingress == self.messages
+    }
+}
+
 /// Creates `<prefix>.ingress` and `<prefix>.messages` with the configured
 /// partitions and replication; a topic that already exists is fine (its
 /// partition count is kept, with a warning if it differs). Returns once the
 /// broker's metadata lists both topics, so producers and consumers started
-/// next find them.
-pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), Error> {
+/// next find them, with their partition counts.
+pub async fn ensure_topics(config: &KafkaConfig) -> Result<TopicPartitions, Error> {
     let topics = [config.ingress_topic(), config.messages_topic()];
     let admin: Arc<AdminClient<LogContext>> = Arc::new(
         config
@@ -63,7 +82,11 @@ pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), Error> {
                     tracing::warn!(topic = %t, partitions = n, configured = config.partitions, "topic exists with another partition count; keeping it");
                 }
             }
-            return Ok(());
+            let count = |t: &String| found.get(t).copied().unwrap_or(0);
+            return Ok(TopicPartitions {
+                ingress: count(&topics[0]),
+                messages: count(&topics[1]),
+            });
         }
         if Instant::now() >= deadline {
             return Err(Error::Task(format!(

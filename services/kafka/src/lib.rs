@@ -27,7 +27,7 @@ pub mod health;
 mod producer;
 mod record;
 
-pub use admin::{check_broker, ensure_topics};
+pub use admin::{check_broker, ensure_topics, TopicPartitions};
 pub use config::KafkaConfig;
 pub use consumer::{
     Batch, BatchConsumer, CommitReport, Committer, Consumed, ConsumerMonitor, Offsets,

@@ -134,7 +134,7 @@ pub async fn route(
     let state = consumer.state();
     let mut router = Router::new(history.clone(), links.clone());
     let mut rebalances = state.rebalances();
-    while let Some(batch) = consumer
+    while let Some(mut batch) = consumer
         .next_batch_or_stop(256, Duration::from_millis(1), &shutdown)
         .await
     {
@@ -143,8 +143,11 @@ pub async fn route(
             router = Router::new(history.clone(), links.clone());
             tracing::info!(partitions = ?state.assigned(), "partitions changed; membership cache cleared");
         }
-        for consumed in batch.records.iter() {
-            router.route(consumed.record.clone()).await;
+        // Taken, not cloned: only the batch's positions are needed after.
+        for consumed in batch.records.iter_mut() {
+            router
+                .route_record(std::mem::take(&mut consumed.record))
+                .await;
         }
         consumer.commit_done(&batch).await;
     }

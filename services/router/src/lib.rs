@@ -9,7 +9,7 @@ pub mod gateway_links;
 use confab_core::error::ChatError;
 use confab_core::metrics::{RECEIPTS, ROUTER_FANOUT};
 use confab_core::seams::{recv_batch, Delivery, DeliverySink, HistoryApi};
-use confab_proto::internal::v1::OutcomeRecord;
+use confab_proto::internal::v1::{outcome_record, OutcomeRecord};
 use confab_proto::v1::{membership_event::Change, Message};
 use confab_runtime::trace::{self, HOP};
 use std::collections::{BTreeSet, HashMap};
@@ -78,6 +78,17 @@ impl Router {
         }
     }
 
+    /// Routes a record of the messages log: each of the outcomes it carries
+    /// together (`batched`: a history lane's, in order), or the one it is.
+    pub async fn route_record(&mut self, mut record: OutcomeRecord) {
+        if record.batched.is_empty() {
+            return self.route(record).await;
+        }
+        for outcome in std::mem::take(&mut record.batched) {
+            self.route(outcome).await;
+        }
+    }
+
     /// Delivers the outcome's events, then completes its request.
     ///
     /// Events the log carries twice (at-least-once) and replays of messages
@@ -111,7 +122,11 @@ impl Router {
         let mut outcome = outcome;
         async {
             outcome.traceparent = trace.to_string();
-            for event in std::mem::take(&mut outcome.events) {
+            let events = std::mem::take(&mut outcome.events);
+            let last = events.len();
+            // Whether the outcome went with its message (see below).
+            let mut completed = false;
+            for (i, event) in events.into_iter().enumerate() {
                 let seen = self
                     .convs
                     .get(&event.conversation_id)
@@ -142,7 +157,25 @@ impl Router {
                     traceparent: outcome.traceparent.clone(),
                     accepted_at_ms: outcome.accepted_at_ms,
                 };
-                self.sink.deliver(&recipients, Arc::new(delivery)).await;
+                // A send's outcome is its message: it goes to the origin
+                // gateway with the delivery, after which nothing is left to
+                // route (no receipt).
+                let folds = i + 1 == last
+                    && outcome.origin.is_some()
+                    && outcome.receipt.is_none()
+                    && matches!(&outcome.result, Some(outcome_record::Result::Message(m)) if *m == delivery.message);
+                if folds {
+                    let outcome = std::mem::take(&mut outcome);
+                    self.sink
+                        .deliver_and_complete(&recipients, Arc::new(delivery), outcome)
+                        .await;
+                    completed = true;
+                } else {
+                    self.sink.deliver(&recipients, Arc::new(delivery)).await;
+                }
+            }
+            if completed {
+                return;
             }
             if let Some(receipt) = outcome.receipt.take() {
                 let recipients = if outcome.receipt_private {

@@ -31,6 +31,8 @@ struct Recorder {
     completed: Mutex<Vec<u64>>,
     /// Each receipt with its recipients.
     receipts: Mutex<Vec<(Receipt, Vec<String>)>>,
+    /// The requests completed together with their message's delivery.
+    folded: Mutex<Vec<u64>>,
 }
 
 #[async_trait]
@@ -56,6 +58,17 @@ impl DeliverySink for Recorder {
     async fn complete(&self, outcome: OutcomeRecord) {
         let id = outcome.origin.map(|o| o.request_id).unwrap_or_default();
         self.completed.lock().expect("lock").push(id);
+    }
+    async fn deliver_and_complete(
+        &self,
+        recipients: &[String],
+        delivery: Arc<Delivery>,
+        outcome: OutcomeRecord,
+    ) {
+        let id = outcome.origin.as_ref().map(|o| o.request_id);
+        self.folded.lock().expect("lock").extend(id);
+        self.deliver(recipients, delivery).await;
+        self.complete(outcome).await;
     }
 }
 
@@ -236,6 +249,70 @@ async fn duplicates_and_replays_are_routed_at_most_once() {
         d,
         vec![(5, names(&["alice", "bob"])), (6, names(&["alice", "bob"]))]
     );
+    assert_eq!(*sink.completed.lock().expect("lock"), vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_result_that_is_the_delivered_message_goes_with_it() {
+    let sink = Arc::new(Recorder::default());
+    let mut router = Router::new(Arc::new(members(names(&["alice", "bob"]))), sink.clone());
+    // A send: its result is the message it sequenced.
+    let send = |request_id, seq| {
+        let mut o = outcome(Some(request_id), vec![event(seq, None)]);
+        o.result = Some(outcome_record::Result::Message(event(seq, None)));
+        o
+    };
+    router.route(send(1, 1)).await;
+    // A result that is some other message (an edit's target), one the
+    // router dropped (a replay of a routed seq), and one without an origin:
+    // completed on their own, or not at all.
+    let mut edit = outcome(Some(2), vec![event(2, None)]);
+    edit.result = Some(outcome_record::Result::Message(event(1, None)));
+    router.route(edit).await;
+    router.route(replay(3, vec![event(2, None)])).await;
+    let mut unasked = send(4, 3);
+    unasked.origin = None;
+    router.route(unasked).await;
+    assert_eq!(*sink.folded.lock().expect("lock"), vec![1]);
+    assert_eq!(*sink.completed.lock().expect("lock"), vec![1, 2, 3]);
+    let seqs: Vec<u64> = sink
+        .deliveries
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|d| d.0)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3], "each message is delivered once");
+}
+
+#[tokio::test]
+async fn a_record_of_a_lanes_outcomes_is_routed_outcome_by_outcome_in_order() {
+    let sink = Arc::new(Recorder::default());
+    let mut router = Router::new(Arc::new(members(names(&["alice", "bob"]))), sink.clone());
+    let record = OutcomeRecord {
+        conversation_id: "c".into(),
+        batched: vec![
+            outcome(Some(1), vec![event(1, None)]),
+            outcome(None, vec![event(2, None)]),
+            // A copy the log carried twice, inside the same record.
+            outcome(None, vec![event(2, None)]),
+            outcome(Some(2), vec![event(3, None)]),
+        ],
+        ..Default::default()
+    };
+    router.route_record(record).await;
+    // And a record that is one outcome, as before.
+    router
+        .route_record(outcome(Some(3), vec![event(4, None)]))
+        .await;
+    let seqs: Vec<u64> = sink
+        .deliveries
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|d| d.0)
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4]);
     assert_eq!(*sink.completed.lock().expect("lock"), vec![1, 2, 3]);
 }
 

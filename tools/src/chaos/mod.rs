@@ -199,14 +199,16 @@ impl Config {
         ]
     }
 
-    /// A rolling upgrade: history first (the first new one migrates the
-    /// schema), then routers, then gateways, one process at a time.
+    /// A rolling upgrade in the order docs/operations.md gives: routers
+    /// first (they read what history and gateways of either release send),
+    /// then history (the first new one migrates the schema), then
+    /// gateways, one process at a time.
     pub fn rolling_upgrade() -> Vec<Fault> {
         vec![
-            Fault::Upgrade(Target::History(0)),
-            Fault::Upgrade(Target::History(1)),
             Fault::Upgrade(Target::Router(0)),
             Fault::Upgrade(Target::Router(1)),
+            Fault::Upgrade(Target::History(0)),
+            Fault::Upgrade(Target::History(1)),
             Fault::Upgrade(Target::Gateway(0)),
             Fault::Upgrade(Target::Gateway(1)),
         ]

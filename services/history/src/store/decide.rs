@@ -906,6 +906,7 @@ pub fn outcome(
         accepted_at_ms: rec.accepted_at_ms,
         receipt: None,
         receipt_private: false,
+        batched: Vec::new(),
     }
 }
 

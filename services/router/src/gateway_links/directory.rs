@@ -18,6 +18,9 @@ pub(super) struct Link {
     pub(super) kill: mpsc::Sender<Status>,
     /// Users with at least one session on that gateway.
     pub(super) users: HashSet<String>,
+    /// Whether the gateway completes requests from `Deliver.completes`
+    /// (its `Hello` said so).
+    pub(super) completes_in_deliveries: bool,
     /// Dropped with the link: stops the task reading the gateway's frames.
     pub(super) _gone: oneshot::Sender<()>,
 }

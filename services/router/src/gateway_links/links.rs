@@ -9,11 +9,11 @@ use confab_core::presence::{PushPresence, Seen};
 use confab_core::seams::{Delivery, DeliverySink};
 use confab_proto::internal::v1::{
     gateway_frame, router_frame, Complete, Deliver, DeliverPresence, DeliverReceipt, GatewayFrame,
-    OutcomeRecord, PresenceAck, RelayTyping, RouterFrame,
+    Origin, OutcomeRecord, PresenceAck, RelayTyping, RouterFrame,
 };
 use confab_proto::v1::{Presence, Receipt};
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -144,9 +144,15 @@ impl GatewayLinks {
             .unwrap_or_default()
     }
 
-    /// Registers a new stream of `gateway_id`; an older stream of the same
-    /// gateway is ended, since the gateway has moved on to this one.
-    pub(super) fn open(&self, gateway_id: &str, users: Vec<String>) -> Opened {
+    /// Registers a new stream of `gateway_id` (which completes requests
+    /// from deliveries when `completes_in_deliveries`); an older stream of
+    /// the same gateway is ended, since the gateway has moved on to this one.
+    pub(super) fn open(
+        &self,
+        gateway_id: &str,
+        users: Vec<String>,
+        completes_in_deliveries: bool,
+    ) -> Opened {
         let id = self.next_link.fetch_add(1, Ordering::Relaxed);
         let (tx, frames) = mpsc::channel(self.config.queue.max(1));
         let (kill_tx, kill) = mpsc::channel(1);
@@ -168,6 +174,7 @@ impl GatewayLinks {
                 tx,
                 kill: kill_tx,
                 users: HashSet::new(),
+                completes_in_deliveries,
                 _gone: gone_tx,
             },
         );
@@ -321,6 +328,16 @@ impl GatewayLinks {
     /// `frame` makes for those users. One slow gateway does not hold up the
     /// others' share.
     async fn fan_out(&self, recipients: &[String], frame: impl Fn(Vec<String>) -> RouterFrame) {
+        self.fan_out_to(recipients, |_, users| frame(users)).await
+    }
+
+    /// [`fan_out`](Self::fan_out), the frame made knowing the gateway it
+    /// goes to: its id, and whether it completes requests from deliveries.
+    async fn fan_out_to(
+        &self,
+        recipients: &[String],
+        frame: impl Fn((&str, bool), Vec<String>) -> RouterFrame,
+    ) {
         let targets: Vec<_> = {
             let dir = self.directory();
             let mut per_gateway: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -336,13 +353,14 @@ impl GatewayLinks {
                 .into_iter()
                 .filter_map(|(gateway_id, users)| {
                     let link = dir.gateways.get(gateway_id)?;
-                    Some((gateway_id.to_string(), link.id, link.tx.clone(), users))
+                    let gateway = (gateway_id.to_string(), link.completes_in_deliveries);
+                    Some((gateway, link.id, link.tx.clone(), users))
                 })
                 .collect()
         };
         futures::future::join_all(targets.into_iter().map(
-            |(gateway_id, link, tx, recipient_ids)| {
-                let frame = frame(recipient_ids);
+            |((gateway_id, completes), link, tx, recipient_ids)| {
+                let frame = frame((&gateway_id, completes), recipient_ids);
                 async move { self.send(&gateway_id, link, tx, frame).await }
             },
         ))
@@ -383,15 +401,37 @@ impl GatewayLinks {
 #[async_trait]
 impl DeliverySink for GatewayLinks {
     async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>) {
-        self.fan_out(recipients, |recipient_ids| RouterFrame {
-            frame: Some(router_frame::Frame::Deliver(Deliver {
-                recipient_ids,
-                message: Some(delivery.message.clone()),
-                traceparent: delivery.traceparent.clone(),
-                accepted_at_ms: delivery.accepted_at_ms,
-            })),
+        self.fan_out(recipients, |recipient_ids| {
+            deliver_frame(&delivery, recipient_ids, None)
         })
         .await;
+    }
+
+    /// The origin gateway's share of the delivery carries the completion
+    /// (`Deliver.completes`); a `Complete` frame follows only where that
+    /// gateway has none of the recipients or does not take completions in
+    /// deliveries (an older gateway).
+    async fn deliver_and_complete(
+        &self,
+        recipients: &[String],
+        delivery: Arc<Delivery>,
+        outcome: OutcomeRecord,
+    ) {
+        let Some(origin) = &outcome.origin else {
+            return self.deliver(recipients, delivery).await;
+        };
+        let folded = AtomicBool::new(false);
+        self.fan_out_to(recipients, |(gateway_id, takes), recipient_ids| {
+            let completes = (takes && gateway_id == origin.gateway_id).then(|| {
+                folded.store(true, Ordering::Relaxed);
+                origin.clone()
+            });
+            deliver_frame(&delivery, recipient_ids, completes)
+        })
+        .await;
+        if !folded.load(Ordering::Relaxed) {
+            self.complete(outcome).await;
+        }
     }
 
     async fn receipt(&self, recipients: &[String], receipt: Receipt) {
@@ -431,5 +471,23 @@ impl DeliverySink for GatewayLinks {
             })),
         };
         self.send(&gateway_id, link, tx, frame).await;
+    }
+}
+
+/// The `Deliver` frame of `delivery` for `recipient_ids` on one gateway,
+/// completing that gateway's request `completes`.
+fn deliver_frame(
+    delivery: &Delivery,
+    recipient_ids: Vec<String>,
+    completes: Option<Origin>,
+) -> RouterFrame {
+    RouterFrame {
+        frame: Some(router_frame::Frame::Deliver(Deliver {
+            recipient_ids,
+            message: Some(delivery.message.clone()),
+            traceparent: delivery.traceparent.clone(),
+            accepted_at_ms: delivery.accepted_at_ms,
+            completes,
+        })),
     }
 }

@@ -65,7 +65,9 @@ impl RouterLink for RouterLinkService {
         }
         let gateway_id = hello.gateway_id;
         let users = hello.user_ids.len();
-        let opened = self.links.open(&gateway_id, hello.user_ids);
+        let opened = self
+            .links
+            .open(&gateway_id, hello.user_ids, hello.completes_in_deliveries);
         self.links.ack(&gateway_id, opened.id, hello.epoch);
         tracing::info!(gateway_id = %gateway_id, peer = ?peer, users, "gateway attached");
         tokio::spawn(read_presence(

@@ -39,8 +39,8 @@ fn next_delivery(rx: &mut mpsc::Receiver<RouterFrame>) -> (Vec<String>, u64) {
 #[tokio::test]
 async fn each_gateway_gets_one_delivery_with_just_its_users() {
     let links = GatewayLinks::new(LinkConfig::default());
-    let mut g1 = links.open("g1", names(&["alice", "bob"]));
-    let mut g2 = links.open("g2", names(&["bob", "carol"]));
+    let mut g1 = links.open("g1", names(&["alice", "bob"]), true);
+    let mut g2 = links.open("g2", names(&["bob", "carol"]), true);
     links
         .deliver(&names(&["alice", "bob", "carol", "dave"]), message(7))
         .await;
@@ -55,7 +55,7 @@ async fn each_gateway_gets_one_delivery_with_just_its_users() {
 #[tokio::test]
 async fn presence_frames_move_users_and_a_closed_link_forgets_its_users() {
     let links = GatewayLinks::new(LinkConfig::default());
-    let mut g1 = links.open("g1", names(&["alice"]));
+    let mut g1 = links.open("g1", names(&["alice"]), true);
     let online = |users: &[&str], epoch| GatewayFrame {
         frame: Some(gateway_frame::Frame::UsersOnline(UsersOnline {
             user_ids: names(users),
@@ -90,8 +90,8 @@ async fn presence_frames_move_users_and_a_closed_link_forgets_its_users() {
 #[tokio::test]
 async fn outcomes_go_to_their_origin_gateway_only() {
     let links = GatewayLinks::new(LinkConfig::default());
-    let mut g1 = links.open("g1", vec![]);
-    let mut g2 = links.open("g2", vec![]);
+    let mut g1 = links.open("g1", vec![], true);
+    let mut g2 = links.open("g2", vec![], true);
     let outcome = |gateway: &str, request_id| OutcomeRecord {
         origin: Some(Origin {
             gateway_id: gateway.into(),
@@ -114,13 +114,70 @@ async fn outcomes_go_to_their_origin_gateway_only() {
 }
 
 #[tokio::test]
+async fn a_completion_rides_on_its_origin_gateways_delivery() {
+    let links = GatewayLinks::new(LinkConfig::default());
+    let mut g1 = links.open("g1", names(&["alice"]), true);
+    let mut g2 = links.open("g2", names(&["bob"]), true);
+    let outcome = |gateway: &str, request_id| OutcomeRecord {
+        origin: Some(Origin {
+            gateway_id: gateway.into(),
+            request_id,
+        }),
+        ..Default::default()
+    };
+    let next = |rx: &mut mpsc::Receiver<RouterFrame>| rx.try_recv().ok().and_then(|f| f.frame);
+    // g2 wrote it and has a recipient: one frame there, a plain one on g1.
+    links
+        .deliver_and_complete(&names(&["alice", "bob"]), message(1), outcome("g2", 7))
+        .await;
+    match next(&mut g2.frames) {
+        Some(router_frame::Frame::Deliver(d)) => {
+            assert_eq!(d.recipient_ids, names(&["bob"]));
+            assert_eq!(d.completes.map(|o| o.request_id), Some(7));
+        }
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+    match next(&mut g1.frames) {
+        Some(router_frame::Frame::Deliver(d)) => assert_eq!(d.completes, None),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+    // g1 wrote it but has none of the recipients: a completion of its own.
+    links
+        .deliver_and_complete(&names(&["bob"]), message(2), outcome("g1", 8))
+        .await;
+    assert_eq!(next_delivery(&mut g2.frames), (names(&["bob"]), 2));
+    match next(&mut g1.frames) {
+        Some(router_frame::Frame::Complete(c)) => assert_eq!(
+            c.outcome.and_then(|o| o.origin).map(|o| o.request_id),
+            Some(8)
+        ),
+        other => panic!("expected a completion, got {other:?}"),
+    }
+    assert!(g1.frames.try_recv().is_err() && g2.frames.try_recv().is_err());
+    // An older gateway (its hello did not say it takes completions in
+    // deliveries) gets its delivery plain and the completion after it.
+    let mut old = links.open("g3", names(&["carol"]), false);
+    links
+        .deliver_and_complete(&names(&["carol"]), message(3), outcome("g3", 9))
+        .await;
+    match next(&mut old.frames) {
+        Some(router_frame::Frame::Deliver(d)) => assert_eq!(d.completes, None),
+        other => panic!("expected a delivery, got {other:?}"),
+    }
+    assert!(matches!(
+        next(&mut old.frames),
+        Some(router_frame::Frame::Complete(_))
+    ));
+}
+
+#[tokio::test]
 async fn a_gateway_that_stays_full_past_the_bound_is_dropped() {
     let links = GatewayLinks::new(LinkConfig {
         queue: 1,
         max_stall: Duration::from_millis(50),
         ..LinkConfig::default()
     });
-    let mut g1 = links.open("g1", names(&["alice"]));
+    let mut g1 = links.open("g1", names(&["alice"]), true);
     links.deliver(&names(&["alice"]), message(1)).await;
     // The queue is full and nobody reads it.
     links.deliver(&names(&["alice"]), message(2)).await;
@@ -140,8 +197,8 @@ async fn a_gateway_that_stays_full_past_the_bound_is_dropped() {
 #[tokio::test]
 async fn a_new_link_of_the_same_gateway_replaces_the_old_one() {
     let links = GatewayLinks::new(LinkConfig::default());
-    let mut old = links.open("g1", names(&["alice"]));
-    let new = links.open("g1", names(&["bob"]));
+    let mut old = links.open("g1", names(&["alice"]), true);
+    let new = links.open("g1", names(&["bob"]), true);
     assert_eq!(
         old.kill.try_recv().map(|s| s.code()).ok(),
         Some(tonic::Code::Unavailable)
