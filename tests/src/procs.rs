@@ -438,6 +438,50 @@ impl DevProcess {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         // Not the default 127.0.0.1:8080: tests run side by side.
         let http = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let child = Self::spawn(bin, data_dir, addr, http, env, log)?;
+        let mut me = Self { child, addr, http };
+        wait_listening(&mut me.child, &addr.to_string(), DEADLINE)
+            .map_err(|e| anyhow!("confab dev: {e}"))?;
+        Ok(me)
+    }
+
+    /// Runs this build's `confab dev` where it must refuse to start, and
+    /// returns its exit status once it exits (at most [`DEADLINE`]); an
+    /// error if it is still running then (it was killed). Judged by the
+    /// process itself, not by a port a test running beside it could have
+    /// taken meanwhile.
+    pub fn refusal(
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Result<ExitStatus> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let http = SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
+        let mut child = Self::spawn(&confab_bin(), data_dir, addr, http, env, log)?;
+        let mut status = None;
+        crate::poll_blocking(DEADLINE, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        match status {
+            Some(status) => Ok(status),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(anyhow!("confab dev was still running after {DEADLINE:?}"))
+            }
+        }
+    }
+
+    /// Spawns `bin dev` on `addr` (and `http`) over `data_dir`.
+    fn spawn(
+        bin: &Path,
+        data_dir: &Path,
+        addr: SocketAddr,
+        http: SocketAddr,
+        env: &[(&str, &str)],
+        log: Option<&Path>,
+    ) -> Result<Child> {
         let mut cmd = Command::new(bin);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("CONFAB_")) {
             cmd.env_remove(k);
@@ -461,10 +505,7 @@ impl DevProcess {
             .stderr(stderr)
             .spawn()
             .context("spawn confab dev")?;
-        let mut me = Self { child, addr, http };
-        wait_listening(&mut me.child, &addr.to_string(), DEADLINE)
-            .map_err(|e| anyhow!("confab dev: {e}"))?;
-        Ok(me)
+        Ok(child)
     }
 
     /// The process id (for its CPU time and memory).

@@ -286,11 +286,9 @@ async fn a_failed_migration_leaves_sqlite_as_it_was() {
     drop(conn);
     let schema = sqlite_schema(&db).await;
     let log = dir.path().join("new.log");
-    let refused = DevProcess::start_with(dir.path(), port, &[], Some(&log));
-    assert!(
-        refused.is_err(),
-        "the new release started over a failed migration"
-    );
+    let refused = DevProcess::refusal(dir.path(), &[], Some(&log))
+        .expect("the new release refuses to start over a failed migration");
+    assert!(!refused.success(), "it exits with an error: {refused}");
     let said = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(said.contains("migrat"), "its log says why: {said}");
     assert_eq!(sqlite_schema(&db).await, schema, "the schema as it was");
