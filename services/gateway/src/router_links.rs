@@ -387,14 +387,12 @@ async fn apply(hub: &Hub, router: &str, frame: RouterFrame) {
         Some(router_frame::Frame::PresenceAck(ack)) => hub.router_acked(router, ack.epoch),
         Some(router_frame::Frame::Deliver(d)) => match d.message {
             Some(message) => {
-                // The outcome of this gateway's request that wrote it, as
-                // the `Complete` frame it stands for would have carried it.
+                // The outcome of this gateway's request that wrote it: what
+                // a waiter reads of the `Complete` frame it stands for.
                 let completion = d.completes.map(|origin| OutcomeRecord {
                     origin: Some(origin),
                     conversation_id: message.conversation_id.clone(),
                     result: Some(outcome_record::Result::Message(message.clone())),
-                    traceparent: d.traceparent.clone(),
-                    accepted_at_ms: d.accepted_at_ms,
                     ..OutcomeRecord::default()
                 });
                 let delivery = Delivery {

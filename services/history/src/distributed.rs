@@ -251,7 +251,10 @@ pub async fn sequence(
                     partition,
                     store.clone(),
                     rx,
-                    (outcomes.clone(), layout),
+                    OutcomeLog {
+                        publisher: outcomes.clone(),
+                        layout,
+                    },
                     finished.clone(),
                 ));
                 let lane_died = lane_died.clone();
@@ -310,7 +313,7 @@ async fn run_lane(
     partition: i32,
     store: Arc<dyn Store>,
     mut queue: mpsc::UnboundedReceiver<LaneWork>,
-    outcomes: (KafkaPublisher<OutcomeRecord>, OutcomeLayout),
+    outcomes: OutcomeLog,
     finished: mpsc::UnboundedSender<Offsets>,
 ) {
     let log_partition = usize::try_from(partition).unwrap_or_default();
@@ -421,6 +424,20 @@ impl OutcomeLayout {
     }
 }
 
+/// Where a lane publishes its outcomes: the messages log, in `layout`.
+struct OutcomeLog {
+    publisher: KafkaPublisher<OutcomeRecord>,
+    layout: OutcomeLayout,
+}
+
+impl OutcomeLog {
+    /// Publishes `outcomes`, in order, in the records of [`Self::layout`],
+    /// retrying until the broker has them all (see [`publish_all`]).
+    async fn publish(&self, outcomes: Vec<OutcomeRecord>) {
+        publish_all(&self.publisher, &self.layout.records(outcomes)).await
+    }
+}
+
 /// `outcomes`, in order, in records of at most `max_bytes` each: runs of
 /// outcomes in one `batched` record keyed by its first outcome's
 /// conversation, and an outcome alone (one that fills a record by itself,
@@ -458,7 +475,7 @@ pub fn lane_records(outcomes: Vec<OutcomeRecord>, max_bytes: usize) -> Vec<Outco
 /// order, acknowledged), then hands its positions to [`commit_positions`].
 async fn publish_lane(
     mut applied: mpsc::Receiver<Applied>,
-    (outcomes, layout): (KafkaPublisher<OutcomeRecord>, OutcomeLayout),
+    outcomes: OutcomeLog,
     finished: mpsc::UnboundedSender<Offsets>,
 ) {
     while let Some(batch) = applied.recv().await {
@@ -469,7 +486,7 @@ async fn publish_lane(
                 .into_iter()
                 .map(|t| (t.outcome, t.span))
                 .unzip();
-            publish_all(&outcomes, &layout.records(results)).await;
+            outcomes.publish(results).await;
             for span in &spans {
                 published(span);
             }
@@ -494,8 +511,9 @@ async fn commit_positions(committer: Committer, mut finished: mpsc::UnboundedRec
 }
 
 /// Publishes every record of outcomes (see [`OutcomeLayout`]), in order,
-/// retrying until the broker takes them all: the batch is committed in PostgreSQL, so its outcomes must not be
-/// lost, and its offsets are not committed before they are out.
+/// retrying until the broker takes them all: the batch is committed in
+/// PostgreSQL, so its outcomes must not be lost, and its offsets are not
+/// committed before they are out.
 ///
 /// A round sends the outcomes still owed concurrently: each send is enqueued
 /// when first polled, in order, and the idempotent producer keeps that order

@@ -35,6 +35,14 @@ struct Recorder {
     folded: Mutex<Vec<u64>>,
 }
 
+impl Recorder {
+    /// The seq of each delivery, in order.
+    fn delivered_seqs(&self) -> Vec<u64> {
+        let deliveries = self.deliveries.lock().expect("lock");
+        deliveries.iter().map(|d| d.0).collect()
+    }
+}
+
 #[async_trait]
 impl DeliverySink for Recorder {
     async fn deliver(&self, recipients: &[String], delivery: Arc<Delivery>) {
@@ -275,13 +283,7 @@ async fn a_result_that_is_the_delivered_message_goes_with_it() {
     router.route(unasked).await;
     assert_eq!(*sink.folded.lock().expect("lock"), vec![1]);
     assert_eq!(*sink.completed.lock().expect("lock"), vec![1, 2, 3]);
-    let seqs: Vec<u64> = sink
-        .deliveries
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|d| d.0)
-        .collect();
+    let seqs = sink.delivered_seqs();
     assert_eq!(seqs, vec![1, 2, 3], "each message is delivered once");
 }
 
@@ -305,13 +307,7 @@ async fn a_record_of_a_lanes_outcomes_is_routed_outcome_by_outcome_in_order() {
     router
         .route_record(outcome(Some(3), vec![event(4, None)]))
         .await;
-    let seqs: Vec<u64> = sink
-        .deliveries
-        .lock()
-        .expect("lock")
-        .iter()
-        .map(|d| d.0)
-        .collect();
+    let seqs = sink.delivered_seqs();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
     assert_eq!(*sink.completed.lock().expect("lock"), vec![1, 2, 3]);
 }

@@ -3,6 +3,11 @@
 use super::SuiteReport;
 use crate::bench::user_stack::UserStackReport;
 
+/// `f` of each round's figure, joined with " / ".
+fn per_round<T>(rounds: &[&T], f: impl Fn(&T) -> String) -> String {
+    rounds.iter().map(|x| f(x)).collect::<Vec<_>>().join(" / ")
+}
+
 /// The report as a table.
 pub fn table(r: &SuiteReport) -> String {
     let m = &r.machine;
@@ -84,14 +89,14 @@ pub fn table(r: &SuiteReport) -> String {
                         .find(|x| x.label == l.label)
                 })
                 .collect();
-            let join = |f: &dyn Fn(&super::LoadReport) -> String| {
-                same.iter().map(|x| f(x)).collect::<Vec<_>>().join(" / ")
-            };
             s.push_str(&format!(
                 "{:<32} acked/s {}; p99 {}\n",
                 l.label,
-                join(&|x| format!("{:.0}", x.acked_per_sec)),
-                join(&|x| format!("{:.2}", x.delivery.p99_us as f64 / 1000.0)),
+                per_round(&same, |x| format!("{:.0}", x.acked_per_sec)),
+                per_round(&same, |x| format!(
+                    "{:.2}",
+                    x.delivery.p99_us as f64 / 1000.0
+                )),
             ));
         }
         let stacks: Vec<&UserStackReport> = rounds
@@ -99,14 +104,14 @@ pub fn table(r: &SuiteReport) -> String {
             .filter_map(|r| r.user_stack.as_ref())
             .collect();
         if !stacks.is_empty() {
-            let join = |f: &dyn Fn(&UserStackReport) -> String| {
-                stacks.iter().map(|x| f(x)).collect::<Vec<_>>().join(" / ")
-            };
             s.push_str(&format!(
                 "{:<32} idle % of a core {}; held msg/s {}\n",
                 "make stack",
-                join(&|u| format!("{:.1}", u.idle_percent())),
-                join(&|u| format!("{:.0}", u.sustained_rate.unwrap_or(0.0))),
+                per_round(&stacks, |u| format!("{:.1}", u.idle_percent())),
+                per_round(&stacks, |u| format!(
+                    "{:.0}",
+                    u.sustained_rate.unwrap_or(0.0)
+                )),
             ));
         }
     }
