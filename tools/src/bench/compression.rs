@@ -42,7 +42,7 @@ pub struct CompressionOpts {
     /// Rounds of one run per encoding, interleaved.
     pub rounds: usize,
     /// Processes whose CPU time per call is reported, by label.
-    pub watch: Vec<(String, Vec<u32>)>,
+    pub watch: Vec<(String, super::inbox::Watched)>,
 }
 
 /// One run: `requests` pages in one encoding.
@@ -148,7 +148,10 @@ pub async fn measure(opts: &CompressionOpts) -> Result<CompressionReport> {
     );
     let auth = bearer(&opts.secret, &opts.reader)?;
     let mut watch = opts.watch.clone();
-    watch.push(("bench client".into(), vec![std::process::id()]));
+    watch.push((
+        "bench client".into(),
+        super::inbox::Watched::Processes(vec![std::process::id()]),
+    ));
     let mut runs = Vec::new();
     for _ in 0..opts.rounds.max(1) {
         for encoding in ENCODINGS {

@@ -6,7 +6,7 @@
 //! from a cursor that many changes are behind ([`measure_sync`]).
 
 use super::reads::{bearer, gateway_client};
-use super::{clock_ticks_per_sec, cpu_ticks, per_sec, Latency, Recorder};
+use super::{clock_ticks_per_sec, cpu_ticks, per_sec, server_cpu_ticks, Latency, Recorder};
 use anyhow::{ensure, Context, Result};
 use confab_proto::v1::{ListConversationsRequest, SendMessageRequest, SyncRequest};
 use futures::StreamExt as _;
@@ -150,7 +150,7 @@ pub struct SyncOpts {
     pub requests: u64,
     /// Processes whose CPU time per recorded sync is reported, by label
     /// (a label's processes summed: PostgreSQL's backends).
-    pub watch: Vec<(String, Vec<u32>)>,
+    pub watch: Vec<(String, Watched)>,
 }
 
 /// What [`measure_sync`] saw.
@@ -175,20 +175,36 @@ pub struct SyncReport {
     pub cpu_ms_per_sync: Vec<(String, f64)>,
 }
 
-/// The CPU ticks of `pids` together.
-pub(super) fn ticks_of(pids: &[u32]) -> u64 {
-    pids.iter().filter_map(|p| cpu_ticks(*p)).sum()
+/// Processes whose CPU time a part reports under one label.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub enum Watched {
+    /// These processes together.
+    Processes(Vec<u32>),
+    /// A server whose processes are all children of this one (PostgreSQL's
+    /// postmaster), with the backends that start and exit during the run
+    /// (see [`server_cpu_ticks`]).
+    Server(u32),
+}
+
+impl Watched {
+    /// The CPU ticks used so far.
+    fn ticks(&self) -> u64 {
+        match self {
+            Watched::Processes(pids) => pids.iter().filter_map(|p| cpu_ticks(*p)).sum(),
+            Watched::Server(root) => server_cpu_ticks(*root).unwrap_or(0),
+        }
+    }
 }
 
 /// The CPU ticks of each of `watch`'s labels now, for [`cpu_ms_per_call`].
-pub(super) fn ticks_now(watch: &[(String, Vec<u32>)]) -> Vec<u64> {
-    watch.iter().map(|(_, pids)| ticks_of(pids)).collect()
+pub(super) fn ticks_now(watch: &[(String, Watched)]) -> Vec<u64> {
+    watch.iter().map(|(_, w)| w.ticks()).collect()
 }
 
 /// CPU milliseconds per call of each of `watch`'s labels since `before`
 /// ([`ticks_now`]), over `calls` calls.
 pub(super) fn cpu_ms_per_call(
-    watch: &[(String, Vec<u32>)],
+    watch: &[(String, Watched)],
     before: &[u64],
     calls: u64,
 ) -> Vec<(String, f64)> {
@@ -196,8 +212,8 @@ pub(super) fn cpu_ms_per_call(
     watch
         .iter()
         .zip(before)
-        .map(|((label, pids), before)| {
-            let used = ticks_of(pids).saturating_sub(*before) as f64 * per_tick_ms;
+        .map(|((label, watched), before)| {
+            let used = watched.ticks().saturating_sub(*before) as f64 * per_tick_ms;
             (label.clone(), used / calls.max(1) as f64)
         })
         .collect()
@@ -269,7 +285,10 @@ pub async fn measure_sync(opts: &SyncOpts) -> Result<SyncReport> {
     let mut pages = 0;
     let mut started = Instant::now();
     let mut watch = opts.watch.clone();
-    watch.push(("bench client".into(), vec![std::process::id()]));
+    watch.push((
+        "bench client".into(),
+        Watched::Processes(vec![std::process::id()]),
+    ));
     let mut ticks: Vec<u64> = Vec::new();
     for i in 0..WARMUP + opts.requests {
         if i == WARMUP {

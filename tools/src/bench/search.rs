@@ -48,7 +48,7 @@ pub struct SearchOpts {
     pub limit: u32,
     /// Processes whose CPU time per recorded search is reported, by label
     /// (a label's processes summed: PostgreSQL's).
-    pub watch: Vec<(String, Vec<u32>)>,
+    pub watch: Vec<(String, super::inbox::Watched)>,
 }
 
 /// One kind of query, as measured.
@@ -255,7 +255,10 @@ pub async fn measure(opts: &SearchOpts) -> Result<SearchReport> {
     let mut per_class: BTreeMap<QueryClass, (Recorder, u64)> = BTreeMap::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut watch = opts.watch.clone();
-    watch.push(("bench client".into(), vec![std::process::id()]));
+    watch.push((
+        "bench client".into(),
+        super::inbox::Watched::Processes(vec![std::process::id()]),
+    ));
     let mut ticks: Vec<u64> = Vec::new();
     let mut started = Instant::now();
     for i in 0..warmup + opts.requests {

@@ -21,7 +21,7 @@
 
 use super::apply::{self, BatchTx};
 use super::decide;
-use super::rows::{self, ConversationRow, CursorParam, Listed, MessageRow, MESSAGE_COLUMNS};
+use super::rows::{self, ConversationRow, Dialect, Listed, MessageRow, MESSAGE_COLUMNS};
 use super::search::{self, SearchQuery, SearchRow};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
@@ -272,7 +272,7 @@ impl Store for PostgresStore {
         if user.contains('\0') {
             return Ok(Listed::default());
         }
-        self.again(|| listing.gather(user, limit, CursorParam::Array, &self.pool))
+        self.again(|| listing.gather(user, limit, Dialect::Postgres, &self.pool))
             .await
     }
 
@@ -296,13 +296,13 @@ impl Store for PostgresStore {
         if user.contains('\0') {
             return Ok(Vec::new());
         }
-        let sql = rows::departed_sql(CursorParam::Array);
+        let sql = rows::departed_sql(Dialect::Postgres);
         let rows = self
             .fetch_all(|| {
                 sqlx::query(&sql)
                     .bind(user)
                     .bind(after)
-                    .bind(CursorParam::Array.bound(since))
+                    .bind(Dialect::Postgres.bound(since))
             })
             .await?;
         Ok(rows

@@ -183,66 +183,131 @@ impl ConversationRow {
 
 /// A conversation of the lister's page, with the lister's read position:
 /// the first kind of row of a [`Listing`] query.
-#[derive(sqlx::FromRow)]
 pub struct ListedConversation {
-    #[sqlx(flatten)]
     conversation: ConversationRow,
-    #[sqlx(flatten)]
     last_text: LastTextRow,
     /// Whether the lister may read it (see [`visible`]).
     last_text_visible: bool,
     last_activity_ms: i64,
     read_seq: i64,
     unread_count: i64,
+    /// Its members (see [`member_reads`]).
+    members: Option<String>,
 }
 
-/// A row of a [`Listing`] query: a conversation of the page, or one
-/// member of one of them with that member's read position (its
-/// conversation columns NULL, `user_id` set).
-pub enum ListedRow {
-    /// A conversation of the page.
-    Conversation(ListedConversation),
-    /// A member of conversation `conversation_id`.
-    Member {
-        /// Whose member it is.
-        conversation_id: String,
-        /// The member and its read position.
-        member: MemberRead,
-    },
+/// The columns of a [`Listing`] query's rows, in order: a conversation's,
+/// then its newest TEXT message's ([`LAST_TEXT_COLUMNS`]), then the
+/// lister's ([`LISTER_COLUMNS`]), then its members (see [`member_reads`]).
+const CONVERSATION_COLUMNS: [&str; 7] = [
+    "id",
+    "kind",
+    "title",
+    "last_seq",
+    "created_at_ms",
+    "history_visibility",
+    "last_activity_ms",
+];
+
+/// See [`CONVERSATION_COLUMNS`].
+const LISTER_COLUMNS: [&str; 3] = ["last_text_visible", "read_seq", "unread_count"];
+
+/// A row's columns read by position, in the order its statement selects
+/// them. A listing reads a thousand rows, and finding each column by its
+/// name (a hash and a compare of the name, per column and row) was a tenth
+/// of history's CPU in a `Sync`.
+struct Columns<'r, R> {
+    row: &'r R,
+    at: usize,
 }
 
-impl<'r, R> sqlx::FromRow<'r, R> for ListedRow
+impl<'r, R> Columns<'r, R>
 where
     R: sqlx::Row,
-    &'r str: sqlx::ColumnIndex<R>,
-    ListedConversation: sqlx::FromRow<'r, R>,
+    usize: sqlx::ColumnIndex<R>,
+{
+    /// `row`'s columns from the first.
+    fn of(row: &'r R) -> Self {
+        Self { row, at: 0 }
+    }
+
+    /// The next column.
+    fn next<T>(&mut self) -> Result<T, sqlx::Error>
+    where
+        T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let at = self.at;
+        self.at += 1;
+        self.row.try_get(at)
+    }
+}
+
+impl<'r, R> sqlx::FromRow<'r, R> for ListedConversation
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
     String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
 {
     fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
-        let user_id: Option<String> = row.try_get("user_id")?;
-        let Some(user_id) = user_id else {
-            return ListedConversation::from_row(row).map(ListedRow::Conversation);
-        };
-        let seq = |column: &'r str| {
-            let v: i64 = row.try_get(column)?;
-            seq_from(v).map_err(|e| sqlx::Error::ColumnDecode {
-                index: column.into(),
-                source: Box::new(e),
-            })
-        };
-        Ok(ListedRow::Member {
-            conversation_id: row.try_get("id")?,
-            member: MemberRead {
-                user_id,
-                read_seq: seq("member_read_seq")?,
-                role: row.try_get("member_role")?,
-                joined_seq: seq("member_joined_seq")?,
+        let mut c = Columns::of(row);
+        Ok(ListedConversation {
+            conversation: ConversationRow {
+                id: c.next()?,
+                kind: c.next()?,
+                title: c.next()?,
+                last_seq: c.next()?,
+                created_at_ms: c.next()?,
+                history_visibility: c.next()?,
             },
+            last_activity_ms: c.next()?,
+            last_text: LastTextRow {
+                last_text_seq: c.next()?,
+                last_text_sender: c.next()?,
+                last_text_client_msg_id: c.next()?,
+                last_text_body: c.next()?,
+                last_text_at_ms: c.next()?,
+                last_text_edit_count: c.next()?,
+                last_text_edited_at_ms: c.next()?,
+                last_text_deleted_by: c.next()?,
+                last_text_deleted_at_ms: c.next()?,
+            },
+            last_text_visible: c.next()?,
+            read_seq: c.next()?,
+            unread_count: c.next()?,
+            members: c.next()?,
         })
     }
+}
+
+/// The members of a conversation as a [`Listing`] row lists them: `user
+/// read_seq role joined_seq` for each, separated by spaces (a user id holds
+/// no whitespace: `validate::check_user_id`), sorted by user id. One row
+/// per conversation instead of one per member: a `Sync` of a thousand
+/// conversations reads a thousand rows, not three thousand.
+fn member_reads(list: Option<&str>) -> Result<Vec<MemberRead>, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("member list {list:?}"));
+    let mut words = list.unwrap_or_default().split_ascii_whitespace();
+    let mut out = Vec::with_capacity(2);
+    while let Some(user_id) = words.next() {
+        let mut number = || {
+            words
+                .next()
+                .and_then(|w| w.parse::<i64>().ok())
+                .ok_or_else(corrupt)
+        };
+        let (read_seq, role, joined_seq) = (number()?, number()?, number()?);
+        out.push(MemberRead {
+            user_id: user_id.to_string(),
+            read_seq: seq_from(read_seq)?,
+            role: i32::try_from(role).map_err(|_| corrupt())?,
+            joined_seq: seq_from(joined_seq)?,
+        });
+    }
+    out.sort_unstable_by(|a, b| a.user_id.cmp(&b.user_id));
+    Ok(out)
 }
 
 /// Which of a user's conversations a listing reads, and in what order.
@@ -264,19 +329,18 @@ pub enum Listing<'a> {
 }
 
 impl Listing<'_> {
-    /// Up to `$N` conversations of user `$1`, each with the user's read
-    /// position and unread count (see `decide::reads`), and then each of
-    /// their members `m2` with its read position as rows of their own
-    /// ([`ListedRow`]): one snapshot, and each conversation's columns sent
-    /// once however many members it has. The page is chosen first, so only
-    /// its members are read. The rows come in no order; [`Listed`] gathers
-    /// them and [`conversation_page`] puts them in the listing's.
+    /// Up to `$N` conversations of user `$1`, a row each
+    /// ([`ListedConversation`]), with the user's read position and unread
+    /// count (see `decide::reads`) and every member's read position in one
+    /// column ([`member_reads`]). The page is chosen first, so only its
+    /// members are read. The rows come in no order; [`Listed`] gathers them
+    /// and [`conversation_page`] puts them in the listing's.
     /// `Recent` binds (`$2` activity, `$3` id) after which it continues
     /// and `$4` for `$N`; `Changed` binds `$2` (the id after which it
     /// continues), `$3` for `$N`, and with a cursor `$4` (taken as
     /// `cursor` says); `One` binds (`$2` id) and `$3` for `$N`
     /// ([`Listing::gather`] binds them).
-    pub fn sql(&self, cursor: CursorParam) -> String {
+    pub fn sql(&self, dialect: Dialect) -> String {
         let (filter, order, limit) = match self {
             Listing::Recent(_) => (
                 "(c.last_activity_ms < $2 OR (c.last_activity_ms = $2 AND c.id > $3))".to_string(),
@@ -288,7 +352,7 @@ impl Listing<'_> {
                     None => "m.conversation_id > $2".to_string(),
                     Some(_) => format!(
                         "m.conversation_id > $2 AND c.change_no > {}",
-                        cursor.since("c", "$4")
+                        dialect.since("c", "$4")
                     ),
                 },
                 "m.conversation_id",
@@ -300,23 +364,12 @@ impl Listing<'_> {
                 "$3",
             ),
         };
-        // A conversation row has the page's columns; a member row has the
-        // id, NULL for each of the others, then the member's two.
-        let columns: Vec<&str> = [
-            "id",
-            "kind",
-            "title",
-            "last_seq",
-            "created_at_ms",
-            "history_visibility",
-            "last_activity_ms",
-        ]
-        .into_iter()
-        .chain(LAST_TEXT_COLUMNS)
-        .chain(["last_text_visible", "read_seq", "unread_count"])
-        .collect();
-        let page: Vec<String> = columns.iter().map(|c| format!("page.{c}")).collect();
-        let nulls = vec!["NULL"; columns.len() - 1].join(", ");
+        let columns: Vec<String> = CONVERSATION_COLUMNS
+            .into_iter()
+            .chain(LAST_TEXT_COLUMNS)
+            .chain(LISTER_COLUMNS)
+            .map(|c| format!("page.{c}"))
+            .collect();
         format!(
             "WITH page AS (
                  SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.history_visibility,
@@ -328,16 +381,15 @@ impl Listing<'_> {
                  ORDER BY {order}
                  LIMIT {limit}
              )
-             SELECT {}, NULL AS user_id, NULL AS member_read_seq, NULL AS member_role,
-                    NULL AS member_joined_seq
-             FROM page
-             UNION ALL
-             SELECT m2.conversation_id, {nulls}, m2.user_id, m2.read_seq, m2.role, m2.joined_seq
-             FROM members m2
-             WHERE m2.conversation_id IN (SELECT id FROM page)",
+             SELECT {}, (SELECT {} FROM members m2 WHERE m2.conversation_id = page.id) AS members
+             FROM page",
             last_text_columns("c"),
             visible("c.last_text_seq", "c.id", "c.history_visibility", "$1"),
-            page.join(", "),
+            columns.join(", "),
+            dialect.joined(
+                "m2.user_id || ' ' || m2.read_seq || ' ' || m2.role || ' ' || m2.joined_seq",
+                "' '"
+            ),
         )
     }
 
@@ -348,7 +400,7 @@ impl Listing<'_> {
         &self,
         user: &'e str,
         limit: u32,
-        cursor: CursorParam,
+        dialect: Dialect,
         executor: E,
     ) -> Result<Listed, StoreError>
     where
@@ -358,9 +410,9 @@ impl Listing<'_> {
         for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-        ListedRow: for<'r> sqlx::FromRow<'r, DB::Row>,
+        ListedConversation: for<'r> sqlx::FromRow<'r, DB::Row>,
     {
-        let sql = self.sql(cursor);
+        let sql = self.sql(dialect);
         let q = sqlx::query(&sql).bind(user);
         let q = match *self {
             Listing::Recent(after) => {
@@ -377,29 +429,39 @@ impl Listing<'_> {
         let q = match *self {
             Listing::Changed {
                 since: Some(since), ..
-            } => q.bind(cursor.bound(since)),
+            } => q.bind(dialect.bound(since)),
             _ => q,
         };
         let mut rows = q.fetch(executor);
         let mut listed = Listed::with_capacity(limit);
         while let Some(row) = futures::TryStreamExt::try_next(&mut rows).await? {
-            listed.push(<ListedRow as sqlx::FromRow<'_, DB::Row>>::from_row(&row)?)?;
+            listed.push(<ListedConversation as sqlx::FromRow<'_, DB::Row>>::from_row(&row)?)?;
         }
         Ok(listed)
     }
 }
 
-/// How a store's statements take a sync cursor: bound as one parameter,
-/// so a statement is prepared once for every cursor.
+/// Where the two stores' SQL differs in the statements both run: how a
+/// statement takes a sync cursor (bound as one parameter, so a statement
+/// is prepared once for every cursor), and the aggregate that joins
+/// strings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CursorParam {
-    /// PostgreSQL: an `int8[]`.
-    Array,
-    /// SQLite: a JSON array of numbers.
-    Json,
+pub enum Dialect {
+    /// PostgreSQL: a cursor is an `int8[]`.
+    Postgres,
+    /// SQLite: a cursor is a JSON array of numbers.
+    Sqlite,
 }
 
-impl CursorParam {
+impl Dialect {
+    /// The aggregate that joins `expr` of a group's rows with `separator`.
+    pub fn joined(self, expr: &str, separator: &str) -> String {
+        match self {
+            Dialect::Postgres => format!("string_agg({expr}, {separator})"),
+            Dialect::Sqlite => format!("group_concat({expr}, {separator})"),
+        }
+    }
+
     /// The change number above which a row of `alias` (with
     /// `change_partition` and `change_no` columns) changed since the
     /// cursor bound as `param`: the cursor's entry for the row's partition,
@@ -407,33 +469,33 @@ impl CursorParam {
     pub fn since(self, alias: &str, param: &str) -> String {
         match self {
             // Cast once for the statement (an InitPlan), not per row.
-            CursorParam::Array => {
+            Dialect::Postgres => {
                 format!("COALESCE(((SELECT {param}::int8[]))[{alias}.change_partition + 1], 0)")
             }
-            CursorParam::Json => format!(
+            Dialect::Sqlite => format!(
                 "COALESCE(json_extract({param}, '$[' || {alias}.change_partition || ']'), 0)"
             ),
         }
     }
 
-    /// A cursor as the statements of [`CursorParam::since`] bind it: text,
-    /// an array literal for `Array` (PostgreSQL casts it), JSON for `Json`.
+    /// A cursor as the statements of [`Dialect::since`] bind it: text,
+    /// an array literal for `Postgres` (which casts it), JSON for `Sqlite`.
     pub fn bound(self, since: &[u64]) -> String {
         let entries: Vec<String> = since
             .iter()
             .map(|n| i64::try_from(*n).unwrap_or(i64::MAX).to_string())
             .collect();
         match self {
-            CursorParam::Array => format!("{{{}}}", entries.join(",")),
-            CursorParam::Json => format!("[{}]", entries.join(",")),
+            Dialect::Postgres => format!("{{{}}}", entries.join(",")),
+            Dialect::Sqlite => format!("[{}]", entries.join(",")),
         }
     }
 }
 
 /// The conversations user `$1` left or was removed from since the cursor
-/// `$3` (see [`CursorParam::since`]), with ids after `$2`, that the user
+/// `$3` (see [`Dialect::since`]), with ids after `$2`, that the user
 /// is not a member of again, in id order.
-pub fn departed_sql(cursor: CursorParam) -> String {
+pub fn departed_sql(cursor: Dialect) -> String {
     format!(
         "SELECT d.conversation_id FROM departures d
          WHERE d.user_id = $1 AND d.conversation_id > $2
@@ -488,41 +550,33 @@ pub struct ChangeStamp {
 #[derive(Default)]
 pub struct Listed {
     conversations: Vec<(Conversation, i64)>,
-    members: Vec<(String, MemberRead)>,
 }
 
 impl Listed {
-    /// Room for a listing of `limit` conversations of two members each (a
-    /// DIRECT conversation's; groups grow it).
+    /// Room for a listing of `limit` conversations.
     pub fn with_capacity(limit: u32) -> Self {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(4096);
         Self {
             conversations: Vec::with_capacity(limit),
-            members: Vec::with_capacity(limit * 2),
         }
     }
 
     /// Takes one row.
-    pub fn push(&mut self, row: ListedRow) -> Result<(), StoreError> {
-        match row {
-            ListedRow::Member {
-                conversation_id,
-                member,
-            } => self.members.push((conversation_id, member)),
-            ListedRow::Conversation(row) => self.conversations.push((
-                Conversation {
-                    last_message: match row.last_text_visible {
-                        true => row.last_text.message(&row.conversation.id)?,
-                        false => None,
-                    },
-                    read_seq: seq_from(row.read_seq)?,
-                    unread_count: seq_from(row.unread_count)?,
-                    last_activity_at: Some(timestamp(row.last_activity_ms)),
-                    ..row.conversation.with_members(Vec::new())?
+    pub fn push(&mut self, row: ListedConversation) -> Result<(), StoreError> {
+        let members = member_reads(row.members.as_deref())?;
+        self.conversations.push((
+            Conversation {
+                last_message: match row.last_text_visible {
+                    true => row.last_text.message(&row.conversation.id)?,
+                    false => None,
                 },
-                row.last_activity_ms,
-            )),
-        }
+                read_seq: seq_from(row.read_seq)?,
+                unread_count: seq_from(row.unread_count)?,
+                last_activity_at: Some(timestamp(row.last_activity_ms)),
+                ..row.conversation.with_members(members)?
+            },
+            row.last_activity_ms,
+        ));
         Ok(())
     }
 }
@@ -537,7 +591,6 @@ pub fn conversation_page(
 ) -> Result<ConversationPage, StoreError> {
     let Listed {
         conversations: mut out,
-        mut members,
     } = rows;
     match listing {
         Listing::Recent(_) => {
@@ -546,24 +599,6 @@ pub fn conversation_page(
         Listing::Changed { .. } | Listing::One(_) => {
             out.sort_unstable_by(|(a, _), (b, _)| a.id.cmp(&b.id))
         }
-    }
-    // Each conversation's members are one run of the sorted rows.
-    members.sort_unstable_by(|(a, x), (b, y)| a.cmp(b).then(x.user_id.cmp(&y.user_id)));
-    let mut placed = 0;
-    for (c, _) in &mut out {
-        let start = members.partition_point(|(id, _)| id.as_str() < c.id.as_str());
-        let end = start + members[start..].partition_point(|(id, _)| *id == c.id);
-        placed += end - start;
-        c.member_reads = members[start..end]
-            .iter_mut()
-            .map(|(_, m)| std::mem::take(m))
-            .collect();
-        c.member_ids = c.member_reads.iter().map(|m| m.user_id.clone()).collect();
-    }
-    if placed != members.len() {
-        return Err(StoreError::Corrupt(
-            "a member row of a conversation that is not in the page".into(),
-        ));
     }
     let more = out.len() > limit;
     out.truncate(limit);
@@ -1553,4 +1588,37 @@ pub fn members(rows: Vec<MemberRow>) -> Result<Vec<MemberRead>, StoreError> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_list_is_read_sorted_by_user() {
+        let members = member_reads(Some("zoë 7 0 1 al 3 2 5")).expect("read");
+        let got: Vec<(&str, u64, i32, u64)> = members
+            .iter()
+            .map(|m| (m.user_id.as_str(), m.read_seq, m.role, m.joined_seq))
+            .collect();
+        assert_eq!(got, [("al", 3, 2, 5), ("zoë", 7, 0, 1)]);
+        assert!(member_reads(None).expect("none").is_empty());
+        assert!(member_reads(Some("")).expect("empty").is_empty());
+    }
+
+    #[test]
+    fn a_broken_member_list_is_corrupt() {
+        for list in [
+            "al 3 2",
+            "al x 2 5",
+            "al 3 2 5 bo",
+            "al -1 2 5",
+            "al 3 99999999999 5",
+        ] {
+            match member_reads(Some(list)) {
+                Err(StoreError::Corrupt(_)) => {}
+                other => panic!("{list:?}: {:?}", other.map(|m| m.len())),
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@
 use super::apply::{self, BatchTx, FactsOfRead};
 use super::decide::ops::ReactionFacts;
 use super::decide::ReplyFacts;
-use super::rows::{self, ChangeStamp, ConversationRow, CursorParam, MessageRow, Shared, TargetRow};
+use super::rows::{self, ChangeStamp, ConversationRow, Dialect, MessageRow, Shared, TargetRow};
 use super::search::{self, SearchQuery, SearchRow};
 use super::{keyset, now_ms, ListedRows, Listing, MessagePage, Store, StoreError};
 use async_trait::async_trait;
@@ -99,7 +99,7 @@ impl Store for SqliteStore {
 
     async fn listed(&self, user: &str, listing: Listing<'_>, limit: u32) -> ListedRows {
         listing
-            .gather(user, limit, CursorParam::Json, &self.pool)
+            .gather(user, limit, Dialect::Sqlite, &self.pool)
             .await
     }
 
@@ -117,10 +117,10 @@ impl Store for SqliteStore {
         since: &[u64],
         after: &str,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(&rows::departed_sql(CursorParam::Json))
+        Ok(sqlx::query_scalar(&rows::departed_sql(Dialect::Sqlite))
             .bind(user)
             .bind(after)
-            .bind(CursorParam::Json.bound(since))
+            .bind(Dialect::Sqlite.bound(since))
             .fetch_all(&self.pool)
             .await?)
     }

@@ -33,7 +33,7 @@ use targets::targets;
 use super::baselines::{self, InsertOpts, InsertReport, KafkaOpts, KafkaReport};
 use super::compression::{self, CompressionOpts, CompressionReport};
 use super::idle::{self, IdleOpts, IdleReport};
-use super::inbox::{self, InboxOpts, InboxReport, SyncOpts, SyncReport};
+use super::inbox::{self, InboxOpts, InboxReport, SyncOpts, SyncReport, Watched};
 use super::ingest::{self, IngestOpts, IngestReport, IngestSetup};
 use super::load::{self, LoadOpts, LoadReport, Via};
 use super::reads::{self, GenerateOpts, GenerateReport, ReadOpts, ReadReport};
@@ -923,12 +923,17 @@ fn ingress_record_bytes(body: usize) -> usize {
     .encoded_len()
 }
 
-/// The services of `stack` and `pg`'s server processes (summed), for the
+/// The services of `stack` and PostgreSQL (every process of the server,
+/// the backends that start and exit during a run among them), for the
 /// parts that report CPU per call.
-fn watch_with_postgres(stack: &ProcStack, pg: &PgCluster) -> Vec<(String, Vec<u32>)> {
+fn watch_with_postgres(stack: &ProcStack, pg: &PgCluster) -> Vec<(String, Watched)> {
     watch(stack)
         .into_iter()
-        .map(|(label, pid)| (label, vec![pid]))
-        .chain([("PostgreSQL".to_string(), pg.server_pids())])
+        .map(|(label, pid)| (label, Watched::Processes(vec![pid])))
+        .chain(
+            pg.server_pids()
+                .first()
+                .map(|postmaster| ("PostgreSQL".to_string(), Watched::Server(*postmaster))),
+        )
         .collect()
 }
