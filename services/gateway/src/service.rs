@@ -574,7 +574,7 @@ pub(crate) async fn mark_read(
 /// (a slow reader must learn why it is cut off without reading the backlog),
 /// while an end status (shutdown) comes after the frames already queued.
 fn frames(
-    out: mpsc::Receiver<ServerFrame>,
+    out: mpsc::Receiver<Box<ServerFrame>>,
     kill: mpsc::Receiver<Status>,
     end: mpsc::Receiver<Status>,
 ) -> impl Stream<Item = Result<ServerFrame, Status>> {
@@ -583,7 +583,7 @@ fn frames(
         tokio::select! {
             biased;
             Some(status) = kill.recv() => Some((Err(status), None)),
-            Some(frame) = out.recv() => Some((Ok(frame), Some((out, kill, end)))),
+            Some(frame) = out.recv() => Some((Ok(*frame), Some((out, kill, end)))),
             Some(status) = end.recv() => Some((Err(status), None)),
             else => None,
         }

@@ -105,7 +105,7 @@ impl State {
                 ),
                 Err(e) => ack(&f, 0, Some(e)),
             };
-            let _ = out.send(ServerFrame { frame: Some(frame) }).await;
+            let _ = out.send(Box::new(ServerFrame { frame: Some(frame) })).await;
         });
         Ok(())
     }

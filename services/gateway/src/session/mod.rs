@@ -60,8 +60,12 @@ pub struct Session {
     pub submitter: Submitter,
     /// Input limits.
     pub limits: SizeLimits,
-    /// Frames to the client.
-    pub out: mpsc::Sender<ServerFrame>,
+    /// Frames to the client, boxed: a Tokio channel allocates its slots
+    /// 32 at a time when it is made, and a `ServerFrame` is 424 bytes, so
+    /// unboxed they were a third of an idle stream's memory (12.4 KiB per
+    /// idle stream on the gateway boxed, 17.9 KiB unboxed; see
+    /// docs/benchmarks-log.md, change 15).
+    pub out: mpsc::Sender<Box<ServerFrame>>,
     /// Ends the client's stream with a status at once, dropping frames
     /// still queued (a slow reader, an expired token).
     pub kill: mpsc::Sender<Status>,
@@ -296,7 +300,7 @@ impl State {
     async fn send(&self, frame: server_frame::Frame) -> Result<(), Gone> {
         self.s
             .out
-            .send(ServerFrame { frame: Some(frame) })
+            .send(Box::new(ServerFrame { frame: Some(frame) }))
             .await
             .map_err(|_| Gone)
     }

@@ -134,7 +134,11 @@ impl State {
                 };
                 for r in &batch {
                     let frame = ack(r, result.clone());
-                    if out.send(ServerFrame { frame: Some(frame) }).await.is_err() {
+                    if out
+                        .send(Box::new(ServerFrame { frame: Some(frame) }))
+                        .await
+                        .is_err()
+                    {
                         // The stream is gone, and the waiting reads with it.
                         return;
                     }
