@@ -97,7 +97,6 @@ fn changed_state(
 /// A conversation's newest TEXT message as its row keeps it (migration
 /// 0006: written with `last_seq` by each run of sends; 0007: its edits and
 /// deletion).
-#[derive(sqlx::FromRow)]
 pub struct LastTextRow {
     last_text_seq: i64,
     last_text_sender: String,
@@ -214,7 +213,9 @@ const LISTER_COLUMNS: [&str; 3] = ["last_text_visible", "read_seq", "unread_coun
 /// A row's columns read by position, in the order its statement selects
 /// them. A listing reads a thousand rows, and finding each column by its
 /// name (a hash and a compare of the name, per column and row) was a tenth
-/// of history's CPU in a `Sync`.
+/// of history's CPU in a `Sync`. Each read still names its column: debug
+/// builds (every test) check that the name is the one at that position, so
+/// the decoder cannot drift from the statement's column list.
 struct Columns<'r, R> {
     row: &'r R,
     at: usize,
@@ -230,13 +231,18 @@ where
         Self { row, at: 0 }
     }
 
-    /// The next column.
-    fn next<T>(&mut self) -> Result<T, sqlx::Error>
+    /// The next column, which the statement names `name`.
+    fn next<T>(&mut self, name: &str) -> Result<T, sqlx::Error>
     where
         T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     {
         let at = self.at;
         self.at += 1;
+        debug_assert_eq!(
+            self.row.columns().get(at).map(sqlx::Column::name),
+            Some(name),
+            "column {at}"
+        );
         self.row.try_get(at)
     }
 }
@@ -255,38 +261,44 @@ where
         let mut c = Columns::of(row);
         Ok(ListedConversation {
             conversation: ConversationRow {
-                id: c.next()?,
-                kind: c.next()?,
-                title: c.next()?,
-                last_seq: c.next()?,
-                created_at_ms: c.next()?,
-                history_visibility: c.next()?,
+                id: c.next("id")?,
+                kind: c.next("kind")?,
+                title: c.next("title")?,
+                last_seq: c.next("last_seq")?,
+                created_at_ms: c.next("created_at_ms")?,
+                history_visibility: c.next("history_visibility")?,
             },
-            last_activity_ms: c.next()?,
+            last_activity_ms: c.next("last_activity_ms")?,
             last_text: LastTextRow {
-                last_text_seq: c.next()?,
-                last_text_sender: c.next()?,
-                last_text_client_msg_id: c.next()?,
-                last_text_body: c.next()?,
-                last_text_at_ms: c.next()?,
-                last_text_edit_count: c.next()?,
-                last_text_edited_at_ms: c.next()?,
-                last_text_deleted_by: c.next()?,
-                last_text_deleted_at_ms: c.next()?,
+                last_text_seq: c.next("last_text_seq")?,
+                last_text_sender: c.next("last_text_sender")?,
+                last_text_client_msg_id: c.next("last_text_client_msg_id")?,
+                last_text_body: c.next("last_text_body")?,
+                last_text_at_ms: c.next("last_text_at_ms")?,
+                last_text_edit_count: c.next("last_text_edit_count")?,
+                last_text_edited_at_ms: c.next("last_text_edited_at_ms")?,
+                last_text_deleted_by: c.next("last_text_deleted_by")?,
+                last_text_deleted_at_ms: c.next("last_text_deleted_at_ms")?,
             },
-            last_text_visible: c.next()?,
-            read_seq: c.next()?,
-            unread_count: c.next()?,
-            members: c.next()?,
+            last_text_visible: c.next("last_text_visible")?,
+            read_seq: c.next("read_seq")?,
+            unread_count: c.next("unread_count")?,
+            members: c.next("members")?,
         })
     }
 }
 
-/// The members of a conversation as a [`Listing`] row lists them: `user
-/// read_seq role joined_seq` for each, separated by spaces (a user id holds
-/// no whitespace: `validate::check_user_id`), sorted by user id. One row
-/// per conversation instead of one per member: a `Sync` of a thousand
+/// One member of `m2` as a [`Listing`] row lists its conversation's
+/// members: `user read_seq role joined_seq`, the members joined by spaces
+/// ([`Dialect::joined`]; a user id holds no whitespace:
+/// `validate::check_user_id`). [`member_reads`] reads the list back. One
+/// row per conversation instead of one per member: a `Sync` of a thousand
 /// conversations reads a thousand rows, not three thousand.
+const MEMBER_LIST_ENTRY: &str =
+    "m2.user_id || ' ' || m2.read_seq || ' ' || m2.role || ' ' || m2.joined_seq";
+
+/// The members of a conversation from its [`MEMBER_LIST_ENTRY`] list,
+/// sorted by user id.
 fn member_reads(list: Option<&str>) -> Result<Vec<MemberRead>, StoreError> {
     let corrupt = || StoreError::Corrupt(format!("member list {list:?}"));
     let mut words = list.unwrap_or_default().split_ascii_whitespace();
@@ -386,10 +398,7 @@ impl Listing<'_> {
             last_text_columns("c"),
             visible("c.last_text_seq", "c.id", "c.history_visibility", "$1"),
             columns.join(", "),
-            dialect.joined(
-                "m2.user_id || ' ' || m2.read_seq || ' ' || m2.role || ' ' || m2.joined_seq",
-                "' '"
-            ),
+            dialect.joined(MEMBER_LIST_ENTRY, "' '"),
         )
     }
 
@@ -495,7 +504,7 @@ impl Dialect {
 /// The conversations user `$1` left or was removed from since the cursor
 /// `$3` (see [`Dialect::since`]), with ids after `$2`, that the user
 /// is not a member of again, in id order.
-pub fn departed_sql(cursor: Dialect) -> String {
+pub fn departed_sql(dialect: Dialect) -> String {
     format!(
         "SELECT d.conversation_id FROM departures d
          WHERE d.user_id = $1 AND d.conversation_id > $2
@@ -504,7 +513,7 @@ pub fn departed_sql(cursor: Dialect) -> String {
                SELECT 1 FROM members m WHERE m.conversation_id = d.conversation_id AND m.user_id = $1
            )
          ORDER BY d.conversation_id",
-        cursor.since("d", "$3")
+        dialect.since("d", "$3")
     )
 }
 
