@@ -78,11 +78,7 @@ async fn all_messages(store: &dyn Store, conv: &str) -> Vec<confab_proto::v1::Me
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_passes_the_conformance_suite() {
     let cluster = cluster();
-    let limits = SizeLimits {
-        max_group_members: 5,
-        ..SizeLimits::default()
-    };
-    conformance::run_all(|| {
+    conformance::run_all(|limits| {
         let cluster = &cluster;
         async move {
             let url = cluster.fresh_database().await.expect("fresh database");

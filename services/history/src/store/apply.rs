@@ -48,7 +48,8 @@ pub trait BatchTx: Send {
     /// Sets the last seq of each conversation of `newest` (its newest new
     /// message, which becomes its newest TEXT message too: see
     /// [`DecidedSends::newest`](super::decide::DecidedSends::newest)),
-    /// stored at `now` in change `stamp`.
+    /// stored at `now` in change `stamp`, and keeps its member list
+    /// ([`super::rows::member_list`]; the senders' positions have moved).
     async fn set_last_seqs(
         &mut self,
         newest: &[&Message],
@@ -219,9 +220,11 @@ async fn sends(
     let decided = decide::sends(run, &facts, now);
     if !decided.new.is_empty() {
         tx.insert_sent(&decided.new, now, index).await?;
+        // The senders' positions first: setting the last seqs keeps the
+        // member lists.
+        tx.sender_reads(&decided.sender_reads()).await?;
         let stamp = stamp.get(tx).await?;
         tx.set_last_seqs(&decided.newest(), now, stamp).await?;
-        tx.sender_reads(&decided.sender_reads()).await?;
     }
     decided.outcomes(run, outcomes);
     Ok(())
@@ -366,6 +369,14 @@ async fn write(
     if steps.iter().any(|s| matches!(s, Step::AddMembers { .. })) {
         tx.run(Shared::SeatNewMembers { id }).await?;
         tx.run(Shared::OpenSpans { id }).await?;
+    }
+    if steps.iter().any(|s| {
+        matches!(
+            s,
+            Step::AddMembers { .. } | Step::SetRole { .. } | Step::RemoveMember(_)
+        )
+    }) {
+        tx.run(Shared::KeepMemberList { id }).await?;
     }
     Ok(true)
 }

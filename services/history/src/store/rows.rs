@@ -6,6 +6,7 @@ use super::{timestamp, ConversationPage, ListAfter, StoreError};
 use confab_proto::internal::v1::PresenceUpdate;
 use confab_proto::prost::Message as _;
 use confab_proto::v1::{Conversation, MemberRead, MembershipEvent, Message, Tombstone};
+use std::sync::LazyLock;
 
 /// A row of `messages`.
 #[derive(sqlx::FromRow)]
@@ -290,12 +291,57 @@ where
 
 /// One member of `m2` as a [`Listing`] row lists its conversation's
 /// members: `user read_seq role joined_seq`, the members joined by spaces
-/// ([`Dialect::joined`]; a user id holds no whitespace:
+/// ([`member_list`]; a user id holds no whitespace:
 /// `validate::check_user_id`). [`member_reads`] reads the list back. One
 /// row per conversation instead of one per member: a `Sync` of a thousand
 /// conversations reads a thousand rows, not three thousand.
 const MEMBER_LIST_ENTRY: &str =
     "m2.user_id || ' ' || m2.read_seq || ' ' || m2.role || ' ' || m2.joined_seq";
+
+/// The most members whose list a conversation keeps in its row
+/// (`conversations.member_list`, migrations 0011); a larger one's listing
+/// reads its members. A list of 32 user ids of the longest allowed is
+/// about 5 KB; a direct conversation's, about 60 bytes.
+pub const MEMBER_LIST_MAX: usize = 32;
+
+/// The list of the members of conversation `conv` (an SQL expression) as
+/// [`member_reads`] reads it, NULL without members; when `kept`, as
+/// `conversations.member_list` keeps it: NULL too above
+/// [`MEMBER_LIST_MAX`] members (which it counts no further). Both stores'
+/// SQL (SQLite has `string_agg` since 3.44).
+pub fn member_list(conv: &str, kept: bool) -> String {
+    if kept {
+        format!(
+            "(SELECT CASE WHEN COUNT(*) <= {MEMBER_LIST_MAX} THEN string_agg(l.entry, ' ') END
+              FROM (SELECT {MEMBER_LIST_ENTRY} AS entry FROM members m2
+                    WHERE m2.conversation_id = {conv} LIMIT {}) l)",
+            MEMBER_LIST_MAX + 1
+        )
+    } else {
+        format!(
+            "(SELECT string_agg({MEMBER_LIST_ENTRY}, ' ') FROM members m2 WHERE m2.conversation_id = {conv})"
+        )
+    }
+}
+
+/// Keeps conversation `$1`'s member list (see [`member_list`]) after its
+/// members changed, in the same transaction.
+static KEEP_MEMBER_LIST: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE conversations SET member_list = {} WHERE id = $1",
+        member_list("$1", true)
+    )
+});
+
+/// Stamps conversation `$1` with change (`$2` partition, `$3` number) and
+/// keeps its member list: a read position moved.
+static CHANGED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE conversations SET change_partition = $2, change_no = $3, member_list = {}
+         WHERE id = $1",
+        member_list("$1", true)
+    )
+});
 
 /// The members of a conversation from its [`MEMBER_LIST_ENTRY`] list,
 /// sorted by user id.
@@ -344,8 +390,10 @@ impl Listing<'_> {
     /// Up to `$N` conversations of user `$1`, a row each
     /// ([`ListedConversation`]), with the user's read position and unread
     /// count (see `decide::reads`) and every member's read position in one
-    /// column ([`member_reads`]). The page is chosen first, so only its
-    /// members are read. The rows come in no order; [`Listed`] gathers them
+    /// column ([`member_reads`]): the list the conversation keeps, or, where
+    /// it keeps none, one read from its members ([`member_list`]). The page
+    /// is chosen first, so only its members are read. The rows come in no
+    /// order; [`Listed`] gathers them
     /// and [`conversation_page`] puts them in the listing's.
     /// `Recent` binds (`$2` activity, `$3` id) after which it continues
     /// and `$4` for `$N`; `Changed` binds `$2` (the id after which it
@@ -385,7 +433,7 @@ impl Listing<'_> {
         format!(
             "WITH page AS (
                  SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.history_visibility,
-                        c.last_activity_ms, {}, {} AS last_text_visible, m.read_seq,
+                        c.last_activity_ms, {}, {} AS last_text_visible, m.read_seq, c.member_list,
                         (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count
                  FROM members m
                  JOIN conversations c ON c.id = m.conversation_id
@@ -393,12 +441,12 @@ impl Listing<'_> {
                  ORDER BY {order}
                  LIMIT {limit}
              )
-             SELECT {}, (SELECT {} FROM members m2 WHERE m2.conversation_id = page.id) AS members
+             SELECT {}, COALESCE(page.member_list, {}) AS members
              FROM page",
             last_text_columns("c"),
             visible("c.last_text_seq", "c.id", "c.history_visibility", "$1"),
             columns.join(", "),
-            dialect.joined(MEMBER_LIST_ENTRY, "' '"),
+            member_list("page.id", false),
         )
     }
 
@@ -452,8 +500,7 @@ impl Listing<'_> {
 
 /// Where the two stores' SQL differs in the statements both run: how a
 /// statement takes a sync cursor (bound as one parameter, so a statement
-/// is prepared once for every cursor), and the aggregate that joins
-/// strings.
+/// is prepared once for every cursor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
     /// PostgreSQL: a cursor is an `int8[]`.
@@ -463,14 +510,6 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    /// The aggregate that joins `expr` of a group's rows with `separator`.
-    pub fn joined(self, expr: &str, separator: &str) -> String {
-        match self {
-            Dialect::Postgres => format!("string_agg({expr}, {separator})"),
-            Dialect::Sqlite => format!("group_concat({expr}, {separator})"),
-        }
-    }
-
     /// The change number above which a row of `alias` (with
     /// `change_partition` and `change_no` columns) changed since the
     /// cursor bound as `param`: the cursor's entry for the row's partition,
@@ -762,12 +801,18 @@ pub enum Shared<'q> {
         stamp: ChangeStamp,
     },
     /// Stamps conversation `id` as changed in `stamp` (a read position
-    /// moved).
+    /// moved), and keeps its member list ([`member_list`]).
     Changed {
         /// The conversation.
         id: &'q str,
         /// The change.
         stamp: ChangeStamp,
+    },
+    /// Keeps the member list of conversation `id` ([`member_list`]) after
+    /// members were added or removed or their roles changed.
+    KeepMemberList {
+        /// The conversation.
+        id: &'q str,
     },
     /// Records that `user` left or was removed from conversation `id` in
     /// change `stamp`.
@@ -1134,12 +1179,11 @@ where
                 .bind(id)
                 .bind(title)
         }
-        Shared::Changed { id, stamp } => sqlx::query(
-            "UPDATE conversations SET change_partition = $2, change_no = $3 WHERE id = $1",
-        )
-        .bind(id)
-        .bind(stamp.partition)
-        .bind(stamp.no),
+        Shared::Changed { id, stamp } => sqlx::query(CHANGED.as_str())
+            .bind(id)
+            .bind(stamp.partition)
+            .bind(stamp.no),
+        Shared::KeepMemberList { id } => sqlx::query(KEEP_MEMBER_LIST.as_str()).bind(id),
         Shared::Departed { id, user, stamp } => sqlx::query(
             "INSERT INTO departures (user_id, conversation_id, change_partition, change_no)
              VALUES ($1, $2, $3, $4)

@@ -365,8 +365,9 @@ impl BatchTx for Tx {
                  last_text_seq = u.column2, last_text_sender = u.column3,
                  last_text_client_msg_id = u.column4, last_text_body = u.column5,
                  last_text_at_ms = ?, last_text_edit_count = 0, last_text_edited_at_ms = 0,
-                 last_text_deleted_by = '', last_text_deleted_at_ms = 0
+                 last_text_deleted_by = '', last_text_deleted_at_ms = 0, member_list = {}
              FROM (VALUES {}) AS u WHERE conversations.id = u.column1",
+            rows::member_list("conversations.id", true),
             placeholders(newest.len(), 5)
         );
         let mut q = sqlx::query(&sql)
@@ -647,21 +648,12 @@ mod tests {
     async fn sqlite_store_passes_the_conformance_suite() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut n = 0;
-        crate::store::conformance::run_all(|| {
+        crate::store::conformance::run_all(|limits| {
             n += 1;
             let path = dir.path().join(format!("conformance-{n}.db"));
             async move {
-                std::sync::Arc::new(
-                    SqliteStore::open(
-                        &path,
-                        SizeLimits {
-                            max_group_members: 5,
-                            ..SizeLimits::default()
-                        },
-                    )
-                    .await
-                    .expect("open"),
-                ) as std::sync::Arc<dyn Store>
+                std::sync::Arc::new(SqliteStore::open(&path, limits).await.expect("open"))
+                    as std::sync::Arc<dyn Store>
             }
         })
         .await;

@@ -13,7 +13,7 @@ mod visibility;
 pub use reads::read;
 
 use super::{Listing, MessagePage, Store};
-use confab_core::validate::Page;
+use confab_core::validate::{Page, SizeLimits};
 use confab_proto::internal::v1::{
     ingress_record::Command, outcome_record::Result as R, AddMembersCommand, CreateCommand,
     IngressRecord, Origin, OutcomeRecord, RemoveMemberCommand, SendCommand,
@@ -23,12 +23,22 @@ use std::future::Future;
 use std::sync::Arc;
 use tonic::Code;
 
-/// Runs every conformance test, each on a fresh store from `fresh`.
-pub async fn run_all<F, Fut>(mut fresh: F)
+/// The limits of the suite's stores: groups of at most 5 members.
+pub fn limits() -> SizeLimits {
+    SizeLimits {
+        max_group_members: 5,
+        ..SizeLimits::default()
+    }
+}
+
+/// Runs every conformance test, each on a fresh store from `fresh` with
+/// the limits given ([`limits`], unless a test needs others).
+pub async fn run_all<F, Fut>(mut fresh_with: F)
 where
-    F: FnMut() -> Fut,
+    F: FnMut(SizeLimits) -> Fut,
     Fut: Future<Output = Arc<dyn Store>>,
 {
+    let mut fresh = || fresh_with(limits());
     seqs_start_at_one_and_have_no_gaps(fresh().await).await;
     retried_sends_return_the_original(fresh().await).await;
     refusals_carry_precise_codes(fresh().await).await;
@@ -57,6 +67,14 @@ where
     search::search_finds_what_each_member_may_read(fresh().await).await;
     search::search_follows_edits_deletes_and_membership(fresh().await).await;
     search::bad_searches_are_refused_precisely(fresh().await).await;
+    groups_of_any_size_list_every_member(
+        fresh_with(SizeLimits {
+            max_group_members: super::rows::MEMBER_LIST_MAX + 3,
+            ..limits()
+        })
+        .await,
+    )
+    .await;
 }
 
 fn record(conv: &str, actor: &str, command: Command) -> IngressRecord {
@@ -159,6 +177,44 @@ async fn list(store: &Arc<dyn Store>, user: &str, limit: u32) -> Vec<Conversatio
         .conversations
 }
 
+/// A group larger than a kept member list (`rows::MEMBER_LIST_MAX`) lists
+/// every member all the same, and keeps its list again once it is small;
+/// [`apply`] checks each listing against the member rows.
+async fn groups_of_any_size_list_every_member(store: Arc<dyn Store>) {
+    use super::rows::MEMBER_LIST_MAX;
+    let users: Vec<String> = (0..MEMBER_LIST_MAX + 3)
+        .map(|i| format!("u{i:02}"))
+        .collect();
+    let all: Vec<&str> = users.iter().map(String::as_str).collect();
+    let member_count = |listed: Vec<Conversation>| {
+        let [big] = &listed[..] else {
+            panic!("one conversation listed: {listed:?}")
+        };
+        big.member_reads.len()
+    };
+    let created = apply(&store, vec![create_group("big", "u00", &all)]).await;
+    assert!(
+        matches!(created[0].result, Some(R::Conversation(_))),
+        "{created:?}"
+    );
+    apply(
+        &store,
+        vec![send("big", "u07", "s1", "x"), read("big", "u09", 2, false)],
+    )
+    .await;
+    assert_eq!(member_count(list(&store, "u05", 10).await), users.len());
+    for (i, user) in all[MEMBER_LIST_MAX..].iter().enumerate() {
+        apply(&store, vec![remove("big", "u00", user)]).await;
+        apply(
+            &store,
+            vec![send("big", "u01", &format!("s{}", i + 2), "x")],
+        )
+        .await;
+    }
+    apply(&store, vec![read("big", "u09", 3, false)]).await;
+    assert_eq!(member_count(list(&store, "u05", 10).await), MEMBER_LIST_MAX);
+}
+
 /// Applies `n` sends by `actor` to `conv`, in one batch.
 async fn sends(store: &Arc<dyn Store>, conv: &str, actor: &str, n: usize) {
     let batch = (0..n)
@@ -170,7 +226,32 @@ async fn sends(store: &Arc<dyn Store>, conv: &str, actor: &str, n: usize) {
 async fn apply(store: &Arc<dyn Store>, batch: Vec<IngressRecord>) -> Vec<OutcomeRecord> {
     let out = store.apply(0, &batch).await.expect("apply");
     assert_eq!(out.len(), batch.len(), "one outcome per record");
+    for conv in batch.iter().map(|r| r.conversation_id.as_str()) {
+        member_list_is_current(store, conv).await;
+    }
     out
+}
+
+/// A listing of `conv` shows the members its member rows hold: the list
+/// a conversation keeps in its row (`rows::member_list`) changed with them.
+async fn member_list_is_current(store: &Arc<dyn Store>, conv: &str) {
+    let Some(stored) = store.conversation(conv).await.expect("conversation") else {
+        return;
+    };
+    let Some(member) = stored.member_ids.first() else {
+        return;
+    };
+    let listed = store
+        .conversations(member, Listing::One(conv), 1)
+        .await
+        .expect("listing")
+        .conversations;
+    assert_eq!(listed.len(), 1, "{conv} listed for its member {member}");
+    assert_eq!(
+        (&listed[0].member_ids, &listed[0].member_reads),
+        (&stored.member_ids, &stored.member_reads),
+        "the members {conv}'s listing shows"
+    );
 }
 
 fn seq_of(o: &OutcomeRecord) -> u64 {

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use confab_proto::v1::{Conversation, Message};
 use sqlx::postgres::PgRow;
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 // Per-run plans: the statements that look a batch's arrays up in
 // `conversations`, `members` or `messages` are planned on every run
@@ -22,6 +23,24 @@ use std::collections::HashMap;
 // the table had never been analyzed), which read the whole table for every
 // batch, slower with each message stored (docs/benchmarks-log.md). Planning
 // once per batch costs a fraction of a millisecond.
+
+/// Sets a run's newest messages on their conversations in change (`$4`
+/// partition, `$5` number) at `$3`, and keeps each one's member list
+/// ([`rows::member_list`]: the senders' read positions moved first).
+static SET_LAST_SEQS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE conversations AS c
+         SET last_seq = u.last_seq, last_activity_ms = $3, change_partition = $4, change_no = $5,
+             last_text_seq = u.last_seq, last_text_sender = u.sender,
+             last_text_client_msg_id = u.client_msg_id, last_text_body = u.body,
+             last_text_at_ms = $3, last_text_edit_count = 0, last_text_edited_at_ms = 0,
+             last_text_deleted_by = '', last_text_deleted_at_ms = 0, member_list = {}
+         FROM UNNEST($1::text[], $2::bigint[], $6::text[], $7::text[], $8::text[])
+              AS u (id, last_seq, sender, client_msg_id, body)
+         WHERE c.id = u.id",
+        rows::member_list("c.id", true)
+    )
+});
 
 /// Concurrent batches are serialised by row locks on `conversations`, taken
 /// in id order before anything a decision reads is read.
@@ -132,28 +151,33 @@ impl BatchTx for Tx {
         now: i64,
         stamp: ChangeStamp,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE conversations AS c
-             SET last_seq = u.last_seq, last_activity_ms = $3, change_partition = $4, change_no = $5,
-                 last_text_seq = u.last_seq, last_text_sender = u.sender,
-                 last_text_client_msg_id = u.client_msg_id, last_text_body = u.body,
-                 last_text_at_ms = $3, last_text_edit_count = 0, last_text_edited_at_ms = 0,
-                 last_text_deleted_by = '', last_text_deleted_at_ms = 0
-             FROM UNNEST($1::text[], $2::bigint[], $6::text[], $7::text[], $8::text[])
-                  AS u (id, last_seq, sender, client_msg_id, body)
-             WHERE c.id = u.id",
-        )
-        .persistent(false) // planned per run: see above
-        .bind(newest.iter().map(|m| m.conversation_id.as_str()).collect::<Vec<_>>())
-        .bind(newest.iter().map(|m| m.seq as i64).collect::<Vec<_>>())
-        .bind(now)
-        .bind(stamp.partition)
-        .bind(stamp.no)
-        .bind(newest.iter().map(|m| m.sender_id.as_str()).collect::<Vec<_>>())
-        .bind(newest.iter().map(|m| m.client_msg_id.as_str()).collect::<Vec<_>>())
-        .bind(newest.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
-        .execute(&mut **self)
-        .await?;
+        sqlx::query(SET_LAST_SEQS.as_str())
+            .persistent(false) // planned per run: see above
+            .bind(
+                newest
+                    .iter()
+                    .map(|m| m.conversation_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(newest.iter().map(|m| m.seq as i64).collect::<Vec<_>>())
+            .bind(now)
+            .bind(stamp.partition)
+            .bind(stamp.no)
+            .bind(
+                newest
+                    .iter()
+                    .map(|m| m.sender_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                newest
+                    .iter()
+                    .map(|m| m.client_msg_id.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(newest.iter().map(|m| m.body.as_str()).collect::<Vec<_>>())
+            .execute(&mut **self)
+            .await?;
         Ok(())
     }
 
