@@ -4,7 +4,7 @@
 
 use confab_core::validate::{Page, SizeLimits};
 use confab_history::store::conformance::{self, create_group, send};
-use confab_history::store::Store;
+use confab_history::store::{Listing, Store};
 use confab_history::PostgresStore;
 use confab_proto::internal::v1::outcome_record::Result as R;
 use confab_proto::internal::v1::{
@@ -646,4 +646,64 @@ async fn listings_walk_the_indexes_in_order() {
         !plan.contains("Hash") && !plan.contains("Seq Scan"),
         "{plan}"
     );
+}
+
+/// A write by the previous release during a rolling upgrade moves a
+/// member's position and the conversation's stamp but not the member list
+/// the conversation keeps (migration 0011): no listing shows the stale list,
+/// and this release's next write keeps the list again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_list_the_previous_release_left_behind_is_not_read() {
+    let cluster = cluster();
+    let (url, store) = fresh_store(&cluster).await;
+    let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+    let store: Arc<dyn Store> = Arc::new(store);
+    let apply = |batch: Vec<IngressRecord>| {
+        let store = store.clone();
+        async move { store.apply(0, &batch).await.expect("apply") }
+    };
+    apply(vec![create_group("g", "alice", &["alice", "bob"])]).await;
+    apply(vec![send("g", "alice", "m1", "hi"), send("g", "alice", "m2", "again")]).await;
+    // The read positions alice's listing of g shows.
+    let shown = || async {
+        let page = store
+            .conversations("alice", Listing::One("g"), 1)
+            .await
+            .expect("listing");
+        page.conversations[0]
+            .member_reads
+            .iter()
+            .map(|m| (m.user_id.clone(), m.read_seq))
+            .collect::<Vec<_>>()
+    };
+    let kept = || async {
+        sqlx::query_scalar::<_, Option<String>>(
+            "SELECT member_list FROM conversations
+             WHERE id = 'g' AND member_list_no = change_no
+               AND member_list_partition = change_partition",
+        )
+        .fetch_optional(&pool)
+        .await
+        .expect("kept list")
+        .flatten()
+    };
+    assert_eq!(shown().await, [("alice".into(), 3), ("bob".into(), 1)]);
+    assert!(kept().await.is_some(), "this release keeps the list");
+
+    // bob reads to 3 as the previous release writes it: his position and a
+    // new stamp, not the list.
+    sqlx::query("UPDATE members SET read_seq = 3 WHERE conversation_id = 'g' AND user_id = 'bob'")
+        .execute(&pool)
+        .await
+        .expect("bob's read");
+    sqlx::query("UPDATE conversations SET change_no = change_no + 1 WHERE id = 'g'")
+        .execute(&pool)
+        .await
+        .expect("the stamp");
+    assert!(kept().await.is_none(), "the list is behind the stamp");
+    assert_eq!(shown().await, [("alice".into(), 3), ("bob".into(), 3)]);
+
+    apply(vec![send("g", "bob", "m3", "seen")]).await;
+    assert!(kept().await.is_some(), "kept again by this release's write");
+    assert_eq!(shown().await, [("alice".into(), 3), ("bob".into(), 4)]);
 }

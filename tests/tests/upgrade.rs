@@ -29,6 +29,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+/// Something in the way of the first migration the previous release does
+/// not have (0011 adds this column, last: the columns it adds before must
+/// go too).
+const IN_THE_WAY: &str = "ALTER TABLE conversations ADD COLUMN member_list_no BIGINT";
+
 /// The users of the conversations the previous release writes.
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
 
@@ -274,15 +279,14 @@ async fn a_failed_migration_leaves_sqlite_as_it_was() {
     let before = shown(old.addr, &written).await;
     old.stop().await;
     drop(old);
-    // Something in the way of the next migration (it creates this table).
     let url = format!("sqlite://{}", db.display());
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
         .await
         .expect("open the database");
-    sqlx::query("CREATE TABLE search_backfill (in_the_way INTEGER)")
+    sqlx::query(IN_THE_WAY)
         .execute(&mut conn)
         .await
-        .expect("a table in the way");
+        .expect("something in the way");
     drop(conn);
     let schema = sqlite_schema(&db).await;
     let log = dir.path().join("new.log");
@@ -328,10 +332,10 @@ async fn a_failed_migration_leaves_postgres_as_it_was() {
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&backing.database_url)
         .await
         .expect("connect");
-    sqlx::query("CREATE TABLE search_backfill (in_the_way INTEGER)")
+    sqlx::query(IN_THE_WAY)
         .execute(&mut conn)
         .await
-        .expect("a table in the way");
+        .expect("something in the way");
     drop(conn);
     let schema = postgres_schema(&backing.database_url).await;
     let refused = migrate(&backing.database_url).expect_err("a migration in the way fails");

@@ -324,12 +324,41 @@ pub fn member_list(conv: &str, kept: bool) -> String {
     }
 }
 
-/// Keeps conversation `$1`'s member list (see [`member_list`]) after its
-/// members changed, in the same transaction.
+/// The `SET` items of an update of conversation `conv` (an SQL
+/// expression) that keep its member list, written in its change
+/// (`partition`, `no`: SQL expressions, the stamp the same statement
+/// writes, or for [`Shared::KeepMemberList`] the row's own).
+///
+/// The one rule of the kept list: it is read only while its stamp is the
+/// conversation's ([`kept_member_list`]). Every statement of this release
+/// that stamps a conversation writes the list with the stamp, and members
+/// change only in a change that stamps their conversation (a send, a
+/// read, a membership or role event), so a writer that does not keep the
+/// list (the previous release, during a rolling upgrade) moves the stamp
+/// past it and the list goes unread until this release writes it again.
+pub fn keep_member_list(conv: &str, partition: &str, no: &str) -> String {
+    format!(
+        "member_list = {}, member_list_partition = {partition}, member_list_no = {no}",
+        member_list(conv, true)
+    )
+}
+
+/// The kept member list of conversation row `alias` where it is current
+/// (see [`keep_member_list`]), else NULL.
+fn kept_member_list(alias: &str) -> String {
+    format!(
+        "CASE WHEN {alias}.member_list_no = {alias}.change_no
+                   AND {alias}.member_list_partition = {alias}.change_partition
+              THEN {alias}.member_list END"
+    )
+}
+
+/// Keeps conversation `$1`'s member list after members were added or
+/// removed or their roles changed, in the stamp the conversation has.
 static KEEP_MEMBER_LIST: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE conversations SET member_list = {} WHERE id = $1",
-        member_list("$1", true)
+        "UPDATE conversations SET {} WHERE id = $1",
+        keep_member_list("$1", "change_partition", "change_no")
     )
 });
 
@@ -337,9 +366,20 @@ static KEEP_MEMBER_LIST: LazyLock<String> = LazyLock::new(|| {
 /// keeps its member list: a read position moved.
 static CHANGED: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE conversations SET change_partition = $2, change_no = $3, member_list = {}
+        "UPDATE conversations SET change_partition = $2, change_no = $3, {} WHERE id = $1",
+        keep_member_list("$1", "$2", "$3")
+    )
+});
+
+/// Appends a SYSTEM event or a change (`$2` its seq) to conversation `$1`
+/// at `$3`, in change (`$4` partition, `$5` number).
+static EVENT_APPENDED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE conversations
+         SET last_seq = $2, system_count = system_count + 1, last_activity_ms = $3,
+             change_partition = $4, change_no = $5, {}
          WHERE id = $1",
-        member_list("$1", true)
+        keep_member_list("$1", "$4", "$5")
     )
 });
 
@@ -433,7 +473,8 @@ impl Listing<'_> {
         format!(
             "WITH page AS (
                  SELECT c.id, c.kind, c.title, c.last_seq, c.created_at_ms, c.history_visibility,
-                        c.last_activity_ms, {}, {} AS last_text_visible, m.read_seq, c.member_list,
+                        c.last_activity_ms, {}, {} AS last_text_visible, m.read_seq,
+                        {} AS member_list,
                         (c.last_seq - c.system_count) - (m.read_seq - m.read_system) AS unread_count
                  FROM members m
                  JOIN conversations c ON c.id = m.conversation_id
@@ -445,6 +486,7 @@ impl Listing<'_> {
              FROM page",
             last_text_columns("c"),
             visible("c.last_text_seq", "c.id", "c.history_visibility", "$1"),
+            kept_member_list("c"),
             columns.join(", "),
             member_list("page.id", false),
         )
@@ -789,7 +831,8 @@ pub enum Shared<'q> {
         now: i64,
     },
     /// Makes `seq`, a SYSTEM event stored at `now` in change `stamp`, the
-    /// last seq of conversation `id`.
+    /// last seq of conversation `id`, and keeps its member list
+    /// ([`keep_member_list`]).
     EventAppended {
         /// The conversation.
         id: &'q str,
@@ -801,15 +844,15 @@ pub enum Shared<'q> {
         stamp: ChangeStamp,
     },
     /// Stamps conversation `id` as changed in `stamp` (a read position
-    /// moved), and keeps its member list ([`member_list`]).
+    /// moved), and keeps its member list ([`keep_member_list`]).
     Changed {
         /// The conversation.
         id: &'q str,
         /// The change.
         stamp: ChangeStamp,
     },
-    /// Keeps the member list of conversation `id` ([`member_list`]) after
-    /// members were added or removed or their roles changed.
+    /// Keeps the member list of conversation `id` ([`keep_member_list`])
+    /// after members were added or removed or their roles changed.
     KeepMemberList {
         /// The conversation.
         id: &'q str,
@@ -1157,12 +1200,7 @@ where
             seq,
             now,
             stamp,
-        } => sqlx::query(
-            "UPDATE conversations
-             SET last_seq = $2, system_count = system_count + 1, last_activity_ms = $3,
-                 change_partition = $4, change_no = $5
-             WHERE id = $1",
-        )
+        } => sqlx::query(EVENT_APPENDED.as_str())
         .bind(id)
         .bind(seq as i64)
         .bind(now)

@@ -365,16 +365,18 @@ impl BatchTx for Tx {
                  last_text_seq = u.column2, last_text_sender = u.column3,
                  last_text_client_msg_id = u.column4, last_text_body = u.column5,
                  last_text_at_ms = ?, last_text_edit_count = 0, last_text_edited_at_ms = 0,
-                 last_text_deleted_by = '', last_text_deleted_at_ms = 0, member_list = {}
+                 last_text_deleted_by = '', last_text_deleted_at_ms = 0, {}
              FROM (VALUES {}) AS u WHERE conversations.id = u.column1",
-            rows::member_list("conversations.id", true),
+            rows::keep_member_list("conversations.id", "?", "?"),
             placeholders(newest.len(), 5)
         );
         let mut q = sqlx::query(&sql)
             .bind(now)
             .bind(stamp.partition)
             .bind(stamp.no)
-            .bind(now);
+            .bind(now)
+            .bind(stamp.partition)
+            .bind(stamp.no);
         for m in newest {
             q = q
                 .bind(&m.conversation_id)

@@ -26,7 +26,7 @@ use std::sync::LazyLock;
 
 /// Sets a run's newest messages on their conversations in change (`$4`
 /// partition, `$5` number) at `$3`, and keeps each one's member list
-/// ([`rows::member_list`]: the senders' read positions moved first).
+/// ([`rows::keep_member_list`]: the senders' read positions moved first).
 static SET_LAST_SEQS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE conversations AS c
@@ -34,11 +34,11 @@ static SET_LAST_SEQS: LazyLock<String> = LazyLock::new(|| {
              last_text_seq = u.last_seq, last_text_sender = u.sender,
              last_text_client_msg_id = u.client_msg_id, last_text_body = u.body,
              last_text_at_ms = $3, last_text_edit_count = 0, last_text_edited_at_ms = 0,
-             last_text_deleted_by = '', last_text_deleted_at_ms = 0, member_list = {}
+             last_text_deleted_by = '', last_text_deleted_at_ms = 0, {}
          FROM UNNEST($1::text[], $2::bigint[], $6::text[], $7::text[], $8::text[])
               AS u (id, last_seq, sender, client_msg_id, body)
          WHERE c.id = u.id",
-        rows::member_list("c.id", true)
+        rows::keep_member_list("c.id", "$4", "$5")
     )
 });
 
