@@ -663,7 +663,11 @@ async fn a_member_list_the_previous_release_left_behind_is_not_read() {
         async move { store.apply(0, &batch).await.expect("apply") }
     };
     apply(vec![create_group("g", "alice", &["alice", "bob"])]).await;
-    apply(vec![send("g", "alice", "m1", "hi"), send("g", "alice", "m2", "again")]).await;
+    apply(vec![
+        send("g", "alice", "m1", "hi"),
+        send("g", "alice", "m2", "again"),
+    ])
+    .await;
     // The read positions alice's listing of g shows.
     let shown = || async {
         let page = store
