@@ -707,7 +707,26 @@ async fn a_member_list_the_previous_release_left_behind_is_not_read() {
     assert!(kept().await.is_none(), "the list is behind the stamp");
     assert_eq!(shown().await, [("alice".into(), 3), ("bob".into(), 3)]);
 
+    // An event of this release carries only a current list into its stamp.
+    apply(vec![conformance::changes::edit(
+        "g", "alice", "e1", 2, "hi!",
+    )])
+    .await;
+    assert!(
+        kept().await.is_none(),
+        "a stale list stays behind the stamp"
+    );
+    assert_eq!(shown().await, [("alice".into(), 3), ("bob".into(), 3)]);
+
     apply(vec![send("g", "bob", "m3", "seen")]).await;
     assert!(kept().await.is_some(), "kept again by this release's write");
-    assert_eq!(shown().await, [("alice".into(), 3), ("bob".into(), 4)]);
+    assert_eq!(shown().await, [("alice".into(), 3), ("bob".into(), 5)]);
+    apply(vec![conformance::changes::edit(
+        "g", "bob", "e2", 5, "seen!",
+    )])
+    .await;
+    assert!(
+        kept().await.is_some(),
+        "a current list carried into the stamp"
+    );
 }

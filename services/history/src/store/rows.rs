@@ -331,11 +331,13 @@ pub fn member_list(conv: &str, kept: bool) -> String {
 ///
 /// The one rule of the kept list: it is read only while its stamp is the
 /// conversation's ([`kept_member_list`]). Every statement of this release
-/// that stamps a conversation writes the list with the stamp, and members
-/// change only in a change that stamps their conversation (a send, a
-/// read, a membership or role event), so a writer that does not keep the
-/// list (the previous release, during a rolling upgrade) moves the stamp
-/// past it and the list goes unread until this release writes it again.
+/// that stamps a conversation writes the list with the stamp (a send's, a
+/// read's) or, where it changes no member (an event's), carries a current
+/// list into the new stamp; a membership or role change writes it after
+/// its steps. Members change only in a change that stamps their
+/// conversation, so a writer that does not keep the list (the previous
+/// release, during a rolling upgrade) moves the stamp past it and the list
+/// goes unread until this release writes it again.
 pub fn keep_member_list(conv: &str, partition: &str, no: &str) -> String {
     format!(
         "member_list = {}, member_list_partition = {partition}, member_list_no = {no}",
@@ -343,13 +345,21 @@ pub fn keep_member_list(conv: &str, partition: &str, no: &str) -> String {
     )
 }
 
-/// The kept member list of conversation row `alias` where it is current
-/// (see [`keep_member_list`]), else NULL.
+/// Whether the member list conversation row `alias` keeps is current: its
+/// stamp is the row's (see [`keep_member_list`]).
+fn kept_member_list_current(alias: &str) -> String {
+    format!(
+        "({alias}.member_list_no = {alias}.change_no
+          AND {alias}.member_list_partition = {alias}.change_partition)"
+    )
+}
+
+/// The kept member list of conversation row `alias` where it is current,
+/// else NULL.
 fn kept_member_list(alias: &str) -> String {
     format!(
-        "CASE WHEN {alias}.member_list_no = {alias}.change_no
-                   AND {alias}.member_list_partition = {alias}.change_partition
-              THEN {alias}.member_list END"
+        "CASE WHEN {} THEN {alias}.member_list END",
+        kept_member_list_current(alias)
     )
 }
 
@@ -372,14 +382,19 @@ static CHANGED: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Appends a SYSTEM event or a change (`$2` its seq) to conversation `$1`
-/// at `$3`, in change (`$4` partition, `$5` number).
+/// at `$3`, in change (`$4` partition, `$5` number). An event changes no
+/// member by itself (a membership or role change keeps the list after its
+/// steps: [`Shared::KeepMemberList`]), so a current list is carried into
+/// the new stamp as it is, and a stale one stays stale.
 static EVENT_APPENDED: LazyLock<String> = LazyLock::new(|| {
+    let current = kept_member_list_current("conversations");
     format!(
         "UPDATE conversations
          SET last_seq = $2, system_count = system_count + 1, last_activity_ms = $3,
-             change_partition = $4, change_no = $5, {}
-         WHERE id = $1",
-        keep_member_list("$1", "$4", "$5")
+             change_partition = $4, change_no = $5,
+             member_list_partition = CASE WHEN {current} THEN $4 ELSE member_list_partition END,
+             member_list_no = CASE WHEN {current} THEN $5 ELSE member_list_no END
+         WHERE id = $1"
     )
 });
 
@@ -831,8 +846,8 @@ pub enum Shared<'q> {
         now: i64,
     },
     /// Makes `seq`, a SYSTEM event stored at `now` in change `stamp`, the
-    /// last seq of conversation `id`, and keeps its member list
-    /// ([`keep_member_list`]).
+    /// last seq of conversation `id`, carrying its member list into the
+    /// stamp when it is current ([`keep_member_list`]).
     EventAppended {
         /// The conversation.
         id: &'q str,
