@@ -31,6 +31,9 @@ pub struct Settings {
     pub max_body_bytes: Option<usize>,
     /// Live messages a session may have queued (`CONFAB_SESSION_QUEUE`).
     pub session_queue: Option<usize>,
+    /// Least time between a stream's reads of one conversation going to
+    /// the log, in ms (`CONFAB_READ_SPACING_MS`).
+    pub read_spacing_ms: Option<u64>,
 }
 
 impl Settings {
@@ -42,6 +45,9 @@ impl Settings {
         }
         if let Some(n) = self.session_queue {
             env.push(("CONFAB_SESSION_QUEUE", n.to_string()));
+        }
+        if let Some(n) = self.read_spacing_ms {
+            env.push(("CONFAB_READ_SPACING_MS", n.to_string()));
         }
         env
     }
@@ -58,6 +64,9 @@ impl Settings {
                     ..defaults.limits
                 },
                 session_queue: self.session_queue.unwrap_or(defaults.session_queue),
+                read_spacing: self
+                    .read_spacing_ms
+                    .map_or(defaults.read_spacing, std::time::Duration::from_millis),
                 ..defaults
             },
             ..Shape::default()

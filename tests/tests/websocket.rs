@@ -99,6 +99,11 @@ async fn reads_on_a_stream_merge_while_one_is_in_flight() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_reads_of_a_conversation_are_spaced_out() {
+    suite::a_streams_reads_of_a_conversation_are_spaced_out(Kind::EmbeddedWebSocket).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_typing_flood_is_held_back() {
     suite::a_typing_flood_is_held_back(Kind::EmbeddedWebSocket).await;
 }

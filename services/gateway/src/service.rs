@@ -40,6 +40,9 @@ pub struct GatewayConfig {
     pub session_queue: usize,
     /// Per-user rates and stream cap.
     pub user_limits: UserLimits,
+    /// Least time between a stream's reads of one conversation going to
+    /// the log (`crate::session::reads`); zero: only one at a time.
+    pub read_spacing: Duration,
 }
 
 impl GatewayConfig {
@@ -47,7 +50,8 @@ impl GatewayConfig {
     /// `CONFAB_SEND_TIMEOUT_MS`, `CONFAB_SESSION_QUEUE`,
     /// `CONFAB_RATE_MESSAGES_PER_SEC`, `CONFAB_RATE_MESSAGES_BURST` (default
     /// twice the rate), `CONFAB_MAX_STREAMS_PER_USER`,
-    /// `CONFAB_RATE_CONVERSATIONS_PER_MIN` and `CONFAB_RATE_READS_PER_SEC`.
+    /// `CONFAB_RATE_CONVERSATIONS_PER_MIN`, `CONFAB_RATE_READS_PER_SEC` and
+    /// `CONFAB_READ_SPACING_MS`.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
         let max_body_bytes = at_least(
@@ -108,6 +112,13 @@ impl GatewayConfig {
                 "read positions per second",
             )?,
         };
+        let read_spacing = Duration::from_millis(at_least(
+            env,
+            confab_core::vars::READ_SPACING_MS,
+            u64::try_from(d.read_spacing.as_millis()).unwrap_or(u64::MAX),
+            0,
+            "milliseconds",
+        )?);
         Ok(Self {
             limits: SizeLimits {
                 max_body_bytes,
@@ -117,6 +128,7 @@ impl GatewayConfig {
             send_timeout,
             session_queue,
             user_limits,
+            read_spacing,
         })
     }
 }
@@ -128,6 +140,7 @@ impl Default for GatewayConfig {
             send_timeout: Duration::from_secs(10),
             session_queue: 4096,
             user_limits: UserLimits::default(),
+            read_spacing: Duration::from_millis(100),
         }
     }
 }
@@ -214,6 +227,7 @@ impl ChatService {
             kill: kill_tx,
             end: end_tx,
             queue: self.config.session_queue,
+            read_spacing: self.config.read_spacing,
             shutdown: self.shutdown.clone(),
             limiter: self.limiter.clone(),
             stream_slot,

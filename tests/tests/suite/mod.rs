@@ -19,7 +19,16 @@ use tonic::Code;
 /// A server of `kind` with default settings, and a client for each of
 /// `names`.
 async fn with_users<const N: usize>(kind: Kind, names: [&str; N]) -> (Server, [User; N]) {
-    let server = Server::start(kind, Settings::default()).await;
+    with_users_and(kind, Settings::default(), names).await
+}
+
+/// `with_users` on a server with `settings`.
+async fn with_users_and<const N: usize>(
+    kind: Kind,
+    settings: Settings,
+    names: [&str; N],
+) -> (Server, [User; N]) {
+    let server = Server::start(kind, settings).await;
     let mut users = Vec::with_capacity(N);
     for name in names {
         users.push(server.user(name).await);
@@ -587,6 +596,7 @@ pub async fn a_reader_that_falls_behind_is_disconnected_and_can_resume(kind: Kin
         Settings {
             session_queue: Some(8),
             max_body_bytes: Some(65536),
+            ..Settings::default()
         },
     )
     .await;
@@ -759,6 +769,81 @@ pub async fn reads_on_a_stream_merge_while_one_is_in_flight(kind: Kind) {
     );
     let listed = bob.listed(&conv.id).await.expect("bob's list");
     assert_eq!((listed.read_seq, listed.unread_count), (N + 1, 0));
+    server.stop().await;
+}
+
+/// A stream's reads of one conversation go to the log at least
+/// `CONFAB_READ_SPACING_MS` apart: reads sent right after one was answered
+/// wait out the spacing and go as one read of the highest seq, so the
+/// others get one receipt for them, and no sooner than the spacing after
+/// the read before.
+pub async fn a_streams_reads_of_a_conversation_are_spaced_out(kind: Kind) {
+    const SPACING_MS: u64 = 1500;
+    let settings = Settings {
+        read_spacing_ms: Some(SPACING_MS),
+        ..Settings::default()
+    };
+    let (server, [alice, bob], conv) = {
+        let (server, users) = with_users_and(kind, settings, ["alice", "bob"]).await;
+        let conv = users[0].group("spaced", &["bob"]).await;
+        (server, users, conv)
+    };
+    let mut alice1 = alice.live().await;
+    let mut bob1 = bob.live().await;
+    for i in 0..3 {
+        alice
+            .send(&conv.id, &format!("s{i}"), "x")
+            .await
+            .expect("send");
+    }
+    // Seq 1 created the group; 2..=4 are alice's, delivered to bob's stream.
+    let mut delivered = 0;
+    while delivered < 3 {
+        if let server_frame::Frame::Message(_) = bob1.next_frame().await.expect("a message") {
+            delivered += 1;
+        }
+    }
+    let read = |seq| {
+        client_frame::Frame::Read(confab_proto::v1::MarkReadRequest {
+            conversation_id: conv.id.clone(),
+            seq,
+            private: false,
+        })
+    };
+    let first_sent = std::time::Instant::now();
+    bob1.send(read(2)).await;
+    let ack = bob1.next_read_ack().await;
+    assert_eq!(
+        (ack.seq, ack.state.map(|s| s.read_seq), ack.error),
+        (2, Some(2), None)
+    );
+    // Answered, but sooner than the spacing: these two wait, and merge.
+    bob1.send(read(3)).await;
+    bob1.send(read(4)).await;
+    for seq in [3, 4] {
+        let ack = bob1.next_read_ack().await;
+        assert_eq!(
+            (ack.seq, ack.state.map(|s| s.read_seq), ack.error),
+            (seq, Some(4), None),
+            "both frames are answered with the merged read's state"
+        );
+    }
+    let waited = first_sent.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(SPACING_MS),
+        "the reads after the first were answered {waited:?} after it was sent, sooner than the spacing of {SPACING_MS} ms"
+    );
+    let mut receipts = Vec::new();
+    while receipts.last() != Some(&4) {
+        let r = alice1.next_receipt().await;
+        assert_eq!(r.user_id, "bob");
+        receipts.push(r.read_seq);
+    }
+    assert_eq!(
+        receipts,
+        [2, 4],
+        "one receipt for the two reads that waited"
+    );
     server.stop().await;
 }
 

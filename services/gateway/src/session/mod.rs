@@ -74,6 +74,9 @@ pub struct Session {
     pub end: mpsc::Sender<Status>,
     /// Capacity of the live queue.
     pub queue: usize,
+    /// Least time between this stream's reads of one conversation going to
+    /// the log ([`reads`]).
+    pub read_spacing: Duration,
     /// Gateway shutdown.
     pub shutdown: Signal,
     /// Per-user limits; a `send` frame spends the same message budget as a

@@ -4,16 +4,18 @@
 //! this session's deliveries.
 //!
 //! A client that marks every message read as it shows it sends a read per
-//! message. While one read of a conversation is on its way, the reads of
-//! that conversation that follow it on this stream wait, and go as one read
-//! of the highest seq among them when it is answered: the position ends
-//! where the last of them would have put it, members get one receipt for it
-//! rather than one per message, and each waiting frame gets its own answer
-//! (the state after the merged read). Only reads of seqs this stream has
-//! delivered wait like that, so a merged read is never refused for a seq
-//! past the newest when one of its frames alone would not have been; reads
-//! with `private` set and without merge separately.
-
+//! message. A stream's reads of a conversation go to the log one at a time
+//! and at least `read_spacing` (`CONFAB_READ_SPACING_MS`) apart, start to
+//! start: the first goes at once, and the reads of that conversation that
+//! follow it on this stream while it is on its way, or sooner than the
+//! spacing after it went, wait and go as one read of the highest seq among
+//! them. The position ends where the last of them would have put it,
+//! members get one receipt for it rather than one per message, and each
+//! waiting frame gets its own answer (the state after the merged read).
+//! Only reads of seqs this stream has delivered wait like that, so a merged
+//! read is never refused for a seq past the newest when one of its frames
+//! alone would not have been; reads with `private` set and without merge
+//! separately.
 use super::{Gone, State, MAX_SENDS_IN_FLIGHT};
 use crate::user_limits::Cost;
 use confab_core::error::ChatError;
@@ -21,6 +23,7 @@ use confab_core::metrics::READS_MERGED;
 use confab_proto::v1::{server_frame, MarkReadRequest, ReadAck, ReadState, ServerFrame};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use tokio::time::Instant;
 
 /// Most reads that wait behind the one in flight, per conversation; more
 /// are refused with RESOURCE_EXHAUSTED.
@@ -29,8 +32,8 @@ const MAX_WAITING: usize = MAX_SENDS_IN_FLIGHT;
 /// Which reads may merge: same conversation, same `private`.
 type Key = (String, bool);
 
-/// For each key with a read in flight, the reads waiting behind it (an entry
-/// exists exactly while a read of that key is in flight).
+/// For each key with a read in flight or gone within the spacing, the reads
+/// waiting behind it (an entry exists exactly while that is so).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Waiting(Arc<Mutex<HashMap<Key, Vec<MarkReadRequest>>>>);
 
@@ -65,6 +68,13 @@ fn ack(req: &MarkReadRequest, result: Result<ReadState, ChatError>) -> server_fr
         state,
         error,
     })
+}
+
+/// The refusal of a read when the stream has no slot for it.
+fn busy() -> ChatError {
+    ChatError::ResourceExhausted(format!(
+        "{MAX_SENDS_IN_FLIGHT} sends and reads are already waiting for their answer on this stream; wait for them before sending more"
+    ))
 }
 
 /// What waiting reads come to: one read of the highest seq among them.
@@ -111,26 +121,31 @@ impl State {
             }
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            let e = ChatError::ResourceExhausted(format!(
-                "{MAX_SENDS_IN_FLIGHT} sends and reads are already waiting for their answer on this stream; wait for them before sending more"
-            ));
-            return self.send(ack(&req, Err(e))).await;
+            return self.send(ack(&req, Err(busy()))).await;
         };
         if delivered {
             self.reads.with(|m| m.insert(key.clone(), Vec::new()));
         }
         let waiting = self.reads.clone();
+        let in_flight = self.in_flight.clone();
+        let spacing = self.s.read_spacing;
         let submitter = self.s.submitter.clone();
         let limiter = self.s.limiter.clone();
         let out = self.s.out.clone();
         let user = self.s.user.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            // A slot of the stream's in-flight bound, held while a read is
+            // on its way and its answers go out, not while spacing waits.
+            let mut slot = Some(permit);
             let mut batch = vec![req];
             while let Some(read) = merged(&batch) {
-                let result = match limiter.admit(&user, Cost::Read) {
-                    Ok(()) => crate::service::mark_read(&submitter, &user, read).await,
-                    Err(e) => Err(e),
+                let went = Instant::now();
+                let result = match &slot {
+                    None => Err(busy()),
+                    Some(_) => match limiter.admit(&user, Cost::Read) {
+                        Ok(()) => crate::service::mark_read(&submitter, &user, read).await,
+                        Err(e) => Err(e),
+                    },
                 };
                 for r in &batch {
                     let frame = ack(r, result.clone());
@@ -143,11 +158,17 @@ impl State {
                         return;
                     }
                 }
-                batch = if delivered {
-                    waiting.next(&key)
-                } else {
-                    Vec::new()
-                };
+                drop(slot.take());
+                if !delivered {
+                    return;
+                }
+                if !spacing.is_zero() {
+                    tokio::time::sleep_until(went + spacing).await;
+                }
+                batch = waiting.next(&key);
+                if !batch.is_empty() {
+                    slot = in_flight.clone().try_acquire_owned().ok();
+                }
             }
         });
         Ok(())
