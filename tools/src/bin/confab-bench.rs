@@ -147,6 +147,10 @@ struct LoadArgs {
     warmup: u64,
     #[arg(long, default_value_t = 100)]
     body_bytes: usize,
+    /// Share of clients (0..1) that send a `read` frame on their stream for
+    /// every message delivered to it, as the suite's "10% reading" run.
+    #[arg(long, default_value_t = 0.0)]
+    read_share: f64,
     /// The target is the echo server: unary sends only, no conversations,
     /// no streams.
     #[arg(long)]
@@ -327,6 +331,7 @@ async fn load_cmd(a: LoadArgs) -> anyhow::Result<()> {
     opts.duration = Duration::from_secs(a.seconds);
     opts.warmup = Duration::from_secs(a.warmup);
     opts.body_bytes = a.body_bytes;
+    opts.read_share = a.read_share;
     if a.echo {
         opts.confab = false;
         opts.via = Via::Unary;
