@@ -4,11 +4,12 @@
 //! binds a run's arrays); the order of loads, decisions and writes is here.
 
 use super::decide::ops::{self, Asked, Op, OpFacts, OpWrite, ReactionFacts, What};
-use super::decide::reads::{self, Read, ReadFacts};
-use super::decide::{self, Change, ReplyFacts, Run, SendFacts, SendRecord, Step};
+use super::decide::reads::{self, Position, Read, ReadFacts};
+use super::decide::{self, Change, ReplyFacts, Run, RunRead, SendFacts, SendRecord, Step};
 use super::rows::{ChangeStamp, Shared, TargetRow};
 use super::StoreError;
 use async_trait::async_trait;
+use confab_core::error::ChatError;
 use confab_core::validate::SizeLimits;
 use confab_proto::internal::v1::{
     ingress_record::Command, IngressRecord, OutcomeRecord, ReadCommand,
@@ -159,9 +160,9 @@ pub async fn batch(
     let mut stamp = Stamp::new(partition);
     for run in decide::runs(batch, max_run) {
         match run {
-            Run::Sends(run) => {
+            Run::Sends(run, reads) => {
                 let index = limits.search_index;
-                sends(tx, &run, now, index, &mut stamp, &mut outcomes).await?
+                sends(tx, &run, &reads, now, index, &mut stamp, &mut outcomes).await?
             }
             Run::One(rec) => match (&rec.command, ops::asked(rec)) {
                 (Some(Command::Read(cmd)), _) => {
@@ -179,12 +180,15 @@ pub async fn batch(
 }
 
 /// Loads what [`decide::sends`] reads for `run` (last seqs first, so a
-/// store that locks reads the rest after the lock), decides the run,
-/// writes its new messages (with their words for search when `index`) and
-/// appends one outcome per send.
+/// store that locks reads the rest after the lock), and what the reads
+/// among its sends read, decides the run, writes its new messages (with
+/// their words for search when `index`), then decides and writes each of
+/// the reads on the state the sends before it leave ([`reads::at`]), and
+/// appends one outcome per record, in record order.
 async fn sends(
     tx: &mut impl BatchTx,
     run: &[SendRecord<'_>],
+    run_reads: &[RunRead<'_>],
     now: i64,
     index: bool,
     stamp: &mut Stamp,
@@ -218,6 +222,11 @@ async fn sends(
         }
     }
     let decided = decide::sends(run, &facts, now);
+    // The reads' facts as the batch finds them before the run is written.
+    let mut stored = Vec::with_capacity(run_reads.len());
+    for (rec, cmd, _) in run_reads {
+        stored.push(load_read(tx, rec, cmd).await?);
+    }
     if !decided.new.is_empty() {
         tx.insert_sent(&decided.new, now, index).await?;
         // The senders' positions first: setting the last seqs keeps the
@@ -226,7 +235,31 @@ async fn sends(
         let stamp = stamp.get(tx).await?;
         tx.set_last_seqs(&decided.newest(), now, stamp).await?;
     }
-    decided.outcomes(run, outcomes);
+    let mut moved: HashMap<(&str, &str), Position> = HashMap::new();
+    let mut read_outcomes = Vec::with_capacity(run_reads.len());
+    for (&(rec, cmd, at), stored) in run_reads.iter().zip(stored) {
+        let who = (rec.conversation_id.as_str(), rec.actor_id.as_str());
+        let before = decided
+            .new_before(at)
+            .iter()
+            .filter(|m| m.conversation_id == rec.conversation_id);
+        let facts = stored.map(|f| reads::at(f, before, &rec.actor_id, moved.get(&who).copied()));
+        let read = reads::read(rec, cmd, facts);
+        if let Ok(Read::Moved { to, .. }) = &read {
+            moved.insert(who, *to);
+        }
+        read_outcomes.push((at, write_read(tx, rec, cmd, read, stamp).await?));
+    }
+    let mut send_outcomes = Vec::with_capacity(run.len());
+    decided.outcomes(run, &mut send_outcomes);
+    let mut send_outcomes = send_outcomes.into_iter();
+    let mut sends_out = 0;
+    for (at, outcome) in read_outcomes {
+        outcomes.extend(send_outcomes.by_ref().take(at - sends_out));
+        sends_out = at;
+        outcomes.push(outcome);
+    }
+    outcomes.extend(send_outcomes);
     Ok(())
 }
 
@@ -238,13 +271,31 @@ async fn read(
     cmd: &ReadCommand,
     stamp: &mut Stamp,
 ) -> Result<OutcomeRecord, StoreError> {
-    let facts = if decide::unstorable(rec).is_none() {
+    let facts = load_read(tx, rec, cmd).await?;
+    write_read(tx, rec, cmd, reads::read(rec, cmd, facts), stamp).await
+}
+
+/// What deciding read `rec` reads from `tx` (`None`: nothing to read, the
+/// record cannot be stored, or no such conversation).
+async fn load_read(tx: &mut impl BatchTx, rec: &IngressRecord, cmd: &ReadCommand) -> FactsOfRead {
+    if decide::unstorable(rec).is_none() {
         tx.read_facts(&rec.conversation_id, &rec.actor_id, cmd.seq)
-            .await?
+            .await
     } else {
-        None
-    };
-    let decided = match reads::read(rec, cmd, facts) {
+        Ok(None)
+    }
+}
+
+/// Writes what read `rec` was decided to (the new position, when it
+/// moves, in the batch's change) and returns its outcome.
+async fn write_read(
+    tx: &mut impl BatchTx,
+    rec: &IngressRecord,
+    cmd: &ReadCommand,
+    decided: Result<Read, ChatError>,
+    stamp: &mut Stamp,
+) -> Result<OutcomeRecord, StoreError> {
+    let decided = match decided {
         Ok(decided) => decided,
         Err(err) => return Ok(decide::refused(rec, err)),
     };

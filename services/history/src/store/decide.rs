@@ -17,7 +17,7 @@ use super::timestamp;
 use confab_core::error::ChatError;
 use confab_core::validate::{group_limit, SizeLimits};
 use confab_proto::internal::v1::{
-    ingress_record::Command, outcome_record, IngressRecord, OutcomeRecord, SendCommand,
+    ingress_record::Command, outcome_record, IngressRecord, OutcomeRecord, ReadCommand, SendCommand,
 };
 use confab_proto::v1::{
     membership_event::Change as Membership, Conversation, ConversationKind, HistoryVisibility,
@@ -43,34 +43,44 @@ pub fn key_of(m: &Message) -> Key {
 /// A send of a run: its record and its command.
 pub type SendRecord<'a> = (&'a IngressRecord, &'a SendCommand);
 
+/// A read of a run: its record, its command, and how many of the run's
+/// sends come before it.
+pub type RunRead<'a> = (&'a IngressRecord, &'a ReadCommand, usize);
+
 /// A part of a batch that is decided in one go.
 pub enum Run<'a> {
-    /// Consecutive sends, decided together by [`sends`].
-    Sends(Vec<SendRecord<'a>>),
+    /// Consecutive sends, decided together by [`sends`], with the reads
+    /// among and after them, each decided on the state the sends before it
+    /// leave ([`reads::at`]): a read no longer splits a run of sends in two.
+    Sends(Vec<SendRecord<'a>>, Vec<RunRead<'a>>),
     /// Any other record, decided alone by [`change`].
     One(&'a IngressRecord),
 }
 
-/// `batch` in order as [`Run`]s: each maximal run of consecutive sends (at
-/// most `max_run` long), and every other record on its own.
+/// `batch` in order as [`Run`]s: each maximal stretch of sends and reads
+/// that holds a send (at most `max_run` records long) as one run, and every
+/// other record on its own (a read with no send in its stretch too).
 pub fn runs(batch: &[IngressRecord], max_run: usize) -> Vec<Run<'_>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < batch.len() {
-        let run: Vec<SendRecord<'_>> = batch[i..]
-            .iter()
-            .take(max_run.max(1))
-            .map_while(|r| match &r.command {
-                Some(Command::Send(send)) => Some((r, send)),
-                _ => None,
-            })
-            .collect();
-        if run.is_empty() {
+        let (mut sends, mut reads) = (Vec::new(), Vec::new());
+        let mut end = i;
+        while end < batch.len() && end - i < max_run.max(1) {
+            let r = &batch[end];
+            match &r.command {
+                Some(Command::Send(send)) => sends.push((r, send)),
+                Some(Command::Read(read)) => reads.push((r, read, sends.len())),
+                _ => break,
+            }
+            end += 1;
+        }
+        if sends.is_empty() {
             out.push(Run::One(&batch[i]));
             i += 1;
         } else {
-            i += run.len();
-            out.push(Run::Sends(run));
+            out.push(Run::Sends(sends, reads));
+            i = end;
         }
     }
     out
@@ -378,6 +388,15 @@ impl DecidedSends {
             newest.insert(&m.conversation_id, m);
         }
         newest.into_values().collect()
+    }
+
+    /// The new messages of the run's first `sends` sends, in record order.
+    pub fn new_before(&self, sends: usize) -> &[Message] {
+        let n = self.plans[..sends.min(self.plans.len())]
+            .iter()
+            .filter(|p| matches!(p, Plan::New(_)))
+            .count();
+        &self.new[..n]
     }
 
     /// The read position each sender of a new message moves to: its newest

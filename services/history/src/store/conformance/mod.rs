@@ -53,6 +53,7 @@ where
     reads::read_positions_move_forward_for_members_only(fresh().await).await;
     reads::system_events_and_earlier_history_are_never_unread(fresh().await).await;
     reads::unread_counts_match_a_brute_force_count(fresh().await).await;
+    reads::reads_in_a_run_of_sends_decide_as_one_by_one(fresh().await, fresh().await).await;
     reads::conversations_are_listed_most_recent_first_in_pages(fresh().await).await;
     sync::a_cursor_reports_exactly_what_changed(fresh().await).await;
     sync::a_departure_is_reported_on_its_page_only(fresh().await).await;

@@ -372,3 +372,96 @@ pub async fn conversations_are_listed_most_recent_first_in_pages(store: Arc<dyn 
     assert!(exact.next.is_none());
     assert!(super::list(&store, "nobody", 2).await.is_empty());
 }
+
+/// Reads among a run of sends (decided after the run's sends, each on the
+/// state the sends before it leave) come to exactly what applying the
+/// records one by one comes to: the same outcome for every record (read
+/// states, receipts, refusals, seqs) and the same positions after. Random
+/// batches of sends and reads, own messages, repeated and lower reads,
+/// reads one or two past the newest and reads by strangers among them, go
+/// whole to `batched` and one record per batch to `alone`.
+pub async fn reads_in_a_run_of_sends_decide_as_one_by_one(
+    batched: Arc<dyn Store>,
+    alone: Arc<dyn Store>,
+) {
+    const USERS: [&str; 4] = ["u0", "u1", "u2", "stranger"];
+    let convs = ["c0", "c1"];
+    for store in [&batched, &alone] {
+        for conv in convs {
+            apply(store, vec![create_group(conv, "u0", &USERS[..3])]).await;
+        }
+    }
+    // What an outcome says, without the acceptance time of its messages.
+    let said = |mut o: OutcomeRecord| {
+        for m in &mut o.events {
+            m.created_at = None;
+        }
+        if let Some(R::Message(m)) = &mut o.result {
+            m.created_at = None;
+        }
+        o
+    };
+    let mut rng = Lcg(29);
+    let mut last: BTreeMap<&str, u64> = convs.iter().map(|c| (*c, 1)).collect();
+    let (mut moved_in_runs, mut refused_in_runs) = (0, 0);
+    for round in 0..61 {
+        let mut batch = Vec::new();
+        let mut newest = last.clone();
+        if round == 60 {
+            // Fixed: a member reads the run's new message, then a lower
+            // seq, then the same again: the later reads are decided on the
+            // position the first moved, not the one stored before the run.
+            let n = newest["c0"];
+            batch.push(send("c0", "u0", "fixed-send", "x"));
+            batch.push(read("c0", "u2", n + 1, false));
+            batch.push(read("c0", "u2", n, false));
+            batch.push(read("c0", "u2", n + 1, false));
+        }
+        for i in 0..=rng.below(12) {
+            let conv = convs[rng.below(2) as usize];
+            let user = USERS[rng.below(4) as usize];
+            if rng.below(2) == 0 {
+                *newest.get_mut(conv).expect("conv") += 1;
+                batch.push(send(conv, user, &format!("r{round}-{i}"), "x"));
+            } else {
+                let seq = newest[conv] + 2 - rng.below(newest[conv] + 2).min(rng.below(5));
+                batch.push(read(conv, user, seq, rng.below(3) == 0));
+            }
+        }
+        let whole = apply(&batched, batch.clone()).await;
+        let mut one_by_one = Vec::new();
+        for rec in &batch {
+            one_by_one.extend(apply(&alone, vec![rec.clone()]).await);
+        }
+        let in_a_run = batch
+            .iter()
+            .any(|r| matches!(r.command, Some(Command::Send(_))));
+        for ((rec, a), b) in batch.iter().zip(whole).zip(one_by_one) {
+            if in_a_run && matches!(rec.command, Some(Command::Read(_))) {
+                moved_in_runs += u32::from(a.receipt.is_some());
+                refused_in_runs += u32::from(matches!(a.result, Some(R::Error(_))));
+            }
+            let b = said(b);
+            for e in &b.events {
+                if let Some(seq) = last.get_mut(e.conversation_id.as_str()) {
+                    *seq = (*seq).max(e.seq);
+                }
+            }
+            assert_eq!(said(a), b, "round {round}: {rec:?}");
+        }
+        for conv in convs {
+            for user in &USERS[..3] {
+                let (a, b) = (
+                    listed(&batched, user, conv).await,
+                    listed(&alone, user, conv).await,
+                );
+                let key = |c: Option<Conversation>| c.map(|c| (c.read_seq, c.unread_count));
+                assert_eq!(key(a), key(b), "round {round}: {user} in {conv}");
+            }
+        }
+    }
+    assert!(
+        moved_in_runs > 20 && refused_in_runs > 5,
+        "the mix moved {moved_in_runs} and refused {refused_in_runs} reads inside runs"
+    );
+}

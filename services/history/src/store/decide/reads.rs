@@ -14,7 +14,7 @@
 use super::{outcome, unstorable};
 use confab_core::error::ChatError;
 use confab_proto::internal::v1::{outcome_record, IngressRecord, OutcomeRecord, ReadCommand};
-use confab_proto::v1::{ReadState, Receipt};
+use confab_proto::v1::{Message, ReadState, Receipt};
 
 /// A member's read position as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -111,6 +111,43 @@ pub fn read(
         to,
         state: state(to),
     })
+}
+
+/// The facts a read decides on at its place in a run of sends
+/// ([`super::Run::Sends`]): `stored`, as the batch found them before the
+/// run was written, after `before` (the run's new messages ahead of the
+/// read, in its conversation) and the run's earlier reads by the same
+/// reader (`moved`: the position the last one that moved left): the
+/// newest seq is the newest of them, and the reader's position is where
+/// their own messages among them (sending reads everything before) or
+/// those reads took it, whichever is further. Exactly what deciding the
+/// records one by one reads.
+pub fn at<'m>(
+    stored: ReadFacts,
+    before: impl IntoIterator<Item = &'m Message>,
+    reader: &str,
+    moved: Option<Position>,
+) -> ReadFacts {
+    let mut facts = stored;
+    let further = |p: &mut Position, to: Position| {
+        if to.read_seq > p.read_seq {
+            *p = to;
+        }
+    };
+    for m in before {
+        facts.last_seq = facts.last_seq.max(m.seq);
+        if let (true, Some(p)) = (m.sender_id == reader, facts.position.as_mut()) {
+            let to = Position {
+                read_seq: m.seq,
+                read_system: stored.system_count,
+            };
+            further(p, to);
+        }
+    }
+    if let (Some(p), Some(to)) = (facts.position.as_mut(), moved) {
+        further(p, to);
+    }
+    facts
 }
 
 /// The outcome of a decided read: the read state and, when the position

@@ -20,7 +20,7 @@ fn facts(last: &[(&str, u64)], members: &[(&str, &str)]) -> SendFacts {
 
 fn sends_of(batch: &[IngressRecord]) -> Vec<SendRecord<'_>> {
     match runs(batch, usize::MAX).into_iter().next() {
-        Some(Run::Sends(run)) => run,
+        Some(Run::Sends(run, _)) => run,
         _ => panic!("not a run of sends"),
     }
 }
@@ -142,4 +142,39 @@ fn nul_is_refused_by_every_store_with_the_field_named() {
     let err = unstorable(&rec).expect("refused");
     assert!(err.to_string().starts_with("body "), "{err}");
     assert!(unstorable(&send("g", "alice", "1", "fine")).is_none());
+}
+
+#[test]
+fn reads_join_the_run_of_sends_they_are_among_and_others_stand_alone() {
+    use crate::store::conformance::read;
+    let batch = [
+        read("a", "bob", 1, false),
+        send("a", "alice", "1", "x"),
+        read("a", "bob", 2, false),
+        send("a", "alice", "2", "y"),
+        read("a", "bob", 3, false),
+        create_group("g", "alice", &["alice", "bob"]),
+        read("a", "bob", 3, false),
+    ];
+    let shape: Vec<(Vec<&str>, Vec<(u64, usize)>)> = runs(&batch, usize::MAX)
+        .iter()
+        .map(|run| match run {
+            Run::Sends(sends, reads) => (
+                sends
+                    .iter()
+                    .map(|(_, s)| s.client_msg_id.as_str())
+                    .collect(),
+                reads.iter().map(|(_, r, at)| (r.seq, *at)).collect(),
+            ),
+            Run::One(rec) => (vec![rec.conversation_id.as_str()], vec![]),
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            (vec!["1", "2"], vec![(1, 0), (2, 1), (3, 2)]),
+            (vec!["g"], vec![]),
+            (vec!["a"], vec![]),
+        ]
+    );
 }
