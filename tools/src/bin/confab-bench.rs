@@ -42,6 +42,10 @@ enum Cmd {
         /// Rows of the history-read table.
         #[arg(long)]
         history_rows: Option<u64>,
+        /// Conversations the history-read table's rows are spread over
+        /// (1,000 by default; the reader is a member of each).
+        #[arg(long)]
+        history_conversations: Option<u64>,
         /// Idle Connect streams.
         #[arg(long)]
         idle_streams: Option<usize>,
@@ -251,6 +255,7 @@ fn main() {
                 smoke,
                 seconds,
                 history_rows,
+                history_conversations,
                 idle_streams,
                 idle_websockets,
                 repeats,
@@ -268,6 +273,9 @@ fn main() {
                 }
                 if let Some(r) = history_rows {
                     opts.history_rows = r;
+                }
+                if let Some(c) = history_conversations {
+                    opts.history_conversations = c;
                 }
                 if let Some(n) = idle_streams {
                     opts.idle_streams = n;

@@ -231,9 +231,10 @@ impl SuiteOpts {
     }
 }
 
-/// Most conversations whose every message is edited and reacted to for
-/// the changed-pages measurement (and as many plain ones beside them).
-const CHANGED_CONVERSATIONS: u64 = 50;
+/// Most messages edited and reacted to for the changed-pages measurement:
+/// as many whole conversations as hold about this many (at least one, at
+/// most half of them), and as many plain ones beside them.
+const CHANGED_MESSAGES: u64 = 500_000;
 
 /// Everything one run measured.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -593,12 +594,15 @@ pub async fn run(opts: &SuiteOpts) -> Result<SuiteReport> {
         // Pages whose every message was edited and reacted to, against
         // plain pages read in the same way right before and after (the
         // machine's speed drifts): the first `half` conversations are
-        // changed, the plain ones are the next `half`. At most
-        // `CHANGED_CONVERSATIONS` each: what a page costs does not depend on
+        // changed, the plain ones are the next `half`. About
+        // `CHANGED_MESSAGES` messages: what a page costs does not depend on
         // how many other conversations were changed, and changing 500 on
         // 10M rows (5M messages, their versions, 10M reactions and their
         // search entries) needed more than the 16 GB of disk free here.
-        let half = (opts.history_conversations / 2).clamp(1, CHANGED_CONVERSATIONS);
+        let rows_per_conversation = opts.history_rows / opts.history_conversations.max(1);
+        let half = (opts.history_conversations / 2)
+            .min(CHANGED_MESSAGES / rows_per_conversation.max(1))
+            .max(1);
         step(&format!(
             "GetHistory on pages whose every message was edited and reacted to ({half} conversations)"
         ));
