@@ -156,7 +156,10 @@ fn reads_join_the_run_of_sends_they_are_among_and_others_stand_alone() {
         create_group("g", "alice", &["alice", "bob"]),
         read("a", "bob", 3, false),
     ];
-    let shape: Vec<(Vec<&str>, Vec<(u64, usize)>)> = runs(&batch, usize::MAX)
+    // Each run as (its sends' ids, or the one record's conversation; its
+    // reads as (seq, sends before it)).
+    type Shape<'a> = (Vec<&'a str>, Vec<(u64, usize)>);
+    let shape: Vec<Shape> = runs(&batch, usize::MAX)
         .iter()
         .map(|run| match run {
             Run::Sends(sends, reads) => (
