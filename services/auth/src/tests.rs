@@ -426,3 +426,38 @@ fn refused_tokens_are_not_remembered_and_the_memory_is_bounded() {
         auth.remembered()
     );
 }
+
+/// A signed token whose claims are not UTF-8 is malformed, even when the
+/// bad bytes are in a claim nobody reads (found by fuzzing: the JSON reader
+/// skipped them).
+#[test]
+fn claims_that_are_not_utf8_are_malformed() {
+    let auth = config(|_| {});
+    let signed = |payload: &[u8]| {
+        let input = format!(
+            "{}.{}",
+            base64_url(br#"{"alg":"HS256","typ":"JWT"}"#),
+            base64_url(payload)
+        );
+        let key = EncodingKey::from_secret(SECRET.as_bytes());
+        let signature =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &key, Algorithm::HS256).expect("sign");
+        format!("{input}.{signature}")
+    };
+    let exp = crate::now_secs() + 3600;
+    let claims = |note: &[u8]| {
+        let mut c = format!(r#"{{"sub":"alice","exp":{exp},"note":""#).into_bytes();
+        c.extend_from_slice(note);
+        c.extend_from_slice(br#""}"#);
+        c
+    };
+    assert_eq!(
+        auth.verify(&signed(&claims("ünïcode".as_bytes())))
+            .expect("UTF-8 claims pass"),
+        "alice"
+    );
+    assert_eq!(
+        refusal(&auth, &signed(&claims(b"RS25\xff\xff"))),
+        "token is malformed: its claims are not UTF-8 JSON"
+    );
+}
