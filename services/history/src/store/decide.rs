@@ -76,8 +76,11 @@ pub fn runs(batch: &[IngressRecord], max_run: usize) -> Vec<Run<'_>> {
             end += 1;
         }
         if sends.is_empty() {
-            out.push(Run::One(&batch[i]));
-            i += 1;
+            // Reads with no send among them each stand alone; scanning from
+            // the next one would only find the same stretch again.
+            let end = end.max(i + 1);
+            out.extend(batch[i..end].iter().map(Run::One));
+            i = end;
         } else {
             out.push(Run::Sends(sends, reads));
             i = end;

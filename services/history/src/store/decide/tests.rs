@@ -180,4 +180,18 @@ fn reads_join_the_run_of_sends_they_are_among_and_others_stand_alone() {
             (vec!["a"], vec![]),
         ]
     );
+    // Reads with no send among them stand alone, each once.
+    let alone = [
+        read("a", "bob", 1, false),
+        read("b", "bob", 1, false),
+        create_group("g", "alice", &["alice", "bob"]),
+    ];
+    let shape: Vec<&str> = runs(&alone, usize::MAX)
+        .iter()
+        .map(|run| match run {
+            Run::Sends(..) => "run",
+            Run::One(rec) => rec.conversation_id.as_str(),
+        })
+        .collect();
+    assert_eq!(shape, ["a", "b", "g"]);
 }
