@@ -70,13 +70,6 @@ fn ack(req: &MarkReadRequest, result: Result<ReadState, ChatError>) -> server_fr
     })
 }
 
-/// The refusal of a read when the stream has no slot for it.
-fn busy() -> ChatError {
-    ChatError::ResourceExhausted(format!(
-        "{MAX_SENDS_IN_FLIGHT} sends and reads are already waiting for their answer on this stream; wait for them before sending more"
-    ))
-}
-
 /// What waiting reads come to: one read of the highest seq among them.
 fn merged(batch: &[MarkReadRequest]) -> Option<MarkReadRequest> {
     batch.iter().max_by_key(|r| r.seq).cloned()
@@ -121,7 +114,10 @@ impl State {
             }
         }
         let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            return self.send(ack(&req, Err(busy()))).await;
+            let e = ChatError::ResourceExhausted(format!(
+                "{MAX_SENDS_IN_FLIGHT} sends and reads are already waiting for their answer on this stream; wait for them before sending more"
+            ));
+            return self.send(ack(&req, Err(e))).await;
         };
         if delivered {
             self.reads.with(|m| m.insert(key.clone(), Vec::new()));
@@ -140,12 +136,9 @@ impl State {
             let mut batch = vec![req];
             while let Some(read) = merged(&batch) {
                 let went = Instant::now();
-                let result = match &slot {
-                    None => Err(busy()),
-                    Some(_) => match limiter.admit(&user, Cost::Read) {
-                        Ok(()) => crate::service::mark_read(&submitter, &user, read).await,
-                        Err(e) => Err(e),
-                    },
+                let result = match limiter.admit(&user, Cost::Read) {
+                    Ok(()) => crate::service::mark_read(&submitter, &user, read).await,
+                    Err(e) => Err(e),
                 };
                 for r in &batch {
                     let frame = ack(r, result.clone());
@@ -167,7 +160,18 @@ impl State {
                 }
                 batch = waiting.next(&key);
                 if !batch.is_empty() {
-                    slot = in_flight.clone().try_acquire_owned().ok();
+                    // The waiting reads were taken in: they wait for a slot
+                    // (sends free theirs within the send timeout) rather
+                    // than being refused, or end with the stream (at
+                    // shutdown, which holds every slot, the stream ends
+                    // UNAVAILABLE and the client resumes).
+                    slot = tokio::select! {
+                        permit = in_flight.clone().acquire_owned() => match permit {
+                            Ok(permit) => Some(permit),
+                            Err(_) => return,
+                        },
+                        () = out.closed() => return,
+                    };
                 }
             }
         });
