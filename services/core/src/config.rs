@@ -118,8 +118,19 @@ pub fn at_least<T: FromStr + PartialOrd + Display>(
 
 /// `key` as whole milliseconds (or `default` when unset).
 pub fn millis_or(env: &dyn Env, key: &str, default: Duration) -> Result<Duration, ConfigError> {
+    millis_at_least(env, key, default, 0)
+}
+
+/// `key` as whole milliseconds (or `default` when unset), refused below
+/// `min` ms like [`at_least`].
+pub fn millis_at_least(
+    env: &dyn Env,
+    key: &str,
+    default: Duration,
+    min: u64,
+) -> Result<Duration, ConfigError> {
     let ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
-    parse_or(env, key, ms, "milliseconds").map(Duration::from_millis)
+    at_least(env, key, ms, min, "milliseconds").map(Duration::from_millis)
 }
 
 /// `key` as whole seconds (or `default` when unset).

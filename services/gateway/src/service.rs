@@ -7,7 +7,7 @@ use crate::session::Session;
 use crate::submit::Submitter;
 use crate::user_limits::{Limiter, UserLimits};
 use confab_auth::Authenticator;
-use confab_core::config::{at_least, ConfigError, Env};
+use confab_core::config::{at_least, millis_at_least, millis_or, ConfigError, Env};
 use confab_core::error::ChatError;
 use confab_core::seams::{HistoryApi, Publisher};
 use confab_core::validate::{self, SizeLimits};
@@ -68,13 +68,8 @@ impl GatewayConfig {
             2,
             "a member count",
         )?;
-        let send_timeout = Duration::from_millis(at_least(
-            env,
-            confab_core::vars::SEND_TIMEOUT_MS,
-            u64::try_from(d.send_timeout.as_millis()).unwrap_or(u64::MAX),
-            1,
-            "milliseconds",
-        )?);
+        let send_timeout =
+            millis_at_least(env, confab_core::vars::SEND_TIMEOUT_MS, d.send_timeout, 1)?;
         let session_queue = at_least(
             env,
             confab_core::vars::SESSION_QUEUE,
@@ -112,13 +107,7 @@ impl GatewayConfig {
                 "read positions per second",
             )?,
         };
-        let read_spacing = Duration::from_millis(at_least(
-            env,
-            confab_core::vars::READ_SPACING_MS,
-            u64::try_from(d.read_spacing.as_millis()).unwrap_or(u64::MAX),
-            0,
-            "milliseconds",
-        )?);
+        let read_spacing = millis_or(env, confab_core::vars::READ_SPACING_MS, d.read_spacing)?;
         Ok(Self {
             limits: SizeLimits {
                 max_body_bytes,

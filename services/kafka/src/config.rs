@@ -1,6 +1,6 @@
 //! Where the broker is, what the topics are called and how long to wait.
 
-use confab_core::config::{at_least, ConfigError, Env};
+use confab_core::config::{at_least, millis_at_least, ConfigError, Env};
 use rdkafka::ClientConfig;
 use std::time::Duration;
 
@@ -77,10 +77,7 @@ impl KafkaConfig {
     /// ones keep their defaults.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let d = Self::default();
-        let ms = |key: &str, default: Duration| {
-            let ms = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
-            at_least(env, key, ms, 1, "a number of milliseconds").map(Duration::from_millis)
-        };
+        let ms = |key: &str, default: Duration| millis_at_least(env, key, default, 1);
         let positive = |key: &str, default: i32| at_least(env, key, default, 1, "a number");
         Ok(Self {
             brokers: env
