@@ -689,9 +689,54 @@ pub async fn large_pages_are_cut_to_fit_and_page_on(kind: Kind) {
 
 /// Alice's group with bob and carol, and dave, who is not in it.
 async fn group_and_outsider(kind: Kind, title: &str) -> (Server, [User; 4], Conversation) {
-    let (server, users) = with_users(kind, ["alice", "bob", "carol", "dave"]).await;
+    group_and_outsider_on(kind, Settings::default(), title).await
+}
+
+/// `group_and_outsider` on a server with `settings`.
+async fn group_and_outsider_on(
+    kind: Kind,
+    settings: Settings,
+    title: &str,
+) -> (Server, [User; 4], Conversation) {
+    let (server, users) = with_users_and(kind, settings, ["alice", "bob", "carol", "dave"]).await;
     let conv = users[0].group(title, &["bob", "carol"]).await;
     (server, users, conv)
+}
+
+/// `alice` sends `n` messages to her new group `conv`; returns once
+/// `stream` has them all, as seqs 2..=n+1 (seq 1 created the group).
+async fn sent_and_delivered(alice: &User, conv: &str, n: u64, stream: &mut Session) {
+    for i in 0..n {
+        alice.send(conv, &format!("m{i}"), "x").await.expect("send");
+    }
+    let mut delivered = 0;
+    while delivered < n {
+        if let server_frame::Frame::Message(m) = stream.next_frame().await.expect("a message") {
+            delivered += 1;
+            assert_eq!(m.seq, delivered + 1);
+        }
+    }
+}
+
+/// A public `read` frame of `seq` in `conv`.
+fn read_frame(conv: &str, seq: u64) -> client_frame::Frame {
+    client_frame::Frame::Read(confab_proto::v1::MarkReadRequest {
+        conversation_id: conv.to_string(),
+        seq,
+        private: false,
+    })
+}
+
+/// The read positions of `reader`'s receipts on `stream`, up to the one of
+/// `last`.
+async fn receipts_up_to(stream: &mut Session, reader: &str, last: u64) -> Vec<u64> {
+    let mut receipts = Vec::new();
+    while receipts.last() != Some(&last) {
+        let r = stream.next_receipt().await;
+        assert_eq!(r.user_id, reader);
+        receipts.push(r.read_seq);
+    }
+    receipts
 }
 
 /// A session marking every message read as it arrives: the reads that come
@@ -704,29 +749,9 @@ pub async fn reads_on_a_stream_merge_while_one_is_in_flight(kind: Kind) {
     let mut alice1 = alice.live().await;
     let mut bob1 = bob.live().await;
     const N: u64 = 40;
-    for i in 0..N {
-        alice
-            .send(&conv.id, &format!("m{i}"), "x")
-            .await
-            .expect("send");
-    }
-    // Seq 1 created the group; 2..=N+1 are alice's, delivered to bob's stream.
-    let mut delivered = 0;
-    while delivered < N {
-        if let server_frame::Frame::Message(m) = bob1.next_frame().await.expect("a message") {
-            delivered += 1;
-            assert_eq!(m.seq, delivered + 1);
-        }
-    }
+    sent_and_delivered(&alice, &conv.id, N, &mut bob1).await;
     for seq in 2..=N + 1 {
-        bob1.send(client_frame::Frame::Read(
-            confab_proto::v1::MarkReadRequest {
-                conversation_id: conv.id.clone(),
-                seq,
-                private: false,
-            },
-        ))
-        .await;
+        bob1.send(read_frame(&conv.id, seq)).await;
     }
     let mut answered = Vec::new();
     while answered.len() < N as usize {
@@ -748,12 +773,7 @@ pub async fn reads_on_a_stream_merge_while_one_is_in_flight(kind: Kind) {
         (2..=N + 1).collect::<Vec<_>>(),
         "one answer per frame"
     );
-    let mut receipts = Vec::new();
-    while receipts.last() != Some(&(N + 1)) {
-        let r = alice1.next_receipt().await;
-        assert_eq!(r.user_id, "bob");
-        receipts.push(r.read_seq);
-    }
+    let receipts = receipts_up_to(&mut alice1, "bob", N + 1).await;
     assert_eq!(
         receipts[0], 2,
         "the stream's first read went first: {receipts:?}"
@@ -783,33 +803,12 @@ pub async fn a_streams_reads_of_a_conversation_are_spaced_out(kind: Kind) {
         read_spacing_ms: Some(SPACING_MS),
         ..Settings::default()
     };
-    let (server, [alice, bob], conv) = {
-        let (server, users) = with_users_and(kind, settings, ["alice", "bob"]).await;
-        let conv = users[0].group("spaced", &["bob"]).await;
-        (server, users, conv)
-    };
+    let (server, [alice, bob, _carol, _dave], conv) =
+        group_and_outsider_on(kind, settings, "spaced").await;
     let mut alice1 = alice.live().await;
     let mut bob1 = bob.live().await;
-    for i in 0..3 {
-        alice
-            .send(&conv.id, &format!("s{i}"), "x")
-            .await
-            .expect("send");
-    }
-    // Seq 1 created the group; 2..=4 are alice's, delivered to bob's stream.
-    let mut delivered = 0;
-    while delivered < 3 {
-        if let server_frame::Frame::Message(_) = bob1.next_frame().await.expect("a message") {
-            delivered += 1;
-        }
-    }
-    let read = |seq| {
-        client_frame::Frame::Read(confab_proto::v1::MarkReadRequest {
-            conversation_id: conv.id.clone(),
-            seq,
-            private: false,
-        })
-    };
+    sent_and_delivered(&alice, &conv.id, 3, &mut bob1).await;
+    let read = |seq| read_frame(&conv.id, seq);
     let first_sent = std::time::Instant::now();
     bob1.send(read(2)).await;
     let ack = bob1.next_read_ack().await;
@@ -833,12 +832,7 @@ pub async fn a_streams_reads_of_a_conversation_are_spaced_out(kind: Kind) {
         waited >= std::time::Duration::from_millis(SPACING_MS),
         "the reads after the first were answered {waited:?} after it was sent, sooner than the spacing of {SPACING_MS} ms"
     );
-    let mut receipts = Vec::new();
-    while receipts.last() != Some(&4) {
-        let r = alice1.next_receipt().await;
-        assert_eq!(r.user_id, "bob");
-        receipts.push(r.read_seq);
-    }
+    let receipts = receipts_up_to(&mut alice1, "bob", 4).await;
     assert_eq!(
         receipts,
         [2, 4],
